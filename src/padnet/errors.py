@@ -1,0 +1,21 @@
+"""User-facing error types.
+
+Every mistake a user can make (bad name, bad value, missing or corrupt file) raises a subclass of
+:class:`PadnetError`; the command line prints its message on one line and exits with status 2.
+"""
+
+
+class PadnetError(Exception):
+    """Base class of errors caused by user input; the CLI reports them without a traceback."""
+
+
+class ConfigError(PadnetError, ValueError):
+    """An unknown name or an out-of-range value in a configuration or call."""
+
+
+class DataError(PadnetError):
+    """A data file is missing, truncated, malformed or fails its SHA-256 check."""
+
+
+class CheckpointError(PadnetError):
+    """A checkpoint is unreadable, corrupt or belongs to another architecture."""
