@@ -1,0 +1,93 @@
+"""Kernel attention of dynamic convolution and its temperature.
+
+DY-Conv ("Dynamic Convolution: Attention over Convolution Kernels", Chen et al. 2020; PAD-Net eq. 1)
+computes k mixing coefficients per sample with a squeeze-and-excitation branch:
+global average pool → FC(C → C/r) → ReLU → FC(→ k) → softmax(z / T). CondConv uses a sigmoid
+instead of the softmax (per-kernel routing weights that need not sum to one).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+ROUTINGS = ("softmax", "sigmoid")
+
+
+class KernelAttention(nn.Module):
+    """Squeeze-and-excitation attention over k kernels.
+
+    Args:
+        in_channels: C, channels of the layer input.
+        num_kernels: k.
+        reduction: r; hidden width is ``max(C // r, min_hidden)``.
+        temperature: initial softmax temperature T (Chen et al. anneal 30 → 1).
+        routing: ``"softmax"`` (DY-Conv) or ``"sigmoid"`` (CondConv; the temperature divides the logits too).
+        min_hidden: lower bound of the hidden width.
+
+    Input (B, C, H, W) → coefficients π (B, k).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_kernels: int,
+        reduction: int = 4,
+        temperature: float = 30.0,
+        routing: str = "softmax",
+        min_hidden: int = 4,
+    ):
+        super().__init__()
+        if routing not in ROUTINGS:
+            raise ConfigError(f"unknown routing {routing!r}; choose from {', '.join(ROUTINGS)}")
+        if reduction < 1 or num_kernels < 1:
+            raise ConfigError(f"reduction and num_kernels must be >= 1, got {reduction} and {num_kernels}")
+        hidden = max(in_channels // reduction, min_hidden)
+        self.routing = routing
+        self.fc1 = nn.Linear(in_channels, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, num_kernels)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self._normalise = torch.sigmoid if routing == "sigmoid" else (lambda z: torch.softmax(z, dim=1))
+
+    def update_temperature(self, temperature: float) -> None:
+        """Set T (> 0) for the following forward passes."""
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        self.temperature.fill_(float(temperature))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))  # (B, C)
+        logits = self.fc2(torch.relu(self.fc1(pooled)))  # (B, k)
+        return self._normalise(logits / self.temperature)
+
+
+class TemperatureSchedule:
+    """Linear temperature annealing per iteration (Chen et al. 2020: 30 → 1 over the first epochs).
+
+    Args:
+        start: T at step 0.
+        end: T from ``steps`` on.
+        steps: number of iterations of the linear decay (0 = constant ``end``).
+    """
+
+    def __init__(self, start: float = 30.0, end: float = 1.0, steps: int = 0):
+        if start <= 0 or end <= 0 or steps < 0:
+            raise ConfigError(f"temperatures must be > 0 and steps >= 0, got {start}, {end}, {steps}")
+        self.start, self.end, self.steps = float(start), float(end), int(steps)
+
+    def __call__(self, step: int) -> float:
+        if self.steps == 0 or step >= self.steps:
+            return self.end
+        return self.start + (self.end - self.start) * step / self.steps
+
+
+def set_temperature(model: nn.Module, temperature: float) -> int:
+    """Set the temperature of every :class:`KernelAttention` in ``model``; returns how many were set."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, KernelAttention):
+            module.update_temperature(temperature)
+            count += 1
+    return count

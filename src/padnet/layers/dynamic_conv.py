@@ -1,0 +1,188 @@
+"""Dynamic convolution (DY-Conv) and its partially dynamic form (PAD-Net convolution).
+
+``DynamicConv2d`` follows "Dynamic Convolution: Attention over Convolution Kernels" (Chen et al. 2020,
+PAD-Net eq. 1): k kernels mixed per sample by :class:`KernelAttention`. ``PADConv2d`` adds the mask,
+static parameters and scale factors of PAD-Net eq. 3–4 through :class:`~padnet.layers.modes.PartialMode`.
+
+The forward pass aggregates one kernel per sample and runs a single grouped convolution
+(groups = batch × groups), exact for any stride, padding, dilation and groups.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from ..errors import ConfigError
+from .attention import KernelAttention
+from .modes import ScaleFactors, make_mode
+
+
+class DynamicConv2d(nn.Module):
+    """DY-Conv: Θ̂(x) = Σᵢ πᵢ(x) Θᵢ, y = conv(x, Θ̂(x)) (PAD-Net eq. 1).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``
+            (``padding`` also accepts ``"same"``/``"valid"``).
+        num_kernels: k (4 for DY-Conv, 8 for CondConv).
+        reduction: attention reduction ratio r (hidden = C/r).
+        temperature: initial attention temperature.
+        routing: ``"softmax"`` (DY-Conv) or ``"sigmoid"`` (CondConv).
+
+    Parameters: ``weight`` (k, Cout, Cin/groups, kh, kw), ``bias`` (k, Cout) or None, ``attention``.
+    Input (B, Cin, H, W) → (B, Cout, H', W') with H', W' as ``nn.Conv2d``.
+
+    Raises:
+        ConfigError: channels not divisible by ``groups``, or k < 1.
+    """
+
+    partial = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        num_kernels: int = 4,
+        reduction: int = 4,
+        temperature: float = 30.0,
+        routing: str = "softmax",
+        **mode_kwargs,
+    ):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ConfigError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible "
+                              f"by groups {groups}")
+        if num_kernels < 1:
+            raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.groups, self.num_kernels = groups, num_kernels
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self.weight = nn.Parameter(torch.empty(num_kernels, *shape))
+        self.bias = nn.Parameter(torch.empty(num_kernels, out_channels)) if bias else None
+        self.attention = KernelAttention(in_channels, num_kernels, reduction, temperature, routing)
+        self.reset_parameters()
+        self._build_modes(shape, **mode_kwargs)
+
+    def _build_modes(self, shape: tuple[int, ...], **mode_kwargs) -> None:
+        if mode_kwargs:
+            raise ConfigError(f"DynamicConv2d got unexpected options: {', '.join(sorted(mode_kwargs))}")
+        self.scales = None
+        self.weight_mode = make_mode(False, shape, self.num_kernels, None)
+        self.bias_mode = make_mode(False, (self.out_channels,), self.num_kernels, None)
+
+    def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
+        """(suffix, mode, dynamic factors) for each masked tensor; used by mode partition and deployment."""
+        pairs = [("weight", self.weight_mode, self.weight)]
+        if self.bias is not None:
+            pairs.append(("bias", self.bias_mode, self.bias))
+        return [p for p in pairs if getattr(p[1], "partial", False)]
+
+    def reset_parameters(self) -> None:
+        """Initialise each kernel like ``nn.Conv2d`` (Kaiming-uniform, a = √5)."""
+        for w in self.weight:
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0][0].numel()
+            nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+    def update_temperature(self, temperature: float) -> None:
+        """Set the attention temperature T."""
+        self.attention.update_temperature(temperature)
+
+    def computational_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample kernels Θ̂(x) (B, Cout, Cin/groups, kh, kw) and biases (B, Cout) or None."""
+        coeffs = self.attention(x)  # (B, k)
+        weight = self.weight_mode.aggregate(coeffs, self.weight)
+        bias = None if self.bias is None else self.bias_mode.aggregate(coeffs, self.bias)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        weight, bias = self.computational_weights(x)
+        # one grouped convolution over the batch: (1, B·Cin, H, W) with B·groups groups
+        out = F.conv2d(
+            x.reshape(1, batch * self.in_channels, *x.shape[2:]),
+            weight.reshape(batch * self.out_channels, *weight.shape[2:]),
+            None if bias is None else bias.reshape(-1),
+            self.stride, self.padding, self.dilation, batch * self.groups,
+        )
+        return out.reshape(batch, self.out_channels, *out.shape[2:])
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, **kwargs) -> "DynamicConv2d":
+        """Build a dynamic layer with the geometry of ``conv``.
+
+        With ``init_from_static`` every kernel (and the static parameters of a PAD layer) starts as
+        ``conv.weight``, so the new layer computes exactly what ``conv`` did.
+        """
+        if conv.padding_mode != "zeros":
+            raise ConfigError(f"only zero padding is supported, got padding_mode={conv.padding_mode!r}")
+        layer = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, **kwargs,
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if init_from_static:
+            layer.load_static(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
+        return layer
+
+    @torch.no_grad()
+    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Copy a static kernel (Cout, Cin/groups, kh, kw) into every dynamic kernel."""
+        self.weight.copy_(weight.unsqueeze(0).expand_as(self.weight))
+        if bias is not None:
+            self.bias.copy_(bias.unsqueeze(0).expand_as(self.bias))
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}, k={self.num_kernels}")
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + f", bias={self.bias is not None}"
+
+
+class PADConv2d(DynamicConv2d):
+    """PAD-Net convolution: DY-Conv with a mask M, static parameters Θ̄ and scale factors (eq. 3–4).
+
+    Extra args:
+        granularity: ``"shared"`` (one mask for the k kernels) or ``"kernel"`` (one per kernel).
+        scale_mode: scale-factor setting of Table 3 (``"constrained"``: λs + λd = 2).
+        semantics: ``"static"`` (PAD-Net) or ``"zero"`` (masked elements pruned).
+
+    Extra parameters: ``weight_mode.static`` (Cout, Cin/groups, kh, kw) — Θ̄, Kaiming-initialised
+    independently of the kernels; ``bias_mode.static`` (Cout,) when ``bias``; ``scales`` (φ).
+    Buffers: ``weight_mode.mask`` and ``bias_mode.mask`` (ones: fully dynamic until partitioned).
+    """
+
+    partial = True
+
+    def _build_modes(self, shape, granularity: str = "shared", scale_mode: str = "constrained",
+                     semantics: str = "static") -> None:
+        self.scales = ScaleFactors(scale_mode)
+        static_w = torch.empty(shape)
+        nn.init.kaiming_uniform_(static_w, a=math.sqrt(5))
+        self.weight_mode = make_mode(True, shape, self.num_kernels, self.scales, granularity, semantics, static_w)
+        self.bias_mode = make_mode(self.bias is not None, (self.out_channels,), self.num_kernels, self.scales,
+                                   granularity, semantics, torch.zeros(self.out_channels))
+
+    @torch.no_grad()
+    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Copy a static kernel into every dynamic kernel and into the static parameters Θ̄."""
+        super().load_static(weight, bias)
+        if self.weight_mode.semantics == "static":
+            self.weight_mode.static.copy_(weight)
+            if bias is not None:
+                self.bias_mode.static.copy_(bias)

@@ -1,0 +1,223 @@
+"""The PAD-Net reparameterisation, written once for every dynamic layer.
+
+A dynamic layer owns ``k`` dynamic factors Θ₁…Θₖ of one shape and mixes them with input-dependent
+coefficients π(x). PAD-Net (eq. 3–4 of "PAD-Net: An Efficient Framework for Dynamic Networks")
+splits the computational parameters element-wise with a binary mask M::
+
+    Θ̂ = λd · Σᵢ πᵢ(x) (Mᵢ ⊙ Θᵢ) + λs · (1 − M̄) ⊙ Θ̄
+
+where Θ̄ are the static parameters and M̄ is the mean of the k masks. With one mask shared by the
+k factors (``granularity="shared"``, the published code) this is exactly eq. 4:
+λd · M ⊙ Σᵢ πᵢΘᵢ + λs · (1 − M) ⊙ Θ̄. With one mask per factor (``granularity="kernel"``) each factor
+element is either dynamic or hands its share to the static value, and the static term stays
+input-independent. M = 1 gives the fully dynamic layer; M = 0 gives the static layer λs · Θ̄.
+
+``semantics="zero"`` drops the static term (masked elements become zero): the pruning baseline
+(MoE-P) and SD-Conv's W̃ᵢ = Mᵢ ⊙ Wᵢ.
+
+Scale factors (paper Table 3): ``"constrained"`` (λs + λd = 2 via one trainable φ per layer,
+λd = 2·sigmoid(φ)), ``"both"`` (free λs, λd), ``"static"`` (λs only), ``"dynamic"`` (λd only),
+``"none"`` (λs = λd = 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+SCALE_MODES = ("constrained", "both", "static", "dynamic", "none")
+GRANULARITIES = ("shared", "kernel")
+SEMANTICS = ("static", "zero")
+
+
+class ScaleFactors(nn.Module):
+    """Trainable scale factors (λs, λd) of one layer (PAD-Net eq. 4, ablation of Table 3).
+
+    Args:
+        mode: one of ``SCALE_MODES``. ``"constrained"`` holds one scalar φ (init 0 → λs = λd = 1)
+            with λd = 2·sigmoid(φ) and λs = 2 − λd.
+
+    ``forward()`` returns ``(lambda_s, lambda_d)`` as 0-d tensors.
+    """
+
+    def __init__(self, mode: str = "constrained"):
+        super().__init__()
+        if mode not in SCALE_MODES:
+            raise ConfigError(f"unknown scale-factor mode {mode!r}; choose from {', '.join(SCALE_MODES)}")
+        self.mode = mode
+        self.register_buffer("one", torch.ones(()), persistent=False)
+        if mode == "constrained":
+            self.phi = nn.Parameter(torch.zeros(()))
+        if mode in ("both", "static"):
+            self.lambda_s = nn.Parameter(torch.ones(()))
+        if mode in ("both", "dynamic"):
+            self.lambda_d = nn.Parameter(torch.ones(()))
+        self._pick = {
+            "constrained": self._constrained,
+            "both": lambda: (self.lambda_s, self.lambda_d),
+            "static": lambda: (self.lambda_s, self.one),
+            "dynamic": lambda: (self.one, self.lambda_d),
+            "none": lambda: (self.one, self.one),
+        }[mode]
+
+    def _constrained(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lam_d = 2.0 * torch.sigmoid(self.phi)
+        return 2.0 - lam_d, lam_d
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._pick()
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class FullyDynamic(nn.Module):
+    """The identity mode: every element dynamic, no static parameters (DY-Conv, CondConv, MoE).
+
+    Has the same interface as :class:`PartialMode` so a layer chooses its code path once, at
+    construction.
+    """
+
+    partial = False
+
+    def dynamic_part(self, factors: torch.Tensor) -> torch.Tensor:
+        """Return the dynamic factors unchanged, shape (k, *shape)."""
+        return factors
+
+    def static_part(self) -> None:
+        """No static term."""
+        return None
+
+    def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """Σᵢ πᵢ Θᵢ per sample (DY-Conv eq. 1). ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
+        return (coeffs @ factors.reshape(factors.shape[0], -1)).reshape(coeffs.shape[0], *factors.shape[1:])
+
+
+class PartialMode(nn.Module):
+    """Mask M, static parameters Θ̄ and scale factors for one tensor of dynamic factors.
+
+    Args:
+        shape: shape of one dynamic factor Θᵢ (e.g. (Cout, Cin/groups, kh, kw)).
+        num_factors: k, the number of dynamic factors (kernels or experts).
+        granularity: ``"shared"`` — one mask of ``shape`` for all k factors; ``"kernel"`` — one mask per
+            factor, shape (k, *shape).
+        semantics: ``"static"`` (PAD-Net) or ``"zero"`` (pruning: masked elements are zero).
+        scales: a :class:`ScaleFactors` module (shared by all tensors of a layer), or None for λs = λd = 1.
+        static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
+
+    Buffers: ``mask`` float32, shape (1, *shape) shared or (k, *shape) per kernel, all ones at
+    construction (fully dynamic). The mask is a float so mode partition can differentiate the loss with
+    respect to it (PAD-Net eq. 7).
+    """
+
+    partial = True
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        num_factors: int,
+        granularity: str = "shared",
+        semantics: str = "static",
+        scales: ScaleFactors | None = None,
+        static_init: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ConfigError(f"unknown mask granularity {granularity!r}; choose from {', '.join(GRANULARITIES)}")
+        if semantics not in SEMANTICS:
+            raise ConfigError(f"unknown mask semantics {semantics!r}; choose from {', '.join(SEMANTICS)}")
+        self.shape = tuple(shape)
+        self.num_factors = num_factors
+        self.granularity = granularity
+        self.semantics = semantics
+        self.scales = [scales]  # a list: the layer owns the module, this only refers to it
+        mask_lead = 1 if granularity == "shared" else num_factors
+        self.register_buffer("mask", torch.ones(mask_lead, *self.shape))
+        if semantics == "static":
+            init = torch.zeros(self.shape) if static_init is None else static_init.detach().clone()
+            self.static = nn.Parameter(init.reshape(self.shape))
+
+    def lambdas(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """(λs, λd) of the owning layer; (1, 1) when it has no scale factors."""
+        scales = self.scales[0]
+        return (1.0, 1.0) if scales is None else scales()
+
+    def dynamic_part(self, factors: torch.Tensor) -> torch.Tensor:
+        """λd · Mᵢ ⊙ Θᵢ for all i. ``factors``: (k, *shape) → (k, *shape)."""
+        _, lam_d = self.lambdas()
+        return factors * (self.mask * lam_d)
+
+    def static_part(self) -> torch.Tensor | None:
+        """λs · (1 − M̄) ⊙ Θ̄, shape ``shape``; None for ``"zero"`` semantics."""
+        if self.semantics == "zero":
+            return None
+        lam_s, _ = self.lambdas()
+        static_share = 1.0 - self.mask.mean(0)  # M̄ over the k masks: (*shape)
+        return self.static * (static_share * lam_s)
+
+    def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """Computational parameters per sample (PAD-Net eq. 4).
+
+        ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape).
+        """
+        dynamic = self.dynamic_part(factors).reshape(factors.shape[0], -1)
+        out = (coeffs @ dynamic).reshape(coeffs.shape[0], *factors.shape[1:])
+        static = self.static_part()
+        return out if static is None else out + static
+
+    @property
+    def factor_numel(self) -> int:
+        """Elements of the k dynamic factors this mode masks (k · prod(shape))."""
+        return self.num_factors * math.prod(self.shape)
+
+    @property
+    def numel(self) -> int:
+        """Number of mask elements (what mode partition ranks)."""
+        return self.mask.numel()
+
+    def dynamic_ratio(self) -> float:
+        """Fraction of mask elements that are dynamic (M = 1)."""
+        return float(self.mask.mean())
+
+    def compact_counts(self) -> dict[str, int]:
+        """Elements a compact model must store for this tensor.
+
+        ``dynamic``: dynamic factors at dynamic positions (k·‖M‖₀ shared, ‖M‖₀ per kernel);
+        ``static``: static parameters at positions that are not fully dynamic.
+        """
+        on = int(self.mask.bool().sum())
+        dynamic = on * (self.num_factors if self.granularity == "shared" else 1)
+        static = 0
+        if self.semantics == "static":
+            static = int((self.mask.mean(0) < 1).sum())
+        return {"dynamic": dynamic, "static": static}
+
+    def extra_repr(self) -> str:
+        return (
+            f"shape={self.shape}, k={self.num_factors}, granularity={self.granularity!r}, "
+            f"semantics={self.semantics!r}"
+        )
+
+
+def make_mode(
+    partial: bool,
+    shape: tuple[int, ...],
+    num_factors: int,
+    scales: ScaleFactors | None,
+    granularity: str = "shared",
+    semantics: str = "static",
+    static_init: torch.Tensor | None = None,
+) -> nn.Module:
+    """Return :class:`PartialMode` when ``partial`` else :class:`FullyDynamic` (chosen once, at construction)."""
+    if not partial:
+        return FullyDynamic()
+    return PartialMode(shape, num_factors, granularity, semantics, scales, static_init)
+
+
+def partial_modes(model: nn.Module) -> list[tuple[str, PartialMode]]:
+    """All :class:`PartialMode` submodules of ``model`` with their qualified names, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, PartialMode)]

@@ -1,0 +1,5 @@
+"""Accounting (parameters, FLOPs) and evaluation metrics."""
+
+from .counting import count_flops, count_parameters, layer_table
+
+__all__ = ["count_flops", "count_parameters", "layer_table"]

@@ -1,0 +1,48 @@
+"""``create_model`` by name, in the spirit of ``timm.create_model``."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..layers.registry import conv_factory
+from .resnet import DEPTHS, ResNet
+
+MODELS = tuple(f"resnet{d}" for d in DEPTHS)
+STEMS = ("imagenet", "small")
+
+
+def create_model(
+    name: str,
+    conv: str = "static",
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    width: float = 1.0,
+    stem: str = "imagenet",
+    **conv_options,
+) -> nn.Module:
+    """Build a model whose convolutions (all but the stem) are of type ``conv``.
+
+    Args:
+        name: ``"resnet10"``, ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        conv: ``"static"``, ``"dy"`` (DY-Conv, k = 4) or ``"pad"`` (PAD-Net, k = 4) or a registered type.
+        num_classes, in_chans: classifier outputs and input channels.
+        width: width multiplier (> 0).
+        stem: ``"imagenet"`` (224×224 inputs) or ``"small"`` (28×28 / 32×32).
+        **conv_options: options of the dynamic layers (``num_kernels``, ``reduction``, ``temperature``,
+            ``granularity``, ``scale_mode``).
+
+    Raises:
+        ConfigError: unknown model, conv type or stem; non-positive width.
+    """
+    match = re.fullmatch(r"resnet(\d+)", name.lower())
+    if not match or int(match.group(1)) not in DEPTHS:
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if stem not in STEMS:
+        raise ConfigError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
+    if not width > 0:
+        raise ConfigError(f"width multiplier must be > 0, got {width}")
+    factory = conv_factory(conv, **conv_options)
+    return ResNet(int(match.group(1)), factory, num_classes, in_chans, width, stem)

@@ -1,0 +1,9 @@
+"""Mode partition (PAD-Net eq. 5–9): scores and the iterative schedule."""
+
+from .imp import METHODS, SCOPES, PartitionReport, apply_partition, check_kappa, make_report, partition
+from .scores import magnitude_scores, masked_tensors, random_scores, snip_scores
+
+__all__ = [
+    "METHODS", "SCOPES", "PartitionReport", "apply_partition", "check_kappa", "magnitude_scores",
+    "make_report", "masked_tensors", "partition", "random_scores", "snip_scores",
+]

@@ -1,0 +1,86 @@
+"""Importance scores for mode partition: which elements deserve to stay dynamic.
+
+* ``snip`` — PAD-Net eq. 7–8: the magnitude of ∂L/∂M accumulated over N minibatches, with the mask
+  relaxed to a real number (M = current mask). The gradient of the loss over the N batches is
+  summed before taking the magnitude (eq. 7 with D_b = those batches); normalising by Σ|g| (eq. 8)
+  does not change a ranking, so scores are returned unnormalised.
+* ``magnitude`` — |Θᵢ| of the dynamic factors (mean over the k factors for a shared mask).
+* ``random`` — uniform noise (the "Random" partition of appendix D).
+
+Each function returns one score tensor per masked tensor, with the mask's shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+MaskedTensor = tuple[str, nn.Module, torch.Tensor]  # (name, PartialMode, dynamic factors (k, *shape))
+
+
+def masked_tensors(model: nn.Module) -> list[MaskedTensor]:
+    """Every masked tensor of ``model``: layers expose them through ``mode_pairs()``."""
+    out = []
+    for name, module in model.named_modules():
+        pairs = getattr(module, "mode_pairs", None)
+        if callable(pairs):
+            out.extend((f"{name}.{suffix}" if name else suffix, mode, factors) for suffix, mode, factors in pairs())
+    return out
+
+
+def magnitude_scores(tensors: list[MaskedTensor]) -> list[torch.Tensor]:
+    """|Θᵢ| per mask element (mean over the k factors when the mask is shared)."""
+    scores = []
+    for _, mode, factors in tensors:
+        mag = factors.detach().abs()
+        scores.append(mag.mean(0, keepdim=True) if mode.mask.shape[0] == 1 else mag)
+    return scores
+
+
+def random_scores(tensors: list[MaskedTensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """Uniform random scores, reproducible through ``generator``."""
+    return [torch.rand(mode.mask.shape, generator=generator).to(mode.mask.device) for _, mode, _ in tensors]
+
+
+def snip_scores(
+    model: nn.Module,
+    tensors: list[MaskedTensor],
+    batches: Iterable,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    num_batches: int = 10,
+) -> list[torch.Tensor]:
+    """|Σ_b ∂L_b/∂M| over ``num_batches`` batches of (x, y) (PAD-Net eq. 7).
+
+    The model runs in training mode (as in training); BatchNorm running statistics and parameter
+    gradients are left exactly as they were. Raises ConfigError when ``batches`` yields nothing.
+    """
+    masks = [mode.mask for _, mode, _ in tensors]
+    buffers = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("mask")}
+    grads = [torch.zeros_like(m) for m in masks]
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        for m in masks:
+            m.requires_grad_(True)
+        device = masks[0].device
+        for x, y in itertools.islice(batches, num_batches):
+            loss = loss_fn(model(x.to(device)), y.to(device))
+            for acc, g in zip(grads, torch.autograd.grad(loss, masks)):
+                acc += g
+            seen += 1
+    finally:
+        for m in masks:
+            m.requires_grad_(False)
+        with torch.no_grad():
+            for k, v in buffers.items():
+                model.get_buffer(k).copy_(v)
+        model.train(was_training)
+    if seen == 0:
+        raise ConfigError("mode partition needs at least one batch of training data")
+    return [g.abs() for g in grads]
