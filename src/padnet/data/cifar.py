@@ -91,7 +91,9 @@ def read_cifar_binary(path: str | os.PathLike, label_bytes: int) -> tuple[torch.
     except OSError as exc:
         raise DataError(f"cannot read CIFAR file {path}: {exc.strerror or exc}") from exc
     if raw.size == 0 or raw.size % record:
-        raise DataError(f"{path}: size {raw.size} bytes is not a positive multiple of the {record}-byte record")
+        raise DataError(
+            f"{path}: size {raw.size} bytes is not a positive multiple of the {record}-byte record"
+        )
     rows = raw.reshape(-1, record)
     labels = torch.from_numpy(rows[:, label_bytes - 1].astype(np.int64))
     images = torch.from_numpy(np.ascontiguousarray(rows[:, label_bytes:]).reshape(-1, 3, 32, 32))

@@ -19,7 +19,7 @@ def load_digits_data() -> tuple[ImageData, ImageData]:
     Pixel values 0..16 are scaled to uint8 by ``v * 255 // 16`` (0..255). For each class in turn
     (0..9) its sample indices are shuffled by ``torch.randperm`` from one ``torch.Generator``
     seeded with :data:`SPLIT_SEED` (= 0); the first ``round(0.8 * n_class)`` go to train, the rest
-    to test; both splits are kept in the original sample order. This gives 1437 train / 360 test.
+    to test; both splits are kept in the original sample order. This gives 1438 train / 359 test.
 
     Returns:
         Two :class:`ImageData`: images uint8 (N, 1, 8, 8), labels int64 (N,), 10 classes named

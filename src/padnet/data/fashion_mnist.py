@@ -57,8 +57,9 @@ def load_fashion_mnist(
     train_images, train_labels = _read_split(folder, "train")
     test_images, test_labels = _read_split(folder, "test")
     mean, std = channel_stats(train_images)
-    make = lambda x, y: ImageData(x, y, 10, mean, std, list(CLASSES))  # noqa: E731
-    return make(train_images, train_labels), make(test_images, test_labels)
+    train = ImageData(train_images, train_labels, 10, mean, std, list(CLASSES))
+    test = ImageData(test_images, test_labels, 10, mean, std, list(CLASSES))
+    return train, test
 
 
 def _locate(root: str | os.PathLike | None, download: bool) -> Path:
@@ -72,7 +73,11 @@ def _locate(root: str | os.PathLike | None, download: bool) -> Path:
         if _complete(folder):
             return folder
     if not download:
-        where = f"in {root} (or {root / 'fashion-mnist'})" if root is not None else f"in {DEBIAN_DIR} or {candidates[1]}"
+        where = (
+            f"in {root} (or {root / 'fashion-mnist'})"
+            if root is not None
+            else f"in {DEBIAN_DIR} or {candidates[1]}"
+        )
         raise DataError(
             f"Fashion-MNIST files not found {where}; install the Debian package dataset-fashion-mnist, "
             "pass --data-root, or allow download"
@@ -102,11 +107,15 @@ def _read_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images = read_idx(image_path)
     labels = read_idx(label_path)
     if images.dtype != torch.uint8 or images.dim() != 3:
-        raise DataError(f"{image_path}: expected uint8 images (N, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise DataError(
+            f"{image_path}: expected uint8 images (N, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
     if labels.dtype != torch.uint8 or labels.dim() != 1:
         raise DataError(f"{label_path}: expected uint8 labels (N,), got {labels.dtype} {tuple(labels.shape)}")
     if images.shape[0] != labels.shape[0]:
-        raise DataError(f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels")
+        raise DataError(
+            f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels"
+        )
     if len(labels) and int(labels.max()) >= len(CLASSES):
         raise DataError(f"{label_path}: label {int(labels.max())} out of range 0..{len(CLASSES) - 1}")
     return images.unsqueeze(1).contiguous(), labels.to(torch.int64)

@@ -66,9 +66,7 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     actual = len(raw) - header
     if actual != expected:
         kind = "truncated" if actual < expected else "oversized"
-        raise DataError(
-            f"{path}: {kind} IDX payload, {actual} bytes for shape {dims} (expected {expected})"
-        )
+        raise DataError(f"{path}: {kind} IDX payload, {actual} bytes for shape {dims} (expected {expected})")
     values = np.frombuffer(raw, dtype=big, offset=header).reshape(dims).astype(native)
     return torch.from_numpy(values)
 

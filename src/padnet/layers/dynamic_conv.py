@@ -4,8 +4,14 @@
 PAD-Net eq. 1): k kernels mixed per sample by :class:`KernelAttention`. ``PADConv2d`` adds the mask,
 static parameters and scale factors of PAD-Net eq. 3–4 through :class:`~padnet.layers.modes.PartialMode`.
 
-The forward pass aggregates one kernel per sample and runs a single grouped convolution
-(groups = batch × groups), exact for any stride, padding, dilation and groups.
+Two exact formulations, chosen per input shape and cached (``formulation="auto"``):
+
+* ``"grouped"`` — aggregate one kernel per sample, then one grouped convolution with
+  groups = batch × groups. Fast on large feature maps and for batch 1.
+* ``"batched"`` — one ordinary convolution with (k + 1)·Cout outputs (the k masked kernels and the static
+  kernel), then the π-weighted sum. Convolution is linear in the kernel, so this equals the grouped form;
+  it is faster on small feature maps, where grouped convolution is slow on CPU (measured here at
+  batch 128, 2 threads: 7×7 maps 4.3–6.6× static grouped vs 3.7–4.4× batched; 14×14: 1.5–2.1× vs 3.9–5.5×).
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from ..errors import ConfigError
 from .attention import KernelAttention
 from .modes import ScaleFactors, make_mode
 
+FORMULATIONS = ("auto", "grouped", "batched")
+# "auto": grouped convolution when the output map has at least this many pixels (or batch is 1)
+GROUPED_MIN_PIXELS = 100
+
 
 class DynamicConv2d(nn.Module):
     """DY-Conv: Θ̂(x) = Σᵢ πᵢ(x) Θᵢ, y = conv(x, Θ̂(x)) (PAD-Net eq. 1).
@@ -32,6 +42,7 @@ class DynamicConv2d(nn.Module):
         reduction: attention reduction ratio r (hidden = C/r).
         temperature: initial attention temperature.
         routing: ``"softmax"`` (DY-Conv) or ``"sigmoid"`` (CondConv).
+        formulation: ``"auto"``, ``"grouped"`` or ``"batched"`` (see the module docstring).
 
     Parameters: ``weight`` (k, Cout, Cin/groups, kh, kw), ``bias`` (k, Cout) or None, ``attention``.
     Input (B, Cin, H, W) → (B, Cout, H', W') with H', W' as ``nn.Conv2d``.
@@ -56,6 +67,7 @@ class DynamicConv2d(nn.Module):
         reduction: int = 4,
         temperature: float = 30.0,
         routing: str = "softmax",
+        formulation: str = "auto",
         **mode_kwargs,
     ):
         super().__init__()
@@ -64,6 +76,10 @@ class DynamicConv2d(nn.Module):
                               f"by groups {groups}")
         if num_kernels < 1:
             raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
+        if formulation not in FORMULATIONS:
+            raise ConfigError(f"unknown formulation {formulation!r}; choose from {', '.join(FORMULATIONS)}")
+        self.formulation = formulation
+        self._paths: dict[tuple[int, ...], object] = {}
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
@@ -109,6 +125,27 @@ class DynamicConv2d(nn.Module):
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = self._paths.get(x.shape)
+        if path is None:
+            path = self._paths[x.shape] = self._choose(x.shape)
+        return path(x)
+
+    def _choose(self, shape: torch.Size):
+        """The formulation for inputs of ``shape`` (decided once per shape)."""
+        if self.formulation != "auto":
+            return self._grouped if self.formulation == "grouped" else self._batched
+        pixels = math.prod(self.output_size(shape[2:]))
+        return self._grouped if shape[0] == 1 or pixels >= GROUPED_MIN_PIXELS else self._batched
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Output (H', W') for an input map of ``size`` (H, W), as ``nn.Conv2d`` computes it."""
+        if self.padding == "same":
+            return tuple(size)
+        padding = (0, 0) if self.padding == "valid" else self.padding
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                     for n, p, d, k, s in zip(size, padding, self.dilation, self.kernel_size, self.stride))
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         weight, bias = self.computational_weights(x)
         # one grouped convolution over the batch: (1, B·Cin, H, W) with B·groups groups
@@ -119,6 +156,26 @@ class DynamicConv2d(nn.Module):
             self.stride, self.padding, self.dilation, batch * self.groups,
         )
         return out.reshape(batch, self.out_channels, *out.shape[2:])
+
+    def _batched(self, x: torch.Tensor) -> torch.Tensor:
+        batch, g = x.shape[0], self.groups
+        pi = coeffs = self.attention(x)  # (B, k)
+        kernels = self.weight_mode.dynamic_part(self.weight)  # (k, Cout, Cin/g, kh, kw)
+        static = self.weight_mode.static_part()  # (Cout, Cin/g, kh, kw) or None
+        if static is not None:
+            kernels = torch.cat([kernels, static.unsqueeze(0)])
+            coeffs = torch.cat([coeffs, coeffs.new_ones(batch, 1)], dim=1)
+        n = kernels.shape[0]
+        # order output channels (group, kernel, channel-in-group) so each group sees its own inputs
+        per_group = self.out_channels // g
+        stacked = kernels.reshape(n, g, per_group, *kernels.shape[2:]).transpose(0, 1)
+        out = F.conv2d(x, stacked.reshape(g * n * per_group, *kernels.shape[2:]), None,
+                       self.stride, self.padding, self.dilation, g)
+        out = out.reshape(batch, g, n, per_group, *out.shape[2:])
+        out = torch.einsum("bn,bgnchw->bgchw", coeffs, out).reshape(batch, self.out_channels, *out.shape[4:])
+        if self.bias is not None:
+            out = out + self.bias_mode.aggregate(pi, self.bias)[..., None, None]
+        return out
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, **kwargs) -> "DynamicConv2d":

@@ -1,0 +1,157 @@
+"""Run configuration: one dataclass, read from YAML and/or command-line flags, saved with each run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (defaults: the quick Fashion-MNIST recipe)."""
+
+    # model
+    model: str = "resnet10"
+    conv: str = "static"
+    width: float = 0.25
+    stem: str = "small"
+    num_kernels: int = 4
+    reduction: int = 4
+    granularity: str = "shared"
+    scale_mode: str = "constrained"
+    # data
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    download: bool = False
+    train_subset: int | None = None
+    # optimisation (PAD-Net appendix A: SGD 0.9, warm-up + cosine)
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.0
+    # dynamic layers: attention temperature anneals linearly from start to end
+    temperature_start: float = 30.0
+    temperature_end: float = 1.0
+    temperature_epochs: float = 1.0
+    # mode partition (PAD-Net eq. 5–9), run before training for conv="pad"
+    kappa: float = 0.3
+    partition: str = "imp"
+    partition_batches: int = 10
+    partition_iterations: int = 5
+    partition_scope: str = "global"
+    # run
+    seed: int = 0
+    threads: int | None = None
+    keep_checkpoints: int = 2
+    progress: bool = True
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges and names that can be checked without building anything; returns self."""
+        from .data import DATASETS
+        from .layers.registry import resolve_conv
+        from .models.registry import MODELS, STEMS
+        from .partition import METHODS, SCOPES, check_kappa
+
+        if self.model.lower() not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        resolve_conv(self.conv)
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"unknown stem {self.stem!r}; choose from {', '.join(STEMS)}")
+        check_kappa(self.kappa)
+        if self.partition not in METHODS:
+            raise ConfigError(f"unknown partition method {self.partition!r}; choose from {', '.join(METHODS)}")
+        if self.partition_scope not in SCOPES:
+            raise ConfigError(f"unknown partition scope {self.partition_scope!r}; choose from {', '.join(SCOPES)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "width": self.width,
+                    "num_kernels": self.num_kernels, "reduction": self.reduction,
+                    "partition_batches": self.partition_batches, "partition_iterations": self.partition_iterations,
+                    "temperature_start": self.temperature_start, "temperature_end": self.temperature_end}
+        for name, value in positive.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        for name in ("weight_decay", "warmup_epochs", "temperature_epochs", "momentum"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be >= 0, got {value!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a YAML/CLI value to the type of the field's default (None allowed for optional fields)."""
+    if value is None:
+        return None
+    kind = type(default) if default is not None else None
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind in (int, float):
+            number = kind(value)
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return number
+        if kind is list:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        if name in ("train_subset", "threads"):
+            return int(value)
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} has an invalid value {value!r}") from None
+
+
+def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from ``base`` (default: defaults) updated with ``data``; unknown keys are errors."""
+    base = base or TrainConfig()
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
+    values = base.to_dict()
+    defaults = TrainConfig().to_dict()
+    for key, value in data.items():
+        values[key] = _coerce(key, value, defaults[key])
+    return TrainConfig(**values)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; ConfigError if missing, malformed or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    """The configuration as YAML text (what a run saves as ``config.yaml``)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,124 @@
+"""ImageNet-style class folders (``<split>/<class>/<image>``) read lazily with PIL."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from padnet.data.transforms import center_crop, normalize, random_resized_crop, resize_shorter
+from padnet.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
+
+
+class ImageFolder(Dataset):
+    """Images in ``folder/<class name>/`` files, classes indexed in sorted-name order.
+
+    Item ``i`` is ``(x, y)``: x float32 (3, size, size) normalised with :data:`IMAGENET_MEAN` /
+    :data:`IMAGENET_STD`; y an int label. With ``augment`` the image goes through a random
+    resized crop (area 8-100 %, aspect 3/4-4/3) to ``size`` and a left-right flip with probability
+    0.5, using torch's global generator (which a seeded ``DataLoader`` seeds per worker); without,
+    its shorter side is resized to ``resize_to`` and the centre ``size`` x ``size`` is kept.
+
+    Attributes:
+        classes: class names; ``num_classes``; ``mean``/``std``; ``input_shape`` (3, size, size);
+        samples: list of ``(path, label)``.
+
+    Args:
+        folder: the split folder, e.g. ``root/train``.
+        augment: training-time augmentation on/off.
+        size: output side in pixels (224).
+        resize_to: shorter side before the centre crop in evaluation (256).
+        classes: class names to use (e.g. the train split's for the val split); default: the
+            sorted sub-folder names.
+
+    Raises:
+        DataError: if the folder is missing, has no class folders or no images, or has a class
+            folder not in ``classes``.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        augment: bool,
+        size: int = 224,
+        resize_to: int = 256,
+        classes: list[str] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DataError(f"image folder not found: {self.folder}")
+        found = sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not found:
+            raise DataError(f"{self.folder} has no class sub-folders")
+        self.classes = list(classes) if classes is not None else found
+        index = {name: i for i, name in enumerate(self.classes)}
+        unknown = [name for name in found if name not in index]
+        if unknown:
+            raise DataError(
+                f"{self.folder} has class folders absent from the train split: {', '.join(unknown[:5])}"
+            )
+        self.samples = [
+            (path, index[name])
+            for name in found
+            for path in sorted((self.folder / name).rglob("*"))
+            if path.suffix.lower() in EXTENSIONS and path.is_file()
+        ]
+        if not self.samples:
+            raise DataError(f"{self.folder} contains no images ({', '.join(sorted(EXTENSIONS))})")
+        self.augment = augment
+        self.size = size
+        self.resize_to = resize_to
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape (3, size, size) of one item's image."""
+        return (3, self.size, self.size)
+
+    def with_augment(self, augment: bool) -> ImageFolder:
+        """A shallow copy with augmentation switched on or off (the sample list is shared)."""
+        clone = copy.copy(self)
+        clone.augment = augment
+        return clone
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """Image ``i`` transformed and normalised, float32 (3, size, size), and its label."""
+        path, label = self.samples[i]
+        img = _load_rgb(path)
+        if self.augment:
+            x = random_resized_crop(img, self.size)
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+        else:
+            x = center_crop(resize_shorter(img, self.resize_to), self.size)
+        return normalize(x, self.mean, self.std), label
+
+
+def _load_rgb(path: Path) -> torch.Tensor:
+    """An image file as uint8 (3, H, W) RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {' '.join(str(exc).split())}") from exc
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)

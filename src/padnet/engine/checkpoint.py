@@ -1,0 +1,100 @@
+"""Checkpoints in safetensors, written atomically, never unpickled.
+
+One file holds the model state (``model/<key>``), the optimiser's tensor state (``optim/<param
+index>/<name>``), the torch RNG state (``rng/torch``) and, in the header metadata under ``padnet``,
+a JSON document with the run configuration, progress counters, optimiser hyper-parameters and the
+scheduler state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError
+from ..fileio import atomic_path
+
+FORMAT = "padnet-checkpoint-1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=None, scheduler=None) -> Path:
+    """Write a checkpoint to ``path`` atomically (temporary file + rename); returns the path.
+
+    ``state`` must be JSON-serialisable (configuration, epoch, step, temperature, ...).
+    """
+    tensors = {f"model/{k}": v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors["rng/torch"] = torch.get_rng_state()
+    meta = {"format": FORMAT, "state": state}
+    if optimizer is not None:
+        osd = optimizer.state_dict()
+        meta["optimizer"] = {"param_groups": osd["param_groups"], "scalars": {}}
+        for pid, pstate in osd["state"].items():
+            for name, value in pstate.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim/{pid}/{name}"] = value.detach().clone().contiguous().cpu()
+                else:
+                    meta["optimizer"]["scalars"][f"{pid}/{name}"] = value
+    if scheduler is not None:
+        meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"padnet": json.dumps(meta)})
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a checkpoint; CheckpointError if missing, corrupt or not padnet's."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        meta = json.loads(header["padnet"])
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable padnet checkpoint ({reason})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a padnet checkpoint (format {meta.get('format')!r})")
+    return tensors, meta
+
+
+def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> None:
+    """Load ``model/*`` tensors strictly; a one-line CheckpointError names the first mismatch."""
+    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        first = (missing or unexpected or shapes)[0]
+        raise CheckpointError(
+            f"{path} does not match this architecture: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(shapes)} mis-shaped tensors (first: {first})")
+    model.load_state_dict(state, strict=True)
+
+
+def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None) -> None:
+    """Restore optimiser, scheduler and RNG state saved by :func:`save_checkpoint`."""
+    if optimizer is not None and "optimizer" in meta:
+        saved = meta["optimizer"]
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim/"):
+                _, pid, name = key.split("/", 2)
+                state.setdefault(int(pid), {})[name] = value
+        for key, value in saved["scalars"].items():
+            pid, name = key.split("/", 1)
+            state.setdefault(int(pid), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    if scheduler is not None and "scheduler" in meta:
+        scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
+    if "rng/torch" in tensors:
+        torch.set_rng_state(tensors["rng/torch"])

@@ -1,0 +1,251 @@
+"""Image-classification training: SGD + warm-up/cosine, temperature annealing, mode partition,
+top-1 evaluation, a JSONL metrics log, safetensors checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig, dump_yaml
+from ..data import ImageData, load_dataset, make_loader
+from ..errors import ConfigError, PadnetError
+from ..fileio import write_json, write_text
+from ..layers.attention import KernelAttention, TemperatureSchedule, set_temperature
+from ..metrics.counting import count_flops, count_parameters
+from ..models import create_model
+from ..partition import partition
+from .checkpoint import load_model_state, read_checkpoint, restore_training, save_checkpoint
+from .schedule import build_scheduler
+
+CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
+    """The model a configuration describes (dynamic-layer options only for dynamic convs)."""
+    options = {}
+    if cfg.conv not in ("static", "conv"):
+        options = {"num_kernels": cfg.num_kernels, "reduction": cfg.reduction, "temperature": cfg.temperature_start}
+        if cfg.conv in ("pad", "padnet", "pad-net"):
+            options.update(granularity=cfg.granularity, scale_mode=cfg.scale_mode)
+    return create_model(cfg.model, conv=cfg.conv, num_classes=num_classes, in_chans=in_chans, width=cfg.width,
+                        stem=cfg.stem, **options)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on kernels and linear weights only; none on BatchNorm, biases and scale factors."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader) -> float:
+    """Top-1 accuracy in percent over ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += y.numel()
+    model.train(was_training)
+    return 100.0 * correct / max(1, total)
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob(CHECKPOINT_GLOB))
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency; stay usable without it
+        return iterable
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+
+
+class _TensorBoard:
+    """Scalars to TensorBoard when ``tensorboard`` is installed; otherwise nothing."""
+
+    def __init__(self, run_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, record: dict, step: int) -> None:
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Trainer:
+    """Train one model as ``cfg`` describes, in ``run_dir``.
+
+    The run directory holds ``config.yaml`` (the resolved configuration), ``metrics.jsonl`` (one record
+    per epoch), ``checkpoint-epochNNNN.safetensors`` (the last ``keep_checkpoints``), ``model.safetensors``
+    (final weights) and ``results.json``. ``resume=True`` continues from the newest checkpoint and ends
+    with the same weights as an uninterrupted run (batches and augmentation depend only on seed and
+    epoch; RNG, optimiser and scheduler states are restored).
+
+    Raises:
+        ConfigError: invalid configuration, or ``run_dir`` already holds another run and ``resume`` is off.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
+                 data: tuple[ImageData, ImageData] | None = None):
+        self.cfg = cfg.validate()
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        existing = _checkpoints(self.run_dir) + [self.run_dir / "results.json"]
+        if not resume and any(p.exists() for p in existing):
+            raise ConfigError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
+                              f"or choose another --out")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        train, test = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+        if cfg.train_subset and cfg.train_subset < len(train):
+            train = train.subset(cfg.train_subset, seed=cfg.seed)
+        self.train_data, self.test_data = train, test
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, train.num_classes, train.input_shape[0])
+        self.dynamic = any(isinstance(m, KernelAttention) for m in self.model.modules())
+        self.steps_per_epoch = len(make_loader(train, cfg.batch_size, train=True, seed=cfg.seed, epoch=0))
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)")
+        total = cfg.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                         momentum=cfg.momentum)
+        self.scheduler = build_scheduler(self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.temperature = TemperatureSchedule(cfg.temperature_start, cfg.temperature_end,
+                                               round(cfg.temperature_epochs * self.steps_per_epoch))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.epoch = self.step = 0
+        self.partition_report: dict | None = None
+        self.elapsed = 0.0
+
+    # ---------------------------------------------------------------- state
+    def _state(self) -> dict:
+        return {"config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step,
+                "partition": self.partition_report, "elapsed": self.elapsed}
+
+    def save(self) -> Path:
+        path = self.run_dir / f"checkpoint-epoch{self.epoch:04d}.safetensors"
+        save_checkpoint(path, self.model, self._state(), self.optimizer, self.scheduler)
+        for old in _checkpoints(self.run_dir)[:-max(1, self.cfg.keep_checkpoints)]:
+            old.unlink()
+        return path
+
+    def load(self, path: str | Path) -> None:
+        tensors, meta = read_checkpoint(path)
+        load_model_state(self.model, tensors, path)
+        restore_training(tensors, meta, self.optimizer, self.scheduler)
+        state = meta["state"]
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.partition_report, self.elapsed = state.get("partition"), state.get("elapsed", 0.0)
+
+    # ---------------------------------------------------------------- steps
+    def run_partition(self) -> None:
+        cfg = self.cfg
+        loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0)
+        report = partition(self.model, cfg.kappa, cfg.partition, loader, self.criterion,
+                           cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope, cfg.seed)
+        self.partition_report = report.to_dict()
+
+    def train_epoch(self) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed, epoch=self.epoch)
+        loss_sum = correct = seen = 0.0
+        bar = _progress(loader, cfg.progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        for x, y in bar:
+            if self.dynamic:
+                set_temperature(self.model, self.temperature(self.step))
+            logits = self.model(x)
+            loss = self.criterion(logits, y)
+            if not torch.isfinite(loss):
+                raise PadnetError(f"non-finite loss ({loss.item()}) at step {self.step}; lower the learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            loss_sum += loss.item() * y.numel()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.numel()
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        self.epoch += 1
+        return {"train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen}
+
+    # ---------------------------------------------------------------- run
+    def fit(self) -> dict:
+        """Partition (PAD-Net), train, evaluate every epoch; returns the run's results."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        log_path = self.run_dir / "metrics.jsonl"
+        if self.resume and _checkpoints(self.run_dir):
+            self.load(_checkpoints(self.run_dir)[-1])
+        records = [r for r in _read_jsonl(log_path) if r["epoch"] <= self.epoch] if self.resume else []
+        write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+        if self.epoch == 0 and self.partition_report is None and cfg.conv in ("pad", "padnet", "pad-net"):
+            self.run_partition()
+        board = _TensorBoard(self.run_dir)
+        test_loader = make_loader(self.test_data, 512, train=False)
+        top1 = records[-1]["test_top1"] if records else float("nan")
+        try:
+            while self.epoch < cfg.epochs:
+                start = time.perf_counter()
+                record = self.train_epoch()
+                top1 = evaluate(self.model, test_loader)
+                self.elapsed += time.perf_counter() - start
+                record = {"epoch": self.epoch, "step": self.step, **record, "test_top1": top1,
+                          "lr": self.optimizer.param_groups[0]["lr"], "temperature": self.temperature(self.step),
+                          "elapsed_s": round(self.elapsed, 2)}
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                board.log(record, self.step)
+                self.save()
+        finally:
+            board.close()
+        results = {
+            "model": cfg.model, "conv": cfg.conv, "seed": cfg.seed, "epochs": cfg.epochs, "top1": top1,
+            "params": count_parameters(self.model),
+            "flops": count_flops(self.model, self.train_data.input_shape),
+            "train_seconds": round(self.elapsed, 2), "partition": self.partition_report,
+        }
+        save_checkpoint(self.run_dir / "model.safetensors", self.model, self._state())
+        write_json(self.run_dir / "results.json", results)
+        return results
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
