@@ -1,0 +1,206 @@
+"""The ``padnet`` command: train, compare (the main job), count, partition, evaluate, data."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from .errors import PadnetError
+
+# glibc allocator settings that keep large tensors out of fresh mmaps (DESIGN §6: dynamic layers 2–4×
+# faster here); the console command sets them by re-executing itself once unless PADNET_ALLOCATOR=0.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "68719476736",
+                 "MALLOC_TOP_PAD_": "1073741824"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"padnet: error: {message} (see 'padnet {self.prog.split()[-1]} --help')\n")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from .config import TrainConfig
+
+    parser.add_argument("--config", help="YAML file of configuration keys (flags override it)")
+    group = parser.add_argument_group("configuration keys (see configs/*.yaml)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "tags":
+            group.add_argument(flag, dest=f.name, nargs="*", default=argparse.SUPPRESS)
+        else:
+            group.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=argparse.SUPPRESS,
+                               help=f"default: {f.default!r}" if f.default is not dataclasses.MISSING else None)
+
+
+def _resolve_config(args, preset: dict | None = None):
+    from .config import TrainConfig, config_from_dict, load_yaml
+
+    cfg = TrainConfig()
+    if preset:
+        cfg = config_from_dict(preset, cfg, "preset")
+    if args.config:
+        cfg = config_from_dict(load_yaml(args.config), cfg, args.config)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return config_from_dict(flags, cfg, "command-line flags").validate()
+
+
+def cmd_train(args) -> int:
+    from .engine.trainer import Trainer
+
+    cfg = _resolve_config(args)
+    out = Path(args.out or f"runs/{cfg.model}-{cfg.conv}-seed{cfg.seed}")
+    results = Trainer(cfg, out, resume=args.resume).fit()
+    print(f"top-1 {results['top1']:.2f} %  params {results['params']:,}  MACs {results['flops']:,}  "
+          f"({results['train_seconds']:.0f} s) -> {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import compare
+
+    cfg = _resolve_config(args, compare.FULL if args.full else compare.QUICK)
+    seeds = tuple(args.seeds) if args.seeds else (compare.FULL_SEEDS if args.full else compare.QUICK_SEEDS)
+    out = Path(args.out)
+    compare.run_compare(out, cfg, tuple(args.convs), seeds, log=lambda m: print(m, flush=True))
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
+    return 0
+
+
+def cmd_count(args) -> int:
+    from .metrics.counting import count_flops, count_parameters
+    from .models import create_model
+    from .partition import partition
+
+    opts = {} if args.conv == "static" else {"num_kernels": args.num_kernels, "reduction": args.reduction}
+    model = create_model(args.model, conv=args.conv, num_classes=args.num_classes, in_chans=args.input[0],
+                         width=args.width, stem=args.stem, **opts)
+    if args.conv == "pad":
+        partition(model, args.kappa, "random")
+    params, flops = count_parameters(model), count_flops(model, tuple(args.input))
+    fc = sum(p.numel() for p in model.fc.parameters())
+    print(f"{args.model} conv={args.conv} width={args.width:g} input={'x'.join(map(str, args.input))}"
+          + (f" kappa={args.kappa:g}" if args.conv == "pad" else ""))
+    print(f"params {params / 1e6:.2f}M ({(params - fc) / 1e6:.2f}M without the classifier)  "
+          f"FLOPs {flops / 1e9:.3f} GMACs")
+    return 0
+
+
+def cmd_partition(args) -> int:
+    from .data import load_dataset, make_loader
+    from .engine.trainer import build_model
+    from .fileio import write_json
+    from .partition import partition
+
+    cfg = _resolve_config(args)
+    train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+    model = build_model(dataclasses.replace(cfg, conv="pad"), train.num_classes, train.input_shape[0])
+    report = partition(model, cfg.kappa, cfg.partition, make_loader(train, cfg.batch_size, True, cfg.seed),
+                       num_batches=cfg.partition_batches, iterations=cfg.partition_iterations,
+                       scope=cfg.partition_scope, seed=cfg.seed)
+    print(report.summary())
+    for layer in report.layers:
+        print(f"  {layer['name']:<32} {layer['dynamic_ratio']:.3f}  ({layer['dynamic']}/{layer['elements']})")
+    if args.out:
+        write_json(args.out, report.to_dict())
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .config import TrainConfig, config_from_dict
+    from .data import load_dataset, make_loader
+    from .engine.checkpoint import load_model_state, read_checkpoint
+    from .engine.trainer import build_model, evaluate
+
+    tensors, meta = read_checkpoint(args.checkpoint)
+    cfg = config_from_dict(meta["state"]["config"], TrainConfig(), str(args.checkpoint))
+    if args.data_root:
+        cfg = dataclasses.replace(cfg, data_root=args.data_root)
+    _, test = load_dataset(cfg.dataset, cfg.data_root, False)
+    model = build_model(cfg, test.num_classes, test.input_shape[0])
+    load_model_state(model, tensors, args.checkpoint)
+    print(f"top-1 {evaluate(model, make_loader(test, 512, train=False)):.2f} % on {cfg.dataset} test")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import load_dataset
+
+    train, test = load_dataset(args.dataset, args.data_root, args.download)
+    print(f"{args.dataset}: {len(train)} train / {len(test)} test images")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+
+    parser = _Parser(prog="padnet", description="Partially dynamic networks (PAD-Net, DY-Conv).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one model")
+    _add_config_flags(p)
+    p.add_argument("--out", help="run directory (default runs/<model>-<conv>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="the main job: static vs DY-Conv vs PAD-Net on Fashion-MNIST")
+    _add_config_flags(p)
+    p.add_argument("--out", default="runs/compare", help="run directory (re-running resumes)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --full: 0-4)")
+    p.add_argument("--convs", nargs="+", default=["static", "dy", "pad"], help="conv types to compare")
+    p.add_argument("--full", action="store_true", help="the full recipe: all data, 30 epochs, width 0.5, 5 seeds")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("count", help="parameters and FLOPs of a model (paper conventions)")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--conv", default="static")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--stem", default="imagenet")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-kernels", type=int, default=4)
+    p.add_argument("--reduction", type=int, default=4)
+    p.add_argument("--kappa", type=float, default=0.3)
+    p.add_argument("--input", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W"))
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("partition", help="run mode partition on a fresh PAD-Net model and print the ratios")
+    _add_config_flags(p)
+    p.add_argument("--out", help="write the report as JSON here")
+    p.set_defaults(func=cmd_partition)
+
+    p = sub.add_parser("evaluate", help="top-1 of a saved model on its dataset's test split")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data-root")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("data", help="check that a dataset can be read (and download it if asked)")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--data-root")
+    p.add_argument("--download", action="store_true")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; user mistakes print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PadnetError as exc:
+        print(f"padnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("padnet: interrupted", file=sys.stderr)
+        return 130
+
+
+def console() -> None:
+    """Entry point of the ``padnet`` script: set the allocator variables once, then run :func:`main`."""
+    wanted = os.environ.get("PADNET_ALLOCATOR", "1") != "0" and sys.platform.startswith("linux")
+    if wanted and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
+        env = {**os.environ, **ALLOCATOR_ENV}
+        os.execve(sys.executable, [sys.executable, "-m", "padnet", *sys.argv[1:]], env)
+    sys.exit(main())

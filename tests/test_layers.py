@@ -1,0 +1,487 @@
+"""Tests of padnet.layers: DY-Conv, PAD-Net convolution (eq. 3-4), scale factors and attention."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from padnet.errors import ConfigError
+from padnet.layers import (
+    DynamicConv2d,
+    KernelAttention,
+    PADConv2d,
+    ScaleFactors,
+    TemperatureSchedule,
+    set_temperature,
+)
+
+# ----------------------------------------------------------------------------------------- geometry
+
+# (stride, padding, dilation, groups, bias, kernel_size); groups "dw" = depthwise (groups = in = out)
+_GEOMETRY = list(itertools.product((1, 2), (0, 1), (1, 2), (1, 2, "dw"), (False, True), (1, 3)))
+_GEOMETRY_IDS = [f"s{s}-p{p}-d{d}-g{g}-{'bias' if b else 'nobias'}-k{k}" for s, p, d, g, b, k in _GEOMETRY]
+_MODES = list(itertools.product(("shared", "kernel"), ("grouped", "batched")))
+_MODE_IDS = [f"{g}-{f}" for g, f in _MODES]
+
+
+def _channels(groups):
+    """(in, out, groups) for a groups setting."""
+    if groups == "dw":
+        return 4, 4, 4
+    return 4, 6, groups
+
+
+def _geometry_kwargs(stride, padding, dilation, groups, bias, kernel_size):
+    cin, cout, g = _channels(groups)
+    return dict(in_channels=cin, out_channels=cout, kernel_size=kernel_size, stride=stride, padding=padding,
+                dilation=dilation, groups=g, bias=bias)
+
+
+def _randomise(layer: nn.Module, seed: int = 0) -> None:
+    """Give every parameter distinct random values (biases and static parts included)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+def _set_masks(layer: PADConv2d, value_fn) -> None:
+    with torch.no_grad():
+        for mode in (layer.weight_mode, layer.bias_mode):
+            if getattr(mode, "partial", False):
+                mode.mask.copy_(value_fn(mode.mask.shape))
+
+
+def _input(cin=4, batch=3, size=9, seed=1):
+    return torch.randn(batch, cin, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------- PAD(M = 1) == DY, PAD(M = 0) == static
+
+
+@pytest.mark.parametrize("granularity,formulation", _MODES, ids=_MODE_IDS)
+@pytest.mark.parametrize("geometry", _GEOMETRY, ids=_GEOMETRY_IDS)
+def test_pad_with_full_mask_equals_dynamic_conv(geometry, granularity, formulation):
+    kw = _geometry_kwargs(*geometry)
+    torch.manual_seed(0)
+    dy = DynamicConv2d(**kw, num_kernels=3, temperature=1.0, formulation=formulation)
+    _randomise(dy)
+    pad = PADConv2d(**kw, num_kernels=3, temperature=1.0, formulation=formulation, granularity=granularity)
+    _randomise(pad, seed=5)  # the static part gets values that must NOT contribute when M = 1
+    missing, unexpected = pad.load_state_dict(dy.state_dict(), strict=False)
+    assert not unexpected
+    assert all(k.startswith(("weight_mode.", "bias_mode.", "scales.")) for k in missing)
+    with torch.no_grad():
+        pad.scales.phi.zero_()  # λd = 1
+    assert torch.all(pad.weight_mode.mask == 1)
+    x = _input(kw["in_channels"])
+    expected = dy(x)
+    got = pad(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("granularity,formulation", _MODES, ids=_MODE_IDS)
+@pytest.mark.parametrize("geometry", _GEOMETRY, ids=_GEOMETRY_IDS)
+def test_pad_with_zero_mask_equals_static_conv(geometry, granularity, formulation):
+    kw = _geometry_kwargs(*geometry)
+    torch.manual_seed(0)
+    pad = PADConv2d(**kw, num_kernels=3, temperature=1.0, formulation=formulation, granularity=granularity)
+    _randomise(pad)
+    with torch.no_grad():
+        pad.scales.phi.zero_()  # λs = 1
+    _set_masks(pad, torch.zeros)
+    x = _input(kw["in_channels"])
+    bias = pad.bias_mode.static if kw["bias"] else None
+    expected = F.conv2d(x, pad.weight_mode.static, bias, pad.stride, pad.padding, pad.dilation, pad.groups)
+    torch.testing.assert_close(pad(x), expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- grouped == batched
+
+
+def _mixed_mask(shape, seed=3):
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+
+
+@pytest.mark.parametrize("granularity", ["shared", "kernel"])
+@pytest.mark.parametrize("geometry", [(1, 1, 1, 1, True, 3), (2, 0, 2, 2, True, 3), (2, 1, 1, "dw", False, 3),
+                                      (1, 0, 1, 1, True, 1)], ids=["plain", "strided-grouped", "dw", "1x1"])
+def test_grouped_and_batched_agree_in_outputs_and_gradients(geometry, granularity):
+    kw = _geometry_kwargs(*geometry)
+    torch.manual_seed(0)
+    grouped = PADConv2d(**kw, num_kernels=3, temperature=2.0, formulation="grouped", granularity=granularity)
+    _randomise(grouped)
+    _set_masks(grouped, _mixed_mask)
+    with torch.no_grad():
+        grouped.scales.phi.fill_(0.4)
+    batched = PADConv2d(**kw, num_kernels=3, temperature=2.0, formulation="batched", granularity=granularity)
+    batched.load_state_dict(grouped.state_dict())
+
+    results = []
+    for layer in (grouped, batched):
+        x = _input(kw["in_channels"]).requires_grad_(True)
+        out = layer(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads = {"input": x.grad, "weight": layer.weight.grad, "static": layer.weight_mode.static.grad,
+                 "phi": layer.scales.phi.grad}
+        for name, p in layer.attention.named_parameters():
+            grads[f"attention.{name}"] = p.grad
+        if layer.bias is not None:
+            grads["bias"] = layer.bias.grad
+            grads["bias_static"] = layer.bias_mode.static.grad
+        results.append((out.detach(), grads))
+    (out_g, grads_g), (out_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_g, rtol=1e-5, atol=1e-5)
+    assert grads_g.keys() == grads_b.keys()
+    for name in grads_g:
+        assert grads_g[name] is not None and grads_b[name] is not None, name
+        torch.testing.assert_close(grads_b[name], grads_g[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+# --------------------------------------------------------------------------------- gradient flow
+
+
+@pytest.mark.parametrize("formulation", ["grouped", "batched"])
+def test_gradients_with_mixed_mask(formulation):
+    torch.manual_seed(0)
+    layer = PADConv2d(4, 6, 3, padding=1, num_kernels=3, temperature=1.0, formulation=formulation)
+    _randomise(layer)
+    mask = _mixed_mask(layer.weight_mode.mask.shape)
+    assert 0 < mask.sum() < mask.numel()
+    _set_masks(layer, lambda s: mask)
+    with torch.no_grad():
+        layer.scales.phi.fill_(0.3)
+    out = layer(_input())
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(9))).sum().backward()
+
+    on = mask[0].bool()  # (Cout, Cin, kh, kw), shared by the k kernels
+    w_grad = layer.weight.grad  # (k, Cout, Cin, kh, kw)
+    assert torch.all(w_grad[:, ~on] == 0)
+    assert torch.any(w_grad[:, on] != 0)
+    s_grad = layer.weight_mode.static.grad
+    assert torch.all(s_grad[on] == 0)
+    assert torch.any(s_grad[~on] != 0)
+    for name, p in layer.attention.named_parameters():
+        assert p.grad is not None and torch.any(p.grad != 0), name
+    assert layer.scales.phi.grad is not None and layer.scales.phi.grad != 0
+
+
+@pytest.mark.parametrize("formulation", ["grouped", "batched"])
+def test_gradients_with_full_and_empty_masks(formulation):
+    torch.manual_seed(0)
+    layer = PADConv2d(4, 6, 3, padding=1, num_kernels=3, temperature=1.0, formulation=formulation)
+    _randomise(layer)
+    x = _input()
+
+    # M = 1: fully dynamic, the static parameters do not take part
+    layer(x).square().sum().backward()
+    assert torch.all(layer.weight_mode.static.grad == 0)
+    assert torch.any(layer.weight.grad != 0)
+    layer.zero_grad(set_to_none=True)
+
+    # M = 0: fully static, neither the kernels nor the attention take part
+    _set_masks(layer, torch.zeros)
+    layer(x).square().sum().backward()
+    assert torch.all(layer.weight.grad == 0)
+    for name, p in layer.attention.named_parameters():
+        assert p.grad is None or torch.all(p.grad == 0), name
+    assert torch.any(layer.weight_mode.static.grad != 0)
+
+
+# --------------------------------------------------------------------------------- scale factors
+
+
+@pytest.mark.parametrize("phi", [-7.0, -1.3, 0.0, 0.25, 2.0, 9.0])
+def test_constrained_scales_sum_to_two(phi):
+    scales = ScaleFactors("constrained")
+    assert [n for n, _ in scales.named_parameters()] == ["phi"]
+    with torch.no_grad():
+        scales.phi.fill_(phi)
+    lam_s, lam_d = scales()
+    assert float(lam_s + lam_d) == pytest.approx(2.0, abs=1e-6)
+    assert float(lam_d) == pytest.approx(2.0 * torch.sigmoid(torch.tensor(phi)).item(), abs=1e-6)
+
+
+def test_constrained_scales_start_at_one():
+    lam_s, lam_d = ScaleFactors()()
+    assert float(lam_s) == 1.0 and float(lam_d) == 1.0
+
+
+@pytest.mark.parametrize("mode,params", [("none", set()), ("both", {"lambda_s", "lambda_d"}),
+                                         ("static", {"lambda_s"}), ("dynamic", {"lambda_d"}),
+                                         ("constrained", {"phi"})])
+def test_scale_modes_have_the_right_parameters(mode, params):
+    scales = ScaleFactors(mode)
+    assert {n for n, _ in scales.named_parameters()} == params
+    assert all(p.requires_grad for p in scales.parameters())
+    lam_s, lam_d = scales()
+    assert float(lam_s) == 1.0 and float(lam_d) == 1.0
+    if "lambda_s" in params:
+        with torch.no_grad():
+            scales.lambda_s.fill_(0.5)
+    if "lambda_d" in params:
+        with torch.no_grad():
+            scales.lambda_d.fill_(1.5)
+    lam_s, lam_d = scales()
+    assert float(lam_s) == (0.5 if "lambda_s" in params else 1.0)
+    assert float(lam_d) == (1.5 if "lambda_d" in params else 1.0)
+
+
+def test_scale_mode_none_in_layer_has_no_scale_parameters():
+    layer = PADConv2d(4, 4, 3, scale_mode="none")
+    assert not any(n.startswith("scales.") for n, _ in layer.named_parameters())
+
+
+def test_scale_factors_apply_to_the_layer():
+    """Θ̂ = λd·M⊙Σπ Θ + λs·(1−M)⊙Θ̄ with free λs, λd (mode "both")."""
+    torch.manual_seed(0)
+    layer = PADConv2d(4, 6, 3, padding=1, num_kernels=2, temperature=1.0, scale_mode="both")
+    _randomise(layer)
+    _set_masks(layer, _mixed_mask)
+    with torch.no_grad():
+        layer.scales.lambda_s.fill_(0.7)
+        layer.scales.lambda_d.fill_(1.9)
+    x = _input()
+    m = layer.weight_mode.mask[0]
+    pi = layer.attention(x)
+    out = []
+    for b in range(x.shape[0]):
+        w = 1.9 * m * torch.einsum("k,k...->...", pi[b], layer.weight) + 0.7 * (1 - m) * layer.weight_mode.static
+        out.append(F.conv2d(x[b:b + 1], w, None, 1, 1))
+    torch.testing.assert_close(layer(x), torch.cat(out), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["Constrained", "free", "", "sum"])
+def test_unknown_scale_mode_raises(mode):
+    with pytest.raises(ConfigError):
+        ScaleFactors(mode)
+    with pytest.raises(ConfigError):
+        PADConv2d(4, 4, 3, scale_mode=mode)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: ScaleFactors._pick holds lambdas closing over the original self; "
+                                       "a deep copy of a 'both'/'static'/'dynamic' layer reads the original's λ")
+def test_deepcopied_scale_factors_use_their_own_parameters():
+    layer = PADConv2d(4, 4, 3, scale_mode="both")
+    clone = copy.deepcopy(layer)
+    with torch.no_grad():
+        clone.scales.lambda_s.fill_(3.0)
+        clone.scales.lambda_d.fill_(0.5)
+    lam_s, lam_d = clone.scales()
+    assert float(lam_s) == 3.0 and float(lam_d) == 0.5
+
+
+# ------------------------------------------------------------------------- granularity / semantics
+
+
+@pytest.mark.parametrize("formulation", ["grouped", "batched"])
+def test_kernel_granularity_with_equal_masks_equals_shared(formulation):
+    torch.manual_seed(0)
+    shared = PADConv2d(4, 6, 3, padding=1, bias=True, num_kernels=3, temperature=1.0, formulation=formulation)
+    _randomise(shared)
+    _set_masks(shared, _mixed_mask)
+    with torch.no_grad():
+        shared.scales.phi.fill_(-0.6)
+    per_kernel = PADConv2d(4, 6, 3, padding=1, bias=True, num_kernels=3, temperature=1.0,
+                           formulation=formulation, granularity="kernel")
+    assert per_kernel.weight_mode.mask.shape == (3, 6, 4, 3, 3)
+    assert per_kernel.bias_mode.mask.shape == (3, 6)
+    state = shared.state_dict()
+    for key in ("weight_mode.mask", "bias_mode.mask"):
+        state[key] = state[key].expand(3, *state[key].shape[1:]).clone()
+    per_kernel.load_state_dict(state)
+    x = _input()
+    torch.testing.assert_close(per_kernel(x), shared(x), rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_granularity_masks_are_independent_per_kernel():
+    torch.manual_seed(0)
+    layer = PADConv2d(4, 6, 3, padding=1, num_kernels=3, temperature=1.0, granularity="kernel")
+    _randomise(layer)
+    mask = torch.zeros(3, 6, 4, 3, 3)
+    mask[0] = 1.0  # only kernel 0 dynamic; kernels 1, 2 hand their share (2/3) to the static part
+    _set_masks(layer, lambda s: mask)
+    x = _input()
+    pi = layer.attention(x)
+    out = []
+    for b in range(x.shape[0]):
+        w = pi[b, 0] * layer.weight[0] + (2 / 3) * layer.weight_mode.static
+        out.append(F.conv2d(x[b:b + 1], w, None, 1, 1))
+    torch.testing.assert_close(layer(x), torch.cat(out), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("formulation", ["grouped", "batched"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_zero_semantics_with_empty_mask_gives_zero(bias, formulation):
+    layer = PADConv2d(4, 6, 3, padding=1, bias=bias, semantics="zero", formulation=formulation)
+    _randomise(layer)
+    assert not hasattr(layer.weight_mode, "static")
+    _set_masks(layer, torch.zeros)
+    out = layer(_input())
+    assert out.shape == (3, 6, 9, 9)
+    assert torch.all(out == 0)
+
+
+def test_zero_semantics_with_full_mask_is_dynamic():
+    torch.manual_seed(0)
+    dy = DynamicConv2d(4, 6, 3, padding=1, temperature=1.0)
+    pad = PADConv2d(4, 6, 3, padding=1, temperature=1.0, semantics="zero")
+    pad.load_state_dict(dy.state_dict(), strict=False)
+    x = _input()
+    torch.testing.assert_close(pad(x), dy(x))
+
+
+def test_unknown_granularity_or_semantics_raise():
+    with pytest.raises(ConfigError):
+        PADConv2d(4, 4, 3, granularity="element")
+    with pytest.raises(ConfigError):
+        PADConv2d(4, 4, 3, semantics="prune")
+
+
+# ------------------------------------------------------------------------------------- attention
+
+
+def test_softmax_coefficients_sum_to_one():
+    torch.manual_seed(0)
+    att = KernelAttention(8, 4, reduction=2, temperature=1.0)
+    _randomise(att)
+    pi = att(torch.randn(5, 8, 6, 6))
+    assert pi.shape == (5, 4)
+    assert torch.all(pi > 0)
+    torch.testing.assert_close(pi.sum(1), torch.ones(5))
+    assert not torch.allclose(pi[0], pi[1])  # input-dependent
+
+
+def test_higher_temperature_is_closer_to_uniform():
+    torch.manual_seed(0)
+    att = KernelAttention(8, 4, reduction=2, temperature=1.0)
+    _randomise(att)
+    x = torch.randn(5, 8, 6, 6)
+    spread = []
+    for t in (0.5, 1.0, 5.0, 30.0, 1000.0):
+        att.update_temperature(t)
+        spread.append(float((att(x) - 0.25).abs().max()))
+    assert all(a > b for a, b in zip(spread, spread[1:])), spread
+    assert spread[-1] < 1e-2
+
+
+@pytest.mark.parametrize("t", [0, -1.0, float("nan")])
+def test_update_temperature_rejects_non_positive(t):
+    att = KernelAttention(8, 4)
+    with pytest.raises(ConfigError):
+        att.update_temperature(t)
+    with pytest.raises(ConfigError):
+        DynamicConv2d(8, 8, 3).update_temperature(t)
+
+
+def test_temperature_schedule_is_linear():
+    sched = TemperatureSchedule(30, 1, 10)
+    assert sched(0) == 30.0
+    assert sched(10) == 1.0 and sched(11) == 1.0 and sched(1000) == 1.0
+    for step in range(11):
+        assert sched(step) == pytest.approx(30 - 29 * step / 10)
+    assert TemperatureSchedule(30, 1, 0)(0) == 1.0
+    with pytest.raises(ConfigError):
+        TemperatureSchedule(0, 1, 10)
+    with pytest.raises(ConfigError):
+        TemperatureSchedule(30, 1, -1)
+
+
+def test_set_temperature_sets_every_attention():
+    model = nn.Sequential(DynamicConv2d(4, 4, 3, temperature=30.0), nn.ReLU(),
+                          PADConv2d(4, 4, 3, temperature=30.0), nn.Conv2d(4, 4, 1))
+    assert set_temperature(model, 3.5) == 2
+    temps = [float(m.temperature) for m in model.modules() if isinstance(m, KernelAttention)]
+    assert temps == [3.5, 3.5]
+    with pytest.raises(ConfigError):
+        set_temperature(model, 0.0)
+
+
+# ------------------------------------------------------------------------------------- from_conv
+
+
+@pytest.mark.parametrize("formulation", ["grouped", "batched"])
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 30.0])
+@pytest.mark.parametrize("cls", [DynamicConv2d, PADConv2d])
+@pytest.mark.parametrize("geometry", [(1, 1, 1, 1, True, 3), (2, 0, 2, 2, False, 3), (1, 1, 1, "dw", True, 3)],
+                         ids=["plain-bias", "strided-grouped", "dw-bias"])
+def test_from_conv_reproduces_the_conv(geometry, cls, temperature, formulation):
+    kw = _geometry_kwargs(*geometry)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**kw)
+    layer = cls.from_conv(conv, init_from_static=True, temperature=temperature, formulation=formulation)
+    _randomise(layer.attention, seed=4)
+    assert isinstance(layer, cls)
+    x = _input(kw["in_channels"])
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-6)
+    if cls is PADConv2d:  # the static parameters start from the conv too
+        torch.testing.assert_close(layer.weight_mode.static, conv.weight)
+        if conv.bias is not None:
+            torch.testing.assert_close(layer.bias_mode.static, conv.bias)
+
+
+def test_from_conv_without_static_init_differs():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    layer = DynamicConv2d.from_conv(conv, init_from_static=False)
+    x = _input()
+    assert layer(x).shape == conv(x).shape
+    assert not torch.allclose(layer(x), conv(x))
+
+
+def test_from_conv_rejects_non_zero_padding_mode():
+    with pytest.raises(ConfigError):
+        PADConv2d.from_conv(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+
+
+# --------------------------------------------------------------------------------- shape & args
+
+
+@pytest.mark.parametrize("cls", [DynamicConv2d, PADConv2d])
+@pytest.mark.parametrize("kernel_size,stride,padding,dilation", [
+    (3, 1, 0, 1), (3, 2, 1, 1), ((3, 1), (2, 1), (1, 0), 1), (3, 1, 2, 2), (5, 3, 2, 1), (1, 2, 0, 1),
+    (3, 1, "same", 2), (3, 2, "valid", 1),
+])
+@pytest.mark.parametrize("size", [(8, 8), (9, 7)])
+def test_output_shape_matches_nn_conv(cls, kernel_size, stride, padding, dilation, size):
+    conv = nn.Conv2d(4, 6, kernel_size, stride, padding, dilation)
+    layer = cls(4, 6, kernel_size, stride, padding, dilation)
+    x = torch.randn(2, 4, *size)
+    expected = conv(x).shape
+    assert layer(x).shape == expected
+    assert tuple(layer.output_size(size)) == tuple(expected[2:])
+
+
+@pytest.mark.parametrize("cls", [DynamicConv2d, PADConv2d])
+@pytest.mark.parametrize("cin,cout,groups", [(4, 6, 4), (6, 4, 4), (5, 5, 2), (4, 4, 3)])
+def test_groups_not_dividing_channels_raise(cls, cin, cout, groups):
+    with pytest.raises(ConfigError):
+        cls(cin, cout, 3, groups=groups)
+
+
+@pytest.mark.parametrize("cls", [DynamicConv2d, PADConv2d])
+def test_bad_constructor_args_raise(cls):
+    with pytest.raises(ConfigError):
+        cls(4, 4, 3, formulation="fast")
+    with pytest.raises(ConfigError):
+        cls(4, 4, 3, num_kernels=0)
+    with pytest.raises(ConfigError):
+        cls(4, 4, 3, routing="relu")
+
+
+def test_dynamic_conv_rejects_pad_options():
+    with pytest.raises(ConfigError):
+        DynamicConv2d(4, 4, 3, granularity="kernel")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: PADConv2d._build_modes has no **kwargs, so a misspelt option "
+                                       "raises TypeError instead of ConfigError (DynamicConv2d raises ConfigError)")
+def test_pad_conv_rejects_unknown_options_with_config_error():
+    with pytest.raises(ConfigError):
+        PADConv2d(4, 4, 3, granulartiy="kernel")
