@@ -88,13 +88,13 @@ def results_markdown(records: list[dict], cfg: TrainConfig, wall: float) -> str:
                      f"{r['train_seconds_mean']:.0f} |")
     lines += [
         "",
-        f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr:g} (warm-up + cosine), "
+        (f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr:g} (warm-up + cosine), "
         f"weight decay {cfg.weight_decay:g}, train subset {cfg.train_subset or 'all'}; "
         f"DY-Conv/PAD-Net k = {cfg.num_kernels}, temperature {cfg.temperature_start:g} → {cfg.temperature_end:g} "
         f"over {cfg.temperature_epochs:g} epoch(s); PAD-Net partition {cfg.partition} ({cfg.partition_scope}, "
-        f"{cfg.partition_iterations} iterations × {cfg.partition_batches} batches).",
-        "Params: stored parameters with the classifier; PAD-Net counts its compact form. FLOPs: multiply-adds "
-        "of one image.",
+        f"{cfg.partition_iterations} iterations × {cfg.partition_batches} batches)."),
+        ("Params: stored parameters with the classifier; PAD-Net counts its compact form. FLOPs: multiply-adds "
+         "of one image."),
         f"Wall time of the whole comparison: {wall:.0f} s.",
         "",
     ]

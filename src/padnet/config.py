@@ -56,7 +56,7 @@ class TrainConfig:
     progress: bool = True
     tags: list[str] = field(default_factory=list)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check ranges and names that can be checked without building anything; returns self."""
         from .data import DATASETS
         from .layers.registry import resolve_conv

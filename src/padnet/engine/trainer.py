@@ -4,12 +4,10 @@ top-1 evaluation, a JSONL metrics log, safetensors checkpoints and resume."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, dump_yaml

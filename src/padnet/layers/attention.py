@@ -49,7 +49,6 @@ class KernelAttention(nn.Module):
         self.fc1 = nn.Linear(in_channels, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, num_kernels)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
-        self._normalise = torch.sigmoid if routing == "sigmoid" else (lambda z: torch.softmax(z, dim=1))
 
     def update_temperature(self, temperature: float) -> None:
         """Set T (> 0) for the following forward passes."""
@@ -60,7 +59,8 @@ class KernelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=(2, 3))  # (B, C)
         logits = self.fc2(torch.relu(self.fc1(pooled)))  # (B, k)
-        return self._normalise(logits / self.temperature)
+        logits = logits / self.temperature
+        return torch.sigmoid(logits) if self.routing == "sigmoid" else torch.softmax(logits, dim=1)
 
 
 class TemperatureSchedule:

@@ -79,7 +79,7 @@ class DynamicConv2d(nn.Module):
         if formulation not in FORMULATIONS:
             raise ConfigError(f"unknown formulation {formulation!r}; choose from {', '.join(FORMULATIONS)}")
         self.formulation = formulation
-        self._paths: dict[tuple[int, ...], object] = {}
+        self._paths: dict[torch.Size, str] = {}  # input shape -> formulation, decided once per shape
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
@@ -128,14 +128,14 @@ class DynamicConv2d(nn.Module):
         path = self._paths.get(x.shape)
         if path is None:
             path = self._paths[x.shape] = self._choose(x.shape)
-        return path(x)
+        return self._batched(x) if path == "batched" else self._grouped(x)
 
     def _choose(self, shape: torch.Size):
         """The formulation for inputs of ``shape`` (decided once per shape)."""
         if self.formulation != "auto":
-            return self._grouped if self.formulation == "grouped" else self._batched
+            return self.formulation
         pixels = math.prod(self.output_size(shape[2:]))
-        return self._grouped if shape[0] == 1 or pixels >= GROUPED_MIN_PIXELS else self._batched
+        return "grouped" if shape[0] == 1 or pixels >= GROUPED_MIN_PIXELS else "batched"
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """Output (H', W') for an input map of ``size`` (H, W), as ``nn.Conv2d`` computes it."""
@@ -178,7 +178,7 @@ class DynamicConv2d(nn.Module):
         return out
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, **kwargs) -> "DynamicConv2d":
+    def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, **kwargs) -> DynamicConv2d:
         """Build a dynamic layer with the geometry of ``conv``.
 
         With ``init_from_static`` every kernel (and the static parameters of a PAD layer) starts as

@@ -56,20 +56,26 @@ class ScaleFactors(nn.Module):
             self.lambda_s = nn.Parameter(torch.ones(()))
         if mode in ("both", "dynamic"):
             self.lambda_d = nn.Parameter(torch.ones(()))
-        self._pick = {
-            "constrained": self._constrained,
-            "both": lambda: (self.lambda_s, self.lambda_d),
-            "static": lambda: (self.lambda_s, self.one),
-            "dynamic": lambda: (self.one, self.lambda_d),
-            "none": lambda: (self.one, self.one),
-        }[mode]
+        self._pick = f"_{mode}"  # the method forward() calls, chosen once (a name, so copies stay correct)
 
     def _constrained(self) -> tuple[torch.Tensor, torch.Tensor]:
         lam_d = 2.0 * torch.sigmoid(self.phi)
         return 2.0 - lam_d, lam_d
 
+    def _both(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lambda_s, self.lambda_d
+
+    def _static(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lambda_s, self.one
+
+    def _dynamic(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.one, self.lambda_d
+
+    def _none(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.one, self.one
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._pick()
+        return getattr(self, self._pick)()
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
@@ -90,7 +96,7 @@ class FullyDynamic(nn.Module):
 
     def static_part(self) -> None:
         """No static term."""
-        return None
+        return
 
     def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
         """Σᵢ πᵢ Θᵢ per sample (DY-Conv eq. 1). ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""

@@ -8,7 +8,7 @@ pooling, for 28×28 / 32×32 images. The stem and the classifier are always stat
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

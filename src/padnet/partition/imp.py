@@ -13,8 +13,8 @@ sort), so a partition is reproducible.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F

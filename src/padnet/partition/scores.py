@@ -13,7 +13,7 @@ Each function returns one score tensor per masked tensor, with the mask's shape.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
