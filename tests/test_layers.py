@@ -38,8 +38,8 @@ def _channels(groups):
 
 def _geometry_kwargs(stride, padding, dilation, groups, bias, kernel_size):
     cin, cout, g = _channels(groups)
-    return dict(in_channels=cin, out_channels=cout, kernel_size=kernel_size, stride=stride, padding=padding,
-                dilation=dilation, groups=g, bias=bias)
+    return {"in_channels": cin, "out_channels": cout, "kernel_size": kernel_size, "stride": stride,
+            "padding": padding, "dilation": dilation, "groups": g, "bias": bias}
 
 
 def _randomise(layer: nn.Module, seed: int = 0) -> None:
@@ -265,9 +265,8 @@ def test_unknown_scale_mode_raises(mode):
         PADConv2d(4, 4, 3, scale_mode=mode)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ScaleFactors._pick holds lambdas closing over the original self; "
-                                       "a deep copy of a 'both'/'static'/'dynamic' layer reads the original's λ")
 def test_deepcopied_scale_factors_use_their_own_parameters():
+    """Regression: a deep copy (EMA, model cloning) must read its own λs, λd, not the original's."""
     layer = PADConv2d(4, 4, 3, scale_mode="both")
     clone = copy.deepcopy(layer)
     with torch.no_grad():
@@ -369,7 +368,7 @@ def test_higher_temperature_is_closer_to_uniform():
     for t in (0.5, 1.0, 5.0, 30.0, 1000.0):
         att.update_temperature(t)
         spread.append(float((att(x).detach() - 0.25).abs().max()))
-    assert all(a > b for a, b in zip(spread, spread[1:])), spread
+    assert all(a > b for a, b in itertools.pairwise(spread)), spread
     assert spread[-1] < 1e-2
 
 
@@ -482,8 +481,6 @@ def test_dynamic_conv_rejects_pad_options():
         DynamicConv2d(4, 4, 3, granularity="kernel")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: PADConv2d._build_modes has no **kwargs, so a misspelt option "
-                                       "raises TypeError instead of ConfigError (DynamicConv2d raises ConfigError)")
 def test_pad_conv_rejects_unknown_options_with_config_error():
     with pytest.raises(ConfigError):
         PADConv2d(4, 4, 3, granulartiy="kernel")

@@ -9,7 +9,7 @@ from .convert import convert
 from .layers import DynamicConv2d, PADConv2d, set_temperature
 from .metrics import count_flops, count_parameters
 from .models import create_model
-from .partition import PartitionReport, partition
+from .partitioning import PartitionReport, partition
 
 __version__ = "0.1.0"
 

@@ -73,7 +73,7 @@ def cmd_compare(args) -> int:
 def cmd_count(args) -> int:
     from .metrics.counting import count_flops, count_parameters
     from .models import create_model
-    from .partition import partition
+    from .partitioning import partition
 
     opts = {} if args.conv == "static" else {"num_kernels": args.num_kernels, "reduction": args.reduction}
     model = create_model(args.model, conv=args.conv, num_classes=args.num_classes, in_chans=args.input[0],
@@ -93,7 +93,7 @@ def cmd_partition(args) -> int:
     from .data import load_dataset, make_loader
     from .engine.trainer import build_model
     from .fileio import write_json
-    from .partition import partition
+    from .partitioning import partition
 
     cfg = _resolve_config(args)
     train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download)

@@ -61,7 +61,7 @@ class TrainConfig:
         from .data import DATASETS
         from .layers.registry import resolve_conv
         from .models.registry import MODELS, STEMS
-        from .partition import METHODS, SCOPES, check_kappa
+        from .partitioning import METHODS, SCOPES, check_kappa
 
         if self.model.lower() not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")

@@ -17,11 +17,13 @@ from ..fileio import write_json, write_text
 from ..layers.attention import KernelAttention, TemperatureSchedule, set_temperature
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
-from ..partition import partition
+from ..partitioning import partition
 from .checkpoint import load_model_state, read_checkpoint, restore_training, save_checkpoint
 from .schedule import build_scheduler
 
 CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
+# keys that may change when a run is resumed (they do not affect the result)
+RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "download"}
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
@@ -153,6 +155,11 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         tensors, meta = read_checkpoint(path)
+        saved = meta["state"].get("config", {})
+        changed = sorted(k for k, v in self.cfg.to_dict().items()
+                         if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v)
+        if changed:
+            raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
         load_model_state(self.model, tensors, path)
         restore_training(tensors, meta, self.optimizer, self.scheduler)
         state = meta["state"]

@@ -16,7 +16,9 @@ Two exact formulations, chosen per input shape and cached (``formulation="auto"`
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +184,8 @@ class DynamicConv2d(nn.Module):
         """Build a dynamic layer with the geometry of ``conv``.
 
         With ``init_from_static`` every kernel (and the static parameters of a PAD layer) starts as
-        ``conv.weight``, so the new layer computes exactly what ``conv`` did.
+        ``conv.weight``, so with softmax routing (Σπ = 1) the new layer computes exactly what ``conv``
+        did; with sigmoid routing (CondConv) the output is scaled by Σπ.
         """
         if conv.padding_mode != "zeros":
             raise ConfigError(f"only zero padding is supported, got padding_mode={conv.padding_mode!r}")
@@ -227,7 +230,9 @@ class PADConv2d(DynamicConv2d):
     partial = True
 
     def _build_modes(self, shape, granularity: str = "shared", scale_mode: str = "constrained",
-                     semantics: str = "static") -> None:
+                     semantics: str = "static", **unknown) -> None:
+        if unknown:
+            raise ConfigError(f"PADConv2d got unexpected options: {', '.join(sorted(unknown))}")
         self.scales = ScaleFactors(scale_mode)
         static_w = torch.empty(shape)
         nn.init.kaiming_uniform_(static_w, a=math.sqrt(5))
@@ -243,3 +248,20 @@ class PADConv2d(DynamicConv2d):
             self.weight_mode.static.copy_(weight)
             if bias is not None:
                 self.bias_mode.static.copy_(bias)
+
+
+@contextlib.contextmanager
+def force_formulation(model: nn.Module, formulation: str) -> Iterator[nn.Module]:
+    """Run every dynamic convolution of ``model`` with ``formulation`` inside the block (e.g. for counting).
+
+    The layers' own settings and cached choices are restored afterwards.
+    """
+    layers = [m for m in model.modules() if isinstance(m, DynamicConv2d)]
+    saved = [(m.formulation, m._paths) for m in layers]
+    try:
+        for m in layers:
+            m.formulation, m._paths = formulation, {}
+        yield model
+    finally:
+        for m, (form, paths) in zip(layers, saved):
+            m.formulation, m._paths = form, paths

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layers.dynamic_conv import force_formulation
 from ..layers.modes import partial_modes
 
 
@@ -46,7 +47,8 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = 
         param = next(model.parameters())
         x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
         counter = FlopCounterMode(display=False)
-        with counter:
+        # count the per-sample convolution + aggregation, whatever formulation the layers run
+        with force_formulation(model, "grouped"), counter:
             model(x)
         macs = counter.get_total_flops() // 2
     finally:

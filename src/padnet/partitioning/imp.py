@@ -135,6 +135,11 @@ def partition(
         with torch.no_grad():
             for _, mode, _ in tensors:
                 mode.mask.fill_(1.0)
+    else:
+        ratio = make_report(model, method, kappa, scope, 0, []).dynamic_ratio
+        if kappa > ratio + 1e-12:
+            raise ConfigError(f"cannot continue a partition to kappa {kappa} above the current dynamic ratio "
+                              f"{ratio:.4f} (static elements stay static); pass reset=True")
     steps = iterations if method == "imp" else 1
     schedule = [kappa ** ((e + 1) / steps) for e in range(steps)]
     batches = itertools.cycle(data) if data is not None else None
