@@ -336,7 +336,7 @@ def test_resume_with_a_different_configuration_is_refused(resume_runs, tmp_path)
     root, data, _, _, _ = resume_runs
     run = tmp_path / "run"
     run.mkdir()
-    checkpoint = sorted((root / "b").glob("checkpoint-epoch*"))[0]
+    checkpoint = min((root / "b").glob("checkpoint-epoch*"))
     (run / checkpoint.name).write_bytes(checkpoint.read_bytes())
     with pytest.raises(ConfigError, match="differs in kappa, lr"):
         Trainer(_config(kappa=0.5, lr=0.05), run, resume=True, data=data).fit()

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import padnet.partitioning.imp as imp_mod
 from padnet.errors import ConfigError
 from padnet.layers import PADConv2d
 from padnet.models import create_model
 from padnet.partitioning import apply_partition, masked_tensors, partition, snip_scores
-
-import padnet.partitioning.imp as imp_mod
 
 METHODS = ("imp", "mp", "random", "magnitude")
 

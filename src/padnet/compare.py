@@ -15,9 +15,12 @@ from .fileio import atomic_path, write_json, write_text
 
 LABELS = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net"}
 
-# the quick default finishes within 15 minutes on 2 CPU cores; --full is the longer recipe
-QUICK = {"train_subset": 10000, "epochs": 3, "temperature_epochs": 1.0, "warmup_epochs": 0.5}
-FULL = {"train_subset": None, "epochs": 30, "temperature_epochs": 10.0, "warmup_epochs": 2.0, "width": 0.5}
+# The quick default finishes within 15 minutes on 2 CPU cores (measured: 8 min). Augmentation is off in it:
+# in 3 epochs of 10k images random crop + flip cost 7 points of top-1 (static: 80.5 % vs 87.0 %, seed 0).
+# --full is the longer recipe, with augmentation.
+QUICK = {"train_subset": 10000, "epochs": 3, "temperature_epochs": 1.0, "warmup_epochs": 0.5, "augment": False}
+FULL = {"train_subset": None, "epochs": 30, "temperature_epochs": 10.0, "warmup_epochs": 2.0, "width": 0.5,
+        "augment": True}
 FULL_SEEDS = (0, 1, 2, 3, 4)
 QUICK_SEEDS = (0, 1, 2)
 
@@ -89,7 +92,8 @@ def results_markdown(records: list[dict], cfg: TrainConfig, wall: float) -> str:
     lines += [
         "",
         (f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr:g} (warm-up + cosine), "
-        f"weight decay {cfg.weight_decay:g}, train subset {cfg.train_subset or 'all'}; "
+        f"weight decay {cfg.weight_decay:g}, train subset {cfg.train_subset or 'all'}, "
+        f"augmentation {'on' if cfg.augment else 'off'}; "
         f"DY-Conv/PAD-Net k = {cfg.num_kernels}, temperature {cfg.temperature_start:g} → {cfg.temperature_end:g} "
         f"over {cfg.temperature_epochs:g} epoch(s); PAD-Net partition {cfg.partition} ({cfg.partition_scope}, "
         f"{cfg.partition_iterations} iterations × {cfg.partition_batches} batches)."),

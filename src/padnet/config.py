@@ -31,6 +31,7 @@ class TrainConfig:
     data_root: str | None = None
     download: bool = False
     train_subset: int | None = None
+    augment: bool = True
     # optimisation (PAD-Net appendix A: SGD 0.9, warm-up + cosine)
     epochs: int = 3
     batch_size: int = 128

@@ -169,7 +169,8 @@ class Trainer:
     # ---------------------------------------------------------------- steps
     def run_partition(self) -> None:
         cfg = self.cfg
-        loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0)
+        loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0,
+                             augment=cfg.augment)
         report = partition(self.model, cfg.kappa, cfg.partition, loader, self.criterion,
                            cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope, cfg.seed)
         self.partition_report = report.to_dict()
@@ -177,7 +178,8 @@ class Trainer:
     def train_epoch(self) -> dict:
         cfg = self.cfg
         self.model.train()
-        loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed, epoch=self.epoch)
+        loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed, epoch=self.epoch,
+                             augment=cfg.augment)
         loss_sum = correct = seen = 0.0
         bar = _progress(loader, cfg.progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
         for x, y in bar:
