@@ -340,3 +340,4 @@ def test_resume_with_a_different_configuration_is_refused(resume_runs, tmp_path)
     (run / checkpoint.name).write_bytes(checkpoint.read_bytes())
     with pytest.raises(ConfigError, match="differs in kappa, lr"):
         Trainer(_config(kappa=0.5, lr=0.05), run, resume=True, data=data).fit()
+    assert sorted(p.name for p in run.iterdir()) == [checkpoint.name]  # nothing written or overwritten

@@ -206,11 +206,11 @@ class Trainer:
     def fit(self) -> dict:
         """Partition (PAD-Net), train, evaluate every epoch; returns the run's results."""
         cfg = self.cfg
+        if self.resume and _checkpoints(self.run_dir):
+            self.load(_checkpoints(self.run_dir)[-1])  # refuses a changed configuration before writing
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         log_path = self.run_dir / "metrics.jsonl"
-        if self.resume and _checkpoints(self.run_dir):
-            self.load(_checkpoints(self.run_dir)[-1])
         records = [r for r in _read_jsonl(log_path) if r["epoch"] <= self.epoch] if self.resume else []
         write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
         if self.epoch == 0 and self.partition_report is None and cfg.conv in ("pad", "padnet", "pad-net"):

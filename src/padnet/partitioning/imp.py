@@ -104,8 +104,9 @@ def partition(
         model: a model with partially dynamic layers (e.g. ``create_model(..., conv="pad")``).
         kappa: target dynamic ratio κ ∈ (0, 1].
         method: ``"imp"`` (iterative, eq. 5–9), ``"mp"`` (one-shot), ``"random"`` or ``"magnitude"``.
-        data: iterable of (inputs, targets) batches; required by ``imp`` and ``mp``. It is cycled if
-            shorter than ``num_batches × iterations``.
+        data: iterable of (inputs, targets) batches; required by ``imp`` and ``mp``. The first
+            ``num_batches`` batches are drawn once and reused by every IMP iteration (the paper's
+            "10 batches of examples"); a shorter iterable is used whole.
         loss_fn: loss of (logits, targets).
         num_batches: N minibatches per score computation (paper: 10).
         iterations: E for IMP (ignored by the one-shot methods).
@@ -142,7 +143,9 @@ def partition(
                               f"{ratio:.4f} (static elements stay static); pass reset=True")
     steps = iterations if method == "imp" else 1
     schedule = [kappa ** ((e + 1) / steps) for e in range(steps)]
-    batches = itertools.cycle(data) if data is not None else None
+    batches = list(itertools.islice(data, num_batches)) if method in ("imp", "mp") else []
+    if method in ("imp", "mp") and not batches:
+        raise ConfigError("mode partition needs at least one batch of training data")
     generator = torch.Generator().manual_seed(seed)
     for fraction in schedule:
         if method in ("imp", "mp"):
