@@ -70,7 +70,7 @@ def _progress(iterable, enabled: bool, desc: str):
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a dependency; stay usable without it
         return iterable
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # off when not a TTY
 
 
 class _TensorBoard:
