@@ -69,6 +69,13 @@ TINY = ["--width", "0.125", "--epochs", "1", "--batch-size", "16", "--partition-
     (["train", "--epochs", "-1"], ["epochs"]),
     (["train", "--partition", "lottery"], ["partition method"]),
     (["count", "--model", "vgg16"], ["unknown model"]),
+    (["count", "--width", "inf"], ["width"]),
+    (["count", "--input", "0", "8", "8"], ["--input"]),
+    (["train", "--threads", "-1"], ["threads"]),
+    (["train", "--train-subset", "2.5"], ["train_subset"]),
+    (["train", "--granularity", "row"], ["granularity"]),
+    (["train", "--scale-mode", "free"], ["scale-factor mode"]),
+    (["compare", "--convs", "static", "foo"], ["unknown conv type 'foo'"]),
     (["compare", "--kappa", "2"], ["kappa"]),
 ])
 def test_bad_arguments_give_one_line_error(capsys, tmp_path, argv, fragments):
@@ -76,6 +83,66 @@ def test_bad_arguments_give_one_line_error(capsys, tmp_path, argv, fragments):
         else run_cli(capsys, *argv)
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("epochs: .inf\n", "epochs"),
+    ("model: 18\n", "model must be a name"),
+    ("conv: [pad]\n", "conv must be a name"),
+    ("data_root: 5\n", "data_root must be a path"),
+    ("seed: null\n", "seed needs a value"),
+    ("- a list\n", "mapping"),
+])
+def test_bad_config_values(capsys, tmp_path, text, fragment):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_out_is_one_line(capsys, tmp_path):
+    root = fake_fashion_mnist(tmp_path / "fm")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "train", "--data-root", str(root), "--out", str(blocker / "run"), *TINY)
+    assert_one_line_error(code, err, str(blocker))
+
+
+def test_train_subset_needs_in_memory_data(capsys, tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(folder / "0.png")
+    code, _, err = run_cli(capsys, "train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "imgs"),
+                           "--train-subset", "1", "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, "train_subset works only for in-memory datasets")
+
+
+def test_conv_names_are_canonical(capsys, tmp_path):
+    root = fake_fashion_mnist(tmp_path / "fm")
+    out = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "PAD-Net", "--out", str(out), *TINY)
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["conv"] == "pad" and results["partition"]["dynamic_ratio"] == pytest.approx(0.3, abs=1e-4)
+    code, by_alias, _ = run_cli(capsys, "count", "--model", "resnet10", "--conv", "padnet")
+    code, by_name, _ = run_cli(capsys, "count", "--model", "resnet10", "--conv", "pad")
+    assert by_alias.splitlines()[1] == by_name.splitlines()[1] and "kappa=0.3" in by_alias
+
+
+def test_partition_command_is_reproducible(capsys, tmp_path):
+    root = fake_fashion_mnist(tmp_path / "fm")
+    reports = []
+    for i in range(2):
+        path = tmp_path / f"r{i}.json"
+        code, _, _ = run_cli(capsys, "partition", "--data-root", str(root), "--seed", "3", "--out", str(path), *TINY)
+        assert code == 0
+        reports.append(json.loads(path.read_text())["layers"])
+    assert reports[0] == reports[1]
 
 
 def test_unknown_flag_is_one_line(capsys):

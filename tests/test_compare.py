@@ -57,3 +57,13 @@ def test_rerun_reuses_finished_runs(compare_run):
     again = run_compare(out, cfg, seeds=(0, 1), log=lambda _: None)
     assert [r["top1"] for r in again] == [r["top1"] for r in records]
     assert (out / "dy-seed1" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_runs_made_with_another_recipe_are_refused(compare_run):
+    import dataclasses
+
+    from padnet.errors import ConfigError
+
+    out, cfg, _ = compare_run
+    with pytest.raises(ConfigError, match="differs in epochs"):
+        run_compare(out, dataclasses.replace(cfg, epochs=2), seeds=(0, 1), log=lambda _: None)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from padnet.layers import DynamicConv2d, PADConv2d
-from padnet.metrics import count_flops, count_parameters, layer_table
+from padnet.metrics import count_flops, count_parameters
 from padnet.models import create_model
 from padnet.partitioning import partition
 
@@ -144,22 +144,6 @@ def test_zero_semantics_counts_no_static():
     kernels = sum(m.weight.numel() for m in dy.modules() if isinstance(m, DynamicConv2d))
     n_pad = sum(isinstance(m, PADConv2d) for m in pad.modules())
     assert count_parameters(pad) == count_parameters(dy) - kernels + dynamic + n_pad
-
-
-def test_layer_table_rows():
-    model = _tiny()
-    partition(model, 0.3, "random")
-    rows = layer_table(model)
-    assert len(rows) == sum(isinstance(m, PADConv2d) for m in model.modules())
-    for row in rows:
-        mode = model.get_submodule(row["layer"])
-        assert row["elements"] == mode.mask.numel()
-        assert row["dynamic_ratio"] == pytest.approx(float(mode.mask.mean()))
-        assert row["dynamic"] == 4 * int(mode.mask.sum())
-        assert row["static"] == int((mode.mask == 0).sum())
-
-
-# ----------------------------------------------------------------------------------------- FLOPs
 
 
 def _conv_macs(cin, cout, k, h, w, groups=1):

@@ -484,3 +484,38 @@ def test_dynamic_conv_rejects_pad_options():
 def test_pad_conv_rejects_unknown_options_with_config_error():
     with pytest.raises(ConfigError):
         PADConv2d(4, 4, 3, granulartiy="kernel")
+
+
+def test_setting_the_formulation_clears_cached_choices():
+    layer = DynamicConv2d(4, 4, 3, padding=1)
+    x = torch.randn(2, 4, 4, 4)
+    layer(x)
+    assert layer._paths == {x.shape: "batched"}
+    layer.formulation = "grouped"
+    assert layer._paths == {}
+    layer(x)
+    assert layer._paths == {x.shape: "grouped"}
+    with pytest.raises(ConfigError):
+        layer.formulation = "fft"
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"groups": 0}, "groups must be >= 1"),
+    ({"padding": "same", "stride": 2}, "padding='same' needs stride 1"),
+])
+def test_bad_geometry_fails_at_construction(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        PADConv2d(4, 4, 3, **kwargs)
+
+
+def test_models_initialise_dynamic_kernels_like_static_convs():
+    from padnet.models import create_model
+
+    torch.manual_seed(0)
+    static = create_model("resnet18", conv="static", num_classes=10, width=0.5)
+    dynamic = create_model("resnet18", conv="pad", num_classes=10, width=0.5)
+    s_std = float(static.layer3[0].conv2.weight.std())
+    d = dynamic.layer3[0].conv2
+    for kernel in d.weight.detach():
+        assert float(kernel.std()) == pytest.approx(s_std, rel=0.05)
+    assert float(d.weight_mode.static.std()) == pytest.approx(s_std, rel=0.05)

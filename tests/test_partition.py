@@ -363,3 +363,15 @@ def test_continuing_to_a_higher_kappa_is_refused():
         partition(model, 0.5, "random", reset=False)
     report = partition(model, 0.2, "random", reset=False)
     assert report.dynamic == round(0.2 * report.total)
+
+
+def test_imp_continuation_never_revives_static_elements():
+    model = create_model("resnet10", conv="pad", num_classes=4, in_chans=1, width=0.125, stem="small")
+    partition(model, 0.5, "random", seed=1)
+    before = [mode.mask.clone() for _, mode, _ in masked_tensors(model)]
+    batches = [(torch.randn(4, 1, 8, 8), torch.randint(0, 4, (4,))) for _ in range(2)]
+    report = partition(model, 0.3, "imp", batches, num_batches=2, iterations=5, reset=False)
+    assert report.schedule[0] < 0.5 and report.schedule[-1] == pytest.approx(0.3)
+    assert report.dynamic == round(0.3 * report.total)
+    for old, (_, mode, _) in zip(before, masked_tensors(model)):
+        assert torch.all(mode.mask <= old)  # nothing static became dynamic

@@ -1,6 +1,6 @@
 """padnet: partially dynamic networks for PyTorch.
 
-DY-Conv and PAD-Net convolution (``padnet.layers``), Iterative Mode Partition (``padnet.partition``),
+DY-Conv and PAD-Net convolution (``padnet.layers``), Iterative Mode Partition (``padnet.partition``, module ``padnet.partitioning``),
 model building and conversion (``create_model``, ``convert``), accounting (``count_parameters``,
 ``count_flops``) and a trainer (``padnet.engine``). Importing padnet touches no network and no data.
 """

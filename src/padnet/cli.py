@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import PadnetError
+from .errors import CheckpointError, ConfigError, PadnetError
 
 # glibc allocator settings that keep large tensors out of fresh mmaps (DESIGN §6: dynamic layers 2–4×
 # faster here); the console command sets them by re-executing itself once unless PADNET_ALLOCATOR=0.
@@ -60,36 +60,44 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from . import compare
+    from .layers.registry import canonical_conv
 
     cfg = _resolve_config(args, compare.FULL if args.full else compare.QUICK)
+    convs = tuple(canonical_conv(c) for c in args.convs)
     seeds = tuple(args.seeds) if args.seeds else (compare.FULL_SEEDS if args.full else compare.QUICK_SEEDS)
     out = Path(args.out)
-    compare.run_compare(out, cfg, tuple(args.convs), seeds, log=lambda m: print(m, flush=True))
+    compare.run_compare(out, cfg, convs, seeds, log=lambda m: print(m, flush=True))
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
     return 0
 
 
 def cmd_count(args) -> int:
+    from .layers.registry import is_dynamic, is_partial
     from .metrics.counting import count_flops, count_parameters
     from .models import create_model
     from .partitioning import partition
 
-    opts = {} if args.conv == "static" else {"num_kernels": args.num_kernels, "reduction": args.reduction}
+    if min(args.input) < 1 or args.num_classes < 1:
+        raise ConfigError(f"--input sizes and --num-classes must be >= 1, got {args.input} and {args.num_classes}")
+    opts = {"num_kernels": args.num_kernels, "reduction": args.reduction} if is_dynamic(args.conv) else {}
     model = create_model(args.model, conv=args.conv, num_classes=args.num_classes, in_chans=args.input[0],
                          width=args.width, stem=args.stem, **opts)
-    if args.conv == "pad":
+    partial = is_partial(args.conv)
+    if partial:
         partition(model, args.kappa, "random")
     params, flops = count_parameters(model), count_flops(model, tuple(args.input))
     fc = sum(p.numel() for p in model.fc.parameters())
     print(f"{args.model} conv={args.conv} width={args.width:g} input={'x'.join(map(str, args.input))}"
-          + (f" kappa={args.kappa:g}" if args.conv == "pad" else ""))
+          + (f" kappa={args.kappa:g}" if partial else ""))
     print(f"params {params / 1e6:.2f}M ({(params - fc) / 1e6:.2f}M without the classifier)  "
           f"FLOPs {flops / 1e9:.3f} GMACs")
     return 0
 
 
 def cmd_partition(args) -> int:
+    import torch
+
     from .data import load_dataset, make_loader
     from .engine.trainer import build_model
     from .fileio import write_json
@@ -97,8 +105,10 @@ def cmd_partition(args) -> int:
 
     cfg = _resolve_config(args)
     train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+    torch.manual_seed(cfg.seed)
     model = build_model(dataclasses.replace(cfg, conv="pad"), train.num_classes, train.input_shape[0])
-    report = partition(model, cfg.kappa, cfg.partition, make_loader(train, cfg.batch_size, True, cfg.seed),
+    loader = make_loader(train, cfg.batch_size, True, cfg.seed, augment=cfg.augment)
+    report = partition(model, cfg.kappa, cfg.partition, loader,
                        num_batches=cfg.partition_batches, iterations=cfg.partition_iterations,
                        scope=cfg.partition_scope, seed=cfg.seed)
     print(report.summary())
@@ -116,7 +126,10 @@ def cmd_evaluate(args) -> int:
     from .engine.trainer import build_model, evaluate
 
     tensors, meta = read_checkpoint(args.checkpoint)
-    cfg = config_from_dict(meta["state"]["config"], TrainConfig(), str(args.checkpoint))
+    saved = meta["state"].get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{args.checkpoint} holds no run configuration; evaluate needs a padnet run's model")
+    cfg = config_from_dict(saved, TrainConfig(), str(args.checkpoint))
     if args.data_root:
         cfg = dataclasses.replace(cfg, data_root=args.data_root)
     _, test = load_dataset(cfg.dataset, cfg.data_root, False)
@@ -191,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PadnetError as exc:
         print(f"padnet: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. an --out path that cannot be created or written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"padnet: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("padnet: interrupted", file=sys.stderr)

@@ -8,10 +8,14 @@ import statistics
 import time
 from pathlib import Path
 
+import yaml
+
 from .config import TrainConfig
 from .data import load_dataset
-from .engine.trainer import Trainer
+from .engine.trainer import Trainer, config_differences
+from .errors import ConfigError
 from .fileio import atomic_path, write_json, write_text
+from .layers.registry import canonical_conv
 
 LABELS = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net"}
 
@@ -41,14 +45,22 @@ def run_compare(out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "
     """
     out_dir = Path(out_dir)
     base.validate()
+    convs = tuple(canonical_conv(c) for c in convs)
+    plan = [(conv, seed, dataclasses.replace(base, conv=conv, seed=seed), out_dir / f"{conv}-seed{seed}")
+            for conv in convs for seed in seeds]
+    for _, _, cfg, run_dir in plan:  # refuse to mix in runs made with another recipe, before training anything
+        saved = run_dir / "config.yaml"
+        if saved.is_file():
+            changed = config_differences(yaml.safe_load(saved.read_text()) or {}, cfg)
+            if changed:
+                raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
+                                  f"{', '.join(changed)}); choose another --out")
     data = load_dataset(base.dataset, base.data_root, base.download)
     start = time.perf_counter()
     records = []
     for conv in convs:
         runs = []
-        for seed in seeds:
-            cfg = dataclasses.replace(base, conv=conv, seed=seed)
-            run_dir = out_dir / f"{conv}-seed{seed}"
+        for _, seed, cfg, run_dir in (p for p in plan if p[0] == conv):
             done = run_dir / "results.json"
             if done.is_file():
                 runs.append(json.loads(done.read_text()))

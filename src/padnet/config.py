@@ -60,13 +60,19 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check ranges and names that can be checked without building anything; returns self."""
         from .data import DATASETS
-        from .layers.registry import resolve_conv
+        from .layers.registry import canonical_conv
         from .models.registry import MODELS, STEMS
         from .partitioning import METHODS, SCOPES, check_kappa
 
+        for name in ("model", "conv", "stem", "dataset", "granularity", "scale_mode", "partition",
+                     "partition_scope"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a name, got {getattr(self, name)!r}")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ConfigError(f"data_root must be a path, got {self.data_root!r}")
         if self.model.lower() not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
-        resolve_conv(self.conv)
+        self.conv = canonical_conv(self.conv)
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
         if self.stem not in STEMS:
@@ -91,16 +97,31 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        from .layers.modes import GRANULARITIES, SCALE_MODES
+
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"unknown mask granularity {self.granularity!r}; choose from {', '.join(GRANULARITIES)}")
+        if self.scale_mode not in SCALE_MODES:
+            raise ConfigError(f"unknown scale-factor mode {self.scale_mode!r}; choose from {', '.join(SCALE_MODES)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+OPTIONAL_INTS = ("train_subset", "threads")
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Convert a YAML/CLI value to the type of the field's default (None allowed for optional fields)."""
     if value is None:
-        return None
+        if default is None:
+            return None
+        raise ConfigError(f"{name} needs a value")
     kind = type(default) if default is not None else None
     try:
         if isinstance(default, bool):
@@ -109,17 +130,17 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                     raise ValueError(value)
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
-        if kind in (int, float):
-            number = kind(value)
-            if kind is int and isinstance(value, float) and not value.is_integer():
+        if kind is int or name in OPTIONAL_INTS:
+            number = float(value)
+            if not number.is_integer():
                 raise ValueError(value)
-            return number
+            return int(number)
+        if kind is float:
+            return float(value)
         if kind is list:
             return list(value) if isinstance(value, (list, tuple)) else [value]
-        if name in ("train_subset", "threads"):
-            return int(value)
         return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name} has an invalid value {value!r}") from None
 
 

@@ -15,6 +15,7 @@ from ..data import ImageData, load_dataset, make_loader
 from ..errors import ConfigError, PadnetError
 from ..fileio import write_json, write_text
 from ..layers.attention import KernelAttention, TemperatureSchedule, set_temperature
+from ..layers.registry import is_dynamic, is_partial
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
 from ..partitioning import partition
@@ -26,12 +27,18 @@ CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
 RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "download"}
 
 
+def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Keys (other than :data:`RESUMABLE_CHANGES`) whose saved value differs from ``cfg``."""
+    return sorted(k for k, v in cfg.to_dict().items()
+                  if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v)
+
+
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     """The model a configuration describes (dynamic-layer options only for dynamic convs)."""
     options = {}
-    if cfg.conv not in ("static", "conv"):
+    if is_dynamic(cfg.conv):
         options = {"num_kernels": cfg.num_kernels, "reduction": cfg.reduction, "temperature": cfg.temperature_start}
-        if cfg.conv in ("pad", "padnet", "pad-net"):
+        if is_partial(cfg.conv):
             options.update(granularity=cfg.granularity, scale_mode=cfg.scale_mode)
     return create_model(cfg.model, conv=cfg.conv, num_classes=num_classes, in_chans=in_chans, width=cfg.width,
                         stem=cfg.stem, **options)
@@ -121,6 +128,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         train, test = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+        if cfg.train_subset and not isinstance(train, ImageData):
+            raise ConfigError(f"train_subset works only for in-memory datasets, not {cfg.dataset}")
         if cfg.train_subset and cfg.train_subset < len(train):
             train = train.subset(cfg.train_subset, seed=cfg.seed)
         self.train_data, self.test_data = train, test
@@ -155,9 +164,7 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         tensors, meta = read_checkpoint(path)
-        saved = meta["state"].get("config", {})
-        changed = sorted(k for k, v in self.cfg.to_dict().items()
-                         if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v)
+        changed = config_differences(meta["state"].get("config", {}), self.cfg)
         if changed:
             raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
         load_model_state(self.model, tensors, path)
@@ -213,7 +220,7 @@ class Trainer:
         log_path = self.run_dir / "metrics.jsonl"
         records = [r for r in _read_jsonl(log_path) if r["epoch"] <= self.epoch] if self.resume else []
         write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
-        if self.epoch == 0 and self.partition_report is None and cfg.conv in ("pad", "padnet", "pad-net"):
+        if self.epoch == 0 and self.partition_report is None and is_partial(cfg.conv):
             self.run_partition()
         board = _TensorBoard(self.run_dir)
         test_loader = make_loader(self.test_data, 512, train=False)

@@ -67,9 +67,14 @@ class TemperatureSchedule:
     """Linear temperature annealing per iteration (Chen et al. 2020: 30 → 1 over the first epochs).
 
     Args:
-        start: T at step 0.
-        end: T from ``steps`` on.
+        start: T at step 0 (dimensionless, > 0).
+        end: T from ``steps`` on (> 0).
         steps: number of iterations of the linear decay (0 = constant ``end``).
+
+    Calling the schedule with an iteration index returns T for that iteration.
+
+    Raises:
+        ConfigError: a non-positive temperature or negative ``steps``.
     """
 
     def __init__(self, start: float = 30.0, end: float = 1.0, steps: int = 0):

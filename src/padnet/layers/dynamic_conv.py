@@ -73,18 +73,20 @@ class DynamicConv2d(nn.Module):
         **mode_kwargs,
     ):
         super().__init__()
+        if groups < 1 or in_channels < 1 or out_channels < 1:
+            raise ConfigError(f"channels and groups must be >= 1, got {in_channels}, {out_channels}, {groups}")
         if in_channels % groups or out_channels % groups:
             raise ConfigError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible "
                               f"by groups {groups}")
         if num_kernels < 1:
             raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
-        if formulation not in FORMULATIONS:
-            raise ConfigError(f"unknown formulation {formulation!r}; choose from {', '.join(FORMULATIONS)}")
-        self.formulation = formulation
         self._paths: dict[torch.Size, str] = {}  # input shape -> formulation, decided once per shape
+        self.formulation = formulation
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
+        if padding == "same" and self.stride != (1, 1):
+            raise ConfigError("padding='same' needs stride 1 (as nn.Conv2d)")
         self.groups, self.num_kernels = groups, num_kernels
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = nn.Parameter(torch.empty(num_kernels, *shape))
@@ -96,9 +98,9 @@ class DynamicConv2d(nn.Module):
     def _build_modes(self, shape: tuple[int, ...], **mode_kwargs) -> None:
         if mode_kwargs:
             raise ConfigError(f"DynamicConv2d got unexpected options: {', '.join(sorted(mode_kwargs))}")
-        self.scales = None
-        self.weight_mode = make_mode(False, shape, self.num_kernels, None)
-        self.bias_mode = make_mode(False, (self.out_channels,), self.num_kernels, None)
+        self.scales = ScaleFactors("none")  # λs = λd = 1, no parameters
+        self.weight_mode = make_mode(False, shape, self.num_kernels)
+        self.bias_mode = make_mode(False, (self.out_channels,), self.num_kernels)
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """(suffix, mode, dynamic factors) for each masked tensor; used by mode partition and deployment."""
@@ -115,6 +117,15 @@ class DynamicConv2d(nn.Module):
             fan_in = self.weight[0][0].numel()
             nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
+    @torch.no_grad()
+    def init_kernels_(self, init_fn) -> None:
+        """Apply ``init_fn`` (e.g. ``nn.init.kaiming_normal_``) to each kernel Θᵢ and to Θ̄ if present."""
+        for w in self.weight:
+            init_fn(w)
+        static = getattr(self.weight_mode, "static", None)
+        if static is not None:
+            init_fn(static)
+
     def update_temperature(self, temperature: float) -> None:
         """Set the attention temperature T."""
         self.attention.update_temperature(temperature)
@@ -122,8 +133,9 @@ class DynamicConv2d(nn.Module):
     def computational_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-sample kernels Θ̂(x) (B, Cout, Cin/groups, kh, kw) and biases (B, Cout) or None."""
         coeffs = self.attention(x)  # (B, k)
-        weight = self.weight_mode.aggregate(coeffs, self.weight)
-        bias = None if self.bias is None else self.bias_mode.aggregate(coeffs, self.bias)
+        lam_s, lam_d = self.scales()
+        weight = self.weight_mode.aggregate(coeffs, self.weight, lam_s, lam_d)
+        bias = None if self.bias is None else self.bias_mode.aggregate(coeffs, self.bias, lam_s, lam_d)
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,6 +150,18 @@ class DynamicConv2d(nn.Module):
             return self.formulation
         pixels = math.prod(self.output_size(shape[2:]))
         return "grouped" if shape[0] == 1 or pixels >= GROUPED_MIN_PIXELS else "batched"
+
+    @property
+    def formulation(self) -> str:
+        """``"auto"``, ``"grouped"`` or ``"batched"``; setting it clears the per-shape choices."""
+        return self._formulation
+
+    @formulation.setter
+    def formulation(self, value: str) -> None:
+        if value not in FORMULATIONS:
+            raise ConfigError(f"unknown formulation {value!r}; choose from {', '.join(FORMULATIONS)}")
+        self._formulation = value
+        self._paths.clear()
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """Output (H', W') for an input map of ``size`` (H, W), as ``nn.Conv2d`` computes it."""
@@ -162,8 +186,9 @@ class DynamicConv2d(nn.Module):
     def _batched(self, x: torch.Tensor) -> torch.Tensor:
         batch, g = x.shape[0], self.groups
         pi = coeffs = self.attention(x)  # (B, k)
-        kernels = self.weight_mode.dynamic_part(self.weight)  # (k, Cout, Cin/g, kh, kw)
-        static = self.weight_mode.static_part()  # (Cout, Cin/g, kh, kw) or None
+        lam_s, lam_d = self.scales()
+        kernels = self.weight_mode.dynamic_part(self.weight, lam_d)  # (k, Cout, Cin/g, kh, kw)
+        static = self.weight_mode.static_part(lam_s)  # (Cout, Cin/g, kh, kw) or None
         if static is not None:
             kernels = torch.cat([kernels, static.unsqueeze(0)])
             coeffs = torch.cat([coeffs, coeffs.new_ones(batch, 1)], dim=1)
@@ -176,7 +201,7 @@ class DynamicConv2d(nn.Module):
         out = out.reshape(batch, g, n, per_group, *out.shape[2:])
         out = torch.einsum("bn,bgnchw->bgchw", coeffs, out).reshape(batch, self.out_channels, *out.shape[4:])
         if self.bias is not None:
-            out = out + self.bias_mode.aggregate(pi, self.bias)[..., None, None]
+            out = out + self.bias_mode.aggregate(pi, self.bias, lam_s, lam_d)[..., None, None]
         return out
 
     @classmethod
@@ -236,9 +261,9 @@ class PADConv2d(DynamicConv2d):
         self.scales = ScaleFactors(scale_mode)
         static_w = torch.empty(shape)
         nn.init.kaiming_uniform_(static_w, a=math.sqrt(5))
-        self.weight_mode = make_mode(True, shape, self.num_kernels, self.scales, granularity, semantics, static_w)
-        self.bias_mode = make_mode(self.bias is not None, (self.out_channels,), self.num_kernels, self.scales,
-                                   granularity, semantics, torch.zeros(self.out_channels))
+        self.weight_mode = make_mode(True, shape, self.num_kernels, granularity, semantics, static_w)
+        self.bias_mode = make_mode(self.bias is not None, (self.out_channels,), self.num_kernels, granularity,
+                                   semantics, torch.zeros(self.out_channels))
 
     @torch.no_grad()
     def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -257,11 +282,11 @@ def force_formulation(model: nn.Module, formulation: str) -> Iterator[nn.Module]
     The layers' own settings and cached choices are restored afterwards.
     """
     layers = [m for m in model.modules() if isinstance(m, DynamicConv2d)]
-    saved = [(m.formulation, m._paths) for m in layers]
+    saved = [m.formulation for m in layers]
     try:
         for m in layers:
-            m.formulation, m._paths = formulation, {}
+            m.formulation = formulation
         yield model
     finally:
-        for m, (form, paths) in zip(layers, saved):
-            m.formulation, m._paths = form, paths
+        for m, form in zip(layers, saved):
+            m.formulation = form

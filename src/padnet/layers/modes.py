@@ -90,16 +90,15 @@ class FullyDynamic(nn.Module):
 
     partial = False
 
-    def dynamic_part(self, factors: torch.Tensor) -> torch.Tensor:
+    def dynamic_part(self, factors: torch.Tensor, lam_d=1.0) -> torch.Tensor:
         """Return the dynamic factors unchanged, shape (k, *shape)."""
         return factors
 
-    def static_part(self) -> None:
+    def static_part(self, lam_s=1.0) -> None:
         """No static term."""
-        return
 
-    def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-        """Σᵢ πᵢ Θᵢ per sample (DY-Conv eq. 1). ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
+    def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """Σᵢ πᵢ Θᵢ per sample (PAD-Net eq. 1). ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
         return (coeffs @ factors.reshape(factors.shape[0], -1)).reshape(coeffs.shape[0], *factors.shape[1:])
 
 
@@ -112,7 +111,6 @@ class PartialMode(nn.Module):
         granularity: ``"shared"`` — one mask of ``shape`` for all k factors; ``"kernel"`` — one mask per
             factor, shape (k, *shape).
         semantics: ``"static"`` (PAD-Net) or ``"zero"`` (pruning: masked elements are zero).
-        scales: a :class:`ScaleFactors` module (shared by all tensors of a layer), or None for λs = λd = 1.
         static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
 
     Buffers: ``mask`` float32, shape (1, *shape) shared or (k, *shape) per kernel, all ones at
@@ -128,7 +126,6 @@ class PartialMode(nn.Module):
         num_factors: int,
         granularity: str = "shared",
         semantics: str = "static",
-        scales: ScaleFactors | None = None,
         static_init: torch.Tensor | None = None,
     ):
         super().__init__()
@@ -140,39 +137,31 @@ class PartialMode(nn.Module):
         self.num_factors = num_factors
         self.granularity = granularity
         self.semantics = semantics
-        self.scales = [scales]  # a list: the layer owns the module, this only refers to it
         mask_lead = 1 if granularity == "shared" else num_factors
         self.register_buffer("mask", torch.ones(mask_lead, *self.shape))
         if semantics == "static":
             init = torch.zeros(self.shape) if static_init is None else static_init.detach().clone()
             self.static = nn.Parameter(init.reshape(self.shape))
 
-    def lambdas(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-        """(λs, λd) of the owning layer; (1, 1) when it has no scale factors."""
-        scales = self.scales[0]
-        return (1.0, 1.0) if scales is None else scales()
-
-    def dynamic_part(self, factors: torch.Tensor) -> torch.Tensor:
+    def dynamic_part(self, factors: torch.Tensor, lam_d=1.0) -> torch.Tensor:
         """λd · Mᵢ ⊙ Θᵢ for all i. ``factors``: (k, *shape) → (k, *shape)."""
-        _, lam_d = self.lambdas()
         return factors * (self.mask * lam_d)
 
-    def static_part(self) -> torch.Tensor | None:
+    def static_part(self, lam_s=1.0) -> torch.Tensor | None:
         """λs · (1 − M̄) ⊙ Θ̄, shape ``shape``; None for ``"zero"`` semantics."""
         if self.semantics == "zero":
             return None
-        lam_s, _ = self.lambdas()
         static_share = 1.0 - self.mask.mean(0)  # M̄ over the k masks: (*shape)
         return self.static * (static_share * lam_s)
 
-    def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-        """Computational parameters per sample (PAD-Net eq. 4).
+    def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """Computational parameters per sample, λd · Σᵢ πᵢ (Mᵢ ⊙ Θᵢ) + λs · (1 − M̄) ⊙ Θ̄ (PAD-Net eq. 4).
 
-        ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape).
+        ``coeffs`` (B, k), ``factors`` (k, *shape), ``lam_s``/``lam_d`` scalars → (B, *shape).
         """
-        dynamic = self.dynamic_part(factors).reshape(factors.shape[0], -1)
+        dynamic = self.dynamic_part(factors, lam_d).reshape(factors.shape[0], -1)
         out = (coeffs @ dynamic).reshape(coeffs.shape[0], *factors.shape[1:])
-        static = self.static_part()
+        static = self.static_part(lam_s)
         return out if static is None else out + static
 
     @property
@@ -213,7 +202,6 @@ def make_mode(
     partial: bool,
     shape: tuple[int, ...],
     num_factors: int,
-    scales: ScaleFactors | None,
     granularity: str = "shared",
     semantics: str = "static",
     static_init: torch.Tensor | None = None,
@@ -221,7 +209,7 @@ def make_mode(
     """Return :class:`PartialMode` when ``partial`` else :class:`FullyDynamic` (chosen once, at construction)."""
     if not partial:
         return FullyDynamic()
-    return PartialMode(shape, num_factors, granularity, semantics, scales, static_init)
+    return PartialMode(shape, num_factors, granularity, semantics, static_init)
 
 
 def partial_modes(model: nn.Module) -> list[tuple[str, PartialMode]]:

@@ -26,12 +26,27 @@ def register_conv(name: str, cls: type[nn.Module], **defaults) -> None:
     CONV_TYPES[name] = (cls, defaults)
 
 
-def resolve_conv(name: str) -> tuple[type[nn.Module], dict]:
-    """Class and default options of a convolution type; ConfigError for an unknown name."""
-    key = ALIASES.get(name.lower(), name.lower())
+def canonical_conv(name: str) -> str:
+    """The registered name of a convolution type (aliases and case folded); ConfigError if unknown."""
+    key = ALIASES.get(str(name).lower(), str(name).lower())
     if key not in CONV_TYPES:
         raise ConfigError(f"unknown conv type {name!r}; choose from {', '.join(CONV_TYPES)}")
-    return CONV_TYPES[key]
+    return key
+
+
+def resolve_conv(name: str) -> tuple[type[nn.Module], dict]:
+    """Class and default options of a convolution type; ConfigError for an unknown name."""
+    return CONV_TYPES[canonical_conv(name)]
+
+
+def is_partial(name: str) -> bool:
+    """Whether convolutions of type ``name`` are partially dynamic (have masks to partition)."""
+    return bool(getattr(resolve_conv(name)[0], "partial", False))
+
+
+def is_dynamic(name: str) -> bool:
+    """Whether convolutions of type ``name`` are dynamic (take attention options and a temperature)."""
+    return resolve_conv(name)[0] is not nn.Conv2d
 
 
 def conv_factory(name: str, **options) -> Callable[..., nn.Module]:

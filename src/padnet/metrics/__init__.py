@@ -1,5 +1,5 @@
-"""Accounting (parameters, FLOPs) and evaluation metrics."""
+"""Accounting (parameters, FLOPs) in the papers' conventions."""
 
-from .counting import count_flops, count_parameters, layer_table
+from .counting import count_flops, count_parameters
 
-__all__ = ["count_flops", "count_parameters", "layer_table"]
+__all__ = ["count_flops", "count_parameters"]

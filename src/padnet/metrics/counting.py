@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import ConfigError
 from ..layers.dynamic_conv import force_formulation
 from ..layers.modes import partial_modes
 
@@ -40,7 +41,15 @@ def _aggregation_surplus(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = True) -> int:
-    """MACs for one input of ``input_shape`` (C, H, W), model in eval mode (restored afterwards)."""
+    """Multiply-accumulates for one input of ``input_shape`` (C, H, W) (see the module docstring).
+
+    The model runs once in eval mode (its mode is restored) with every dynamic convolution in the grouped
+    formulation, so the count does not depend on the formulation a layer would choose.
+    ``compact=False`` also counts aggregating the static positions of PAD-Net layers.
+
+    Raises:
+        ConfigError: the input shape does not fit the model.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -48,18 +57,13 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = 
         x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
         counter = FlopCounterMode(display=False)
         # count the per-sample convolution + aggregation, whatever formulation the layers run
-        with force_formulation(model, "grouped"), counter:
-            model(x)
+        try:
+            with force_formulation(model, "grouped"), counter:
+                model(x)
+        except RuntimeError as exc:
+            reason = str(exc).splitlines()[0]
+            raise ConfigError(f"input shape {tuple(input_shape)} does not fit the model ({reason})") from None
         macs = counter.get_total_flops() // 2
     finally:
         model.train(was_training)
     return macs - (_aggregation_surplus(model) if compact else 0)
-
-
-def layer_table(model: nn.Module) -> list[dict]:
-    """Per partially dynamic tensor: name, mask elements, dynamic ratio, stored dynamic/static counts."""
-    rows = []
-    for name, mode in partial_modes(model):
-        rows.append({"layer": name, "elements": mode.numel, "dynamic_ratio": mode.dynamic_ratio(),
-                     **mode.compact_counts()})
-    return rows

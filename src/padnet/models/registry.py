@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from torch import nn
@@ -42,7 +43,7 @@ def create_model(
         raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     if stem not in STEMS:
         raise ConfigError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
-    if not width > 0:
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
         raise ConfigError(f"width multiplier must be > 0, got {width}")
     factory = conv_factory(conv, **conv_options)
     return ResNet(int(match.group(1)), factory, num_classes, in_chans, width, stem)

@@ -8,6 +8,7 @@ pooling, for 28×28 / 32×32 images. The stem and the classifier are always stat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -107,9 +108,12 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
         self.num_features = in_ch
+        kaiming = functools.partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                kaiming(m.weight)
+            elif hasattr(m, "init_kernels_"):  # dynamic convolutions: every kernel and Θ̄ as a static conv
+                m.init_kernels_(kaiming)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

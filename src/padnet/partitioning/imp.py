@@ -2,7 +2,8 @@
 
 PAD-Net eq. 5–9: starting fully dynamic (M = 1), score the elements, keep the top fraction dynamic
 and make the rest static. IMP repeats this E times with the kept fraction κ^((e+1)/E), e = 0…E−1, so
-the static ratio grows exponentially and the last iteration lands on κ. An element made static stays
+the static ratio grows exponentially and the last iteration lands on κ (continuing from a partitioned
+model at ratio r, the fractions are r·(κ/r)^((e+1)/E)). An element made static stays
 static (as in iterative SNIP): only dynamic elements compete in later iterations.
 
 Selection is exact: with ``scope="global"`` exactly round(κ·m) of all m mask elements stay dynamic;
@@ -68,6 +69,7 @@ def _keep_top(scores: list[torch.Tensor], masks: list[torch.Tensor], keep: int) 
     flat = torch.cat([torch.where(m.reshape(-1) > 0, s.reshape(-1).float(), float("-inf"))
                       for s, m in zip(scores, masks)])
     order = torch.sort(flat, descending=True, stable=True).indices
+    keep = min(keep, int(torch.isfinite(flat).sum()))  # never revive a static element
     new = torch.zeros_like(flat)
     new[order[:keep]] = 1.0
     return list(torch.split(new, [m.numel() for m in masks]))
@@ -136,13 +138,13 @@ def partition(
         with torch.no_grad():
             for _, mode, _ in tensors:
                 mode.mask.fill_(1.0)
-    else:
-        ratio = make_report(model, method, kappa, scope, 0, []).dynamic_ratio
-        if kappa > ratio + 1e-12:
-            raise ConfigError(f"cannot continue a partition to kappa {kappa} above the current dynamic ratio "
-                              f"{ratio:.4f} (static elements stay static); pass reset=True")
+    start = 1.0 if reset else make_report(model, method, kappa, scope, 0, []).dynamic_ratio
+    if kappa > start + 1e-12:
+        raise ConfigError(f"cannot continue a partition to kappa {kappa} above the current dynamic ratio "
+                          f"{start:.4f} (static elements stay static); pass reset=True")
     steps = iterations if method == "imp" else 1
-    schedule = [kappa ** ((e + 1) / steps) for e in range(steps)]
+    # exponential schedule from the current ratio to κ: start · (κ / start)^((e+1)/E)
+    schedule = [start * (kappa / start) ** ((e + 1) / steps) for e in range(steps)]
     batches = list(itertools.islice(data, num_batches)) if method in ("imp", "mp") else []
     if method in ("imp", "mp") and not batches:
         raise ConfigError("mode partition needs at least one batch of training data")
