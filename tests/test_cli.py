@@ -145,6 +145,11 @@ def test_partition_command_is_reproducible(capsys, tmp_path):
     assert reports[0] == reports[1]
 
 
+def test_flags_are_not_abbreviated(capsys):
+    code, _, err = run_cli(capsys, "compare", "--seed", "3")
+    assert_one_line_error(code, err, "unrecognized arguments")
+
+
 def test_unknown_flag_is_one_line(capsys):
     code, _, err = run_cli(capsys, "train", "--no-such-flag", "1")
     assert_one_line_error(code, err, "unrecognized arguments")

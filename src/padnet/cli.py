@@ -17,16 +17,22 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --seed must not silently mean --seeds
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, exit 2
-        self.exit(2, f"padnet: error: {message} (see 'padnet {self.prog.split()[-1]} --help')\n")
+        self.exit(2, f"padnet: error: {message} (see '{self.prog} --help')\n")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     from .config import TrainConfig
 
     parser.add_argument("--config", help="YAML file of configuration keys (flags override it)")
     group = parser.add_argument_group("configuration keys (see configs/*.yaml)")
     for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == "tags":
             group.add_argument(flag, dest=f.name, nargs="*", default=argparse.SUPPRESS)
@@ -159,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="the main job: static vs DY-Conv vs PAD-Net on Fashion-MNIST")
-    _add_config_flags(p)
+    p = sub.add_parser("compare", help="the main job: static vs DY-Conv vs PAD-Net on Fashion-MNIST",
+                       description="Train every --convs type with every --seeds seed on one recipe (the quick "
+                                   "preset: 10k images, 3 epochs, no augmentation; --full: the long one); "
+                                   "configuration keys override the preset.")
+    _add_config_flags(p, skip=("conv", "seed"))
     p.add_argument("--out", default="runs/compare", help="run directory (re-running resumes)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --full: 0-4)")
     p.add_argument("--convs", nargs="+", default=["static", "dy", "pad"], help="conv types to compare")
