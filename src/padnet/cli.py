@@ -104,19 +104,15 @@ def cmd_count(args) -> int:
 def cmd_partition(args) -> int:
     import torch
 
-    from .data import load_dataset, make_loader
-    from .engine.trainer import build_model
+    from .data import load_dataset
+    from .engine.trainer import build_model, partition_from_config
     from .fileio import write_json
-    from .partitioning import partition
 
     cfg = _resolve_config(args)
     train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
     torch.manual_seed(cfg.seed)
     model = build_model(dataclasses.replace(cfg, conv="pad"), train.num_classes, train.input_shape[0])
-    loader = make_loader(train, cfg.batch_size, True, cfg.seed, augment=cfg.augment)
-    report = partition(model, cfg.kappa, cfg.partition, loader,
-                       num_batches=cfg.partition_batches, iterations=cfg.partition_iterations,
-                       scope=cfg.partition_scope, seed=cfg.seed)
+    report = partition_from_config(model, cfg, train)
     print(report.summary())
     for layer in report.layers:
         print(f"  {layer['name']:<32} {layer['dynamic_ratio']:.3f}  ({layer['dynamic']}/{layer['elements']})")

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 
 
 @dataclass
@@ -70,18 +70,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a name, got {getattr(self, name)!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root must be a path, got {self.data_root!r}")
-        if self.model.lower() not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        check_choice("model", self.model.lower(), MODELS)
         self.conv = canonical_conv(self.conv)
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
-        if self.stem not in STEMS:
-            raise ConfigError(f"unknown stem {self.stem!r}; choose from {', '.join(STEMS)}")
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("stem", self.stem, STEMS)
         check_kappa(self.kappa)
-        if self.partition not in METHODS:
-            raise ConfigError(f"unknown partition method {self.partition!r}; choose from {', '.join(METHODS)}")
-        if self.partition_scope not in SCOPES:
-            raise ConfigError(f"unknown partition scope {self.partition_scope!r}; choose from {', '.join(SCOPES)}")
+        check_choice("partition method", self.partition, METHODS)
+        check_choice("partition scope", self.partition_scope, SCOPES)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "width": self.width,
                     "num_kernels": self.num_kernels, "reduction": self.reduction,
                     "partition_batches": self.partition_batches, "partition_iterations": self.partition_iterations,
@@ -103,10 +98,8 @@ class TrainConfig:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         from .layers.modes import GRANULARITIES, SCALE_MODES
 
-        if self.granularity not in GRANULARITIES:
-            raise ConfigError(f"unknown mask granularity {self.granularity!r}; choose from {', '.join(GRANULARITIES)}")
-        if self.scale_mode not in SCALE_MODES:
-            raise ConfigError(f"unknown scale-factor mode {self.scale_mode!r}; choose from {', '.join(SCALE_MODES)}")
+        check_choice("mask granularity", self.granularity, GRANULARITIES)
+        check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,3 +19,9 @@ class DataError(PadnetError):
 
 class CheckpointError(PadnetError):
     """A checkpoint is unreadable, corrupt or belongs to another architecture."""
+
+
+def check_choice(kind: str, value, choices) -> None:
+    """Raise ConfigError ``unknown <kind> <value>; choose from ...`` unless ``value`` is in ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"unknown {kind} {value!r}; choose from {', '.join(choices)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import CheckpointError
@@ -52,10 +52,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-        meta = json.loads(header["padnet"])
+        with safe_open(str(path), framework="pt") as fh:  # one read: header metadata and tensors
+            meta = json.loads((fh.metadata() or {})["padnet"])
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable padnet checkpoint ({reason})") from None

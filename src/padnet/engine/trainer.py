@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, dump_yaml
 from ..data import ImageData, load_dataset, make_loader
 from ..errors import ConfigError, PadnetError
 from ..fileio import write_json, write_text
-from ..layers.attention import KernelAttention, TemperatureSchedule, set_temperature
+from ..layers.attention import KernelAttention, TemperatureSchedule
 from ..layers.registry import is_dynamic, is_partial
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
@@ -42,6 +43,14 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
             options.update(granularity=cfg.granularity, scale_mode=cfg.scale_mode)
     return create_model(cfg.model, conv=cfg.conv, num_classes=num_classes, in_chans=in_chans, width=cfg.width,
                         stem=cfg.stem, **options)
+
+
+def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy):
+    """Mode partition of ``model`` as ``cfg`` describes it (method, κ, N batches, E iterations, scope),
+    on training batches drawn with a seed of their own so training batches are unaffected."""
+    loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0, augment=cfg.augment)
+    return partition(model, cfg.kappa, cfg.partition, loader, loss_fn, cfg.partition_batches,
+                     cfg.partition_iterations, cfg.partition_scope, cfg.seed)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -135,7 +144,7 @@ class Trainer:
         self.train_data, self.test_data = train, test
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, train.num_classes, train.input_shape[0])
-        self.dynamic = any(isinstance(m, KernelAttention) for m in self.model.modules())
+        self.attentions = [m for m in self.model.modules() if isinstance(m, KernelAttention)]
         self.steps_per_epoch = len(make_loader(train, cfg.batch_size, train=True, seed=cfg.seed, epoch=0))
         if self.steps_per_epoch == 0:
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)")
@@ -175,12 +184,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def run_partition(self) -> None:
-        cfg = self.cfg
-        loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0,
-                             augment=cfg.augment)
-        report = partition(self.model, cfg.kappa, cfg.partition, loader, self.criterion,
-                           cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope, cfg.seed)
-        self.partition_report = report.to_dict()
+        self.partition_report = partition_from_config(self.model, self.cfg, self.train_data, self.criterion).to_dict()
 
     def train_epoch(self) -> dict:
         cfg = self.cfg
@@ -190,8 +194,9 @@ class Trainer:
         loss_sum = correct = seen = 0.0
         bar = _progress(loader, cfg.progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
         for x, y in bar:
-            if self.dynamic:
-                set_temperature(self.model, self.temperature(self.step))
+            temperature = self.temperature(self.step)
+            for attention in self.attentions:  # collected once: no module walk per step
+                attention.update_temperature(temperature)
             logits = self.model(x)
             loss = self.criterion(logits, y)
             if not torch.isfinite(loss):

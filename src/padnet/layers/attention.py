@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 
 ROUTINGS = ("softmax", "sigmoid")
 
@@ -40,8 +40,7 @@ class KernelAttention(nn.Module):
         min_hidden: int = 4,
     ):
         super().__init__()
-        if routing not in ROUTINGS:
-            raise ConfigError(f"unknown routing {routing!r}; choose from {', '.join(ROUTINGS)}")
+        check_choice("routing", routing, ROUTINGS)
         if reduction < 1 or num_kernels < 1:
             raise ConfigError(f"reduction and num_kernels must be >= 1, got {reduction} and {num_kernels}")
         hidden = max(in_channels // reduction, min_hidden)

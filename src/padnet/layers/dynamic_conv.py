@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from .attention import KernelAttention
 from .modes import ScaleFactors, make_mode
 
@@ -158,8 +158,7 @@ class DynamicConv2d(nn.Module):
 
     @formulation.setter
     def formulation(self, value: str) -> None:
-        if value not in FORMULATIONS:
-            raise ConfigError(f"unknown formulation {value!r}; choose from {', '.join(FORMULATIONS)}")
+        check_choice("formulation", value, FORMULATIONS)
         self._formulation = value
         self._paths.clear()
 

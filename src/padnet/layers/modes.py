@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import check_choice
 
 SCALE_MODES = ("constrained", "both", "static", "dynamic", "none")
 GRANULARITIES = ("shared", "kernel")
@@ -46,8 +46,7 @@ class ScaleFactors(nn.Module):
 
     def __init__(self, mode: str = "constrained"):
         super().__init__()
-        if mode not in SCALE_MODES:
-            raise ConfigError(f"unknown scale-factor mode {mode!r}; choose from {', '.join(SCALE_MODES)}")
+        check_choice("scale-factor mode", mode, SCALE_MODES)
         self.mode = mode
         self.register_buffer("one", torch.ones(()), persistent=False)
         if mode == "constrained":
@@ -129,10 +128,8 @@ class PartialMode(nn.Module):
         static_init: torch.Tensor | None = None,
     ):
         super().__init__()
-        if granularity not in GRANULARITIES:
-            raise ConfigError(f"unknown mask granularity {granularity!r}; choose from {', '.join(GRANULARITIES)}")
-        if semantics not in SEMANTICS:
-            raise ConfigError(f"unknown mask semantics {semantics!r}; choose from {', '.join(SEMANTICS)}")
+        check_choice("mask granularity", granularity, GRANULARITIES)
+        check_choice("mask semantics", semantics, SEMANTICS)
         self.shape = tuple(shape)
         self.num_factors = num_factors
         self.granularity = granularity

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import check_choice
 from .dynamic_conv import DynamicConv2d, PADConv2d
 
 # name -> (class, default options). Static convolutions are plain ``nn.Conv2d``.
@@ -29,8 +29,7 @@ def register_conv(name: str, cls: type[nn.Module], **defaults) -> None:
 def canonical_conv(name: str) -> str:
     """The registered name of a convolution type (aliases and case folded); ConfigError if unknown."""
     key = ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in CONV_TYPES:
-        raise ConfigError(f"unknown conv type {name!r}; choose from {', '.join(CONV_TYPES)}")
+    check_choice("conv type", key, CONV_TYPES)
     return key
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import re
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from ..layers.registry import conv_factory
 from .resnet import DEPTHS, ResNet
 
@@ -38,12 +37,9 @@ def create_model(
     Raises:
         ConfigError: unknown model, conv type or stem; non-positive width.
     """
-    match = re.fullmatch(r"resnet(\d+)", name.lower())
-    if not match or int(match.group(1)) not in DEPTHS:
-        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    if stem not in STEMS:
-        raise ConfigError(f"unknown stem {stem!r}; choose from {', '.join(STEMS)}")
+    check_choice("model", name.lower(), MODELS)
+    check_choice("stem", stem, STEMS)
     if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
         raise ConfigError(f"width multiplier must be > 0, got {width}")
     factory = conv_factory(conv, **conv_options)
-    return ResNet(int(match.group(1)), factory, num_classes, in_chans, width, stem)
+    return ResNet(int(name.lower().removeprefix("resnet")), factory, num_classes, in_chans, width, stem)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from .scores import magnitude_scores, masked_tensors, random_scores, snip_scores
 
 METHODS = ("imp", "mp", "random", "magnitude")
@@ -122,10 +122,8 @@ def partition(
         PAD-Net layers, or missing data.
     """
     kappa = check_kappa(kappa)
-    if method not in METHODS:
-        raise ConfigError(f"unknown partition method {method!r}; choose from {', '.join(METHODS)}")
-    if scope not in SCOPES:
-        raise ConfigError(f"unknown partition scope {scope!r}; choose from {', '.join(SCOPES)}")
+    check_choice("partition method", method, METHODS)
+    check_choice("partition scope", scope, SCOPES)
     tensors = masked_tensors(model)
     if not tensors:
         raise ConfigError("the model has no partially dynamic layers to partition (build it with conv='pad')")
