@@ -136,7 +136,7 @@ def test_convert_static_is_a_no_op():
     assert len(_conv_names(net)) == 4
 
 
-@pytest.mark.parametrize("conv", ["dynamic-conv", "condconv", ""])
+@pytest.mark.parametrize("conv", ["dynamic-conv", "cond-conv", ""])
 def test_convert_unknown_conv_raises(conv):
     with pytest.raises(ConfigError):
         convert(_user_net(), conv)

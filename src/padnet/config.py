@@ -22,8 +22,8 @@ class TrainConfig:
     conv: str = "static"
     width: float = 0.25
     stem: str = "small"
-    num_kernels: int = 4
-    reduction: int = 4
+    num_kernels: int | None = None  # None: the conv type's default (DY-Conv/PAD 4, CondConv 8, ODConv 4)
+    reduction: int | None = None  # None: the conv type's default (DY-Conv 4, ODConv/DCD 16)
     granularity: str = "shared"
     scale_mode: str = "constrained"
     # data
@@ -78,7 +78,6 @@ class TrainConfig:
         check_choice("partition method", self.partition, METHODS)
         check_choice("partition scope", self.partition_scope, SCOPES)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "width": self.width,
-                    "num_kernels": self.num_kernels, "reduction": self.reduction,
                     "partition_batches": self.partition_batches, "partition_iterations": self.partition_iterations,
                     "temperature_start": self.temperature_start, "temperature_end": self.temperature_end}
         for name, value in positive.items():
@@ -90,6 +89,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {value!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("num_kernels", "reduction"):
+            value = getattr(self, name)
+            if value is not None and value < (1 if name == "num_kernels" else 0):
+                raise ConfigError(f"{name} must be >= {1 if name == 'num_kernels' else 0}, got {value}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
         if self.threads is not None and self.threads < 1:
@@ -100,13 +103,18 @@ class TrainConfig:
 
         check_choice("mask granularity", self.granularity, GRANULARITIES)
         check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
+        from .layers.registry import accepted_options, layer_options
+
+        layer_options(self.conv, num_kernels=self.num_kernels, reduction=self.reduction)
+        if self.granularity != "shared" and "granularity" not in accepted_options(self.conv):
+            raise ConfigError(f"conv type {self.conv!r} has no mask granularity option (use 'shared')")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-OPTIONAL_INTS = ("train_subset", "threads")
+OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

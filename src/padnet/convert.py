@@ -7,7 +7,7 @@ import fnmatch
 from torch import nn
 
 from .errors import ConfigError
-from .layers.dynamic_conv import DynamicConv2d
+from .layers.conv_base import DynamicConvBase
 from .layers.registry import resolve_conv
 
 
@@ -24,7 +24,8 @@ def convert(
 
     Args:
         model: any module; it is modified in place and returned.
-        conv: ``"dy"`` (DY-Conv), ``"pad"`` (PAD-Net) or another registered type.
+        conv: ``"dy"`` (DY-Conv), ``"pad"`` (PAD-Net), ``"condconv"``, ``"odconv"``, ``"dcd"``, their PAD-Net
+            forms ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"``, or another registered type.
         init_from_static: start every dynamic kernel (and PAD's static parameters Θ̄) from the existing
             weight, so the converted model computes what the original did until trained.
         skip_first: leave the first convolution (the stem) static, as the papers do.
@@ -39,7 +40,7 @@ def convert(
     cls, defaults = resolve_conv(conv)
     if cls is nn.Conv2d:
         return model
-    if not issubclass(cls, DynamicConv2d):
+    if not issubclass(cls, DynamicConvBase):
         raise ConfigError(f"conv type {conv!r} cannot be built from an nn.Conv2d")
     merged = {**defaults, **options}
     targets = [(name, m) for name, m in model.named_modules() if type(m) is nn.Conv2d]

@@ -15,8 +15,8 @@ from ..config import TrainConfig, dump_yaml
 from ..data import ImageData, load_dataset, make_loader
 from ..errors import ConfigError, PadnetError
 from ..fileio import write_json, write_text
-from ..layers.attention import KernelAttention, TemperatureSchedule
-from ..layers.registry import is_dynamic, is_partial
+from ..layers.attention import TemperatureRouting, TemperatureSchedule
+from ..layers.registry import is_partial, layer_options
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
 from ..partitioning import partition
@@ -36,11 +36,9 @@ def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     """The model a configuration describes (dynamic-layer options only for dynamic convs)."""
-    options = {}
-    if is_dynamic(cfg.conv):
-        options = {"num_kernels": cfg.num_kernels, "reduction": cfg.reduction, "temperature": cfg.temperature_start}
-        if is_partial(cfg.conv):
-            options.update(granularity=cfg.granularity, scale_mode=cfg.scale_mode)
+    options = layer_options(cfg.conv, num_kernels=cfg.num_kernels, reduction=cfg.reduction,
+                            temperature=cfg.temperature_start, granularity=cfg.granularity,
+                            scale_mode=cfg.scale_mode)
     return create_model(cfg.model, conv=cfg.conv, num_classes=num_classes, in_chans=in_chans, width=cfg.width,
                         stem=cfg.stem, **options)
 
@@ -144,7 +142,7 @@ class Trainer:
         self.train_data, self.test_data = train, test
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, train.num_classes, train.input_shape[0])
-        self.attentions = [m for m in self.model.modules() if isinstance(m, KernelAttention)]
+        self.attentions = [m for m in self.model.modules() if isinstance(m, TemperatureRouting)]
         self.steps_per_epoch = len(make_loader(train, cfg.batch_size, train=True, seed=cfg.seed, epoch=0))
         if self.steps_per_epoch == 0:
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)")

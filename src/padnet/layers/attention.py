@@ -16,13 +16,33 @@ from ..errors import ConfigError, check_choice
 ROUTINGS = ("softmax", "sigmoid")
 
 
-class KernelAttention(nn.Module):
+class TemperatureRouting(nn.Module):
+    """Base of every input-dependent routing branch whose logits are divided by a temperature T.
+
+    Holds the ``temperature`` buffer (a 0-d float, dimensionless, > 0) that
+    :func:`set_temperature` and the trainer's annealing schedule update.
+    """
+
+    def __init__(self, temperature: float = 30.0):
+        super().__init__()
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.update_temperature(temperature)
+
+    def update_temperature(self, temperature: float) -> None:
+        """Set T (> 0) for the following forward passes; ConfigError otherwise."""
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        self.temperature.fill_(float(temperature))
+
+
+class KernelAttention(TemperatureRouting):
     """Squeeze-and-excitation attention over k kernels.
 
     Args:
         in_channels: C, channels of the layer input.
         num_kernels: k.
-        reduction: r; hidden width is ``max(C // r, min_hidden)``.
+        reduction: r; hidden width is ``max(C // r, min_hidden)``. ``0``: no hidden layer, one linear map
+            C → k (CondConv's routing function).
         temperature: initial softmax temperature T (Chen et al. anneal 30 → 1).
         routing: ``"softmax"`` (DY-Conv) or ``"sigmoid"`` (CondConv; the temperature divides the logits too).
         min_hidden: lower bound of the hidden width.
@@ -39,25 +59,21 @@ class KernelAttention(nn.Module):
         routing: str = "softmax",
         min_hidden: int = 4,
     ):
-        super().__init__()
+        super().__init__(temperature)
         check_choice("routing", routing, ROUTINGS)
-        if reduction < 1 or num_kernels < 1:
-            raise ConfigError(f"reduction and num_kernels must be >= 1, got {reduction} and {num_kernels}")
-        hidden = max(in_channels // reduction, min_hidden)
+        if reduction < 0 or num_kernels < 1:
+            raise ConfigError(f"reduction must be >= 0 and num_kernels >= 1, got {reduction} and {num_kernels}")
         self.routing = routing
-        self.fc1 = nn.Linear(in_channels, hidden, bias=False)
+        if reduction == 0:
+            hidden, self.fc1, self.act = in_channels, nn.Identity(), nn.Identity()
+        else:
+            hidden = max(in_channels // reduction, min_hidden)
+            self.fc1, self.act = nn.Linear(in_channels, hidden, bias=False), nn.ReLU()
         self.fc2 = nn.Linear(hidden, num_kernels)
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-
-    def update_temperature(self, temperature: float) -> None:
-        """Set T (> 0) for the following forward passes."""
-        if not temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
-        self.temperature.fill_(float(temperature))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=(2, 3))  # (B, C)
-        logits = self.fc2(torch.relu(self.fc1(pooled)))  # (B, k)
+        logits = self.fc2(self.act(self.fc1(pooled)))  # (B, k)
         logits = logits / self.temperature
         return torch.sigmoid(logits) if self.routing == "sigmoid" else torch.softmax(logits, dim=1)
 
@@ -88,10 +104,13 @@ class TemperatureSchedule:
 
 
 def set_temperature(model: nn.Module, temperature: float) -> int:
-    """Set the temperature of every :class:`KernelAttention` in ``model``; returns how many were set."""
+    """Set the temperature of every routing branch (:class:`TemperatureRouting`) in ``model``.
+
+    Returns how many were set.
+    """
     count = 0
     for module in model.modules():
-        if isinstance(module, KernelAttention):
+        if isinstance(module, TemperatureRouting):
             module.update_temperature(temperature)
             count += 1
     return count

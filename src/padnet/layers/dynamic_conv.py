@@ -23,18 +23,18 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError, check_choice
 from .attention import KernelAttention
-from .modes import ScaleFactors, make_mode
+from .conv_base import PAD_OPTIONS, DynamicConvBase
+from .modes import make_mode
 
 FORMULATIONS = ("auto", "grouped", "batched")
 # "auto": grouped convolution when the output map has at least this many pixels (or batch is 1)
 GROUPED_MIN_PIXELS = 100
 
 
-class DynamicConv2d(nn.Module):
+class DynamicConv2d(DynamicConvBase):
     """DY-Conv: Θ̂(x) = Σᵢ πᵢ(x) Θᵢ, y = conv(x, Θ̂(x)) (PAD-Net eq. 1).
 
     Args:
@@ -53,7 +53,7 @@ class DynamicConv2d(nn.Module):
         ConfigError: channels not divisible by ``groups``, or k < 1.
     """
 
-    partial = False
+    OPTIONS = ("num_kernels", "reduction", "temperature", "routing", "formulation")
 
     def __init__(
         self,
@@ -72,35 +72,28 @@ class DynamicConv2d(nn.Module):
         formulation: str = "auto",
         **mode_kwargs,
     ):
-        super().__init__()
-        if groups < 1 or in_channels < 1 or out_channels < 1:
-            raise ConfigError(f"channels and groups must be >= 1, got {in_channels}, {out_channels}, {groups}")
-        if in_channels % groups or out_channels % groups:
-            raise ConfigError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible "
-                              f"by groups {groups}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if num_kernels < 1:
             raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
         self._paths: dict[torch.Size, str] = {}  # input shape -> formulation, decided once per shape
         self.formulation = formulation
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        if padding == "same" and self.stride != (1, 1):
-            raise ConfigError("padding='same' needs stride 1 (as nn.Conv2d)")
-        self.groups, self.num_kernels = groups, num_kernels
-        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self.num_kernels = num_kernels
+        shape = self.kernel_shape
         self.weight = nn.Parameter(torch.empty(num_kernels, *shape))
         self.bias = nn.Parameter(torch.empty(num_kernels, out_channels)) if bias else None
         self.attention = KernelAttention(in_channels, num_kernels, reduction, temperature, routing)
         self.reset_parameters()
         self._build_modes(shape, **mode_kwargs)
 
-    def _build_modes(self, shape: tuple[int, ...], **mode_kwargs) -> None:
-        if mode_kwargs:
-            raise ConfigError(f"DynamicConv2d got unexpected options: {', '.join(sorted(mode_kwargs))}")
-        self.scales = ScaleFactors("none")  # λs = λd = 1, no parameters
-        self.weight_mode = make_mode(False, shape, self.num_kernels)
-        self.bias_mode = make_mode(False, (self.out_channels,), self.num_kernels)
+    def _build_modes(self, shape: tuple[int, ...], **options) -> None:
+        opts = self._pad_options(options)
+        static_w = None
+        if self.partial:
+            static_w = torch.empty(shape)
+            nn.init.kaiming_uniform_(static_w, a=math.sqrt(5))
+        self.weight_mode = make_mode(self.partial, shape, self.num_kernels, static_init=static_w, **opts)
+        self.bias_mode = make_mode(self.partial and self.bias is not None, (self.out_channels,), self.num_kernels,
+                                   static_init=torch.zeros(self.out_channels), **opts)
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """(suffix, mode, dynamic factors) for each masked tensor; used by mode partition and deployment."""
@@ -116,15 +109,6 @@ class DynamicConv2d(nn.Module):
         if self.bias is not None:
             fan_in = self.weight[0][0].numel()
             nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-
-    @torch.no_grad()
-    def init_kernels_(self, init_fn) -> None:
-        """Apply ``init_fn`` (e.g. ``nn.init.kaiming_normal_``) to each kernel Θᵢ and to Θ̄ if present."""
-        for w in self.weight:
-            init_fn(w)
-        static = getattr(self.weight_mode, "static", None)
-        if static is not None:
-            init_fn(static)
 
     def update_temperature(self, temperature: float) -> None:
         """Set the attention temperature T."""
@@ -162,25 +146,8 @@ class DynamicConv2d(nn.Module):
         self._formulation = value
         self._paths.clear()
 
-    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """Output (H', W') for an input map of ``size`` (H, W), as ``nn.Conv2d`` computes it."""
-        if self.padding == "same":
-            return tuple(size)
-        padding = (0, 0) if self.padding == "valid" else self.padding
-        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
-                     for n, p, d, k, s in zip(size, padding, self.dilation, self.kernel_size, self.stride))
-
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        weight, bias = self.computational_weights(x)
-        # one grouped convolution over the batch: (1, B·Cin, H, W) with B·groups groups
-        out = F.conv2d(
-            x.reshape(1, batch * self.in_channels, *x.shape[2:]),
-            weight.reshape(batch * self.out_channels, *weight.shape[2:]),
-            None if bias is None else bias.reshape(-1),
-            self.stride, self.padding, self.dilation, batch * self.groups,
-        )
-        return out.reshape(batch, self.out_channels, *out.shape[2:])
+        return self.per_sample_conv(x, *self.computational_weights(x))
 
     def _batched(self, x: torch.Tensor) -> torch.Tensor:
         batch, g = x.shape[0], self.groups
@@ -203,39 +170,8 @@ class DynamicConv2d(nn.Module):
             out = out + self.bias_mode.aggregate(pi, self.bias, lam_s, lam_d)[..., None, None]
         return out
 
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, **kwargs) -> DynamicConv2d:
-        """Build a dynamic layer with the geometry of ``conv``.
-
-        With ``init_from_static`` every kernel (and the static parameters of a PAD layer) starts as
-        ``conv.weight``, so with softmax routing (Σπ = 1) the new layer computes exactly what ``conv``
-        did; with sigmoid routing (CondConv) the output is scaled by Σπ.
-        """
-        if conv.padding_mode != "zeros":
-            raise ConfigError(f"only zero padding is supported, got padding_mode={conv.padding_mode!r}")
-        layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, conv.bias is not None, **kwargs,
-        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
-        if init_from_static:
-            layer.load_static(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
-        return layer
-
-    @torch.no_grad()
-    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Copy a static kernel (Cout, Cin/groups, kh, kw) into every dynamic kernel."""
-        self.weight.copy_(weight.unsqueeze(0).expand_as(self.weight))
-        if bias is not None:
-            self.bias.copy_(bias.unsqueeze(0).expand_as(self.bias))
-
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-             f"padding={self.padding}, k={self.num_kernels}")
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        return s + f", bias={self.bias is not None}"
+        return f"{super().extra_repr()}, k={self.num_kernels}, bias={self.bias is not None}"
 
 
 class PADConv2d(DynamicConv2d):
@@ -247,31 +183,13 @@ class PADConv2d(DynamicConv2d):
         semantics: ``"static"`` (PAD-Net) or ``"zero"`` (masked elements pruned).
 
     Extra parameters: ``weight_mode.static`` (Cout, Cin/groups, kh, kw) — Θ̄, Kaiming-initialised
-    independently of the kernels; ``bias_mode.static`` (Cout,) when ``bias``; ``scales`` (φ).
+    independently of the kernels (``load_static`` copies a static kernel into it); ``bias_mode.static``
+    (Cout,) when ``bias``; ``scales`` (φ).
     Buffers: ``weight_mode.mask`` and ``bias_mode.mask`` (ones: fully dynamic until partitioned).
     """
 
     partial = True
-
-    def _build_modes(self, shape, granularity: str = "shared", scale_mode: str = "constrained",
-                     semantics: str = "static", **unknown) -> None:
-        if unknown:
-            raise ConfigError(f"PADConv2d got unexpected options: {', '.join(sorted(unknown))}")
-        self.scales = ScaleFactors(scale_mode)
-        static_w = torch.empty(shape)
-        nn.init.kaiming_uniform_(static_w, a=math.sqrt(5))
-        self.weight_mode = make_mode(True, shape, self.num_kernels, granularity, semantics, static_w)
-        self.bias_mode = make_mode(self.bias is not None, (self.out_channels,), self.num_kernels, granularity,
-                                   semantics, torch.zeros(self.out_channels))
-
-    @torch.no_grad()
-    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Copy a static kernel into every dynamic kernel and into the static parameters Θ̄."""
-        super().load_static(weight, bias)
-        if self.weight_mode.semantics == "static":
-            self.weight_mode.static.copy_(weight)
-            if bias is not None:
-                self.bias_mode.static.copy_(bias)
+    OPTIONS = DynamicConv2d.OPTIONS + tuple(PAD_OPTIONS)
 
 
 @contextlib.contextmanager

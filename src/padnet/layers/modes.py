@@ -100,6 +100,10 @@ class FullyDynamic(nn.Module):
         """Σᵢ πᵢ Θᵢ per sample (PAD-Net eq. 1). ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
         return (coeffs @ factors.reshape(factors.shape[0], -1)).reshape(coeffs.shape[0], *factors.shape[1:])
 
+    def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """Input-generated parameters (e.g. attention vectors), returned unchanged: (B, *shape)."""
+        return values
+
 
 class PartialMode(nn.Module):
     """Mask M, static parameters Θ̄ and scale factors for one tensor of dynamic factors.
@@ -158,6 +162,16 @@ class PartialMode(nn.Module):
         """
         dynamic = self.dynamic_part(factors, lam_d).reshape(factors.shape[0], -1)
         out = (coeffs @ dynamic).reshape(coeffs.shape[0], *factors.shape[1:])
+        static = self.static_part(lam_s)
+        return out if static is None else out + static
+
+    def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """PAD-Net eq. 4 for parameters generated per sample rather than mixed from factors.
+
+        ``values`` (B, *shape) — e.g. ODConv's attention vectors or DCD's channel-fusion matrix — are the
+        dynamic parameters: λd · M ⊙ values + λs · (1 − M) ⊙ Θ̄ → (B, *shape). Needs a shared mask.
+        """
+        out = values * (self.mask[0] * lam_d)
         static = self.static_part(lam_s)
         return out if static is None else out + static
 

@@ -7,15 +7,27 @@ from collections.abc import Callable
 from torch import nn
 
 from ..errors import check_choice
+from ..errors import ConfigError
+from .dcd import DCDConv2d, PADDCDConv2d
 from .dynamic_conv import DynamicConv2d, PADConv2d
+from .odconv import ODConv2d, PADODConv2d
 
-# name -> (class, default options). Static convolutions are plain ``nn.Conv2d``.
+CONDCONV = {"num_kernels": 8, "routing": "sigmoid", "reduction": 0}  # CondConv: 8 kernels, one linear + sigmoid
+
+# name -> (class, default options). Static convolutions are plain ``nn.Conv2d``. Every PAD-Net form is
+# named "pad-<its fully dynamic layer>"; "pad" is PAD-Net over DY-Conv (the paper's main setting).
 CONV_TYPES: dict[str, tuple[type[nn.Module], dict]] = {
     "static": (nn.Conv2d, {}),
     "dy": (DynamicConv2d, {"num_kernels": 4}),
     "pad": (PADConv2d, {"num_kernels": 4}),
+    "condconv": (DynamicConv2d, CONDCONV),
+    "pad-condconv": (PADConv2d, CONDCONV),
+    "odconv": (ODConv2d, {"num_kernels": 4}),
+    "pad-odconv": (PADODConv2d, {"num_kernels": 4}),
+    "dcd": (DCDConv2d, {}),
+    "pad-dcd": (PADDCDConv2d, {}),
 }
-ALIASES = {"dyconv": "dy", "dynamic": "dy", "padnet": "pad", "pad-net": "pad", "conv": "static"}
+ALIASES = {"dyconv": "dy", "dynamic": "dy", "padnet": "pad", "pad-net": "pad", "pad-dy": "pad", "conv": "static"}
 
 
 def register_conv(name: str, cls: type[nn.Module], **defaults) -> None:
@@ -46,6 +58,24 @@ def is_partial(name: str) -> bool:
 def is_dynamic(name: str) -> bool:
     """Whether convolutions of type ``name`` are dynamic (take attention options and a temperature)."""
     return resolve_conv(name)[0] is not nn.Conv2d
+
+
+def accepted_options(name: str) -> tuple[str, ...]:
+    """Keyword options that convolutions of type ``name`` take (e.g. ``num_kernels``; none for static)."""
+    return tuple(getattr(resolve_conv(name)[0], "OPTIONS", ()))
+
+
+def layer_options(name: str, **values) -> dict:
+    """The options among ``values`` that type ``name`` takes, leaving out ``None`` (= the type's default).
+
+    Raises:
+        ConfigError: a value other than None for ``num_kernels`` or ``reduction`` that the type does not take.
+    """
+    accepted = accepted_options(name)
+    for key in ("num_kernels", "reduction"):
+        if values.get(key) is not None and key not in accepted and is_dynamic(name):
+            raise ConfigError(f"conv type {canonical_conv(name)!r} has no option {key}")
+    return {k: v for k, v in values.items() if v is not None and k in accepted}
 
 
 def conv_factory(name: str, **options) -> Callable[..., nn.Module]:

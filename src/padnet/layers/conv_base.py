@@ -1,0 +1,141 @@
+"""What every input-dependent convolution shares: ``nn.Conv2d``'s geometry, its output size, and
+construction from an existing ``nn.Conv2d`` (used by :func:`padnet.convert`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from ..errors import ConfigError
+from .modes import ScaleFactors
+
+PAD_OPTIONS = {"granularity": "shared", "scale_mode": "constrained", "semantics": "static"}
+
+
+class DynamicConvBase(nn.Module):
+    """Geometry of a convolution, validated as ``nn.Conv2d`` does, for dynamic layers to build on.
+
+    Args: ``in_channels, out_channels, kernel_size, stride, padding, dilation, groups`` as ``nn.Conv2d``
+    (``padding`` also accepts ``"same"``/``"valid"``).
+
+    Layers with a bank of kernels ``weight`` (k, Cout, Cin/groups, kh, kw), optional ``bias`` (k, Cout)
+    and modes ``weight_mode``/``bias_mode`` inherit ``load_static`` and ``init_kernels_``; others override
+    them. Every subclass implements ``mode_pairs()`` (its masked tensors, for mode partition). The class
+    attribute ``partial`` says whether the layer is a PAD-Net form; ``OPTIONS`` names the keyword options
+    it takes beyond ``nn.Conv2d``'s arguments.
+
+    Raises:
+        ConfigError: non-positive sizes, channels not divisible by ``groups``, ``"same"`` with stride > 1.
+    """
+
+    partial = False
+    OPTIONS: tuple[str, ...] = ()
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+        super().__init__()
+        if groups < 1 or in_channels < 1 or out_channels < 1:
+            raise ConfigError(f"channels and groups must be >= 1, got {in_channels}, {out_channels}, {groups}")
+        if in_channels % groups or out_channels % groups:
+            raise ConfigError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible "
+                              f"by groups {groups}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        if padding == "same" and self.stride != (1, 1):
+            raise ConfigError("padding='same' needs stride 1 (as nn.Conv2d)")
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        """Shape of one kernel: (Cout, Cin/groups, kh, kw)."""
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def depthwise(self) -> bool:
+        """Whether every group has one input and one output channel."""
+        return self.groups == self.in_channels == self.out_channels
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Output (H', W') for an input map of ``size`` (H, W), as ``nn.Conv2d`` computes it."""
+        if self.padding == "same":
+            return tuple(size)
+        padding = (0, 0) if self.padding == "valid" else self.padding
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                     for n, p, d, k, s in zip(size, padding, self.dilation, self.kernel_size, self.stride))
+
+    def _pad_options(self, options: dict) -> dict:
+        """Validate the PAD-Net options of a layer and build ``self.scales``.
+
+        Returns ``{"granularity", "semantics"}`` for :func:`~padnet.layers.modes.make_mode`. A fully dynamic
+        layer takes no such option and gets λs = λd = 1 (``ScaleFactors("none")``, no parameters).
+        """
+        allowed = PAD_OPTIONS if self.partial else {}
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} got unexpected options: {', '.join(unknown)}")
+        merged = {**PAD_OPTIONS, **options}
+        scale_mode = merged.pop("scale_mode")
+        self.scales = ScaleFactors(scale_mode if self.partial else "none")
+        return merged
+
+    def per_sample_conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Convolve each sample with its own kernel as one grouped convolution.
+
+        ``x`` (B, Cin, H, W), ``weight`` (B, Cout, Cin/groups, kh, kw), ``bias`` (B, Cout) or None
+        → (B, Cout, H', W').
+        """
+        batch = x.shape[0]
+        # (1, B·Cin, H, W) convolved with B·groups groups
+        out = F.conv2d(
+            x.reshape(1, batch * self.in_channels, *x.shape[2:]),
+            weight.reshape(batch * self.out_channels, *weight.shape[2:]),
+            None if bias is None else bias.reshape(-1),
+            self.stride, self.padding, self.dilation, batch * self.groups,
+        )
+        return out.reshape(batch, self.out_channels, *out.shape[2:])
+
+    @torch.no_grad()
+    def init_kernels_(self, init_fn) -> None:
+        """Apply ``init_fn`` (e.g. ``nn.init.kaiming_normal_``) to each kernel Θᵢ and to Θ̄ if present."""
+        for w in self.weight:
+            init_fn(w)
+        static = getattr(self.weight_mode, "static", None)
+        if static is not None:
+            init_fn(static)
+
+    @torch.no_grad()
+    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Copy a static kernel (Cout, Cin/groups, kh, kw) into every kernel and into Θ̄ if present."""
+        self.weight.copy_(weight.unsqueeze(0).expand_as(self.weight))
+        if bias is not None:
+            self.bias.copy_(bias.unsqueeze(0).expand_as(self.bias))
+        for mode, value in ((self.weight_mode, weight), (getattr(self, "bias_mode", None), bias)):
+            if value is not None and hasattr(mode, "static"):
+                mode.static.copy_(value)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, **kwargs):
+        """Build a layer with the geometry of ``conv`` (on its device and dtype).
+
+        With ``init_from_static`` the layer's kernels start from ``conv.weight`` (see ``load_static``).
+        Raises ConfigError for padding modes other than zeros.
+        """
+        if conv.padding_mode != "zeros":
+            raise ConfigError(f"only zero padding is supported, got padding_mode={conv.padding_mode!r}")
+        layer = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, **kwargs,
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if init_from_static:
+            layer.load_static(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
+        return layer
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}")
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s

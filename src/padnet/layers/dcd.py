@@ -1,0 +1,124 @@
+"""Dynamic convolution decomposition (DCD) and its PAD-Net form.
+
+DCD ("Revisiting Dynamic Convolution via Matrix Decomposition", Li et al. 2021) writes the dynamic kernel as
+a static kernel plus a low-rank dynamic residual: W(x) = Λ(x) W₀ + P Φ(x) Qᵀ, where
+
+* W₀ (Cout, Cin/groups, kh, kw) is static and Λ(x) (B, Cout) is a dynamic channel-wise scale (hard sigmoid);
+* Qᵀ compresses the Cin input channels to a latent space of L = ⌊√Cin⌋ channels (a 1×1 convolution with the
+  layer's stride), Φ(x) (B, L, L) fuses them per sample ("dynamic channel fusion", no activation) and P
+  expands L → Cout (1×1).
+
+Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(max(Cin, L²) // reduction,
+min_hidden)``. Simplifications against the DCD code: no BatchNorm inside the residual or the branch, and no
+extra squeeze-excitation on h. The residual is applied to grouped and depthwise layers as well (it mixes
+channels across groups).
+
+``PADDCDConv2d`` (PAD-Net paper 001, appendix C, Table 6): Λ and Φ are the layer's dynamic parameters, so each
+is mixed element-wise with a static counterpart (Λ̄ starts at 1, Φ̄ at 0) through
+:class:`~padnet.layers.vectors.DynamicVector`; with every mask 0 and λs = 1 the layer is the static
+convolution W₀ (plus the static residual P Φ̄ Qᵀ, zero at the start).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .conv_base import DynamicConvBase
+from .vectors import DynamicVector
+
+
+class DCDConv2d(DynamicConvBase):
+    """DCD: y = Λ(x) ⊙ conv(x, W₀) + P Φ(x) Qᵀ x (Li et al. 2021).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``.
+            The padding must keep the 1×1 residual aligned with the main convolution: 2·padding =
+            dilation·(kernel − 1) in each dimension, or ``"same"``.
+        reduction: squeeze ratio of the branch (DCD: 16).
+        min_hidden: lower bound of the branch width.
+
+    Parameters: ``weight`` W₀ (Cout, Cin/groups, kh, kw), ``bias`` (Cout) or None, ``q`` (L, Cin, 1, 1),
+    ``p`` (Cout, L, 1, 1), ``fc`` (branch), ``scale`` (Λ head), ``fusion`` (Φ head).
+    Input (B, Cin, H, W) → (B, Cout, H', W').
+
+    Raises:
+        ConfigError: invalid geometry or padding, reduction < 1, unexpected options.
+    """
+
+    OPTIONS = ("reduction",)
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=False, reduction: int = 16, min_hidden: int = 4, **options):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        if reduction < 1:
+            raise ConfigError(f"reduction must be >= 1, got {reduction}")
+        if self.padding != "same":
+            padding = (0, 0) if self.padding == "valid" else self.padding
+            if any(2 * p != d * (k - 1) for p, d, k in zip(padding, self.dilation, self.kernel_size)):
+                raise ConfigError(f"DCD needs padding that keeps the map size up to the stride "
+                                  f"(2·padding = dilation·(kernel − 1)), got padding={self.padding}")
+        if options.get("granularity", "shared") != "shared":
+            raise ConfigError(f"{type(self).__name__} masks Λ and Φ with one mask each: granularity must be 'shared'")
+        opts = self._pad_options(options)
+        self.latent = latent = max(1, math.isqrt(in_channels))  # L
+        hidden = max(max(in_channels, latent * latent) // reduction, min_hidden)
+        self.weight = nn.Parameter(torch.empty(self.kernel_shape))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.q = nn.Parameter(torch.empty(latent, in_channels, 1, 1))
+        self.p = nn.Parameter(torch.empty(out_channels, latent, 1, 1))
+        for w in (self.q, self.p):
+            nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
+        self.fc = nn.Linear(in_channels, hidden, bias=False)
+        vector = dict(partial=self.partial, semantics=opts["semantics"])
+        self.scale = DynamicVector(hidden, out_channels, "hardsigmoid", static_value=1.0, **vector)
+        self.fusion = DynamicVector(hidden, latent * latent, "identity", static_value=0.0, **vector)
+
+    def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
+        """(suffix, mode, dynamic factors) of the masked Λ and Φ (PAD form only)."""
+        return self.scale.mode_pair("scale") + self.fusion.mode_pair("fusion")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        lam_s, lam_d = self.scales()
+        h = torch.relu(self.fc(x.mean(dim=(2, 3))))  # (B, hidden)
+        scale = self.scale(h, 1.0, lam_s, lam_d)  # Λ (B, Cout)
+        fusion = self.fusion(h, 1.0, lam_s, lam_d).reshape(batch, self.latent, self.latent)  # Φ (B, L, L)
+        out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        out = out * scale[:, :, None, None]
+        z = F.conv2d(x, self.q, None, self.stride)  # Qᵀx: (B, L, H', W')
+        z = torch.bmm(fusion, z.flatten(2)).reshape(z.shape)  # Φ Qᵀx
+        out = out + F.conv2d(z, self.p)
+        return out if self.bias is None else out + self.bias[:, None, None]
+
+    @torch.no_grad()
+    def init_kernels_(self, init_fn) -> None:
+        """Apply ``init_fn`` to the static kernel W₀ (the residual keeps its own initialisation)."""
+        init_fn(self.weight)
+
+    @torch.no_grad()
+    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Start W₀ from a static kernel and zero P, so the layer computes Λ(x) ⊙ conv(x, W₀)."""
+        self.weight.copy_(weight)
+        self.p.zero_()
+        if bias is not None:
+            self.bias.copy_(bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, latent={self.latent}, bias={self.bias is not None}"
+
+
+class PADDCDConv2d(DCDConv2d):
+    """PAD-Net form of DCD: Λ and Φ partially dynamic (paper 001, appendix C, Table 6).
+
+    Extra args: ``scale_mode`` (λs + λd = 2 by default), ``semantics``. Masks: ``scale.mode.mask`` (1, Cout)
+    and ``fusion.mode.mask`` (1, L²).
+    """
+
+    partial = True
+    OPTIONS = DCDConv2d.OPTIONS + ("scale_mode", "semantics")

@@ -1,0 +1,170 @@
+"""Omni-dimensional dynamic convolution (ODConv) and its PAD-Net form.
+
+ODConv ("Omni-Dimensional Dynamic Convolution", Li et al. 2022) attends to four dimensions of the kernel
+space with one squeeze branch h = ReLU(FC(GAP(x))) and four heads, each divided by a temperature T:
+
+* channel attention α_c (B, Cin), sigmoid — scales the input channels;
+* filter attention α_f (B, Cout), sigmoid — scales the output channels (absent for depthwise layers,
+  where it would repeat α_c);
+* spatial attention α_s (B, kh·kw), sigmoid — scales the kernel positions (absent for 1×1 kernels);
+* kernel attention α_w (B, k), softmax — mixes the k kernels (absent for k = 1).
+
+y = α_f ⊙ conv(α_c ⊙ x, α_s ⊙ Σᵢ α_wi Θᵢ). The squeeze branch has no BatchNorm here (ODConv has one), so
+the layer works with batch 1 in training mode.
+
+``PADODConv2d`` (PAD-Net paper 001, appendix C) makes both kinds of dynamic parameters partially
+dynamic with the shared PAD logic: the kernels through a :class:`~padnet.layers.modes.PartialMode`
+(λd · Σᵢ α_wi Mᵢ ⊙ Θᵢ + λs · (1 − M̄) ⊙ Θ̄, only for k > 1: one kernel is static already) and each attention
+vector through :class:`~padnet.layers.vectors.DynamicVector` (static elements start at 1, "no attention").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .attention import TemperatureRouting
+from .conv_base import PAD_OPTIONS, DynamicConvBase
+from .modes import make_mode
+from .vectors import DynamicVector
+
+
+class OmniAttention(TemperatureRouting):
+    """The four attention heads of ODConv on one squeeze branch.
+
+    Args:
+        in_channels, out_channels, kernel_size (kh, kw), num_kernels: geometry of the convolution.
+        depthwise: skip the filter attention.
+        reduction: hidden width ``max(Cin // reduction, min_hidden)`` (ODConv: 1/16, at least 16).
+        temperature: initial T.
+        partial: PAD-Net form of the channel, filter and spatial attentions.
+        semantics: ``"static"`` or ``"zero"`` for the partial heads.
+
+    ``forward(x, lam_s, lam_d)``: x (B, Cin, H, W) → (α_c (B, Cin), α_f (B, Cout) or None,
+    α_s (B, kh·kw) or None, α_w (B, k) or None).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], num_kernels: int,
+                 depthwise: bool, reduction: int = 16, temperature: float = 1.0, min_hidden: int = 16,
+                 partial: bool = False, semantics: str = "static"):
+        super().__init__(temperature)
+        if reduction < 1:
+            raise ConfigError(f"reduction must be >= 1, got {reduction}")
+        hidden = max(in_channels // reduction, min_hidden)
+        self.fc = nn.Linear(in_channels, hidden, bias=False)
+        vector = dict(partial=partial, semantics=semantics, static_value=1.0)
+        self.channel = DynamicVector(hidden, in_channels, "sigmoid", **vector)
+        self.filter = None if depthwise else DynamicVector(hidden, out_channels, "sigmoid", **vector)
+        spatial = kernel_size[0] * kernel_size[1]
+        self.spatial = DynamicVector(hidden, spatial, "sigmoid", **vector) if spatial > 1 else None
+        self.kernel = DynamicVector(hidden, num_kernels, "softmax") if num_kernels > 1 else None
+
+    def forward(self, x: torch.Tensor, lam_s=1.0, lam_d=1.0):
+        h = torch.relu(self.fc(x.mean(dim=(2, 3))))  # (B, hidden)
+        t = self.temperature
+        return tuple(None if head is None else head(h, t, lam_s, lam_d)
+                     for head in (self.channel, self.filter, self.spatial, self.kernel))
+
+    def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
+        """Masked attention vectors as (suffix, mode, factors)."""
+        return [pair for name in ("channel", "filter", "spatial")
+                if getattr(self, name) is not None for pair in getattr(self, name).mode_pair(f"attention.{name}")]
+
+
+class ODConv2d(DynamicConvBase):
+    """ODConv: y = α_f ⊙ conv(α_c ⊙ x, α_s ⊙ Σᵢ α_wi Θᵢ) (Li et al. 2022).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``.
+            The bias is static, added after the filter attention.
+        num_kernels: k (ODConv ×1 and ×4 in PAD-Net Table 7).
+        reduction: squeeze ratio (hidden = max(Cin // reduction, 16)).
+        temperature: initial attention temperature.
+
+    Parameters: ``weight`` (k, Cout, Cin/groups, kh, kw), ``bias`` (Cout) or None, ``attention``.
+    Input (B, Cin, H, W) → (B, Cout, H', W').
+
+    Raises:
+        ConfigError: invalid geometry, k < 1, reduction < 1, unexpected options.
+    """
+
+    OPTIONS = ("num_kernels", "reduction", "temperature")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=False, num_kernels: int = 4, reduction: int = 16, temperature: float = 1.0, **options):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        if num_kernels < 1:
+            raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
+        opts = self._pad_options(options)
+        self.num_kernels = num_kernels
+        shape = self.kernel_shape
+        self.weight = nn.Parameter(torch.empty(num_kernels, *shape))
+        for w in self.weight:
+            nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.attention = OmniAttention(in_channels, out_channels, self.kernel_size, num_kernels, self.depthwise,
+                                       reduction, temperature, partial=self.partial, semantics=opts["semantics"])
+        static_w = None
+        if self.partial:
+            static_w = torch.empty(shape)
+            nn.init.kaiming_normal_(static_w, mode="fan_out", nonlinearity="relu")
+        # one kernel is static already: only a bank of k > 1 kernels gets a mask
+        self.weight_mode = make_mode(self.partial and num_kernels > 1, shape, num_kernels, static_init=static_w,
+                                     **opts)
+        # chosen once: one shared kernel (k = 1 and a 1×1 kernel) or a kernel per sample
+        self._per_sample = self.attention.kernel is not None or self.attention.spatial is not None
+
+    def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
+        """(suffix, mode, dynamic factors) of every masked tensor: the kernels (k > 1) and the attentions."""
+        pairs = [("weight", self.weight_mode, self.weight)] if self.weight_mode.partial else []
+        return pairs + self.attention.mode_pairs()
+
+    def update_temperature(self, temperature: float) -> None:
+        """Set the attention temperature T."""
+        self.attention.update_temperature(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam_s, lam_d = self.scales()
+        channel, filt, spatial, kernel = self.attention(x, lam_s, lam_d)
+        x = x * channel[:, :, None, None]
+        if self._per_sample:
+            if kernel is None:
+                weight = self.weight  # (1, Cout, Cin/g, kh, kw), broadcast over the batch below
+            else:
+                weight = self.weight_mode.aggregate(kernel, self.weight, lam_s, lam_d)  # (B, Cout, Cin/g, kh, kw)
+            if spatial is not None:
+                weight = weight * spatial.reshape(-1, 1, 1, *self.kernel_size)
+            out = self.per_sample_conv(x, weight.expand(x.shape[0], *weight.shape[1:]), None)
+        else:
+            out = nn.functional.conv2d(x, self.weight[0], None, self.stride, self.padding, self.dilation,
+                                       self.groups)
+        if filt is not None:
+            out = out * filt[:, :, None, None]
+        return out if self.bias is None else out + self.bias[:, None, None]
+
+    @torch.no_grad()
+    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Copy a static kernel into every kernel (and Θ̄); the attentions then scale its output."""
+        self.weight.copy_(weight.unsqueeze(0).expand_as(self.weight))
+        if hasattr(self.weight_mode, "static"):
+            self.weight_mode.static.copy_(weight)
+        if bias is not None:
+            self.bias.copy_(bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, k={self.num_kernels}, bias={self.bias is not None}"
+
+
+class PADODConv2d(ODConv2d):
+    """PAD-Net form of ODConv (paper 001, appendix C, Table 7).
+
+    Extra args: ``granularity`` (kernel mask shared by the k kernels or one per kernel), ``scale_mode``
+    (λs + λd = 2 by default; one pair per layer, used by the kernels and the attentions), ``semantics``.
+    Masks: ``weight_mode.mask`` (k > 1) and ``attention.{channel,filter,spatial}.mode.mask``.
+    With every mask 1 the layer is ODConv; with every mask 0 and λs = 1 it is a static convolution with
+    kernel Θ̄ (scaled by the static attentions, which start at 1).
+    """
+
+    partial = True
+    OPTIONS = ODConv2d.OPTIONS + tuple(PAD_OPTIONS)
