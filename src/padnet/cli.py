@@ -1,4 +1,4 @@
-"""The ``padnet`` command: train, compare (the main job), count, partition, evaluate, data."""
+"""The ``padnet`` command: train, compare (the main job), count, report, partition, evaluate, data."""
 
 from __future__ import annotations
 
@@ -79,25 +79,46 @@ def cmd_compare(args) -> int:
 
 
 def cmd_count(args) -> int:
-    from .layers.registry import is_dynamic, is_partial
+    from .layers.registry import is_partial, layer_options
     from .metrics.counting import count_flops, count_parameters
     from .models import create_model
     from .partitioning import partition
 
     if min(args.input) < 1 or args.num_classes < 1:
         raise ConfigError(f"--input sizes and --num-classes must be >= 1, got {args.input} and {args.num_classes}")
-    opts = {"num_kernels": args.num_kernels, "reduction": args.reduction} if is_dynamic(args.conv) else {}
+    opts = layer_options(args.conv, num_kernels=args.num_kernels, reduction=args.reduction)
     model = create_model(args.model, conv=args.conv, num_classes=args.num_classes, in_chans=args.input[0],
                          width=args.width, stem=args.stem, **opts)
     partial = is_partial(args.conv)
     if partial:
-        partition(model, args.kappa, "random")
+        partition(model, args.kappa, "random", scope="local")
     params, flops = count_parameters(model), count_flops(model, tuple(args.input))
-    fc = sum(p.numel() for p in model.fc.parameters())
+    fc = sum(p.numel() for p in model.get_classifier().parameters())
     print(f"{args.model} conv={args.conv} width={args.width:g} input={'x'.join(map(str, args.input))}"
           + (f" kappa={args.kappa:g}" if partial else ""))
     print(f"params {params / 1e6:.2f}M ({(params - fc) / 1e6:.2f}M without the classifier)  "
           f"FLOPs {flops / 1e9:.3f} GMACs")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+    from .errors import check_choice
+    from .fileio import write_json, write_text
+
+    for name in args.archs or ():
+        check_choice("architecture", name, report.ARCHS)
+    for name in args.tables or ():
+        check_choice("table", name, report.COLUMNS)
+    rows, seconds = report.run_report(args.archs, args.tables,
+                                      progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    text = report.report_markdown(rows, seconds)
+    out = Path(args.out)
+    write_text(out / "report.md", text)
+    write_json(out / "report.json", {"tolerance": report.TOLERANCE, "kappa": report.KAPPA,
+                                     "seconds": round(seconds, 1), "rows": [r.to_dict() for r in rows]})
+    print(text)
+    print(f"wrote {out / 'report.md'}, {out / 'report.json'}")
     return 0
 
 
@@ -152,7 +173,7 @@ def cmd_data(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
 
-    parser = _Parser(prog="padnet", description="Partially dynamic networks (PAD-Net, DY-Conv).")
+    parser = _Parser(prog="padnet", description="Partially dynamic networks (PAD-Net over DY-Conv, CondConv, ODConv, DCD).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one model")
@@ -178,11 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--stem", default="imagenet")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--num-kernels", type=int, default=4)
-    p.add_argument("--reduction", type=int, default=4)
+    p.add_argument("--num-kernels", type=int, help="k (default: the conv type's)")
+    p.add_argument("--reduction", type=int, help="attention reduction (default: the conv type's)")
     p.add_argument("--kappa", type=float, default=0.3)
     p.add_argument("--input", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W"))
     p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("report", help="params and FLOPs of paper Tables 1, 6, 7 next to the paper's numbers",
+                       description="Count every model of PAD-Net Table 1 (static, CondConv, DY-Conv, PAD-Net) and "
+                                   "appendix Tables 6-7 (DCD, ODConv x1/x4 and their PAD-Net forms) at 224x224, "
+                                   "and write report.md and report.json.")
+    p.add_argument("--out", default="runs/report", help="output directory")
+    p.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures (default all: resnet10 resnet18 "
+                   "resnet50 mobilenetv2-0.5 mobilenetv2-0.75 mobilenetv2-1.0)")
+    p.add_argument("--tables", nargs="+", metavar="TABLE", help="paper tables: 1 6 7 (default all)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("partition", help="run mode partition on a fresh PAD-Net model and print the ratios")
     _add_config_flags(p)

@@ -15,11 +15,7 @@ from .data import load_dataset
 from .engine.trainer import Trainer, config_differences
 from .errors import ConfigError
 from .fileio import atomic_path, write_json, write_text
-from .layers.registry import canonical_conv, is_partial
-
-LABELS = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net", "condconv": "CondConv",
-          "pad-condconv": "PAD-CondConv", "odconv": "ODConv", "pad-odconv": "PAD-ODConv", "dcd": "DCD",
-          "pad-dcd": "PAD-DCD"}
+from .layers.registry import LAYER_LABELS, canonical_conv, is_partial
 
 # The quick default finishes within 15 minutes on 2 CPU cores (measured: 8 min). Augmentation is off in it:
 # in 3 epochs of 10k images random crop + flip cost 7 points of top-1 (static: 80.5 % vs 87.0 %, seed 0).
@@ -35,7 +31,7 @@ DEFAULT_K = "the type's default (DY-Conv/PAD-Net 4, CondConv 8, ODConv 4)"
 
 
 def _label(conv: str, cfg: TrainConfig) -> str:
-    label = LABELS.get(conv, conv)
+    label = LAYER_LABELS.get(conv, conv)
     return f"{label} (κ={cfg.kappa:g})" if is_partial(conv) else label
 
 

@@ -27,7 +27,8 @@ def convert(
         conv: ``"dy"`` (DY-Conv), ``"pad"`` (PAD-Net), ``"condconv"``, ``"odconv"``, ``"dcd"``, their PAD-Net
             forms ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"``, or another registered type.
         init_from_static: start every dynamic kernel (and PAD's static parameters Θ̄) from the existing
-            weight, so the converted model computes what the original did until trained.
+            weight. DY-Conv and PAD-Net (softmax routing) then compute what the original did until trained;
+            CondConv's sigmoid routing, ODConv's attentions and DCD's Λ(x) scale that output.
         skip_first: leave the first convolution (the stem) static, as the papers do.
         exclude: glob patterns of module names to leave static (e.g. ``("head.*",)``).
         min_channels: leave convolutions with fewer input channels static.

@@ -10,8 +10,9 @@ a static kernel plus a low-rank dynamic residual: W(x) = Λ(x) W₀ + P Φ(x) Q�
 
 Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(max(Cin, L²) // reduction,
 min_hidden)``. Simplifications against the DCD code: no BatchNorm inside the residual or the branch, and no
-extra squeeze-excitation on h. The residual is applied to grouped and depthwise layers as well (it mixes
-channels across groups).
+extra squeeze-excitation on h. A depthwise layer mixes no channels, so it gets no channel-fusion residual:
+there DCD is the dynamic channel-wise scale Λ(x) W₀ alone (with a residual, MobileNetV2 ×1.0 would cost
+432 MMACs instead of the paper's 318). Grouped (non-depthwise) layers keep the residual across groups.
 
 ``PADDCDConv2d`` (PAD-Net paper 001, appendix C, Table 6): Λ and Φ are the layer's dynamic parameters, so each
 is mixed element-wise with a static counterpart (Λ̄ starts at 1, Φ̄ at 0) through
@@ -42,8 +43,8 @@ class DCDConv2d(DynamicConvBase):
         reduction: squeeze ratio of the branch (DCD: 16).
         min_hidden: lower bound of the branch width.
 
-    Parameters: ``weight`` W₀ (Cout, Cin/groups, kh, kw), ``bias`` (Cout) or None, ``q`` (L, Cin, 1, 1),
-    ``p`` (Cout, L, 1, 1), ``fc`` (branch), ``scale`` (Λ head), ``fusion`` (Φ head).
+    Parameters: ``weight`` W₀ (Cout, Cin/groups, kh, kw), ``bias`` (Cout) or None, ``fc`` (branch), ``scale``
+    (Λ head) and, except for depthwise layers, ``q`` (L, Cin, 1, 1), ``p`` (Cout, L, 1, 1), ``fusion`` (Φ head).
     Input (B, Cin, H, W) → (B, Cout, H', W').
 
     Raises:
@@ -65,35 +66,38 @@ class DCDConv2d(DynamicConvBase):
         if options.get("granularity", "shared") != "shared":
             raise ConfigError(f"{type(self).__name__} masks Λ and Φ with one mask each: granularity must be 'shared'")
         opts = self._pad_options(options)
-        self.latent = latent = max(1, math.isqrt(in_channels))  # L
+        self.latent = latent = 0 if self.depthwise else max(1, math.isqrt(in_channels))  # L (0: no residual)
         hidden = max(max(in_channels, latent * latent) // reduction, min_hidden)
         self.weight = nn.Parameter(torch.empty(self.kernel_shape))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.q = nn.Parameter(torch.empty(latent, in_channels, 1, 1))
-        self.p = nn.Parameter(torch.empty(out_channels, latent, 1, 1))
-        for w in (self.q, self.p):
-            nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
         self.fc = nn.Linear(in_channels, hidden, bias=False)
-        vector = dict(partial=self.partial, semantics=opts["semantics"])
+        vector = {"partial": self.partial, "semantics": opts["semantics"]}
         self.scale = DynamicVector(hidden, out_channels, "hardsigmoid", static_value=1.0, **vector)
-        self.fusion = DynamicVector(hidden, latent * latent, "identity", static_value=0.0, **vector)
+        self.q = self.p = self.fusion = None
+        if latent:
+            self.q = nn.Parameter(torch.empty(latent, in_channels, 1, 1))
+            self.p = nn.Parameter(torch.empty(out_channels, latent, 1, 1))
+            for w in (self.q, self.p):
+                nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
+            self.fusion = DynamicVector(hidden, latent * latent, "identity", static_value=0.0, **vector)
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """(suffix, mode, dynamic factors) of the masked Λ and Φ (PAD form only)."""
-        return self.scale.mode_pair("scale") + self.fusion.mode_pair("fusion")
+        return self.scale.mode_pair("scale") + (self.fusion.mode_pair("fusion") if self.fusion else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         lam_s, lam_d = self.scales()
         h = torch.relu(self.fc(x.mean(dim=(2, 3))))  # (B, hidden)
         scale = self.scale(h, 1.0, lam_s, lam_d)  # Λ (B, Cout)
-        fusion = self.fusion(h, 1.0, lam_s, lam_d).reshape(batch, self.latent, self.latent)  # Φ (B, L, L)
         out = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
         out = out * scale[:, :, None, None]
-        z = F.conv2d(x, self.q, None, self.stride)  # Qᵀx: (B, L, H', W')
-        z = torch.bmm(fusion, z.flatten(2)).reshape(z.shape)  # Φ Qᵀx
-        out = out + F.conv2d(z, self.p)
+        if self.fusion is not None:
+            fusion = self.fusion(h, 1.0, lam_s, lam_d).reshape(batch, self.latent, self.latent)  # Φ (B, L, L)
+            z = F.conv2d(x, self.q, None, self.stride)  # Qᵀx: (B, L, H', W')
+            z = torch.bmm(fusion, z.flatten(2)).reshape(z.shape)  # Φ Qᵀx
+            out = out + F.conv2d(z, self.p)
         return out if self.bias is None else out + self.bias[:, None, None]
 
     @torch.no_grad()
@@ -105,7 +109,8 @@ class DCDConv2d(DynamicConvBase):
     def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """Start W₀ from a static kernel and zero P, so the layer computes Λ(x) ⊙ conv(x, W₀)."""
         self.weight.copy_(weight)
-        self.p.zero_()
+        if self.p is not None:
+            self.p.zero_()
         if bias is not None:
             self.bias.copy_(bias)
 
@@ -117,7 +122,7 @@ class PADDCDConv2d(DCDConv2d):
     """PAD-Net form of DCD: Λ and Φ partially dynamic (paper 001, appendix C, Table 6).
 
     Extra args: ``scale_mode`` (λs + λd = 2 by default), ``semantics``. Masks: ``scale.mode.mask`` (1, Cout)
-    and ``fusion.mode.mask`` (1, L²).
+    and ``fusion.mode.mask`` (1, L²) (no Φ in depthwise layers).
     """
 
     partial = True

@@ -53,7 +53,7 @@ class OmniAttention(TemperatureRouting):
             raise ConfigError(f"reduction must be >= 1, got {reduction}")
         hidden = max(in_channels // reduction, min_hidden)
         self.fc = nn.Linear(in_channels, hidden, bias=False)
-        vector = dict(partial=partial, semantics=semantics, static_value=1.0)
+        vector = {"partial": partial, "semantics": semantics, "static_value": 1.0}
         self.channel = DynamicVector(hidden, in_channels, "sigmoid", **vector)
         self.filter = None if depthwise else DynamicVector(hidden, out_channels, "sigmoid", **vector)
         spatial = kernel_size[0] * kernel_size[1]
@@ -66,8 +66,9 @@ class OmniAttention(TemperatureRouting):
         return tuple(None if head is None else head(h, t, lam_s, lam_d)
                      for head in (self.channel, self.filter, self.spatial, self.kernel))
 
-    def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
-        """Masked attention vectors as (suffix, mode, factors)."""
+    def vector_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
+        """Masked attention vectors as (suffix, mode, factors), for the layer's ``mode_pairs`` (a name of its
+        own, so mode partition does not collect them twice)."""
         return [pair for name in ("channel", "filter", "spatial")
                 if getattr(self, name) is not None for pair in getattr(self, name).mode_pair(f"attention.{name}")]
 
@@ -118,7 +119,7 @@ class ODConv2d(DynamicConvBase):
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """(suffix, mode, dynamic factors) of every masked tensor: the kernels (k > 1) and the attentions."""
         pairs = [("weight", self.weight_mode, self.weight)] if self.weight_mode.partial else []
-        return pairs + self.attention.mode_pairs()
+        return pairs + self.attention.vector_pairs()
 
     def update_temperature(self, temperature: float) -> None:
         """Set the attention temperature T."""

@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import check_choice
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from .dcd import DCDConv2d, PADDCDConv2d
 from .dynamic_conv import DynamicConv2d, PADConv2d
 from .odconv import ODConv2d, PADODConv2d
@@ -27,6 +26,9 @@ CONV_TYPES: dict[str, tuple[type[nn.Module], dict]] = {
     "dcd": (DCDConv2d, {}),
     "pad-dcd": (PADDCDConv2d, {}),
 }
+LAYER_LABELS = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net", "condconv": "CondConv",
+                "pad-condconv": "PAD-CondConv", "odconv": "ODConv", "pad-odconv": "PAD-ODConv", "dcd": "DCD",
+                "pad-dcd": "PAD-DCD"}
 ALIASES = {"dyconv": "dy", "dynamic": "dy", "padnet": "pad", "pad-net": "pad", "pad-dy": "pad", "conv": "static"}
 
 

@@ -1,6 +1,7 @@
-"""Model zoo: ``create_model`` and the ResNet family."""
+"""Model zoo: ``create_model``, the ResNet family and MobileNetV2."""
 
+from .mobilenetv2 import MobileNetV2
 from .registry import MODELS, create_model
 from .resnet import ResNet
 
-__all__ = ["MODELS", "ResNet", "create_model"]
+__all__ = ["MODELS", "MobileNetV2", "ResNet", "create_model"]

@@ -8,9 +8,10 @@ from torch import nn
 
 from ..errors import ConfigError, check_choice
 from ..layers.registry import conv_factory
+from .mobilenetv2 import MobileNetV2
 from .resnet import DEPTHS, ResNet
 
-MODELS = tuple(f"resnet{d}" for d in DEPTHS)
+MODELS = (*(f"resnet{d}" for d in DEPTHS), "mobilenetv2")
 STEMS = ("imagenet", "small")
 
 
@@ -26,10 +27,11 @@ def create_model(
     """Build a model whose convolutions (all but the stem) are of type ``conv``.
 
     Args:
-        name: ``"resnet10"``, ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
-        conv: ``"static"``, ``"dy"`` (DY-Conv, k = 4) or ``"pad"`` (PAD-Net, k = 4) or a registered type.
+        name: ``"resnet10"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"mobilenetv2"``.
+        conv: ``"static"``, ``"dy"`` (DY-Conv, k = 4), ``"pad"`` (PAD-Net, k = 4), ``"condconv"`` (k = 8),
+            ``"odconv"``, ``"dcd"``, ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"`` or a registered type.
         num_classes, in_chans: classifier outputs and input channels.
-        width: width multiplier (> 0).
+        width: width multiplier (> 0): ResNet stage widths, MobileNetV2 ×0.5 / ×0.75 / ×1.0.
         stem: ``"imagenet"`` (224×224 inputs) or ``"small"`` (28×28 / 32×32).
         **conv_options: options of the dynamic layers (``num_kernels``, ``reduction``, ``temperature``,
             ``granularity``, ``scale_mode``).
@@ -42,4 +44,6 @@ def create_model(
     if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
         raise ConfigError(f"width multiplier must be > 0, got {width}")
     factory = conv_factory(conv, **conv_options)
+    if name.lower() == "mobilenetv2":
+        return MobileNetV2(factory, num_classes, in_chans, width, stem)
     return ResNet(int(name.lower().removeprefix("resnet")), factory, num_classes, in_chans, width, stem)

@@ -8,11 +8,12 @@ pooling, for 28×28 / 32×32 images. The stem and the classifier are always stat
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from .init import init_weights
 
 ConvFn = Callable[..., nn.Module]
 
@@ -108,15 +109,11 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
         self.num_features = in_ch
-        kaiming = functools.partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                kaiming(m.weight)
-            elif hasattr(m, "init_kernels_"):  # dynamic convolutions: every kernel and Θ̄ as a static conv
-                m.init_kernels_(kaiming)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
+
+    def get_classifier(self) -> nn.Module:
+        """The (static) classification layer."""
+        return self.fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

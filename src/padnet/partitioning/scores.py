@@ -24,12 +24,16 @@ MaskedTensor = tuple[str, nn.Module, torch.Tensor]  # (name, PartialMode, dynami
 
 
 def masked_tensors(model: nn.Module) -> list[MaskedTensor]:
-    """Every masked tensor of ``model``: layers expose them through ``mode_pairs()``."""
-    out = []
+    """Every masked tensor of ``model`` once: layers expose them through ``mode_pairs()``."""
+    out, seen = [], set()
     for name, module in model.named_modules():
         pairs = getattr(module, "mode_pairs", None)
-        if callable(pairs):
-            out.extend((f"{name}.{suffix}" if name else suffix, mode, factors) for suffix, mode, factors in pairs())
+        if not callable(pairs):
+            continue
+        for suffix, mode, factors in pairs():
+            if id(mode) not in seen:
+                seen.add(id(mode))
+                out.append((f"{name}.{suffix}" if name else suffix, mode, factors))
     return out
 
 
