@@ -130,8 +130,7 @@ def _explain(row: Row, arch: str, width: float, model: torch.nn.Module, counts: 
     if abs(row.params_diff) > 100 * TOLERANCE:
         row.notes.append(_explain_params(row, arch, width, model, counts))
     if abs(row.flops_diff) > 100 * TOLERANCE:
-        row.notes.append(f"FLOPs {row.flops_diff:+.1f} %: the source counts operations this column does not "
-                         "(see docs/accounting.md)")
+        row.notes.append(f"FLOPs {row.flops_diff:+.1f} %: not reproduced (see docs/accounting.md)")
 
 
 def _explain_params(row: Row, arch: str, width: float, model: torch.nn.Module, counts: dict[str, int]) -> str:

@@ -11,8 +11,8 @@ a static kernel plus a low-rank dynamic residual: W(x) = Λ(x) W₀ + P Φ(x) Q�
 Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(max(Cin, L²) // reduction,
 min_hidden)``. Simplifications against the DCD code: no BatchNorm inside the residual or the branch, and no
 extra squeeze-excitation on h. A depthwise layer mixes no channels, so it gets no channel-fusion residual:
-there DCD is the dynamic channel-wise scale Λ(x) W₀ alone (with a residual, MobileNetV2 ×1.0 would cost
-432 MMACs instead of the paper's 318). Grouped (non-depthwise) layers keep the residual across groups.
+there DCD is the dynamic channel-wise scale Λ(x) W₀ alone (with a residual there, MobileNetV2 ×1.0 would
+cost 432 MMACs instead of 366; the paper gives 318). Grouped (non-depthwise) layers keep the residual across groups.
 
 ``PADDCDConv2d`` (PAD-Net paper 001, appendix C, Table 6): Λ and Φ are the layer's dynamic parameters, so each
 is mixed element-wise with a static counterpart (Λ̄ starts at 1, Φ̄ at 0) through
