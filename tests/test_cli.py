@@ -240,3 +240,13 @@ def test_partition_command(capsys, tmp_path):
                            *TINY)
     assert code == 0 and "dynamic ratio 0.5000" in out
     assert json.loads(report.read_text())["dynamic_ratio"] == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize("conv,masked", [("pad-odconv", ".attention.channel"), ("pad-dcd", ".fusion")])
+def test_partition_command_partitions_the_chosen_pad_form(capsys, tmp_path, conv, masked):
+    root = fake_fashion_mnist(tmp_path / "fm")
+    report = tmp_path / "report.json"
+    code, _, _ = run_cli(capsys, "partition", "--data-root", str(root), "--conv", conv, "--out", str(report), *TINY)
+    assert code == 0
+    names = [layer["name"] for layer in json.loads(report.read_text())["layers"]]
+    assert any(name.endswith(masked) for name in names)

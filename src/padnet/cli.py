@@ -128,11 +128,13 @@ def cmd_partition(args) -> int:
     from .data import load_dataset
     from .engine.trainer import build_model, partition_from_config
     from .fileio import write_json
+    from .layers.registry import is_partial
 
     cfg = _resolve_config(args)
     train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
     torch.manual_seed(cfg.seed)
-    model = build_model(dataclasses.replace(cfg, conv="pad"), train.num_classes, train.input_shape[0])
+    conv = cfg.conv if is_partial(cfg.conv) else "pad"  # a PAD-Net form to partition (default: over DY-Conv)
+    model = build_model(dataclasses.replace(cfg, conv=conv), train.num_classes, train.input_shape[0])
     report = partition_from_config(model, cfg, train)
     print(report.summary())
     for layer in report.layers:
@@ -215,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", nargs="+", metavar="TABLE", help="paper tables: 1 6 7 (default all)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("partition", help="run mode partition on a fresh PAD-Net model and print the ratios")
+    p = sub.add_parser("partition", help="run mode partition on a fresh PAD-Net model (--conv: a PAD-Net form, "
+                                         "default pad) and print the ratios")
     _add_config_flags(p)
     p.add_argument("--out", help="write the report as JSON here")
     p.set_defaults(func=cmd_partition)

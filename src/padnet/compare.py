@@ -47,8 +47,8 @@ def run_compare(out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "
     out_dir = Path(out_dir)
     base.validate()
     convs = tuple(canonical_conv(c) for c in convs)
-    plan = [(conv, seed, dataclasses.replace(base, conv=conv, seed=seed), out_dir / f"{conv}-seed{seed}")
-            for conv in convs for seed in seeds]
+    plan = [(conv, seed, dataclasses.replace(base, conv=conv, seed=seed).validate(), out_dir / f"{conv}-seed{seed}")
+            for conv in convs for seed in seeds]  # every conv's options checked before anything trains
     for _, _, cfg, run_dir in plan:  # refuse to mix in runs made with another recipe, before training anything
         saved = run_dir / "config.yaml"
         if saved.is_file():

@@ -103,10 +103,10 @@ class TrainConfig:
 
         check_choice("mask granularity", self.granularity, GRANULARITIES)
         check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
-        from .layers.registry import accepted_options, layer_options
+        from .layers.registry import accepted_options, is_partial, layer_options
 
         layer_options(self.conv, num_kernels=self.num_kernels, reduction=self.reduction)
-        if self.granularity != "shared" and "granularity" not in accepted_options(self.conv):
+        if self.granularity != "shared" and is_partial(self.conv) and "granularity" not in accepted_options(self.conv):
             raise ConfigError(f"conv type {self.conv!r} has no mask granularity option (use 'shared')")
         return self
 

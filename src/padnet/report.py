@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .convert import convert
-from .layers.registry import is_partial
+from .layers.registry import CONDCONV, is_partial
 from .metrics.counting import count_flops, count_parameters
 from .models import create_model
 from .partitioning import partition
@@ -142,7 +142,7 @@ def _explain_params(row: Row, arch: str, width: float, model: torch.nn.Module, c
                          ("1×1 shortcuts static, without the classifier", shortcut["params_no_classifier"])]
     if row.conv == "condconv":  # the CondConv paper also makes the classifier a CondConv layer
         fc = model.get_classifier()
-        k = row.num_kernels or 8
+        k = row.num_kernels or CONDCONV["num_kernels"]
         extra = (k - 1) * (fc.weight.numel() + fc.bias.numel()) + fc.in_features * k + k  # k kernels + routing
         alternatives.append((f"classifier a CondConv layer too (k = {k})", counts["params"] + extra))
     for name, value in alternatives:

@@ -16,7 +16,7 @@ from ..data import ImageData, load_dataset, make_loader
 from ..errors import ConfigError, PadnetError
 from ..fileio import write_json, write_text
 from ..layers.attention import TemperatureRouting, TemperatureSchedule
-from ..layers.registry import is_partial, layer_options
+from ..layers.registry import canonical_conv, effective_option, is_partial, layer_options
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
 from ..partitioning import partition
@@ -29,9 +29,22 @@ RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "do
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Keys (other than :data:`RESUMABLE_CHANGES`) whose saved value differs from ``cfg``."""
-    return sorted(k for k, v in cfg.to_dict().items()
-                  if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v)
+    """Keys (other than :data:`RESUMABLE_CHANGES`) whose saved value differs from ``cfg``.
+
+    ``num_kernels`` and ``reduction`` compare by the value the layers get, so None (the conv type's default)
+    equals that default written out (runs saved before these keys defaulted to None).
+    """
+    current = cfg.to_dict()
+    saved = dict(saved)
+    try:
+        saved_conv = canonical_conv(saved.get("conv", cfg.conv))
+    except ConfigError:  # an unknown saved conv differs anyway
+        saved_conv = None
+    for key in ("num_kernels", "reduction"):
+        if saved_conv is not None and key in saved:
+            saved[key] = effective_option(saved_conv, key, saved[key])
+            current[key] = effective_option(cfg.conv, key, current[key])
+    return sorted(k for k, v in current.items() if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:

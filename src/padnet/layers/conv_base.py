@@ -27,7 +27,8 @@ class DynamicConvBase(nn.Module):
     it takes beyond ``nn.Conv2d``'s arguments.
 
     Raises:
-        ConfigError: non-positive sizes, channels not divisible by ``groups``, ``"same"`` with stride > 1.
+        ConfigError: non-positive channels or groups, channels not divisible by ``groups``, ``"same"`` with
+            stride > 1.
     """
 
     partial = False

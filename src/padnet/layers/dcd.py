@@ -8,8 +8,7 @@ a static kernel plus a low-rank dynamic residual: W(x) = Λ(x) W₀ + P Φ(x) Q�
   layer's stride), Φ(x) (B, L, L) fuses them per sample ("dynamic channel fusion", no activation) and P
   expands L → Cout (1×1).
 
-Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(max(Cin, L²) // reduction,
-min_hidden)``. Simplifications against the DCD code: no BatchNorm inside the residual or the branch, and no
+Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(Cin // reduction, min_hidden)``. Simplifications against the DCD code: no BatchNorm inside the residual or the branch, and no
 extra squeeze-excitation on h. A depthwise layer mixes no channels, so it gets no channel-fusion residual:
 there DCD is the dynamic channel-wise scale Λ(x) W₀ alone (with a residual there, MobileNetV2 ×1.0 would
 cost 432 MMACs instead of 366; the paper gives 318). Grouped (non-depthwise) layers keep the residual across groups.
@@ -67,7 +66,7 @@ class DCDConv2d(DynamicConvBase):
             raise ConfigError(f"{type(self).__name__} masks Λ and Φ with one mask each: granularity must be 'shared'")
         opts = self._pad_options(options)
         self.latent = latent = 0 if self.depthwise else max(1, math.isqrt(in_channels))  # L (0: no residual)
-        hidden = max(max(in_channels, latent * latent) // reduction, min_hidden)
+        hidden = max(in_channels // reduction, min_hidden)  # DCD: max(Cin, L²) / 16, and L² ≤ Cin
         self.weight = nn.Parameter(torch.empty(self.kernel_shape))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None

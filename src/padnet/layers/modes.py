@@ -140,6 +140,8 @@ class PartialMode(nn.Module):
         self.semantics = semantics
         mask_lead = 1 if granularity == "shared" else num_factors
         self.register_buffer("mask", torch.ones(mask_lead, *self.shape))
+        # aggregation MACs of one mask element (callers whose factors include a bias row set it lower)
+        self.macs_per_element = num_factors if granularity == "shared" else 1
         if semantics == "static":
             init = torch.zeros(self.shape) if static_init is None else static_init.detach().clone()
             self.static = nn.Parameter(init.reshape(self.shape))

@@ -107,7 +107,7 @@ class ODConv2d(DynamicConvBase):
         self.attention = OmniAttention(in_channels, out_channels, self.kernel_size, num_kernels, self.depthwise,
                                        reduction, temperature, partial=self.partial, semantics=opts["semantics"])
         static_w = None
-        if self.partial:
+        if self.partial and num_kernels > 1:
             static_w = torch.empty(shape)
             nn.init.kaiming_normal_(static_w, mode="fan_out", nonlinearity="relu")
         # one kernel is static already: only a bank of k > 1 kernels gets a mask

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -65,6 +66,17 @@ def is_dynamic(name: str) -> bool:
 def accepted_options(name: str) -> tuple[str, ...]:
     """Keyword options that convolutions of type ``name`` take (e.g. ``num_kernels``; none for static)."""
     return tuple(getattr(resolve_conv(name)[0], "OPTIONS", ()))
+
+
+def effective_option(name: str, key: str, value):
+    """``value``, or the option ``key``'s default for type ``name`` when ``value`` is None (None if it has none)."""
+    if value is not None:
+        return value
+    cls, defaults = resolve_conv(name)
+    if key in defaults:
+        return defaults[key]
+    param = inspect.signature(cls.__init__).parameters.get(key)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def layer_options(name: str, **values) -> dict:

@@ -48,6 +48,8 @@ class DynamicVector(nn.Module):
         self._act = ACTIVATIONS[activation]
         self.mode = make_mode(partial, (size,), hidden + 1, "shared", semantics,
                               torch.full((size,), float(static_value)))
+        if partial:
+            self.mode.macs_per_element = hidden  # a head row costs ``hidden`` MACs; its bias adds no product
 
     def forward(self, h: torch.Tensor, temperature=1.0, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         return self.mode.mix(self._act(self.head(h) / temperature), lam_s, lam_d)

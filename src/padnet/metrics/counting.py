@@ -8,7 +8,8 @@
   (which reports 2 FLOPs per MAC, halved here): convolutions, linear layers and the kernel aggregation
   Σᵢ πᵢ Θᵢ (k MACs per kernel element). Element-wise work (BatchNorm, ReLU, pooling, adding the static
   term) is not counted, as in the papers. For a partially dynamic layer only the dynamic elements are
-  aggregated in the compact form, so its aggregation MACs are counted on dynamic elements only.
+  aggregated in the compact form, so its aggregation MACs are counted on dynamic elements only; likewise a
+  static element of an input-generated vector (ODConv attention, DCD's Λ/Φ) needs no row of its head.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def count_parameters(model: nn.Module, compact: bool = True) -> int:
 
 
 def _aggregation_surplus(model: nn.Module) -> int:
-    """MACs of aggregating masked (non-dynamic) elements, which the compact form skips."""
-    return sum(mode.factor_numel - mode.compact_counts()["dynamic"] for _, mode in partial_modes(model))
+    """MACs of aggregating (or generating) non-dynamic elements, which the compact form skips."""
+    return sum(int((mode.mask == 0).sum()) * mode.macs_per_element for _, mode in partial_modes(model))
 
 
 @torch.no_grad()
