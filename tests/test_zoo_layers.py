@@ -86,6 +86,18 @@ def _set_masks(layer: nn.Module, value_fn) -> None:
         for _, mode, _ in layer.mode_pairs():
             mode.mask.copy_(value_fn(mode.mask.shape))
 
+def _randomise_with_modes(layer: nn.Module, pad: bool) -> tuple[float, float]:
+    """Random parameters; for a PAD form also mixed masks and free scale factors. Returns (λs, λd)."""
+    _randomise(layer)
+    if not pad:
+        return 1.0, 1.0
+    _set_masks(layer, _mixed_mask)
+    with torch.no_grad():
+        layer.scales.lambda_s.fill_(0.6)
+        layer.scales.lambda_d.fill_(1.7)
+    return 0.6, 1.7
+
+
 
 def _mixed_mask(shape, seed=3):
     """A binary mask with both values present (element 0 static, element 1 dynamic)."""
@@ -368,14 +380,7 @@ def test_odconv_by_hand(geometry, pad):
     options = {"scale_mode": "both"} if pad else {}
     layer = cls(cin, cout, k, stride, k // 2, 1, groups, True, num_kernels=num_kernels, temperature=0.7,
                 **options)
-    _randomise(layer)
-    lam_s, lam_d = 1.0, 1.0
-    if pad:
-        _set_masks(layer, _mixed_mask)
-        lam_s, lam_d = 0.6, 1.7
-        with torch.no_grad():
-            layer.scales.lambda_s.fill_(lam_s)
-            layer.scales.lambda_d.fill_(lam_d)
+    lam_s, lam_d = _randomise_with_modes(layer, pad)
     att = layer.attention
     assert isinstance(att, OmniAttention)
     assert (att.filter is None) == (groups == cin == cout)  # no filter attention for depthwise
@@ -438,14 +443,7 @@ def test_dcd_by_hand(geometry, pad):
         assert layer.latent == latent
         assert tuple(layer.q.shape) == (latent, cin, 1, 1) and tuple(layer.p.shape) == (cout, latent, 1, 1)
         assert layer.fusion.head.out_features == latent * latent
-    _randomise(layer)
-    lam_s, lam_d = 1.0, 1.0
-    if pad:
-        _set_masks(layer, _mixed_mask)
-        lam_s, lam_d = 0.6, 1.7
-        with torch.no_grad():
-            layer.scales.lambda_s.fill_(lam_s)
-            layer.scales.lambda_d.fill_(lam_d)
+    lam_s, lam_d = _randomise_with_modes(layer, pad)
     x = _input(cin)
     expected, lam, phi = _dcd_by_hand(layer, x, lam_s, lam_d)
     assert not torch.allclose(lam[0], lam[1])  # per-sample scale

@@ -60,7 +60,8 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check ranges and names that can be checked without building anything; returns self."""
         from .data import DATASETS
-        from .layers.registry import canonical_conv
+        from .layers.modes import GRANULARITIES, SCALE_MODES
+        from .layers.registry import accepted_options, canonical_conv, is_partial, layer_options
         from .models.registry import MODELS, STEMS
         from .partitioning import METHODS, SCOPES, check_kappa
 
@@ -99,12 +100,8 @@ class TrainConfig:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        from .layers.modes import GRANULARITIES, SCALE_MODES
-
         check_choice("mask granularity", self.granularity, GRANULARITIES)
         check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
-        from .layers.registry import accepted_options, is_partial, layer_options
-
         layer_options(self.conv, num_kernels=self.num_kernels, reduction=self.reduction)
         if self.granularity != "shared" and is_partial(self.conv) and "granularity" not in accepted_options(self.conv):
             raise ConfigError(f"conv type {self.conv!r} has no mask granularity option (use 'shared')")

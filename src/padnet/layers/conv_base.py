@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError
+from .attention import TemperatureRouting
 from .modes import ScaleFactors
 
 PAD_OPTIONS = {"granularity": "shared", "scale_mode": "constrained", "semantics": "static"}
@@ -107,13 +108,23 @@ class DynamicConvBase(nn.Module):
 
     @torch.no_grad()
     def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Copy a static kernel (Cout, Cin/groups, kh, kw) into every kernel and into Θ̄ if present."""
-        self.weight.copy_(weight.unsqueeze(0).expand_as(self.weight))
+        """Copy a static kernel (Cout, Cin/groups, kh, kw) into every kernel and into Θ̄ if present.
+
+        With softmax routing (Σπ = 1) DY-Conv then computes what the static convolution did; CondConv's
+        sigmoid routing and ODConv's attentions scale that output.
+        """
+        self.weight.copy_(weight.expand_as(self.weight))
         if bias is not None:
-            self.bias.copy_(bias.unsqueeze(0).expand_as(self.bias))
+            self.bias.copy_(bias.expand_as(self.bias))  # (k, Cout) per kernel, or one static (Cout)
         for mode, value in ((self.weight_mode, weight), (getattr(self, "bias_mode", None), bias)):
             if value is not None and hasattr(mode, "static"):
                 mode.static.copy_(value)
+
+    def update_temperature(self, temperature: float) -> None:
+        """Set the temperature T of the layer's routing branches (none for DCD)."""
+        for module in self.modules():
+            if isinstance(module, TemperatureRouting):
+                module.update_temperature(temperature)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, **kwargs):

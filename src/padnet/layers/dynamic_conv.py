@@ -110,10 +110,6 @@ class DynamicConv2d(DynamicConvBase):
             fan_in = self.weight[0][0].numel()
             nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
-    def update_temperature(self, temperature: float) -> None:
-        """Set the attention temperature T."""
-        self.attention.update_temperature(temperature)
-
     def computational_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-sample kernels Θ̂(x) (B, Cout, Cin/groups, kh, kw) and biases (B, Cout) or None."""
         coeffs = self.attention(x)  # (B, k)

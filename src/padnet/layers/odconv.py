@@ -121,10 +121,6 @@ class ODConv2d(DynamicConvBase):
         pairs = [("weight", self.weight_mode, self.weight)] if self.weight_mode.partial else []
         return pairs + self.attention.vector_pairs()
 
-    def update_temperature(self, temperature: float) -> None:
-        """Set the attention temperature T."""
-        self.attention.update_temperature(temperature)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam_s, lam_d = self.scales()
         channel, filt, spatial, kernel = self.attention(x, lam_s, lam_d)
@@ -143,15 +139,6 @@ class ODConv2d(DynamicConvBase):
         if filt is not None:
             out = out * filt[:, :, None, None]
         return out if self.bias is None else out + self.bias[:, None, None]
-
-    @torch.no_grad()
-    def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Copy a static kernel into every kernel (and Θ̄); the attentions then scale its output."""
-        self.weight.copy_(weight.unsqueeze(0).expand_as(self.weight))
-        if hasattr(self.weight_mode, "static"):
-            self.weight_mode.static.copy_(weight)
-        if bias is not None:
-            self.bias.copy_(bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.num_kernels}, bias={self.bias is not None}"
