@@ -25,7 +25,7 @@ from padnet.layers import (
 # (stride, padding, dilation, groups, bias, kernel_size); groups "dw" = depthwise (groups = in = out)
 _GEOMETRY = list(itertools.product((1, 2), (0, 1), (1, 2), (1, 2, "dw"), (False, True), (1, 3)))
 _GEOMETRY_IDS = [f"s{s}-p{p}-d{d}-g{g}-{'bias' if b else 'nobias'}-k{k}" for s, p, d, g, b, k in _GEOMETRY]
-_MODES = list(itertools.product(("shared", "kernel"), ("grouped", "batched")))
+_MODES = list(itertools.product(("shared", "kernel", "filter"), ("grouped", "per_sample", "batched")))
 _MODE_IDS = [f"{g}-{f}" for g, f in _MODES]
 
 
@@ -106,42 +106,68 @@ def test_pad_with_zero_mask_equals_static_conv(geometry, granularity, formulatio
 
 
 def _mixed_mask(shape, seed=3):
-    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+    mask = (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+    flat = mask.view(-1)
+    flat[0], flat[-1] = 1.0, 0.0  # at least one dynamic and one static element (or filter)
+    return mask
 
 
-@pytest.mark.parametrize("granularity", ["shared", "kernel"])
+def _forward_backward(layer, x):
+    """Output and every gradient of a weighted sum of the output (None where a parameter got none)."""
+    x = x.clone().requires_grad_(True)
+    layer.zero_grad()
+    out = layer(x)
+    (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+    grads = {"input": x.grad, **{name: p.grad for name, p in layer.named_parameters()}}
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("granularity", ["shared", "kernel", "filter"])
 @pytest.mark.parametrize("geometry", [(1, 1, 1, 1, True, 3), (2, 0, 2, 2, True, 3), (2, 1, 1, "dw", False, 3),
                                       (1, 0, 1, 1, True, 1)], ids=["plain", "strided-grouped", "dw", "1x1"])
-def test_grouped_and_batched_agree_in_outputs_and_gradients(geometry, granularity):
+def test_formulations_agree_in_outputs_and_gradients(geometry, granularity, batch):
+    """grouped, per-sample and batched (and, for filter masks, the unstructured masked path) agree."""
     kw = _geometry_kwargs(*geometry)
     torch.manual_seed(0)
-    grouped = PADConv2d(**kw, num_kernels=3, temperature=2.0, formulation="grouped", granularity=granularity)
-    _randomise(grouped)
-    _set_masks(grouped, _mixed_mask)
+    layer = PADConv2d(**kw, num_kernels=3, temperature=2.0, granularity=granularity)
+    _randomise(layer)
+    _set_masks(layer, _mixed_mask)
     with torch.no_grad():
-        grouped.scales.phi.fill_(0.4)
-    batched = PADConv2d(**kw, num_kernels=3, temperature=2.0, formulation="batched", granularity=granularity)
-    batched.load_state_dict(grouped.state_dict())
+        layer.scales.phi.fill_(0.4)
+    x = _input(kw["in_channels"], batch=batch)
+    reference = copy.deepcopy(layer)
+    reference._filter_structured = False  # the element-wise masked form, for every granularity
+    reference.formulation = "grouped"
+    out_ref, grads_ref = _forward_backward(reference, x)
+    structured = granularity == "filter" and kw["groups"] in (1, kw["in_channels"])
+    assert (layer._filter_split() is not None) == structured
+    for formulation in ("grouped", "per_sample", "batched"):
+        layer.formulation = formulation
+        out, grads = _forward_backward(layer, x)
+        torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5, msg=formulation)
+        assert grads.keys() == grads_ref.keys()
+        for name in grads:
+            assert grads[name] is not None, (formulation, name)
+            torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-5, atol=1e-5,
+                                       msg=f"{formulation}: {name}")
 
-    results = []
-    for layer in (grouped, batched):
-        x = _input(kw["in_channels"]).requires_grad_(True)
-        out = layer(x)
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
-        grads = {"input": x.grad, "weight": layer.weight.grad, "static": layer.weight_mode.static.grad,
-                 "phi": layer.scales.phi.grad}
-        for name, p in layer.attention.named_parameters():
-            grads[f"attention.{name}"] = p.grad
-        if layer.bias is not None:
-            grads["bias"] = layer.bias.grad
-            grads["bias_static"] = layer.bias_mode.static.grad
-        results.append((out.detach(), grads))
-    (out_g, grads_g), (out_b, grads_b) = results
-    torch.testing.assert_close(out_b, out_g, rtol=1e-5, atol=1e-5)
-    assert grads_g.keys() == grads_b.keys()
-    for name in grads_g:
-        assert grads_g[name] is not None and grads_b[name] is not None, name
-        torch.testing.assert_close(grads_b[name], grads_g[name], rtol=1e-5, atol=1e-5, msg=name)
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_conv_formulations_agree(batch):
+    torch.manual_seed(0)
+    layer = DynamicConv2d(4, 6, 3, padding=1, bias=True, num_kernels=3, temperature=2.0)
+    _randomise(layer)
+    x = _input(batch=batch)
+    results = {}
+    for formulation in ("grouped", "per_sample", "batched"):
+        layer.formulation = formulation
+        results[formulation] = _forward_backward(layer, x)
+    out_ref, grads_ref = results["grouped"]
+    for formulation, (out, grads) in results.items():
+        torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+        for name in grads_ref:
+            torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-5, atol=1e-5, msg=f"{formulation}: {name}")
 
 
 # --------------------------------------------------------------------------------- gradient flow
@@ -486,17 +512,33 @@ def test_pad_conv_rejects_unknown_options_with_config_error():
         PADConv2d(4, 4, 3, granulartiy="kernel")
 
 
-def test_setting_the_formulation_clears_cached_choices():
+def test_auto_formulation_is_decided_once_per_shape_and_grad_mode():
     layer = DynamicConv2d(4, 4, 3, padding=1)
     x = torch.randn(2, 4, 4, 4)
     layer(x)
-    assert layer._paths == {x.shape: "batched"}
-    layer.formulation = "grouped"
+    with torch.no_grad():
+        layer(torch.randn(1, 4, 4, 4))
+    assert layer._paths == {((2, 4, 4, 4), True): "batched", ((1, 4, 4, 4), False): "per_sample"}
+    layer.set_path(x.shape, True, "grouped")
+    assert layer.path_for(x.shape) == "grouped"
+    layer.formulation = "batched"  # a fixed formulation clears the choices and bypasses them
     assert layer._paths == {}
     layer(x)
-    assert layer._paths == {x.shape: "grouped"}
+    assert layer._paths == {} and layer.path_for(x.shape) == "batched"
     with pytest.raises(ConfigError):
         layer.formulation = "fft"
+    with pytest.raises(ConfigError):
+        layer.set_path(x.shape, True, "fft")
+
+
+@pytest.mark.parametrize("batch, size, grad, expected", [
+    (1, 4, True, "per_sample"), (64, 32, True, "grouped"), (64, 16, False, "grouped"), (64, 8, True, "grouped"),
+    (64, 8, False, "per_sample"), (64, 4, True, "batched"), (64, 4, False, "batched"),
+])
+def test_formulation_rule(batch, size, grad, expected):
+    from padnet.layers.formulations import rule
+
+    assert rule(batch, size * size, grad) == expected
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

@@ -4,12 +4,12 @@ construction from an existing ``nn.Conv2d`` (used by :func:`padnet.convert`)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..errors import ConfigError
 from .attention import TemperatureRouting
+from .formulations import ConvGeometry, grouped
 from .modes import ScaleFactors
 
 PAD_OPTIONS = {"granularity": "shared", "scale_mode": "constrained", "semantics": "static"}
@@ -81,21 +81,18 @@ class DynamicConvBase(nn.Module):
         self.scales = ScaleFactors(scale_mode if self.partial else "none")
         return merged
 
+    @property
+    def geometry(self) -> ConvGeometry:
+        """Stride, padding, dilation and groups, as the formulations take them."""
+        return ConvGeometry(self.stride, self.padding, self.dilation, self.groups)
+
     def per_sample_conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Convolve each sample with its own kernel as one grouped convolution.
+        """Convolve each sample with its own kernel (grouped formulation).
 
         ``x`` (B, Cin, H, W), ``weight`` (B, Cout, Cin/groups, kh, kw), ``bias`` (B, Cout) or None
         → (B, Cout, H', W').
         """
-        batch = x.shape[0]
-        # (1, B·Cin, H, W) convolved with B·groups groups
-        out = F.conv2d(
-            x.reshape(1, batch * self.in_channels, *x.shape[2:]),
-            weight.reshape(batch * self.out_channels, *weight.shape[2:]),
-            None if bias is None else bias.reshape(-1),
-            self.stride, self.padding, self.dilation, batch * self.groups,
-        )
-        return out.reshape(batch, self.out_channels, *out.shape[2:])
+        return grouped(x, weight, bias, self.geometry)
 
     @torch.no_grad()
     def init_kernels_(self, init_fn) -> None:

@@ -4,14 +4,10 @@
 PAD-Net eq. 1): k kernels mixed per sample by :class:`KernelAttention`. ``PADConv2d`` adds the mask,
 static parameters and scale factors of PAD-Net eq. 3–4 through :class:`~padnet.layers.modes.PartialMode`.
 
-Two exact formulations, chosen per input shape and cached (``formulation="auto"``):
-
-* ``"grouped"`` — aggregate one kernel per sample, then one grouped convolution with
-  groups = batch × groups. Fast on large feature maps and for batch 1.
-* ``"batched"`` — one ordinary convolution with (k + 1)·Cout outputs (the k masked kernels and the static
-  kernel), then the π-weighted sum. Convolution is linear in the kernel, so this equals the grouped form;
-  it is faster on small feature maps, where grouped convolution is slow on CPU (measured here at
-  batch 128, 2 threads: 7×7 maps 4.3–6.6× static grouped vs 3.7–4.4× batched; 14×14: 1.5–2.1× vs 3.9–5.5×).
+The layer runs one of the exact formulations of :mod:`padnet.layers.formulations`, chosen per input shape
+and grad mode by a rule measured here (``formulation="auto"``), fixed by the user, or measured on the model
+by :func:`autotune`; the choice is cached per shape. A PAD-Net layer with filter-granular masks computes
+its static filters as one plain convolution and only its dynamic filters through the dynamic path.
 """
 
 from __future__ import annotations
@@ -21,20 +17,18 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, check_choice
+from ..errors import ConfigError
+from . import formulations as forms
 from .attention import KernelAttention
 from .conv_base import PAD_OPTIONS, DynamicConvBase
 from .modes import make_mode
 
-FORMULATIONS = ("auto", "grouped", "batched")
-# "auto": grouped convolution when the output map has at least this many pixels (or batch is 1)
-GROUPED_MIN_PIXELS = 100
+FORMULATIONS = ("auto", *forms.FORMULATIONS)
 
 
-class DynamicConv2d(DynamicConvBase):
+class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
     """DY-Conv: Θ̂(x) = Σᵢ πᵢ(x) Θᵢ, y = conv(x, Θ̂(x)) (PAD-Net eq. 1).
 
     Args:
@@ -44,7 +38,8 @@ class DynamicConv2d(DynamicConvBase):
         reduction: attention reduction ratio r (hidden = C/r).
         temperature: initial attention temperature.
         routing: ``"softmax"`` (DY-Conv) or ``"sigmoid"`` (CondConv).
-        formulation: ``"auto"``, ``"grouped"`` or ``"batched"`` (see the module docstring).
+        formulation: ``"auto"`` (measured rule or :func:`autotune`'s choice), ``"grouped"``,
+            ``"per_sample"`` or ``"batched"`` (see :mod:`padnet.layers.formulations`).
 
     Parameters: ``weight`` (k, Cout, Cin/groups, kh, kw), ``bias`` (k, Cout) or None, ``attention``.
     Input (B, Cin, H, W) → (B, Cout, H', W') with H', W' as ``nn.Conv2d``.
@@ -75,7 +70,7 @@ class DynamicConv2d(DynamicConvBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if num_kernels < 1:
             raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
-        self._paths: dict[torch.Size, str] = {}  # input shape -> formulation, decided once per shape
+        self._split_key, self._split = None, None  # filter split cached per mask version
         self.formulation = formulation
         self.num_kernels = num_kernels
         shape = self.kernel_shape
@@ -94,6 +89,8 @@ class DynamicConv2d(DynamicConvBase):
         self.weight_mode = make_mode(self.partial, shape, self.num_kernels, static_init=static_w, **opts)
         self.bias_mode = make_mode(self.partial and self.bias is not None, (self.out_channels,), self.num_kernels,
                                    static_init=torch.zeros(self.out_channels), **opts)
+        self._filter_structured = (self.partial and opts["granularity"] == "filter" and opts["semantics"] == "static"
+                                   and (self.groups == 1 or self.depthwise))
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """(suffix, mode, dynamic factors) for each masked tensor; used by mode partition and deployment."""
@@ -118,53 +115,37 @@ class DynamicConv2d(DynamicConvBase):
         bias = None if self.bias is None else self.bias_mode.aggregate(coeffs, self.bias, lam_s, lam_d)
         return weight, bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = self._paths.get(x.shape)
-        if path is None:
-            path = self._paths[x.shape] = self._choose(x.shape)
-        return self._batched(x) if path == "batched" else self._grouped(x)
-
-    def _choose(self, shape: torch.Size):
-        """The formulation for inputs of ``shape`` (decided once per shape)."""
-        if self.formulation != "auto":
-            return self.formulation
-        pixels = math.prod(self.output_size(shape[2:]))
-        return "grouped" if shape[0] == 1 or pixels >= GROUPED_MIN_PIXELS else "batched"
-
-    @property
-    def formulation(self) -> str:
-        """``"auto"``, ``"grouped"`` or ``"batched"``; setting it clears the per-shape choices."""
-        return self._formulation
-
-    @formulation.setter
-    def formulation(self, value: str) -> None:
-        check_choice("formulation", value, FORMULATIONS)
-        self._formulation = value
-        self._paths.clear()
-
-    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
-        return self.per_sample_conv(x, *self.computational_weights(x))
-
-    def _batched(self, x: torch.Tensor) -> torch.Tensor:
-        batch, g = x.shape[0], self.groups
-        pi = coeffs = self.attention(x)  # (B, k)
+    def run(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """Forward pass in formulation ``path`` (every formulation gives the same result)."""
+        coeffs = self.attention(x)  # (B, k)
         lam_s, lam_d = self.scales()
-        kernels = self.weight_mode.dynamic_part(self.weight, lam_d)  # (k, Cout, Cin/g, kh, kw)
-        static = self.weight_mode.static_part(lam_s)  # (Cout, Cin/g, kh, kw) or None
-        if static is not None:
-            kernels = torch.cat([kernels, static.unsqueeze(0)])
-            coeffs = torch.cat([coeffs, coeffs.new_ones(batch, 1)], dim=1)
-        n = kernels.shape[0]
-        # order output channels (group, kernel, channel-in-group) so each group sees its own inputs
-        per_group = self.out_channels // g
-        stacked = kernels.reshape(n, g, per_group, *kernels.shape[2:]).transpose(0, 1)
-        out = F.conv2d(x, stacked.reshape(g * n * per_group, *kernels.shape[2:]), None,
-                       self.stride, self.padding, self.dilation, g)
-        out = out.reshape(batch, g, n, per_group, *out.shape[2:])
-        out = torch.einsum("bn,bgnchw->bgchw", coeffs, out).reshape(batch, self.out_channels, *out.shape[4:])
-        if self.bias is not None:
-            out = out + self.bias_mode.aggregate(pi, self.bias, lam_s, lam_d)[..., None, None]
-        return out
+        bias = None if self.bias is None else self.bias_mode.aggregate(coeffs, self.bias, lam_s, lam_d)
+        split = self._filter_split()
+        if split is not None:
+            static, dynamic = split[0], split[1]
+            out = forms.filter_split(x, coeffs, self.weight_mode.static[static] * lam_s,
+                                     self.weight[:, dynamic] * lam_d, split, path, self.geometry, self.depthwise)
+        elif path == "batched":
+            out = forms.batched(x, coeffs, self.weight_mode.dynamic_part(self.weight, lam_d),
+                                self.weight_mode.static_part(lam_s), self.geometry)
+        else:
+            weight = self.weight_mode.aggregate(coeffs, self.weight, lam_s, lam_d)
+            return forms.PER_SAMPLE[path](x, weight, bias, self.geometry)
+        return out if bias is None else out + bias[..., None, None]
+
+    def _filter_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(static filters, dynamic filters, inverse order) when the structured path applies, else None.
+
+        Applies to filter-granular PAD-Net layers (static semantics, groups 1 or depthwise) whose mask is
+        not being differentiated (mode partition relaxes it); recomputed only when the mask changes.
+        """
+        mode = self.weight_mode
+        if not self._filter_structured or mode.mask.requires_grad:
+            return None
+        key = (mode.mask.data_ptr(), mode.mask._version)
+        if key != self._split_key:
+            self._split, self._split_key = forms.split_filters(mode.mask.reshape(-1) > 0), key
+        return self._split
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.num_kernels}, bias={self.bias is not None}"

@@ -10,7 +10,10 @@ where Θ̄ are the static parameters and M̄ is the mean of the k masks. With on
 k factors (``granularity="shared"``, the published code) this is exactly eq. 4:
 λd · M ⊙ Σᵢ πᵢΘᵢ + λs · (1 − M) ⊙ Θ̄. With one mask per factor (``granularity="kernel"``) each factor
 element is either dynamic or hands its share to the static value, and the static term stays
-input-independent. M = 1 gives the fully dynamic layer; M = 0 gives the static layer λs · Θ̄.
+input-independent. With one mask element per output filter (``granularity="filter"``, beyond the paper:
+its future-work "hardware-friendly partition") a whole filter Θᵢ[o] is dynamic or static, so the static
+filters can run as one plain convolution. M = 1 gives the fully dynamic layer; M = 0 gives the static layer
+λs · Θ̄.
 
 ``semantics="zero"`` drops the static term (masked elements become zero): the pruning baseline
 (MoE-P) and SD-Conv's W̃ᵢ = Mᵢ ⊙ Wᵢ.
@@ -30,7 +33,7 @@ from torch import nn
 from ..errors import check_choice
 
 SCALE_MODES = ("constrained", "both", "static", "dynamic", "none")
-GRANULARITIES = ("shared", "kernel")
+GRANULARITIES = ("shared", "kernel", "filter")
 SEMANTICS = ("static", "zero")
 
 
@@ -112,12 +115,13 @@ class PartialMode(nn.Module):
         shape: shape of one dynamic factor Θᵢ (e.g. (Cout, Cin/groups, kh, kw)).
         num_factors: k, the number of dynamic factors (kernels or experts).
         granularity: ``"shared"`` — one mask of ``shape`` for all k factors; ``"kernel"`` — one mask per
-            factor, shape (k, *shape).
+            factor, shape (k, *shape); ``"filter"`` — one mask element per slice along the first dimension
+            (an output filter), shape (1, shape[0], 1, …, 1), shared by the k factors.
         semantics: ``"static"`` (PAD-Net) or ``"zero"`` (pruning: masked elements are zero).
         static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
 
-    Buffers: ``mask`` float32, shape (1, *shape) shared or (k, *shape) per kernel, all ones at
-    construction (fully dynamic). The mask is a float so mode partition can differentiate the loss with
+    Buffers: ``mask`` float32, shape (1, *shape) shared, (k, *shape) per kernel or (1, shape[0], 1, …)
+    per filter, all ones at construction (fully dynamic); it broadcasts against (k, *shape). The mask is a float so mode partition can differentiate the loss with
     respect to it (PAD-Net eq. 7).
     """
 
@@ -138,10 +142,15 @@ class PartialMode(nn.Module):
         self.num_factors = num_factors
         self.granularity = granularity
         self.semantics = semantics
-        mask_lead = 1 if granularity == "shared" else num_factors
-        self.register_buffer("mask", torch.ones(mask_lead, *self.shape))
+        if granularity == "filter":
+            mask_shape = (1, self.shape[0], *(1 for _ in self.shape[1:]))
+        else:
+            mask_shape = (1 if granularity == "shared" else num_factors, *self.shape)
+        self.register_buffer("mask", torch.ones(mask_shape))
+        # elements of one factor covered by one mask element (a whole filter for "filter")
+        self.block = math.prod(self.shape[1:]) if granularity == "filter" else 1
         # aggregation MACs of one mask element (callers whose factors include a bias row set it lower)
-        self.macs_per_element = num_factors if granularity == "shared" else 1
+        self.macs_per_element = self.block * (1 if granularity == "kernel" else num_factors)
         if semantics == "static":
             init = torch.zeros(self.shape) if static_init is None else static_init.detach().clone()
             self.static = nn.Parameter(init.reshape(self.shape))
@@ -188,8 +197,19 @@ class PartialMode(nn.Module):
         return self.mask.numel()
 
     def dynamic_ratio(self) -> float:
-        """Fraction of mask elements that are dynamic (M = 1)."""
+        """Fraction of mask elements that are dynamic (M = 1); every mask element covers ``block`` elements."""
         return float(self.mask.mean())
+
+    def pool_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Element scores (mask lead, *shape) → scores of the mask elements: summed per filter for
+        ``"filter"`` granularity, unchanged otherwise."""
+        if self.granularity != "filter":
+            return scores
+        return scores.sum(dim=tuple(range(2, scores.dim())), keepdim=True)
+
+    def element_mask(self) -> torch.Tensor:
+        """The mask expanded to one value per element: (mask lead, *shape) (a view)."""
+        return self.mask.expand(self.mask.shape[0], *self.shape)
 
     def compact_counts(self) -> dict[str, int]:
         """Elements a compact model must store for this tensor.
@@ -197,11 +217,11 @@ class PartialMode(nn.Module):
         ``dynamic``: dynamic factors at dynamic positions (k·‖M‖₀ shared, ‖M‖₀ per kernel);
         ``static``: static parameters at positions that are not fully dynamic.
         """
-        on = int(self.mask.bool().sum())
-        dynamic = on * (self.num_factors if self.granularity == "shared" else 1)
+        on = int(self.mask.bool().sum()) * self.block
+        dynamic = on * (1 if self.granularity == "kernel" else self.num_factors)
         static = 0
         if self.semantics == "static":
-            static = int((self.mask.mean(0) < 1).sum())
+            static = int((self.mask.mean(0) < 1).sum()) * self.block
         return {"dynamic": dynamic, "static": static}
 
     def extra_repr(self) -> str:

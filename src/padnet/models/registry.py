@@ -45,5 +45,10 @@ def create_model(
         raise ConfigError(f"width multiplier must be > 0, got {width}")
     factory = conv_factory(conv, **conv_options)
     if name.lower() == "mobilenetv2":
-        return MobileNetV2(factory, num_classes, in_chans, width, stem)
-    return ResNet(int(name.lower().removeprefix("resnet")), factory, num_classes, in_chans, width, stem)
+        model = MobileNetV2(factory, num_classes, in_chans, width, stem)
+    else:
+        model = ResNet(int(name.lower().removeprefix("resnet")), factory, num_classes, in_chans, width, stem)
+    # the arguments that rebuild this architecture (used by padnet.save_deployed / load_deployed)
+    model.padnet_config = {"name": name, "conv": conv, "num_classes": num_classes, "in_chans": in_chans,
+                           "width": width, "stem": stem, **conv_options}
+    return model

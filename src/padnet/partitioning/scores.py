@@ -7,7 +7,8 @@
 * ``magnitude`` — |Θᵢ| of the dynamic factors (mean over the k factors for a shared mask).
 * ``random`` — uniform noise (the "Random" partition of appendix D).
 
-Each function returns one score tensor per masked tensor, with the mask's shape.
+Each function returns one score tensor per masked tensor, with the mask's shape. For filter-granular masks
+the element scores are summed per filter (``PartialMode.pool_scores``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def magnitude_scores(tensors: list[MaskedTensor]) -> list[torch.Tensor]:
     scores = []
     for _, mode, factors in tensors:
         mag = factors.detach().abs()
-        scores.append(mag.mean(0, keepdim=True) if mode.mask.shape[0] == 1 else mag)
+        per_element = mag if mode.granularity == "kernel" else mag.mean(0, keepdim=True)
+        scores.append(mode.pool_scores(per_element))
     return scores
 
 
@@ -61,9 +63,15 @@ def snip_scores(
     """|Σ_b ∂L_b/∂M| over ``num_batches`` batches of (x, y) (PAD-Net eq. 7).
 
     The model runs in training mode (as in training); BatchNorm running statistics and parameter
-    gradients are left exactly as they were. Raises ConfigError when ``batches`` yields nothing.
+    gradients are left exactly as they were. A filter-granular mask is relaxed to one value per element
+    for the gradient, whose magnitudes are then summed per filter. Raises ConfigError when ``batches``
+    yields nothing.
     """
-    masks = [mode.mask for _, mode, _ in tensors]
+    modes = [mode for _, mode, _ in tensors]
+    saved = [mode.mask for mode in modes]
+    for mode in modes:
+        mode.mask = mode.element_mask().clone()
+    masks = [mode.mask for mode in modes]
     buffers = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("mask")}
     grads = [torch.zeros_like(m) for m in masks]
     was_training = model.training
@@ -79,12 +87,12 @@ def snip_scores(
                 acc += g
             seen += 1
     finally:
-        for m in masks:
-            m.requires_grad_(False)
+        for mode, mask in zip(modes, saved):
+            mode.mask = mask
         with torch.no_grad():
             for k, v in buffers.items():
                 model.get_buffer(k).copy_(v)
         model.train(was_training)
     if seen == 0:
         raise ConfigError("mode partition needs at least one batch of training data")
-    return [g.abs() for g in grads]
+    return [mode.pool_scores(g.abs()) for mode, g in zip(modes, grads)]
