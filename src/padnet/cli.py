@@ -145,22 +145,66 @@ def cmd_partition(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .config import TrainConfig, config_from_dict
-    from .data import load_dataset, make_loader
-    from .engine.checkpoint import load_model_state, read_checkpoint
-    from .engine.trainer import build_model, evaluate
+    from .data import make_loader
+    from .engine.trainer import evaluate
 
-    tensors, meta = read_checkpoint(args.checkpoint)
+    model, cfg, test = _load_run_model(args.checkpoint, args.data_root)
+    print(f"top-1 {evaluate(model, make_loader(test, 512, train=False)):.2f} % on {cfg.dataset} test")
+    return 0
+
+
+def _load_run_model(checkpoint: Path, data_root: str | None):
+    """The trained model of a run checkpoint, its configuration and its test split."""
+    from .config import TrainConfig, config_from_dict
+    from .data import load_dataset
+    from .engine.checkpoint import load_model_state, read_checkpoint
+    from .engine.trainer import build_model
+
+    tensors, meta = read_checkpoint(checkpoint)
     saved = meta["state"].get("config")
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{args.checkpoint} holds no run configuration; evaluate needs a padnet run's model")
-    cfg = config_from_dict(saved, TrainConfig(), str(args.checkpoint))
-    if args.data_root:
-        cfg = dataclasses.replace(cfg, data_root=args.data_root)
+        raise CheckpointError(f"{checkpoint} holds no run configuration; this command needs a padnet run's model")
+    cfg = config_from_dict(saved, TrainConfig(), str(checkpoint))
+    if data_root:
+        cfg = dataclasses.replace(cfg, data_root=data_root)
     _, test = load_dataset(cfg.dataset, cfg.data_root, False)
     model = build_model(cfg, test.num_classes, test.input_shape[0])
-    load_model_state(model, tensors, args.checkpoint)
-    print(f"top-1 {evaluate(model, make_loader(test, 512, train=False)):.2f} % on {cfg.dataset} test")
+    load_model_state(model, tensors, checkpoint)
+    return model, cfg, test
+
+
+def cmd_deploy(args) -> int:
+    import torch
+
+    from .deploy import deploy, load_deployed, save_deployed
+    from .export import export_onnx, export_torchscript
+
+    model, _, test = _load_run_model(args.checkpoint, args.data_root)
+    model.eval()
+    deployed = deploy(model)
+    out = Path(args.out)
+    path = save_deployed(deployed, out / "model.safetensors")
+    x = torch.stack([test[i][0] for i in range(min(16, len(test)))])
+    with torch.no_grad():
+        diff = (load_deployed(path)(x) - model(x)).abs().max().item()
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MB); deployed vs training form on {len(x)} test "
+          f"images: max |difference| {diff:.2e}")
+    if args.onnx:
+        print(f"wrote {export_onnx(deployed, out / 'model.onnx', x[:2])} (dynamic batch)")
+    if args.torchscript:
+        print(f"wrote {export_torchscript(deployed, out / 'model.pt', x[:2])} (dynamic batch)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    result = run_bench(Path(args.out), tuple(args.parts), args.threads, args.repeats, args.quick,
+                       progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    from .bench import markdown
+
+    print(markdown(result))
+    print(f"wrote {Path(args.out) / 'bench.md'}, {Path(args.out) / 'bench.json'} in {result['seconds']:.0f} s")
     return 0
 
 
@@ -227,6 +271,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--data-root")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("deploy", help="fold a trained run's model into its compact inference form and save it",
+                       description="Fold BatchNorm and the scale factors into the kernels, keep dynamic factors "
+                                   "only at dynamic positions, write OUT/model.safetensors (loadable with "
+                                   "padnet.load_deployed) and check it against the training form.")
+    p.add_argument("checkpoint", type=Path, help="a run's model.safetensors or checkpoint")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--onnx", action="store_true", help="also write OUT/model.onnx (dynamic batch)")
+    p.add_argument("--torchscript", action="store_true", help="also write OUT/model.pt (traced, dynamic batch)")
+    p.add_argument("--data-root")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("bench", help="speed, memory and file-size ratios of dynamic vs static convolution",
+                       description="Per-layer and whole-ResNet-18 timings and peak memory as ratios to the static "
+                                   "model measured in the same run, and deployed ResNet-50 file sizes; writes "
+                                   "bench.md and bench.json. Takes about 10 minutes on 2 cores (--quick: less).")
+    p.add_argument("--out", default="runs/bench", help="output directory")
+    p.add_argument("--parts", nargs="+", default=["layers", "models", "files"], metavar="PART",
+                   help="layers, models, files (default all)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the minimum counts)")
+    p.add_argument("--quick", action="store_true", help="two layer shapes, tuned allocator only")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="check that a dataset can be read (and download it if asked)")
     p.add_argument("dataset", choices=DATASETS)

@@ -201,8 +201,9 @@ def load_deployed(path: str | Path, model: nn.Module | None = None) -> nn.Module
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable padnet file ({reason})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a deployed padnet model (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path} is not a deployed padnet model (format {found!r})")
     if model is None:
         if not meta.get("arch"):
             raise CheckpointError(f"{path} does not record its architecture: pass model=")
@@ -212,7 +213,7 @@ def load_deployed(path: str | Path, model: nn.Module | None = None) -> nn.Module
     try:
         model = _skeleton(model, meta)
         model.load_state_dict(_decode(model, tensors))
-    except (RuntimeError, KeyError, AttributeError) as exc:
+    except (RuntimeError, KeyError, AttributeError, IndexError, TypeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} does not fit the architecture ({reason})") from None
     return model

@@ -59,10 +59,14 @@ def autotune(model: nn.Module, example: torch.Tensor, train: bool = True, repeat
     """
     layers = _layers(model)
     shapes: dict[str, torch.Size] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: shapes.setdefault(n, args[0].shape))
-             for n, m in layers]
+    def record(name):
+        def hook(module, args):
+            shapes.setdefault(name, args[0].shape)  # returns None: the input is left as it is
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in layers]
     was_training = model.training
-    model.train(train)
+    model.eval()  # shapes only: no BatchNorm statistics updated, no dropout drawing from the RNG
     try:
         with torch.no_grad():
             model(example)
@@ -72,6 +76,7 @@ def autotune(model: nn.Module, example: torch.Tensor, train: bool = True, repeat
     generator = torch.Generator().manual_seed(0)
     measured: dict[tuple, str] = {}
     choices = {}
+    model.train(train)
     try:
         for name, layer in layers:
             if name not in shapes:

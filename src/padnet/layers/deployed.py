@@ -149,11 +149,12 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
     def _filter_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(static filters, dynamic filters, inverse order), recomputed only when ``dynamic_index`` changes."""
         index = self.dynamic_index
-        key = (index.data_ptr(), index._version)
-        if key != self._split_key:
+        if self._split is not None and torch.compiler.is_compiling():
+            return self._split  # traced for export: the split of the last eager forward is a constant
+        if self._split_key is None or not torch.equal(index, self._split_key):
             dynamic = torch.zeros(self.out_channels, dtype=torch.bool, device=index.device)
             dynamic[index] = True
-            self._split, self._split_key = forms.split_filters(dynamic), key
+            self._split, self._split_key = forms.split_filters(dynamic), index.clone()
         return self._split
 
     def dense_kernels(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -12,9 +12,7 @@ its static filters as one plain convolution and only its dynamic filters through
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -137,14 +135,17 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         """(static filters, dynamic filters, inverse order) when the structured path applies, else None.
 
         Applies to filter-granular PAD-Net layers (static semantics, groups 1 or depthwise) whose mask is
-        not being differentiated (mode partition relaxes it); recomputed only when the mask changes.
+        not being differentiated (mode partition relaxes it); recomputed only when the mask changes (however it
+        was written: the Cout mask values are compared at each call).
         """
         mode = self.weight_mode
         if not self._filter_structured or mode.mask.requires_grad:
             return None
-        key = (mode.mask.data_ptr(), mode.mask._version)
-        if key != self._split_key:
-            self._split, self._split_key = forms.split_filters(mode.mask.reshape(-1) > 0), key
+        if self._split is not None and torch.compiler.is_compiling():
+            return self._split  # traced for export: the split of the last eager forward is a constant
+        dynamic = mode.mask.reshape(-1) > 0  # (Cout,): compared, not trusted to a version counter
+        if self._split_key is None or not torch.equal(dynamic, self._split_key):
+            self._split, self._split_key = forms.split_filters(dynamic), dynamic
         return self._split
 
     def extra_repr(self) -> str:
@@ -167,20 +168,3 @@ class PADConv2d(DynamicConv2d):
 
     partial = True
     OPTIONS = DynamicConv2d.OPTIONS + tuple(PAD_OPTIONS)
-
-
-@contextlib.contextmanager
-def force_formulation(model: nn.Module, formulation: str) -> Iterator[nn.Module]:
-    """Run every dynamic convolution of ``model`` with ``formulation`` inside the block (e.g. for counting).
-
-    The layers' own settings and cached choices are restored afterwards.
-    """
-    layers = [m for m in model.modules() if isinstance(m, DynamicConv2d)]
-    saved = [m.formulation for m in layers]
-    try:
-        for m in layers:
-            m.formulation = formulation
-        yield model
-    finally:
-        for m, form in zip(layers, saved):
-            m.formulation = form

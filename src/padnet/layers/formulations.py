@@ -19,10 +19,13 @@ with the static term S); they differ only in speed and memory:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import check_choice
 
@@ -172,3 +175,19 @@ class FormulationChoice:
         check_choice("formulation", value, ("auto", *FORMULATIONS))
         self._formulation = value
         self._paths = {}
+
+
+@contextlib.contextmanager
+def force_formulation(model: nn.Module, formulation: str) -> Iterator[nn.Module]:
+    """Run every dynamic convolution of ``model`` that chooses a formulation (DY-Conv, CondConv, PAD-Net,
+    deployed) with ``formulation`` inside the block, e.g. for counting or export. The layers' own settings
+    and cached choices are restored afterwards."""
+    layers = [m for m in model.modules() if isinstance(m, FormulationChoice)]
+    saved = [(m._formulation, m._paths) for m in layers]
+    try:
+        for m in layers:
+            m.formulation = formulation
+        yield model
+    finally:
+        for m, (form, paths) in zip(layers, saved):
+            m._formulation, m._paths = form, paths

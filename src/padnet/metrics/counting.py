@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
-from ..layers.dynamic_conv import force_formulation
+from ..layers.formulations import force_formulation
 from ..layers.modes import partial_modes
 
 

@@ -1,0 +1,311 @@
+"""``padnet bench``: speed, memory and file-size ratios of dynamic convolution against the static one.
+
+Every ratio divides two numbers measured in the same run. Three parts:
+
+* ``layers`` — one 3×3 convolution at the CIFAR ResNet-18 shapes (64 ch 32×32, 128 ch 16×16, 256 ch 8×8,
+  512 ch 4×4), batch 1 and 64, inference (``no_grad``) and training (forward + backward): the static
+  convolution, DY-Conv in each formulation and with the automatic choice, PAD-Net κ = 0.3 (unstructured and
+  filter-structured, training and deployed form).
+* ``models`` — CIFAR ResNet-18 (batch 64, 32×32): a training step (forward, backward, SGD step) and inference,
+  with peak memory (growth of the process's peak RSS while running), each variant in a fresh process, once
+  with glibc's default allocator settings and once with the settings of ``ALLOCATOR_ENV``.
+* ``files`` — deployed ImageNet ResNet-50 safetensors file sizes: DY-Conv vs PAD-Net κ = 0.3.
+
+Timings are the minimum over ``repeats`` runs after one warm-up run. Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cli import ALLOCATOR_ENV
+from .errors import ConfigError
+
+LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
+PARTS = ("layers", "models", "files")
+KAPPA = 0.3
+MODEL_VARIANTS = {  # name: (conv, options, partition granularity or None, deployed, formulation override)
+    "static": ("static", {}, None, False, None),
+    "dy-grouped": ("dy", {}, None, False, "grouped"),
+    "dy": ("dy", {}, None, False, None),
+    "dy-autotune": ("dy", {}, None, False, "autotune"),
+    "pad": ("pad", {}, "shared", False, None),
+    "pad-filter": ("pad", {"granularity": "filter"}, "filter", False, None),
+    "dy-deployed": ("dy", {}, None, True, None),
+    "pad-deployed": ("pad", {}, "shared", True, None),
+    "pad-filter-deployed": ("pad", {"granularity": "filter"}, "filter", True, None),
+}
+TRAIN_VARIANTS = ("static", "dy-grouped", "dy", "dy-autotune", "pad", "pad-filter")
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        fn()
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------------------ layers
+
+def _layer_variants(channels: int) -> dict[str, nn.Module]:
+    from .deploy import deploy
+    from .layers import DynamicConv2d, PADConv2d
+    from .partitioning import partition
+
+    torch.manual_seed(0)
+    layers = {"static": nn.Conv2d(channels, channels, 3, padding=1, bias=False)}
+    for form in ("grouped", "per_sample", "batched", "auto"):
+        layers[f"dy-{form}"] = DynamicConv2d(channels, channels, 3, padding=1, formulation=form)
+    for gran in ("shared", "filter"):
+        pad = PADConv2d(channels, channels, 3, padding=1, granularity=gran)
+        partition(nn.Sequential(pad), KAPPA, "random", scope="local")
+        name = "pad" if gran == "shared" else "pad-filter"
+        layers[name] = pad
+        layers[f"{name}-deployed"] = deploy(nn.Sequential(pad), fold_bn=False)[0]
+    return layers
+
+
+def bench_layers(batches=(1, 64), shapes=LAYER_SHAPES, repeats: int = 3, progress=None) -> list[dict]:
+    """Rows {channels, size, batch, mode, variant, ms, ratio} (ratio to the static conv of the same row)."""
+    rows = []
+    for channels, size in shapes:
+        layers = _layer_variants(channels)
+        for batch in batches:
+            x = torch.randn(batch, channels, size, size)
+            for mode in ("inference", "training"):
+                times = {}
+                for name, layer in layers.items():
+                    if mode == "training" and name.endswith("deployed"):
+                        continue
+                    if progress:
+                        progress(f"layer {channels}ch {size}px b{batch} {mode} {name}")
+                    layer.train(mode == "training")
+                    times[name] = _best_seconds(_layer_step(layer, x, mode == "training"), repeats)
+                rows += [{"channels": channels, "size": size, "batch": batch, "mode": mode, "variant": n,
+                          "ms": t * 1e3, "ratio": t / times["static"]} for n, t in times.items()]
+    return rows
+
+
+def _layer_step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object]:
+    if not train:
+        def infer():
+            with torch.no_grad():
+                return layer(x)
+        return infer
+    xg = x.clone().requires_grad_(True)
+    params = [p for p in layer.parameters() if p.requires_grad]
+
+    def step():
+        return torch.autograd.grad(layer(xg).sum(), [xg, *params], allow_unused=True)
+    return step
+
+
+# ------------------------------------------------------------------------------------------ models
+
+def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
+    from .deploy import deploy
+    from .layers.autotune import autotune
+    from .layers.formulations import FormulationChoice
+    from .models import create_model
+    from .partitioning import partition
+
+    conv, options, granularity, deployed, formulation = MODEL_VARIANTS[variant]
+    torch.manual_seed(0)
+    model = create_model("resnet18", conv=conv, num_classes=10, stem="small", **options)
+    if granularity:
+        partition(model, KAPPA, "random", scope="local")
+    if deployed:
+        model = deploy(model)
+    model.train(train)
+    if formulation == "autotune":
+        autotune(model, torch.randn(batch, 3, size, size), train=train)
+    elif formulation:
+        for m in model.modules():
+            if isinstance(m, FormulationChoice):
+                m.formulation = formulation
+    return model
+
+
+def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, repeats: int = 3) -> dict:
+    """Seconds per step and peak-memory growth (MB) of one ResNet-18 variant, in this process."""
+    train = mode == "training"
+    model = _build_model(variant, batch, size, train)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    before = _peak_rss_mb()
+
+    def step():
+        if not train:
+            with torch.no_grad():
+                return model(x)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    seconds = _best_seconds(step, repeats)
+    return {"variant": variant, "mode": mode, "seconds": seconds, "peak_mb": _peak_rss_mb() - before,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def _worker(spec: dict, allocator: bool, threads: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    if allocator:
+        env.update(ALLOCATOR_ENV)
+    env["PADNET_BENCH_THREADS"] = str(threads)
+    proc = subprocess.run([sys.executable, "-m", "padnet.bench", json.dumps(spec)], env=env,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"benchmark worker failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progress=None) -> list[dict]:
+    """One fresh process per (allocator setting, mode, variant); rows with ``ratio_static``."""
+    rows = []
+    for allocator in allocators:
+        for mode in ("training", "inference"):
+            variants = TRAIN_VARIANTS if mode == "training" else tuple(MODEL_VARIANTS)
+            found = []
+            for variant in variants:
+                if progress:
+                    progress(f"resnet18 {mode} {variant} ({'tuned' if allocator else 'default'} allocator)")
+                row = _worker({"variant": variant, "mode": mode, "repeats": repeats}, allocator, threads)
+                found.append({**row, "allocator": "tuned" if allocator else "default"})
+            static = found[0]["seconds"]
+            rows += [{**r, "ratio_static": r["seconds"] / static} for r in found]
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- files
+
+def bench_files(progress=None) -> list[dict]:
+    """Deployed ImageNet ResNet-50 file sizes (bytes): DY-Conv and PAD-Net κ = 0.3 (shared, filter masks)."""
+    from .deploy import deploy, save_deployed
+    from .metrics import count_parameters
+    from .models import create_model
+    from .partitioning import partition
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, conv, options in (("dy", "dy", {}), ("pad", "pad", {}),
+                                    ("pad-filter", "pad", {"granularity": "filter"})):
+            if progress:
+                progress(f"resnet50 file {name}")
+            torch.manual_seed(0)
+            model = create_model("resnet50", conv=conv, **options)
+            if conv == "pad":
+                partition(model, KAPPA, "random", scope="local")
+            params = count_parameters(model)
+            path = save_deployed(deploy(model, inplace=True), Path(tmp) / f"{name}.safetensors")
+            rows.append({"variant": name, "bytes": path.stat().st_size, "compact_params": params})
+            del model
+    dy = rows[0]["bytes"]
+    return [{**r, "ratio_dy": r["bytes"] / dy} for r in rows]
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def summary(result: dict) -> dict:
+    """The issue's target ratios from the measured rows (None where a part was not run)."""
+    out = {}
+    models = [r for r in result.get("models", []) if r["allocator"] == "tuned"]
+    get = {(r["mode"], r["variant"]): r["seconds"] for r in models}
+    if models:
+        out["dy_train_vs_static"] = get[("training", "dy")] / get[("training", "static")]
+        out["dy_usual_train_vs_static"] = get[("training", "dy-grouped")] / get[("training", "static")]
+        out["dy_autotune_train_vs_static"] = get[("training", "dy-autotune")] / get[("training", "static")]
+        out["pad_infer_vs_dy"] = get[("inference", "pad-deployed")] / get[("inference", "dy")]
+        out["pad_train_form_infer_vs_dy"] = get[("inference", "pad")] / get[("inference", "dy")]
+        out["pad_filter_infer_vs_static"] = get[("inference", "pad-filter-deployed")] / get[("inference", "static")]
+    files = {r["variant"]: r["ratio_dy"] for r in result.get("files", [])}
+    if files:
+        out["pad_file_vs_dy"] = files["pad"]
+        out["pad_filter_file_vs_dy"] = files["pad-filter"]
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# padnet bench ({result['threads']} threads, torch {torch.__version__})", ""]
+    if result.get("summary"):
+        lines += ["| Target ratio | Measured |", "| --- | ---: |"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in result["summary"].items()] + [""]
+    if result.get("models"):
+        lines += ["## CIFAR ResNet-18, batch 64", "",
+                  "| Allocator | Mode | Variant | ms | × static | Peak MB | Params |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['allocator']} | {r['mode']} | {r['variant']} | {r['seconds'] * 1e3:.0f} | "
+                  f"{r['ratio_static']:.2f} | {r['peak_mb']:.0f} | {r['params'] / 1e6:.2f}M |" for r in result["models"]]
+        lines.append("")
+    if result.get("layers"):
+        lines += ["## One 3×3 convolution (× static, same row)", ""]
+        variants = list(dict.fromkeys(r["variant"] for r in result["layers"]))
+        lines += ["| Shape | Batch | Mode | static ms | " + " | ".join(variants[1:]) + " |",
+                  "| --- | ---: | --- | ---: |" + " ---: |" * (len(variants) - 1)]
+        keys = dict.fromkeys((r["channels"], r["size"], r["batch"], r["mode"]) for r in result["layers"])
+        for c, s, b, mode in keys:
+            row = {r["variant"]: r for r in result["layers"]
+                   if (r["channels"], r["size"], r["batch"], r["mode"]) == (c, s, b, mode)}
+            cells = [f"{row[v]['ratio']:.2f}" if v in row else "–" for v in variants[1:]]
+            lines.append(f"| {c} ch {s}×{s} | {b} | {mode} | {row['static']['ms']:.1f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result.get("files"):
+        lines += ["## Deployed ImageNet ResNet-50 files", "", "| Variant | MB | × DY-Conv | Compact params |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {r['variant']} | {r['bytes'] / 2**20:.1f} | {r['ratio_dy']:.3f} | {r['compact_params'] / 1e6:.2f}M |"
+                  for r in result["files"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick: bool = False, progress=None) -> dict:
+    """Run the chosen parts, write ``bench.json`` and ``bench.md`` into ``out`` and return the result."""
+    from .fileio import write_json, write_text
+
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ConfigError(f"unknown benchmark part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    torch.set_num_threads(threads)
+    result: dict = {"threads": threads, "torch": torch.__version__, "repeats": repeats}
+    start = time.perf_counter()
+    if "layers" in parts:
+        result["layers"] = _worker({"part": "layers", "repeats": repeats, "quick": quick}, True, threads)["rows"]
+    if "models" in parts:
+        result["models"] = bench_models(threads, repeats, (True,) if quick else (False, True), progress)
+    if "files" in parts:
+        result["files"] = bench_files(progress)
+    result["summary"] = summary(result)
+    result["seconds"] = time.perf_counter() - start
+    write_json(out / "bench.json", result)
+    write_text(out / "bench.md", markdown(result))
+    return result
+
+
+def _main(spec: dict) -> None:
+    torch.set_num_threads(int(os.environ.get("PADNET_BENCH_THREADS", "2")))
+    if spec.get("part") == "layers":
+        shapes = LAYER_SHAPES[::3] if spec["quick"] else LAYER_SHAPES
+        print(json.dumps({"rows": bench_layers(shapes=shapes, repeats=spec["repeats"])}))
+    else:
+        print(json.dumps(measure_model(spec["variant"], spec["mode"], repeats=spec["repeats"])))
+
+
+if __name__ == "__main__":
+    _main(json.loads(sys.argv[1]))
