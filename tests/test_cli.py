@@ -196,6 +196,13 @@ def test_train_writes_run_and_refuses_to_overwrite(capsys, tmp_path):
     # evaluate the saved model, then a corrupt and a wrong-architecture checkpoint
     code, stdout, _ = run_cli(capsys, "evaluate", str(out / "model.safetensors"), "--data-root", str(root))
     assert code == 0 and "top-1" in stdout
+    # deploy it: compact file, loadable, equal to the training form on test images
+    code, stdout, _ = run_cli(capsys, "deploy", str(out / "model.safetensors"), "--data-root", str(root),
+                              "--out", str(tmp_path / "deployed"), "--torchscript")
+    assert code == 0, stdout
+    difference = float(stdout.split("max |difference| ")[1].split()[0])
+    assert difference < 1e-4
+    assert (tmp_path / "deployed" / "model.safetensors").is_file() and (tmp_path / "deployed" / "model.pt").is_file()
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes((out / "model.safetensors").read_bytes()[:300])
     code, _, err = run_cli(capsys, "evaluate", str(corrupt))

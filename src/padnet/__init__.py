@@ -2,11 +2,25 @@
 
 DY-Conv, CondConv, ODConv, DCD and their PAD-Net forms (``padnet.layers``), Iterative Mode Partition (``padnet.partition``, module ``padnet.partitioning``),
 model building and conversion (``create_model``, ``convert``), accounting (``count_parameters``,
-``count_flops``) and a trainer (``padnet.engine``). Importing padnet touches no network and no data.
+``count_flops``), a trainer (``padnet.engine``), the fastest formulation per layer (``autotune``), the compact
+deployment form (``deploy``, ``save_deployed``, ``load_deployed``) and export (``export_onnx``,
+``export_torchscript``). Importing padnet touches no network and no data.
 """
 
 from .convert import convert
-from .layers import DCDConv2d, DynamicConv2d, ODConv2d, PADConv2d, PADDCDConv2d, PADODConv2d, set_temperature
+from .deploy import deploy, load_deployed, save_deployed
+from .export import export_onnx, export_torchscript
+from .layers import (
+    DCDConv2d,
+    DeployedConv2d,
+    DynamicConv2d,
+    ODConv2d,
+    PADConv2d,
+    PADDCDConv2d,
+    PADODConv2d,
+    autotune,
+    set_temperature,
+)
 from .metrics import count_flops, count_parameters
 from .models import create_model
 from .partitioning import PartitionReport, partition
@@ -14,6 +28,7 @@ from .partitioning import PartitionReport, partition
 __version__ = "0.1.0"
 
 __all__ = [
-    "DCDConv2d", "DynamicConv2d", "ODConv2d", "PADConv2d", "PADDCDConv2d", "PADODConv2d", "PartitionReport",
-    "convert", "count_flops", "count_parameters", "create_model", "partition", "set_temperature",
+    "DCDConv2d", "DeployedConv2d", "DynamicConv2d", "ODConv2d", "PADConv2d", "PADDCDConv2d", "PADODConv2d",
+    "PartitionReport", "autotune", "convert", "count_flops", "count_parameters", "create_model", "deploy",
+    "export_onnx", "export_torchscript", "load_deployed", "partition", "save_deployed", "set_temperature",
 ]

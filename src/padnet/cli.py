@@ -176,6 +176,7 @@ def _load_run_model(checkpoint: Path, data_root: str | None):
 def cmd_deploy(args) -> int:
     import torch
 
+    from .data import make_loader
     from .deploy import deploy, load_deployed, save_deployed
     from .export import export_onnx, export_torchscript
 
@@ -184,7 +185,7 @@ def cmd_deploy(args) -> int:
     deployed = deploy(model)
     out = Path(args.out)
     path = save_deployed(deployed, out / "model.safetensors")
-    x = torch.stack([test[i][0] for i in range(min(16, len(test)))])
+    x, _ = next(iter(make_loader(test, 16, train=False)))  # normalised as in evaluation
     with torch.no_grad():
         diff = (load_deployed(path)(x) - model(x)).abs().max().item()
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MB); deployed vs training form on {len(x)} test "

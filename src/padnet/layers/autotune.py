@@ -7,14 +7,11 @@ import time
 import torch
 from torch import nn
 
-from .formulations import FORMULATIONS
+from .formulations import FORMULATIONS, FormulationChoice
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from .deployed import DeployedConv2d
-    from .dynamic_conv import DynamicConv2d
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (DynamicConv2d, DeployedConv2d))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FormulationChoice)]
 
 
 def _signature(layer: nn.Module, shape: tuple[int, ...], grad: bool) -> tuple:
