@@ -541,6 +541,17 @@ def test_formulation_rule(batch, size, grad, expected):
     assert rule(batch, size * size, grad) == expected
 
 
+@pytest.mark.parametrize("batch, size, grad, expected", [
+    (1, 8, False, "per_sample"), (64, 32, False, "grouped"), (64, 8, False, "grouped"), (64, 8, True, "grouped"),
+    (64, 4, False, "batched"),
+])
+def test_filter_structured_layers_use_the_filter_rule(batch, size, grad, expected):
+    layer = PADConv2d(4, 8, 3, padding=1, granularity="filter")
+    with torch.set_grad_enabled(grad):
+        assert layer.path_for((batch, 4, size, size)) == expected
+    assert PADConv2d(4, 8, 3, padding=1).path_for((64, 4, 8, 8)) == "grouped"  # the general rule, with grad
+
+
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"groups": 0}, "groups must be >= 1"),
     ({"padding": "same", "stride": 2}, "padding='same' needs stride 1"),

@@ -139,8 +139,8 @@ def test_imp_static_elements_stay_static(monkeypatch, scope):
     seen = []
     original = imp_mod.apply_partition
 
-    def observed(tensors, scores, fraction, scope_):
-        original(tensors, scores, fraction, scope_)
+    def observed(tensors, scores, fraction, scope_, align=1):
+        original(tensors, scores, fraction, scope_, align)
         seen.append((fraction, [mode.mask.clone() for _, mode, _ in tensors]))
 
     monkeypatch.setattr(imp_mod, "apply_partition", observed)
@@ -375,3 +375,28 @@ def test_imp_continuation_never_revives_static_elements():
     assert report.dynamic == round(0.3 * report.total)
     for old, (_, mode, _) in zip(before, masked_tensors(model)):
         assert torch.all(mode.mask <= old)  # nothing static became dynamic
+
+
+@pytest.mark.parametrize("method", ["imp", "random"])
+def test_align_keeps_a_multiple_of_align_dynamic_filters(method):
+    torch.manual_seed(0)
+    model = create_model("resnet10", conv="pad", num_classes=4, width=1.0, stem="small", granularity="filter")
+    _run(model, 0.3, method, scope="local", align=16)
+    for name, mode, _ in masked_tensors(model):
+        cout, kept = mode.mask.numel(), int(mode.mask.sum())
+        if mode.granularity == "filter" and name.endswith("weight"):
+            assert kept % 16 == 0 and kept >= 16, (name, kept)
+            assert kept == min(cout, max(16, 16 * round(0.3 * cout / 16))), (name, kept)
+
+
+def test_align_leaves_element_masks_exact():
+    model = _model("shared")
+    _run(model, 0.3, "random", scope="local", align=16)
+    for _, mode, _ in masked_tensors(model):
+        assert int(mode.mask.sum()) == round(0.3 * mode.mask.numel())
+
+
+@pytest.mark.parametrize("align, scope", [(0, "local"), (16, "global")])
+def test_bad_align_raises(align, scope):
+    with pytest.raises(ConfigError, match="align"):
+        _run(_model("filter"), 0.3, "random", scope=scope, align=align)

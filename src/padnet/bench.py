@@ -11,6 +11,9 @@ Every ratio divides two numbers measured in the same run. Three parts:
   with glibc's default allocator settings and once with the settings of ``ALLOCATOR_ENV``.
 * ``files`` — deployed ImageNet ResNet-50 safetensors file sizes: DY-Conv vs PAD-Net κ = 0.3.
 
+PAD-Net masks come from a random local partition at κ = 0.3 (speed does not depend on which elements are
+dynamic); filter-structured layers keep a multiple of ``ALIGN`` dynamic filters (``partition(align=16)``).
+
 Timings are the minimum over ``repeats`` runs after one warm-up run. Not part of the tests.
 """
 
@@ -36,6 +39,7 @@ from .errors import ConfigError
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
 PARTS = ("layers", "models", "files")
 KAPPA = 0.3
+ALIGN = 16  # dynamic filters per filter-structured layer: a multiple of 16 (partition(..., align=16))
 MODEL_VARIANTS = {  # name: (conv, options, partition granularity or None, deployed, formulation override)
     "static": ("static", {}, None, False, None),
     "dy-grouped": ("dy", {}, None, False, "grouped"),
@@ -77,7 +81,7 @@ def _layer_variants(channels: int) -> dict[str, nn.Module]:
         layers[f"dy-{form}"] = DynamicConv2d(channels, channels, 3, padding=1, formulation=form)
     for gran in ("shared", "filter"):
         pad = PADConv2d(channels, channels, 3, padding=1, granularity=gran)
-        partition(nn.Sequential(pad), KAPPA, "random", scope="local")
+        partition(nn.Sequential(pad), KAPPA, "random", scope="local", align=ALIGN if gran == "filter" else 1)
         name = "pad" if gran == "shared" else "pad-filter"
         layers[name] = pad
         layers[f"{name}-deployed"] = deploy(nn.Sequential(pad), fold_bn=False)[0]
@@ -121,6 +125,14 @@ def _layer_step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], 
 
 # ------------------------------------------------------------------------------------------ models
 
+def _element_ratio(model: nn.Module) -> float:
+    """Dynamic fraction of all masked elements (a filter counts as its elements)."""
+    from .layers.modes import partial_modes
+
+    masks = [mode.element_mask() for _, mode in partial_modes(model)]
+    return float(sum(m.sum() for m in masks) / sum(m.numel() for m in masks))
+
+
 def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
     from .deploy import deploy
     from .layers.autotune import autotune
@@ -131,8 +143,11 @@ def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
     conv, options, granularity, deployed, formulation = MODEL_VARIANTS[variant]
     torch.manual_seed(0)
     model = create_model("resnet18", conv=conv, num_classes=10, stem="small", **options)
+    model.dynamic_ratio = 1.0 if conv == "dy" else None
     if granularity:
-        partition(model, KAPPA, "random", scope="local")
+        align = ALIGN if granularity == "filter" else 1
+        partition(model, KAPPA, "random", scope="local", align=align)
+        model.dynamic_ratio = _element_ratio(model)
     if deployed:
         model = deploy(model)
     model.train(train)
@@ -163,7 +178,7 @@ def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, repe
 
     seconds = _best_seconds(step, repeats)
     return {"variant": variant, "mode": mode, "seconds": seconds, "peak_mb": _peak_rss_mb() - before,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in model.parameters()), "dynamic_ratio": model.dynamic_ratio}
 
 
 def _worker(spec: dict, allocator: bool, threads: int) -> dict:
@@ -213,7 +228,8 @@ def bench_files(progress=None) -> list[dict]:
             torch.manual_seed(0)
             model = create_model("resnet50", conv=conv, **options)
             if conv == "pad":
-                partition(model, KAPPA, "random", scope="local")
+                align = ALIGN if options else 1
+                partition(model, KAPPA, "random", scope="local", align=align)
             params = count_parameters(model)
             path = save_deployed(deploy(model, inplace=True), Path(tmp) / f"{name}.safetensors")
             rows.append({"variant": name, "bytes": path.stat().st_size, "compact_params": params})
@@ -250,10 +266,12 @@ def markdown(result: dict) -> str:
         lines += [f"| {k} | {v:.2f} |" for k, v in result["summary"].items()] + [""]
     if result.get("models"):
         lines += ["## CIFAR ResNet-18, batch 64", "",
-                  "| Allocator | Mode | Variant | ms | × static | Peak MB | Params |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['allocator']} | {r['mode']} | {r['variant']} | {r['seconds'] * 1e3:.0f} | "
-                  f"{r['ratio_static']:.2f} | {r['peak_mb']:.0f} | {r['params'] / 1e6:.2f}M |" for r in result["models"]]
+                  "| Allocator | Mode | Variant | Dynamic ratio | ms | × static | Peak MB | Params |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['allocator']} | {r['mode']} | {r['variant']} | "
+                  f"{'–' if r['dynamic_ratio'] is None else format(r['dynamic_ratio'], '.3f')} | "
+                  f"{r['seconds'] * 1e3:.0f} | {r['ratio_static']:.2f} | {r['peak_mb']:.0f} | {r['params'] / 1e6:.2f}M |"
+                  for r in result["models"]]
         lines.append("")
     if result.get("layers"):
         lines += ["## One 3×3 convolution (× static, same row)", ""]

@@ -69,6 +69,8 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         if layout == "filters" and not (groups == 1 or self.depthwise):
             raise ConfigError("the 'filters' layout needs groups = 1 or a depthwise convolution")
         self.num_kernels, self.layout, self.attention = num_kernels, layout, attention
+        if layout == "filters":
+            self._rule = forms.filter_rule
         self.formulation = formulation
         shape = self.kernel_shape
         k, cout = num_kernels, out_channels

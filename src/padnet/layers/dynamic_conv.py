@@ -89,6 +89,8 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
                                    static_init=torch.zeros(self.out_channels), **opts)
         self._filter_structured = (self.partial and opts["granularity"] == "filter" and opts["semantics"] == "static"
                                    and (self.groups == 1 or self.depthwise))
+        if self._filter_structured:
+            self._rule = forms.filter_rule
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """(suffix, mode, dynamic factors) for each masked tensor; used by mode partition and deployment."""

@@ -75,14 +75,30 @@ def _keep_top(scores: list[torch.Tensor], masks: list[torch.Tensor], keep: int) 
     return list(torch.split(new, [m.numel() for m in masks]))
 
 
-def apply_partition(tensors, scores: list[torch.Tensor], fraction: float, scope: str) -> None:
-    """Set every mask so that ``fraction`` of its elements (global or per tensor) stay dynamic."""
+def _aligned(count: float, total: int, align: int) -> int:
+    """``count`` rounded to the nearest multiple of ``align`` within [0, total], and not to 0 when
+    ``count`` > 0 (so a layer asked to keep some dynamic filters keeps at least ``align``)."""
+    if align == 1:
+        return round(count)
+    kept = align * round(count / align)
+    if count > 0:
+        kept = max(kept, align)
+    return min(kept, total)
+
+
+def apply_partition(tensors, scores: list[torch.Tensor], fraction: float, scope: str, align: int = 1) -> None:
+    """Set every mask so that ``fraction`` of its elements (global or per tensor) stay dynamic.
+
+    ``align`` (local scope): filter-granular masks keep a multiple of ``align`` dynamic filters.
+    """
     masks = [mode.mask for _, mode, _ in tensors]
     if scope == "global":
         total = sum(m.numel() for m in masks)
         new = _keep_top(scores, masks, round(fraction * total))
     else:
-        new = [_keep_top([s], [m], round(fraction * m.numel()))[0] for s, m in zip(scores, masks)]
+        new = [_keep_top([s], [m], _aligned(fraction * m.numel(), m.numel(),
+                                            align if mode.granularity == "filter" else 1))[0]
+               for s, m, (_, mode, _) in zip(scores, masks, tensors)]
     with torch.no_grad():
         for m, n in zip(masks, new):
             m.copy_(n.view_as(m))
@@ -99,6 +115,7 @@ def partition(
     scope: str = "global",
     seed: int = 0,
     reset: bool = True,
+    align: int = 1,
 ) -> PartitionReport:
     """Partition every PAD-Net layer of ``model`` into dynamic and static elements (in place).
 
@@ -116,6 +133,9 @@ def partition(
         seed: seed of the random partition.
         reset: start from a fully dynamic mask (M = 1); ``False`` continues from the current masks,
             whose static elements then stay static.
+        align: with ``scope="local"``, keep a multiple of ``align`` dynamic filters in every filter-granular
+            mask (the nearest one, at least ``align``): oneDNN convolutions run much faster on channel counts
+            that are multiples of 16 (docs/speed.md). Other masks stay exact.
 
     Returns:
         A :class:`PartitionReport`. Raises ConfigError for a bad κ, method, scope, a model without
@@ -129,6 +149,8 @@ def partition(
         raise ConfigError("the model has no partially dynamic layers to partition (build it with conv='pad')")
     if method in ("imp", "mp") and data is None:
         raise ConfigError(f"partition method {method!r} needs training data")
+    if align < 1 or (align > 1 and scope != "local"):
+        raise ConfigError(f"align must be >= 1, and > 1 only with scope='local', got {align} with {scope!r}")
     if iterations < 1 or num_batches < 1:
         raise ConfigError(f"iterations and num_batches must be >= 1, got {iterations} and {num_batches}")
 
@@ -154,7 +176,7 @@ def partition(
             scores = magnitude_scores(tensors)
         else:
             scores = random_scores(tensors, generator)
-        apply_partition(tensors, scores, fraction, scope)
+        apply_partition(tensors, scores, fraction, scope, align)
     return make_report(model, method, kappa, scope, steps, schedule)
 
 
