@@ -50,6 +50,7 @@ class TrainConfig:
     partition_batches: int = 10
     partition_iterations: int = 5
     partition_scope: str = "global"
+    partition_align: int = 1  # filter granularity, local scope: keep a multiple of this many dynamic filters
     # run
     seed: int = 0
     threads: int | None = None
@@ -78,8 +79,11 @@ class TrainConfig:
         check_kappa(self.kappa)
         check_choice("partition method", self.partition, METHODS)
         check_choice("partition scope", self.partition_scope, SCOPES)
+        if self.partition_align > 1 and self.partition_scope != "local":
+            raise ConfigError("partition_align > 1 needs partition_scope 'local'")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "width": self.width,
                     "partition_batches": self.partition_batches, "partition_iterations": self.partition_iterations,
+                    "partition_align": self.partition_align,
                     "temperature_start": self.temperature_start, "temperature_end": self.temperature_end}
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

@@ -61,7 +61,7 @@ def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.c
     on training batches drawn with a seed of their own so training batches are unaffected."""
     loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0, augment=cfg.augment)
     return partition(model, cfg.kappa, cfg.partition, loader, loss_fn, cfg.partition_batches,
-                     cfg.partition_iterations, cfg.partition_scope, cfg.seed)
+                     cfg.partition_iterations, cfg.partition_scope, cfg.seed, align=cfg.partition_align)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
