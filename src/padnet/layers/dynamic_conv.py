@@ -68,7 +68,7 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if num_kernels < 1:
             raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
-        self._split_key, self._split = None, None  # filter split cached per mask version
+        self._split_key, self._split = None, None  # filter split, cached per mask pattern
         self.formulation = formulation
         self.num_kernels = num_kernels
         shape = self.kernel_shape

@@ -121,8 +121,8 @@ class PartialMode(nn.Module):
         static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
 
     Buffers: ``mask`` float32, shape (1, *shape) shared, (k, *shape) per kernel or (1, shape[0], 1, …)
-    per filter, all ones at construction (fully dynamic); it broadcasts against (k, *shape). The mask is a float so mode partition can differentiate the loss with
-    respect to it (PAD-Net eq. 7).
+    per filter, all ones at construction (fully dynamic); it broadcasts against (k, *shape). The mask is a
+    float so mode partition can differentiate the loss with respect to it (PAD-Net eq. 7).
     """
 
     partial = True
