@@ -846,7 +846,8 @@ def test_layer_options_keeps_what_the_type_takes():
 
 
 _OPTION_VALUES = {"num_kernels": 2, "reduction": 2, "temperature": 2.0, "routing": "softmax",
-                  "formulation": "grouped", "granularity": "shared", "scale_mode": "none", "semantics": "static"}
+                  "formulation": "grouped", "granularity": "shared", "scale_mode": "none", "semantics": "static",
+                  "strategy": "same", "mask_temperature": 0.01, "threshold": 0.05}
 
 
 def test_accepted_options_per_type():
@@ -872,6 +873,9 @@ def test_every_accepted_option_is_taken_by_the_constructor(name):
         assert layer.num_kernels == 2
     if "scale_mode" in options:
         assert layer.scales.mode == "none"
+    if "strategy" in options:
+        mode = layer.weight_mode
+        assert (mode.strategy, mode.temperature, float(mode.threshold)) == ("same", 0.01, pytest.approx(0.05))
 
 
 def test_conv_factory_defaults_and_overrides():

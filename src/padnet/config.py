@@ -107,6 +107,9 @@ class TrainConfig:
         check_choice("mask granularity", self.granularity, GRANULARITIES)
         check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
         layer_options(self.conv, num_kernels=self.num_kernels, reduction=self.reduction)
+        if canonical_conv(self.conv) == "sdconv":
+            raise ConfigError("training SD-Conv (budget loss and Algorithm 1's schedule) is not in the trainer yet; "
+                              "the layer, padnet.layers.sdconv.budget_loss and SparsitySchedule are")
         if self.granularity != "shared" and is_partial(self.conv) and "granularity" not in accepted_options(self.conv):
             raise ConfigError(f"conv type {self.conv!r} has no mask granularity option (use 'shared')")
         return self

@@ -2,8 +2,8 @@
 then save and load it as safetensors + a small JSON header, loadable with padnet and torch alone.
 
 File layout (``save_deployed``): the state of the deployed model, except that an ``"elements"`` layer
-stores its static kernel only at static positions (``…static_weight.values``) and its dynamic positions
-as a bit mask (``…dynamic_index.bits``, one bit per kernel element), so the file size follows the
+stores its static kernel only at static positions (``…static_weight.values``, empty when it is all zero)
+and its dynamic positions as a bit mask (``…dynamic_index.bits``, one bit per kernel element), so the file size follows the
 compact parameter count. The header (metadata key ``padnet``) holds the format, the ``create_model``
 arguments, each deployed layer's layout and the folded BatchNorm layers.
 """
@@ -129,7 +129,9 @@ def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
         static = tensors[f"{name}.static_weight"].reshape(-1)
         if not static[dynamic].any():  # zero at dynamic positions (shared or filter masks): store the rest
             del tensors[f"{name}.static_weight"]
-            tensors[f"{name}.static_weight.values"] = static[~dynamic].clone()
+            # no values at all when the static kernel is zero (SD-Conv, zero semantics)
+            values = static[~dynamic] if static.any() else static[:0]
+            tensors[f"{name}.static_weight.values"] = values.clone()
     return tensors
 
 
@@ -143,7 +145,8 @@ def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tor
         values = tensors.pop(f"{name}.static_weight.values", None)
         if values is not None:
             static = torch.zeros(numel, dtype=values.dtype)
-            static[~dynamic] = values
+            if values.numel():  # empty: an all-zero static kernel
+                static[~dynamic] = values
             tensors[f"{name}.static_weight"] = static.reshape(layer.static_weight.shape)
     return tensors
 

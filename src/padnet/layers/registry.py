@@ -11,6 +11,7 @@ from ..errors import ConfigError, check_choice
 from .dcd import DCDConv2d, PADDCDConv2d
 from .dynamic_conv import DynamicConv2d, PADConv2d
 from .odconv import ODConv2d, PADODConv2d
+from .sdconv import SparseDynamicConv2d
 
 CONDCONV = {"num_kernels": 8, "routing": "sigmoid", "reduction": 0}  # CondConv: 8 kernels, one linear + sigmoid
 
@@ -26,11 +27,13 @@ CONV_TYPES: dict[str, tuple[type[nn.Module], dict]] = {
     "pad-odconv": (PADODConv2d, {"num_kernels": 4}),
     "dcd": (DCDConv2d, {}),
     "pad-dcd": (PADDCDConv2d, {}),
+    "sdconv": (SparseDynamicConv2d, {"num_kernels": 4}),
 }
 LAYER_LABELS = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net", "condconv": "CondConv",
                 "pad-condconv": "PAD-CondConv", "odconv": "ODConv", "pad-odconv": "PAD-ODConv", "dcd": "DCD",
-                "pad-dcd": "PAD-DCD"}
-ALIASES = {"dyconv": "dy", "dynamic": "dy", "padnet": "pad", "pad-net": "pad", "pad-dy": "pad", "conv": "static"}
+                "pad-dcd": "PAD-DCD", "sdconv": "SD-Conv"}
+ALIASES = {"dyconv": "dy", "dynamic": "dy", "padnet": "pad", "pad-net": "pad", "pad-dy": "pad", "conv": "static",
+           "sd-conv": "sdconv", "sd": "sdconv"}
 
 
 def register_conv(name: str, cls: type[nn.Module], **defaults) -> None:

@@ -10,6 +10,9 @@
   term) is not counted, as in the papers. For a partially dynamic layer only the dynamic elements are
   aggregated in the compact form, so its aggregation MACs are counted on dynamic elements only; likewise a
   static element of an input-generated vector (ODConv attention, DCD's Λ/Φ) needs no row of its head.
+* SD-Conv (paper 002 §4.3): parameters are the kept (non-zero) kernel weights; FLOPs are counted on the
+  aggregated sparse kernel — a position zero in all k kernels costs no convolution MAC — and the aggregation
+  on the kept weights only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import ConfigError
 from ..layers.formulations import force_formulation
 from ..layers.modes import partial_modes
+from ..layers.sdconv import sparse_layers
 
 
 def count_parameters(model: nn.Module, compact: bool = True) -> int:
@@ -32,6 +36,8 @@ def count_parameters(model: nn.Module, compact: bool = True) -> int:
         counts = mode.compact_counts()
         stored = mode.factor_numel + (mode.static.numel() if hasattr(mode, "static") else 0)
         total += counts["dynamic"] + counts["static"] - stored
+    for _, layer in sparse_layers(model):
+        total -= int((~layer.weight_mode.hard_mask(layer.weight)).sum())  # pruned weights are not stored
     return total
 
 
@@ -46,13 +52,17 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = 
 
     The model runs once in eval mode (its mode is restored) with every dynamic convolution in the grouped
     formulation, so the count does not depend on the formulation a layer would choose.
-    ``compact=False`` also counts aggregating the static positions of PAD-Net layers.
+    ``compact=False`` also counts aggregating the static positions of PAD-Net layers and the pruned weights of
+    SD-Conv layers.
 
     Raises:
         ConfigError: the input shape does not fit the model.
     """
     was_training = model.training
     model.eval()
+    pixels: dict[str, int] = {}  # output pixels of each SD-Conv layer
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: pixels.__setitem__(n, out[0, 0].numel()))
+             for n, m in sparse_layers(model)]
     try:
         param = next(model.parameters())
         x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
@@ -66,5 +76,19 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = 
             raise ConfigError(f"input shape {tuple(input_shape)} does not fit the model ({reason})") from None
         macs = counter.get_total_flops() // 2
     finally:
+        for h in hooks:
+            h.remove()
         model.train(was_training)
-    return macs - (_aggregation_surplus(model) if compact else 0)
+    if not compact:
+        return macs
+    return macs - _aggregation_surplus(model) - _sparse_surplus(model, pixels)
+
+
+def _sparse_surplus(model: nn.Module, pixels: dict[str, int]) -> int:
+    """MACs the dense count spent on pruned SD-Conv weights: convolution MACs at positions zero in every
+    kernel (one per output pixel) and one aggregation MAC per pruned weight."""
+    surplus = 0
+    for name, layer in sparse_layers(model):
+        mask = layer.weight_mode.hard_mask(layer.weight)
+        surplus += pixels.get(name, 0) * int((~mask.any(0)).sum()) + int((~mask).sum())
+    return surplus
