@@ -31,6 +31,7 @@ def test_onnx_export_runs_at_two_batch_sizes(tmp_path, deployed):
     model = _model(granularity="filter")
     model = deploy(model) if deployed else model
     path = export_onnx(model, tmp_path / "m.onnx", torch.randn(2, 3, 16, 16))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # one file, no temporary side files
     session = ort.InferenceSession(str(path))
     for batch in (1, 5):  # neither is the export's batch size
         x = torch.randn(batch, 3, 16, 16)

@@ -29,7 +29,7 @@ def _check_exportable(model: nn.Module) -> None:
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int | None = None) -> Path:
-    """Write ``model`` (training or deployed form) as ONNX with a dynamic batch dimension, atomically.
+    """Write ``model`` (training or deployed form) as one ONNX file with a dynamic batch dimension, atomically.
 
     ``example``: one input batch (B, C, H, W) fixing every other dimension. Uses ``torch.onnx.export``
     (the ``torch.export`` based exporter, which needs the ``onnxscript`` package). Input ``x``, output ``y``.
@@ -45,7 +45,8 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
             with torch.no_grad():
                 model(example)  # eager pass: caches (e.g. filter splits) the trace then reads as constants
             torch.onnx.export(model, (example,), str(tmp), input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True)
+                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
+                              external_data=False)  # one file: no side file left under the temporary name
     except ImportError as exc:
         raise ConfigError(f"ONNX export needs the onnx and onnxscript packages ({exc})") from None
     finally:
