@@ -52,7 +52,5 @@ def convert(
     if not targets:
         raise ConfigError("convert found no nn.Conv2d to replace")
     for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, cls.from_conv(module, init_from_static=init_from_static, **merged))
+        model.set_submodule(name, cls.from_conv(module, init_from_static=init_from_static, **merged))
     return model

@@ -59,11 +59,6 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 @torch.no_grad()
 def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.Module:
     """The inference form of ``model``: BatchNorm folded, dynamic convolutions compact.
@@ -91,11 +86,11 @@ def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.
             continue
         bn = out.get_submodule(bns[name]) if name in bns else None
         if isinstance(module, nn.Conv2d):
-            _set(out, name, fuse_conv_bn_eval(module, bn))
+            out.set_submodule(name, fuse_conv_bn_eval(module, bn))
         else:
-            _set(out, name, DeployedConv2d.from_layer(module, bn).eval())
+            out.set_submodule(name, DeployedConv2d.from_layer(module, bn).eval())
         if bn is not None:
-            _set(out, bns[name], nn.Identity())
+            out.set_submodule(bns[name], nn.Identity())
             folded.append(bns[name])
     out.padnet_deployed = {"folded_bn": folded, "fused_convs": [c for c, b in pairs
                                                                   if isinstance(out.get_submodule(c), nn.Conv2d)]}
@@ -175,12 +170,12 @@ def _skeleton(model: nn.Module, meta: dict) -> nn.Module:
         if conv.bias is None:
             conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
     for name in meta["folded_bn"]:
-        _set(model, name, nn.Identity())
+        model.set_submodule(name, nn.Identity())
     for name, cfg in meta["layers"].items():
         layer = model.get_submodule(name)
         if not isinstance(layer, DynamicConv2d):
             raise CheckpointError(f"the file's layer {name} is {type(layer).__name__} in this architecture")
-        _set(model, name, DeployedConv2d(
+        model.set_submodule(name, DeployedConv2d(
             layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
             layer.dilation, layer.groups, attention=layer.attention, **cfg))
     model.padnet_deployed = {"folded_bn": meta["folded_bn"], "fused_convs": meta["fused_convs"]}

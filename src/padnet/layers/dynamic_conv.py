@@ -23,8 +23,6 @@ from .attention import KernelAttention
 from .conv_base import PAD_OPTIONS, DynamicConvBase
 from .modes import make_mode
 
-FORMULATIONS = ("auto", *forms.FORMULATIONS)
-
 
 class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
     """DY-Conv: Θ̂(x) = Σᵢ πᵢ(x) Θᵢ, y = conv(x, Θ̂(x)) (PAD-Net eq. 1).
@@ -106,14 +104,6 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         if self.bias is not None:
             fan_in = self.weight[0][0].numel()
             nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-
-    def computational_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-sample kernels Θ̂(x) (B, Cout, Cin/groups, kh, kw) and biases (B, Cout) or None."""
-        coeffs = self.attention(x)  # (B, k)
-        lam_s, lam_d = self.scales()
-        weight = self.weight_mode.aggregate(coeffs, self.weight, lam_s, lam_d)
-        bias = None if self.bias is None else self.bias_mode.aggregate(coeffs, self.bias, lam_s, lam_d)
-        return weight, bias
 
     def run(self, x: torch.Tensor, path: str) -> torch.Tensor:
         """Forward pass in formulation ``path`` (every formulation gives the same result)."""

@@ -20,6 +20,7 @@ with the static term S); they differ only in speed and memory:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -165,9 +166,7 @@ class FormulationChoice:
         key = (tuple(shape), torch.is_grad_enabled())
         path = self._paths.get(key)
         if path is None:
-            pixels = 1
-            for n in self.output_size(shape[2:]):
-                pixels *= n
+            pixels = math.prod(self.output_size(shape[2:]))
             path = self._paths[key] = self._rule(shape[0], pixels, key[1])
         return path
 
