@@ -252,14 +252,10 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if k.startswith("model/")}
 
 
-@pytest.fixture(scope="module")
-def resume_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    data = _image_data()
+def _run_crash_resume(root: Path, cfg: TrainConfig, data):
+    """Run A uninterrupted in root/a; run B crashes right after its epoch-1 checkpoint and resumes in root/b."""
     rng = torch.get_rng_state()
-    results_a = Trainer(_config(), root / "a", data=data).fit()
-
-    # run B: crash right after the epoch-1 checkpoint is written, then resume
+    results_a = Trainer(cfg, root / "a", data=data).fit()
     original_save = Trainer.save
 
     def save_then_crash(self):
@@ -271,16 +267,36 @@ def resume_runs(tmp_path_factory):
     Trainer.save = save_then_crash
     try:
         with pytest.raises(_Crash):
-            Trainer(_config(), root / "b", data=data).fit()
+            Trainer(cfg, root / "b", data=data).fit()
     finally:
         Trainer.save = original_save
     assert not (root / "b" / "model.safetensors").exists()
     assert [p.name for p in sorted((root / "b").glob("checkpoint-epoch*"))] == ["checkpoint-epoch0001.safetensors"]
     torch.manual_seed(12345)  # the resumed run must not depend on the process RNG state
-    resumed = Trainer(_config(), root / "b", resume=True, data=data)
+    resumed = Trainer(cfg, root / "b", resume=True, data=data)
     results_b = resumed.fit()
     torch.set_rng_state(rng)
+    return results_a, results_b, resumed
+
+
+@pytest.fixture(scope="module")
+def resume_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    data = _image_data()
+    results_a, results_b, resumed = _run_crash_resume(root, _config(), data)
     return root, data, results_a, results_b, resumed
+
+
+def test_sd_conv_resume_restores_thresholds_and_their_optimiser(tmp_path):
+    cfg = _config(conv="sdconv", sparsity=0.4, threshold_lr=5e-3)
+    results_a, results_b, _ = _run_crash_resume(tmp_path, cfg, _image_data())
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    assert any(k.endswith("weight_mode.threshold") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert results_a["sparsity"] == results_b["sparsity"] and results_a["sparsity"]["sparsity"] > 0
+    _, meta = read_checkpoint(tmp_path / "b" / "checkpoint-epoch0002.safetensors")
+    assert meta["optimizer-thresholds"]["param_groups"][0]["lr"] == 5e-3  # Adam's state is saved with them
 
 
 def test_resume_gives_identical_weights(resume_runs):

@@ -51,6 +51,12 @@ class TrainConfig:
     partition_iterations: int = 5
     partition_scope: str = "global"
     partition_align: int = 1  # filter granularity, local scope: keep a multiple of this many dynamic filters
+    # SD-Conv (paper 002 eq. 8–9, Algorithm 1), for conv="sdconv"
+    sparsity: float = 0.5  # target s: fraction of the k kernels' weights pruned
+    pruning_iterations: int = 3  # n: the steps are cut into n + 1 phases with budgets s̄^(j/n)
+    budget_weight: float = 0.01  # λ_s of the L0 budget loss
+    threshold_lr: float = 5e-4  # Adam step size of the thresholds τ (weight-magnitude units)
+    mask_strategy: str = "different"  # "different" masks per kernel or the "same" mask for the k
     # run
     seed: int = 0
     threads: int | None = None
@@ -63,11 +69,12 @@ class TrainConfig:
         from .data import DATASETS
         from .layers.modes import GRANULARITIES, SCALE_MODES
         from .layers.registry import accepted_options, canonical_conv, is_partial, layer_options
+        from .layers.sdconv import STRATEGIES
         from .models.registry import MODELS, STEMS
         from .partitioning import METHODS, SCOPES, check_kappa
 
         for name in ("model", "conv", "stem", "dataset", "granularity", "scale_mode", "partition",
-                     "partition_scope"):
+                     "partition_scope", "mask_strategy"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a name, got {getattr(self, name)!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
@@ -107,9 +114,15 @@ class TrainConfig:
         check_choice("mask granularity", self.granularity, GRANULARITIES)
         check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
         layer_options(self.conv, num_kernels=self.num_kernels, reduction=self.reduction)
-        if canonical_conv(self.conv) == "sdconv":
-            raise ConfigError("training SD-Conv (budget loss and Algorithm 1's schedule) is not in the trainer yet; "
-                              "the layer, padnet.layers.sdconv.budget_loss and SparsitySchedule are")
+        if not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        if self.pruning_iterations < 0:
+            raise ConfigError(f"pruning_iterations must be >= 0, got {self.pruning_iterations}")
+        if not (math.isfinite(self.budget_weight) and self.budget_weight >= 0):
+            raise ConfigError(f"budget_weight must be >= 0, got {self.budget_weight!r}")
+        if not (math.isfinite(self.threshold_lr) and self.threshold_lr > 0):
+            raise ConfigError(f"threshold_lr must be a positive number, got {self.threshold_lr!r}")
+        check_choice("mask strategy", self.mask_strategy, STRATEGIES)
         if self.granularity != "shared" and is_partial(self.conv) and "granularity" not in accepted_options(self.conv):
             raise ConfigError(f"conv type {self.conv!r} has no mask granularity option (use 'shared')")
         return self

@@ -1,9 +1,9 @@
 """Checkpoints in safetensors, written atomically, never unpickled.
 
 One file holds the model state (``model/<key>``), the optimiser's tensor state (``optim/<param
-index>/<name>``), the torch RNG state (``rng/torch``) and, in the header metadata under ``padnet``,
-a JSON document with the run configuration, progress counters, optimiser hyper-parameters and the
-scheduler state.
+index>/<name>``; a second optimiser, e.g. SD-Conv's thresholds', under ``optim-<name>/``), the torch RNG
+state (``rng/torch``) and, in the header metadata under ``padnet``, a JSON document with the run
+configuration, progress counters, optimiser hyper-parameters and the scheduler state.
 """
 
 from __future__ import annotations
@@ -22,23 +22,34 @@ from ..fileio import atomic_path
 FORMAT = "padnet-checkpoint-1"
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=None, scheduler=None) -> Path:
+def _keys(name: str) -> tuple[str, str]:
+    """Tensor-name prefix and metadata key of the optimiser called ``name`` ("" for the main one)."""
+    return (f"optim-{name}", f"optimizer-{name}") if name else ("optim", "optimizer")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=None, scheduler=None,
+                    extra_optimizers: dict | None = None) -> Path:
     """Write a checkpoint to ``path`` atomically (temporary file + rename); returns the path.
 
     ``state`` must be JSON-serialisable (configuration, epoch, step, temperature, ...).
+    ``extra_optimizers`` maps names to further optimisers (restored by the same names).
     """
     tensors = {f"model/{k}": v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors["rng/torch"] = torch.get_rng_state()
     meta = {"format": FORMAT, "state": state}
-    if optimizer is not None:
-        osd = optimizer.state_dict()
-        meta["optimizer"] = {"param_groups": osd["param_groups"], "scalars": {}}
+    named = {"": optimizer, **(extra_optimizers or {})}
+    for name, opt in named.items():
+        if opt is None:
+            continue
+        prefix, meta_key = _keys(name)
+        osd = opt.state_dict()
+        saved = meta[meta_key] = {"param_groups": osd["param_groups"], "scalars": {}}
         for pid, pstate in osd["state"].items():
-            for name, value in pstate.items():
+            for key, value in pstate.items():
                 if torch.is_tensor(value):
-                    tensors[f"optim/{pid}/{name}"] = value.detach().clone().contiguous().cpu()
+                    tensors[f"{prefix}/{pid}/{key}"] = value.detach().clone().contiguous().cpu()
                 else:
-                    meta["optimizer"]["scalars"][f"{pid}/{name}"] = value
+                    saved["scalars"][f"{pid}/{key}"] = value
     if scheduler is not None:
         meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     with atomic_path(path) as tmp:
@@ -78,19 +89,23 @@ def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: s
     model.load_state_dict(state, strict=True)
 
 
-def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None) -> None:
-    """Restore optimiser, scheduler and RNG state saved by :func:`save_checkpoint`."""
-    if optimizer is not None and "optimizer" in meta:
-        saved = meta["optimizer"]
+def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,
+                     extra_optimizers: dict | None = None) -> None:
+    """Restore optimiser(s), scheduler and RNG state saved by :func:`save_checkpoint`."""
+    for name, opt in {"": optimizer, **(extra_optimizers or {})}.items():
+        prefix, meta_key = _keys(name)
+        saved = meta.get(meta_key)
+        if opt is None or saved is None:
+            continue
         state: dict[int, dict] = {}
         for key, value in tensors.items():
-            if key.startswith("optim/"):
-                _, pid, name = key.split("/", 2)
-                state.setdefault(int(pid), {})[name] = value
+            if key.startswith(prefix + "/"):
+                _, pid, field = key.split("/", 2)
+                state.setdefault(int(pid), {})[field] = value
         for key, value in saved["scalars"].items():
-            pid, name = key.split("/", 1)
-            state.setdefault(int(pid), {})[name] = value
-        optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+            pid, field = key.split("/", 1)
+            state.setdefault(int(pid), {})[field] = value
+        opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
     if scheduler is not None and "scheduler" in meta:
         scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
     if "rng/torch" in tensors:

@@ -1,8 +1,10 @@
 """Image-classification training: SGD + warm-up/cosine, temperature annealing, mode partition,
-top-1 evaluation, a JSONL metrics log, safetensors checkpoints and resume."""
+SD-Conv's budget loss and sparsity schedule, top-1 evaluation, a JSONL metrics log, safetensors
+checkpoints and resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,10 +15,11 @@ from torch import nn
 
 from ..config import TrainConfig, dump_yaml
 from ..data import ImageData, load_dataset, make_loader
-from ..errors import ConfigError, PadnetError
+from ..errors import CheckpointError, ConfigError, PadnetError
 from ..fileio import write_json, write_text
 from ..layers.attention import TemperatureRouting, TemperatureSchedule
 from ..layers.registry import canonical_conv, effective_option, is_partial, layer_options
+from ..layers.sdconv import SparsitySchedule, budget_loss, clamp_thresholds, sparse_layers, sparsity_report
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
 from ..partitioning import partition
@@ -51,9 +54,33 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     """The model a configuration describes (dynamic-layer options only for dynamic convs)."""
     options = layer_options(cfg.conv, num_kernels=cfg.num_kernels, reduction=cfg.reduction,
                             temperature=cfg.temperature_start, granularity=cfg.granularity,
-                            scale_mode=cfg.scale_mode)
+                            scale_mode=cfg.scale_mode, strategy=cfg.mask_strategy)
     return create_model(cfg.model, conv=cfg.conv, num_classes=num_classes, in_chans=in_chans, width=cfg.width,
                         stem=cfg.stem, **options)
+
+
+def load_run(checkpoint: str | Path, data=None, data_root: str | None = None):
+    """The trained model saved in a run checkpoint (``model.safetensors`` or ``checkpoint-*``), with the run's
+    configuration and test split: ``(model, cfg, test)``.
+
+    ``data`` (train, test) skips reading the data set again; ``data_root`` overrides the saved one.
+
+    Raises:
+        CheckpointError: unreadable file, one without a run configuration, or another architecture.
+    """
+    from ..config import config_from_dict
+
+    tensors, meta = read_checkpoint(checkpoint)
+    saved = meta["state"].get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{checkpoint} holds no run configuration; this command needs a padnet run's model")
+    cfg = config_from_dict(saved, TrainConfig(), str(checkpoint))
+    if data_root:
+        cfg = dataclasses.replace(cfg, data_root=data_root)
+    _, test = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, False)
+    model = build_model(cfg, test.num_classes, test.input_shape[0])
+    load_model_state(model, tensors, checkpoint)
+    return model, cfg, test
 
 
 def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy):
@@ -64,11 +91,13 @@ def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.c
                      cfg.partition_iterations, cfg.partition_scope, cfg.seed, align=cfg.partition_align)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on kernels and linear weights only; none on BatchNorm, biases and scale factors."""
+def param_groups(model: nn.Module, weight_decay: float, exclude=()) -> list[dict]:
+    """Weight decay on kernels and linear weights only; none on BatchNorm, biases and scale factors.
+    Parameters in ``exclude`` (SD-Conv thresholds, which have an optimiser of their own) are left out."""
+    skip = {id(p) for p in exclude}
     decay, no_decay = [], []
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in skip:
             (decay if p.ndim > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -160,8 +189,14 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)")
         total = cfg.epochs * self.steps_per_epoch
-        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+        # SD-Conv (Algorithm 1): thresholds τ in a group of their own, stepped by Adam, because the budget
+        # loss's gradient on τ is in parameters (eq. 8) and no single SGD step size suits every model size
+        thresholds = [layer.weight_mode.threshold for _, layer in sparse_layers(self.model)]
+        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay, exclude=thresholds), lr=cfg.lr,
                                          momentum=cfg.momentum)
+        self.threshold_optimizer = (torch.optim.Adam(thresholds, lr=cfg.threshold_lr, betas=(0.0, 0.9))
+                                  if thresholds else None)
+        self.density = SparsitySchedule(cfg.sparsity, cfg.pruning_iterations, total) if thresholds else None
         self.scheduler = build_scheduler(self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch))
         self.temperature = TemperatureSchedule(cfg.temperature_start, cfg.temperature_end,
                                                round(cfg.temperature_epochs * self.steps_per_epoch))
@@ -177,10 +212,13 @@ class Trainer:
 
     def save(self) -> Path:
         path = self.run_dir / f"checkpoint-epoch{self.epoch:04d}.safetensors"
-        save_checkpoint(path, self.model, self._state(), self.optimizer, self.scheduler)
+        save_checkpoint(path, self.model, self._state(), self.optimizer, self.scheduler, self._extra_optimizers())
         for old in _checkpoints(self.run_dir)[:-max(1, self.cfg.keep_checkpoints)]:
             old.unlink()
         return path
+
+    def _extra_optimizers(self) -> dict:
+        return {"thresholds": self.threshold_optimizer} if self.threshold_optimizer is not None else {}
 
     def load(self, path: str | Path) -> None:
         tensors, meta = read_checkpoint(path)
@@ -188,7 +226,7 @@ class Trainer:
         if changed:
             raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
         load_model_state(self.model, tensors, path)
-        restore_training(tensors, meta, self.optimizer, self.scheduler)
+        restore_training(tensors, meta, self.optimizer, self.scheduler, self._extra_optimizers())
         state = meta["state"]
         self.epoch, self.step = state["epoch"], state["step"]
         self.partition_report, self.elapsed = state.get("partition"), state.get("elapsed", 0.0)
@@ -213,7 +251,13 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise PadnetError(f"non-finite loss ({loss.item()}) at step {self.step}; lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.density is not None:  # SD-Conv eq. 9 (weight decay is the optimiser's)
+                self.threshold_optimizer.zero_grad(set_to_none=True)
+                (loss + cfg.budget_weight * budget_loss(self.model, self.density(self.step))).backward()
+                self.threshold_optimizer.step()
+                clamp_thresholds(self.model)
+            else:
+                loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -224,6 +268,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         self.epoch += 1
         return {"train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen}
+
+    def _sparsity(self) -> dict:
+        """SD-Conv: overall layer and kernel sparsity now and the density budget of the current phase."""
+        if self.density is None:
+            return {}
+        report = sparsity_report(self.model)
+        return {"sparsity": round(report["sparsity"], 5), "kernel_sparsity": round(report["kernel_sparsity"], 5),
+                "density_budget": round(self.density(max(0, self.step - 1)), 5)}
 
     # ---------------------------------------------------------------- run
     def fit(self) -> dict:
@@ -249,7 +301,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - start
                 record = {"epoch": self.epoch, "step": self.step, **record, "test_top1": top1,
                           "lr": self.optimizer.param_groups[0]["lr"], "temperature": self.temperature(self.step),
-                          "elapsed_s": round(self.elapsed, 2)}
+                          "elapsed_s": round(self.elapsed, 2), **self._sparsity()}
                 with open(log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record) + "\n")
                 board.log(record, self.step)
@@ -262,6 +314,8 @@ class Trainer:
             "flops": count_flops(self.model, self.train_data.input_shape),
             "train_seconds": round(self.elapsed, 2), "partition": self.partition_report,
         }
+        if self.density is not None:
+            results["sparsity"] = sparsity_report(self.model)
         save_checkpoint(self.run_dir / "model.safetensors", self.model, self._state())
         write_json(self.run_dir / "results.json", results)
         return results

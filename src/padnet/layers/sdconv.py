@@ -57,8 +57,9 @@ class ThresholdMask(nn.Module):
         scores = factors.abs()  # S = |W| (eq. 2)
         if self.strategy == "same":
             scores = scores.mean(0, keepdim=True)
-        psi = torch.sigmoid(scores - self.threshold)  # ψ₁; ψ₀ = 1 − ψ₁
-        return torch.sigmoid((2 * psi - 1) / self.temperature)  # two-way softmax of (ψ₁, ψ₀) / T
+        # two-way softmax of (ψ₁, ψ₀) / T with ψ₁ = σ(S − τ), ψ₀ = 1 − ψ₁: σ((ψ₁ − ψ₀) / T), where
+        # ψ₁ − ψ₀ = 2σ(S − τ) − 1 = tanh((S − τ) / 2) exactly, without float32 rounding ψ₁ to 0.5 near τ
+        return torch.sigmoid(torch.tanh((scores - self.threshold) / 2) / self.temperature)
 
     def mask(self, factors: torch.Tensor) -> torch.Tensor:
         """M = round(M̃) forward, ∇M = ∇M̃ backward (eq. 5); gradients reach W and τ."""
@@ -125,23 +126,24 @@ def sparse_layers(model: nn.Module) -> list[tuple[str, SparseDynamicConv2d]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SparseDynamicConv2d)]
 
 
-def budget_loss(model: nn.Module, density: float, normalize: bool = True) -> torch.Tensor:
-    """L0 budget penalty (SD-Conv eq. 8), per parameter: ReLU(Σ_l N_l (‖M_l‖₀ − s̄)) / Σ_l N_l.
+def budget_loss(model: nn.Module, density: float) -> torch.Tensor:
+    """L0 budget penalty (SD-Conv eq. 8): ReLU(Σ_l N_l (‖M_l‖₀ − s̄)), in parameters.
 
     ``density`` s̄ = 1 − target sparsity; ‖M_l‖₀ is the fraction of kept weights of layer l's k kernels and
-    N_l their number. Dividing eq. 8 by Σ N_l (the overall kept fraction minus s̄) makes λ_s = 0.01 mean the
-    same for every model size. Zero when the network is as sparse as the budget or sparser; differentiable
-    through the straight-through masks (gradients reach τ and W). Raises ConfigError without SD-Conv layers.
+    N_l their number, so the value is the number of kept weights above the budget. Zero when the network is
+    as sparse as the budget or sparser. As the paper writes it, L_s(τ, s̄) is a function of the thresholds:
+    its gradient reaches τ through the straight-through masks (eq. 7), not W (W enters detached; pushing
+    every weight near τ towards zero by λ_s·∂M/∂W would swamp the task gradient).
+    Raises ConfigError without SD-Conv layers.
     """
     layers = sparse_layers(model)
     if not layers:
         raise ConfigError("the model has no SD-Conv layers (build it with conv='sdconv')")
-    excess, total = 0.0, 0
+    excess = 0.0
     for _, layer in layers:
-        mask = layer.weight_mode.mask(layer.weight).expand_as(layer.weight)
-        excess = excess + mask.numel() * (mask.mean() - density)
-        total += mask.numel()
-    return torch.relu(excess) / (total if normalize else 1)
+        mask = layer.weight_mode.mask(layer.weight.detach()).expand_as(layer.weight)
+        excess = excess + mask.sum() - density * mask.numel()
+    return torch.relu(excess)
 
 
 @torch.no_grad()
