@@ -189,3 +189,22 @@ def test_deployed_sd_conv_skips_pruned_positions_and_equals_the_dense_masked_for
     path = save_deployed(deployed, tmp_path / "sd.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(load_deployed(path)(x), expected, rtol=1e-5, atol=1e-5)
+    loaded = load_deployed(path)
+    for key, value in deployed.state_dict().items():  # the packed factors come back exactly
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_deployed_sd_conv_file_stores_only_the_kept_weights(tmp_path):
+    from safetensors import safe_open
+
+    model = _model(threshold=0.08).eval()
+    path = save_deployed(deploy(model), tmp_path / "sd.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        stored = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    for name, layer in sparse_layers(model):
+        mask = layer.weight_mode.hard_mask(layer.weight)  # (k, Cout, Cin, kh, kw)
+        kept_somewhere = mask.any(0).reshape(-1)
+        assert stored[f"{name}.dynamic_weight.values"].numel() == int(mask.sum())  # values of kept weights only
+        assert f"{name}.dynamic_weight" not in stored  # not the dense (k, n) factors
+        bits = stored[f"{name}.dynamic_weight.bits"].numel()
+        assert bits == -(-mask.shape[0] * int(kept_somewhere.sum()) // 8)  # one bit per factor

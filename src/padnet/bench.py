@@ -50,7 +50,11 @@ MODEL_VARIANTS = {  # name: (conv, options, partition granularity or None, deplo
     "dy-deployed": ("dy", {}, None, True, None),
     "pad-deployed": ("pad", {}, "shared", True, None),
     "pad-filter-deployed": ("pad", {"granularity": "filter"}, "filter", True, None),
+    "sdconv": ("sdconv", {}, None, False, None),
+    "sdconv-deployed": ("sdconv", {}, None, True, None),
+    "sdconv-same-deployed": ("sdconv", {"strategy": "same"}, None, True, None),
 }
+SPARSITY = 0.5  # SD-Conv variants: each layer's threshold at the median of its scores
 TRAIN_VARIANTS = ("static", "dy-grouped", "dy", "dy-autotune", "pad", "pad-filter")
 
 
@@ -133,6 +137,18 @@ def _element_ratio(model: nn.Module) -> float:
     return float(sum(m.sum() for m in masks) / sum(m.numel() for m in masks))
 
 
+@torch.no_grad()
+def _sparsify(model: nn.Module, sparsity: float) -> None:
+    """Set every SD-Conv threshold to the ``sparsity`` quantile of its layer's scores (|W|, or their mean over
+    the k kernels for the same mask), as a trained model at that sparsity would have."""
+    from .layers.sdconv import sparse_layers
+
+    for _, layer in sparse_layers(model):
+        scores = layer.weight.abs()
+        scores = scores.mean(0) if layer.weight_mode.strategy == "same" else scores
+        layer.weight_mode.threshold.fill_(float(torch.quantile(scores.flatten(), sparsity)))
+
+
 def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
     from .deploy import deploy
     from .layers.autotune import autotune
@@ -144,6 +160,8 @@ def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
     torch.manual_seed(0)
     model = create_model("resnet18", conv=conv, num_classes=10, stem="small", **options)
     model.dynamic_ratio = 1.0 if conv == "dy" else None
+    if conv == "sdconv":
+        _sparsify(model, SPARSITY)
     if granularity:
         align = ALIGN if granularity == "filter" else 1
         partition(model, KAPPA, "random", scope="local", align=align)
@@ -213,7 +231,8 @@ def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progr
 # ------------------------------------------------------------------------------------------- files
 
 def bench_files(progress=None) -> list[dict]:
-    """Deployed ImageNet ResNet-50 file sizes (bytes): DY-Conv and PAD-Net κ = 0.3 (shared, filter masks)."""
+    """Deployed ImageNet ResNet-50 file sizes (bytes): DY-Conv, PAD-Net κ = 0.3 (shared, filter masks) and
+    SD-Conv at 50 % sparsity (different, same masks)."""
     from .deploy import deploy, save_deployed
     from .metrics import count_parameters
     from .models import create_model
@@ -222,7 +241,8 @@ def bench_files(progress=None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, conv, options in (("dy", "dy", {}), ("pad", "pad", {}),
-                                    ("pad-filter", "pad", {"granularity": "filter"})):
+                                    ("pad-filter", "pad", {"granularity": "filter"}), ("sdconv", "sdconv", {}),
+                                    ("sdconv-same", "sdconv", {"strategy": "same"})):
             if progress:
                 progress(f"resnet50 file {name}")
             torch.manual_seed(0)
@@ -230,6 +250,8 @@ def bench_files(progress=None) -> list[dict]:
             if conv == "pad":
                 align = ALIGN if options else 1
                 partition(model, KAPPA, "random", scope="local", align=align)
+            if conv == "sdconv":
+                _sparsify(model, SPARSITY)
             params = count_parameters(model)
             path = save_deployed(deploy(model, inplace=True), Path(tmp) / f"{name}.safetensors")
             rows.append({"variant": name, "bytes": path.stat().st_size, "compact_params": params})
@@ -252,10 +274,15 @@ def summary(result: dict) -> dict:
         out["pad_infer_vs_dy"] = get[("inference", "pad-deployed")] / get[("inference", "dy")]
         out["pad_train_form_infer_vs_dy"] = get[("inference", "pad")] / get[("inference", "dy")]
         out["pad_filter_infer_vs_static"] = get[("inference", "pad-filter-deployed")] / get[("inference", "static")]
+        out["sdconv_deployed_infer_vs_dy"] = get[("inference", "sdconv-deployed")] / get[("inference", "dy")]
+        out["sdconv_deployed_infer_vs_training_form"] = (get[("inference", "sdconv-deployed")]
+                                                         / get[("inference", "sdconv")])
+        out["sdconv_same_deployed_infer_vs_dy"] = get[("inference", "sdconv-same-deployed")] / get[("inference", "dy")]
     files = {r["variant"]: r["ratio_dy"] for r in result.get("files", [])}
     if files:
         out["pad_file_vs_dy"] = files["pad"]
         out["pad_filter_file_vs_dy"] = files["pad-filter"]
+        out["sdconv_file_vs_dy"] = files["sdconv"]
     return out
 
 

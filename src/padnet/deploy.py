@@ -2,8 +2,10 @@
 then save and load it as safetensors + a small JSON header, loadable with padnet and torch alone.
 
 File layout (``save_deployed``): the state of the deployed model, except that an ``"elements"`` layer
-stores its static kernel only at static positions (``…static_weight.values``, empty when it is all zero)
-and its dynamic positions as a bit mask (``…dynamic_index.bits``, one bit per kernel element), so the file size follows the
+stores its static kernel only at static positions (``…static_weight.values``, empty when it is all zero),
+its dynamic positions as a bit mask (``…dynamic_index.bits``, one bit per kernel element) and, when its
+dynamic factors hold zeros (SD-Conv: a position kept in some kernels only), just the non-zero factors
+(``…dynamic_weight.values``) with one bit per factor (``…dynamic_weight.bits``), so the file size follows the
 compact parameter count. The header (metadata key ``padnet``) holds the format, the ``create_model``
 arguments, each deployed layer's layout and the folded BatchNorm layers.
 """
@@ -127,6 +129,12 @@ def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
             # no values at all when the static kernel is zero (SD-Conv, zero semantics)
             values = static[~dynamic] if static.any() else static[:0]
             tensors[f"{name}.static_weight.values"] = values.clone()
+        factors = tensors[f"{name}.dynamic_weight"]  # (k, n): zeros where a kernel's mask is 0 (SD-Conv)
+        kept = factors != 0
+        if (~kept).sum() * 32 > kept.numel():  # values + 1 bit each are smaller than the dense factors
+            del tensors[f"{name}.dynamic_weight"]
+            tensors[f"{name}.dynamic_weight.bits"] = _pack_bits(kept.reshape(-1))
+            tensors[f"{name}.dynamic_weight.values"] = factors[kept].clone()
     return tensors
 
 
@@ -143,6 +151,11 @@ def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tor
             if values.numel():  # empty: an all-zero static kernel
                 static[~dynamic] = values
             tensors[f"{name}.static_weight"] = static.reshape(layer.static_weight.shape)
+        values = tensors.pop(f"{name}.dynamic_weight.values", None)
+        if values is not None:
+            shape = layer.dynamic_weight.shape
+            kept = _unpack_bits(tensors.pop(f"{name}.dynamic_weight.bits"), shape.numel()).reshape(shape)
+            tensors[f"{name}.dynamic_weight"] = torch.zeros(shape, dtype=values.dtype).masked_scatter(kept, values)
     return tensors
 
 
