@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError, PadnetError
+from .errors import ConfigError, PadnetError
 
 # glibc allocator settings that keep large tensors out of fresh mmaps (DESIGN §6: dynamic layers 2–4×
 # faster here); the console command sets them by re-executing itself once unless PADNET_ALLOCATOR=0.
@@ -75,6 +75,24 @@ def cmd_compare(args) -> int:
     compare.run_compare(out, cfg, convs, seeds, log=lambda m: print(m, flush=True))
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
+    return 0
+
+
+def cmd_sdconv(args) -> int:
+    from . import compare
+    from .errors import check_choice
+    from .studies import sdconv
+
+    studies = sdconv.STUDIES if "all" in args.studies else tuple(args.studies)
+    for name in studies:
+        check_choice("study", name, sdconv.STUDIES + ("all",))
+    cfg = _resolve_config(args, compare.FULL if args.full else compare.QUICK)
+    seeds = tuple(args.seeds) if args.seeds else (compare.FULL_SEEDS if args.full else compare.QUICK_SEEDS)
+    out = Path(args.out)
+    sdconv.run_studies(out, cfg, studies, seeds, log=lambda m: print(m, flush=True))
+    for name in studies:
+        print((out / name / "results.md").read_text())
+    print(f"wrote {', '.join(str(out / n / 'results.md') for n in studies)} (+ results.json, results.png)")
     return 0
 
 
@@ -155,22 +173,9 @@ def cmd_evaluate(args) -> int:
 
 def _load_run_model(checkpoint: Path, data_root: str | None):
     """The trained model of a run checkpoint, its configuration and its test split."""
-    from .config import TrainConfig, config_from_dict
-    from .data import load_dataset
-    from .engine.checkpoint import load_model_state, read_checkpoint
-    from .engine.trainer import build_model
+    from .engine.trainer import load_run
 
-    tensors, meta = read_checkpoint(checkpoint)
-    saved = meta["state"].get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{checkpoint} holds no run configuration; this command needs a padnet run's model")
-    cfg = config_from_dict(saved, TrainConfig(), str(checkpoint))
-    if data_root:
-        cfg = dataclasses.replace(cfg, data_root=data_root)
-    _, test = load_dataset(cfg.dataset, cfg.data_root, False)
-    model = build_model(cfg, test.num_classes, test.input_shape[0])
-    load_model_state(model, tensors, checkpoint)
-    return model, cfg, test
+    return load_run(checkpoint, data_root=data_root)
 
 
 def cmd_deploy(args) -> int:
@@ -237,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convs", nargs="+", default=["static", "dy", "pad"], help="conv types to compare")
     p.add_argument("--full", action="store_true", help="the full recipe: all data, 30 epochs, width 0.5, 5 seeds")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sdconv", help="SD-Conv experiments: table sweep strategy noise transfer preliminary (or all)",
+                       description="Paper 002's experiments on the compare recipe (quick preset; --full: the long "
+                                   "one). Each study writes OUT/<study>/results.md, .json and .png; trained runs "
+                                   "live in OUT/runs and are shared between studies and re-runs. The quick "
+                                   "preset's 'all' trains 24 runs (about 30 minutes on 2 cores).")
+    p.add_argument("studies", nargs="+", metavar="STUDY",
+                   help="table, sweep, strategy, noise, transfer, preliminary or all")
+    _add_config_flags(p, skip=("conv", "seed", "sparsity", "mask_strategy"))
+    p.add_argument("--out", default="runs/sdconv", help="output directory (re-running reuses finished runs)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --full: 0-4)")
+    p.add_argument("--full", action="store_true", help="the full recipe: all data, 30 epochs, width 0.5, 5 seeds")
+    p.set_defaults(func=cmd_sdconv)
 
     p = sub.add_parser("count", help="parameters and FLOPs of a model (paper conventions)")
     p.add_argument("--model", default="resnet50")

@@ -35,6 +35,29 @@ def _label(conv: str, cfg: TrainConfig) -> str:
     return f"{label} (κ={cfg.kappa:g})" if is_partial(conv) else label
 
 
+def check_reusable(run_dir: Path, cfg: TrainConfig) -> None:
+    """ConfigError if ``run_dir`` holds a run made with another configuration (checked before training)."""
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        changed = config_differences(yaml.safe_load(saved.read_text()) or {}, cfg)
+        if changed:
+            raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
+                              f"{', '.join(changed)}); choose another --out")
+
+
+def train_or_reuse(cfg: TrainConfig, run_dir: Path, data, log=print, label: str = "") -> dict:
+    """The results of the run ``cfg`` in ``run_dir``: read when finished, resumed when interrupted, else
+    trained. ``data`` is the (train, test) pair, loaded once by the caller."""
+    done = run_dir / "results.json"
+    if done.is_file():
+        results = json.loads(done.read_text())
+    else:
+        log(f"[{label or run_dir.name}] training in {run_dir}")
+        results = Trainer(cfg, run_dir, resume=run_dir.exists(), data=data).fit()
+    log(f"[{label or run_dir.name}] top-1 {results['top1']:.2f} % ({results['train_seconds']:.0f} s)")
+    return results
+
+
 def run_compare(out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "pad"), seeds=QUICK_SEEDS,
                 log=print) -> list[dict]:
     """Train every conv type with every seed under ``out_dir``; write results.md/.json and a plot.
@@ -50,25 +73,14 @@ def run_compare(out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "
     plan = [(conv, seed, dataclasses.replace(base, conv=conv, seed=seed).validate(), out_dir / f"{conv}-seed{seed}")
             for conv in convs for seed in seeds]  # every conv's options checked before anything trains
     for _, _, cfg, run_dir in plan:  # refuse to mix in runs made with another recipe, before training anything
-        saved = run_dir / "config.yaml"
-        if saved.is_file():
-            changed = config_differences(yaml.safe_load(saved.read_text()) or {}, cfg)
-            if changed:
-                raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
-                                  f"{', '.join(changed)}); choose another --out")
+        check_reusable(run_dir, cfg)
     data = load_dataset(base.dataset, base.data_root, base.download)
     start = time.perf_counter()
     records = []
     for conv in convs:
         runs = []
         for _, seed, cfg, run_dir in (p for p in plan if p[0] == conv):
-            done = run_dir / "results.json"
-            if done.is_file():
-                runs.append(json.loads(done.read_text()))
-            else:
-                log(f"[{conv} seed {seed}] training in {run_dir}")
-                runs.append(Trainer(cfg, run_dir, resume=run_dir.exists(), data=data).fit())
-            log(f"[{conv} seed {seed}] top-1 {runs[-1]['top1']:.2f} % ({runs[-1]['train_seconds']:.0f} s)")
+            runs.append(train_or_reuse(cfg, run_dir, data, log, f"{conv} seed {seed}"))
         top1 = [r["top1"] for r in runs]
         records.append({
             "model": conv, "label": _label(conv, base), "arch": base.model, "width": base.width,
