@@ -38,8 +38,8 @@ def _data(n=256, size=8, classes=4, seed=0):
 @pytest.mark.parametrize("target", [0.3, 0.7])
 def test_training_reaches_the_target_sparsity_within_one_point(tmp_path, target):
     data = _data()
-    cfg = TrainConfig(model="resnet10", width=0.125, conv="sdconv", epochs=20, batch_size=32, progress=False,
-                      sparsity=target, threshold_lr=1e-3, pruning_iterations=1, augment=False)
+    cfg = TrainConfig(model="resnet10", width=0.125, conv="sdconv", epochs=30, batch_size=32, progress=False,
+                      sparsity=target, pruning_iterations=1, augment=False)
     results = Trainer(cfg, tmp_path, data=(data, data)).fit()
     assert abs(results["sparsity"]["sparsity"] - target) <= 0.01
     log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -211,3 +211,16 @@ def test_bench_sparsify_sets_each_layer_to_the_sparsity():
             assert layer["layer"] == pytest.approx(0.5, abs=0.02)
             if strategy == "same":
                 assert layer["kernel"] == pytest.approx(layer["layer"])
+
+
+def test_shipped_sd_conv_config_is_the_studies_quick_recipe():
+    import dataclasses
+    from pathlib import Path
+
+    from padnet import compare
+    from padnet.config import config_from_dict, load_yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist-sdconv.yaml"
+    shipped = config_from_dict(load_yaml(path)).validate()
+    quick = dataclasses.replace(config_from_dict(compare.QUICK), conv="sdconv").validate()
+    assert shipped == quick

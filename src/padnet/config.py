@@ -55,7 +55,7 @@ class TrainConfig:
     sparsity: float = 0.5  # target s: fraction of the k kernels' weights pruned
     pruning_iterations: int = 3  # n: the steps are cut into n + 1 phases with budgets s̄^(j/n)
     budget_weight: float = 0.01  # λ_s of the L0 budget loss
-    threshold_lr: float = 5e-4  # Adam step size of the thresholds τ (weight-magnitude units)
+    threshold_lr: float = 0.01  # Adam step of each threshold τ, relative to its layer's initial weight RMS
     mask_strategy: str = "different"  # "different" masks per kernel or the "same" mask for the k
     # run
     seed: int = 0

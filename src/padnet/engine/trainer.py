@@ -189,13 +189,19 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)")
         total = cfg.epochs * self.steps_per_epoch
-        # SD-Conv (Algorithm 1): thresholds τ in a group of their own, stepped by Adam, because the budget
-        # loss's gradient on τ is in parameters (eq. 8) and no single SGD step size suits every model size
+        # SD-Conv (Algorithm 1): thresholds τ in an optimiser of their own. The budget loss's gradient on τ is
+        # in parameters (eq. 8), so no single SGD step size suits every model; Adam without momentum moves
+        # each τ by about its step size per step (momentum overshoots the budget), and a step relative to the
+        # layer's initial weight RMS makes one setting fit layers of every scale and reach 20-80 % sparsity
         thresholds = [layer.weight_mode.threshold for _, layer in sparse_layers(self.model)]
         self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay, exclude=thresholds), lr=cfg.lr,
                                          momentum=cfg.momentum)
-        self.threshold_optimizer = (torch.optim.Adam(thresholds, lr=cfg.threshold_lr, betas=(0.0, 0.9))
-                                  if thresholds else None)
+        self.threshold_optimizer = None
+        if thresholds:
+            groups = [{"params": [layer.weight_mode.threshold],
+                       "lr": cfg.threshold_lr * float(layer.weight.detach().square().mean().sqrt())}
+                      for _, layer in sparse_layers(self.model)]
+            self.threshold_optimizer = torch.optim.Adam(groups, lr=cfg.threshold_lr, betas=(0.0, 0.9))
         self.density = SparsitySchedule(cfg.sparsity, cfg.pruning_iterations, total) if thresholds else None
         self.scheduler = build_scheduler(self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch))
         self.temperature = TemperatureSchedule(cfg.temperature_start, cfg.temperature_end,
