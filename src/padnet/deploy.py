@@ -2,9 +2,9 @@
 then save and load it as safetensors + a small JSON header, loadable with padnet and torch alone.
 
 File layout (``save_deployed``): the state of the deployed model, except that an ``"elements"`` layer
-stores its static kernel only at static positions (``…static_weight.values``, empty when it is all zero),
-its dynamic positions as a bit mask (``…dynamic_index.bits``, one bit per kernel element) and, when its
-dynamic factors hold zeros (SD-Conv: a position kept in some kernels only), just the non-zero factors
+stores its static kernel only at static positions (``…static_weight.values``, empty when it is all zero)
+and its dynamic positions as a bit mask (``…dynamic_index.bits``, one bit per kernel element), and dynamic
+factors that are mostly zero (SD-Conv's pruned weights) are stored as their non-zero values
 (``…dynamic_weight.values``) with one bit per factor (``…dynamic_weight.bits``), so the file size follows the
 compact parameter count. The header (metadata key ``padnet``) holds the format, the ``create_model``
 arguments, each deployed layer's layout and the folded BatchNorm layers.
@@ -115,9 +115,29 @@ def _unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     return ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:n].bool()
 
 
+def _pack_zeros(tensors: dict[str, torch.Tensor], key: str) -> None:
+    """Store ``tensors[key]`` as its non-zero values + one bit per element when that is smaller (SD-Conv's
+    pruned weights)."""
+    factors = tensors[key]
+    kept = factors != 0
+    if (~kept).sum() * 32 > kept.numel():
+        del tensors[key]
+        tensors[f"{key}.bits"] = _pack_bits(kept.reshape(-1))
+        tensors[f"{key}.values"] = factors[kept].clone()
+
+
+def _unpack_zeros(tensors: dict[str, torch.Tensor], key: str, shape: torch.Size) -> None:
+    values = tensors.pop(f"{key}.values", None)
+    if values is not None:
+        kept = _unpack_bits(tensors.pop(f"{key}.bits"), shape.numel()).reshape(shape)
+        tensors[key] = torch.zeros(shape, dtype=values.dtype).masked_scatter(kept, values)
+
+
 def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     for name, layer in model.named_modules():
+        if isinstance(layer, DeployedConv2d):
+            _pack_zeros(tensors, f"{name}.dynamic_weight")
         if not (isinstance(layer, DeployedConv2d) and layer.layout == "elements"):
             continue
         dynamic = torch.zeros(layer.static_weight.numel(), dtype=torch.bool)
@@ -129,17 +149,13 @@ def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
             # no values at all when the static kernel is zero (SD-Conv, zero semantics)
             values = static[~dynamic] if static.any() else static[:0]
             tensors[f"{name}.static_weight.values"] = values.clone()
-        factors = tensors[f"{name}.dynamic_weight"]  # (k, n): zeros where a kernel's mask is 0 (SD-Conv)
-        kept = factors != 0
-        if (~kept).sum() * 32 > kept.numel():  # values + 1 bit each are smaller than the dense factors
-            del tensors[f"{name}.dynamic_weight"]
-            tensors[f"{name}.dynamic_weight.bits"] = _pack_bits(kept.reshape(-1))
-            tensors[f"{name}.dynamic_weight.values"] = factors[kept].clone()
     return tensors
 
 
 def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for name, layer in model.named_modules():
+        if isinstance(layer, DeployedConv2d):
+            _unpack_zeros(tensors, f"{name}.dynamic_weight", layer.dynamic_weight.shape)
         if not (isinstance(layer, DeployedConv2d) and layer.layout == "elements"):
             continue
         numel = layer.static_weight.numel()
@@ -151,11 +167,6 @@ def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tor
             if values.numel():  # empty: an all-zero static kernel
                 static[~dynamic] = values
             tensors[f"{name}.static_weight"] = static.reshape(layer.static_weight.shape)
-        values = tensors.pop(f"{name}.dynamic_weight.values", None)
-        if values is not None:
-            shape = layer.dynamic_weight.shape
-            kept = _unpack_bits(tensors.pop(f"{name}.dynamic_weight.bits"), shape.numel()).reshape(shape)
-            tensors[f"{name}.dynamic_weight"] = torch.zeros(shape, dtype=values.dtype).masked_scatter(kept, values)
     return tensors
 
 

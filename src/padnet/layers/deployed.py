@@ -26,7 +26,6 @@ from torch import nn
 from ..errors import ConfigError, check_choice
 from . import formulations as forms
 from .conv_base import DynamicConvBase
-from .sdconv import ThresholdMask
 
 LAYOUTS = ("dense", "elements", "filters")
 
@@ -102,8 +101,9 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
     def from_layer(cls, layer: nn.Module, bn: nn.BatchNorm2d | None = None) -> DeployedConv2d:
         """Fold a trained DY-Conv / CondConv / PAD-Net layer (and the BatchNorm that follows it) into the
         deployment form. The layer's masks choose the layout: none → ``"dense"``; filter-granular masks
-        (groups 1 or depthwise, static semantics) → ``"filters"``; otherwise ``"elements"`` — for SD-Conv the
-        positions kept in at least one kernel, so positions pruned in every kernel are skipped."""
+        (groups 1 or depthwise, static semantics) → ``"filters"``; otherwise ``"elements"``. SD-Conv takes
+        ``"dense"`` with its pruned weights zero: aggregating only the positions kept in some kernel was
+        measured slower here (docs/sdconv.md), and the saved file stores the kept weights only either way."""
         from .dynamic_conv import DynamicConv2d
 
         if not isinstance(layer, DynamicConv2d):
@@ -115,9 +115,7 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         per_filter = scale.reshape(1, -1, 1, 1, 1)
         kernels = w_mode.dynamic_part(layer.weight, lam_d) * per_filter  # (k, Cout, Cin/g, kh, kw)
         static = w_mode.static_part(lam_s)
-        if isinstance(w_mode, ThresholdMask):  # SD-Conv: keep positions non-zero in some kernel
-            layout, dynamic = "elements", w_mode.hard_mask(layer.weight).any(0).reshape(-1)
-        elif not w_mode.partial:
+        if not w_mode.partial:  # DY-Conv, CondConv and SD-Conv (zeros in its kernels; see docs/sdconv.md)
             layout, dynamic = "dense", None
         elif layer._filter_structured:
             layout, dynamic = "filters", w_mode.mask.reshape(-1) > 0
