@@ -77,6 +77,10 @@ TINY = ["--width", "0.125", "--epochs", "1", "--batch-size", "16", "--partition-
     (["train", "--scale-mode", "free"], ["scale-factor mode"]),
     (["compare", "--convs", "static", "foo"], ["unknown conv type 'foo'"]),
     (["compare", "--kappa", "2"], ["kappa"]),
+    (["train", "--conv", "sdconv", "--sparsity", "1.2"], ["sparsity must be in [0, 1)"]),
+    (["train", "--conv", "sdconv", "--mask-strategy", "mixed"], ["unknown mask strategy 'mixed'"]),
+    (["train", "--conv", "sdconv", "--threshold-lr", "0"], ["threshold_lr"]),
+    (["sdconv", "all", "--budget-weight", "-1"], ["budget_weight"]),
 ])
 def test_bad_arguments_give_one_line_error(capsys, tmp_path, argv, fragments):
     code, _, err = run_cli(capsys, *argv, "--out", str(tmp_path / "run")) if argv[0] != "count" \
@@ -179,6 +183,19 @@ def test_config_file_errors(capsys, tmp_path):
     unknown.write_text("modle: resnet10\n")
     code, _, err = run_cli(capsys, "train", "--config", str(unknown))
     assert_one_line_error(code, err, "modle")
+
+
+def test_sd_conv_trains_reports_its_sparsity_and_deploys(capsys, tmp_path):
+    root = fake_fashion_mnist(tmp_path / "fm")
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "sdconv", "--sparsity", "0.3",
+                              "--pruning-iterations", "0", "--out", str(out), *TINY)
+    assert code == 0 and "sparsity" in stdout and "kernel" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["sparsity"]["sparsity"] > 0 and len(results["sparsity"]["layers"]) == 11
+    code, stdout, _ = run_cli(capsys, "deploy", str(out / "model.safetensors"), "--data-root", str(root),
+                              "--out", str(tmp_path / "deployed"))
+    assert code == 0 and float(stdout.split("max |difference| ")[1].split()[0]) < 1e-4
 
 
 def test_train_writes_run_and_refuses_to_overwrite(capsys, tmp_path):

@@ -59,7 +59,9 @@ def cmd_train(args) -> int:
     cfg = _resolve_config(args)
     out = Path(args.out or f"runs/{cfg.model}-{cfg.conv}-seed{cfg.seed}")
     results = Trainer(cfg, out, resume=args.resume).fit()
-    print(f"top-1 {results['top1']:.2f} %  params {results['params']:,}  MACs {results['flops']:,}  "
+    sparsity = (f"  sparsity {100 * results['sparsity']['sparsity']:.1f} % "
+                f"(kernel {100 * results['sparsity']['kernel_sparsity']:.1f} %)" if results.get("sparsity") else "")
+    print(f"top-1 {results['top1']:.2f} %  params {results['params']:,}  MACs {results['flops']:,}{sparsity}  "
           f"({results['train_seconds']:.0f} s) -> {out}")
     return 0
 
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Paper 002's experiments on the compare recipe (quick preset; --full: the long "
                                    "one). Each study writes OUT/<study>/results.md, .json and .png; trained runs "
                                    "live in OUT/runs and are shared between studies and re-runs. The quick "
-                                   "preset's 'all' trains 24 runs (about 30 minutes on 2 cores).")
+                                   "preset's 'all' trains 24 runs (48 minutes measured here on 2 busy cores).")
     p.add_argument("studies", nargs="+", metavar="STUDY",
                    help="table, sweep, strategy, noise, transfer, preliminary or all")
     _add_config_flags(p, skip=("conv", "seed", "sparsity", "mask_strategy"))

@@ -86,7 +86,7 @@ def _recipe(runs: Runs) -> str:
     return (f"{c.model} ×{c.width:g} on {c.dataset}: {c.epochs} epochs, batch {c.batch_size}, train subset "
             f"{c.train_subset or 'all'}, SGD lr {c.lr:g} (warm-up + cosine), weight decay {c.weight_decay:g}; "
             f"SD-Conv: k = 4, attention reduction 16, budget weight λ_s = {c.budget_weight:g}, "
-            f"{c.pruning_iterations} pruning iterations, thresholds by Adam (lr {c.threshold_lr:g}); seeds "
+            f"{c.pruning_iterations} pruning iterations, threshold steps {c.threshold_lr:g} × layer weight RMS; seeds "
             f"{', '.join(map(str, runs.seeds))}. Param: stored parameters with the classifier (SD-Conv: kept "
             "weights; mean over seeds). FLOPs: multiply-adds of one image (SD-Conv: on the sparse aggregated "
             "kernel). Sparsity: pruned fraction of the k kernels' weights; kernel sparsity: positions pruned "
