@@ -289,14 +289,17 @@ def resume_runs(tmp_path_factory):
 
 def test_sd_conv_resume_restores_thresholds_and_their_optimiser(tmp_path):
     cfg = _config(conv="sdconv", sparsity=0.4, threshold_lr=5e-3)
-    results_a, results_b, _ = _run_crash_resume(tmp_path, cfg, _image_data())
+    results_a, results_b, resumed = _run_crash_resume(tmp_path, cfg, _image_data())
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
     assert any(k.endswith("weight_mode.threshold") for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert results_a["sparsity"] == results_b["sparsity"] and results_a["sparsity"]["sparsity"] > 0
-    _, meta = read_checkpoint(tmp_path / "b" / "checkpoint-epoch0002.safetensors")
-    assert meta["optimizer-thresholds"]["param_groups"][0]["lr"] == 5e-3  # Adam's state is saved with them
+    tensors, meta = read_checkpoint(tmp_path / "b" / "checkpoint-epoch0002.safetensors")
+    state = resumed.threshold_optimizer.state_dict()  # Adam's state is saved under its own name
+    assert [g["lr"] for g in meta["optimizer-thresholds"]["param_groups"]] == [g["lr"] for g in state["param_groups"]]
+    for pid, pstate in state["state"].items():
+        assert torch.equal(tensors[f"optim-thresholds/{pid}/exp_avg_sq"], pstate["exp_avg_sq"])
 
 
 def test_resume_gives_identical_weights(resume_runs):
