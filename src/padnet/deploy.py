@@ -136,9 +136,10 @@ def _unpack_zeros(tensors: dict[str, torch.Tensor], key: str, shape: torch.Size)
 def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     for name, layer in model.named_modules():
-        if isinstance(layer, DeployedConv2d):
-            _pack_zeros(tensors, f"{name}.dynamic_weight")
-        if not (isinstance(layer, DeployedConv2d) and layer.layout == "elements"):
+        if not isinstance(layer, DeployedConv2d):
+            continue
+        _pack_zeros(tensors, f"{name}.dynamic_weight")
+        if layer.layout != "elements":
             continue
         dynamic = torch.zeros(layer.static_weight.numel(), dtype=torch.bool)
         dynamic[tensors.pop(f"{name}.dynamic_index")] = True
@@ -154,9 +155,10 @@ def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for name, layer in model.named_modules():
-        if isinstance(layer, DeployedConv2d):
-            _unpack_zeros(tensors, f"{name}.dynamic_weight", layer.dynamic_weight.shape)
-        if not (isinstance(layer, DeployedConv2d) and layer.layout == "elements"):
+        if not isinstance(layer, DeployedConv2d):
+            continue
+        _unpack_zeros(tensors, f"{name}.dynamic_weight", layer.dynamic_weight.shape)
+        if layer.layout != "elements":
             continue
         numel = layer.static_weight.numel()
         dynamic = _unpack_bits(tensors.pop(f"{name}.dynamic_index.bits"), numel)
