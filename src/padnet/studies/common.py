@@ -70,8 +70,8 @@ class Runs:
         return model.eval()
 
 
-def write_study(folder: Path, title: str, markdown: str, summary: dict, figure, started: float) -> None:
-    """Write ``results.md`` (with the wall time), ``results.json`` and ``results.png`` (closing ``figure``)."""
+def write_study(folder: Path, title: str, markdown: str, summary: dict, fig, started: float) -> None:
+    """Write ``results.md`` (with the wall time), ``results.json`` and ``results.png`` (closing ``fig``)."""
     import matplotlib.pyplot as plt
 
     wall = time.perf_counter() - started
@@ -79,10 +79,10 @@ def write_study(folder: Path, title: str, markdown: str, summary: dict, figure, 
     write_json(folder / "results.json", summary)
     write_text(folder / "results.md", f"# {title}\n\n{markdown.rstrip()}\n\nWall time of this study: {wall:.0f} s "
                                       f"(runs already trained by another study are reused, not timed).\n")
-    figure.tight_layout()
+    fig.tight_layout()
     with atomic_path(folder / "results.png") as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def figure(ncols: int = 1, width: float = 5.0):
