@@ -66,13 +66,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _recipe_and_seeds(args):
+    """The compare recipe (quick, or --full) with the flags applied, and the seeds (--seeds or the recipe's)."""
+    from . import compare
+
+    cfg = _resolve_config(args, compare.FULL if args.full else compare.QUICK)
+    seeds = tuple(args.seeds) if args.seeds else (compare.FULL_SEEDS if args.full else compare.QUICK_SEEDS)
+    return cfg, seeds
+
+
 def cmd_compare(args) -> int:
     from . import compare
     from .layers.registry import canonical_conv
 
-    cfg = _resolve_config(args, compare.FULL if args.full else compare.QUICK)
+    cfg, seeds = _recipe_and_seeds(args)
     convs = tuple(canonical_conv(c) for c in args.convs)
-    seeds = tuple(args.seeds) if args.seeds else (compare.FULL_SEEDS if args.full else compare.QUICK_SEEDS)
     out = Path(args.out)
     compare.run_compare(out, cfg, convs, seeds, log=lambda m: print(m, flush=True))
     print((out / "results.md").read_text())
@@ -81,15 +89,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sdconv(args) -> int:
-    from . import compare
     from .errors import check_choice
     from .studies import sdconv
 
     studies = sdconv.STUDIES if "all" in args.studies else tuple(args.studies)
     for name in studies:
         check_choice("study", name, sdconv.STUDIES + ("all",))
-    cfg = _resolve_config(args, compare.FULL if args.full else compare.QUICK)
-    seeds = tuple(args.seeds) if args.seeds else (compare.FULL_SEEDS if args.full else compare.QUICK_SEEDS)
+    cfg, seeds = _recipe_and_seeds(args)
     out = Path(args.out)
     sdconv.run_studies(out, cfg, studies, seeds, log=lambda m: print(m, flush=True))
     for name in studies:

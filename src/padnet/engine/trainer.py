@@ -193,14 +193,15 @@ class Trainer:
         # in parameters (eq. 8), so no single SGD step size suits every model; Adam without momentum moves
         # each τ by about its step size per step (momentum overshoots the budget), and a step relative to the
         # layer's initial weight RMS makes one setting fit layers of every scale and reach 20-80 % sparsity
-        thresholds = [layer.weight_mode.threshold for _, layer in sparse_layers(self.model)]
+        sparse = [layer for _, layer in sparse_layers(self.model)]
+        thresholds = [layer.weight_mode.threshold for layer in sparse]
         self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay, exclude=thresholds), lr=cfg.lr,
                                          momentum=cfg.momentum)
         self.threshold_optimizer = None
-        if thresholds:
+        if sparse:
             groups = [{"params": [layer.weight_mode.threshold],
                        "lr": cfg.threshold_lr * float(layer.weight.detach().square().mean().sqrt())}
-                      for _, layer in sparse_layers(self.model)]
+                      for layer in sparse]
             self.threshold_optimizer = torch.optim.Adam(groups, lr=cfg.threshold_lr, betas=(0.0, 0.9))
         self.density = SparsitySchedule(cfg.sparsity, cfg.pruning_iterations, total) if thresholds else None
         self.scheduler = build_scheduler(self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch))

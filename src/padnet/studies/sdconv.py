@@ -206,11 +206,12 @@ def study_transfer(runs: Runs, target: str = "digits", epochs: int = 10, lr: flo
                           f"{runs.data[0].input_shape[0]}")
     records = []
     for name in variants:
-        rec = {"model": name, "label": _label(name)}
-        for mode in ("linear", "full"):
-            rec[mode] = [fine_tune(runs.model(name, seed), train, test, mode, epochs, lr, seed=seed)[1]
-                         for seed in runs.seeds]
-            runs.log(f"[transfer {name} {mode}] top-1 {pm(rec[mode])} %")
+        rec = {"model": name, "label": _label(name), "linear": [], "full": []}
+        for seed in runs.seeds:
+            model = runs.model(name, seed)  # read once; fine_tune works on copies
+            for mode in ("linear", "full"):
+                rec[mode].append(fine_tune(model, train, test, mode, epochs, lr, seed=seed)[1])
+        runs.log(f"[transfer {name}] top-1 linear {pm(rec['linear'])} %, full {pm(rec['full'])} %")
         records.append(rec)
     fig, (ax,) = figure()
     width = 0.8 / len(records)
