@@ -101,7 +101,7 @@ def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.
 
 # ----------------------------------------------------------------------------------------- files
 
-def _pack_bits(flags: torch.Tensor) -> torch.Tensor:
+def pack_bits(flags: torch.Tensor) -> torch.Tensor:
     """Boolean (n,) → uint8 (⌈n/8⌉,), most significant bit first."""
     n = flags.numel()
     padded = torch.zeros(math.ceil(n / 8) * 8, dtype=torch.uint8)
@@ -110,7 +110,7 @@ def _pack_bits(flags: torch.Tensor) -> torch.Tensor:
     return (padded.reshape(-1, 8) * weights).sum(1, dtype=torch.uint8)
 
 
-def _unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
     return ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:n].bool()
 
@@ -122,14 +122,14 @@ def _pack_zeros(tensors: dict[str, torch.Tensor], key: str) -> None:
     kept = factors != 0
     if (~kept).sum() * 32 > kept.numel():
         del tensors[key]
-        tensors[f"{key}.bits"] = _pack_bits(kept.reshape(-1))
+        tensors[f"{key}.bits"] = pack_bits(kept.reshape(-1))
         tensors[f"{key}.values"] = factors[kept].clone()
 
 
 def _unpack_zeros(tensors: dict[str, torch.Tensor], key: str, shape: torch.Size) -> None:
     values = tensors.pop(f"{key}.values", None)
     if values is not None:
-        kept = _unpack_bits(tensors.pop(f"{key}.bits"), shape.numel()).reshape(shape)
+        kept = unpack_bits(tensors.pop(f"{key}.bits"), shape.numel()).reshape(shape)
         tensors[key] = torch.zeros(shape, dtype=values.dtype).masked_scatter(kept, values)
 
 
@@ -143,7 +143,7 @@ def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         dynamic = torch.zeros(layer.static_weight.numel(), dtype=torch.bool)
         dynamic[tensors.pop(f"{name}.dynamic_index")] = True
-        tensors[f"{name}.dynamic_index.bits"] = _pack_bits(dynamic)
+        tensors[f"{name}.dynamic_index.bits"] = pack_bits(dynamic)
         static = tensors[f"{name}.static_weight"].reshape(-1)
         if not static[dynamic].any():  # zero at dynamic positions (shared or filter masks): store the rest
             del tensors[f"{name}.static_weight"]
@@ -161,7 +161,7 @@ def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tor
         if layer.layout != "elements":
             continue
         numel = layer.static_weight.numel()
-        dynamic = _unpack_bits(tensors.pop(f"{name}.dynamic_index.bits"), numel)
+        dynamic = unpack_bits(tensors.pop(f"{name}.dynamic_index.bits"), numel)
         tensors[f"{name}.dynamic_index"] = dynamic.nonzero().flatten()
         values = tensors.pop(f"{name}.static_weight.values", None)
         if values is not None:

@@ -116,6 +116,7 @@ def partition(
     seed: int = 0,
     reset: bool = True,
     align: int = 1,
+    batch_loss: Callable[[nn.Module, object], torch.Tensor] | None = None,
 ) -> PartitionReport:
     """Partition every PAD-Net layer of ``model`` into dynamic and static elements (in place).
 
@@ -136,6 +137,8 @@ def partition(
         align: with ``scope="local"``, keep a multiple of ``align`` dynamic filters in every filter-granular
             mask (the nearest one, at least ``align``): oneDNN convolutions run much faster on channel counts
             that are multiples of 16 (docs/speed.md). Other masks stay exact.
+        batch_loss: ``batch_loss(model, batch)`` → loss, for batches that are not (inputs, targets) pairs
+            (e.g. keyword dicts for a Hugging Face model); replaces ``loss_fn``.
 
     Returns:
         A :class:`PartitionReport`. Raises ConfigError for a bad κ, method, scope, a model without
@@ -171,7 +174,7 @@ def partition(
     generator = torch.Generator().manual_seed(seed)
     for fraction in schedule:
         if method in ("imp", "mp"):
-            scores = snip_scores(model, tensors, batches, loss_fn, num_batches)
+            scores = snip_scores(model, tensors, batches, loss_fn, num_batches, batch_loss)
         elif method == "magnitude":
             scores = magnitude_scores(tensors)
         else:

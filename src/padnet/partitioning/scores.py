@@ -59,8 +59,12 @@ def snip_scores(
     batches: Iterable,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     num_batches: int = 10,
+    batch_loss: Callable[[nn.Module, object], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """|Σ_b ∂L_b/∂M| over ``num_batches`` batches of (x, y) (PAD-Net eq. 7).
+
+    ``batch_loss(model, batch)``, when given, computes the loss of other batches (e.g. the keyword dicts of
+    a Hugging Face model) instead of ``loss_fn(model(x), y)``.
 
     The model runs in training mode (as in training); BatchNorm running statistics and parameter
     gradients are left exactly as they were. A filter-granular mask is relaxed to one value per element
@@ -81,8 +85,12 @@ def snip_scores(
         for m in masks:
             m.requires_grad_(True)
         device = masks[0].device
-        for x, y in itertools.islice(batches, num_batches):
-            loss = loss_fn(model(x.to(device)), y.to(device))
+        for batch in itertools.islice(batches, num_batches):
+            if batch_loss is None:
+                x, y = batch
+                loss = loss_fn(model(x.to(device)), y.to(device))
+            else:
+                loss = batch_loss(model, batch)
             for acc, g in zip(grads, torch.autograd.grad(loss, masks)):
                 acc += g
             seen += 1

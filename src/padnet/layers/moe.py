@@ -1,0 +1,324 @@
+"""Mixture-of-Experts feed-forward layers: noisy top-k routing, dropless dispatch, PAD-MoE and MoE-P.
+
+An MoE feed-forward layer (Shazeer et al. 2017, "Outrageously Large Neural Networks"; PAD-Net eq. 2) holds
+E experts, each a two-linear FFN ``W2ᵉ act(W1ᵉ x + b1ᵉ) + b2ᵉ``. A router sends every token to its top-k
+experts and sums their outputs weighted by the gates, renormalised over the k chosen experts.
+
+The experts are stored as one tensor of neurons, ``experts`` (E, F, 2H + 1): row j of expert e is
+``[W1ᵉ[j, :] | b1ᵉ[j] | W2ᵉ[:, j]]`` — everything FFN neuron j owns — and ``expert_bias`` (E, H) holds b2ᵉ.
+PAD-MoE (PAD-Net eq. 3–4 applied to experts) masks both with :class:`~padnet.layers.modes.PartialMode`:
+one mask M shared by the E experts (PAD-Net §4.2: "M can be directly applied to parallel experts") and one
+static tensor per layer, so expert e computes with ``λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄``. With
+``granularity="neuron"`` a mask element covers a whole neuron row: static neurons then form one dense FFN
+shared by all tokens and dynamic neurons form E narrower experts. ``mode="prune"`` (MoE-P, PAD-Net Table 4)
+zeroes the masked elements instead.
+
+Dispatch is dropless: the N·k (token, expert) pairs are sorted by expert and each expert runs one matmul
+per linear on its contiguous block (docs/moe.md has the speed measured here).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, check_choice
+from .modes import ScaleFactors, make_mode
+
+MOE_MODES = ("dynamic", "pad", "prune")
+MOE_GRANULARITIES = ("element", "neuron")
+
+
+class Routing(NamedTuple):
+    """What a router decides for N tokens: ``indices`` (N, k) expert ids, ``gates`` (N, k) weights summing
+    to 1 per token, ``importance`` (E,) summed gates, ``load`` (E,) (smooth) token counts per expert."""
+
+    indices: torch.Tensor
+    gates: torch.Tensor
+    importance: torch.Tensor
+    load: torch.Tensor
+
+
+def cv_squared(values: torch.Tensor) -> torch.Tensor:
+    """Squared coefficient of variation Var(v) / (mean(v)² + 1e-10), population variance (Shazeer et al.
+    2017, eq. 6–7); 0 for a single value. ``values`` (E,) → 0-d."""
+    if values.numel() < 2:
+        return values.new_zeros(())
+    return values.float().var(correction=0) / (values.float().mean() ** 2 + 1e-10)
+
+
+def load_balancing_loss(routing: Routing, weight: float = 1e-2) -> torch.Tensor:
+    """``weight · (cv²(importance) + cv²(load))`` (Shazeer et al. 2017 eq. 6 and 11; PAD-Net appendix A)."""
+    return weight * (cv_squared(routing.importance) + cv_squared(routing.load))
+
+
+class NoisyTopKRouter(nn.Module):
+    """Noisy top-k gating (Shazeer et al. 2017, §2.1 and appendix A).
+
+    Logits ``x W_g``; while training, Gaussian noise with standard deviation ``softplus(x W_noise) + ε`` is
+    added. Each token keeps its k largest logits; the gates are their softmax (renormalised over the k).
+    Both weight matrices start at zero, so every expert is equally likely at initialisation. ``load`` is the
+    smooth estimate of the expected number of tokens per expert (eq. 8–10) while noisy, the token count
+    otherwise.
+
+    Args:
+        hidden_size: H, the token width.
+        num_experts: E ≥ 1.
+        top_k: k ∈ [1, E].
+        noisy: add the trainable noise while training.
+        noise_epsilon: ε, the smallest noise standard deviation.
+
+    ``forward(x)``: ``x`` (N, H) → :class:`Routing`. Raises ConfigError for E < 1 or k outside [1, E].
+    """
+
+    def __init__(self, hidden_size: int, num_experts: int = 8, top_k: int = 2, noisy: bool = True,
+                 noise_epsilon: float = 1e-2):
+        super().__init__()
+        if num_experts < 1 or not 1 <= top_k <= num_experts:
+            raise ConfigError(f"need 1 <= top_k <= num_experts, got top_k {top_k} and {num_experts} experts")
+        self.num_experts, self.top_k, self.noise_epsilon = num_experts, top_k, noise_epsilon
+        self.weight = nn.Parameter(torch.zeros(hidden_size, num_experts))
+        self.noise_weight = nn.Parameter(torch.zeros(hidden_size, num_experts)) if noisy else None
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        clean = x @ self.weight  # (N, E)
+        noisy = self.training and self.noise_weight is not None
+        if noisy:
+            std = F.softplus(x @ self.noise_weight) + self.noise_epsilon
+            logits = clean + torch.randn_like(clean) * std
+        else:
+            logits = clean
+        k, e = self.top_k, self.num_experts
+        top, indices = logits.topk(min(k + 1, e), dim=1)  # (N, k+1) sorted descending
+        gates = torch.softmax(top[:, :k], dim=1)  # renormalised over the k chosen experts
+        dense = torch.zeros_like(logits).scatter(1, indices[:, :k], gates)
+        importance = dense.sum(0)
+        if noisy and k < e:
+            # P(expert's noisy logit stays in the top k | other noise fixed) (eq. 9)
+            threshold_in, threshold_out = top[:, k:k + 1], top[:, k - 1:k]
+            is_in = logits > threshold_in
+            p_in = torch.special.ndtr((clean - threshold_in) / std)
+            p_out = torch.special.ndtr((clean - threshold_out) / std)
+            load = torch.where(is_in, p_in, p_out).sum(0)
+        else:
+            load = (dense > 0).sum(0).to(x.dtype)
+        return Routing(indices[:, :k], gates, importance, load)
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, top_k={self.top_k}, noisy={self.noise_weight is not None}"
+
+
+def neuron_ffn(x: torch.Tensor, neurons: torch.Tensor, activation) -> torch.Tensor:
+    """One FFN from its neuron rows: ``neurons`` (F, 2H + 1) = [W1 | b1 | W2ᵀ], ``x`` (n, H) → (n, H),
+    without the output bias."""
+    hidden = x.shape[1]
+    w1, b1, w2t = neurons.split([hidden, 1, hidden], dim=1)
+    return activation(torch.addmm(b1.squeeze(1), x, w1.t())) @ w2t
+
+
+def dispatch(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: torch.Tensor,
+             activation) -> torch.Tensor:
+    """Dropless top-k dispatch: Σ over each token's k experts of gate · expert(token).
+
+    ``x`` (N, H); ``experts`` (E, F, 2H + 1) neuron rows (F may be 0); ``bias`` (E, H) output biases →
+    (N, H). The N·k assignments are sorted by expert (stable) so each expert runs one matmul per linear.
+    """
+    n, k = routing.indices.shape
+    hidden = x.shape[1]
+    flat = routing.indices.reshape(-1)  # (N·k,) token-major
+    order = flat.argsort(stable=True)
+    counts = torch.bincount(flat, minlength=experts.shape[0]).tolist()
+    tokens = order // k  # token of each sorted assignment
+    xs = x.index_select(0, tokens).split(counts)
+    w1, b1, w2t = experts.split([hidden, 1, hidden], dim=2)
+    outs = [torch.addmm(b2, activation(torch.addmm(c1.squeeze(1), xe, a1.t())), a2)
+            for xe, a1, c1, a2, b2, count in zip(xs, w1.unbind(0), b1.unbind(0), w2t.unbind(0), bias.unbind(0),
+                                                 counts) if count]
+    weighted = torch.cat(outs) * routing.gates.reshape(-1).index_select(0, order).unsqueeze(1)
+    return x.new_zeros(n, hidden).index_add_(0, tokens, weighted)
+
+
+class MoEFeedForward(nn.Module):
+    """Mixture-of-Experts FFN, fully dynamic (MoE), partially dynamic (PAD-MoE) or pruned (MoE-P).
+
+    Args:
+        hidden_size: H.
+        intermediate_size: F, neurons per expert.
+        num_experts: E (default 8, PAD-Net §5).
+        top_k: experts per token (default 2).
+        activation: the FFN non-linearity (a module or callable; default GELU).
+        mode: ``"dynamic"`` (MoE), ``"pad"`` (PAD-MoE: masked elements use the static parameters) or
+            ``"prune"`` (MoE-P: masked elements are zero).
+        granularity: ``"element"`` (one mask element per parameter) or ``"neuron"`` (one per FFN neuron
+            row, and one for the output bias).
+        scale_mode: scale factors of ``"pad"`` (``ScaleFactors`` modes; default λs + λd = 2).
+        noisy: noisy gating while training.
+        aux_loss_weight: weight of the load-balancing loss (default 1e-2, PAD-Net appendix A).
+
+    ``forward(hidden)``: (..., H) → (..., H). After each call, ``aux_loss`` holds the layer's
+    load-balancing loss (0-d tensor) for the training loop to add (:func:`padnet.nlp.auxiliary_loss`).
+
+    Raises:
+        ConfigError: unknown mode or granularity, sizes < 1, bad top_k.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2,
+                 activation=None, mode: str = "dynamic", granularity: str = "element",
+                 scale_mode: str = "constrained", noisy: bool = True, aux_loss_weight: float = 1e-2):
+        super().__init__()
+        check_choice("MoE mode", mode, MOE_MODES)
+        check_choice("MoE mask granularity", granularity, MOE_GRANULARITIES)
+        if hidden_size < 1 or intermediate_size < 1:
+            raise ConfigError(f"hidden and intermediate sizes must be >= 1, got {hidden_size}, {intermediate_size}")
+        self.hidden_size, self.intermediate_size, self.num_experts = hidden_size, intermediate_size, num_experts
+        self.mode, self.granularity, self.aux_loss_weight = mode, granularity, aux_loss_weight
+        self.router = NoisyTopKRouter(hidden_size, num_experts, top_k, noisy)
+        self.activation = activation if activation is not None else nn.GELU()
+        self.experts = nn.Parameter(torch.empty(num_experts, intermediate_size, 2 * hidden_size + 1))
+        self.expert_bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
+        nn.init.normal_(self.experts, std=0.02)
+        partial = mode != "dynamic"
+        semantics = "static" if mode == "pad" else "zero"
+        neuron = granularity == "neuron"
+        self.neuron_mode = make_mode(partial, (intermediate_size, 2 * hidden_size + 1), num_experts,
+                                     "filter" if neuron else "shared", semantics)
+        # the output bias: element-wise masks, or one mask element for the whole vector with neuron masks
+        self.bias_mode = make_mode(partial, (1, hidden_size) if neuron else (hidden_size,), num_experts,
+                                   "filter" if neuron else "shared", semantics)
+        self.scale = ScaleFactors(scale_mode if mode == "pad" else "none") if partial else None
+        self.aux_loss: torch.Tensor | None = None
+        self._split_cache: tuple | None = None
+        # the parameter path, chosen once (a name, so copies stay correct): merged per-expert weights, or
+        # the neuron split of a fixed mask
+        self._path = "_split" if partial and neuron else ("_merged" if partial else "_dynamic")
+
+    @property
+    def top_k(self) -> int:
+        return self.router.top_k
+
+    @classmethod
+    def from_linears(cls, up: nn.Linear, down: nn.Linear, activation, **options) -> MoEFeedForward:
+        """Sparse upcycling: every expert (and the static parameters) starts as a copy of the dense FFN
+        ``down(activation(up(x)))``, so with the zero-initialised router the layer equals the FFN.
+
+        Raises ConfigError when the shapes are not H → F → H.
+        """
+        hidden, inter = up.in_features, up.out_features
+        if down.in_features != inter or down.out_features != hidden:
+            raise ConfigError(f"FFN linears do not chain: {hidden} -> {inter} and "
+                              f"{down.in_features} -> {down.out_features}")
+        layer = cls(hidden, inter, activation=activation, **options).to(up.weight.device, up.weight.dtype)
+        with torch.no_grad():
+            zero_in = torch.zeros(inter, dtype=up.weight.dtype, device=up.weight.device)
+            b1 = up.bias if up.bias is not None else zero_in
+            b2 = down.bias if down.bias is not None else torch.zeros_like(zero_in[:hidden])
+            neurons = torch.cat([up.weight, b1.unsqueeze(1), down.weight.t()], dim=1)  # (F, 2H + 1)
+            layer.experts.copy_(neurons.expand_as(layer.experts))
+            layer.expert_bias.copy_(b2.expand_as(layer.expert_bias))
+            if layer.mode == "pad":
+                layer.neuron_mode.static.copy_(neurons)
+                layer.bias_mode.static.copy_(b2.reshape(layer.bias_mode.static.shape))
+        return layer
+
+    def mode_pairs(self):
+        """The masked tensors (for mode partition): neuron rows (E, F, 2H + 1) and output biases."""
+        if self.mode == "dynamic":
+            return []
+        bias = self.expert_bias.reshape(self.num_experts, *self.bias_mode.shape)
+        return [("experts", self.neuron_mode, self.experts), ("expert_bias", self.bias_mode, bias)]
+
+    # ------------------------------------------------------------------ computational parameters
+
+    def _dynamic(self):
+        return self.experts, self.expert_bias, None
+
+    def _merged_bias(self, lam_s, lam_d) -> torch.Tensor:
+        bias = self.expert_bias.reshape(self.num_experts, *self.bias_mode.shape)
+        out = self.bias_mode.dynamic_part(bias, lam_d)
+        static = self.bias_mode.static_part(lam_s)
+        return (out if static is None else out + static).reshape(self.num_experts, self.hidden_size)
+
+    def _merged(self):
+        """Per-expert computational parameters λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ (PAD-Net eq. 4)."""
+        lam_s, lam_d = self.scale()
+        experts = self.neuron_mode.dynamic_part(self.experts, lam_d)
+        static = self.neuron_mode.static_part(lam_s)
+        return (experts if static is None else experts + static), self._merged_bias(lam_s, lam_d), None
+
+    def neuron_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the static and the dynamic neurons of a neuron-granular mask (cached per mask)."""
+        mask = self.neuron_mode.mask
+        key = (mask.data_ptr(), mask._version)
+        if self._split_cache is None or self._split_cache[0] != key:
+            dynamic = mask.reshape(-1) > 0
+            self._split_cache = (key, (~dynamic).nonzero().squeeze(1), dynamic.nonzero().squeeze(1))
+        return self._split_cache[1], self._split_cache[2]
+
+    def _split(self):
+        """Static neurons as one shared FFN, dynamic neurons as narrower experts (neuron granularity)."""
+        if self.neuron_mode.mask.requires_grad:  # mode partition relaxes the mask: keep it differentiable
+            return self._merged()
+        lam_s, lam_d = self.scale()
+        static_idx, dynamic_idx = self.neuron_split()
+        experts = self.experts.index_select(1, dynamic_idx) * lam_d
+        static = None
+        if self.mode == "pad" and static_idx.numel():
+            static = self.neuron_mode.static.index_select(0, static_idx) * lam_s
+        return experts, self._merged_bias(lam_s, lam_d), static
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.reshape(-1, self.hidden_size)  # (N, H), N = all tokens
+        routing = self.router(x)
+        self.aux_loss = load_balancing_loss(routing, self.aux_loss_weight)
+        experts, bias, static = getattr(self, self._path)()
+        out = dispatch(x, routing, experts, bias, self.activation)
+        if static is not None:
+            out = out + neuron_ffn(x, static, self.activation)
+        return out.reshape(hidden.shape)
+
+    def dynamic_ratio(self) -> float:
+        """Fraction of the expert parameters that are dynamic (1.0 for a plain MoE)."""
+        if self.mode == "dynamic":
+            return 1.0
+        modes = (self.neuron_mode, self.bias_mode)
+        return sum(float(m.mask.sum()) * m.block for m in modes) / sum(m.numel * m.block for m in modes)
+
+    def extra_repr(self) -> str:
+        return (f"hidden={self.hidden_size}, intermediate={self.intermediate_size}, experts={self.num_experts}, "
+                f"top_k={self.top_k}, mode={self.mode!r}, granularity={self.granularity!r}")
+
+
+class DeployedMoE(nn.Module):
+    """Inference form of a :class:`MoEFeedForward`: computational parameters merged once.
+
+    ``experts`` (E, F_d, 2H + 1) hold λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ per expert (element masks) or, with
+    neuron masks, only the dynamic neurons (λd folded in), whose static neurons form ``static``
+    (F_s, 2H + 1, λs folded in), one dense FFN run on every token. ``expert_bias`` (E, H) are the merged
+    output biases. Computes what the source layer computes in eval mode (within float rounding).
+    """
+
+    def __init__(self, router: NoisyTopKRouter, experts: torch.Tensor, expert_bias: torch.Tensor,
+                 static: torch.Tensor | None, activation):
+        super().__init__()
+        self.router, self.activation = router, activation
+        self.hidden_size = expert_bias.shape[1]
+        self.experts = nn.Parameter(experts, requires_grad=False)
+        self.expert_bias = nn.Parameter(expert_bias, requires_grad=False)
+        self.static = None if static is None else nn.Parameter(static, requires_grad=False)
+
+    @classmethod
+    @torch.no_grad()
+    def from_layer(cls, layer: MoEFeedForward) -> DeployedMoE:
+        experts, bias, static = getattr(layer, layer._path)()
+        clone = (lambda t: None if t is None else t.detach().clone().contiguous())
+        return cls(layer.router, clone(experts), clone(bias), clone(static), layer.activation)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.reshape(-1, self.hidden_size)
+        out = dispatch(x, self.router(x), self.experts, self.expert_bias, self.activation)
+        if self.static is not None:
+            out = out + neuron_ffn(x, self.static, self.activation)
+        return out.reshape(hidden.shape)

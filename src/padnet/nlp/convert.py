@@ -1,0 +1,127 @@
+"""Model surgery for transformer encoders: find the feed-forward blocks and replace them with MoE layers.
+
+Works on any ``nn.Module`` whose FFN is two ``nn.Linear`` (H → F → H) around an activation, named as in the
+Hugging Face encoders: BERT, RoBERTa, ELECTRA, MiniLM and other BERT-architecture models
+(``intermediate.dense`` / ``intermediate.intermediate_act_fn`` / ``output.dense``), ALBERT (``ffn`` /
+``activation`` / ``ffn_output``) and DistilBERT (``lin1`` / ``activation`` / ``lin2``). Other layouts can be
+named with ``patterns=``. The first linear becomes the MoE layer (which outputs H), the activation and the
+second linear become ``nn.Identity``, so the residual, dropout and LayerNorm around the FFN are untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..layers.moe import MoEFeedForward
+
+# (first linear, activation, second linear), relative to the module that holds the FFN
+FFN_PATTERNS: tuple[tuple[str, str, str], ...] = (
+    ("intermediate.dense", "intermediate.intermediate_act_fn", "output.dense"),
+    ("ffn", "activation", "ffn_output"),
+    ("lin1", "activation", "lin2"),
+)
+
+
+@dataclass(frozen=True)
+class FFNSite:
+    """One feed-forward block: the qualified names of its two linears and its activation."""
+
+    up: str
+    activation: str
+    down: str
+
+
+def _get(module: nn.Module, path: str):
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def find_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
+    """Every FFN of ``model`` that matches one of ``patterns``, in module order (a module shared by several
+    layers, as in ALBERT, is listed once)."""
+    sites = []
+    for name, module in model.named_modules():
+        for up_path, act_path, down_path in patterns:
+            up, down = _get(module, up_path), _get(module, down_path)
+            if (isinstance(up, nn.Linear) and isinstance(down, nn.Linear) and _get(module, act_path) is not None
+                    and up.out_features == down.in_features and down.out_features == up.in_features):
+                prefix = f"{name}." if name else ""
+                sites.append(FFNSite(prefix + up_path, prefix + act_path, prefix + down_path))
+                break
+    return sites
+
+
+def _set(model: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, value)
+
+
+def convert_moe(
+    model: nn.Module,
+    mode: str = "dynamic",
+    num_experts: int = 8,
+    top_k: int = 2,
+    layers: list[int] | None = None,
+    granularity: str = "element",
+    patterns=FFN_PATTERNS,
+    **options,
+) -> nn.Module:
+    """Replace the FFN of the chosen layers of ``model`` with upcycled MoE layers, in place.
+
+    Every expert (and the static parameters of PAD-MoE) starts as a copy of the pretrained FFN, both linears
+    with their biases, and the router starts at zero with gates renormalised over the top k, so the converted
+    model computes what the dense one does (Komatsuzaki et al. 2023 "Sparse Upcycling"; PAD-Net appendix A).
+
+    Args:
+        model: a Hugging Face encoder (or any model with FFNs matching ``patterns``).
+        mode: ``"dynamic"`` (MoE), ``"pad"`` (PAD-MoE, PAD-Net eq. 3–4; partition it afterwards with
+            :func:`padnet.partition`) or ``"prune"`` (MoE-P, PAD-Net Table 4).
+        num_experts: E (default 8). top_k: experts per token (default 2).
+        layers: indices into the list of FFNs found (default: all).
+        granularity: ``"element"`` or ``"neuron"`` masks (PAD-MoE / MoE-P).
+        patterns: (first linear, activation, second linear) name triples to look for.
+        **options: more :class:`~padnet.layers.moe.MoEFeedForward` options (``scale_mode``, ``noisy``,
+            ``aux_loss_weight``).
+
+    Returns ``model``, with ``model.padnet_moe`` recording the conversion (used by ``save_pretrained``).
+
+    Raises:
+        ConfigError: no recognisable FFN, a layer index out of range, bad MoE options.
+    """
+    sites = find_ffns(model, patterns)
+    if not sites:
+        raise ConfigError(f"{type(model).__name__} has no recognisable feed-forward block (two nn.Linear "
+                          f"H -> F -> H named like {', '.join('/'.join(p) for p in patterns)})")
+    chosen = list(range(len(sites))) if layers is None else [int(i) for i in layers]
+    bad = [i for i in chosen if not -len(sites) <= i < len(sites)]
+    if bad or not chosen:
+        raise ConfigError(f"MoE layer indices {bad or chosen} out of range: the model has {len(sites)} FFNs")
+    for i in sorted({i % len(sites) for i in chosen}):
+        site = sites[i]
+        moe = MoEFeedForward.from_linears(
+            model.get_submodule(site.up), model.get_submodule(site.down), _get(model, site.activation),
+            num_experts=num_experts, top_k=top_k, mode=mode, granularity=granularity, **options)
+        _set(model, site.up, moe)
+        _set(model, site.activation, nn.Identity())
+        _set(model, site.down, nn.Identity())
+    model.padnet_moe = {"mode": mode, "num_experts": num_experts, "top_k": top_k,
+                        "layers": sorted({i % len(sites) for i in chosen}), "granularity": granularity, **options}
+    return model
+
+
+def moe_layers(model: nn.Module) -> list[tuple[str, MoEFeedForward]]:
+    """Every MoE layer of ``model`` with its qualified name."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MoEFeedForward)]
+
+
+def auxiliary_loss(model: nn.Module) -> torch.Tensor | float:
+    """Sum of the load-balancing losses of the MoE layers from the last forward pass (0.0 without any)."""
+    losses = [m.aux_loss for _, m in moe_layers(model) if m.aux_loss is not None]
+    return torch.stack(losses).sum() if losses else 0.0

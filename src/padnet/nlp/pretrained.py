@@ -1,0 +1,153 @@
+"""Save and load converted Hugging Face encoders (dense, MoE, PAD-MoE, MoE-P), in the spirit of PEFT's
+``save_pretrained`` / ``from_pretrained``.
+
+A folder holds the Hugging Face ``config.json`` (and the tokenizer, when given), ``padnet_moe.json`` (the
+conversion: :func:`~padnet.nlp.convert.convert_moe`'s arguments and the model class) and
+``model.safetensors``. For PAD-MoE and MoE-P the experts are stored compactly: the static parameters dense
+(one FFN per layer) and each expert's dynamic factors only at the mask's dynamic positions
+(``…experts.values`` (E, ‖M‖₀) with the mask as bits, ``…experts.bits``), so the file follows the compact
+parameter count. :func:`from_pretrained` merges them into per-expert weights once
+(:class:`~padnet.layers.moe.DeployedMoE`), or rebuilds the training form with ``deployed=False``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..deploy import pack_bits, unpack_bits
+from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_path, write_json
+from ..layers.moe import DeployedMoE, MoEFeedForward
+from .convert import convert_moe, moe_layers
+
+FORMAT = "padnet-moe-1"
+WEIGHTS = "model.safetensors"
+RECORD = "padnet_moe.json"
+_PACKED = ("experts", "expert_bias")  # masked tensors stored at dynamic positions only
+
+
+def _masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
+    """Boolean masks broadcast to one expert's tensor shape, for ``experts`` and ``expert_bias``."""
+    bias_shape = layer.expert_bias.shape[1:]
+    return {"experts": layer.neuron_mode.element_mask()[0].bool(),
+            "expert_bias": layer.bias_mode.element_mask()[0].reshape(bias_shape).bool()}
+
+
+_MODES = {"experts": "neuron_mode", "expert_bias": "bias_mode"}
+
+
+def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    for name, layer in moe_layers(model):
+        if layer.mode == "dynamic":
+            continue
+        for key, mask in _masks(layer).items():
+            full = tensors.pop(f"{name}.{key}")  # (E, *shape)
+            del tensors[f"{name}.{_MODES[key]}.mask"]  # the bits below hold it
+            tensors[f"{name}.{key}.values"] = full[:, mask].contiguous()  # (E, ‖M‖₀)
+            tensors[f"{name}.{key}.bits"] = pack_bits(mask.reshape(-1))
+    return tensors
+
+
+def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for name, layer in moe_layers(model):
+        if layer.mode == "dynamic":
+            continue
+        for key in _PACKED:
+            target = getattr(layer, key)
+            mask = unpack_bits(tensors.pop(f"{name}.{key}.bits"), target[0].numel()).reshape(target.shape[1:])
+            values = tensors.pop(f"{name}.{key}.values")
+            full = torch.zeros(target.shape, dtype=values.dtype)
+            full[:, mask] = values
+            tensors[f"{name}.{key}"] = full
+            mode = getattr(layer, _MODES[key])
+            # back to the mask buffer's shape: a filter mask keeps the first element of each filter
+            mask = mask.reshape(mode.shape)
+            if mode.granularity == "filter":
+                mask = mask[(slice(None),) + (slice(0, 1),) * (mask.dim() - 1)]
+            tensors[f"{name}.{_MODES[key]}.mask"] = mask.reshape(mode.mask.shape).float()
+    return tensors
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
+    """Write ``model`` (a Hugging Face ``PreTrainedModel``, converted with ``convert_moe`` or dense) to
+    ``directory``, each file atomically. Returns the directory.
+
+    Raises ConfigError for a model without a Hugging Face config.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_json_string"):
+        raise ConfigError("save_pretrained takes a Hugging Face model (with .config)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / "config.json") as tmp:
+        Path(tmp).write_text(config.to_json_string())
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    record = {"format": FORMAT, "class": type(model).__name__, "conversion": getattr(model, "padnet_moe", None)}
+    masks = {name: {k: int(m.sum()) for k, m in _masks(layer).items()}
+             for name, layer in moe_layers(model) if layer.mode != "dynamic"}
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_file(_encode(model), str(tmp), metadata={"padnet": json.dumps({**record, "dynamic": masks})})
+    write_json(directory / RECORD, record)
+    return directory
+
+
+def _model_class(name: str):
+    import transformers
+
+    cls = getattr(transformers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise CheckpointError(f"the saved model class {name!r} is not a transformers model class")
+    return cls
+
+
+def deploy_moe(model: nn.Module) -> nn.Module:
+    """Replace every :class:`MoEFeedForward` of ``model`` (in place) by its merged inference form
+    :class:`DeployedMoE`; returns ``model`` in eval mode."""
+    for name, layer in moe_layers(model):
+        model.set_submodule(name, DeployedMoE.from_layer(layer.eval()))
+    return model.eval()
+
+
+def from_pretrained(directory: str | Path, deployed: bool = True) -> nn.Module:
+    """Load a folder written by :func:`save_pretrained`, in eval mode.
+
+    ``deployed``: merge PAD-MoE / MoE-P experts into per-expert weights once (:class:`DeployedMoE`);
+    ``False`` keeps the training form (masks, static parameters, scale factors) to train further.
+
+    Raises CheckpointError for a missing, corrupt or foreign folder or one that does not fit its config.
+    """
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    weights = directory / WEIGHTS
+    if not (directory / RECORD).is_file() or not weights.is_file():
+        raise CheckpointError(f"{directory} is not a padnet model folder (needs {RECORD} and {WEIGHTS})")
+    try:
+        record = json.loads((directory / RECORD).read_text())
+        with safe_open(str(weights), framework="pt") as fh:
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        config = AutoConfig.from_pretrained(str(directory))
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{directory} is not a readable padnet model folder ({reason})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{directory / RECORD} is not a padnet MoE record (format {record.get('format')!r})"
+                              if isinstance(record, dict) else f"{directory / RECORD} is not a padnet MoE record")
+    model = _model_class(record.get("class"))(config)
+    conversion = record.get("conversion")
+    try:
+        if conversion:
+            convert_moe(model, **conversion)
+        model.load_state_dict(_decode(model, tensors))
+    except (RuntimeError, KeyError, TypeError, IndexError, ConfigError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{directory} does not fit its architecture ({reason})") from None
+    return deploy_moe(model) if deployed else model.eval()
