@@ -115,7 +115,7 @@ def test_bad_router_sizes_are_refused():
 def test_dispatch_equals_a_per_token_loop():
     torch.manual_seed(0)
     e, n, k = 5, 40, 2
-    experts, bias = torch.randn(e, F, 2 * H + 1), torch.randn(e, H)
+    experts, bias = torch.randn(e, 2 * H + 1, F), torch.randn(e, H)
     x = torch.randn(n, H)
     logits = torch.randn(n, e)
     top, idx = logits.topk(k, 1)
@@ -124,10 +124,26 @@ def test_dispatch_equals_a_per_token_loop():
     ref = torch.zeros(n, H)
     for t in range(n):
         for j in range(k):
-            w = experts[idx[t, j]]
-            h = torch.tanh(w[:, :H] @ x[t] + w[:, H])
-            ref[t] += routing.gates[t, j] * (w[:, H + 1:].t() @ h + bias[idx[t, j]])
+            w = experts[idx[t, j]]  # rows: W1ᵀ, b1, W2
+            h = torch.tanh(x[t] @ w[:H] + w[H])
+            ref[t] += routing.gates[t, j] * (w[H + 1:] @ h + bias[idx[t, j]])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_dispatch_gradients_match_autograd_of_the_loop_in_double_precision():
+    torch.manual_seed(0)
+    e, n, k, h, f = 4, 9, 2, 3, 5
+    experts = torch.randn(e, 2 * h + 1, f, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(e, h, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, h, dtype=torch.float64, requires_grad=True)
+    top, idx = torch.randn(n, e, dtype=torch.float64).topk(k, 1)
+    idx[0] = torch.tensor([3, 1])  # expert 2 may get no token: its gradient must be zero
+    gates = torch.softmax(top, 1).requires_grad_(True)
+
+    def routed(x, experts, bias, gates):
+        return dispatch(x, Routing(idx, gates, None, None), experts, bias, nn.functional.gelu)
+
+    assert torch.autograd.gradcheck(routed, (x, experts, bias, gates))
 
 
 # ------------------------------------------------------------------------------------------ modes
@@ -169,7 +185,7 @@ def test_pad_moe_with_zero_mask_and_unit_static_scale_is_a_dense_ffn_of_the_stat
     static, bias = pad.neuron_mode.static, pad.bias_mode.static.reshape(-1)
     up2, down2 = nn.Linear(H, F), nn.Linear(F, H)
     with torch.no_grad():
-        up2.weight.copy_(static[:, :H]), up2.bias.copy_(static[:, H]), down2.weight.copy_(static[:, H + 1:].t())
+        up2.weight.copy_(static[:H].t()), up2.bias.copy_(static[H]), down2.weight.copy_(static[H + 1:])
         down2.bias.copy_(bias)
     x = torch.randn(25, H)
     torch.testing.assert_close(pad.eval()(x), _dense(x, up2, down2, act), atol=1e-5, rtol=1e-5)
@@ -219,7 +235,7 @@ def test_partition_keeps_exactly_kappa_dynamic_with_one_mask_shared_by_the_exper
     assert report.dynamic == round(0.3 * report.total)
     assert len(report.layers) == 4  # neuron rows and output biases of 2 layers
     for _, layer in moe_layers(model):
-        assert layer.neuron_mode.mask.shape == (1, 24, 33)
+        assert layer.neuron_mode.mask.shape == (1, 33, 24)
 
 
 def test_compact_parameter_count_follows_the_mask():

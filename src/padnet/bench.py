@@ -1,6 +1,6 @@
 """``padnet bench``: speed, memory and file-size ratios of dynamic convolution against the static one.
 
-Every ratio divides two numbers measured in the same run. Three parts:
+Every ratio divides two numbers measured in the same run. Four parts:
 
 * ``layers`` — one 3×3 convolution at the CIFAR ResNet-18 shapes (64 ch 32×32, 128 ch 16×16, 256 ch 8×8,
   512 ch 4×4), batch 1 and 64, inference (``no_grad``) and training (forward + backward): the static
@@ -10,6 +10,8 @@ Every ratio divides two numbers measured in the same run. Three parts:
   with peak memory (growth of the process's peak RSS while running), each variant in a fresh process, once
   with glibc's default allocator settings and once with the settings of ``ALLOCATOR_ENV``.
 * ``files`` — deployed ImageNet ResNet-50 safetensors file sizes: DY-Conv vs PAD-Net κ = 0.3.
+* ``moe`` — MoE, PAD-MoE and structured PAD-MoE feed-forward layers against the dense FFN at the MiniLM
+  and BERT-base sizes (``padnet.bench_moe``; ``--quick``: MiniLM only).
 
 PAD-Net masks come from a random local partition at κ = 0.3 (speed does not depend on which elements are
 dynamic); filter-structured layers keep a multiple of ``ALIGN`` dynamic filters (``partition(align=16)``).
@@ -37,7 +39,7 @@ from .cli import ALLOCATOR_ENV
 from .errors import ConfigError
 
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
-PARTS = ("layers", "models", "files")
+PARTS = ("layers", "models", "files", "moe")
 KAPPA = 0.3
 ALIGN = 16  # dynamic filters per filter-structured layer: a multiple of 16 (partition(..., align=16))
 MODEL_VARIANTS = {  # name: (conv, options, partition granularity or None, deployed, formulation override)
@@ -283,6 +285,10 @@ def summary(result: dict) -> dict:
         out["pad_file_vs_dy"] = files["pad"]
         out["pad_filter_file_vs_dy"] = files["pad-filter"]
         out["sdconv_file_vs_dy"] = files["sdconv"]
+    if result.get("moe"):
+        from .bench_moe import moe_summary
+
+        out.update(moe_summary(result["moe"]))
     return out
 
 
@@ -317,6 +323,11 @@ def markdown(result: dict) -> str:
                   "| --- | ---: | ---: | ---: |"]
         lines += [f"| {r['variant']} | {r['bytes'] / 2**20:.1f} | {r['ratio_dy']:.3f} | {r['compact_params'] / 1e6:.2f}M |"
                   for r in result["files"]]
+        lines.append("")
+    if result.get("moe"):
+        from .bench_moe import moe_markdown
+
+        lines += moe_markdown(result["moe"])
     return "\n".join(lines) + "\n"
 
 
@@ -336,6 +347,11 @@ def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick:
         result["models"] = bench_models(threads, repeats, (True,) if quick else (False, True), progress)
     if "files" in parts:
         result["files"] = bench_files(progress)
+    if "moe" in parts:
+        from .bench_moe import bench_moe
+
+        result["moe"] = bench_moe(repeats=repeats, sizes=("MiniLM",) if quick else ("MiniLM", "BERT-base"),
+                                  progress=progress)
     result["summary"] = summary(result)
     result["seconds"] = time.perf_counter() - start
     write_json(out / "bench.json", result)

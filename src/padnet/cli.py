@@ -25,12 +25,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"padnet: error: {message} (see '{self.prog} --help')\n")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), cls=None) -> None:
     from .config import TrainConfig
 
     parser.add_argument("--config", help="YAML file of configuration keys (flags override it)")
     group = parser.add_argument_group("configuration keys (see configs/*.yaml)")
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls or TrainConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -41,15 +41,15 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
                                help=f"default: {f.default!r}" if f.default is not dataclasses.MISSING else None)
 
 
-def _resolve_config(args, preset: dict | None = None):
+def _resolve_config(args, preset: dict | None = None, cls=None):
     from .config import TrainConfig, config_from_dict, load_yaml
 
-    cfg = TrainConfig()
+    cfg = (cls or TrainConfig)()
     if preset:
         cfg = config_from_dict(preset, cfg, "preset")
     if args.config:
         cfg = config_from_dict(load_yaml(args.config), cfg, args.config)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cfg) if hasattr(args, f.name)}
     return config_from_dict(flags, cfg, "command-line flags").validate()
 
 
@@ -101,6 +101,36 @@ def cmd_sdconv(args) -> int:
     for name in studies:
         print((out / name / "results.md").read_text())
     print(f"wrote {', '.join(str(out / n / 'results.md') for n in studies)} (+ results.json, results.png)")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .config import FinetuneConfig
+    from .nlp.finetune import finetune, save_results
+    from .nlp.pretrained import save_pretrained
+
+    cfg = _resolve_config(args, cls=FinetuneConfig)
+    out = Path(args.out or f"runs/{cfg.task}-{cfg.variant}-seed{cfg.seed}")
+    results = finetune(cfg)
+    save_pretrained(results["model"], out, results.pop("tokenizer"))
+    save_results(results, out)
+    scores = "; ".join(f"{split} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items() if k != "score")
+                       for split, m in results["metrics"].items())
+    print(f"{cfg.task} {cfg.variant}: {scores}  params {results['params']:,}  ({results['train_seconds']:.0f} s) "
+          f"-> {out}")
+    return 0
+
+
+def cmd_moe(args) -> int:
+    from .config import FinetuneConfig
+    from .nlp import study
+
+    cfg = _resolve_config(args, study.FULL if args.full else study.QUICK, cls=FinetuneConfig)
+    seeds = tuple(args.seeds) if args.seeds else (study.FULL_SEEDS if args.full else study.QUICK_SEEDS)
+    records = study.run_moe_compare(args.out, cfg, tuple(args.variants), seeds)
+    for r in records:
+        print(f"{r['model']:<18} {r['params'] / 1e6:7.2f}M  {r['metric']} {r['score_mean']:.2f} ± {r['score_std']:.2f}")
+    print(f"wrote {Path(args.out) / 'results.md'}, results.json, results.png")
     return 0
 
 
@@ -264,6 +294,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="the full recipe: all data, 30 epochs, width 0.5, 5 seeds")
     p.set_defaults(func=cmd_sdconv)
 
+    from .config import FinetuneConfig
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained encoder (dense, MoE, PAD-MoE, MoE-P) on a text task",
+                       description="Fine-tune --model (default minilm: the offline all-MiniLM-L6-v2) on --task "
+                                   "(rotten_tomatoes, offline, or a GLUE task from --data-root: GLUE TSV folders or "
+                                   "nyu-mll/glue parquet files); writes the model (padnet.nlp.from_pretrained) and "
+                                   "results.json to --out.")
+    _add_config_flags(p, cls=FinetuneConfig)
+    p.add_argument("--out", help="output folder (default runs/<task>-<variant>-seed<seed>)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("moe", help="dense vs MoE vs PAD-MoE vs MoE-P fine-tuning (paper Tables 2 and 4)",
+                       description="Fine-tune every --variants variant with every seed on one recipe (quick: "
+                                   "1,024 Rotten Tomatoes sentences, 2 epochs, 3 seeds; --full: all sentences, "
+                                   "5 epochs, 5 seeds) and write OUT/results.md, .json and .png. Re-running reuses "
+                                   "finished runs.")
+    _add_config_flags(p, skip=("variant", "seed"), cls=FinetuneConfig)
+    p.add_argument("--out", default="runs/moe", help="output directory (re-running reuses finished runs)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --full: 0-4)")
+    p.add_argument("--variants", nargs="+", default=["dense", "moe", "pad", "prune"], help="variants to compare")
+    p.add_argument("--full", action="store_true", help="the full recipe: all training sentences, 5 epochs, 5 seeds")
+    p.set_defaults(func=cmd_moe)
+
     p = sub.add_parser("count", help="parameters and FLOPs of a model (paper conventions)")
     p.add_argument("--model", default="resnet50")
     p.add_argument("--conv", default="static")
@@ -313,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model measured in the same run, and deployed ResNet-50 file sizes; writes "
                                    "bench.md and bench.json. Takes about 7 minutes on 2 cores (--quick: about 4).")
     p.add_argument("--out", default="runs/bench", help="output directory")
-    p.add_argument("--parts", nargs="+", default=["layers", "models", "files"], metavar="PART",
-                   help="layers, models, files (default all)")
+    p.add_argument("--parts", nargs="+", default=["layers", "models", "files", "moe"], metavar="PART",
+                   help="layers, models, files, moe (default all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the minimum counts)")
     p.add_argument("--quick", action="store_true", help="two layer shapes, tuned allocator only")

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -131,6 +131,70 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class FinetuneConfig:
+    """Everything that defines one fine-tuning run of ``padnet finetune`` / ``padnet moe`` (PAD-Net
+    appendix A; defaults: one Rotten Tomatoes run with MiniLM)."""
+
+    VARIANTS: ClassVar[tuple[str, ...]] = ("dense", "moe", "pad", "prune")
+
+    model: str = "minilm"
+    task: str = "rotten_tomatoes"
+    data_root: str | None = None
+    variant: str = "dense"
+    num_experts: int = 8
+    top_k: int = 2
+    granularity: str = "element"  # PAD-MoE / MoE-P masks: "element" or "neuron"
+    kappa: float = 0.5  # dynamic ratio κ of PAD-MoE (kept fraction of MoE-P)
+    partition: str = "imp"
+    partition_batches: int = 10
+    partition_iterations: int = 5
+    aux_loss_weight: float = 0.01
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.1
+    max_length: int = 128
+    train_subset: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> FinetuneConfig:
+        """Check names and ranges (ConfigError with a one-line message); returns self."""
+        from .nlp.text import TASKS
+        from .partitioning import METHODS, check_kappa
+
+        check_choice("task", self.task, TASKS)
+        check_choice("variant", self.variant, self.VARIANTS)
+        check_choice("MoE mask granularity", self.granularity, ("element", "neuron"))
+        check_choice("partition method", self.partition, METHODS)
+        check_kappa(self.kappa)
+        for name in ("num_experts", "top_k", "partition_batches", "partition_iterations", "epochs",
+                     "batch_size", "max_length"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.top_k > self.num_experts:
+            raise ConfigError(f"top_k {self.top_k} is larger than num_experts {self.num_experts}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("weight_decay", "aux_loss_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
+        if self.variant in ("pad", "prune") and self.epochs < 2:
+            raise ConfigError(f"variant {self.variant!r} partitions at the start of the second epoch: "
+                              "needs epochs >= 2")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+
 OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction")
 
 
@@ -162,18 +226,20 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{name} has an invalid value {value!r}") from None
 
 
-def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
-    """A :class:`TrainConfig` from ``base`` (default: defaults) updated with ``data``; unknown keys are errors."""
+def config_from_dict(data: dict[str, Any], base=None, source: str = "config"):
+    """A config from ``base`` (default: a default :class:`TrainConfig`; any config dataclass with
+    ``to_dict``) updated with ``data``, values coerced to the fields' types; unknown keys are errors."""
     base = base or TrainConfig()
-    known = {f.name: f for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - set(known))
+    cls = type(base)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
     values = base.to_dict()
-    defaults = TrainConfig().to_dict()
+    defaults = cls().to_dict()
     for key, value in data.items():
         values[key] = _coerce(key, value, defaults[key])
-    return TrainConfig(**values)
+    return cls(**values)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -192,6 +258,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def dump_yaml(config: TrainConfig) -> str:
+def dump_yaml(config) -> str:
     """The configuration as YAML text (what a run saves as ``config.yaml``)."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

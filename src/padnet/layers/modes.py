@@ -33,7 +33,10 @@ from torch import nn
 from ..errors import check_choice
 
 SCALE_MODES = ("constrained", "both", "static", "dynamic", "none")
-GRANULARITIES = ("shared", "kernel", "filter")
+GRANULARITIES = ("shared", "kernel", "filter")  # what convolution layers offer
+# PartialMode also offers "column": one mask element per slice along the last dimension (an FFN neuron in the
+# (2H + 1, F) layout of MoE experts)
+MODE_GRANULARITIES = (*GRANULARITIES, "column")
 SEMANTICS = ("static", "zero")
 
 
@@ -116,7 +119,8 @@ class PartialMode(nn.Module):
         num_factors: k, the number of dynamic factors (kernels or experts).
         granularity: ``"shared"`` — one mask of ``shape`` for all k factors; ``"kernel"`` — one mask per
             factor, shape (k, *shape); ``"filter"`` — one mask element per slice along the first dimension
-            (an output filter), shape (1, shape[0], 1, …, 1), shared by the k factors.
+            (an output filter), shape (1, shape[0], 1, …, 1), shared by the k factors; ``"column"`` — one
+            per slice along the last dimension, shape (1, 1, …, 1, shape[-1]), shared by the k factors.
         semantics: ``"static"`` (PAD-Net) or ``"zero"`` (pruning: masked elements are zero).
         static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
 
@@ -136,7 +140,7 @@ class PartialMode(nn.Module):
         static_init: torch.Tensor | None = None,
     ):
         super().__init__()
-        check_choice("mask granularity", granularity, GRANULARITIES)
+        check_choice("mask granularity", granularity, MODE_GRANULARITIES)
         check_choice("mask semantics", semantics, SEMANTICS)
         self.shape = tuple(shape)
         self.num_factors = num_factors
@@ -144,11 +148,13 @@ class PartialMode(nn.Module):
         self.semantics = semantics
         if granularity == "filter":
             mask_shape = (1, self.shape[0], *(1 for _ in self.shape[1:]))
+        elif granularity == "column":
+            mask_shape = (1, *(1 for _ in self.shape[:-1]), self.shape[-1])
         else:
             mask_shape = (1 if granularity == "shared" else num_factors, *self.shape)
         self.register_buffer("mask", torch.ones(mask_shape))
-        # elements of one factor covered by one mask element (a whole filter for "filter")
-        self.block = math.prod(self.shape[1:]) if granularity == "filter" else 1
+        # elements of one factor covered by one mask element (a whole filter or column for those granularities)
+        self.block = math.prod(self.shape) // math.prod(mask_shape[1:])
         # aggregation MACs of one mask element (callers whose factors include a bias row set it lower)
         self.macs_per_element = self.block * (1 if granularity == "kernel" else num_factors)
         if semantics == "static":
@@ -202,10 +208,12 @@ class PartialMode(nn.Module):
 
     def pool_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """Element scores (mask lead, *shape) → scores of the mask elements: summed per filter for
-        ``"filter"`` granularity, unchanged otherwise."""
-        if self.granularity != "filter":
-            return scores
-        return scores.sum(dim=tuple(range(2, scores.dim())), keepdim=True)
+        ``"filter"`` and per column for ``"column"`` granularity, unchanged otherwise."""
+        if self.granularity == "filter":
+            return scores.sum(dim=tuple(range(2, scores.dim())), keepdim=True)
+        if self.granularity == "column":
+            return scores.sum(dim=tuple(range(1, scores.dim() - 1)), keepdim=True)
+        return scores
 
     def element_mask(self) -> torch.Tensor:
         """The mask expanded to one value per element: (mask lead, *shape) (a view)."""

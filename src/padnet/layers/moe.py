@@ -4,12 +4,13 @@ An MoE feed-forward layer (Shazeer et al. 2017, "Outrageously Large Neural Netwo
 E experts, each a two-linear FFN ``W2ᵉ act(W1ᵉ x + b1ᵉ) + b2ᵉ``. A router sends every token to its top-k
 experts and sums their outputs weighted by the gates, renormalised over the k chosen experts.
 
-The experts are stored as one tensor of neurons, ``experts`` (E, F, 2H + 1): row j of expert e is
-``[W1ᵉ[j, :] | b1ᵉ[j] | W2ᵉ[:, j]]`` — everything FFN neuron j owns — and ``expert_bias`` (E, H) holds b2ᵉ.
+The experts are stored as one tensor, ``experts`` (E, 2H + 1, F): rows ``[W1ᵉᵀ (H, F); b1ᵉ (1, F); W2ᵉ (H, F)]``,
+so column j holds everything FFN neuron j owns and each block is a contiguous matrix for the matmuls;
+``expert_bias`` (E, H) holds b2ᵉ.
 PAD-MoE (PAD-Net eq. 3–4 applied to experts) masks both with :class:`~padnet.layers.modes.PartialMode`:
 one mask M shared by the E experts (PAD-Net §4.2: "M can be directly applied to parallel experts") and one
 static tensor per layer, so expert e computes with ``λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄``. With
-``granularity="neuron"`` a mask element covers a whole neuron row: static neurons then form one dense FFN
+``granularity="neuron"`` a mask element covers a whole neuron column: static neurons then form one dense FFN
 shared by all tokens and dynamic neurons form E narrower experts. ``mode="prune"`` (MoE-P, PAD-Net Table 4)
 zeroes the masked elements instead.
 
@@ -24,6 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError, check_choice
 from .modes import ScaleFactors, make_mode
@@ -111,34 +113,86 @@ class NoisyTopKRouter(nn.Module):
         return f"num_experts={self.num_experts}, top_k={self.top_k}, noisy={self.noise_weight is not None}"
 
 
-def neuron_ffn(x: torch.Tensor, neurons: torch.Tensor, activation) -> torch.Tensor:
-    """One FFN from its neuron rows: ``neurons`` (F, 2H + 1) = [W1 | b1 | W2ᵀ], ``x`` (n, H) → (n, H),
-    without the output bias."""
-    hidden = x.shape[1]
-    w1, b1, w2t = neurons.split([hidden, 1, hidden], dim=1)
-    return activation(torch.addmm(b1.squeeze(1), x, w1.t())) @ w2t
+def neuron_ffn(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, activation) -> torch.Tensor:
+    """One FFN without its output bias: ``x`` (n, H), ``w1t`` (H, F), ``b1`` (F,), ``w2`` (H, F) → (n, H)."""
+    return activation(torch.addmm(b1, x, w1t)) @ w2.t()
+
+
+def split_neurons(neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Neuron columns (..., 2H + 1, F) → contiguous-row views W1ᵀ (..., H, F), b1 (..., F), W2 (..., H, F)."""
+    hidden = (neurons.shape[-2] - 1) // 2
+    w1t, b1, w2 = neurons.split([hidden, 1, hidden], dim=-2)
+    return w1t, b1.squeeze(-2), w2
+
+
+class _GroupedExperts(torch.autograd.Function):
+    """E two-linear FFNs, expert e on its block of ``counts[e]`` consecutive rows of ``xs``.
+
+    Forward writes every block into one output; backward writes each expert's weight gradients straight into
+    its slice of one (E, 2H + 1, F) gradient and recomputes the activation, so no per-expert gradient is
+    stacked or concatenated afterwards (those copies cost about 6 % of a training step here).
+    """
+
+    @staticmethod
+    def forward(ctx, xs, experts, bias, counts, activation):
+        hidden = xs.shape[1]
+        out = xs.new_empty(xs.shape[0], hidden)
+        pre = xs.new_empty(xs.shape[0], experts.shape[2])  # pre-activations, kept for backward
+        w1t, b1, w2 = split_neurons(experts)
+        start = 0
+        for e, count in enumerate(counts):
+            rows = slice(start, start + count)
+            torch.addmm(b1[e], xs[rows], w1t[e], out=pre[rows])
+            torch.addmm(bias[e], activation(pre[rows]), w2[e].t(), out=out[rows])
+            start += count
+        ctx.save_for_backward(xs, experts, pre)
+        ctx.counts, ctx.activation = counts, activation
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        xs, experts, pre = ctx.saved_tensors
+        hidden = xs.shape[1]
+        w1t, _, w2 = split_neurons(experts)
+        grad_x = torch.empty_like(xs)
+        grad_experts = torch.zeros_like(experts)
+        grad_bias = experts.new_zeros(experts.shape[0], hidden)
+        start = 0
+        for e, count in enumerate(ctx.counts):
+            if count == 0:
+                continue
+            rows = slice(start, start + count)
+            g = grad_out[rows]  # (n_e, H)
+            with torch.enable_grad():
+                p = pre[rows].detach().requires_grad_(True)
+                act = ctx.activation(p)
+                (grad_pre,) = torch.autograd.grad(act, p, g @ w2[e])  # (n_e, F)
+            torch.mm(g.t(), act.detach(), out=grad_experts[e, hidden + 1:])  # dW2 (H, F)
+            torch.mm(xs[rows].t(), grad_pre, out=grad_experts[e, :hidden])  # dW1ᵀ (H, F)
+            grad_experts[e, hidden] = grad_pre.sum(0)
+            grad_bias[e] = g.sum(0)
+            torch.mm(grad_pre, w1t[e].t(), out=grad_x[rows])
+            start += count
+        return grad_x, grad_experts, grad_bias, None, None
 
 
 def dispatch(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: torch.Tensor,
              activation) -> torch.Tensor:
     """Dropless top-k dispatch: Σ over each token's k experts of gate · expert(token).
 
-    ``x`` (N, H); ``experts`` (E, F, 2H + 1) neuron rows (F may be 0); ``bias`` (E, H) output biases →
-    (N, H). The N·k assignments are sorted by expert (stable) so each expert runs one matmul per linear.
+    ``x`` (N, H); ``experts`` (E, 2H + 1, F) neuron columns (F may be 0); ``bias`` (E, H) output biases →
+    (N, H). The N·k assignments are sorted by expert (stable) so each expert runs one matmul per linear on a
+    contiguous block of tokens (``_GroupedExperts``).
     """
     n, k = routing.indices.shape
-    hidden = x.shape[1]
     flat = routing.indices.reshape(-1)  # (N·k,) token-major
     order = flat.argsort(stable=True)
     counts = torch.bincount(flat, minlength=experts.shape[0]).tolist()
     tokens = order // k  # token of each sorted assignment
-    xs = x.index_select(0, tokens).split(counts)
-    w1, b1, w2t = experts.split([hidden, 1, hidden], dim=2)
-    outs = [torch.addmm(b2, activation(torch.addmm(c1.squeeze(1), xe, a1.t())), a2)
-            for xe, a1, c1, a2, b2, count in zip(xs, w1.unbind(0), b1.unbind(0), w2t.unbind(0), bias.unbind(0),
-                                                 counts) if count]
-    weighted = torch.cat(outs) * routing.gates.reshape(-1).index_select(0, order).unsqueeze(1)
-    return x.new_zeros(n, hidden).index_add_(0, tokens, weighted)
+    ys = _GroupedExperts.apply(x.index_select(0, tokens), experts, bias, counts, activation)  # (N·k, H)
+    weighted = ys * routing.gates.reshape(-1).index_select(0, order).unsqueeze(1)
+    return x.new_zeros(n, x.shape[1]).index_add_(0, tokens, weighted)
 
 
 class MoEFeedForward(nn.Module):
@@ -177,14 +231,14 @@ class MoEFeedForward(nn.Module):
         self.mode, self.granularity, self.aux_loss_weight = mode, granularity, aux_loss_weight
         self.router = NoisyTopKRouter(hidden_size, num_experts, top_k, noisy)
         self.activation = activation if activation is not None else nn.GELU()
-        self.experts = nn.Parameter(torch.empty(num_experts, intermediate_size, 2 * hidden_size + 1))
+        self.experts = nn.Parameter(torch.empty(num_experts, 2 * hidden_size + 1, intermediate_size))
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
         nn.init.normal_(self.experts, std=0.02)
         partial = mode != "dynamic"
         semantics = "static" if mode == "pad" else "zero"
         neuron = granularity == "neuron"
-        self.neuron_mode = make_mode(partial, (intermediate_size, 2 * hidden_size + 1), num_experts,
-                                     "filter" if neuron else "shared", semantics)
+        self.neuron_mode = make_mode(partial, (2 * hidden_size + 1, intermediate_size), num_experts,
+                                     "column" if neuron else "shared", semantics)
         # the output bias: element-wise masks, or one mask element for the whole vector with neuron masks
         self.bias_mode = make_mode(partial, (1, hidden_size) if neuron else (hidden_size,), num_experts,
                                    "filter" if neuron else "shared", semantics)
@@ -215,7 +269,7 @@ class MoEFeedForward(nn.Module):
             zero_in = torch.zeros(inter, dtype=up.weight.dtype, device=up.weight.device)
             b1 = up.bias if up.bias is not None else zero_in
             b2 = down.bias if down.bias is not None else torch.zeros_like(zero_in[:hidden])
-            neurons = torch.cat([up.weight, b1.unsqueeze(1), down.weight.t()], dim=1)  # (F, 2H + 1)
+            neurons = torch.cat([up.weight.t(), b1.unsqueeze(0), down.weight], dim=0)  # (2H + 1, F)
             layer.experts.copy_(neurons.expand_as(layer.experts))
             layer.expert_bias.copy_(b2.expand_as(layer.expert_bias))
             if layer.mode == "pad":
@@ -224,7 +278,7 @@ class MoEFeedForward(nn.Module):
         return layer
 
     def mode_pairs(self):
-        """The masked tensors (for mode partition): neuron rows (E, F, 2H + 1) and output biases."""
+        """The masked tensors (for mode partition): neuron columns (E, 2H + 1, F) and output biases."""
         if self.mode == "dynamic":
             return []
         bias = self.expert_bias.reshape(self.num_experts, *self.bias_mode.shape)
@@ -263,10 +317,10 @@ class MoEFeedForward(nn.Module):
             return self._merged()
         lam_s, lam_d = self.scale()
         static_idx, dynamic_idx = self.neuron_split()
-        experts = self.experts.index_select(1, dynamic_idx) * lam_d
+        experts = self.experts.index_select(2, dynamic_idx) * lam_d
         static = None
         if self.mode == "pad" and static_idx.numel():
-            static = self.neuron_mode.static.index_select(0, static_idx) * lam_s
+            static = self.neuron_mode.static.index_select(1, static_idx) * lam_s
         return experts, self._merged_bias(lam_s, lam_d), static
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -276,7 +330,7 @@ class MoEFeedForward(nn.Module):
         experts, bias, static = getattr(self, self._path)()
         out = dispatch(x, routing, experts, bias, self.activation)
         if static is not None:
-            out = out + neuron_ffn(x, static, self.activation)
+            out = out + neuron_ffn(x, *split_neurons(static), self.activation)
         return out.reshape(hidden.shape)
 
     def dynamic_ratio(self) -> float:
@@ -294,10 +348,10 @@ class MoEFeedForward(nn.Module):
 class DeployedMoE(nn.Module):
     """Inference form of a :class:`MoEFeedForward`: computational parameters merged once.
 
-    ``experts`` (E, F_d, 2H + 1) hold λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ per expert (element masks) or, with
-    neuron masks, only the dynamic neurons (λd folded in), whose static neurons form ``static``
-    (F_s, 2H + 1, λs folded in), one dense FFN run on every token. ``expert_bias`` (E, H) are the merged
-    output biases. Computes what the source layer computes in eval mode (within float rounding).
+    ``experts`` (E, 2H + 1, F_d) hold λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ per expert (element masks) or, with
+    neuron masks, only the dynamic neurons (λd folded in); the static neurons form ``static`` (2H + 1, F_s),
+    one dense FFN run on every token (λs folded in), or None. ``expert_bias`` (E, H) are the merged output
+    biases. Computes what the source layer computes in eval mode (within float rounding).
     """
 
     def __init__(self, router: NoisyTopKRouter, experts: torch.Tensor, expert_bias: torch.Tensor,
@@ -305,20 +359,17 @@ class DeployedMoE(nn.Module):
         super().__init__()
         self.router, self.activation = router, activation
         self.hidden_size = expert_bias.shape[1]
-        self.experts = nn.Parameter(experts, requires_grad=False)
-        self.expert_bias = nn.Parameter(expert_bias, requires_grad=False)
-        self.static = None if static is None else nn.Parameter(static, requires_grad=False)
+        frozen = (lambda t: None if t is None else nn.Parameter(t.detach().clone().contiguous(), requires_grad=False))
+        self.experts, self.expert_bias, self.static = frozen(experts), frozen(expert_bias), frozen(static)
 
     @classmethod
     @torch.no_grad()
     def from_layer(cls, layer: MoEFeedForward) -> DeployedMoE:
-        experts, bias, static = getattr(layer, layer._path)()
-        clone = (lambda t: None if t is None else t.detach().clone().contiguous())
-        return cls(layer.router, clone(experts), clone(bias), clone(static), layer.activation)
+        return cls(layer.router, *getattr(layer, layer._path)(), layer.activation)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, self.hidden_size)
         out = dispatch(x, self.router(x), self.experts, self.expert_bias, self.activation)
         if self.static is not None:
-            out = out + neuron_ffn(x, self.static, self.activation)
+            out = out + neuron_ffn(x, *split_neurons(self.static), self.activation)
         return out.reshape(hidden.shape)

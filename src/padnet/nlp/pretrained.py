@@ -67,10 +67,8 @@ def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tor
             full[:, mask] = values
             tensors[f"{name}.{key}"] = full
             mode = getattr(layer, _MODES[key])
-            # back to the mask buffer's shape: a filter mask keeps the first element of each filter
-            mask = mask.reshape(mode.shape)
-            if mode.granularity == "filter":
-                mask = mask[(slice(None),) + (slice(0, 1),) * (mask.dim() - 1)]
+            # back to the mask buffer's shape: a filter or column mask keeps one element per block
+            mask = mask.reshape(mode.shape)[tuple(slice(None) if n > 1 else slice(0, 1) for n in mode.mask.shape[1:])]
             tensors[f"{name}.{_MODES[key]}.mask"] = mask.reshape(mode.mask.shape).float()
     return tensors
 

