@@ -19,6 +19,7 @@ from padnet.layers.moe import (
     Routing,
     cv_squared,
     dispatch,
+    gelu_approximation,
     load_balancing_loss,
 )
 from padnet.metrics import count_parameters
@@ -140,10 +141,18 @@ def test_dispatch_gradients_match_autograd_of_the_loop_in_double_precision():
     idx[0] = torch.tensor([3, 1])  # expert 2 may get no token: its gradient must be zero
     gates = torch.softmax(top, 1).requires_grad_(True)
 
-    def routed(x, experts, bias, gates):
-        return dispatch(x, Routing(idx, gates, None, None), experts, bias, nn.functional.gelu)
+    for activation, gelu in ((nn.functional.gelu, "none"), (torch.tanh, None)):  # aten.gelu_backward / autograd
+        def routed(x, experts, bias, gates, activation=activation, gelu=gelu):
+            return dispatch(x, Routing(idx, gates, None, None), experts, bias, activation, gelu=gelu)
 
-    assert torch.autograd.gradcheck(routed, (x, experts, bias, gates))
+        assert torch.autograd.gradcheck(routed, (x, experts, bias, gates))
+
+
+def test_gelu_is_recognised_by_its_values():
+    assert gelu_approximation(nn.GELU()) == "none"
+    assert gelu_approximation(nn.GELU(approximate="tanh")) == "tanh"
+    assert gelu_approximation(transformers.activations.GELUActivation()) == "none"
+    assert gelu_approximation(nn.ReLU()) is None
 
 
 # ------------------------------------------------------------------------------------------ modes
@@ -368,3 +377,18 @@ def test_loading_a_foreign_folder_is_a_checkpoint_error(tmp_path):
 def test_save_pretrained_refuses_a_plain_module(tmp_path):
     with pytest.raises(ConfigError, match="Hugging Face model"):
         save_pretrained(nn.Linear(2, 2), tmp_path)
+
+
+def test_evaluation_reuses_the_merged_parameters_until_a_weight_or_the_mask_changes():
+    layer = _partitioned("pad", "neuron")
+    x = torch.randn(20, H)
+    with torch.no_grad():
+        cached = layer.computational_parameters()
+        assert layer.computational_parameters() is cached
+        layer.experts.add_(0.5)  # as an optimiser step does
+        assert layer.computational_parameters() is not cached
+        evaluated = layer(x)
+    torch.testing.assert_close(evaluated, layer(x).detach())  # the autograd path, never cached
+    with torch.no_grad():
+        layer.neuron_mode.mask.fill_(1.0)
+        assert layer.computational_parameters()[2] is None  # every neuron dynamic now: no shared static FFN

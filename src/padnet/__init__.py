@@ -4,7 +4,8 @@ DY-Conv, CondConv, ODConv, DCD and their PAD-Net forms (``padnet.layers``), Iter
 model building and conversion (``create_model``, ``convert``), accounting (``count_parameters``,
 ``count_flops``), a trainer (``padnet.engine``), the fastest formulation per layer (``autotune``), the compact
 deployment form (``deploy``, ``save_deployed``, ``load_deployed``) and export (``export_onnx``,
-``export_torchscript``). Importing padnet touches no network and no data.
+``export_torchscript``); Mixture-of-Experts, PAD-MoE and MoE-P for Hugging Face encoders with GLUE fine-tuning
+(``padnet.nlp``, needs the ``nlp`` extra). Importing padnet touches no network and no data.
 """
 
 from .convert import convert

@@ -70,7 +70,12 @@ def _layers(hidden: int, inter: int) -> dict[str, nn.Module]:
 def _step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object]:
     if train:
         xg = x.clone().requires_grad_(True)
-        return lambda: layer(xg).sum().backward()
+
+        def step():  # as in training: gradients set to None before each backward (no accumulation)
+            layer.zero_grad(set_to_none=True)
+            xg.grad = None
+            layer(xg).sum().backward()
+        return step
 
     def infer():
         with torch.no_grad():

@@ -125,28 +125,42 @@ def split_neurons(neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return w1t, b1.squeeze(-2), w2
 
 
+def gelu_approximation(activation) -> str | None:
+    """``"none"`` or ``"tanh"`` when ``activation`` computes torch's exact or tanh GELU (probed once on a
+    grid, so Hugging Face's ``GELUActivation`` counts), else None."""
+    probe = torch.linspace(-6.0, 6.0, 241)
+    with torch.no_grad():
+        out = activation(probe)
+        for kind in ("none", "tanh"):
+            if torch.equal(out, F.gelu(probe, approximate=kind)):
+                return kind
+    return None
+
+
 class _GroupedExperts(torch.autograd.Function):
     """E two-linear FFNs, expert e on its block of ``counts[e]`` consecutive rows of ``xs``.
 
-    Forward writes every block into one output; backward writes each expert's weight gradients straight into
-    its slice of one (E, 2H + 1, F) gradient and recomputes the activation, so no per-expert gradient is
-    stacked or concatenated afterwards (those copies cost about 6 % of a training step here).
+    Forward writes every block into one output and keeps the pre-activations and activations; backward writes
+    each expert's weight gradients straight into its slice of one (E, 2H + 1, F) gradient, so no per-expert
+    gradient is stacked or concatenated afterwards (those copies cost about 6 % of a training step here). The
+    activation's derivative comes from ``aten.gelu_backward`` for GELU, from autograd otherwise.
     """
 
     @staticmethod
-    def forward(ctx, xs, experts, bias, counts, activation):
+    def forward(ctx, xs, experts, bias, counts, activation, gelu):
         hidden = xs.shape[1]
         out = xs.new_empty(xs.shape[0], hidden)
         pre = xs.new_empty(xs.shape[0], experts.shape[2])  # pre-activations, kept for backward
         w1t, b1, w2 = split_neurons(experts)
-        start = 0
+        acts, start = [], 0
         for e, count in enumerate(counts):
             rows = slice(start, start + count)
             torch.addmm(b1[e], xs[rows], w1t[e], out=pre[rows])
-            torch.addmm(bias[e], activation(pre[rows]), w2[e].t(), out=out[rows])
+            acts.append(activation(pre[rows]))
+            torch.addmm(bias[e], acts[-1], w2[e].t(), out=out[rows])
             start += count
         ctx.save_for_backward(xs, experts, pre)
-        ctx.counts, ctx.activation = counts, activation
+        ctx.acts, ctx.counts, ctx.activation, ctx.gelu = acts, counts, activation, gelu
         return out
 
     @staticmethod
@@ -156,43 +170,48 @@ class _GroupedExperts(torch.autograd.Function):
         hidden = xs.shape[1]
         w1t, _, w2 = split_neurons(experts)
         grad_x = torch.empty_like(xs)
-        grad_experts = torch.zeros_like(experts)
+        grad_experts = torch.empty_like(experts)
         grad_bias = experts.new_zeros(experts.shape[0], hidden)
         start = 0
-        for e, count in enumerate(ctx.counts):
+        for e, (count, act) in enumerate(zip(ctx.counts, ctx.acts)):
             if count == 0:
+                grad_experts[e] = 0
                 continue
             rows = slice(start, start + count)
             g = grad_out[rows]  # (n_e, H)
-            with torch.enable_grad():
-                p = pre[rows].detach().requires_grad_(True)
-                act = ctx.activation(p)
-                (grad_pre,) = torch.autograd.grad(act, p, g @ w2[e])  # (n_e, F)
-            torch.mm(g.t(), act.detach(), out=grad_experts[e, hidden + 1:])  # dW2 (H, F)
+            grad_act = g @ w2[e]  # (n_e, F)
+            if ctx.gelu is not None:
+                grad_pre = torch.ops.aten.gelu_backward(grad_act, pre[rows], approximate=ctx.gelu)
+            else:
+                with torch.enable_grad():
+                    p = pre[rows].detach().requires_grad_(True)
+                    (grad_pre,) = torch.autograd.grad(ctx.activation(p), p, grad_act)
+            torch.mm(g.t(), act, out=grad_experts[e, hidden + 1:])  # dW2 (H, F)
             torch.mm(xs[rows].t(), grad_pre, out=grad_experts[e, :hidden])  # dW1ᵀ (H, F)
             grad_experts[e, hidden] = grad_pre.sum(0)
             grad_bias[e] = g.sum(0)
             torch.mm(grad_pre, w1t[e].t(), out=grad_x[rows])
             start += count
-        return grad_x, grad_experts, grad_bias, None, None
+        return grad_x, grad_experts, grad_bias, None, None, None
 
 
 def dispatch(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: torch.Tensor,
-             activation) -> torch.Tensor:
-    """Dropless top-k dispatch: Σ over each token's k experts of gate · expert(token).
+             activation, base: torch.Tensor | None = None, gelu: str | None = None) -> torch.Tensor:
+    """Dropless top-k dispatch: ``base`` + Σ over each token's k experts of gate · expert(token).
 
-    ``x`` (N, H); ``experts`` (E, 2H + 1, F) neuron columns (F may be 0); ``bias`` (E, H) output biases →
-    (N, H). The N·k assignments are sorted by expert (stable) so each expert runs one matmul per linear on a
-    contiguous block of tokens (``_GroupedExperts``).
+    ``x`` (N, H); ``experts`` (E, 2H + 1, F) neuron columns (F may be 0); ``bias`` (E, H) output biases;
+    ``base`` (N, H), added to in place, or None (zeros) → (N, H). The N·k assignments are sorted by expert
+    (stable) so each expert runs one matmul per linear on a contiguous block of tokens (``_GroupedExperts``).
+    ``gelu``: :func:`gelu_approximation` of ``activation``, when known (a faster backward).
     """
     n, k = routing.indices.shape
     flat = routing.indices.reshape(-1)  # (N·k,) token-major
     order = flat.argsort(stable=True)
     counts = torch.bincount(flat, minlength=experts.shape[0]).tolist()
     tokens = order // k  # token of each sorted assignment
-    ys = _GroupedExperts.apply(x.index_select(0, tokens), experts, bias, counts, activation)  # (N·k, H)
+    ys = _GroupedExperts.apply(x.index_select(0, tokens), experts, bias, counts, activation, gelu)  # (N·k, H)
     weighted = ys * routing.gates.reshape(-1).index_select(0, order).unsqueeze(1)
-    return x.new_zeros(n, x.shape[1]).index_add_(0, tokens, weighted)
+    return (x.new_zeros(n, x.shape[1]) if base is None else base).index_add_(0, tokens, weighted)
 
 
 class MoEFeedForward(nn.Module):
@@ -231,6 +250,7 @@ class MoEFeedForward(nn.Module):
         self.mode, self.granularity, self.aux_loss_weight = mode, granularity, aux_loss_weight
         self.router = NoisyTopKRouter(hidden_size, num_experts, top_k, noisy)
         self.activation = activation if activation is not None else nn.GELU()
+        self._gelu = gelu_approximation(self.activation)
         self.experts = nn.Parameter(torch.empty(num_experts, 2 * hidden_size + 1, intermediate_size))
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
         nn.init.normal_(self.experts, std=0.02)
@@ -245,6 +265,7 @@ class MoEFeedForward(nn.Module):
         self.scale = ScaleFactors(scale_mode if mode == "pad" else "none") if partial else None
         self.aux_loss: torch.Tensor | None = None
         self._split_cache: tuple | None = None
+        self._no_grad_cache: tuple | None = None  # computational parameters of unchanged weights, no autograd
         # the parameter path, chosen once (a name, so copies stay correct): merged per-expert weights, or
         # the neuron split of a fixed mask
         self._path = "_split" if partial and neuron else ("_merged" if partial else "_dynamic")
@@ -323,15 +344,25 @@ class MoEFeedForward(nn.Module):
             static = self.neuron_mode.static.index_select(1, static_idx) * lam_s
         return experts, self._merged_bias(lam_s, lam_d), static
 
+    def computational_parameters(self):
+        """(experts (E, 2H + 1, F_d), output biases (E, H), shared static neurons (2H + 1, F_s) or None) as
+        the forward pass uses them. Without autograd (evaluation) a partially dynamic layer keeps them until a
+        parameter or the mask changes (tracked by tensor versions), so evaluating costs what the deployed form
+        costs."""
+        if self.mode == "dynamic" or torch.is_grad_enabled():
+            return getattr(self, self._path)()
+        key = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        if self._no_grad_cache is None or self._no_grad_cache[0] != key:
+            self._no_grad_cache = (key, getattr(self, self._path)())
+        return self._no_grad_cache[1]
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, self.hidden_size)  # (N, H), N = all tokens
         routing = self.router(x)
         self.aux_loss = load_balancing_loss(routing, self.aux_loss_weight)
-        experts, bias, static = getattr(self, self._path)()
-        out = dispatch(x, routing, experts, bias, self.activation)
-        if static is not None:
-            out = out + neuron_ffn(x, *split_neurons(static), self.activation)
-        return out.reshape(hidden.shape)
+        experts, bias, static = self.computational_parameters()
+        shared = None if static is None else neuron_ffn(x, *split_neurons(static), self.activation)
+        return dispatch(x, routing, experts, bias, self.activation, shared, self._gelu).reshape(hidden.shape)
 
     def dynamic_ratio(self) -> float:
         """Fraction of the expert parameters that are dynamic (1.0 for a plain MoE)."""
@@ -357,7 +388,7 @@ class DeployedMoE(nn.Module):
     def __init__(self, router: NoisyTopKRouter, experts: torch.Tensor, expert_bias: torch.Tensor,
                  static: torch.Tensor | None, activation):
         super().__init__()
-        self.router, self.activation = router, activation
+        self.router, self.activation, self._gelu = router, activation, gelu_approximation(activation)
         self.hidden_size = expert_bias.shape[1]
         frozen = (lambda t: None if t is None else nn.Parameter(t.detach().clone().contiguous(), requires_grad=False))
         self.experts, self.expert_bias, self.static = frozen(experts), frozen(expert_bias), frozen(static)
@@ -365,11 +396,10 @@ class DeployedMoE(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_layer(cls, layer: MoEFeedForward) -> DeployedMoE:
-        return cls(layer.router, *getattr(layer, layer._path)(), layer.activation)
+        return cls(layer.router, *layer.computational_parameters(), layer.activation)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, self.hidden_size)
-        out = dispatch(x, self.router(x), self.experts, self.expert_bias, self.activation)
-        if self.static is not None:
-            out = out + neuron_ffn(x, *split_neurons(self.static), self.activation)
-        return out.reshape(hidden.shape)
+        shared = None if self.static is None else neuron_ffn(x, *split_neurons(self.static), self.activation)
+        return dispatch(x, self.router(x), self.experts, self.expert_bias, self.activation, shared,
+                        self._gelu).reshape(hidden.shape)

@@ -25,9 +25,7 @@ from .convert import auxiliary_loss, convert_moe, moe_layers
 from .text import TASKS, encode, load_task, loader
 
 VARIANTS = FinetuneConfig.VARIANTS
-
 VARIANT_LABELS = {"dense": "Dense", "moe": "MoE", "pad": "PAD-MoE", "prune": "MoE-P"}
-MODEL_ALIASES = ("minilm",)
 
 
 def resolve_model(name: str) -> str:
@@ -83,7 +81,7 @@ def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, data, task: str, accelerator=None) -> dict[str, float]:
+def evaluate(model, data, task: str) -> dict[str, float]:
     """GLUE metrics of ``model`` on the batches ``data`` (classification: argmax; STS-B: the regression)."""
     model.eval()
     predictions, references = [], []
@@ -136,7 +134,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
             report = partition(accelerator.unwrap_model(model), cfg.kappa, cfg.partition, iter(train_loader),
                                num_batches=cfg.partition_batches, iterations=cfg.partition_iterations,
                                seed=cfg.seed, batch_loss=task_loss)
-            log(f"  {report.summary()}")
+            (bar.write if cfg.progress else log)(f"  {report.summary()}")  # keeps the progress bar intact
         model.train()
         for batch in train_loader:
             loss = task_loss(model, batch)

@@ -121,20 +121,20 @@ def _markdown(records: list[dict], cfg: FinetuneConfig) -> str:
 
 
 def _plot(records, runs, ax_score, ax_layers) -> None:
-    for r in records:
+    for i, r in enumerate(records):
         ax_score.errorbar(r["params"] / 1e6, r["score_mean"], yerr=r["score_std"], fmt="o", capsize=4,
-                          label=r["model"])
+                          label=r["model"], color=f"C{i}")
         ax_score.scatter([r["params"] / 1e6] * len(r["scores"]), r["scores"], s=8, color="grey", alpha=0.5, zorder=0)
     ax_score.set_xlabel("parameters (M)")
     ax_score.set_ylabel(f"{records[0]['metric']} (%)")
     ax_score.grid(alpha=0.3)
     ax_score.legend(fontsize=8)
-    for r in records:
+    for i, r in enumerate(records):
         if r["layer_dynamic_ratio"]:
             per_seed = [list(x["dynamic_ratio"].values()) for x in runs[r["variant"]]]
             layers = range(1, len(per_seed[0]) + 1)
-            for ratios in per_seed:
-                ax_layers.plot(layers, ratios, marker="o", alpha=0.6, label=r["model"] if ratios is per_seed[0] else None)
+            for j, ratios in enumerate(per_seed):
+                ax_layers.plot(layers, ratios, marker="o", alpha=0.6, color=f"C{i}", label=None if j else r["model"])
     ax_layers.set_xlabel("MoE layer (bottom to top)")
     ax_layers.set_ylabel("dynamic ratio")
     ax_layers.set_title("layer-wise dynamic ratio (one line per seed)")
