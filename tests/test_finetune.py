@@ -69,20 +69,23 @@ def test_partitioned_variants_reach_kappa_at_the_second_epoch(tiny_model, varian
     report = results["partition"]
     assert report["dynamic"] == round(0.4 * report["total"])
     assert len(results["dynamic_ratio"]) == 2
-    assert 0 <= results["score"] <= 100 and results["metric"] == "accuracy"
+    assert results["metric"] == "accuracy" and set(results["metrics"]["validation"]) == {"accuracy", "score"}
     assert all(m.mode == ("pad" if variant == "pad" else "prune") for _, m in moe_layers(results["model"]))
 
 
 def test_compact_parameter_counts_order_the_variants(tiny_model):
+    from padnet import partition
+    from padnet.metrics import count_parameters
     from padnet.nlp.finetune import build_model
 
     counts = {}
-    for variant in ("dense", "moe"):
+    for variant in ("dense", "moe", "pad", "prune"):
         model, _ = build_model(_quick(tiny_model, variant=variant))
-        from padnet.metrics import count_parameters
-
+        if variant in ("pad", "prune"):
+            partition(model, 0.5, "random")
         counts[variant] = count_parameters(model)
-    assert counts["moe"] > counts["dense"]
+    # MoE-P keeps half of the experts' factors; PAD-MoE also stores the static half once per layer
+    assert counts["dense"] < counts["prune"] < counts["pad"] < counts["moe"]
 
 
 def test_finetune_config_refuses_bad_values():
@@ -140,9 +143,17 @@ def test_cli_moe_writes_the_comparison(tiny_model, tmp_path, capsys):
     assert records["pad"]["layer_dynamic_ratio"]
     assert (out / "results.md").read_text().count("|") > 10 and (out / "results.png").stat().st_size > 1000
     # re-running reuses the finished runs; another recipe in the same folder is refused
-    assert main(args) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")}
+    assert len(stamps) == 4
+    assert main([*args, "--seeds", "0", "1", "1"]) == 0  # a repeated seed is one run
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")} == stamps
+    assert json.loads((out / "results.json").read_text())["records"][0]["seeds"] == [0, 1]
     assert main([*args, "--lr", "0.001"]) == 2
     assert "another configuration" in capsys.readouterr().err
+    (out / "runs" / "pad-seed1" / "results.json").write_text("{not json")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "not a readable results file" in err and err.count("\n") == 1
 
 
 def test_cli_refuses_a_model_without_a_recognisable_ffn_and_glue_files_missing_a_column(tmp_path, capsys):
@@ -180,11 +191,11 @@ def test_shipped_configs_load_and_the_rotten_tomatoes_one_is_the_quick_recipe():
     from pathlib import Path
 
     from padnet.config import config_from_dict, load_yaml
-    from padnet.nlp.study import recipe
+    from padnet.nlp.study import QUICK
 
     root = Path(__file__).resolve().parents[1] / "configs"
     shipped = config_from_dict(load_yaml(root / "rotten-tomatoes-padmoe.yaml"), FinetuneConfig()).validate()
-    assert shipped.to_dict() == {**recipe(full=False).to_dict(), "variant": "pad"}
+    assert shipped.to_dict() == {**config_from_dict(QUICK, FinetuneConfig()).to_dict(), "variant": "pad"}
     glue = config_from_dict(load_yaml(root / "glue-bert-base-padmoe.yaml"), FinetuneConfig()).validate()
     assert (glue.task, glue.variant, glue.kappa) == ("rte", "pad", 0.5)
 

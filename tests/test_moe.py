@@ -4,10 +4,12 @@ partition, deployment and save / load."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from padnet import partition
@@ -72,7 +74,6 @@ def test_router_sends_each_token_to_exactly_k_distinct_experts_with_gates_summin
         assert r.indices.shape == (50, 2) and r.gates.shape == (50, 2)
         assert all(len(set(row)) == 2 for row in r.indices.tolist())
         torch.testing.assert_close(r.gates.sum(1), torch.ones(50))
-        torch.testing.assert_close(r.importance.sum(), torch.tensor(50.0))
     router.eval()
     assert router(x).load.sum().item() == 100  # eval: exact counts, N·k assignments
 
@@ -95,6 +96,22 @@ def test_router_weights_start_at_zero_and_noise_reaches_the_noise_weights():
     loss = load_balancing_loss(router(torch.randn(64, H)))
     loss.backward()
     assert router.noise_weight.grad.abs().sum() > 0 and router.weight.grad.abs().sum() > 0
+
+
+def test_noisy_load_is_the_expected_number_of_tokens_per_expert():
+    # Shazeer eq. 8–10: summed over tokens, P(expert i stays in the top k when only its own noise is redrawn);
+    # its mean over noise draws equals the mean number of tokens routed to i
+    torch.manual_seed(0)
+    router = NoisyTopKRouter(3, num_experts=4, top_k=2).train()
+    with torch.no_grad():
+        router.weight.normal_()
+        router.noise_weight.normal_(std=0.3)
+    x = torch.randn(6, 3)
+    draws = [router(x) for _ in range(4000)]
+    smooth = torch.stack([r.load for r in draws]).mean(0)
+    counted = torch.stack([torch.bincount(r.indices.reshape(-1), minlength=4).float() for r in draws]).mean(0)
+    torch.testing.assert_close(smooth, counted, atol=0.06, rtol=0.03)
+    assert smooth.sum().item() == pytest.approx(12.0, abs=0.1)  # 6 tokens × top-2
 
 
 def test_load_balancing_loss_matches_a_hand_computed_value():
@@ -137,15 +154,19 @@ def test_dispatch_gradients_match_autograd_of_the_loop_in_double_precision():
     experts = torch.randn(e, 2 * h + 1, f, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(e, h, dtype=torch.float64, requires_grad=True)
     x = torch.randn(n, h, dtype=torch.float64, requires_grad=True)
-    top, idx = torch.randn(n, e, dtype=torch.float64).topk(k, 1)
-    idx[0] = torch.tensor([3, 1])  # expert 2 may get no token: its gradient must be zero
+    logits = torch.randn(n, e, dtype=torch.float64)
+    logits[:, 2] = -float("inf")  # expert 2 gets no token: its gradient must be zero
+    top, idx = logits.topk(k, 1)
     gates = torch.softmax(top, 1).requires_grad_(True)
 
-    for activation, gelu in ((nn.functional.gelu, "none"), (torch.tanh, None)):  # aten.gelu_backward / autograd
+    tanh_gelu = functools.partial(nn.functional.gelu, approximate="tanh")
+    for activation, gelu in ((nn.functional.gelu, "none"), (tanh_gelu, "tanh"), (torch.tanh, None)):
         def routed(x, experts, bias, gates, activation=activation, gelu=gelu):
             return dispatch(x, Routing(idx, gates, None, None), experts, bias, activation, gelu=gelu)
 
         assert torch.autograd.gradcheck(routed, (x, experts, bias, gates))
+    dispatch(x, Routing(idx, gates, None, None), experts, bias, torch.tanh).sum().backward()
+    assert not experts.grad[2].any() and not bias.grad[2].any()
 
 
 def test_gelu_is_recognised_by_its_values():
@@ -317,6 +338,21 @@ def test_auxiliary_loss_sums_the_layers_losses_in_training():
     assert auxiliary_loss(_bert()) == 0.0
 
 
+def test_other_ffn_layouts_are_found_by_their_names_and_the_names_are_recorded():
+    model = nn.Sequential()
+    model.block = nn.Module()
+    model.block.fc_in, model.block.act, model.block.fc_out = nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 16)
+    convert_moe(model, patterns=[("fc_in", "act", "fc_out")])
+    assert [n for n, _ in moe_layers(model)] == ["block.fc_in"]
+    assert isinstance(model.block.fc_out, nn.Identity)
+    assert model.padnet_moe["patterns"] == [["fc_in", "act", "fc_out"]]  # from_pretrained converts the same way
+
+
+def test_an_activation_with_parameters_is_refused():
+    with pytest.raises(ConfigError, match="without parameters"):
+        MoEFeedForward(H, F, activation=nn.PReLU())
+
+
 def test_conversion_errors_are_one_line():
     with pytest.raises(ConfigError, match="no recognisable feed-forward") as err:
         convert_moe(nn.Sequential(nn.Linear(4, 4)))
@@ -351,6 +387,9 @@ def test_save_then_load_gives_equal_outputs(tmp_path, mode, granularity):
     for (_, a), (_, b) in zip(moe_layers(model), moe_layers(trainable)):
         if mode != "dynamic":
             assert torch.equal(a.neuron_mode.mask, b.neuron_mode.mask)
+            assert torch.equal(a.bias_mode.mask, b.bias_mode.mask)
+    with pytest.raises(ConfigError, match="training form"):
+        save_pretrained(deployed, tmp_path / "again")
 
 
 def test_pad_moe_file_stores_only_the_dynamic_factors(tmp_path):
@@ -361,6 +400,12 @@ def test_pad_moe_file_stores_only_the_dynamic_factors(tmp_path):
             partition(model, 0.5, "random", num_batches=1)
         save_pretrained(model, tmp_path / mode)
         sizes[mode] = (tmp_path / mode / "model.safetensors").stat().st_size
+        if mode != "dynamic":
+            with safe_open(str(tmp_path / mode / "model.safetensors"), framework="pt") as fh:
+                for name, layer in moe_layers(model):
+                    values = fh.get_tensor(f"{name}.experts.values")
+                    assert values.shape == (8, int(layer.neuron_mode.mask.sum()))  # dynamic positions only
+                    assert f"{name}.experts" not in fh.keys()  # noqa: SIM118 - safe_open has no __contains__
     assert sizes["prune"] < sizes["pad"] < sizes["dynamic"]
 
 

@@ -361,10 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("bench", help="speed, memory and file-size ratios of dynamic vs static convolution",
+    p = sub.add_parser("bench", help="speed, memory and file-size ratios of dynamic vs static layers",
                        description="Per-layer and whole-ResNet-18 timings and peak memory as ratios to the static "
-                                   "model measured in the same run, and deployed ResNet-50 file sizes; writes "
-                                   "bench.md and bench.json. Takes about 7 minutes on 2 cores (--quick: about 4).")
+                                   "model measured in the same run, deployed ResNet-50 file sizes, and MoE / "
+                                   "PAD-MoE feed-forward layers against the dense FFN; writes bench.md and "
+                                   "bench.json. Takes about 8 minutes on 2 cores (--quick: about 4).")
     p.add_argument("--out", default="runs/bench", help="output directory")
     p.add_argument("--parts", nargs="+", default=["layers", "models", "files", "moe"], metavar="PART",
                    help="layers, models, files, moe (default all)")

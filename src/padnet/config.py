@@ -170,10 +170,16 @@ class FinetuneConfig:
         check_choice("MoE mask granularity", self.granularity, ("element", "neuron"))
         check_choice("partition method", self.partition, METHODS)
         check_kappa(self.kappa)
+        for name in ("model", "task", "variant", "granularity", "partition"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a name, got {getattr(self, name)!r}")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ConfigError(f"data_root must be a path, got {self.data_root!r}")
         for name in ("num_experts", "top_k", "partition_batches", "partition_iterations", "epochs",
                      "batch_size", "max_length"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.top_k > self.num_experts:
             raise ConfigError(f"top_k {self.top_k} is larger than num_experts {self.num_experts}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -192,7 +198,6 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
 
 
 OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction")

@@ -207,6 +207,8 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                     yield reader.line_num, row
     except (csv.Error, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path} as UTF-8 TSV: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _column_index(header: list[str] | tuple[str, ...], name: str, path: Path) -> int:

@@ -124,9 +124,10 @@ class PartialMode(nn.Module):
         semantics: ``"static"`` (PAD-Net) or ``"zero"`` (pruning: masked elements are zero).
         static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
 
-    Buffers: ``mask`` float32, shape (1, *shape) shared, (k, *shape) per kernel or (1, shape[0], 1, …)
-    per filter, all ones at construction (fully dynamic); it broadcasts against (k, *shape). The mask is a
-    float so mode partition can differentiate the loss with respect to it (PAD-Net eq. 7).
+    Buffers: ``mask`` float32, shape (1, *shape) shared, (k, *shape) per kernel, (1, shape[0], 1, …)
+    per filter or (1, …, 1, shape[-1]) per column, all ones at construction (fully dynamic); it broadcasts
+    against (k, *shape). The mask is a float so mode partition can differentiate the loss with respect to it
+    (PAD-Net eq. 7).
     """
 
     partial = True

@@ -225,9 +225,10 @@ class MoEFeedForward(nn.Module):
         activation: the FFN non-linearity (a module or callable; default GELU).
         mode: ``"dynamic"`` (MoE), ``"pad"`` (PAD-MoE: masked elements use the static parameters) or
             ``"prune"`` (MoE-P: masked elements are zero).
-        granularity: ``"element"`` (one mask element per parameter) or ``"neuron"`` (one per FFN neuron
-            row, and one for the output bias).
-        scale_mode: scale factors of ``"pad"`` (``ScaleFactors`` modes; default λs + λd = 2).
+        granularity: ``"element"`` (one mask element per parameter) or ``"neuron"`` (one per FFN neuron, a
+            column of ``experts``, and one for the output bias).
+        scale_mode: scale factors of ``"pad"`` (``ScaleFactors`` modes; default λs + λd = 2); MoE has none and
+            MoE-P uses λ = 1.
         noisy: noisy gating while training.
         aux_loss_weight: weight of the load-balancing loss (default 1e-2, PAD-Net appendix A).
 
@@ -235,7 +236,8 @@ class MoEFeedForward(nn.Module):
     load-balancing loss (0-d tensor) for the training loop to add (:func:`padnet.nlp.auxiliary_loss`).
 
     Raises:
-        ConfigError: unknown mode or granularity, sizes < 1, bad top_k.
+        ConfigError: unknown mode or granularity, sizes < 1, bad top_k, an activation with parameters (the
+            grouped experts differentiate the activation, not its parameters).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2,
@@ -250,6 +252,8 @@ class MoEFeedForward(nn.Module):
         self.mode, self.granularity, self.aux_loss_weight = mode, granularity, aux_loss_weight
         self.router = NoisyTopKRouter(hidden_size, num_experts, top_k, noisy)
         self.activation = activation if activation is not None else nn.GELU()
+        if isinstance(self.activation, nn.Module) and any(True for _ in self.activation.parameters()):
+            raise ConfigError(f"MoE experts need an activation without parameters, got {self.activation}")
         self._gelu = gelu_approximation(self.activation)
         self.experts = nn.Parameter(torch.empty(num_experts, 2 * hidden_size + 1, intermediate_size))
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
@@ -287,9 +291,9 @@ class MoEFeedForward(nn.Module):
                               f"{down.in_features} -> {down.out_features}")
         layer = cls(hidden, inter, activation=activation, **options).to(up.weight.device, up.weight.dtype)
         with torch.no_grad():
-            zero_in = torch.zeros(inter, dtype=up.weight.dtype, device=up.weight.device)
-            b1 = up.bias if up.bias is not None else zero_in
-            b2 = down.bias if down.bias is not None else torch.zeros_like(zero_in[:hidden])
+            like = {"dtype": up.weight.dtype, "device": up.weight.device}
+            b1 = up.bias if up.bias is not None else torch.zeros(inter, **like)
+            b2 = down.bias if down.bias is not None else torch.zeros(hidden, **like)
             neurons = torch.cat([up.weight.t(), b1.unsqueeze(0), down.weight], dim=0)  # (2H + 1, F)
             layer.experts.copy_(neurons.expand_as(layer.experts))
             layer.expert_bias.copy_(b2.expand_as(layer.expert_bias))
@@ -334,7 +338,9 @@ class MoEFeedForward(nn.Module):
 
     def _split(self):
         """Static neurons as one shared FFN, dynamic neurons as narrower experts (neuron granularity)."""
-        if self.neuron_mode.mask.requires_grad:  # mode partition relaxes the mask: keep it differentiable
+        # mode partition swaps in a relaxed, differentiable mask while it scores (partitioning/scores.py):
+        # the merged form keeps ∂L/∂M; a fixed binary mask takes the cheaper split
+        if self.neuron_mode.mask.requires_grad:
             return self._merged()
         lam_s, lam_d = self.scale()
         static_idx, dynamic_idx = self.neuron_split()
@@ -346,15 +352,21 @@ class MoEFeedForward(nn.Module):
 
     def computational_parameters(self):
         """(experts (E, 2H + 1, F_d), output biases (E, H), shared static neurons (2H + 1, F_s) or None) as
-        the forward pass uses them. Without autograd (evaluation) a partially dynamic layer keeps them until a
-        parameter or the mask changes (tracked by tensor versions), so evaluating costs what the deployed form
-        costs."""
-        if self.mode == "dynamic" or torch.is_grad_enabled():
+        the forward pass uses them. In eval mode without autograd a partially dynamic layer keeps them until a
+        parameter or the mask is replaced or changed in place (tracked by tensor identity and version), so
+        evaluating costs what the deployed form costs; ``train()`` drops them."""
+        if self.mode == "dynamic" or self.training or torch.is_grad_enabled():
             return getattr(self, self._path)()
-        key = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
-        if self._no_grad_cache is None or self._no_grad_cache[0] != key:
-            self._no_grad_cache = (key, getattr(self, self._path)())
-        return self._no_grad_cache[1]
+        tensors = (*self.parameters(), *self.buffers())
+        cache = self._no_grad_cache
+        if cache is None or len(cache[0]) != len(tensors) or any(
+                t is not old or t._version != version for t, (old, version) in zip(tensors, cache[0])):
+            self._no_grad_cache = cache = ([(t, t._version) for t in tensors], getattr(self, self._path)())
+        return cache[1]
+
+    def train(self, mode: bool = True) -> MoEFeedForward:
+        self._no_grad_cache = None
+        return super().train(mode)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, self.hidden_size)  # (N, H), N = all tokens
@@ -369,7 +381,7 @@ class MoEFeedForward(nn.Module):
         if self.mode == "dynamic":
             return 1.0
         modes = (self.neuron_mode, self.bias_mode)
-        return sum(float(m.mask.sum()) * m.block for m in modes) / sum(m.numel * m.block for m in modes)
+        return sum(m.compact_counts()["dynamic"] for m in modes) / sum(m.factor_numel for m in modes)
 
     def extra_repr(self) -> str:
         return (f"hidden={self.hidden_size}, intermediate={self.intermediate_size}, experts={self.num_experts}, "

@@ -12,17 +12,6 @@ from collections.abc import Sequence
 
 from padnet.errors import ConfigError, check_choice
 
-_TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "cola": ("matthews_correlation",),
-    "sst2": ("accuracy",),
-    "mrpc": ("accuracy", "f1"),
-    "stsb": ("pearson", "spearmanr"),
-    "qqp": ("accuracy", "f1"),
-    "mnli": ("accuracy",),
-    "qnli": ("accuracy",),
-    "rte": ("accuracy",),
-}
-
 
 def _accuracy(predictions: Sequence, references: Sequence) -> float:
     from sklearn.metrics import accuracy_score
@@ -92,8 +81,10 @@ def glue_metrics(task: str, predictions, references) -> dict[str, float]:
         ConfigError: unknown task, predictions and references of different lengths or empty, or
             scikit-learn / scipy missing.
     """
-    check_choice("GLUE task", task, tuple(_TASK_METRICS))
-    return task_metrics(_TASK_METRICS[task], predictions, references, f"GLUE {task}")
+    from ..data.glue import GLUE_TASKS
+
+    check_choice("GLUE task", task, tuple(GLUE_TASKS))
+    return task_metrics(GLUE_TASKS[task].metrics, predictions, references, f"GLUE {task}")
 
 
 def task_metrics(metrics, predictions, references, what: str = "metrics") -> dict[str, float]:

@@ -112,7 +112,8 @@ def convert_moe(
         _set(model, site.activation, nn.Identity())
         _set(model, site.down, nn.Identity())
     model.padnet_moe = {"mode": mode, "num_experts": num_experts, "top_k": top_k,
-                        "layers": sorted({i % len(sites) for i in chosen}), "granularity": granularity, **options}
+                        "layers": sorted({i % len(sites) for i in chosen}), "granularity": granularity,
+                        "patterns": [list(p) for p in patterns], **options}
     return model
 
 

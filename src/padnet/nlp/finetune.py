@@ -1,7 +1,7 @@
 """Fine-tune a pretrained encoder, dense or with MoE / PAD-MoE / MoE-P feed-forward layers, on one text task.
 
 The recipe follows PAD-Net appendix A and the Hugging Face ``Trainer`` conventions: AdamW with
-β = (0.9, 0.98) and weight decay 0.1 (not on biases and LayerNorm weights), linear warm-up over the first
+β = (0.9, 0.98) and weight decay 0.1 (not on 1-D parameters and output biases), linear warm-up over the first
 10 % of the steps then linear decay (``transformers.get_linear_schedule_with_warmup``), sequences cut at
 128 tokens, batches padded to their longest example and grouped by length, and ``accelerate`` placing the
 model and data on the available device. MoE layers add their load-balancing losses to the task loss.
@@ -72,7 +72,8 @@ def task_loss(model, batch) -> torch.Tensor:
 
 
 def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """AdamW, β (0.9, 0.98), no weight decay on biases and normalisation weights (Hugging Face Trainer)."""
+    """AdamW, β (0.9, 0.98), no weight decay on 1-D parameters and biases (Hugging Face Trainer); the b1 row
+    inside the MoE experts tensor is decayed with its weights."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or name.endswith("bias") else decay).append(p)  # biases, norms, φ

@@ -3,11 +3,11 @@
 
 A folder holds the Hugging Face ``config.json`` (and the tokenizer, when given), ``padnet_moe.json`` (the
 conversion: :func:`~padnet.nlp.convert.convert_moe`'s arguments and the model class) and
-``model.safetensors``. For PAD-MoE and MoE-P the experts are stored compactly: the static parameters dense
-(one FFN per layer) and each expert's dynamic factors only at the mask's dynamic positions
-(``…experts.values`` (E, ‖M‖₀) with the mask as bits, ``…experts.bits``), so the file follows the compact
-parameter count. :func:`from_pretrained` merges them into per-expert weights once
-(:class:`~padnet.layers.moe.DeployedMoE`), or rebuilds the training form with ``deployed=False``.
+``model.safetensors``. For PAD-MoE and MoE-P the experts are stored as the static parameters, dense (one FFN
+per layer), and each expert's dynamic factors only at the mask's dynamic positions (``…experts.values``
+(E, ‖M‖₀) with the mask as bits, ``…experts.bits``). :func:`from_pretrained` merges them into per-expert
+weights once (:class:`~padnet.layers.moe.DeployedMoE`), or rebuilds the training form with
+``deployed=False``.
 """
 
 from __future__ import annotations
@@ -29,17 +29,16 @@ from .convert import convert_moe, moe_layers
 FORMAT = "padnet-moe-1"
 WEIGHTS = "model.safetensors"
 RECORD = "padnet_moe.json"
-_PACKED = ("experts", "expert_bias")  # masked tensors stored at dynamic positions only
+
+
+_MODES = {"experts": "neuron_mode", "expert_bias": "bias_mode"}  # masked tensor -> its mode
 
 
 def _masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
     """Boolean masks broadcast to one expert's tensor shape, for ``experts`` and ``expert_bias``."""
     bias_shape = layer.expert_bias.shape[1:]
-    return {"experts": layer.neuron_mode.element_mask()[0].bool(),
-            "expert_bias": layer.bias_mode.element_mask()[0].reshape(bias_shape).bool()}
-
-
-_MODES = {"experts": "neuron_mode", "expert_bias": "bias_mode"}
+    return {"experts": layer.neuron_mode.element_mask()[0].bool().cpu(),
+            "expert_bias": layer.bias_mode.element_mask()[0].reshape(bias_shape).bool().cpu()}
 
 
 def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -59,17 +58,17 @@ def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     for name, layer in moe_layers(model):
         if layer.mode == "dynamic":
             continue
-        for key in _PACKED:
+        for key, mode_name in _MODES.items():
             target = getattr(layer, key)
             mask = unpack_bits(tensors.pop(f"{name}.{key}.bits"), target[0].numel()).reshape(target.shape[1:])
             values = tensors.pop(f"{name}.{key}.values")
             full = torch.zeros(target.shape, dtype=values.dtype)
             full[:, mask] = values
             tensors[f"{name}.{key}"] = full
-            mode = getattr(layer, _MODES[key])
+            mode = getattr(layer, mode_name)
             # back to the mask buffer's shape: a filter or column mask keeps one element per block
             mask = mask.reshape(mode.shape)[tuple(slice(None) if n > 1 else slice(0, 1) for n in mode.mask.shape[1:])]
-            tensors[f"{name}.{_MODES[key]}.mask"] = mask.reshape(mode.mask.shape).float()
+            tensors[f"{name}.{mode_name}.mask"] = mask.reshape(mode.mask.shape).float()
     return tensors
 
 
@@ -77,11 +76,15 @@ def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> 
     """Write ``model`` (a Hugging Face ``PreTrainedModel``, converted with ``convert_moe`` or dense) to
     ``directory``, each file atomically. Returns the directory.
 
-    Raises ConfigError for a model without a Hugging Face config.
+    Raises ConfigError for a model without a Hugging Face config, or one already deployed (save the training
+    form; ``from_pretrained`` deploys it).
     """
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_json_string"):
         raise ConfigError("save_pretrained takes a Hugging Face model (with .config)")
+    if any(isinstance(m, DeployedMoE) for m in model.modules()):
+        raise ConfigError("save_pretrained takes the training form; this model was deployed (its experts are "
+                          "merged), so save the model before deploy_moe / from_pretrained(deployed=True)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / "config.json") as tmp:

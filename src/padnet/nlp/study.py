@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from ..config import FinetuneConfig, config_from_dict
-from ..errors import ConfigError
+from ..config import FinetuneConfig
+from ..errors import ConfigError, DataError
 from ..studies.common import figure, mean_std, pm, write_study
 from .finetune import VARIANT_LABELS, VARIANTS, finetune, save_results
 
@@ -23,6 +23,17 @@ QUICK = {"train_subset": 1024, "epochs": 2, "lr": 1e-4, "partition_iterations": 
 FULL = {"train_subset": None, "epochs": 5, "lr": 5e-5, "partition_iterations": 5, "partition_batches": 10}
 QUICK_SEEDS = (0, 1, 2)
 FULL_SEEDS = (0, 1, 2, 3, 4)
+
+
+def _read_results(path: Path) -> dict:
+    """A finished run's ``results.json``; DataError (one line) when it is not readable JSON."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable results file ({exc}); delete it to train that run again") from None
+    if not isinstance(results, dict) or "score" not in results:
+        raise DataError(f"{path} is not a padnet results file; delete it to train that run again")
+    return results
 
 
 def _differences(saved: dict, cfg: FinetuneConfig) -> list[str]:
@@ -35,7 +46,7 @@ def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print) -> dict:
     fine-tuned and written there."""
     done = run_dir / "results.json"
     if done.is_file():
-        results = json.loads(done.read_text())
+        results = _read_results(done)
     else:
         log(f"[{cfg.variant} seed {cfg.seed}] fine-tuning")
         results = finetune(cfg, log)
@@ -55,7 +66,7 @@ def plan_runs(out: Path, base: FinetuneConfig, variants, seeds) -> list[tuple[Fi
             run_dir = out / "runs" / f"{variant}-seed{seed}"
             saved = run_dir / "results.json"
             if saved.is_file():
-                changed = _differences(json.loads(saved.read_text()).get("config", {}), cfg)
+                changed = _differences(_read_results(saved).get("config", {}), cfg)
                 if changed:
                     raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
                                       f"{', '.join(changed)}); choose another --out")
@@ -72,6 +83,7 @@ def run_moe_compare(out: str | Path, base: FinetuneConfig, variants=VARIANTS, se
     dynamic ratios of the first seed.
     """
     out = Path(out)
+    variants, seeds = tuple(dict.fromkeys(variants)), tuple(dict.fromkeys(seeds))  # each run once
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
@@ -141,10 +153,3 @@ def _plot(records, runs, ax_score, ax_layers) -> None:
     ax_layers.grid(alpha=0.3)
     if ax_layers.lines:
         ax_layers.legend(fontsize=8)
-
-
-def recipe(full: bool, overrides: dict | None = None) -> FinetuneConfig:
-    """The quick (or full) comparison recipe with ``overrides`` applied and validated."""
-    cfg = config_from_dict(FULL if full else QUICK, FinetuneConfig(), "preset")
-    return config_from_dict(overrides or {}, cfg, "options").validate()
-
