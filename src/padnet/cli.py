@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("moe", help="dense vs MoE vs PAD-MoE vs MoE-P fine-tuning (paper Tables 2 and 4)",
                        description="Fine-tune every --variants variant with every seed on one recipe (quick: "
-                                   "1,024 Rotten Tomatoes sentences, 2 epochs, 3 seeds; --full: all sentences, "
+                                   "896 Rotten Tomatoes sentences, 2 epochs, 3 seeds; --full: all sentences, "
                                    "5 epochs, 5 seeds) and write OUT/results.md, .json and .png. Re-running reuses "
                                    "finished runs.")
     _add_config_flags(p, skip=("variant", "seed"), cls=FinetuneConfig)
