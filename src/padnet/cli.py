@@ -66,13 +66,25 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _recipe_and_seeds(args):
-    """The compare recipe (quick, or --full) with the flags applied, and the seeds (--seeds or the recipe's)."""
-    from . import compare
+def _recipe_and_seeds(args, recipes=None, cls=None):
+    """A study's recipe (quick, or --full) with the flags applied, and the seeds (--seeds or the recipe's).
 
-    cfg = _resolve_config(args, compare.FULL if args.full else compare.QUICK)
-    seeds = tuple(args.seeds) if args.seeds else (compare.FULL_SEEDS if args.full else compare.QUICK_SEEDS)
+    ``recipes``: the module holding ``QUICK``, ``FULL``, ``QUICK_SEEDS``, ``FULL_SEEDS`` (default: the compare
+    recipe); ``cls``: its configuration class (default ``TrainConfig``).
+    """
+    if recipes is None:
+        from . import compare as recipes
+
+    cfg = _resolve_config(args, recipes.FULL if args.full else recipes.QUICK, cls=cls)
+    seeds = tuple(args.seeds) if args.seeds else (recipes.FULL_SEEDS if args.full else recipes.QUICK_SEEDS)
     return cfg, seeds
+
+
+def _add_study_flags(parser: argparse.ArgumentParser, out: str, full: str) -> None:
+    """--out, --seeds and --full of a command that trains a recipe over several seeds."""
+    parser.add_argument("--out", default=out, help="output directory (re-running reuses finished runs)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --full: 0-4)")
+    parser.add_argument("--full", action="store_true", help=f"the full recipe: {full}")
 
 
 def cmd_compare(args) -> int:
@@ -125,8 +137,7 @@ def cmd_moe(args) -> int:
     from .config import FinetuneConfig
     from .nlp import study
 
-    cfg = _resolve_config(args, study.FULL if args.full else study.QUICK, cls=FinetuneConfig)
-    seeds = tuple(args.seeds) if args.seeds else (study.FULL_SEEDS if args.full else study.QUICK_SEEDS)
+    cfg, seeds = _recipe_and_seeds(args, study, FinetuneConfig)
     records = study.run_moe_compare(args.out, cfg, tuple(args.variants), seeds)
     for r in records:
         print(f"{r['model']:<18} {r['params'] / 1e6:7.2f}M  {r['metric']} {r['score_mean']:.2f} ± {r['score_std']:.2f}")
@@ -275,10 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "preset: 10k images, 3 epochs, no augmentation; --full: the long one); "
                                    "configuration keys override the preset.")
     _add_config_flags(p, skip=("conv", "seed"))
-    p.add_argument("--out", default="runs/compare", help="run directory (re-running resumes)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --full: 0-4)")
+    _add_study_flags(p, "runs/compare", "all data, 30 epochs, width 0.5, 5 seeds")
     p.add_argument("--convs", nargs="+", default=["static", "dy", "pad"], help="conv types to compare")
-    p.add_argument("--full", action="store_true", help="the full recipe: all data, 30 epochs, width 0.5, 5 seeds")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sdconv", help="SD-Conv experiments: table sweep strategy noise transfer preliminary (or all)",
@@ -289,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("studies", nargs="+", metavar="STUDY",
                    help="table, sweep, strategy, noise, transfer, preliminary or all")
     _add_config_flags(p, skip=("conv", "seed", "sparsity", "mask_strategy"))
-    p.add_argument("--out", default="runs/sdconv", help="output directory (re-running reuses finished runs)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --full: 0-4)")
-    p.add_argument("--full", action="store_true", help="the full recipe: all data, 30 epochs, width 0.5, 5 seeds")
+    _add_study_flags(p, "runs/sdconv", "all data, 30 epochs, width 0.5, 5 seeds")
     p.set_defaults(func=cmd_sdconv)
 
     from .config import FinetuneConfig
@@ -311,10 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "5 epochs, 5 seeds) and write OUT/results.md, .json and .png. Re-running reuses "
                                    "finished runs.")
     _add_config_flags(p, skip=("variant", "seed"), cls=FinetuneConfig)
-    p.add_argument("--out", default="runs/moe", help="output directory (re-running reuses finished runs)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; --full: 0-4)")
+    _add_study_flags(p, "runs/moe", "all training sentences, 5 epochs, 5 seeds")
     p.add_argument("--variants", nargs="+", default=["dense", "moe", "pad", "prune"], help="variants to compare")
-    p.add_argument("--full", action="store_true", help="the full recipe: all training sentences, 5 epochs, 5 seeds")
     p.set_defaults(func=cmd_moe)
 
     p = sub.add_parser("count", help="parameters and FLOPs of a model (paper conventions)")

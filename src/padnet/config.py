@@ -13,6 +13,15 @@ import yaml
 from .errors import ConfigError, check_choice
 
 
+def _check_types(cfg, names: tuple[str, ...]) -> None:
+    """ConfigError unless every field in ``names`` is a string and ``data_root`` is a path or None."""
+    for name in names:
+        if not isinstance(getattr(cfg, name), str):
+            raise ConfigError(f"{name} must be a name, got {getattr(cfg, name)!r}")
+    if cfg.data_root is not None and not isinstance(cfg.data_root, str):
+        raise ConfigError(f"data_root must be a path, got {cfg.data_root!r}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (defaults: the quick Fashion-MNIST recipe)."""
@@ -73,12 +82,8 @@ class TrainConfig:
         from .models.registry import MODELS, STEMS
         from .partitioning import METHODS, SCOPES, check_kappa
 
-        for name in ("model", "conv", "stem", "dataset", "granularity", "scale_mode", "partition",
-                     "partition_scope", "mask_strategy"):
-            if not isinstance(getattr(self, name), str):
-                raise ConfigError(f"{name} must be a name, got {getattr(self, name)!r}")
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError(f"data_root must be a path, got {self.data_root!r}")
+        _check_types(self, ("model", "conv", "stem", "dataset", "granularity", "scale_mode", "partition",
+                            "partition_scope", "mask_strategy"))
         check_choice("model", self.model.lower(), MODELS)
         self.conv = canonical_conv(self.conv)
         check_choice("dataset", self.dataset, DATASETS)
@@ -170,11 +175,7 @@ class FinetuneConfig:
         check_choice("MoE mask granularity", self.granularity, ("element", "neuron"))
         check_choice("partition method", self.partition, METHODS)
         check_kappa(self.kappa)
-        for name in ("model", "task", "variant", "granularity", "partition"):
-            if not isinstance(getattr(self, name), str):
-                raise ConfigError(f"{name} must be a name, got {getattr(self, name)!r}")
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError(f"data_root must be a path, got {self.data_root!r}")
+        _check_types(self, ("model", "task", "variant", "granularity", "partition"))
         for name in ("num_experts", "top_k", "partition_batches", "partition_iterations", "epochs",
                      "batch_size", "max_length"):
             value = getattr(self, name)
