@@ -58,7 +58,10 @@ def cmd_train(args) -> int:
 
     cfg = _resolve_config(args)
     out = Path(args.out or f"runs/{cfg.model}-{cfg.conv}-seed{cfg.seed}")
-    results = Trainer(cfg, out, resume=args.resume).fit()
+    trainer = Trainer(cfg, out, resume=args.resume)
+    results = trainer.fit()
+    if not trainer.ctx.main:  # data-parallel run: process 0 reports
+        return 0
     sparsity = (f"  sparsity {100 * results['sparsity']['sparsity']:.1f} % "
                 f"(kernel {100 * results['sparsity']['kernel_sparsity']:.1f} %)" if results.get("sparsity") else "")
     print(f"top-1 {results['top1']:.2f} %  params {results['params']:,}  MACs {results['flops']:,}{sparsity}  "

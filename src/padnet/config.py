@@ -69,6 +69,7 @@ class TrainConfig:
     # run
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"  # "auto" (GPU LOCAL_RANK when CUDA is available), "cpu" or "cuda"
     keep_checkpoints: int = 2
     progress: bool = True
     tags: list[str] = field(default_factory=list)
@@ -76,6 +77,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check ranges and names that can be checked without building anything; returns self."""
         from .data import DATASETS
+        from .distributed import DEVICES
         from .layers.modes import GRANULARITIES, SCALE_MODES
         from .layers.registry import accepted_options, canonical_conv, is_partial, layer_options
         from .layers.sdconv import STRATEGIES
@@ -118,6 +120,7 @@ class TrainConfig:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check_choice("mask granularity", self.granularity, GRANULARITIES)
         check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
+        check_choice("device", self.device, DEVICES)
         layer_options(self.conv, num_kernels=self.num_kernels, reduction=self.reduction)
         if not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import TrainConfig, dump_yaml
 from ..data import ImageData, load_dataset, make_loader
+from ..distributed import Context, data_parallel, global_batchnorm, init
 from ..errors import CheckpointError, ConfigError, PadnetError
 from ..fileio import write_json, write_text
 from ..layers.attention import TemperatureRouting, TemperatureSchedule
@@ -28,7 +29,7 @@ from .schedule import build_scheduler
 
 CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
 # keys that may change when a run is resumed (they do not affect the result)
-RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "download"}
+RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "download", "device"}
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -83,11 +84,15 @@ def load_run(checkpoint: str | Path, data=None, data_root: str | None = None):
     return model, cfg, test
 
 
-def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy):
+def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy,
+                          ctx: Context | None = None):
     """Mode partition of ``model`` as ``cfg`` describes it (method, κ, N batches, E iterations, scope),
-    on training batches drawn with a seed of their own so training batches are unaffected."""
+    on training batches drawn with a seed of their own so training batches are unaffected. In a data-parallel
+    run each process scores its chunk of every batch and the scores are summed over processes."""
+    ctx = ctx or Context()
     loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0, augment=cfg.augment)
-    return partition(model, cfg.kappa, cfg.partition, loader, loss_fn, cfg.partition_batches,
+    shards = ((ctx.shard(x), ctx.shard(y)) for x, y in loader)
+    return partition(model, cfg.kappa, cfg.partition, shards, loss_fn, cfg.partition_batches,
                      cfg.partition_iterations, cfg.partition_scope, cfg.seed, align=cfg.partition_align)
 
 
@@ -103,16 +108,20 @@ def param_groups(model: nn.Module, weight_decay: float, exclude=()) -> list[dict
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader) -> float:
-    """Top-1 accuracy in percent over ``loader``."""
+def evaluate(model: nn.Module, loader, ctx: Context | None = None) -> float:
+    """Top-1 accuracy in percent over ``loader``; with a data-parallel ``ctx`` process r evaluates batches
+    r, r + W, ... and the counts are summed over processes."""
+    ctx = ctx or Context(device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += y.numel()
+    counts = torch.zeros(2, dtype=torch.float64)  # (correct, total)
+    for i, (x, y) in enumerate(loader):
+        if i % ctx.world_size == ctx.rank:
+            y = y.to(ctx.device)
+            counts += torch.tensor([int((model(x.to(ctx.device)).argmax(1) == y).sum()), y.numel()])
+    ctx.all_reduce_([counts])
     model.train(was_training)
-    return 100.0 * correct / max(1, total)
+    return 100.0 * counts[0].item() / max(1.0, counts[1].item())
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -161,6 +170,9 @@ class Trainer:
     with the same weights as an uninterrupted run (batches and augmentation depend only on seed and
     epoch; RNG, optimiser and scheduler states are restored).
 
+    Launched by ``torchrun`` with W processes it trains data-parallel (:mod:`padnet.distributed`): process r
+    takes chunk r of each global batch of ``batch_size`` and only process 0 writes the run directory.
+
     Raises:
         ConfigError: invalid configuration, or ``run_dir`` already holds another run and ``resume`` is off.
     """
@@ -176,6 +188,9 @@ class Trainer:
                               f"or choose another --out")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.ctx = init(cfg.device)
+        if cfg.batch_size < self.ctx.world_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {self.ctx.world_size} processes")
         train, test = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, cfg.download)
         if cfg.train_subset and not isinstance(train, ImageData):
             raise ConfigError(f"train_subset works only for in-memory datasets, not {cfg.dataset}")
@@ -183,7 +198,9 @@ class Trainer:
             train = train.subset(cfg.train_subset, seed=cfg.seed)
         self.train_data, self.test_data = train, test
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, train.num_classes, train.input_shape[0])
+        self.model = global_batchnorm(build_model(cfg, train.num_classes, train.input_shape[0]), self.ctx)
+        self.model.to(self.ctx.device)
+        self.train_model = self.model  # DistributedDataParallel once training starts (after the partition)
         self.attentions = [m for m in self.model.modules() if isinstance(m, TemperatureRouting)]
         self.steps_per_epoch = len(make_loader(train, cfg.batch_size, train=True, seed=cfg.seed, epoch=0))
         if self.steps_per_epoch == 0:
@@ -219,6 +236,8 @@ class Trainer:
 
     def save(self) -> Path:
         path = self.run_dir / f"checkpoint-epoch{self.epoch:04d}.safetensors"
+        if not self.ctx.main:
+            return path
         save_checkpoint(path, self.model, self._state(), self.optimizer, self.scheduler, self._extra_optimizers())
         for old in _checkpoints(self.run_dir)[:-max(1, self.cfg.keep_checkpoints)]:
             old.unlink()
@@ -240,7 +259,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def run_partition(self) -> None:
-        self.partition_report = partition_from_config(self.model, self.cfg, self.train_data, self.criterion).to_dict()
+        self.partition_report = partition_from_config(self.model, self.cfg, self.train_data, self.criterion,
+                                                      self.ctx).to_dict()
 
     def train_epoch(self) -> dict:
         cfg = self.cfg
@@ -248,14 +268,22 @@ class Trainer:
         loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed, epoch=self.epoch,
                              augment=cfg.augment)
         loss_sum = correct = seen = 0.0
-        bar = _progress(loader, cfg.progress, f"epoch {self.epoch + 1}/{cfg.epochs}")
-        for x, y in bar:
+        ctx = self.ctx
+        bar = _progress(loader, cfg.progress and ctx.main, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        for x_all, y_all in bar:
             temperature = self.temperature(self.step)
             for attention in self.attentions:  # collected once: no module walk per step
                 attention.update_temperature(temperature)
-            logits = self.model(x)
-            loss = self.criterion(logits, y)
-            if not torch.isfinite(loss):
+            x, y = ctx.shard(x_all), ctx.shard(y_all)
+            logits = self.train_model(x)
+            # DDP averages over processes: weighting by the chunk's share makes that the global batch's mean
+            loss = self.criterion(logits, y) * (y.numel() * ctx.world_size / y_all.numel())
+            if ctx.world_size > 1:  # every process must see a non-finite loss on any of them
+                total = loss.detach().clone()
+                ctx.all_reduce_([total])
+            else:
+                total = loss
+            if not torch.isfinite(total):
                 raise PadnetError(f"non-finite loss ({loss.item()}) at step {self.step}; lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)
             if self.density is not None:  # SD-Conv eq. 9 (weight decay is the optimiser's)
@@ -268,12 +296,15 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            loss_sum += loss.item() * y.numel()
+            loss_sum += loss.item() * y_all.numel() / ctx.world_size
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         self.epoch += 1
+        sums = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+        ctx.all_reduce_([sums])
+        loss_sum, correct, seen = sums.tolist()
         return {"train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen}
 
     def _sparsity(self) -> dict:
@@ -288,33 +319,39 @@ class Trainer:
     def fit(self) -> dict:
         """Partition (PAD-Net), train, evaluate every epoch; returns the run's results."""
         cfg = self.cfg
+        ctx = self.ctx
         if self.resume and _checkpoints(self.run_dir):
             self.load(_checkpoints(self.run_dir)[-1])  # refuses a changed configuration before writing
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        ctx.barrier()  # every process has checked the run directory before process 0 writes to it
         log_path = self.run_dir / "metrics.jsonl"
         records = [r for r in _read_jsonl(log_path) if r["epoch"] <= self.epoch] if self.resume else []
-        write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+        if ctx.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
         if self.epoch == 0 and self.partition_report is None and is_partial(cfg.conv):
             self.run_partition()
-        board = _TensorBoard(self.run_dir)
+        self.train_model = data_parallel(self.model, ctx)
+        board = _TensorBoard(self.run_dir) if ctx.main else None
         test_loader = make_loader(self.test_data, 512, train=False)
         top1 = records[-1]["test_top1"] if records else float("nan")
         try:
             while self.epoch < cfg.epochs:
                 start = time.perf_counter()
                 record = self.train_epoch()
-                top1 = evaluate(self.model, test_loader)
+                top1 = evaluate(self.model, test_loader, ctx)
                 self.elapsed += time.perf_counter() - start
                 record = {"epoch": self.epoch, "step": self.step, **record, "test_top1": top1,
                           "lr": self.optimizer.param_groups[0]["lr"], "temperature": self.temperature(self.step),
                           "elapsed_s": round(self.elapsed, 2), **self._sparsity()}
-                with open(log_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                board.log(record, self.step)
+                if ctx.main:
+                    with open(log_path, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    board.log(record, self.step)
                 self.save()
         finally:
-            board.close()
+            if board is not None:
+                board.close()
         results = {
             "model": cfg.model, "conv": cfg.conv, "seed": cfg.seed, "epochs": cfg.epochs, "top1": top1,
             "params": count_parameters(self.model),
@@ -323,8 +360,10 @@ class Trainer:
         }
         if self.density is not None:
             results["sparsity"] = sparsity_report(self.model)
-        save_checkpoint(self.run_dir / "model.safetensors", self.model, self._state())
-        write_json(self.run_dir / "results.json", results)
+        if ctx.main:
+            save_checkpoint(self.run_dir / "model.safetensors", self.model, self._state())
+            write_json(self.run_dir / "results.json", results)
+        ctx.barrier()
         return results
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..distributed import current
 from ..errors import ConfigError
 
 MaskedTensor = tuple[str, nn.Module, torch.Tensor]  # (name, PartialMode, dynamic factors (k, *shape))
@@ -103,4 +104,5 @@ def snip_scores(
         model.train(was_training)
     if seen == 0:
         raise ConfigError("mode partition needs at least one batch of training data")
+    current().all_reduce_(grads)  # data-parallel runs: every process scores the batches of all, same masks
     return [mode.pool_scores(g.abs()) for mode, g in zip(modes, grads)]

@@ -1,0 +1,136 @@
+"""Data-parallel training over ``torch.distributed``, for runs launched by ``torchrun``.
+
+Every process builds the same model from the same seed and draws the same global batches; process r trains on
+chunk r of each batch and DDP averages the gradients, with BatchNorm statistics taken over all processes. So W
+processes reach, up to float rounding, the weights one process reaches with the same global batch. Only
+process 0 writes files. Without ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing here does anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import nn
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the run: ``rank`` ∈ [0, ``world_size``), and its ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files and shows progress (rank 0)."""
+        return self.rank == 0
+
+    def shard(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This process's chunk of a global batch along dim 0 (sizes differ by at most one), on its device."""
+        chunk = tensor.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else tensor
+        return chunk.to(self.device)
+
+    def all_reduce_(self, tensors: list[torch.Tensor]) -> None:
+        """Sum each tensor over all processes, in place (one collective for the lot)."""
+        if self.world_size == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).to(self.device) for t in tensors])
+        dist.all_reduce(flat)
+        for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.copy_(part.view_as(t))
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def current() -> Context:
+    """The context of an initialised process group (partitioning uses it), else one process on the CPU."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return Context(dist.get_rank(), dist.get_world_size())
+    return Context()
+
+
+def init(device: str = "auto") -> Context:
+    """Join the process group ``torchrun`` describes (gloo on CPU, NCCL on GPU) and pick this process's device:
+    ``"auto"`` takes GPU ``LOCAL_RANK`` when CUDA is available, else the CPU.
+
+    Raises ConfigError for an unknown device or ``"cuda"`` without a GPU.
+    """
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no GPU")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    where = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(where)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Context(device=where)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Context(dist.get_rank(), dist.get_world_size(), where)
+
+
+def _sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over all processes; the gradient is the sum of every process's gradient."""
+    return funcol.wait_tensor(funcol.all_reduce(tensor, "sum", dist.group.WORLD))
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are the mean and variance over every process's batch, on any
+    device (``nn.SyncBatchNorm`` runs on GPUs only). Gradients flow through the statistics of all processes
+    (a differentiable all-reduce). In eval mode it is ``nn.BatchNorm2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        channels = x.shape[1]
+        # two passes (mean, then squared deviations), each a differentiable sum over processes: E[x²] − E[x]²
+        # loses the variance of channels whose mean dwarfs their spread
+        first = _sum_over_processes(torch.cat([x.sum((0, 2, 3)), x.new_tensor([x.numel() / channels])]))
+        n = first[-1]
+        mean = first[:channels] / n
+        var = _sum_over_processes((x - mean[:, None, None]).square().sum((0, 2, 3))) / n
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean, momentum)
+            self.running_var.lerp_(var * n / (n - 1).clamp_min(1.0), momentum)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
+
+
+def global_batchnorm(model: nn.Module, ctx: Context) -> nn.Module:
+    """``model`` with every BatchNorm2d computing statistics over all processes: ``nn.SyncBatchNorm`` on GPUs,
+    :class:`GlobalBatchNorm2d` on the CPU (state copied). Unchanged in a single process."""
+    if ctx.world_size == 1:
+        return model
+    if ctx.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum)
+                replacement.load_state_dict(child.state_dict())
+                setattr(module, child_name, replacement)
+    return model
+
+
+def data_parallel(model: nn.Module, ctx: Context) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel for training steps (the model itself in one process)."""
+    if ctx.world_size == 1:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
