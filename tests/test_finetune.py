@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 
 import pytest
@@ -214,3 +215,22 @@ def test_the_docs_python_example_runs(tmp_path, monkeypatch, capsys):
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         torch.testing.assert_close(deployed(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_moe_fine_tune_killed_at_a_random_step_resumes_to_identical_weights(tiny_model, tmp_path):
+    from test_fault_tolerance import _assert_same_weights, _kill_after_first_checkpoint, _padnet
+
+    flags = ["finetune", "--model", tiny_model, "--variant", "pad", "--train-subset", "384", "--epochs", "3",
+             "--batch-size", "16", "--partition-batches", "2", "--partition-iterations", "2", "--progress", "false"]
+    _padnet(*flags, "--out", str(tmp_path / "whole"))
+    killed = tmp_path / "killed"
+    delay = random.Random(3).uniform(0.0, 0.3)  # lands in the second or third epoch
+    _kill_after_first_checkpoint([*flags, "--out", str(killed)], killed, "checkpoint-epoch0001.safetensors", delay)
+    assert not (killed / "results.json").exists(), "the run finished before it was killed"
+    _padnet(*flags, "--out", str(killed), "--resume")
+    _assert_same_weights(tmp_path / "whole" / "checkpoint-epoch0003.safetensors",
+                         killed / "checkpoint-epoch0003.safetensors")
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "killed")]
+    assert results[0]["metrics"] == results[1]["metrics"] and results[0]["partition"] == results[1]["partition"]
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-epoch0002.safetensors",
+                                                                    "checkpoint-epoch0003.safetensors"]

@@ -126,7 +126,7 @@ def cmd_finetune(args) -> int:
 
     cfg = _resolve_config(args, cls=FinetuneConfig)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.variant}-seed{cfg.seed}")
-    results = finetune(cfg)
+    results = finetune(cfg, run_dir=out, resume=args.resume)
     save_pretrained(results["model"], out, results.pop("tokenizer"))
     save_results(results, out)
     scores = "; ".join(f"{split} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items() if k != "score")
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "results.json to --out.")
     _add_config_flags(p, cls=FinetuneConfig)
     p.add_argument("--out", help="output folder (default runs/<task>-<variant>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("moe", help="dense vs MoE vs PAD-MoE vs MoE-P fine-tuning (paper Tables 2 and 4)",

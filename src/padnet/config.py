@@ -166,6 +166,7 @@ class FinetuneConfig:
     max_length: int = 128
     train_subset: int | None = None
     seed: int = 0
+    keep_checkpoints: int = 2  # epoch checkpoints kept in a run directory
     progress: bool = True
 
     def validate(self) -> FinetuneConfig:
@@ -180,7 +181,7 @@ class FinetuneConfig:
         check_kappa(self.kappa)
         _check_types(self, ("model", "task", "variant", "granularity", "partition"))
         for name in ("num_experts", "top_k", "partition_batches", "partition_iterations", "epochs",
-                     "batch_size", "max_length"):
+                     "batch_size", "max_length", "keep_checkpoints"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")

@@ -16,10 +16,33 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path
 
 FORMAT = "padnet-checkpoint-1"
+CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
+
+
+def epoch_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run directory's epoch checkpoints, oldest first."""
+    return sorted(Path(run_dir).glob(CHECKPOINT_GLOB))
+
+
+def claim_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Refuse to start a new run in a directory that holds another run's checkpoints or results (ConfigError)."""
+    run_dir = Path(run_dir)
+    if not resume and (epoch_checkpoints(run_dir) or (run_dir / "results.json").exists()):
+        raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
+                          f"or choose another --out")
+
+
+def save_epoch_checkpoint(run_dir: str | Path, epoch: int, keep: int, *args, **kwargs) -> Path:
+    """``save_checkpoint`` to ``run_dir/checkpoint-epochNNNN.safetensors`` (further arguments as there), then
+    delete all but the newest ``keep`` epoch checkpoints."""
+    path = save_checkpoint(Path(run_dir) / f"checkpoint-epoch{epoch:04d}.safetensors", *args, **kwargs)
+    for old in epoch_checkpoints(run_dir)[:-max(1, keep)]:
+        old.unlink()
+    return path
 
 
 def _keys(name: str) -> tuple[str, str]:
@@ -28,14 +51,16 @@ def _keys(name: str) -> tuple[str, str]:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=None, scheduler=None,
-                    extra_optimizers: dict | None = None) -> Path:
+                    extra_optimizers: dict | None = None, generators: dict | None = None) -> Path:
     """Write a checkpoint to ``path`` atomically (temporary file + rename); returns the path.
 
     ``state`` must be JSON-serialisable (configuration, epoch, step, temperature, ...).
-    ``extra_optimizers`` maps names to further optimisers (restored by the same names).
+    ``extra_optimizers`` maps names to further optimisers (restored by the same names); ``generators`` maps
+    names to ``torch.Generator`` objects (e.g. a sampler's) whose states are saved as ``rng/<name>``.
     """
     tensors = {f"model/{k}": v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors["rng/torch"] = torch.get_rng_state()
+    tensors.update({f"rng/{name}": gen.get_state() for name, gen in (generators or {}).items()})
     meta = {"format": FORMAT, "state": state}
     named = {"": optimizer, **(extra_optimizers or {})}
     for name, opt in named.items():
@@ -90,8 +115,8 @@ def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: s
 
 
 def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,
-                     extra_optimizers: dict | None = None) -> None:
-    """Restore optimiser(s), scheduler and RNG state saved by :func:`save_checkpoint`."""
+                     extra_optimizers: dict | None = None, generators: dict | None = None) -> None:
+    """Restore optimiser(s), scheduler, the torch RNG and named generators saved by :func:`save_checkpoint`."""
     for name, opt in {"": optimizer, **(extra_optimizers or {})}.items():
         prefix, meta_key = _keys(name)
         saved = meta.get(meta_key)
@@ -110,3 +135,7 @@ def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,
         scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
     if "rng/torch" in tensors:
         torch.set_rng_state(tensors["rng/torch"])
+    for name, gen in (generators or {}).items():
+        if f"rng/{name}" not in tensors:
+            raise CheckpointError(f"the checkpoint holds no state of the generator {name!r}")
+        gen.set_state(tensors[f"rng/{name}"])

@@ -24,10 +24,17 @@ from ..layers.sdconv import SparsitySchedule, budget_loss, clamp_thresholds, spa
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
 from ..partitioning import partition
-from .checkpoint import load_model_state, read_checkpoint, restore_training, save_checkpoint
+from .checkpoint import (
+    claim_run_dir,
+    epoch_checkpoints,
+    load_model_state,
+    read_checkpoint,
+    restore_training,
+    save_checkpoint,
+    save_epoch_checkpoint,
+)
 from .schedule import build_scheduler
 
-CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
 # keys that may change when a run is resumed (they do not affect the result)
 RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "download", "device"}
 
@@ -124,10 +131,6 @@ def evaluate(model: nn.Module, loader, ctx: Context | None = None) -> float:
     return 100.0 * counts[0].item() / max(1.0, counts[1].item())
 
 
-def _checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob(CHECKPOINT_GLOB))
-
-
 def _progress(iterable, enabled: bool, desc: str):
     if not enabled:
         return iterable
@@ -182,10 +185,7 @@ class Trainer:
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
         self.resume = resume
-        existing = _checkpoints(self.run_dir) + [self.run_dir / "results.json"]
-        if not resume and any(p.exists() for p in existing):
-            raise ConfigError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
-                              f"or choose another --out")
+        claim_run_dir(self.run_dir, resume)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.ctx = init(cfg.device)
@@ -235,13 +235,10 @@ class Trainer:
                 "partition": self.partition_report, "elapsed": self.elapsed}
 
     def save(self) -> Path:
-        path = self.run_dir / f"checkpoint-epoch{self.epoch:04d}.safetensors"
         if not self.ctx.main:
-            return path
-        save_checkpoint(path, self.model, self._state(), self.optimizer, self.scheduler, self._extra_optimizers())
-        for old in _checkpoints(self.run_dir)[:-max(1, self.cfg.keep_checkpoints)]:
-            old.unlink()
-        return path
+            return self.run_dir / f"checkpoint-epoch{self.epoch:04d}.safetensors"
+        return save_epoch_checkpoint(self.run_dir, self.epoch, self.cfg.keep_checkpoints, self.model, self._state(),
+                                     self.optimizer, self.scheduler, self._extra_optimizers())
 
     def _extra_optimizers(self) -> dict:
         return {"thresholds": self.threshold_optimizer} if self.threshold_optimizer is not None else {}
@@ -320,8 +317,8 @@ class Trainer:
         """Partition (PAD-Net), train, evaluate every epoch; returns the run's results."""
         cfg = self.cfg
         ctx = self.ctx
-        if self.resume and _checkpoints(self.run_dir):
-            self.load(_checkpoints(self.run_dir)[-1])  # refuses a changed configuration before writing
+        if self.resume and epoch_checkpoints(self.run_dir):
+            self.load(epoch_checkpoints(self.run_dir)[-1])  # refuses a changed configuration before writing
         ctx.barrier()  # every process has checked the run directory before process 0 writes to it
         log_path = self.run_dir / "metrics.jsonl"
         records = [r for r in _read_jsonl(log_path) if r["epoch"] <= self.epoch] if self.resume else []

@@ -17,6 +17,14 @@ from pathlib import Path
 import torch
 
 from ..config import FinetuneConfig
+from ..engine.checkpoint import (
+    claim_run_dir,
+    epoch_checkpoints,
+    load_model_state,
+    read_checkpoint,
+    restore_training,
+    save_epoch_checkpoint,
+)
 from ..errors import ConfigError
 from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
@@ -26,6 +34,7 @@ from .text import TASKS, encode, load_task, loader
 
 VARIANTS = FinetuneConfig.VARIANTS
 VARIANT_LABELS = {"dense": "Dense", "moe": "MoE", "pad": "PAD-MoE", "prune": "MoE-P"}
+RESUMABLE_CHANGES = {"progress", "data_root", "keep_checkpoints"}  # keys that may change when a run resumes
 
 
 def resolve_model(name: str) -> str:
@@ -94,8 +103,26 @@ def evaluate(model, data, task: str) -> dict[str, float]:
     return task_metrics(TASKS[task].metrics, predictions, references, task)
 
 
-def finetune(cfg: FinetuneConfig, log=print) -> dict:
+def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, generator) -> dict:
+    """Load the checkpoint ``path`` into the run's objects; returns its saved state (epoch, partition, ...).
+    Raises ConfigError when the checkpoint was written by a run of another configuration."""
+    tensors, meta = read_checkpoint(path)
+    saved, current = meta["state"].get("config", {}), cfg.to_dict()
+    changed = sorted(k for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    if changed:
+        raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
+    load_model_state(model, tensors, path)
+    restore_training(tensors, meta, optimizer, scheduler, generators={"sampler": generator})
+    return meta["state"]
+
+
+def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Fine-tune and evaluate one run of ``cfg``.
+
+    With ``run_dir`` every epoch ends with ``run_dir/checkpoint-epochNNNN.safetensors`` (model with masks,
+    optimiser, scheduler, the torch RNG, the batch sampler's generator, partition report; the newest
+    ``cfg.keep_checkpoints`` kept), and ``resume=True`` continues from the newest one to the weights an
+    uninterrupted run reaches. A ``run_dir`` holding another run is refused (ConfigError) unless resuming.
 
     Returns a dict with ``config``, ``params`` (compact count, every parameter of the model), ``metrics``
     (per evaluation split), ``score`` (the task's main score on its first evaluation split, in %),
@@ -107,6 +134,8 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     from transformers import get_linear_schedule_with_warmup
 
     cfg.validate()
+    if run_dir is not None:
+        claim_run_dir(run_dir, resume)
     set_seed(cfg.seed)
     task = TASKS[cfg.task]
     model, tokenizer = build_model(cfg)
@@ -122,19 +151,25 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     accelerator = Accelerator()
     optimizer = _optimizer(model, cfg)
     train_loader = loader(train_data, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    generator = train_loader.sampler.generator  # advances once per pass over the data; saved with checkpoints
     steps = cfg.epochs * len(train_loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
+    raw_model, raw_optimizer, raw_scheduler = model, optimizer, scheduler
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     eval_loaders = {s: accelerator.prepare(loader(d, tokenizer, 64, shuffle=False)) for s, d in evals.items()}
 
-    report = None
-    start = time.perf_counter()
+    state = {"epoch": 0, "partition": None, "elapsed": 0.0}
+    if resume and run_dir is not None and epoch_checkpoints(run_dir):
+        state = _resume(epoch_checkpoints(run_dir)[-1], cfg, raw_model, raw_optimizer, raw_scheduler, generator)
     bar = _progress(cfg, steps)
-    for epoch in range(cfg.epochs):
+    bar.update(state["epoch"] * len(train_loader))
+    for epoch in range(state["epoch"], cfg.epochs):
+        start = time.perf_counter()
         if epoch == 1 and cfg.variant in ("pad", "prune"):
             report = partition(accelerator.unwrap_model(model), cfg.kappa, cfg.partition, iter(train_loader),
                                num_batches=cfg.partition_batches, iterations=cfg.partition_iterations,
                                seed=cfg.seed, batch_loss=task_loss)
+            state["partition"] = report.to_dict()
             (bar.write if cfg.progress else log)(f"  {report.summary()}")  # keeps the progress bar intact
         model.train()
         for batch in train_loader:
@@ -147,15 +182,19 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        state.update(epoch=epoch + 1, elapsed=state["elapsed"] + time.perf_counter() - start)
+        if run_dir is not None:
+            save_epoch_checkpoint(run_dir, epoch + 1, cfg.keep_checkpoints, raw_model,
+                                  {"config": cfg.to_dict(), **state}, raw_optimizer, raw_scheduler,
+                                  generators={"sampler": generator})
     bar.close()
-    seconds = time.perf_counter() - start
     model = accelerator.unwrap_model(model)
     metrics = {split: evaluate(model, data, cfg.task) for split, data in eval_loaders.items()}
     first = metrics[task.eval_splits[0]]
     return {
         "config": cfg.to_dict(), "model": model, "tokenizer": tokenizer, "params": count_parameters(model), "metrics": metrics,
-        "score": 100 * first["score"], "metric": "+".join(task.metrics), "train_seconds": round(seconds, 1),
-        "partition": report.to_dict() if report else None,
+        "score": 100 * first["score"], "metric": "+".join(task.metrics), "train_seconds": round(state["elapsed"], 1),
+        "partition": state["partition"],
         "dynamic_ratio": {name: m.dynamic_ratio() for name, m in moe_layers(model)},
     }
 
