@@ -63,7 +63,8 @@ def build_model(cfg: FinetuneConfig):
     logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
     finally:
