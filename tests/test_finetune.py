@@ -179,7 +179,7 @@ def test_cli_refuses_a_model_without_a_recognisable_ffn_and_glue_files_missing_a
     (["moe", "--task", "imdb"], "unknown task"),
     (["moe", "--kappa", "1.5"], "kappa"),
     (["finetune", "--variant", "dense", "--task", "sst2"], "needs --data-root"),
-    (["finetune", "--model", "/nonexistent/model/folder"], "cannot load model"),
+    (["finetune", "--model", "/nonexistent/model/folder"], "model folder not found"),
     (["moe", "--variants", "dense", "sparse"], "unknown variant"),
 ])
 def test_cli_bad_input_is_one_line_with_exit_2(argv, message, capsys):

@@ -146,4 +146,4 @@ def test_a_pickled_model_folder_is_refused_not_unpickled(tmp_path, capsys):
         (tmp_path / name).write_bytes((minilm.get_model_path() / name).read_bytes())
     code = main(["finetune", "--model", str(tmp_path), "--out", str(tmp_path / "run"), "--progress", "false"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith(f"padnet: error: cannot load model '{tmp_path}'")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"padnet: error: {tmp_path} holds only pickled weights")

@@ -82,16 +82,29 @@ def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=N
     return Path(path)
 
 
+def is_pickle(path: str | Path) -> bool:
+    """True when ``path`` starts like a ``torch.save`` file (a zip archive) or a raw pickle (protocol 2+)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head.startswith((b"PK\x03\x04", b"\x80"))
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a checkpoint; CheckpointError if missing, corrupt or not padnet's."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if is_pickle(path):
+        raise CheckpointError(f"{path} is a pickle (torch.save) file; padnet reads safetensors only and never "
+                              f"unpickles a file")
     try:
         with safe_open(str(path), framework="pt") as fh:  # one read: header metadata and tensors
-            meta = json.loads((fh.metadata() or {})["padnet"])
+            metadata = fh.metadata() or {}
+            if "padnet" not in metadata:
+                raise CheckpointError(f"{path} is a safetensors file but not a padnet checkpoint (no padnet metadata)")
+            meta = json.loads(metadata["padnet"])
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable padnet checkpoint ({reason})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("state"), dict):

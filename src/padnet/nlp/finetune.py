@@ -57,6 +57,13 @@ def build_model(cfg: FinetuneConfig):
     from transformers.utils import logging
 
     path = resolve_model(cfg.model)
+    local = Path(path).expanduser()
+    if local.is_absolute() or cfg.model.startswith((".", "~")):  # a folder, not a hub id
+        if not local.is_dir():
+            raise ConfigError(f"model folder not found: {local}")
+        if not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
+            raise ConfigError(f"{local} holds only pickled weights (*.bin), which padnet does not unpickle; "
+                              "save the model with safetensors (transformers' save_pretrained does by default)")
     num_labels = TASKS[cfg.task].num_labels
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the fresh classification head is expected, not news
