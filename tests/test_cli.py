@@ -227,7 +227,7 @@ def test_train_writes_run_and_refuses_to_overwrite(capsys, tmp_path):
     pickle = tmp_path / "model.pt"
     torch.save({"weight": torch.zeros(3)}, pickle)
     code, _, err = run_cli(capsys, "evaluate", str(pickle))
-    assert_one_line_error(code, err, "not a readable padnet checkpoint")
+    assert_one_line_error(code, err, "never unpickles a file")
     wrong = tmp_path / "wrong.safetensors"
     meta = {"config": {**results_config(out), "width": 0.25}}
     save_checkpoint(wrong, create_model("resnet10", conv="pad", num_classes=10, in_chans=1, width=0.125,

@@ -95,8 +95,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if is_pickle(path):
-        raise CheckpointError(f"{path} is a pickle (torch.save) file; padnet reads safetensors only and never "
-                              f"unpickles a file")
+        raise CheckpointError(f"{path} is a pickle or a torch.save / TorchScript archive, not safetensors; padnet "
+                              "never unpickles a file")
     try:
         with safe_open(str(path), framework="pt") as fh:  # one read: header metadata and tensors
             metadata = fh.metadata() or {}
