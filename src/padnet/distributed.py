@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -54,9 +53,12 @@ class Context:
 
 
 def current() -> Context:
-    """The context of an initialised process group (partitioning uses it), else one process on the CPU."""
+    """The context of an initialised process group (partitioning uses it), else one process on the CPU. Its
+    device is the one the group's backend reduces on: this process's GPU for NCCL, else the CPU."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return Context(dist.get_rank(), dist.get_world_size())
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        return Context(dist.get_rank(), dist.get_world_size(), device)
     return Context()
 
 
@@ -66,8 +68,7 @@ def init(device: str = "auto") -> Context:
 
     Raises ConfigError for an unknown device or ``"cuda"`` without a GPU.
     """
-    if device not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but torch sees no GPU")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -83,9 +84,20 @@ def init(device: str = "auto") -> Context:
     return Context(dist.get_rank(), dist.get_world_size(), where)
 
 
-def _sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over all processes; the gradient is the sum of every process's gradient."""
-    return funcol.wait_tensor(funcol.all_reduce(tensor, "sum", dist.group.WORLD))
+class _SumOverProcesses(torch.autograd.Function):
+    """Sum over all processes; the gradient of each process's input is the sum of every process's gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -99,10 +111,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         channels = x.shape[1]
         # two passes (mean, then squared deviations), each a differentiable sum over processes: E[x²] − E[x]²
         # loses the variance of channels whose mean dwarfs their spread
-        first = _sum_over_processes(torch.cat([x.sum((0, 2, 3)), x.new_tensor([x.numel() / channels])]))
+        first = _SumOverProcesses.apply(torch.cat([x.sum((0, 2, 3)), x.new_tensor([x.numel() / channels])]))
         n = first[-1]
         mean = first[:channels] / n
-        var = _sum_over_processes((x - mean[:, None, None]).square().sum((0, 2, 3))) / n
+        var = _SumOverProcesses.apply((x - mean[:, None, None]).square().sum((0, 2, 3))) / n
         with torch.no_grad():
             self.num_batches_tracked += 1
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -122,6 +134,9 @@ def global_batchnorm(model: nn.Module, ctx: Context) -> nn.Module:
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.BatchNorm2d:
+                if not (child.affine and child.track_running_stats):
+                    raise ConfigError("data-parallel CPU runs need BatchNorm2d with affine parameters and running "
+                                      "statistics")
                 replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum)
                 replacement.load_state_dict(child.state_dict())
                 setattr(module, child_name, replacement)
@@ -133,4 +148,5 @@ def data_parallel(model: nn.Module, ctx: Context) -> nn.Module:
     if ctx.world_size == 1:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # buffers (masks, BatchNorm statistics) are equal on every process by construction: no broadcast per step
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)

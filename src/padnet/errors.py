@@ -21,6 +21,13 @@ class CheckpointError(PadnetError):
     """A checkpoint is unreadable, corrupt or belongs to another architecture."""
 
 
+class NonFiniteLossError(PadnetError):
+    """Training produced a NaN or infinite loss (usually a learning rate too large for the model)."""
+
+    def __init__(self, value: float, step: int):
+        super().__init__(f"non-finite loss ({value}) at step {step}; lower the learning rate")
+
+
 def check_choice(kind: str, value, choices) -> None:
     """Raise ConfigError ``unknown <kind> <value>; choose from ...`` unless ``value`` is in ``choices``."""
     if value not in choices:

@@ -2,8 +2,10 @@
 
 One file holds the model state (``model/<key>``), the optimiser's tensor state (``optim/<param
 index>/<name>``; a second optimiser, e.g. SD-Conv's thresholds', under ``optim-<name>/``), the torch RNG
-state (``rng/torch``) and, in the header metadata under ``padnet``, a JSON document with the run
-configuration, progress counters, optimiser hyper-parameters and the scheduler state.
+states (``rng/torch``, and ``rng/cuda`` once CUDA is in use), named generators (``rng/<name>``, e.g. a batch
+sampler's) and, in the header metadata under ``padnet``, a JSON document with the run configuration, progress
+counters, optimiser hyper-parameters and the scheduler state. Epoch checkpoints of a run directory are
+``checkpoint-epochNNNN.safetensors``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
 def epoch_checkpoints(run_dir: str | Path) -> list[Path]:
     """A run directory's epoch checkpoints, oldest first."""
     return sorted(Path(run_dir).glob(CHECKPOINT_GLOB))
+
+
+def changed_keys(saved: dict, current: dict, resumable) -> list[str]:
+    """Configuration keys whose saved value differs from the current one, except the ``resumable`` keys (which
+    do not change results) and keys the saved configuration lacks (added since it was written)."""
+    return sorted(k for k, v in current.items() if k not in resumable and k in saved and saved[k] != v)
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool) -> None:
@@ -60,6 +68,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=N
     """
     tensors = {f"model/{k}": v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
     tensors.update({f"rng/{name}": gen.get_state() for name, gen in (generators or {}).items()})
     meta = {"format": FORMAT, "state": state}
     named = {"": optimizer, **(extra_optimizers or {})}
@@ -82,8 +92,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=N
     return Path(path)
 
 
-def is_pickle(path: str | Path) -> bool:
-    """True when ``path`` starts like a ``torch.save`` file (a zip archive) or a raw pickle (protocol 2+)."""
+def looks_pickled(path: str | Path) -> bool:
+    """True when ``path`` starts like a ``torch.save`` / TorchScript file (a zip archive) or a raw pickle
+    (protocol 2+). Only asked of files safetensors could not read: a safetensors header length may start 0x80."""
     with open(path, "rb") as fh:
         head = fh.read(4)
     return head.startswith((b"PK\x03\x04", b"\x80"))
@@ -94,9 +105,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if is_pickle(path):
-        raise CheckpointError(f"{path} is a pickle or a torch.save / TorchScript archive, not safetensors; padnet "
-                              "never unpickles a file")
     try:
         with safe_open(str(path), framework="pt") as fh:  # one read: header metadata and tensors
             metadata = fh.metadata() or {}
@@ -105,6 +113,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             meta = json.loads(metadata["padnet"])
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
+        if looks_pickled(path):
+            raise CheckpointError(f"{path} is a pickle or a torch.save / TorchScript archive, not safetensors; "
+                                  "padnet never unpickles a file") from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable padnet checkpoint ({reason})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("state"), dict):
@@ -148,6 +159,8 @@ def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,
         scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
     if "rng/torch" in tensors:
         torch.set_rng_state(tensors["rng/torch"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
     for name, gen in (generators or {}).items():
         if f"rng/{name}" not in tensors:
             raise CheckpointError(f"the checkpoint holds no state of the generator {name!r}")

@@ -16,7 +16,7 @@ from torch import nn
 from ..config import TrainConfig, dump_yaml
 from ..data import ImageData, load_dataset, make_loader
 from ..distributed import Context, data_parallel, global_batchnorm, init
-from ..errors import CheckpointError, ConfigError, PadnetError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..fileio import write_json, write_text
 from ..layers.attention import TemperatureRouting, TemperatureSchedule
 from ..layers.registry import canonical_conv, effective_option, is_partial, layer_options
@@ -25,6 +25,7 @@ from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
 from ..partitioning import partition
 from .checkpoint import (
+    changed_keys,
     claim_run_dir,
     epoch_checkpoints,
     load_model_state,
@@ -55,7 +56,7 @@ def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
         if saved_conv is not None and key in saved:
             saved[key] = effective_option(saved_conv, key, saved[key])
             current[key] = effective_option(cfg.conv, key, current[key])
-    return sorted(k for k, v in current.items() if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v)
+    return changed_keys(saved, current, RESUMABLE_CHANGES)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
@@ -99,7 +100,11 @@ def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.c
     ctx = ctx or Context()
     loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0, augment=cfg.augment)
     shards = ((ctx.shard(x), ctx.shard(y)) for x, y in loader)
-    return partition(model, cfg.kappa, cfg.partition, shards, loss_fn, cfg.partition_batches,
+
+    def chunk_loss(logits, y):  # the chunk's share of the global batch's mean loss (drop_last: B per batch)
+        return loss_fn(logits, y) * (y.numel() * ctx.world_size / cfg.batch_size)
+
+    return partition(model, cfg.kappa, cfg.partition, shards, chunk_loss if ctx.world_size > 1 else loss_fn, cfg.partition_batches,
                      cfg.partition_iterations, cfg.partition_scope, cfg.seed, align=cfg.partition_align)
 
 
@@ -191,7 +196,13 @@ class Trainer:
         self.ctx = init(cfg.device)
         if cfg.batch_size < self.ctx.world_size:
             raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {self.ctx.world_size} processes")
-        train, test = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+        if data is None:  # process 0 reads (and downloads) first, so processes never write one file together
+            if not self.ctx.main:
+                self.ctx.barrier()
+            data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+            if self.ctx.main:
+                self.ctx.barrier()
+        train, test = data
         if cfg.train_subset and not isinstance(train, ImageData):
             raise ConfigError(f"train_subset works only for in-memory datasets, not {cfg.dataset}")
         if cfg.train_subset and cfg.train_subset < len(train):
@@ -281,7 +292,7 @@ class Trainer:
             else:
                 total = loss
             if not torch.isfinite(total):
-                raise PadnetError(f"non-finite loss ({loss.item()}) at step {self.step}; lower the learning rate")
+                raise NonFiniteLossError(total.item(), self.step)
             self.optimizer.zero_grad(set_to_none=True)
             if self.density is not None:  # SD-Conv eq. 9 (weight decay is the optimiser's)
                 self.threshold_optimizer.zero_grad(set_to_none=True)

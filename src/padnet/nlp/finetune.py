@@ -19,6 +19,7 @@ import torch
 
 from ..config import FinetuneConfig
 from ..engine.checkpoint import (
+    changed_keys,
     claim_run_dir,
     epoch_checkpoints,
     load_model_state,
@@ -26,7 +27,7 @@ from ..engine.checkpoint import (
     restore_training,
     save_epoch_checkpoint,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteLossError
 from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
 from ..partitioning import partition
@@ -58,12 +59,11 @@ def build_model(cfg: FinetuneConfig):
 
     path = resolve_model(cfg.model)
     local = Path(path).expanduser()
-    if local.is_absolute() or cfg.model.startswith((".", "~")):  # a folder, not a hub id
-        if not local.is_dir():
-            raise ConfigError(f"model folder not found: {local}")
-        if not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
-            raise ConfigError(f"{local} holds only pickled weights (*.bin), which padnet does not unpickle; "
-                              "save the model with safetensors (transformers' save_pretrained does by default)")
+    if not local.is_dir() and (local.is_absolute() or cfg.model.startswith((".", "~"))):  # a path, not a hub id
+        raise ConfigError(f"model folder not found: {local}")
+    if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
+        raise ConfigError(f"{local} holds only pickled weights (*.bin), which padnet does not unpickle; "
+                          "save the model with safetensors (transformers' save_pretrained does by default)")
     num_labels = TASKS[cfg.task].num_labels
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the fresh classification head is expected, not news
@@ -122,7 +122,7 @@ def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, genera
     Raises ConfigError when the checkpoint was written by a run of another configuration."""
     tensors, meta = read_checkpoint(path)
     saved, current = meta["state"].get("config", {}), cfg.to_dict()
-    changed = sorted(k for k, v in current.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    changed = changed_keys(saved, current, RESUMABLE_CHANGES)
     if changed:
         raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
     load_model_state(model, tensors, path)
@@ -146,7 +146,8 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
 
     Returns a dict with ``config``, ``params`` (compact count, every parameter of the model), ``metrics``
     (per evaluation split), ``score`` (the task's main score on its first evaluation split, in %),
-    ``train_seconds``, ``processes`` (data-parallel processes), ``main`` (this is process 0), ``partition`` (PAD-MoE / MoE-P: the report, per-layer dynamic ratios included) and
+    ``train_seconds``, ``processes`` (data-parallel processes), ``main`` (this is process 0), ``partition``
+    (PAD-MoE / MoE-P: the report, per-layer dynamic ratios included) and
     ``dynamic_ratio`` per MoE layer.
     """
     from accelerate import Accelerator, DataLoaderConfiguration
@@ -172,6 +173,10 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(cpu=cpu_processes, dataloader_config=DataLoaderConfiguration(split_batches=True))
     accelerator.wait_for_everyone()  # every process has checked run_dir before process 0 writes to it
+    processes = accelerator.num_processes
+    if cfg.batch_size % processes:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {processes} processes, which "
+                          "split every batch")
     optimizer = _optimizer(model, cfg)
     train_loader = loader(train_data, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
     generator = train_loader.sampler.generator  # advances once per pass over the data; saved with checkpoints
@@ -179,13 +184,15 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
     raw_model, raw_optimizer, raw_scheduler = model, optimizer, scheduler
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    eval_loaders = {s: accelerator.prepare(loader(d, tokenizer, 64, shuffle=False)) for s, d in evals.items()}
+    eval_batch = processes * -(-64 // processes)  # about 64, split evenly between the processes
+    eval_loaders = {s: accelerator.prepare(loader(d, tokenizer, eval_batch, shuffle=False)) for s, d in evals.items()}
 
     state = {"epoch": 0, "partition": None, "elapsed": 0.0}
     if resume and run_dir is not None and epoch_checkpoints(run_dir):
         state = _resume(epoch_checkpoints(run_dir)[-1], cfg, raw_model, raw_optimizer, raw_scheduler, generator)
-    bar = _progress(cfg, steps)
+    bar = _progress(cfg, steps, accelerator.is_main_process)
     bar.update(state["epoch"] * len(train_loader))
+    step = state["epoch"] * len(train_loader)
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
         if epoch == 1 and cfg.variant in ("pad", "prune"):
@@ -193,12 +200,15 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
                                num_batches=cfg.partition_batches, iterations=cfg.partition_iterations,
                                seed=cfg.seed, batch_loss=task_loss)
             state["partition"] = report.to_dict()
-            (bar.write if cfg.progress else log)(f"  {report.summary()}")  # keeps the progress bar intact
+            if accelerator.is_main_process:
+                (bar.write if cfg.progress else log)(f"  {report.summary()}")  # keeps the progress bar intact
         model.train()
         for batch in train_loader:
             loss = task_loss(model, batch)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+            step += 1
+            total = accelerator.reduce(loss.detach(), "sum") if processes > 1 else loss  # every process must stop
+            if not torch.isfinite(total):
+                raise NonFiniteLossError(total.item(), step)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -215,18 +225,18 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     metrics = {split: evaluate(model, data, cfg.task, accelerator) for split, data in eval_loaders.items()}
     first = metrics[task.eval_splits[0]]
     return {
-        "config": cfg.to_dict(), "main": accelerator.is_main_process, "model": model, "tokenizer": tokenizer, "params": count_parameters(model), "metrics": metrics,
-        "score": 100 * first["score"], "metric": "+".join(task.metrics), "train_seconds": round(state["elapsed"], 1),
-        "processes": accelerator.num_processes,
+        "config": cfg.to_dict(), "main": accelerator.is_main_process, "model": model, "tokenizer": tokenizer,
+        "params": count_parameters(model), "metrics": metrics, "score": 100 * first["score"],
+        "metric": "+".join(task.metrics), "train_seconds": round(state["elapsed"], 1), "processes": processes,
         "partition": state["partition"],
         "dynamic_ratio": {name: m.dynamic_ratio() for name, m in moe_layers(model)},
     }
 
 
-def _progress(cfg: FinetuneConfig, steps: int):
+def _progress(cfg: FinetuneConfig, steps: int, main: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=steps, desc=f"{cfg.variant} seed {cfg.seed}", disable=not cfg.progress, leave=False,
+    return tqdm(total=steps, desc=f"{cfg.variant} seed {cfg.seed}", disable=not (cfg.progress and main), leave=False,
                 unit="step")
 
 
