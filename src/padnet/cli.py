@@ -103,20 +103,32 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_sdconv(args) -> int:
+def _run_studies(args, module) -> int:
+    """Run ``args.studies`` (or ``all``) of a study module (``STUDIES``, ``run_studies``) and print each table."""
     from .errors import check_choice
-    from .studies import sdconv
 
-    studies = sdconv.STUDIES if "all" in args.studies else tuple(args.studies)
-    for name in studies:
-        check_choice("study", name, sdconv.STUDIES + ("all",))
+    for name in args.studies:
+        check_choice("study", name, module.STUDIES + ("all",))
+    studies = module.STUDIES if "all" in args.studies else tuple(dict.fromkeys(args.studies))
     cfg, seeds = _recipe_and_seeds(args)
     out = Path(args.out)
-    sdconv.run_studies(out, cfg, studies, seeds, log=lambda m: print(m, flush=True))
+    module.run_studies(out, cfg, studies, seeds, log=lambda m: print(m, flush=True))
     for name in studies:
         print((out / name / "results.md").read_text())
     print(f"wrote {', '.join(str(out / n / 'results.md') for n in studies)} (+ results.json, results.png)")
     return 0
+
+
+def cmd_sdconv(args) -> int:
+    from .studies import sdconv
+
+    return _run_studies(args, sdconv)
+
+
+def cmd_pad(args) -> int:
+    from .studies import pad
+
+    return _run_studies(args, pad)
 
 
 def cmd_finetune(args) -> int:
@@ -305,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, skip=("conv", "seed", "sparsity", "mask_strategy"))
     _add_study_flags(p, "runs/sdconv", "all data, 30 epochs, width 0.5, 5 seeds")
     p.set_defaults(func=cmd_sdconv)
+
+    p = sub.add_parser("pad", help="PAD-Net ablations and analyses: partition kappa scales pruning layers property "
+                                   "(or all)",
+                       description="Paper 001's ablations and analyses on convolutions, on the compare recipe (quick "
+                                   "preset; --full: the long one). Each study writes OUT/<study>/results.md, .json "
+                                   "and .png; trained runs live in OUT/runs and are shared between studies and "
+                                   "re-runs (the PAD-Net, DY-Conv and static runs are the compare command's).")
+    p.add_argument("studies", nargs="+", metavar="STUDY",
+                   help="partition, kappa, scales, pruning, layers, property or all")
+    _add_config_flags(p, skip=("conv", "seed", "kappa", "partition", "scale_mode", "mask_semantics"))
+    _add_study_flags(p, "runs/pad", "all data, 30 epochs, width 0.5, 5 seeds")
+    p.set_defaults(func=cmd_pad)
 
     from .config import FinetuneConfig
 

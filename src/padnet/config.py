@@ -35,6 +35,7 @@ class TrainConfig:
     reduction: int | None = None  # None: the conv type's default (DY-Conv 4, ODConv/DCD 16)
     granularity: str = "shared"
     scale_mode: str = "constrained"
+    mask_semantics: str = "static"  # masked elements take the static parameters ("static") or are pruned ("zero")
     # data
     dataset: str = "fashion-mnist"
     data_root: str | None = None
@@ -78,14 +79,14 @@ class TrainConfig:
         """Check ranges and names that can be checked without building anything; returns self."""
         from .data import DATASETS
         from .distributed import DEVICES
-        from .layers.modes import GRANULARITIES, SCALE_MODES
+        from .layers.modes import GRANULARITIES, SCALE_MODES, SEMANTICS
         from .layers.registry import accepted_options, canonical_conv, is_partial, layer_options
         from .layers.sdconv import STRATEGIES
         from .models.registry import MODELS, STEMS
         from .partitioning import METHODS, SCOPES, check_kappa
 
         _check_types(self, ("model", "conv", "stem", "dataset", "granularity", "scale_mode", "partition",
-                            "partition_scope", "mask_strategy"))
+                            "partition_scope", "mask_strategy", "mask_semantics"))
         check_choice("model", self.model.lower(), MODELS)
         self.conv = canonical_conv(self.conv)
         check_choice("dataset", self.dataset, DATASETS)
@@ -120,6 +121,7 @@ class TrainConfig:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check_choice("mask granularity", self.granularity, GRANULARITIES)
         check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
+        check_choice("mask semantics", self.mask_semantics, SEMANTICS)
         check_choice("device", self.device, DEVICES)
         layer_options(self.conv, num_kernels=self.num_kernels, reduction=self.reduction)
         if not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):

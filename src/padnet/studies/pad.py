@@ -1,0 +1,283 @@
+"""PAD-Net's ablations and analyses on convolutions ("PAD-Net: An Efficient Framework for Dynamic Networks",
+paper 001 §5.2–5.3 and appendix D), one function per study. Each writes ``<out>/<study>/results.{md,json,png}``;
+trained runs are shared through ``<out>/runs`` (:class:`~padnet.studies.common.Runs`):
+
+* ``partition``: random vs one-shot MP vs IMP at κ = 0.3 (appendix D, Fig. 6);
+* ``kappa``: κ ∈ {0.1, 0.3, 0.5, 0.7}, top-1 and normalised performance (Fig. 3);
+* ``scales``: no scale factors, λs only, λd only, both unconstrained, λs + λd = 2 (Table 3);
+* ``pruning``: the elements mode partition makes static are pruned instead (zero), against PAD-Net and
+  DY-Conv (the convolution analogue of Table 4);
+* ``layers``: layer-wise dynamic ratio after IMP for ResNet-18 and MobileNetV2 at two overall ratios and two
+  widths (Fig. 4); partitions fresh models on training batches, trains nothing;
+* ``property``: per-layer parameter variance and output variance across test images for static, DY-Conv and
+  PAD-Net (Fig. 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..data import make_loader
+from ..engine.trainer import build_model, partition_from_config
+from ..layers.dynamic_conv import DynamicConv2d
+from ..metrics.dynamics import (
+    layer_dynamic_ratios,
+    normalised_performance,
+    output_variances,
+    parameter_variance,
+)
+from .common import Runs, figure, mean_std, pm, write_study
+
+STUDIES = ("partition", "kappa", "scales", "pruning", "layers", "property")
+KAPPAS = (0.1, 0.3, 0.5, 0.7)
+DEFAULT_KAPPA = 0.3
+METHODS = {"random": "Random", "mp": "One-shot MP", "imp": "IMP"}
+SCALES = {"none": "–", "static": "λs", "dynamic": "λd", "both": "λs, λd", "constrained": "λs + λd = 2"}
+STATIC, DY = ("static", {"conv": "static"}), ("dy", {"conv": "dy"})
+PAD = ("pad", {"conv": "pad", "kappa": DEFAULT_KAPPA})  # the compare run: IMP, κ = 0.3, λs + λd = 2
+LAYERS_ARCHS = ("resnet18", "mobilenetv2")
+LAYERS_WIDTHS = {"quick": (0.25, 0.5), "full": (0.5, 1.0)}  # IMP on a full-width ResNet-18 takes ~5 min here
+LAYERS_KAPPAS = (0.3, 0.5)
+
+
+def _pad(name: str, **changes) -> tuple[str, dict]:
+    return name, {**PAD[1], **changes}
+
+
+def _records(runs: Runs, variants: dict[str, dict], labels: dict[str, str]) -> list[dict]:
+    """Train (or reuse) every variant with every seed; one record per variant: top-1 per seed and accounting."""
+    out = []
+    for name, results in runs.results(variants).items():
+        top1 = [r["top1"] for r in results]
+        out.append({"model": name, "label": labels[name], "params": results[0]["params"],
+                    "flops": results[0]["flops"], "top1": top1, "top1_mean": mean_std(top1)[0],
+                    "top1_std": mean_std(top1)[1], "seeds": [r["seed"] for r in results],
+                    "train_seconds_mean": mean_std(r["train_seconds"] for r in results)[0]})
+    return out
+
+
+def _table(records: list[dict], extra: dict[str, list[str]] | None = None) -> str:
+    extra = extra or {}
+    head = "| Model | Param | FLOPs (MACs) | Top-1 (%) | " + "".join(f"{k} | " for k in extra) + "Train time / run (s) |"
+    lines = [head, "| --- | ---: | ---: | ---: | " + "---: | " * len(extra) + "---: |"]
+    for i, r in enumerate(records):
+        cells = "".join(f"{column[i]} | " for column in extra.values())
+        lines.append(f"| {r['label']} | {r['params'] / 1e3:.1f}K | {r['flops'] / 1e6:.2f}M | {pm(r['top1'])} | "
+                     f"{cells}{r['train_seconds_mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def _recipe(runs: Runs) -> str:
+    c = runs.base
+    return (f"{c.model} ×{c.width:g} on {c.dataset}: {c.epochs} epochs, batch {c.batch_size}, train subset "
+            f"{c.train_subset or 'all'}, SGD lr {c.lr:g} (warm-up + cosine), weight decay {c.weight_decay:g}; "
+            f"PAD-Net: k = 4, {c.partition_iterations} IMP iterations on {c.partition_batches} batches, "
+            f"{c.granularity} masks; seeds {', '.join(map(str, runs.seeds))}. Param: stored parameters with the "
+            "classifier (PAD-Net: static parameters plus dynamic factors at dynamic positions). FLOPs: "
+            "multiply-adds of one image.")
+
+
+def _bars(records: list[dict], ylabel: str = "top-1 (%)"):
+    fig, (ax,) = figure()
+    x = range(len(records))
+    ax.bar(x, [r["top1_mean"] for r in records], yerr=[r["top1_std"] for r in records], capsize=4, color="#7aa6c2")
+    for i, r in enumerate(records):  # every seed, so the spread shows
+        ax.plot([i] * len(r["top1"]), r["top1"], "k.", markersize=4)
+    ax.set_xticks(list(x), [r["label"] for r in records], rotation=20, fontsize=8)
+    low = min(min(r["top1"]) for r in records)
+    ax.set_ylim(low - 2, max(max(r["top1"]) for r in records) + 1)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def _variant_study(runs: Runs, study: str, title: str, variants: dict[str, dict], labels: dict[str, str],
+                   note: str = "") -> dict:
+    started = time.perf_counter()
+    records = _records(runs, variants, labels)
+    md = f"{_table(records)}\n\n{note}{_recipe(runs)}\n"
+    write_study(runs.out / study, title, md, {"records": records, "config": runs.base.to_dict()}, _bars(records),
+                started)
+    return {"records": records}
+
+
+def study_partition(runs: Runs) -> dict:
+    """Random vs one-shot MP vs IMP at κ = 0.3 (PAD-Net appendix D, Fig. 6)."""
+    variants = dict(_pad(f"pad-{m}", partition=m) if m != "imp" else PAD for m in METHODS)
+    labels = {("pad" if m == "imp" else f"pad-{m}"): label for m, label in METHODS.items()}
+    return _variant_study(runs, "partition", "Partition methods (PAD-Net appendix D, Fig. 6)", variants, labels,
+                          "All at κ = 0.3 with λs + λd = 2; one-shot MP scores once, IMP over its iterations.\n\n")
+
+
+def study_kappa(runs: Runs, kappas=KAPPAS) -> dict:
+    """Top-1 and normalised performance over κ (PAD-Net Fig. 3)."""
+    started = time.perf_counter()
+    variants = dict(PAD if k == DEFAULT_KAPPA else _pad(f"pad-k{round(100 * k)}", kappa=k) for k in kappas)
+    names = list(variants)
+    records = _records(runs, variants, {n: f"κ = {k:g}" for n, k in zip(names, kappas)})
+    normalised = normalised_performance([r["top1_mean"] for r in records])
+    for r, value in zip(records, normalised):
+        r["normalised"] = value
+    fig, axes = figure(2)
+    axes[0].errorbar(kappas, [r["top1_mean"] for r in records], yerr=[r["top1_std"] for r in records], fmt="o-",
+                     capsize=4)
+    for k, r in zip(kappas, records):
+        axes[0].plot([k] * len(r["top1"]), r["top1"], "k.", markersize=4)
+    axes[0].set_ylabel("top-1 (%)")
+    axes[1].plot(kappas, [100 * v for v in normalised], "o-")
+    axes[1].axhline(0, color="grey", linewidth=0.8)
+    axes[1].set_ylabel("normalised performance (%)")
+    for ax in axes:
+        ax.set_xlabel("dynamic ratio κ")
+        ax.grid(alpha=0.3)
+    md = (_table(records, {"Normalised (%)": [f"{100 * v:+.2f}" for v in normalised]})
+          + "\n\nNormalised performance: (x − x̄) / x̄ with x the mean top-1 of a κ and x̄ the mean over all κ "
+          "(paper 001 Fig. 3, footnote 1).\n\n" + _recipe(runs) + "\n")
+    write_study(runs.out / "kappa", "Dynamic ratio κ (PAD-Net Fig. 3)", md,
+                {"records": records, "kappas": list(kappas), "config": runs.base.to_dict()}, fig, started)
+    return {"records": records}
+
+
+def study_scales(runs: Runs) -> dict:
+    """The scale factors λs, λd: none, one, both unconstrained, λs + λd = 2 (PAD-Net Table 3)."""
+    variants = dict(PAD if m == "constrained" else _pad(f"pad-scales-{m}", scale_mode=m) for m in SCALES)
+    labels = {("pad" if m == "constrained" else f"pad-scales-{m}"): label for m, label in SCALES.items()}
+    return _variant_study(runs, "scales", "Scale factors (PAD-Net Table 3)", variants, labels,
+                          "κ = 0.3, IMP. \"–\": no scale factors (λs = λd = 1); λs or λd: only that one is "
+                          "trained (the other stays 1); \"λs, λd\": both trained freely; λs + λd = 2: the "
+                          "default, λd = 2 − λs.\n\n")
+
+
+def study_pruning(runs: Runs) -> dict:
+    """Mode partition vs pruning the same elements (zero instead of static), and DY-Conv (Table 4, for convs)."""
+    variants = dict([DY, PAD, _pad("pad-pruned", mask_semantics="zero")])
+    labels = {"dy": "DY-Conv", "pad": "PAD-Net (κ = 0.3)", "pad-pruned": "Pruned DY-Conv (κ = 0.3)"}
+    return _variant_study(runs, "pruning", "Pruning vs mode partition (PAD-Net Table 4, convolution analogue)",
+                          variants, labels, "The pruned model scores and keeps the same fraction of dynamic "
+                          "elements by the same IMP, but its other elements are zero instead of static "
+                          "(SNIP-style pruning, as MoE-P).\n\n")
+
+
+def study_layers(runs: Runs, archs=LAYERS_ARCHS, widths=None, kappas=LAYERS_KAPPAS) -> dict:
+    """Layer-wise dynamic ratio after IMP (PAD-Net Fig. 4) for two architectures, widths and overall κ.
+    ``widths`` default: ×0.25 and ×0.5 for the quick recipe, ×0.5 and ×1.0 for the full one."""
+    started = time.perf_counter()
+    train = runs.data[0]
+    widths = widths or LAYERS_WIDTHS["quick" if runs.base.train_subset else "full"]
+    settings = [(a, w) for a in archs for w in widths]
+    records = []
+    for model_name, width in settings:
+        for kappa in kappas:
+            cfg = dataclasses.replace(runs.base, model=model_name, width=width, conv="pad", kappa=kappa).validate()
+            torch.manual_seed(cfg.seed)
+            model = build_model(cfg, train.num_classes, train.input_shape[0])
+            report = partition_from_config(model, cfg, train)
+            ratios = layer_dynamic_ratios(model)
+            records.append({"model": model_name, "width": width, "kappa": kappa,
+                            "dynamic_ratio": report.dynamic_ratio, "layers": ratios})
+            runs.log(f"layers {model_name} ×{width:g} κ={kappa:g}: {report.summary()}")
+    fig, axes = figure(len({s[0] for s in settings}))
+    for ax, model_name in zip(axes, dict.fromkeys(s[0] for s in settings)):
+        for r in (r for r in records if r["model"] == model_name):
+            ax.plot(range(1, len(r["layers"]) + 1), list(r["layers"].values()), marker=".",
+                    label=f"×{r['width']:g}, κ = {r['kappa']:g}")
+        ax.set_title(model_name, fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("layer (input → output)")
+        ax.set_ylabel("layer dynamic ratio")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    lines = ["| Model | Width | κ | Reached | Layers | Layers below κ/3 | Lowest | Highest |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        values = list(r["layers"].values())
+        low = sum(v < r["kappa"] / 3 for v in values)
+        lines.append(f"| {r['model']} | {r['width']:g} | {r['kappa']:g} | {r['dynamic_ratio']:.3f} | {len(values)} | "
+                     f"{low} | {min(values):.3f} | {max(values):.3f} |")
+    md = ("\n".join(lines) + f"\n\nIMP ({runs.base.partition_iterations} iterations on {runs.base.partition_batches} "
+          f"batches of {runs.base.dataset}, global scope) on freshly initialised models; per-layer ratios in "
+          "results.json and the figure.\n")
+    write_study(runs.out / "layers", "Layer-wise dynamic ratio (PAD-Net Fig. 4)", md,
+                {"records": records, "config": runs.base.to_dict()}, fig, started)
+    return {"records": records}
+
+
+@torch.no_grad()
+def _property(model, loader, names: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per layer: parameter variance across the test images (0 for a static layer) and output variance."""
+    coeffs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    modules = dict(model.named_modules())
+    hooks = [modules[n].attention.register_forward_hook(lambda mod, args, out, n=n: coeffs[n].append(out))
+             for n in names if isinstance(modules[n], DynamicConv2d)]
+    try:
+        outputs = output_variances(model, loader, names)
+    finally:
+        for h in hooks:
+            h.remove()
+    params = {}
+    for n in names:
+        layer = modules[n]
+        if not isinstance(layer, DynamicConv2d):
+            params[n] = 0.0
+            continue
+        _, lam_d = layer.scales()
+        params[n] = parameter_variance(torch.cat(coeffs[n]), layer.weight_mode.dynamic_part(layer.weight, lam_d))
+    return params, outputs
+
+
+def study_property(runs: Runs, images: int = 1000) -> dict:
+    """Parameter and output variance across ``images`` test images, layer by layer, for static, DY-Conv and
+    PAD-Net (PAD-Net Fig. 5)."""
+    started = time.perf_counter()
+    variants = dict([STATIC, DY, PAD])
+    labels = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net (κ = 0.3)"}
+    runs.results(variants)
+    test = runs.data[1]
+    loader = make_loader(test.subset(images, seed=0) if images < len(test) else test, 250, train=False)
+    reference = runs.model("dy", runs.seeds[0])
+    names = [n for n, m in reference.named_modules() if isinstance(m, DynamicConv2d)]
+    records = []
+    for name in variants:
+        per_seed = [_property(runs.model(name, seed), loader, names) for seed in runs.seeds]
+        records.append({"model": name, "label": labels[name], "layers": names,
+                        "parameter_variance": [[p[n] for n in names] for p, _ in per_seed],
+                        "output_variance": [[o[n] for n in names] for _, o in per_seed]})
+    fig, axes = figure(2)
+    for r in records:
+        for ax, key in zip(axes, ("parameter_variance", "output_variance")):
+            means = [mean_std(v)[0] for v in zip(*r[key])]
+            ax.plot(range(1, len(names) + 1), means, marker=".", label=r["label"])
+    for ax, title in zip(axes, ("parameter variance", "output variance")):
+        ax.set_xlabel("layer (input → output)")
+        ax.set_ylabel(title)
+        ax.set_yscale("symlog", linthresh=1e-6)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    lines = ["| Model | Parameter variance (mean over layers) | Output variance (mean over layers) |",
+             "| --- | ---: | ---: |"]
+    for r in records:
+        param = [sum(v) / len(v) for v in r["parameter_variance"]]
+        out = [sum(v) / len(v) for v in r["output_variance"]]
+        lines.append(f"| {r['label']} | {pm(param, 5)} | {pm(out, 4)} |")
+    md = ("\n".join(lines) + f"\n\nVariances across {min(images, len(test))} test images of each convolution's "
+          "computational kernel (parameter variance; 0 for static layers) and of its output, averaged over the "
+          "elements, then over the layers (per-layer values in results.json and the figure); mean ± std over "
+          "seeds.\n\n" + _recipe(runs) + "\n")
+    write_study(runs.out / "property", "Dynamic property (PAD-Net Fig. 5)", md,
+                {"records": records, "images": min(images, len(test)), "config": runs.base.to_dict()}, fig, started)
+    return {"records": records}
+
+
+STUDY_FUNCTIONS = {"partition": study_partition, "kappa": study_kappa, "scales": study_scales,
+                   "pruning": study_pruning, "layers": study_layers, "property": study_property}
+
+
+def run_studies(out: str | Path, base: TrainConfig, studies=STUDIES, seeds=(0, 1, 2), log=print) -> dict:
+    """Run the named ``studies`` under ``out`` with one shared run cache; returns study → summary."""
+    runs = Runs(out, base, seeds, log)
+    return {name: STUDY_FUNCTIONS[name](runs) for name in studies}
