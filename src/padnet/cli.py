@@ -110,7 +110,7 @@ def _run_studies(args, module) -> int:
     for name in args.studies:
         check_choice("study", name, module.STUDIES + ("all",))
     studies = module.STUDIES if "all" in args.studies else tuple(dict.fromkeys(args.studies))
-    cfg, seeds = _recipe_and_seeds(args)
+    cfg, seeds = _recipe_and_seeds(args, module if hasattr(module, "QUICK") else None)
     out = Path(args.out)
     module.run_studies(out, cfg, studies, seeds, log=lambda m: print(m, flush=True))
     for name in studies:
@@ -320,10 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pad", help="PAD-Net ablations and analyses: partition kappa scales pruning layers property "
                                    "(or all)",
-                       description="Paper 001's ablations and analyses on convolutions, on the compare recipe (quick "
-                                   "preset; --full: the long one). Each study writes OUT/<study>/results.md, .json "
+                       description="Paper 001's ablations and analyses on convolutions, on the compare recipe with "
+                                   "6,000 training images and IMP on 4 batches (quick; --full: the "
+                                   "compare command's long recipe). Each study writes OUT/<study>/results.md, .json "
                                    "and .png; trained runs live in OUT/runs and are shared between studies and "
-                                   "re-runs (the PAD-Net, DY-Conv and static runs are the compare command's).")
+                                   "re-runs.")
     p.add_argument("studies", nargs="+", metavar="STUDY",
                    help="partition, kappa, scales, pruning, layers, property or all")
     _add_config_flags(p, skip=("conv", "seed", "kappa", "partition", "scale_mode", "mask_semantics"))
