@@ -35,8 +35,8 @@ from ..metrics.dynamics import (
 from .common import Runs, figure, mean_std, pm, write_study
 
 STUDIES = ("partition", "kappa", "scales", "pruning", "layers", "property")
-# the compare recipe on 6,000 images with IMP on 4 batches: scales (5 variants × 3 seeds) took 18.5 min on 7,000
-# images and 18.9 min on 6,000 with 10 IMP batches here; a run's fixed costs (IMP, testing) dominate its time
+# the compare recipe on 6,000 images with IMP on 4 batches: scales (5 variants × 3 seeds, the largest study) takes
+# 13.2 min here; with 10 IMP batches it took 18.5 min on 7,000 images and 18.9 min on 6,000 (fixed costs dominate)
 QUICK = {**compare.QUICK, "train_subset": 6000, "partition_batches": 4}
 FULL, QUICK_SEEDS, FULL_SEEDS = compare.FULL, compare.QUICK_SEEDS, compare.FULL_SEEDS
 KAPPAS = (0.1, 0.3, 0.5, 0.7)
