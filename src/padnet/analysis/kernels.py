@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..layers.dynamic_conv import DynamicConv2d
 from ..layers.sdconv import SparseDynamicConv2d
+from ..metrics.dynamics import run_with_hooks
 
 
 def _dynamic_layers(model: nn.Module) -> list[tuple[str, DynamicConv2d]]:
@@ -42,15 +43,7 @@ def aggregated_kernel_stats(model: nn.Module, loader) -> list[dict]:
     coeffs: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
     hooks = [layer.attention.register_forward_hook(lambda mod, args, out, n=name: coeffs[n].append(out.double()))
              for name, layer in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for x, _ in loader:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    run_with_hooks(model, loader, hooks)
     out = []
     for name, layer in layers:
         pi = torch.cat(coeffs[name])  # (N, k)

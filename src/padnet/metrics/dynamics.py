@@ -49,6 +49,20 @@ def parameter_variance(coeffs: torch.Tensor, factors: torch.Tensor) -> float:
     return float((covariance * (dyn @ dyn.T)).sum() / dyn.shape[1])
 
 
+def run_with_hooks(model: nn.Module, loader, hooks) -> None:
+    """Run ``model`` in eval mode over the (images, labels) batches of ``loader``, then remove the forward
+    ``hooks`` (the handles that collected what the caller measures) and restore the model's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x, _ in loader:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 @torch.no_grad()
 def output_variances(model: nn.Module, loader, layers: list[str]) -> dict[str, float]:
     """Variance across inputs of each named layer's output, averaged over its elements (PAD-Net Fig. 5b).
@@ -75,15 +89,7 @@ def output_variances(model: nn.Module, loader, layers: list[str]) -> dict[str, f
         return hook
 
     hooks = [modules[n].register_forward_hook(record(n)) for n in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for x, _ in loader:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    run_with_hooks(model, loader, hooks)
     out = {}
     for name in layers:
         total, squares, count = sums[name]
