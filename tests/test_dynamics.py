@@ -10,6 +10,7 @@ from padnet.errors import ConfigError
 from padnet.layers import PADConv2d
 from padnet.metrics.dynamics import (
     layer_dynamic_ratios,
+    mask_structure,
     normalised_performance,
     output_variances,
     parameter_variance,
@@ -80,3 +81,28 @@ def test_layer_dynamic_ratios_pool_a_layers_masks():
     ratios = layer_dynamic_ratios(model)
     assert set(ratios) == {"0", "1"} and all(abs(r - 0.3) < 0.02 for r in ratios.values())
     assert report.dynamic_ratio == pytest.approx(0.3, abs=0.01)
+
+
+def test_mask_structure_by_hand():
+    stats = mask_structure(torch.tensor([[1, 1, 0], [1, 0, 0]]))
+    # columns: dynamic shares 1, 1/2, 0 -> majorities 1, 1/2, 1; rows: 2/3, 1/3 -> 2/3, 2/3
+    assert stats["dynamic_ratio"] == pytest.approx(0.5)
+    assert stats["column_agreement"] == pytest.approx(5 / 6)
+    assert stats["row_agreement"] == pytest.approx(2 / 3)
+    # p = 1/2: columns of 2 agree 1, 1/2, 1 with probabilities 1/4, 1/2, 1/4; rows of 3: 1 or 2/3 (1/4, 3/4)
+    assert stats["random_column_agreement"] == pytest.approx(0.75)
+    assert stats["random_row_agreement"] == pytest.approx(0.75)
+
+
+def test_mask_structure_of_whole_columns_is_one_and_beats_random():
+    mask = torch.zeros(64, 32)
+    mask[:, ::2] = 1  # every other neuron fully dynamic
+    stats = mask_structure(mask)
+    assert stats["column_agreement"] == 1.0 and stats["row_agreement"] == 0.5
+    assert stats["random_column_agreement"] < 0.6
+
+
+@pytest.mark.parametrize("mask, message", [(torch.ones(2, 2, 2), "2-D mask"), (torch.full((2, 2), 0.5), "binary")])
+def test_mask_structure_refuses(mask, message):
+    with pytest.raises(ConfigError, match=message):
+        mask_structure(mask)

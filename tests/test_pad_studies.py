@@ -30,13 +30,15 @@ def test_every_study_writes_markdown_json_and_a_figure(studies):
 
 def test_variant_studies_train_each_variant_once_and_share_runs(studies):
     out, results = studies
-    assert [r["label"] for r in results["partition"]["records"]] == ["Random", "One-shot MP", "IMP"]
+    assert [r["label"] for r in results["partition"]["records"]] == ["Dynamic (DY-Conv)", "Random", "One-shot MP", "IMP"]
     assert [r["label"] for r in results["scales"]["records"]] == list(pad.SCALES.values())
     assert [r["model"] for r in results["pruning"]["records"]] == ["dy", "pad", "pad-pruned"]
     # the κ = 0.3 IMP run is one run, shared by partition, kappa, scales, pruning and property
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    # partition 3 runs, kappa 3 more, scales 4 more, pruning 2 more (dy, pruned), property 1 more (static)
-    assert len(runs) == 13 and runs.count("pad-seed0") == 1
+    # partition 4 runs (dy, random, mp, imp), kappa 3 more, scales 4 more, pruning 1 more, property 1 more (static)
+    assert runs == sorted(f"{name}-seed0" for name in (
+        "dy", "pad-random", "pad-mp", "pad", "pad-k10", "pad-k50", "pad-k70", "pad-scales-none", "pad-scales-static",
+        "pad-scales-dynamic", "pad-scales-both", "pad-pruned", "static"))
     params = {r["model"]: r["params"] for r in results["pruning"]["records"]}
     assert params["pad-pruned"] < params["pad"] < params["dy"]  # pruned elements are not stored at all
 
@@ -72,4 +74,23 @@ def test_property_study_static_layers_have_no_parameter_variance(studies):
 def test_unknown_study_is_refused(capsys):
     assert main(["pad", "ablations", *TINY]) == 2
     assert capsys.readouterr().err.strip() == ("padnet: error: unknown study 'ablations'; choose from partition, "
-                                                "kappa, scales, pruning, layers, property, all")
+                                                "kappa, scales, pruning, layers, property, noise, transfer, all")
+
+
+def test_shipped_config_is_the_quick_recipe():
+    from pathlib import Path
+
+    from padnet.config import TrainConfig, config_from_dict, load_yaml
+
+    shipped = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist-pad-studies.yaml")
+    assert config_from_dict(shipped, TrainConfig()) == config_from_dict(pad.QUICK, TrainConfig())
+
+
+def test_noise_and_transfer_compare_static_dy_and_pad(studies):
+    _, results = studies
+    for study in ("noise", "transfer"):
+        assert [r["model"] for r in results[study]["records"]] == ["static", "dy", "pad"]
+    for r in results["noise"]["records"]:
+        assert list(r["top1"]) == [str(s) for s in pad.SIGMAS] and all(len(v) == 1 for v in r["top1"].values())
+    for r in results["transfer"]["records"]:
+        assert len(r["linear"]) == len(r["full"]) == 1 and 0.0 <= r["linear"][0] <= 100.0

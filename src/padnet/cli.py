@@ -110,7 +110,7 @@ def _run_studies(args, module) -> int:
     for name in args.studies:
         check_choice("study", name, module.STUDIES + ("all",))
     studies = module.STUDIES if "all" in args.studies else tuple(dict.fromkeys(args.studies))
-    cfg, seeds = _recipe_and_seeds(args, module if hasattr(module, "QUICK") else None)
+    cfg, seeds = _recipe_and_seeds(args, module if hasattr(module, "QUICK") else None, getattr(module, "CONFIG", None))
     out = Path(args.out)
     module.run_studies(out, cfg, studies, seeds, log=lambda m: print(m, flush=True))
     for name in studies:
@@ -129,6 +129,12 @@ def cmd_pad(args) -> int:
     from .studies import pad
 
     return _run_studies(args, pad)
+
+
+def cmd_pad_moe(args) -> int:
+    from .studies import padmoe
+
+    return _run_studies(args, padmoe)
 
 
 def cmd_finetune(args) -> int:
@@ -319,19 +325,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sdconv)
 
     p = sub.add_parser("pad", help="PAD-Net ablations and analyses: partition kappa scales pruning layers property "
-                                   "(or all)",
+                                   "noise transfer (or all)",
                        description="Paper 001's ablations and analyses on convolutions, on the compare recipe with "
                                    "6,000 training images and IMP on 4 batches (quick; --full: the "
                                    "compare command's long recipe). Each study writes OUT/<study>/results.md, .json "
                                    "and .png; trained runs live in OUT/runs and are shared between studies and "
                                    "re-runs.")
     p.add_argument("studies", nargs="+", metavar="STUDY",
-                   help="partition, kappa, scales, pruning, layers, property or all")
+                   help="partition, kappa, scales, pruning, layers, property, noise, transfer or all")
     _add_config_flags(p, skip=("conv", "seed", "kappa", "partition", "scale_mode", "mask_semantics"))
     _add_study_flags(p, "runs/pad", "all data, 30 epochs, width 0.5, 5 seeds")
     p.set_defaults(func=cmd_pad)
 
     from .config import FinetuneConfig
+
+    p = sub.add_parser("pad-moe", help="PAD-Net ablations on MoE: partition kappa pruning masks (or all)",
+                       description="Paper 001's MoE ablations and analyses, fine-tuning MiniLM on Rotten Tomatoes "
+                                   "(quick: 640 sentences, 2 epochs, 3 seeds; --full: all sentences, 5 epochs, "
+                                   "5 seeds). Each study writes OUT/<study>/results.md, .json and .png; "
+                                   "fine-tuning runs live in OUT/runs and are shared between studies and re-runs.")
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="partition, kappa, pruning, masks or all")
+    _add_config_flags(p, skip=("variant", "seed", "kappa", "partition"), cls=FinetuneConfig)
+    _add_study_flags(p, "runs/pad-moe", "all training sentences, 5 epochs, 5 seeds")
+    p.set_defaults(func=cmd_pad_moe)
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained encoder (dense, MoE, PAD-MoE, MoE-P) on a text task",
                        description="Fine-tune --model (default minilm: the offline all-MiniLM-L6-v2) on --task "

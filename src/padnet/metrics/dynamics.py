@@ -4,9 +4,12 @@
 * :func:`parameter_variance` — Fig. 5a: how much a layer's computational kernel changes with the input.
 * :func:`output_variances` — Fig. 5b: how much each layer's output changes with the input.
 * :func:`layer_dynamic_ratios` — Fig. 4: the dynamic ratio of every layer after mode partition.
+* :func:`mask_structure` — appendix E: how far a mask is made of whole dynamic or static rows and columns.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -115,3 +118,41 @@ def layer_dynamic_ratios(model: nn.Module) -> dict[str, float]:
         if elements:
             out[name] = dynamic / elements
     return out
+
+
+def mask_structure(mask: torch.Tensor) -> dict[str, float]:
+    """How much a 2-D binary mask is organised in whole rows and columns (PAD-Net appendix E, Fig. 7).
+
+    Agreement of a column: the fraction of its elements in the column's majority mode (1.0 when the column is
+    all dynamic or all static, about 0.5 for a balanced random column); the mean over columns, and likewise
+    over rows. ``random_*`` are the expected agreements of a random mask with the same dynamic ratio p:
+    E[max(X, n − X)] / n for X ~ Binomial(n, p), n the column (row) length.
+
+    Args:
+        mask: (rows, columns) of 0/1 values.
+
+    Returns:
+        ``dynamic_ratio``, ``column_agreement``, ``row_agreement``, ``random_column_agreement``,
+        ``random_row_agreement``. Raises ConfigError for a mask that is not 2-D or not binary.
+    """
+    if mask.dim() != 2:
+        raise ConfigError(f"mask structure needs a 2-D mask, got shape {tuple(mask.shape)}")
+    m = mask.detach().double()
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ConfigError("mask structure needs a binary (0/1) mask")
+    p = float(m.mean())
+
+    def agreement(dim: int) -> float:
+        share = m.mean(dim)  # dynamic fraction of every column (dim 0) or row (dim 1)
+        return float(torch.maximum(share, 1 - share).mean())
+
+    def expected(n: int) -> float:
+        if p in (0.0, 1.0):
+            return 1.0
+        k = torch.arange(n + 1, dtype=torch.float64)
+        log_pmf = (torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1)
+                   - torch.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p))
+        return float((log_pmf.exp() * torch.maximum(k, n - k)).sum() / n)
+
+    return {"dynamic_ratio": p, "column_agreement": agreement(0), "row_agreement": agreement(1),
+            "random_column_agreement": expected(m.shape[0]), "random_row_agreement": expected(m.shape[1])}

@@ -7,14 +7,15 @@ the same configuration is reused, one with another configuration is refused befo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
+import torch
+
 from ..config import FinetuneConfig
 from ..errors import ConfigError, DataError
-from ..studies.common import figure, mean_std, pm, write_study
+from ..studies.common import RunCache, figure, mean_std, pm, write_study
 from .finetune import VARIANT_LABELS, VARIANTS, finetune, save_results
 
 # Quick default: 896 training sentences, 2 epochs, 3 seeds (README gives the time measured here).
@@ -41,37 +42,84 @@ def _differences(saved: dict, cfg: FinetuneConfig) -> list[str]:
     return sorted(k for k in current if k != "progress" and saved.get(k, current[k]) != current[k])
 
 
-def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print) -> dict:
+MASKS_FILE = "masks.safetensors"  # a PAD-MoE / MoE-P run's binary masks, one tensor per partial mode
+
+
+def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print, label: str = "") -> dict:
     """The results of one run: read from ``run_dir/results.json`` when it holds this configuration, else
-    fine-tuned and written there."""
+    fine-tuned and written there, with the binary masks of PAD-MoE / MoE-P in ``masks.safetensors``."""
+    label = label or f"{cfg.variant} seed {cfg.seed}"
     done = run_dir / "results.json"
     if done.is_file():
         results = _read_results(done)
     else:
-        log(f"[{cfg.variant} seed {cfg.seed}] fine-tuning")
+        log(f"[{label}] fine-tuning")
         results = finetune(cfg, log)
-        del results["model"], results["tokenizer"], results["main"]
+        model = results.pop("model")
+        del results["tokenizer"], results["main"]
+        if cfg.variant in ("pad", "prune"):
+            save_masks(model, run_dir / MASKS_FILE)
         save_results(results, run_dir)
-    log(f"[{cfg.variant} seed {cfg.seed}] {results['metric']} {results['score']:.2f} "
-        f"({results['train_seconds']:.0f} s)")
+    log(f"[{label}] {results['metric']} {results['score']:.2f} ({results['train_seconds']:.0f} s)")
     return results
 
 
-def plan_runs(out: Path, base: FinetuneConfig, variants, seeds) -> list[tuple[FinetuneConfig, Path]]:
-    """Every (configuration, run folder), validated and checked against finished runs before training."""
-    plan = []
-    for variant in variants:
-        for seed in seeds:
-            cfg = dataclasses.replace(base, variant=variant, seed=seed).validate()
-            run_dir = out / "runs" / f"{variant}-seed{seed}"
-            saved = run_dir / "results.json"
-            if saved.is_file():
-                changed = _differences(_read_results(saved).get("config", {}), cfg)
-                if changed:
-                    raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
-                                      f"{', '.join(changed)}); choose another --out")
-            plan.append((cfg, run_dir))
-    return plan
+def save_masks(model, path: Path) -> None:
+    """Write every partial mode's mask of ``model`` (uint8, named by module) to ``path``, atomically. Raises
+    ValueError for a mask that is not binary (a partition still relaxed)."""
+    from safetensors.torch import save_file
+
+    from ..fileio import atomic_path
+    from ..layers.modes import partial_modes
+
+    masks = {name: mode.mask.detach().cpu() for name, mode in partial_modes(model)}
+    for name, mask in masks.items():
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"the mask of {name} is not binary")
+    with atomic_path(path) as tmp:
+        save_file({name: mask.to(torch.uint8).contiguous() for name, mask in masks.items()}, str(tmp))
+
+
+def load_masks(path: Path) -> dict[str, torch.Tensor]:
+    """The masks written by :func:`save_masks`, module name → uint8 tensor, in module order (layer 2 before
+    layer 10). DataError (one line) when the file is missing or unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DataError(f"{path} is missing (a run made before padnet saved masks); delete {path.parent} to train "
+                        "it again")
+    try:
+        masks = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise DataError(f"{path} is not a readable masks file ({exc}); delete {path.parent} to train it "
+                        "again") from None
+    return {name: masks[name] for name in sorted(masks, key=_module_order)}
+
+
+def _module_order(name: str) -> list[tuple[int, int, str]]:
+    """Sort key of a dotted module name with numbered parts compared as numbers (``layer.2`` < ``layer.10``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
+
+
+class TextRuns(RunCache):
+    """:class:`~padnet.studies.common.RunCache` of fine-tuning runs: ``base`` is a :class:`FinetuneConfig`, a
+    finished run is read from its ``results.json``, a run of another configuration is refused."""
+
+    def check(self, run_dir: Path, cfg: FinetuneConfig) -> None:
+        saved = run_dir / "results.json"
+        if saved.is_file():
+            changed = _differences(_read_results(saved).get("config", {}), cfg)
+            if changed:
+                raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
+                                  f"{', '.join(changed)}); choose another --out")
+
+    def train(self, cfg: FinetuneConfig, run_dir: Path, label: str) -> dict:
+        return run_variant(cfg, run_dir, self.log, label)
+
+    def masks(self, name: str, seed: int) -> dict[str, torch.Tensor]:
+        """The binary masks of the PAD-MoE / MoE-P run ``name`` with ``seed``."""
+        return load_masks(self.out / "runs" / f"{name}-seed{seed}" / MASKS_FILE)
 
 
 def run_moe_compare(out: str | Path, base: FinetuneConfig, variants=VARIANTS, seeds=QUICK_SEEDS,
@@ -87,11 +135,8 @@ def run_moe_compare(out: str | Path, base: FinetuneConfig, variants=VARIANTS, se
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
-    plan = plan_runs(out, base, variants, seeds)
     started = time.perf_counter()
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
-    for cfg, run_dir in plan:
-        runs[cfg.variant].append(run_variant(cfg, run_dir, log))
+    runs = TextRuns(out, base, seeds, log).results({v: {"variant": v} for v in variants})
     records = []
     for variant, results in runs.items():
         scores = [r["score"] for r in results]

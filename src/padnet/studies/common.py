@@ -27,18 +27,53 @@ def pm(values, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-class Runs:
-    """Training runs of one study folder, ``out/runs/<name>-seed<s>``, reused across studies and re-runs.
+class RunCache:
+    """Runs of one study folder, ``out/runs/<name>-seed<s>``, shared across studies and re-runs: every variant
+    (name → configuration changes) with every seed, checked against finished runs before anything trains.
+    Subclasses say how a run is checked and trained (:class:`Runs` for images, ``padnet.nlp.study.TextRuns``
+    for fine-tuning).
 
     Args:
         out: the study folder's parent (several studies share its ``runs/``).
-        base: the recipe every run starts from; a variant changes some keys.
-        seeds: seeds of every variant.
+        base: the recipe every run starts from (a configuration dataclass); a variant changes some keys.
+        seeds: seeds of every variant (a repeated seed is one run).
         log: progress messages.
     """
 
+    def __init__(self, out: str | Path, base, seeds, log=print):
+        self.out, self.base, self.seeds, self.log = Path(out), base.validate(), tuple(dict.fromkeys(seeds)), log
+
+    def plan(self, variants: dict[str, dict]) -> list[tuple[str, int, object, Path]]:
+        """Every (name, seed, config, run folder); configurations and reuse are checked before training."""
+        plan = [(name, seed, dataclasses.replace(self.base, seed=seed, **changes).validate(),
+                 self.out / "runs" / f"{name}-seed{seed}")
+                for name, changes in variants.items() for seed in self.seeds]
+        for _, _, cfg, run_dir in plan:
+            self.check(run_dir, cfg)
+        return plan
+
+    def check(self, run_dir: Path, cfg) -> None:
+        """ConfigError if ``run_dir`` holds a run of another configuration."""
+        raise NotImplementedError
+
+    def train(self, cfg, run_dir: Path, label: str) -> dict:
+        """The ``results.json`` record of the run ``cfg`` in ``run_dir``: read when finished, else trained."""
+        raise NotImplementedError
+
+    def results(self, variants: dict[str, dict]) -> dict[str, list[dict]]:
+        """Train (or read) every variant with every seed: name → per-seed ``results.json`` records."""
+        out: dict[str, list[dict]] = {name: [] for name in variants}
+        for name, seed, cfg, run_dir in self.plan(variants):
+            out[name].append(self.train(cfg, run_dir, f"{name} seed {seed}"))
+        return out
+
+
+class Runs(RunCache):
+    """:class:`RunCache` of image-classification runs (``base``: a :class:`TrainConfig`), with the recipe's data
+    set read once and the trained models at hand."""
+
     def __init__(self, out: str | Path, base: TrainConfig, seeds, log=print):
-        self.out, self.base, self.seeds, self.log = Path(out), base.validate(), tuple(seeds), log
+        super().__init__(out, base, seeds, log)
         self._data = None
 
     @property
@@ -48,21 +83,11 @@ class Runs:
             self._data = load_dataset(self.base.dataset, self.base.data_root, self.base.download)
         return self._data
 
-    def plan(self, variants: dict[str, dict]) -> list[tuple[str, int, TrainConfig, Path]]:
-        """Every (name, seed, config, run folder); configurations and reuse are checked before training."""
-        plan = [(name, seed, dataclasses.replace(self.base, seed=seed, **changes).validate(),
-                 self.out / "runs" / f"{name}-seed{seed}")
-                for name, changes in variants.items() for seed in self.seeds]
-        for _, _, cfg, run_dir in plan:
-            check_reusable(run_dir, cfg)
-        return plan
+    def check(self, run_dir: Path, cfg: TrainConfig) -> None:
+        check_reusable(run_dir, cfg)
 
-    def results(self, variants: dict[str, dict]) -> dict[str, list[dict]]:
-        """Train (or read) every variant with every seed: name → per-seed ``results.json`` records."""
-        out: dict[str, list[dict]] = {name: [] for name in variants}
-        for name, seed, cfg, run_dir in self.plan(variants):
-            out[name].append(train_or_reuse(cfg, run_dir, self.data, self.log, f"{name} seed {seed}"))
-        return out
+    def train(self, cfg: TrainConfig, run_dir: Path, label: str) -> dict:
+        return train_or_reuse(cfg, run_dir, self.data, self.log, label)
 
     def model(self, name: str, seed: int):
         """The trained model of run ``name`` with ``seed`` (eval mode)."""
@@ -94,3 +119,43 @@ def figure(ncols: int = 1, width: float = 5.0):
 
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 3.6), dpi=120, squeeze=False)
     return fig, list(axes[0])
+
+
+def bars(labels: list[str], values: list[list[float]], ylabel: str):
+    """A bar chart of mean ± std per label with every seed's value as a dot (so the spread shows)."""
+    fig, (ax,) = figure()
+    x = range(len(labels))
+    stats = [mean_std(v) for v in values]
+    ax.bar(x, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="#7aa6c2")
+    for i, v in enumerate(values):
+        ax.plot([i] * len(v), v, "k.", markersize=4)
+    ax.set_xticks(list(x), labels, rotation=20, fontsize=8)
+    ax.set_ylim(min(map(min, values)) - 2, max(map(max, values)) + 1)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def sweep(xs: list[float], values: list[list[float]], normalised: list[float], ylabel: str, xlabel: str):
+    """Two panels over ``xs``: mean ± std with every seed as a dot, and the normalised performance (%)."""
+    fig, axes = figure(2)
+    stats = [mean_std(v) for v in values]
+    axes[0].errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", capsize=4)
+    for x, v in zip(xs, values):
+        axes[0].plot([x] * len(v), v, "k.", markersize=4)
+    axes[0].set_ylabel(ylabel)
+    axes[1].plot(xs, [100 * v for v in normalised], "o-")
+    axes[1].axhline(0, color="grey", linewidth=0.8)
+    axes[1].set_ylabel("normalised performance (%)")
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def table(columns: dict[str, list[str]]) -> str:
+    """A Markdown table from header → cells (one per row); the first column left-aligned, the others right."""
+    headers = list(columns)
+    lines = ["| " + " | ".join(headers) + " |", "| --- |" + " ---: |" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in zip(*columns.values())]
+    return "\n".join(lines)

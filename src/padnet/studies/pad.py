@@ -10,7 +10,9 @@ trained runs are shared through ``<out>/runs`` (:class:`~padnet.studies.common.R
 * ``layers``: layer-wise dynamic ratio after IMP for ResNet-18 and MobileNetV2 at two overall ratios and two
   widths (Fig. 4); partitions fresh models on training batches, trains nothing;
 * ``property``: per-layer parameter variance and output variance across test images for static, DY-Conv and
-  PAD-Net (Fig. 5).
+  PAD-Net (Fig. 5);
+* ``noise``: top-1 of static, DY-Conv and PAD-Net under Gaussian input noise (as SD-Conv paper 002 Table 3);
+* ``transfer``: linear and full fine-tuning of those models on another data set (as paper 002 Fig. 4).
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from ..metrics.dynamics import (
     output_variances,
     parameter_variance,
 )
-from .common import Runs, figure, mean_std, pm, write_study
+from .common import Runs, bars, figure, mean_std, pm, sweep, table, write_study
+from .robustness import SIGMAS, noise_study, transfer_study
 
-STUDIES = ("partition", "kappa", "scales", "pruning", "layers", "property")
+STUDIES = ("partition", "kappa", "scales", "pruning", "layers", "property", "noise", "transfer")
 # the compare recipe on 6,000 images with IMP on 4 batches: scales (5 variants × 3 seeds, the largest study) takes
 # 13.2 min here; with 10 IMP batches it took 18.5 min on 7,000 images and 18.9 min on 6,000 (fixed costs dominate)
 QUICK = {**compare.QUICK, "train_subset": 6000, "partition_batches": 4}
@@ -45,6 +48,8 @@ METHODS = {"random": "Random", "mp": "One-shot MP", "imp": "IMP"}
 SCALES = {"none": "–", "static": "λs", "dynamic": "λd", "both": "λs, λd", "constrained": "λs + λd = 2"}
 STATIC, DY = ("static", {"conv": "static"}), ("dy", {"conv": "dy"})
 PAD = ("pad", {"conv": "pad", "kappa": DEFAULT_KAPPA})  # the compare run: IMP, κ = 0.3, λs + λd = 2
+THREE = dict([STATIC, DY, PAD])  # the property, noise and transfer studies compare these
+THREE_LABELS = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net (κ = 0.3)"}
 LAYERS_ARCHS = ("resnet18", "mobilenetv2")
 LAYERS_WIDTHS = {"quick": (0.25, 0.5), "full": (0.5, 1.0)}  # IMP on a full-width ResNet-18 takes ~5 min here
 LAYERS_KAPPAS = (0.3, 0.5)
@@ -67,14 +72,10 @@ def _records(runs: Runs, variants: dict[str, dict], labels: dict[str, str]) -> l
 
 
 def _table(records: list[dict], extra: dict[str, list[str]] | None = None) -> str:
-    extra = extra or {}
-    head = "| Model | Param | FLOPs (MACs) | Top-1 (%) | " + "".join(f"{k} | " for k in extra) + "Train time / run (s) |"
-    lines = [head, "| --- | ---: | ---: | ---: | " + "---: | " * len(extra) + "---: |"]
-    for i, r in enumerate(records):
-        cells = "".join(f"{column[i]} | " for column in extra.values())
-        lines.append(f"| {r['label']} | {r['params'] / 1e3:.1f}K | {r['flops'] / 1e6:.2f}M | {pm(r['top1'])} | "
-                     f"{cells}{r['train_seconds_mean']:.0f} |")
-    return "\n".join(lines)
+    return table({"Model": [r["label"] for r in records], "Param": [f"{r['params'] / 1e3:.1f}K" for r in records],
+                  "FLOPs (MACs)": [f"{r['flops'] / 1e6:.2f}M" for r in records],
+                  "Top-1 (%)": [pm(r["top1"]) for r in records], **(extra or {}),
+                  "Train time / run (s)": [f"{r['train_seconds_mean']:.0f}" for r in records]})
 
 
 def _recipe(runs: Runs) -> str:
@@ -87,36 +88,24 @@ def _recipe(runs: Runs) -> str:
             "multiply-adds of one image.")
 
 
-def _bars(records: list[dict], ylabel: str = "top-1 (%)"):
-    fig, (ax,) = figure()
-    x = range(len(records))
-    ax.bar(x, [r["top1_mean"] for r in records], yerr=[r["top1_std"] for r in records], capsize=4, color="#7aa6c2")
-    for i, r in enumerate(records):  # every seed, so the spread shows
-        ax.plot([i] * len(r["top1"]), r["top1"], "k.", markersize=4)
-    ax.set_xticks(list(x), [r["label"] for r in records], rotation=20, fontsize=8)
-    low = min(min(r["top1"]) for r in records)
-    ax.set_ylim(low - 2, max(max(r["top1"]) for r in records) + 1)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, axis="y")
-    return fig
-
-
 def _variant_study(runs: Runs, study: str, title: str, variants: dict[str, dict], labels: dict[str, str],
                    note: str = "") -> dict:
     started = time.perf_counter()
     records = _records(runs, variants, labels)
     md = f"{_table(records)}\n\n{note}{_recipe(runs)}\n"
-    write_study(runs.out / study, title, md, {"records": records, "config": runs.base.to_dict()}, _bars(records),
-                started)
+    fig = bars([r["label"] for r in records], [r["top1"] for r in records], "top-1 (%)")
+    write_study(runs.out / study, title, md, {"records": records, "config": runs.base.to_dict()}, fig, started)
     return {"records": records}
 
 
 def study_partition(runs: Runs) -> dict:
-    """Random vs one-shot MP vs IMP at κ = 0.3 (PAD-Net appendix D, Fig. 6)."""
-    variants = dict(_pad(f"pad-{m}", partition=m) if m != "imp" else PAD for m in METHODS)
-    labels = {("pad" if m == "imp" else f"pad-{m}"): label for m, label in METHODS.items()}
+    """Random vs one-shot MP vs IMP at κ = 0.3, and the fully dynamic DY-Conv (PAD-Net appendix D, Fig. 6)."""
+    variants = dict([DY] + [_pad(f"pad-{m}", partition=m) if m != "imp" else PAD for m in METHODS])
+    labels = {"dy": "Dynamic (DY-Conv)",
+              **{("pad" if m == "imp" else f"pad-{m}"): label for m, label in METHODS.items()}}
     return _variant_study(runs, "partition", "Partition methods (PAD-Net appendix D, Fig. 6)", variants, labels,
-                          "All at κ = 0.3 with λs + λd = 2; one-shot MP scores once, IMP over its iterations.\n\n")
+                          "PAD-Net at κ = 0.3 with λs + λd = 2; one-shot MP scores once, IMP over its iterations; "
+                          "Dynamic: DY-Conv, every parameter dynamic.\n\n")
 
 
 def study_kappa(runs: Runs, kappas=KAPPAS) -> dict:
@@ -128,18 +117,7 @@ def study_kappa(runs: Runs, kappas=KAPPAS) -> dict:
     normalised = normalised_performance([r["top1_mean"] for r in records])
     for r, value in zip(records, normalised):
         r["normalised"] = value
-    fig, axes = figure(2)
-    axes[0].errorbar(kappas, [r["top1_mean"] for r in records], yerr=[r["top1_std"] for r in records], fmt="o-",
-                     capsize=4)
-    for k, r in zip(kappas, records):
-        axes[0].plot([k] * len(r["top1"]), r["top1"], "k.", markersize=4)
-    axes[0].set_ylabel("top-1 (%)")
-    axes[1].plot(kappas, [100 * v for v in normalised], "o-")
-    axes[1].axhline(0, color="grey", linewidth=0.8)
-    axes[1].set_ylabel("normalised performance (%)")
-    for ax in axes:
-        ax.set_xlabel("dynamic ratio κ")
-        ax.grid(alpha=0.3)
+    fig = sweep(list(kappas), [r["top1"] for r in records], normalised, "top-1 (%)", "dynamic ratio κ")
     md = (_table(records, {"Normalised (%)": [f"{100 * v:+.2f}" for v in normalised]})
           + "\n\nNormalised performance: (x − x̄) / x̄ with x the mean top-1 of a κ and x̄ the mean over all κ "
           "(paper 001 Fig. 3, footnote 1).\n\n" + _recipe(runs) + "\n")
@@ -239,8 +217,7 @@ def study_property(runs: Runs, images: int = 1000) -> dict:
     """Parameter and output variance across ``images`` test images, layer by layer, for static, DY-Conv and
     PAD-Net (PAD-Net Fig. 5)."""
     started = time.perf_counter()
-    variants = dict([STATIC, DY, PAD])
-    labels = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net (κ = 0.3)"}
+    variants, labels = THREE, THREE_LABELS
     runs.results(variants)
     test = runs.data[1]
     loader = make_loader(test.subset(images, seed=0) if images < len(test) else test, 250, train=False)
@@ -253,10 +230,13 @@ def study_property(runs: Runs, images: int = 1000) -> dict:
                         "parameter_variance": [[p[n] for n in names] for p, _ in per_seed],
                         "output_variance": [[o[n] for n in names] for _, o in per_seed]})
     fig, axes = figure(2)
-    for r in records:
+    layers = range(1, len(names) + 1)
+    for i, r in enumerate(records):
         for ax, key in zip(axes, ("parameter_variance", "output_variance")):
-            means = [mean_std(v)[0] for v in zip(*r[key])]
-            ax.plot(range(1, len(names) + 1), means, marker=".", label=r["label"])
+            per_layer = list(zip(*r[key]))  # layer → the seeds' values
+            ax.plot(layers, [mean_std(v)[0] for v in per_layer], marker=".", color=f"C{i}", label=r["label"])
+            ax.fill_between(layers, [min(v) for v in per_layer], [max(v) for v in per_layer], color=f"C{i}",
+                            alpha=0.2, linewidth=0)  # the spread over seeds
     for ax, title in zip(axes, ("parameter variance", "output variance")):
         ax.set_xlabel("layer (input → output)")
         ax.set_ylabel(title)
@@ -268,21 +248,38 @@ def study_property(runs: Runs, images: int = 1000) -> dict:
     for r in records:
         param = [sum(v) / len(v) for v in r["parameter_variance"]]
         out = [sum(v) / len(v) for v in r["output_variance"]]
-        lines.append(f"| {r['label']} | {pm(param, 5)} | {pm(out, 4)} |")
+        (p_mean, p_std), (o_mean, o_std) = mean_std(param), mean_std(out)
+        lines.append(f"| {r['label']} | {p_mean:.3g} ± {p_std:.2g} | {o_mean:.4f} ± {o_std:.4f} |")
     md = ("\n".join(lines) + f"\n\nVariances across {min(images, len(test))} test images of each convolution's "
           "computational kernel (parameter variance; 0 for static layers) and of its output, averaged over the "
-          "elements, then over the layers (per-layer values in results.json and the figure); mean ± std over "
-          "seeds.\n\n" + _recipe(runs) + "\n")
+          "elements, then over the layers (per-layer values in results.json and the figure: mean, shaded from "
+          "the lowest to the highest seed); mean ± std over seeds.\n\n" + _recipe(runs) + "\n")
     write_study(runs.out / "property", "Dynamic property (PAD-Net Fig. 5)", md,
                 {"records": records, "images": min(images, len(test)), "config": runs.base.to_dict()}, fig, started)
     return {"records": records}
 
 
+def study_noise(runs: Runs, sigmas=SIGMAS) -> dict:
+    """Top-1 of static, DY-Conv and PAD-Net under Gaussian input noise (the SD-Conv paper's Table 3 analysis)."""
+    return noise_study(runs, THREE, THREE_LABELS, "Robustness to Gaussian input noise (as paper 002 "
+                       "Table 3, for PAD-Net)", _recipe(runs), sigmas)
+
+
+def study_transfer(runs: Runs, target: str = "digits", epochs: int = 10, lr: float = 0.05) -> dict:
+    """Linear and full fine-tuning of the trained static, DY-Conv and PAD-Net models on ``target`` (the SD-Conv
+    paper's Fig. 4 analysis)."""
+    return transfer_study(runs, THREE, THREE_LABELS, _recipe(runs), target, epochs, lr,
+                          f"Transfer {runs.base.dataset} → {target} (as paper 002 Fig. 4, for PAD-Net)")
+
+
 STUDY_FUNCTIONS = {"partition": study_partition, "kappa": study_kappa, "scales": study_scales,
-                   "pruning": study_pruning, "layers": study_layers, "property": study_property}
+                   "pruning": study_pruning, "layers": study_layers, "property": study_property,
+                   "noise": study_noise, "transfer": study_transfer}
 
 
-def run_studies(out: str | Path, base: TrainConfig, studies=STUDIES, seeds=(0, 1, 2), log=print) -> dict:
+def run_studies(out: str | Path, base: TrainConfig, studies=STUDIES, seeds=(0, 1, 2), log=print,
+                transfer_epochs: int = 10) -> dict:
     """Run the named ``studies`` under ``out`` with one shared run cache; returns study → summary."""
     runs = Runs(out, base, seeds, log)
-    return {name: STUDY_FUNCTIONS[name](runs) for name in studies}
+    options = {"transfer": {"epochs": transfer_epochs}}
+    return {name: STUDY_FUNCTIONS[name](runs, **options.get(name, {})) for name in studies}

@@ -17,19 +17,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..analysis import aggregated_kernel_stats, fine_tune, magnitude_prune, noise_accuracy
-from ..analysis.transfer import resized
+from ..analysis import aggregated_kernel_stats, magnitude_prune
 from ..config import TrainConfig
-from ..data import load_dataset, make_loader
+from ..data import make_loader
 from ..engine.trainer import evaluate
-from ..errors import ConfigError
 from ..metrics.counting import count_flops, count_parameters
 from .common import Runs, figure, mean_std, pm, write_study
+from .robustness import SIGMAS, noise_study, transfer_study
 
 STUDIES = ("table", "sweep", "strategy", "noise", "transfer", "preliminary")
 SWEEP = (0.2, 0.4, 0.6, 0.8)
 NOISE_SPARSITIES = (0.2, 0.8)
-SIGMAS = (0.0, 0.05, 0.1, 0.15, 0.2)
 TARGET = 0.5  # the sparsity of Table 2 and Table 4
 
 
@@ -158,83 +156,17 @@ def study_strategy(runs: Runs) -> dict:
 
 def study_noise(runs: Runs, sigmas=SIGMAS, sparsities=NOISE_SPARSITIES) -> dict:
     """Top-1 under Gaussian input noise for static, DY-Conv and SD-Conv (s = 20 %, 80 %), paper Table 3."""
-    started = time.perf_counter()
     variants = dict([STATIC, DY] + [_sd(s) for s in sparsities])
-    runs.results(variants)
-    test = runs.data[1]
-    loader = make_loader(test, 512, train=False)
-    records = []
-    for name in variants:
-        per_seed = [noise_accuracy(runs.model(name, seed), loader, sigmas, test.std, seed=1234)
-                    for seed in runs.seeds]
-        records.append({"model": name, "label": _label(name),
-                        "top1": {str(s): [acc[float(s)] for acc in per_seed] for s in sigmas}})
-    fig, (ax,) = figure()
-    for r in records:
-        means = [mean_std(r["top1"][str(s)]) for s in sigmas]
-        ax.errorbar(sigmas, [m for m, _ in means], yerr=[d for _, d in means], fmt="o-", capsize=3, label=r["label"])
-    ax.set_xlabel("noise σ (pixel units, images in [0, 1])")
-    ax.set_ylabel("top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    lines = ["| Model | " + " | ".join(f"σ = {s:g}" for s in sigmas) + " |",
-             "| --- |" + " ---: |" * len(sigmas)]
-    best = {s: max(mean_std(r["top1"][str(s)])[0] for r in records) for s in sigmas}
-    for r in records:
-        cells = []
-        for s in sigmas:
-            text = pm(r["top1"][str(s)])
-            cells.append(f"**{text}**" if mean_std(r["top1"][str(s)])[0] == best[s] else text)
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    md = ("\n".join(lines) + "\n\nNoise z ~ N(0, σ²) is added to the test images in [0, 1] pixel units (the same "
-          "noise for every model: one seeded generator); best mean in bold.\n\n" + _recipe(runs) + "\n")
-    write_study(runs.out / "noise", "Robustness to Gaussian input noise (paper 002 Table 3)", md,
-                {"records": records, "sigmas": list(sigmas), "config": runs.base.to_dict()}, fig, started)
-    return {"records": records}
+    return noise_study(runs, variants, {n: _label(n) for n in variants},
+                       "Robustness to Gaussian input noise (paper 002 Table 3)", _recipe(runs), sigmas)
 
 
 def study_transfer(runs: Runs, target: str = "digits", epochs: int = 10, lr: float = 0.05) -> dict:
     """Linear and full fine-tuning of the trained static, DY-Conv and SD-Conv (s = 50 %) models on ``target``
     (images resized to the source size), paper Fig. 4."""
-    started = time.perf_counter()
     variants = dict([STATIC, DY, _sd(TARGET)])
-    runs.results(variants)
-    size = runs.data[0].input_shape[1:]
-    train, test = (resized(d, size) for d in load_dataset(target, None, False))
-    if train.input_shape[0] != runs.data[0].input_shape[0]:
-        raise ConfigError(f"{target} has {train.input_shape[0]} channels, the source models take "
-                          f"{runs.data[0].input_shape[0]}")
-    records = []
-    for name in variants:
-        rec = {"model": name, "label": _label(name), "linear": [], "full": []}
-        for seed in runs.seeds:
-            model = runs.model(name, seed)  # read once; fine_tune works on copies
-            for mode in ("linear", "full"):
-                rec[mode].append(fine_tune(model, train, test, mode, epochs, lr, seed=seed)[1])
-        runs.log(f"[transfer {name}] top-1 linear {pm(rec['linear'])} %, full {pm(rec['full'])} %")
-        records.append(rec)
-    fig, (ax,) = figure()
-    width = 0.8 / len(records)
-    for i, r in enumerate(records):
-        xs = [j + i * width for j in range(2)]
-        ax.bar(xs, [mean_std(r[m])[0] for m in ("linear", "full")], width,
-               yerr=[mean_std(r[m])[1] for m in ("linear", "full")], capsize=3, label=r["label"])
-    ax.set_xticks([j + width * (len(records) - 1) / 2 for j in range(2)], ["linear fine-tuning", "full fine-tuning"])
-    ax.set_ylabel(f"top-1 on {target} (%)")
-    low = min(mean_std(r[m])[0] for r in records for m in ("linear", "full"))
-    ax.set_ylim(max(0.0, low - 10), 100)
-    ax.legend(fontsize=8)
-    lines = ["| Model | Linear fine-tuning (%) | Full fine-tuning (%) |", "| --- | ---: | ---: |"]
-    lines += [f"| {r['label']} | {pm(r['linear'])} | {pm(r['full'])} |" for r in records]
-    md = ("\n".join(lines) + f"\n\nSource: the models of this folder's runs ({runs.base.dataset}); target: {target} "
-          f"({len(train)} train / {len(test)} test images, resized to {size[0]}×{size[1]}). The classifier is "
-          f"replaced by a new one (Kaiming-uniform); linear: only it trains, on the frozen network (BatchNorm in "
-          f"eval mode); full: every parameter. {epochs} epochs, SGD lr {lr:g} (warm-up + cosine), batch 64.\n\n"
-          + _recipe(runs) + "\n")
-    write_study(runs.out / "transfer", f"Transfer {runs.base.dataset} → {target} (paper 002 Fig. 4)", md,
-                {"records": records, "target": target, "epochs": epochs, "lr": lr, "config": runs.base.to_dict()},
-                fig, started)
-    return {"records": records}
+    return transfer_study(runs, variants, {n: _label(n) for n in variants}, _recipe(runs), target, epochs, lr,
+                          f"Transfer {runs.base.dataset} → {target} (paper 002 Fig. 4)")
 
 
 def study_preliminary(runs: Runs, sparsity: float = 0.5) -> dict:
