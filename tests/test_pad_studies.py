@@ -92,5 +92,9 @@ def test_noise_and_transfer_compare_static_dy_and_pad(studies):
         assert [r["model"] for r in results[study]["records"]] == ["static", "dy", "pad"]
     for r in results["noise"]["records"]:
         assert list(r["top1"]) == [str(s) for s in pad.SIGMAS] and all(len(v) == 1 for v in r["top1"].values())
-    for r in results["transfer"]["records"]:
-        assert len(r["linear"]) == len(r["full"]) == 1 and 0.0 <= r["linear"][0] <= 100.0
+    for r in results["transfer"]["records"]:  # digits: 10 classes; full fine-tuning learns them well above chance
+        assert len(r["linear"]) == len(r["full"]) == 1 and r["full"][0] > 30.0
+    trained = {r["model"]: r["top1"] for r in results["pruning"]["records"]}  # dy and pad, as trained
+    for r in results["noise"]["records"]:  # σ = 0 is the trained model's own test accuracy
+        if r["model"] in trained:
+            assert r["top1"]["0.0"] == pytest.approx(trained[r["model"]])

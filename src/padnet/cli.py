@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pad", help="PAD-Net ablations and analyses: partition kappa scales pruning layers property "
                                    "noise transfer (or all)",
-                       description="Paper 001's ablations and analyses on convolutions, on the compare recipe with "
+                       description="Paper 001's ablations and analyses on convolutions (and paper 002's noise and "
+                                   "transfer analyses for PAD-Net), on the compare recipe with "
                                    "6,000 training images and IMP on 4 batches (quick; --full: the "
                                    "compare command's long recipe). Each study writes OUT/<study>/results.md, .json "
                                    "and .png; trained runs live in OUT/runs and are shared between studies and "
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pad-moe", help="PAD-Net ablations on MoE: partition kappa pruning masks (or all)",
                        description="Paper 001's MoE ablations and analyses, fine-tuning MiniLM on Rotten Tomatoes "
-                                   "(quick: 640 sentences, 2 epochs, 3 seeds; --full: all sentences, 5 epochs, "
+                                   "(quick: 352 sentences, 2 epochs, lr 2e-4, 3 seeds; --full: all sentences, 5 epochs, "
                                    "5 seeds). Each study writes OUT/<study>/results.md, .json and .png; "
                                    "fine-tuning runs live in OUT/runs and are shared between studies and re-runs.")
     p.add_argument("studies", nargs="+", metavar="STUDY", help="partition, kappa, pruning, masks or all")

@@ -1,8 +1,10 @@
 """The MoE comparison (PAD-Net Tables 2 and 4): dense vs MoE vs PAD-MoE vs MoE-P on one text task, with the
 same recipe and seeds; writes ``results.md``, ``results.json`` and ``results.png``.
 
-Each (variant, seed) run keeps its ``results.json`` in ``out/runs/<variant>-seed<s>``; a finished run with
-the same configuration is reused, one with another configuration is refused before anything trains.
+Each (variant, seed) run keeps its ``results.json`` in ``out/runs/<variant>-seed<s>`` (PAD-MoE and MoE-P runs
+also their binary masks, ``masks.safetensors``); a finished run with the same configuration is reused, one with
+another configuration is refused before anything trains. :class:`TextRuns` is this run cache, shared with the
+``padnet pad-moe`` studies.
 """
 
 from __future__ import annotations
@@ -81,8 +83,10 @@ def save_masks(model, path: Path) -> None:
 
 
 def load_masks(path: Path) -> dict[str, torch.Tensor]:
-    """The masks written by :func:`save_masks`, module name → uint8 tensor, in module order (layer 2 before
-    layer 10). DataError (one line) when the file is missing or unreadable."""
+    """The masks written by :func:`save_masks`, module name → uint8 0/1 tensor, in module order (layer 2 before
+    layer 10). An element-granular MoE layer has ``<layer>.neuron_mode`` (1, 2H + 1, F): rows the H up-projection
+    inputs, the up bias, the H down-projection outputs; and ``<layer>.bias_mode`` (1, H), the output bias.
+    DataError (one line) when the file is missing or unreadable."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -131,12 +135,13 @@ def run_moe_compare(out: str | Path, base: FinetuneConfig, variants=VARIANTS, se
     dynamic ratios of the first seed.
     """
     out = Path(out)
-    variants, seeds = tuple(dict.fromkeys(variants)), tuple(dict.fromkeys(seeds))  # each run once
+    variants = tuple(dict.fromkeys(variants))  # each run once
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     started = time.perf_counter()
-    runs = TextRuns(out, base, seeds, log).results({v: {"variant": v} for v in variants})
+    cache = TextRuns(out, base, seeds, log)
+    seeds, runs = cache.seeds, cache.results({v: {"variant": v} for v in variants})
     records = []
     for variant, results in runs.items():
         scores = [r["score"] for r in results]

@@ -14,6 +14,8 @@ from ..data import load_dataset
 from ..engine.trainer import load_run
 from ..fileio import atomic_path, write_json, write_text
 
+METHODS = {"random": "Random", "mp": "One-shot MP", "imp": "IMP"}  # partition methods compared (Fig. 6)
+
 
 def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
@@ -29,7 +31,7 @@ def pm(values, digits: int = 2) -> str:
 
 class RunCache:
     """Runs of one study folder, ``out/runs/<name>-seed<s>``, shared across studies and re-runs: every variant
-    (name → configuration changes) with every seed, checked against finished runs before anything trains.
+    (name → configuration changes) with every seed, checked against finished runs before a study trains.
     Subclasses say how a run is checked and trained (:class:`Runs` for images, ``padnet.nlp.study.TextRuns``
     for fine-tuning).
 
@@ -137,7 +139,8 @@ def bars(labels: list[str], values: list[list[float]], ylabel: str):
 
 
 def sweep(xs: list[float], values: list[list[float]], normalised: list[float], ylabel: str, xlabel: str):
-    """Two panels over ``xs``: mean ± std with every seed as a dot, and the normalised performance (%)."""
+    """Two panels over ``xs``: mean ± std of ``values`` (per x, the seeds' values) with every seed as a dot, and
+    ``normalised`` (fractions, plotted in %)."""
     fig, axes = figure(2)
     stats = [mean_std(v) for v in values]
     axes[0].errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", capsize=4)

@@ -2,7 +2,7 @@
 paper 001 §5.2–5.3 and appendix D), one function per study. Each writes ``<out>/<study>/results.{md,json,png}``;
 trained runs are shared through ``<out>/runs`` (:class:`~padnet.studies.common.Runs`):
 
-* ``partition``: random vs one-shot MP vs IMP at κ = 0.3 (appendix D, Fig. 6);
+* ``partition``: random vs one-shot MP vs IMP at κ = 0.3, and the fully dynamic DY-Conv (appendix D, Fig. 6);
 * ``kappa``: κ ∈ {0.1, 0.3, 0.5, 0.7}, top-1 and normalised performance (Fig. 3);
 * ``scales``: no scale factors, λs only, λd only, both unconstrained, λs + λd = 2 (Table 3);
 * ``pruning``: the elements mode partition makes static are pruned instead (zero), against PAD-Net and
@@ -34,7 +34,7 @@ from ..metrics.dynamics import (
     output_variances,
     parameter_variance,
 )
-from .common import Runs, bars, figure, mean_std, pm, sweep, table, write_study
+from .common import METHODS, Runs, bars, figure, mean_std, pm, sweep, table, write_study
 from .robustness import SIGMAS, noise_study, transfer_study
 
 STUDIES = ("partition", "kappa", "scales", "pruning", "layers", "property", "noise", "transfer")
@@ -44,10 +44,11 @@ QUICK = {**compare.QUICK, "train_subset": 6000, "partition_batches": 4}
 FULL, QUICK_SEEDS, FULL_SEEDS = compare.FULL, compare.QUICK_SEEDS, compare.FULL_SEEDS
 KAPPAS = (0.1, 0.3, 0.5, 0.7)
 DEFAULT_KAPPA = 0.3
-METHODS = {"random": "Random", "mp": "One-shot MP", "imp": "IMP"}
 SCALES = {"none": "–", "static": "λs", "dynamic": "λd", "both": "λs, λd", "constrained": "λs + λd = 2"}
 STATIC, DY = ("static", {"conv": "static"}), ("dy", {"conv": "dy"})
-PAD = ("pad", {"conv": "pad", "kappa": DEFAULT_KAPPA})  # the compare run: IMP, κ = 0.3, λs + λd = 2
+# the compare run: IMP, κ = 0.3, λs + λd = 2, static masked elements (pinned, so a --config file cannot move them)
+PAD = ("pad", {"conv": "pad", "kappa": DEFAULT_KAPPA, "partition": "imp", "scale_mode": "constrained",
+               "mask_semantics": "static"})
 THREE = dict([STATIC, DY, PAD])  # the property, noise and transfer studies compare these
 THREE_LABELS = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net (κ = 0.3)"}
 LAYERS_ARCHS = ("resnet18", "mobilenetv2")
@@ -261,15 +262,15 @@ def study_property(runs: Runs, images: int = 1000) -> dict:
 
 def study_noise(runs: Runs, sigmas=SIGMAS) -> dict:
     """Top-1 of static, DY-Conv and PAD-Net under Gaussian input noise (the SD-Conv paper's Table 3 analysis)."""
-    return noise_study(runs, THREE, THREE_LABELS, "Robustness to Gaussian input noise (as paper 002 "
-                       "Table 3, for PAD-Net)", _recipe(runs), sigmas)
+    return noise_study(runs, THREE, THREE_LABELS, "Robustness to Gaussian input noise (as paper 002 Table 3, for "
+                       "PAD-Net)", _recipe(runs), sigmas)
 
 
 def study_transfer(runs: Runs, target: str = "digits", epochs: int = 10, lr: float = 0.05) -> dict:
     """Linear and full fine-tuning of the trained static, DY-Conv and PAD-Net models on ``target`` (the SD-Conv
     paper's Fig. 4 analysis)."""
-    return transfer_study(runs, THREE, THREE_LABELS, _recipe(runs), target, epochs, lr,
-                          f"Transfer {runs.base.dataset} → {target} (as paper 002 Fig. 4, for PAD-Net)")
+    return transfer_study(runs, THREE, THREE_LABELS, f"Transfer {runs.base.dataset} → {target} (as paper 002 "
+                          "Fig. 4, for PAD-Net)", _recipe(runs), target, epochs, lr)
 
 
 STUDY_FUNCTIONS = {"partition": study_partition, "kappa": study_kappa, "scales": study_scales,
@@ -277,9 +278,7 @@ STUDY_FUNCTIONS = {"partition": study_partition, "kappa": study_kappa, "scales":
                    "noise": study_noise, "transfer": study_transfer}
 
 
-def run_studies(out: str | Path, base: TrainConfig, studies=STUDIES, seeds=(0, 1, 2), log=print,
-                transfer_epochs: int = 10) -> dict:
+def run_studies(out: str | Path, base: TrainConfig, studies=STUDIES, seeds=(0, 1, 2), log=print) -> dict:
     """Run the named ``studies`` under ``out`` with one shared run cache; returns study → summary."""
     runs = Runs(out, base, seeds, log)
-    options = {"transfer": {"epochs": transfer_epochs}}
-    return {name: STUDY_FUNCTIONS[name](runs, **options.get(name, {})) for name in studies}
+    return {name: STUDY_FUNCTIONS[name](runs) for name in studies}

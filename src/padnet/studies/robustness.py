@@ -64,27 +64,25 @@ def noise_study(runs: Runs, variants: dict[str, dict], labels: dict[str, str], t
     return {"records": records}
 
 
-def transfer_study(runs: Runs, variants: dict[str, dict], labels: dict[str, str], recipe: str,
-                   target: str = "digits", epochs: int = 10, lr: float = 0.05, title: str = "",
-                   study: str = "transfer") -> dict:
+def transfer_study(runs: Runs, variants: dict[str, dict], labels: dict[str, str], title: str, recipe: str,
+                   target: str = "digits", epochs: int = 10, lr: float = 0.05, study: str = "transfer") -> dict:
     """Linear and full fine-tuning of every variant's trained models on ``target`` (images resized to the source
     size; a new classifier).
 
     Args:
-        runs, variants, labels, recipe, study: as for :func:`noise_study`.
+        runs, variants, labels, title, recipe, study: as for :func:`noise_study`.
         target: the data set fine-tuned on (offline: ``digits``).
         epochs, lr: the fine-tuning recipe (SGD, warm-up + cosine, batch 64).
-        title: the page's title (default "Transfer <source> → <target>").
 
-    Returns ``{"records": [...]}`` with per-seed ``linear`` and ``full`` top-1 (%). Raises ConfigError when the
-    target's channel count differs from the source's."""
+    Returns ``{"records": [...]}`` with per-seed ``linear`` and ``full`` top-1 (%). Raises ConfigError, before
+    anything trains, when the target's channel count differs from the source's."""
     started = time.perf_counter()
-    runs.results(variants)
     size = runs.data[0].input_shape[1:]
     train, test = (resized(d, size) for d in load_dataset(target, None, False))
     if train.input_shape[0] != runs.data[0].input_shape[0]:
         raise ConfigError(f"{target} has {train.input_shape[0]} channels, the source models take "
                           f"{runs.data[0].input_shape[0]}")
+    runs.results(variants)
     records = []
     for name in variants:
         rec = {"model": name, "label": labels[name], "linear": [], "full": []}
@@ -114,7 +112,7 @@ def transfer_study(runs: Runs, variants: dict[str, dict], labels: dict[str, str]
           f"replaced by a new one (Kaiming-uniform); linear: only it trains, on the frozen network (BatchNorm in "
           f"eval mode); full: every parameter. {epochs} epochs, SGD lr {lr:g} (warm-up + cosine), batch 64.\n\n"
           + recipe + "\n")
-    write_study(runs.out / study, title or f"Transfer {runs.base.dataset} → {target}", md,
+    write_study(runs.out / study, title, md,
                 {"records": records, "target": target, "epochs": epochs, "lr": lr, "config": runs.base.to_dict()},
                 fig, started)
     return {"records": records}

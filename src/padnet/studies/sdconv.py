@@ -165,8 +165,9 @@ def study_transfer(runs: Runs, target: str = "digits", epochs: int = 10, lr: flo
     """Linear and full fine-tuning of the trained static, DY-Conv and SD-Conv (s = 50 %) models on ``target``
     (images resized to the source size), paper Fig. 4."""
     variants = dict([STATIC, DY, _sd(TARGET)])
-    return transfer_study(runs, variants, {n: _label(n) for n in variants}, _recipe(runs), target, epochs, lr,
-                          f"Transfer {runs.base.dataset} → {target} (paper 002 Fig. 4)")
+    return transfer_study(runs, variants, {n: _label(n) for n in variants},
+                          f"Transfer {runs.base.dataset} → {target} (paper 002 Fig. 4)", _recipe(runs), target,
+                          epochs, lr)
 
 
 def study_preliminary(runs: Runs, sparsity: float = 0.5) -> dict:
