@@ -90,6 +90,17 @@ def _add_study_flags(parser: argparse.ArgumentParser, out: str, full: str) -> No
     parser.add_argument("--full", action="store_true", help=f"the full recipe: {full}")
 
 
+def _add_study_command(sub, name: str, help: str, description: str, studies: str, skip: tuple[str, ...], out: str,
+                       full: str, func, cls=None) -> None:
+    """A subcommand that runs named studies (positional STUDY..., or all) with the config flags but ``skip``
+    (the keys its studies vary) and --out, --seeds, --full."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("studies", nargs="+", metavar="STUDY", help=f"{studies} or all")
+    _add_config_flags(p, skip=("seed", *skip), cls=cls)
+    _add_study_flags(p, out, full)
+    p.set_defaults(func=func)
+
+
 def cmd_compare(args) -> int:
     from . import compare
     from .layers.registry import canonical_conv
@@ -313,42 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convs", nargs="+", default=["static", "dy", "pad"], help="conv types to compare")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("sdconv", help="SD-Conv experiments: table sweep strategy noise transfer preliminary (or all)",
-                       description="Paper 002's experiments on the compare recipe (quick preset; --full: the long "
-                                   "one). Each study writes OUT/<study>/results.md, .json and .png; trained runs "
-                                   "live in OUT/runs and are shared between studies and re-runs. The quick "
-                                   "preset's 'all' trains 24 runs (48 minutes measured here on 2 busy cores).")
-    p.add_argument("studies", nargs="+", metavar="STUDY",
-                   help="table, sweep, strategy, noise, transfer, preliminary or all")
-    _add_config_flags(p, skip=("conv", "seed", "sparsity", "mask_strategy"))
-    _add_study_flags(p, "runs/sdconv", "all data, 30 epochs, width 0.5, 5 seeds")
-    p.set_defaults(func=cmd_sdconv)
-
-    p = sub.add_parser("pad", help="PAD-Net ablations and analyses: partition kappa scales pruning layers property "
+    _add_study_command(sub, "sdconv", "SD-Conv experiments: table sweep strategy noise transfer preliminary (or all)",
+                       "Paper 002's experiments on the compare recipe (quick preset; --full: the long one). Each "
+                       "study writes OUT/<study>/results.md, .json and .png; trained runs live in OUT/runs and are "
+                       "shared between studies and re-runs. The quick preset's 'all' trains 24 runs (48 minutes "
+                       "measured here on 2 busy cores).",
+                       "table, sweep, strategy, noise, transfer, preliminary", ("conv", "sparsity", "mask_strategy"),
+                       "runs/sdconv", "all data, 30 epochs, width 0.5, 5 seeds", cmd_sdconv)
+    _add_study_command(sub, "pad", "PAD-Net ablations and analyses: partition kappa scales pruning layers property "
                                    "noise transfer (or all)",
-                       description="Paper 001's ablations and analyses on convolutions (and paper 002's noise and "
-                                   "transfer analyses for PAD-Net), on the compare recipe with "
-                                   "6,000 training images and IMP on 4 batches (quick; --full: the "
-                                   "compare command's long recipe). Each study writes OUT/<study>/results.md, .json "
-                                   "and .png; trained runs live in OUT/runs and are shared between studies and "
-                                   "re-runs.")
-    p.add_argument("studies", nargs="+", metavar="STUDY",
-                   help="partition, kappa, scales, pruning, layers, property, noise, transfer or all")
-    _add_config_flags(p, skip=("conv", "seed", "kappa", "partition", "scale_mode", "mask_semantics"))
-    _add_study_flags(p, "runs/pad", "all data, 30 epochs, width 0.5, 5 seeds")
-    p.set_defaults(func=cmd_pad)
+                       "Paper 001's ablations and analyses on convolutions (and paper 002's noise and transfer "
+                       "analyses for PAD-Net), on the compare recipe with 6,000 training images and IMP on 4 batches "
+                       "(quick; --full: the compare command's long recipe). Each study writes "
+                       "OUT/<study>/results.md, .json and .png; trained runs live in OUT/runs and are shared between "
+                       "studies and re-runs.",
+                       "partition, kappa, scales, pruning, layers, property, noise, transfer",
+                       ("conv", "kappa", "partition", "scale_mode", "mask_semantics"), "runs/pad",
+                       "all data, 30 epochs, width 0.5, 5 seeds", cmd_pad)
 
     from .config import FinetuneConfig
 
-    p = sub.add_parser("pad-moe", help="PAD-Net ablations on MoE: partition kappa pruning masks (or all)",
-                       description="Paper 001's MoE ablations and analyses, fine-tuning MiniLM on Rotten Tomatoes "
-                                   "(quick: 352 sentences, 2 epochs, lr 2e-4, 3 seeds; --full: all sentences, 5 epochs, "
-                                   "5 seeds). Each study writes OUT/<study>/results.md, .json and .png; "
-                                   "fine-tuning runs live in OUT/runs and are shared between studies and re-runs.")
-    p.add_argument("studies", nargs="+", metavar="STUDY", help="partition, kappa, pruning, masks or all")
-    _add_config_flags(p, skip=("variant", "seed", "kappa", "partition"), cls=FinetuneConfig)
-    _add_study_flags(p, "runs/pad-moe", "all training sentences, 5 epochs, 5 seeds")
-    p.set_defaults(func=cmd_pad_moe)
+    _add_study_command(sub, "pad-moe", "PAD-Net ablations on MoE: partition kappa pruning masks (or all)",
+                       "Paper 001's MoE ablations and analyses, fine-tuning MiniLM on Rotten Tomatoes (quick: 352 "
+                       "sentences, 2 epochs, lr 2e-4, 3 seeds; --full: all sentences, 5 epochs, 5 seeds). Each study "
+                       "writes OUT/<study>/results.md, .json and .png; fine-tuning runs live in OUT/runs and are "
+                       "shared between studies and re-runs.",
+                       "partition, kappa, pruning, masks", ("variant", "kappa", "partition"), "runs/pad-moe",
+                       "all training sentences, 5 epochs, 5 seeds", cmd_pad_moe, FinetuneConfig)
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained encoder (dense, MoE, PAD-MoE, MoE-P) on a text task",
                        description="Fine-tune --model (default minilm: the offline all-MiniLM-L6-v2) on --task "

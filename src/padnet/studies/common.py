@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from ..compare import check_reusable, train_or_reuse
@@ -29,7 +30,7 @@ def pm(values, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-class RunCache:
+class RunCache(ABC):
     """Runs of one study folder, ``out/runs/<name>-seed<s>``, shared across studies and re-runs: every variant
     (name → configuration changes) with every seed, checked against finished runs before a study trains.
     Subclasses say how a run is checked and trained (:class:`Runs` for images, ``padnet.nlp.study.TextRuns``
@@ -54,13 +55,13 @@ class RunCache:
             self.check(run_dir, cfg)
         return plan
 
+    @abstractmethod
     def check(self, run_dir: Path, cfg) -> None:
         """ConfigError if ``run_dir`` holds a run of another configuration."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train(self, cfg, run_dir: Path, label: str) -> dict:
         """The ``results.json`` record of the run ``cfg`` in ``run_dir``: read when finished, else trained."""
-        raise NotImplementedError
 
     def results(self, variants: dict[str, dict]) -> dict[str, list[dict]]:
         """Train (or read) every variant with every seed: name → per-seed ``results.json`` records."""
@@ -95,6 +96,12 @@ class Runs(RunCache):
         """The trained model of run ``name`` with ``seed`` (eval mode)."""
         model, _, _ = load_run(self.out / "runs" / f"{name}-seed{seed}" / "model.safetensors", data=self.data)
         return model.eval()
+
+
+def vision_recipe(cfg: TrainConfig) -> str:
+    """The training recipe of an image-classification study as one clause (model, data, schedule)."""
+    return (f"{cfg.model} ×{cfg.width:g} on {cfg.dataset}: {cfg.epochs} epochs, batch {cfg.batch_size}, train subset "
+            f"{cfg.train_subset or 'all'}, SGD lr {cfg.lr:g} (warm-up + cosine), weight decay {cfg.weight_decay:g}")
 
 
 def write_study(folder: Path, title: str, markdown: str, summary: dict, fig, started: float) -> None:

@@ -34,7 +34,7 @@ from ..metrics.dynamics import (
     output_variances,
     parameter_variance,
 )
-from .common import METHODS, Runs, bars, figure, mean_std, pm, sweep, table, write_study
+from .common import METHODS, Runs, bars, figure, mean_std, pm, sweep, table, vision_recipe, write_study
 from .robustness import SIGMAS, noise_study, transfer_study
 
 STUDIES = ("partition", "kappa", "scales", "pruning", "layers", "property", "noise", "transfer")
@@ -81,8 +81,7 @@ def _table(records: list[dict], extra: dict[str, list[str]] | None = None) -> st
 
 def _recipe(runs: Runs) -> str:
     c = runs.base
-    return (f"{c.model} ×{c.width:g} on {c.dataset}: {c.epochs} epochs, batch {c.batch_size}, train subset "
-            f"{c.train_subset or 'all'}, SGD lr {c.lr:g} (warm-up + cosine), weight decay {c.weight_decay:g}; "
+    return (f"{vision_recipe(c)}; "
             f"PAD-Net: k = 4, {c.partition_iterations} IMP iterations on {c.partition_batches} batches, "
             f"{c.granularity} masks; seeds {', '.join(map(str, runs.seeds))}. Param: stored parameters with the "
             "classifier (PAD-Net: static parameters plus dynamic factors at dynamic positions). FLOPs: "

@@ -22,7 +22,7 @@ from ..config import TrainConfig
 from ..data import make_loader
 from ..engine.trainer import evaluate
 from ..metrics.counting import count_flops, count_parameters
-from .common import Runs, figure, mean_std, pm, write_study
+from .common import Runs, figure, mean_std, pm, vision_recipe, write_study
 from .robustness import SIGMAS, noise_study, transfer_study
 
 STUDIES = ("table", "sweep", "strategy", "noise", "transfer", "preliminary")
@@ -81,8 +81,7 @@ def _table(records: list[dict]) -> str:
 
 def _recipe(runs: Runs) -> str:
     c = runs.base
-    return (f"{c.model} ×{c.width:g} on {c.dataset}: {c.epochs} epochs, batch {c.batch_size}, train subset "
-            f"{c.train_subset or 'all'}, SGD lr {c.lr:g} (warm-up + cosine), weight decay {c.weight_decay:g}; "
+    return (f"{vision_recipe(c)}; "
             f"SD-Conv: k = 4, attention reduction 16, budget weight λ_s = {c.budget_weight:g}, "
             f"{c.pruning_iterations} pruning iterations, threshold steps {c.threshold_lr:g} × layer weight RMS; seeds "
             f"{', '.join(map(str, runs.seeds))}. Param: stored parameters with the classifier (SD-Conv: kept "
