@@ -309,7 +309,7 @@ def test_sd_conv_resume_restores_thresholds_and_their_optimiser(tmp_path):
         assert torch.equal(a[key], b[key]), key
     assert results_a["sparsity"] == results_b["sparsity"] and results_a["sparsity"]["sparsity"] > 0
     tensors, meta = read_checkpoint(tmp_path / "b" / "checkpoint-epoch0002.safetensors")
-    state = resumed.threshold_optimizer.state_dict()  # Adam's state is saved under its own name
+    state = resumed.hooks.method.optimizers()["thresholds"].state_dict()  # Adam's state is saved under its own name
     assert [g["lr"] for g in meta["optimizer-thresholds"]["param_groups"]] == [g["lr"] for g in state["param_groups"]]
     for pid, pstate in state["state"].items():
         assert torch.equal(tensors[f"optim-thresholds/{pid}/exp_avg_sq"], pstate["exp_avg_sq"])

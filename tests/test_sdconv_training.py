@@ -53,7 +53,7 @@ def test_trainer_puts_thresholds_in_their_own_optimiser(tmp_path):
                       data=(data, data))
     thresholds = {id(layer.weight_mode.threshold) for _, layer in sparse_layers(trainer.model)}
     in_sgd = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    in_adam = {id(p) for group in trainer.threshold_optimizer.param_groups for p in group["params"]}
+    in_adam = {id(p) for group in trainer.hooks.method.optimizers()["thresholds"].param_groups for p in group["params"]}
     assert thresholds == in_adam and not thresholds & in_sgd
     assert len(in_sgd) + len(in_adam) == len(list(trainer.model.parameters()))
 

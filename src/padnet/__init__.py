@@ -8,6 +8,7 @@ deployment form (``deploy``, ``save_deployed``, ``load_deployed``) and export (`
 (``padnet.nlp``, needs the ``nlp`` extra). Importing padnet touches no network and no data.
 """
 
+from .adapter import PadModel, get_pad_model
 from .convert import convert
 from .deploy import deploy, load_deployed, save_deployed
 from .export import export_onnx, export_torchscript
@@ -23,13 +24,15 @@ from .layers import (
     set_temperature,
 )
 from .metrics import count_flops, count_parameters
+from .methods import PadTraining
 from .models import create_model
+from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DCDConv2d", "DeployedConv2d", "DynamicConv2d", "ODConv2d", "PADConv2d", "PADDCDConv2d", "PADODConv2d",
-    "PartitionReport", "autotune", "convert", "count_flops", "count_parameters", "create_model", "deploy",
+    "PadConfig", "PadModel", "PadTraining", "PartitionReport", "get_pad_model", "autotune", "convert", "count_flops", "count_parameters", "create_model", "deploy",
     "export_onnx", "export_torchscript", "load_deployed", "partition", "save_deployed", "set_temperature",
 ]

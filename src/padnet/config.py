@@ -140,6 +140,26 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def pad_config(self):
+        """The :class:`~padnet.pad_config.PadConfig` of this run's method (None for a static model)."""
+        from .layers.registry import is_partial
+        from .pad_config import PadConfig
+
+        if self.conv == "static":
+            return None
+        partial, sparse = is_partial(self.conv), self.conv == "sdconv"
+        return PadConfig(
+            method=self.conv, num_kernels=self.num_kernels, reduction=self.reduction,
+            temperature_start=self.temperature_start, temperature_end=self.temperature_end,
+            temperature_anneal=self.temperature_epochs, temperature_unit="epochs",
+            kappa=self.kappa if partial else None, granularity=self.granularity if partial else None,
+            scale_mode=self.scale_mode if partial else None, mask_semantics=self.mask_semantics if partial else None,
+            partition=self.partition, partition_scope=self.partition_scope,
+            partition_iterations=self.partition_iterations, partition_batches=self.partition_batches,
+            **({"sparsity": self.sparsity, "pruning_iterations": self.pruning_iterations,
+                "budget_weight": self.budget_weight, "threshold_lr": self.threshold_lr,
+                "mask_strategy": self.mask_strategy} if sparse else {}))
+
 
 @dataclass
 class FinetuneConfig:

@@ -1,6 +1,6 @@
-"""Image-classification training: SGD + warm-up/cosine, temperature annealing, mode partition,
-SD-Conv's budget loss and sparsity schedule, top-1 evaluation, a JSONL metrics log, safetensors
-checkpoints and resume."""
+"""Image-classification training: SGD + warm-up/cosine, the method's training-time work through
+:class:`padnet.methods.PadTraining` (temperature annealing, mode partition, SD-Conv's thresholds), top-1
+evaluation, a JSONL metrics log, safetensors checkpoints and resume."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from ..data import ImageData, load_dataset, make_loader
 from ..distributed import Context, data_parallel, global_batchnorm, init
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..fileio import write_json, write_text
-from ..layers.attention import TemperatureRouting, TemperatureSchedule
-from ..layers.registry import canonical_conv, effective_option, is_partial, layer_options
-from ..layers.sdconv import SparsitySchedule, budget_loss, clamp_thresholds, sparse_layers, sparsity_report
+from ..layers.registry import canonical_conv, effective_option, layer_options
+from ..methods import PadTraining
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
 from ..partitioning import partition
@@ -212,29 +211,16 @@ class Trainer:
         self.model = global_batchnorm(build_model(cfg, train.num_classes, train.input_shape[0]), self.ctx)
         self.model.to(self.ctx.device)
         self.train_model = self.model  # DistributedDataParallel once training starts (after the partition)
-        self.attentions = [m for m in self.model.modules() if isinstance(m, TemperatureRouting)]
         self.steps_per_epoch = len(make_loader(train, cfg.batch_size, train=True, seed=cfg.seed, epoch=0))
         if self.steps_per_epoch == 0:
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)")
         total = cfg.epochs * self.steps_per_epoch
-        # SD-Conv (Algorithm 1): thresholds τ in an optimiser of their own. The budget loss's gradient on τ is
-        # in parameters (eq. 8), so no single SGD step size suits every model; Adam without momentum moves
-        # each τ by about its step size per step (momentum overshoots the budget), and a step relative to the
-        # layer's initial weight RMS makes one setting fit layers of every scale and reach 20-80 % sparsity
-        sparse = [layer for _, layer in sparse_layers(self.model)]
-        thresholds = [layer.weight_mode.threshold for layer in sparse]
-        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay, exclude=thresholds), lr=cfg.lr,
-                                         momentum=cfg.momentum)
-        self.threshold_optimizer = None
-        if sparse:
-            groups = [{"params": [layer.weight_mode.threshold],
-                       "lr": cfg.threshold_lr * float(layer.weight.detach().square().mean().sqrt())}
-                      for layer in sparse]
-            self.threshold_optimizer = torch.optim.Adam(groups, lr=cfg.threshold_lr, betas=(0.0, 0.9))
-        self.density = SparsitySchedule(cfg.sparsity, cfg.pruning_iterations, total) if thresholds else None
+        # the method's training-time work (temperature, partition, SD-Conv's thresholds and budget loss)
+        self.hooks = PadTraining(self.model, cfg.pad_config(), self.steps_per_epoch, total, self.run_partition)
+        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay,
+                                                      exclude=self.hooks.method.own_parameters()),
+                                         lr=cfg.lr, momentum=cfg.momentum)
         self.scheduler = build_scheduler(self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch))
-        self.temperature = TemperatureSchedule(cfg.temperature_start, cfg.temperature_end,
-                                               round(cfg.temperature_epochs * self.steps_per_epoch))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.epoch = self.step = 0
         self.partition_report: dict | None = None
@@ -252,7 +238,7 @@ class Trainer:
                                      self.optimizer, self.scheduler, self._extra_optimizers())
 
     def _extra_optimizers(self) -> dict:
-        return {"thresholds": self.threshold_optimizer} if self.threshold_optimizer is not None else {}
+        return self.hooks.method.optimizers()
 
     def load(self, path: str | Path) -> None:
         tensors, meta = read_checkpoint(path)
@@ -264,11 +250,13 @@ class Trainer:
         state = meta["state"]
         self.epoch, self.step = state["epoch"], state["step"]
         self.partition_report, self.elapsed = state.get("partition"), state.get("elapsed", 0.0)
+        self.hooks.step, self.hooks.partitioned = self.step, self.partition_report is not None
 
     # ---------------------------------------------------------------- steps
-    def run_partition(self) -> None:
-        self.partition_report = partition_from_config(self.model, self.cfg, self.train_data, self.criterion,
-                                                      self.ctx).to_dict()
+    def run_partition(self):
+        report = partition_from_config(self.model, self.cfg, self.train_data, self.criterion, self.ctx)
+        self.partition_report = report.to_dict()
+        return report
 
     def train_epoch(self) -> dict:
         cfg = self.cfg
@@ -279,9 +267,7 @@ class Trainer:
         ctx = self.ctx
         bar = _progress(loader, cfg.progress and ctx.main, f"epoch {self.epoch + 1}/{cfg.epochs}")
         for x_all, y_all in bar:
-            temperature = self.temperature(self.step)
-            for attention in self.attentions:  # collected once: no module walk per step
-                attention.update_temperature(temperature)
+            self.hooks.before_step()
             x, y = ctx.shard(x_all), ctx.shard(y_all)
             logits = self.train_model(x)
             # DDP averages over processes: weighting by the chunk's share makes that the global batch's mean
@@ -294,15 +280,10 @@ class Trainer:
             if not torch.isfinite(total):
                 raise NonFiniteLossError(total.item(), self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.density is not None:  # SD-Conv eq. 9 (weight decay is the optimiser's)
-                self.threshold_optimizer.zero_grad(set_to_none=True)
-                (loss + cfg.budget_weight * budget_loss(self.model, self.density(self.step))).backward()
-                self.threshold_optimizer.step()
-                clamp_thresholds(self.model)
-            else:
-                loss.backward()
+            (loss + self.hooks.extra_loss()).backward()  # SD-Conv eq. 9: + λ_s L_s (weight decay is the optimiser's)
             self.optimizer.step()
             self.scheduler.step()
+            self.hooks.after_step()
             self.step += 1
             loss_sum += loss.item() * y_all.numel() / ctx.world_size
             correct += int((logits.argmax(1) == y).sum())
@@ -314,14 +295,6 @@ class Trainer:
         ctx.all_reduce_([sums])
         loss_sum, correct, seen = sums.tolist()
         return {"train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen}
-
-    def _sparsity(self) -> dict:
-        """SD-Conv: overall layer and kernel sparsity now and the density budget of the current phase."""
-        if self.density is None:
-            return {}
-        report = sparsity_report(self.model)
-        return {"sparsity": round(report["sparsity"], 5), "kernel_sparsity": round(report["kernel_sparsity"], 5),
-                "density_budget": round(self.density(max(0, self.step - 1)), 5)}
 
     # ---------------------------------------------------------------- run
     def fit(self) -> dict:
@@ -337,8 +310,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
             write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
-        if self.epoch == 0 and self.partition_report is None and is_partial(cfg.conv):
-            self.run_partition()
+        self.hooks.maybe_partition()  # before the model is wrapped for data-parallel training
         self.train_model = data_parallel(self.model, ctx)
         board = _TensorBoard(self.run_dir) if ctx.main else None
         test_loader = make_loader(self.test_data, 512, train=False)
@@ -350,8 +322,8 @@ class Trainer:
                 top1 = evaluate(self.model, test_loader, ctx)
                 self.elapsed += time.perf_counter() - start
                 record = {"epoch": self.epoch, "step": self.step, **record, "test_top1": top1,
-                          "lr": self.optimizer.param_groups[0]["lr"], "temperature": self.temperature(self.step),
-                          "elapsed_s": round(self.elapsed, 2), **self._sparsity()}
+                          "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed, 2),
+                          **self.hooks.log()}
                 if ctx.main:
                     with open(log_path, "a", encoding="utf-8") as fh:
                         fh.write(json.dumps(record) + "\n")
@@ -367,8 +339,7 @@ class Trainer:
             "train_seconds": round(self.elapsed, 2), "processes": self.ctx.world_size,
             "partition": self.partition_report,
         }
-        if self.density is not None:
-            results["sparsity"] = sparsity_report(self.model)
+        results.update(self.hooks.method.results())
         if ctx.main:
             save_checkpoint(self.run_dir / "model.safetensors", self.model, self._state())
             write_json(self.run_dir / "results.json", results)

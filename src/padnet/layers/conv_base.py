@@ -124,17 +124,20 @@ class DynamicConvBase(nn.Module):
                 module.update_temperature(temperature)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, **kwargs):
+    def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, padding=None, **kwargs):
         """Build a layer with the geometry of ``conv`` (on its device and dtype).
 
         With ``init_from_static`` the layer's kernels start from ``conv.weight`` (see ``load_static``).
-        Raises ConfigError for padding modes other than zeros.
+        ``padding`` replaces ``conv.padding`` (``padnet.convert`` pads inputs itself for other padding modes).
+        Raises ConfigError for a padding mode other than zeros unless ``padding`` is given.
         """
-        if conv.padding_mode != "zeros":
-            raise ConfigError(f"only zero padding is supported, got padding_mode={conv.padding_mode!r}")
+        if conv.padding_mode != "zeros" and padding is None:
+            raise ConfigError(f"only zero padding is supported here, got padding_mode={conv.padding_mode!r} "
+                              "(padnet.convert supports every mode)")
         layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, conv.bias is not None, **kwargs,
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+            conv.padding if padding is None else padding, conv.dilation, conv.groups, conv.bias is not None,
+            **kwargs,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         if init_from_static:
             layer.load_static(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())

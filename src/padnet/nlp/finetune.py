@@ -31,7 +31,7 @@ from ..errors import ConfigError, NonFiniteLossError
 from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
 from ..partitioning import partition
-from .convert import auxiliary_loss, convert_moe, moe_layers
+from ..moe_convert import auxiliary_loss, convert_moe, moe_layers
 from .text import TASKS, encode, load_task, loader
 
 VARIANTS = FinetuneConfig.VARIANTS

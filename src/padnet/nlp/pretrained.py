@@ -2,7 +2,7 @@
 ``save_pretrained`` / ``from_pretrained``.
 
 A folder holds the Hugging Face ``config.json`` (and the tokenizer, when given), ``padnet_moe.json`` (the
-conversion: :func:`~padnet.nlp.convert.convert_moe`'s arguments and the model class) and
+conversion: :func:`~padnet.moe_convert.convert_moe`'s arguments and the model class) and
 ``model.safetensors``. For PAD-MoE and MoE-P the experts are stored as the static parameters, dense (one FFN
 per layer), and each expert's dynamic factors only at the mask's dynamic positions (``…experts.values``
 (E, ‖M‖₀) with the mask as bits, ``…experts.bits``). :func:`from_pretrained` merges them into per-expert
@@ -20,56 +20,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..deploy import pack_bits, unpack_bits
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, write_json
-from ..layers.moe import DeployedMoE, MoEFeedForward
-from .convert import convert_moe, moe_layers
+from ..layers.moe import DeployedMoE
+from ..moe_codec import decode_moe, encode_moe, moe_masks
+from ..moe_convert import convert_moe, deploy_moe, moe_layers
 
 FORMAT = "padnet-moe-1"
 WEIGHTS = "model.safetensors"
 RECORD = "padnet_moe.json"
-
-
-_MODES = {"experts": "neuron_mode", "expert_bias": "bias_mode"}  # masked tensor -> its mode
-
-
-def _masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
-    """Boolean masks broadcast to one expert's tensor shape, for ``experts`` and ``expert_bias``."""
-    bias_shape = layer.expert_bias.shape[1:]
-    return {"experts": layer.neuron_mode.element_mask()[0].bool().cpu(),
-            "expert_bias": layer.bias_mode.element_mask()[0].reshape(bias_shape).bool().cpu()}
-
-
-def _encode(model: nn.Module) -> dict[str, torch.Tensor]:
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    for name, layer in moe_layers(model):
-        if layer.mode == "dynamic":
-            continue
-        for key, mask in _masks(layer).items():
-            full = tensors.pop(f"{name}.{key}")  # (E, *shape)
-            del tensors[f"{name}.{_MODES[key]}.mask"]  # the bits below hold it
-            tensors[f"{name}.{key}.values"] = full[:, mask].contiguous()  # (E, ‖M‖₀)
-            tensors[f"{name}.{key}.bits"] = pack_bits(mask.reshape(-1))
-    return tensors
-
-
-def _decode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for name, layer in moe_layers(model):
-        if layer.mode == "dynamic":
-            continue
-        for key, mode_name in _MODES.items():
-            target = getattr(layer, key)
-            mask = unpack_bits(tensors.pop(f"{name}.{key}.bits"), target[0].numel()).reshape(target.shape[1:])
-            values = tensors.pop(f"{name}.{key}.values")
-            full = torch.zeros(target.shape, dtype=values.dtype)
-            full[:, mask] = values
-            tensors[f"{name}.{key}"] = full
-            mode = getattr(layer, mode_name)
-            # back to the mask buffer's shape: a filter or column mask keeps one element per block
-            mask = mask.reshape(mode.shape)[tuple(slice(None) if n > 1 else slice(0, 1) for n in mode.mask.shape[1:])]
-            tensors[f"{name}.{mode_name}.mask"] = mask.reshape(mode.mask.shape).float()
-    return tensors
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
@@ -92,10 +51,10 @@ def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> 
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     record = {"format": FORMAT, "class": type(model).__name__, "conversion": getattr(model, "padnet_moe", None)}
-    masks = {name: {k: int(m.sum()) for k, m in _masks(layer).items()}
+    masks = {name: {k: int(m.sum()) for k, m in moe_masks(layer).items()}
              for name, layer in moe_layers(model) if layer.mode != "dynamic"}
     with atomic_path(directory / WEIGHTS) as tmp:
-        save_file(_encode(model), str(tmp), metadata={"padnet": json.dumps({**record, "dynamic": masks})})
+        save_file(encode_moe(model), str(tmp), metadata={"padnet": json.dumps({**record, "dynamic": masks})})
     write_json(directory / RECORD, record)
     return directory
 
@@ -107,14 +66,6 @@ def _model_class(name: str):
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise CheckpointError(f"the saved model class {name!r} is not a transformers model class")
     return cls
-
-
-def deploy_moe(model: nn.Module) -> nn.Module:
-    """Replace every :class:`MoEFeedForward` of ``model`` (in place) by its merged inference form
-    :class:`DeployedMoE`; returns ``model`` in eval mode."""
-    for name, layer in moe_layers(model):
-        model.set_submodule(name, DeployedMoE.from_layer(layer.eval()))
-    return model.eval()
 
 
 def from_pretrained(directory: str | Path, deployed: bool = True) -> nn.Module:
@@ -147,7 +98,7 @@ def from_pretrained(directory: str | Path, deployed: bool = True) -> nn.Module:
     try:
         if conversion:
             convert_moe(model, **conversion)
-        model.load_state_dict(_decode(model, tensors))
+        model.load_state_dict(decode_moe(model, tensors))
     except (RuntimeError, KeyError, TypeError, IndexError, ConfigError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{directory} does not fit its architecture ({reason})") from None

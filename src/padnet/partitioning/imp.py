@@ -117,13 +117,16 @@ def partition(
     reset: bool = True,
     align: int = 1,
     batch_loss: Callable[[nn.Module, object], torch.Tensor] | None = None,
+    check_scores: bool = True,
 ) -> PartitionReport:
     """Partition every PAD-Net layer of ``model`` into dynamic and static elements (in place).
 
     Args:
         model: a model with partially dynamic layers (e.g. ``create_model(..., conv="pad")``).
         kappa: target dynamic ratio κ ∈ (0, 1].
-        method: ``"imp"`` (iterative, eq. 5–9), ``"mp"`` (one-shot), ``"random"`` or ``"magnitude"``.
+        method: ``"imp"`` (iterative, eq. 5–9), ``"mp"`` (one-shot), ``"random"``, ``"magnitude"``, or a
+            function ``scores(name, factors, mask) -> Tensor`` of the mask's shape, called once per masked tensor
+            and iteration (as ``importance_scores`` of ``torch.nn.utils.prune``): higher scores stay dynamic.
         data: iterable of (inputs, targets) batches; required by ``imp`` and ``mp``. The first
             ``num_batches`` batches are drawn once and reused by every IMP iteration (the paper's
             "10 batches of examples"); a shorter iterable is used whole.
@@ -139,13 +142,19 @@ def partition(
             that are multiples of 16 (docs/speed.md). Other masks stay exact.
         batch_loss: ``batch_loss(model, batch)`` → loss, for batches that are not (inputs, targets) pairs
             (e.g. keyword dicts for a Hugging Face model); replaces ``loss_fn``.
+        check_scores: refuse IMP / MP scores without signal (:func:`check_signal`), as right after converting a
+            pretrained model, when every dynamic factor still equals the static parameters.
 
     Returns:
         A :class:`PartitionReport`. Raises ConfigError for a bad κ, method, scope, a model without
-        PAD-Net layers, or missing data.
+        PAD-Net layers, missing data, or scores without signal.
     """
     kappa = check_kappa(kappa)
-    check_choice("partition method", method, METHODS)
+    custom = method if callable(method) else None
+    if custom is not None:
+        method = "custom"
+    else:
+        check_choice("partition method", method, METHODS)
     check_choice("partition scope", scope, SCOPES)
     tensors = masked_tensors(model)
     if not tensors:
@@ -172,15 +181,74 @@ def partition(
     if method in ("imp", "mp") and not batches:
         raise ConfigError("mode partition needs at least one batch of training data")
     generator = torch.Generator().manual_seed(seed)
-    for fraction in schedule:
+    losses: list[float] = []  # the losses of the first scoring pass, for the signal check
+    if batch_loss is not None:
+        batch_loss = _recording(batch_loss, losses)
+    else:
+        loss_fn = _recording(loss_fn, losses)
+    for e, fraction in enumerate(schedule):
         if method in ("imp", "mp"):
             scores = snip_scores(model, tensors, batches, loss_fn, num_batches, batch_loss)
+            if e == 0 and check_scores:
+                check_signal(scores, losses)
+        elif method == "custom":
+            scores = custom_scores(custom, tensors)
         elif method == "magnitude":
             scores = magnitude_scores(tensors)
         else:
             scores = random_scores(tensors, generator)
         apply_partition(tensors, scores, fraction, scope, align)
     return make_report(model, method, kappa, scope, steps, schedule)
+
+
+SIGNAL_FLOOR = 1e-4  # Σ scores / Σ losses below this: no signal (measured in docs/results.md)
+
+
+def _recording(fn: Callable, losses: list[float]) -> Callable:
+    """``fn`` that also appends each loss it returns to ``losses``."""
+
+    def wrapped(*args):
+        loss = fn(*args)
+        losses.append(abs(float(loss.detach())))
+        return loss
+
+    return wrapped
+
+
+def check_signal(scores: list[torch.Tensor], losses: list[float], floor: float = SIGNAL_FLOOR) -> float:
+    """Refuse mode-partition scores that carry no signal; returns the relative score mass.
+
+    The sum of the scores |∂L/∂M| bounds, to first order, how much the loss would change if every element
+    became static. When it is below ``floor`` times the summed loss of the scored batches, the dynamic factors
+    and the static parameters are (nearly) the same values, so the ranking follows float rounding; this is
+    the state right after converting a pretrained model (every kernel and Θ̄ copied from one weight). More than
+    half of the scores exactly zero is refused too (a ranking of ties).
+
+    Raises ConfigError with the remedy (train before partitioning) in either case.
+    """
+    total = sum(float(s.sum()) for s in scores)
+    ratio = total / max(sum(losses), 1e-30)
+    zeros = sum(int((s == 0).sum()) for s in scores) / max(1, sum(s.numel() for s in scores))
+    if ratio < floor or zeros > 0.5:
+        found = f"score mass {ratio:.1e} of the loss (floor {floor:g})" if ratio < floor else \
+            f"{zeros:.0%} of the scores exactly zero"
+        raise ConfigError(f"mode partition scores carry no signal ({found}): the dynamic factors still equal the "
+                          "static parameters, as right after converting a pretrained model; train first "
+                          "(PadConfig partition_at='steps' with partition_after=N) or pass check_scores=False")
+    return ratio
+
+
+def custom_scores(fn: Callable, tensors) -> list[torch.Tensor]:
+    """Scores from a user function ``fn(name, factors, mask)``, checked to have each mask's shape."""
+    scores = []
+    for name, mode, factors in tensors:
+        score = fn(name, factors.detach(), mode.mask.detach())
+        if not isinstance(score, torch.Tensor) or score.shape != mode.mask.shape:
+            got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+            raise ConfigError(f"the partition score function returned {got} for {name}; "
+                              f"expected a tensor of the mask's shape {tuple(mode.mask.shape)}")
+        scores.append(score.detach().float().to(mode.mask.device))
+    return scores
 
 
 def make_report(model: nn.Module, method: str, kappa: float, scope: str, iterations: int,

@@ -1,0 +1,487 @@
+"""One way in for any model: ``get_pad_model(model, PadConfig(...)) -> PadModel``, in the spirit of PEFT.
+
+:class:`PadModel` wraps a model whose convolutions (any ``nn.Module`` with ``nn.Conv2d`` layers) or feed-forward
+blocks (Hugging Face encoders of the BERT family) were made dynamic, and gives one vocabulary for what follows:
+``partition`` (mode partition, PAD-Net eq. 5–9), the training hooks of :mod:`padnet.methods`
+(``start_training``, ``before_step``, ``extra_loss``, ``after_step``), ``merge_and_unload`` (the compact deployed
+form), ``save_pretrained`` / ``from_pretrained`` (safetensors of what the method adds or changes, plus
+``padnet_config.json``), ``summary``, ``masks``, ``scale_factors`` / ``set_scale_factors`` and ``unload``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import deploy as deployment
+from .convert import convert, find_convs
+from .errors import CheckpointError, ConfigError
+from .fileio import atomic_path, write_json
+from .layers.dynamic_conv import PADConv2d
+from .layers.modes import PartialMode, ScaleFactors
+from .layers.moe import MoEFeedForward
+from .layers.sdconv import SparseDynamicConv2d, sparse_layers
+from .methods import PadTraining, load_balancing_loss
+from .metrics.counting import count_flops, count_parameters
+from .moe_codec import decode_moe, encode_moe
+from .moe_convert import convert_moe, deploy_moe, find_ffns
+from .pad_config import PadConfig
+from .partitioning import PartitionReport, partition
+from .partitioning.scores import masked_tensors
+
+FORMAT = "padnet-adapter-1"
+CONFIG_FILE = "padnet_config.json"
+WEIGHTS_FILE = "padnet_model.safetensors"
+FORMS = ("training", "deployed")
+
+
+def _fingerprint(tensor: torch.Tensor) -> str:
+    """A short hash of a tensor's dtype, shape and bytes (to tell an unchanged tensor from a changed one)."""
+    data = tensor.detach().cpu().contiguous()
+    digest = hashlib.blake2b(f"{data.dtype}{tuple(data.shape)}".encode(), digest_size=12)
+    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _targets(config: PadConfig) -> list[str] | None:
+    return None if config.target_modules == "auto" else list(config.target_modules)
+
+
+def _convert(model: nn.Module, config: PadConfig) -> list[str]:
+    """Apply ``config`` to ``model`` in place; the names of the modules it replaced."""
+    import fnmatch
+
+    if config.family == "conv":
+        found = find_convs(model, skip_first=True, targets=_targets(config), exclude=config.exclude_modules)
+        if not found:
+            raise ConfigError(f"{type(model).__name__} has no nn.Conv2d that target_modules selects")
+        convert(model, config.method, init_from_static=config.init_from_pretrained, skip_first=True,
+                exclude=tuple(config.exclude_modules), targets=_targets(config), **config.layer_options())
+        return [name for name, _ in found]
+    sites = find_ffns(model)
+    targets = _targets(config)
+    chosen = [i for i, site in enumerate(sites)
+              if (targets is None or any(fnmatch.fnmatch(site.up, p) for p in targets))
+              and not any(fnmatch.fnmatch(site.up, p) for p in config.exclude_modules)]
+    if not chosen:
+        raise ConfigError(f"{type(model).__name__} has no feed-forward block that target_modules selects "
+                          f"({len(sites)} found)")
+    convert_moe(model, layers=chosen, **config.layer_options())
+    if not config.init_from_pretrained:
+        for i in chosen:
+            layer = model.get_submodule(sites[i].up)
+            nn.init.normal_(layer.experts, std=0.02)
+    return [sites[i].up for i in chosen]
+
+
+class PadModel(nn.Module):
+    """A model made partially dynamic by :func:`get_pad_model`; forwards like the model it wraps.
+
+    Attributes: ``base_model`` (the converted model), ``pad_config`` (:class:`PadConfig`), ``converted`` (names
+    of the replaced modules), ``training_state`` (:class:`~padnet.methods.PadTraining` once
+    :meth:`start_training` ran). Attributes the wrapper does not have are looked up on ``base_model``.
+
+    In training mode, when the wrapped model returns an output with a ``loss`` (a Hugging Face
+    ``ModelOutput``), the method's extra loss (e.g. MoE load balancing) is added to it, as Mixtral adds its
+    router loss; :meth:`extra_loss` then returns 0.0 for that step, so a loop may always add it.
+    """
+
+    def __init__(self, model: nn.Module, config: PadConfig, converted: list[str], fingerprints: dict[str, str]):
+        super().__init__()
+        self.base_model = model
+        self.pad_config = config
+        self.converted = list(converted)
+        self._fingerprints = fingerprints
+        self.training_state: PadTraining | None = None
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def forward(self, *args, **kwargs):
+        out = self.base_model(*args, **kwargs)
+        state = self.training_state
+        if state is not None and self.training and getattr(out, "loss", None) is not None:
+            extra = state.fold()
+            if extra is not None:
+                out.loss = out.loss + extra
+        return out
+
+    # ------------------------------------------------------------------ partition
+    def partition(self, data: Iterable | None = None, loss_fn: Callable | None = None,
+                  batch_loss: Callable | None = None, **overrides) -> PartitionReport:
+        """Mode partition of every masked layer (PAD-Net eq. 5–9) as the config describes it.
+
+        Args:
+            data: batches: (inputs, targets) pairs, or keyword dicts for a Hugging Face model (their loss is
+                ``model(**batch).loss`` plus the load-balancing loss). Needed by ``"imp"`` and ``"mp"``.
+            loss_fn: loss of (outputs, targets) (default cross-entropy).
+            batch_loss: ``batch_loss(model, batch) -> loss`` for other batches; replaces ``loss_fn``.
+            **overrides: ``kappa``, ``partition`` (method or score function), ``partition_scope``,
+                ``partition_iterations``, ``partition_batches`` for this call only.
+
+        Returns the :class:`~padnet.partitioning.PartitionReport`. Raises ConfigError for a method without
+        masks, bad overrides, missing data, or scores without signal (``check_scores``; see
+        :func:`padnet.partition`).
+        """
+        if not self.pad_config.partial:
+            raise ConfigError(f"method {self.pad_config.method!r} has no masks to partition")
+        allowed = {"kappa", "partition", "partition_scope", "partition_iterations", "partition_batches"}
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise ConfigError(f"partition got unexpected options: {', '.join(unknown)}")
+        cfg = PadConfig.from_dict({**self.pad_config.to_dict(), **overrides},
+                                  overrides.get("partition", self.pad_config.partition)
+                                  if callable(overrides.get("partition", self.pad_config.partition)) else None)
+        if batch_loss is None and loss_fn is None and data is not None:
+            data = list(data) if not isinstance(data, (list, tuple)) else data
+            if data and isinstance(data[0], dict):
+                batch_loss = _keyword_loss
+        return partition(self.base_model, cfg.value("kappa"), cfg.partition, data, loss_fn or F.cross_entropy,
+                         cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope,
+                         batch_loss=batch_loss, check_scores=cfg.check_scores)
+
+    # ------------------------------------------------------------------ training hooks
+    def start_training(self, steps_per_epoch: int | None = None, epochs: float | None = None,
+                       total_steps: int | None = None, partition_data: Iterable | None = None,
+                       loss_fn: Callable | None = None, batch_loss: Callable | None = None,
+                       step: int = 0) -> PadTraining:
+        """Prepare the method's training-time work for a run (see :mod:`padnet.methods`).
+
+        Args:
+            steps_per_epoch: optimiser steps per epoch (for schedules given in epochs).
+            epochs, total_steps: the run's length (SD-Conv's schedule needs one of them).
+            partition_data, loss_fn, batch_loss: what :meth:`partition` gets when the partition is due.
+            step: the step to start from (a resumed run).
+
+        Returns the :class:`~padnet.methods.PadTraining`, also kept as ``training_state``.
+        """
+        if total_steps is None and epochs is not None and steps_per_epoch is not None:
+            total_steps = math.ceil(epochs * steps_per_epoch)
+        run = None
+        if partition_data is not None or batch_loss is not None:
+            def run():
+                return self.partition(partition_data, loss_fn, batch_loss)
+        self.training_state = PadTraining(self.base_model, self.pad_config, steps_per_epoch, total_steps, run, step)
+        return self.training_state
+
+    def _state(self) -> PadTraining:
+        if self.training_state is None:
+            raise ConfigError("call start_training(...) before the training hooks")
+        return self.training_state
+
+    def before_step(self) -> None:
+        """Before each optimiser step's forward: partition when due, temperature annealing."""
+        self._state().before_step()
+
+    def extra_loss(self) -> torch.Tensor | float:
+        """The method's loss terms for this step (SD-Conv budget loss, MoE load-balancing loss), or 0.0."""
+        return self._state().extra_loss()
+
+    def after_step(self) -> None:
+        """After each optimiser step: SD-Conv's threshold step and clamp; advances the step."""
+        self._state().after_step()
+
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters for your optimiser: all but those the method trains itself (SD-Conv's
+        thresholds, which :meth:`after_step` updates)."""
+        if self.training_state is not None:
+            return self.training_state.optimizer_parameters(self.base_model)
+        own = {id(layer.weight_mode.threshold) for _, layer in sparse_layers(self.base_model)}
+        return [p for p in self.base_model.parameters() if p.requires_grad and id(p) not in own]
+
+    # ------------------------------------------------------------------ masks and scale factors
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Every mode-partition mask as booleans (True = dynamic), by masked tensor name, each in its mask
+        shape ((1 or k, *shape), or one element per filter / neuron)."""
+        return {name: mode.mask.detach().bool().clone() for name, mode, _ in masked_tensors(self.base_model)}
+
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Set masks by name (booleans or 0/1 of each mask's shape). Raises ConfigError for an unknown name or a
+        shape that does not fit."""
+        modes = {name: mode for name, mode, _ in masked_tensors(self.base_model)}
+        for name, value in masks.items():
+            if name not in modes:
+                raise ConfigError(f"no mask named {name!r}; masks: {', '.join(list(modes)[:5])}...")
+            mode = modes[name]
+            value = torch.as_tensor(value)
+            if tuple(value.shape) != tuple(mode.mask.shape):
+                raise ConfigError(f"mask {name} has shape {tuple(mode.mask.shape)}, got {tuple(value.shape)}")
+            with torch.no_grad():
+                mode.mask.copy_((value != 0).to(mode.mask.dtype))
+
+    def scale_factors(self) -> dict[str, tuple[float, float]]:
+        """(λs, λd) of every layer with scale factors, by module name (PAD-Net eq. 4)."""
+        return {name: tuple(float(v.detach()) for v in module()) for name, module in self.base_model.named_modules()
+                if isinstance(module, ScaleFactors) and module.mode != "none"}
+
+    @torch.no_grad()
+    def set_scale_factors(self, lambda_s: float | None = None, lambda_d: float | None = None) -> int:
+        """Set the scale factors of every layer; returns how many were set.
+
+        With ``scale_mode="constrained"`` give one of them (the other is 2 minus it, each in (0, 2)); with
+        ``"both"`` either or both; ``"static"``/``"dynamic"`` the one they train. Raises ConfigError for a value
+        the mode cannot hold.
+        """
+        count = 0
+        for module in self.base_model.modules():
+            if not isinstance(module, ScaleFactors) or module.mode == "none":
+                continue
+            if module.mode == "constrained":
+                lam_d = lambda_d if lambda_d is not None else (None if lambda_s is None else 2.0 - lambda_s)
+                if lam_d is None or not 0 < lam_d < 2 or (lambda_s is not None and lambda_d is not None
+                                                           and abs(lambda_s + lambda_d - 2) > 1e-9):
+                    raise ConfigError("constrained scale factors need λs + λd = 2 with each in (0, 2)")
+                module.phi.fill_(math.log(lam_d / (2.0 - lam_d)))  # λd = 2·sigmoid(φ)
+            else:
+                for name, value in (("lambda_s", lambda_s), ("lambda_d", lambda_d)):
+                    if value is not None:
+                        if not hasattr(module, name):
+                            raise ConfigError(f"scale-factor mode {module.mode!r} has no trainable {name}")
+                        getattr(module, name).fill_(float(value))
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------ accounting
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table: parameters (trainable / stored / compact), FLOPs (MACs of one input of ``input_shape``,
+        convolutional models), and the dynamic ratio per layer type."""
+        model = self.base_model
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows = [("method", self.pad_config.method), ("converted modules", str(len(self.converted))),
+                ("trainable parameters", f"{trainable:,}"),
+                ("stored parameters", f"{count_parameters(model, compact=False):,}"),
+                ("compact parameters", f"{count_parameters(model):,}")]
+        if input_shape is not None:
+            rows.append(("MACs per input", f"{count_flops(model, tuple(input_shape)):,}"))
+        by_type: dict[str, list[int]] = {}
+        for name in self.converted:
+            module = model.get_submodule(name)
+            kind = type(module[-1] if isinstance(module, nn.Sequential) else module).__name__
+            counts = by_type.setdefault(kind, [0, 0])
+            for mode in module.modules():
+                if isinstance(mode, PartialMode):
+                    c = mode.compact_counts()["dynamic"]
+                    counts[0], counts[1] = counts[0] + c, counts[1] + mode.factor_numel
+        for kind, (dynamic, total) in by_type.items():
+            rows.append((f"dynamic ratio, {kind}", f"{dynamic / total:.4f}" if total else "1 (fully dynamic)"))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+    # ------------------------------------------------------------------ deployment and unloading
+    def merge_and_unload(self) -> nn.Module:
+        """The compact inference form as a plain module (a copy; this model is unchanged): BatchNorm and the scale
+        factors folded, dynamic factors only where M = 1 (``padnet.deploy``), or MoE experts merged once
+        (``DeployedMoE``). In eval mode."""
+        if self.pad_config.family == "moe":
+            return deploy_moe(_copy(self.base_model))
+        try:
+            return deployment.deploy(_copy(self.base_model), inplace=True)
+        except ConfigError:  # a model torch.fx cannot trace keeps its BatchNorm layers
+            return deployment.deploy(_copy(self.base_model), fold_bn=False, inplace=True)
+
+    def unload(self) -> nn.Module:
+        """The wrapped model with every converted module turned back into a plain one, where that is exact: a
+        convolution whose masks are all static becomes ``nn.Conv2d`` with kernel λs · Θ̄ (PAD-Net eq. 4 with
+        M = 0). A copy; this model is unchanged. Raises ConfigError naming the first module that still has
+        dynamic elements (use :meth:`merge_and_unload`)."""
+        model = _copy(self.base_model)
+        for name in self.converted:
+            module = model.get_submodule(name)
+            layer = module[-1] if isinstance(module, nn.Sequential) else module
+            static = _static_conv(layer)
+            if static is None:
+                raise ConfigError(f"{name} still has dynamic elements and cannot become a static layer exactly; "
+                                  "use merge_and_unload() for the compact deployed form")
+            if isinstance(module, nn.Sequential):
+                module[-1] = static
+            else:
+                model.set_submodule(name, static)
+        return model
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, directory: str | Path, form: str = "training") -> Path:
+        """Write ``directory/padnet_config.json`` and ``directory/padnet_model.safetensors`` atomically.
+
+        The weights file holds what the method adds or changes: the converted modules, and every other tensor
+        whose value changed since :func:`get_pad_model` (e.g. a fine-tuned head); the tensors left out are
+        recorded by hash, so :meth:`from_pretrained` can check the base model it is given. ``form``:
+        ``"training"`` (masks, static parameters, scale factors: train further) or ``"deployed"`` (the compact
+        form of :meth:`merge_and_unload`). Returns the directory. Raises ConfigError for an unknown form.
+        """
+        if form not in FORMS:
+            raise ConfigError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta: dict = {}
+        if self.pad_config.family == "moe":
+            tensors = encode_moe(self.base_model)
+        elif form == "deployed":
+            deployed = self.merge_and_unload()
+            tensors = deployment._encode(deployed)
+            meta = {"layers": {n: m.config for n, m in deployed.named_modules()
+                               if isinstance(m, deployment.DeployedConv2d)}, **deployed.padnet_deployed}
+        else:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.base_model.state_dict().items()}
+        changed = set(meta.get("folded_bn", ())) | set(meta.get("fused_convs", ()))
+        kept = {k: v for k, v in tensors.items()
+                if _under(k, self.converted) or _under(k, changed) or self._fingerprints.get(k) != _fingerprint(v)}
+        record = {"format": FORMAT, "form": form, "config": self.pad_config.to_dict(), "converted": self.converted,
+                  "base": {k: h for k, h in self._fingerprints.items() if k not in kept}, "deploy": meta}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            save_file(kept, str(tmp), metadata={"padnet": json.dumps({"format": FORMAT, "form": form})})
+        write_json(directory / CONFIG_FILE, record)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, base_model: nn.Module,
+                        partition: Callable | None = None) -> PadModel | nn.Module:
+        """Load what :meth:`save_pretrained` wrote onto ``base_model`` (the model it was converted from, in
+        place). Returns a :class:`PadModel` (training form) or the deployed plain module (deployed form, eval
+        mode). ``partition``: the score function of a config saved with a custom one.
+
+        Raises CheckpointError for a missing, corrupt or foreign folder, a base model that differs from the
+        one converted (naming the first differing tensor), or weights that do not fit.
+        """
+        directory = Path(directory)
+        record = _read_record(directory / CONFIG_FILE)
+        try:
+            config = PadConfig.from_dict(record["config"], partition)
+        except ConfigError as exc:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from None
+        pad = get_pad_model(base_model, config)
+        if pad.converted != record["converted"]:
+            raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
+                                  f"(first: {record['converted'][:1]} vs {pad.converted[:1]})")
+        for key, digest in record["base"].items():
+            if pad._fingerprints.get(key) != digest:
+                raise CheckpointError(f"{directory}: base_model differs from the model that was converted "
+                                      f"(tensor {key})")
+        tensors = _read_weights(directory / WEIGHTS_FILE)
+        form = record["form"]
+        try:
+            if config.family == "moe":
+                state = pad.base_model.state_dict()
+                state.update(decode_moe(pad.base_model, tensors))
+                pad.base_model.load_state_dict(state)
+                return deploy_moe(pad.base_model) if form == "deployed" else pad
+            if form == "deployed":
+                model = deployment._skeleton(pad.base_model, record["deploy"])
+                state = model.state_dict()
+                state.update(deployment._decode(model, tensors))
+                model.load_state_dict(state)
+                return model
+            state = pad.base_model.state_dict()
+            state.update(tensors)
+            pad.base_model.load_state_dict(state)
+        except (RuntimeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{directory} does not fit the base model ({reason})") from None
+        return pad
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``; the MoE layers' losses of the last forward (autograd results) are dropped first."""
+    for module in model.modules():
+        if isinstance(module, MoEFeedForward):
+            module.aux_loss = None
+    return copy.deepcopy(model)
+
+
+def _keyword_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Task loss of a Hugging Face model on a keyword batch plus the load-balancing loss of its MoE layers."""
+    loss = model(**batch).loss
+    extra = load_balancing_loss(model)
+    return loss if extra is None else loss + extra
+
+
+def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
+    """The exact ``nn.Conv2d`` of a dynamic convolution whose every mask is static (λs · Θ̄), else None."""
+    if not isinstance(layer, PADConv2d) or isinstance(layer, SparseDynamicConv2d):
+        return None
+    modes = [mode for _, mode, _ in layer.mode_pairs()]
+    if any(mode.semantics != "static" or bool(mode.mask.any()) for mode in modes):
+        return None
+    lam_s, _ = layer.scales()
+    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                     layer.dilation, layer.groups, bias=layer.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight_mode.static * lam_s)
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias_mode.static * lam_s)
+    return conv.to(layer.weight.device)
+
+
+def _read_record(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON ({str(exc).splitlines()[0]})") from None
+    ok = (isinstance(record, dict) and record.get("format") == FORMAT and record.get("form") in FORMS
+          and isinstance(record.get("config"), dict) and isinstance(record.get("converted"), list)
+          and all(isinstance(n, str) for n in record["converted"]) and isinstance(record.get("base"), dict)
+          and all(isinstance(v, str) for v in record["base"].values()) and isinstance(record.get("deploy"), dict))
+    if not ok:
+        raise CheckpointError(f"{path} is not a padnet adapter record ({FORMAT})")
+    return record
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
+
+
+def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) -> PadModel:
+    """Make ``model`` dynamic or partially dynamic as ``config`` describes (in place) and wrap it.
+
+    Args:
+        model: any ``nn.Module`` with ``nn.Conv2d`` layers (convolution methods), or a transformer encoder
+            whose FFN blocks ``padnet.moe_convert.find_ffns`` recognises (BERT family; MoE methods).
+        config: a :class:`PadConfig`; or give its fields as keyword ``options`` (``method="pad", kappa=0.3``).
+
+    Returns a :class:`PadModel`. Converting a pretrained model starts every kernel / expert and the static
+    parameters from its weights, so the converted model computes what it did (softmax routing; MoE with the
+    zero-initialised router); mode partition then needs a warm-up of training first (``partition_at``).
+
+    Raises:
+        ConfigError: a bad config, a module that cannot be converted (named, with the ``exclude_modules``
+            remedy), or nothing to convert. The model is unchanged after any error.
+    """
+    if isinstance(model, PadModel):
+        raise ConfigError("the model is already a PadModel")
+    if config is None:
+        config = PadConfig(**options)
+    elif options:
+        config = PadConfig.from_dict({**config.to_dict(), **options},
+                                     config.partition if callable(config.partition) else None)
+    if not isinstance(config, PadConfig):
+        raise ConfigError(f"config must be a PadConfig, got {type(config).__name__}")
+    converted = _convert(model, config)
+    fingerprints = {k: _fingerprint(v) for k, v in model.state_dict().items() if not _under(k, converted)}
+    return PadModel(model, config, converted, fingerprints)
