@@ -23,8 +23,8 @@ from .layers import (
     autotune,
     set_temperature,
 )
-from .metrics import count_flops, count_parameters
 from .methods import PadTraining
+from .metrics import count_flops, count_parameters
 from .models import create_model
 from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
@@ -32,7 +32,28 @@ from .partitioning import PartitionReport, partition
 __version__ = "0.1.0"
 
 __all__ = [
-    "DCDConv2d", "DeployedConv2d", "DynamicConv2d", "ODConv2d", "PADConv2d", "PADDCDConv2d", "PADODConv2d",
-    "PadConfig", "PadModel", "PadTraining", "PartitionReport", "get_pad_model", "autotune", "convert", "count_flops", "count_parameters", "create_model", "deploy",
-    "export_onnx", "export_torchscript", "load_deployed", "partition", "save_deployed", "set_temperature",
+    "DCDConv2d",
+    "DeployedConv2d",
+    "DynamicConv2d",
+    "ODConv2d",
+    "PADConv2d",
+    "PADDCDConv2d",
+    "PADODConv2d",
+    "PadConfig",
+    "PadModel",
+    "PadTraining",
+    "PartitionReport",
+    "autotune",
+    "convert",
+    "count_flops",
+    "count_parameters",
+    "create_model",
+    "deploy",
+    "export_onnx",
+    "export_torchscript",
+    "get_pad_model",
+    "load_deployed",
+    "partition",
+    "save_deployed",
+    "set_temperature",
 ]

@@ -14,7 +14,7 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -27,9 +27,11 @@ from . import deploy as deployment
 from .convert import convert, find_convs
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_path, write_json
+from .layers.conv_base import DynamicConvBase
 from .layers.dynamic_conv import PADConv2d
 from .layers.modes import PartialMode, ScaleFactors
 from .layers.moe import MoEFeedForward
+from .layers.registry import resolve_conv
 from .layers.sdconv import SparseDynamicConv2d, sparse_layers
 from .methods import PadTraining, load_balancing_loss
 from .metrics.counting import count_flops, count_parameters
@@ -66,6 +68,14 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
     import fnmatch
 
     if config.family == "conv":
+        layer_type = resolve_conv(config.method)[0]
+        built = [n for n, m in model.named_modules() if isinstance(m, DynamicConvBase)]
+        if built and config.target_modules == "auto":  # e.g. create_model(..., conv="pad"): already converted
+            wrong = [n for n in built if type(model.get_submodule(n)) is not layer_type]
+            if wrong:
+                raise ConfigError(f"{wrong[0]} is a {type(model.get_submodule(wrong[0])).__name__}, not a layer of "
+                                  f"method {config.method!r}")
+            return built
         found = find_convs(model, skip_first=True, targets=_targets(config), exclude=config.exclude_modules)
         if not found:
             raise ConfigError(f"{type(model).__name__} has no nn.Conv2d that target_modules selects")
@@ -136,7 +146,7 @@ class PadModel(nn.Module):
             loss_fn: loss of (outputs, targets) (default cross-entropy).
             batch_loss: ``batch_loss(model, batch) -> loss`` for other batches; replaces ``loss_fn``.
             **overrides: ``kappa``, ``partition`` (method or score function), ``partition_scope``,
-                ``partition_iterations``, ``partition_batches`` for this call only.
+                ``partition_iterations``, ``partition_batches``, ``check_scores`` for this call only.
 
         Returns the :class:`~padnet.partitioning.PartitionReport`. Raises ConfigError for a method without
         masks, bad overrides, missing data, or scores without signal (``check_scores``; see
@@ -144,7 +154,8 @@ class PadModel(nn.Module):
         """
         if not self.pad_config.partial:
             raise ConfigError(f"method {self.pad_config.method!r} has no masks to partition")
-        allowed = {"kappa", "partition", "partition_scope", "partition_iterations", "partition_batches"}
+        allowed = {"kappa", "partition", "partition_scope", "partition_iterations", "partition_batches",
+                   "check_scores"}
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise ConfigError(f"partition got unexpected options: {', '.join(unknown)}")
@@ -153,7 +164,7 @@ class PadModel(nn.Module):
                                   if callable(overrides.get("partition", self.pad_config.partition)) else None)
         if batch_loss is None and loss_fn is None and data is not None:
             data = list(data) if not isinstance(data, (list, tuple)) else data
-            if data and isinstance(data[0], dict):
+            if data and isinstance(data[0], Mapping):
                 batch_loss = _keyword_loss
         return partition(self.base_model, cfg.value("kappa"), cfg.partition, data, loss_fn or F.cross_entropy,
                          cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope,

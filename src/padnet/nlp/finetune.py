@@ -30,8 +30,8 @@ from ..engine.checkpoint import (
 from ..errors import ConfigError, NonFiniteLossError
 from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
-from ..partitioning import partition
 from ..moe_convert import auxiliary_loss, convert_moe, moe_layers
+from ..partitioning import partition
 from .text import TASKS, encode, load_task, loader
 
 VARIANTS = FinetuneConfig.VARIANTS

@@ -142,8 +142,8 @@ def partition(
             that are multiples of 16 (docs/speed.md). Other masks stay exact.
         batch_loss: ``batch_loss(model, batch)`` → loss, for batches that are not (inputs, targets) pairs
             (e.g. keyword dicts for a Hugging Face model); replaces ``loss_fn``.
-        check_scores: refuse IMP / MP scores without signal (:func:`check_signal`), as right after converting a
-            pretrained model, when every dynamic factor still equals the static parameters.
+        check_scores: refuse IMP / MP when its scores would be rounding noise (:func:`check_separation`), as right
+            after converting a pretrained model, when every dynamic factor still equals the static parameters.
 
     Returns:
         A :class:`PartitionReport`. Raises ConfigError for a bad κ, method, scope, a model without
@@ -166,6 +166,8 @@ def partition(
     if iterations < 1 or num_batches < 1:
         raise ConfigError(f"iterations and num_batches must be >= 1, got {iterations} and {num_batches}")
 
+    if method in ("imp", "mp") and check_scores:
+        check_separation(tensors)
     if reset:
         with torch.no_grad():
             for _, mode, _ in tensors:
@@ -181,16 +183,9 @@ def partition(
     if method in ("imp", "mp") and not batches:
         raise ConfigError("mode partition needs at least one batch of training data")
     generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []  # the losses of the first scoring pass, for the signal check
-    if batch_loss is not None:
-        batch_loss = _recording(batch_loss, losses)
-    else:
-        loss_fn = _recording(loss_fn, losses)
-    for e, fraction in enumerate(schedule):
+    for fraction in schedule:
         if method in ("imp", "mp"):
             scores = snip_scores(model, tensors, batches, loss_fn, num_batches, batch_loss)
-            if e == 0 and check_scores:
-                check_signal(scores, losses)
         elif method == "custom":
             scores = custom_scores(custom, tensors)
         elif method == "magnitude":
@@ -201,41 +196,37 @@ def partition(
     return make_report(model, method, kappa, scope, steps, schedule)
 
 
-SIGNAL_FLOOR = 1e-4  # Σ scores / Σ losses below this: no signal (measured in docs/results.md)
+SEPARATION_FLOOR = 1e-6  # relative distance of the dynamic factors from Θ̄ below which scores are noise
 
 
-def _recording(fn: Callable, losses: list[float]) -> Callable:
-    """``fn`` that also appends each loss it returns to ``losses``."""
+def check_separation(tensors, floor: float = SEPARATION_FLOOR) -> float:
+    """Refuse a partition whose scores could only rank float rounding; returns the relative separation.
 
-    def wrapped(*args):
-        loss = fn(*args)
-        losses.append(abs(float(loss.detach())))
-        return loss
+    The IMP score of an element is |∂L/∂M| = |g · (λd·Σᵢ πᵢ Θᵢ − λs·Θ̄)| (PAD-Net eq. 4 and 7): when every
+    dynamic factor Θᵢ equals the static parameter Θ̄ the bracket is zero up to rounding, and so is every score.
+    That is the state right after converting a pretrained model (each kernel and Θ̄ copied from one weight).
+    The separation Σᵢ‖Θᵢ − Θ̄‖₁ / (k‖Θ̄‖₁) over the masked tensors with static semantics is exactly 0 then and
+    about the learning rate after one training step. Tensors without static parameters (pruning semantics)
+    or whose factors are not shaped like Θ̄ are not checked.
 
-    return wrapped
-
-
-def check_signal(scores: list[torch.Tensor], losses: list[float], floor: float = SIGNAL_FLOOR) -> float:
-    """Refuse mode-partition scores that carry no signal; returns the relative score mass.
-
-    The sum of the scores |∂L/∂M| bounds, to first order, how much the loss would change if every element
-    became static. When it is below ``floor`` times the summed loss of the scored batches, the dynamic factors
-    and the static parameters are (nearly) the same values, so the ranking follows float rounding; this is
-    the state right after converting a pretrained model (every kernel and Θ̄ copied from one weight). More than
-    half of the scores exactly zero is refused too (a ranking of ties).
-
-    Raises ConfigError with the remedy (train before partitioning) in either case.
+    Raises ConfigError naming the remedy (train before partitioning) when the separation is below ``floor``.
     """
-    total = sum(float(s.sum()) for s in scores)
-    ratio = total / max(sum(losses), 1e-30)
-    zeros = sum(int((s == 0).sum()) for s in scores) / max(1, sum(s.numel() for s in scores))
-    if ratio < floor or zeros > 0.5:
-        found = f"score mass {ratio:.1e} of the loss (floor {floor:g})" if ratio < floor else \
-            f"{zeros:.0%} of the scores exactly zero"
-        raise ConfigError(f"mode partition scores carry no signal ({found}): the dynamic factors still equal the "
-                          "static parameters, as right after converting a pretrained model; train first "
-                          "(PadConfig partition_at='steps' with partition_after=N) or pass check_scores=False")
-    return ratio
+    distance = size = 0.0
+    for _, mode, factors in tensors:
+        static = getattr(mode, "static", None)
+        if static is None or getattr(mode, "semantics", "zero") != "static" or factors.shape[1:] != static.shape:
+            continue
+        distance += float((factors.detach() - static.detach()).abs().sum())
+        size += float(static.detach().abs().sum()) * factors.shape[0]
+    if size == 0:
+        return float("inf")
+    separation = distance / size
+    if separation < floor:
+        raise ConfigError(f"mode partition scores would carry no signal: the dynamic factors equal the static "
+                          f"parameters (relative separation {separation:.1e}, floor {floor:g}), as right after "
+                          "converting a pretrained model; train first (PadConfig partition_at='steps' with "
+                          "partition_after=N) or pass check_scores=False")
+    return separation
 
 
 def custom_scores(fn: Callable, tensors) -> list[torch.Tensor]:
