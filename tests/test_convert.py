@@ -149,10 +149,10 @@ def test_convert_nothing_to_convert_raises():
         convert(_user_net(), "dy", exclude=("*",))
 
 
-def test_convert_reflect_padding_raises():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
-    with pytest.raises(ConfigError):
-        convert(net, "pad")
+def test_from_conv_alone_refuses_reflect_padding_and_points_to_convert():
+    conv = nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ConfigError, match="padnet.convert supports every mode"):
+        PADConv2d.from_conv(conv)
 
 
 # ------------------------------------------------------------------------------------ create_model

@@ -235,7 +235,7 @@ def _partitioned(mode, granularity, kappa=0.5, seed=0):
     _perturb(layer, seed=seed + 1)
     torch.manual_seed(seed)
     x, y = torch.randn(64, H), torch.randn(64, H)
-    partition(layer, kappa, "mp", [(x, y)], loss_fn=nn.functional.mse_loss, num_batches=1)
+    partition(layer, kappa, "mp", [(x, y)], loss_fn=nn.functional.mse_loss, num_batches=1, check_scores=False)
     return layer.eval()
 
 
@@ -261,7 +261,8 @@ def test_moe_p_zeroes_the_pruned_elements_of_every_expert():
 def test_partition_keeps_exactly_kappa_dynamic_with_one_mask_shared_by_the_experts():
     model = convert_moe(_bert(), mode="pad")
     batches = [{"input_ids": IDS, "labels": torch.tensor([0, 1, 1])}] * 2
-    report = partition(model, 0.3, "imp", batches, num_batches=2, iterations=2, batch_loss=task_loss)
+    report = partition(model, 0.3, "imp", batches, num_batches=2, iterations=2, batch_loss=task_loss,
+                       check_scores=False)  # right after upcycling: every expert equals the static part
     assert report.dynamic == round(0.3 * report.total)
     assert len(report.layers) == 4  # neuron rows and output biases of 2 layers
     for _, layer in moe_layers(model):

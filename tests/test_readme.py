@@ -19,16 +19,16 @@ def test_readme_opens_with_the_two_commands():
 
 
 def test_python_example_runs(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the example writes model.safetensors and model.onnx
+    monkeypatch.chdir(tmp_path)  # the example writes pad-resnet18/
     code = re.search(r"```python\n(.*?)```", README, re.DOTALL).group(1)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
-    model, report = namespace["model"], namespace["report"]
-    assert report.dynamic == round(0.3 * report.total)
-    out = capsys.readouterr().out
-    assert "dynamic ratio 0.3000" in out
-    assert model.fc.out_features == 10
-    deployed, same, x = namespace["deployed"], namespace["same"], namespace["x"]
+    pad, deployed, x = namespace["pad"], namespace["deployed"], namespace["x"]
+    report = pad.training_state.report
+    assert report.dynamic == round(0.3 * report.total) and pad.training_state.step == 10
+    assert "compact parameters" in capsys.readouterr().out
+    pad.eval()
     with torch.no_grad():
-        torch.testing.assert_close(same(x), deployed(x), rtol=0, atol=0)
-    assert (tmp_path / "model.onnx").is_file()
+        torch.testing.assert_close(deployed(x), pad(x), rtol=1e-4, atol=1e-4)
+    assert (tmp_path / "pad-resnet18" / "padnet_config.json").is_file()
+
