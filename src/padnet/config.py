@@ -226,6 +226,21 @@ class FinetuneConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def pad_config(self):
+        """The :class:`~padnet.pad_config.PadConfig` of this run's variant (None for the dense model). PAD-MoE
+        and MoE-P partition at the start of the second epoch (PAD-Net appendix A)."""
+        from .pad_config import PadConfig
+
+        if self.variant == "dense":
+            return None
+        partial = self.variant in ("pad", "prune")
+        method = {"moe": "moe", "pad": "pad-moe", "prune": "moe-p"}[self.variant]
+        return PadConfig(method=method, num_experts=self.num_experts, top_k=self.top_k,
+                         aux_loss_weight=self.aux_loss_weight, kappa=self.kappa if partial else None,
+                         granularity=self.granularity if partial else None, partition=self.partition,
+                         partition_iterations=self.partition_iterations, partition_batches=self.partition_batches,
+                         partition_at="epochs" if partial else None, partition_after=1 if partial else None)
+
 
 OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction")
 

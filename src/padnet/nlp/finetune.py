@@ -4,9 +4,10 @@ The recipe follows PAD-Net appendix A and the Hugging Face ``Trainer`` conventio
 β = (0.9, 0.98) and weight decay 0.1 (not on 1-D parameters and output biases), linear warm-up over the first
 10 % of the steps then linear decay (``transformers.get_linear_schedule_with_warmup``), sequences cut at
 128 tokens, batches padded to their longest example and grouped by length, and ``accelerate`` placing the
-model and data on the available device. MoE layers add their load-balancing losses to the task loss.
-PAD-MoE and MoE-P are partitioned at the start of the second epoch, once the upcycled experts differ
-(appendix A), from ``partition_batches`` training batches.
+model and data on the available device. The variant's training-time work goes through
+:class:`padnet.methods.PadTraining` (``FinetuneConfig.pad_config()``): MoE layers add their load-balancing losses
+to the task loss; PAD-MoE and MoE-P are partitioned at the start of the second epoch, once the upcycled experts
+differ (appendix A), from ``partition_batches`` training batches.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..engine.checkpoint import (
     save_epoch_checkpoint,
 )
 from ..errors import ConfigError, NonFiniteLossError
+from ..methods import PadTraining
 from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
 from ..moe_convert import auxiliary_loss, convert_moe, moe_layers
@@ -193,18 +195,25 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     bar = _progress(cfg, steps, accelerator.is_main_process)
     bar.update(state["epoch"] * len(train_loader))
     step = state["epoch"] * len(train_loader)
+
+    def run_partition():
+        report = partition(raw_model, cfg.kappa, cfg.partition, iter(train_loader), num_batches=cfg.partition_batches,
+                           iterations=cfg.partition_iterations, seed=cfg.seed, batch_loss=task_loss)
+        state["partition"] = report.to_dict()
+        if accelerator.is_main_process:
+            (bar.write if cfg.progress else log)(f"  {report.summary()}")  # keeps the progress bar intact
+        return report
+
+    # the variant's training-time work: load-balancing loss, partition at the start of epoch 2
+    hooks = PadTraining(raw_model, cfg.pad_config(), len(train_loader), steps, run_partition, step,
+                        partitioned=state["partition"] is not None)
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
-        if epoch == 1 and cfg.variant in ("pad", "prune"):
-            report = partition(accelerator.unwrap_model(model), cfg.kappa, cfg.partition, iter(train_loader),
-                               num_batches=cfg.partition_batches, iterations=cfg.partition_iterations,
-                               seed=cfg.seed, batch_loss=task_loss)
-            state["partition"] = report.to_dict()
-            if accelerator.is_main_process:
-                (bar.write if cfg.progress else log)(f"  {report.summary()}")  # keeps the progress bar intact
+        hooks.maybe_partition()  # before this epoch's batches are drawn
         model.train()
         for batch in train_loader:
-            loss = task_loss(model, batch)
+            hooks.before_step()
+            loss = model(**batch).loss + hooks.extra_loss()
             step += 1
             total = accelerator.reduce(loss.detach(), "sum") if processes > 1 else loss  # every process must stop
             if not torch.isfinite(total):
@@ -213,6 +222,7 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            hooks.after_step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         state.update(epoch=epoch + 1, elapsed=state["elapsed"] + time.perf_counter() - start)
