@@ -25,7 +25,7 @@ from .layers import (
 )
 from .methods import PadTraining
 from .metrics import count_flops, count_parameters
-from .models import create_model
+from .models import create_model, list_models
 from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
 
@@ -51,7 +51,7 @@ __all__ = [
     "deploy",
     "export_onnx",
     "export_torchscript",
-    "get_pad_model",
+    "get_pad_model", "list_models",
     "load_deployed",
     "partition",
     "save_deployed",

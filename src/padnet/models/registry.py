@@ -1,18 +1,27 @@
-"""``create_model`` by name, in the spirit of ``timm.create_model``."""
+"""``create_model`` and ``list_models`` by name, in the spirit of timm."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 from torch import nn
 
+from ..convert import convert
 from ..errors import ConfigError, check_choice
-from ..layers.registry import conv_factory
+from ..layers.registry import conv_factory, resolve_conv
 from .mobilenetv2 import MobileNetV2
+from .pretrained import load_pretrained
 from .resnet import DEPTHS, ResNet
 
 MODELS = (*(f"resnet{d}" for d in DEPTHS), "mobilenetv2")
 STEMS = ("imagenet", "small")
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Model names ``create_model`` builds, filtered by a glob ``pattern`` (e.g. ``"resnet*"``)."""
+    return sorted((m for m in MODELS if fnmatch.fnmatch(m, pattern)), key=lambda m: (m.rstrip("0123456789"),
+                                                                                     len(m), m))
 
 
 def create_model(
@@ -22,6 +31,7 @@ def create_model(
     in_chans: int = 3,
     width: float = 1.0,
     stem: str = "imagenet",
+    pretrained=None,
     **conv_options,
 ) -> nn.Module:
     """Build a model whose convolutions (all but the stem) are of type ``conv``.
@@ -33,16 +43,30 @@ def create_model(
         num_classes, in_chans: classifier outputs and input channels.
         width: width multiplier (> 0): ResNet stage widths, MobileNetV2 ×0.5 / ×0.75 / ×1.0.
         stem: ``"imagenet"`` (224×224 inputs) or ``"small"`` (28×28 / 32×32).
+        pretrained: a state dict, or a ``.safetensors`` / tensors-only ``torch.save`` file, in padnet's,
+            torchvision's or timm's key layout (:mod:`padnet.models.pretrained`), mapped by name. The static model
+            is loaded, then its convolutions (all but the stem) become ``conv`` layers that start from the
+            pretrained kernels (``padnet.convert``); a classifier for another number of classes stays fresh.
         **conv_options: options of the dynamic layers (``num_kernels``, ``reduction``, ``temperature``,
             ``granularity``, ``scale_mode``).
 
     Raises:
-        ConfigError: unknown model, conv type or stem; non-positive width.
+        ConfigError: unknown model, conv type or stem; non-positive width; pretrained weights whose first
+            misfitting key is named.
+        CheckpointError: unreadable pretrained weights.
     """
     check_choice("model", name.lower(), MODELS)
     check_choice("stem", stem, STEMS)
     if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
         raise ConfigError(f"width multiplier must be > 0, got {width}")
+    if pretrained is not None:
+        model = create_model(name, "static", num_classes, in_chans, width, stem)
+        load_pretrained(model, pretrained, name)
+        if resolve_conv(conv)[0] is not nn.Conv2d:
+            convert(model, conv, **conv_options)
+        model.padnet_config = {"name": name, "conv": conv, "num_classes": num_classes, "in_chans": in_chans,
+                               "width": width, "stem": stem, **conv_options}
+        return model
     factory = conv_factory(conv, **conv_options)
     if name.lower() == "mobilenetv2":
         model = MobileNetV2(factory, num_classes, in_chans, width, stem)
