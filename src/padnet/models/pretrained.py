@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -47,7 +46,7 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
                 state = load_file(str(path))
             else:
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the weights-only unpickler raises UnpicklingError, EOFError, ...
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{path} is not a readable state dict ({reason})") from None
         if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
@@ -67,7 +66,7 @@ def detect_layout(keys) -> str:
         return "timm"
     if "conv1.weight" in keys or "features.0.0.weight" in keys:
         return "torchvision"
-    first = sorted(keys)[0] if keys else "(none)"
+    first = min(keys) if keys else "(none)"
     raise ConfigError(f"unrecognised pretrained key layout (first key {first!r}); expected padnet, torchvision or "
                       "timm names for ResNet or MobileNetV2")
 
