@@ -113,17 +113,21 @@ def test_unwritable_out_is_one_line(capsys, tmp_path):
     assert_one_line_error(code, err, str(blocker))
 
 
-def test_train_subset_needs_in_memory_data(capsys, tmp_path):
+def test_train_subset_and_image_options_for_image_folders(capsys, tmp_path):
     from PIL import Image
 
     for split in ("train", "val"):
         for cls in ("a", "b"):
             folder = tmp_path / "imgs" / split / cls
             folder.mkdir(parents=True)
-            Image.new("RGB", (8, 8)).save(folder / "0.png")
-    code, _, err = run_cli(capsys, "train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "imgs"),
-                           "--train-subset", "1", "--out", str(tmp_path / "run"))
-    assert_one_line_error(code, err, "train_subset works only for in-memory datasets")
+            for i in range(3):
+                Image.new("RGB", (12, 10), (40 * i, 200 if cls == "a" else 20, 90)).save(folder / f"{i}.png")
+    code, out, err = run_cli(capsys, "train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "imgs"),
+                             "--train-subset", "4", "--image-size", "8", "--channels", "1", "--batch-size", "2",
+                             "--epochs", "1", "--width", "0.125", "--progress", "false", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--image-size", "8", "--out", str(tmp_path / "run2"))
+    assert_one_line_error(code, err, "image_size applies to datasets imagefolder, arrays, not 'fashion-mnist'")
 
 
 def test_conv_names_are_canonical(capsys, tmp_path):

@@ -507,3 +507,25 @@ def test_image_folder(tmp_path):
         load_dataset("imagefolder", root=tmp_path / "empty")
     with pytest.raises(DataError, match="not found"):
         load_dataset("imagefolder", root=tmp_path / "nowhere")
+
+
+def test_image_folder_options_size_channels_normalisation_and_subset(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(("a", "b")):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (20, 16), (100 + 50 * k, 20 * i, 10)).save(tmp_path / split / cls / f"{i}.png")
+    train, val = load_dataset("imagefolder", root=tmp_path, image_size=12, channels=1)  # auto: the data's statistics
+    x, _ = train.with_augment(False)[0]
+    assert x.shape == (1, 12, 12) and train.input_shape == (1, 12, 12) and val.mean == train.mean
+    grey = (0.299 * 100 + 0.587 * 0 + 0.114 * 10) / 255  # ITU-R 601-2 luma of the first image
+    torch.testing.assert_close(x, torch.full_like(x, (grey - train.mean[0]) / train.std[0]), atol=1e-2, rtol=0)
+    raw, _ = load_dataset("imagefolder", root=tmp_path, image_size=12, normalization="none")
+    assert raw.mean == (0.0, 0.0, 0.0) and 0 <= float(raw.with_augment(False)[0][0].min())
+    assert len(train.subset(3, seed=0)) == 3 and len(train) == 8
+    with pytest.raises(ConfigError, match="ImageNet normalisation needs 3 channels"):
+        load_dataset("imagefolder", root=tmp_path, channels=1, normalization="imagenet")
+    with pytest.raises(ConfigError, match="dataset 'digits' takes no image_size option"):
+        load_dataset("digits", image_size=12)

@@ -232,7 +232,7 @@ def cmd_partition(args) -> int:
     from .layers.registry import is_partial
 
     cfg = _resolve_config(args)
-    train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+    train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download, **cfg.data_options())
     torch.manual_seed(cfg.seed)
     conv = cfg.conv if is_partial(cfg.conv) else "pad"  # a PAD-Net form to partition (default: over DY-Conv)
     model = build_model(dataclasses.replace(cfg, conv=conv), train.num_classes, train.input_shape[0])
@@ -249,16 +249,16 @@ def cmd_evaluate(args) -> int:
     from .data import make_loader
     from .engine.trainer import evaluate
 
-    model, cfg, test = _load_run_model(args.checkpoint, args.data_root)
+    model, cfg, test = _load_run_model(args.checkpoint, args.data_root, args.dataset)
     print(f"top-1 {evaluate(model, make_loader(test, 512, train=False)):.2f} % on {cfg.dataset} test")
     return 0
 
 
-def _load_run_model(checkpoint: Path, data_root: str | None):
-    """The trained model of a run checkpoint, its configuration and its test split."""
+def _load_run_model(checkpoint: Path, data_root: str | None, dataset: str | None = None):
+    """The trained model of a run checkpoint, its configuration and its test split (of ``dataset`` when named)."""
     from .engine.trainer import load_run
 
-    return load_run(checkpoint, data_root=data_root)
+    return load_run(checkpoint, data_root=data_root, dataset=dataset)
 
 
 def cmd_deploy(args) -> int:
@@ -268,7 +268,7 @@ def cmd_deploy(args) -> int:
     from .deploy import deploy, load_deployed, save_deployed
     from .export import export_onnx, export_torchscript
 
-    model, _, test = _load_run_model(args.checkpoint, args.data_root)
+    model, _, test = _load_run_model(args.checkpoint, args.data_root, args.dataset)
     model.eval()
     deployed = deploy(model)
     out = Path(args.out)
@@ -403,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="top-1 of a saved model on its dataset's test split")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--data-root")
+    p.add_argument("--dataset", help="evaluate on this data set instead of the one the run recorded")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("deploy", help="fold a trained run's model into its compact inference form and save it",
@@ -414,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="also write OUT/model.onnx (dynamic batch)")
     p.add_argument("--torchscript", action="store_true", help="also write OUT/model.pt (traced, dynamic batch)")
     p.add_argument("--data-root")
+    p.add_argument("--dataset", help="check against this data set instead of the one the run recorded")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("bench", help="speed, memory and file-size ratios of dynamic vs static layers",

@@ -74,7 +74,7 @@ def run_compare(out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "
             for conv in convs for seed in seeds]  # every conv's options checked before anything trains
     for _, _, cfg, run_dir in plan:  # refuse to mix in runs made with another recipe, before training anything
         check_reusable(run_dir, cfg)
-    data = load_dataset(base.dataset, base.data_root, base.download)
+    data = load_dataset(base.dataset, base.data_root, base.download, **base.data_options())
     start = time.perf_counter()
     records = []
     for conv in convs:

@@ -42,6 +42,9 @@ class TrainConfig:
     download: bool = False
     train_subset: int | None = None
     augment: bool = True
+    image_size: int | None = None  # imagefolder: crop side (default 224); arrays: side of flat (N, H*W) images
+    channels: int | None = None  # imagefolder: 3 (RGB, default) or 1 (grey levels)
+    normalization: str = "auto"  # imagefolder: auto (ImageNet for 3 channels, the data's for 1), imagenet, data, none
     # optimisation (PAD-Net appendix A: SGD 0.9, warm-up + cosine)
     epochs: int = 3
     batch_size: int = 128
@@ -78,6 +81,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check ranges and names that can be checked without building anything; returns self."""
         from .data import DATASETS
+        from .data.registry import NORMALIZATIONS
         from .distributed import DEVICES
         from .layers.modes import GRANULARITIES, SCALE_MODES, SEMANTICS
         from .layers.registry import accepted_options, canonical_conv, is_partial, layer_options
@@ -115,6 +119,16 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= {1 if name == 'num_kernels' else 0}, got {value}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
+        if self.image_size is not None and not 1 <= self.image_size <= 4096:
+            raise ConfigError(f"image_size must be in [1, 4096], got {self.image_size}")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
+        takes = {"imagefolder": ("image_size", "channels", "normalization"), "arrays": ("image_size",)}
+        for name in ("image_size", "channels", "normalization"):
+            if getattr(self, name) not in (None, "auto") and name not in takes.get(self.dataset, ()):
+                raise ConfigError(f"{name} applies to datasets {', '.join(k for k, v in takes.items() if name in v)}, "
+                                  f"not {self.dataset!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.keep_checkpoints < 1:
@@ -139,6 +153,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def data_options(self) -> dict[str, Any]:
+        """The image options ``padnet.data.load_dataset`` takes (image size, channels, normalisation)."""
+        return {"image_size": self.image_size, "channels": self.channels, "normalization": self.normalization}
 
     def pad_config(self):
         """The :class:`~padnet.pad_config.PadConfig` of this run's method (None for a static model)."""
@@ -242,7 +260,7 @@ class FinetuneConfig:
                          partition_at="epochs" if partial else None, partition_after=1 if partial else None)
 
 
-OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction")
+OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction", "image_size", "channels")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

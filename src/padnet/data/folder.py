@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from padnet.data.images import channel_stats
 from padnet.data.transforms import center_crop, normalize, random_resized_crop, resize_shorter
-from padnet.errors import DataError
+from padnet.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,8 +22,9 @@ EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm",
 class ImageFolder(Dataset):
     """Images in ``folder/<class name>/`` files, classes indexed in sorted-name order.
 
-    Item ``i`` is ``(x, y)``: x float32 (3, size, size) normalised with :data:`IMAGENET_MEAN` /
-    :data:`IMAGENET_STD`; y an int label. With ``augment`` the image goes through a random
+    Item ``i`` is ``(x, y)``: x float32 (channels, size, size) normalised with :data:`IMAGENET_MEAN` /
+    :data:`IMAGENET_STD` (``normalization="imagenet"``, 3 channels), with per-channel statistics of up to 256
+    training images (``"data"``) or not at all (``"none"``, values in [0, 1]); y an int label. With ``augment`` the image goes through a random
     resized crop (area 8-100 %, aspect 3/4-4/3) to ``size`` and a left-right flip with probability
     0.5, using torch's global generator (which a seeded ``DataLoader`` seeds per worker); without,
     its shorter side is resized to ``resize_to`` and the centre ``size`` x ``size`` is kept.
@@ -38,10 +40,13 @@ class ImageFolder(Dataset):
         resize_to: shorter side before the centre crop in evaluation (256).
         classes: class names to use (e.g. the train split's for the val split); default: the
             sorted sub-folder names.
+        channels: 3 (RGB) or 1 (grey levels).
+        normalization: ``"imagenet"`` (3 channels only), ``"data"`` or ``"none"``; or explicit ``(mean, std)``.
 
     Raises:
         DataError: if the folder is missing, has no class folders or no images, or has a class
             folder not in ``classes``.
+        ConfigError: a size < 1, channels other than 1 or 3, ImageNet statistics for 1 channel.
     """
 
     def __init__(
@@ -51,7 +56,15 @@ class ImageFolder(Dataset):
         size: int = 224,
         resize_to: int = 256,
         classes: list[str] | None = None,
+        channels: int = 3,
+        normalization="imagenet",
     ) -> None:
+        if not (isinstance(size, int) and size >= 1 and isinstance(resize_to, int) and resize_to >= size):
+            raise ConfigError(f"image size must be an integer >= 1 (resize {resize_to} >= size), got {size}")
+        if channels not in (1, 3):
+            raise ConfigError(f"image channels must be 1 or 3, got {channels!r}")
+        if normalization == "imagenet" and channels != 3:
+            raise ConfigError("ImageNet normalisation needs 3 channels; use normalization 'data' or 'none'")
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError(f"image folder not found: {self.folder}")
@@ -76,8 +89,42 @@ class ImageFolder(Dataset):
         self.augment = augment
         self.size = size
         self.resize_to = resize_to
-        self.mean = IMAGENET_MEAN
-        self.std = IMAGENET_STD
+        self.channels = channels
+        if isinstance(normalization, tuple):
+            self.mean, self.std = normalization
+        elif normalization == "imagenet":
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        elif normalization == "none":
+            self.mean, self.std = (0.0,) * channels, (1.0,) * channels
+        elif normalization == "data":
+            self.mean, self.std = self._statistics()
+        else:
+            raise ConfigError(f"unknown normalization {normalization!r}; choose from imagenet, data, none")
+
+    def _statistics(self, count: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std (in [0, 1] units) of up to ``count`` images, centre-cropped, evenly spaced."""
+        step = max(1, len(self.samples) // count)
+        images = torch.stack([center_crop(resize_shorter(self._load(self.samples[i][0]), self.resize_to), self.size)
+                              for i in range(0, len(self.samples), step)[:count]]).round().clamp(0, 255).to(torch.uint8)
+        mean, std = channel_stats(images)
+        return mean, tuple(s if s > 0 else 1.0 for s in std)
+
+    def _load(self, path: Path) -> torch.Tensor:
+        img = _load_rgb(path)
+        if self.channels == 1:  # ITU-R 601-2 luma, as PIL's "L" mode
+            img = (img.float() * torch.tensor([0.299, 0.587, 0.114]).reshape(3, 1, 1)).sum(0, keepdim=True)
+            img = img.round().clamp(0, 255).to(torch.uint8)
+        return img
+
+    def subset(self, n: int, seed: int) -> ImageFolder:
+        """A deterministic random subset of ``n`` images (all when ``n`` >= the size), sharing the statistics."""
+        if n < 1:
+            raise ConfigError(f"subset size must be >= 1, got {n}")
+        clone = copy.copy(self)
+        if n < len(self.samples):
+            keep = torch.randperm(len(self.samples), generator=torch.Generator().manual_seed(int(seed)))[:n]
+            clone.samples = [self.samples[i] for i in sorted(keep.tolist())]
+        return clone
 
     @property
     def num_classes(self) -> int:
@@ -86,8 +133,8 @@ class ImageFolder(Dataset):
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """Shape (3, size, size) of one item's image."""
-        return (3, self.size, self.size)
+        """Shape (channels, size, size) of one item's image."""
+        return (self.channels, self.size, self.size)
 
     def with_augment(self, augment: bool) -> ImageFolder:
         """A shallow copy with augmentation switched on or off (the sample list is shared)."""
@@ -100,9 +147,9 @@ class ImageFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """Image ``i`` transformed and normalised, float32 (3, size, size), and its label."""
+        """Image ``i`` transformed and normalised, float32 (channels, size, size), and its label."""
         path, label = self.samples[i]
-        img = _load_rgb(path)
+        img = self._load(path)
         if self.augment:
             x = random_resized_crop(img, self.size)
             if torch.rand(()) < 0.5:

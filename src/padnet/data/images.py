@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -138,3 +139,20 @@ class ImageData:
             std=self.std,
             classes=None if self.classes is None else list(self.classes),
         )
+
+
+def data_fingerprint(data) -> str | None:
+    """A SHA-256 (16 hex digits) of a test split's content, to tell whether a run is evaluated on the data it
+    was tested on: the images and labels of :class:`ImageData`, the file paths and labels of a folder data set
+    (``samples``); None for other data sets."""
+    digest = hashlib.sha256()
+    if isinstance(data, ImageData):
+        digest.update(str(tuple(data.images.shape)).encode())
+        digest.update(data.images.contiguous().numpy().tobytes())
+        digest.update(data.labels.contiguous().numpy().tobytes())
+    elif isinstance(getattr(data, "samples", None), list):
+        for path, label in data.samples:
+            digest.update(f"{getattr(path, 'name', path)}:{label}\n".encode())
+    else:
+        return None
+    return digest.hexdigest()[:16]

@@ -15,8 +15,9 @@ from torch import nn
 
 from ..config import TrainConfig, dump_yaml
 from ..data import ImageData, load_dataset, make_loader
+from ..data.images import data_fingerprint
 from ..distributed import Context, data_parallel, global_batchnorm, init
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from ..fileio import write_json, write_text
 from ..layers.registry import canonical_conv, effective_option, layer_options
 from ..methods import PadTraining
@@ -67,14 +68,17 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
                         stem=cfg.stem, **options)
 
 
-def load_run(checkpoint: str | Path, data=None, data_root: str | None = None):
+def load_run(checkpoint: str | Path, data=None, data_root: str | None = None, dataset: str | None = None):
     """The trained model saved in a run checkpoint (``model.safetensors`` or ``checkpoint-*``), with the run's
     configuration and test split: ``(model, cfg, test)``.
 
-    ``data`` (train, test) skips reading the data set again; ``data_root`` overrides the saved one.
+    ``data`` (train, test) skips reading the data set again; ``data_root`` overrides the saved one. A run records
+    a fingerprint of its test split: when the data set named in its configuration gives another test split (the
+    run was trained on data given through the Python API), evaluating it needs ``dataset`` named explicitly.
 
     Raises:
         CheckpointError: unreadable file, one without a run configuration, or another architecture.
+        DataError: the recorded test split differs from the configured data set's, and no ``dataset`` was named.
     """
     from ..config import config_from_dict
 
@@ -85,7 +89,16 @@ def load_run(checkpoint: str | Path, data=None, data_root: str | None = None):
     cfg = config_from_dict(saved, TrainConfig(), str(checkpoint))
     if data_root:
         cfg = dataclasses.replace(cfg, data_root=data_root)
-    _, test = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, False)
+    if dataset is not None:
+        cfg = dataclasses.replace(cfg, dataset=dataset).validate()
+    _, test = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, False, **cfg.data_options())
+    recorded = meta["state"].get("data")
+    if data is None and dataset is None and recorded is not None:
+        if not (isinstance(recorded, dict) and isinstance(recorded.get("test"), (str, type(None)))):
+            raise CheckpointError(f"{checkpoint} has a malformed data record")
+        if recorded["test"] is not None and recorded["test"] != data_fingerprint(test):
+            raise DataError(f"{checkpoint} was tested on other data than the {cfg.dataset} test split (data given "
+                            "through the Python API?); name the data to evaluate on with --dataset (and --data-root)")
     model = build_model(cfg, test.num_classes, test.input_shape[0])
     load_model_state(model, tensors, checkpoint)
     return model, cfg, test
@@ -198,15 +211,16 @@ class Trainer:
         if data is None:  # process 0 reads (and downloads) first, so processes never write one file together
             if not self.ctx.main:
                 self.ctx.barrier()
-            data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+            data = load_dataset(cfg.dataset, cfg.data_root, cfg.download, **cfg.data_options())
             if self.ctx.main:
                 self.ctx.barrier()
         train, test = data
-        if cfg.train_subset and not isinstance(train, ImageData):
-            raise ConfigError(f"train_subset works only for in-memory datasets, not {cfg.dataset}")
+        if cfg.train_subset and not hasattr(train, "subset"):
+            raise ConfigError(f"train_subset does not apply to the {type(train).__name__} data given")
         if cfg.train_subset and cfg.train_subset < len(train):
             train = train.subset(cfg.train_subset, seed=cfg.seed)
         self.train_data, self.test_data = train, test
+        self.test_fingerprint = data_fingerprint(test)  # what `padnet evaluate` checks it is given again
         torch.manual_seed(cfg.seed)
         self.model = global_batchnorm(build_model(cfg, train.num_classes, train.input_shape[0]), self.ctx)
         self.model.to(self.ctx.device)
@@ -229,7 +243,8 @@ class Trainer:
     # ---------------------------------------------------------------- state
     def _state(self) -> dict:
         return {"config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step,
-                "partition": self.partition_report, "elapsed": self.elapsed}
+                "partition": self.partition_report, "elapsed": self.elapsed,
+                "data": {"dataset": self.cfg.dataset, "test": self.test_fingerprint}}
 
     def save(self) -> Path:
         if not self.ctx.main:

@@ -83,7 +83,8 @@ class Runs(RunCache):
     def data(self):
         """(train, test) of the recipe's data set, read once."""
         if self._data is None:
-            self._data = load_dataset(self.base.dataset, self.base.data_root, self.base.download)
+            self._data = load_dataset(self.base.dataset, self.base.data_root, self.base.download,
+                                      **self.base.data_options())
         return self._data
 
     def check(self, run_dir: Path, cfg: TrainConfig) -> None:
