@@ -37,8 +37,8 @@ def test_arrays_in_every_accepted_form_give_the_same_images():
 
 
 @pytest.mark.parametrize("images, labels, kwargs, message", [
-    (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], {}, "look channels-last (N, H, W, C); convert with "
-                                                            "x.transpose(0, 3, 1, 2)"),
+    (np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1], {}, ("look channels-last (N, H, W, C); convert with "
+                                                            "x.transpose(0, 3, 1, 2)")),
     (np.full((4, 8, 8), 7.0), [0, 1, 0, 1], {}, "float images must lie in [0, 1], found 7..7; divide 0-255"),
     (np.zeros((4, 64), np.uint8), [0, 1, 0, 1], {}, "flat images (4, 64) need an image size"),
     (np.zeros((4, 60), np.uint8), [0, 1, 0, 1], {"image_size": 8}, "do not fit image size 8x8"),

@@ -122,7 +122,7 @@ def test_train_subset_and_image_options_for_image_folders(capsys, tmp_path):
             folder.mkdir(parents=True)
             for i in range(3):
                 Image.new("RGB", (12, 10), (40 * i, 200 if cls == "a" else 20, 90)).save(folder / f"{i}.png")
-    code, out, err = run_cli(capsys, "train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "imgs"),
+    code, _out, err = run_cli(capsys, "train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "imgs"),
                              "--train-subset", "4", "--image-size", "8", "--channels", "1", "--batch-size", "2",
                              "--epochs", "1", "--width", "0.125", "--progress", "false", "--out", str(tmp_path / "run"))
     assert code == 0, err
