@@ -34,7 +34,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "tags":
+        if f.name in ("tags", "text_columns"):
             group.add_argument(flag, dest=f.name, nargs="*", default=argparse.SUPPRESS)
         else:
             group.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=argparse.SUPPRESS,

@@ -187,8 +187,10 @@ class FinetuneConfig:
     VARIANTS: ClassVar[tuple[str, ...]] = ("dense", "moe", "pad", "prune")
 
     model: str = "minilm"
-    task: str = "rotten_tomatoes"
+    task: str = "rotten_tomatoes"  # a GLUE task, rotten_tomatoes, or "text" (your files in data_root)
     data_root: str | None = None
+    text_columns: list[str] = field(default_factory=lambda: ["text"])  # task "text": one or two text columns
+    label_column: str = "label"  # task "text": the label column
     variant: str = "dense"
     num_experts: int = 8
     top_k: int = 2
@@ -211,10 +213,17 @@ class FinetuneConfig:
 
     def validate(self) -> FinetuneConfig:
         """Check names and ranges (ConfigError with a one-line message); returns self."""
-        from .nlp.text import TASKS
+        from .nlp.text import TASK_NAMES
         from .partitioning import METHODS, check_kappa
 
-        check_choice("task", self.task, TASKS)
+        check_choice("task", self.task, TASK_NAMES)
+        if self.task != "text" and (self.text_columns != ["text"] or self.label_column != "label"):
+            raise ConfigError("text_columns and label_column apply to task 'text' only")
+        if not (isinstance(self.text_columns, list) and 1 <= len(self.text_columns) <= 2
+                and all(isinstance(c, str) and c for c in self.text_columns)):
+            raise ConfigError(f"text_columns must name one or two columns, got {self.text_columns!r}")
+        if not (isinstance(self.label_column, str) and self.label_column):
+            raise ConfigError(f"label_column must name a column, got {self.label_column!r}")
         check_choice("variant", self.variant, self.VARIANTS)
         check_choice("MoE mask granularity", self.granularity, ("element", "neuron"))
         check_choice("partition method", self.partition, METHODS)
@@ -243,6 +252,18 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def task_spec(self):
+        """The task's description (labels, metrics, evaluation splits; read from the files for ``"text"``)."""
+        from .nlp.text import task_spec
+
+        return task_spec(self.task, self.data_root, tuple(self.text_columns), self.label_column)
+
+    def load_split(self, split: str):
+        """The examples of one split of the task."""
+        from .nlp.text import load_task
+
+        return load_task(self.task, split, self.data_root, tuple(self.text_columns), self.label_column)
 
     def pad_config(self):
         """The :class:`~padnet.pad_config.PadConfig` of this run's variant (None for the dense model). PAD-MoE

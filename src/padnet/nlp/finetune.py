@@ -34,7 +34,7 @@ from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
 from ..moe_convert import auxiliary_loss, convert_moe, moe_layers
 from ..partitioning import partition
-from .text import TASKS, encode, load_task, loader
+from .text import TASKS, encode, loader
 
 VARIANTS = FinetuneConfig.VARIANTS
 VARIANT_LABELS = {"dense": "Dense", "moe": "MoE", "pad": "PAD-MoE", "prune": "MoE-P"}
@@ -66,7 +66,7 @@ def build_model(cfg: FinetuneConfig):
     if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
         raise ConfigError(f"{local} holds only pickled weights (*.bin), which padnet does not unpickle; "
                           "save the model with safetensors (transformers' save_pretrained does by default)")
-    num_labels = TASKS[cfg.task].num_labels
+    num_labels = cfg.task_spec().num_labels
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the fresh classification head is expected, not news
     logging.disable_progress_bar()
@@ -102,21 +102,23 @@ def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, data, task: str, accelerator=None) -> dict[str, float]:
-    """GLUE metrics of ``model`` on the batches ``data`` (classification: argmax; STS-B: the regression).
+def evaluate(model, data, task, accelerator=None) -> dict[str, float]:
+    """The metrics of ``task`` (a name or a ``GlueTask``) for ``model`` on the batches ``data`` (classification:
+    argmax; STS-B: the regression).
     With an ``accelerator`` running several processes, each evaluates its shard and the predictions are
     gathered (``gather_for_metrics``: the samples repeated to even out the last batch are dropped)."""
+    spec = TASKS[task] if isinstance(task, str) else task
     model.eval()
     predictions, references = [], []
     for batch in data:
         labels = batch.pop("labels")
         logits = model(**batch).logits
-        predicted = logits.squeeze(-1) if TASKS[task].num_labels == 1 else logits.argmax(-1)
+        predicted = logits.squeeze(-1) if spec.num_labels == 1 else logits.argmax(-1)
         if accelerator is not None:
             predicted, labels = accelerator.gather_for_metrics((predicted, labels))
         predictions += predicted.tolist()
         references += labels.tolist()
-    return task_metrics(TASKS[task].metrics, predictions, references, task)
+    return task_metrics(spec.metrics, predictions, references, spec.name)
 
 
 def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, generator) -> dict:
@@ -160,16 +162,15 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     if run_dir is not None:
         claim_run_dir(run_dir, resume)
     set_seed(cfg.seed)
-    task = TASKS[cfg.task]
+    task = cfg.task_spec()
     model, tokenizer = build_model(cfg)
-    train = load_task(cfg.task, "train", cfg.data_root)
+    train = cfg.load_split("train")
     if cfg.train_subset is not None and cfg.train_subset < len(train.labels):
         order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(cfg.seed))
         keep = sorted(order[:cfg.train_subset].tolist())
         train = type(train)([train.texts[i] for i in keep], [train.labels[i] for i in keep])
     train_data = encode(train, tokenizer, cfg.max_length)
-    evals = {split: encode(load_task(cfg.task, split, cfg.data_root), tokenizer, cfg.max_length)
-             for split in task.eval_splits}
+    evals = {split: encode(cfg.load_split(split), tokenizer, cfg.max_length) for split in task.eval_splits}
 
     # several processes without GPUs (torchrun on CPUs): accelerate joins them with gloo only when told "cpu"
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
@@ -232,7 +233,7 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
                                   generators={"sampler": generator})
     bar.close()
     model = accelerator.unwrap_model(model)
-    metrics = {split: evaluate(model, data, cfg.task, accelerator) for split, data in eval_loaders.items()}
+    metrics = {split: evaluate(model, data, task, accelerator) for split, data in eval_loaders.items()}
     first = metrics[task.eval_splits[0]]
     return {
         "config": cfg.to_dict(), "main": accelerator.is_main_process, "model": model, "tokenizer": tokenizer,

