@@ -349,3 +349,13 @@ def test_pad_moe_on_an_encoder_trains_partitions_after_an_epoch_and_round_trips(
     torch.testing.assert_close(padnet.PadModel.from_pretrained(tmp_path / "d", copy.deepcopy(pristine))(
         **batches[0]).logits, logits, atol=1e-5, rtol=1e-5)
     assert "dynamic ratio, MoEFeedForward  0.5000" in pad.summary()
+
+
+def test_deploy_merges_moe_layers_too_and_needs_no_tracing_without_batchnorm():
+    base = _tiny_bert()
+    pad = padnet.get_pad_model(base, padnet.PadConfig(method="moe", num_experts=4)).eval()
+    ids = torch.randint(0, 100, (2, 9))
+    deployed = padnet.deploy(pad.base_model)  # a Hugging Face encoder: no BatchNorm2d, nothing traced
+    assert not any(isinstance(m, padnet.layers.moe.MoEFeedForward) for m in deployed.modules())
+    assert any(isinstance(m, padnet.layers.moe.DeployedMoE) for m in deployed.modules())
+    torch.testing.assert_close(deployed(input_ids=ids).logits, pad(input_ids=ids).logits)

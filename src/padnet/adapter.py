@@ -36,7 +36,7 @@ from .layers.sdconv import SparseDynamicConv2d, sparse_layers
 from .methods import PadTraining, load_balancing_loss
 from .metrics.counting import count_flops, count_parameters
 from .moe_codec import decode_moe, encode_moe
-from .moe_convert import convert_moe, deploy_moe, find_ffns
+from .moe_convert import convert_moe, find_ffns
 from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
 from .partitioning.scores import masked_tensors
@@ -302,12 +302,10 @@ class PadModel(nn.Module):
         """The compact inference form as a plain module (a copy; this model is unchanged): BatchNorm and the scale
         factors folded, dynamic factors only where M = 1 (``padnet.deploy``), or MoE experts merged once
         (``DeployedMoE``). In eval mode."""
-        if self.pad_config.family == "moe":
-            return deploy_moe(_copy(self.base_model))
         try:
-            return deployment.deploy(_copy(self.base_model), inplace=True)
+            return deployment.deploy(self.base_model)
         except ConfigError:  # a model torch.fx cannot trace keeps its BatchNorm layers
-            return deployment.deploy(_copy(self.base_model), fold_bn=False, inplace=True)
+            return deployment.deploy(self.base_model, fold_bn=False)
 
     def unload(self) -> nn.Module:
         """The wrapped model with every converted module turned back into a plain one, where that is exact: a
@@ -393,7 +391,7 @@ class PadModel(nn.Module):
                 state = pad.base_model.state_dict()
                 state.update(decode_moe(pad.base_model, tensors))
                 pad.base_model.load_state_dict(state)
-                return deploy_moe(pad.base_model) if form == "deployed" else pad
+                return deployment.deploy(pad.base_model, inplace=True) if form == "deployed" else pad
             if form == "deployed":
                 model = deployment._skeleton(pad.base_model, record["deploy"])
                 state = model.state_dict()

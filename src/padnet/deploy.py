@@ -28,6 +28,7 @@ from .fileio import atomic_path
 from .layers.conv_base import DynamicConvBase
 from .layers.deployed import DeployedConv2d
 from .layers.dynamic_conv import DynamicConv2d
+from .layers.moe import DeployedMoE, MoEFeedForward
 
 FORMAT = "padnet-deployed-1"
 
@@ -63,24 +64,33 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.Module:
-    """The inference form of ``model``: BatchNorm folded, dynamic convolutions compact.
+    """The inference form of ``model``: BatchNorm folded, dynamic convolutions compact, MoE experts merged.
 
     Every :class:`~padnet.layers.DynamicConv2d` (DY-Conv, CondConv, PAD-Net in any granularity) becomes a
     :class:`~padnet.layers.deployed.DeployedConv2d` with λs, λd and the following BatchNorm folded in;
-    static ``nn.Conv2d`` + BatchNorm pairs are fused; ODConv and DCD layers are kept as they are. The
-    result is in eval mode and computes what ``model.eval()`` computes (within float rounding).
+    static ``nn.Conv2d`` + BatchNorm pairs are fused; ODConv and DCD layers are kept as they are; every
+    :class:`~padnet.layers.moe.MoEFeedForward` (MoE, PAD-MoE, MoE-P) becomes a
+    :class:`~padnet.layers.moe.DeployedMoE` with its computational parameters merged once. The result is in
+    eval mode and computes what ``model.eval()`` computes (within float rounding).
 
     Args:
         model: a trained model.
-        fold_bn: fold each BatchNorm2d that directly and only follows a convolution (found with torch.fx).
+        fold_bn: fold each BatchNorm2d that directly and only follows a convolution (found with torch.fx; a
+            model without BatchNorm2d is not traced).
         inplace: modify ``model`` instead of a copy.
 
     Raises:
-        ConfigError: ``fold_bn`` on a model torch.fx cannot trace.
+        ConfigError: ``fold_bn`` on a model with BatchNorm2d that torch.fx cannot trace.
     """
+    for module in model.modules():  # the MoE losses of the last forward are autograd results: not copied
+        if isinstance(module, MoEFeedForward):
+            module.aux_loss = None
     out = model if inplace else copy.deepcopy(model)
     out.eval()
-    pairs = conv_bn_pairs(out) if fold_bn else []
+    for name, layer in [(n, m) for n, m in out.named_modules() if isinstance(m, MoEFeedForward)]:
+        out.set_submodule(name, DeployedMoE.from_layer(layer))
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in out.modules())
+    pairs = conv_bn_pairs(out) if fold_bn and has_bn else []
     bns = dict(pairs)
     folded = []
     for name, module in list(out.named_modules()):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .layers.moe import DeployedMoE, MoEFeedForward
+from .layers.moe import MoEFeedForward
 
 # (first linear, activation, second linear), relative to the module that holds the FFN
 FFN_PATTERNS: tuple[tuple[str, str, str], ...] = (
@@ -120,14 +120,6 @@ def convert_moe(
 def moe_layers(model: nn.Module) -> list[tuple[str, MoEFeedForward]]:
     """Every MoE layer of ``model`` with its qualified name."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MoEFeedForward)]
-
-
-def deploy_moe(model: nn.Module) -> nn.Module:
-    """Replace every :class:`MoEFeedForward` of ``model`` (in place) by its merged inference form
-    :class:`DeployedMoE`; returns ``model`` in eval mode."""
-    for name, layer in moe_layers(model):
-        model.set_submodule(name, DeployedMoE.from_layer(layer.eval()))
-    return model.eval()
 
 
 def auxiliary_loss(model: nn.Module) -> torch.Tensor | float:

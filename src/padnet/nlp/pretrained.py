@@ -23,7 +23,8 @@ from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, write_json
 from ..layers.moe import DeployedMoE
 from ..moe_codec import decode_moe, encode_moe, moe_masks
-from ..moe_convert import convert_moe, deploy_moe, moe_layers
+from ..deploy import deploy
+from ..moe_convert import convert_moe, moe_layers
 
 FORMAT = "padnet-moe-1"
 WEIGHTS = "model.safetensors"
@@ -42,7 +43,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> 
         raise ConfigError("save_pretrained takes a Hugging Face model (with .config)")
     if any(isinstance(m, DeployedMoE) for m in model.modules()):
         raise ConfigError("save_pretrained takes the training form; this model was deployed (its experts are "
-                          "merged), so save the model before deploy_moe / from_pretrained(deployed=True)")
+                          "merged), so save the model before padnet.deploy / from_pretrained(deployed=True)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / "config.json") as tmp:
@@ -101,4 +102,4 @@ def from_pretrained(directory: str | Path, deployed: bool = True) -> nn.Module:
     except (RuntimeError, KeyError, TypeError, IndexError, ConfigError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{directory} does not fit its architecture ({reason})") from None
-    return deploy_moe(model) if deployed else model.eval()
+    return deploy(model, inplace=True) if deployed else model.eval()
