@@ -12,6 +12,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -135,6 +136,12 @@ ROWS = {
     "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_gpt2_folder(t))),
     "model-pickle": lambda t: _finetune("--model", str(_pickled_model_folder(t))),
     "model-missing": lambda t: _finetune("--model", str(t / "nope")),
+    "arrays-channels-last": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 8, 8, 3), np.uint8)))],
+    "arrays-keys": lambda t: ["data", "arrays", "--data-root", str(_npz(t, None))],
+    "image-option-dataset": lambda t: ["train", "--image-size", "8"],
+    "evaluate-other-data": lambda t: ["evaluate", str(_api_run(t))],
+    "text-no-data-root": lambda t: _finetune("--task", "text"),
+    "text-no-column": lambda t: _finetune("--task", "text", "--data-root", str(_reviews(t))),
     "checkpoint-missing": lambda t: ["evaluate", str(t / "nope.safetensors")],
     "checkpoint-truncated": lambda t: ["evaluate", str(_truncate(_checkpoint(t)))],
     "checkpoint-pickle": lambda t: ["evaluate", str(_pickle_file(t))],
@@ -147,6 +154,33 @@ ROWS = {
     "batch-larger-than-data": lambda t: [*TRAIN[:-4], "--batch-size", "128", "--progress", "false", "--out",
                                          str(t / "run")],
 }
+
+
+def _npz(tmp: Path, images) -> Path:
+    path = tmp / "data.npz"
+    if images is None:
+        np.savez(path, features=np.zeros((4, 8, 8), np.uint8))
+    else:
+        np.savez(path, x_train=images, y_train=np.arange(4) % 2, x_test=images, y_test=np.arange(4) % 2)
+    return path
+
+
+def _api_run(tmp: Path) -> Path:
+    """A run trained through the Python API on digits-shaped arrays while its config names fashion-mnist."""
+    from padnet.data.arrays import from_arrays
+    from padnet.engine.trainer import Trainer
+
+    images = np.random.default_rng(0).integers(0, 255, (32, 8, 8)).astype(np.uint8)
+    data = from_arrays(images, np.arange(32) % 2, images[:8], np.arange(8) % 2)
+    cfg = TrainConfig(epochs=1, batch_size=16, width=0.125, progress=False)
+    Trainer(cfg, tmp / "run", data=data).fit()
+    return tmp / "run" / "model.safetensors"
+
+
+def _reviews(tmp: Path) -> Path:
+    path = tmp / "reviews.csv"
+    path.write_text("review,sentiment\ngood,1\nbad,0\n")
+    return path
 
 
 def _truncate(path: Path) -> Path:
