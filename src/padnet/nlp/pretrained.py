@@ -19,11 +19,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..deploy import deploy
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, write_json
 from ..layers.moe import DeployedMoE
 from ..moe_codec import decode_moe, encode_moe, moe_masks
-from ..deploy import deploy
 from ..moe_convert import convert_moe, moe_layers
 
 FORMAT = "padnet-moe-1"
