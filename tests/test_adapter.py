@@ -66,7 +66,9 @@ def test_pad_config_round_trips_through_json_and_fills_method_defaults():
     moe = padnet.PadConfig(method="pad-moe")
     assert (moe.value("kappa"), moe.value("granularity"), moe.value("partition_at"), moe.value("partition_after")) \
         == (0.5, "element", "epochs", 1)
-    assert padnet.PadConfig(method="pad").value("partition_at") == "start"
+    assert padnet.PadConfig(method="pad").value("partition_at") == "epochs"  # converted weights: a warm-up first
+    assert padnet.PadConfig(method="pad").value("partition_after") == 1
+    assert padnet.PadConfig(method="pad", init_from_pretrained=False).value("partition_at") == "start"
     custom = padnet.PadConfig(method="pad", partition=lambda name, factors, mask: mask)
     assert custom.to_dict()["partition"] == "custom"
     with pytest.raises(ConfigError, match="unknown PAD configuration key"):
@@ -332,7 +334,7 @@ def test_pad_moe_on_an_encoder_trains_partitions_after_an_epoch_and_round_trips(
         assert pad.training_state.partitioned == (step >= 3)  # at the start of epoch 2 (PAD-Net appendix A)
         batch = batches[step % 3]
         out = pad(**batch)
-        aux = padnet.methods.load_balancing_loss(pad.base_model)  # the MoE loss is in the output's loss
+        aux = padnet.moe_convert.auxiliary_loss(pad.base_model)  # the MoE loss is in the output's loss
         torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, batch["labels"]) + aux)
         assert pad.extra_loss() == 0.0
         optimizer.zero_grad()
@@ -359,3 +361,54 @@ def test_deploy_merges_moe_layers_too_and_needs_no_tracing_without_batchnorm():
     assert not any(isinstance(m, padnet.layers.moe.MoEFeedForward) for m in deployed.modules())
     assert any(isinstance(m, padnet.layers.moe.DeployedMoE) for m in deployed.modules())
     torch.testing.assert_close(deployed(input_ids=ids).logits, pad(input_ids=ids).logits)
+
+
+def test_training_hooks_refuse_imp_without_data_and_never_partition_twice():
+    pad = padnet.get_pad_model(_static(), method="pad", init_from_pretrained=False)
+    with pytest.raises(ConfigError, match=r"mode partition \(imp\) is due during training: pass partition_data"):
+        pad.start_training(steps_per_epoch=2, epochs=1)
+    pad.start_training(steps_per_epoch=2, epochs=1, partition_data=_batches(2))
+    pad.before_step()
+    masks = pad.masks()
+    resumed = pad.start_training(steps_per_epoch=2, epochs=1, partition_data=_batches(2, seed=5), step=1)
+    assert resumed.partitioned  # a static element in the masks: partitioned before
+    pad.before_step()
+    assert all(torch.equal(masks[k], v) for k, v in pad.masks().items())
+    random = padnet.get_pad_model(_static(), method="pad", partition="random", init_from_pretrained=False)
+    random.start_training(steps_per_epoch=2, epochs=1)  # random scores need no data
+    random.before_step()
+    assert random.training_state.report.method == "random"
+
+
+def test_a_saved_custom_score_function_must_be_given_again(tmp_path):
+    base = _static()
+    pristine = copy.deepcopy(base)
+    pad = padnet.get_pad_model(base, method="pad", partition=lambda name, factors, mask: torch.rand(mask.shape))
+    pad.partition()
+    pad.save_pretrained(tmp_path)
+    back = padnet.PadModel.from_pretrained(tmp_path, copy.deepcopy(pristine))
+    assert back.pad_config.partition == "custom"
+    with pytest.raises(ConfigError, match="saved with a custom score function: pass it as partition="):
+        back.partition()
+    assert back.partition(partition=lambda name, factors, mask: torch.rand(mask.shape)).method == "custom"
+
+
+def test_a_model_built_with_other_layer_options_is_refused():
+    model = padnet.create_model("resnet10", conv="pad", num_classes=4, in_chans=1, stem="small", width=0.125,
+                                granularity="kernel")
+    with pytest.raises(ConfigError, match="already has granularity 'kernel', the config asks for 'filter'"):
+        padnet.get_pad_model(model, method="pad", granularity="filter")
+    assert padnet.get_pad_model(model, method="pad", granularity="kernel").converted
+
+
+def test_from_pretrained_checks_the_weights_file_form(tmp_path):
+    base = _static()
+    pristine = copy.deepcopy(base)
+    pad = padnet.get_pad_model(base, method="dy")
+    pad.save_pretrained(tmp_path / "a")
+    pad.save_pretrained(tmp_path / "b", form="deployed")
+    (tmp_path / "b" / "padnet_model.safetensors").replace(tmp_path / "a" / "padnet_model.safetensors")
+    candidate = copy.deepcopy(pristine)
+    with pytest.raises(CheckpointError, match="was not written by PadModel.save_pretrained in the training form"):
+        padnet.PadModel.from_pretrained(tmp_path / "a", candidate)
+    assert not any(isinstance(m, padnet.layers.DynamicConvBase) for m in candidate.modules())  # left unconverted

@@ -11,7 +11,9 @@ form), ``save_pretrained`` / ``from_pretrained`` (safetensors of what the method
 from __future__ import annotations
 
 import copy
+import fnmatch
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -33,10 +35,10 @@ from .layers.modes import PartialMode, ScaleFactors
 from .layers.moe import MoEFeedForward
 from .layers.registry import resolve_conv
 from .layers.sdconv import SparseDynamicConv2d, sparse_layers
-from .methods import PadTraining, load_balancing_loss
+from .methods import PadTraining
 from .metrics.counting import count_flops, count_parameters
 from .moe_codec import decode_moe, encode_moe
-from .moe_convert import convert_moe, find_ffns
+from .moe_convert import auxiliary_loss, convert_moe, find_ffns
 from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
 from .partitioning.scores import masked_tensors
@@ -65,16 +67,12 @@ def _targets(config: PadConfig) -> list[str] | None:
 
 def _convert(model: nn.Module, config: PadConfig) -> list[str]:
     """Apply ``config`` to ``model`` in place; the names of the modules it replaced."""
-    import fnmatch
-
     if config.family == "conv":
         layer_type = resolve_conv(config.method)[0]
         built = [n for n, m in model.named_modules() if isinstance(m, DynamicConvBase)]
         if built and config.target_modules == "auto":  # e.g. create_model(..., conv="pad"): already converted
-            wrong = [n for n in built if type(model.get_submodule(n)) is not layer_type]
-            if wrong:
-                raise ConfigError(f"{wrong[0]} is a {type(model.get_submodule(wrong[0])).__name__}, not a layer of "
-                                  f"method {config.method!r}")
+            for name in built:
+                _check_built(name, model.get_submodule(name), layer_type, config)
             return built
         found = find_convs(model, skip_first=True, targets=_targets(config), exclude=config.exclude_modules)
         if not found:
@@ -154,6 +152,8 @@ class PadModel(nn.Module):
         """
         if not self.pad_config.partial:
             raise ConfigError(f"method {self.pad_config.method!r} has no masks to partition")
+        if overrides.get("partition", self.pad_config.partition) == "custom":
+            raise ConfigError("this configuration was saved with a custom score function: pass it as partition=")
         allowed = {"kappa", "partition", "partition_scope", "partition_iterations", "partition_batches",
                    "check_scores"}
         unknown = sorted(set(overrides) - allowed)
@@ -162,9 +162,9 @@ class PadModel(nn.Module):
         cfg = PadConfig.from_dict({**self.pad_config.to_dict(), **overrides},
                                   overrides.get("partition", self.pad_config.partition)
                                   if callable(overrides.get("partition", self.pad_config.partition)) else None)
-        if batch_loss is None and loss_fn is None and data is not None:
-            data = list(data) if not isinstance(data, (list, tuple)) else data
-            if data and isinstance(data[0], Mapping):
+        if data is not None:
+            data = list(itertools.islice(iter(data), cfg.partition_batches))  # only the N batches scored
+            if batch_loss is None and loss_fn is None and data and isinstance(data[0], Mapping):
                 batch_loss = _keyword_loss
         return partition(self.base_model, cfg.value("kappa"), cfg.partition, data, loss_fn or F.cross_entropy,
                          cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope,
@@ -174,7 +174,7 @@ class PadModel(nn.Module):
     def start_training(self, steps_per_epoch: int | None = None, epochs: float | None = None,
                        total_steps: int | None = None, partition_data: Iterable | None = None,
                        loss_fn: Callable | None = None, batch_loss: Callable | None = None,
-                       step: int = 0) -> PadTraining:
+                       step: int = 0, partitioned: bool | None = None) -> PadTraining:
         """Prepare the method's training-time work for a run (see :mod:`padnet.methods`).
 
         Args:
@@ -182,16 +182,31 @@ class PadModel(nn.Module):
             epochs, total_steps: the run's length (SD-Conv's schedule needs one of them).
             partition_data, loss_fn, batch_loss: what :meth:`partition` gets when the partition is due.
             step: the step to start from (a resumed run).
+            partitioned: whether the partition already ran (default: whether any mask has a static element, as
+                after a resumed run or ``from_pretrained``), so a resumed run does not partition again.
 
         Returns the :class:`~padnet.methods.PadTraining`, also kept as ``training_state``.
+
+        Raises ConfigError when IMP / MP is due during training without ``partition_data`` or ``batch_loss``.
         """
         if total_steps is None and epochs is not None and steps_per_epoch is not None:
             total_steps = math.ceil(epochs * steps_per_epoch)
-        run = None
-        if partition_data is not None or batch_loss is not None:
-            def run():
-                return self.partition(partition_data, loss_fn, batch_loss)
-        self.training_state = PadTraining(self.base_model, self.pad_config, steps_per_epoch, total_steps, run, step)
+        cfg = self.pad_config
+        if partitioned is None:  # masks with static elements: partitioned before (a resumed run, from_pretrained)
+            partitioned = any(bool((mode.mask == 0).any()) for _, mode, _ in masked_tensors(self.base_model))
+        due = cfg.partial and cfg.value("partition_at") != "manual" and not partitioned
+        if due and cfg.partition == "custom":
+            raise ConfigError("this configuration was saved with a custom score function: build the PadModel with "
+                              "it (PadConfig(partition=fn)) before training")
+        if due and cfg.partition in ("imp", "mp") and partition_data is None and batch_loss is None:
+            raise ConfigError(f"mode partition ({cfg.partition}) is due during training: pass partition_data (or "
+                              "set partition_at='manual' and call partition yourself)")
+
+        def run():
+            return self.partition(partition_data, loss_fn, batch_loss)
+
+        self.training_state = PadTraining(self.base_model, cfg, steps_per_epoch, total_steps,
+                                          run if cfg.partial else None, step, partitioned)
         return self.training_state
 
     def _state(self) -> PadTraining:
@@ -376,15 +391,16 @@ class PadModel(nn.Module):
             config = PadConfig.from_dict(record["config"], partition)
         except ConfigError as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from None
+        base_state = base_model.state_dict()
+        for key, digest in record["base"].items():  # checked before anything is converted
+            if key not in base_state or _fingerprint(base_state[key]) != digest:
+                raise CheckpointError(f"{directory}: base_model differs from the model that was converted "
+                                      f"(tensor {key})")
+        tensors = _read_weights(directory / WEIGHTS_FILE, record["form"])
         pad = get_pad_model(base_model, config)
         if pad.converted != record["converted"]:
             raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
                                   f"(first: {record['converted'][:1]} vs {pad.converted[:1]})")
-        for key, digest in record["base"].items():
-            if pad._fingerprints.get(key) != digest:
-                raise CheckpointError(f"{directory}: base_model differs from the model that was converted "
-                                      f"(tensor {key})")
-        tensors = _read_weights(directory / WEIGHTS_FILE)
         form = record["form"]
         try:
             if config.family == "moe":
@@ -407,6 +423,24 @@ class PadModel(nn.Module):
         return pad
 
 
+def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfig) -> None:
+    """Refuse a config whose method or layer options differ from a layer the model already has."""
+    if type(layer) is not layer_type:
+        raise ConfigError(f"{name} is a {type(layer).__name__}, not a layer of method {config.method!r}")
+    mode = getattr(layer, "weight_mode", None)
+    found = {"num_kernels": getattr(layer, "num_kernels", None), "granularity": getattr(mode, "granularity", None),
+             "mask_semantics": getattr(mode, "semantics", None), "scale_mode": getattr(layer.scales, "mode", None)
+             if hasattr(layer, "scales") else None}
+    for option, value in found.items():
+        wanted = getattr(config, option)
+        if wanted is not None and value is not None and wanted != value:
+            raise ConfigError(f"{name} already has {option} {value!r}, the config asks for {wanted!r}: a model built "
+                              "with padnet layers keeps its own; build it with the options you want")
+    if config.reduction is not None:
+        raise ConfigError("reduction cannot be applied to a model already built with padnet layers; build it with "
+                          "the reduction you want")
+
+
 def _copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``; the MoE layers' losses of the last forward (autograd results) are dropped first."""
     for module in model.modules():
@@ -417,9 +451,7 @@ def _copy(model: nn.Module) -> nn.Module:
 
 def _keyword_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Task loss of a Hugging Face model on a keyword batch plus the load-balancing loss of its MoE layers."""
-    loss = model(**batch).loss
-    extra = load_balancing_loss(model)
-    return loss if extra is None else loss + extra
+    return model(**batch).loss + auxiliary_loss(model)
 
 
 def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
@@ -455,15 +487,21 @@ def _read_record(path: Path) -> dict:
     return record
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, form: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``, checked to be written by ``save_pretrained`` in ``form``."""
     if not path.is_file():
         raise CheckpointError(f"{path.parent} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            meta = json.loads((fh.metadata() or {}).get("padnet", "null"))
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("form") != form:
+        raise CheckpointError(f"{path} was not written by PadModel.save_pretrained in the {form} form of "
+                              f"{CONFIG_FILE}")
+    return tensors
 
 
 def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) -> PadModel:

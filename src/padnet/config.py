@@ -172,6 +172,7 @@ class TrainConfig:
             temperature_anneal=self.temperature_epochs, temperature_unit="epochs",
             kappa=self.kappa if partial else None, granularity=self.granularity if partial else None,
             scale_mode=self.scale_mode if partial else None, mask_semantics=self.mask_semantics if partial else None,
+            partition_at="start" if partial else None, init_from_pretrained=False,  # built from scratch
             partition=self.partition, partition_scope=self.partition_scope,
             partition_iterations=self.partition_iterations, partition_batches=self.partition_batches,
             **({"sparsity": self.sparsity, "pruning_iterations": self.pruning_iterations,

@@ -30,8 +30,8 @@ from torch import nn
 
 from .errors import ConfigError
 from .layers.attention import TemperatureRouting, TemperatureSchedule
-from .layers.moe import MoEFeedForward
 from .layers.sdconv import SparsitySchedule, budget_loss, clamp_thresholds, sparse_layers, sparsity_report
+from .moe_convert import auxiliary_loss
 from .pad_config import PadConfig
 
 
@@ -174,17 +174,11 @@ class SDConv(Dynamic):
         return {"sparsity": sparsity_report(self.model)}
 
 
-def load_balancing_loss(model: nn.Module) -> torch.Tensor | None:
-    """Sum of the load-balancing losses the MoE layers of ``model`` kept from the last forward (None without)."""
-    losses = [m.aux_loss for m in model.modules() if isinstance(m, MoEFeedForward) and m.aux_loss is not None]
-    return torch.stack(losses).sum() if losses else None
-
-
 class MoE(Method):
     """Mixture-of-Experts layers: their load-balancing losses join the task loss."""
 
-    def extra_loss(self, step: int) -> torch.Tensor | None:
-        return load_balancing_loss(self.model)
+    def extra_loss(self, step: int) -> torch.Tensor | float:
+        return auxiliary_loss(self.model)
 
 
 class PartialMoE(MoE):

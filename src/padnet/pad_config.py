@@ -34,6 +34,7 @@ _APPLIES = {
     "reduction": CONV_METHODS,
     "kappa": PARTIAL_METHODS,
     "granularity": PARTIAL_METHODS,
+    "partition_at": PARTIAL_METHODS, "partition_after": PARTIAL_METHODS,
     "scale_mode": ("pad", "pad-condconv", "pad-odconv", "pad-dcd", "pad-moe"),
     "mask_semantics": ("pad", "pad-condconv", "pad-odconv", "pad-dcd"),
     "sparsity": ("sdconv",), "pruning_iterations": ("sdconv",), "budget_weight": ("sdconv",),
@@ -95,12 +96,15 @@ class PadConfig:
         mask_semantics: ``"static"`` (PAD-Net) or ``"zero"`` (masked elements pruned) for convolutions.
         partition: ``"imp"``, ``"mp"`` (one-shot), ``"random"``, ``"magnitude"``, or a function
             ``scores(name, factors, mask) -> Tensor`` of the mask's shape (as ``importance_scores`` of
-            ``torch.nn.utils.prune``); higher scores stay dynamic. A function is written as ``"custom"`` in JSON.
+            ``torch.nn.utils.prune``); higher scores stay dynamic. A function is written as ``"custom"`` in JSON,
+            and a config read back without it keeps ``"custom"``, which partitions only when given the function.
         partition_scope: ``"global"`` threshold over every masked tensor or ``"local"`` per tensor.
         partition_iterations: E of IMP (default 5). partition_batches: N batches per score (default 10).
         partition_at: when training runs the partition: ``"start"``, after ``partition_after``
-            ``"steps"`` or ``"epochs"``, or ``"manual"`` (call ``PadModel.partition`` yourself). Default:
-            ``"start"`` for convolutions, ``"epochs"`` after 1 for MoE (PAD-Net appendix A: once experts differ).
+            ``"steps"`` or ``"epochs"``, or ``"manual"`` (call ``PadModel.partition`` yourself). Default: after 1
+            epoch when the layers start from the model's weights (``init_from_pretrained``; MoE always, PAD-Net
+            appendix A: once the experts differ), since every kernel then equals Θ̄ and the scores carry no signal;
+            ``"start"`` for kernels initialised on their own.
         check_scores: refuse IMP / MP scores that carry no signal (see ``padnet.partitioning.imp``).
     SD-Conv (paper 002 eq. 8–9, Algorithm 1):
         sparsity (default 0.5), pruning_iterations (3), budget_weight λ_s (0.01), threshold_lr (0.01, relative
@@ -170,10 +174,10 @@ class PadConfig:
             return 0.5 if self.family == "moe" else 0.3
         if name == "granularity":
             return "element" if self.family == "moe" else "shared"
-        if name == "partition_at":
-            return "epochs" if self.family == "moe" else "start"
+        if name == "partition_at":  # after a warm-up when the kernels start as copies of one weight
+            return "epochs" if self.family == "moe" or self.init_from_pretrained else "start"
         if name == "partition_after":
-            return 1 if self.family == "moe" and self.partition_at is None else 0
+            return 1 if self.partition_at is None and self.value("partition_at") == "epochs" else 0
         return _DEFAULTS.get(name)
 
     # ------------------------------------------------------------------ validation
@@ -222,7 +226,7 @@ class PadConfig:
         if not callable(self.partition):
             from .partitioning import METHODS as PARTITIONS
 
-            check_choice("partition method", self.partition, PARTITIONS)
+            check_choice("partition method", self.partition, (*PARTITIONS, "custom"))
         check_choice("partition scope", self.partition_scope, ("global", "local"))
         if self.partition_at is not None:
             check_choice("partition moment (partition_at)", self.partition_at, PARTITION_AT)
@@ -285,8 +289,8 @@ class PadConfig:
         if unknown:
             raise ConfigError(f"unknown PAD configuration key(s): {', '.join(unknown)}")
         data = dict(data)
-        if data.get("partition") == "custom":
-            data["partition"] = partition if partition is not None else "imp"
+        if data.get("partition") == "custom" and partition is not None:
+            data["partition"] = partition
         try:
             return cls(**data)
         except TypeError as exc:

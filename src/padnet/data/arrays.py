@@ -50,12 +50,17 @@ def image_tensor(images, image_size: tuple[int, int] | int | None = None) -> tor
         else:
             raise DataError(f"images must be uint8 (0-255) or float (0-1), got {x.dtype}; convert with "
                             "x.astype('uint8') for 0-255 values")
+    if image_size is not None and x.dim() != 2:
+        raise DataError(f"image_size applies to flat (N, H*W) images; these are {tuple(x.shape)}")
     if x.dim() == 2:
         if image_size is None:
             raise DataError(f"flat images {tuple(x.shape)} need an image size (e.g. image_size=(28, 28))")
-        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if x.shape[1] % (h * w):
-            raise DataError(f"flat images of {x.shape[1]} values do not fit image size {h}x{w}")
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(size) != 2 or not all(isinstance(n, int) and n >= 1 for n in size):
+            raise DataError(f"image_size must be a positive integer or a pair of them, got {image_size!r}")
+        h, w = size
+        if x.shape[1] % (h * w) or not 1 <= x.shape[1] // (h * w) <= 4:
+            raise DataError(f"flat images of {x.shape[1]} values do not fit image size {h}x{w} with 1-4 channels")
         x = x.reshape(x.shape[0], x.shape[1] // (h * w), h, w)
     elif x.dim() == 3:
         x = x.unsqueeze(1)
@@ -123,7 +128,10 @@ def from_arrays(train_images, train_labels, test_images=None, test_labels=None,
         yt = label_tensor(test_labels, xt.shape[0])
         if xt.shape[1:] != x.shape[1:]:
             raise DataError(f"test images {tuple(xt.shape[1:])} differ in shape from train images {tuple(x.shape[1:])}")
-    classes = num_classes if num_classes is not None else int(max(int(y.max()), int(yt.max()))) + 1
+    largest = max(int(y.max()), int(yt.max()))
+    classes = num_classes if num_classes is not None else largest + 1
+    if classes <= largest:
+        raise DataError(f"num_classes {classes} is too small for the largest label {largest}")
     if classes < 2:
         raise DataError("the labels hold a single class; classification needs at least 2")
     mean, std = channel_stats(x)

@@ -35,7 +35,7 @@ def read_rows(path: Path) -> list[dict]:
             except ImportError:
                 raise DataError("reading parquet files needs pyarrow (pip install pyarrow)") from None
             return pq.read_table(str(path)).to_pylist()
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is not part of a name
             if suffix == ".jsonl":
                 rows = []
                 for number, line in enumerate(fh, 1):
@@ -85,8 +85,10 @@ def _examples(rows: list[dict], path: Path, text_columns: tuple[str, ...], label
         label = row.get(label_column)
         if label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(f"{path}: row {i + 1} has no label in {label_column!r}")
+        if not isinstance(label, (str, int, float)) or isinstance(label, bool):
+            raise DataError(f"{path}: row {i + 1} has a label that is not a string or a number: {label!r}")
         texts.append(values)
-        labels.append(str(label).strip() if isinstance(label, str) else label)
+        labels.append(label.strip() if isinstance(label, str) else label)
     return texts, labels
 
 

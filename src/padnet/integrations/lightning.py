@@ -14,18 +14,22 @@ Usage::
 
     L.Trainer(max_epochs=3, callbacks=[PadCallback(pad, partition_data=loader)]).fit(Module(pad), loader)
 
-The callback calls ``start_training`` when fitting starts (steps per epoch and total steps from the Trainer),
-``before_step`` before every training batch and ``after_step`` after it (after the optimiser step, with automatic
-optimisation and no gradient accumulation).
+The callback calls ``start_training`` when fitting starts (steps per epoch and total steps from the Trainer, the
+step reached when resuming), ``before_step`` before every training batch and ``after_step`` after it (Lightning
+runs the optimiser step before ``on_train_batch_end`` with automatic optimisation). Gradient accumulation is
+refused: the hooks count optimiser steps. The thresholds' own optimiser state (SD-Conv) is not part of
+Lightning's checkpoints.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import lightning as L
 
 from ..adapter import PadModel
+from ..errors import ConfigError
 
 
 class PadCallback(L.Callback):
@@ -42,8 +46,12 @@ class PadCallback(L.Callback):
         self.pad, self.partition_data, self.loss_fn, self.batch_loss = pad, partition_data, loss_fn, batch_loss
 
     def on_train_start(self, trainer, pl_module):
-        total = int(trainer.estimated_stepping_batches)
-        per_epoch = trainer.num_training_batches if trainer.num_training_batches != float("inf") else None
+        if trainer.accumulate_grad_batches != 1:
+            raise ConfigError("PadCallback counts optimiser steps: use accumulate_grad_batches=1")
+        total = trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else None
+        per_epoch = trainer.num_training_batches
+        per_epoch = int(per_epoch) if math.isfinite(per_epoch) else None
         self.pad.start_training(steps_per_epoch=per_epoch, total_steps=total, partition_data=self.partition_data,
                                 loss_fn=self.loss_fn, batch_loss=self.batch_loss, step=trainer.global_step)
 

@@ -3,20 +3,25 @@
 Usage::
 
     pad = padnet.get_pad_model(model, padnet.PadConfig(method="pad-moe", kappa=0.5))
+    args = TrainingArguments(..., remove_unused_columns=False)   # PadModel.forward takes **kwargs
     trainer = Trainer(model=pad, args=args, train_dataset=train, data_collator=collator,
                       callbacks=[PadTrainerCallback(pad, partition_data=batches)])
     trainer.train()
 
-The callback calls ``start_training`` when training begins (steps per epoch and total steps from the Trainer's
-state), then ``before_step`` / ``after_step`` around every optimiser step. The method's extra loss (MoE
-load balancing) reaches the Trainer's loss because :class:`padnet.PadModel` adds it to the model output's
-``loss`` while training. Methods whose parameters need an optimiser of their own (SD-Conv) are stepped in
-``after_step``; build the Trainer's optimiser from ``pad.optimizer_parameters()`` for them
-(``optimizers=(torch.optim.AdamW(pad.optimizer_parameters()), None)``).
+The callback calls ``start_training`` when training begins (optimiser steps per epoch from the train dataloader
+and the gradient accumulation, total steps from the Trainer's state, the step reached when resuming), then
+``before_step`` when an optimiser step begins and ``after_step`` right after ``optimizer.step()`` (before the
+Trainer zeroes the gradients, so SD-Conv's thresholds get theirs). The method's extra loss (MoE load balancing)
+reaches the Trainer's loss because :class:`padnet.PadModel` adds it to the model output's ``loss`` while
+training. Keep ``remove_unused_columns=False``: the Trainer reads the columns a model takes from its
+``forward`` signature, and PadModel's is ``(*args, **kwargs)``. For SD-Conv, build the Trainer's optimiser from
+``pad.optimizer_parameters()`` (``optimizers=(torch.optim.AdamW(pad.optimizer_parameters()), None)``); the
+thresholds' own optimiser state is not part of the Trainer's checkpoints.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 from transformers import TrainerCallback
@@ -29,8 +34,8 @@ class PadTrainerCallback(TrainerCallback):
 
     Args:
         pad: the :class:`padnet.PadModel` the Trainer trains.
-        partition_data: batches for mode partition when it is due (keyword dicts with ``labels``; default:
-            nothing, so a partition due in training raises ConfigError at the start).
+        partition_data: batches for mode partition when it is due (keyword dicts with ``labels``; IMP and MP
+            need them, and their absence is an error when training starts).
         loss_fn, batch_loss: as :meth:`padnet.PadModel.partition`.
     """
 
@@ -38,9 +43,12 @@ class PadTrainerCallback(TrainerCallback):
                  batch_loss: Callable | None = None):
         self.pad, self.partition_data, self.loss_fn, self.batch_loss = pad, partition_data, loss_fn, batch_loss
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        epochs = max(1.0, float(args.num_train_epochs))
-        steps_per_epoch = max(1, round(state.max_steps / epochs)) if state.max_steps > 0 else None
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        accumulation = max(1, args.gradient_accumulation_steps)
+        if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
+            steps_per_epoch = math.ceil(len(train_dataloader) / accumulation)
+        else:  # an iterable dataset: the Trainer runs max_steps
+            steps_per_epoch = None
         self.pad.start_training(steps_per_epoch=steps_per_epoch, total_steps=state.max_steps or None,
                                 partition_data=self.partition_data, loss_fn=self.loss_fn,
                                 batch_loss=self.batch_loss, step=state.global_step)
@@ -48,5 +56,5 @@ class PadTrainerCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.pad.before_step()
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_optimizer_step(self, args, state, control, **kwargs):
         self.pad.after_step()

@@ -126,7 +126,8 @@ def partition(
         kappa: target dynamic ratio κ ∈ (0, 1].
         method: ``"imp"`` (iterative, eq. 5–9), ``"mp"`` (one-shot), ``"random"``, ``"magnitude"``, or a
             function ``scores(name, factors, mask) -> Tensor`` of the mask's shape, called once per masked tensor
-            and iteration (as ``importance_scores`` of ``torch.nn.utils.prune``): higher scores stay dynamic.
+            (as ``importance_scores`` of ``torch.nn.utils.prune``; one-shot, like ``"mp"``): higher scores stay
+            dynamic.
         data: iterable of (inputs, targets) batches; required by ``imp`` and ``mp``. The first
             ``num_batches`` batches are drawn once and reused by every IMP iteration (the paper's
             "10 batches of examples"); a shorter iterable is used whole.
