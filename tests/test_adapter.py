@@ -12,6 +12,7 @@ from torch import nn
 
 import padnet
 from padnet.config import TrainConfig
+from padnet.convert import PadInput
 from padnet.data.images import ImageData, channel_stats
 from padnet.data.loader import make_loader
 from padnet.engine.schedule import build_scheduler
@@ -104,7 +105,7 @@ def test_every_padding_mode_converts_and_computes_the_same(mode):
     padnet.convert(model, "dy")
     x = torch.randn(2, 1, 9, 9)
     torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
-    assert isinstance(model[1], nn.Sequential) and isinstance(model[1][0], padnet.convert.__globals__["PadInput"])
+    assert isinstance(model[1], nn.Sequential) and isinstance(model[1][0], PadInput)
 
 
 def test_conversion_is_all_or_nothing_and_names_the_layer():
