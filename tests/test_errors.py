@@ -120,6 +120,13 @@ ROWS = {
     "config-unknown-key": lambda t: ["train", "--config", _yaml(t, "epochz: 3\n")],
     "config-type": lambda t: ["train", "--config", _yaml(t, "epochs: ten\n")],
     "config-not-a-mapping": lambda t: ["train", "--config", _yaml(t, "- 1\n- 2\n")],
+    "config-alias": lambda t: ["train", "--config", _yaml(t, "a: &x [1]\nb: *x\n")],
+    "config-duplicate-key": lambda t: ["train", "--config", _yaml(t, "epochs: 1\nepochs: 2\n")],
+    "config-binary": lambda t: ["train", "--config", _binary_yaml(t)],
+    "config-deep": lambda t: ["train", "--config", _yaml(t, "tags: " + "[" * 200 + "]" * 200 + "\n")],
+    "config-bool-for-int": lambda t: ["train", "--config", _yaml(t, "seed: true\n")],
+    "config-int-for-bool": lambda t: ["train", "--config", _yaml(t, "augment: 7\n")],
+    "config-mapping-for-list": lambda t: ["train", "--config", _yaml(t, "tags: {a: 1}\n")],
     "idx-missing": lambda t: ["data", "fashion-mnist", "--data-root", str(t)],
     "idx-truncated": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, truncate=True))],
     "idx-magic": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, magic=0x12340803))],
@@ -154,6 +161,12 @@ ROWS = {
     "batch-larger-than-data": lambda t: [*TRAIN[:-4], "--batch-size", "128", "--progress", "false", "--out",
                                          str(t / "run")],
 }
+
+
+def _binary_yaml(tmp: Path) -> str:
+    path = tmp / "config.yaml"
+    path.write_bytes(b"\xff\xfe\x00epochs")
+    return str(path)
 
 
 def _npz(tmp: Path, images) -> Path:

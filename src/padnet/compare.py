@@ -8,9 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
-import yaml
-
-from .config import TrainConfig
+from .config import TrainConfig, load_yaml
 from .data import load_dataset
 from .engine.trainer import Trainer, config_differences
 from .errors import ConfigError
@@ -39,7 +37,7 @@ def check_reusable(run_dir: Path, cfg: TrainConfig) -> None:
     """ConfigError if ``run_dir`` holds a run made with another configuration (checked before training)."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        changed = config_differences(yaml.safe_load(saved.read_text()) or {}, cfg)
+        changed = config_differences(load_yaml(saved), cfg)
         if changed:
             raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
                               f"{', '.join(changed)}); choose another --out")

@@ -131,6 +131,8 @@ class TrainConfig:
                                   f"not {self.dataset!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check_choice("mask granularity", self.granularity, GRANULARITIES)
@@ -286,31 +288,45 @@ OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction", "image_s
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Convert a YAML/CLI value to the type of the field's default (None allowed for optional fields)."""
+    """Convert a YAML/CLI value to the type of the field's default (None allowed for optional fields).
+
+    Values of another kind are refused, not converted: ``seed: true``, ``augment: 7``, a mapping where a list or a
+    name belongs. Command-line values arrive as text and are parsed."""
     if value is None:
         if default is None:
             return None
         raise ConfigError(f"{name} needs a value")
     kind = type(default) if default is not None else None
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
+    bad = ConfigError(f"{name} has an invalid value {value!r}")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
             return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a name, got {value!r}")
+    if isinstance(value, bool) or isinstance(value, (dict, list, tuple)) and kind is not list:
+        raise bad
+    try:
         if kind is int or name in OPTIONAL_INTS:
             number = float(value)
             if not number.is_integer():
                 raise ValueError(value)
-            return int(number)
+            return int(value) if isinstance(value, int) else int(number)
         if kind is float:
             return float(value)
-        if kind is list:
-            return list(value) if isinstance(value, (list, tuple)) else [value]
-        return value
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{name} has an invalid value {value!r}") from None
+        raise bad from None
+    if kind is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+            return list(value)
+        if isinstance(value, str):
+            return [value]
+        raise bad
+    return value
 
 
 def config_from_dict(data: dict[str, Any], base=None, source: str = "config"):
@@ -329,17 +345,70 @@ def config_from_dict(data: dict[str, Any], base=None, source: str = "config"):
     return cls(**values)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; ConfigError if missing, malformed or not a mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+MAX_YAML_BYTES = 1 << 20  # a configuration is a few hundred bytes
+MAX_YAML_DEPTH = 16
+
+
+class _KeyError(Exception):
+    """A mapping key the strict loader refuses (reported with the file's name by :func:`parse_yaml`)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise _KeyError(f"a key at line {key_node.start_mark.line + 1} is not a name")
+            if key in seen:
+                raise _KeyError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, source: str):
+    """The value of a YAML document, read strictly: no aliases (``*name``; a small file could expand to
+    gigabytes), at most 16 levels of nesting, no key twice. Raises ConfigError naming ``source`` and the line."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{source} uses a YAML alias (*{event.anchor}) at line "
+                                  f"{event.start_mark.line + 1}; write the value out")
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise ConfigError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        return yaml.load(text, Loader=_StrictLoader)
+    except _KeyError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        raise ConfigError(f"config file {source} is not valid YAML{where}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping strictly (:func:`parse_yaml`); ConfigError if missing, over 1 MiB, not UTF-8 text,
+    malformed or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"config file {path} is larger than 1 MiB; a configuration is a few keys")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror or exc})") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data
