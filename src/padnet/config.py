@@ -239,6 +239,8 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.top_k > self.num_experts:
             raise ConfigError(f"top_k {self.top_k} is larger than num_experts {self.num_experts}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         for name in ("weight_decay", "aux_loss_weight"):
