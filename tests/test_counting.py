@@ -137,7 +137,7 @@ def test_full_mask_pad_equals_dy_plus_phi():
 
 
 def test_zero_semantics_counts_no_static():
-    pad = _tiny("pad", semantics="zero")
+    pad = _tiny("pad", mask_semantics="zero")
     partition(pad, 0.3, "random")
     dy = _tiny("dy")
     dynamic = sum(int(m.weight_mode.mask.sum()) * m.num_kernels for m in pad.modules() if isinstance(m, PADConv2d))

@@ -144,7 +144,7 @@ def test_deployed_model_equals_training_form(arch, conv, granularity):
 def test_deployed_converted_model_with_biases_equals_training_form(granularity, semantics):
     """Convolution biases (static and partially dynamic), a grouped (non-depthwise) layer, a BatchNorm that does
     not follow a convolution, a layer without BatchNorm, and zero semantics (MoE-P)."""
-    model = _converted(granularity, semantics=semantics)
+    model = _converted(granularity, mask_semantics=semantics)
     deployed = deploy(model)
     x = _input(3, size=8)
     with torch.no_grad():

@@ -346,7 +346,7 @@ def test_kernel_granularity_masks_are_independent_per_kernel():
 @pytest.mark.parametrize("formulation", ["grouped", "batched"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_zero_semantics_with_empty_mask_gives_zero(bias, formulation):
-    layer = PADConv2d(4, 6, 3, padding=1, bias=bias, semantics="zero", formulation=formulation)
+    layer = PADConv2d(4, 6, 3, padding=1, bias=bias, mask_semantics="zero", formulation=formulation)
     _randomise(layer)
     assert not hasattr(layer.weight_mode, "static")
     _set_masks(layer, torch.zeros)
@@ -358,7 +358,7 @@ def test_zero_semantics_with_empty_mask_gives_zero(bias, formulation):
 def test_zero_semantics_with_full_mask_is_dynamic():
     torch.manual_seed(0)
     dy = DynamicConv2d(4, 6, 3, padding=1, temperature=1.0)
-    pad = PADConv2d(4, 6, 3, padding=1, temperature=1.0, semantics="zero")
+    pad = PADConv2d(4, 6, 3, padding=1, temperature=1.0, mask_semantics="zero")
     pad.load_state_dict(dy.state_dict(), strict=False)
     x = _input()
     torch.testing.assert_close(pad(x), dy(x))
@@ -368,7 +368,7 @@ def test_unknown_granularity_or_semantics_raise():
     with pytest.raises(ConfigError):
         PADConv2d(4, 4, 3, granularity="element")
     with pytest.raises(ConfigError):
-        PADConv2d(4, 4, 3, semantics="prune")
+        PADConv2d(4, 4, 3, mask_semantics="prune")
 
 
 # ------------------------------------------------------------------------------------- attention

@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 
 def _layer(strategy="different", threshold=0.1, seed=0, **kw):
     torch.manual_seed(seed)
-    layer = SparseDynamicConv2d(4, 6, 3, padding=1, num_kernels=3, temperature=1.0, strategy=strategy, **kw)
+    layer = SparseDynamicConv2d(4, 6, 3, padding=1, num_kernels=3, temperature=1.0, mask_strategy=strategy, **kw)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.2)
         layer.weight_mode.threshold.fill_(threshold)
@@ -160,7 +160,7 @@ def test_accounting_counts_kept_weights_and_the_sparse_aggregated_kernel():
 
 def test_bad_options_raise():
     with pytest.raises(ConfigError):
-        SparseDynamicConv2d(4, 4, 3, strategy="half")
+        SparseDynamicConv2d(4, 4, 3, mask_strategy="half")
     with pytest.raises(ConfigError):
         SparseDynamicConv2d(4, 4, 3, mask_temperature=0.0)
 

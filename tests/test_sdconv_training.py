@@ -205,7 +205,7 @@ def test_convert_makes_any_model_sd_conv_and_training_prunes_it():
 def test_bench_sparsify_sets_each_layer_to_the_sparsity():
     for strategy in ("different", "same"):
         torch.manual_seed(0)
-        model = create_model("resnet10", conv="sdconv", num_classes=4, width=0.125, stem="small", strategy=strategy)
+        model = create_model("resnet10", conv="sdconv", num_classes=4, width=0.125, stem="small", mask_strategy=strategy)
         _sparsify(model, 0.5)
         for layer in sparsity_report(model)["layers"]:
             assert layer["layer"] == pytest.approx(0.5, abs=0.02)

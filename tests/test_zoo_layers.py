@@ -253,7 +253,7 @@ _PAIRS = [
     ("condconv", "pad-condconv", {"temperature": 1.0, "formulation": "batched", "granularity": "kernel"}),
 ]
 _PAIR_IDS = ["odconv-k4", "odconv-k4-kernelmask", "odconv-k1", "dcd", "condconv-grouped", "condconv-batched"]
-_PAD_ONLY = ("granularity", "scale_mode", "semantics")
+_PAD_ONLY = ("granularity", "scale_mode", "mask_semantics")
 
 
 @pytest.mark.parametrize("geometry", _EQ_GEOMETRY, ids=_EQ_IDS)
@@ -784,7 +784,7 @@ def test_unknown_option_names_the_option(name):
 
 
 @pytest.mark.parametrize("cls", [ODConv2d, DCDConv2d])
-@pytest.mark.parametrize("option,value", [("granularity", "kernel"), ("scale_mode", "none"), ("semantics", "zero")])
+@pytest.mark.parametrize("option,value", [("granularity", "kernel"), ("scale_mode", "none"), ("mask_semantics", "zero")])
 def test_fully_dynamic_forms_reject_pad_options(cls, option, value):
     with pytest.raises(ConfigError, match=option):
         cls(4, 4, 3, padding=1, **{option: value})
@@ -846,18 +846,18 @@ def test_layer_options_keeps_what_the_type_takes():
 
 
 _OPTION_VALUES = {"num_kernels": 2, "reduction": 2, "temperature": 2.0, "routing": "softmax",
-                  "formulation": "grouped", "granularity": "shared", "scale_mode": "none", "semantics": "static",
-                  "strategy": "same", "mask_temperature": 0.01, "threshold": 0.05}
+                  "formulation": "grouped", "granularity": "shared", "scale_mode": "none", "mask_semantics": "static",
+                  "mask_strategy": "same", "mask_temperature": 0.01, "threshold": 0.05}
 
 
 def test_accepted_options_per_type():
     dy = ("num_kernels", "reduction", "temperature", "routing", "formulation")
-    pad = ("granularity", "scale_mode", "semantics")
+    pad = ("granularity", "scale_mode", "mask_semantics")
     expected = {
         "static": (), "dy": dy, "pad": dy + pad, "condconv": dy, "pad-condconv": dy + pad,
         "odconv": ("num_kernels", "reduction", "temperature"),
         "pad-odconv": ("num_kernels", "reduction", "temperature") + pad,
-        "dcd": ("reduction",), "pad-dcd": ("reduction", "scale_mode", "semantics"),
+        "dcd": ("reduction",), "pad-dcd": ("reduction", "scale_mode", "mask_semantics"),
     }
     for name, options in expected.items():
         assert accepted_options(name) == options, name
@@ -873,7 +873,7 @@ def test_every_accepted_option_is_taken_by_the_constructor(name):
         assert layer.num_kernels == 2
     if "scale_mode" in options:
         assert layer.scales.mode == "none"
-    if "strategy" in options:
+    if "mask_strategy" in options:
         mode = layer.weight_mode
         assert (mode.strategy, mode.temperature, float(mode.threshold)) == ("same", 0.01, pytest.approx(0.05))
 
@@ -927,7 +927,7 @@ def test_gradients_reach_every_parameter(name, options, geometry):
 
 
 def test_pad_odconv_gradients_with_kernel_granularity_and_zero_semantics():
-    for options in ({"granularity": "kernel"}, {"semantics": "zero"}):
+    for options in ({"granularity": "kernel"}, {"mask_semantics": "zero"}):
         torch.manual_seed(0)
         layer = _build("pad-odconv", 4, 6, 3, bias=True, **options)
         _randomise(layer)

@@ -54,7 +54,7 @@ MODEL_VARIANTS = {  # name: (conv, options, partition granularity or None, deplo
     "pad-filter-deployed": ("pad", {"granularity": "filter"}, "filter", True, None),
     "sdconv": ("sdconv", {}, None, False, None),
     "sdconv-deployed": ("sdconv", {}, None, True, None),
-    "sdconv-same-deployed": ("sdconv", {"strategy": "same"}, None, True, None),
+    "sdconv-same-deployed": ("sdconv", {"mask_strategy": "same"}, None, True, None),
 }
 SPARSITY = 0.5  # SD-Conv variants: each layer's threshold at the median of its scores
 TRAIN_VARIANTS = ("static", "dy-grouped", "dy", "dy-autotune", "pad", "pad-filter")
@@ -244,7 +244,7 @@ def bench_files(progress=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, conv, options in (("dy", "dy", {}), ("pad", "pad", {}),
                                     ("pad-filter", "pad", {"granularity": "filter"}), ("sdconv", "sdconv", {}),
-                                    ("sdconv-same", "sdconv", {"strategy": "same"})):
+                                    ("sdconv-same", "sdconv", {"mask_strategy": "same"})):
             if progress:
                 progress(f"resnet50 file {name}")
             torch.manual_seed(0)

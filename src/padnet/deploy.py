@@ -243,7 +243,8 @@ def load_deployed(path: str | Path, model: nn.Module | None = None) -> nn.Module
             raise CheckpointError(f"{path} does not record its architecture: pass model=")
         from .models import create_model
 
-        model = create_model(**meta["arch"])
+        legacy = {"semantics": "mask_semantics", "strategy": "mask_strategy"}  # option names before padnet 0.2
+        model = create_model(**{legacy.get(k, k): v for k, v in meta["arch"].items()})
     try:
         model = _skeleton(model, meta)
         model.load_state_dict(_decode(model, tensors))

@@ -266,8 +266,8 @@ class PadConfig:
 
         accepted = accepted_options(self.method)
         wanted = {"num_kernels": self.num_kernels, "reduction": self.reduction, "temperature": self.temperature_start,
-                  "granularity": self.granularity, "scale_mode": self.scale_mode, "semantics": self.mask_semantics,
-                  "strategy": self.mask_strategy}
+                  "granularity": self.granularity, "scale_mode": self.scale_mode,
+                  "mask_semantics": self.mask_semantics, "mask_strategy": self.mask_strategy}
         return {k: v for k, v in wanted.items() if v is not None and k in accepted}
 
     # ------------------------------------------------------------------ serialisation

@@ -66,7 +66,7 @@ def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
     """Prune the ``sparsity`` fraction of DY-Conv kernel weights with the lowest magnitude, over all layers.
 
     A global magnitude cut is an SD-Conv mask with the same threshold τ in every layer, so the result is the
-    model rebuilt with :class:`SparseDynamicConv2d` layers (``strategy="different"``) holding the trained
+    model rebuilt with :class:`SparseDynamicConv2d` layers (``mask_strategy="different"``) holding the trained
     weights and τ = the cut: parameter and FLOPs counting, sparsity reports and deployment then apply as to a
     trained SD-Conv model. ``model`` is left unchanged. (SD-Conv §3.1, Table 1 "w/ Pruned".)
 

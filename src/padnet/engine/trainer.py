@@ -63,7 +63,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     """The model a configuration describes (dynamic-layer options only for dynamic convs)."""
     options = layer_options(cfg.conv, num_kernels=cfg.num_kernels, reduction=cfg.reduction,
                             temperature=cfg.temperature_start, granularity=cfg.granularity,
-                            scale_mode=cfg.scale_mode, strategy=cfg.mask_strategy, semantics=cfg.mask_semantics)
+                            scale_mode=cfg.scale_mode, mask_strategy=cfg.mask_strategy,
+                            mask_semantics=cfg.mask_semantics)
     return create_model(cfg.model, conv=cfg.conv, num_classes=num_classes, in_chans=in_chans, width=cfg.width,
                         stem=cfg.stem, **options)
 

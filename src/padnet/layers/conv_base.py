@@ -12,7 +12,7 @@ from .attention import TemperatureRouting
 from .formulations import ConvGeometry, grouped
 from .modes import ScaleFactors
 
-PAD_OPTIONS = {"granularity": "shared", "scale_mode": "constrained", "semantics": "static"}
+PAD_OPTIONS = {"granularity": "shared", "scale_mode": "constrained", "mask_semantics": "static"}
 
 
 class DynamicConvBase(nn.Module):
@@ -77,9 +77,8 @@ class DynamicConvBase(nn.Module):
         if unknown:
             raise ConfigError(f"{type(self).__name__} got unexpected options: {', '.join(unknown)}")
         merged = {**PAD_OPTIONS, **options}
-        scale_mode = merged.pop("scale_mode")
-        self.scales = ScaleFactors(scale_mode if self.partial else "none")
-        return merged
+        self.scales = ScaleFactors(merged["scale_mode"] if self.partial else "none")
+        return {"granularity": merged["granularity"], "semantics": merged["mask_semantics"]}
 
     @property
     def geometry(self) -> ConvGeometry:

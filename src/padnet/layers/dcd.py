@@ -120,9 +120,9 @@ class DCDConv2d(DynamicConvBase):
 class PADDCDConv2d(DCDConv2d):
     """PAD-Net form of DCD: Λ and Φ partially dynamic (paper 001, appendix C, Table 6).
 
-    Extra args: ``scale_mode`` (λs + λd = 2 by default), ``semantics``. Masks: ``scale.mode.mask`` (1, Cout)
+    Extra args: ``scale_mode`` (λs + λd = 2 by default), ``mask_semantics``. Masks: ``scale.mode.mask`` (1, Cout)
     and ``fusion.mode.mask`` (1, L²) (no Φ in depthwise layers).
     """
 
     partial = True
-    OPTIONS = DCDConv2d.OPTIONS + ("scale_mode", "semantics")
+    OPTIONS = DCDConv2d.OPTIONS + ("scale_mode", "mask_semantics")

@@ -150,7 +150,7 @@ class PADConv2d(DynamicConv2d):
     Extra args:
         granularity: ``"shared"`` (one mask for the k kernels) or ``"kernel"`` (one per kernel).
         scale_mode: scale-factor setting of Table 3 (``"constrained"``: λs + λd = 2).
-        semantics: ``"static"`` (PAD-Net) or ``"zero"`` (masked elements pruned).
+        mask_semantics: ``"static"`` (PAD-Net) or ``"zero"`` (masked elements pruned).
 
     Extra parameters: ``weight_mode.static`` (Cout, Cin/groups, kh, kw) — Θ̄, Kaiming-initialised
     independently of the kernels (``load_static`` copies a static kernel into it); ``bias_mode.static``

@@ -148,7 +148,7 @@ class PADODConv2d(ODConv2d):
     """PAD-Net form of ODConv (paper 001, appendix C, Table 7).
 
     Extra args: ``granularity`` (kernel mask shared by the k kernels or one per kernel), ``scale_mode``
-    (λs + λd = 2 by default; one pair per layer, used by the kernels and the attentions), ``semantics``.
+    (λs + λd = 2 by default; one pair per layer, used by the kernels and the attentions), ``mask_semantics``.
     Masks: ``weight_mode.mask`` (k > 1) and ``attention.{channel,filter,spatial}.mode.mask``.
     With every mask 1 the layer is ODConv; with every mask 0 and λs = 1 it is a static convolution with
     kernel Θ̄ (scaled by the static attentions, which start at 1).

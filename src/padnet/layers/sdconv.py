@@ -90,7 +90,7 @@ class SparseDynamicConv2d(DynamicConv2d):
     """SD-Conv: DY-Conv whose k kernels are sparsified by learned masks (SD-Conv eq. 2–6).
 
     Args: those of :class:`~padnet.layers.DynamicConv2d` (k = 4, attention reduction 16 as in the paper),
-    plus ``strategy`` (``"different"``/``"same"``), ``mask_temperature`` (T = 1/1024) and ``threshold``
+    plus ``mask_strategy`` (``"different"``/``"same"``), ``mask_temperature`` (T = 1/1024) and ``threshold``
     (initial τ, 0). Parameters: ``weight`` (k, Cout, Cin/g, kh, kw), ``weight_mode.threshold`` τ, attention.
     Input (B, Cin, H, W) → (B, Cout, H', W').
 
@@ -98,13 +98,13 @@ class SparseDynamicConv2d(DynamicConv2d):
         ConfigError: as DynamicConv2d, an unknown strategy or a non-positive mask temperature.
     """
 
-    OPTIONS = DynamicConv2d.OPTIONS + ("strategy", "mask_temperature", "threshold")
+    OPTIONS = DynamicConv2d.OPTIONS + ("mask_strategy", "mask_temperature", "threshold")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=False, num_kernels: int = 4, reduction: int = 16, temperature: float = 30.0,
-                 routing: str = "softmax", formulation: str = "auto", strategy: str = "different",
+                 routing: str = "softmax", formulation: str = "auto", mask_strategy: str = "different",
                  mask_temperature: float = 1 / 1024, threshold: float = 0.0, **options):
-        self._sparse_options = (strategy, mask_temperature, threshold)
+        self._sparse_options = (mask_strategy, mask_temperature, threshold)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          num_kernels, reduction, temperature, routing, formulation, **options)
 
