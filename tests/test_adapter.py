@@ -12,12 +12,12 @@ from torch import nn
 
 import padnet
 from padnet.config import TrainConfig
-from padnet.convert import PadInput
 from padnet.data.images import ImageData, channel_stats
 from padnet.data.loader import make_loader
 from padnet.engine.schedule import build_scheduler
 from padnet.engine.trainer import Trainer, build_model, param_groups
 from padnet.errors import CheckpointError, ConfigError
+from padnet.surgery import PadInput
 
 
 def _static(seed=0, width=0.125):
@@ -51,7 +51,7 @@ def _warm_up(pad, batches, steps=3):
     ({"method": "pad", "kappa": 1.5}, "kappa must be a number > 0 and <= 1"),
     ({"method": "pad-moe", "top_k": 9}, "top_k 9 is larger than num_experts 8"),
     ({"method": "pad", "granularity": "neuron"}, "unknown mask granularity 'neuron'"),
-    ({"method": "pad", "target_modules": []}, "target_modules must be 'auto' or a non-empty list"),
+    ({"method": "pad", "target_modules": []}, "target_modules must be 'auto', 'all' or a non-empty list"),
 ])
 def test_pad_config_refuses_bad_values_with_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -120,10 +120,10 @@ def test_conversion_is_all_or_nothing_and_names_the_layer():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), Plain(4, 4, 3), Standardised(4, 4, 3))
     before = [type(m) for m in model]
     with pytest.raises(ConfigError, match=r"cannot convert 2: Standardised overrides nn.Conv2d's forward; "
-                                          r"leave it static with exclude=\['2'\]"):
+                                          r"leave it static with exclude_modules=\['2'\]"):
         padnet.convert(model, "pad")
     assert [type(m) for m in model] == before  # nothing replaced
-    padnet.convert(model, "pad", exclude=("2",))
+    padnet.convert(model, "pad", exclude_modules=["2"])
     assert isinstance(model[1], padnet.PADConv2d) and type(model[2]) is Standardised  # the subclass converted
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import padnet
 from padnet import convert
 from padnet.errors import ConfigError
 from padnet.layers import DynamicConv2d, PADConv2d
@@ -58,7 +59,7 @@ def test_convert_user_model_keeps_outputs(conv):
     x = _x()
     before = net(x)
     originals = {n: m for n, m in net.named_modules() if type(m) is nn.Conv2d}
-    out = convert(net, conv, temperature=1.0)
+    out = convert(net, conv, temperature_start=1.0)
     assert out is net
     assert _conv_names(net) == ["stem"]
     converted = _conv_names(net, CLASSES[conv])
@@ -78,7 +79,7 @@ def test_convert_resnet_keeps_outputs(conv):
     n_convs = len(_conv_names(model))
     x = _x(size=8)
     before = model(x)
-    convert(model, conv, temperature=30.0)
+    convert(model, conv, temperature_start=30.0)
     assert _conv_names(model) == ["stem.0"]
     assert len(_conv_names(model, CLASSES[conv])) == n_convs - 1
     assert isinstance(model.fc, nn.Linear)
@@ -90,13 +91,13 @@ def test_convert_without_static_init_changes_outputs():
     net = _user_net()
     x = _x()
     before = net(x)
-    convert(net, "dy", init_from_static=False)
+    convert(net, "dy", init_from_pretrained=False)
     assert not torch.allclose(net(x), before, atol=1e-3)
 
 
-def test_convert_skip_first_false_converts_the_stem():
+def test_convert_all_targets_converts_the_stem():
     net = _user_net()
-    convert(net, "pad", skip_first=False)
+    convert(net, "pad", target_modules="all")
     assert _conv_names(net) == []
     assert isinstance(net.stem, PADConv2d)
 
@@ -109,7 +110,7 @@ def test_convert_skip_first_false_converts_the_stem():
 ])
 def test_convert_respects_exclude(patterns, static):
     net = _user_net()
-    convert(net, "pad", exclude=patterns)
+    convert(net, "pad", exclude_modules=list(patterns))
     assert _conv_names(net) == static
     assert len(_conv_names(net, PADConv2d)) == 4 - len(static)
 
@@ -123,17 +124,21 @@ def test_convert_min_channels():
 
 def test_convert_passes_layer_options():
     net = _user_net()
-    convert(net, "pad", num_kernels=3, granularity="kernel", temperature=7.0)
+    convert(net, "pad", num_kernels=3, granularity="kernel", temperature_start=7.0)
     layer = net.get_submodule("head.0")
     assert layer.num_kernels == 3 and layer.weight.shape[0] == 3
     assert layer.weight_mode.mask.shape[0] == 3
     assert float(layer.attention.temperature) == 7.0
 
 
-def test_convert_static_is_a_no_op():
-    net = _user_net()
-    assert convert(net, "static") is net
-    assert len(_conv_names(net)) == 4
+def test_convert_is_get_pad_model_without_the_wrapper():
+    net, other = _user_net(), _user_net()
+    assert convert(net, "pad", layer_options={"formulation": "batched"}) is net
+    pad = padnet.get_pad_model(other, method="pad", layer_options={"formulation": "batched"})
+    assert [type(m) for m in net.modules()] == [type(m) for m in pad.base_model.modules()]
+    assert net.get_submodule("head.0").formulation == "batched"
+    with pytest.raises(ConfigError, match="unknown method 'static'"):
+        convert(_user_net(), "static")
 
 
 @pytest.mark.parametrize("conv", ["dynamic-conv", "cond-conv", ""])
@@ -146,7 +151,7 @@ def test_convert_nothing_to_convert_raises():
     with pytest.raises(ConfigError):
         convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "dy")
     with pytest.raises(ConfigError):
-        convert(_user_net(), "dy", exclude=("*",))
+        convert(_user_net(), "dy", exclude_modules=["*"])
 
 
 def test_from_conv_alone_refuses_reflect_padding_and_points_to_convert():

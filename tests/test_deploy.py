@@ -111,7 +111,7 @@ def _sequential(bias=True):
 
 def _converted(granularity="shared", seed=0, partitioned=True, **options):
     torch.manual_seed(seed)
-    model = padnet.convert(_sequential(), "pad", temperature=1.0, granularity=granularity, **options)
+    model = padnet.convert(_sequential(), "pad", temperature_start=1.0, granularity=granularity, **options)
     if partitioned:
         padnet.partition(model, 0.4, "random", scope="local")
         _train_bn(model, size=8)

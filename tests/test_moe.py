@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+import padnet
 from padnet import partition
 from padnet.errors import CheckpointError, ConfigError
 from padnet.layers.moe import (
@@ -25,13 +26,21 @@ from padnet.layers.moe import (
     load_balancing_loss,
 )
 from padnet.metrics import count_parameters
-from padnet.nlp import auxiliary_loss, convert_moe, find_ffns, from_pretrained, moe_layers, save_pretrained
+from padnet.nlp import auxiliary_loss, find_ffns, from_pretrained, moe_layers, save_pretrained
 from padnet.nlp.finetune import task_loss
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 H, F = 12, 20
+
+METHODS = {"dynamic": "moe", "pad": "pad-moe", "prune": "moe-p"}
+
+
+def convert_moe(model, mode="dynamic", **options):
+    """Sparse upcycling through the public API: ``padnet.convert`` with the MoE method of ``mode``."""
+    return padnet.convert(model, METHODS.get(mode, mode), **options)
+
 
 
 def _ffn(hidden=H, inter=F, seed=0):
@@ -323,7 +332,7 @@ def test_the_minilm_encoder_upcycles_to_an_equal_model():
 
 
 def test_convert_chooses_layers_and_records_the_conversion():
-    model = convert_moe(_bert(), num_experts=4, top_k=1, layers=[1])
+    model = convert_moe(_bert(), num_experts=4, top_k=1, target_modules=["*.layer.1.intermediate.dense"])
     layers = moe_layers(model)
     assert [n for n, _ in layers] == ["bert.encoder.layer.1.intermediate.dense"]
     assert layers[0][1].num_experts == 4 and layers[0][1].top_k == 1
@@ -343,7 +352,7 @@ def test_other_ffn_layouts_are_found_by_their_names_and_the_names_are_recorded()
     model = nn.Sequential()
     model.block = nn.Module()
     model.block.fc_in, model.block.act, model.block.fc_out = nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 16)
-    convert_moe(model, patterns=[("fc_in", "act", "fc_out")])
+    convert_moe(model, ffn_patterns=[("fc_in", "act", "fc_out")])
     assert [n for n, _ in moe_layers(model)] == ["block.fc_in"]
     assert isinstance(model.block.fc_out, nn.Identity)
     assert model.padnet_moe["patterns"] == [["fc_in", "act", "fc_out"]]  # from_pretrained converts the same way
@@ -358,9 +367,9 @@ def test_conversion_errors_are_one_line():
     with pytest.raises(ConfigError, match="no recognisable feed-forward") as err:
         convert_moe(nn.Sequential(nn.Linear(4, 4)))
     assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="out of range"):
-        convert_moe(_bert(), layers=[5])
-    with pytest.raises(ConfigError, match="MoE mode"):
+    with pytest.raises(ConfigError, match="has no feed-forward block that target_modules selects"):
+        convert_moe(_bert(), target_modules=["*.layer.5.*"])
+    with pytest.raises(ConfigError, match="unknown method 'sometimes'"):
         convert_moe(_bert(), mode="sometimes")
     with pytest.raises(ConfigError, match="granularity"):
         convert_moe(_bert(), mode="pad", granularity="row")
@@ -372,7 +381,7 @@ def test_conversion_errors_are_one_line():
 @pytest.mark.parametrize("mode,granularity", [("dynamic", "element"), ("pad", "element"), ("pad", "neuron"),
                                               ("prune", "element"), ("prune", "neuron")])
 def test_save_then_load_gives_equal_outputs(tmp_path, mode, granularity):
-    model = convert_moe(_bert(), mode=mode, granularity=granularity)
+    model = convert_moe(_bert(), mode=mode, **({} if mode == "dynamic" else {"granularity": granularity}))
     _perturb(model)
     if mode != "dynamic":
         batches = [{"input_ids": IDS, "labels": torch.tensor([0, 1, 1])}]

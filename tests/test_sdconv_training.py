@@ -191,7 +191,7 @@ def test_convert_makes_any_model_sd_conv_and_training_prunes_it():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
-    model = convert(net, conv="sdconv")
+    model = convert(net, "sdconv")
     assert [type(m).__name__ for m in model][:3] == ["Conv2d", "ReLU", "SparseDynamicConv2d"]  # all but the first
 
     opt = torch.optim.Adam([layer.weight_mode.threshold for _, layer in sparse_layers(model)], lr=0.01)

@@ -8,8 +8,7 @@ deployment form (``deploy``, ``save_deployed``, ``load_deployed``) and export (`
 (``padnet.nlp``, needs the ``nlp`` extra). Importing padnet touches no network and no data.
 """
 
-from .adapter import PadModel, get_pad_model
-from .convert import convert
+from .adapter import PadModel, convert, get_pad_model
 from .deploy import deploy, load_deployed, save_deployed
 from .export import export_onnx, export_torchscript
 from .layers import (

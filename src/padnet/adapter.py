@@ -26,7 +26,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import deploy as deployment
-from .convert import convert, find_convs
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_path, write_json
 from .layers.conv_base import DynamicConvBase
@@ -38,10 +37,11 @@ from .layers.sdconv import SparseDynamicConv2d, sparse_layers
 from .methods import PadTraining
 from .metrics.counting import count_flops, count_parameters
 from .moe_codec import decode_moe, encode_moe
-from .moe_convert import auxiliary_loss, convert_moe, find_ffns
+from .moe_convert import FFN_PATTERNS, auxiliary_loss, find_ffns, replace_ffns
 from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
 from .partitioning.scores import masked_tensors
+from .surgery import find_convs, replace_convs
 
 FORMAT = "padnet-adapter-1"
 CONFIG_FILE = "padnet_config.json"
@@ -62,7 +62,7 @@ def _under(key: str, prefixes: Iterable[str]) -> bool:
 
 
 def _targets(config: PadConfig) -> list[str] | None:
-    return None if config.target_modules == "auto" else list(config.target_modules)
+    return None if config.target_modules in ("auto", "all") else list(config.target_modules)
 
 
 def _convert(model: nn.Module, config: PadConfig) -> list[str]:
@@ -74,13 +74,20 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
             for name in built:
                 _check_built(name, model.get_submodule(name), layer_type, config)
             return built
-        found = find_convs(model, skip_first=True, targets=_targets(config), exclude=config.exclude_modules)
+        stem = config.target_modules == "auto"  # leave the first convolution static
+        found = find_convs(model, skip_first=stem, targets=_targets(config), exclude=config.exclude_modules,
+                           min_channels=config.min_channels)
         if not found:
             raise ConfigError(f"{type(model).__name__} has no nn.Conv2d that target_modules selects")
-        convert(model, config.method, init_from_static=config.init_from_pretrained, skip_first=True,
-                exclude=tuple(config.exclude_modules), targets=_targets(config), **config.layer_options())
+        replace_convs(model, config.method, init_from_static=config.init_from_pretrained, skip_first=stem,
+                      exclude=tuple(config.exclude_modules), min_channels=config.min_channels,
+                      targets=_targets(config), **config.layer_kwargs())
         return [name for name, _ in found]
-    sites = find_ffns(model)
+    patterns = [tuple(p) for p in config.ffn_patterns] if config.ffn_patterns else FFN_PATTERNS
+    sites = find_ffns(model, patterns)
+    if not sites:
+        raise ConfigError(f"{type(model).__name__} has no recognisable feed-forward block (two nn.Linear "
+                          f"H -> F -> H named like {', '.join('/'.join(p) for p in patterns)})")
     targets = _targets(config)
     chosen = [i for i, site in enumerate(sites)
               if (targets is None or any(fnmatch.fnmatch(site.up, p) for p in targets))
@@ -88,7 +95,7 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
     if not chosen:
         raise ConfigError(f"{type(model).__name__} has no feed-forward block that target_modules selects "
                           f"({len(sites)} found)")
-    convert_moe(model, layers=chosen, **config.layer_options())
+    replace_ffns(model, layers=chosen, patterns=patterns, **config.layer_kwargs())
     if not config.init_from_pretrained:
         for i in chosen:
             layer = model.get_submodule(sites[i].up)
@@ -504,6 +511,17 @@ def _read_weights(path: Path, form: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def convert(model: nn.Module, method: str = "pad", **options) -> nn.Module:
+    """``get_pad_model(model, PadConfig(method=method, **options)).base_model``: the model itself (changed in
+    place) rather than its :class:`PadModel` wrapper, for code that keeps working with the plain module.
+
+    ``options`` are :class:`PadConfig` fields (``kappa``, ``num_kernels``, ``exclude_modules``,
+    ``init_from_pretrained``, ``target_modules="all"`` for the stem too, ``min_channels``, ``layer_options``, ...).
+    Raises ConfigError as :func:`get_pad_model`.
+    """
+    return get_pad_model(model, method=method, **options).base_model
+
+
 def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) -> PadModel:
     """Make ``model`` dynamic or partially dynamic as ``config`` describes (in place) and wrap it.
 
@@ -523,7 +541,7 @@ def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) 
     if isinstance(model, PadModel):
         raise ConfigError("the model is already a PadModel")
     if config is None:
-        config = PadConfig(**options)
+        config = PadConfig.from_dict(options)
     elif options:
         config = PadConfig.from_dict({**config.to_dict(), **options},
                                      config.partition if callable(config.partition) else None)

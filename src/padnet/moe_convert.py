@@ -63,7 +63,7 @@ def _set(model: nn.Module, path: str, value: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, value)
 
 
-def convert_moe(
+def replace_ffns(
     model: nn.Module,
     mode: str = "dynamic",
     num_experts: int = 8,
@@ -73,7 +73,8 @@ def convert_moe(
     patterns=FFN_PATTERNS,
     **options,
 ) -> nn.Module:
-    """Replace the FFN of the chosen layers of ``model`` with upcycled MoE layers, in place.
+    """Replace the FFN of the chosen layers of ``model`` with upcycled MoE layers, in place: the surgery
+    :func:`padnet.get_pad_model` runs for MoE methods, in the layers' option names.
 
     Every expert (and the static parameters of PAD-MoE) starts as a copy of the pretrained FFN, both linears
     with their biases, and the router starts at zero with gates renormalised over the top k, so the converted
@@ -90,7 +91,8 @@ def convert_moe(
         **options: more :class:`~padnet.layers.moe.MoEFeedForward` options (``scale_mode``, ``noisy``,
             ``aux_loss_weight``).
 
-    Returns ``model``, with ``model.padnet_moe`` recording the conversion (used by ``save_pretrained``).
+    Returns ``model``, with ``model.padnet_moe`` recording the conversion (used by ``padnet.nlp.save_pretrained``,
+    whose ``from_pretrained`` replays it).
 
     Raises:
         ConfigError: no recognisable FFN, a layer index out of range, bad MoE options.

@@ -40,6 +40,7 @@ _APPLIES = {
     "sparsity": ("sdconv",), "pruning_iterations": ("sdconv",), "budget_weight": ("sdconv",),
     "threshold_lr": ("sdconv",), "mask_strategy": ("sdconv",),
     "num_experts": tuple(MOE_METHODS), "top_k": tuple(MOE_METHODS), "noisy_gating": tuple(MOE_METHODS),
+    "ffn_patterns": tuple(MOE_METHODS),
     "aux_loss_weight": tuple(MOE_METHODS),
 }
 # defaults filled in by ``resolved()`` for the methods an option applies to
@@ -79,10 +80,16 @@ class PadConfig:
             ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"``, ``"sdconv"`` (SD-Conv), or for transformer
             encoders ``"moe"``, ``"pad-moe"`` (PAD-MoE) and ``"moe-p"`` (MoE-P, the pruning baseline).
         target_modules: ``"auto"`` (every ``nn.Conv2d`` but the first, the stem; or every FFN block of a
-            transformer encoder) or glob patterns of module names (a conv's name; an FFN's first linear,
-            e.g. ``"*.layer.0.intermediate.dense"``).
+            transformer encoder), ``"all"`` (the stem too) or glob patterns of module names (a conv's name; an
+            FFN's first linear, e.g. ``"*.layer.0.intermediate.dense"``).
         exclude_modules: glob patterns of module names to leave as they are.
+        min_channels: convolutions with fewer input channels stay static.
+        ffn_patterns: MoE methods: (first linear, activation, second linear) name triples of the FFN blocks,
+            relative to the module holding them (default: BERT, ALBERT and DistilBERT names,
+            ``padnet.moe_convert.FFN_PATTERNS``).
         init_from_pretrained: start every kernel / expert and the static parameters from the existing weights.
+        layer_options: further keyword options of the layers, passed as they are and checked by them (e.g.
+            ``{"formulation": "batched"}``, ``{"routing": "sigmoid"}``, SD-Conv's ``{"threshold": 0.01}``).
     Dynamic layers:
         num_kernels: k (default: DY-Conv/PAD-Net 4, CondConv 8, ODConv 4, SD-Conv 4; DCD has none).
         reduction: attention reduction ratio r (default: the layer's, DY-Conv 4, ODConv/DCD/SD-Conv 16).
@@ -123,7 +130,10 @@ class PadConfig:
     method: str = "pad"
     target_modules: str | list[str] = "auto"
     exclude_modules: list[str] = field(default_factory=list)
+    min_channels: int = 1
+    ffn_patterns: list[list[str]] | None = None
     init_from_pretrained: bool = True
+    layer_options: dict = field(default_factory=dict)
     num_kernels: int | None = None
     reduction: int | None = None
     temperature_start: float = 30.0
@@ -189,14 +199,29 @@ class PadConfig:
                 raise ConfigError(f"option {name} does not apply to method {self.method!r} "
                                   f"(it applies to {', '.join(methods)})")
         targets = self.target_modules
-        if not (targets == "auto" or (isinstance(targets, (list, tuple)) and targets
+        if not (targets in ("auto", "all") or (isinstance(targets, (list, tuple)) and targets
                                       and all(isinstance(t, str) for t in targets))):
-            raise ConfigError(f"target_modules must be 'auto' or a non-empty list of glob patterns, got {targets!r}")
+            raise ConfigError(f"target_modules must be 'auto', 'all' or a non-empty list of glob patterns, got "
+                              f"{targets!r}")
         if isinstance(targets, tuple):
             self.target_modules = list(targets)
         if not (isinstance(self.exclude_modules, (list, tuple)) and all(isinstance(t, str) for t in self.exclude_modules)):
             raise ConfigError(f"exclude_modules must be a list of glob patterns, got {self.exclude_modules!r}")
         self.exclude_modules = list(self.exclude_modules)
+        _number("min_channels", self.min_channels, 1, integer=True)
+        if self.ffn_patterns is not None:
+            if not (isinstance(self.ffn_patterns, (list, tuple)) and self.ffn_patterns and all(
+                    isinstance(p, (list, tuple)) and len(p) == 3 and all(isinstance(n, str) and n for n in p)
+                    for p in self.ffn_patterns)):
+                raise ConfigError("ffn_patterns must be a list of (first linear, activation, second linear) names, "
+                                  f"got {self.ffn_patterns!r}")
+            self.ffn_patterns = [list(p) for p in self.ffn_patterns]
+        if self.family == "moe" and self.min_channels != 1:
+            raise ConfigError("option min_channels applies to convolutions, not to method " + repr(self.method))
+        if not (isinstance(self.layer_options, dict) and all(isinstance(k, str) for k in self.layer_options)
+                and all(isinstance(v, (str, int, float, bool)) for v in self.layer_options.values())):
+            raise ConfigError(f"layer_options must map option names to numbers, names or true/false, got "
+                              f"{self.layer_options!r}")
         for name in ("init_from_pretrained", "check_scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -250,9 +275,9 @@ class PadConfig:
         return self
 
     # ------------------------------------------------------------------ the layers' options
-    def layer_options(self) -> dict[str, Any]:
+    def layer_kwargs(self) -> dict[str, Any]:
         """Keyword options of the method's layers: for convolutions those of ``padnet.convert`` (only the
-        ones the layer takes), for MoE those of ``padnet.nlp.convert_moe``."""
+        ones the layer takes), for MoE those of ``padnet.moe_convert.replace_ffns``."""
         if self.family == "moe":
             options = {"mode": MOE_METHODS[self.method], "num_experts": self.value("num_experts"),
                        "top_k": self.value("top_k"), "noisy": self.value("noisy_gating"),
@@ -261,14 +286,14 @@ class PadConfig:
                 options["granularity"] = self.value("granularity")
             if self.method == "pad-moe":
                 options["scale_mode"] = self.value("scale_mode")
-            return options
+            return {**options, **self.layer_options}
         from .layers.registry import accepted_options
 
         accepted = accepted_options(self.method)
         wanted = {"num_kernels": self.num_kernels, "reduction": self.reduction, "temperature": self.temperature_start,
                   "granularity": self.granularity, "scale_mode": self.scale_mode,
                   "mask_semantics": self.mask_semantics, "mask_strategy": self.mask_strategy}
-        return {k: v for k, v in wanted.items() if v is not None and k in accepted}
+        return {**{k: v for k, v in wanted.items() if v is not None and k in accepted}, **self.layer_options}
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .convert import convert
+from .adapter import convert
 from .layers.registry import CONDCONV, is_partial
 from .metrics.counting import count_flops, count_parameters
 from .models import create_model
@@ -112,7 +112,7 @@ def build(arch: str, width: float, conv: str, num_kernels: int | None = None, ex
     model = create_model(arch, width=width)
     if conv != "static":
         options = {} if num_kernels is None else {"num_kernels": num_kernels}
-        convert(model, conv, init_from_static=False, exclude=exclude, **options)
+        convert(model, conv, init_from_pretrained=False, exclude_modules=list(exclude), **options)
     if is_partial(conv):
         partition(model, kappa, "random", scope="local", seed=0)
     return model

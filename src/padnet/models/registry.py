@@ -7,9 +7,9 @@ import math
 
 from torch import nn
 
-from ..convert import convert
 from ..errors import ConfigError, check_choice
 from ..layers.registry import conv_factory, resolve_conv
+from ..surgery import replace_convs
 from .mobilenetv2 import MobileNetV2
 from .pretrained import load_pretrained
 from .resnet import DEPTHS, ResNet
@@ -63,7 +63,7 @@ def create_model(
         model = create_model(name, "static", num_classes, in_chans, width, stem)
         load_pretrained(model, pretrained, name)
         if resolve_conv(conv)[0] is not nn.Conv2d:
-            convert(model, conv, **conv_options)
+            replace_convs(model, conv, **conv_options)
         model.padnet_config = {"name": name, "conv": conv, "num_classes": num_classes, "in_chans": in_chans,
                                "width": width, "stem": stem, **conv_options}
         return model

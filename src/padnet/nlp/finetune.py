@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..adapter import get_pad_model
 from ..config import FinetuneConfig
 from ..engine.checkpoint import (
     changed_keys,
@@ -32,7 +33,7 @@ from ..errors import ConfigError, NonFiniteLossError
 from ..methods import PadTraining
 from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
-from ..moe_convert import auxiliary_loss, convert_moe, moe_layers
+from ..moe_convert import auxiliary_loss, moe_layers
 from ..partitioning import partition
 from .text import TASKS, encode, loader
 
@@ -79,10 +80,8 @@ def build_model(cfg: FinetuneConfig):
     finally:
         logging.set_verbosity(verbosity)
         logging.enable_progress_bar()
-    if cfg.variant != "dense":
-        mode = {"moe": "dynamic", "pad": "pad", "prune": "prune"}[cfg.variant]
-        convert_moe(model, mode=mode, num_experts=cfg.num_experts, top_k=cfg.top_k, granularity=cfg.granularity,
-                    aux_loss_weight=cfg.aux_loss_weight)
+    if cfg.variant != "dense":  # sparse upcycling (MoE, PAD-MoE, MoE-P) with the run's PadConfig
+        get_pad_model(model, cfg.pad_config())
     return model, tokenizer
 
 

@@ -2,7 +2,7 @@
 ``save_pretrained`` / ``from_pretrained``.
 
 A folder holds the Hugging Face ``config.json`` (and the tokenizer, when given), ``padnet_moe.json`` (the
-conversion: :func:`~padnet.moe_convert.convert_moe`'s arguments and the model class) and
+conversion: :func:`~padnet.moe_convert.replace_ffns`'s arguments and the model class) and
 ``model.safetensors``. For PAD-MoE and MoE-P the experts are stored as the static parameters, dense (one FFN
 per layer), and each expert's dynamic factors only at the mask's dynamic positions (``…experts.values``
 (E, ‖M‖₀) with the mask as bits, ``…experts.bits``). :func:`from_pretrained` merges them into per-expert
@@ -24,7 +24,7 @@ from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, write_json
 from ..layers.moe import DeployedMoE
 from ..moe_codec import decode_moe, encode_moe, moe_masks
-from ..moe_convert import convert_moe, moe_layers
+from ..moe_convert import moe_layers, replace_ffns
 
 FORMAT = "padnet-moe-1"
 WEIGHTS = "model.safetensors"
@@ -32,7 +32,7 @@ RECORD = "padnet_moe.json"
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
-    """Write ``model`` (a Hugging Face ``PreTrainedModel``, converted with ``convert_moe`` or dense) to
+    """Write ``model`` (a Hugging Face ``PreTrainedModel``, converted with ``padnet.get_pad_model`` / ``padnet.convert`` or dense) to
     ``directory``, each file atomically. Returns the directory.
 
     Raises ConfigError for a model without a Hugging Face config, or one already deployed (save the training
@@ -97,7 +97,7 @@ def from_pretrained(directory: str | Path, deployed: bool = True) -> nn.Module:
     conversion = record.get("conversion")
     try:
         if conversion:
-            convert_moe(model, **conversion)
+            replace_ffns(model, **conversion)
         model.load_state_dict(decode_moe(model, tensors))
     except (RuntimeError, KeyError, TypeError, IndexError, ConfigError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

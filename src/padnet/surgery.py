@@ -1,4 +1,5 @@
-"""Model surgery: turn the convolutions of any ``nn.Module`` into dynamic or PAD-Net convolutions."""
+"""Model surgery under ``get_pad_model``: replace the convolutions of any ``nn.Module`` by dynamic or PAD-Net
+convolutions, all or nothing, for every padding mode."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def find_convs(model: nn.Module, skip_first: bool = True, targets=None, exclude=
 
     ``targets``: glob patterns of names to convert (None: every ``nn.Conv2d``, the first left out with
     ``skip_first``). Raises ConfigError naming the first matched ``nn.Conv2d`` subclass that overrides
-    ``forward`` (its computation is not a plain convolution) and the ``exclude=`` remedy.
+    ``forward`` (its computation is not a plain convolution) and the ``exclude_modules=`` remedy.
     """
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if skip_first and targets is None and found:
@@ -56,23 +57,23 @@ def find_convs(model: nn.Module, skip_first: bool = True, targets=None, exclude=
     for name, module in found:
         if not _is_plain_conv(module):
             raise ConfigError(f"cannot convert {name}: {type(module).__name__} overrides nn.Conv2d's forward; "
-                              f"leave it static with exclude=[{name!r}]")
+                              f"leave it static with exclude_modules=[{name!r}]")
     return found
 
 
 def build_replacement(name: str, conv: nn.Conv2d, cls, init_from_static: bool, options: dict) -> nn.Module:
     """The module that replaces ``conv``: the dynamic layer, preceded by :class:`PadInput` for a padding mode
-    other than zeros. Raises ConfigError naming the layer and the ``exclude=`` remedy."""
+    other than zeros. Raises ConfigError naming the layer and the ``exclude_modules=`` remedy."""
     try:
         if conv.padding_mode == "zeros":
             return cls.from_conv(conv, init_from_static=init_from_static, **options)
         layer = cls.from_conv(conv, init_from_static=init_from_static, padding=0, **options)
         return nn.Sequential(PadInput(conv._reversed_padding_repeated_twice, conv.padding_mode), layer)
     except PadnetError as exc:
-        raise ConfigError(f"cannot convert {name}: {exc}; leave it static with exclude=[{name!r}]") from None
+        raise ConfigError(f"cannot convert {name}: {exc}; leave it static with exclude_modules=[{name!r}]") from None
 
 
-def convert(
+def replace_convs(
     model: nn.Module,
     conv: str = "pad",
     init_from_static: bool = True,
@@ -82,7 +83,8 @@ def convert(
     targets: tuple[str, ...] | None = None,
     **options,
 ) -> nn.Module:
-    """Replace the ``nn.Conv2d`` layers of ``model`` (in place) by convolutions of type ``conv``.
+    """Replace the ``nn.Conv2d`` layers of ``model`` (in place) by convolutions of type ``conv``; the surgery
+    :func:`padnet.get_pad_model` (and its alias :func:`padnet.convert`) runs, in the layers' option names.
 
     All or nothing: every replacement is built before the first is put in, so on any error the model is
     unchanged. Every padding mode works: a layer with ``padding_mode`` reflect, replicate or circular becomes
@@ -106,7 +108,7 @@ def convert(
 
     Returns:
         ``model``. Raises ConfigError for an unknown ``conv`` name, a layer that cannot be converted (named,
-        with the ``exclude=`` remedy), or when nothing was converted.
+        with the ``exclude_modules=`` remedy), or when nothing was converted.
     """
     cls, defaults = resolve_conv(conv)
     if cls is nn.Conv2d:
