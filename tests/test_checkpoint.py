@@ -373,3 +373,24 @@ def test_resume_with_a_different_configuration_is_refused(resume_runs, tmp_path)
     with pytest.raises(ConfigError, match="differs in kappa, lr"):
         Trainer(_config(kappa=0.5, lr=0.05), run, resume=True, data=data).fit()
     assert sorted(p.name for p in run.iterdir()) == [checkpoint.name]  # nothing written or overwritten
+
+
+def test_a_resumed_run_sweeps_the_temporary_file_a_killed_write_left(tmp_path):
+    import tempfile
+
+    from padnet.engine.checkpoint import claim_run_dir
+    from padnet.fileio import TEMPORARY, atomic_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fd, orphan = tempfile.mkstemp(prefix=".checkpoint-epoch0002.safetensors.", suffix=".tmp", dir=run)
+    os.write(fd, b"x" * 1000)  # what SIGKILL in the middle of atomic_path leaves
+    os.close(fd)
+    (run / "notes.tmp").write_text("the user's file")  # not padnet's: kept
+    (run / ".hidden.tmp").write_text("no random part: kept")
+    claim_run_dir(run, resume=True)
+    assert not Path(orphan).exists()
+    assert (run / "notes.tmp").exists() and (run / ".hidden.tmp").exists()
+    with atomic_path(run / "model.safetensors") as tmp:  # the pattern matches what atomic writes create
+        assert TEMPORARY.match(tmp.name)
+        tmp.write_bytes(b"")

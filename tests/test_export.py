@@ -71,3 +71,25 @@ def test_bench_rejects_unknown_parts_in_one_line(tmp_path, capsys):
 def test_deploy_command_rejects_a_missing_checkpoint(tmp_path, capsys):
     assert main(["deploy", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "d")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_deploy_onnx_prints_nothing_the_user_cannot_act_on(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from padnet.config import TrainConfig
+    from padnet.engine import save_checkpoint
+    from padnet.engine.trainer import build_model
+
+    pytest.importorskip("onnxscript")
+    cfg = TrainConfig(dataset="digits", conv="pad", width=0.125).validate()
+    model = build_model(cfg, 10, 1)
+    partition(model, 0.3, "random")
+    path = save_checkpoint(tmp_path / "model.safetensors", model, {"config": cfg.to_dict(), "epoch": 1, "step": 1})
+    proc = subprocess.run([sys.executable, "-m", "padnet", "deploy", str(path), "--out", str(tmp_path / "out"),
+                           "--onnx"], capture_output=True, text=True, env={**os.environ, "PADNET_ALLOCATOR": "0"},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no exporter registration notices, no PyTorch-internal deprecation warnings
+    assert "model.onnx (dynamic batch)" in proc.stdout

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,6 +30,22 @@ def _check_exportable(model: nn.Module) -> None:
                               "in an export; export supports static, DY-Conv, CondConv and PAD-Net layers")
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence what the ONNX exporter reports about itself that a user cannot act on: the torchvision operators
+    it skips registering (torchvision is not installed here, and padnet does not use it) and PyTorch-internal
+    deprecation warnings. Other warnings still show."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int | None = None) -> Path:
     """Write ``model`` (training or deployed form) as one ONNX file with a dynamic batch dimension, atomically.
 
@@ -41,7 +59,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
     batch = torch.export.Dim("batch", min=1)
     try:
         with force_formulation(model, "batched"), atomic_path(path) as tmp, \
-                contextlib.redirect_stdout(io.StringIO()):
+                contextlib.redirect_stdout(io.StringIO()), _quiet_exporter():
             with torch.no_grad():
                 model(example)  # eager pass: caches (e.g. filter splits) the trace then reads as constants
             torch.onnx.export(model, (example,), str(tmp), input_names=["x"], output_names=["y"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# the temporary files of atomic_write / atomic_path: ".<target>.<8 random characters of mkstemp>.tmp"
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def sweep_temporary_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``directory`` (a process killed while it
+    wrote a checkpoint leaves one as large as the checkpoint); returns what was deleted. Call it when a run
+    starts or resumes, before anything is written there."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        if path.is_file() and TEMPORARY.match(path.name):
+            with contextlib.suppress(FileNotFoundError):  # another process of the run removed it first
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

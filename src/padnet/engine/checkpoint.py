@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, sweep_temporary_files
 
 FORMAT = "padnet-checkpoint-1"
 CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
@@ -37,11 +37,13 @@ def changed_keys(saved: dict, current: dict, resumable) -> list[str]:
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool) -> None:
-    """Refuse to start a new run in a directory that holds another run's checkpoints or results (ConfigError)."""
+    """Refuse to start a new run in a directory that holds another run's checkpoints or results (ConfigError);
+    then delete the temporary files an interrupted write left there (:func:`padnet.fileio.sweep_temporary_files`)."""
     run_dir = Path(run_dir)
     if not resume and (epoch_checkpoints(run_dir) or (run_dir / "results.json").exists()):
         raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
                           f"or choose another --out")
+    sweep_temporary_files(run_dir)
 
 
 def save_epoch_checkpoint(run_dir: str | Path, epoch: int, keep: int, *args, **kwargs) -> Path:

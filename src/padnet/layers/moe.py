@@ -53,7 +53,8 @@ def cv_squared(values: torch.Tensor) -> torch.Tensor:
 
 
 def load_balancing_loss(routing: Routing, weight: float = 1e-2) -> torch.Tensor:
-    """``weight · (cv²(importance) + cv²(load))`` (Shazeer et al. 2017 eq. 6 and 11; PAD-Net appendix A)."""
+    """``weight · (cv²(importance) + cv²(load))`` (Shazeer et al. 2017 eq. 6 and 11). The default weight 1e-2 is
+    padnet's choice: the PAD-Net papers do not state one."""
     return weight * (cv_squared(routing.importance) + cv_squared(routing.load))
 
 
@@ -230,7 +231,8 @@ class MoEFeedForward(nn.Module):
         scale_mode: scale factors of ``"pad"`` (``ScaleFactors`` modes; default λs + λd = 2); MoE has none and
             MoE-P uses λ = 1.
         noisy: noisy gating while training.
-        aux_loss_weight: weight of the load-balancing loss (default 1e-2, PAD-Net appendix A).
+        aux_loss_weight: weight of the load-balancing loss (default 1e-2, padnet's choice; the PAD-Net papers
+            give none).
 
     ``forward(hidden)``: (..., H) → (..., H). After each call, ``aux_loss`` holds the layer's
     load-balancing loss (0-d tensor) for the training loop to add (:func:`padnet.nlp.auxiliary_loss`).
