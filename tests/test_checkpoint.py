@@ -394,3 +394,17 @@ def test_a_resumed_run_sweeps_the_temporary_file_a_killed_write_left(tmp_path):
     with atomic_path(run / "model.safetensors") as tmp:  # the pattern matches what atomic writes create
         assert TEMPORARY.match(tmp.name)
         tmp.write_bytes(b"")
+
+
+def test_a_state_with_nan_or_inf_is_never_written_and_the_last_good_checkpoint_is_named(tmp_path):
+    from padnet.errors import NonFiniteStateError
+
+    model = _pad_model()
+    good = save_checkpoint(tmp_path / "checkpoint-epoch0001.safetensors", model, {"epoch": 1})
+    with torch.no_grad():
+        model.layer1[0].bn1.running_var[0] = float("inf")
+    with pytest.raises(NonFiniteStateError, match=r"non-finite values in layer1.0.bn1.running_var; this checkpoint "
+                                                  r"was not written and the last good checkpoint is .*epoch0001"):
+        save_checkpoint(tmp_path / "checkpoint-epoch0002.safetensors", model, {"epoch": 2})
+    assert not (tmp_path / "checkpoint-epoch0002.safetensors").exists() and good.exists()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())

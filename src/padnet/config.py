@@ -107,16 +107,23 @@ class TrainConfig:
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        # upper bounds: a configuration read from a run directory must not ask for a huge allocation
+        for name, high in (("width", 16), ("epochs", 100_000), ("batch_size", 65_536), ("partition_batches", 10_000),
+                           ("partition_iterations", 1_000), ("partition_align", 4_096)):
+            if getattr(self, name) > high:
+                raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2: BatchNorm needs two samples per batch to train")
         for name in ("weight_decay", "warmup_epochs", "temperature_epochs", "momentum"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be >= 0, got {value!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("num_kernels", "reduction"):
+        for name, low, high in (("num_kernels", 1, 64), ("reduction", 0, 4_096)):
             value = getattr(self, name)
-            if value is not None and value < (1 if name == "num_kernels" else 0):
-                raise ConfigError(f"{name} must be >= {1 if name == 'num_kernels' else 0}, got {value}")
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
         if self.image_size is not None and not 1 <= self.image_size <= 4096:
@@ -239,6 +246,10 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.top_k > self.num_experts:
             raise ConfigError(f"top_k {self.top_k} is larger than num_experts {self.num_experts}")
+        for name, high in (("num_experts", 256), ("epochs", 100_000), ("batch_size", 65_536), ("max_length", 8_192),
+                           ("partition_batches", 10_000), ("partition_iterations", 1_000)):
+            if getattr(self, name) > high:
+                raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

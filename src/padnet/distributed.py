@@ -8,6 +8,7 @@ process 0 writes files. Without ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass, field
 
@@ -81,7 +82,15 @@ def init(device: str = "auto") -> Context:
         return Context(device=where)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        # leave the group before the interpreter exits: a group torn down by C++ static destructors can abort the
+        # process ("terminate called without an active exception", SIGABRT) after its work is done
+        atexit.register(_leave)
     return Context(dist.get_rank(), dist.get_world_size(), where)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _SumOverProcesses(torch.autograd.Function):

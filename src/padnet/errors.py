@@ -28,6 +28,15 @@ class NonFiniteLossError(PadnetError):
         super().__init__(f"non-finite loss ({value}) at step {step}; lower the learning rate")
 
 
+class NonFiniteStateError(PadnetError):
+    """Training left a NaN or infinite value in the model or optimiser state; no checkpoint was written."""
+
+    def __init__(self, key: str, last_good):
+        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before"
+        super().__init__(f"non-finite values in {key}; this checkpoint was not written and {where} "
+                         "(resume from it with a lower learning rate)")
+
+
 def check_choice(kind: str, value, choices) -> None:
     """Raise ConfigError ``unknown <kind> <value>; choose from ...`` unless ``value`` is in ``choices``."""
     if value not in choices:

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, NonFiniteStateError
 from ..fileio import atomic_path, sweep_temporary_files
 
 FORMAT = "padnet-checkpoint-1"
@@ -60,11 +60,22 @@ def _keys(name: str) -> tuple[str, str]:
     return (f"optim-{name}", f"optimizer-{name}") if name else ("optim", "optimizer")
 
 
+def _check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """NonFiniteStateError naming the first tensor with a NaN or infinity and the newest checkpoint beside
+    ``path`` (the resume point that stays)."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            earlier = [p for p in epoch_checkpoints(Path(path).parent) if p != Path(path)]
+            raise NonFiniteStateError(key.removeprefix("model/"), earlier[-1] if earlier else None)
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=None, scheduler=None,
                     extra_optimizers: dict | None = None, generators: dict | None = None) -> Path:
     """Write a checkpoint to ``path`` atomically (temporary file + rename); returns the path.
 
-    ``state`` must be JSON-serialisable (configuration, epoch, step, temperature, ...).
+    ``state`` must be JSON-serialisable (configuration, epoch, step, temperature, ...). A model or optimiser
+    state holding NaN or infinity is never written (NonFiniteStateError names the tensor and the last good
+    checkpoint, which stays the resume point).
     ``extra_optimizers`` maps names to further optimisers (restored by the same names); ``generators`` maps
     names to ``torch.Generator`` objects (e.g. a sampler's) whose states are saved as ``rng/<name>``.
     """
@@ -87,6 +98,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=N
                     tensors[f"{prefix}/{pid}/{key}"] = value.detach().clone().contiguous().cpu()
                 else:
                     saved["scalars"][f"{pid}/{key}"] = value
+    _check_finite(tensors, path)
     if scheduler is not None:
         meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     with atomic_path(path) as tmp:

@@ -87,7 +87,10 @@ def load_run(checkpoint: str | Path, data=None, data_root: str | None = None, da
     saved = meta["state"].get("config")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{checkpoint} holds no run configuration; this command needs a padnet run's model")
-    cfg = config_from_dict(saved, TrainConfig(), str(checkpoint))
+    try:  # read from disk: validated as command-line input is
+        cfg = config_from_dict(saved, TrainConfig(), str(checkpoint)).validate()
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint} holds an invalid run configuration ({exc})") from None
     if data_root:
         cfg = dataclasses.replace(cfg, data_root=data_root)
     if dataset is not None:
@@ -207,8 +210,9 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.ctx = init(cfg.device)
-        if cfg.batch_size < self.ctx.world_size:
-            raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {self.ctx.world_size} processes")
+        if cfg.batch_size < 2 * self.ctx.world_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} leaves fewer than 2 samples for each of the "
+                              f"{self.ctx.world_size} processes (BatchNorm needs 2)")
         if data is None:  # process 0 reads (and downloads) first, so processes never write one file together
             if not self.ctx.main:
                 self.ctx.barrier()
