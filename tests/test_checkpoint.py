@@ -408,3 +408,24 @@ def test_a_state_with_nan_or_inf_is_never_written_and_the_last_good_checkpoint_i
         save_checkpoint(tmp_path / "checkpoint-epoch0002.safetensors", model, {"epoch": 2})
     assert not (tmp_path / "checkpoint-epoch0002.safetensors").exists() and good.exists()
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_a_full_disk_while_safetensors_writes_is_an_oserror_and_leaves_no_temporary_file(tmp_path):
+    from safetensors import SafetensorError
+
+    from padnet.fileio import atomic_path
+
+    with pytest.raises(OSError, match=r"cannot write .*model.safetensors \(Error while serializing: No space"), \
+            atomic_path(tmp_path / "model.safetensors"):
+        raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_metrics_log_keeps_the_records_before_the_damage(tmp_path):
+    from padnet.engine.trainer import _read_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"epoch": 1, "test_top1": 50.0}\n[1, 2]\n{"epoch": 3}\n')
+    assert _read_jsonl(log) == [{"epoch": 1, "test_top1": 50.0}]
+    log.write_bytes(b'{"epoch": 1}\n{"epo\xff')
+    assert _read_jsonl(log) == [{"epoch": 1}]

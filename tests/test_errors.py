@@ -133,6 +133,11 @@ ROWS = {
     "idx-magic": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, magic=0x12340803))],
     "cifar-truncated": lambda t: ["data", "cifar10", "--data-root", str(_cifar_truncated(t))],
     "imagefolder-empty": lambda t: ["data", "imagefolder", "--data-root", str(t)],
+    "imagefolder-truncated": lambda t: ["data", "imagefolder", "--data-root", str(_folder_with_truncated_image(t))],
+    "train-truncated-image": lambda t: ["train", "--dataset", "imagefolder", "--data-root",
+                                        str(_folder_with_truncated_image(t)), "--image-size", "8", "--batch-size", "2",
+                                        "--width", "0.125", "--epochs", "1", "--progress", "false", "--out",
+                                        str(t / "run")],
     "unknown-task": lambda t: _finetune("--task", "squad"),
     "glue-no-data-root": lambda t: _finetune("--task", "rte"),
     "tsv-missing-column": lambda t: _finetune("--task", "rte", "--data-root",
@@ -169,6 +174,19 @@ def _binary_yaml(tmp: Path) -> str:
     path = tmp / "config.yaml"
     path.write_bytes(b"\xff\xfe\x00epochs")
     return str(path)
+
+
+def _folder_with_truncated_image(tmp: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (12, 12), (90 * i, 40, 200)).save(tmp / "imgs" / split / cls / f"{i}.png")
+    broken = tmp / "imgs" / "train" / "b" / "0.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    return tmp / "imgs"
 
 
 def _npz(tmp: Path, images) -> Path:

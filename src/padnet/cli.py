@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, PadnetError
+from .errors import ConfigError, PadnetError, user_message
 
 # glibc allocator settings that keep large tensors out of fresh mmaps (DESIGN §6: dynamic layers 2–4×
 # faster here); the console command sets them by re-executing itself once unless PADNET_ALLOCATOR=0.
@@ -297,8 +297,12 @@ def cmd_bench(args) -> int:
 
 def cmd_data(args) -> int:
     from .data import load_dataset
+    from .data.folder import ImageFolder
 
     train, test = load_dataset(args.dataset, args.data_root, args.download)
+    if isinstance(train, ImageFolder):  # decode every image now, as training will
+        for split in (train, test):
+            split.check_images(progress=True)
     print(f"{args.dataset}: {len(train)} train / {len(test)} test images")
     return 0
 
@@ -445,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PadnetError as exc:
-        print(f"padnet: error: {exc}", file=sys.stderr)
+        print(f"padnet: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. an --out path that cannot be created or written
         where = f": {exc.filename}" if exc.filename else ""

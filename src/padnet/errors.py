@@ -37,6 +37,18 @@ class NonFiniteStateError(PadnetError):
                          "(resume from it with a lower learning rate)")
 
 
+def user_message(exc: BaseException) -> str:
+    """The one line to show for a user error. An error raised in a DataLoader worker arrives with the worker's
+    traceback in its message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); its own
+    message is the traceback's last line, after the exception's name."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name = type(exc).__name__
+        return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return " ".join(text.split()) if "\n" in text else text
+
+
 def check_choice(kind: str, value, choices) -> None:
     """Raise ConfigError ``unknown <kind> <value>; choose from ...`` unless ``value`` is in ``choices``."""
     if value not in choices:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from safetensors import SafetensorError
+
 
 def _umask_mode() -> int:
     mask = os.umask(0)
@@ -72,9 +74,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         _commit(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, SafetensorError):  # e.g. a full disk while safetensors writes: an OSError for callers
+            raise OSError(f"cannot write {path} ({str(exc).splitlines()[0] if str(exc) else 'safetensors error'})") \
+                from None
         raise
 
 

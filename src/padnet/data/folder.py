@@ -116,6 +116,14 @@ class ImageFolder(Dataset):
             img = img.round().clamp(0, 255).to(torch.uint8)
         return img
 
+    def check_images(self, progress: bool = False) -> None:
+        """Decode every image once (what ``padnet data`` does for folders); DataError names the first that fails."""
+        from tqdm.auto import tqdm
+
+        for path, _ in tqdm(self.samples, desc=f"checking {self.folder.name}", disable=None if progress else True,
+                            leave=False, unit="image"):
+            self._load(path)
+
     def subset(self, n: int, seed: int) -> ImageFolder:
         """A deterministic random subset of ``n`` images (all when ``n`` >= the size), sharing the statistics."""
         if n < 1:

@@ -371,11 +371,14 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
+            break  # a damaged tail (a killed write): the records before it are kept, the rest rewritten
+        if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
             break
+        out.append(record)
     return out
 
 
