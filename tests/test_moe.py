@@ -447,3 +447,22 @@ def test_evaluation_reuses_the_merged_parameters_until_a_weight_or_the_mask_chan
     with torch.no_grad():
         layer.neuron_mode.mask.fill_(1.0)
         assert layer.computational_parameters()[2] is None  # every neuron dynamic now: no shared static FFN
+
+
+def test_a_shared_ffn_counts_the_load_balancing_loss_of_every_pass():
+    torch.manual_seed(0)
+    model = transformers.AlbertForSequenceClassification(transformers.AlbertConfig(
+        vocab_size=60, embedding_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=24))
+    convert_moe(model, num_experts=4)
+    (_, layer), = moe_layers(model)  # one FFN shared by the 3 blocks
+    model.eval()  # noise off: the router is deterministic
+    inputs = []
+    handle = layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
+    model(input_ids=IDS)
+    handle.remove()
+    assert len(inputs) == 3
+    expected = sum(load_balancing_loss(layer.router(x.reshape(-1, 16)), layer.aux_loss_weight) for x in inputs)
+    torch.testing.assert_close(auxiliary_loss(model), expected)
+    model(input_ids=IDS)  # the next forward starts from zero
+    torch.testing.assert_close(auxiliary_loss(model), expected)

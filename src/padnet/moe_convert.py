@@ -113,10 +113,21 @@ def replace_ffns(
         _set(model, site.up, moe)
         _set(model, site.activation, nn.Identity())
         _set(model, site.down, nn.Identity())
+    if not getattr(model, "_padnet_aux_reset", False):  # one hook per model, whatever the number of conversions
+        model.register_forward_pre_hook(reset_aux_losses)
+        model._padnet_aux_reset = True
     model.padnet_moe = {"mode": mode, "num_experts": num_experts, "top_k": top_k,
                         "layers": sorted({i % len(sites) for i in chosen}), "granularity": granularity,
                         "patterns": [list(p) for p in patterns], **options}
     return model
+
+
+def reset_aux_losses(model: nn.Module, args=None) -> None:
+    """Reset the load-balancing losses of every MoE layer of ``model`` (a forward pre-hook of converted models:
+    each forward starts from zero, and a layer called several times in it adds up every call)."""
+    for module in model.modules():
+        if isinstance(module, MoEFeedForward):
+            module.reset_aux_loss()
 
 
 def moe_layers(model: nn.Module) -> list[tuple[str, MoEFeedForward]]:

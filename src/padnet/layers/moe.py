@@ -234,8 +234,10 @@ class MoEFeedForward(nn.Module):
         aux_loss_weight: weight of the load-balancing loss (default 1e-2, padnet's choice; the PAD-Net papers
             give none).
 
-    ``forward(hidden)``: (..., H) → (..., H). After each call, ``aux_loss`` holds the layer's
-    load-balancing loss (0-d tensor) for the training loop to add (:func:`padnet.nlp.auxiliary_loss`).
+    ``forward(hidden)``: (..., H) → (..., H). ``aux_loss`` adds up the layer's load-balancing losses (0-d tensor)
+    over its calls since :meth:`reset_aux_loss`, for the training loop to add
+    (:func:`padnet.moe_convert.auxiliary_loss`): a layer shared by several blocks (ALBERT) counts every pass.
+    Model surgery registers a hook that resets it before each forward of the converted model.
 
     Raises:
         ConfigError: unknown mode or granularity, sizes < 1, bad top_k, an activation with parameters (the
@@ -373,10 +375,15 @@ class MoEFeedForward(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, self.hidden_size)  # (N, H), N = all tokens
         routing = self.router(x)
-        self.aux_loss = load_balancing_loss(routing, self.aux_loss_weight)
+        loss = load_balancing_loss(routing, self.aux_loss_weight)
+        self.aux_loss = loss if self.aux_loss is None else self.aux_loss + loss
         experts, bias, static = self.computational_parameters()
         shared = None if static is None else neuron_ffn(x, *split_neurons(static), self.activation)
         return dispatch(x, routing, experts, bias, self.activation, shared, self._gelu).reshape(hidden.shape)
+
+    def reset_aux_loss(self) -> None:
+        """Forget the load-balancing losses of earlier calls."""
+        self.aux_loss = None
 
     def dynamic_ratio(self) -> float:
         """Fraction of the expert parameters that are dynamic (1.0 for a plain MoE)."""
