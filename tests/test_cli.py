@@ -55,8 +55,8 @@ def fake_fashion_mnist(root: Path, truncate: int = 0) -> Path:
     return root
 
 
-TINY = ["--width", "0.125", "--epochs", "1", "--batch-size", "16", "--partition-batches", "1",
-        "--partition-iterations", "1", "--progress", "false"]
+TINY = ["--width", "0.125", "--epochs", "1", "--batch-size", "16", "--progress", "false"]
+PARTITION = ["--partition-batches", "1", "--partition-iterations", "1"]  # for PAD-Net forms only
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -133,7 +133,7 @@ def test_train_subset_and_image_options_for_image_folders(capsys, tmp_path):
 def test_conv_names_are_canonical(capsys, tmp_path):
     root = fake_fashion_mnist(tmp_path / "fm")
     out = tmp_path / "run"
-    code, _, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "PAD-Net", "--out", str(out), *TINY)
+    code, _, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "PAD-Net", "--out", str(out), *TINY, *PARTITION)
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["conv"] == "pad" and results["partition"]["dynamic_ratio"] == pytest.approx(0.3, abs=1e-4)
@@ -147,7 +147,7 @@ def test_partition_command_is_reproducible(capsys, tmp_path):
     reports = []
     for i in range(2):
         path = tmp_path / f"r{i}.json"
-        code, _, _ = run_cli(capsys, "partition", "--data-root", str(root), "--seed", "3", "--out", str(path), *TINY)
+        code, _, _ = run_cli(capsys, "partition", "--data-root", str(root), "--seed", "3", "--out", str(path), *TINY, *PARTITION)
         assert code == 0
         reports.append(json.loads(path.read_text())["layers"])
     assert reports[0] == reports[1]
@@ -205,7 +205,7 @@ def test_sd_conv_trains_reports_its_sparsity_and_deploys(capsys, tmp_path):
 def test_train_writes_run_and_refuses_to_overwrite(capsys, tmp_path):
     root = fake_fashion_mnist(tmp_path / "fm")
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "pad", "--out", str(out), *TINY)
+    code, stdout, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "pad", "--out", str(out), *TINY, *PARTITION)
     assert code == 0 and "top-1" in stdout
     names = {p.name for p in out.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "model.safetensors", "results.json"} <= names
@@ -274,7 +274,7 @@ def test_partition_command(capsys, tmp_path):
 def test_partition_command_partitions_the_chosen_pad_form(capsys, tmp_path, conv, masked):
     root = fake_fashion_mnist(tmp_path / "fm")
     report = tmp_path / "report.json"
-    code, _, _ = run_cli(capsys, "partition", "--data-root", str(root), "--conv", conv, "--out", str(report), *TINY)
+    code, _, _ = run_cli(capsys, "partition", "--data-root", str(root), "--conv", conv, "--out", str(report), *TINY, *PARTITION)
     assert code == 0
     names = [layer["name"] for layer in json.loads(report.read_text())["layers"]]
     assert any(name.endswith(masked) for name in names)

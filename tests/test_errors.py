@@ -116,6 +116,8 @@ ROWS = {
     "batch-size": lambda t: ["train", "--batch-size", "0"],
     "unknown-device": lambda t: ["train", "--device", "tpu"],
     "batch-size-one": lambda t: ["train", "--batch-size", "1"],
+    "option-not-applies": lambda t: ["train", "--conv", "pad", "--sparsity", "0.7"],
+    "seeds-repeated": lambda t: ["compare", "--seeds", "0", "0", "--out", str(t / "cmp")],
     "config-missing": lambda t: ["train", "--config", str(t / "nope.yaml")],
     "config-syntax": lambda t: ["train", "--config", _yaml(t, "epochs: [1,\n")],
     "config-unknown-key": lambda t: ["train", "--config", _yaml(t, "epochz: 3\n")],

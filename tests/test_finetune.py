@@ -132,8 +132,10 @@ def test_cli_moe_writes_the_comparison(tiny_model, tmp_path, capsys):
     # re-running reuses the finished runs; another recipe in the same folder is refused
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")}
     assert len(stamps) == 4
-    assert main([*args, "--seeds", "0", "1", "1"]) == 0  # a repeated seed is one run
+    assert main(args) == 0  # reused
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")} == stamps
+    assert main([*args, "--seeds", "0", "1", "1"]) == 2  # a repeated seed is refused, not counted twice
+    assert "--seeds repeats a seed: 0 1 1" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["records"][0]["seeds"] == [0, 1]
     assert main([*args, "--lr", "0.001"]) == 2
     assert "another configuration" in capsys.readouterr().err

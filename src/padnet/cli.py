@@ -54,9 +54,13 @@ def _resolve_config(args, preset: dict | None = None, cls=None):
 
 
 def cmd_train(args) -> int:
+    from .config import load_yaml
     from .engine.trainer import Trainer
 
     cfg = _resolve_config(args)
+    given = set(load_yaml(args.config)) if args.config else set()
+    given |= {f.name for f in dataclasses.fields(cfg) if hasattr(args, f.name)}
+    cfg.check_applies(given)
     out = Path(args.out or f"runs/{cfg.model}-{cfg.conv}-seed{cfg.seed}")
     trainer = Trainer(cfg, out, resume=args.resume)
     results = trainer.fit()
@@ -80,6 +84,8 @@ def _recipe_and_seeds(args, recipes=None, cls=None):
 
     cfg = _resolve_config(args, recipes.FULL if args.full else recipes.QUICK, cls=cls)
     seeds = tuple(args.seeds) if args.seeds else (recipes.FULL_SEEDS if args.full else recipes.QUICK_SEEDS)
+    if len(set(seeds)) != len(seeds):  # a repeated seed would be one run counted twice in the mean and spread
+        raise ConfigError(f"--seeds repeats a seed: {' '.join(map(str, seeds))}")
     return cfg, seeds
 
 

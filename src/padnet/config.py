@@ -22,6 +22,17 @@ def _check_types(cfg, names: tuple[str, ...]) -> None:
         raise ConfigError(f"data_root must be a path, got {cfg.data_root!r}")
 
 
+# run keys that only some conv types use (the rest apply to every run)
+_APPLIES_TO = {
+    **dict.fromkeys(("kappa", "granularity", "scale_mode", "mask_semantics", "partition", "partition_batches",
+                     "partition_iterations", "partition_scope", "partition_align"), "partial"),
+    **dict.fromkeys(("sparsity", "pruning_iterations", "budget_weight", "threshold_lr", "mask_strategy"), "sdconv"),
+    **dict.fromkeys(("num_kernels", "reduction", "temperature_start", "temperature_end", "temperature_epochs"),
+                    "dynamic"),
+}
+_KIND_NAMES = {"partial": "PAD-Net forms", "sdconv": "sdconv", "dynamic": "dynamic convolutions"}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (defaults: the quick Fashion-MNIST recipe)."""
@@ -162,6 +173,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def check_applies(self, given) -> None:
+        """ConfigError for a key in ``given`` (set by the user) that this run's conv type does not use, e.g.
+        ``sparsity`` for PAD-Net or ``kappa`` for DY-Conv: such a value would be ignored without a word."""
+        from .layers.registry import is_dynamic, is_partial
+
+        uses = {"partial": is_partial(self.conv), "sdconv": self.conv == "sdconv", "dynamic": is_dynamic(self.conv)}
+        for key in sorted(given):
+            kind = _APPLIES_TO.get(key)
+            if kind is not None and not uses[kind]:
+                raise ConfigError(f"{key} does not apply to conv {self.conv!r} (it applies to "
+                                  f"{_KIND_NAMES[kind]})")
 
     def data_options(self) -> dict[str, Any]:
         """The image options ``padnet.data.load_dataset`` takes (image size, channels, normalisation)."""
