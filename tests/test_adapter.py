@@ -413,3 +413,16 @@ def test_from_pretrained_checks_the_weights_file_form(tmp_path):
     with pytest.raises(CheckpointError, match="was not written by PadModel.save_pretrained in the training form"):
         padnet.PadModel.from_pretrained(tmp_path / "a", candidate)
     assert not any(isinstance(m, padnet.layers.DynamicConvBase) for m in candidate.modules())  # left unconverted
+
+
+def test_condconv_routes_with_a_plain_sigmoid_unless_a_temperature_is_given():
+    model = padnet.create_model("resnet10", conv="condconv", num_classes=4, in_chans=1, stem="small", width=0.125)
+    routings = [m for m in model.modules() if isinstance(m, padnet.layers.TemperatureRouting)]
+    assert routings and all(float(r.temperature) == 1.0 for r in routings)  # Yang et al. 2019: no temperature
+    pad = padnet.get_pad_model(model, method="condconv")
+    pad.start_training(steps_per_epoch=4, epochs=1)
+    pad.before_step()
+    assert pad.training_state.log()["temperature"] == 1.0  # nothing to anneal
+    assert TrainConfig(conv="condconv").validate().pad_config().value("temperature_start") == 1.0
+    hot = padnet.get_pad_model(_static(), method="condconv", temperature_start=30.0)
+    assert float(next(m for m in hot.modules() if isinstance(m, padnet.layers.TemperatureRouting)).temperature) == 30

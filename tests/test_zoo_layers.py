@@ -564,7 +564,7 @@ def test_set_temperature_reaches_odconv_and_condconv():
     for layer in model[:4]:
         assert isinstance(layer.attention, TemperatureRouting)
     assert float(model[0].attention.temperature) == 1.0  # ODConv's default
-    assert float(model[1].attention.temperature) == 30.0  # DY-Conv / CondConv default
+    assert float(model[1].attention.temperature) == 1.0  # CondConv: a plain sigmoid, no temperature
     assert set_temperature(model, 7.0) == 4  # DCD has no temperature
     for layer in model[:4]:
         assert float(layer.attention.temperature) == 7.0
@@ -811,7 +811,8 @@ def test_zero_reduction_raises_for_odconv_and_dcd(name):
 
 
 def test_zero_reduction_is_condconvs_single_linear_routing():
-    assert CONV_TYPES["condconv"][1] == CONDCONV == {"num_kernels": 8, "routing": "sigmoid", "reduction": 0}
+    assert CONV_TYPES["condconv"][1] == CONDCONV == {"num_kernels": 8, "routing": "sigmoid", "reduction": 0,
+                                                    "temperature": 1.0}  # a plain sigmoid
     assert CONV_TYPES["pad-condconv"] == (PADConv2d, CONDCONV)
     att = KernelAttention(4, 8, reduction=0, routing="sigmoid")
     assert [n for n, _ in att.named_parameters()] == ["fc2.weight", "fc2.bias"]

@@ -54,11 +54,12 @@ def _resolve_config(args, preset: dict | None = None, cls=None):
 
 
 def cmd_train(args) -> int:
-    from .config import load_yaml
+    from .config import TrainConfig, load_yaml
     from .engine.trainer import Trainer
 
     cfg = _resolve_config(args)
-    given = set(load_yaml(args.config)) if args.config else set()
+    defaults = TrainConfig().to_dict()  # a config file's keys count where they differ from the defaults
+    given = {k for k, v in (load_yaml(args.config) if args.config else {}).items() if defaults.get(k) != v}
     given |= {f.name for f in dataclasses.fields(cfg) if hasattr(args, f.name)}
     cfg.check_applies(given)
     out = Path(args.out or f"runs/{cfg.model}-{cfg.conv}-seed{cfg.seed}")

@@ -26,6 +26,7 @@ QUICK_SEEDS = (0, 1, 2)
 
 
 DEFAULT_K = "the type's default (DY-Conv/PAD-Net 4, CondConv 8, ODConv 4)"
+DEFAULT_T = "the type's (30; CondConv 1, no temperature)"
 
 
 def _label(conv: str, cfg: TrainConfig) -> str:
@@ -117,8 +118,9 @@ def results_markdown(records: list[dict], cfg: TrainConfig, wall: float) -> str:
         (f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr:g} (warm-up + cosine), "
         f"weight decay {cfg.weight_decay:g}, train subset {cfg.train_subset or 'all'}, "
         f"augmentation {'on' if cfg.augment else 'off'}; "
-        f"kernels k = {cfg.num_kernels or DEFAULT_K}, temperature {cfg.temperature_start:g} → {cfg.temperature_end:g} "
-        f"over {cfg.temperature_epochs:g} epoch(s); PAD-Net partition {cfg.partition} ({cfg.partition_scope}, "
+        f"kernels k = {cfg.num_kernels or DEFAULT_K}, temperature "
+        f"{DEFAULT_T if cfg.temperature_start is None else format(cfg.temperature_start, 'g')} → "
+        f"{cfg.temperature_end:g} over {cfg.temperature_epochs:g} epoch(s); PAD-Net partition {cfg.partition} ({cfg.partition_scope}, "
         f"{cfg.partition_iterations} iterations × {cfg.partition_batches} batches)."),
         ("Params: stored parameters with the classifier; PAD-Net counts its compact form. FLOPs: multiply-adds "
          "of one image."),

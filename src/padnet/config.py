@@ -65,7 +65,7 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
     # dynamic layers: attention temperature anneals linearly from start to end
-    temperature_start: float = 30.0
+    temperature_start: float | None = None  # None: the conv type's (30 for softmax routing; CondConv 1: no temperature)
     temperature_end: float = 1.0
     temperature_epochs: float = 1.0
     # mode partition (PAD-Net eq. 5–9), run before training for conv="pad"
@@ -113,8 +113,9 @@ class TrainConfig:
             raise ConfigError("partition_align > 1 needs partition_scope 'local'")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "width": self.width,
                     "partition_batches": self.partition_batches, "partition_iterations": self.partition_iterations,
-                    "partition_align": self.partition_align,
-                    "temperature_start": self.temperature_start, "temperature_end": self.temperature_end}
+                    "partition_align": self.partition_align, "temperature_end": self.temperature_end}
+        if self.temperature_start is not None:
+            positive["temperature_start"] = self.temperature_start
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
@@ -321,6 +322,7 @@ class FinetuneConfig:
 
 
 OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction", "image_size", "channels")
+OPTIONAL_FLOATS = ("temperature_start",)
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -352,7 +354,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             if not number.is_integer():
                 raise ValueError(value)
             return int(value) if isinstance(value, int) else int(number)
-        if kind is float:
+        if kind is float or name in OPTIONAL_FLOATS:
             return float(value)
     except (TypeError, ValueError, OverflowError):
         raise bad from None

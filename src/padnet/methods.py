@@ -100,7 +100,7 @@ class Dynamic(Method):
         cfg = self.config
         self.routings = [m for m in model.modules() if isinstance(m, TemperatureRouting)]  # collected once
         steps = _steps(cfg.temperature_anneal, cfg.temperature_unit, steps_per_epoch, "temperature_anneal")
-        self.temperature = TemperatureSchedule(cfg.temperature_start, cfg.temperature_end, steps)
+        self.temperature = TemperatureSchedule(cfg.value("temperature_start"), cfg.temperature_end, steps)
 
     def before_step(self, step: int) -> None:
         temperature = self.temperature(step)

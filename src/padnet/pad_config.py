@@ -94,7 +94,8 @@ class PadConfig:
         num_kernels: k (default: DY-Conv/PAD-Net 4, CondConv 8, ODConv 4, SD-Conv 4; DCD has none).
         reduction: attention reduction ratio r (default: the layer's, DY-Conv 4, ODConv/DCD/SD-Conv 16).
         temperature_start, temperature_end: attention temperature T, annealed linearly (Chen et al. 2020:
-            30 → 1) over ``temperature_anneal`` ``temperature_unit`` (``"steps"`` or ``"epochs"``).
+            30 → 1) over ``temperature_anneal`` ``temperature_unit`` (``"steps"`` or ``"epochs"``). The default
+            start is the layer's: 30 for softmax routing, 1 for CondConv (a plain sigmoid, no temperature).
     Mode partition (PAD-Net eq. 5–9):
         kappa: dynamic ratio κ ∈ (0, 1] (default 0.3 for convolutions, 0.5 for PAD-MoE / MoE-P).
         granularity: mask granularity: ``"shared"``, ``"kernel"``, ``"filter"`` for convolutions (default
@@ -136,7 +137,7 @@ class PadConfig:
     layer_options: dict = field(default_factory=dict)
     num_kernels: int | None = None
     reduction: int | None = None
-    temperature_start: float = 30.0
+    temperature_start: float | None = None
     temperature_end: float = 1.0
     temperature_anneal: float = 1.0
     temperature_unit: str = "epochs"
@@ -184,6 +185,10 @@ class PadConfig:
             return 0.5 if self.family == "moe" else 0.3
         if name == "granularity":
             return "element" if self.family == "moe" else "shared"
+        if name == "temperature_start":  # the layer's: 30 for softmax routing, 1 for CondConv (no temperature)
+            from .layers.registry import start_temperature
+
+            return start_temperature(self.method) if self.family == "conv" else None
         if name == "partition_at":  # after a warm-up when the kernels start as copies of one weight
             return "epochs" if self.family == "moe" or self.init_from_pretrained else "start"
         if name == "partition_after":
@@ -234,7 +239,8 @@ class PadConfig:
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), 0, integer=True)
         for name in ("temperature_start", "temperature_end"):
-            _number(name, getattr(self, name), 0, inclusive=False)
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), 0, inclusive=False)
         _number("temperature_anneal", self.temperature_anneal, 0)
         check_choice("temperature unit", self.temperature_unit, TIME_UNITS)
         if self.kappa is not None:

@@ -19,7 +19,7 @@ from ..data.images import data_fingerprint
 from ..distributed import Context, data_parallel, global_batchnorm, init
 from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from ..fileio import write_json, write_text
-from ..layers.registry import canonical_conv, effective_option, layer_options
+from ..layers.registry import canonical_conv, effective_option, layer_options, start_temperature
 from ..methods import PadTraining
 from ..metrics.counting import count_flops, count_parameters
 from ..models import create_model
@@ -56,13 +56,17 @@ def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
         if saved_conv is not None and key in saved:
             saved[key] = effective_option(saved_conv, key, saved[key])
             current[key] = effective_option(cfg.conv, key, current[key])
+    if saved_conv is not None and "temperature_start" in saved:  # None: the conv type's start
+        saved["temperature_start"] = saved["temperature_start"] or start_temperature(saved_conv)
+        current["temperature_start"] = current["temperature_start"] or start_temperature(cfg.conv)
     return changed_keys(saved, current, RESUMABLE_CHANGES)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     """The model a configuration describes (dynamic-layer options only for dynamic convs)."""
     options = layer_options(cfg.conv, num_kernels=cfg.num_kernels, reduction=cfg.reduction,
-                            temperature=cfg.temperature_start, granularity=cfg.granularity,
+                            temperature=cfg.temperature_start or start_temperature(cfg.conv),
+                            granularity=cfg.granularity,
                             scale_mode=cfg.scale_mode, mask_strategy=cfg.mask_strategy,
                             mask_semantics=cfg.mask_semantics)
     return create_model(cfg.model, conv=cfg.conv, num_classes=num_classes, in_chans=in_chans, width=cfg.width,

@@ -13,7 +13,9 @@ from .dynamic_conv import DynamicConv2d, PADConv2d
 from .odconv import ODConv2d, PADODConv2d
 from .sdconv import SparseDynamicConv2d
 
-CONDCONV = {"num_kernels": 8, "routing": "sigmoid", "reduction": 0}  # CondConv: 8 kernels, one linear + sigmoid
+# CondConv (Yang et al. 2019): 8 kernels, one linear + a plain sigmoid (no temperature: T = 1)
+CONDCONV = {"num_kernels": 8, "routing": "sigmoid", "reduction": 0, "temperature": 1.0}
+ANNEAL_FROM = 30.0  # the start of the temperature annealing of the other dynamic layers (Chen et al. 2020)
 
 # name -> (class, default options). Static convolutions are plain ``nn.Conv2d``. Every PAD-Net form is
 # named "pad-<its fully dynamic layer>"; "pad" is PAD-Net over DY-Conv (the paper's main setting).
@@ -69,6 +71,12 @@ def is_dynamic(name: str) -> bool:
 def accepted_options(name: str) -> tuple[str, ...]:
     """Keyword options that convolutions of type ``name`` take (e.g. ``num_kernels``; none for static)."""
     return tuple(getattr(resolve_conv(name)[0], "OPTIONS", ()))
+
+
+def start_temperature(name: str) -> float:
+    """The temperature a run of conv type ``name`` starts from when none is given: 1 for CondConv's sigmoid
+    routing (no temperature), :data:`ANNEAL_FROM` for the others."""
+    return 1.0 if resolve_conv(name)[1].get("routing") == "sigmoid" else ANNEAL_FROM
 
 
 def effective_option(name: str, key: str, value):
