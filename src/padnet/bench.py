@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cli import ALLOCATOR_ENV
+from .allocator import ALLOCATOR_ENV
 from .errors import ConfigError
 
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))

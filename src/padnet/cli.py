@@ -8,12 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from .allocator import ALLOCATOR_ENV
 from .errors import ConfigError, PadnetError, user_message
-
-# glibc allocator settings that keep large tensors out of fresh mmaps (DESIGN §6: dynamic layers 2–4×
-# faster here); the console command sets them by re-executing itself once unless PADNET_ALLOCATOR=0.
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "68719476736",
-                 "MALLOC_TOP_PAD_": "1073741824"}
 
 
 class _Parser(argparse.ArgumentParser):
