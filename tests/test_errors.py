@@ -140,12 +140,14 @@ ROWS = {
                                         str(_folder_with_truncated_image(t)), "--image-size", "8", "--batch-size", "2",
                                         "--width", "0.125", "--epochs", "1", "--progress", "false", "--out",
                                         str(t / "run")],
+    "imagefolder-one-class": lambda t: ["data", "imagefolder", "--data-root", str(_one_class_folder(t))],
     "unknown-task": lambda t: _finetune("--task", "squad"),
     "glue-no-data-root": lambda t: _finetune("--task", "rte"),
     "tsv-missing-column": lambda t: _finetune("--task", "rte", "--data-root",
                                              str(_rte(t, "index\tsentence1\tlabel", "0\ta\tentailment"))),
     "tsv-ragged-row": lambda t: _finetune("--task", "rte", "--data-root", str(_rte(t, rows="0\ta\tentailment"))),
     "tsv-bad-label": lambda t: _finetune("--task", "rte", "--data-root", str(_rte(t, rows="0\ta\tb\tmaybe"))),
+    "tsv-stsb-range": lambda t: _finetune("--task", "stsb", "--data-root", str(_stsb(t))),
     "parquet-corrupt": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, b"not parquet"))),
     "parquet-missing-column": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, None))),
     "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_gpt2_folder(t))),
@@ -163,6 +165,8 @@ ROWS = {
     "checkpoint-foreign": lambda t: ["evaluate", str(_foreign(t))],
     "checkpoint-architecture": lambda t: ["evaluate", str(_checkpoint(t, model="resnet18"))],
     "checkpoint-bad-config": lambda t: ["evaluate", str(_checkpoint(t, width=100000))],
+    "checkpoint-nan-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), float("nan")))],
+    "checkpoint-int-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), None))],
     "run-dir-taken": lambda t: [*TRAIN, "--out", str(_run_dir(t))],
     "resume-changed-config": lambda t: [*TRAIN[:-6], "--epochs", "2", *TRAIN[-6:], "--out", str(_run_dir(t)),
                                         "--resume"],
@@ -189,6 +193,35 @@ def _folder_with_truncated_image(tmp: Path) -> Path:
     broken = tmp / "imgs" / "train" / "b" / "0.png"
     broken.write_bytes(broken.read_bytes()[:40])
     return tmp / "imgs"
+
+
+def _edit_weight(path: Path, value) -> Path:
+    """The checkpoint with ``model/stem.0.weight`` set to ``value`` (None: stored as int64), metadata kept."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    weight = tensors["model/stem.0.weight"]
+    tensors["model/stem.0.weight"] = weight.long() if value is None else weight.fill_(value)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def _one_class_folder(tmp: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp / "imgs" / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp / "imgs" / split / "a" / "0.png")
+    return tmp / "imgs"
+
+
+def _stsb(tmp: Path) -> Path:
+    folder = tmp / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tscore\n0\ta\tb\t7.5\n")
+    return tmp / "glue"
 
 
 def _npz(tmp: Path, images) -> Path:

@@ -86,6 +86,8 @@ class ImageFolder(Dataset):
         ]
         if not self.samples:
             raise DataError(f"{self.folder} contains no images ({', '.join(sorted(EXTENSIONS))})")
+        if classes is None and len(found) < 2:
+            raise DataError(f"{self.folder} has one class folder ({found[0]}); classification needs at least 2")
         self.augment = augment
         self.size = size
         self.resize_to = resize_to

@@ -229,6 +229,13 @@ def _parse_label(raw: str, labels: dict[str, int] | None, where: str) -> int | f
         score = math.nan
     if not math.isfinite(score):
         raise DataError(f"unparseable score {raw!r} at {where}; expected a number")
+    return _check_score(score, where)
+
+
+def _check_score(score: float, where: str) -> float:
+    """An STS-B similarity score, which lies in [0, 5]; DataError otherwise."""
+    if not 0.0 <= score <= 5.0:
+        raise DataError(f"STS-B score {score:g} at {where} is outside [0, 5]")
     return score
 
 
@@ -298,7 +305,7 @@ def _parquet_label(value, spec: GlueTask, where: str) -> int | float:
     """Check one Hugging Face label: an int id in range, or a finite float for STS-B."""
     if spec.num_labels == 1:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
+            return _check_score(float(value), where)
         raise DataError(f"unparseable score {value!r} at {where}; expected a number")
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < spec.num_labels:
         return value

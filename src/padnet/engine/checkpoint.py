@@ -138,7 +138,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> None:
-    """Load ``model/*`` tensors strictly; a one-line CheckpointError names the first mismatch."""
+    """Load ``model/*`` tensors strictly; a one-line CheckpointError names the first mismatch, a floating-point
+    tensor stored as integers, or one holding NaN or infinity."""
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -149,6 +150,12 @@ def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: s
         raise CheckpointError(
             f"{path} does not match this architecture: {len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(shapes)} mis-shaped tensors (first: {first})")
+    for key, value in own.items():  # a float weight stored as integers, or holding NaN / inf, is not a model
+        saved = state[key]
+        if value.is_floating_point() and not saved.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key} is stored as {saved.dtype}, not floating point")
+        if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
+            raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values")
     model.load_state_dict(state, strict=True)
 
 
