@@ -31,13 +31,12 @@ from .fileio import atomic_path, write_json
 from .layers.conv_base import DynamicConvBase
 from .layers.dynamic_conv import PADConv2d
 from .layers.modes import PartialMode, ScaleFactors
-from .layers.moe import MoEFeedForward
 from .layers.registry import resolve_conv
 from .layers.sdconv import SparseDynamicConv2d, sparse_layers
 from .methods import PadTraining
 from .metrics.counting import count_flops, count_parameters
 from .moe_codec import decode_moe, encode_moe
-from .moe_convert import FFN_PATTERNS, auxiliary_loss, find_ffns, replace_ffns
+from .moe_convert import FFN_PATTERNS, auxiliary_loss, find_ffns, replace_ffns, reset_aux_losses
 from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
 from .partitioning.scores import masked_tensors
@@ -159,7 +158,8 @@ class PadModel(nn.Module):
         """
         if not self.pad_config.partial:
             raise ConfigError(f"method {self.pad_config.method!r} has no masks to partition")
-        if overrides.get("partition", self.pad_config.partition) == "custom":
+        scores = overrides.get("partition", self.pad_config.partition)
+        if scores == "custom":
             raise ConfigError("this configuration was saved with a custom score function: pass it as partition=")
         allowed = {"kappa", "partition", "partition_scope", "partition_iterations", "partition_batches",
                    "check_scores"}
@@ -167,8 +167,7 @@ class PadModel(nn.Module):
         if unknown:
             raise ConfigError(f"partition got unexpected options: {', '.join(unknown)}")
         cfg = PadConfig.from_dict({**self.pad_config.to_dict(), **overrides},
-                                  overrides.get("partition", self.pad_config.partition)
-                                  if callable(overrides.get("partition", self.pad_config.partition)) else None)
+                                  scores if callable(scores) else None)
         if data is not None:
             data = list(itertools.islice(iter(data), cfg.partition_batches))  # only the N batches scored
             if batch_loss is None and loss_fn is None and data and isinstance(data[0], Mapping):
@@ -450,9 +449,7 @@ def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfi
 
 def _copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``; the MoE layers' losses of the last forward (autograd results) are dropped first."""
-    for module in model.modules():
-        if isinstance(module, MoEFeedForward):
-            module.aux_loss = None
+    reset_aux_losses(model)
     return copy.deepcopy(model)
 
 

@@ -29,6 +29,7 @@ from .layers.conv_base import DynamicConvBase
 from .layers.deployed import DeployedConv2d
 from .layers.dynamic_conv import DynamicConv2d
 from .layers.moe import DeployedMoE, MoEFeedForward
+from .moe_convert import reset_aux_losses
 
 FORMAT = "padnet-deployed-1"
 
@@ -82,9 +83,7 @@ def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.
     Raises:
         ConfigError: ``fold_bn`` on a model with BatchNorm2d that torch.fx cannot trace.
     """
-    for module in model.modules():  # the MoE losses of the last forward are autograd results: not copied
-        if isinstance(module, MoEFeedForward):
-            module.aux_loss = None
+    reset_aux_losses(model)  # the MoE losses of the last forward are autograd results: not copied
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     for name, layer in [(n, m) for n, m in out.named_modules() if isinstance(m, MoEFeedForward)]:
