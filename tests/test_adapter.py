@@ -220,7 +220,7 @@ def test_from_pretrained_refuses_another_base_model_and_damaged_folders(tmp_path
     with pytest.raises(CheckpointError, match="is not readable JSON"):
         padnet.PadModel.from_pretrained(tmp_path, copy.deepcopy(pristine))
     (tmp_path / "padnet_config.json").write_text(json.dumps({"format": "padnet-adapter-1", "form": "x"}))
-    with pytest.raises(CheckpointError, match="is not a padnet adapter record"):
+    with pytest.raises(CheckpointError, match="is not a padnet model record"):
         padnet.PadModel.from_pretrained(tmp_path, copy.deepcopy(pristine))
     with pytest.raises(CheckpointError, match="is not a padnet model folder"):
         padnet.PadModel.from_pretrained(tmp_path / "missing", copy.deepcopy(pristine))
@@ -410,7 +410,7 @@ def test_from_pretrained_checks_the_weights_file_form(tmp_path):
     pad.save_pretrained(tmp_path / "b", form="deployed")
     (tmp_path / "b" / "padnet_model.safetensors").replace(tmp_path / "a" / "padnet_model.safetensors")
     candidate = copy.deepcopy(pristine)
-    with pytest.raises(CheckpointError, match="was not written by PadModel.save_pretrained in the training form"):
+    with pytest.raises(CheckpointError, match="was not written with the training form"):
         padnet.PadModel.from_pretrained(tmp_path / "a", candidate)
     assert not any(isinstance(m, padnet.layers.DynamicConvBase) for m in candidate.modules())  # left unconverted
 
@@ -426,3 +426,52 @@ def test_condconv_routes_with_a_plain_sigmoid_unless_a_temperature_is_given():
     assert TrainConfig(conv="condconv").validate().pad_config().value("temperature_start") == 1.0
     hot = padnet.get_pad_model(_static(), method="condconv", temperature_start=30.0)
     assert float(next(m for m in hot.modules() if isinstance(m, padnet.layers.TemperatureRouting)).temperature) == 30
+
+
+@pytest.mark.parametrize("form", ["training", "deployed"])
+def test_a_full_folder_loads_without_the_base_model(tmp_path, form):
+    pad = padnet.get_pad_model(_static(), method="pad", kappa=0.3, init_from_pretrained=False)
+    pad.partition(_batches(2), partition="random")
+    pad.eval()
+    x = _batches(1)[0][0]
+    pad.save_pretrained(tmp_path, form=form, full=True)
+    record = json.loads((tmp_path / "padnet_config.json").read_text())
+    assert record["base"] == {} and record["architecture"]["padnet"]["name"] == "resnet10"
+    loaded = padnet.load_pretrained(tmp_path)  # rebuilt with create_model, then converted as saved
+    assert isinstance(loaded, padnet.PadModel) == (form == "training")
+    if form == "training":
+        assert loaded.masks().keys() == pad.masks().keys()
+        assert all(torch.equal(loaded.masks()[k], m) for k, m in pad.masks().items())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), pad(x), rtol=0, atol=1e-5)
+
+
+def test_full_needs_an_architecture_and_a_plain_static_model_round_trips(tmp_path):
+    lazy = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 8, 3), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(ConfigError, match="3.weight is not initialised yet"):
+        padnet.get_pad_model(lazy, method="dy")
+    lazy(torch.zeros(1, 1, 8, 8))
+    pad = padnet.get_pad_model(lazy, method="dy", target_modules="all")
+    with pytest.raises(ConfigError, match="full=True needs a model padnet can rebuild"):
+        pad.save_pretrained(tmp_path / "full", full=True)
+    assert not (tmp_path / "full").exists()
+    static = _static().eval()
+    padnet.save_pretrained(static, tmp_path / "static")
+    loaded = padnet.load_pretrained(tmp_path / "static")
+    assert type(loaded) is type(static) and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), static.state_dict().values()))
+
+
+def test_a_full_folder_with_non_finite_or_integer_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    padnet.save_pretrained(_static(), tmp_path)
+    weights = tmp_path / "padnet_model.safetensors"
+    tensors = load_file(str(weights))
+    meta = {"padnet": json.dumps({"format": "padnet-adapter-1", "form": "training"})}
+    key = next(k for k, v in tensors.items() if v.is_floating_point())
+    for bad, message in ((torch.full_like(tensors[key], float("nan")), "NaN or infinite"),
+                         (tensors[key].to(torch.int32), "not floating point")):
+        save_file({**tensors, key: bad}, str(weights), metadata=meta)
+        with pytest.raises(CheckpointError, match=message):
+            padnet.load_pretrained(tmp_path)

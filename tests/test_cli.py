@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+import padnet
 from padnet.cli import main
 from padnet.engine.checkpoint import save_checkpoint
+from padnet.layers import DeployedConv2d
 from padnet.models import create_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -223,7 +225,9 @@ def test_train_writes_run_and_refuses_to_overwrite(capsys, tmp_path):
     assert code == 0, stdout
     difference = float(stdout.split("max |difference| ")[1].split()[0])
     assert difference < 1e-4
-    assert (tmp_path / "deployed" / "model.safetensors").is_file() and (tmp_path / "deployed" / "model.pt").is_file()
+    assert (tmp_path / "deployed" / "model.pt").is_file()
+    deployed = padnet.load_pretrained(tmp_path / "deployed")  # the folder rebuilds its architecture
+    assert not deployed.training and any(isinstance(m, DeployedConv2d) for m in deployed.modules())
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes((out / "model.safetensors").read_bytes()[:300])
     code, _, err = run_cli(capsys, "evaluate", str(corrupt))

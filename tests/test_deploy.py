@@ -16,13 +16,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 import padnet
-from padnet.deploy import conv_bn_pairs, deploy, load_deployed, save_deployed
+from padnet.adapter import load_pretrained, save_pretrained
+from padnet.deploy import conv_bn_pairs, deploy
 from padnet.engine.checkpoint import save_checkpoint
 from padnet.errors import CheckpointError, ConfigError
 from padnet.layers import DynamicConv2d, PADConv2d, PartialMode
 from padnet.layers.deployed import DeployedConv2d
 from padnet.metrics import count_parameters
 from padnet.partitioning import magnitude_scores, masked_tensors, snip_scores
+from padnet.saving import CONFIG_FILE, WEIGHTS_FILE
 
 torch.set_num_threads(1)
 
@@ -332,13 +334,13 @@ def _assert_same_state(a: nn.Module, b: nn.Module):
 
 
 @pytest.mark.parametrize("conv,granularity", CONVS, ids=CONV_IDS)
-def test_save_load_round_trip_from_the_header(tmp_path, conv, granularity):
+def test_save_load_round_trip_rebuilds_the_architecture(tmp_path, conv, granularity):
     arch = "mobilenet" if conv == "condconv" else "resnet"
     deployed = deploy(_zoo(arch, conv, granularity))
-    path = save_deployed(deployed, tmp_path / "model.safetensors")
-    assert path == tmp_path / "model.safetensors" and path.is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary left behind
-    loaded = load_deployed(path)
+    folder = save_pretrained(deployed, tmp_path / "model")
+    assert folder == tmp_path / "model"
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temporary left behind
+    loaded = load_pretrained(folder)
     assert not loaded.training
     assert [(n, type(m)) for n, m in loaded.named_modules()] == [(n, type(m)) for n, m in deployed.named_modules()]
     assert [(n, m.config) for n, m in _deployed_layers(loaded)] == [(n, m.config)
@@ -350,27 +352,31 @@ def test_save_load_round_trip_from_the_header(tmp_path, conv, granularity):
 
 
 @pytest.mark.parametrize("granularity", ["shared", "kernel", "filter"])
-def test_save_load_round_trip_of_a_converted_model_needs_the_architecture(tmp_path, granularity):
-    deployed = deploy(_converted(granularity))
-    path = save_deployed(deployed, tmp_path / "converted.safetensors")
-    with pytest.raises(CheckpointError, match="model="):
-        load_deployed(path)
-    fresh = padnet.convert(_sequential(), "pad", granularity=granularity)  # unpartitioned, other init
-    loaded = load_deployed(path, model=fresh)
+def test_deployed_form_of_a_converted_model_loads_onto_its_base_model(tmp_path, granularity):
+    torch.manual_seed(0)
+    pad = padnet.get_pad_model(_sequential(), method="pad", temperature_start=1.0, granularity=granularity)
+    padnet.partition(pad.base_model, 0.4, "random", scope="local")
+    _train_bn(pad.base_model, size=8)
+    pad.save_pretrained(tmp_path, form="deployed")
+    with pytest.raises(CheckpointError, match="base_model="):
+        load_pretrained(tmp_path)
+    torch.manual_seed(0)
+    loaded = load_pretrained(tmp_path, base_model=_sequential())
+    deployed = pad.merge_and_unload()
     _assert_same_state(loaded, deployed)
     x = _input(3, size=8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), deployed(x), rtol=0, atol=1e-6)
 
 
-def test_explicit_arch_is_used_to_rebuild(tmp_path):
-    model = _zoo("resnet", "dy")
-    deployed = deploy(model)
-    arch = dict(model.padnet_config)
-    del deployed.padnet_config
-    path = save_deployed(deployed, tmp_path / "a.safetensors", arch=arch)
-    loaded = load_deployed(path)
-    _assert_same_state(loaded, deployed)
+def test_a_plain_model_without_an_architecture_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="records no architecture"):
+        save_pretrained(deploy(_converted()), tmp_path / "out")
+    model = _zoo("resnet", "static")
+    padnet.convert(model, "pad")  # converted after create_model: the recipe would rebuild a static model
+    with pytest.raises(ConfigError, match="get_pad_model"):
+        save_pretrained(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------- 5. file size
@@ -426,8 +432,8 @@ def _expected_bytes(model: nn.Module) -> int:
 def test_file_size_follows_the_compact_parameter_count(tmp_path, granularity):
     pad = _zoo("resnet", "pad", granularity)
     dy = _zoo("resnet", "dy")
-    pad_file = save_deployed(deploy(pad), tmp_path / "pad.safetensors")
-    dy_file = save_deployed(deploy(dy), tmp_path / "dy.safetensors")
+    pad_file = save_pretrained(deploy(pad), tmp_path / "pad") / WEIGHTS_FILE
+    dy_file = save_pretrained(deploy(dy), tmp_path / "dy") / WEIGHTS_FILE
     for model, path in ((pad, pad_file), (dy, dy_file)):
         expected = _expected_bytes(model)
         assert _data_bytes(path) == expected, path.name
@@ -453,101 +459,120 @@ def test_deployed_parameters_match_compact_counts_of_filter_masks():
 
 
 @pytest.fixture(scope="module")
-def deployed_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("deployed") / "pad.safetensors"
-    return save_deployed(deploy(_zoo("resnet", "pad", "shared")), path)
+def deployed_folder(tmp_path_factory):
+    return save_pretrained(deploy(_zoo("resnet", "pad", "shared")), tmp_path_factory.mktemp("deployed") / "pad")
 
 
-def _assert_one_line_checkpoint_error(path, **kwargs):
+def _assert_one_line_checkpoint_error(folder, **kwargs):
     with pytest.raises(CheckpointError) as info:
-        load_deployed(path, **kwargs)
+        load_pretrained(folder, **kwargs)
     message = str(info.value)
     assert message and "\n" not in message
     return message
 
 
-def test_missing_file_raises_checkpoint_error(tmp_path):
-    message = _assert_one_line_checkpoint_error(tmp_path / "absent.safetensors")
-    assert "absent.safetensors" in message
-    _assert_one_line_checkpoint_error(tmp_path)  # a directory is not a file
+def _folder(tmp_path, name, source, weights: bytes | None = None, record: str | None = None):
+    """A copy of the folder ``source`` with its weights file or its record replaced."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / CONFIG_FILE).write_text(record if record is not None else (source / CONFIG_FILE).read_text())
+    (folder / WEIGHTS_FILE).write_bytes(weights if weights is not None else (source / WEIGHTS_FILE).read_bytes())
+    return folder
 
 
-def test_truncated_file_raises_checkpoint_error(tmp_path, deployed_file):
-    data = deployed_file.read_bytes()
+def test_missing_folder_or_file_raises_checkpoint_error(tmp_path, deployed_folder):
+    message = _assert_one_line_checkpoint_error(tmp_path / "absent")
+    assert "absent" in message
+    _assert_one_line_checkpoint_error(deployed_folder / WEIGHTS_FILE)  # a file is not a folder
+    folder = _folder(tmp_path, "no-weights", deployed_folder)
+    (folder / WEIGHTS_FILE).unlink()
+    assert WEIGHTS_FILE in _assert_one_line_checkpoint_error(folder)
+
+
+def test_truncated_weights_raise_checkpoint_error(tmp_path, deployed_folder):
+    data = (deployed_folder / WEIGHTS_FILE).read_bytes()
     for n, cut in enumerate((len(data) // 2, len(data) - 1, 20)):
-        path = tmp_path / f"cut{n}.safetensors"
-        path.write_bytes(data[:cut])
-        _assert_one_line_checkpoint_error(path)
+        _assert_one_line_checkpoint_error(_folder(tmp_path, f"cut{n}", deployed_folder, data[:cut]))
 
 
-def test_random_bytes_raise_checkpoint_error(tmp_path):
-    path = tmp_path / "noise.safetensors"
-    path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
-    _assert_one_line_checkpoint_error(path)
-    empty = tmp_path / "empty.safetensors"
-    empty.write_bytes(b"")
-    _assert_one_line_checkpoint_error(empty)
+def test_random_bytes_raise_checkpoint_error(tmp_path, deployed_folder):
+    noise = bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist())
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "noise", deployed_folder, noise))
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "empty", deployed_folder, b""))
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "record", deployed_folder, record="\x00\xff{"))
 
 
-def test_training_checkpoint_is_not_a_deployed_model(tmp_path):
+def test_training_checkpoint_is_not_a_deployed_model(tmp_path, deployed_folder):
     model = _zoo("resnet", "pad", "shared")
     path = save_checkpoint(tmp_path / "train.safetensors", model, {"epoch": 1})
-    message = _assert_one_line_checkpoint_error(path)
+    message = _assert_one_line_checkpoint_error(_folder(tmp_path, "train", deployed_folder, path.read_bytes()))
     assert "deployed" in message
 
 
-def test_safetensors_without_padnet_metadata_raise_checkpoint_error(tmp_path):
+def test_safetensors_without_padnet_metadata_raise_checkpoint_error(tmp_path, deployed_folder):
     model = deploy(_zoo("resnet", "dy"))
-    plain = tmp_path / "plain.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(plain))
-    _assert_one_line_checkpoint_error(plain)
-    foreign = tmp_path / "foreign.safetensors"
-    save_file({"a": torch.zeros(3)}, str(foreign), metadata={"padnet": "{not json"})
-    _assert_one_line_checkpoint_error(foreign)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "plain.safetensors"))
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "plain", deployed_folder,
+                                              (tmp_path / "plain.safetensors").read_bytes()))
+    save_file({"a": torch.zeros(3)}, str(tmp_path / "foreign.safetensors"), metadata={"padnet": "{not json"})
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "foreign", deployed_folder,
+                                              (tmp_path / "foreign.safetensors").read_bytes()))
 
 
-@pytest.mark.parametrize("header", ["[1, 2]", "\"padnet-deployed-1\"", "null", "3"])
-def test_non_object_padnet_metadata_raises_checkpoint_error(tmp_path, header):
+@pytest.mark.parametrize("header", ["[1, 2]", "\"padnet-adapter-1\"", "null", "3"])
+def test_non_object_padnet_metadata_raises_checkpoint_error(tmp_path, deployed_folder, header):
     """Valid JSON that is not an object is a foreign file, not an AttributeError/TypeError."""
-    path = tmp_path / "odd.safetensors"
-    save_file({"a": torch.zeros(3)}, str(path), metadata={"padnet": header})
-    _assert_one_line_checkpoint_error(path)
+    save_file({"a": torch.zeros(3)}, str(tmp_path / "odd.safetensors"), metadata={"padnet": header})
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "odd", deployed_folder,
+                                              (tmp_path / "odd.safetensors").read_bytes()))
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "record", deployed_folder, record=header))
 
 
-def test_file_with_missing_tensors_raises_checkpoint_error(tmp_path, deployed_file):
+def test_file_with_missing_tensors_raises_checkpoint_error(tmp_path, deployed_folder):
     from safetensors import safe_open
 
-    with safe_open(str(deployed_file), framework="pt") as fh:
+    with safe_open(str(deployed_folder / WEIGHTS_FILE), framework="pt") as fh:
         meta = fh.metadata()
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     bits = next(k for k in tensors if k.endswith(".dynamic_index.bits"))
     del tensors[bits]
-    path = tmp_path / "missing.safetensors"
-    save_file(tensors, str(path), metadata=meta)
-    _assert_one_line_checkpoint_error(path)
+    save_file(tensors, str(tmp_path / "missing.safetensors"), metadata=meta)
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "missing", deployed_folder,
+                                              (tmp_path / "missing.safetensors").read_bytes()))
 
 
 WRONG_ARCHS = {
-    "wider": ("resnet18", "pad", 10, 0.5),
-    "mobilenet": ("mobilenetv2", "pad", 10, 0.5),
-    "classes": ("resnet18", "pad", 7, 0.25),
-    "static": ("resnet18", "static", 10, 0.25),
-    "resnet10": ("resnet10", "pad", 10, 0.25),
+    "wider": {"width": 0.5},
+    "mobilenet": {"name": "mobilenetv2", "width": 0.5},
+    "classes": {"num_classes": 7},
+    "static": {"conv": "static"},
+    "resnet10": {"name": "resnet10"},
 }
 
 
 @pytest.mark.parametrize("wrong", list(WRONG_ARCHS))
-def test_deployed_file_into_the_wrong_architecture_raises_checkpoint_error(deployed_file, wrong):
-    name, conv, classes, width = WRONG_ARCHS[wrong]
-    model = padnet.create_model(name, conv=conv, num_classes=classes, stem="small", width=width)
-    _assert_one_line_checkpoint_error(deployed_file, model=model)
+def test_deployed_folder_with_the_wrong_architecture_raises_checkpoint_error(tmp_path, deployed_folder, wrong):
+    record = json.loads((deployed_folder / CONFIG_FILE).read_text())
+    record["architecture"]["padnet"].update(WRONG_ARCHS[wrong])
+    _assert_one_line_checkpoint_error(_folder(tmp_path, wrong, deployed_folder, record=json.dumps(record)))
 
 
-def test_save_deployed_rejects_a_training_model(tmp_path):
-    model = _zoo("resnet", "pad", "shared")
-    with pytest.raises(ConfigError, match="deploy"):
-        save_deployed(model, tmp_path / "x.safetensors")
-    assert not any(tmp_path.iterdir())
+@pytest.mark.parametrize("bad", [{"width": 1e5}, {"num_classes": 10**9}, {"num_kernels": 4096}, {"name": 5},
+                                 {"in_chans": True}, {"conv": ["pad"]}, {"name": "vgg"}])
+def test_an_architecture_read_from_disk_is_validated_with_bounds(tmp_path, deployed_folder, bad):
+    record = json.loads((deployed_folder / CONFIG_FILE).read_text())
+    record["architecture"]["padnet"].update(bad)
+    message = _assert_one_line_checkpoint_error(_folder(tmp_path, "bad", deployed_folder, record=json.dumps(record)))
+    assert "architecture" in message
+
+
+def test_a_folder_of_another_base_model_or_layout_is_refused(tmp_path, deployed_folder):
+    record = json.loads((deployed_folder / CONFIG_FILE).read_text())
+    record["deploy"]["folded_bn"] = "layer1"
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "layout", deployed_folder, record=json.dumps(record)))
+    record = json.loads((deployed_folder / CONFIG_FILE).read_text())
+    record["architecture"] = {"padnet": record["architecture"]["padnet"], "transformers": "BertModel"}
+    _assert_one_line_checkpoint_error(_folder(tmp_path, "two", deployed_folder, record=json.dumps(record)))
 
 
 # ------------------------------------------------------------------------------- 7. filter granularity
@@ -826,15 +851,16 @@ def test_autotune_on_a_deployed_model():
 # ----------------------------------------------------------------------------- header content (sanity)
 
 
-def test_header_records_format_arch_and_layers(deployed_file):
+def test_record_holds_format_architecture_and_layers(deployed_folder):
     from safetensors import safe_open
 
-    with safe_open(str(deployed_file), framework="pt") as fh:
-        meta = json.loads(fh.metadata()["padnet"])
+    record = json.loads((deployed_folder / CONFIG_FILE).read_text())
+    with safe_open(str(deployed_folder / WEIGHTS_FILE), framework="pt") as fh:
         keys = set(fh.keys())
-    assert meta["format"] == "padnet-deployed-1"
-    assert meta["arch"]["name"] == "resnet18" and meta["arch"]["width"] == 0.25
-    assert all(cfg["layout"] == "elements" for cfg in meta["layers"].values())
-    for name in meta["layers"]:
+    assert record["format"] == "padnet-adapter-1" and record["form"] == "deployed" and record["config"] is None
+    assert record["architecture"]["padnet"]["name"] == "resnet18" and record["architecture"]["padnet"]["width"] == 0.25
+    layers = record["deploy"]["layers"]
+    assert layers and all(cfg["layout"] == "elements" for cfg in layers.values())
+    for name in layers:
         assert f"{name}.dynamic_index.bits" in keys and f"{name}.static_weight.values" in keys
         assert f"{name}.dynamic_index" not in keys and f"{name}.static_weight" not in keys

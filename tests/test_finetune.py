@@ -11,10 +11,11 @@ import shutil
 import pytest
 import torch
 
+from padnet import PadModel, load_pretrained
 from padnet.cli import main
 from padnet.config import FinetuneConfig
 from padnet.errors import ConfigError, DataError
-from padnet.nlp import from_pretrained, moe_layers
+from padnet.nlp import moe_layers
 from padnet.nlp.text import load_rotten_tomatoes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,7 +68,7 @@ def test_compact_parameter_counts_order_the_variants(tiny_model):
 
     counts = {}
     for variant in ("dense", "moe", "pad", "prune"):
-        model, _ = build_model(_quick(tiny_model, variant=variant))
+        model, _, _ = build_model(_quick(tiny_model, variant=variant))
         if variant in ("pad", "prune"):
             partition(model, 0.5, "random")
         counts[variant] = count_parameters(model)
@@ -109,7 +110,11 @@ def test_cli_finetune_on_glue_files_saves_a_loadable_model(tiny_model, tmp_path,
     assert "rte pad: validation accuracy" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["partition"]["dynamic_ratio"] == pytest.approx(0.5, abs=1e-3)
-    model = from_pretrained(out)
+    model = load_pretrained(out)
+    assert isinstance(model, PadModel) and model.pad_config.method == "pad-moe"
+    assert [m.dynamic_ratio() for _, m in moe_layers(model)] == pytest.approx(
+        list(results["dynamic_ratio"].values()), abs=1e-6)  # the masks came back
+    model = model.merge_and_unload()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
     batch = tokenizer(["A man is playing a guitar."], ["A person plays music."], return_tensors="pt")
     assert model(**batch).logits.shape == (1, 2)

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from torch import nn
 
 import padnet
-from padnet import partition
+from padnet import load_pretrained, partition, save_pretrained
 from padnet.errors import CheckpointError, ConfigError
 from padnet.layers.moe import (
     DeployedMoE,
@@ -26,8 +26,9 @@ from padnet.layers.moe import (
     load_balancing_loss,
 )
 from padnet.metrics import count_parameters
-from padnet.nlp import auxiliary_loss, find_ffns, from_pretrained, moe_layers, save_pretrained
+from padnet.nlp import auxiliary_loss, find_ffns, moe_layers
 from padnet.nlp.finetune import task_loss
+from padnet.saving import WEIGHTS_FILE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -331,12 +332,11 @@ def test_the_minilm_encoder_upcycles_to_an_equal_model():
     torch.testing.assert_close(model(input_ids=ids).last_hidden_state, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_convert_chooses_layers_and_records_the_conversion():
+def test_convert_chooses_layers():
     model = convert_moe(_bert(), num_experts=4, top_k=1, target_modules=["*.layer.1.intermediate.dense"])
     layers = moe_layers(model)
     assert [n for n, _ in layers] == ["bert.encoder.layer.1.intermediate.dense"]
     assert layers[0][1].num_experts == 4 and layers[0][1].top_k == 1
-    assert model.padnet_moe["layers"] == [1]
 
 
 def test_auxiliary_loss_sums_the_layers_losses_in_training():
@@ -348,14 +348,13 @@ def test_auxiliary_loss_sums_the_layers_losses_in_training():
     assert auxiliary_loss(_bert()) == 0.0
 
 
-def test_other_ffn_layouts_are_found_by_their_names_and_the_names_are_recorded():
+def test_other_ffn_layouts_are_found_by_their_names():
     model = nn.Sequential()
     model.block = nn.Module()
     model.block.fc_in, model.block.act, model.block.fc_out = nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 16)
     convert_moe(model, ffn_patterns=[("fc_in", "act", "fc_out")])
     assert [n for n, _ in moe_layers(model)] == ["block.fc_in"]
     assert isinstance(model.block.fc_out, nn.Identity)
-    assert model.padnet_moe["patterns"] == [["fc_in", "act", "fc_out"]]  # from_pretrained converts the same way
 
 
 def test_an_activation_with_parameters_is_refused():
@@ -381,37 +380,45 @@ def test_conversion_errors_are_one_line():
 @pytest.mark.parametrize("mode,granularity", [("dynamic", "element"), ("pad", "element"), ("pad", "neuron"),
                                               ("prune", "element"), ("prune", "neuron")])
 def test_save_then_load_gives_equal_outputs(tmp_path, mode, granularity):
-    model = convert_moe(_bert(), mode=mode, **({} if mode == "dynamic" else {"granularity": granularity}))
+    pad = padnet.get_pad_model(_bert(), method=METHODS[mode],
+                               **({} if mode == "dynamic" else {"granularity": granularity}))
+    model = pad.base_model
     _perturb(model)
     if mode != "dynamic":
         batches = [{"input_ids": IDS, "labels": torch.tensor([0, 1, 1])}]
         partition(model, 0.5, "mp", batches, num_batches=1, batch_loss=task_loss)
     model.eval()
     ref = model(input_ids=IDS).logits
-    save_pretrained(model, tmp_path)
-    deployed = from_pretrained(tmp_path)
+    pad.save_pretrained(tmp_path / "training", full=True)
+    pad.save_pretrained(tmp_path / "deployed", form="deployed", full=True)
+    assert (tmp_path / "training" / "config.json").is_file()  # the Hugging Face config that rebuilds the model
+    deployed = load_pretrained(tmp_path / "deployed")
+    assert not deployed.training
     assert all(isinstance(m, DeployedMoE) for n, m in deployed.named_modules() if n.endswith("intermediate.dense"))
     torch.testing.assert_close(deployed(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
-    trainable = from_pretrained(tmp_path, deployed=False)
-    torch.testing.assert_close(trainable(input_ids=IDS).logits, ref, atol=1e-6, rtol=1e-6)
+    trainable = load_pretrained(tmp_path / "training")
+    assert isinstance(trainable, padnet.PadModel)
+    torch.testing.assert_close(trainable.eval()(input_ids=IDS).logits, ref, atol=1e-6, rtol=1e-6)
     for (_, a), (_, b) in zip(moe_layers(model), moe_layers(trainable)):
         if mode != "dynamic":
             assert torch.equal(a.neuron_mode.mask, b.neuron_mode.mask)
             assert torch.equal(a.bias_mode.mask, b.bias_mode.mask)
-    with pytest.raises(ConfigError, match="training form"):
+    with pytest.raises(ConfigError, match="get_pad_model"):  # merged experts cannot be saved without the PadConfig
         save_pretrained(deployed, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
 
 
 def test_pad_moe_file_stores_only_the_dynamic_factors(tmp_path):
     sizes = {}
     for mode in ("dynamic", "pad", "prune"):
-        model = convert_moe(_bert(intermediate_size=64, hidden_size=32), mode=mode)
+        pad = padnet.get_pad_model(_bert(intermediate_size=64, hidden_size=32), method=METHODS[mode])
+        model = pad.base_model
         if mode != "dynamic":
             partition(model, 0.5, "random", num_batches=1)
-        save_pretrained(model, tmp_path / mode)
-        sizes[mode] = (tmp_path / mode / "model.safetensors").stat().st_size
+        path = pad.save_pretrained(tmp_path / mode, full=True) / WEIGHTS_FILE
+        sizes[mode] = path.stat().st_size
         if mode != "dynamic":
-            with safe_open(str(tmp_path / mode / "model.safetensors"), framework="pt") as fh:
+            with safe_open(str(path), framework="pt") as fh:
                 for name, layer in moe_layers(model):
                     values = fh.get_tensor(f"{name}.experts.values")
                     assert values.shape == (8, int(layer.neuron_mode.mask.sum()))  # dynamic positions only
@@ -421,16 +428,19 @@ def test_pad_moe_file_stores_only_the_dynamic_factors(tmp_path):
 
 def test_loading_a_foreign_folder_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="not a padnet model folder"):
-        from_pretrained(tmp_path)
-    model = convert_moe(_bert())
-    save_pretrained(model, tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+        load_pretrained(tmp_path)
+    padnet.get_pad_model(_bert(), method="moe").save_pretrained(tmp_path, full=True)
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')  # another architecture's config
+    with pytest.raises(CheckpointError, match="not the config of BertForSequenceClassification"):
+        load_pretrained(tmp_path)
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"not safetensors")
+    (tmp_path / "config.json").write_text(_bert().config.to_json_string())
     with pytest.raises(CheckpointError, match="not a readable"):
-        from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_save_pretrained_refuses_a_plain_module(tmp_path):
-    with pytest.raises(ConfigError, match="Hugging Face model"):
+    with pytest.raises(ConfigError, match="records no architecture"):
         save_pretrained(nn.Linear(2, 2), tmp_path)
 
 

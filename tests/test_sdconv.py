@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from padnet import count_flops, count_parameters, create_model, deploy, load_deployed, save_deployed
+from padnet import count_flops, count_parameters, create_model, deploy, load_pretrained, save_pretrained
 from padnet.errors import ConfigError
 from padnet.layers import DynamicConv2d
 from padnet.layers.deployed import DeployedConv2d
@@ -185,8 +185,7 @@ def test_deployed_sd_conv_equals_the_dense_masked_forward_and_round_trips(tmp_pa
                 if isinstance(m, DeployedConv2d):
                     m.formulation = formulation
             torch.testing.assert_close(deployed(x), expected, rtol=1e-5, atol=1e-5)
-    path = save_deployed(deployed, tmp_path / "sd.safetensors")
-    loaded = load_deployed(path)
+    loaded = load_pretrained(save_pretrained(deployed, tmp_path / "sd"))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)
     for key, value in deployed.state_dict().items():  # the packed factors come back exactly
@@ -197,7 +196,7 @@ def test_deployed_sd_conv_file_stores_only_the_kept_weights(tmp_path):
     from safetensors import safe_open
 
     model = _model(threshold=0.08).eval()
-    path = save_deployed(deploy(model), tmp_path / "sd.safetensors")
+    path = save_pretrained(deploy(model), tmp_path / "sd") / "padnet_model.safetensors"
     with safe_open(str(path), framework="pt") as fh:
         stored = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     for name, layer in sparse_layers(model):

@@ -3,13 +3,13 @@
 DY-Conv, CondConv, ODConv, DCD and their PAD-Net forms (``padnet.layers``), Iterative Mode Partition (``padnet.partition``, module ``padnet.partitioning``),
 model building and conversion (``create_model``, ``convert``), accounting (``count_parameters``,
 ``count_flops``), a trainer (``padnet.engine``), the fastest formulation per layer (``autotune``), the compact
-deployment form (``deploy``, ``save_deployed``, ``load_deployed``) and export (``export_onnx``,
+deployment form (``deploy``), one file format for every model (``save_pretrained``, ``load_pretrained``) and export (``export_onnx``,
 ``export_torchscript``); Mixture-of-Experts, PAD-MoE and MoE-P for Hugging Face encoders with GLUE fine-tuning
 (``padnet.nlp``, needs the ``nlp`` extra). Importing padnet touches no network and no data.
 """
 
-from .adapter import PadModel, convert, get_pad_model
-from .deploy import deploy, load_deployed, save_deployed
+from .adapter import PadModel, convert, get_pad_model, load_pretrained, save_pretrained
+from .deploy import deploy
 from .export import export_onnx, export_torchscript
 from .layers import (
     DCDConv2d,
@@ -51,8 +51,8 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "get_pad_model", "list_models",
-    "load_deployed",
+    "load_pretrained",
     "partition",
-    "save_deployed",
+    "save_pretrained",
     "set_temperature",
 ]

@@ -12,25 +12,25 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import hashlib
 import itertools
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
+from torch.nn.parameter import is_lazy
 
-from . import deploy as deployment
+from . import saving
+from .conv_codec import decode_deployed, deployed_skeleton, encode_deployed
+from .deploy import deploy
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_path, write_json
 from .layers.conv_base import DynamicConvBase
+from .layers.deployed import DeployedConv2d
 from .layers.dynamic_conv import PADConv2d
 from .layers.modes import PartialMode, ScaleFactors
+from .layers.moe import DeployedMoE, MoEFeedForward
 from .layers.registry import resolve_conv
 from .layers.sdconv import SparseDynamicConv2d, sparse_layers
 from .methods import PadTraining
@@ -40,24 +40,8 @@ from .moe_convert import FFN_PATTERNS, auxiliary_loss, find_ffns, replace_ffns, 
 from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
 from .partitioning.scores import masked_tensors
+from .saving import FORMS, fingerprint, under
 from .surgery import find_convs, replace_convs
-
-FORMAT = "padnet-adapter-1"
-CONFIG_FILE = "padnet_config.json"
-WEIGHTS_FILE = "padnet_model.safetensors"
-FORMS = ("training", "deployed")
-
-
-def _fingerprint(tensor: torch.Tensor) -> str:
-    """A short hash of a tensor's dtype, shape and bytes (to tell an unchanged tensor from a changed one)."""
-    data = tensor.detach().cpu().contiguous()
-    digest = hashlib.blake2b(f"{data.dtype}{tuple(data.shape)}".encode(), digest_size=12)
-    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
-
-
-def _under(key: str, prefixes: Iterable[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def _targets(config: PadConfig) -> list[str] | None:
@@ -324,9 +308,9 @@ class PadModel(nn.Module):
         factors folded, dynamic factors only where M = 1 (``padnet.deploy``), or MoE experts merged once
         (``DeployedMoE``). In eval mode."""
         try:
-            return deployment.deploy(self.base_model)
+            return deploy(self.base_model)
         except ConfigError:  # a model torch.fx cannot trace keeps its BatchNorm layers
-            return deployment.deploy(self.base_model, fold_bn=False)
+            return deploy(self.base_model, fold_bn=False)
 
     def unload(self) -> nn.Module:
         """The wrapped model with every converted module turned back into a plain one, where that is exact: a
@@ -348,85 +332,48 @@ class PadModel(nn.Module):
         return model
 
     # ------------------------------------------------------------------ files
-    def save_pretrained(self, directory: str | Path, form: str = "training") -> Path:
-        """Write ``directory/padnet_config.json`` and ``directory/padnet_model.safetensors`` atomically.
+    def save_pretrained(self, directory: str | Path, form: str = "training", full: bool = False,
+                        tokenizer=None) -> Path:
+        """Write ``directory/padnet_config.json`` and ``directory/padnet_model.safetensors`` (:mod:`padnet.saving`),
+        each file atomically. Returns the directory.
 
-        The weights file holds what the method adds or changes: the converted modules, and every other tensor
-        whose value changed since :func:`get_pad_model` (e.g. a fine-tuned head); the tensors left out are
-        recorded by hash, so :meth:`from_pretrained` can check the base model it is given. ``form``:
-        ``"training"`` (masks, static parameters, scale factors: train further) or ``"deployed"`` (the compact
-        form of :meth:`merge_and_unload`). Returns the directory. Raises ConfigError for an unknown form.
+        Args:
+            form: ``"training"`` (masks, static parameters, scale factors: train further) or ``"deployed"`` (the
+                compact form of :meth:`merge_and_unload`).
+            full: store every tensor and the architecture (``padnet.create_model``'s arguments, or the Hugging Face
+                class and ``config.json``), so that :meth:`from_pretrained` needs no base model. By default only
+                what the method adds or changes is stored: the converted modules, and every other tensor whose
+                value changed since :func:`get_pad_model` (e.g. a fine-tuned head); the tensors left out are
+                recorded by hash, so :meth:`from_pretrained` can check the base model it is given.
+            tokenizer: a Hugging Face tokenizer saved into the same folder.
+
+        Raises ConfigError for an unknown form, or ``full`` for a model whose architecture padnet cannot rebuild.
         """
         if form not in FORMS:
             raise ConfigError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta: dict = {}
-        if self.pad_config.family == "moe":
-            tensors = encode_moe(self.base_model)
+        recipe = saving.architecture(self.base_model)
+        if full and recipe is None:
+            raise ConfigError("full=True needs a model padnet can rebuild (from padnet.create_model or a "
+                              "transformers model); save without full= and pass base_model= when loading")
+        if self.pad_config.family == "moe":  # deployed: the experts are merged when loaded
+            tensors, meta = encode_moe(self.base_model), {}
         elif form == "deployed":
-            deployed = self.merge_and_unload()
-            tensors = deployment._encode(deployed)
-            meta = {"layers": {n: m.config for n, m in deployed.named_modules()
-                               if isinstance(m, deployment.DeployedConv2d)}, **deployed.padnet_deployed}
+            tensors, meta = _deployed_tensors(self.merge_and_unload())
         else:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.base_model.state_dict().items()}
+            tensors, meta = {k: v.detach().cpu().contiguous() for k, v in self.base_model.state_dict().items()}, {}
         changed = set(meta.get("folded_bn", ())) | set(meta.get("fused_convs", ()))
-        kept = {k: v for k, v in tensors.items()
-                if _under(k, self.converted) or _under(k, changed) or self._fingerprints.get(k) != _fingerprint(v)}
-        record = {"format": FORMAT, "form": form, "config": self.pad_config.to_dict(), "converted": self.converted,
-                  "base": {k: h for k, h in self._fingerprints.items() if k not in kept}, "deploy": meta}
-        with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            save_file(kept, str(tmp), metadata={"padnet": json.dumps({"format": FORMAT, "form": form})})
-        write_json(directory / CONFIG_FILE, record)
-        return directory
+        kept = tensors if full else {k: v for k, v in tensors.items() if under(k, self.converted)
+                                     or under(k, changed) or self._fingerprints.get(k) != fingerprint(v)}
+        record = {"form": form, "config": self.pad_config.to_dict(), "converted": self.converted,
+                  "base": {} if full else {k: h for k, h in self._fingerprints.items() if k not in kept}, "deploy": meta,
+                  "architecture": recipe if full else None}
+        return saving.write_folder(directory, kept, record, self.base_model, tokenizer)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, base_model: nn.Module,
+    def from_pretrained(cls, directory: str | Path, base_model: nn.Module | None = None,
                         partition: Callable | None = None) -> PadModel | nn.Module:
-        """Load what :meth:`save_pretrained` wrote onto ``base_model`` (the model it was converted from, in
-        place). Returns a :class:`PadModel` (training form) or the deployed plain module (deployed form, eval
-        mode). ``partition``: the score function of a config saved with a custom one.
-
-        Raises CheckpointError for a missing, corrupt or foreign folder, a base model that differs from the
-        one converted (naming the first differing tensor), or weights that do not fit.
-        """
-        directory = Path(directory)
-        record = _read_record(directory / CONFIG_FILE)
-        try:
-            config = PadConfig.from_dict(record["config"], partition)
-        except ConfigError as exc:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from None
-        base_state = base_model.state_dict()
-        for key, digest in record["base"].items():  # checked before anything is converted
-            if key not in base_state or _fingerprint(base_state[key]) != digest:
-                raise CheckpointError(f"{directory}: base_model differs from the model that was converted "
-                                      f"(tensor {key})")
-        tensors = _read_weights(directory / WEIGHTS_FILE, record["form"])
-        pad = get_pad_model(base_model, config)
-        if pad.converted != record["converted"]:
-            raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
-                                  f"(first: {record['converted'][:1]} vs {pad.converted[:1]})")
-        form = record["form"]
-        try:
-            if config.family == "moe":
-                state = pad.base_model.state_dict()
-                state.update(decode_moe(pad.base_model, tensors))
-                pad.base_model.load_state_dict(state)
-                return deployment.deploy(pad.base_model, inplace=True) if form == "deployed" else pad
-            if form == "deployed":
-                model = deployment._skeleton(pad.base_model, record["deploy"])
-                state = model.state_dict()
-                state.update(deployment._decode(model, tensors))
-                model.load_state_dict(state)
-                return model
-            state = pad.base_model.state_dict()
-            state.update(tensors)
-            pad.base_model.load_state_dict(state)
-        except (RuntimeError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{directory} does not fit the base model ({reason})") from None
-        return pad
+        """:func:`load_pretrained`: what :meth:`save_pretrained` (or :func:`save_pretrained`) wrote."""
+        return load_pretrained(directory, base_model, partition)
 
 
 def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfig) -> None:
@@ -475,39 +422,6 @@ def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
     return conv.to(layer.weight.device)
 
 
-def _read_record(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not readable JSON ({str(exc).splitlines()[0]})") from None
-    ok = (isinstance(record, dict) and record.get("format") == FORMAT and record.get("form") in FORMS
-          and isinstance(record.get("config"), dict) and isinstance(record.get("converted"), list)
-          and all(isinstance(n, str) for n in record["converted"]) and isinstance(record.get("base"), dict)
-          and all(isinstance(v, str) for v in record["base"].values()) and isinstance(record.get("deploy"), dict))
-    if not ok:
-        raise CheckpointError(f"{path} is not a padnet adapter record ({FORMAT})")
-    return record
-
-
-def _read_weights(path: Path, form: str) -> dict[str, torch.Tensor]:
-    """The tensors of ``path``, checked to be written by ``save_pretrained`` in ``form``."""
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("padnet", "null"))
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("form") != form:
-        raise CheckpointError(f"{path} was not written by PadModel.save_pretrained in the {form} form of "
-                              f"{CONFIG_FILE}")
-    return tensors
-
-
 def convert(model: nn.Module, method: str = "pad", **options) -> nn.Module:
     """``get_pad_model(model, PadConfig(method=method, **options)).base_model``: the model itself (changed in
     place) rather than its :class:`PadModel` wrapper, for code that keeps working with the plain module.
@@ -544,6 +458,125 @@ def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) 
                                      config.partition if callable(config.partition) else None)
     if not isinstance(config, PadConfig):
         raise ConfigError(f"config must be a PadConfig, got {type(config).__name__}")
+    lazy = next((n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if is_lazy(t)), None)
+    if lazy is not None:
+        raise ConfigError(f"{lazy} is not initialised yet (a lazy module): run one forward pass before converting")
     converted = _convert(model, config)
-    fingerprints = {k: _fingerprint(v) for k, v in model.state_dict().items() if not _under(k, converted)}
+    fingerprints = {k: fingerprint(v) for k, v in model.state_dict().items() if not under(k, converted)}
     return PadModel(model, config, converted, fingerprints)
+
+
+def _deployed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """The compact tensors of a deployed model and its layout (folded BatchNorm, each deployed layer's)."""
+    layers = {n: m.config for n, m in model.named_modules() if isinstance(m, DeployedConv2d)}
+    return encode_deployed(model), {"layers": layers, **model.padnet_deployed}
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, form: str = "training", full: bool = False,
+                    tokenizer=None) -> Path:
+    """Save any padnet model to a folder that :func:`load_pretrained` reads.
+
+    A :class:`PadModel` is saved by :meth:`PadModel.save_pretrained` with these arguments. A plain model (static
+    or built with padnet's layers by ``padnet.create_model``, a Hugging Face model without MoE layers, or the
+    output of ``padnet.deploy`` / ``merge_and_unload`` of such a model) is stored whole with its architecture,
+    in the form it has (``form`` and ``full`` do not apply). Returns the directory.
+
+    Raises ConfigError for a plain model padnet cannot rebuild: no architecture recorded, MoE layers, or
+    layers converted after ``create_model`` (save the :class:`PadModel` of :func:`get_pad_model` instead).
+    """
+    if isinstance(model, PadModel):
+        return model.save_pretrained(directory, form, full, tokenizer)
+    recipe = saving.architecture(model)
+    remedy = "save the PadModel that padnet.get_pad_model returned"
+    if recipe is None:
+        raise ConfigError("save_pretrained takes a PadModel, a model from padnet.create_model or a transformers "
+                          f"model; {type(model).__name__} records no architecture to rebuild")
+    if any(isinstance(m, (MoEFeedForward, DeployedMoE)) for m in model.modules()):
+        raise ConfigError(f"this model has MoE layers but no PadConfig: {remedy}")
+    if recipe.get("padnet", {}).get("conv") == "static" and any(
+            isinstance(m, (DynamicConvBase, DeployedConv2d)) for m in model.modules()):
+        raise ConfigError(f"this model's convolutions were converted after create_model: {remedy}")
+    deployed = getattr(model, "padnet_deployed", None) is not None
+    if deployed:
+        tensors, meta = _deployed_tensors(model)
+    else:
+        tensors, meta = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, {}
+    record = {"form": "deployed" if deployed else "training", "config": None, "converted": [], "base": {},
+              "deploy": meta, "architecture": recipe}
+    return saving.write_folder(directory, tensors, record, model, tokenizer)
+
+
+def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
+                    partition: Callable | None = None) -> PadModel | nn.Module:
+    """Load a folder written by :func:`save_pretrained` / :meth:`PadModel.save_pretrained`.
+
+    Args:
+        directory: the folder.
+        base_model: the model it was converted from (changed in place); by default rebuilt from the architecture
+            the folder records (saved with ``full=True``, or a plain model).
+        partition: the score function of a config saved with a custom one.
+
+    Returns a :class:`PadModel` (training form with a PadConfig), or a plain module in eval mode (deployed form:
+    compact convolutions or merged experts; or a model saved without a PadConfig).
+
+    Raises:
+        CheckpointError: a missing, corrupt or foreign folder; a folder that stores only what changed and no
+            ``base_model``; a base model that differs from the one converted (naming the first differing
+            tensor); weights that do not fit, or that hold integers or NaN / infinity where floats belong.
+    """
+    directory = Path(directory)
+    record = saving.read_record(directory)
+    config = None
+    if record["config"] is not None:
+        try:
+            config = PadConfig.from_dict(record["config"], partition)
+        except ConfigError as exc:
+            raise CheckpointError(f"{directory / saving.CONFIG_FILE}: {exc}") from None
+    if base_model is None:
+        if record["architecture"] is None:
+            raise CheckpointError(f"{directory} stores only what changed from its base model: pass base_model= (the "
+                                  "model it was converted from)")
+        base_model = saving.build_architecture(record["architecture"], directory)
+    base_state = base_model.state_dict()
+    for key, digest in record["base"].items():  # checked before anything is converted
+        if key not in base_state or fingerprint(base_state[key]) != digest:
+            raise CheckpointError(f"{directory}: base_model differs from the model that was converted "
+                                  f"(tensor {key})")
+    tensors = saving.read_weights(directory, record["form"])
+    form, source = record["form"], directory / saving.WEIGHTS_FILE
+    if config is None:
+        if record["converted"]:
+            raise CheckpointError(f"{directory / saving.CONFIG_FILE} names converted modules but no PadConfig")
+        return _load_into(base_model, tensors, form, record["deploy"], source).eval()
+    pad = get_pad_model(base_model, config)
+    if pad.converted != record["converted"]:
+        raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
+                              f"(first: {record['converted'][:1]} vs {pad.converted[:1]})")
+    if config.family == "moe":
+        state = pad.base_model.state_dict()
+        try:
+            state.update(decode_moe(pad.base_model, tensors))
+        except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{source} does not fit the base model ({reason})") from None
+        saving.load_state(pad.base_model, state, source)
+        return deploy(pad.base_model, inplace=True) if form == "deployed" else pad
+    model = _load_into(pad.base_model, tensors, form, record["deploy"], source)
+    return model.eval() if form == "deployed" else pad
+
+
+def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], form: str, layout: dict,
+               source: Path) -> nn.Module:
+    """Load ``tensors`` (all of the state, or the part that changed) into ``model``, made deployed first for
+    the deployed form; the model loaded (a deployed one is built in place of ``model``'s layers)."""
+    try:
+        if form == "deployed":
+            model = deployed_skeleton(model, layout)
+            tensors = decode_deployed(model, tensors)
+    except (RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{source} does not fit the base model ({reason})") from None
+    state = model.state_dict()
+    state.update(tensors)
+    saving.load_state(model, state, source)
+    return model

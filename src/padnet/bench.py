@@ -235,10 +235,12 @@ def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progr
 def bench_files(progress=None) -> list[dict]:
     """Deployed ImageNet ResNet-50 file sizes (bytes): DY-Conv, PAD-Net κ = 0.3 (shared, filter masks) and
     SD-Conv at 50 % sparsity (different, same masks)."""
-    from .deploy import deploy, save_deployed
+    from .adapter import save_pretrained
+    from .deploy import deploy
     from .metrics import count_parameters
     from .models import create_model
     from .partitioning import partition
+    from .saving import WEIGHTS_FILE
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,8 +257,8 @@ def bench_files(progress=None) -> list[dict]:
             if conv == "sdconv":
                 _sparsify(model, SPARSITY)
             params = count_parameters(model)
-            path = save_deployed(deploy(model, inplace=True), Path(tmp) / f"{name}.safetensors")
-            rows.append({"variant": name, "bytes": path.stat().st_size, "compact_params": params})
+            folder = save_pretrained(deploy(model, inplace=True), Path(tmp) / name)
+            rows.append({"variant": name, "bytes": (folder / WEIGHTS_FILE).stat().st_size, "compact_params": params})
             del model
     dy = rows[0]["bytes"]
     return [{**r, "ratio_dy": r["bytes"] / dy} for r in rows]

@@ -153,15 +153,14 @@ def cmd_pad_moe(args) -> int:
 
 def cmd_finetune(args) -> int:
     from .config import FinetuneConfig
-    from .nlp.finetune import finetune, save_results
-    from .nlp.pretrained import save_pretrained
+    from .nlp.finetune import finetune, save_model, save_results
 
     cfg = _resolve_config(args, cls=FinetuneConfig)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.variant}-seed{cfg.seed}")
     results = finetune(cfg, run_dir=out, resume=args.resume)
-    if not results.pop("main"):  # data-parallel run: process 0 writes and reports
+    if not results["main"]:  # data-parallel run: process 0 writes and reports
         return 0
-    save_pretrained(results["model"], out, results.pop("tokenizer"))
+    save_model(results, out)
     save_results(results, out)
     scores = "; ".join(f"{split} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items() if k != "score")
                        for split, m in results["metrics"].items())
@@ -267,19 +266,22 @@ def _load_run_model(checkpoint: Path, data_root: str | None, dataset: str | None
 def cmd_deploy(args) -> int:
     import torch
 
+    from .adapter import load_pretrained, save_pretrained
     from .data import make_loader
-    from .deploy import deploy, load_deployed, save_deployed
+    from .deploy import deploy
     from .export import export_onnx, export_torchscript
+    from .saving import WEIGHTS_FILE
 
     model, _, test = _load_run_model(args.checkpoint, args.data_root, args.dataset)
     model.eval()
     deployed = deploy(model)
     out = Path(args.out)
-    path = save_deployed(deployed, out / "model.safetensors")
+    save_pretrained(deployed, out)  # whole, with the create_model arguments that rebuild it
     x, _ = next(iter(make_loader(test, 16, train=False)))  # normalised as in evaluation
     with torch.no_grad():
-        diff = (load_deployed(path)(x) - model(x)).abs().max().item()
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MB); deployed vs training form on {len(x)} test "
+        diff = (load_pretrained(out)(x) - model(x)).abs().max().item()
+    size = (out / WEIGHTS_FILE).stat().st_size
+    print(f"wrote {out} ({size / 2**20:.2f} MB of weights); deployed vs training form on {len(x)} test "
           f"images: max |difference| {diff:.2e}")
     if args.onnx:
         print(f"wrote {export_onnx(deployed, out / 'model.onnx', x[:2])} (dynamic batch)")
@@ -362,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a pretrained encoder (dense, MoE, PAD-MoE, MoE-P) on a text task",
                        description="Fine-tune --model (default minilm: the offline all-MiniLM-L6-v2) on --task "
                                    "(rotten_tomatoes, offline, or a GLUE task from --data-root: GLUE TSV folders or "
-                                   "nyu-mll/glue parquet files); writes the model (padnet.nlp.from_pretrained) and "
+                                   "nyu-mll/glue parquet files); writes the model (padnet_config.json and "
+                                   "padnet_model.safetensors, read by padnet.load_pretrained), its tokenizer and "
                                    "results.json to --out.")
     _add_config_flags(p, cls=FinetuneConfig)
     p.add_argument("--out", help="output folder (default runs/<task>-<variant>-seed<seed>)")
@@ -415,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="fold a trained run's model into its compact inference form and save it",
                        description="Fold BatchNorm and the scale factors into the kernels, keep dynamic factors "
-                                   "only at dynamic positions, write OUT/model.safetensors (loadable with "
-                                   "padnet.load_deployed) and check it against the training form.")
+                                   "only at dynamic positions, write OUT/padnet_config.json and "
+                                   "OUT/padnet_model.safetensors (read by padnet.load_pretrained) and check it "
+                                   "against the training form.")
     p.add_argument("checkpoint", type=Path, help="a run's model.safetensors or checkpoint")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--onnx", action="store_true", help="also write OUT/model.onnx (dynamic batch)")

@@ -1,14 +1,13 @@
 """The compact file encoding of MoE layers: PAD-MoE and MoE-P experts stored as their static parameters (dense, one
 FFN per layer) and each expert's dynamic factors only at the mask's dynamic positions (``…experts.values``
-(E, ‖M‖₀) with the mask as bits, ``…experts.bits``). Used by ``padnet.nlp.save_pretrained`` and
-``PadModel.save_pretrained``."""
+(E, ‖M‖₀) with the mask as bits, ``…experts.bits``). Used by :mod:`padnet.saving`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .deploy import pack_bits, unpack_bits
+from .conv_codec import pack_bits, unpack_bits
 from .layers.moe import MoEFeedForward
 from .moe_convert import moe_layers
 

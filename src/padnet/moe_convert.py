@@ -91,8 +91,7 @@ def replace_ffns(
         **options: more :class:`~padnet.layers.moe.MoEFeedForward` options (``scale_mode``, ``noisy``,
             ``aux_loss_weight``).
 
-    Returns ``model``, with ``model.padnet_moe`` recording the conversion (used by ``padnet.nlp.save_pretrained``,
-    whose ``from_pretrained`` replays it).
+    Returns ``model``.
 
     Raises:
         ConfigError: no recognisable FFN, a layer index out of range, bad MoE options.
@@ -116,9 +115,6 @@ def replace_ffns(
     if not getattr(model, "_padnet_aux_reset", False):  # one hook per model, whatever the number of conversions
         model.register_forward_pre_hook(reset_aux_losses)
         model._padnet_aux_reset = True
-    model.padnet_moe = {"mode": mode, "num_experts": num_experts, "top_k": top_k,
-                        "layers": sorted({i % len(sites) for i in chosen}), "granularity": granularity,
-                        "patterns": [list(p) for p in patterns], **options}
     return model
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, NonFiniteStateError
 from ..fileio import atomic_path, sweep_temporary_files
+from ..saving import load_state
 
 FORMAT = "padnet-checkpoint-1"
 CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
@@ -138,25 +139,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> None:
-    """Load ``model/*`` tensors strictly; a one-line CheckpointError names the first mismatch, a floating-point
-    tensor stored as integers, or one holding NaN or infinity."""
-    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        first = (missing or unexpected or shapes)[0]
-        raise CheckpointError(
-            f"{path} does not match this architecture: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(shapes)} mis-shaped tensors (first: {first})")
-    for key, value in own.items():  # a float weight stored as integers, or holding NaN / inf, is not a model
-        saved = state[key]
-        if value.is_floating_point() and not saved.is_floating_point():
-            raise CheckpointError(f"{path}: tensor {key} is stored as {saved.dtype}, not floating point")
-        if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
-            raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values")
-    model.load_state_dict(state, strict=True)
+    """Load the ``model/*`` tensors of a checkpoint strictly (:func:`padnet.saving.load_state`)."""
+    load_state(model, {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, path)
 
 
 def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,

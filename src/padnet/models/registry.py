@@ -72,7 +72,7 @@ def create_model(
         model = MobileNetV2(factory, num_classes, in_chans, width, stem)
     else:
         model = ResNet(int(name.lower().removeprefix("resnet")), factory, num_classes, in_chans, width, stem)
-    # the arguments that rebuild this architecture (used by padnet.save_deployed / load_deployed)
+    # the arguments that rebuild this architecture (recorded by padnet.save_pretrained)
     model.padnet_config = {"name": name, "conv": conv, "num_classes": num_classes, "in_chans": in_chans,
                            "width": width, "stem": stem, **conv_options}
     return model

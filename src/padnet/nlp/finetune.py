@@ -29,7 +29,7 @@ from ..engine.checkpoint import (
     restore_training,
     save_epoch_checkpoint,
 )
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import MAX_LOSS, ConfigError, NonFiniteLossError
 from ..methods import PadTraining
 from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
@@ -55,8 +55,10 @@ def resolve_model(name: str) -> str:
 
 
 def build_model(cfg: FinetuneConfig):
-    """The pretrained encoder with a fresh classification head, converted for ``cfg.variant``; and its
-    tokenizer. Raises ConfigError when the model cannot be read or has no recognisable FFN."""
+    """``(model, tokenizer, pad)``: the pretrained encoder with a fresh classification head, converted for
+    ``cfg.variant``; its tokenizer; and the :class:`~padnet.PadModel` wrapping it (None for ``dense``), whose
+    ``save_pretrained`` writes the result. Raises ConfigError when the model cannot be read or has no
+    recognisable FFN."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging
 
@@ -80,9 +82,9 @@ def build_model(cfg: FinetuneConfig):
     finally:
         logging.set_verbosity(verbosity)
         logging.enable_progress_bar()
-    if cfg.variant != "dense":  # sparse upcycling (MoE, PAD-MoE, MoE-P) with the run's PadConfig
-        get_pad_model(model, cfg.pad_config())
-    return model, tokenizer
+    # sparse upcycling (MoE, PAD-MoE, MoE-P) with the run's PadConfig
+    pad = get_pad_model(model, cfg.pad_config()) if cfg.variant != "dense" else None
+    return model, tokenizer, pad
 
 
 def task_loss(model, batch) -> torch.Tensor:
@@ -162,7 +164,7 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
         claim_run_dir(run_dir, resume)
     set_seed(cfg.seed)
     task = cfg.task_spec()
-    model, tokenizer = build_model(cfg)
+    model, tokenizer, pad = build_model(cfg)
     train = cfg.load_split("train")
     if cfg.train_subset is not None and cfg.train_subset < len(train.labels):
         order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(cfg.seed))
@@ -216,7 +218,7 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
             loss = model(**batch).loss + hooks.extra_loss()
             step += 1
             total = accelerator.reduce(loss.detach(), "sum") if processes > 1 else loss  # every process must stop
-            if not torch.isfinite(total):
+            if not total.item() <= MAX_LOSS:  # NaN, infinite or diverged
                 raise NonFiniteLossError(total.item(), step)
             accelerator.backward(loss)
             optimizer.step()
@@ -235,7 +237,7 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     metrics = {split: evaluate(model, data, task, accelerator) for split, data in eval_loaders.items()}
     first = metrics[task.eval_splits[0]]
     return {
-        "config": cfg.to_dict(), "main": accelerator.is_main_process, "model": model, "tokenizer": tokenizer,
+        "config": cfg.to_dict(), "main": accelerator.is_main_process, "model": model, "tokenizer": tokenizer, "pad": pad,
         "params": count_parameters(model), "metrics": metrics, "score": 100 * first["score"],
         "metric": "+".join(task.metrics), "train_seconds": round(state["elapsed"], 1), "processes": processes,
         "partition": state["partition"],
@@ -250,8 +252,17 @@ def _progress(cfg: FinetuneConfig, steps: int, main: bool = True):
                 unit="step")
 
 
+def save_model(results: dict, folder: str | Path) -> Path:
+    """Write the fine-tuned model of ``results`` into ``folder`` whole, with its tokenizer and architecture, in the
+    training form (``padnet.save_pretrained``); ``padnet.load_pretrained(folder)`` reads it back."""
+    from ..adapter import save_pretrained
+
+    return save_pretrained(results["pad"] or results["model"], folder, full=True, tokenizer=results["tokenizer"])
+
+
 def save_results(results: dict, folder: str | Path) -> None:
-    """Write ``results.json`` (everything but the model and tokenizer) into ``folder``."""
+    """Write ``results.json`` (everything but the model, its wrapper and tokenizer) into ``folder``."""
     from ..fileio import write_json
 
-    write_json(Path(folder) / "results.json", {k: v for k, v in results.items() if k not in ("model", "tokenizer")})
+    write_json(Path(folder) / "results.json", {k: v for k, v in results.items()
+                                                if k not in ("model", "tokenizer", "pad", "main")})

@@ -58,7 +58,7 @@ def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print, label: str = "") 
         log(f"[{label}] fine-tuning")
         results = finetune(cfg, log)
         model = results.pop("model")
-        del results["tokenizer"], results["main"]
+        del results["tokenizer"], results["main"], results["pad"]
         if cfg.variant in ("pad", "prune"):
             save_masks(model, run_dir / MASKS_FILE)
         save_results(results, run_dir)
