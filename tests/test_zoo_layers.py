@@ -167,7 +167,7 @@ def _odconv_by_hand(layer: ODConv2d, x, lam_s=1.0, lam_d=1.0):
 
 
 def _dcd_by_hand(layer: DCDConv2d, x, lam_s=1.0, lam_d=1.0):
-    """y = Λ ⊙ conv(x, W0) + P Φ Qᵀ x (+ b), with the 1×1 stride as subsampling; returns (y, Λ, Φ).
+    """y = Λ ⊙ conv(x, W0) + P (Φ + I) Qᵀ x (+ b), with the 1×1 stride as subsampling; returns (y, Λ, Φ).
 
     Depthwise layers have no channel-fusion residual (Φ is None)."""
     h = torch.relu(x.mean(dim=(2, 3)) @ layer.fc.weight.t())
@@ -179,7 +179,8 @@ def _dcd_by_hand(layer: DCDConv2d, x, lam_s=1.0, lam_d=1.0):
         phi = _vector_by_hand(layer.fusion, h, _identity, 1.0, lam_s, lam_d)
         phi = phi.reshape(-1, layer.latent, layer.latent)
         xs = x[:, :, ::layer.stride[0], ::layer.stride[1]]
-        y = y + torch.einsum("ol,blm,mc,bchw->bohw", layer.p[:, :, 0, 0], phi, layer.q[:, :, 0, 0], xs)
+        fused = phi + torch.eye(layer.latent)  # the identity path of DCD's code
+        y = y + torch.einsum("ol,blm,mc,bchw->bohw", layer.p[:, :, 0, 0], fused, layer.q[:, :, 0, 0], xs)
     if layer.bias is not None:
         y = y + layer.bias[None, :, None, None]
     return y, lam, phi
@@ -348,6 +349,9 @@ def test_pad_dcd_with_zero_masks_is_a_static_conv(geometry):
     _set_masks(layer, torch.zeros)
     x = _input(cin)
     expected = F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    if layer.fusion is not None:  # the static low-rank residual P (Φ̄ + I) Qᵀ = P Qᵀ: a fixed 1×1 convolution
+        expected = expected + F.conv2d(x, (layer.p[:, :, 0, 0] @ layer.q[:, :, 0, 0])[:, :, None, None], None,
+                                       layer.stride)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 

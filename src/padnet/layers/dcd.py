@@ -1,11 +1,12 @@
 """Dynamic convolution decomposition (DCD) and its PAD-Net form.
 
 DCD ("Revisiting Dynamic Convolution via Matrix Decomposition", Li et al. 2021) writes the dynamic kernel as
-a static kernel plus a low-rank dynamic residual: W(x) = Λ(x) W₀ + P Φ(x) Qᵀ, where
+a static kernel plus a low-rank dynamic residual: W(x) = Λ(x) W₀ + P (Φ(x) + I) Qᵀ, where
 
 * W₀ (Cout, Cin/groups, kh, kw) is static and Λ(x) (B, Cout) is a dynamic channel-wise scale (hard sigmoid);
 * Qᵀ compresses the Cin input channels to a latent space of L = ⌊√Cin⌋ channels (a 1×1 convolution with the
-  layer's stride), Φ(x) (B, L, L) fuses them per sample ("dynamic channel fusion", no activation) and P
+  layer's stride), Φ(x) (B, L, L) fuses them per sample ("dynamic channel fusion", no activation), the
+  identity path adds the latent input Qᵀx back (as the authors' implementation does: Φ Qᵀx + Qᵀx), and P
   expands L → Cout (1×1).
 
 Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(Cin // reduction, min_hidden)``. Simplifications against the DCD code: no BatchNorm inside the residual or the branch, and no
@@ -16,7 +17,7 @@ cost 432 MMACs instead of 366; the paper gives 318). Grouped (non-depthwise) lay
 ``PADDCDConv2d`` (PAD-Net paper 001, appendix C, Table 6): Λ and Φ are the layer's dynamic parameters, so each
 is mixed element-wise with a static counterpart (Λ̄ starts at 1, Φ̄ at 0) through
 :class:`~padnet.layers.vectors.DynamicVector`; with every mask 0 and λs = 1 the layer is the static
-convolution W₀ (plus the static residual P Φ̄ Qᵀ, zero at the start).
+convolution W₀ plus the static low-rank residual P (Φ̄ + I) Qᵀ (P Qᵀ at the start, Φ̄ = 0).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .vectors import DynamicVector
 
 
 class DCDConv2d(DynamicConvBase):
-    """DCD: y = Λ(x) ⊙ conv(x, W₀) + P Φ(x) Qᵀ x (Li et al. 2021).
+    """DCD: y = Λ(x) ⊙ conv(x, W₀) + P (Φ(x) Qᵀx + Qᵀx) (Li et al. 2021, with the identity path of their code).
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``.
@@ -95,7 +96,7 @@ class DCDConv2d(DynamicConvBase):
         if self.fusion is not None:
             fusion = self.fusion(h, 1.0, lam_s, lam_d).reshape(batch, self.latent, self.latent)  # Φ (B, L, L)
             z = F.conv2d(x, self.q, None, self.stride)  # Qᵀx: (B, L, H', W')
-            z = torch.bmm(fusion, z.flatten(2)).reshape(z.shape)  # Φ Qᵀx
+            z = torch.baddbmm(z.flatten(2), fusion, z.flatten(2)).reshape(z.shape)  # Φ Qᵀx + Qᵀx (identity path)
             out = out + F.conv2d(z, self.p)
         return out if self.bias is None else out + self.bias[:, None, None]
 
