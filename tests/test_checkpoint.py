@@ -429,3 +429,22 @@ def test_a_damaged_metrics_log_keeps_the_records_before_the_damage(tmp_path):
     assert _read_jsonl(log) == [{"epoch": 1, "test_top1": 50.0}]
     log.write_bytes(b'{"epoch": 1}\n{"epo\xff')
     assert _read_jsonl(log) == [{"epoch": 1}]
+
+
+@pytest.mark.parametrize("value,message", [(3e20, r"diverged loss \(3e\+20, above 10000\) at step 0"),
+                                           (float("nan"), r"non-finite loss \(nan\) at step 0")])
+def test_a_diverged_or_non_finite_loss_stops_training_before_any_checkpoint(tmp_path, value, message):
+    from padnet.config import TrainConfig
+    from padnet.data.images import ImageData, channel_stats
+    from padnet.engine.trainer import Trainer
+    from padnet.errors import NonFiniteLossError
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    data = ImageData(images, torch.arange(32) % 4, 4, *channel_stats(images))
+    cfg = TrainConfig(model="resnet10", width=0.125, conv="static", epochs=1, batch_size=16, progress=False).validate()
+    trainer = Trainer(cfg, tmp_path / "run", data=(data, data))
+    trainer.criterion = lambda logits, y: logits.sum() * 0 + value  # a finite but absurd loss, or NaN
+    with pytest.raises(NonFiniteLossError, match=message):
+        trainer.fit()
+    assert not list((tmp_path / "run").glob("*.safetensors"))

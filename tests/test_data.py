@@ -529,3 +529,55 @@ def test_image_folder_options_size_channels_normalisation_and_subset(tmp_path):
         load_dataset("imagefolder", root=tmp_path, channels=1, normalization="imagenet")
     with pytest.raises(ConfigError, match="dataset 'digits' takes no image_size option"):
         load_dataset("digits", image_size=12)
+
+
+def test_flipping_is_a_per_dataset_default_and_can_be_forced():
+    """Digits (and arrays of unknown content) are not flipped by default; clothes and natural images are."""
+    digits, _ = load_dataset("digits")
+    assert digits.flip is False and digits.subset(50, 0).flip is False
+    # an asymmetric image set: each image's left half bright, right half dark
+    images = torch.zeros(16, 1, 8, 8, dtype=torch.uint8)
+    images[..., :4] = 255
+    asymmetric = ImageData(images, torch.arange(16) % 2, 2, (0.5,), (0.5,))
+
+    def right_half_bright(data, **kw) -> int:
+        batches = make_loader(data, 16, train=True, seed=3, crop_padding=0, **kw)
+        return sum(int((x[..., 4:].mean((1, 2, 3)) > 0).sum()) for x, _ in batches)
+
+    assert asymmetric.flip is True and right_half_bright(asymmetric) > 0
+    assert right_half_bright(asymmetric, flip=False) == 0
+    no_flip = dataclasses.replace(asymmetric, flip=False)
+    assert right_half_bright(no_flip) == 0 and right_half_bright(no_flip, flip=True) > 0
+
+
+def test_train_config_flip_follows_the_data_unless_set():
+    from padnet.config import TrainConfig, config_from_dict
+
+    assert TrainConfig().flip is None
+    assert config_from_dict({"flip": "false"}).flip is False
+    with pytest.raises(ConfigError, match="flip must be true or false"):
+        config_from_dict({"flip": 7})
+    with pytest.raises(ConfigError, match="flip must be true, false or unset"):
+        TrainConfig(flip="yes").validate()
+
+
+@pytest.mark.parametrize("width,height", [(0, 5), (5, 0), (0, 0)])
+def test_an_image_of_size_zero_is_a_one_line_data_error(tmp_path, width, height):
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # a well-formed PNG of width x height pixels
+    pixels = zlib.compress(b"".join(b"\x00" + b"\x00" * (3 * width) for _ in range(height)))
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (6, 6)).save(tmp_path / cls / "ok.png")
+    (tmp_path / "b" / "zero.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+                                               + chunk(b"IEND", b""))
+    folder = ImageFolder(tmp_path, augment=False, size=4, resize_to=4)
+    with pytest.raises(DataError, match="cannot read image .*zero.png") as info:
+        folder.check_images()
+    assert "\n" not in str(info.value)

@@ -53,6 +53,7 @@ class TrainConfig:
     download: bool = False
     train_subset: int | None = None
     augment: bool = True
+    flip: bool | None = None  # left-right flip in the augmentation; None: the data's default (off for digits, arrays)
     image_size: int | None = None  # imagefolder: crop side (default 224); arrays: side of flat (N, H*W) images
     channels: int | None = None  # imagefolder: 3 (RGB, default) or 1 (grey levels)
     normalization: str = "auto"  # imagefolder: auto (ImageNet for 3 channels, the data's for 1), imagenet, data, none
@@ -136,6 +137,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not low <= value <= high:
                 raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
+        if self.flip is not None and not isinstance(self.flip, bool):
+            raise ConfigError(f"flip must be true, false or unset (the data's default), got {self.flip!r}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
         if self.image_size is not None and not 1 <= self.image_size <= 4096:
@@ -323,6 +326,7 @@ class FinetuneConfig:
 
 OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction", "image_size", "channels")
 OPTIONAL_FLOATS = ("temperature_start",)
+OPTIONAL_BOOLS = ("flip",)
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -336,7 +340,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{name} needs a value")
     kind = type(default) if default is not None else None
     bad = ConfigError(f"{name} has an invalid value {value!r}")
-    if isinstance(default, bool):
+    if isinstance(default, bool) or name in OPTIONAL_BOOLS:
         if isinstance(value, bool):
             return value
         if isinstance(value, int) and value in (0, 1):

@@ -4,6 +4,8 @@ Every mistake a user can make (bad name, bad value, missing or corrupt file) rai
 :class:`PadnetError`; the command line prints its message on one line and exits with status 2.
 """
 
+import math
+
 
 class PadnetError(Exception):
     """Base class of errors caused by user input; the CLI reports them without a traceback."""
@@ -21,11 +23,17 @@ class CheckpointError(PadnetError):
     """A checkpoint is unreadable, corrupt or belongs to another architecture."""
 
 
+MAX_LOSS = 1e4  # a training loss above this has diverged: cross-entropy at chance is ln(classes), 6.9 for 1000
+
+
 class NonFiniteLossError(PadnetError):
-    """Training produced a NaN or infinite loss (usually a learning rate too large for the model)."""
+    """Training produced a NaN, infinite or diverged (above :data:`MAX_LOSS`) loss, usually from a learning rate
+    too large for the model."""
 
     def __init__(self, value: float, step: int):
-        super().__init__(f"non-finite loss ({value}) at step {step}; lower the learning rate")
+        what = f"non-finite loss ({value})" if not math.isfinite(value) else (
+            f"diverged loss ({value:.3g}, above {MAX_LOSS:g})")
+        super().__init__(f"{what} at step {step}; lower the learning rate")
 
 
 class NonFiniteStateError(PadnetError):

@@ -23,7 +23,7 @@ def resized(data: ImageData, size: tuple[int, int]) -> ImageData:
         return data
     images = F.interpolate(data.images.float(), size=size, mode="bilinear", align_corners=False)
     return ImageData(images.round().clamp(0, 255).to(torch.uint8), data.labels, data.num_classes, data.mean,
-                     data.std, data.classes)
+                     data.std, data.classes, data.flip)
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> nn.Linear:

@@ -136,7 +136,8 @@ def from_arrays(train_images, train_labels, test_images=None, test_labels=None,
         raise DataError("the labels hold a single class; classification needs at least 2")
     mean, std = channel_stats(x)
     std = tuple(s if s > 0 else 1.0 for s in std)  # a constant channel: leave it unscaled
-    return ImageData(x, y, classes, mean, std), ImageData(xt, yt, classes, mean, std)
+    # unknown content (digits or characters, perhaps): no flipping unless asked (TrainConfig.flip)
+    return ImageData(x, y, classes, mean, std, flip=False), ImageData(xt, yt, classes, mean, std, flip=False)
 
 
 def load_arrays(path: str | os.PathLike, image_size: tuple[int, int] | int | None = None,

@@ -39,8 +39,9 @@ def load_digits_data() -> tuple[ImageData, ImageData]:
     train_index, test_index = _split(labels)
     mean, std = channel_stats(images[train_index])
     classes = [str(d) for d in range(10)]
-    train = ImageData(images[train_index], labels[train_index], 10, mean, std, classes)
-    test = ImageData(images[test_index], labels[test_index], 10, mean, std, list(classes))
+    # digits are not mirror-symmetric: no flipping (ImageData.flip)
+    train = ImageData(images[train_index], labels[train_index], 10, mean, std, classes, flip=False)
+    test = ImageData(images[test_index], labels[test_index], 10, mean, std, list(classes), flip=False)
     return train, test
 
 

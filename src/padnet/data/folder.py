@@ -26,11 +26,11 @@ class ImageFolder(Dataset):
     :data:`IMAGENET_STD` (``normalization="imagenet"``, 3 channels), with per-channel statistics of up to 256
     training images (``"data"``) or not at all (``"none"``, values in [0, 1]); y an int label. With ``augment`` the image goes through a random
     resized crop (area 8-100 %, aspect 3/4-4/3) to ``size`` and a left-right flip with probability
-    0.5, using torch's global generator (which a seeded ``DataLoader`` seeds per worker); without,
+    0.5 (when ``flip``, the default), using torch's global generator (which a seeded ``DataLoader`` seeds per worker); without,
     its shorter side is resized to ``resize_to`` and the centre ``size`` x ``size`` is kept.
 
     Attributes:
-        classes: class names; ``num_classes``; ``mean``/``std``; ``input_shape`` (3, size, size);
+        classes: class names; ``num_classes``; ``mean``/``std``; ``input_shape`` (3, size, size); ``flip``;
         samples: list of ``(path, label)``.
 
     Args:
@@ -89,6 +89,7 @@ class ImageFolder(Dataset):
         if classes is None and len(found) < 2:
             raise DataError(f"{self.folder} has one class folder ({found[0]}); classification needs at least 2")
         self.augment = augment
+        self.flip = True  # image folders hold natural images (with_augment(flip=False) for others)
         self.size = size
         self.resize_to = resize_to
         self.channels = channels
@@ -146,10 +147,13 @@ class ImageFolder(Dataset):
         """Shape (channels, size, size) of one item's image."""
         return (self.channels, self.size, self.size)
 
-    def with_augment(self, augment: bool) -> ImageFolder:
-        """A shallow copy with augmentation switched on or off (the sample list is shared)."""
+    def with_augment(self, augment: bool, flip: bool | None = None) -> ImageFolder:
+        """A shallow copy with augmentation switched on or off, and the left-right flip too when ``flip`` is
+        given (the sample list is shared)."""
         clone = copy.copy(self)
         clone.augment = augment
+        if flip is not None:
+            clone.flip = bool(flip)
         return clone
 
     def __len__(self) -> int:
@@ -162,7 +166,7 @@ class ImageFolder(Dataset):
         img = self._load(path)
         if self.augment:
             x = random_resized_crop(img, self.size)
-            if torch.rand(()) < 0.5:
+            if self.flip and torch.rand(()) < 0.5:
                 x = x.flip(-1)
         else:
             x = center_crop(resize_shorter(img, self.resize_to), self.size)
@@ -178,4 +182,6 @@ def _load_rgb(path: Path) -> torch.Tensor:
             array = np.asarray(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {' '.join(str(exc).split())}") from exc
+    if array.size == 0:
+        raise DataError(f"cannot read image {path}: it has size {array.shape[1]}x{array.shape[0]}")
     return torch.from_numpy(array.copy()).permute(2, 0, 1)

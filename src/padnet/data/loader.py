@@ -36,6 +36,7 @@ class InMemoryLoader:
         augment: bool,
         crop_padding: int,
         drop_last: bool,
+        flip: bool,
     ) -> None:
         self.data = data
         self.batch_size = batch_size
@@ -45,6 +46,7 @@ class InMemoryLoader:
         self.augment = augment
         self.crop_padding = crop_padding
         self.drop_last = drop_last
+        self.flip = flip
 
     def __len__(self) -> int:
         """Number of batches per pass."""
@@ -77,7 +79,8 @@ class InMemoryLoader:
             if self.train and self.augment:
                 gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, k))
                 x = random_crop_pad(x, self.crop_padding, gen)
-                x = random_hflip(x, gen)
+                if self.flip:
+                    x = random_hflip(x, gen)
             yield normalize(x, self.data.mean, self.data.std), labels[index]
 
 
@@ -90,6 +93,7 @@ def make_loader(
     augment: bool = True,
     crop_padding: int | None = None,
     drop_last: bool | None = None,
+    flip: bool | None = None,
 ):
     """An iterable with ``len()`` over ``(x, y)`` batches: x float32 (B, C, H, W) normalised with the
     data's train mean/std, y int64 (B,).
@@ -97,8 +101,8 @@ def make_loader(
     For :class:`ImageData` (in memory), with ``train``: the order is ``torch.randperm`` from a
     generator seeded by :func:`epoch_seed` (seed, epoch); with ``augment`` each batch is zero-padded
     by ``crop_padding`` pixels (default H // 8: 4 for 32 px, 3 for 28 px, 1 for 8 px) and randomly
-    cropped back, then mirrored left-right with probability 0.5 (also for digits, where it is a
-    harmless regulariser rather than a label-preserving symmetry). The same (seed, epoch) gives
+    cropped back, then mirrored left-right with probability 0.5 when ``flip`` (default: the data's own
+    :attr:`~padnet.data.images.ImageData.flip`, off for digits and for arrays). The same (seed, epoch) gives
     bit-identical batches; ``drop_last`` defaults to True. Without ``train``: order 0..N-1, no
     augmentation, ``drop_last`` defaults to False. The result also offers ``batches(start)``.
 
@@ -117,12 +121,13 @@ def make_loader(
         pad = data.input_shape[1] // 8 if crop_padding is None else int(crop_padding)
         if pad < 0:
             raise ConfigError(f"crop_padding must be >= 0, got {pad}")
-        loader = InMemoryLoader(data, batch_size, train, seed, epoch, augment, pad, drop)
+        loader = InMemoryLoader(data, batch_size, train, seed, epoch, augment, pad, drop,
+                                data.flip if flip is None else bool(flip))
         if train and len(loader) == 0:
             raise ConfigError(f"batch_size {batch_size} exceeds the {len(data)} training samples (drop_last)")
         return loader
     if isinstance(data, ImageFolder):
-        dataset = data.with_augment(train and augment)
+        dataset = data.with_augment(train and augment, flip)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -17,7 +17,7 @@ from ..config import TrainConfig, dump_yaml
 from ..data import ImageData, load_dataset, make_loader
 from ..data.images import data_fingerprint
 from ..distributed import Context, data_parallel, global_batchnorm, init
-from ..errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from ..errors import MAX_LOSS, CheckpointError, ConfigError, DataError, NonFiniteLossError
 from ..fileio import write_json, write_text
 from ..layers.registry import canonical_conv, effective_option, layer_options, start_temperature
 from ..methods import PadTraining
@@ -118,7 +118,8 @@ def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.c
     on training batches drawn with a seed of their own so training batches are unaffected. In a data-parallel
     run each process scores its chunk of every batch and the scores are summed over processes."""
     ctx = ctx or Context()
-    loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0, augment=cfg.augment)
+    loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0, augment=cfg.augment,
+                         flip=cfg.flip)
     shards = ((ctx.shard(x), ctx.shard(y)) for x, y in loader)
 
     def chunk_loss(logits, y):  # the chunk's share of the global batch's mean loss (drop_last: B per batch)
@@ -286,7 +287,7 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed, epoch=self.epoch,
-                             augment=cfg.augment)
+                             augment=cfg.augment, flip=cfg.flip)
         loss_sum = correct = seen = 0.0
         ctx = self.ctx
         bar = _progress(loader, cfg.progress and ctx.main, f"epoch {self.epoch + 1}/{cfg.epochs}")
@@ -301,7 +302,7 @@ class Trainer:
                 ctx.all_reduce_([total])
             else:
                 total = loss
-            if not torch.isfinite(total):
+            if not total.item() <= MAX_LOSS:  # NaN, infinite or diverged
                 raise NonFiniteLossError(total.item(), self.step)
             self.optimizer.zero_grad(set_to_none=True)
             (loss + self.hooks.extra_loss()).backward()  # SD-Conv eq. 9: + λ_s L_s (weight decay is the optimiser's)
