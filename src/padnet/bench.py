@@ -16,7 +16,10 @@ Every ratio divides two numbers measured in the same run. Four parts:
 PAD-Net masks come from a random local partition at κ = 0.3 (speed does not depend on which elements are
 dynamic); filter-structured layers keep a multiple of ``ALIGN`` dynamic filters (``partition(align=16)``).
 
-Timings are the minimum over ``repeats`` runs after one warm-up run. Not part of the tests.
+Every ratio is measured once per round (``repeats`` rounds) from two timings of that round, and reported as
+the median over rounds with its spread (min–max) (:mod:`padnet.bench_timing`): layers and MoE layers time every
+variant in turn within a round; whole models run each variant in a fresh process per round, timing the best of
+``MODEL_STEPS`` steps after a warm-up step. The report names the CPU model and the threads. Not part of the tests.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import ALLOCATOR_ENV
+from .bench_timing import best_of, fmt, interleaved_rounds, machine, ratio_spread
 from .errors import ConfigError
 
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
@@ -58,16 +63,10 @@ MODEL_VARIANTS = {  # name: (conv, options, partition granularity or None, deplo
 }
 SPARSITY = 0.5  # SD-Conv variants: each layer's threshold at the median of its scores
 TRAIN_VARIANTS = ("static", "dy-grouped", "dy", "dy-autotune", "pad", "pad-filter")
-
-
-def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        fn()
-        if i:
-            best = min(best, time.perf_counter() - start)
-    return best
+MODEL_STEPS = 2  # timed steps per whole-model process (after a warm-up step); the shortest counts
+QUICK_LEAVES_OUT = ("layers: 2 of the 4 shapes (128 ch 16×16 and 256 ch 8×8 left out)",
+                    "models: the default allocator (the tuned one only)",
+                    "moe: the BERT-base size (MiniLM only)")
 
 
 def _peak_rss_mb() -> float:
@@ -95,23 +94,23 @@ def _layer_variants(channels: int) -> dict[str, nn.Module]:
 
 
 def bench_layers(batches=(1, 64), shapes=LAYER_SHAPES, repeats: int = 3, progress=None) -> list[dict]:
-    """Rows {channels, size, batch, mode, variant, ms, ratio} (ratio to the static conv of the same row)."""
+    """Rows {channels, size, batch, mode, variant, ms (median), ratio (spread over rounds, × the static conv of
+    the same round)}; the variants of a row are timed in turn in each of ``repeats`` rounds."""
     rows = []
     for channels, size in shapes:
         layers = _layer_variants(channels)
         for batch in batches:
             x = torch.randn(batch, channels, size, size)
             for mode in ("inference", "training"):
-                times = {}
-                for name, layer in layers.items():
-                    if mode == "training" and name.endswith("deployed"):
-                        continue
-                    if progress:
-                        progress(f"layer {channels}ch {size}px b{batch} {mode} {name}")
-                    layer.train(mode == "training")
-                    times[name] = _best_seconds(_layer_step(layer, x, mode == "training"), repeats)
+                if progress:
+                    progress(f"layer {channels}ch {size}px b{batch} {mode}")
+                train = mode == "training"
+                fns = {name: _layer_step(layer.train(train), x, train) for name, layer in layers.items()
+                       if not (train and name.endswith("deployed"))}
+                times = interleaved_rounds(fns, repeats)
                 rows += [{"channels": channels, "size": size, "batch": batch, "mode": mode, "variant": n,
-                          "ms": t * 1e3, "ratio": t / times["static"]} for n, t in times.items()]
+                          "ms": statistics.median(t) * 1e3, "ratio": ratio_spread(t, times["static"])}
+                         for n, t in times.items()]
     return rows
 
 
@@ -180,8 +179,9 @@ def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
     return model
 
 
-def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, repeats: int = 3) -> dict:
-    """Seconds per step and peak-memory growth (MB) of one ResNet-18 variant, in this process."""
+def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, steps: int = MODEL_STEPS) -> dict:
+    """Seconds per step (the shortest of ``steps`` after a warm-up step) and peak-memory growth (MB) of one
+    ResNet-18 variant, in this process."""
     train = mode == "training"
     model = _build_model(variant, batch, size, train)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
@@ -196,7 +196,7 @@ def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, repe
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    seconds = _best_seconds(step, repeats)
+    seconds = best_of(step, steps)
     return {"variant": variant, "mode": mode, "seconds": seconds, "peak_mb": _peak_rss_mb() - before,
             "params": sum(p.numel() for p in model.parameters()), "dynamic_ratio": model.dynamic_ratio}
 
@@ -214,19 +214,26 @@ def _worker(spec: dict, allocator: bool, threads: int) -> dict:
 
 
 def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progress=None) -> list[dict]:
-    """One fresh process per (allocator setting, mode, variant); rows with ``ratio_static``."""
+    """One fresh process per (allocator setting, mode, variant) in each of ``repeats`` rounds. Rows: ``seconds``
+    (median over rounds) and ``round_seconds``, ``ratio_static`` (spread of the per-round ratios to the static
+    model), ``peak_mb`` (largest over rounds), ``params``, ``dynamic_ratio``."""
     rows = []
     for allocator in allocators:
+        name = "tuned" if allocator else "default"
         for mode in ("training", "inference"):
             variants = TRAIN_VARIANTS if mode == "training" else tuple(MODEL_VARIANTS)
-            found = []
-            for variant in variants:
-                if progress:
-                    progress(f"resnet18 {mode} {variant} ({'tuned' if allocator else 'default'} allocator)")
-                row = _worker({"variant": variant, "mode": mode, "repeats": repeats}, allocator, threads)
-                found.append({**row, "allocator": "tuned" if allocator else "default"})
-            static = found[0]["seconds"]
-            rows += [{**r, "ratio_static": r["seconds"] / static} for r in found]
+            runs: dict[str, list] = {v: [] for v in variants}
+            for r in range(repeats):
+                for variant in variants:
+                    if progress:
+                        progress(f"resnet18 {mode} {variant} ({name} allocator), round {r + 1}/{repeats}")
+                    runs[variant].append(_worker({"variant": variant, "mode": mode}, allocator, threads))
+            static = [run["seconds"] for run in runs["static"]]
+            for variant, found in runs.items():
+                seconds = [run["seconds"] for run in found]
+                rows.append({**found[0], "allocator": name, "seconds": statistics.median(seconds),
+                             "round_seconds": seconds, "ratio_static": ratio_spread(seconds, static),
+                             "peak_mb": max(run["peak_mb"] for run in found)})
     return rows
 
 
@@ -270,18 +277,19 @@ def summary(result: dict) -> dict:
     """The issue's target ratios from the measured rows (None where a part was not run)."""
     out = {}
     models = [r for r in result.get("models", []) if r["allocator"] == "tuned"]
-    get = {(r["mode"], r["variant"]): r["seconds"] for r in models}
+    get = {(r["mode"], r["variant"]): r["round_seconds"] for r in models}
     if models:
-        out["dy_train_vs_static"] = get[("training", "dy")] / get[("training", "static")]
-        out["dy_usual_train_vs_static"] = get[("training", "dy-grouped")] / get[("training", "static")]
-        out["dy_autotune_train_vs_static"] = get[("training", "dy-autotune")] / get[("training", "static")]
-        out["pad_infer_vs_dy"] = get[("inference", "pad-deployed")] / get[("inference", "dy")]
-        out["pad_train_form_infer_vs_dy"] = get[("inference", "pad")] / get[("inference", "dy")]
-        out["pad_filter_infer_vs_static"] = get[("inference", "pad-filter-deployed")] / get[("inference", "static")]
-        out["sdconv_deployed_infer_vs_dy"] = get[("inference", "sdconv-deployed")] / get[("inference", "dy")]
-        out["sdconv_deployed_infer_vs_training_form"] = (get[("inference", "sdconv-deployed")]
-                                                         / get[("inference", "sdconv")])
-        out["sdconv_same_deployed_infer_vs_dy"] = get[("inference", "sdconv-same-deployed")] / get[("inference", "dy")]
+        for key, (mode, a, b) in {
+                "dy_train_vs_static": ("training", "dy", "static"),
+                "dy_usual_train_vs_static": ("training", "dy-grouped", "static"),
+                "dy_autotune_train_vs_static": ("training", "dy-autotune", "static"),
+                "pad_infer_vs_dy": ("inference", "pad-deployed", "dy"),
+                "pad_train_form_infer_vs_dy": ("inference", "pad", "dy"),
+                "pad_filter_infer_vs_static": ("inference", "pad-filter-deployed", "static"),
+                "sdconv_deployed_infer_vs_dy": ("inference", "sdconv-deployed", "dy"),
+                "sdconv_deployed_infer_vs_training_form": ("inference", "sdconv-deployed", "sdconv"),
+                "sdconv_same_deployed_infer_vs_dy": ("inference", "sdconv-same-deployed", "dy")}.items():
+            out[key] = ratio_spread(get[(mode, a)], get[(mode, b)])
     files = {r["variant"]: r["ratio_dy"] for r in result.get("files", [])}
     if files:
         out["pad_file_vs_dy"] = files["pad"]
@@ -295,17 +303,24 @@ def summary(result: dict) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# padnet bench ({result['threads']} threads, torch {torch.__version__})", ""]
+    host = result["machine"]
+    title = (f"# padnet bench: {host['cpu']} ({host['logical_cpus']} logical CPUs), {host['threads']} threads, "
+             f"torch {host['torch']}")
+    lines = [title, "",
+             f"Ratios: median over {result['repeats']} rounds (min–max over the rounds).", ""]
+    if result.get("quick"):
+        lines += ["`--quick` leaves out: " + "; ".join(QUICK_LEAVES_OUT) + ".", ""]
     if result.get("summary"):
         lines += ["| Target ratio | Measured |", "| --- | ---: |"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in result["summary"].items()] + [""]
+        lines += [f"| {k} | {fmt(v) if isinstance(v, dict) else format(v, '.3f')} |"
+                  for k, v in result["summary"].items()] + [""]
     if result.get("models"):
         lines += ["## CIFAR ResNet-18, batch 64", "",
                   "| Allocator | Mode | Variant | Dynamic ratio | ms | × static | Peak MB | Params |",
                   "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         lines += [f"| {r['allocator']} | {r['mode']} | {r['variant']} | "
                   f"{'–' if r['dynamic_ratio'] is None else format(r['dynamic_ratio'], '.3f')} | "
-                  f"{r['seconds'] * 1e3:.0f} | {r['ratio_static']:.2f} | {r['peak_mb']:.0f} | {r['params'] / 1e6:.2f}M |"
+                  f"{r['seconds'] * 1e3:.0f} | {fmt(r['ratio_static'])} | {r['peak_mb']:.0f} | {r['params'] / 1e6:.2f}M |"
                   for r in result["models"]]
         lines.append("")
     if result.get("layers"):
@@ -317,7 +332,7 @@ def markdown(result: dict) -> str:
         for c, s, b, mode in keys:
             row = {r["variant"]: r for r in result["layers"]
                    if (r["channels"], r["size"], r["batch"], r["mode"]) == (c, s, b, mode)}
-            cells = [f"{row[v]['ratio']:.2f}" if v in row else "–" for v in variants[1:]]
+            cells = [fmt(row[v]["ratio"]) if v in row else "–" for v in variants[1:]]
             lines.append(f"| {c} ch {s}×{s} | {b} | {mode} | {row['static']['ms']:.1f} | " + " | ".join(cells) + " |")
         lines.append("")
     if result.get("files"):
@@ -340,8 +355,10 @@ def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ConfigError(f"unknown benchmark part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ConfigError(f"repeats must be an integer >= 1, got {repeats!r}")
     torch.set_num_threads(threads)
-    result: dict = {"threads": threads, "torch": torch.__version__, "repeats": repeats}
+    result: dict = {"machine": machine(threads), "repeats": repeats, "quick": quick}
     start = time.perf_counter()
     if "layers" in parts:
         result["layers"] = _worker({"part": "layers", "repeats": repeats, "quick": quick}, True, threads)["rows"]
@@ -367,7 +384,7 @@ def _main(spec: dict) -> None:
         shapes = LAYER_SHAPES[::3] if spec["quick"] else LAYER_SHAPES
         print(json.dumps({"rows": bench_layers(shapes=shapes, repeats=spec["repeats"])}))
     else:
-        print(json.dumps(measure_model(spec["variant"], spec["mode"], repeats=spec["repeats"])))
+        print(json.dumps(measure_model(spec["variant"], spec["mode"])))
 
 
 if __name__ == "__main__":

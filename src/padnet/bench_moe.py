@@ -10,7 +10,8 @@ e.g. 16 sequences of 128), 8 experts top-2; every ratio divides two numbers of t
   on every token at width F/2, two per expert on 2N/E tokens at width F/2), which bounds the structured
   ratio from below on this machine's BLAS.
 
-Each timing is the best of ``repeats`` rounds; a round times about 0.3 s of calls of every variant in turn.
+A round times about 0.3 s of calls of every variant in turn; each ratio is reported as its median over
+``repeats`` rounds with the spread (:mod:`padnet.bench_timing`).
 
 Masks come from a random partition at κ = 0.5 (speed does not depend on which elements are dynamic).
 Targets (issue 6): MoE training ≤ 2.2× dense; deployed PAD-MoE inference at least MoE's throughput
@@ -19,36 +20,18 @@ Targets (issue 6): MoE training ≤ 2.2× dense; deployed PAD-MoE inference at l
 
 from __future__ import annotations
 
-import math
-import time
+import statistics
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from .bench_timing import fmt, interleaved_rounds, ratio_spread
 from .layers.moe import DeployedMoE, MoEFeedForward
 from .partitioning import partition
 
 SIZES = {"MiniLM": (384, 1536), "BERT-base": (768, 3072)}
 KAPPA = 0.5
-
-
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, block: float = 0.3) -> dict[str, float]:
-    """Seconds per call of each function: the best of ``repeats`` rounds, each round timing a block of about
-    ``block`` seconds of calls of every function in turn (so a slow spell of the machine hits all of them)."""
-    calls = {}
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        fn()  # warm-up, also sizes the block
-        calls[name] = max(1, math.ceil(block / (time.perf_counter() - start)))
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
-    return best
 
 
 def _layers(hidden: int, inter: int) -> dict[str, nn.Module]:
@@ -106,7 +89,8 @@ def _step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object
 
 
 def bench_moe(tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress=None) -> list[dict]:
-    """One row per (size, mode, variant): ``ms`` and ``ratio`` (× the dense FFN of the same size and mode)."""
+    """One row per (size, mode, variant): ``ms`` (median over rounds), ``round_ms`` and ``ratio`` (spread of the
+    per-round ratios to the dense FFN of the same size and mode)."""
     rows = []
     plan = {"train": ("dense", "moe", "pad", "pad-neuron"),
             "inference": ("dense", "moe", "pad-deployed", "pad-neuron", "pad-neuron-deployed")}
@@ -120,9 +104,10 @@ def bench_moe(tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress
             fns = {v: _step(layers[v].train(mode == "train"), x, mode == "train") for v in variants}
             if mode == "inference":
                 fns.update(_matmuls(hidden, inter, tokens))
-            seconds = _interleaved(fns, repeats)
+            times = interleaved_rounds(fns, repeats)
             rows += [{"size": size, "hidden": hidden, "intermediate": inter, "tokens": tokens, "mode": mode,
-                      "variant": v, "ms": seconds[v] * 1e3, "ratio": seconds[v] / seconds["dense"]} for v in fns]
+                      "variant": v, "ms": statistics.median(t) * 1e3, "round_ms": [s * 1e3 for s in t],
+                      "ratio": ratio_spread(t, times["dense"])} for v, t in times.items()]
     return rows
 
 
@@ -130,15 +115,15 @@ def moe_summary(rows: list[dict]) -> dict[str, float]:
     """The issue's target ratios, per size."""
     out = {}
     for size in dict.fromkeys(r["size"] for r in rows):
-        ratio = {(r["mode"], r["variant"]): r["ratio"] for r in rows if r["size"] == size}
-        out[f"{size} MoE fwd+bwd × dense FFN (≤ 2.2)"] = ratio[("train", "moe")]
-        out[f"{size} deployed PAD-MoE inference × MoE (≤ 1)"] = (ratio[("inference", "pad-deployed")]
-                                                                 / ratio[("inference", "moe")])
-        out[f"{size} structured PAD-MoE κ=0.5 forward × dense FFN (≤ 1.6)"] = ratio[("inference", "pad-neuron")]
-        out[f"{size} structured PAD-MoE κ=0.5 deployed forward × dense FFN"] = ratio[("inference",
-                                                                                        "pad-neuron-deployed")]
-        out[f"{size} structured PAD-MoE κ=0.5 matmuls alone × dense FFN matmuls (floor)"] = (
-            ratio[("inference", "pad-neuron-matmuls")] / ratio[("inference", "dense-matmuls")])
+        ms = {(r["mode"], r["variant"]): r["round_ms"] for r in rows if r["size"] == size}
+        for key, (mode, a, b) in {
+                "MoE fwd+bwd × dense FFN (≤ 2.2)": ("train", "moe", "dense"),
+                "deployed PAD-MoE inference × MoE (≤ 1)": ("inference", "pad-deployed", "moe"),
+                "structured PAD-MoE κ=0.5 forward × dense FFN (≤ 1.6)": ("inference", "pad-neuron", "dense"),
+                "structured PAD-MoE κ=0.5 deployed forward × dense FFN": ("inference", "pad-neuron-deployed", "dense"),
+                "structured PAD-MoE κ=0.5 matmuls alone × dense FFN matmuls (floor)": (
+                    "inference", "pad-neuron-matmuls", "dense-matmuls")}.items():
+            out[f"{size} {key}"] = ratio_spread(ms[(mode, a)], ms[(mode, b)])
     return out
 
 
@@ -147,5 +132,5 @@ def moe_markdown(rows: list[dict]) -> list[str]:
     lines = [f"## MoE feed-forward layers, {rows[0]['tokens']} tokens, 8 experts top-2, κ = {KAPPA}", "",
              "| Size | Mode | Variant | ms | × dense FFN |", "| --- | --- | --- | ---: | ---: |"]
     lines += [f"| {r['size']} ({r['hidden']}→{r['intermediate']}) | {r['mode']} | {r['variant']} | {r['ms']:.1f} | "
-              f"{r['ratio']:.2f} |" for r in rows]
+              f"{fmt(r['ratio'])} |" for r in rows]
     return [*lines, ""]

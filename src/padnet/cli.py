@@ -291,8 +291,10 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import markdown, run_bench
+    from .bench import QUICK_LEAVES_OUT, markdown, run_bench
 
+    if args.quick:
+        print("--quick leaves out: " + "; ".join(QUICK_LEAVES_OUT), file=sys.stderr)
     result = run_bench(Path(args.out), tuple(args.parts), args.threads, args.repeats, args.quick,
                        progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     print(markdown(result))
@@ -438,8 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", nargs="+", default=["layers", "models", "files", "moe"], metavar="PART",
                    help="layers, models, files, moe (default all)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the minimum counts)")
-    p.add_argument("--quick", action="store_true", help="two layer shapes, tuned allocator only")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds: each ratio is measured once per round and reported as median (min-max)")
+    p.add_argument("--quick", action="store_true",
+                   help="two layer shapes, tuned allocator only, MiniLM size only (bench.md says what is left out)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="check that a dataset can be read (and download it if asked)")
