@@ -19,7 +19,9 @@ dynamic); filter-structured layers keep a multiple of ``ALIGN`` dynamic filters 
 Every ratio is measured once per round (``repeats`` rounds) from two timings of that round, and reported as
 the median over rounds with its spread (min–max) (:mod:`padnet.bench_timing`): layers and MoE layers time every
 variant in turn within a round; whole models run each variant in a fresh process per round, timing the best of
-``MODEL_STEPS`` steps after a warm-up step. The report names the CPU model and the threads. Not part of the tests.
+``MODEL_STEPS`` steps after a warm-up step. The report names the CPU model and the threads. ``device="cuda"``
+runs the layers, models and MoE parts on the GPU, timed with CUDA events, peak memory from
+``torch.cuda.max_memory_allocated``. Not part of the tests.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .errors import ConfigError
 
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
 PARTS = ("layers", "models", "files", "moe")
+DEVICES = ("cpu", "cuda")
 KAPPA = 0.3
 ALIGN = 16  # dynamic filters per filter-structured layer: a multiple of 16 (partition(..., align=16))
 MODEL_VARIANTS = {  # name: (conv, options, partition granularity or None, deployed, formulation override)
@@ -93,21 +96,22 @@ def _layer_variants(channels: int) -> dict[str, nn.Module]:
     return layers
 
 
-def bench_layers(batches=(1, 64), shapes=LAYER_SHAPES, repeats: int = 3, progress=None) -> list[dict]:
+def bench_layers(batches=(1, 64), shapes=LAYER_SHAPES, repeats: int = 3, progress=None,
+                 device: str = "cpu") -> list[dict]:
     """Rows {channels, size, batch, mode, variant, ms (median), ratio (spread over rounds, × the static conv of
     the same round)}; the variants of a row are timed in turn in each of ``repeats`` rounds."""
     rows = []
     for channels, size in shapes:
-        layers = _layer_variants(channels)
+        layers = {name: layer.to(device) for name, layer in _layer_variants(channels).items()}
         for batch in batches:
-            x = torch.randn(batch, channels, size, size)
+            x = torch.randn(batch, channels, size, size, device=device)
             for mode in ("inference", "training"):
                 if progress:
                     progress(f"layer {channels}ch {size}px b{batch} {mode}")
                 train = mode == "training"
                 fns = {name: _layer_step(layer.train(train), x, train) for name, layer in layers.items()
                        if not (train and name.endswith("deployed"))}
-                times = interleaved_rounds(fns, repeats)
+                times = interleaved_rounds(fns, repeats, device=device)
                 rows += [{"channels": channels, "size": size, "batch": batch, "mode": mode, "variant": n,
                           "ms": statistics.median(t) * 1e3, "ratio": ratio_spread(t, times["static"])}
                          for n, t in times.items()]
@@ -150,7 +154,7 @@ def _sparsify(model: nn.Module, sparsity: float) -> None:
         layer.weight_mode.threshold.fill_(float(torch.quantile(scores.flatten(), sparsity)))
 
 
-def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
+def _build_model(variant: str, batch: int, size: int, train: bool, device: str = "cpu") -> nn.Module:
     from .deploy import deploy
     from .layers.autotune import autotune
     from .layers.formulations import FormulationChoice
@@ -169,9 +173,9 @@ def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
         model.dynamic_ratio = _element_ratio(model)
     if deployed:
         model = deploy(model)
-    model.train(train)
+    model = model.to(device).train(train)
     if formulation == "autotune":
-        autotune(model, torch.randn(batch, 3, size, size), train=train)
+        autotune(model, torch.randn(batch, 3, size, size, device=device), train=train)
     elif formulation:
         for m in model.modules():
             if isinstance(m, FormulationChoice):
@@ -179,14 +183,19 @@ def _build_model(variant: str, batch: int, size: int, train: bool) -> nn.Module:
     return model
 
 
-def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, steps: int = MODEL_STEPS) -> dict:
-    """Seconds per step (the shortest of ``steps`` after a warm-up step) and peak-memory growth (MB) of one
-    ResNet-18 variant, in this process."""
+def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, steps: int = MODEL_STEPS,
+                  device: str = "cpu") -> dict:
+    """Seconds per step (the shortest of ``steps`` after a warm-up step) and peak-memory growth (MB: of the
+    process's peak RSS, or of the GPU's allocated memory) of one ResNet-18 variant, in this process."""
     train = mode == "training"
-    model = _build_model(variant, batch, size, train)
-    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    model = _build_model(variant, batch, size, train, device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    before = _peak_rss_mb()
+    gpu = torch.device(device).type == "cuda"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() / 2**20 if gpu else _peak_rss_mb()
 
     def step():
         if not train:
@@ -196,8 +205,9 @@ def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, step
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    seconds = best_of(step, steps)
-    return {"variant": variant, "mode": mode, "seconds": seconds, "peak_mb": _peak_rss_mb() - before,
+    seconds = best_of(step, steps, device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else _peak_rss_mb()
+    return {"variant": variant, "mode": mode, "seconds": seconds, "peak_mb": peak - before,
             "params": sum(p.numel() for p in model.parameters()), "dynamic_ratio": model.dynamic_ratio}
 
 
@@ -213,7 +223,8 @@ def _worker(spec: dict, allocator: bool, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progress=None) -> list[dict]:
+def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progress=None,
+                 device: str = "cpu") -> list[dict]:
     """One fresh process per (allocator setting, mode, variant) in each of ``repeats`` rounds. Rows: ``seconds``
     (median over rounds) and ``round_seconds``, ``ratio_static`` (spread of the per-round ratios to the static
     model), ``peak_mb`` (largest over rounds), ``params``, ``dynamic_ratio``."""
@@ -227,7 +238,8 @@ def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progr
                 for variant in variants:
                     if progress:
                         progress(f"resnet18 {mode} {variant} ({name} allocator), round {r + 1}/{repeats}")
-                    runs[variant].append(_worker({"variant": variant, "mode": mode}, allocator, threads))
+                    runs[variant].append(_worker({"variant": variant, "mode": mode, "device": device}, allocator,
+                                                 threads))
             static = [run["seconds"] for run in runs["static"]]
             for variant, found in runs.items():
                 seconds = [run["seconds"] for run in found]
@@ -304,8 +316,9 @@ def summary(result: dict) -> dict:
 
 def markdown(result: dict) -> str:
     host = result["machine"]
-    title = (f"# padnet bench: {host['cpu']} ({host['logical_cpus']} logical CPUs), {host['threads']} threads, "
-             f"torch {host['torch']}")
+    gpu = f", GPU {host['gpu']}" if host.get("gpu") else ""
+    title = (f"# padnet bench: {host['cpu']} ({host['logical_cpus']} logical CPUs), {host['threads']} threads"
+             f"{gpu}, torch {host['torch']}")
     lines = [title, "",
              f"Ratios: median over {result['repeats']} rounds (min–max over the rounds).", ""]
     if result.get("quick"):
@@ -348,8 +361,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick: bool = False, progress=None) -> dict:
-    """Run the chosen parts, write ``bench.json`` and ``bench.md`` into ``out`` and return the result."""
+def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick: bool = False, progress=None,
+              device: str = "cpu") -> dict:
+    """Run the chosen parts on ``device`` (``"cpu"`` or ``"cuda"``), write ``bench.json`` and ``bench.md`` into
+    ``out`` and return the result. Raises ConfigError for unknown parts or device, or ``"cuda"`` without a GPU."""
     from .fileio import write_json, write_text
 
     unknown = sorted(set(parts) - set(PARTS))
@@ -357,20 +372,26 @@ def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick:
         raise ConfigError(f"unknown benchmark part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ConfigError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA device here")
     torch.set_num_threads(threads)
-    result: dict = {"machine": machine(threads), "repeats": repeats, "quick": quick}
+    result: dict = {"machine": machine(threads, device), "repeats": repeats, "quick": quick, "device": device}
     start = time.perf_counter()
     if "layers" in parts:
-        result["layers"] = _worker({"part": "layers", "repeats": repeats, "quick": quick}, True, threads)["rows"]
-    if "models" in parts:
-        result["models"] = bench_models(threads, repeats, (True,) if quick else (False, True), progress)
+        spec = {"part": "layers", "repeats": repeats, "quick": quick, "device": device}
+        result["layers"] = _worker(spec, True, threads)["rows"]
+    if "models" in parts:  # glibc's allocator settings matter on the CPU only
+        allocators = (True,) if quick or device == "cuda" else (False, True)
+        result["models"] = bench_models(threads, repeats, allocators, progress, device)
     if "files" in parts:
         result["files"] = bench_files(progress)
     if "moe" in parts:
         from .bench_moe import bench_moe
 
         result["moe"] = bench_moe(repeats=repeats, sizes=("MiniLM",) if quick else ("MiniLM", "BERT-base"),
-                                  progress=progress)
+                                  progress=progress, device=device)
     result["summary"] = summary(result)
     result["seconds"] = time.perf_counter() - start
     write_json(out / "bench.json", result)
@@ -382,9 +403,9 @@ def _main(spec: dict) -> None:
     torch.set_num_threads(int(os.environ.get("PADNET_BENCH_THREADS", "2")))
     if spec.get("part") == "layers":
         shapes = LAYER_SHAPES[::3] if spec["quick"] else LAYER_SHAPES
-        print(json.dumps({"rows": bench_layers(shapes=shapes, repeats=spec["repeats"])}))
+        print(json.dumps({"rows": bench_layers(shapes=shapes, repeats=spec["repeats"], device=spec["device"])}))
     else:
-        print(json.dumps(measure_model(spec["variant"], spec["mode"])))
+        print(json.dumps(measure_model(spec["variant"], spec["mode"], device=spec["device"])))
 
 
 if __name__ == "__main__":

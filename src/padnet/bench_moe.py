@@ -52,14 +52,19 @@ def _layers(hidden: int, inter: int) -> dict[str, nn.Module]:
     return layers
 
 
-def _matmuls(hidden: int, inter: int, tokens: int, experts: int = 8, top_k: int = 2) -> dict[str, Callable]:
+def _matmuls(hidden: int, inter: int, tokens: int, experts: int = 8, top_k: int = 2,
+             device: str = "cpu") -> dict[str, Callable]:
     """The matmuls of the dense FFN and of structured PAD-MoE at κ = 0.5 on evenly loaded experts, each
     expert with its own weights and tokens, with no routing, activation or bias."""
     half = inter // 2
-    x, rows = torch.randn(tokens, hidden), torch.randn(experts, tokens * top_k // experts, hidden)
-    up, down = torch.randn(hidden, inter), torch.randn(inter, hidden)
-    up_half, down_half = torch.randn(hidden, half), torch.randn(half, hidden)
-    expert_up, expert_down = torch.randn(experts, hidden, half), torch.randn(experts, half, hidden)
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device)
+
+    x, rows = rand(tokens, hidden), rand(experts, tokens * top_k // experts, hidden)
+    up, down = rand(hidden, inter), rand(inter, hidden)
+    up_half, down_half = rand(hidden, half), rand(half, hidden)
+    expert_up, expert_down = rand(experts, hidden, half), rand(experts, half, hidden)
 
     def dense():
         return (x @ up) @ down
@@ -88,7 +93,8 @@ def _step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object
     return infer
 
 
-def bench_moe(tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress=None) -> list[dict]:
+def bench_moe(tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress=None,
+              device: str = "cpu") -> list[dict]:
     """One row per (size, mode, variant): ``ms`` (median over rounds), ``round_ms`` and ``ratio`` (spread of the
     per-round ratios to the dense FFN of the same size and mode)."""
     rows = []
@@ -96,15 +102,15 @@ def bench_moe(tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress
             "inference": ("dense", "moe", "pad-deployed", "pad-neuron", "pad-neuron-deployed")}
     for size in sizes:
         hidden, inter = SIZES[size]
-        layers = _layers(hidden, inter)
-        x = torch.randn(tokens, hidden)
+        layers = {name: layer.to(device) for name, layer in _layers(hidden, inter).items()}
+        x = torch.randn(tokens, hidden, device=device)
         for mode, variants in plan.items():
             if progress:
                 progress(f"moe {size} {mode}")
             fns = {v: _step(layers[v].train(mode == "train"), x, mode == "train") for v in variants}
             if mode == "inference":
-                fns.update(_matmuls(hidden, inter, tokens))
-            times = interleaved_rounds(fns, repeats)
+                fns.update(_matmuls(hidden, inter, tokens, device=device))
+            times = interleaved_rounds(fns, repeats, device=device)
             rows += [{"size": size, "hidden": hidden, "intermediate": inter, "tokens": tokens, "mode": mode,
                       "variant": v, "ms": statistics.median(t) * 1e3, "round_ms": [s * 1e3 for s in t],
                       "ratio": ratio_spread(t, times["dense"])} for v, t in times.items()]

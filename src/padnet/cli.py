@@ -296,7 +296,7 @@ def cmd_bench(args) -> int:
     if args.quick:
         print("--quick leaves out: " + "; ".join(QUICK_LEAVES_OUT), file=sys.stderr)
     result = run_bench(Path(args.out), tuple(args.parts), args.threads, args.repeats, args.quick,
-                       progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+                       progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True), device=args.device)
     print(markdown(result))
     print(f"wrote {Path(args.out) / 'bench.md'}, {Path(args.out) / 'bench.json'} in {result['seconds']:.0f} s")
     return 0
@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds: each ratio is measured once per round and reported as median (min-max)")
     p.add_argument("--quick", action="store_true",
                    help="two layer shapes, tuned allocator only, MiniLM size only (bench.md says what is left out)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (CUDA-event timings; GPU memory peaks)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="check that a dataset can be read (and download it if asked)")
