@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -23,3 +24,13 @@ def tiny_model(tmp_path_factory):
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(source / name, folder / name)
     return str(folder)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz", action="store_true",
+                     help="run tests/test_fuzz.py with 20 times the examples, not derandomised")
+
+
+def pytest_configure(config):
+    if config.getoption("--fuzz"):
+        os.environ["PADNET_FUZZ"] = "1"  # read by tests/test_fuzz.py when it is imported

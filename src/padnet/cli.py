@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .allocator import ALLOCATOR_ENV
-from .errors import ConfigError, PadnetError, user_message
+from .errors import ConfigError, PadnetError, one_line, user_message
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):  # one line, exit 2
-        self.exit(2, f"padnet: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"padnet: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), cls=None) -> None:
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # e.g. an --out path that cannot be created or written
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"padnet: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"padnet: error: {one_line(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("padnet: interrupted", file=sys.stderr)

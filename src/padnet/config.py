@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .errors import ConfigError, check_choice
+from .errors import ConfigError, check_choice, shown
 
 
 def _check_types(cfg, names: tuple[str, ...]) -> None:
@@ -377,7 +377,7 @@ def config_from_dict(data: dict[str, Any], base=None, source: str = "config"):
     base = base or TrainConfig()
     cls = type(base)
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(shown, set(data) - known))
     if unknown:
         raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
     values = base.to_dict()

@@ -53,8 +53,22 @@ def user_message(exc: BaseException) -> str:
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
         name = type(exc).__name__
-        return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
-    return " ".join(text.split()) if "\n" in text else text
+        text = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return one_line(text)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: runs of white space (line breaks included) become one space, and any other
+    character that is not printable is written as its escape (``\\x85``), so input echoed in a message cannot
+    split it."""
+    text = " ".join(text.split()) if any(c.isspace() and c != " " for c in text) else text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def shown(value) -> str:
+    """``value`` for a one-line message: as it is when it is a printable string, else its repr (so a key with a
+    line break or a control character, read from a file, cannot split the message)."""
+    return value if isinstance(value, str) and value.isprintable() and value.strip() == value and value else repr(value)
 
 
 def check_choice(kind: str, value, choices) -> None:

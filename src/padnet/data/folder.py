@@ -175,12 +175,14 @@ class ImageFolder(Dataset):
 
 def _load_rgb(path: Path) -> torch.Tensor:
     """An image file as uint8 (3, H, W) RGB."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             array = np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged file can fail anywhere in PIL's decoders (SyntaxError, struct.error, ...)
         raise DataError(f"cannot read image {path}: {' '.join(str(exc).split())}") from exc
     if array.size == 0:
         raise DataError(f"cannot read image {path}: it has size {array.shape[1]}x{array.shape[0]}")
