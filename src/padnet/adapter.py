@@ -36,7 +36,7 @@ from .layers.sdconv import SparseDynamicConv2d, sparse_layers
 from .methods import PadTraining
 from .metrics.counting import count_flops, count_parameters
 from .moe_codec import decode_moe, encode_moe
-from .moe_convert import FFN_PATTERNS, auxiliary_loss, find_ffns, replace_ffns, reset_aux_losses
+from .moe_convert import FFN_PATTERNS, auxiliary_loss, replace_ffns, require_ffns, reset_aux_losses
 from .pad_config import PadConfig
 from .partitioning import PartitionReport, partition
 from .partitioning.scores import masked_tensors
@@ -67,10 +67,7 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
                       targets=_targets(config), **config.layer_kwargs())
         return [name for name, _ in found]
     patterns = [tuple(p) for p in config.ffn_patterns] if config.ffn_patterns else FFN_PATTERNS
-    sites = find_ffns(model, patterns)
-    if not sites:
-        raise ConfigError(f"{type(model).__name__} has no recognisable feed-forward block (two nn.Linear "
-                          f"H -> F -> H named like {', '.join('/'.join(p) for p in patterns)})")
+    sites = require_ffns(model, patterns)
     targets = _targets(config)
     chosen = [i for i, site in enumerate(sites)
               if (targets is None or any(fnmatch.fnmatch(site.up, p) for p in targets))
@@ -438,7 +435,7 @@ def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) 
 
     Args:
         model: any ``nn.Module`` with ``nn.Conv2d`` layers (convolution methods), or a transformer encoder
-            whose FFN blocks ``padnet.moe_convert.find_ffns`` recognises (BERT family; MoE methods).
+            whose FFN blocks ``padnet.moe_convert.find_ffns`` recognises (BERT family, GPT-2; MoE methods).
         config: a :class:`PadConfig`; or give its fields as keyword ``options`` (``method="pad", kappa=0.3``).
 
     Returns a :class:`PadModel`. Converting a pretrained model starts every kernel / expert and the static

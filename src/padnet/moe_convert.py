@@ -1,10 +1,11 @@
 """Model surgery for transformer encoders: find the feed-forward blocks and replace them with MoE layers.
 
-Works on any ``nn.Module`` whose FFN is two ``nn.Linear`` (H → F → H) around an activation, named as in the
-Hugging Face encoders: BERT, RoBERTa, ELECTRA, MiniLM and other BERT-architecture models
+Works on any ``nn.Module`` whose FFN is two linear maps (H → F → H) around an activation, named as in the
+Hugging Face models: BERT, RoBERTa, ELECTRA, MiniLM and other BERT-architecture models
 (``intermediate.dense`` / ``intermediate.intermediate_act_fn`` / ``output.dense``), ALBERT (``ffn`` /
-``activation`` / ``ffn_output``) and DistilBERT (``lin1`` / ``activation`` / ``lin2``). Other layouts can be
-named with ``patterns=``. The first linear becomes the MoE layer (which outputs H), the activation and the
+``activation`` / ``ffn_output``), DistilBERT (``lin1`` / ``activation`` / ``lin2``) and the GPT-2 decoder
+(``mlp.c_fc`` / ``mlp.act`` / ``mlp.c_proj``, whose linear maps are transformers' ``Conv1D``: ``x @ W + b`` with W
+stored (in, out)). Other layouts can be named with ``patterns=``. The first linear becomes the MoE layer (which outputs H), the activation and the
 second linear become ``nn.Identity``, so the residual, dropout and LayerNorm around the FFN are untouched.
 """
 
@@ -23,6 +24,7 @@ FFN_PATTERNS: tuple[tuple[str, str, str], ...] = (
     ("intermediate.dense", "intermediate.intermediate_act_fn", "output.dense"),
     ("ffn", "activation", "ffn_output"),
     ("lin1", "activation", "lin2"),
+    ("mlp.c_fc", "mlp.act", "mlp.c_proj"),
 )
 
 
@@ -43,18 +45,39 @@ def _get(module: nn.Module, path: str):
     return module
 
 
+def linear_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(weight (out, in), bias or None)`` of an ``nn.Linear`` or of transformers' ``Conv1D`` (which stores its
+    weight (in, out) and computes ``x @ W + b``), as views; None for any other module."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2 \
+            and getattr(module, "nf", None) == weight.shape[1]:
+        return weight.t(), module.bias
+    return None
+
+
 def find_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
     """Every FFN of ``model`` that matches one of ``patterns``, in module order (a module shared by several
     layers, as in ALBERT, is listed once)."""
     sites = []
     for name, module in model.named_modules():
         for up_path, act_path, down_path in patterns:
-            up, down = _get(module, up_path), _get(module, down_path)
-            if (isinstance(up, nn.Linear) and isinstance(down, nn.Linear) and _get(module, act_path) is not None
-                    and up.out_features == down.in_features and down.out_features == up.in_features):
+            up, down = linear_parts(_get(module, up_path)), linear_parts(_get(module, down_path))
+            if (up is not None and down is not None and _get(module, act_path) is not None
+                    and up[0].shape[0] == down[0].shape[1] and down[0].shape[0] == up[0].shape[1]):
                 prefix = f"{name}." if name else ""
                 sites.append(FFNSite(prefix + up_path, prefix + act_path, prefix + down_path))
                 break
+    return sites
+
+
+def require_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
+    """:func:`find_ffns`, or ConfigError naming the layouts looked for when ``model`` has none."""
+    sites = find_ffns(model, patterns)
+    if not sites:
+        raise ConfigError(f"{type(model).__name__} has no recognisable feed-forward block (two linear maps, "
+                          f"nn.Linear or Conv1D, H -> F -> H named like {', '.join('/'.join(p) for p in patterns)})")
     return sites
 
 
@@ -96,19 +119,16 @@ def replace_ffns(
     Raises:
         ConfigError: no recognisable FFN, a layer index out of range, bad MoE options.
     """
-    sites = find_ffns(model, patterns)
-    if not sites:
-        raise ConfigError(f"{type(model).__name__} has no recognisable feed-forward block (two nn.Linear "
-                          f"H -> F -> H named like {', '.join('/'.join(p) for p in patterns)})")
+    sites = require_ffns(model, patterns)
     chosen = list(range(len(sites))) if layers is None else [int(i) for i in layers]
     bad = [i for i in chosen if not -len(sites) <= i < len(sites)]
     if bad or not chosen:
         raise ConfigError(f"MoE layer indices {bad or chosen} out of range: the model has {len(sites)} FFNs")
     for i in sorted({i % len(sites) for i in chosen}):
         site = sites[i]
-        moe = MoEFeedForward.from_linears(
-            model.get_submodule(site.up), model.get_submodule(site.down), _get(model, site.activation),
-            num_experts=num_experts, top_k=top_k, mode=mode, granularity=granularity, **options)
+        (w1, b1), (w2, b2) = linear_parts(_get(model, site.up)), linear_parts(_get(model, site.down))
+        moe = MoEFeedForward.from_weights(w1, b1, w2, b2, _get(model, site.activation), num_experts=num_experts,
+                                          top_k=top_k, mode=mode, granularity=granularity, **options)
         _set(model, site.up, moe)
         _set(model, site.activation, nn.Identity())
         _set(model, site.down, nn.Identity())

@@ -284,21 +284,29 @@ class MoEFeedForward(nn.Module):
 
     @classmethod
     def from_linears(cls, up: nn.Linear, down: nn.Linear, activation, **options) -> MoEFeedForward:
+        """Sparse upcycling of ``down(activation(up(x)))`` (:meth:`from_weights` with the linears' weights)."""
+        return cls.from_weights(up.weight, up.bias, down.weight, down.bias, activation, **options)
+
+    @classmethod
+    def from_weights(cls, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
+                     activation, **options) -> MoEFeedForward:
         """Sparse upcycling: every expert (and the static parameters) starts as a copy of the dense FFN
-        ``down(activation(up(x)))``, so with the zero-initialised router the layer equals the FFN.
+        ``activation(x W1ᵀ + b1) W2ᵀ + b2``, so with the zero-initialised router the layer equals the FFN.
+
+        ``w1`` (F, H), ``b1`` (F,) or None, ``w2`` (H, F), ``b2`` (H,) or None: the two linear maps as
+        ``nn.Linear`` stores them (a transformers ``Conv1D`` stores the transpose).
 
         Raises ConfigError when the shapes are not H → F → H.
         """
-        hidden, inter = up.in_features, up.out_features
-        if down.in_features != inter or down.out_features != hidden:
-            raise ConfigError(f"FFN linears do not chain: {hidden} -> {inter} and "
-                              f"{down.in_features} -> {down.out_features}")
-        layer = cls(hidden, inter, activation=activation, **options).to(up.weight.device, up.weight.dtype)
+        inter, hidden = w1.shape
+        if tuple(w2.shape) != (hidden, inter):
+            raise ConfigError(f"FFN linears do not chain: {hidden} -> {inter} and {w2.shape[1]} -> {w2.shape[0]}")
+        layer = cls(hidden, inter, activation=activation, **options).to(w1.device, w1.dtype)
         with torch.no_grad():
-            like = {"dtype": up.weight.dtype, "device": up.weight.device}
-            b1 = up.bias if up.bias is not None else torch.zeros(inter, **like)
-            b2 = down.bias if down.bias is not None else torch.zeros(hidden, **like)
-            neurons = torch.cat([up.weight.t(), b1.unsqueeze(0), down.weight], dim=0)  # (2H + 1, F)
+            like = {"dtype": w1.dtype, "device": w1.device}
+            b1 = b1 if b1 is not None else torch.zeros(inter, **like)
+            b2 = b2 if b2 is not None else torch.zeros(hidden, **like)
+            neurons = torch.cat([w1.t(), b1.unsqueeze(0), w2], dim=0)  # (2H + 1, F)
             layer.experts.copy_(neurons.expand_as(layer.experts))
             layer.expert_bias.copy_(b2.expand_as(layer.expert_bias))
             if layer.mode == "pad":
