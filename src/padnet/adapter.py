@@ -544,7 +544,7 @@ def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
     if config is None:
         if record["converted"]:
             raise CheckpointError(f"{directory / saving.CONFIG_FILE} names converted modules but no PadConfig")
-        return _load_into(base_model, tensors, form, record["deploy"], source).eval()
+        return _load_into(base_model, tensors, form, record["deploy"], source, set(record["base"])).eval()
     pad = get_pad_model(base_model, config)
     if pad.converted != record["converted"]:
         raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
@@ -552,20 +552,30 @@ def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
     if config.family == "moe":
         state = pad.base_model.state_dict()
         try:
-            state.update(decode_moe(pad.base_model, tensors))
+            decoded = decode_moe(pad.base_model, tensors)
         except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{source} does not fit the base model ({reason})") from None
+        _check_complete(state, decoded, set(record["base"]), source)
+        state.update(decoded)
         saving.load_state(pad.base_model, state, source)
         return deploy(pad.base_model, inplace=True) if form == "deployed" else pad
-    model = _load_into(pad.base_model, tensors, form, record["deploy"], source)
+    model = _load_into(pad.base_model, tensors, form, record["deploy"], source, set(record["base"]))
     return model.eval() if form == "deployed" else pad
 
 
+def _check_complete(state: dict, tensors: dict, base: set[str], source: Path) -> None:
+    """CheckpointError unless every tensor of ``state`` is stored or is a base-model tensor checked by hash."""
+    missing = [k for k in state if k not in tensors and k not in base]
+    if missing:
+        raise CheckpointError(f"{source} does not hold tensor {missing[0]} ({len(missing)} missing)")
+
+
 def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], form: str, layout: dict,
-               source: Path) -> nn.Module:
-    """Load ``tensors`` (all of the state, or the part that changed) into ``model``, made deployed first for
-    the deployed form; the model loaded (a deployed one is built in place of ``model``'s layers)."""
+               source: Path, base: set[str]) -> nn.Module:
+    """Load ``tensors`` (all of the state, or the part that changed; the rest must be among the ``base`` tensors
+    checked by hash) into ``model``, made deployed first for the deployed form; the model loaded (a deployed one
+    is built in place of ``model``'s layers)."""
     try:
         if form == "deployed":
             model = deployed_skeleton(model, layout)
@@ -574,6 +584,7 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], form: str, la
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{source} does not fit the base model ({reason})") from None
     state = model.state_dict()
+    _check_complete(state, tensors, base, source)
     state.update(tensors)
     saving.load_state(model, state, source)
     return model

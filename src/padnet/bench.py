@@ -361,6 +361,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_bench_options(threads: int, repeats: int, device: str) -> None:
+    """ConfigError unless 1 <= threads <= 256, repeats >= 1 and ``device`` is usable here."""
+    from .config import MAX_THREADS
+
+    if not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"threads must be in [1, {MAX_THREADS}], got {threads!r}")
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ConfigError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA device here")
+
+
 def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick: bool = False, progress=None,
               device: str = "cpu") -> dict:
     """Run the chosen parts on ``device`` (``"cpu"`` or ``"cuda"``), write ``bench.json`` and ``bench.md`` into
@@ -370,12 +384,7 @@ def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ConfigError(f"unknown benchmark part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    if not (isinstance(repeats, int) and repeats >= 1):
-        raise ConfigError(f"repeats must be an integer >= 1, got {repeats!r}")
-    if device not in DEVICES:
-        raise ConfigError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: torch sees no CUDA device here")
+    check_bench_options(threads, repeats, device)
     torch.set_num_threads(threads)
     result: dict = {"machine": machine(threads, device), "repeats": repeats, "quick": quick, "device": device}
     start = time.perf_counter()

@@ -187,8 +187,16 @@ def cmd_count(args) -> int:
     from .models import create_model
     from .partitioning import partition
 
-    if min(args.input) < 1 or args.num_classes < 1:
-        raise ConfigError(f"--input sizes and --num-classes must be >= 1, got {args.input} and {args.num_classes}")
+    channels, height, width = args.input
+    if not (1 <= channels <= 64 and 1 <= height <= 4096 and 1 <= width <= 4096):
+        raise ConfigError(f"--input must be C H W with 1 <= C <= 64 and 1 <= H, W <= 4096, got {args.input}")
+    if not 1 <= args.num_classes <= 1_000_000:
+        raise ConfigError(f"--num-classes must be in [1, 1000000], got {args.num_classes}")
+    if not args.width <= 16:
+        raise ConfigError(f"width multiplier must be at most 16, got {args.width}")
+    for name, value, low, high in (("num-kernels", args.num_kernels, 1, 64), ("reduction", args.reduction, 0, 4096)):
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"--{name} must be in [{low}, {high}], got {value}")
     opts = layer_options(args.conv, num_kernels=args.num_kernels, reduction=args.reduction)
     model = create_model(args.model, conv=args.conv, num_classes=args.num_classes, in_chans=args.input[0],
                          width=args.width, stem=args.stem, **opts)
@@ -291,8 +299,9 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import QUICK_LEAVES_OUT, markdown, run_bench
+    from .bench import QUICK_LEAVES_OUT, check_bench_options, markdown, run_bench
 
+    check_bench_options(args.threads, args.repeats, args.device)
     if args.quick:
         print("--quick leaves out: " + "; ".join(QUICK_LEAVES_OUT), file=sys.stderr)
     result = run_bench(Path(args.out), tuple(args.parts), args.threads, args.repeats, args.quick,
@@ -459,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; user mistakes print one line and return 2."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None) == "":
+            raise ConfigError("--out needs a folder name")
         return args.func(args)
     except PadnetError as exc:
         print(f"padnet: error: {user_message(exc)}", file=sys.stderr)

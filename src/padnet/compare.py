@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 from .config import TrainConfig, load_yaml
 from .data import load_dataset
 from .engine.trainer import Trainer, config_differences
-from .errors import ConfigError
-from .fileio import atomic_path, write_json, write_text
+from .errors import ConfigError, DataError
+from .fileio import atomic_path, parse_json, write_json, write_text
 from .layers.registry import LAYER_LABELS, canonical_conv, is_partial
 
 # The quick default finishes within 15 minutes on 2 CPU cores (measured: 8 min). Augmentation is off in it:
@@ -49,7 +48,14 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, data, log=print, label: str 
     trained. ``data`` is the (train, test) pair, loaded once by the caller."""
     done = run_dir / "results.json"
     if done.is_file():
-        results = json.loads(done.read_text())
+        try:
+            results = parse_json(done.read_text(encoding="utf-8", errors="replace"))
+        except ValueError as exc:
+            raise DataError(f"{done} is not a readable results file ({exc}); delete it to train that run again") \
+                from None
+        if not (isinstance(results, dict) and isinstance(results.get("top1"), (int, float))
+                and isinstance(results.get("train_seconds"), (int, float))):
+            raise DataError(f"{done} is not a padnet results file; delete it to train that run again")
     else:
         log(f"[{label or run_dir.name}] training in {run_dir}")
         results = Trainer(cfg, run_dir, resume=run_dir.exists(), data=data).fit()

@@ -151,8 +151,8 @@ class TrainConfig:
             if getattr(self, name) not in (None, "auto") and name not in takes.get(self.dataset, ()):
                 raise ConfigError(f"{name} applies to datasets {', '.join(k for k, v in takes.items() if name in v)}, "
                                   f"not {self.dataset!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be in [1, {MAX_THREADS}], got {self.threads}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.keep_checkpoints < 1:
@@ -324,6 +324,7 @@ class FinetuneConfig:
                          partition_at="epochs" if partial else None, partition_after=1 if partial else None)
 
 
+MAX_THREADS = 256  # more would exhaust the process's threads (OpenBLAS fails at about 10^5)
 OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction", "image_size", "channels")
 OPTIONAL_FLOATS = ("temperature_start",)
 OPTIONAL_BOOLS = ("flip",)

@@ -103,6 +103,15 @@ def sweep_temporary_files(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def parse_json(text: str):
+    """``json.loads`` for text read from disk: input nested too deep for the parser (a RecursionError) is a
+    ValueError like any other malformed JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_write(path) as fh:

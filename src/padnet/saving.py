@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, parse_json, write_json
 
 FORMAT = "padnet-adapter-1"
 CONFIG_FILE = "padnet_config.json"
@@ -149,7 +149,7 @@ def read_record(directory: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not readable JSON ({str(exc).splitlines()[0]})") from None
     ok = (isinstance(record, dict) and record.get("format") == FORMAT and record.get("form") in FORMS
@@ -174,7 +174,7 @@ def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("padnet", "null"))
+            meta = parse_json((fh.metadata() or {}).get("padnet", "null"))
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -186,7 +186,8 @@ def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load ``state`` into ``model`` strictly. A one-line CheckpointError names the first missing, unexpected or
-    mis-shaped tensor, a floating-point tensor stored as integers, or one holding NaN or infinity."""
+    mis-shaped tensor, a floating-point tensor stored as integers, one holding NaN or infinity, or a BatchNorm
+    running variance below zero."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -202,4 +203,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
             raise CheckpointError(f"{source}: tensor {key} is stored as {saved.dtype}, not floating point")
         if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
             raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values")
+        if key.endswith("running_var") and bool((saved < 0).any()):  # a variance: the outputs would be NaN
+            raise CheckpointError(f"{source}: tensor {key} holds negative variances")
     model.load_state_dict(state, strict=True)

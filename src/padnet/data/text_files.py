@@ -10,12 +10,12 @@ become ids in sorted order of the training split's values. CSV quoting follows R
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
 from padnet.data.glue import GlueTask, TextPairs
 from padnet.errors import ConfigError, DataError
+from padnet.fileio import parse_json
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
 EVAL_NAMES = ("validation", "val", "dev", "test")
@@ -41,8 +41,8 @@ def read_rows(path: Path) -> list[dict]:
                 for number, line in enumerate(fh, 1):
                     if line.strip():
                         try:
-                            row = json.loads(line)
-                        except json.JSONDecodeError:
+                            row = parse_json(line)
+                        except ValueError:
                             raise DataError(f"{path}: line {number} is not valid JSON") from None
                         if not isinstance(row, dict):
                             raise DataError(f"{path}: line {number} is not a JSON object")

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, NonFiniteStateError
-from ..fileio import atomic_path, sweep_temporary_files
+from ..fileio import atomic_path, parse_json, sweep_temporary_files
 from ..saving import load_state
 
 FORMAT = "padnet-checkpoint-1"
@@ -92,11 +92,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=N
             continue
         prefix, meta_key = _keys(name)
         osd = opt.state_dict()
-        saved = meta[meta_key] = {"param_groups": osd["param_groups"], "scalars": {}}
+        saved = meta[meta_key] = {"param_groups": osd["param_groups"], "scalars": {}, "tensors": []}
         for pid, pstate in osd["state"].items():
             for key, value in pstate.items():
                 if torch.is_tensor(value):
                     tensors[f"{prefix}/{pid}/{key}"] = value.detach().clone().contiguous().cpu()
+                    saved["tensors"].append(f"{pid}/{key}")  # so that a missing one is noticed on resume
                 else:
                     saved["scalars"][f"{pid}/{key}"] = value
     _check_finite(tensors, path)
@@ -125,7 +126,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             metadata = fh.metadata() or {}
             if "padnet" not in metadata:
                 raise CheckpointError(f"{path} is a safetensors file but not a padnet checkpoint (no padnet metadata)")
-            meta = json.loads(metadata["padnet"])
+            meta = parse_json(metadata["padnet"])
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
         if looks_pickled(path):
@@ -144,29 +145,57 @@ def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: s
 
 
 def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,
-                     extra_optimizers: dict | None = None, generators: dict | None = None) -> None:
-    """Restore optimiser(s), scheduler, the torch RNG and named generators saved by :func:`save_checkpoint`."""
-    for name, opt in {"": optimizer, **(extra_optimizers or {})}.items():
-        prefix, meta_key = _keys(name)
-        saved = meta.get(meta_key)
-        if opt is None or saved is None:
-            continue
-        state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith(prefix + "/"):
-                _, pid, field = key.split("/", 2)
+                     extra_optimizers: dict | None = None, generators: dict | None = None,
+                     path: str | Path = "checkpoint") -> None:
+    """Restore optimiser(s), scheduler, the torch RNG and named generators saved by :func:`save_checkpoint`.
+
+    What was read from disk is checked first: every optimiser tensor the checkpoint lists is there, each one
+    belongs to a parameter and has its shape. CheckpointError (``cannot resume PATH: ...``) otherwise, or when
+    torch refuses a state (an RNG state of the wrong size, parameter groups that do not fit)."""
+    try:
+        for name, opt in {"": optimizer, **(extra_optimizers or {})}.items():
+            prefix, meta_key = _keys(name)
+            saved = meta.get(meta_key)
+            if opt is None or saved is None:
+                continue
+            params = [p for group in opt.param_groups for p in group["params"]]
+            state: dict[int, dict] = {}
+            for key, value in tensors.items():
+                if key.startswith(prefix + "/"):
+                    _, pid, field = key.split("/", 2)
+                    state.setdefault(int(pid), {})[field] = value
+            _check_optimizer_tensors(state, saved.get("tensors"), params, prefix)
+            for key, value in saved["scalars"].items():
+                pid, field = key.split("/", 1)
                 state.setdefault(int(pid), {})[field] = value
-        for key, value in saved["scalars"].items():
-            pid, field = key.split("/", 1)
-            state.setdefault(int(pid), {})[field] = value
-        opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-    if scheduler is not None and "scheduler" in meta:
-        scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
-    if "rng/torch" in tensors:
-        torch.set_rng_state(tensors["rng/torch"])
-    if "rng/cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng/cuda"])
-    for name, gen in (generators or {}).items():
-        if f"rng/{name}" not in tensors:
-            raise CheckpointError(f"the checkpoint holds no state of the generator {name!r}")
-        gen.set_state(tensors[f"rng/{name}"])
+            opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        if scheduler is not None and "scheduler" in meta:
+            scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
+        if "rng/torch" in tensors:
+            torch.set_rng_state(tensors["rng/torch"])
+        if "rng/cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng/cuda"])
+        for name, gen in (generators or {}).items():
+            if f"rng/{name}" not in tensors:
+                raise CheckpointError(f"the checkpoint holds no state of the generator {name!r}")
+            gen.set_state(tensors[f"rng/{name}"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError, CheckpointError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot resume {path}: {reason}") from None
+
+
+def _check_optimizer_tensors(state: dict[int, dict], listed, params: list, prefix: str) -> None:
+    """CheckpointError unless the optimiser tensors found are the ones the checkpoint lists (when it lists them)
+    and each has the shape of its parameter (0-d values such as Adam's step excepted)."""
+    found = sorted(f"{pid}/{field}" for pid, fields in state.items() for field in fields)
+    if listed is not None:
+        missing = sorted(set(map(str, listed)) - set(found))
+        if missing:
+            raise CheckpointError(f"the optimiser state is incomplete (no tensor {prefix}/{missing[0]})")
+    for pid, fields in state.items():
+        if not 0 <= pid < len(params):
+            raise CheckpointError(f"the optimiser state names parameter {pid}, the model has {len(params)}")
+        for field, value in fields.items():
+            if value.dim() and value.shape != params[pid].shape:
+                raise CheckpointError(f"optimiser tensor {prefix}/{pid}/{field} has shape {tuple(value.shape)}, "
+                                      f"its parameter {tuple(params[pid].shape)}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from ..data import ImageData, load_dataset, make_loader
 from ..data.images import data_fingerprint
 from ..distributed import Context, data_parallel, global_batchnorm, init
 from ..errors import MAX_LOSS, CheckpointError, ConfigError, DataError, NonFiniteLossError
-from ..fileio import write_json, write_text
+from ..fileio import parse_json, write_json, write_text
 from ..layers.registry import canonical_conv, effective_option, layer_options, start_temperature
 from ..methods import PadTraining
 from ..metrics.counting import count_flops, count_parameters
@@ -271,9 +273,13 @@ class Trainer:
         if changed:
             raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
         load_model_state(self.model, tensors, path)
-        restore_training(tensors, meta, self.optimizer, self.scheduler, self._extra_optimizers())
+        restore_training(tensors, meta, self.optimizer, self.scheduler, self._extra_optimizers(), path=path)
         state = meta["state"]
-        self.epoch, self.step = state["epoch"], state["step"]
+        epoch, step = state.get("epoch"), state.get("step")
+        if not (isinstance(epoch, int) and 0 <= epoch <= self.cfg.epochs and step == epoch * self.steps_per_epoch):
+            raise CheckpointError(f"cannot resume {path}: its epoch {epoch!r} and step {step!r} do not fit a run of "
+                                  f"{self.cfg.epochs} epochs of {self.steps_per_epoch} steps")
+        self.epoch, self.step = epoch, step
         self.partition_report, self.elapsed = state.get("partition"), state.get("elapsed", 0.0)
         self.hooks.step, self.hooks.partitioned = self.step, self.partition_report is not None
 
@@ -331,6 +337,9 @@ class Trainer:
         ctx.barrier()  # every process has checked the run directory before process 0 writes to it
         log_path = self.run_dir / "metrics.jsonl"
         records = [r for r in _read_jsonl(log_path) if r["epoch"] <= self.epoch] if self.resume else []
+        if ctx.main and [r["epoch"] for r in records] != list(range(1, self.epoch + 1)):
+            print(f"padnet: warning: {log_path} holds damaged or missing records of epochs 1-{self.epoch}; "
+                  "the readable ones are kept and training goes on", file=sys.stderr)
         if ctx.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
@@ -339,7 +348,11 @@ class Trainer:
         self.train_model = data_parallel(self.model, ctx)
         board = _TensorBoard(self.run_dir) if ctx.main else None
         test_loader = make_loader(self.test_data, 512, train=False)
-        top1 = records[-1]["test_top1"] if records else float("nan")
+        last = records[-1] if records else {}
+        top1 = last.get("test_top1") if last.get("epoch") == self.epoch else None
+        if not (isinstance(top1, (int, float)) and math.isfinite(top1)):
+            # no trustworthy record of the resumed epoch (a damaged metrics.jsonl): measure it again
+            top1 = evaluate(self.model, test_loader, ctx) if self.epoch else float("nan")
         try:
             while self.epoch < cfg.epochs:
                 start = time.perf_counter()
@@ -378,8 +391,8 @@ def _read_jsonl(path: Path) -> list[dict]:
     out = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = parse_json(line)
+        except ValueError:
             break  # a damaged tail (a killed write): the records before it are kept, the rest rewritten
         if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
             break

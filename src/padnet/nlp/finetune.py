@@ -131,7 +131,7 @@ def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, genera
     if changed:
         raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
     load_model_state(model, tensors, path)
-    restore_training(tensors, meta, optimizer, scheduler, generators={"sampler": generator})
+    restore_training(tensors, meta, optimizer, scheduler, generators={"sampler": generator}, path=path)
     return meta["state"]
 
 

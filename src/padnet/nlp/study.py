@@ -9,7 +9,6 @@ another configuration is refused before anything trains. :class:`TextRuns` is th
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from ..config import FinetuneConfig
 from ..errors import ConfigError, DataError
+from ..fileio import parse_json
 from ..studies.common import RunCache, figure, mean_std, pm, write_study
 from .finetune import VARIANT_LABELS, VARIANTS, finetune, save_results
 
@@ -31,7 +31,7 @@ FULL_SEEDS = (0, 1, 2, 3, 4)
 def _read_results(path: Path) -> dict:
     """A finished run's ``results.json``; DataError (one line) when it is not readable JSON."""
     try:
-        results = json.loads(path.read_text())
+        results = parse_json(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path} is not a readable results file ({exc}); delete it to train that run again") from None
     if not isinstance(results, dict) or "score" not in results:
