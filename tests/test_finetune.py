@@ -228,3 +228,21 @@ def test_moe_fine_tune_killed_at_a_random_step_resumes_to_identical_weights(tiny
     assert results[0]["metrics"] == results[1]["metrics"] and results[0]["partition"] == results[1]["partition"]
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-epoch0002.safetensors",
                                                                     "checkpoint-epoch0003.safetensors"]
+
+
+def test_a_fine_tuning_checkpoint_with_an_epoch_that_does_not_fit_is_refused_on_resume(tiny_model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from padnet.errors import CheckpointError
+    from padnet.nlp.finetune import finetune
+
+    cfg = _quick(tiny_model, variant="dense", epochs=1)
+    finetune(cfg, log=lambda *a: None, run_dir=tmp_path)
+    path = tmp_path / "checkpoint-epoch0001.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        meta, tensors = json.loads(fh.metadata()["padnet"]), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    meta["state"]["epoch"] = 99
+    save_file(tensors, str(path), metadata={"padnet": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match="its epoch 99 does not fit a run of 1 epochs"):
+        finetune(cfg, log=lambda *a: None, run_dir=tmp_path, resume=True)

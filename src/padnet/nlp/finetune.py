@@ -29,7 +29,7 @@ from ..engine.checkpoint import (
     restore_training,
     save_epoch_checkpoint,
 )
-from ..errors import MAX_LOSS, ConfigError, NonFiniteLossError
+from ..errors import MAX_LOSS, CheckpointError, ConfigError, NonFiniteLossError
 from ..methods import PadTraining
 from ..metrics.counting import count_parameters
 from ..metrics.glue import task_metrics
@@ -132,7 +132,13 @@ def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, genera
         raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
     load_model_state(model, tensors, path)
     restore_training(tensors, meta, optimizer, scheduler, generators={"sampler": generator}, path=path)
-    return meta["state"]
+    state = meta["state"]
+    epoch, partition_report = state.get("epoch"), state.get("partition")
+    if not (isinstance(epoch, int) and 0 <= epoch <= cfg.epochs and isinstance(partition_report, (dict, type(None)))
+            and isinstance(state.get("elapsed", 0.0), (int, float))):
+        raise CheckpointError(f"cannot resume {path}: its epoch {epoch!r} does not fit a run of {cfg.epochs} epochs "
+                              "(or its state is malformed)")
+    return state
 
 
 def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, resume: bool = False) -> dict:
