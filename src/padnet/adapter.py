@@ -25,7 +25,7 @@ from torch.nn.parameter import is_lazy
 from . import saving
 from .conv_codec import decode_deployed, deployed_skeleton, encode_deployed
 from .deploy import deploy
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .layers.conv_base import DynamicConvBase
 from .layers.deployed import DeployedConv2d
 from .layers.dynamic_conv import PADConv2d
@@ -357,7 +357,7 @@ class PadModel(nn.Module):
         elif form == "deployed":
             tensors, meta = _deployed_tensors(self.merge_and_unload())
         else:
-            tensors, meta = {k: v.detach().cpu().contiguous() for k, v in self.base_model.state_dict().items()}, {}
+            tensors, meta = saving.state_tensors(self.base_model), {}
         changed = set(meta.get("folded_bn", ())) | set(meta.get("fused_convs", ()))
         kept = tensors if full else {k: v for k, v in tensors.items() if under(k, self.converted)
                                      or under(k, changed) or self._fingerprints.get(k) != fingerprint(v)}
@@ -497,7 +497,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, form: str = "traini
     if deployed:
         tensors, meta = _deployed_tensors(model)
     else:
-        tensors, meta = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, {}
+        tensors, meta = saving.state_tensors(model), {}
     record = {"form": "deployed" if deployed else "training", "config": None, "converted": [], "base": {},
               "deploy": meta, "architecture": recipe}
     return saving.write_folder(directory, tensors, record, model, tokenizer)
@@ -554,7 +554,7 @@ def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
         try:
             decoded = decode_moe(pad.base_model, tensors)
         except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise CheckpointError(f"{source} does not fit the base model ({reason})") from None
         _check_complete(state, decoded, set(record["base"]), source)
         state.update(decoded)
@@ -581,7 +581,7 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], form: str, la
             model = deployed_skeleton(model, layout)
             tensors = decode_deployed(model, tensors)
     except (RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"{source} does not fit the base model ({reason})") from None
     state = model.state_dict()
     _check_complete(state, tensors, base, source)

@@ -385,6 +385,8 @@ def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick:
     if unknown:
         raise ConfigError(f"unknown benchmark part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     check_bench_options(threads, repeats, device)
+    if quick and progress:
+        progress("--quick leaves out: " + "; ".join(QUICK_LEAVES_OUT))
     torch.set_num_threads(threads)
     result: dict = {"machine": machine(threads, device), "repeats": repeats, "quick": quick, "device": device}
     start = time.perf_counter()

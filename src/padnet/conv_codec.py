@@ -17,6 +17,7 @@ from torch import nn
 from .errors import CheckpointError
 from .layers.deployed import DeployedConv2d
 from .layers.dynamic_conv import DynamicConv2d
+from .saving import state_tensors
 
 
 def pack_bits(flags: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,7 @@ def _unpack_zeros(tensors: dict[str, torch.Tensor], key: str, shape: torch.Size)
 
 def encode_deployed(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of a deployed model (:func:`padnet.deploy`) in the compact encoding, on the CPU."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = state_tensors(model)
     for name, layer in model.named_modules():
         if not isinstance(layer, DeployedConv2d):
             continue

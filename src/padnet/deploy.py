@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .layers.conv_base import DynamicConvBase
 from .layers.deployed import DeployedConv2d
 from .layers.dynamic_conv import DynamicConv2d
@@ -32,7 +32,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     try:
         graph = _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many types for untraceable control flow
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ConfigError(f"cannot trace the model to fold BatchNorm ({reason}); pass fold_bn=False") from None
     modules = dict(model.named_modules())
     pairs = []

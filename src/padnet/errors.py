@@ -57,6 +57,12 @@ def user_message(exc: BaseException) -> str:
     return one_line(text)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
 def one_line(text: str) -> str:
     """``text`` on one line: runs of white space (line breaks included) become one space, and any other
     character that is not printable is written as its escape (``\\x85``), so input echoed in a message cannot

@@ -10,6 +10,7 @@ from torch import nn
 from .conv_codec import pack_bits, unpack_bits
 from .layers.moe import MoEFeedForward
 from .moe_convert import moe_layers
+from .saving import state_tensors
 
 _MODES = {"experts": "neuron_mode", "expert_bias": "bias_mode"}  # masked tensor -> its mode
 
@@ -22,9 +23,10 @@ def moe_masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
 
 
 def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s state (CPU copies) with every PAD-MoE / MoE-P layer's experts and output biases stored as
-    their dynamic values (E, ‖M‖₀) and the mask as bits; the mask buffers are left out (the bits hold them)."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    """``model``'s state (:func:`padnet.saving.state_tensors`) with every PAD-MoE / MoE-P layer's experts and
+    output biases stored as their dynamic values (E, ‖M‖₀) and the mask as bits; the mask buffers are left out
+    (the bits hold them)."""
+    tensors = state_tensors(model)
     for name, layer in moe_layers(model):
         if layer.mode == "dynamic":
             continue

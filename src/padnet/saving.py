@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .fileio import atomic_path, parse_json, write_json
 
 FORMAT = "padnet-adapter-1"
@@ -50,6 +50,12 @@ def fingerprint(tensor: torch.Tensor) -> str:
     digest = hashlib.blake2b(f"{data.dtype}{tuple(data.shape)}".encode(), digest_size=12)
     digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as detached CPU copies, ready for safetensors (which refuses tensors sharing memory,
+    as tied weights do: GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``)."""
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
 
 
 def under(key: str, prefixes: Iterable[str]) -> bool:
@@ -177,7 +183,7 @@ def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
             meta = parse_json((fh.metadata() or {}).get("padnet", "null"))
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("form") != form:
         raise CheckpointError(f"{path} was not written with the {form} form of {CONFIG_FILE}")

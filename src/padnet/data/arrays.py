@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from padnet.data.images import ImageData, channel_stats
-from padnet.errors import DataError
+from padnet.errors import DataError, first_line
 
 NPZ_SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -164,7 +164,7 @@ def load_arrays(path: str | os.PathLike, image_size: tuple[int, int] | int | Non
             if {"images", "labels"} <= keys:
                 return from_arrays(npz["images"], npz["labels"], image_size=image_size, seed=seed)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(f"{path} is not a readable numpy array file ({reason})") from None
     raise DataError(f"{path} holds {', '.join(sorted(keys)) or 'no arrays'}; expected x_train, y_train, x_test, "
                     "y_test (or images and labels)")

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, NonFiniteStateError
+from ..errors import CheckpointError, ConfigError, NonFiniteStateError, first_line
 from ..fileio import atomic_path, parse_json, sweep_temporary_files
 from ..saving import load_state
 
@@ -132,7 +132,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         if looks_pickled(path):
             raise CheckpointError(f"{path} is a pickle or a torch.save / TorchScript archive, not safetensors; "
                                   "padnet never unpickles a file") from None
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"{path} is not a readable padnet checkpoint ({reason})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("state"), dict):
         raise CheckpointError(f"{path} is not a padnet checkpoint (unexpected metadata)")
@@ -180,7 +180,7 @@ def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,
                 raise CheckpointError(f"the checkpoint holds no state of the generator {name!r}")
             gen.set_state(tensors[f"rng/{name}"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError, CheckpointError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"cannot resume {path}: {reason}") from None
 
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 
 LAYOUTS = ("padnet", "torchvision", "timm")
 HEADS = ("fc.", "classifier.")
@@ -47,7 +47,7 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
             else:
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - the weights-only unpickler raises UnpicklingError, EOFError, ...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise CheckpointError(f"{path} is not a readable state dict ({reason})") from None
         if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
             state = dict(state["state_dict"])  # a training checkpoint that wraps the weights
