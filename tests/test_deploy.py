@@ -713,7 +713,7 @@ def _filter_layer(depthwise: bool):
 
 def _element_reference(layer, mask):
     reference = copy.deepcopy(layer)
-    reference._filter_structured = False
+    reference.structured = False
     with torch.no_grad():
         reference.weight_mode.mask.copy_(mask)
     return reference
@@ -731,12 +731,12 @@ def test_structured_path_follows_mask_changes(depthwise, formulation):
     with torch.no_grad():
         layer.weight_mode.mask.copy_(MASK_A)
     out_a, _ = _forward_backward(layer, x)
-    assert layer._filter_split() is not None
+    assert layer.structured_split() is not None
     torch.testing.assert_close(out_a, _forward_backward(_element_reference(layer, MASK_A), x)[0],
                                rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         layer.weight_mode.mask.copy_(MASK_B)  # after the split for A was cached
-    static_idx, dynamic_idx, _ = layer._filter_split()
+    static_idx, dynamic_idx, _ = layer.structured_split()
     assert dynamic_idx.tolist() == [1, 2, 3] and static_idx.tolist() == [0, 4, 5]
     out_b, grads_b = _forward_backward(layer, x)
     ref_b, ref_grads = _forward_backward(_element_reference(layer, MASK_B), x)

@@ -137,11 +137,11 @@ def test_formulations_agree_in_outputs_and_gradients(geometry, granularity, batc
         layer.scales.phi.fill_(0.4)
     x = _input(kw["in_channels"], batch=batch)
     reference = copy.deepcopy(layer)
-    reference._filter_structured = False  # the element-wise masked form, for every granularity
+    reference.structured = False  # the element-wise masked form, for every granularity
     reference.formulation = "grouped"
     out_ref, grads_ref = _forward_backward(reference, x)
     structured = granularity == "filter" and kw["groups"] in (1, kw["in_channels"])
-    assert (layer._filter_split() is not None) == structured
+    assert (layer.structured_split() is not None) == structured == layer.structured
     for formulation in ("grouped", "per_sample", "batched"):
         layer.formulation = formulation
         out, grads = _forward_backward(layer, x)
@@ -348,7 +348,7 @@ def test_kernel_granularity_masks_are_independent_per_kernel():
 def test_zero_semantics_with_empty_mask_gives_zero(bias, formulation):
     layer = PADConv2d(4, 6, 3, padding=1, bias=bias, mask_semantics="zero", formulation=formulation)
     _randomise(layer)
-    assert not hasattr(layer.weight_mode, "static")
+    assert layer.weight_mode.static is None
     _set_masks(layer, torch.zeros)
     out = layer(_input())
     assert out.shape == (3, 6, 9, 9)
@@ -518,13 +518,13 @@ def test_auto_formulation_is_decided_once_per_shape_and_grad_mode():
     layer(x)
     with torch.no_grad():
         layer(torch.randn(1, 4, 4, 4))
-    assert layer._paths == {((2, 4, 4, 4), True): "batched", ((1, 4, 4, 4), False): "per_sample"}
+    assert layer.chosen_paths == {((2, 4, 4, 4), True): "batched", ((1, 4, 4, 4), False): "per_sample"}
     layer.set_path(x.shape, True, "grouped")
     assert layer.path_for(x.shape) == "grouped"
     layer.formulation = "batched"  # a fixed formulation clears the choices and bypasses them
-    assert layer._paths == {}
+    assert layer.chosen_paths == {}
     layer(x)
-    assert layer._paths == {} and layer.path_for(x.shape) == "batched"
+    assert layer.chosen_paths == {} and layer.path_for(x.shape) == "batched"
     with pytest.raises(ConfigError):
         layer.formulation = "fft"
     with pytest.raises(ConfigError):
@@ -572,3 +572,40 @@ def test_models_initialise_dynamic_kernels_like_static_convs():
     for kernel in d.weight.detach():
         assert float(kernel.std()) == pytest.approx(s_std, rel=0.05)
     assert float(d.weight_mode.static.detach().std()) == pytest.approx(s_std, rel=0.05)
+
+
+def test_every_mode_implements_the_mode_protocol():
+    from padnet.layers.modes import FullyDynamic, Mode, PartialMode
+    from padnet.layers.sdconv import ThresholdMask
+
+    factors = torch.randn(3, 4, 2)
+    for mode in (FullyDynamic(), PartialMode((4, 2), 3), PartialMode((4, 2), 3, semantics="zero"), ThresholdMask(3)):
+        assert isinstance(mode, Mode)
+        assert mode.hard_mask(factors).shape == factors.shape and mode.hard_mask(factors).dtype == torch.bool
+        assert sum(mode.compact_counts(factors).values()) >= 0
+        torch.testing.assert_close(mode.aggregate(torch.eye(3), factors), mode.merged(factors))
+
+
+def test_structured_switch_is_public_and_refused_where_it_cannot_apply():
+    layer = PADConv2d(4, 6, 3, padding=1, granularity="filter")
+    assert layer.structured
+    layer.structured = False
+    with torch.no_grad():  # inference on 8×8 maps: the general rule picks per-sample, the filter rule grouped
+        assert layer.structured_split() is None and layer.path_for((64, 4, 8, 8)) == "per_sample"
+        layer.structured = True
+        assert layer.structured_split() is not None and layer.path_for((64, 4, 8, 8)) == "grouped"
+    for unstructurable in (PADConv2d(4, 6, 3, granularity="shared"), DynamicConv2d(4, 6, 3),
+                           PADConv2d(4, 6, 3, granularity="filter", mask_semantics="zero")):
+        assert not unstructurable.structured
+        with pytest.raises(ConfigError, match="cannot run structured"):
+            unstructurable.structured = True
+
+
+def test_split_cache_follows_the_values_not_the_tensor():
+    from padnet.layers.modes import SplitCache
+
+    cache, vector = SplitCache(), torch.tensor([True, False, True])
+    first = cache(vector)
+    assert cache(vector.clone()) is first  # same values: cached
+    vector[1] = True  # written in place
+    assert cache(vector).dynamic.tolist() == [0, 1, 2] and cache(vector).static.numel() == 0

@@ -251,17 +251,17 @@ def _partitioned(mode, granularity, kappa=0.5, seed=0):
 
 def test_neuron_split_path_equals_the_merged_parameters():
     layer = _partitioned("pad", "neuron")
-    static_idx, dynamic_idx = layer.neuron_split()
+    static_idx, dynamic_idx, _ = layer.neuron_mode.structured_split()
     assert 0 < dynamic_idx.numel() < F and static_idx.numel() + dynamic_idx.numel() == F
     x = torch.randn(33, H)
     split = layer(x)
-    layer._path = "_merged"
+    layer.structured = False
     torch.testing.assert_close(split, layer(x), atol=1e-5, rtol=1e-5)
 
 
 def test_moe_p_zeroes_the_pruned_elements_of_every_expert():
     layer = _partitioned("prune", "element")
-    experts, _, static = layer._merged()
+    experts, _, static = layer.computational_parameters()
     assert static is None
     mask = layer.neuron_mode.mask[0].bool()
     assert not experts[:, ~mask].any() and experts[:, mask].ne(0).any()

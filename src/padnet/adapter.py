@@ -406,7 +406,7 @@ def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
     """The exact ``nn.Conv2d`` of a dynamic convolution whose every mask is static (λs · Θ̄), else None."""
     if not isinstance(layer, PADConv2d) or isinstance(layer, SparseDynamicConv2d):
         return None
-    modes = [mode for _, mode, _ in layer.mode_pairs()]
+    modes = [mode for _, mode, _ in layer.mode_pairs() if mode.partial]
     if any(mode.semantics != "static" or bool(mode.mask.any()) for mode in modes):
         return None
     lam_s, _ = layer.scales()

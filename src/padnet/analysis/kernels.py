@@ -79,7 +79,7 @@ def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
     layers = _dynamic_layers(model)
     if not layers:
         raise ConfigError("the model has no DY-Conv layers to prune")
-    if any(layer.partial or isinstance(layer, SparseDynamicConv2d) for _, layer in layers):
+    if any(layer.mode_pairs() for _, layer in layers):  # masks: PAD-Net or SD-Conv
         raise ConfigError("magnitude pruning takes a DY-Conv model (not PAD-Net or SD-Conv)")
     magnitudes = torch.cat([layer.weight.abs().flatten() for _, layer in layers])
     cut = float(torch.kthvalue(magnitudes, max(1, round(sparsity * magnitudes.numel()))).values) if sparsity else 0.0

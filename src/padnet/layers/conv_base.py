@@ -98,9 +98,8 @@ class DynamicConvBase(nn.Module):
         """Apply ``init_fn`` (e.g. ``nn.init.kaiming_normal_``) to each kernel Θᵢ and to Θ̄ if present."""
         for w in self.weight:
             init_fn(w)
-        static = getattr(self.weight_mode, "static", None)
-        if static is not None:
-            init_fn(static)
+        if self.weight_mode.static is not None:
+            init_fn(self.weight_mode.static)
 
     @torch.no_grad()
     def load_static(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -112,8 +111,8 @@ class DynamicConvBase(nn.Module):
         self.weight.copy_(weight.expand_as(self.weight))
         if bias is not None:
             self.bias.copy_(bias.expand_as(self.bias))  # (k, Cout) per kernel, or one static (Cout)
-        for mode, value in ((self.weight_mode, weight), (getattr(self, "bias_mode", None), bias)):
-            if value is not None and hasattr(mode, "static"):
+        for mode, value in ((self.weight_mode, weight), (self.bias_mode, bias)):
+            if value is not None and mode.static is not None:
                 mode.static.copy_(value)
 
     def update_temperature(self, temperature: float) -> None:

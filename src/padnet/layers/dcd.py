@@ -83,7 +83,7 @@ class DCDConv2d(DynamicConvBase):
             self.fusion = DynamicVector(hidden, latent * latent, "identity", static_value=0.0, **vector)
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
-        """(suffix, mode, dynamic factors) of the masked Λ and Φ (PAD form only)."""
+        """(suffix, mode, dynamic factors) of the masked Λ and Φ (PAD form only; ``MaskedLayer`` protocol)."""
         return self.scale.mode_pair("scale") + (self.fusion.mode_pair("fusion") if self.fusion else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

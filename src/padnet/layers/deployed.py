@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import ConfigError, check_choice
 from . import formulations as forms
 from .conv_base import DynamicConvBase
+from .modes import SplitCache, StructuredSplit, aggregate
 
 LAYOUTS = ("dense", "elements", "filters")
 
@@ -87,7 +88,7 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
             self.register_buffer("dynamic_index", torch.zeros(num_dynamic, dtype=torch.long))
         self.dynamic_bias = nn.Parameter(torch.zeros(k, cout)) if dynamic_bias else None
         self.static_bias = nn.Parameter(torch.zeros(cout)) if static_bias else None
-        self._split_key, self._split = None, None
+        self._splits = SplitCache()
 
     @property
     def config(self) -> dict:
@@ -100,8 +101,8 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
     @torch.no_grad()
     def from_layer(cls, layer: nn.Module, bn: nn.BatchNorm2d | None = None) -> DeployedConv2d:
         """Fold a trained DY-Conv / CondConv / PAD-Net layer (and the BatchNorm that follows it) into the
-        deployment form. The layer's masks choose the layout: none → ``"dense"``; filter-granular masks
-        (groups 1 or depthwise, static semantics) → ``"filters"``; otherwise ``"elements"``. SD-Conv takes
+        deployment form. The layer's masks choose the layout: none → ``"dense"``; a ``structured`` layer
+        (filter-granular masks, groups 1 or depthwise, static semantics) → ``"filters"``; otherwise ``"elements"``. SD-Conv takes
         ``"dense"`` with its pruned weights zero: aggregating only the positions kept in some kernel was
         measured slower here (docs/sdconv.md), and the saved file stores the kept weights only either way."""
         from .dynamic_conv import DynamicConv2d
@@ -117,7 +118,7 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         static = w_mode.static_part(lam_s)
         if not w_mode.partial:  # DY-Conv, CondConv and SD-Conv (zeros in its kernels; see docs/sdconv.md)
             layout, dynamic = "dense", None
-        elif layer._filter_structured:
+        elif layer.structured:
             layout, dynamic = "filters", w_mode.mask.reshape(-1) > 0
         else:
             layout, dynamic = "elements", w_mode.element_mask().amax(0).reshape(-1) > 0
@@ -140,7 +141,7 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
             if static is not None:
                 out.static_weight.copy_(static * scale.reshape(-1, 1, 1, 1))
         else:
-            static_idx, dynamic_idx, _ = forms.split_filters(dynamic)
+            static_idx, dynamic_idx, _ = StructuredSplit.of(dynamic)
             out.dynamic_index.copy_(dynamic_idx)
             out.dynamic_weight.copy_(kernels[:, dynamic_idx])
             out.static_weight.copy_((static * scale.reshape(-1, 1, 1, 1))[static_idx])
@@ -150,16 +151,14 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
             out.static_bias.copy_(static_bias)
         return out.train(layer.training)
 
-    def _filter_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(static filters, dynamic filters, inverse order), recomputed only when ``dynamic_index`` changes."""
+    def structured_split(self) -> StructuredSplit | None:
+        """The static and dynamic filters of the ``"filters"`` layout (cached per ``dynamic_index`` pattern,
+        :class:`~padnet.layers.modes.SplitCache`); None for the other layouts."""
+        if self.layout != "filters":
+            return None
         index = self.dynamic_index
-        if self._split is not None and torch.compiler.is_compiling():
-            return self._split  # traced for export: the split of the last eager forward is a constant
-        if self._split_key is None or not torch.equal(index, self._split_key):
-            dynamic = torch.zeros(self.out_channels, dtype=torch.bool, device=index.device)
-            dynamic[index] = True
-            self._split, self._split_key = forms.split_filters(dynamic), index.clone()
-        return self._split
+        dynamic = torch.zeros(self.out_channels, dtype=torch.bool, device=index.device).index_fill_(0, index, True)
+        return self._splits(dynamic)
 
     def dense_kernels(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Dynamic factors scattered to full kernels (k, Cout, Cin/g, kh, kw) and the full static kernel or
@@ -170,7 +169,7 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         if self.layout == "elements":
             flat = self.dynamic_weight.new_zeros(k, self.static_weight.numel())
             return flat.index_copy(1, self.dynamic_index, self.dynamic_weight).reshape(k, *shape), self.static_weight
-        static_idx, dynamic_idx, _ = self._filter_split()
+        static_idx, dynamic_idx, _ = self.structured_split()
         kernels = self.dynamic_weight.new_zeros(k, *shape).index_copy(1, dynamic_idx, self.dynamic_weight)
         static = self.static_weight.new_zeros(shape).index_copy(0, static_idx, self.static_weight)
         return kernels, static
@@ -182,14 +181,14 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         if self.static_bias is not None:
             bias = self.static_bias.expand(x.shape[0], -1) if bias is None else bias + self.static_bias
         if self.layout == "filters":
-            split = self._filter_split()
+            split = self.structured_split()
             out = forms.filter_split(x, coeffs, self.static_weight, self.dynamic_weight, split, path,
                                      self.geometry, self.depthwise)
         elif path == "batched":
             out = forms.batched(x, coeffs, *self.dense_kernels(), self.geometry)
         else:
             if self.layout == "dense":
-                weight = forms.aggregate(coeffs, self.dynamic_weight)
+                weight = aggregate(coeffs, self.dynamic_weight)
             else:  # S + Σᵢ πᵢ Dᵢ, aggregating the dynamic elements only
                 flat = self.static_weight.reshape(1, -1).expand(x.shape[0], -1)
                 weight = flat.index_add(1, self.dynamic_index, coeffs @ self.dynamic_weight)

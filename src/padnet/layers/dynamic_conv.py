@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from . import formulations as forms
 from .attention import KernelAttention
 from .conv_base import PAD_OPTIONS, DynamicConvBase
-from .modes import make_mode
+from .modes import StructuredSplit, make_mode, with_masks
 
 
 class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
@@ -66,7 +66,6 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if num_kernels < 1:
             raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
-        self._split_key, self._split = None, None  # filter split, cached per mask pattern
         self.formulation = formulation
         self.num_kernels = num_kernels
         shape = self.kernel_shape
@@ -85,17 +84,34 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         self.weight_mode = make_mode(self.partial, shape, self.num_kernels, static_init=static_w, **opts)
         self.bias_mode = make_mode(self.partial and self.bias is not None, (self.out_channels,), self.num_kernels,
                                    static_init=torch.zeros(self.out_channels), **opts)
-        self._filter_structured = (self.partial and opts["granularity"] == "filter" and opts["semantics"] == "static"
-                                   and (self.groups == 1 or self.depthwise))
-        if self._filter_structured:
-            self._rule = forms.filter_rule
+        # static filters can run as one plain convolution: filter masks with static semantics, groups 1 or
+        # depthwise (decided once; ``structured`` switches it off)
+        self._structurable = (self.partial and opts["granularity"] == "filter" and opts["semantics"] == "static"
+                              and (self.groups == 1 or self.depthwise))
+        self.structured = self._structurable
+
+    @property
+    def structured(self) -> bool:
+        """Whether a filter-granular PAD-Net layer runs its static filters as one plain convolution and only its
+        dynamic filters through the dynamic path (default where possible). ``False`` forces the element-wise
+        form, which computes the same; setting ``True`` where the layer cannot split raises ConfigError."""
+        return self._structured
+
+    @structured.setter
+    def structured(self, value: bool) -> None:
+        if value and not self._structurable:
+            raise ConfigError(f"{type(self).__name__} cannot run structured: that needs filter-granular masks "
+                              "with static semantics and groups 1 or depthwise")
+        self._structured = bool(value)
+        self._rule = forms.filter_rule if self._structured else forms.rule
+        self.formulation = self.formulation  # the per-shape choices follow the rule
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
-        """(suffix, mode, dynamic factors) for each masked tensor; used by mode partition and deployment."""
+        """(suffix, mode, dynamic factors) of the masked kernels and biases (``MaskedLayer`` protocol)."""
         pairs = [("weight", self.weight_mode, self.weight)]
         if self.bias is not None:
             pairs.append(("bias", self.bias_mode, self.bias))
-        return [p for p in pairs if getattr(p[1], "partial", False)]
+        return with_masks(pairs)
 
     def reset_parameters(self) -> None:
         """Initialise each kernel like ``nn.Conv2d`` (Kaiming-uniform, a = √5)."""
@@ -110,7 +126,7 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         coeffs = self.attention(x)  # (B, k)
         lam_s, lam_d = self.scales()
         bias = None if self.bias is None else self.bias_mode.aggregate(coeffs, self.bias, lam_s, lam_d)
-        split = self._filter_split()
+        split = self.structured_split()
         if split is not None:
             static, dynamic = split[0], split[1]
             out = forms.filter_split(x, coeffs, self.weight_mode.static[static] * lam_s,
@@ -123,22 +139,10 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
             return forms.PER_SAMPLE[path](x, weight, bias, self.geometry)
         return out if bias is None else out + bias[..., None, None]
 
-    def _filter_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(static filters, dynamic filters, inverse order) when the structured path applies, else None.
-
-        Applies to filter-granular PAD-Net layers (static semantics, groups 1 or depthwise) whose mask is
-        not being differentiated (mode partition relaxes it); recomputed only when the mask changes (however it
-        was written: the Cout mask values are compared at each call).
-        """
-        mode = self.weight_mode
-        if not self._filter_structured or mode.mask.requires_grad:
-            return None
-        if self._split is not None and torch.compiler.is_compiling():
-            return self._split  # traced for export: the split of the last eager forward is a constant
-        dynamic = mode.mask.reshape(-1) > 0  # (Cout,): compared, not trusted to a version counter
-        if self._split_key is None or not torch.equal(dynamic, self._split_key):
-            self._split, self._split_key = forms.split_filters(dynamic), dynamic
-        return self._split
+    def structured_split(self) -> StructuredSplit | None:
+        """The static and dynamic filters when the structured path applies (``structured`` and a fixed mask;
+        mode partition differentiates a relaxed one), else None. Cached per mask pattern (``SplitCache``)."""
+        return self.weight_mode.structured_split() if self._structured else None
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.num_kernels}, bias={self.bias is not None}"

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import check_choice
+from .modes import StructuredSplit, aggregate
 
 FORMULATIONS = ("grouped", "per_sample", "batched")
 
@@ -106,13 +107,8 @@ def filter_rule(batch: int, pixels: int, grad: bool) -> str:
     return "grouped" if pixels >= 32 else "batched"
 
 
-def aggregate(coeffs: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Σᵢ π_bi Θᵢ: ``coeffs`` (B, k), ``kernels`` (k, *shape) → (B, *shape)."""
-    return (coeffs @ kernels.reshape(kernels.shape[0], -1)).reshape(coeffs.shape[0], *kernels.shape[1:])
-
-
 def filter_split(x: torch.Tensor, coeffs: torch.Tensor, static: torch.Tensor, kernels: torch.Tensor,
-                 split: tuple[torch.Tensor, torch.Tensor, torch.Tensor], path: str, geo: ConvGeometry,
+                 split: StructuredSplit, path: str, geo: ConvGeometry,
                  depthwise: bool) -> torch.Tensor:
     """Structured PAD-Net convolution: static filters as one plain convolution, dynamic filters through ``path``.
 
@@ -136,12 +132,6 @@ def filter_split(x: torch.Tensor, coeffs: torch.Tensor, static: torch.Tensor, ke
             parts.append(PER_SAMPLE[path](xs, aggregate(coeffs, weight), None, g))
     out = torch.cat(parts, 1)
     return out if len(parts) == 1 else out.index_select(1, inverse)
-
-
-def split_filters(dynamic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(static filter indices, dynamic filter indices, inverse order) of a boolean (Cout,) vector."""
-    static_idx, dynamic_idx = (~dynamic).nonzero().flatten(), dynamic.nonzero().flatten()
-    return static_idx, dynamic_idx, torch.argsort(torch.cat([static_idx, dynamic_idx]))
 
 
 PER_SAMPLE = {"grouped": grouped, "per_sample": per_sample}
@@ -169,6 +159,11 @@ class FormulationChoice:
             pixels = math.prod(self.output_size(shape[2:]))
             path = self._paths[key] = self._rule(shape[0], pixels, key[1])
         return path
+
+    @property
+    def chosen_paths(self) -> dict[tuple[tuple[int, ...], bool], str]:
+        """What ``"auto"`` has chosen so far: (input shape, grad mode) → formulation (a copy)."""
+        return dict(self._paths)
 
     def set_path(self, shape: tuple[int, ...], grad: bool, path: str) -> None:
         """Fix the formulation ``"auto"`` uses for inputs of ``shape`` in grad mode ``grad``."""

@@ -26,6 +26,7 @@ Scale factors (paper Table 3): ``"constrained"`` (λs + λd = 2 via one trainabl
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -38,6 +39,95 @@ GRANULARITIES = ("shared", "kernel", "filter")  # what convolution layers offer
 # (2H + 1, F) layout of MoE experts)
 MODE_GRANULARITIES = (*GRANULARITIES, "column")
 SEMANTICS = ("static", "zero")
+
+
+def aggregate(coeffs: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Σᵢ π_bi Θᵢ (PAD-Net eq. 1): ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape), one matmul."""
+    return (coeffs @ factors.reshape(factors.shape[0], -1)).reshape(coeffs.shape[0], *factors.shape[1:])
+
+
+class StructuredSplit(NamedTuple):
+    """Static and dynamic slices of a structured mask (whole filters or neurons).
+
+    ``static`` (n_s,) and ``dynamic`` (n_d,) are slice indices in ascending order; ``inverse`` (n_s + n_d,)
+    puts outputs computed as ``[static slices, dynamic slices]`` back in the original order.
+    """
+
+    static: torch.Tensor
+    dynamic: torch.Tensor
+    inverse: torch.Tensor
+
+    @classmethod
+    def of(cls, dynamic: torch.Tensor) -> StructuredSplit:
+        """The split of a boolean vector (n,) that is True at dynamic slices."""
+        static_idx, dynamic_idx = (~dynamic).nonzero().flatten(), dynamic.nonzero().flatten()
+        return cls(static_idx, dynamic_idx, torch.argsort(torch.cat([static_idx, dynamic_idx])))
+
+
+class SplitCache:
+    """The :class:`StructuredSplit` of a boolean vector, recomputed only when the vector's values change.
+
+    The one cache rule of every structured fast path (PAD-Net convolution, its deployed form, PAD-MoE): the
+    vector is compared with the last one at each call (n booleans), so a mask written in any way (``copy_``,
+    replaced, loaded) is seen. While ``torch.compile``/``torch.export`` traces, the split of the last eager
+    call is a constant.
+    """
+
+    def __init__(self):
+        self._key: torch.Tensor | None = None
+        self._split: StructuredSplit | None = None
+
+    def __call__(self, dynamic: torch.Tensor) -> StructuredSplit:
+        if self._split is not None and torch.compiler.is_compiling():
+            return self._split
+        if self._key is None or self._key.device != dynamic.device or not torch.equal(dynamic, self._key):
+            self._split, self._key = StructuredSplit.of(dynamic), dynamic.clone()
+        return self._split
+
+
+@runtime_checkable
+class Mode(Protocol):
+    """What a dynamic layer asks of the mode of one tensor of k dynamic factors Θ (k, *shape).
+
+    Implemented by :class:`PartialMode` (PAD-Net), :class:`FullyDynamic` (DY-Conv, CondConv, MoE) and
+    :class:`~padnet.layers.sdconv.ThresholdMask` (SD-Conv). Layers, mode partition, counting and deployment
+    use only these members, so a layer chooses its code path once and nobody probes for attributes.
+
+    ``partial``: whether mode partition sets this mode's mask (PAD-Net eq. 7–8); False when every element
+    is dynamic or the mask follows from the weights (SD-Conv). ``static``: the static parameters Θ̄ (shape
+    ``shape``), or None when the mode has none.
+    """
+
+    partial: bool
+    static: nn.Parameter | None
+
+    def dynamic_part(self, factors: torch.Tensor, lam_d=1.0) -> torch.Tensor:
+        """The dynamic factors as the layer mixes them, (k, *shape) → (k, *shape)."""
+
+    def static_part(self, lam_s=1.0) -> torch.Tensor | None:
+        """The static term, shape ``shape``, or None."""
+
+    def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """Computational parameters per sample: ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
+
+    def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """Input-generated parameters (B, *shape) mixed with the static term → (B, *shape)."""
+
+    def merged(self, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """Each factor's computational parameters (dynamic part + static term), (k, *shape)."""
+
+    def structured_split(self) -> StructuredSplit | None:
+        """The static and dynamic slices of a structured, fixed mask; None when there is none to exploit."""
+
+    def hard_mask(self, factors: torch.Tensor) -> torch.Tensor:
+        """Where each factor is dynamic, booleans (k, *shape)."""
+
+    def compact_counts(self, factors: torch.Tensor) -> dict[str, int]:
+        """Elements a compact model stores: ``dynamic`` (dynamic factor values) and ``static`` (Θ̄ values)."""
+
+    def skipped_macs(self, factors: torch.Tensor, pixels: int) -> int:
+        """Multiply-accumulates of one input that the compact form skips, against the dense count, for a
+        layer with ``pixels`` output positions (see :mod:`padnet.metrics.counting`)."""
 
 
 class ScaleFactors(nn.Module):
@@ -94,6 +184,7 @@ class FullyDynamic(nn.Module):
     """
 
     partial = False
+    static = None
 
     def dynamic_part(self, factors: torch.Tensor, lam_d=1.0) -> torch.Tensor:
         """Return the dynamic factors unchanged, shape (k, *shape)."""
@@ -104,11 +195,30 @@ class FullyDynamic(nn.Module):
 
     def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """Σᵢ πᵢ Θᵢ per sample (PAD-Net eq. 1). ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
-        return (coeffs @ factors.reshape(factors.shape[0], -1)).reshape(coeffs.shape[0], *factors.shape[1:])
+        return aggregate(coeffs, factors)
 
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """Input-generated parameters (e.g. attention vectors), returned unchanged: (B, *shape)."""
         return values
+
+    def merged(self, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """The factors themselves, (k, *shape)."""
+        return factors
+
+    def structured_split(self) -> None:
+        """No mask, nothing to split."""
+
+    def hard_mask(self, factors: torch.Tensor) -> torch.Tensor:
+        """All True, (k, *shape)."""
+        return torch.ones_like(factors, dtype=torch.bool)
+
+    def compact_counts(self, factors: torch.Tensor) -> dict[str, int]:
+        """Every factor element is stored."""
+        return {"dynamic": factors.numel(), "static": 0}
+
+    def skipped_macs(self, factors: torch.Tensor, pixels: int) -> int:
+        """Nothing is skipped."""
+        return 0
 
 
 class PartialMode(nn.Module):
@@ -154,10 +264,15 @@ class PartialMode(nn.Module):
         else:
             mask_shape = (1 if granularity == "shared" else num_factors, *self.shape)
         self.register_buffer("mask", torch.ones(mask_shape))
+        # whole filters (first dimension) or neurons (last dimension) can run as separate static and dynamic
+        # parts; the split is kept per mask pattern
+        self._split_dim = {"filter": 0, "column": len(self.shape) - 1}.get(granularity)
+        self._splits = SplitCache()
         # elements of one factor covered by one mask element (a whole filter or column for those granularities)
         self.block = math.prod(self.shape) // math.prod(mask_shape[1:])
         # aggregation MACs of one mask element (callers whose factors include a bias row set it lower)
         self.macs_per_element = self.block * (1 if granularity == "kernel" else num_factors)
+        self.static: nn.Parameter | None = None  # Θ̄, with static semantics only
         if semantics == "static":
             init = torch.zeros(self.shape) if static_init is None else static_init.detach().clone()
             self.static = nn.Parameter(init.reshape(self.shape))
@@ -168,7 +283,7 @@ class PartialMode(nn.Module):
 
     def static_part(self, lam_s=1.0) -> torch.Tensor | None:
         """λs · (1 − M̄) ⊙ Θ̄, shape ``shape``; None for ``"zero"`` semantics."""
-        if self.semantics == "zero":
+        if self.static is None:
             return None
         static_share = 1.0 - self.mask.mean(0)  # M̄ over the k masks: (*shape)
         return self.static * (static_share * lam_s)
@@ -178,10 +293,28 @@ class PartialMode(nn.Module):
 
         ``coeffs`` (B, k), ``factors`` (k, *shape), ``lam_s``/``lam_d`` scalars → (B, *shape).
         """
-        dynamic = self.dynamic_part(factors, lam_d).reshape(factors.shape[0], -1)
-        out = (coeffs @ dynamic).reshape(coeffs.shape[0], *factors.shape[1:])
+        out = aggregate(coeffs, self.dynamic_part(factors, lam_d))
         static = self.static_part(lam_s)
         return out if static is None else out + static
+
+    def merged(self, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """Each factor's computational parameters λd · Mᵢ ⊙ Θᵢ + λs · (1 − M̄) ⊙ Θ̄ (PAD-Net eq. 4 before
+        mixing; the deployed MoE experts), (k, *shape) → (k, *shape)."""
+        dynamic = self.dynamic_part(factors, lam_d)
+        static = self.static_part(lam_s)
+        return dynamic if static is None else dynamic + static
+
+    def structured_split(self) -> StructuredSplit | None:
+        """The static and dynamic filters (``"filter"``) or neurons (``"column"``) of the mask, cached per mask
+        pattern (:class:`SplitCache`); None for element masks and while mode partition differentiates a
+        relaxed mask (the merged form keeps ∂L/∂M)."""
+        if self._split_dim is None or self.mask.requires_grad:
+            return None
+        return self._splits(self.mask.reshape(-1) > 0)
+
+    def hard_mask(self, factors: torch.Tensor | None = None) -> torch.Tensor:
+        """Where each factor is dynamic: booleans (k, *shape) (mask lead 1 expanded to k)."""
+        return self.element_mask().expand(self.num_factors, *self.shape) > 0
 
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """PAD-Net eq. 4 for parameters generated per sample rather than mixed from factors.
@@ -220,8 +353,8 @@ class PartialMode(nn.Module):
         """The mask expanded to one value per element: (mask lead, *shape) (a view)."""
         return self.mask.expand(self.mask.shape[0], *self.shape)
 
-    def compact_counts(self) -> dict[str, int]:
-        """Elements a compact model must store for this tensor.
+    def compact_counts(self, factors: torch.Tensor | None = None) -> dict[str, int]:
+        """Elements a compact model must store for this tensor (the factors' values are not needed).
 
         ``dynamic``: dynamic factors at dynamic positions (k·‖M‖₀ shared, ‖M‖₀ per kernel);
         ``static``: static parameters at positions that are not fully dynamic.
@@ -229,9 +362,14 @@ class PartialMode(nn.Module):
         on = int(self.mask.bool().sum()) * self.block
         dynamic = on * (1 if self.granularity == "kernel" else self.num_factors)
         static = 0
-        if self.semantics == "static":
+        if self.static is not None:
             static = int((self.mask.mean(0) < 1).sum()) * self.block
         return {"dynamic": dynamic, "static": static}
+
+    def skipped_macs(self, factors: torch.Tensor | None = None, pixels: int = 1) -> int:
+        """Aggregation MACs of the static mask elements, which the compact form does not aggregate (each
+        costs ``macs_per_element``; the convolution itself is unchanged)."""
+        return int((self.mask == 0).sum()) * self.macs_per_element
 
     def extra_repr(self) -> str:
         return (
@@ -252,6 +390,36 @@ def make_mode(
     if not partial:
         return FullyDynamic()
     return PartialMode(shape, num_factors, granularity, semantics, static_init)
+
+
+def mode_tensors(model: nn.Module) -> list[tuple[str, Mode, torch.Tensor]]:
+    """Every (qualified name, mode, dynamic factors) of ``model``'s layers, each mode once, in module order.
+
+    Layers list theirs through ``mode_pairs()`` (suffix, mode, factors); a mode shared by several layers
+    (ALBERT) comes with its first.
+    """
+    out, seen = [], set()
+    for name, module in model.named_modules():
+        if not isinstance(module, MaskedLayer):
+            continue
+        for suffix, mode, factors in module.mode_pairs():
+            if id(mode) not in seen:
+                seen.add(id(mode))
+                out.append((f"{name}.{suffix}" if name else suffix, mode, factors))
+    return out
+
+
+def with_masks(pairs: list[tuple[str, Mode, torch.Tensor]]) -> list[tuple[str, Mode, torch.Tensor]]:
+    """The (suffix, mode, factors) of ``pairs`` whose mode has a mask (all but :class:`FullyDynamic`)."""
+    return [p for p in pairs if not isinstance(p[1], FullyDynamic)]
+
+
+@runtime_checkable
+class MaskedLayer(Protocol):
+    """A layer with masked dynamic factors: ``mode_pairs()`` lists (suffix, :class:`Mode`, factors (k, *shape))
+    for each of its tensors whose mode has a mask (PAD-Net's or SD-Conv's; :func:`with_masks`)."""
+
+    def mode_pairs(self) -> list[tuple[str, Mode, torch.Tensor]]: ...
 
 
 def partial_modes(model: nn.Module) -> list[tuple[str, PartialMode]]:

@@ -268,15 +268,30 @@ class MoEFeedForward(nn.Module):
         self.neuron_mode = make_mode(partial, (2 * hidden_size + 1, intermediate_size), num_experts,
                                      "column" if neuron else "shared", semantics)
         # the output bias: element-wise masks, or one mask element for the whole vector with neuron masks
-        self.bias_mode = make_mode(partial, (1, hidden_size) if neuron else (hidden_size,), num_experts,
-                                   "filter" if neuron else "shared", semantics)
+        self._bias_shape = (1, hidden_size) if neuron else (hidden_size,)
+        self.bias_mode = make_mode(partial, self._bias_shape, num_experts, "filter" if neuron else "shared",
+                                   semantics)
         self.scale = ScaleFactors(scale_mode if mode == "pad" else "none") if partial else None
         self.aux_loss: torch.Tensor | None = None
-        self._split_cache: tuple | None = None
         self._no_grad_cache: tuple | None = None  # computational parameters of unchanged weights, no autograd
-        # the parameter path, chosen once (a name, so copies stay correct): merged per-expert weights, or
-        # the neuron split of a fixed mask
-        self._path = "_split" if partial and neuron else ("_merged" if partial else "_dynamic")
+        self._structurable = partial and neuron
+        self.structured = self._structurable
+
+    @property
+    def structured(self) -> bool:
+        """Whether neuron masks run the static neurons as one shared FFN and only the dynamic neurons as
+        experts (default where possible: PAD-MoE and MoE-P with ``granularity="neuron"``). ``False`` forces
+        the merged per-expert parameters, which compute the same; setting ``True`` where the layer cannot
+        split raises ConfigError."""
+        return self._path == "_split"
+
+    @structured.setter
+    def structured(self, value: bool) -> None:
+        if value and not self._structurable:
+            raise ConfigError("only a PAD-MoE or MoE-P layer with neuron masks can run structured")
+        # the parameter path, chosen here (a name, so copies stay correct)
+        self._path = "_split" if value else ("_dynamic" if self.mode == "dynamic" else "_merged")
+        self._no_grad_cache = None
 
     @property
     def top_k(self) -> int:
@@ -315,10 +330,11 @@ class MoEFeedForward(nn.Module):
         return layer
 
     def mode_pairs(self):
-        """The masked tensors (for mode partition): neuron columns (E, 2H + 1, F) and output biases."""
+        """(suffix, mode, dynamic factors) of the masked neuron columns (E, 2H + 1, F) and output biases
+        (PAD-MoE and MoE-P; ``MaskedLayer`` protocol)."""
         if self.mode == "dynamic":
             return []
-        bias = self.expert_bias.reshape(self.num_experts, *self.bias_mode.shape)
+        bias = self.expert_bias.reshape(self.num_experts, *self._bias_shape)
         return [("experts", self.neuron_mode, self.experts), ("expert_bias", self.bias_mode, bias)]
 
     # ------------------------------------------------------------------ computational parameters
@@ -327,35 +343,23 @@ class MoEFeedForward(nn.Module):
         return self.experts, self.expert_bias, None
 
     def _merged_bias(self, lam_s, lam_d) -> torch.Tensor:
-        bias = self.expert_bias.reshape(self.num_experts, *self.bias_mode.shape)
-        out = self.bias_mode.dynamic_part(bias, lam_d)
-        static = self.bias_mode.static_part(lam_s)
-        return (out if static is None else out + static).reshape(self.num_experts, self.hidden_size)
+        bias = self.expert_bias.reshape(self.num_experts, *self._bias_shape)
+        return self.bias_mode.merged(bias, lam_s, lam_d).reshape(self.num_experts, self.hidden_size)
 
     def _merged(self):
         """Per-expert computational parameters λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ (PAD-Net eq. 4)."""
         lam_s, lam_d = self.scale()
-        experts = self.neuron_mode.dynamic_part(self.experts, lam_d)
-        static = self.neuron_mode.static_part(lam_s)
-        return (experts if static is None else experts + static), self._merged_bias(lam_s, lam_d), None
-
-    def neuron_split(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices of the static and the dynamic neurons of a neuron-granular mask (cached per mask)."""
-        mask = self.neuron_mode.mask
-        key = (mask.data_ptr(), mask._version)
-        if self._split_cache is None or self._split_cache[0] != key:
-            dynamic = mask.reshape(-1) > 0
-            self._split_cache = (key, (~dynamic).nonzero().squeeze(1), dynamic.nonzero().squeeze(1))
-        return self._split_cache[1], self._split_cache[2]
+        return self.neuron_mode.merged(self.experts, lam_s, lam_d), self._merged_bias(lam_s, lam_d), None
 
     def _split(self):
         """Static neurons as one shared FFN, dynamic neurons as narrower experts (neuron granularity)."""
         # mode partition swaps in a relaxed, differentiable mask while it scores (partitioning/scores.py):
-        # the merged form keeps ∂L/∂M; a fixed binary mask takes the cheaper split
-        if self.neuron_mode.mask.requires_grad:
+        # then there is no split and the merged form keeps ∂L/∂M
+        split = self.neuron_mode.structured_split()
+        if split is None:
             return self._merged()
         lam_s, lam_d = self.scale()
-        static_idx, dynamic_idx = self.neuron_split()
+        static_idx, dynamic_idx = split.static, split.dynamic
         experts = self.experts.index_select(2, dynamic_idx) * lam_d
         static = None
         if self.mode == "pad" and static_idx.numel():

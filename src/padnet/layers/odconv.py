@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ConfigError
 from .attention import TemperatureRouting
 from .conv_base import PAD_OPTIONS, DynamicConvBase
-from .modes import make_mode
+from .modes import FullyDynamic, make_mode, with_masks
 from .vectors import DynamicVector
 
 
@@ -68,7 +68,7 @@ class OmniAttention(TemperatureRouting):
 
     def vector_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """Masked attention vectors as (suffix, mode, factors), for the layer's ``mode_pairs`` (a name of its
-        own, so mode partition does not collect them twice)."""
+        own, so they are not collected twice)."""
         return [pair for name in ("channel", "filter", "spatial")
                 if getattr(self, name) is not None for pair in getattr(self, name).mode_pair(f"attention.{name}")]
 
@@ -113,13 +113,14 @@ class ODConv2d(DynamicConvBase):
         # one kernel is static already: only a bank of k > 1 kernels gets a mask
         self.weight_mode = make_mode(self.partial and num_kernels > 1, shape, num_kernels, static_init=static_w,
                                      **opts)
+        self.bias_mode = FullyDynamic()  # the bias is static and unmasked
         # chosen once: one shared kernel (k = 1 and a 1×1 kernel) or a kernel per sample
         self._per_sample = self.attention.kernel is not None or self.attention.spatial is not None
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
-        """(suffix, mode, dynamic factors) of every masked tensor: the kernels (k > 1) and the attentions."""
-        pairs = [("weight", self.weight_mode, self.weight)] if self.weight_mode.partial else []
-        return pairs + self.attention.vector_pairs()
+        """(suffix, mode, dynamic factors) of the masked kernels (k > 1) and attention vectors
+        (``MaskedLayer`` protocol)."""
+        return with_masks([("weight", self.weight_mode, self.weight)]) + self.attention.vector_pairs()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam_s, lam_d = self.scales()

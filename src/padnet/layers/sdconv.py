@@ -22,8 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError, check_choice
 from .dynamic_conv import DynamicConv2d
-from .formulations import aggregate
-from .modes import FullyDynamic
+from .modes import FullyDynamic, aggregate
 
 STRATEGIES = ("different", "same")
 
@@ -37,11 +36,12 @@ class ThresholdMask(nn.Module):
         temperature: T of eq. 4 (> 0; default 1/1024).
         threshold: initial τ (in weight-magnitude units; 0 keeps every non-zero weight).
 
-    Parameters: ``threshold`` τ, a 0-d tensor. Same interface as the other modes
-    (:class:`~padnet.layers.modes.FullyDynamic`), so :class:`~padnet.layers.DynamicConv2d` runs it unchanged.
+    Parameters: ``threshold`` τ, a 0-d tensor. Implements :class:`~padnet.layers.modes.Mode`, so
+    :class:`~padnet.layers.DynamicConv2d` runs it unchanged and counting asks it what a compact model stores.
     """
 
     partial = False  # not partitioned by IMP: the mask follows from W and τ
+    static = None  # pruned weights are zero, not static
 
     def __init__(self, num_factors: int, strategy: str = "different", temperature: float = 1 / 1024,
                  threshold: float = 0.0):
@@ -77,10 +77,31 @@ class ThresholdMask(nn.Module):
         """Ŵ = Σᵢ πᵢ W̃ᵢ (eq. 6): ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
         return aggregate(coeffs, self.dynamic_part(factors))
 
+    def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """Generated parameters (B, *shape) thresholded like factors: M ⊙ values."""
+        return self.dynamic_part(values)
+
+    def merged(self, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
+        """The pruned kernels W̃ᵢ (no static term), (k, *shape)."""
+        return self.dynamic_part(factors)
+
+    def structured_split(self) -> None:
+        """Element masks: no structured split."""
+
     @torch.no_grad()
     def hard_mask(self, factors: torch.Tensor) -> torch.Tensor:
         """The binary masks as booleans, (k, *shape) (the same mask repeated for ``"same"``)."""
         return (self.soft_mask(factors) > 0.5).expand_as(factors)
+
+    def compact_counts(self, factors: torch.Tensor) -> dict[str, int]:
+        """A compact model stores the kept weights only (SD-Conv §4.3)."""
+        return {"dynamic": int(self.hard_mask(factors).sum()), "static": 0}
+
+    def skipped_macs(self, factors: torch.Tensor, pixels: int) -> int:
+        """Convolution MACs at kernel positions zero in all k kernels (one per output pixel) and one
+        aggregation MAC per pruned weight (SD-Conv §4.3)."""
+        mask = self.hard_mask(factors)
+        return pixels * int((~mask.any(0)).sum()) + int((~mask).sum())
 
     def extra_repr(self) -> str:
         return f"strategy={self.strategy!r}, T={self.temperature:g}"
@@ -112,7 +133,8 @@ class SparseDynamicConv2d(DynamicConv2d):
         self._pad_options(options)  # no PAD-Net options: ConfigError naming any; λs = λd = 1
         self.weight_mode = ThresholdMask(self.num_kernels, *self._sparse_options)
         self.bias_mode = FullyDynamic()
-        self._filter_structured = False
+        self._structurable = False
+        self.structured = False
 
     def sparsity(self) -> dict[str, float]:
         """Layer sparsity (fraction of zeros over the k masked kernels) and kernel sparsity (fraction of

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .modes import make_mode
+from .modes import make_mode, with_masks
 
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
@@ -60,7 +60,7 @@ class DynamicVector(nn.Module):
 
     def mode_pair(self, name: str) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """``[(name, mode, factors)]`` when partially dynamic, else ``[]`` (see ``mode_pairs`` of the layers)."""
-        return [(name, self.mode, self.factors())] if self.mode.partial else []
+        return with_masks([(name, self.mode, self.factors())])
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"

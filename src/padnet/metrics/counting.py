@@ -17,33 +17,37 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError
 from ..layers.formulations import force_formulation
-from ..layers.modes import partial_modes
-from ..layers.sdconv import sparse_layers
+from ..layers.modes import MaskedLayer, mode_tensors
 
 
+@torch.no_grad()
 def count_parameters(model: nn.Module, compact: bool = True) -> int:
-    """Number of parameters (see module docstring); ``compact=False`` counts every stored element."""
+    """Number of parameters (see module docstring); ``compact=False`` counts every stored element.
+
+    Each mode says what a compact model stores of its tensor (``Mode.compact_counts``), in place of its
+    dynamic factors and static parameters.
+    """
     total = sum(p.numel() for p in model.parameters())
     if not compact:
         return total
-    for _, mode in partial_modes(model):
-        counts = mode.compact_counts()
-        stored = mode.factor_numel + (mode.static.numel() if hasattr(mode, "static") else 0)
+    for _, mode, factors in mode_tensors(model):
+        counts = mode.compact_counts(factors)
+        stored = factors.numel() + (0 if mode.static is None else mode.static.numel())
         total += counts["dynamic"] + counts["static"] - stored
-    for _, layer in sparse_layers(model):
-        total -= int((~layer.weight_mode.hard_mask(layer.weight)).sum())  # pruned weights are not stored
     return total
 
 
-def _aggregation_surplus(model: nn.Module) -> int:
-    """MACs of aggregating (or generating) non-dynamic elements, which the compact form skips."""
-    return sum(int((mode.mask == 0).sum()) * mode.macs_per_element for _, mode in partial_modes(model))
+def _output_pixels(out) -> int:
+    """Output positions of one sample of a layer's output (B, C, *spatial); 1 without spatial dimensions."""
+    return math.prod(out.shape[2:]) if isinstance(out, torch.Tensor) and out.dim() > 2 else 1
 
 
 @torch.no_grad()
@@ -53,16 +57,17 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = 
     The model runs once in eval mode (its mode is restored) with every dynamic convolution in the grouped
     formulation, so the count does not depend on the formulation a layer would choose.
     ``compact=False`` also counts aggregating the static positions of PAD-Net layers and the pruned weights of
-    SD-Conv layers.
+    SD-Conv layers; otherwise each mode subtracts what the compact form skips (``Mode.skipped_macs``).
 
     Raises:
         ConfigError: the input shape does not fit the model.
     """
     was_training = model.training
     model.eval()
-    pixels: dict[str, int] = {}  # output pixels of each SD-Conv layer
-    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: pixels.__setitem__(n, out[0, 0].numel()))
-             for n, m in sparse_layers(model)]
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MaskedLayer)]
+    pixels: dict[str, int] = {}  # output positions of each layer with dynamic factors
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: pixels.__setitem__(n, _output_pixels(out)))
+             for n, m in layers]
     try:
         param = next(model.parameters())
         x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)
@@ -81,14 +86,10 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = 
         model.train(was_training)
     if not compact:
         return macs
-    return macs - _aggregation_surplus(model) - _sparse_surplus(model, pixels)
-
-
-def _sparse_surplus(model: nn.Module, pixels: dict[str, int]) -> int:
-    """MACs the dense count spent on pruned SD-Conv weights: convolution MACs at positions zero in every
-    kernel (one per output pixel) and one aggregation MAC per pruned weight."""
-    surplus = 0
-    for name, layer in sparse_layers(model):
-        mask = layer.weight_mode.hard_mask(layer.weight)
-        surplus += pixels.get(name, 0) * int((~mask.any(0)).sum()) + int((~mask).sum())
-    return surplus
+    skipped, seen = 0, set()
+    for name, layer in layers:
+        for _, mode, factors in layer.mode_pairs():
+            if id(mode) not in seen:
+                seen.add(id(mode))
+                skipped += mode.skipped_macs(factors, pixels.get(name, 0))
+    return macs - skipped

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..layers.modes import MaskedLayer
 
 
 def normalised_performance(values) -> list[float]:
@@ -107,12 +108,11 @@ def layer_dynamic_ratios(model: nn.Module) -> dict[str, float]:
     shared by several layers count once, with the first."""
     out, seen = {}, set()
     for name, module in model.named_modules():
-        pairs = getattr(module, "mode_pairs", None)
-        if not callable(pairs):
+        if not isinstance(module, MaskedLayer):
             continue
         dynamic = elements = 0
-        for _, mode, _ in pairs():
-            if id(mode) not in seen:
+        for _, mode, _ in module.mode_pairs():
+            if mode.partial and id(mode) not in seen:
                 seen.add(id(mode))
                 dynamic, elements = dynamic + int(mode.mask.sum()), elements + mode.mask.numel()
         if elements:

@@ -214,8 +214,8 @@ def check_separation(tensors, floor: float = SEPARATION_FLOOR) -> float:
     """
     distance = size = 0.0
     for _, mode, factors in tensors:
-        static = getattr(mode, "static", None)
-        if static is None or getattr(mode, "semantics", "zero") != "static" or factors.shape[1:] != static.shape:
+        static = mode.static
+        if static is None or factors.shape[1:] != static.shape:
             continue
         distance += float((factors.detach() - static.detach()).abs().sum())
         size += float(static.detach().abs().sum()) * factors.shape[0]

@@ -21,22 +21,14 @@ from torch import nn
 
 from ..distributed import current
 from ..errors import ConfigError
+from ..layers.modes import mode_tensors
 
 MaskedTensor = tuple[str, nn.Module, torch.Tensor]  # (name, PartialMode, dynamic factors (k, *shape))
 
 
 def masked_tensors(model: nn.Module) -> list[MaskedTensor]:
-    """Every masked tensor of ``model`` once: layers expose them through ``mode_pairs()``."""
-    out, seen = [], set()
-    for name, module in model.named_modules():
-        pairs = getattr(module, "mode_pairs", None)
-        if not callable(pairs):
-            continue
-        for suffix, mode, factors in pairs():
-            if id(mode) not in seen:
-                seen.add(id(mode))
-                out.append((f"{name}.{suffix}" if name else suffix, mode, factors))
-    return out
+    """Every tensor of ``model`` whose mask mode partition sets (``Mode.partial``), each once."""
+    return [t for t in mode_tensors(model) if t[1].partial]
 
 
 def magnitude_scores(tensors: list[MaskedTensor]) -> list[torch.Tensor]:
