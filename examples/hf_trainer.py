@@ -17,9 +17,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 from transformers.utils import logging
 
 import padnet
-from padnet.integrations.transformers import PadTrainerCallback
-from padnet.nlp.finetune import resolve_model
-from padnet.nlp.text import encode, load_task, loader
+from padnet.training.integrations.transformers import PadTrainerCallback
+from padnet.training.nlp.finetune import resolve_model
+from padnet.training.data.text import encode, load_task, loader
 
 
 def subset(pairs, size):

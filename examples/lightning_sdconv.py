@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import padnet
-from padnet.data.digits import load_digits_data
-from padnet.integrations.lightning import PadCallback
+from padnet.training.data.digits import load_digits_data
+from padnet.training.integrations.lightning import PadCallback
 
 
 class Classifier(L.LightningModule):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import padnet
-from padnet.data import load_dataset, make_loader
+from padnet.training.data import load_dataset, make_loader
 
 
 def main(argv=None):

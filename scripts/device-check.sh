@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # padnet's checks on a CUDA machine (issue 19 E), in under 8 minutes on one GPU:
-#   1. tests/test_cuda.py: every layer type, formulation and granularity against the CPU result (outputs and
+#   1. tests/core/test_cuda.py: every layer type, formulation and granularity against the CPU result (outputs and
 #      gradients), the deployed form and its TorchScript export and saved folder, the MoE layers, a short
 #      training run;
 #   2. a short DDP run over NCCL when the machine has two GPUs or more;
@@ -23,7 +23,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
     | tee "$OUT/machine.txt"
 
 echo "== 1. CUDA tests" | tee -a "$OUT/machine.txt"
-timeout 300 "$PY" -m pytest tests/test_cuda.py -q -p no:warnings -p no:cacheprovider 2>&1 | tee "$OUT/test_cuda.txt"
+timeout 300 "$PY" -m pytest tests/core/test_cuda.py -q -p no:warnings -p no:cacheprovider 2>&1 | tee "$OUT/test_cuda.txt"
 
 GPUS=$(nvidia-smi -L | grep -c '^GPU')
 if [ "$GPUS" -ge 2 ]; then

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import padnet
-from padnet.data import load_dataset, make_loader
 from padnet.partitioning.imp import check_separation
 from padnet.partitioning.scores import masked_tensors, snip_scores
+from padnet.training.data import load_dataset, make_loader
 
 
 def build(seed: int):
@@ -150,7 +150,7 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    padnet.fileio.write_json(out / "results.json", results)
+    padnet.saving.fileio.write_json(out / "results.json", results)
     print(json.dumps(results["pretrain"]))
     print("| state | separation | score mass | largest score | Spearman ρ (two batch sets) |")
     for name, row in results["signal"].items():

@@ -2,16 +2,18 @@
 
 DY-Conv, CondConv, ODConv, DCD and their PAD-Net forms (``padnet.layers``), Iterative Mode Partition (``padnet.partition``, module ``padnet.partitioning``),
 model building and conversion (``create_model``, ``convert``), accounting (``count_parameters``,
-``count_flops``), a trainer (``padnet.engine``), the fastest formulation per layer (``autotune``), the compact
+``count_flops``), a trainer (``padnet.training.engine``), the fastest formulation per layer (``autotune``), the compact
 deployment form (``deploy``), one file format for every model (``save_pretrained``, ``load_pretrained``) and export (``export_onnx``,
 ``export_torchscript``); Mixture-of-Experts, PAD-MoE and MoE-P for Hugging Face encoders with GLUE fine-tuning
-(``padnet.nlp``, needs the ``nlp`` extra). Importing padnet touches no network and no data.
+(``padnet.training.nlp``, needs the ``nlp`` extra). Importing padnet touches no network and no data.
 """
 
-from .adapter import PadModel, convert, get_pad_model, load_pretrained, save_pretrained
-from .deploy import deploy
-from .export import export_onnx, export_torchscript
-from .layers import (
+from padnet.adapter.config import PadConfig
+from padnet.adapter.methods import PadTraining
+from padnet.adapter.model import PadModel, convert, get_pad_model, load_pretrained, save_pretrained
+from padnet.deployment.deploy import deploy
+from padnet.deployment.export import export_onnx, export_torchscript
+from padnet.layers import (
     DCDConv2d,
     DeployedConv2d,
     DynamicConv2d,
@@ -22,11 +24,9 @@ from .layers import (
     autotune,
     set_temperature,
 )
-from .methods import PadTraining
-from .metrics import count_flops, count_parameters
-from .models import create_model, list_models
-from .pad_config import PadConfig
-from .partitioning import PartitionReport, partition
+from padnet.metrics import count_flops, count_parameters
+from padnet.models import create_model, list_models
+from padnet.partitioning import PartitionReport, partition
 
 __version__ = "0.1.0"
 

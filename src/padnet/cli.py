@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .allocator import ALLOCATOR_ENV
-from .errors import ConfigError, PadnetError, one_line, user_message
+from padnet.errors import ConfigError, PadnetError, one_line, user_message
+from padnet.training.allocator import ALLOCATOR_ENV
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), cls=None) -> None:
-    from .config import TrainConfig
+    from padnet.training.config import TrainConfig
 
     parser.add_argument("--config", help="YAML file of configuration keys (flags override it)")
     group = parser.add_argument_group("configuration keys (see configs/*.yaml)")
@@ -38,7 +38,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
 
 
 def _resolve_config(args, preset: dict | None = None, cls=None):
-    from .config import TrainConfig, config_from_dict, load_yaml
+    from padnet.training.config import TrainConfig, config_from_dict, load_yaml
 
     cfg = (cls or TrainConfig)()
     if preset:
@@ -50,8 +50,8 @@ def _resolve_config(args, preset: dict | None = None, cls=None):
 
 
 def cmd_train(args) -> int:
-    from .config import TrainConfig, load_yaml
-    from .engine.trainer import Trainer
+    from padnet.training.config import TrainConfig, load_yaml
+    from padnet.training.engine.trainer import Trainer
 
     cfg = _resolve_config(args)
     defaults = TrainConfig().to_dict()  # a config file's keys count where they differ from the defaults
@@ -77,7 +77,7 @@ def _recipe_and_seeds(args, recipes=None, cls=None):
     recipe); ``cls``: its configuration class (default ``TrainConfig``).
     """
     if recipes is None:
-        from . import compare as recipes
+        from padnet.experiments import compare as recipes
 
     cfg = _resolve_config(args, recipes.FULL if args.full else recipes.QUICK, cls=cls)
     seeds = tuple(args.seeds) if args.seeds else (recipes.FULL_SEEDS if args.full else recipes.QUICK_SEEDS)
@@ -105,8 +105,8 @@ def _add_study_command(sub, name: str, help: str, description: str, studies: str
 
 
 def cmd_compare(args) -> int:
-    from . import compare
-    from .layers.registry import canonical_conv
+    from padnet.experiments import compare
+    from padnet.layers.registry import canonical_conv
 
     cfg, seeds = _recipe_and_seeds(args)
     convs = tuple(canonical_conv(c) for c in args.convs)
@@ -119,7 +119,7 @@ def cmd_compare(args) -> int:
 
 def _run_studies(args, module) -> int:
     """Run ``args.studies`` (or ``all``) of a study module (``STUDIES``, ``run_studies``) and print each table."""
-    from .errors import check_choice
+    from padnet.errors import check_choice
 
     for name in args.studies:
         check_choice("study", name, module.STUDIES + ("all",))
@@ -134,26 +134,26 @@ def _run_studies(args, module) -> int:
 
 
 def cmd_sdconv(args) -> int:
-    from .studies import sdconv
+    from padnet.experiments.studies import sdconv
 
     return _run_studies(args, sdconv)
 
 
 def cmd_pad(args) -> int:
-    from .studies import pad
+    from padnet.experiments.studies import pad
 
     return _run_studies(args, pad)
 
 
 def cmd_pad_moe(args) -> int:
-    from .studies import padmoe
+    from padnet.experiments.studies import padmoe
 
     return _run_studies(args, padmoe)
 
 
 def cmd_finetune(args) -> int:
-    from .config import FinetuneConfig
-    from .nlp.finetune import finetune, save_model, save_results
+    from padnet.training.config import FinetuneConfig
+    from padnet.training.nlp.finetune import finetune, save_model, save_results
 
     cfg = _resolve_config(args, cls=FinetuneConfig)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.variant}-seed{cfg.seed}")
@@ -170,8 +170,8 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_moe(args) -> int:
-    from .config import FinetuneConfig
-    from .nlp import study
+    from padnet.experiments.studies import finetune as study
+    from padnet.training.config import FinetuneConfig
 
     cfg, seeds = _recipe_and_seeds(args, study, FinetuneConfig)
     records = study.run_moe_compare(args.out, cfg, tuple(args.variants), seeds)
@@ -182,10 +182,10 @@ def cmd_moe(args) -> int:
 
 
 def cmd_count(args) -> int:
-    from .layers.registry import is_partial, layer_options
-    from .metrics.counting import count_flops, count_parameters
-    from .models import create_model
-    from .partitioning import partition
+    from padnet.layers.registry import is_partial, layer_options
+    from padnet.metrics.counting import count_flops, count_parameters
+    from padnet.models import create_model
+    from padnet.partitioning import partition
 
     channels, height, width = args.input
     if not (1 <= channels <= 64 and 1 <= height <= 4096 and 1 <= width <= 4096):
@@ -213,9 +213,9 @@ def cmd_count(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import report
-    from .errors import check_choice
-    from .fileio import write_json, write_text
+    from padnet.errors import check_choice
+    from padnet.experiments import report
+    from padnet.saving.fileio import write_json, write_text
 
     for name in args.archs or ():
         check_choice("architecture", name, report.ARCHS)
@@ -236,10 +236,10 @@ def cmd_report(args) -> int:
 def cmd_partition(args) -> int:
     import torch
 
-    from .data import load_dataset
-    from .engine.trainer import build_model, partition_from_config
-    from .fileio import write_json
-    from .layers.registry import is_partial
+    from padnet.layers.registry import is_partial
+    from padnet.saving.fileio import write_json
+    from padnet.training.data import load_dataset
+    from padnet.training.engine.trainer import build_model, partition_from_config
 
     cfg = _resolve_config(args)
     train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download, **cfg.data_options())
@@ -256,8 +256,8 @@ def cmd_partition(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .data import make_loader
-    from .engine.trainer import evaluate
+    from padnet.training.data import make_loader
+    from padnet.training.engine.trainer import evaluate
 
     model, cfg, test = _load_run_model(args.checkpoint, args.data_root, args.dataset)
     print(f"top-1 {evaluate(model, make_loader(test, 512, train=False)):.2f} % on {cfg.dataset} test")
@@ -266,7 +266,7 @@ def cmd_evaluate(args) -> int:
 
 def _load_run_model(checkpoint: Path, data_root: str | None, dataset: str | None = None):
     """The trained model of a run checkpoint, its configuration and its test split (of ``dataset`` when named)."""
-    from .engine.trainer import load_run
+    from padnet.training.engine.trainer import load_run
 
     return load_run(checkpoint, data_root=data_root, dataset=dataset)
 
@@ -274,11 +274,11 @@ def _load_run_model(checkpoint: Path, data_root: str | None, dataset: str | None
 def cmd_deploy(args) -> int:
     import torch
 
-    from .adapter import load_pretrained, save_pretrained
-    from .data import make_loader
-    from .deploy import deploy
-    from .export import export_onnx, export_torchscript
-    from .saving import WEIGHTS_FILE
+    from padnet.adapter.model import load_pretrained, save_pretrained
+    from padnet.deployment.deploy import deploy
+    from padnet.deployment.export import export_onnx, export_torchscript
+    from padnet.saving.folder import WEIGHTS_FILE
+    from padnet.training.data import make_loader
 
     model, _, test = _load_run_model(args.checkpoint, args.data_root, args.dataset)
     model.eval()
@@ -299,7 +299,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import markdown, run_bench
+    from padnet.experiments.bench.run import markdown, run_bench
 
     result = run_bench(Path(args.out), tuple(args.parts), args.threads, args.repeats, args.quick,
                        progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True), device=args.device)
@@ -309,8 +309,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import load_dataset
-    from .data.folder import ImageFolder
+    from padnet.training.data import load_dataset
+    from padnet.training.data.folder import ImageFolder
 
     train, test = load_dataset(args.dataset, args.data_root, args.download)
     if isinstance(train, ImageFolder):  # decode every image now, as training will
@@ -321,7 +321,7 @@ def cmd_data(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
+    from padnet.training.data import DATASETS
 
     parser = _Parser(prog="padnet", description="Partially dynamic networks (PAD-Net over DY-Conv, CondConv, ODConv, DCD).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("conv", "kappa", "partition", "scale_mode", "mask_semantics"), "runs/pad",
                        "all data, 30 epochs, width 0.5, 5 seeds", cmd_pad)
 
-    from .config import FinetuneConfig
+    from padnet.training.config import FinetuneConfig
 
     _add_study_command(sub, "pad-moe", "PAD-Net ablations on MoE: partition kappa pruning masks (or all)",
                        "Paper 001's MoE ablations and analyses, fine-tuning MiniLM on Rotten Tomatoes (quick: 352 "
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Per-layer and whole-ResNet-18 timings and peak memory as ratios to the static "
                                    "model measured in the same run, deployed ResNet-50 file sizes, and MoE / "
                                    "PAD-MoE feed-forward layers against the dense FFN; writes bench.md and "
-                                   "bench.json. Takes about 8 minutes on 2 cores (--quick: about 4).")
+                                   "bench.json. Takes about 20 minutes on 2 cores (--quick: about 8).")
     p.add_argument("--out", default="runs/bench", help="output directory")
     p.add_argument("--parts", nargs="+", default=["layers", "models", "files", "moe"], metavar="PART",
                    help="layers, models, files, moe (default all)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_choice
+from padnet.errors import ConfigError, check_choice
 
 ROUTINGS = ("softmax", "sigmoid")
 

@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from .formulations import FORMULATIONS, FormulationChoice
+from padnet.layers.formulations import FORMULATIONS, FormulationChoice
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..errors import ConfigError
-from .attention import TemperatureRouting
-from .formulations import ConvGeometry, grouped
-from .modes import ScaleFactors
+from padnet.errors import ConfigError
+from padnet.layers.attention import TemperatureRouting
+from padnet.layers.formulations import ConvGeometry, grouped
+from padnet.layers.modes import ScaleFactors
 
 PAD_OPTIONS = {"granularity": "shared", "scale_mode": "constrained", "mask_semantics": "static"}
 

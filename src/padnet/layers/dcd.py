@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .conv_base import DynamicConvBase
-from .vectors import DynamicVector
+from padnet.errors import ConfigError
+from padnet.layers.conv_base import DynamicConvBase
+from padnet.layers.vectors import DynamicVector
 
 
 class DCDConv2d(DynamicConvBase):

@@ -23,10 +23,11 @@ import copy
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_choice
-from . import formulations as forms
-from .conv_base import DynamicConvBase
-from .modes import SplitCache, StructuredSplit, aggregate
+from padnet.errors import ConfigError, check_choice
+from padnet.layers import formulations as forms
+from padnet.layers.conv_base import DynamicConvBase
+from padnet.layers.dynamic_conv import DynamicConv2d
+from padnet.layers.modes import SplitCache, StructuredSplit, aggregate
 
 LAYOUTS = ("dense", "elements", "filters")
 
@@ -105,7 +106,6 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         (filter-granular masks, groups 1 or depthwise, static semantics) → ``"filters"``; otherwise ``"elements"``. SD-Conv takes
         ``"dense"`` with its pruned weights zero: aggregating only the positions kept in some kernel was
         measured slower here (docs/sdconv.md), and the saved file stores the kept weights only either way."""
-        from .dynamic_conv import DynamicConv2d
 
         if not isinstance(layer, DynamicConv2d):
             raise ConfigError(f"cannot deploy {type(layer).__name__}: only DY-Conv, CondConv and PAD-Net "

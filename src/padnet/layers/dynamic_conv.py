@@ -17,11 +17,11 @@ import math
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from . import formulations as forms
-from .attention import KernelAttention
-from .conv_base import PAD_OPTIONS, DynamicConvBase
-from .modes import StructuredSplit, make_mode, with_masks
+from padnet.errors import ConfigError
+from padnet.layers import formulations as forms
+from padnet.layers.attention import KernelAttention
+from padnet.layers.conv_base import PAD_OPTIONS, DynamicConvBase
+from padnet.layers.modes import StructuredSplit, make_mode, with_masks
 
 
 class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import check_choice
-from .modes import StructuredSplit, aggregate
+from padnet.errors import check_choice
+from padnet.layers.modes import StructuredSplit, aggregate
 
 FORMULATIONS = ("grouped", "per_sample", "batched")
 

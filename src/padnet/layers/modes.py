@@ -31,7 +31,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..errors import check_choice
+from padnet.errors import check_choice
 
 SCALE_MODES = ("constrained", "both", "static", "dynamic", "none")
 GRANULARITIES = ("shared", "kernel", "filter")  # what convolution layers offer

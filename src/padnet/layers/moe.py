@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..errors import ConfigError, check_choice
-from .modes import ScaleFactors, make_mode
+from padnet.errors import ConfigError, check_choice
+from padnet.layers.modes import ScaleFactors, make_mode
 
 MOE_MODES = ("dynamic", "pad", "prune")
 MOE_GRANULARITIES = ("element", "neuron")
@@ -236,7 +236,7 @@ class MoEFeedForward(nn.Module):
 
     ``forward(hidden)``: (..., H) → (..., H). ``aux_loss`` adds up the layer's load-balancing losses (0-d tensor)
     over its calls since :meth:`reset_aux_loss`, for the training loop to add
-    (:func:`padnet.moe_convert.auxiliary_loss`): a layer shared by several blocks (ALBERT) counts every pass.
+    (:func:`padnet.layers.moe.auxiliary_loss`): a layer shared by several blocks (ALBERT) counts every pass.
     Model surgery registers a hook that resets it before each forward of the converted model.
 
     Raises:
@@ -436,3 +436,22 @@ class DeployedMoE(nn.Module):
         shared = None if self.static is None else neuron_ffn(x, *split_neurons(self.static), self.activation)
         return dispatch(x, self.router(x), self.experts, self.expert_bias, self.activation, shared,
                         self._gelu).reshape(hidden.shape)
+
+
+def reset_aux_losses(model: nn.Module, args=None) -> None:
+    """Reset the load-balancing losses of every MoE layer of ``model`` (a forward pre-hook of converted models:
+    each forward starts from zero, and a layer called several times in it adds up every call)."""
+    for module in model.modules():
+        if isinstance(module, MoEFeedForward):
+            module.reset_aux_loss()
+
+
+def moe_layers(model: nn.Module) -> list[tuple[str, MoEFeedForward]]:
+    """Every MoE layer of ``model`` with its qualified name."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MoEFeedForward)]
+
+
+def auxiliary_loss(model: nn.Module) -> torch.Tensor | float:
+    """Sum of the load-balancing losses of the MoE layers from the last forward pass (0.0 without any)."""
+    losses = [m.aux_loss for _, m in moe_layers(model) if m.aux_loss is not None]
+    return torch.stack(losses).sum() if losses else 0.0

@@ -23,11 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .attention import TemperatureRouting
-from .conv_base import PAD_OPTIONS, DynamicConvBase
-from .modes import FullyDynamic, make_mode, with_masks
-from .vectors import DynamicVector
+from padnet.errors import ConfigError
+from padnet.layers.attention import TemperatureRouting
+from padnet.layers.conv_base import PAD_OPTIONS, DynamicConvBase
+from padnet.layers.modes import FullyDynamic, make_mode, with_masks
+from padnet.layers.vectors import DynamicVector
 
 
 class OmniAttention(TemperatureRouting):

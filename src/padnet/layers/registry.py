@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import ConfigError, check_choice
-from .dcd import DCDConv2d, PADDCDConv2d
-from .dynamic_conv import DynamicConv2d, PADConv2d
-from .odconv import ODConv2d, PADODConv2d
-from .sdconv import SparseDynamicConv2d
+from padnet.errors import ConfigError, check_choice
+from padnet.layers.dcd import DCDConv2d, PADDCDConv2d
+from padnet.layers.dynamic_conv import DynamicConv2d, PADConv2d
+from padnet.layers.odconv import ODConv2d, PADODConv2d
+from padnet.layers.sdconv import SparseDynamicConv2d
 
 # CondConv (Yang et al. 2019): 8 kernels, one linear + a plain sigmoid (no temperature: T = 1)
 CONDCONV = {"num_kernels": 8, "routing": "sigmoid", "reduction": 0, "temperature": 1.0}

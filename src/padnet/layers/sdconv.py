@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_choice
-from .dynamic_conv import DynamicConv2d
-from .modes import FullyDynamic, aggregate
+from padnet.errors import ConfigError, check_choice
+from padnet.layers.dynamic_conv import DynamicConv2d
+from padnet.layers.modes import FullyDynamic, aggregate
 
 STRATEGIES = ("different", "same")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .modes import make_mode, with_masks
+from padnet.layers.modes import make_mode, with_masks
 
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,

@@ -1,5 +1,5 @@
 """Accounting (parameters, FLOPs) in the papers' conventions."""
 
-from .counting import count_flops, count_parameters
+from padnet.metrics.counting import count_flops, count_parameters
 
 __all__ = ["count_flops", "count_parameters"]

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import ConfigError
-from ..layers.formulations import force_formulation
-from ..layers.modes import MaskedLayer, mode_tensors
+from padnet.errors import ConfigError
+from padnet.layers.formulations import force_formulation
+from padnet.layers.modes import MaskedLayer, mode_tensors
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ import math
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..layers.modes import MaskedLayer
+from padnet.errors import ConfigError
+from padnet.layers.modes import MaskedLayer
 
 
 def normalised_performance(values) -> list[float]:

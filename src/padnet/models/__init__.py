@@ -1,8 +1,8 @@
 """Model zoo: ``create_model``, ``list_models``, the ResNet family and MobileNetV2, pretrained weights."""
 
-from .mobilenetv2 import MobileNetV2
-from .pretrained import load_pretrained
-from .registry import MODELS, create_model, list_models
-from .resnet import ResNet
+from padnet.models.mobilenetv2 import MobileNetV2
+from padnet.models.pretrained import load_pretrained
+from padnet.models.registry import MODELS, create_model, list_models
+from padnet.models.resnet import ResNet
 
 __all__ = ["MODELS", "MobileNetV2", "ResNet", "create_model", "list_models", "load_pretrained"]

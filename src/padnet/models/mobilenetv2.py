@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .init import init_weights
+from padnet.models.init import init_weights
 
 ConvFn = Callable[..., nn.Module]
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, first_line
+from padnet.errors import CheckpointError, ConfigError, first_line
 
 LAYOUTS = ("padnet", "torchvision", "timm")
 HEADS = ("fc.", "classifier.")

@@ -7,12 +7,12 @@ import math
 
 from torch import nn
 
-from ..errors import ConfigError, check_choice
-from ..layers.registry import conv_factory, resolve_conv
-from ..surgery import replace_convs
-from .mobilenetv2 import MobileNetV2
-from .pretrained import load_pretrained
-from .resnet import DEPTHS, ResNet
+from padnet.errors import ConfigError, check_choice
+from padnet.layers.registry import conv_factory, resolve_conv
+from padnet.layers.surgery import replace_convs
+from padnet.models.mobilenetv2 import MobileNetV2
+from padnet.models.pretrained import load_pretrained
+from padnet.models.resnet import DEPTHS, ResNet
 
 MODELS = (*(f"resnet{d}" for d in DEPTHS), "mobilenetv2")
 STEMS = ("imagenet", "small")

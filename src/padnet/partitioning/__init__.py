@@ -1,7 +1,15 @@
 """Mode partition (PAD-Net eq. 5–9): scores and the iterative schedule."""
 
-from .imp import METHODS, SCOPES, PartitionReport, apply_partition, check_kappa, make_report, partition
-from .scores import magnitude_scores, masked_tensors, random_scores, snip_scores
+from padnet.partitioning.imp import (
+    METHODS,
+    SCOPES,
+    PartitionReport,
+    apply_partition,
+    check_kappa,
+    make_report,
+    partition,
+)
+from padnet.partitioning.scores import magnitude_scores, masked_tensors, random_scores, snip_scores
 
 __all__ = [
     "METHODS", "SCOPES", "PartitionReport", "apply_partition", "check_kappa", "magnitude_scores",

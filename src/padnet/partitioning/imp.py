@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, check_choice
-from .scores import magnitude_scores, masked_tensors, random_scores, snip_scores
+from padnet.errors import ConfigError, check_choice
+from padnet.partitioning.scores import magnitude_scores, masked_tensors, random_scores, snip_scores
 
 METHODS = ("imp", "mp", "random", "magnitude")
 SCOPES = ("global", "local")

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ..distributed import current
-from ..errors import ConfigError
-from ..layers.modes import mode_tensors
+from padnet.errors import ConfigError
+from padnet.layers.modes import mode_tensors
+from padnet.parallel import current
 
 MaskedTensor = tuple[str, nn.Module, torch.Tensor]  # (name, PartialMode, dynamic factors (k, *shape))
 

@@ -1,0 +1,327 @@
+"""``PadConfig``: one validated, JSON-serialisable description of a padnet method applied to a model.
+
+Its keys are the vocabulary of the YAML run configurations and of the command line (``kappa``, ``granularity``,
+``scale_mode``, ``mask_semantics``, ``partition``, ``partition_scope``, ``mask_strategy``, ...), so one name
+means one thing everywhere. :func:`padnet.get_pad_model` takes it; :class:`padnet.adapter.methods.Method` reads the
+training-time part of it (temperature schedule, moment of partition, SD-Conv budget, load-balancing weight).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from padnet.errors import ConfigError, check_choice
+from padnet.layers.modes import SCALE_MODES
+from padnet.layers.registry import accepted_options, start_temperature
+from padnet.partitioning import METHODS as PARTITIONS
+
+# method -> (family, what the family's converter calls it)
+CONV_METHODS = ("dy", "condconv", "odconv", "dcd", "pad", "pad-condconv", "pad-odconv", "pad-dcd", "sdconv")
+MOE_METHODS = {"moe": "dynamic", "pad-moe": "pad", "moe-p": "prune"}
+METHODS = (*CONV_METHODS, *MOE_METHODS)
+METHOD_ALIASES = {"dyconv": "dy", "dynamic": "dy", "padnet": "pad", "pad-net": "pad", "pad-dy": "pad",
+                  "sd-conv": "sdconv", "padmoe": "pad-moe", "moep": "moe-p", "prune": "moe-p"}
+PARTIAL_METHODS = ("pad", "pad-condconv", "pad-odconv", "pad-dcd", "pad-moe", "moe-p")
+PARTITION_AT = ("start", "steps", "epochs", "manual")
+TIME_UNITS = ("steps", "epochs")
+CONV_GRANULARITIES = ("shared", "kernel", "filter")
+MOE_GRANULARITIES = ("element", "neuron")
+
+# options that only some methods take: name -> methods. A value other than None for another method is an error.
+_APPLIES = {
+    "num_kernels": tuple(m for m in CONV_METHODS if "dcd" not in m),
+    "reduction": CONV_METHODS,
+    "kappa": PARTIAL_METHODS,
+    "granularity": PARTIAL_METHODS,
+    "partition_at": PARTIAL_METHODS, "partition_after": PARTIAL_METHODS,
+    "scale_mode": ("pad", "pad-condconv", "pad-odconv", "pad-dcd", "pad-moe"),
+    "mask_semantics": ("pad", "pad-condconv", "pad-odconv", "pad-dcd"),
+    "sparsity": ("sdconv",), "pruning_iterations": ("sdconv",), "budget_weight": ("sdconv",),
+    "threshold_lr": ("sdconv",), "mask_strategy": ("sdconv",),
+    "num_experts": tuple(MOE_METHODS), "top_k": tuple(MOE_METHODS), "noisy_gating": tuple(MOE_METHODS),
+    "ffn_patterns": tuple(MOE_METHODS),
+    "aux_loss_weight": tuple(MOE_METHODS),
+}
+# defaults filled in by ``resolved()`` for the methods an option applies to
+_DEFAULTS = {"scale_mode": "constrained", "mask_semantics": "static", "sparsity": 0.5, "pruning_iterations": 3,
+             "budget_weight": 0.01, "threshold_lr": 0.01, "mask_strategy": "different", "num_experts": 8,
+             "top_k": 2, "noisy_gating": True, "aux_loss_weight": 0.01}
+
+
+def canonical_method(name) -> str:
+    """The registered method name for ``name`` (aliases and case folded); ConfigError if unknown."""
+    if not isinstance(name, str):
+        raise ConfigError(f"method must be a name, got {name!r}")
+    key = METHOD_ALIASES.get(name.lower(), name.lower())
+    check_choice("method", key, METHODS)
+    return key
+
+
+def _number(name: str, value, low: float, *, integer: bool = False, inclusive: bool = True,
+            high: float | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= low if inclusive else value > low) and (high is None or value <= high)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok:
+        bound = f">= {low}" if inclusive else f"> {low}"
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind} {bound}{f' and <= {high}' if high is not None else ''}, "
+                          f"got {value!r}")
+
+
+@dataclass
+class PadConfig:
+    """How to make a model partially dynamic, and how the method behaves while it trains.
+
+    Model surgery:
+        method: ``"dy"``, ``"condconv"``, ``"odconv"``, ``"dcd"``, their PAD-Net forms ``"pad"`` (over DY-Conv),
+            ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"``, ``"sdconv"`` (SD-Conv), or for transformer
+            encoders ``"moe"``, ``"pad-moe"`` (PAD-MoE) and ``"moe-p"`` (MoE-P, the pruning baseline).
+        target_modules: ``"auto"`` (every ``nn.Conv2d`` but the first, the stem; or every FFN block of a
+            transformer encoder), ``"all"`` (the stem too) or glob patterns of module names (a conv's name; an
+            FFN's first linear, e.g. ``"*.layer.0.intermediate.dense"``).
+        exclude_modules: glob patterns of module names to leave as they are.
+        min_channels: convolutions with fewer input channels stay static.
+        ffn_patterns: MoE methods: (first linear, activation, second linear) name triples of the FFN blocks,
+            relative to the module holding them (default: BERT, ALBERT and DistilBERT names,
+            ``padnet.adapter.moe_convert.FFN_PATTERNS``).
+        init_from_pretrained: start every kernel / expert and the static parameters from the existing weights.
+        layer_options: further keyword options of the layers, passed as they are and checked by them (e.g.
+            ``{"formulation": "batched"}``, ``{"routing": "sigmoid"}``, SD-Conv's ``{"threshold": 0.01}``).
+    Dynamic layers:
+        num_kernels: k (default: DY-Conv/PAD-Net 4, CondConv 8, ODConv 4, SD-Conv 4; DCD has none).
+        reduction: attention reduction ratio r (default: the layer's, DY-Conv 4, ODConv/DCD/SD-Conv 16).
+        temperature_start, temperature_end: attention temperature T, annealed linearly (Chen et al. 2020:
+            30 → 1) over ``temperature_anneal`` ``temperature_unit`` (``"steps"`` or ``"epochs"``). The default
+            start is the layer's: 30 for softmax routing, 1 for CondConv (a plain sigmoid, no temperature).
+    Mode partition (PAD-Net eq. 5–9):
+        kappa: dynamic ratio κ ∈ (0, 1] (default 0.3 for convolutions, 0.5 for PAD-MoE / MoE-P).
+        granularity: mask granularity: ``"shared"``, ``"kernel"``, ``"filter"`` for convolutions (default
+            shared), ``"element"`` or ``"neuron"`` for MoE (default element).
+        scale_mode: scale factors of Table 3 (default ``"constrained"``: λs + λd = 2).
+        mask_semantics: ``"static"`` (PAD-Net) or ``"zero"`` (masked elements pruned) for convolutions.
+        partition: ``"imp"``, ``"mp"`` (one-shot), ``"random"``, ``"magnitude"``, or a function
+            ``scores(name, factors, mask) -> Tensor`` of the mask's shape (as ``importance_scores`` of
+            ``torch.nn.utils.prune``); higher scores stay dynamic. A function is written as ``"custom"`` in JSON,
+            and a config read back without it keeps ``"custom"``, which partitions only when given the function.
+        partition_scope: ``"global"`` threshold over every masked tensor or ``"local"`` per tensor.
+        partition_iterations: E of IMP (default 5). partition_batches: N batches per score (default 10).
+        partition_at: when training runs the partition: ``"start"``, after ``partition_after``
+            ``"steps"`` or ``"epochs"``, or ``"manual"`` (call ``PadModel.partition`` yourself). Default: after 1
+            epoch when the layers start from the model's weights (``init_from_pretrained``; MoE always, PAD-Net
+            appendix A: once the experts differ), since every kernel then equals Θ̄ and the scores carry no signal;
+            ``"start"`` for kernels initialised on their own.
+        check_scores: refuse IMP / MP scores that carry no signal (see ``padnet.partitioning.imp``).
+    SD-Conv (paper 002 eq. 8–9, Algorithm 1):
+        sparsity (default 0.5), pruning_iterations (3), budget_weight λ_s (0.01), threshold_lr (0.01, relative
+        to each layer's weight RMS), mask_strategy (``"different"`` or ``"same"``).
+    MoE (PAD-Net appendix A):
+        num_experts (8), top_k (2), noisy_gating (True), aux_loss_weight (0.01, the load-balancing loss).
+
+    Options that do not apply to ``method`` must stay None (their default); setting one is an error, so a
+    misplaced option is never ignored silently.
+
+    Raises:
+        ConfigError: from :meth:`validate` (called at construction): an unknown name, a value out of range, an
+            option the method does not take.
+    """
+
+    method: str = "pad"
+    target_modules: str | list[str] = "auto"
+    exclude_modules: list[str] = field(default_factory=list)
+    min_channels: int = 1
+    ffn_patterns: list[list[str]] | None = None
+    init_from_pretrained: bool = True
+    layer_options: dict = field(default_factory=dict)
+    num_kernels: int | None = None
+    reduction: int | None = None
+    temperature_start: float | None = None
+    temperature_end: float = 1.0
+    temperature_anneal: float = 1.0
+    temperature_unit: str = "epochs"
+    kappa: float | None = None
+    granularity: str | None = None
+    scale_mode: str | None = None
+    mask_semantics: str | None = None
+    partition: str | Callable = "imp"
+    partition_scope: str = "global"
+    partition_iterations: int = 5
+    partition_batches: int = 10
+    partition_at: str | None = None
+    partition_after: float | None = None
+    check_scores: bool = True
+    sparsity: float | None = None
+    pruning_iterations: int | None = None
+    budget_weight: float | None = None
+    threshold_lr: float | None = None
+    mask_strategy: str | None = None
+    num_experts: int | None = None
+    top_k: int | None = None
+    noisy_gating: bool | None = None
+    aux_loss_weight: float | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def family(self) -> str:
+        """``"conv"`` (dynamic convolutions) or ``"moe"`` (Mixture-of-Experts feed-forward layers)."""
+        return "moe" if self.method in MOE_METHODS else "conv"
+
+    @property
+    def partial(self) -> bool:
+        """Whether the method has masks to partition (PAD-Net forms, PAD-MoE, MoE-P)."""
+        return self.method in PARTIAL_METHODS
+
+    def value(self, name: str):
+        """The option ``name`` as the method uses it: the set value, or the method's default."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        if name == "kappa":
+            return 0.5 if self.family == "moe" else 0.3
+        if name == "granularity":
+            return "element" if self.family == "moe" else "shared"
+        if name == "temperature_start":  # the layer's: 30 for softmax routing, 1 for CondConv (no temperature)
+
+            return start_temperature(self.method) if self.family == "conv" else None
+        if name == "partition_at":  # after a warm-up when the kernels start as copies of one weight
+            return "epochs" if self.family == "moe" or self.init_from_pretrained else "start"
+        if name == "partition_after":
+            return 1 if self.partition_at is None and self.value("partition_at") == "epochs" else 0
+        return _DEFAULTS.get(name)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> PadConfig:
+        """Check every value (ConfigError with a one-line message); returns self."""
+        self.method = canonical_method(self.method)
+        for name, methods in _APPLIES.items():
+            if getattr(self, name) is not None and self.method not in methods:
+                raise ConfigError(f"option {name} does not apply to method {self.method!r} "
+                                  f"(it applies to {', '.join(methods)})")
+        targets = self.target_modules
+        if not (targets in ("auto", "all") or (isinstance(targets, (list, tuple)) and targets
+                                      and all(isinstance(t, str) for t in targets))):
+            raise ConfigError(f"target_modules must be 'auto', 'all' or a non-empty list of glob patterns, got "
+                              f"{targets!r}")
+        if isinstance(targets, tuple):
+            self.target_modules = list(targets)
+        if not (isinstance(self.exclude_modules, (list, tuple)) and all(isinstance(t, str) for t in self.exclude_modules)):
+            raise ConfigError(f"exclude_modules must be a list of glob patterns, got {self.exclude_modules!r}")
+        self.exclude_modules = list(self.exclude_modules)
+        _number("min_channels", self.min_channels, 1, integer=True)
+        if self.ffn_patterns is not None:
+            if not (isinstance(self.ffn_patterns, (list, tuple)) and self.ffn_patterns and all(
+                    isinstance(p, (list, tuple)) and len(p) == 3 and all(isinstance(n, str) and n for n in p)
+                    for p in self.ffn_patterns)):
+                raise ConfigError("ffn_patterns must be a list of (first linear, activation, second linear) names, "
+                                  f"got {self.ffn_patterns!r}")
+            self.ffn_patterns = [list(p) for p in self.ffn_patterns]
+        if self.family == "moe" and self.min_channels != 1:
+            raise ConfigError("option min_channels applies to convolutions, not to method " + repr(self.method))
+        if not (isinstance(self.layer_options, dict) and all(isinstance(k, str) for k in self.layer_options)
+                and all(isinstance(v, (str, int, float, bool)) for v in self.layer_options.values())):
+            raise ConfigError(f"layer_options must map option names to numbers, names or true/false, got "
+                              f"{self.layer_options!r}")
+        for name in ("init_from_pretrained", "check_scores"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.noisy_gating is not None and not isinstance(self.noisy_gating, bool):
+            raise ConfigError(f"noisy_gating must be true or false, got {self.noisy_gating!r}")
+        for name in ("num_kernels", "num_experts", "top_k", "partition_iterations", "partition_batches"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), 1, integer=True)
+        for name in ("reduction", "pruning_iterations"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), 0, integer=True)
+        for name in ("temperature_start", "temperature_end"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), 0, inclusive=False)
+        _number("temperature_anneal", self.temperature_anneal, 0)
+        check_choice("temperature unit", self.temperature_unit, TIME_UNITS)
+        if self.kappa is not None:
+            _number("kappa", self.kappa, 0, inclusive=False, high=1)
+        if self.granularity is not None:
+            check_choice("mask granularity", self.granularity,
+                         MOE_GRANULARITIES if self.family == "moe" else CONV_GRANULARITIES)
+        if self.scale_mode is not None:
+
+            check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
+        if self.mask_semantics is not None:
+            check_choice("mask semantics", self.mask_semantics, ("static", "zero"))
+        if not callable(self.partition):
+
+            check_choice("partition method", self.partition, (*PARTITIONS, "custom"))
+        check_choice("partition scope", self.partition_scope, ("global", "local"))
+        if self.partition_at is not None:
+            check_choice("partition moment (partition_at)", self.partition_at, PARTITION_AT)
+        if self.partition_after is not None:
+            _number("partition_after", self.partition_after, 0)
+            if self.value("partition_at") not in TIME_UNITS:
+                raise ConfigError("partition_after needs partition_at 'steps' or 'epochs'")
+        elif self.partition_at in TIME_UNITS:
+            raise ConfigError(f"partition_at {self.partition_at!r} needs partition_after (how many {self.partition_at})")
+        if self.sparsity is not None and not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        for name in ("budget_weight", "aux_loss_weight"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), 0)
+        if self.threshold_lr is not None:
+            _number("threshold_lr", self.threshold_lr, 0, inclusive=False)
+        if self.mask_strategy is not None:
+            check_choice("mask strategy", self.mask_strategy, ("different", "same"))
+        if self.family == "moe" and self.value("top_k") > self.value("num_experts"):
+            raise ConfigError(f"top_k {self.value('top_k')} is larger than num_experts {self.value('num_experts')}")
+        return self
+
+    # ------------------------------------------------------------------ the layers' options
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword options of the method's layers: for convolutions those of ``padnet.convert`` (only the
+        ones the layer takes), for MoE those of ``padnet.adapter.moe_convert.replace_ffns``."""
+        if self.family == "moe":
+            options = {"mode": MOE_METHODS[self.method], "num_experts": self.value("num_experts"),
+                       "top_k": self.value("top_k"), "noisy": self.value("noisy_gating"),
+                       "aux_loss_weight": self.value("aux_loss_weight")}
+            if self.partial:
+                options["granularity"] = self.value("granularity")
+            if self.method == "pad-moe":
+                options["scale_mode"] = self.value("scale_mode")
+            return {**options, **self.layer_options}
+
+        accepted = accepted_options(self.method)
+        wanted = {"num_kernels": self.num_kernels, "reduction": self.reduction, "temperature": self.temperature_start,
+                  "granularity": self.granularity, "scale_mode": self.scale_mode,
+                  "mask_semantics": self.mask_semantics, "mask_strategy": self.mask_strategy}
+        return {**{k: v for k, v in wanted.items() if v is not None and k in accepted}, **self.layer_options}
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values (a partition function is written as ``"custom"``)."""
+        data = dataclasses.asdict(self)
+        if callable(self.partition):
+            data["partition"] = "custom"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], partition: Callable | None = None) -> PadConfig:
+        """A config from :meth:`to_dict` output (e.g. ``padnet_config.json``); ``partition`` supplies the score
+        function of a ``"custom"`` partition. Raises ConfigError for unknown keys or bad values."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a PAD configuration must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown PAD configuration key(s): {', '.join(unknown)}")
+        data = dict(data)
+        if data.get("partition") == "custom" and partition is not None:
+            data["partition"] = partition
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"invalid PAD configuration ({exc})") from None

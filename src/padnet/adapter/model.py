@@ -1,0 +1,589 @@
+"""One way in for any model: ``get_pad_model(model, PadConfig(...)) -> PadModel``, in the spirit of PEFT.
+
+:class:`PadModel` wraps a model whose convolutions (any ``nn.Module`` with ``nn.Conv2d`` layers) or feed-forward
+blocks (Hugging Face encoders of the BERT family) were made dynamic, and gives one vocabulary for what follows:
+``partition`` (mode partition, PAD-Net eq. 5–9), the training hooks of :mod:`padnet.adapter.methods`
+(``start_training``, ``before_step``, ``extra_loss``, ``after_step``), ``merge_and_unload`` (the compact deployed
+form), ``save_pretrained`` / ``from_pretrained`` (safetensors of what the method adds or changes, plus
+``padnet_config.json``), ``summary``, ``masks``, ``scale_factors`` / ``set_scale_factors`` and ``unload``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from padnet.adapter.config import PadConfig
+from padnet.adapter.methods import PadTraining, method_for
+from padnet.adapter.moe_convert import FFN_PATTERNS, replace_ffns, require_ffns
+from padnet.deployment.deploy import deploy
+from padnet.errors import CheckpointError, ConfigError, first_line
+from padnet.layers.conv_base import DynamicConvBase
+from padnet.layers.deployed import DeployedConv2d
+from padnet.layers.dynamic_conv import PADConv2d
+from padnet.layers.modes import PartialMode, ScaleFactors
+from padnet.layers.moe import DeployedMoE, MoEFeedForward, auxiliary_loss, reset_aux_losses
+from padnet.layers.registry import resolve_conv
+from padnet.layers.surgery import find_convs, replace_convs
+from padnet.metrics.counting import count_flops, count_parameters
+from padnet.partitioning import PartitionReport, partition
+from padnet.partitioning.scores import masked_tensors
+from padnet.saving import folder
+from padnet.saving.conv_codec import decode_deployed, deployed_skeleton, encode_deployed
+from padnet.saving.folder import FORMS, fingerprint, under
+from padnet.saving.moe_codec import decode_moe, encode_moe
+
+
+def _targets(config: PadConfig) -> list[str] | None:
+    return None if config.target_modules in ("auto", "all") else list(config.target_modules)
+
+
+def _convert(model: nn.Module, config: PadConfig) -> list[str]:
+    """Apply ``config`` to ``model`` in place; the names of the modules it replaced."""
+    if config.family == "conv":
+        layer_type = resolve_conv(config.method)[0]
+        built = [n for n, m in model.named_modules() if isinstance(m, DynamicConvBase)]
+        if built and config.target_modules == "auto":  # e.g. create_model(..., conv="pad"): already converted
+            for name in built:
+                _check_built(name, model.get_submodule(name), layer_type, config)
+            return built
+        stem = config.target_modules == "auto"  # leave the first convolution static
+        found = find_convs(model, skip_first=stem, targets=_targets(config), exclude=config.exclude_modules,
+                           min_channels=config.min_channels)
+        if not found:
+            raise ConfigError(f"{type(model).__name__} has no nn.Conv2d that target_modules selects")
+        replace_convs(model, config.method, init_from_static=config.init_from_pretrained, skip_first=stem,
+                      exclude=tuple(config.exclude_modules), min_channels=config.min_channels,
+                      targets=_targets(config), **config.layer_kwargs())
+        return [name for name, _ in found]
+    patterns = [tuple(p) for p in config.ffn_patterns] if config.ffn_patterns else FFN_PATTERNS
+    sites = require_ffns(model, patterns)
+    targets = _targets(config)
+    chosen = [i for i, site in enumerate(sites)
+              if (targets is None or any(fnmatch.fnmatch(site.up, p) for p in targets))
+              and not any(fnmatch.fnmatch(site.up, p) for p in config.exclude_modules)]
+    if not chosen:
+        raise ConfigError(f"{type(model).__name__} has no feed-forward block that target_modules selects "
+                          f"({len(sites)} found)")
+    replace_ffns(model, layers=chosen, patterns=patterns, **config.layer_kwargs())
+    if not config.init_from_pretrained:
+        for i in chosen:
+            layer = model.get_submodule(sites[i].up)
+            nn.init.normal_(layer.experts, std=0.02)
+    return [sites[i].up for i in chosen]
+
+
+class PadModel(nn.Module):
+    """A model made partially dynamic by :func:`get_pad_model`; forwards like the model it wraps.
+
+    Attributes: ``base_model`` (the converted model), ``pad_config`` (:class:`PadConfig`), ``converted`` (names
+    of the replaced modules), ``training_state`` (:class:`~padnet.adapter.methods.PadTraining` once
+    :meth:`start_training` ran). Attributes the wrapper does not have are looked up on ``base_model``.
+
+    In training mode, when the wrapped model returns an output with a ``loss`` (a Hugging Face
+    ``ModelOutput``), the method's extra loss (e.g. MoE load balancing) is added to it, as Mixtral adds its
+    router loss; :meth:`extra_loss` then returns 0.0 for that step, so a loop may always add it.
+    """
+
+    def __init__(self, model: nn.Module, config: PadConfig, converted: list[str], fingerprints: dict[str, str]):
+        super().__init__()
+        self.base_model = model
+        self.pad_config = config
+        self.converted = list(converted)
+        self._fingerprints = fingerprints
+        self.training_state: PadTraining | None = None
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def forward(self, *args, **kwargs):
+        out = self.base_model(*args, **kwargs)
+        state = self.training_state
+        if state is not None and self.training and getattr(out, "loss", None) is not None:
+            extra = state.fold()
+            if extra is not None:
+                out.loss = out.loss + extra
+        return out
+
+    # ------------------------------------------------------------------ partition
+    def partition(self, data: Iterable | None = None, loss_fn: Callable | None = None,
+                  batch_loss: Callable | None = None, **overrides) -> PartitionReport:
+        """Mode partition of every masked layer (PAD-Net eq. 5–9) as the config describes it.
+
+        Args:
+            data: batches: (inputs, targets) pairs, or keyword dicts for a Hugging Face model (their loss is
+                ``model(**batch).loss`` plus the load-balancing loss). Needed by ``"imp"`` and ``"mp"``.
+            loss_fn: loss of (outputs, targets) (default cross-entropy).
+            batch_loss: ``batch_loss(model, batch) -> loss`` for other batches; replaces ``loss_fn``.
+            **overrides: ``kappa``, ``partition`` (method or score function), ``partition_scope``,
+                ``partition_iterations``, ``partition_batches``, ``check_scores`` for this call only.
+
+        Returns the :class:`~padnet.partitioning.PartitionReport`. Raises ConfigError for a method without
+        masks, bad overrides, missing data, or scores without signal (``check_scores``; see
+        :func:`padnet.partition`).
+        """
+        if not self.pad_config.partial:
+            raise ConfigError(f"method {self.pad_config.method!r} has no masks to partition")
+        scores = overrides.get("partition", self.pad_config.partition)
+        if scores == "custom":
+            raise ConfigError("this configuration was saved with a custom score function: pass it as partition=")
+        allowed = {"kappa", "partition", "partition_scope", "partition_iterations", "partition_batches",
+                   "check_scores"}
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise ConfigError(f"partition got unexpected options: {', '.join(unknown)}")
+        cfg = PadConfig.from_dict({**self.pad_config.to_dict(), **overrides},
+                                  scores if callable(scores) else None)
+        if data is not None:
+            data = list(itertools.islice(iter(data), cfg.partition_batches))  # only the N batches scored
+            if batch_loss is None and loss_fn is None and data and isinstance(data[0], Mapping):
+                batch_loss = _keyword_loss
+        return partition(self.base_model, cfg.value("kappa"), cfg.partition, data, loss_fn or F.cross_entropy,
+                         cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope,
+                         batch_loss=batch_loss, check_scores=cfg.check_scores)
+
+    # ------------------------------------------------------------------ training hooks
+    def start_training(self, steps_per_epoch: int | None = None, epochs: float | None = None,
+                       total_steps: int | None = None, partition_data: Iterable | None = None,
+                       loss_fn: Callable | None = None, batch_loss: Callable | None = None,
+                       step: int = 0, partitioned: bool | None = None) -> PadTraining:
+        """Prepare the method's training-time work for a run (see :mod:`padnet.adapter.methods`).
+
+        Args:
+            steps_per_epoch: optimiser steps per epoch (for schedules given in epochs).
+            epochs, total_steps: the run's length (SD-Conv's schedule needs one of them).
+            partition_data, loss_fn, batch_loss: what :meth:`partition` gets when the partition is due.
+            step: the step to start from (a resumed run).
+            partitioned: whether the partition already ran (default: whether any mask has a static element, as
+                after a resumed run or ``from_pretrained``), so a resumed run does not partition again.
+
+        Returns the :class:`~padnet.adapter.methods.PadTraining`, also kept as ``training_state``.
+
+        Raises ConfigError when IMP / MP is due during training without ``partition_data`` or ``batch_loss``.
+        """
+        if total_steps is None and epochs is not None and steps_per_epoch is not None:
+            total_steps = math.ceil(epochs * steps_per_epoch)
+        cfg = self.pad_config
+        if partitioned is None:  # masks with static elements: partitioned before (a resumed run, from_pretrained)
+            partitioned = any(bool((mode.mask == 0).any()) for _, mode, _ in masked_tensors(self.base_model))
+        due = cfg.partial and cfg.value("partition_at") != "manual" and not partitioned
+        if due and cfg.partition == "custom":
+            raise ConfigError("this configuration was saved with a custom score function: build the PadModel with "
+                              "it (PadConfig(partition=fn)) before training")
+        if due and cfg.partition in ("imp", "mp") and partition_data is None and batch_loss is None:
+            raise ConfigError(f"mode partition ({cfg.partition}) is due during training: pass partition_data (or "
+                              "set partition_at='manual' and call partition yourself)")
+
+        def run():
+            return self.partition(partition_data, loss_fn, batch_loss)
+
+        self.training_state = PadTraining(self.base_model, cfg, steps_per_epoch, total_steps,
+                                          run if cfg.partial else None, step, partitioned)
+        return self.training_state
+
+    def _state(self) -> PadTraining:
+        if self.training_state is None:
+            raise ConfigError("call start_training(...) before the training hooks")
+        return self.training_state
+
+    def before_step(self) -> None:
+        """Before each optimiser step's forward: partition when due, temperature annealing."""
+        self._state().before_step()
+
+    def extra_loss(self) -> torch.Tensor | float:
+        """The method's loss terms for this step (SD-Conv budget loss, MoE load-balancing loss), or 0.0."""
+        return self._state().extra_loss()
+
+    def after_step(self) -> None:
+        """After each optimiser step: SD-Conv's threshold step and clamp; advances the step."""
+        self._state().after_step()
+
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters for your optimiser: all but those the method trains itself (SD-Conv's
+        thresholds, which :meth:`after_step` updates)."""
+        if self.training_state is not None:
+            return self.training_state.optimizer_parameters(self.base_model)
+        own = {id(p) for p in method_for(self.pad_config).own_parameters(self.base_model)}
+        return [p for p in self.base_model.parameters() if p.requires_grad and id(p) not in own]
+
+    # ------------------------------------------------------------------ masks and scale factors
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Every mode-partition mask as booleans (True = dynamic), by masked tensor name, each in its mask
+        shape ((1 or k, *shape), or one element per filter / neuron)."""
+        return {name: mode.mask.detach().bool().clone() for name, mode, _ in masked_tensors(self.base_model)}
+
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Set masks by name (booleans or 0/1 of each mask's shape). Raises ConfigError for an unknown name or a
+        shape that does not fit."""
+        modes = {name: mode for name, mode, _ in masked_tensors(self.base_model)}
+        for name, value in masks.items():
+            if name not in modes:
+                raise ConfigError(f"no mask named {name!r}; masks: {', '.join(list(modes)[:5])}...")
+            mode = modes[name]
+            value = torch.as_tensor(value)
+            if tuple(value.shape) != tuple(mode.mask.shape):
+                raise ConfigError(f"mask {name} has shape {tuple(mode.mask.shape)}, got {tuple(value.shape)}")
+            with torch.no_grad():
+                mode.mask.copy_((value != 0).to(mode.mask.dtype))
+
+    def scale_factors(self) -> dict[str, tuple[float, float]]:
+        """(λs, λd) of every layer with scale factors, by module name (PAD-Net eq. 4)."""
+        return {name: tuple(float(v.detach()) for v in module()) for name, module in self.base_model.named_modules()
+                if isinstance(module, ScaleFactors) and module.mode != "none"}
+
+    @torch.no_grad()
+    def set_scale_factors(self, lambda_s: float | None = None, lambda_d: float | None = None) -> int:
+        """Set the scale factors of every layer; returns how many were set.
+
+        With ``scale_mode="constrained"`` give one of them (the other is 2 minus it, each in (0, 2)); with
+        ``"both"`` either or both; ``"static"``/``"dynamic"`` the one they train. Raises ConfigError for a value
+        the mode cannot hold.
+        """
+        count = 0
+        for module in self.base_model.modules():
+            if not isinstance(module, ScaleFactors) or module.mode == "none":
+                continue
+            if module.mode == "constrained":
+                lam_d = lambda_d if lambda_d is not None else (None if lambda_s is None else 2.0 - lambda_s)
+                if lam_d is None or not 0 < lam_d < 2 or (lambda_s is not None and lambda_d is not None
+                                                           and abs(lambda_s + lambda_d - 2) > 1e-9):
+                    raise ConfigError("constrained scale factors need λs + λd = 2 with each in (0, 2)")
+                module.phi.fill_(math.log(lam_d / (2.0 - lam_d)))  # λd = 2·sigmoid(φ)
+            else:
+                for name, value in (("lambda_s", lambda_s), ("lambda_d", lambda_d)):
+                    if value is not None:
+                        if not hasattr(module, name):
+                            raise ConfigError(f"scale-factor mode {module.mode!r} has no trainable {name}")
+                        getattr(module, name).fill_(float(value))
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------ accounting
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table: parameters (trainable / stored / compact), FLOPs (MACs of one input of ``input_shape``,
+        convolutional models), and the dynamic ratio per layer type."""
+        model = self.base_model
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows = [("method", self.pad_config.method), ("converted modules", str(len(self.converted))),
+                ("trainable parameters", f"{trainable:,}"),
+                ("stored parameters", f"{count_parameters(model, compact=False):,}"),
+                ("compact parameters", f"{count_parameters(model):,}")]
+        if input_shape is not None:
+            rows.append(("MACs per input", f"{count_flops(model, tuple(input_shape)):,}"))
+        by_type: dict[str, list[int]] = {}
+        for name in self.converted:
+            module = model.get_submodule(name)
+            kind = type(module[-1] if isinstance(module, nn.Sequential) else module).__name__
+            counts = by_type.setdefault(kind, [0, 0])
+            for mode in module.modules():
+                if isinstance(mode, PartialMode):
+                    c = mode.compact_counts()["dynamic"]
+                    counts[0], counts[1] = counts[0] + c, counts[1] + mode.factor_numel
+        for kind, (dynamic, total) in by_type.items():
+            rows.append((f"dynamic ratio, {kind}", f"{dynamic / total:.4f}" if total else "1 (fully dynamic)"))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+    # ------------------------------------------------------------------ deployment and unloading
+    def merge_and_unload(self) -> nn.Module:
+        """The compact inference form as a plain module (a copy; this model is unchanged): BatchNorm and the scale
+        factors folded, dynamic factors only where M = 1 (``padnet.deploy``), or MoE experts merged once
+        (``DeployedMoE``). In eval mode."""
+        try:
+            return deploy(self.base_model)
+        except ConfigError:  # a model torch.fx cannot trace keeps its BatchNorm layers
+            return deploy(self.base_model, fold_bn=False)
+
+    def unload(self) -> nn.Module:
+        """The wrapped model with every converted module turned back into a plain one, where that is exact: a
+        convolution whose masks are all static becomes ``nn.Conv2d`` with kernel λs · Θ̄ (PAD-Net eq. 4 with
+        M = 0). A copy; this model is unchanged. Raises ConfigError naming the first module that still has
+        dynamic elements (use :meth:`merge_and_unload`)."""
+        model = _copy(self.base_model)
+        for name in self.converted:
+            module = model.get_submodule(name)
+            layer = module[-1] if isinstance(module, nn.Sequential) else module
+            static = _static_conv(layer)
+            if static is None:
+                raise ConfigError(f"{name} still has dynamic elements and cannot become a static layer exactly; "
+                                  "use merge_and_unload() for the compact deployed form")
+            if isinstance(module, nn.Sequential):
+                module[-1] = static
+            else:
+                model.set_submodule(name, static)
+        return model
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, directory: str | Path, form: str = "training", full: bool = False,
+                        tokenizer=None) -> Path:
+        """Write ``directory/padnet_config.json`` and ``directory/padnet_model.safetensors`` (:mod:`padnet.saving.folder`),
+        each file atomically. Returns the directory.
+
+        Args:
+            form: ``"training"`` (masks, static parameters, scale factors: train further) or ``"deployed"`` (the
+                compact form of :meth:`merge_and_unload`).
+            full: store every tensor and the architecture (``padnet.create_model``'s arguments, or the Hugging Face
+                class and ``config.json``), so that :meth:`from_pretrained` needs no base model. By default only
+                what the method adds or changes is stored: the converted modules, and every other tensor whose
+                value changed since :func:`get_pad_model` (e.g. a fine-tuned head); the tensors left out are
+                recorded by hash, so :meth:`from_pretrained` can check the base model it is given.
+            tokenizer: a Hugging Face tokenizer saved into the same folder.
+
+        Raises ConfigError for an unknown form, or ``full`` for a model whose architecture padnet cannot rebuild.
+        """
+        if form not in FORMS:
+            raise ConfigError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
+        recipe = folder.architecture(self.base_model)
+        if full and recipe is None:
+            raise ConfigError("full=True needs a model padnet can rebuild (from padnet.create_model or a "
+                              "transformers model); save without full= and pass base_model= when loading")
+        if self.pad_config.family == "moe":  # deployed: the experts are merged when loaded
+            tensors, meta = encode_moe(self.base_model), {}
+        elif form == "deployed":
+            tensors, meta = _deployed_tensors(self.merge_and_unload())
+        else:
+            tensors, meta = folder.state_tensors(self.base_model), {}
+        changed = set(meta.get("folded_bn", ())) | set(meta.get("fused_convs", ()))
+        kept = tensors if full else {k: v for k, v in tensors.items() if under(k, self.converted)
+                                     or under(k, changed) or self._fingerprints.get(k) != fingerprint(v)}
+        record = {"form": form, "config": self.pad_config.to_dict(), "converted": self.converted,
+                  "base": {} if full else {k: h for k, h in self._fingerprints.items() if k not in kept}, "deploy": meta,
+                  "architecture": recipe if full else None}
+        return folder.write_folder(directory, kept, record, self.base_model, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, base_model: nn.Module | None = None,
+                        partition: Callable | None = None) -> PadModel | nn.Module:
+        """:func:`load_pretrained`: what :meth:`save_pretrained` (or :func:`save_pretrained`) wrote."""
+        return load_pretrained(directory, base_model, partition)
+
+
+def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfig) -> None:
+    """Refuse a config whose method or layer options differ from a layer the model already has."""
+    if type(layer) is not layer_type:
+        raise ConfigError(f"{name} is a {type(layer).__name__}, not a layer of method {config.method!r}")
+    mode = getattr(layer, "weight_mode", None)
+    found = {"num_kernels": getattr(layer, "num_kernels", None), "granularity": getattr(mode, "granularity", None),
+             "mask_semantics": getattr(mode, "semantics", None), "scale_mode": getattr(layer.scales, "mode", None)
+             if hasattr(layer, "scales") else None}
+    for option, value in found.items():
+        wanted = getattr(config, option)
+        if wanted is not None and value is not None and wanted != value:
+            raise ConfigError(f"{name} already has {option} {value!r}, the config asks for {wanted!r}: a model built "
+                              "with padnet layers keeps its own; build it with the options you want")
+    if config.reduction is not None:
+        raise ConfigError("reduction cannot be applied to a model already built with padnet layers; build it with "
+                          "the reduction you want")
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``; the MoE layers' losses of the last forward (autograd results) are dropped first."""
+    reset_aux_losses(model)
+    return copy.deepcopy(model)
+
+
+def _keyword_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Task loss of a Hugging Face model on a keyword batch plus the load-balancing loss of its MoE layers."""
+    return model(**batch).loss + auxiliary_loss(model)
+
+
+def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
+    """The exact ``nn.Conv2d`` of a dynamic convolution whose every mask is static (λs · Θ̄), else None."""
+    if not isinstance(layer, PADConv2d):
+        return None
+    modes = [mode for _, mode, _ in layer.mode_pairs() if mode.partial]
+    if any(mode.semantics != "static" or bool(mode.mask.any()) for mode in modes):
+        return None
+    lam_s, _ = layer.scales()
+    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                     layer.dilation, layer.groups, bias=layer.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight_mode.static * lam_s)
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias_mode.static * lam_s)
+    return conv.to(layer.weight.device)
+
+
+def convert(model: nn.Module, method: str = "pad", **options) -> nn.Module:
+    """``get_pad_model(model, PadConfig(method=method, **options)).base_model``: the model itself (changed in
+    place) rather than its :class:`PadModel` wrapper, for code that keeps working with the plain module.
+
+    ``options`` are :class:`PadConfig` fields (``kappa``, ``num_kernels``, ``exclude_modules``,
+    ``init_from_pretrained``, ``target_modules="all"`` for the stem too, ``min_channels``, ``layer_options``, ...).
+    Raises ConfigError as :func:`get_pad_model`.
+    """
+    return get_pad_model(model, method=method, **options).base_model
+
+
+def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) -> PadModel:
+    """Make ``model`` dynamic or partially dynamic as ``config`` describes (in place) and wrap it.
+
+    Args:
+        model: any ``nn.Module`` with ``nn.Conv2d`` layers (convolution methods), or a transformer encoder
+            whose FFN blocks ``padnet.adapter.moe_convert.find_ffns`` recognises (BERT family, GPT-2; MoE methods).
+        config: a :class:`PadConfig`; or give its fields as keyword ``options`` (``method="pad", kappa=0.3``).
+
+    Returns a :class:`PadModel`. Converting a pretrained model starts every kernel / expert and the static
+    parameters from its weights, so the converted model computes what it did (softmax routing; MoE with the
+    zero-initialised router); mode partition then needs a warm-up of training first (``partition_at``).
+
+    Raises:
+        ConfigError: a bad config, a module that cannot be converted (named, with the ``exclude_modules``
+            remedy), or nothing to convert. The model is unchanged after any error.
+    """
+    if isinstance(model, PadModel):
+        raise ConfigError("the model is already a PadModel")
+    if config is None:
+        config = PadConfig.from_dict(options)
+    elif options:
+        config = PadConfig.from_dict({**config.to_dict(), **options},
+                                     config.partition if callable(config.partition) else None)
+    if not isinstance(config, PadConfig):
+        raise ConfigError(f"config must be a PadConfig, got {type(config).__name__}")
+    lazy = next((n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if is_lazy(t)), None)
+    if lazy is not None:
+        raise ConfigError(f"{lazy} is not initialised yet (a lazy module): run one forward pass before converting")
+    converted = _convert(model, config)
+    fingerprints = {k: fingerprint(v) for k, v in model.state_dict().items() if not under(k, converted)}
+    return PadModel(model, config, converted, fingerprints)
+
+
+def _deployed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """The compact tensors of a deployed model and its layout (folded BatchNorm, each deployed layer's)."""
+    layers = {n: m.config for n, m in model.named_modules() if isinstance(m, DeployedConv2d)}
+    return encode_deployed(model), {"layers": layers, **model.padnet_deployed}
+
+
+def save_pretrained(model: nn.Module, directory: str | Path, form: str = "training", full: bool = False,
+                    tokenizer=None) -> Path:
+    """Save any padnet model to a folder that :func:`load_pretrained` reads.
+
+    A :class:`PadModel` is saved by :meth:`PadModel.save_pretrained` with these arguments. A plain model (static
+    or built with padnet's layers by ``padnet.create_model``, a Hugging Face model without MoE layers, or the
+    output of ``padnet.deploy`` / ``merge_and_unload`` of such a model) is stored whole with its architecture,
+    in the form it has (``form`` and ``full`` do not apply). Returns the directory.
+
+    Raises ConfigError for a plain model padnet cannot rebuild: no architecture recorded, MoE layers, or
+    layers converted after ``create_model`` (save the :class:`PadModel` of :func:`get_pad_model` instead).
+    """
+    if isinstance(model, PadModel):
+        return model.save_pretrained(directory, form, full, tokenizer)
+    recipe = folder.architecture(model)
+    remedy = "save the PadModel that padnet.get_pad_model returned"
+    if recipe is None:
+        raise ConfigError("save_pretrained takes a PadModel, a model from padnet.create_model or a transformers "
+                          f"model; {type(model).__name__} records no architecture to rebuild")
+    if any(isinstance(m, (MoEFeedForward, DeployedMoE)) for m in model.modules()):
+        raise ConfigError(f"this model has MoE layers but no PadConfig: {remedy}")
+    if recipe.get("padnet", {}).get("conv") == "static" and any(
+            isinstance(m, (DynamicConvBase, DeployedConv2d)) for m in model.modules()):
+        raise ConfigError(f"this model's convolutions were converted after create_model: {remedy}")
+    deployed = getattr(model, "padnet_deployed", None) is not None
+    if deployed:
+        tensors, meta = _deployed_tensors(model)
+    else:
+        tensors, meta = folder.state_tensors(model), {}
+    record = {"form": "deployed" if deployed else "training", "config": None, "converted": [], "base": {},
+              "deploy": meta, "architecture": recipe}
+    return folder.write_folder(directory, tensors, record, model, tokenizer)
+
+
+def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
+                    partition: Callable | None = None) -> PadModel | nn.Module:
+    """Load a folder written by :func:`save_pretrained` / :meth:`PadModel.save_pretrained`.
+
+    Args:
+        directory: the folder.
+        base_model: the model it was converted from (changed in place); by default rebuilt from the architecture
+            the folder records (saved with ``full=True``, or a plain model).
+        partition: the score function of a config saved with a custom one.
+
+    Returns a :class:`PadModel` (training form with a PadConfig), or a plain module in eval mode (deployed form:
+    compact convolutions or merged experts; or a model saved without a PadConfig).
+
+    Raises:
+        CheckpointError: a missing, corrupt or foreign folder; a folder that stores only what changed and no
+            ``base_model``; a base model that differs from the one converted (naming the first differing
+            tensor); weights that do not fit, or that hold integers or NaN / infinity where floats belong.
+    """
+    directory = Path(directory)
+    record = folder.read_record(directory)
+    config = None
+    if record["config"] is not None:
+        try:
+            config = PadConfig.from_dict(record["config"], partition)
+        except ConfigError as exc:
+            raise CheckpointError(f"{directory / folder.CONFIG_FILE}: {exc}") from None
+    if base_model is None:
+        if record["architecture"] is None:
+            raise CheckpointError(f"{directory} stores only what changed from its base model: pass base_model= (the "
+                                  "model it was converted from)")
+        base_model = folder.build_architecture(record["architecture"], directory)
+    base_state = base_model.state_dict()
+    for key, digest in record["base"].items():  # checked before anything is converted
+        if key not in base_state or fingerprint(base_state[key]) != digest:
+            raise CheckpointError(f"{directory}: base_model differs from the model that was converted "
+                                  f"(tensor {key})")
+    tensors = folder.read_weights(directory, record["form"])
+    form, source = record["form"], directory / folder.WEIGHTS_FILE
+    if config is None:
+        if record["converted"]:
+            raise CheckpointError(f"{directory / folder.CONFIG_FILE} names converted modules but no PadConfig")
+        return _load_into(base_model, tensors, form, record["deploy"], source, set(record["base"])).eval()
+    pad = get_pad_model(base_model, config)
+    if pad.converted != record["converted"]:
+        raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
+                              f"(first: {record['converted'][:1]} vs {pad.converted[:1]})")
+    if config.family == "moe":
+        state = pad.base_model.state_dict()
+        try:
+            decoded = decode_moe(pad.base_model, tensors)
+        except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            reason = first_line(exc)
+            raise CheckpointError(f"{source} does not fit the base model ({reason})") from None
+        _check_complete(state, decoded, set(record["base"]), source)
+        state.update(decoded)
+        folder.load_state(pad.base_model, state, source)
+        return deploy(pad.base_model, inplace=True) if form == "deployed" else pad
+    model = _load_into(pad.base_model, tensors, form, record["deploy"], source, set(record["base"]))
+    return model.eval() if form == "deployed" else pad
+
+
+def _check_complete(state: dict, tensors: dict, base: set[str], source: Path) -> None:
+    """CheckpointError unless every tensor of ``state`` is stored or is a base-model tensor checked by hash."""
+    missing = [k for k in state if k not in tensors and k not in base]
+    if missing:
+        raise CheckpointError(f"{source} does not hold tensor {missing[0]} ({len(missing)} missing)")
+
+
+def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], form: str, layout: dict,
+               source: Path, base: set[str]) -> nn.Module:
+    """Load ``tensors`` (all of the state, or the part that changed; the rest must be among the ``base`` tensors
+    checked by hash) into ``model``, made deployed first for the deployed form; the model loaded (a deployed one
+    is built in place of ``model``'s layers)."""
+    try:
+        if form == "deployed":
+            model = deployed_skeleton(model, layout)
+            tensors = decode_deployed(model, tensors)
+    except (RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        reason = first_line(exc)
+        raise CheckpointError(f"{source} does not fit the base model ({reason})") from None
+    state = model.state_dict()
+    _check_complete(state, tensors, base, source)
+    state.update(tensors)
+    folder.load_state(model, state, source)
+    return model

@@ -1,8 +1,0 @@
-"""Analyses of trained models: aggregated-kernel statistics and magnitude pruning (SD-Conv §3.1),
-robustness to input noise (SD-Conv Table 3) and transfer by fine-tuning (SD-Conv Fig. 4)."""
-
-from .kernels import aggregated_kernel_stats, magnitude_prune
-from .robustness import noise_accuracy
-from .transfer import fine_tune
-
-__all__ = ["aggregated_kernel_stats", "fine_tune", "magnitude_prune", "noise_accuracy"]

@@ -1,9 +1,0 @@
-"""Training engine: schedules, checkpoints and the image-classification trainer."""
-
-from .checkpoint import load_model_state, read_checkpoint, restore_training, save_checkpoint
-from .schedule import warmup_cosine
-from .trainer import Trainer, build_model, evaluate
-
-__all__ = ["Trainer", "build_model", "evaluate", "load_model_state", "read_checkpoint", "restore_training",
-           "save_checkpoint",
-           "warmup_cosine"]

@@ -1,0 +1,214 @@
+"""The padnet model folder, written by ``PadModel.save_pretrained`` / ``padnet.save_pretrained`` and read by
+``PadModel.from_pretrained`` / ``padnet.load_pretrained`` (:mod:`padnet.adapter.model`).
+
+A folder holds:
+
+- ``padnet_config.json``: the format, the form (``"training"`` or ``"deployed"``), the
+  :class:`~padnet.adapter.config.PadConfig` (null for a model saved without one: static, or built and deployed with
+  padnet's layers), the converted module names, the fingerprints of the base model's tensors left out, the
+  deployed layout (folded BatchNorm layers, each deployed convolution's layout), and, when every tensor is
+  stored, the architecture: ``{"padnet": create_model arguments}`` or ``{"transformers": model class}`` with the
+  Hugging Face ``config.json`` beside it;
+- ``padnet_model.safetensors``: the tensors; deployed convolutions in :mod:`padnet.saving.conv_codec`'s compact
+  encoding, PAD-MoE / MoE-P experts in :mod:`padnet.saving.moe_codec`'s;
+- the tokenizer's files, when one was given.
+
+Everything read back is validated as command-line input is: the record's kinds, the architecture's sizes, the
+tensors' names, shapes and values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from padnet.errors import CheckpointError, ConfigError, first_line
+from padnet.models import create_model
+from padnet.saving.fileio import atomic_path, parse_json, write_json
+
+FORMAT = "padnet-adapter-1"
+CONFIG_FILE = "padnet_config.json"
+WEIGHTS_FILE = "padnet_model.safetensors"
+HF_CONFIG_FILE = "config.json"
+FORMS = ("training", "deployed")
+
+# bounds on an architecture read from disk: it must not ask for a huge allocation
+_RECIPE_INTS = {"num_classes": (1, 1_000_000), "in_chans": (1, 64), "num_kernels": (1, 64), "reduction": (0, 4_096)}
+_RECIPE_WIDTH = 16
+
+
+def fingerprint(tensor: torch.Tensor) -> str:
+    """A short hash of a tensor's dtype, shape and bytes (to tell an unchanged tensor from a changed one)."""
+    data = tensor.detach().cpu().contiguous()
+    digest = hashlib.blake2b(f"{data.dtype}{tuple(data.shape)}".encode(), digest_size=12)
+    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as detached CPU copies, ready for safetensors (which refuses tensors sharing memory,
+    as tied weights do: GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``)."""
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
+
+
+def under(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether state-dict ``key`` belongs to one of the modules named in ``prefixes``."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+# ------------------------------------------------------------------------------------------ architecture
+
+def architecture(model: nn.Module) -> dict | None:
+    """The recipe that rebuilds ``model``'s architecture: ``{"padnet": create_model arguments}`` for a model from
+    ``padnet.create_model``, ``{"transformers": class name}`` for a Hugging Face model, else None."""
+    recipe = getattr(model, "padnet_config", None)
+    if isinstance(recipe, dict):
+        return {"padnet": dict(recipe)}
+    if hasattr(getattr(model, "config", None), "to_json_string"):
+        return {"transformers": type(model).__name__}
+    return None
+
+
+def _check_recipe(recipe: dict, source: str) -> dict:
+    """``create_model`` arguments read from disk, checked for kinds and bounded sizes."""
+    for key, value in recipe.items():
+        if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
+            raise CheckpointError(f"{source}: architecture option {key!r} has a value of the wrong kind")
+    for key in ("name", "conv", "stem"):
+        if not isinstance(recipe.get(key), str):
+            raise CheckpointError(f"{source}: the architecture has no {key} (a string)")
+    for key, (low, high) in _RECIPE_INTS.items():
+        value = recipe.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            raise CheckpointError(f"{source}: architecture option {key} must be an integer in [{low}, {high}], "
+                                  f"got {value!r}")
+    width = recipe.get("width", 1.0)
+    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and math.isfinite(width)
+            and 0 < width <= _RECIPE_WIDTH):
+        raise CheckpointError(f"{source}: architecture width must be in (0, {_RECIPE_WIDTH}], got {width!r}")
+    return recipe
+
+
+def build_architecture(recipe: dict, directory: Path) -> nn.Module:
+    """A freshly initialised model of the architecture ``recipe`` (from :func:`architecture`, read from the
+    folder ``directory``). Raises CheckpointError for a malformed or unknown architecture."""
+    source = str(directory / CONFIG_FILE)
+    if isinstance(recipe.get("padnet"), dict) and len(recipe) == 1:
+
+        try:
+            return create_model(**_check_recipe(recipe["padnet"], source))
+        except (ConfigError, TypeError) as exc:
+            raise CheckpointError(f"{source}: the architecture cannot be built ({exc})") from None
+    if isinstance(recipe.get("transformers"), str) and len(recipe) == 1:
+        try:
+            import transformers
+        except ImportError:
+            raise CheckpointError(f"{directory} holds a Hugging Face model: install padnet[nlp] to load it") from None
+        cls = getattr(transformers, recipe["transformers"], None)
+        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+            raise CheckpointError(f"{source}: {recipe['transformers']!r} is not a transformers model class")
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(directory))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{directory / HF_CONFIG_FILE} is not a readable Hugging Face config "
+                                  f"({str(exc).splitlines()[0]})") from None
+        if not isinstance(config, cls.config_class):
+            raise CheckpointError(f"{directory / HF_CONFIG_FILE} is a {type(config).__name__}, not the config of "
+                                  f"{cls.__name__}")
+        return cls(config)
+    raise CheckpointError(f"{source}: malformed architecture record")
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+def write_folder(directory: str | Path, tensors: dict[str, torch.Tensor], record: dict, model: nn.Module,
+                 tokenizer=None) -> Path:
+    """Write a model folder, each file atomically, the record last (a folder with a record is complete).
+
+    ``record``: the fields of ``padnet_config.json`` but the format; ``model``: the saved model, whose Hugging
+    Face config is written beside it when the record's architecture names a transformers class.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if (record.get("architecture") or {}).get("transformers"):
+        with atomic_path(directory / HF_CONFIG_FILE) as tmp:
+            Path(tmp).write_text(model.config.to_json_string())
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"padnet": json.dumps({"format": FORMAT, "form": record["form"]})})
+    write_json(directory / CONFIG_FILE, {"format": FORMAT, **record})
+    return directory
+
+
+def read_record(directory: Path) -> dict:
+    """``directory/padnet_config.json``, checked field by field. Raises CheckpointError."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        record = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON ({str(exc).splitlines()[0]})") from None
+    ok = (isinstance(record, dict) and record.get("format") == FORMAT and record.get("form") in FORMS
+          and isinstance(record.get("config"), (dict, type(None))) and isinstance(record.get("converted"), list)
+          and all(isinstance(n, str) for n in record["converted"]) and isinstance(record.get("base"), dict)
+          and all(isinstance(v, str) for v in record["base"].values()) and isinstance(record.get("deploy"), dict)
+          and isinstance(record.setdefault("architecture", None), (dict, type(None))))
+    if not ok:
+        raise CheckpointError(f"{path} is not a padnet model record ({FORMAT})")
+    deploy = record["deploy"]
+    if deploy and not (isinstance(deploy.get("layers"), dict) and all(
+            isinstance(deploy.get(k), list) and all(isinstance(n, str) for n in deploy[k])
+            for k in ("folded_bn", "fused_convs"))):
+        raise CheckpointError(f"{path} has a malformed deployed layout")
+    return record
+
+
+def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``directory/padnet_model.safetensors``, checked to be written in ``form``."""
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = parse_json((fh.metadata() or {}).get("padnet", "null"))
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = first_line(exc)
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("form") != form:
+        raise CheckpointError(f"{path} was not written with the {form} form of {CONFIG_FILE}")
+    return tensors
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``model`` strictly. A one-line CheckpointError names the first missing, unexpected or
+    mis-shaped tensor, a floating-point tensor stored as integers, one holding NaN or infinity, or a BatchNorm
+    running variance below zero."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        first = (missing or unexpected or shapes)[0]
+        raise CheckpointError(
+            f"{source} does not match this architecture: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(shapes)} mis-shaped tensors (first: {first})")
+    for key, value in own.items():  # a float weight stored as integers, or holding NaN / inf, is not a model
+        saved = state[key]
+        if value.is_floating_point() and not saved.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {key} is stored as {saved.dtype}, not floating point")
+        if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
+            raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values")
+        if key.endswith("running_var") and bool((saved < 0).any()):  # a variance: the outputs would be NaN
+            raise CheckpointError(f"{source}: tensor {key} holds negative variances")
+    model.load_state_dict(state, strict=True)

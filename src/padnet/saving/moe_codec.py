@@ -1,0 +1,57 @@
+"""The compact file encoding of MoE layers: PAD-MoE and MoE-P experts stored as their static parameters (dense, one
+FFN per layer) and each expert's dynamic factors only at the mask's dynamic positions (``…experts.values``
+(E, ‖M‖₀) with the mask as bits, ``…experts.bits``). Used by :mod:`padnet.saving.folder`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from padnet.layers.moe import MoEFeedForward, moe_layers
+from padnet.saving.conv_codec import pack_bits, unpack_bits
+from padnet.saving.folder import state_tensors
+
+_MODES = {"experts": "neuron_mode", "expert_bias": "bias_mode"}  # masked tensor -> its mode
+
+
+def moe_masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
+    """Boolean masks broadcast to one expert's tensor shape, for ``experts`` and ``expert_bias``."""
+    bias_shape = layer.expert_bias.shape[1:]
+    return {"experts": layer.neuron_mode.element_mask()[0].bool().cpu(),
+            "expert_bias": layer.bias_mode.element_mask()[0].reshape(bias_shape).bool().cpu()}
+
+
+def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state (:func:`padnet.saving.folder.state_tensors`) with every PAD-MoE / MoE-P layer's experts and
+    output biases stored as their dynamic values (E, ‖M‖₀) and the mask as bits; the mask buffers are left out
+    (the bits hold them)."""
+    tensors = state_tensors(model)
+    for name, layer in moe_layers(model):
+        if layer.mode == "dynamic":
+            continue
+        for key, mask in moe_masks(layer).items():
+            full = tensors.pop(f"{name}.{key}")  # (E, *shape)
+            del tensors[f"{name}.{_MODES[key]}.mask"]  # the bits below hold it
+            tensors[f"{name}.{key}.values"] = full[:, mask].contiguous()  # (E, ‖M‖₀)
+            tensors[f"{name}.{key}.bits"] = pack_bits(mask.reshape(-1))
+    return tensors
+
+
+def decode_moe(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`encode_moe` for ``model``'s MoE layers (``tensors`` is changed and returned): full
+    expert tensors (zero at static positions) and mask buffers. Raises KeyError for a missing tensor."""
+    for name, layer in moe_layers(model):
+        if layer.mode == "dynamic":
+            continue
+        for key, mode_name in _MODES.items():
+            target = getattr(layer, key)
+            mask = unpack_bits(tensors.pop(f"{name}.{key}.bits"), target[0].numel()).reshape(target.shape[1:])
+            values = tensors.pop(f"{name}.{key}.values")
+            full = torch.zeros(target.shape, dtype=values.dtype)
+            full[:, mask] = values
+            tensors[f"{name}.{key}"] = full
+            mode = getattr(layer, mode_name)
+            # back to the mask buffer's shape: a filter or column mask keeps one element per block
+            mask = mask.reshape(mode.shape)[tuple(slice(None) if n > 1 else slice(0, 1) for n in mode.mask.shape[1:])]
+            tensors[f"{name}.{mode_name}.mask"] = mask.reshape(mode.mask.shape).float()
+    return tensors

@@ -1,0 +1,96 @@
+"""Data sets by name: :data:`DATASETS` and :func:`load_dataset`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from padnet.errors import ConfigError, DataError, check_choice
+from padnet.training.data.images import ImageData
+
+DATASETS = ("fashion-mnist", "digits", "cifar10", "cifar100", "imagefolder", "arrays")
+NORMALIZATIONS = ("auto", "imagenet", "data", "none")
+
+
+def load_dataset(
+    name: str, root: str | os.PathLike | None = None, download: bool = False, image_size: int | None = None,
+    channels: int | None = None, normalization: str = "auto",
+) -> tuple[ImageData | Dataset, ImageData | Dataset]:
+    """Load a data set as ``(train, test)``.
+
+    Args:
+        name: one of :data:`DATASETS` (case-insensitive; ``_`` may stand for ``-``).
+        root: folder holding the files; for ``fashion-mnist``/``cifar10``/``cifar100`` it overrides
+            the default search (Debian package folder, ``$PADNET_DATA`` or ``~/.cache/padnet``);
+            ignored by ``digits``; required by ``imagefolder`` (``root/train/<class>/...`` and
+            ``root/val/<class>/...``, ``root/test`` accepted when there is no ``val``) and by ``arrays``
+            (an ``.npz`` file, :mod:`padnet.training.data.arrays`).
+        download: fetch missing files (SHA-256 checked) into ``root`` or the cache.
+        image_size: ``imagefolder``: the side images are cropped to (default 224); ``arrays``: the (square)
+            size of flat (N, H·W) images.
+        channels: ``imagefolder``: 3 (RGB, default) or 1 (grey levels).
+        normalization: ``imagefolder``: ``"auto"`` (ImageNet statistics for 3 channels, the data's for 1),
+            ``"imagenet"``, ``"data"`` (statistics of up to 256 training images) or ``"none"``.
+
+    Returns:
+        ``(train, test)``: :class:`ImageData` (uint8 images in memory) for all but ``imagefolder``,
+        which gives two :class:`~padnet.training.data.folder.ImageFolder` data sets (train augmented).
+
+    Raises:
+        ConfigError: unknown ``name`` (the message lists :data:`DATASETS`), ``imagefolder`` or ``arrays``
+            without ``root``, image options for a data set that does not take them.
+        DataError: missing, corrupt or mismatching files.
+    """
+    key = name.strip().lower().replace("_", "-")
+    options = {"image_size": image_size, "channels": channels, "normalization": normalization}
+    takes = {"imagefolder": ("image_size", "channels", "normalization"), "arrays": ("image_size",)}.get(key, ())
+    given = [k for k, v in options.items() if v not in (None, "auto") and k not in takes]
+    if given:
+        raise ConfigError(f"dataset {name!r} takes no {given[0]} option")
+    if key == "fashion-mnist":
+        from padnet.training.data.fashion_mnist import load_fashion_mnist
+
+        return load_fashion_mnist(root, download)
+    if key == "digits":
+        from padnet.training.data.digits import load_digits_data
+
+        return load_digits_data()
+    if key in ("cifar10", "cifar100"):
+        from padnet.training.data.cifar import CIFAR10, CIFAR100, load_cifar
+
+        return load_cifar(CIFAR10 if key == "cifar10" else CIFAR100, root, download)
+    if key == "imagefolder":
+        return _load_folder(root, image_size or 224, channels or 3, normalization)
+    if key == "arrays":
+        from padnet.training.data.arrays import load_arrays
+
+        if root is None:
+            raise ConfigError("dataset 'arrays' needs a data root (--data-root file.npz)")
+        return load_arrays(root, image_size)
+    raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def _load_folder(root: str | os.PathLike | None, size: int = 224, channels: int = 3, normalization: str = "auto"):
+    """Train and val :class:`ImageFolder` sets of ``root``; val uses train's class list and statistics."""
+    from padnet.training.data.folder import ImageFolder
+
+    if root is None:
+        raise ConfigError(
+            "dataset 'imagefolder' needs a data root (--data-root) with train/ and val/ folders"
+        )
+    root = Path(root).expanduser()
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    if normalization == "auto":
+        normalization = "imagenet" if channels == 3 else "data"
+    resize_to = max(size, round(size * 256 / 224))
+    train = ImageFolder(root / "train", augment=True, size=size, resize_to=resize_to, channels=channels,
+                        normalization=normalization)
+    val_dir = root / "val"
+    if not val_dir.is_dir() and (root / "test").is_dir():
+        val_dir = root / "test"
+    if not val_dir.is_dir():
+        raise DataError(f"image folder not found: {root / 'val'}")
+    return train, ImageFolder(val_dir, augment=False, size=size, resize_to=resize_to, classes=train.classes,
+                              channels=channels, normalization=(train.mean, train.std))

