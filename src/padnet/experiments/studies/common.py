@@ -141,6 +141,15 @@ def write_study(folder: Path, title: str, markdown: str, summary: dict, fig, sta
     plt.close(fig)
 
 
+def write_variant_study(runs: RunCache, study: str, title: str, records: list[dict], markdown: str,
+                        values_key: str, ylabel: str, started: float) -> dict:
+    """Write a study that compares variants into ``runs.out / study``: ``markdown``, a bar chart of each record's
+    per-seed ``values_key`` and the records with the recipe; returns ``{"records": records}``."""
+    fig = bars([r["label"] for r in records], [r[values_key] for r in records], ylabel)
+    write_study(runs.out / study, title, markdown, {"records": records, "config": runs.base.to_dict()}, fig, started)
+    return {"records": records}
+
+
 def figure(ncols: int = 1, width: float = 5.0):
     """A matplotlib figure (Agg backend) with ``ncols`` axes."""
     import matplotlib

@@ -28,7 +28,6 @@ from padnet.experiments.plotting import label_axes
 from padnet.experiments.studies.common import (
     METHODS,
     Runs,
-    bars,
     figure,
     mean_std,
     pm,
@@ -37,6 +36,7 @@ from padnet.experiments.studies.common import (
     variant,
     vision_recipe,
     write_study,
+    write_variant_study,
 )
 from padnet.experiments.studies.robustness import SIGMAS, noise_study, transfer_study
 from padnet.layers.dynamic_conv import DynamicConv2d
@@ -69,10 +69,6 @@ LAYERS_WIDTHS = {"quick": (0.25, 0.5), "full": (0.5, 1.0)}  # IMP on a full-widt
 LAYERS_KAPPAS = (0.3, 0.5)
 
 
-def _pad(name: str, **changes) -> tuple[str, dict]:
-    return variant(PAD, name, **changes)
-
-
 def _records(runs: Runs, variants: dict[str, dict], labels: dict[str, str]) -> list[dict]:
     """Top-1 per seed, its mean and spread, parameters and FLOPs of every variant."""
     return runs.records(variants, labels, "top1", "top1", extra=("flops",))
@@ -98,15 +94,13 @@ def _variant_study(runs: Runs, study: str, title: str, variants: dict[str, dict]
                    note: str = "") -> dict:
     started = time.perf_counter()
     records = _records(runs, variants, labels)
-    md = f"{_table(records)}\n\n{note}{_recipe(runs)}\n"
-    fig = bars([r["label"] for r in records], [r["top1"] for r in records], "top-1 (%)")
-    write_study(runs.out / study, title, md, {"records": records, "config": runs.base.to_dict()}, fig, started)
-    return {"records": records}
+    return write_variant_study(runs, study, title, records, f"{_table(records)}\n\n{note}{_recipe(runs)}\n", "top1",
+                               "top-1 (%)", started)
 
 
 def study_partition(runs: Runs) -> dict:
     """Random vs one-shot MP vs IMP at κ = 0.3, and the fully dynamic DY-Conv (PAD-Net appendix D, Fig. 6)."""
-    variants = dict([DY] + [_pad(f"pad-{m}", partition=m) if m != "imp" else PAD for m in METHODS])
+    variants = dict([DY] + [variant(PAD, f"pad-{m}", partition=m) if m != "imp" else PAD for m in METHODS])
     labels = {"dy": "Dynamic (DY-Conv)",
               **{("pad" if m == "imp" else f"pad-{m}"): label for m, label in METHODS.items()}}
     return _variant_study(runs, "partition", "Partition methods (PAD-Net appendix D, Fig. 6)", variants, labels,
@@ -117,7 +111,7 @@ def study_partition(runs: Runs) -> dict:
 def study_kappa(runs: Runs, kappas=KAPPAS) -> dict:
     """Top-1 and normalised performance over κ (PAD-Net Fig. 3)."""
     started = time.perf_counter()
-    variants = dict(PAD if k == DEFAULT_KAPPA else _pad(f"pad-k{round(100 * k)}", kappa=k) for k in kappas)
+    variants = dict(PAD if k == DEFAULT_KAPPA else variant(PAD, f"pad-k{round(100 * k)}", kappa=k) for k in kappas)
     names = list(variants)
     records = _records(runs, variants, {n: f"κ = {k:g}" for n, k in zip(names, kappas)})
     normalised = normalised_performance([r["top1_mean"] for r in records])
@@ -134,7 +128,7 @@ def study_kappa(runs: Runs, kappas=KAPPAS) -> dict:
 
 def study_scales(runs: Runs) -> dict:
     """The scale factors λs, λd: none, one, both unconstrained, λs + λd = 2 (PAD-Net Table 3)."""
-    variants = dict(PAD if m == "constrained" else _pad(f"pad-scales-{m}", scale_mode=m) for m in SCALES)
+    variants = dict(PAD if m == "constrained" else variant(PAD, f"pad-scales-{m}", scale_mode=m) for m in SCALES)
     labels = {("pad" if m == "constrained" else f"pad-scales-{m}"): label for m, label in SCALES.items()}
     return _variant_study(runs, "scales", "Scale factors (PAD-Net Table 3)", variants, labels,
                           "κ = 0.3, IMP. \"–\": no scale factors (λs = λd = 1); λs or λd: only that one is "
@@ -144,7 +138,7 @@ def study_scales(runs: Runs) -> dict:
 
 def study_pruning(runs: Runs) -> dict:
     """Mode partition vs pruning the same elements (zero instead of static), and DY-Conv (Table 4, for convs)."""
-    variants = dict([DY, PAD, _pad("pad-pruned", mask_semantics="zero")])
+    variants = dict([DY, PAD, variant(PAD, "pad-pruned", mask_semantics="zero")])
     labels = {"dy": "DY-Conv", "pad": "PAD-Net (κ = 0.3)", "pad-pruned": "Pruned DY-Conv (κ = 0.3)"}
     return _variant_study(runs, "pruning", "Pruning vs mode partition (PAD-Net Table 4, convolution analogue)",
                           variants, labels, "The pruned model scores and keeps the same fraction of dynamic "

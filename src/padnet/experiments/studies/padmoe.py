@@ -23,7 +23,6 @@ from padnet.errors import ConfigError
 from padnet.experiments.studies import finetune as moe_study
 from padnet.experiments.studies.common import (
     METHODS,
-    bars,
     figure,
     mean_std,
     pm,
@@ -31,6 +30,7 @@ from padnet.experiments.studies.common import (
     table,
     variant,
     write_study,
+    write_variant_study,
 )
 from padnet.experiments.studies.finetune import TextRuns
 from padnet.metrics.dynamics import mask_structure, normalised_performance
@@ -48,10 +48,6 @@ DEFAULT_KAPPA = 0.5  # PAD-Net's default for MoE (appendix B)
 PARTITION = {"kappa": DEFAULT_KAPPA, "partition": "imp"}  # pinned for every variant, so runs stay reusable
 DENSE, MOE = ("dense", {"variant": "dense", **PARTITION}), ("moe", {"variant": "moe", **PARTITION})
 PAD = ("pad", {"variant": "pad", **PARTITION})
-
-
-def _pad(name: str, **changes) -> tuple[str, dict]:
-    return variant(PAD, name, **changes)
 
 
 def _records(runs: TextRuns, variants: dict[str, dict], labels: dict[str, str]) -> list[dict]:
@@ -79,15 +75,13 @@ def _variant_study(runs: TextRuns, study: str, title: str, variants: dict[str, d
                    note: str) -> dict:
     started = time.perf_counter()
     records = _records(runs, variants, labels)
-    fig = bars([r["label"] for r in records], [r["scores"] for r in records], f"{records[0]['metric']} (%)")
-    write_study(runs.out / study, title, f"{_table(records)}\n\n{note}\n\n{_recipe(runs)}\n",
-                {"records": records, "config": runs.base.to_dict()}, fig, started)
-    return {"records": records}
+    return write_variant_study(runs, study, title, records, f"{_table(records)}\n\n{note}\n\n{_recipe(runs)}\n",
+                               "scores", f"{records[0]['metric']} (%)", started)
 
 
 def study_partition(runs: TextRuns) -> dict:
     """Random vs one-shot MP vs IMP for PAD-MoE at κ = 0.5, and the fully dynamic MoE (PAD-Net Fig. 6)."""
-    variants = dict([MOE] + [_pad(f"pad-{m}", partition=m) if m != "imp" else PAD for m in METHODS])
+    variants = dict([MOE] + [variant(PAD, f"pad-{m}", partition=m) if m != "imp" else PAD for m in METHODS])
     labels = {"moe": "Dynamic (MoE)", **{("pad" if m == "imp" else f"pad-{m}"): label for m, label in METHODS.items()}}
     return _variant_study(runs, "partition", "Partition methods for PAD-MoE (PAD-Net appendix D, Fig. 6)", variants,
                           labels, "PAD-MoE at κ = 0.5 with λs + λd = 2; one-shot MP scores once, IMP over its "
@@ -98,7 +92,7 @@ def study_kappa(runs: TextRuns, kappas=KAPPAS) -> dict:
     """PAD-MoE over κ with normalised performance (PAD-Net Table 5). The table's MoE reference row is the
     ``partition`` study's MoE run (in the same folder); left out of this study to keep it within 20 minutes."""
     started = time.perf_counter()
-    pads = dict(PAD if k == DEFAULT_KAPPA else _pad(f"pad-k{round(100 * k)}", kappa=k) for k in kappas)
+    pads = dict(PAD if k == DEFAULT_KAPPA else variant(PAD, f"pad-k{round(100 * k)}", kappa=k) for k in kappas)
     records = _records(runs, pads, {n: f"PAD-MoE κ = {k:g}" for n, k in zip(pads, kappas)})
     normalised = normalised_performance([r["score_mean"] for r in records])
     for r, value in zip(records, normalised):
