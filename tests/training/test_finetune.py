@@ -151,10 +151,11 @@ def test_cli_moe_writes_the_comparison(tiny_model, tmp_path, capsys):
 
 
 def test_cli_refuses_a_model_without_a_recognisable_ffn_and_glue_files_missing_a_column(tmp_path, capsys):
-    folder = tmp_path / "llama"
-    config = transformers.LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)
-    transformers.LlamaForSequenceClassification(config).save_pretrained(folder)  # a gated FFN: not two linear maps
+    folder = tmp_path / "neox"
+    config = transformers.GPTNeoXConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, pad_token_id=0)
+    # FFN linears named dense_h_to_4h / dense_4h_to_h: not a default pattern
+    transformers.GPTNeoXForSequenceClassification(config).save_pretrained(folder)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(minilm.get_model_path() / name, folder / name)
     capsys.readouterr()  # transformers' own progress output while saving

@@ -83,12 +83,13 @@ class PadConfig:
             ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"``, ``"sdconv"`` (SD-Conv), or for transformer
             encoders ``"moe"``, ``"pad-moe"`` (PAD-MoE) and ``"moe-p"`` (MoE-P, the pruning baseline).
         target_modules: ``"auto"`` (every ``nn.Conv2d`` but the first, the stem; or every FFN block of a
-            transformer encoder), ``"all"`` (the stem too) or glob patterns of module names (a conv's name; an
-            FFN's first linear, e.g. ``"*.layer.0.intermediate.dense"``).
+            transformer), ``"all"`` (the stem too) or glob patterns of module names (a conv's name; an FFN's first
+            linear, e.g. ``"*.layer.0.intermediate.dense"``, or a gated block, e.g. ``"model.layers.0.mlp"``).
         exclude_modules: glob patterns of module names to leave as they are.
         min_channels: convolutions with fewer input channels stay static.
         ffn_patterns: MoE methods: (first linear, activation, second linear) name triples of the FFN blocks,
-            relative to the module holding them (default: BERT, ALBERT and DistilBERT names,
+            relative to the module holding them, or (gate, up, down, activation) quadruples of gated blocks
+            (default: BERT, ALBERT, DistilBERT, GPT-2 and Llama / Mistral / Qwen names,
             ``padnet.adapter.moe_convert.FFN_PATTERNS``).
         init_from_pretrained: start every kernel / expert and the static parameters from the existing weights.
         layer_options: further keyword options of the layers, passed as they are and checked by them (e.g.
@@ -218,10 +219,10 @@ class PadConfig:
         _number("min_channels", self.min_channels, 1, integer=True)
         if self.ffn_patterns is not None:
             if not (isinstance(self.ffn_patterns, (list, tuple)) and self.ffn_patterns and all(
-                    isinstance(p, (list, tuple)) and len(p) == 3 and all(isinstance(n, str) and n for n in p)
+                    isinstance(p, (list, tuple)) and len(p) in (3, 4) and all(isinstance(n, str) and n for n in p)
                     for p in self.ffn_patterns)):
-                raise ConfigError("ffn_patterns must be a list of (first linear, activation, second linear) names, "
-                                  f"got {self.ffn_patterns!r}")
+                raise ConfigError("ffn_patterns must be a list of (first linear, activation, second linear) or, "
+                                  f"gated, (gate, up, down, activation) names, got {self.ffn_patterns!r}")
             self.ffn_patterns = [list(p) for p in self.ffn_patterns]
         if self.family == "moe" and self.min_channels != 1:
             raise ConfigError("option min_channels applies to convolutions, not to method " + repr(self.method))

@@ -69,17 +69,17 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
     sites = require_ffns(model, patterns)
     targets = _targets(config)
     chosen = [i for i, site in enumerate(sites)
-              if (targets is None or any(fnmatch.fnmatch(site.up, p) for p in targets))
-              and not any(fnmatch.fnmatch(site.up, p) for p in config.exclude_modules)]
+              if (targets is None or any(fnmatch.fnmatch(site.moe, p) for p in targets))
+              and not any(fnmatch.fnmatch(site.moe, p) for p in config.exclude_modules)]
     if not chosen:
         raise ConfigError(f"{type(model).__name__} has no feed-forward block that target_modules selects "
                           f"({len(sites)} found)")
     replace_ffns(model, layers=chosen, patterns=patterns, **config.layer_kwargs())
     if not config.init_from_pretrained:
         for i in chosen:
-            layer = model.get_submodule(sites[i].up)
+            layer = model.get_submodule(sites[i].moe)
             nn.init.normal_(layer.experts, std=0.02)
-    return [sites[i].up for i in chosen]
+    return [sites[i].moe for i in chosen]
 
 
 class PadModel(nn.Module):

@@ -1,12 +1,20 @@
-"""Model surgery for transformer encoders: find the feed-forward blocks and replace them with MoE layers.
+"""Model surgery for transformers: find the feed-forward blocks and replace them with MoE layers.
 
-Works on any ``nn.Module`` whose FFN is two linear maps (H → F → H) around an activation, named as in the
-Hugging Face models: BERT, RoBERTa, ELECTRA, MiniLM and other BERT-architecture models
-(``intermediate.dense`` / ``intermediate.intermediate_act_fn`` / ``output.dense``), ALBERT (``ffn`` /
-``activation`` / ``ffn_output``), DistilBERT (``lin1`` / ``activation`` / ``lin2``) and the GPT-2 decoder
-(``mlp.c_fc`` / ``mlp.act`` / ``mlp.c_proj``, whose linear maps are transformers' ``Conv1D``: ``x @ W + b`` with W
-stored (in, out)). Other layouts can be named with ``patterns=``. The first linear becomes the MoE layer (which outputs H), the activation and the
-second linear become ``nn.Identity``, so the residual, dropout and LayerNorm around the FFN are untouched.
+Works on any ``nn.Module`` whose FFN is two linear maps (H → F → H) around an activation, or a gated FFN (a gate
+and an up map H → F, a down map F → H), named as in the Hugging Face models:
+
+* two linear maps (a triple of names: first linear, activation, second linear): BERT, RoBERTa, ELECTRA, MiniLM
+  and other BERT-architecture models (``intermediate.dense`` / ``intermediate.intermediate_act_fn`` /
+  ``output.dense``), ALBERT (``ffn`` / ``activation`` / ``ffn_output``), DistilBERT (``lin1`` / ``activation`` /
+  ``lin2``) and the GPT-2 decoder (``mlp.c_fc`` / ``mlp.act`` / ``mlp.c_proj``, whose linear maps are
+  transformers' ``Conv1D``: ``x @ W + b`` with W stored (in, out)). The first linear becomes the MoE layer
+  (which outputs H), the activation and the second linear become ``nn.Identity``, so the residual, dropout and
+  LayerNorm around the FFN are untouched.
+* gated (four names, of the block's children: gate, up, down, activation): the SwiGLU MLPs of Llama, Mistral,
+  Qwen2 and Qwen3 (``gate_proj`` / ``up_proj`` / ``down_proj`` / ``act_fn``), which compute
+  ``down(act(gate(x)) ⊙ up(x))``. The whole block becomes the MoE layer.
+
+Other layouts can be named with ``patterns=``.
 """
 
 from __future__ import annotations
@@ -19,22 +27,32 @@ from torch import nn
 from padnet.errors import ConfigError
 from padnet.layers.moe import MoEFeedForward, reset_aux_losses
 
-# (first linear, activation, second linear), relative to the module that holds the FFN
-FFN_PATTERNS: tuple[tuple[str, str, str], ...] = (
+# (first linear, activation, second linear), relative to the module that holds the FFN; or, gated, (gate, up,
+# down, activation), children of the FFN block itself
+FFN_PATTERNS: tuple[tuple[str, ...], ...] = (
     ("intermediate.dense", "intermediate.intermediate_act_fn", "output.dense"),
     ("ffn", "activation", "ffn_output"),
     ("lin1", "activation", "lin2"),
     ("mlp.c_fc", "mlp.act", "mlp.c_proj"),
+    ("gate_proj", "up_proj", "down_proj", "act_fn"),
 )
 
 
 @dataclass(frozen=True)
 class FFNSite:
-    """One feed-forward block: the qualified names of its two linears and its activation."""
+    """One feed-forward block: the qualified names of its linears and its activation; for a gated block also
+    its gate and the block itself (which the MoE layer replaces)."""
 
     up: str
     activation: str
     down: str
+    gate: str | None = None
+    block: str | None = None
+
+    @property
+    def moe(self) -> str:
+        """Where the MoE layer goes: the gated block, or the first linear."""
+        return self.up if self.block is None else self.block
 
 
 def _get(module: nn.Module, path: str):
@@ -62,13 +80,26 @@ def find_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
     layers, as in ALBERT, is listed once)."""
     sites = []
     for name, module in model.named_modules():
-        for up_path, act_path, down_path in patterns:
+        prefix = f"{name}." if name else ""
+        for pattern in patterns:
+            if len(pattern) == 3:
+                up_path, act_path, down_path = pattern
+                gate = True  # no gate to check
+            elif name:  # a gated block, never the model itself
+                gate_path, up_path, down_path, act_path = pattern
+                gate = linear_parts(_get(module, gate_path))
+            else:
+                continue
             up, down = linear_parts(_get(module, up_path)), linear_parts(_get(module, down_path))
-            if (up is not None and down is not None and _get(module, act_path) is not None
-                    and up[0].shape[0] == down[0].shape[1] and down[0].shape[0] == up[0].shape[1]):
-                prefix = f"{name}." if name else ""
+            if (up is None or down is None or gate is None or _get(module, act_path) is None
+                    or up[0].shape[0] != down[0].shape[1] or down[0].shape[0] != up[0].shape[1]
+                    or (len(pattern) == 4 and gate[0].shape != up[0].shape)):
+                continue
+            if len(pattern) == 3:
                 sites.append(FFNSite(prefix + up_path, prefix + act_path, prefix + down_path))
-                break
+            else:
+                sites.append(FFNSite(prefix + up_path, prefix + act_path, prefix + down_path, prefix + gate_path, name))
+            break
     return sites
 
 
@@ -77,7 +108,8 @@ def require_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
     sites = find_ffns(model, patterns)
     if not sites:
         raise ConfigError(f"{type(model).__name__} has no recognisable feed-forward block (two linear maps, "
-                          f"nn.Linear or Conv1D, H -> F -> H named like {', '.join('/'.join(p) for p in patterns)})")
+                          "nn.Linear or Conv1D, H -> F -> H, or a gated one, named like "
+                          f"{', '.join('/'.join(p) for p in patterns)})")
     return sites
 
 
@@ -99,18 +131,19 @@ def replace_ffns(
     """Replace the FFN of the chosen layers of ``model`` with upcycled MoE layers, in place: the surgery
     :func:`padnet.get_pad_model` runs for MoE methods, in the layers' option names.
 
-    Every expert (and the static parameters of PAD-MoE) starts as a copy of the pretrained FFN, both linears
-    with their biases, and the router starts at zero with gates renormalised over the top k, so the converted
+    Every expert (and the static parameters of PAD-MoE) starts as a copy of the pretrained FFN, every linear
+    with its bias, and the router starts at zero with gates renormalised over the top k, so the converted
     model computes what the dense one does (Komatsuzaki et al. 2023 "Sparse Upcycling"; PAD-Net appendix A).
 
     Args:
-        model: a Hugging Face encoder (or any model with FFNs matching ``patterns``).
+        model: a Hugging Face encoder or decoder (or any model with FFNs matching ``patterns``).
         mode: ``"dynamic"`` (MoE), ``"pad"`` (PAD-MoE, PAD-Net eq. 3–4; partition it afterwards with
             :func:`padnet.partition`) or ``"prune"`` (MoE-P, PAD-Net Table 4).
         num_experts: E (default 8). top_k: experts per token (default 2).
         layers: indices into the list of FFNs found (default: all).
         granularity: ``"element"`` or ``"neuron"`` masks (PAD-MoE / MoE-P).
-        patterns: (first linear, activation, second linear) name triples to look for.
+        patterns: (first linear, activation, second linear) name triples and (gate, up, down, activation)
+            quadruples of gated blocks to look for (:data:`FFN_PATTERNS`).
         **options: more :class:`~padnet.layers.moe.MoEFeedForward` options (``scale_mode``, ``noisy``,
             ``aux_loss_weight``).
 
@@ -126,9 +159,14 @@ def replace_ffns(
         raise ConfigError(f"MoE layer indices {bad or chosen} out of range: the model has {len(sites)} FFNs")
     for i in sorted({i % len(sites) for i in chosen}):
         site = sites[i]
-        (w1, b1), (w2, b2) = linear_parts(_get(model, site.up)), linear_parts(_get(model, site.down))
-        moe = MoEFeedForward.from_weights(w1, b1, w2, b2, _get(model, site.activation), num_experts=num_experts,
-                                          top_k=top_k, mode=mode, granularity=granularity, **options)
+        up, (w2, b2) = linear_parts(_get(model, site.up)), linear_parts(_get(model, site.down))
+        first, gated_up = (up, None) if site.gate is None else (linear_parts(_get(model, site.gate)), up)
+        moe = MoEFeedForward.from_weights(*first, w2, b2, _get(model, site.activation), up=gated_up,
+                                          num_experts=num_experts, top_k=top_k, mode=mode, granularity=granularity,
+                                          **options)
+        if site.block is not None:  # a gated block: the MoE layer is the whole block
+            _set(model, site.block, moe)
+            continue
         _set(model, site.up, moe)
         _set(model, site.activation, nn.Identity())
         _set(model, site.down, nn.Identity())

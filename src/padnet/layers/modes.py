@@ -36,7 +36,7 @@ from padnet.errors import check_choice
 SCALE_MODES = ("constrained", "both", "static", "dynamic", "none")
 GRANULARITIES = ("shared", "kernel", "filter")  # what convolution layers offer
 # PartialMode also offers "column": one mask element per slice along the last dimension (an FFN neuron in the
-# (2H + 1, F) layout of MoE experts)
+# (R, F) layout of MoE experts)
 MODE_GRANULARITIES = (*GRANULARITIES, "column")
 SEMANTICS = ("static", "zero")
 

@@ -1,12 +1,13 @@
 """Mixture-of-Experts feed-forward layers: noisy top-k routing, dropless dispatch, PAD-MoE and MoE-P.
 
 An MoE feed-forward layer (Shazeer et al. 2017, "Outrageously Large Neural Networks"; PAD-Net eq. 2) holds
-E experts, each a two-linear FFN ``W2ᵉ act(W1ᵉ x + b1ᵉ) + b2ᵉ``. A router sends every token to its top-k
-experts and sums their outputs weighted by the gates, renormalised over the k chosen experts.
+E experts, each a two-linear FFN ``W2ᵉ act(W1ᵉ x + b1ᵉ) + b2ᵉ`` or a gated one
+``W2ᵉ (act(Wgᵉ x + bgᵉ) ⊙ (Wuᵉ x + buᵉ)) + b2ᵉ`` (SwiGLU in Llama, Mistral and Qwen). A router sends every token
+to its top-k experts and sums their outputs weighted by the gates, renormalised over the k chosen experts.
 
-The experts are stored as one tensor, ``experts`` (E, 2H + 1, F): rows ``[W1ᵉᵀ (H, F); b1ᵉ (1, F); W2ᵉ (H, F)]``,
-so column j holds everything FFN neuron j owns and each block is a contiguous matrix for the matmuls;
-``expert_bias`` (E, H) holds b2ᵉ.
+The experts are stored as one tensor, ``experts`` (E, R, F): rows ``[W1ᵉᵀ (H, F); b1ᵉ (1, F); W2ᵉ (H, F)]``
+(R = 2H + 1) or, gated, ``[Wgᵉᵀ; bgᵉ; Wuᵉᵀ; buᵉ; W2ᵉ]`` (R = 3H + 2), so column j holds everything FFN neuron j
+owns and each block is a contiguous matrix for the matmuls; ``expert_bias`` (E, H) holds b2ᵉ.
 PAD-MoE (PAD-Net eq. 3–4 applied to experts) masks both with :class:`~padnet.layers.modes.PartialMode`:
 one mask M shared by the E experts (PAD-Net §4.2: "M can be directly applied to parallel experts") and one
 static tensor per layer, so expert e computes with ``λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄``. With
@@ -114,103 +115,150 @@ class NoisyTopKRouter(nn.Module):
         return f"num_experts={self.num_experts}, top_k={self.top_k}, noisy={self.noise_weight is not None}"
 
 
-def neuron_ffn(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, activation) -> torch.Tensor:
-    """One FFN without its output bias: ``x`` (n, H), ``w1t`` (H, F), ``b1`` (F,), ``w2`` (H, F) → (n, H)."""
-    return activation(torch.addmm(b1, x, w1t)) @ w2.t()
+class NeuronParts(NamedTuple):
+    """An FFN's weights as views of its neuron columns (..., R, F), column j holding what neuron j owns.
+
+    ``w_in`` (..., H, F) and ``b_in`` (..., F): the first map (W1ᵀ, b1), or the gate (Wgᵀ, bg) of a gated FFN;
+    ``w_up``, ``b_up``: the up map of a gated FFN (Wuᵀ, bu), else None; ``w_out`` (..., H, F): the second map W2.
+    """
+
+    w_in: torch.Tensor
+    b_in: torch.Tensor
+    w_up: torch.Tensor | None
+    b_up: torch.Tensor | None
+    w_out: torch.Tensor
 
 
-def split_neurons(neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Neuron columns (..., 2H + 1, F) → contiguous-row views W1ᵀ (..., H, F), b1 (..., F), W2 (..., H, F)."""
+def neuron_rows(hidden: int, gated: bool) -> int:
+    """R, the rows of one neuron column: 2H + 1 ([W1ᵀ; b1; W2]) or, gated, 3H + 2 ([Wgᵀ; bg; Wuᵀ; bu; W2])."""
+    return 3 * hidden + 2 if gated else 2 * hidden + 1
+
+
+def split_neurons(neurons: torch.Tensor, gated: bool = False) -> NeuronParts:
+    """Neuron columns (..., R, F) → :class:`NeuronParts` of contiguous-row views (R from :func:`neuron_rows`)."""
+    if gated:
+        hidden = (neurons.shape[-2] - 2) // 3
+        wg, bg, wu, bu, w2 = neurons.split([hidden, 1, hidden, 1, hidden], dim=-2)
+        return NeuronParts(wg, bg.squeeze(-2), wu, bu.squeeze(-2), w2)
     hidden = (neurons.shape[-2] - 1) // 2
     w1t, b1, w2 = neurons.split([hidden, 1, hidden], dim=-2)
-    return w1t, b1.squeeze(-2), w2
+    return NeuronParts(w1t, b1.squeeze(-2), None, None, w2)
 
 
-def gelu_approximation(activation) -> str | None:
-    """``"none"`` or ``"tanh"`` when ``activation`` computes torch's exact or tanh GELU (probed once on a
-    grid, so Hugging Face's ``GELUActivation`` counts), else None."""
+def neuron_ffn(x: torch.Tensor, parts: NeuronParts, activation) -> torch.Tensor:
+    """One FFN without its output bias, ``x`` (n, H) → (n, H): act(x W1ᵀ + b1) W2ᵀ, or gated
+    (act(x Wgᵀ + bg) ⊙ (x Wuᵀ + bu)) W2ᵀ (SwiGLU with SiLU, as in Llama)."""
+    h = activation(torch.addmm(parts.b_in, x, parts.w_in))
+    if parts.w_up is not None:
+        h = h * torch.addmm(parts.b_up, x, parts.w_up)
+    return h @ parts.w_out.t()
+
+
+def activation_kind(activation) -> str | None:
+    """``"gelu"``, ``"gelu_tanh"`` or ``"silu"`` when ``activation`` computes torch's exact GELU, tanh GELU or
+    SiLU (probed once on a grid, so Hugging Face's activation modules count), else None. Known kinds get
+    torch's own derivative in the grouped experts' backward."""
     probe = torch.linspace(-6.0, 6.0, 241)
     with torch.no_grad():
         out = activation(probe)
-        for kind in ("none", "tanh"):
-            if torch.equal(out, F.gelu(probe, approximate=kind)):
+        for kind, reference in (("gelu", F.gelu(probe)), ("gelu_tanh", F.gelu(probe, approximate="tanh")),
+                                ("silu", F.silu(probe))):
+            if torch.equal(out, reference):
                 return kind
     return None
 
 
-class _GroupedExperts(torch.autograd.Function):
-    """E two-linear FFNs, expert e on its block of ``counts[e]`` consecutive rows of ``xs``.
+def _activation_grad(grad: torch.Tensor, pre: torch.Tensor, activation, kind: str | None) -> torch.Tensor:
+    """∂L/∂pre from ∂L/∂act(pre): torch's derivative for a known ``kind``, autograd otherwise."""
+    if kind in ("gelu", "gelu_tanh"):
+        return torch.ops.aten.gelu_backward(grad, pre, approximate="tanh" if kind == "gelu_tanh" else "none")
+    if kind == "silu":
+        return torch.ops.aten.silu_backward(grad, pre)
+    with torch.enable_grad():
+        p = pre.detach().requires_grad_(True)
+        (out,) = torch.autograd.grad(activation(p), p, grad)
+    return out
 
-    Forward writes every block into one output and keeps the pre-activations and activations; backward writes
-    each expert's weight gradients straight into its slice of one (E, 2H + 1, F) gradient, so no per-expert
-    gradient is stacked or concatenated afterwards (those copies cost about 6 % of a training step here). The
-    activation's derivative comes from ``aten.gelu_backward`` for GELU, from autograd otherwise.
+
+class _GroupedExperts(torch.autograd.Function):
+    """E FFNs (plain or gated), expert e on its block of ``counts[e]`` consecutive rows of ``xs``.
+
+    Forward writes every block into one output and keeps the pre-activations (and the up projections of gated
+    experts); backward writes each expert's weight gradients straight into its slice of one (E, R, F) gradient,
+    so no per-expert gradient is stacked or concatenated afterwards (those copies cost about 6 % of a training
+    step here). The activation's derivative is torch's own for GELU and SiLU, autograd's otherwise.
     """
 
     @staticmethod
-    def forward(ctx, xs, experts, bias, counts, activation, gelu):
-        hidden = xs.shape[1]
-        out = xs.new_empty(xs.shape[0], hidden)
-        pre = xs.new_empty(xs.shape[0], experts.shape[2])  # pre-activations, kept for backward
-        w1t, b1, w2 = split_neurons(experts)
-        acts, start = [], 0
+    def forward(ctx, xs, experts, bias, counts, activation, kind, gated):
+        out = xs.new_empty(xs.shape[0], xs.shape[1])
+        pre = xs.new_empty(xs.shape[0], experts.shape[2])  # pre-activations (of the gate), kept for backward
+        up = xs.new_empty(xs.shape[0], experts.shape[2]) if gated else None  # up projections (gated)
+        parts = split_neurons(experts, gated)
+        hs, start = [], 0  # per expert: what multiplies W2 (the activation, times the up projection if gated)
         for e, count in enumerate(counts):
             rows = slice(start, start + count)
-            torch.addmm(b1[e], xs[rows], w1t[e], out=pre[rows])
-            acts.append(activation(pre[rows]))
-            torch.addmm(bias[e], acts[-1], w2[e].t(), out=out[rows])
+            torch.addmm(parts.b_in[e], xs[rows], parts.w_in[e], out=pre[rows])
+            h = activation(pre[rows])
+            if gated:
+                h = h * torch.addmm(parts.b_up[e], xs[rows], parts.w_up[e], out=up[rows])
+            hs.append(h)
+            torch.addmm(bias[e], h, parts.w_out[e].t(), out=out[rows])
             start += count
-        ctx.save_for_backward(xs, experts, pre)
-        ctx.acts, ctx.counts, ctx.activation, ctx.gelu = acts, counts, activation, gelu
+        ctx.save_for_backward(xs, experts, pre, up)
+        ctx.hs, ctx.counts, ctx.activation, ctx.kind, ctx.gated = hs, counts, activation, kind, gated
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        xs, experts, pre = ctx.saved_tensors
-        hidden = xs.shape[1]
-        w1t, _, w2 = split_neurons(experts)
+        xs, experts, pre, up = ctx.saved_tensors
+        parts = split_neurons(experts, ctx.gated)
         grad_x = torch.empty_like(xs)
         grad_experts = torch.empty_like(experts)
-        grad_bias = experts.new_zeros(experts.shape[0], hidden)
+        grad_bias = experts.new_zeros(experts.shape[0], xs.shape[1])
         start = 0
-        for e, (count, act) in enumerate(zip(ctx.counts, ctx.acts)):
+        for e, (count, h) in enumerate(zip(ctx.counts, ctx.hs)):
             if count == 0:
                 grad_experts[e] = 0
                 continue
             rows = slice(start, start + count)
             g = grad_out[rows]  # (n_e, H)
-            grad_act = g @ w2[e]  # (n_e, F)
-            if ctx.gelu is not None:
-                grad_pre = torch.ops.aten.gelu_backward(grad_act, pre[rows], approximate=ctx.gelu)
-            else:
-                with torch.enable_grad():
-                    p = pre[rows].detach().requires_grad_(True)
-                    (grad_pre,) = torch.autograd.grad(ctx.activation(p), p, grad_act)
-            torch.mm(g.t(), act, out=grad_experts[e, hidden + 1:])  # dW2 (H, F)
-            torch.mm(xs[rows].t(), grad_pre, out=grad_experts[e, :hidden])  # dW1ᵀ (H, F)
-            grad_experts[e, hidden] = grad_pre.sum(0)
+            grads = split_neurons(grad_experts[e], ctx.gated)  # views into this expert's gradient
+            grad_h = g @ parts.w_out[e]  # (n_e, F)
+            torch.mm(g.t(), h, out=grads.w_out)  # dW2 (H, F)
             grad_bias[e] = g.sum(0)
-            torch.mm(grad_pre, w1t[e].t(), out=grad_x[rows])
+            if ctx.gated:
+                grad_up = grad_h * ctx.activation(pre[rows])  # ∂L/∂(x Wuᵀ + bu)
+                grad_h = grad_h * up[rows]  # ∂L/∂act(x Wgᵀ + bg)
+                torch.mm(xs[rows].t(), grad_up, out=grads.w_up)
+                grads.b_up.copy_(grad_up.sum(0))
+            grad_pre = _activation_grad(grad_h, pre[rows], ctx.activation, ctx.kind)
+            torch.mm(xs[rows].t(), grad_pre, out=grads.w_in)  # dW1ᵀ (H, F)
+            grads.b_in.copy_(grad_pre.sum(0))
+            torch.mm(grad_pre, parts.w_in[e].t(), out=grad_x[rows])
+            if ctx.gated:
+                grad_x[rows].addmm_(grad_up, parts.w_up[e].t())
             start += count
-        return grad_x, grad_experts, grad_bias, None, None, None
+        return grad_x, grad_experts, grad_bias, None, None, None, None
 
 
-def dispatch(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: torch.Tensor,
-             activation, base: torch.Tensor | None = None, gelu: str | None = None) -> torch.Tensor:
+def dispatch(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: torch.Tensor, activation,
+             base: torch.Tensor | None = None, kind: str | None = None, gated: bool = False) -> torch.Tensor:
     """Dropless top-k dispatch: ``base`` + Σ over each token's k experts of gate · expert(token).
 
-    ``x`` (N, H); ``experts`` (E, 2H + 1, F) neuron columns (F may be 0); ``bias`` (E, H) output biases;
-    ``base`` (N, H), added to in place, or None (zeros) → (N, H). The N·k assignments are sorted by expert
-    (stable) so each expert runs one matmul per linear on a contiguous block of tokens (``_GroupedExperts``).
-    ``gelu``: :func:`gelu_approximation` of ``activation``, when known (a faster backward).
+    ``x`` (N, H); ``experts`` (E, R, F) neuron columns (:func:`neuron_rows`; F may be 0); ``bias`` (E, H)
+    output biases; ``base`` (N, H), added to in place, or None (zeros) → (N, H). The N·k assignments are sorted
+    by expert (stable) so each expert runs one matmul per linear on a contiguous block of tokens
+    (``_GroupedExperts``). ``kind``: :func:`activation_kind` of ``activation`` (a faster backward when known);
+    ``gated``: the experts are gated FFNs.
     """
     n, k = routing.indices.shape
     flat = routing.indices.reshape(-1)  # (N·k,) token-major
     order = flat.argsort(stable=True)
     counts = torch.bincount(flat, minlength=experts.shape[0]).tolist()
     tokens = order // k  # token of each sorted assignment
-    ys = _GroupedExperts.apply(x.index_select(0, tokens), experts, bias, counts, activation, gelu)  # (N·k, H)
+    ys = _GroupedExperts.apply(x.index_select(0, tokens), experts, bias, counts, activation, kind, gated)  # (N·k, H)
     weighted = ys * routing.gates.reshape(-1).index_select(0, order).unsqueeze(1)
     return (x.new_zeros(n, x.shape[1]) if base is None else base).index_add_(0, tokens, weighted)
 
@@ -224,6 +272,8 @@ class MoEFeedForward(nn.Module):
         num_experts: E (default 8, PAD-Net §5).
         top_k: experts per token (default 2).
         activation: the FFN non-linearity (a module or callable; default GELU).
+        gated: gated experts (act(x Wgᵀ + bg) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2, as the SwiGLU FFNs of Llama, Mistral and
+            Qwen; else act(x W1ᵀ + b1) W2ᵀ + b2.
         mode: ``"dynamic"`` (MoE), ``"pad"`` (PAD-MoE: masked elements use the static parameters) or
             ``"prune"`` (MoE-P: masked elements are zero).
         granularity: ``"element"`` (one mask element per parameter) or ``"neuron"`` (one per FFN neuron, a
@@ -233,6 +283,9 @@ class MoEFeedForward(nn.Module):
         noisy: noisy gating while training.
         aux_loss_weight: weight of the load-balancing loss (default 1e-2, padnet's choice; the PAD-Net papers
             give none).
+
+    Parameters: ``experts`` (E, R, F), neuron columns of R = 2H + 1 rows [W1ᵀ; b1; W2] or, gated, 3H + 2 rows
+    [Wgᵀ; bg; Wuᵀ; bu; W2]; ``expert_bias`` (E, H), the output biases b2; the router's.
 
     ``forward(hidden)``: (..., H) → (..., H). ``aux_loss`` adds up the layer's load-balancing losses (0-d tensor)
     over its calls since :meth:`reset_aux_loss`, for the training loop to add
@@ -246,7 +299,8 @@ class MoEFeedForward(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2,
                  activation=None, mode: str = "dynamic", granularity: str = "element",
-                 scale_mode: str = "constrained", noisy: bool = True, aux_loss_weight: float = 1e-2):
+                 scale_mode: str = "constrained", noisy: bool = True, aux_loss_weight: float = 1e-2,
+                 gated: bool = False):
         super().__init__()
         check_choice("MoE mode", mode, MOE_MODES)
         check_choice("MoE mask granularity", granularity, MOE_GRANULARITIES)
@@ -258,14 +312,15 @@ class MoEFeedForward(nn.Module):
         self.activation = activation if activation is not None else nn.GELU()
         if isinstance(self.activation, nn.Module) and any(True for _ in self.activation.parameters()):
             raise ConfigError(f"MoE experts need an activation without parameters, got {self.activation}")
-        self._gelu = gelu_approximation(self.activation)
-        self.experts = nn.Parameter(torch.empty(num_experts, 2 * hidden_size + 1, intermediate_size))
+        self._kind, self.gated = activation_kind(self.activation), bool(gated)
+        rows = neuron_rows(hidden_size, self.gated)
+        self.experts = nn.Parameter(torch.empty(num_experts, rows, intermediate_size))
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
         nn.init.normal_(self.experts, std=0.02)
         partial = mode != "dynamic"
         semantics = "static" if mode == "pad" else "zero"
         neuron = granularity == "neuron"
-        self.neuron_mode = make_mode(partial, (2 * hidden_size + 1, intermediate_size), num_experts,
+        self.neuron_mode = make_mode(partial, (rows, intermediate_size), num_experts,
                                      "column" if neuron else "shared", semantics)
         # the output bias: element-wise masks, or one mask element for the whole vector with neuron masks
         self._bias_shape = (1, hidden_size) if neuron else (hidden_size,)
@@ -304,24 +359,33 @@ class MoEFeedForward(nn.Module):
 
     @classmethod
     def from_weights(cls, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
-                     activation, **options) -> MoEFeedForward:
+                     activation, up: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                     **options) -> MoEFeedForward:
         """Sparse upcycling: every expert (and the static parameters) starts as a copy of the dense FFN
-        ``activation(x W1ᵀ + b1) W2ᵀ + b2``, so with the zero-initialised router the layer equals the FFN.
+        ``activation(x W1ᵀ + b1) W2ᵀ + b2`` — or, with ``up``, of the gated FFN
+        ``(activation(x W1ᵀ + b1) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2`` (W1 is then the gate) — so with the zero-initialised
+        router the layer equals the FFN (Komatsuzaki et al. 2023, "Sparse Upcycling").
 
-        ``w1`` (F, H), ``b1`` (F,) or None, ``w2`` (H, F), ``b2`` (H,) or None: the two linear maps as
-        ``nn.Linear`` stores them (a transformers ``Conv1D`` stores the transpose).
+        ``w1`` (F, H), ``b1`` (F,) or None, ``w2`` (H, F), ``b2`` (H,) or None, ``up`` = (Wu (F, H), bu (F,) or
+        None): the linear maps as ``nn.Linear`` stores them (a transformers ``Conv1D`` stores the transpose).
 
         Raises ConfigError when the shapes are not H → F → H.
         """
         inter, hidden = w1.shape
-        if tuple(w2.shape) != (hidden, inter):
-            raise ConfigError(f"FFN linears do not chain: {hidden} -> {inter} and {w2.shape[1]} -> {w2.shape[0]}")
-        layer = cls(hidden, inter, activation=activation, **options).to(w1.device, w1.dtype)
+        if tuple(w2.shape) != (hidden, inter) or (up is not None and tuple(up[0].shape) != (inter, hidden)):
+            got = f"{hidden} -> {inter} and {w2.shape[1]} -> {w2.shape[0]}"
+            if up is not None:
+                got += f", up {up[0].shape[1]} -> {up[0].shape[0]}"
+            raise ConfigError(f"FFN linears do not chain: {got}")
+        layer = cls(hidden, inter, activation=activation, gated=up is not None, **options).to(w1.device, w1.dtype)
         with torch.no_grad():
             like = {"dtype": w1.dtype, "device": w1.device}
-            b1 = b1 if b1 is not None else torch.zeros(inter, **like)
-            b2 = b2 if b2 is not None else torch.zeros(hidden, **like)
-            neurons = torch.cat([w1.t(), b1.unsqueeze(0), w2], dim=0)  # (2H + 1, F)
+            bias = (lambda b, n: b if b is not None else torch.zeros(n, **like))
+            rows = [w1.t(), bias(b1, inter).unsqueeze(0)]  # [W1ᵀ; b1]
+            if up is not None:
+                rows += [up[0].t(), bias(up[1], inter).unsqueeze(0)]  # [Wuᵀ; bu]
+            b2 = bias(b2, hidden)
+            neurons = torch.cat([*rows, w2], dim=0)  # (R, F)
             layer.experts.copy_(neurons.expand_as(layer.experts))
             layer.expert_bias.copy_(b2.expand_as(layer.expert_bias))
             if layer.mode == "pad":
@@ -330,7 +394,7 @@ class MoEFeedForward(nn.Module):
         return layer
 
     def mode_pairs(self):
-        """(suffix, mode, dynamic factors) of the masked neuron columns (E, 2H + 1, F) and output biases
+        """(suffix, mode, dynamic factors) of the masked neuron columns (E, R, F) and output biases
         (PAD-MoE and MoE-P; ``MaskedLayer`` protocol)."""
         if self.mode == "dynamic":
             return []
@@ -367,7 +431,7 @@ class MoEFeedForward(nn.Module):
         return experts, self._merged_bias(lam_s, lam_d), static
 
     def computational_parameters(self):
-        """(experts (E, 2H + 1, F_d), output biases (E, H), shared static neurons (2H + 1, F_s) or None) as
+        """(experts (E, R, F_d), output biases (E, H), shared static neurons (R, F_s) or None) as
         the forward pass uses them. In eval mode without autograd a partially dynamic layer keeps them until a
         parameter or the mask is replaced or changed in place (tracked by tensor identity and version), so
         evaluating costs what the deployed form costs; ``train()`` drops them."""
@@ -390,8 +454,9 @@ class MoEFeedForward(nn.Module):
         loss = load_balancing_loss(routing, self.aux_loss_weight)
         self.aux_loss = loss if self.aux_loss is None else self.aux_loss + loss
         experts, bias, static = self.computational_parameters()
-        shared = None if static is None else neuron_ffn(x, *split_neurons(static), self.activation)
-        return dispatch(x, routing, experts, bias, self.activation, shared, self._gelu).reshape(hidden.shape)
+        shared = None if static is None else neuron_ffn(x, split_neurons(static, self.gated), self.activation)
+        return dispatch(x, routing, experts, bias, self.activation, shared, self._kind,
+                        self.gated).reshape(hidden.shape)
 
     def reset_aux_loss(self) -> None:
         """Forget the load-balancing losses of earlier calls."""
@@ -412,16 +477,16 @@ class MoEFeedForward(nn.Module):
 class DeployedMoE(nn.Module):
     """Inference form of a :class:`MoEFeedForward`: computational parameters merged once.
 
-    ``experts`` (E, 2H + 1, F_d) hold λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ per expert (element masks) or, with
-    neuron masks, only the dynamic neurons (λd folded in); the static neurons form ``static`` (2H + 1, F_s),
+    ``experts`` (E, R, F_d) hold λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ per expert (element masks) or, with
+    neuron masks, only the dynamic neurons (λd folded in); the static neurons form ``static`` (R, F_s),
     one dense FFN run on every token (λs folded in), or None. ``expert_bias`` (E, H) are the merged output
     biases. Computes what the source layer computes in eval mode (within float rounding).
     """
 
     def __init__(self, router: NoisyTopKRouter, experts: torch.Tensor, expert_bias: torch.Tensor,
-                 static: torch.Tensor | None, activation):
+                 static: torch.Tensor | None, activation, gated: bool = False):
         super().__init__()
-        self.router, self.activation, self._gelu = router, activation, gelu_approximation(activation)
+        self.router, self.activation, self._kind, self.gated = router, activation, activation_kind(activation), gated
         self.hidden_size = expert_bias.shape[1]
         frozen = (lambda t: None if t is None else nn.Parameter(t.detach().clone().contiguous(), requires_grad=False))
         self.experts, self.expert_bias, self.static = frozen(experts), frozen(expert_bias), frozen(static)
@@ -429,13 +494,14 @@ class DeployedMoE(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_layer(cls, layer: MoEFeedForward) -> DeployedMoE:
-        return cls(layer.router, *layer.computational_parameters(), layer.activation)
+        return cls(layer.router, *layer.computational_parameters(), layer.activation, layer.gated)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, self.hidden_size)
-        shared = None if self.static is None else neuron_ffn(x, *split_neurons(self.static), self.activation)
-        return dispatch(x, self.router(x), self.experts, self.expert_bias, self.activation, shared,
-                        self._gelu).reshape(hidden.shape)
+        shared = None if self.static is None else neuron_ffn(x, split_neurons(self.static, self.gated),
+                                                             self.activation)
+        return dispatch(x, self.router(x), self.experts, self.expert_bias, self.activation, shared, self._kind,
+                        self.gated).reshape(hidden.shape)
 
 
 def reset_aux_losses(model: nn.Module, args=None) -> None:
