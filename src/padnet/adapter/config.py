@@ -80,8 +80,11 @@ class PadConfig:
 
     Model surgery:
         method: ``"dy"``, ``"condconv"``, ``"odconv"``, ``"dcd"``, their PAD-Net forms ``"pad"`` (over DY-Conv),
-            ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"``, ``"sdconv"`` (SD-Conv), or for transformer
-            encoders ``"moe"``, ``"pad-moe"`` (PAD-MoE) and ``"moe-p"`` (MoE-P, the pruning baseline).
+            ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"``, ``"sdconv"`` (SD-Conv), or for transformers
+            ``"moe"``, ``"pad-moe"`` (PAD-MoE) and ``"moe-p"`` (MoE-P, the pruning baseline): dense FFNs are
+            upcycled; a pretrained MoE (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) keeps its routers and its banks of
+            experts are compressed (``padnet.adapter.moe_convert.compress_experts``; ``num_experts``, ``top_k``,
+            ``noisy_gating`` and ``aux_loss_weight`` are then the model's own).
         target_modules: ``"auto"`` (every ``nn.Conv2d`` but the first, the stem; or every FFN block of a
             transformer), ``"all"`` (the stem too) or glob patterns of module names (a conv's name; an FFN's first
             linear, e.g. ``"*.layer.0.intermediate.dense"``, or a gated block, e.g. ``"model.layers.0.mlp"``).

@@ -24,12 +24,13 @@ from torch.nn.parameter import is_lazy
 
 from padnet.adapter.config import PadConfig
 from padnet.adapter.methods import PadTraining, method_for
-from padnet.adapter.moe_convert import FFN_PATTERNS, replace_ffns, require_ffns
+from padnet.adapter.moe_convert import FFN_PATTERNS, compress_experts, replace_ffns, require_ffns
 from padnet.deployment.deploy import deploy
 from padnet.errors import CheckpointError, ConfigError, first_line
 from padnet.layers.conv_base import DynamicConvBase
 from padnet.layers.deployed import DeployedConv2d
 from padnet.layers.dynamic_conv import PADConv2d
+from padnet.layers.experts import find_expert_banks
 from padnet.layers.modes import PartialMode, ScaleFactors
 from padnet.layers.moe import DeployedMoE, MoEFeedForward, auxiliary_loss, reset_aux_losses
 from padnet.layers.registry import resolve_conv
@@ -45,6 +46,12 @@ from padnet.saving.moe_codec import decode_moe, encode_moe
 
 def _targets(config: PadConfig) -> list[str] | None:
     return None if config.target_modules in ("auto", "all") else list(config.target_modules)
+
+
+def _selected(name: str, targets: list[str] | None, exclude) -> bool:
+    """Whether module ``name`` matches ``targets`` (None: every module) and no pattern of ``exclude``."""
+    return ((targets is None or any(fnmatch.fnmatch(name, p) for p in targets))
+            and not any(fnmatch.fnmatch(name, p) for p in exclude))
 
 
 def _convert(model: nn.Module, config: PadConfig) -> list[str]:
@@ -65,12 +72,15 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
                       exclude=tuple(config.exclude_modules), min_channels=config.min_channels,
                       targets=_targets(config), **config.layer_kwargs())
         return [name for name, _ in found]
+    targets = _targets(config)
+    banks = [name for name in find_expert_banks(model) if _selected(name, targets, config.exclude_modules)]
+    if banks:  # a pretrained MoE: compress its own experts, keep its routers
+        options = config.layer_kwargs()
+        extra = {"scale_mode": options["scale_mode"]} if "scale_mode" in options else {}
+        return compress_experts(model, options["mode"], options.get("granularity", "element"), banks, **extra)
     patterns = [tuple(p) for p in config.ffn_patterns] if config.ffn_patterns else FFN_PATTERNS
     sites = require_ffns(model, patterns)
-    targets = _targets(config)
-    chosen = [i for i, site in enumerate(sites)
-              if (targets is None or any(fnmatch.fnmatch(site.moe, p) for p in targets))
-              and not any(fnmatch.fnmatch(site.moe, p) for p in config.exclude_modules)]
+    chosen = [i for i, site in enumerate(sites) if _selected(site.moe, targets, config.exclude_modules)]
     if not chosen:
         raise ConfigError(f"{type(model).__name__} has no feed-forward block that target_modules selects "
                           f"({len(sites)} found)")

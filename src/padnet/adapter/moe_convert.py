@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from padnet.errors import ConfigError
+from padnet.layers.experts import ExpertBank, find_expert_banks, static_estimate
 from padnet.layers.moe import MoEFeedForward, reset_aux_losses
 
 # (first linear, activation, second linear), relative to the module that holds the FFN; or, gated, (gate, up,
@@ -174,3 +175,71 @@ def replace_ffns(
         model.register_forward_pre_hook(reset_aux_losses)
         model._padnet_aux_reset = True
     return model
+
+
+def compress_experts(model: nn.Module, mode: str = "pad", granularity: str = "element",
+                     names: list[str] | None = None, **options) -> list[str]:
+    """Replace the banks of experts of a pretrained MoE model (transformers' Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE:
+    :func:`~padnet.layers.experts.find_expert_banks`) with :class:`~padnet.layers.experts.ExpertBank`, in place.
+    The model's routers (and Qwen2-MoE's shared expert) are kept; Θ̄ starts as the experts' mean
+    (:func:`set_static_by_load` re-estimates it from calibration text).
+
+    Args:
+        model: the MoE model.
+        mode: ``"dynamic"``, ``"pad"`` (PAD compression; partition it afterwards) or ``"prune"`` (MoE-P).
+        granularity: ``"element"`` or ``"neuron"`` masks.
+        names: the banks to replace (default all).
+        **options: ``scale_mode`` of ``"pad"``.
+
+    Returns the names of the replaced banks. Raises ConfigError when there is none to replace.
+    """
+    banks = find_expert_banks(model) if names is None else list(names)
+    if not banks:
+        raise ConfigError(f"{type(model).__name__} has no bank of gated experts (gate_up_proj, down_proj) to compress")
+    for name in banks:
+        model.set_submodule(name, ExpertBank.from_bank(model.get_submodule(name), mode, granularity, **options))
+    return banks
+
+
+@torch.no_grad()
+def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, torch.Tensor]:
+    """Re-estimate Θ̄ of every PAD-compressed :class:`~padnet.layers.experts.ExpertBank` of ``model`` as the
+    experts' mean weighted by the router's load: the number of (token, expert) assignments each expert gets on
+    ``batches`` (:func:`~padnet.layers.experts.static_estimate`). ``forward(model, batch)`` runs a batch
+    (default ``model(**batch)`` for a dict, ``model(batch)`` otherwise). Returns the loads by bank name.
+
+    Raises ConfigError without such banks or when the batches route no token to a bank.
+    """
+    banks = {name: m for name, m in model.named_modules()
+             if isinstance(m, ExpertBank) and isinstance(m.moe, MoEFeedForward) and m.moe.neuron_mode.static is not None}
+    if not banks:
+        raise ConfigError("the model has no PAD-compressed expert bank (compress_experts with mode='pad')")
+    loads = {name: torch.zeros(bank.moe.num_experts, dtype=torch.float64) for name, bank in banks.items()}
+
+    def count(name: str, args) -> None:  # args: (hidden_states, top_k_index, top_k_weights)
+        loads[name] += torch.bincount(args[1].reshape(-1).cpu(), minlength=len(loads[name])).double()
+
+    hooks = [bank.register_forward_pre_hook(lambda mod, args, name=name: count(name, args))
+             for name, bank in banks.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            if forward is not None:
+                forward(model, batch)
+            elif isinstance(batch, dict):
+                model(**batch)
+            else:
+                model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    for name, bank in banks.items():
+        if not float(loads[name].sum()) > 0:
+            raise ConfigError(f"the calibration batches routed no token to {name}")
+        moe = bank.moe
+        moe.neuron_mode.static.copy_(static_estimate(moe.experts.detach(), loads[name]))
+        bias = moe.expert_bias.detach().reshape(moe.num_experts, *moe.bias_mode.static.shape)
+        moe.bias_mode.static.copy_(static_estimate(bias, loads[name]))
+    return loads

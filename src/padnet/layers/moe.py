@@ -263,6 +263,18 @@ def dispatch(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: tor
     return (x.new_zeros(n, x.shape[1]) if base is None else base).index_add_(0, tokens, weighted)
 
 
+def _route(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: torch.Tensor, static: torch.Tensor | None,
+           activation, kind: str | None, gated: bool, gate_sums: torch.Tensor | None) -> torch.Tensor:
+    """Computational parameters applied to ``x`` (N, H) for ``routing``: the shared static neurons (weighted by
+    ``gate_sums`` (N, 1) when given) plus the dispatched experts → (N, H)."""
+    shared = None
+    if static is not None:
+        shared = neuron_ffn(x, split_neurons(static, gated), activation)
+        if gate_sums is not None:
+            shared = shared * gate_sums
+    return dispatch(x, routing, experts, bias, activation, shared, kind, gated)
+
+
 class MoEFeedForward(nn.Module):
     """Mixture-of-Experts FFN, fully dynamic (MoE), partially dynamic (PAD-MoE) or pruned (MoE-P).
 
@@ -274,6 +286,8 @@ class MoEFeedForward(nn.Module):
         activation: the FFN non-linearity (a module or callable; default GELU).
         gated: gated experts (act(x Wgᵀ + bg) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2, as the SwiGLU FFNs of Llama, Mistral and
             Qwen; else act(x W1ᵀ + b1) W2ᵀ + b2.
+        router: build the noisy top-k router; without one the layer is a bank of experts that another router
+            drives through :meth:`route` (:class:`~padnet.layers.experts.ExpertBank`).
         mode: ``"dynamic"`` (MoE), ``"pad"`` (PAD-MoE: masked elements use the static parameters) or
             ``"prune"`` (MoE-P: masked elements are zero).
         granularity: ``"element"`` (one mask element per parameter) or ``"neuron"`` (one per FFN neuron, a
@@ -287,7 +301,7 @@ class MoEFeedForward(nn.Module):
     Parameters: ``experts`` (E, R, F), neuron columns of R = 2H + 1 rows [W1ᵀ; b1; W2] or, gated, 3H + 2 rows
     [Wgᵀ; bg; Wuᵀ; bu; W2]; ``expert_bias`` (E, H), the output biases b2; the router's.
 
-    ``forward(hidden)``: (..., H) → (..., H). ``aux_loss`` adds up the layer's load-balancing losses (0-d tensor)
+    ``forward(hidden)``: (..., H) → (..., H); ``route(x, routing)``: the experts for a given routing. ``aux_loss`` adds up the layer's load-balancing losses (0-d tensor)
     over its calls since :meth:`reset_aux_loss`, for the training loop to add
     (:func:`padnet.layers.moe.auxiliary_loss`): a layer shared by several blocks (ALBERT) counts every pass.
     Model surgery registers a hook that resets it before each forward of the converted model.
@@ -300,7 +314,7 @@ class MoEFeedForward(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2,
                  activation=None, mode: str = "dynamic", granularity: str = "element",
                  scale_mode: str = "constrained", noisy: bool = True, aux_loss_weight: float = 1e-2,
-                 gated: bool = False):
+                 gated: bool = False, router: bool = True):
         super().__init__()
         check_choice("MoE mode", mode, MOE_MODES)
         check_choice("MoE mask granularity", granularity, MOE_GRANULARITIES)
@@ -308,7 +322,7 @@ class MoEFeedForward(nn.Module):
             raise ConfigError(f"hidden and intermediate sizes must be >= 1, got {hidden_size}, {intermediate_size}")
         self.hidden_size, self.intermediate_size, self.num_experts = hidden_size, intermediate_size, num_experts
         self.mode, self.granularity, self.aux_loss_weight = mode, granularity, aux_loss_weight
-        self.router = NoisyTopKRouter(hidden_size, num_experts, top_k, noisy)
+        self.router = NoisyTopKRouter(hidden_size, num_experts, top_k, noisy) if router else None
         self.activation = activation if activation is not None else nn.GELU()
         if isinstance(self.activation, nn.Module) and any(True for _ in self.activation.parameters()):
             raise ConfigError(f"MoE experts need an activation without parameters, got {self.activation}")
@@ -349,8 +363,9 @@ class MoEFeedForward(nn.Module):
         self._no_grad_cache = None
 
     @property
-    def top_k(self) -> int:
-        return self.router.top_k
+    def top_k(self) -> int | None:
+        """Experts per token of the layer's own router (None without one)."""
+        return None if self.router is None else self.router.top_k
 
     @classmethod
     def from_linears(cls, up: nn.Linear, down: nn.Linear, activation, **options) -> MoEFeedForward:
@@ -449,14 +464,23 @@ class MoEFeedForward(nn.Module):
         return super().train(mode)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.router is None:
+            raise ConfigError("this MoE layer has no router of its own: call route(x, routing)")
         x = hidden.reshape(-1, self.hidden_size)  # (N, H), N = all tokens
         routing = self.router(x)
         loss = load_balancing_loss(routing, self.aux_loss_weight)
         self.aux_loss = loss if self.aux_loss is None else self.aux_loss + loss
-        experts, bias, static = self.computational_parameters()
-        shared = None if static is None else neuron_ffn(x, split_neurons(static, self.gated), self.activation)
-        return dispatch(x, routing, experts, bias, self.activation, shared, self._kind,
-                        self.gated).reshape(hidden.shape)
+        return self.route(x, routing).reshape(hidden.shape)
+
+    def route(self, x: torch.Tensor, routing: Routing, gate_sums: torch.Tensor | None = None) -> torch.Tensor:
+        """The experts for ``routing`` (its ``indices`` and ``gates`` (N, k)): ``x`` (N, H) → (N, H).
+
+        With neuron masks the static neurons run once per token as a shared FFN, weighted by the token's summed
+        gates ``gate_sums`` (N, 1) when a router's gates do not sum to one (None: they do), since
+        Σₖ gₖ · static(x) = (Σₖ gₖ) · static(x).
+        """
+        return _route(x, routing, *self.computational_parameters(), self.activation, self._kind, self.gated,
+                      gate_sums)
 
     def reset_aux_loss(self) -> None:
         """Forget the load-balancing losses of earlier calls."""
@@ -483,7 +507,7 @@ class DeployedMoE(nn.Module):
     biases. Computes what the source layer computes in eval mode (within float rounding).
     """
 
-    def __init__(self, router: NoisyTopKRouter, experts: torch.Tensor, expert_bias: torch.Tensor,
+    def __init__(self, router: NoisyTopKRouter | None, experts: torch.Tensor, expert_bias: torch.Tensor,
                  static: torch.Tensor | None, activation, gated: bool = False):
         super().__init__()
         self.router, self.activation, self._kind, self.gated = router, activation, activation_kind(activation), gated
@@ -497,11 +521,15 @@ class DeployedMoE(nn.Module):
         return cls(layer.router, *layer.computational_parameters(), layer.activation, layer.gated)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.router is None:
+            raise ConfigError("this deployed MoE layer has no router of its own: call route(x, routing)")
         x = hidden.reshape(-1, self.hidden_size)
-        shared = None if self.static is None else neuron_ffn(x, split_neurons(self.static, self.gated),
-                                                             self.activation)
-        return dispatch(x, self.router(x), self.experts, self.expert_bias, self.activation, shared, self._kind,
-                        self.gated).reshape(hidden.shape)
+        return self.route(x, self.router(x)).reshape(hidden.shape)
+
+    def route(self, x: torch.Tensor, routing: Routing, gate_sums: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`MoEFeedForward.route`, with the merged parameters."""
+        return _route(x, routing, self.experts, self.expert_bias, self.static, self.activation, self._kind,
+                      self.gated, gate_sums)
 
 
 def reset_aux_losses(model: nn.Module, args=None) -> None:

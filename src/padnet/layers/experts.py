@@ -1,0 +1,103 @@
+"""PAD compression of pretrained Mixture-of-Experts models: a drop-in for their banks of experts.
+
+transformers stores the experts of Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE as two 3-D tensors,
+``gate_up_proj`` (E, 2F, H) and ``down_proj`` (E, H, F), and calls the bank as
+``experts(hidden (N, H), top_k_index (N, k), top_k_weights (N, k))`` after its own router; expert e computes
+``W2ᵉ (act(Wgᵉ x) ⊙ Wuᵉ x)``. :class:`ExpertBank` takes the bank's place with the same call, so the model's
+router, shared experts and everything else stay as they are, and holds the experts as a routerless
+:class:`~padnet.layers.moe.MoEFeedForward` (gated, zero biases): fully dynamic (MoE), PAD-MoE or MoE-P.
+
+PAD-Net's mode partition then compresses the bank (PAD-Net eq. 3–4 applied to the experts): every expert becomes
+one static part Θ̄ shared by all experts where the mask M = 0, plus its own values where M = 1, with
+λs + λd = 2. With every mask element dynamic (κ = 1) and λs = λd = 1 the bank computes what the original did;
+with none (κ = 0) every expert is λs · Θ̄. Θ̄ starts as a weighted mean of the experts (:func:`static_estimate`):
+uniform, or weighted by the router's load on calibration text.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from padnet.errors import ConfigError
+from padnet.layers.moe import DeployedMoE, MoEFeedForward, Routing
+
+STATIC_ESTIMATES = ("mean", "load")
+
+
+def is_expert_bank(module: nn.Module) -> bool:
+    """Whether ``module`` is a transformers bank of gated experts: 3-D ``gate_up_proj`` (E, 2F, H) and
+    ``down_proj`` (E, H, F) parameters and an ``act_fn``."""
+    gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    return (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor) and gate_up.dim() == down.dim() == 3
+            and callable(getattr(module, "act_fn", None)) and gate_up.shape[0] == down.shape[0]
+            and gate_up.shape[1] == 2 * down.shape[2] and gate_up.shape[2] == down.shape[1])
+
+
+def find_expert_banks(model: nn.Module) -> list[str]:
+    """Qualified names of every bank of gated experts in ``model`` (:func:`is_expert_bank`), in module order."""
+    return [name for name, module in model.named_modules() if name and is_expert_bank(module)]
+
+
+def static_estimate(experts: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Θ̄ = Σₑ wₑ Θᵉ / Σₑ wₑ over the experts (E, *shape) → (*shape); uniform ``weights`` (the mean) when None.
+
+    Raises ConfigError for weights that are not E non-negative values with a positive sum.
+    """
+    if weights is None:
+        return experts.mean(0)
+    weights = weights.to(experts)
+    if weights.shape != experts.shape[:1] or bool((weights < 0).any()) or not float(weights.sum()) > 0:
+        raise ConfigError(f"static weights must be {experts.shape[0]} non-negative values with a positive sum, "
+                          f"got {tuple(weights.shape)}")
+    return torch.tensordot(weights / weights.sum(), experts, dims=1)
+
+
+class ExpertBank(nn.Module):
+    """A transformers bank of gated experts as padnet experts, called as the bank was.
+
+    Build it with :meth:`from_bank`. ``moe`` is a routerless :class:`~padnet.layers.moe.MoEFeedForward` (or, once
+    deployed, a :class:`~padnet.layers.moe.DeployedMoE`). ``forward(hidden_states (N, H), top_k_index (N, k),
+    top_k_weights (N, k))`` → (N, H): Σ over each token's k experts of weight · expert(token), in
+    ``hidden_states``' dtype. The weights need not sum to one (Qwen2-MoE and OLMoE do not renormalise them).
+    """
+
+    def __init__(self, moe: MoEFeedForward | DeployedMoE):
+        super().__init__()
+        self.moe = moe
+
+    @classmethod
+    @torch.no_grad()
+    def from_bank(cls, bank: nn.Module, mode: str = "pad", granularity: str = "element",
+                  static_weights: torch.Tensor | None = None, **options) -> ExpertBank:
+        """Copy ``bank``'s experts (``gate_up_proj`` (E, 2F, H), ``down_proj`` (E, H, F), ``act_fn``) into a
+        gated :class:`~padnet.layers.moe.MoEFeedForward` with zero biases; with ``mode="pad"`` Θ̄ starts as
+        :func:`static_estimate` of the experts with ``static_weights`` (E,) (None: the mean).
+
+        ``mode``: ``"dynamic"``, ``"pad"`` or ``"prune"``; ``granularity``: ``"element"`` or ``"neuron"``;
+        ``options``: ``scale_mode``. Raises ConfigError for a module that is not such a bank.
+        """
+        if not is_expert_bank(bank):
+            raise ConfigError(f"{type(bank).__name__} is not a bank of gated experts (gate_up_proj, down_proj)")
+        gate_up, down = bank.gate_up_proj.detach(), bank.down_proj.detach()
+        num_experts, hidden, inter = down.shape
+        moe = MoEFeedForward(hidden, inter, num_experts, activation=bank.act_fn, mode=mode, granularity=granularity,
+                             gated=True, router=False, **options).to(down.device, down.dtype)
+        gate, up = gate_up[:, :inter].transpose(1, 2), gate_up[:, inter:].transpose(1, 2)  # each (E, H, F)
+        zeros = down.new_zeros(num_experts, 1, inter)
+        neurons = torch.cat([gate, zeros, up, zeros, down], dim=1)  # (E, 3H + 2, F): [Wgᵀ; bg; Wuᵀ; bu; W2]
+        moe.experts.copy_(neurons)
+        moe.expert_bias.zero_()
+        if moe.neuron_mode.static is not None:
+            moe.neuron_mode.static.copy_(static_estimate(neurons, static_weights))
+            moe.bias_mode.static.zero_()
+        return cls(moe)
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        weights = top_k_weights.to(hidden_states.dtype)
+        routing = Routing(top_k_index, weights, None, None)
+        return self.moe.route(hidden_states, routing, weights.sum(1, keepdim=True))
+
+    def extra_repr(self) -> str:
+        return "called as transformers' experts: (hidden_states, top_k_index, top_k_weights)"

@@ -1,0 +1,139 @@
+"""PAD compression of pretrained MoE language models (transformers' Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE):
+the bank of experts swapped for padnet's, κ = 1 and κ = 0 exactly, partition, deploy, save and load."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+import padnet
+from padnet.adapter.moe_convert import compress_experts, set_static_by_load
+from padnet.errors import ConfigError
+from padnet.layers.experts import ExpertBank, find_expert_banks, static_estimate
+from padnet.layers.moe import DeployedMoE, MoEFeedForward
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+IDS = torch.randint(3, 60, (3, 9), generator=torch.Generator().manual_seed(0))
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+
+
+def _moe_lm(family: str):
+    """A tiny randomly initialised MoE causal LM: 2 layers, 4 experts, top-2."""
+    torch.manual_seed(0)
+    common = {"vocab_size": 60, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "num_key_value_heads": 1, "max_position_embeddings": 32, "bos_token_id": 1, "eos_token_id": 2,
+              "pad_token_id": 0, "num_experts_per_tok": 2, "tie_word_embeddings": False}
+    if family == "mixtral":
+        config = transformers.MixtralConfig(**common, intermediate_size=24, num_local_experts=4, head_dim=8)
+        return transformers.MixtralForCausalLM(config).eval()
+    if family == "qwen2_moe":  # shared expert; top-k weights not renormalised
+        config = transformers.Qwen2MoeConfig(**common, intermediate_size=24, moe_intermediate_size=12,
+                                             shared_expert_intermediate_size=20, num_experts=4, norm_topk_prob=False)
+        return transformers.Qwen2MoeForCausalLM(config).eval()
+    if family == "qwen3_moe":
+        config = transformers.Qwen3MoeConfig(**common, intermediate_size=24, moe_intermediate_size=12, num_experts=4,
+                                             head_dim=8)
+        return transformers.Qwen3MoeForCausalLM(config).eval()
+    config = transformers.OlmoeConfig(**common, intermediate_size=24, num_experts=4)
+    return transformers.OlmoeForCausalLM(config).eval()
+
+
+def _banks(model) -> list[ExpertBank]:
+    return [m for m in model.modules() if isinstance(m, ExpertBank)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compressing_every_expert_bank_keeps_the_model_at_kappa_one(family):
+    """Before partition every mask element is dynamic and λs = λd = 1: the model computes what it did, for MoE,
+    PAD-MoE and MoE-P, and generates the same tokens."""
+    dense = _moe_lm(family)
+    ref = dense(input_ids=IDS).logits
+    greedy = dense.generate(IDS, max_new_tokens=5, do_sample=False)
+    assert find_expert_banks(dense) == ["model.layers.0.mlp.experts", "model.layers.1.mlp.experts"]
+    for method in ("moe", "pad-moe", "moe-p"):
+        pad = padnet.get_pad_model(copy.deepcopy(dense), method=method)
+        assert pad.converted == ["model.layers.0.mlp.experts", "model.layers.1.mlp.experts"]
+        model = pad.base_model.eval()
+        assert len(_banks(model)) == 2 and not find_expert_banks(model)
+        torch.testing.assert_close(model(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(model.generate(IDS, max_new_tokens=5, do_sample=False), greedy), method
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_kappa_zero_gives_every_expert_the_shared_static_part(family):
+    pad = padnet.get_pad_model(_moe_lm(family), method="pad-moe")
+    for bank in _banks(pad.base_model):
+        moe = bank.moe
+        with torch.no_grad():
+            moe.neuron_mode.mask.zero_()
+            moe.bias_mode.mask.zero_()
+        experts, bias, static = moe.computational_parameters()
+        assert static is None
+        lam_s, _ = moe.scale()
+        for e in range(moe.num_experts):
+            torch.testing.assert_close(experts[e], lam_s * moe.neuron_mode.static)
+        torch.testing.assert_close(moe.neuron_mode.static, moe.experts.mean(0))  # the default estimate: the mean
+        assert not bias.any()
+
+
+def test_neuron_masks_run_static_neurons_once_weighted_by_the_summed_gates():
+    """Qwen2-MoE does not renormalise its top-k weights: the shared static FFN is scaled by their sum, so the
+    structured form equals the merged one."""
+    pad = padnet.get_pad_model(_moe_lm("qwen2_moe"), method="pad-moe", granularity="neuron")
+    for i, bank in enumerate(_banks(pad.base_model)):
+        with torch.no_grad():
+            bank.moe.neuron_mode.mask.copy_((torch.arange(12) % 3 == i).float().reshape(1, 1, 12))
+            bank.moe.scale.phi.fill_(0.3)
+    model = pad.base_model.eval()
+    structured = model(input_ids=IDS).logits
+    assert all(bank.moe.structured and bank.moe.computational_parameters()[2] is not None
+               for bank in _banks(model))
+    for bank in _banks(model):
+        bank.moe.structured = False
+    torch.testing.assert_close(model(input_ids=IDS).logits, structured, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["element", "neuron"])
+def test_partition_on_calibration_text_then_deploy_save_and_load_give_the_same_logits(tmp_path, granularity):
+    pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", kappa=0.3, granularity=granularity)
+    batches = [{"input_ids": IDS, "labels": IDS}] * 2
+    report = pad.partition(batches, partition="imp", partition_iterations=2)
+    assert report.dynamic_ratio == pytest.approx(0.3, abs=0.02)
+    pad.eval()
+    ref = pad(input_ids=IDS).logits
+    pad.save_pretrained(tmp_path / "training", full=True)
+    loaded = padnet.load_pretrained(tmp_path / "training")
+    torch.testing.assert_close(loaded.eval()(input_ids=IDS).logits, ref, atol=1e-6, rtol=1e-6)
+    deployed = loaded.merge_and_unload()
+    assert all(isinstance(bank.moe, DeployedMoE) for bank in _banks(deployed))
+    torch.testing.assert_close(deployed(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
+    assert deployed.generate(IDS, max_new_tokens=3, do_sample=False).shape == (3, IDS.shape[1] + 3)
+
+
+def test_the_static_part_can_follow_the_routers_load():
+    pad = padnet.get_pad_model(_moe_lm("olmoe"), method="pad-moe")
+    loads = set_static_by_load(pad.base_model, [{"input_ids": IDS}])
+    assert sum(float(v.sum()) for v in loads.values()) == 2 * IDS.numel() * 2  # 2 layers, top-2
+    for name, load in loads.items():
+        moe = pad.base_model.get_submodule(name).moe
+        expected = sum(load[e] * moe.experts[e].double() for e in range(4)) / load.sum()
+        torch.testing.assert_close(moe.neuron_mode.static.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_compression_inputs_are_one_line_errors():
+    with pytest.raises(ConfigError, match="no bank of gated experts"):
+        compress_experts(torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="not a bank of gated experts"):
+        ExpertBank.from_bank(torch.nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="non-negative"):
+        static_estimate(torch.ones(3, 2), torch.tensor([1.0, -1.0, 1.0]))
+    moe = MoEFeedForward(4, 6, 2, router=False)
+    with pytest.raises(ConfigError, match="no router of its own"):
+        moe(torch.randn(3, 4))
+    with pytest.raises(ConfigError, match="no PAD-compressed expert bank"):
+        set_static_by_load(torch.nn.Linear(2, 2), [])
