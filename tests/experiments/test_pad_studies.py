@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from study_files import assert_study_files
+from study_files import assert_normalised, read_studies
 
 from padnet.cli import main
 from padnet.experiments.studies import pad
@@ -21,12 +19,7 @@ TINY = ["--dataset", "digits", "--model", "resnet10", "--width", "0.125", "--epo
 def studies(tmp_path_factory):
     out = tmp_path_factory.mktemp("pad")
     assert main(["pad", "all", *TINY, "--out", str(out)]) == 0
-    return out, {name: json.loads((out / name / "results.json").read_text()) for name in pad.STUDIES}
-
-
-def test_every_study_writes_markdown_json_and_a_figure(studies):
-    out, _ = studies
-    assert_study_files(out, pad.STUDIES)
+    return out, read_studies(out, pad.STUDIES)  # checks each study's page and figure too
 
 
 def test_variant_studies_train_each_variant_once_and_share_runs(studies):
@@ -46,11 +39,7 @@ def test_variant_studies_train_each_variant_once_and_share_runs(studies):
 
 def test_kappa_study_reports_normalised_performance(studies):
     _, results = studies
-    records = results["kappa"]["records"]
-    assert [r["label"] for r in records] == [f"κ = {k:g}" for k in pad.KAPPAS]
-    assert sum(r["normalised"] for r in records) == pytest.approx(0.0, abs=1e-12)
-    mean = sum(r["top1_mean"] for r in records) / len(records)
-    assert records[0]["normalised"] == pytest.approx((records[0]["top1_mean"] - mean) / mean)
+    assert_normalised(results["kappa"]["records"], [f"κ = {k:g}" for k in pad.KAPPAS], "top1")
 
 
 def test_layers_study_reaches_each_kappa_with_per_layer_ratios(studies):
