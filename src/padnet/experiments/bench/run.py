@@ -46,7 +46,7 @@ from padnet.experiments.bench.timing import best_of, fmt, interleaved_rounds, ma
 from padnet.training.allocator import ALLOCATOR_ENV
 
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
-PARTS = ("layers", "models", "files", "moe")
+PARTS = ("layers", "models", "files", "moe", "compress")
 DEVICES = ("cpu", "cuda")
 KAPPA = 0.3
 ALIGN = 16  # dynamic filters per filter-structured layer: a multiple of 16 (partition(..., align=16))
@@ -311,6 +311,10 @@ def summary(result: dict) -> dict:
         from padnet.experiments.bench.moe import moe_summary
 
         out.update(moe_summary(result["moe"]))
+    if result.get("compress"):
+        from padnet.experiments.bench.compress import compress_summary
+
+        out.update(compress_summary(result["compress"]))
     return out
 
 
@@ -358,6 +362,10 @@ def markdown(result: dict) -> str:
         from padnet.experiments.bench.moe import moe_markdown
 
         lines += moe_markdown(result["moe"])
+    if result.get("compress"):
+        from padnet.experiments.bench.compress import compress_markdown
+
+        lines += compress_markdown(result["compress"])
     return "\n".join(lines) + "\n"
 
 
@@ -403,6 +411,10 @@ def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick:
 
         result["moe"] = bench_moe(repeats=repeats, sizes=("MiniLM",) if quick else ("MiniLM", "BERT-base"),
                                   progress=progress, device=device)
+    if "compress" in parts:
+        from padnet.experiments.bench.compress import bench_compress
+
+        result["compress"] = bench_compress(repeats=repeats, progress=progress, device=device)
     result["summary"] = summary(result)
     result["seconds"] = time.perf_counter() - start
     write_json(out / "bench.json", result)
