@@ -7,7 +7,8 @@ reviews is the calibration text, the rest measures perplexity (:mod:`padnet.trai
 
 For each seed and each κ the study compares, by held-out perplexity against the bytes the expert (FFN) weights
 take: the original MoE; PAD compression (IMP, Θ̄ the experts' mean; at the middle κ also Θ̄ weighted by the
-router's load); MoE-P (the same fraction kept, the rest zero); expert merging (every expert the mean of all);
+router's load, and Θ̄ and the scale factors fine-tuned on the calibration text); MoE-P (the same fraction kept,
+the rest zero); expert merging (every expert the mean of all);
 and a dense model of the same architecture whose FFN width gives the PAD-compressed expert bytes, trained like the
 MoE. Each compression is one run of ``padnet moe-compress``'s pipeline on the saved model folder.
 """
@@ -31,6 +32,9 @@ from padnet.training.nlp.compress import CompressConfig, compress_folder, perple
 from padnet.training.nlp.finetune import quiet_transformers
 
 EOT = "<|endoftext|>"
+# what a trained model depends on: a run recorded with other values of these is not reused
+TRAINING_FIELDS = ("hidden", "intermediate", "layers", "experts", "top_k", "heads", "vocab", "block", "batch",
+                   "steps", "lr", "train_reviews")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Recipe:
     lr: float = 2e-3
     calibration_reviews: int = 600
     calibration_batches: int = 8
+    finetune_steps: int = 100  # the calibration fine-tune of Θ̄ and the scale factors (one row)
     train_reviews: int | None = None  # the first N training reviews (None: all)
 
 
@@ -170,7 +175,8 @@ class Study:
         record_path = folder / "padnet_run.json"
         if record_path.is_file():
             record = _read_json(record_path)
-            if record.get("recipe") == asdict(self.recipe) and record.get("ffn") == ffn:
+            recorded = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+            if all(recorded.get(k) == getattr(self.recipe, k) for k in TRAINING_FIELDS) and record.get("ffn") == ffn:
                 return folder, record
             raise ConfigError(f"{folder} holds a run of another recipe; choose another --out")
         torch.manual_seed(seed)
@@ -220,10 +226,13 @@ def run(out: str | Path, seeds=(0, 1, 2), kappas=(0.1, 0.3, 0.5), recipe: Recipe
                 r = study.compressed(folder, f"{method}-k{round(100 * kappa)}",
                                      replace(base, method=method, kappa=kappa, seed=seed))
                 rows.setdefault(f"{label} κ = {kappa:g}", []).append({**r["compressed"], "kappa": kappa})
-            if kappa == middle:
-                r = study.compressed(folder, f"pad-load-k{round(100 * kappa)}",
-                                     replace(base, method="pad", kappa=kappa, static="load", seed=seed))
-                rows.setdefault(f"PAD κ = {kappa:g}, Θ̄ by load", []).append({**r["compressed"], "kappa": kappa})
+            if kappa == middle:  # the choices: Θ̄ weighted by load; a calibration fine-tune of Θ̄ and λ
+                for name, label, changes in (("load", "Θ̄ by load", {"static": "load"}),
+                                             ("tuned", f"+ {recipe.finetune_steps} fine-tune steps",
+                                              {"finetune_steps": recipe.finetune_steps})):
+                    r = study.compressed(folder, f"pad-{name}-k{round(100 * kappa)}",
+                                         replace(base, method="pad", kappa=kappa, seed=seed, **changes))
+                    rows.setdefault(f"PAD κ = {kappa:g}, {label}", []).append({**r["compressed"], "kappa": kappa})
         layer_ffn = recipe.hidden * 3 * 4 * recipe.layers  # bytes of one FFN neuron across the layers
         for kappa in kappas:
             pad_bytes = rows[f"PAD κ = {kappa:g}"][-1]["bytes"]
@@ -256,7 +265,8 @@ def _markdown(records: list[dict], recipe: Recipe, seeds, study: Study) -> str:
             f"Tomatoes reviews (every tenth review held out). Compression: `padnet moe-compress`'s pipeline, IMP "
             f"(5 iterations) on {recipe.calibration_batches} batches of the first 80 % of {recipe.calibration_reviews} "
             f"held-out reviews, perplexity on the last 20 % ({len(study.heldout)} blocks); no fine-tuning after "
-            f"compression. Dense: a Llama-architecture model with the same attention and embeddings whose FFN takes "
+            f"compression but in the \"fine-tune\" row ({recipe.finetune_steps} AdamW steps, lr 1e-3, on Θ̄ and λ "
+            f"only). Dense: a Llama-architecture model with the same attention and embeddings whose FFN takes "
             f"the bytes PAD takes at that κ, trained like the MoE. Seeds {', '.join(map(str, seeds))}; mean ± std.\n")
 
 
