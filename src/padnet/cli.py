@@ -10,7 +10,6 @@ from pathlib import Path
 
 from padnet.errors import ConfigError, PadnetError, one_line, user_message
 from padnet.training.allocator import ALLOCATOR_ENV
-from padnet.training.nlp.compress import CompressConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -300,13 +299,14 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_moe_compress(args) -> int:
-    from padnet.training.nlp.compress import compress_folder
+    from padnet.training.nlp.compress import CompressConfig, compress_folder
 
     cfg = _resolve_config(args, cls=CompressConfig)
     r = compress_folder(args.model_dir, args.calibration, args.out, cfg)
     for key in ("original", "compressed"):
         print(f"{key:<10} perplexity {r[key]['perplexity']:8.2f}  expert weights {r[key]['bytes'] / 2**20:8.2f} MiB")
-    print(f"{cfg.method} at kappa {cfg.kappa:g}: {r['bytes_ratio']:.3f} of the expert bytes "
+    kappa = "every expert the mean of all" if cfg.method == "merge" else f"kappa {cfg.kappa:g}"
+    print(f"{cfg.method} ({kappa}): {r['bytes_ratio']:.3f} of the expert bytes "
           f"(expected {r['expected_bytes_ratio']:.3f}), dynamic ratio {r['dynamic_ratio']:.3f}")
     print(f"wrote {Path(args.out) / 'model'}, results.json, results.png")
     return 0
@@ -474,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="a local transformers model folder (config.json, weights, tokenizer)")
     p.add_argument("--calibration", required=True, help="a UTF-8 text file, one document per line")
     p.add_argument("--out", required=True, help="output directory")
+    from padnet.training.nlp.compress import CompressConfig
+
     _add_config_flags(p, cls=CompressConfig)
     p.set_defaults(func=cmd_moe_compress)
 

@@ -131,3 +131,19 @@ def test_bad_compression_inputs_are_one_line_errors():
         moe(torch.randn(3, 4))
     with pytest.raises(ConfigError, match="no PAD-compressed expert bank"):
         set_static_by_load(torch.nn.Linear(2, 2), [])
+    with pytest.raises(ConfigError, match="not an expert bank"):
+        compress_experts(_moe_lm("mixtral"), names=["model.layers.0.mlp"])
+    with pytest.raises(ConfigError, match="selects none of the expert banks"):
+        padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", target_modules=["*.attn"])
+
+
+def test_the_saved_static_part_is_the_experts_mean_where_it_takes_no_part(tmp_path):
+    """The folder stores Θ̄ only at static positions; at dynamic ones it reads back as the experts' mean."""
+    pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", kappa=0.5)
+    pad.partition([{"input_ids": IDS, "labels": IDS}], partition="mp")
+    pad.save_pretrained(tmp_path, full=True)
+    loaded = padnet.load_pretrained(tmp_path)
+    for before, after in zip(_banks(pad.base_model), _banks(loaded.base_model)):
+        mask = before.moe.neuron_mode.mask[0].bool()
+        torch.testing.assert_close(after.moe.neuron_mode.static[~mask], before.moe.neuron_mode.static[~mask])
+        torch.testing.assert_close(after.moe.neuron_mode.static[mask], before.moe.experts.mean(0)[mask])

@@ -70,6 +70,7 @@ def test_the_static_part_can_follow_the_load_and_be_fine_tuned(folder, tmp_path)
     (["--method", "distil"], "unknown method"),
     (["--calibration", "missing.txt"], "cannot read calibration text"),
     (["--block-size", "100000"], "fewer than two blocks"),
+    (["--method", "prune", "--finetune-steps", "3"], "MoE-P (method prune) has no static part"),
 ])
 def test_bad_input_is_one_line(folder, tmp_path, capsys, change, fragment):
     args = ["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out",

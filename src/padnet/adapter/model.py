@@ -73,8 +73,12 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
                       targets=_targets(config), **config.layer_kwargs())
         return [name for name, _ in found]
     targets = _targets(config)
-    banks = [name for name in find_expert_banks(model) if _selected(name, targets, config.exclude_modules)]
+    banks = find_expert_banks(model)
     if banks:  # a pretrained MoE: compress its own experts, keep its routers
+        banks = [name for name in banks if _selected(name, targets, config.exclude_modules)]
+        if not banks:
+            raise ConfigError(f"target_modules selects none of the expert banks of {type(model).__name__} "
+                              f"({', '.join(find_expert_banks(model)[:3])}, ...)")
         options = config.layer_kwargs()
         extra = {"scale_mode": options["scale_mode"]} if "scale_mode" in options else {}
         return compress_experts(model, options["mode"], options.get("granularity", "element"), banks, **extra)

@@ -193,9 +193,13 @@ def compress_experts(model: nn.Module, mode: str = "pad", granularity: str = "el
 
     Returns the names of the replaced banks. Raises ConfigError when there is none to replace.
     """
-    banks = find_expert_banks(model) if names is None else list(names)
+    found = find_expert_banks(model)
+    banks = found if names is None else list(names)
     if not banks:
         raise ConfigError(f"{type(model).__name__} has no bank of gated experts (gate_up_proj, down_proj) to compress")
+    unknown = [name for name in banks if name not in found]
+    if unknown:
+        raise ConfigError(f"not an expert bank of {type(model).__name__}: {', '.join(unknown)}")
     for name in banks:
         model.set_submodule(name, ExpertBank.from_bank(model.get_submodule(name), mode, granularity, **options))
     return banks
@@ -216,10 +220,12 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
         raise ConfigError("the model has no PAD-compressed expert bank (compress_experts with mode='pad')")
     loads = {name: torch.zeros(bank.moe.num_experts, dtype=torch.float64) for name, bank in banks.items()}
 
-    def count(name: str, args) -> None:  # args: (hidden_states, top_k_index, top_k_weights)
-        loads[name] += torch.bincount(args[1].reshape(-1).cpu(), minlength=len(loads[name])).double()
+    def count(name: str, args, kwargs) -> None:  # called as (hidden_states, top_k_index, top_k_weights)
+        index = kwargs["top_k_index"] if "top_k_index" in kwargs else args[1]
+        loads[name] += torch.bincount(index.reshape(-1).cpu(), minlength=len(loads[name])).double()
 
-    hooks = [bank.register_forward_pre_hook(lambda mod, args, name=name: count(name, args))
+    hooks = [bank.register_forward_pre_hook(lambda mod, args, kwargs, name=name: count(name, args, kwargs),
+                                            with_kwargs=True)
              for name, bank in banks.items()]
     was_training = model.training
     model.eval()

@@ -44,11 +44,12 @@ def static_estimate(experts: torch.Tensor, weights: torch.Tensor | None = None) 
     """
     if weights is None:
         return experts.mean(0)
-    weights = weights.to(experts)
+    weights = weights.to(device=experts.device, dtype=torch.float64)
     if weights.shape != experts.shape[:1] or bool((weights < 0).any()) or not float(weights.sum()) > 0:
         raise ConfigError(f"static weights must be {experts.shape[0]} non-negative values with a positive sum, "
                           f"got {tuple(weights.shape)}")
-    return torch.tensordot(weights / weights.sum(), experts, dims=1)
+    # in double precision: token counts in the thousands keep their digits whatever the experts' dtype
+    return torch.tensordot(weights / weights.sum(), experts.double(), dims=1).to(experts.dtype)
 
 
 class ExpertBank(nn.Module):

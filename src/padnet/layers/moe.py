@@ -195,14 +195,17 @@ class _GroupedExperts(torch.autograd.Function):
         pre = xs.new_empty(xs.shape[0], experts.shape[2])  # pre-activations (of the gate), kept for backward
         up = xs.new_empty(xs.shape[0], experts.shape[2]) if gated else None  # up projections (gated)
         parts = split_neurons(experts, gated)
-        hs, start = [], 0  # per expert: what multiplies W2 (the activation, times the up projection if gated)
+        # per expert, what multiplies W2: the activation (kept), or for gated experts act ⊙ up (recomputed in
+        # backward from the kept pre-activations and up projections)
+        hs, start = [], 0
         for e, count in enumerate(counts):
             rows = slice(start, start + count)
             torch.addmm(parts.b_in[e], xs[rows], parts.w_in[e], out=pre[rows])
             h = activation(pre[rows])
             if gated:
                 h = h * torch.addmm(parts.b_up[e], xs[rows], parts.w_up[e], out=up[rows])
-            hs.append(h)
+            else:
+                hs.append(h)
             torch.addmm(bias[e], h, parts.w_out[e].t(), out=out[rows])
             start += count
         ctx.save_for_backward(xs, experts, pre, up)
@@ -218,7 +221,7 @@ class _GroupedExperts(torch.autograd.Function):
         grad_experts = torch.empty_like(experts)
         grad_bias = experts.new_zeros(experts.shape[0], xs.shape[1])
         start = 0
-        for e, (count, h) in enumerate(zip(ctx.counts, ctx.hs)):
+        for e, count in enumerate(ctx.counts):
             if count == 0:
                 grad_experts[e] = 0
                 continue
@@ -226,10 +229,11 @@ class _GroupedExperts(torch.autograd.Function):
             g = grad_out[rows]  # (n_e, H)
             grads = split_neurons(grad_experts[e], ctx.gated)  # views into this expert's gradient
             grad_h = g @ parts.w_out[e]  # (n_e, F)
-            torch.mm(g.t(), h, out=grads.w_out)  # dW2 (H, F)
+            act = ctx.activation(pre[rows]) if ctx.gated else ctx.hs[e]
+            torch.mm(g.t(), act * up[rows] if ctx.gated else act, out=grads.w_out)  # dW2 (H, F)
             grad_bias[e] = g.sum(0)
             if ctx.gated:
-                grad_up = grad_h * ctx.activation(pre[rows])  # ∂L/∂(x Wuᵀ + bu)
+                grad_up = grad_h * act  # ∂L/∂(x Wuᵀ + bu)
                 grad_h = grad_h * up[rows]  # ∂L/∂act(x Wgᵀ + bg)
                 torch.mm(xs[rows].t(), grad_up, out=grads.w_up)
                 grads.b_up.copy_(grad_up.sum(0))

@@ -78,8 +78,8 @@ class ThresholdMask(nn.Module):
         return aggregate(coeffs, self.dynamic_part(factors))
 
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
-        """Generated parameters (B, *shape) thresholded like factors: M ⊙ values."""
-        return self.dynamic_part(values)
+        """Not defined: SD-Conv masks kernel banks, not parameters generated per sample. Raises ConfigError."""
+        raise ConfigError("SD-Conv's threshold masks apply to kernels, not to parameters generated per sample")
 
     def merged(self, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """The pruned kernels W̃ᵢ (no static term), (k, *shape)."""

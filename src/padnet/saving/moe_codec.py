@@ -58,10 +58,15 @@ def decode_moe(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, 
             tensors[f"{name}.{key}"] = full
             mode = getattr(layer, mode_name)
             if mode.static is not None:
-                static = torch.zeros(mask.shape, dtype=values.dtype)
+                # Θ̄ takes no part at dynamic positions (1 − M = 0); it reads back as the experts' mean there, the
+                # estimate a later partition to a lower κ starts from
+                static = full.mean(0)
                 static[~mask] = tensors.pop(f"{name}.{mode_name}.static.values")
                 tensors[f"{name}.{mode_name}.static"] = static.reshape(mode.static.shape)
             # back to the mask buffer's shape: a filter or column mask keeps one element per block
-            mask = mask.reshape(mode.shape)[tuple(slice(None) if n > 1 else slice(0, 1) for n in mode.mask.shape[1:])]
-            tensors[f"{name}.{mode_name}.mask"] = mask.reshape(mode.mask.shape).float()
+            reduced = mask.reshape(mode.shape)[tuple(slice(None) if n > 1 else slice(0, 1)
+                                                     for n in mode.mask.shape[1:])].reshape(mode.mask.shape)
+            if not torch.equal(reduced.expand(1, *mode.shape).reshape(mask.shape), mask):
+                raise ValueError(f"the mask bits of {name}.{key} do not fit its {mode.granularity} masks")
+            tensors[f"{name}.{mode_name}.mask"] = reduced.float()
     return tensors

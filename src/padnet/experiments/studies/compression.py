@@ -26,7 +26,7 @@ import torch
 from padnet.errors import CheckpointError, ConfigError, DataError, first_line
 from padnet.experiments.plotting import label_axes
 from padnet.experiments.studies.common import figure, mean_std, pm, table, write_study
-from padnet.saving.fileio import parse_json, write_json
+from padnet.saving.fileio import parse_json, write_json, write_text
 from padnet.training.data.text import movie_reviews_csv
 from padnet.training.nlp.compress import CompressConfig, compress_folder, perplexity, text_blocks
 from padnet.training.nlp.finetune import quiet_transformers
@@ -164,10 +164,14 @@ class Study:
         self.tokenizer = build_tokenizer(train, self.out / "tokenizer", recipe.vocab)
         self.train_blocks = _blocks(self.tokenizer, train, recipe.block)
         self.calibration = self.out / "calibration.txt"
+        text = "\n".join(heldout[: recipe.calibration_reviews]) + "\n"
         if not self.calibration.is_file():
-            self.calibration.write_text("\n".join(heldout[: recipe.calibration_reviews]) + "\n", encoding="utf-8")
+            write_text(self.calibration, text)
+        elif self.calibration.read_text(encoding="utf-8") != text:
+            raise ConfigError(f"{self.calibration} holds other calibration text; choose another --out")
         blocks = text_blocks(self.calibration, self.tokenizer, recipe.block)
-        self.heldout = blocks[round(len(blocks) * 0.8):]  # what padnet moe-compress measures on (heldout 0.2)
+        # what padnet moe-compress measures perplexity on: the last ``heldout`` fraction of the blocks
+        self.heldout = blocks[round(len(blocks) * (1 - CompressConfig().heldout)):]
 
     def trained(self, name: str, seed: int, ffn: int | None) -> tuple[Path, dict]:
         """The folder of a trained model and its record (trained now unless it is there)."""
@@ -196,7 +200,11 @@ class Study:
         """``padnet moe-compress`` of ``folder`` with the calibration text (reused when done)."""
         out = folder.parent.parent / "compressed" / f"{folder.name}-{name}"
         if (out / "results.json").is_file():
-            return _read_json(out / "results.json")
+            results = _read_json(out / "results.json")
+            wanted = {k: v for k, v in cfg.to_dict().items() if k != "progress"}
+            if {k: results.get("config", {}).get(k) for k in wanted} != wanted:
+                raise ConfigError(f"{out} holds a compression with other settings; choose another --out")
+            return results
         results = compress_folder(folder, self.calibration, out, cfg)
         self.log(f"[{folder.name} {name}] perplexity {results['compressed']['perplexity']:.2f}, "
                  f"{results['bytes_ratio']:.3f} of the expert bytes")
@@ -263,9 +271,10 @@ def _markdown(records: list[dict], recipe: Recipe, seeds, study: Study) -> str:
             f"vocabulary {len(study.tokenizer)}; {recipe.steps} AdamW steps (lr {recipe.lr:g}, batch {recipe.batch} × "
             f"{recipe.block} tokens) on {len(study.train_blocks) * recipe.block:,} training tokens of IMDB + Rotten "
             f"Tomatoes reviews (every tenth review held out). Compression: `padnet moe-compress`'s pipeline, IMP "
-            f"(5 iterations) on {recipe.calibration_batches} batches of the first 80 % of {recipe.calibration_reviews} "
+            f"({CompressConfig().partition_iterations} iterations) on {recipe.calibration_batches} batches of the first 80 % of {recipe.calibration_reviews} "
             f"held-out reviews, perplexity on the last 20 % ({len(study.heldout)} blocks); no fine-tuning after "
-            f"compression but in the \"fine-tune\" row ({recipe.finetune_steps} AdamW steps, lr 1e-3, on Θ̄ and λ "
+            f"compression but in the \"fine-tune\" row ({recipe.finetune_steps} AdamW steps, lr "
+            f"{CompressConfig().lr:g}, on Θ̄ and λ "
             f"only). Dense: a Llama-architecture model with the same attention and embeddings whose FFN takes "
             f"the bytes PAD takes at that κ, trained like the MoE. Seeds {', '.join(map(str, seeds))}; mean ± std.\n")
 
@@ -274,7 +283,7 @@ def _figure(records: list[dict]):
     fig, (ax,) = figure(1, 6.0)
     groups = {"PAD": ("o-", "PAD κ ="), "MoE-P": ("s--", "MoE-P κ ="), "Dense": ("^:", "Dense, equal size")}
     for label, (style, prefix) in groups.items():
-        chosen = sorted((r for r in records if r["model"].startswith(prefix) and "load" not in r["model"]),
+        chosen = sorted((r for r in records if r["model"].startswith(prefix) and "," not in r["model"]),
                         key=lambda r: r["bytes"])
         ax.errorbar([r["bytes"] / 2**20 for r in chosen], [r["perplexity_mean"] for r in chosen],
                     yerr=[r["perplexity_std"] for r in chosen], fmt=style, capsize=3, label=label)

@@ -74,6 +74,8 @@ class CompressConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
         if not 0 < self.heldout < 1:
             raise ConfigError(f"heldout must be in (0, 1), got {self.heldout!r}")
+        if self.method == "prune" and (self.finetune_steps or self.static != "mean"):
+            raise ConfigError("MoE-P (method prune) has no static part to estimate by load or fine-tune")
         return self
 
 
@@ -141,33 +143,31 @@ def perplexity(model, blocks: torch.Tensor, batch_size: int, progress: bool = Fa
 def bank_bytes(model) -> int:
     """Bytes the banks of experts take: each transformers bank's two tensors, or what the saved folder stores of
     each :class:`~padnet.layers.experts.ExpertBank` (Θ̄ once, the dynamic values, the mask bits)."""
-    banks = [n for n, m in model.named_modules() if isinstance(m, ExpertBank)]
     total = sum(t.numel() * t.element_size() for name in find_expert_banks(model)
                 for t in (model.get_submodule(name).gate_up_proj, model.get_submodule(name).down_proj))
-    if banks:
-        tensors = encode_moe(model)
-        total += sum(t.numel() * t.element_size() for key, t in tensors.items()
-                     if any(key.startswith(bank + ".moe.") for bank in banks))
+    for bank in (m for m in model.modules() if isinstance(m, ExpertBank)):
+        total += sum(t.numel() * t.element_size() for t in encode_moe(bank).values())
     return total
 
 
-class _Progress:
-    """Batches re-iterable with a fresh progress bar on every pass (IMP reads them once per iteration)."""
-
-    def __init__(self, batches: list, desc: str, enabled: bool):
-        self.batches, self.desc, self.enabled = batches, desc, enabled
-
-    def __iter__(self):
-        return iter(tqdm(self.batches, desc=self.desc, disable=not self.enabled, leave=False))
-
-    def __len__(self) -> int:
-        return len(self.batches)
+def _partition(pad: PadModel, batches: list[dict], cfg: CompressConfig) -> float:
+    """IMP on ``batches`` with a progress bar over its forward passes (iterations × batches); the dynamic
+    ratio reached."""
+    bar = tqdm(total=cfg.partition_iterations * len(batches), desc="IMP scores", disable=not cfg.progress)
+    hook = pad.base_model.register_forward_pre_hook(lambda module, args: bar.update(1))
+    try:
+        return pad.partition(batches).dynamic_ratio
+    finally:
+        hook.remove()
+        bar.close()
 
 
 def _finetune_static(pad: PadModel, batches: list[dict], steps: int, lr: float, progress: bool) -> list[float]:
     """Train only the static parameters and scale factors of the expert banks; the losses of the steps."""
     trainable = [p for name, p in pad.base_model.named_parameters()
                  if ".moe." in name and name.endswith((".static", ".phi"))]
+    if not trainable:
+        raise ConfigError("the model has no static part or scale factors to fine-tune")
     frozen = [p for p in pad.base_model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -204,13 +204,13 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
     pad = get_pad_model(model, method=METHODS[cfg.method], kappa=cfg.kappa, granularity=cfg.granularity,
                         partition_at="manual", partition_iterations=cfg.partition_iterations,
                         partition_batches=len(batches))
-    if cfg.static == "load" and cfg.method != "prune":
+    if cfg.static == "load":
         set_static_by_load(pad.base_model, batches)
     if cfg.method == "merge":  # every expert becomes the mean of all: every mask element static
         pad.set_masks({name: torch.zeros_like(mask) for name, mask in pad.masks().items()})
         reached = 0.0
     else:
-        reached = pad.partition(_Progress(batches, "IMP scores", cfg.progress)).dynamic_ratio
+        reached = _partition(pad, batches, cfg)
     losses = _finetune_static(pad, batches, cfg.finetune_steps, cfg.lr, cfg.progress) if cfg.finetune_steps else []
     after = {"perplexity": perplexity(pad.base_model, heldout, cfg.batch_size, cfg.progress),
              "bytes": bank_bytes(pad.base_model)}
