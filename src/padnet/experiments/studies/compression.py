@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -281,16 +282,17 @@ def _markdown(records: list[dict], recipe: Recipe, seeds, study: Study) -> str:
 
 def _figure(records: list[dict]):
     fig, (ax,) = figure(1, 6.0)
-    groups = {"PAD": ("o-", "PAD κ ="), "MoE-P": ("s--", "MoE-P κ ="), "Dense": ("^:", "Dense, equal size")}
-    for label, (style, prefix) in groups.items():
-        chosen = sorted((r for r in records if r["model"].startswith(prefix) and "," not in r["model"]),
-                        key=lambda r: r["bytes"])
+    groups = {"PAD": ("o-", r"PAD κ = [\d.]+"), "MoE-P": ("s--", r"MoE-P κ = [\d.]+"),
+              "Dense of equal size": ("^:", r"Dense, equal size to PAD κ = [\d.]+")}
+    for label, (style, pattern) in groups.items():
+        chosen = sorted((r for r in records if re.fullmatch(pattern, r["model"])), key=lambda r: r["bytes"])
         ax.errorbar([r["bytes"] / 2**20 for r in chosen], [r["perplexity_mean"] for r in chosen],
                     yerr=[r["perplexity_std"] for r in chosen], fmt=style, capsize=3, label=label)
-    for name, marker in (("MoE (original)", "*"), ("Expert merging", "x")):
-        r = next(r for r in records if r["model"] == name)
+    # the single points: the original, merging and PAD's variants at the middle κ
+    singles = [r for r in records if not any(re.fullmatch(p, r["model"]) for _, p in groups.values())]
+    for r, marker in zip(singles, "*xPDv<>"):
         ax.errorbar([r["bytes"] / 2**20], [r["perplexity_mean"]], yerr=[r["perplexity_std"]], fmt=marker,
-                    markersize=9, capsize=3, label=name)
+                    markersize=8, capsize=3, label=r["model"])
     ax.set_yscale("log")
     label_axes(ax, "expert / FFN weights (MiB)", "held-out perplexity (log scale)")
     return fig

@@ -182,7 +182,7 @@ def _finetune_static(pad: PadModel, batches: list[dict], steps: int, lr: float, 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     finally:
         for p in frozen:
             p.requires_grad_(True)
