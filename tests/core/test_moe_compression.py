@@ -105,8 +105,14 @@ def test_partition_on_calibration_text_then_deploy_save_and_load_give_the_same_l
     batches = [{"input_ids": IDS, "labels": IDS}] * 2
     report = pad.partition(batches, partition="imp", partition_iterations=2)
     assert report.dynamic_ratio == pytest.approx(0.3, abs=0.02)
-    assert_round_trip(pad, tmp_path, IDS)
+    assert_round_trip(pad, tmp_path / "training", IDS)
     assert all(isinstance(bank.moe, DeployedMoE) for bank in _banks(padnet.deploy(pad.base_model)))
+    # the deployed form: the shared static part once and each expert's dynamic values; loads merged
+    pad.save_pretrained(tmp_path / "deployed", form="deployed")
+    loaded = padnet.load_pretrained(tmp_path / "deployed", base_model=_moe_lm("mixtral"))
+    assert all(isinstance(bank.moe, DeployedMoE) for bank in _banks(loaded))
+    torch.testing.assert_close(loaded(input_ids=IDS).logits, pad.eval()(input_ids=IDS).logits, atol=1e-5,
+                               rtol=1e-5)
 
 
 def test_the_static_part_can_follow_the_routers_load():
