@@ -347,21 +347,6 @@ def _gpt2():
     return transformers.GPT2LMHeadModel(config).eval()
 
 
-def test_gpt2_decoder_upcycles_exactly_and_generates_what_the_dense_model_generates():
-    """GPT-2's MLP is two transformers Conv1D maps (W stored (in, out)); upcycled, logits and greedy generation
-    equal the dense model's at initialisation, for MoE, PAD-MoE and MoE-P."""
-    dense = _gpt2()
-    ref = dense(input_ids=IDS).logits
-    greedy = dense.generate(IDS, max_new_tokens=6, do_sample=False)
-    for method in ("moe", "pad-moe", "moe-p"):
-        pad = padnet.get_pad_model(copy.deepcopy(dense), method=method, num_experts=4, top_k=2)
-        assert pad.converted == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
-        model = pad.base_model.eval()
-        assert isinstance(model.transformer.h[0].mlp.c_proj, nn.Identity)
-        torch.testing.assert_close(model(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
-        assert torch.equal(model.generate(IDS, max_new_tokens=6, do_sample=False), greedy), method
-
-
 def _gated_decoder(family: str):
     """A tiny randomly initialised Llama-style causal LM (SwiGLU MLP: gate_proj / up_proj / down_proj / act_fn)."""
     torch.manual_seed(0)
@@ -376,19 +361,24 @@ def _gated_decoder(family: str):
     return getattr(transformers, model_cls)(config).eval()
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
-def test_gated_decoders_upcycle_exactly_and_generate_what_the_dense_model_generates(family):
-    """The SwiGLU MLP block becomes one MoE layer of gated experts; at initialisation logits and greedy
-    generation equal the dense model's, for MoE, PAD-MoE and MoE-P."""
-    dense = _gated_decoder(family)
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral", "qwen2", "qwen3"])
+def test_decoders_upcycle_exactly_and_generate_what_the_dense_model_generates(family):
+    """GPT-2's MLP (two transformers Conv1D maps, W stored (in, out)) and the SwiGLU MLP blocks of Llama-style
+    decoders (one MoE layer of gated experts each) upcycle so that at initialisation logits and greedy generation
+    equal the dense model's, for MoE, PAD-MoE and MoE-P."""
+    dense = _gpt2() if family == "gpt2" else _gated_decoder(family)
     ref = dense(input_ids=IDS).logits
     greedy = dense.generate(IDS, max_new_tokens=6, do_sample=False)
     for method in ("moe", "pad-moe", "moe-p"):
         pad = padnet.get_pad_model(copy.deepcopy(dense), method=method, num_experts=4, top_k=2)
-        assert pad.converted == ["model.layers.0.mlp", "model.layers.1.mlp"]
         model = pad.base_model.eval()
-        layer = model.model.layers[0].mlp
-        assert isinstance(layer, MoEFeedForward) and layer.gated and layer.experts.shape == (4, 3 * 16 + 2, 24)
+        if family == "gpt2":
+            assert pad.converted == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
+            assert isinstance(model.transformer.h[0].mlp.c_proj, nn.Identity)
+        else:
+            assert pad.converted == ["model.layers.0.mlp", "model.layers.1.mlp"]
+            layer = model.model.layers[0].mlp
+            assert isinstance(layer, MoEFeedForward) and layer.gated and layer.experts.shape == (4, 3 * 16 + 2, 24)
         torch.testing.assert_close(model(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
         assert torch.equal(model.generate(IDS, max_new_tokens=6, do_sample=False), greedy), method
 
