@@ -23,7 +23,7 @@ def test_the_study_compares_every_method_and_reuses_its_runs(tmp_path):
     result = run(tmp_path, seeds=(0,), kappas=(0.5,), recipe=TINY, log=lines.append, progress=False)
     labels = [r["model"] for r in result["records"]]
     assert labels == ["MoE (original)", "Expert merging", "PAD κ = 0.5", "MoE-P κ = 0.5", "PAD κ = 0.5, Θ̄ by load",
-                      "PAD κ = 0.5, + 3 fine-tune steps", "Dense, equal size to PAD κ = 0.5"]
+                      "PAD κ = 0.5, neuron masks, Θ̄ by load", "PAD κ = 0.5, + 3 fine-tune steps", "Dense, equal size to PAD κ = 0.5"]
     by = {r["model"]: r for r in result["records"]}
     original = by["MoE (original)"]["bytes"]
     assert by["Expert merging"]["bytes"] < by["MoE-P κ = 0.5"]["bytes"] < by["PAD κ = 0.5"]["bytes"] < original

@@ -58,9 +58,12 @@ def test_the_command_writes_a_loadable_compressed_model_and_its_measurements(fol
     assert perplexity(model, heldout, 4) == pytest.approx(results["compressed"]["perplexity"], rel=1e-5)
 
 
-def test_the_static_part_can_follow_the_load_and_be_fine_tuned(folder, tmp_path):
+def test_the_static_part_can_follow_the_load_and_be_fine_tuned_with_progress_bars(folder, tmp_path, capsys):
+    flags = [f for f in FLAGS if f not in ("--progress", "false")]  # the default: progress bars on
     assert main(["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out",
-                 str(tmp_path), "--static", "load", "--finetune-steps", "3", "--granularity", "neuron", *FLAGS]) == 0
+                 str(tmp_path), "--static", "load", "--finetune-steps", "3", "--granularity", "neuron", *flags]) == 0
+    err = capsys.readouterr().err
+    assert "IMP scores" in err and "calibration fine-tune" in err
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["finetune_losses"]) == 3 and results["config"]["static"] == "load"
 

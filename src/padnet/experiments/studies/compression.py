@@ -7,8 +7,8 @@ reviews is the calibration text, the rest measures perplexity (:mod:`padnet.trai
 
 For each seed and each κ the study compares, by held-out perplexity against the bytes the expert (FFN) weights
 take: the original MoE; PAD compression (IMP, Θ̄ the experts' mean; at the middle κ also Θ̄ weighted by the
-router's load, and Θ̄ and the scale factors fine-tuned on the calibration text); MoE-P (the same fraction kept,
-the rest zero); expert merging (every expert the mean of all);
+router's load, with element or neuron masks, and Θ̄ and the scale factors fine-tuned on the calibration text);
+MoE-P (the same fraction kept, the rest zero); expert merging (every expert the mean of all);
 and a dense model of the same architecture whose FFN width gives the PAD-compressed expert bytes, trained like the
 MoE. Each compression is one run of ``padnet moe-compress``'s pipeline on the saved model folder.
 """
@@ -237,6 +237,8 @@ def run(out: str | Path, seeds=(0, 1, 2), kappas=(0.1, 0.3, 0.5), recipe: Recipe
                 rows.setdefault(f"{label} κ = {kappa:g}", []).append({**r["compressed"], "kappa": kappa})
             if kappa == middle:  # the choices: Θ̄ weighted by load; a calibration fine-tune of Θ̄ and λ
                 for name, label, changes in (("load", "Θ̄ by load", {"static": "load"}),
+                                             ("neuron-load", "neuron masks, Θ̄ by load",
+                                              {"static": "load", "granularity": "neuron"}),
                                              ("tuned", f"+ {recipe.finetune_steps} fine-tune steps",
                                               {"finetune_steps": recipe.finetune_steps})):
                     r = study.compressed(folder, f"pad-{name}-k{round(100 * kappa)}",

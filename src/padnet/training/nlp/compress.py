@@ -154,7 +154,11 @@ def _partition(pad: PadModel, batches: list[dict], cfg: CompressConfig) -> float
     """IMP on ``batches`` with a progress bar over its forward passes (iterations × batches); the dynamic
     ratio reached."""
     bar = tqdm(total=cfg.partition_iterations * len(batches), desc="IMP scores", disable=not cfg.progress)
-    hook = pad.base_model.register_forward_pre_hook(lambda module, args: bar.update(1))
+
+    def tick(module, args) -> None:  # a pre-hook that returns something would replace the forward's arguments
+        bar.update(1)
+
+    hook = pad.base_model.register_forward_pre_hook(tick)
     try:
         return pad.partition(batches).dynamic_ratio
     finally:
