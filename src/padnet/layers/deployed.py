@@ -156,9 +156,11 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         :class:`~padnet.layers.modes.SplitCache`); None for the other layouts."""
         if self.layout != "filters":
             return None
-        index = self.dynamic_index
+        return self._splits(self.dynamic_index, self._split_of_index)
+
+    def _split_of_index(self, index: torch.Tensor) -> StructuredSplit:
         dynamic = torch.zeros(self.out_channels, dtype=torch.bool, device=index.device).index_fill_(0, index, True)
-        return self._splits(dynamic)
+        return StructuredSplit.of(dynamic)
 
     def dense_kernels(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Dynamic factors scattered to full kernels (k, Cout, Cin/g, kh, kw) and the full static kernel or

@@ -65,23 +65,24 @@ class StructuredSplit(NamedTuple):
 
 
 class SplitCache:
-    """The :class:`StructuredSplit` of a boolean vector, recomputed only when the vector's values change.
+    """The :class:`StructuredSplit` of a key tensor, rebuilt only when the key's values change.
 
-    The one cache rule of every structured fast path (PAD-Net convolution, its deployed form, PAD-MoE): the
-    vector is compared with the last one at each call (n booleans), so a mask written in any way (``copy_``,
-    replaced, loaded) is seen. While ``torch.compile``/``torch.export`` traces, the split of the last eager
-    call is a constant.
+    The one cache rule of every structured fast path (PAD-Net convolution, its deployed form, PAD-MoE): the key
+    (a boolean vector of dynamic slices, or the deployed layer's dynamic indices) is compared with the last one at
+    each call, so a mask written in any way (``copy_``, replaced, loaded) is seen. While
+    ``torch.compile``/``torch.export`` traces, the split of the last eager call is a constant.
     """
 
     def __init__(self):
         self._key: torch.Tensor | None = None
         self._split: StructuredSplit | None = None
 
-    def __call__(self, dynamic: torch.Tensor) -> StructuredSplit:
+    def __call__(self, key: torch.Tensor, build=StructuredSplit.of) -> StructuredSplit:
+        """The split ``build(key)`` (default: ``key`` is the boolean vector of dynamic slices), cached."""
         if self._split is not None and torch.compiler.is_compiling():
             return self._split
-        if self._key is None or self._key.device != dynamic.device or not torch.equal(dynamic, self._key):
-            self._split, self._key = StructuredSplit.of(dynamic), dynamic.clone()
+        if self._key is None or self._key.device != key.device or not torch.equal(key, self._key):
+            self._split, self._key = build(key), key.clone()
         return self._split
 
 
@@ -266,7 +267,7 @@ class PartialMode(nn.Module):
         self.register_buffer("mask", torch.ones(mask_shape))
         # whole filters (first dimension) or neurons (last dimension) can run as separate static and dynamic
         # parts; the split is kept per mask pattern
-        self._split_dim = {"filter": 0, "column": len(self.shape) - 1}.get(granularity)
+        self._structured = granularity in ("filter", "column")
         self._splits = SplitCache()
         # elements of one factor covered by one mask element (a whole filter or column for those granularities)
         self.block = math.prod(self.shape) // math.prod(mask_shape[1:])
@@ -308,7 +309,7 @@ class PartialMode(nn.Module):
         """The static and dynamic filters (``"filter"``) or neurons (``"column"``) of the mask, cached per mask
         pattern (:class:`SplitCache`); None for element masks and while mode partition differentiates a
         relaxed mask (the merged form keeps ∂L/∂M)."""
-        if self._split_dim is None or self.mask.requires_grad:
+        if not self._structured or self.mask.requires_grad:
             return None
         return self._splits(self.mask.reshape(-1) > 0)
 

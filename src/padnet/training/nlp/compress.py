@@ -103,22 +103,28 @@ def load_causal_lm(folder: str | Path):
     return model.eval(), tokenizer
 
 
+def token_blocks(tokenizer, texts: list[str], block_size: int) -> torch.Tensor:
+    """``texts`` as one token stream, an end-of-text token after each, cut into blocks of ``block_size`` token ids,
+    (n, block_size); the remainder is dropped."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    ids: list[int] = []
+    for seq in tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []:
+        ids += seq + ([eos] if eos is not None else [])
+    return torch.tensor(ids[: len(ids) // block_size * block_size], dtype=torch.long).reshape(-1, block_size)
+
+
 def text_blocks(path: str | Path, tokenizer, block_size: int) -> torch.Tensor:
-    """The text of ``path`` (UTF-8; one document per line, an end-of-text token between documents) as blocks of
-    ``block_size`` token ids, (n, block_size); the remainder is dropped. Raises DataError for an unreadable file
-    or one too short for two blocks."""
+    """The text of ``path`` (UTF-8, one document per line) as :func:`token_blocks`. Raises DataError for an
+    unreadable file or one too short for two blocks."""
     path = Path(path)
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read calibration text {path}: {first_line(exc)}") from None
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    ids: list[int] = []
-    for line in lines:
-        ids += tokenizer(line, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-    if len(ids) < 2 * block_size:
-        raise DataError(f"{path} holds {len(ids)} tokens: fewer than two blocks of {block_size}")
-    return torch.tensor(ids[: len(ids) // block_size * block_size]).reshape(-1, block_size)
+    blocks = token_blocks(tokenizer, lines, block_size)
+    if len(blocks) < 2:
+        raise DataError(f"{path} gives {len(blocks)} block(s) of {block_size} tokens: fewer than two blocks")
+    return blocks
 
 
 def lm_batches(blocks: torch.Tensor, batch_size: int) -> list[dict]:
