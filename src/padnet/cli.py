@@ -182,7 +182,7 @@ def cmd_moe(args) -> int:
 
 
 def cmd_count(args) -> int:
-    from padnet.layers.registry import is_partial, layer_options
+    from padnet.layers.registry import OPTION_RANGES, is_partial, layer_options
     from padnet.metrics.counting import count_flops, count_parameters
     from padnet.models import create_model
     from padnet.partitioning import partition
@@ -194,9 +194,10 @@ def cmd_count(args) -> int:
         raise ConfigError(f"--num-classes must be in [1, 1000000], got {args.num_classes}")
     if not args.width <= 16:
         raise ConfigError(f"width multiplier must be at most 16, got {args.width}")
-    for name, value, low, high in (("num-kernels", args.num_kernels, 1, 64), ("reduction", args.reduction, 0, 4096)):
+    for name, (low, high) in OPTION_RANGES.items():
+        value = getattr(args, name)
         if value is not None and not low <= value <= high:
-            raise ConfigError(f"--{name} must be in [{low}, {high}], got {value}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
     opts = layer_options(args.conv, num_kernels=args.num_kernels, reduction=args.reduction)
     model = create_model(args.model, conv=args.conv, num_classes=args.num_classes, in_chans=args.input[0],
                          width=args.width, stem=args.stem, **opts)

@@ -119,6 +119,7 @@ ROWS = {
     "unknown-model": lambda t: ["train", "--model", "resnet7"],
     "batch-size": lambda t: ["train", "--batch-size", "0"],
     "unknown-device": lambda t: ["train", "--device", "tpu"],
+    "schedule-epochs": lambda t: ["train", "--warmup-epochs", "1e308"],
     "batch-size-one": lambda t: ["train", "--batch-size", "1"],
     "option-not-applies": lambda t: ["train", "--conv", "pad", "--sparsity", "0.7"],
     "seeds-repeated": lambda t: ["compare", "--seeds", "0", "0", "--out", str(t / "cmp")],

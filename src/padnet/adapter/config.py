@@ -16,7 +16,7 @@ from typing import Any
 
 from padnet.errors import ConfigError, check_choice
 from padnet.layers.modes import SCALE_MODES
-from padnet.layers.registry import accepted_options, start_temperature
+from padnet.layers.registry import OPTION_RANGES, accepted_options, start_temperature
 from padnet.partitioning import METHODS as PARTITIONS
 
 # method -> (family, what the family's converter calls it)
@@ -30,6 +30,12 @@ PARTITION_AT = ("start", "steps", "epochs", "manual")
 TIME_UNITS = ("steps", "epochs")
 CONV_GRANULARITIES = ("shared", "kernel", "filter")
 MOE_GRANULARITIES = ("element", "neuron")
+# upper bounds: a configuration read from a file (a model folder, a run) must not ask for a huge allocation or
+# an endless schedule; an amount of training time is at most MAX_EPOCHS epochs or MAX_STEPS steps
+MAX_EPOCHS = 100_000
+MAX_STEPS = 1_000_000_000
+LIMITS = {**{name: high for name, (_, high) in OPTION_RANGES.items()}, "num_experts": 256,
+          "partition_iterations": 1_000, "partition_batches": 10_000, "pruning_iterations": 1_000}
 
 # options that only some methods take: name -> methods. A value other than None for another method is an error.
 _APPLIES = {
@@ -72,6 +78,11 @@ def _number(name: str, value, low: float, *, integer: bool = False, inclusive: b
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{name} must be {kind} {bound}{f' and <= {high}' if high is not None else ''}, "
                           f"got {value!r}")
+
+
+def _time_limit(unit: str) -> int:
+    """The most training time an option counted in ``unit`` (``"steps"`` or ``"epochs"``) may ask for."""
+    return MAX_EPOCHS if unit == "epochs" else MAX_STEPS
 
 
 @dataclass
@@ -240,15 +251,18 @@ class PadConfig:
             raise ConfigError(f"noisy_gating must be true or false, got {self.noisy_gating!r}")
         for name in ("num_kernels", "num_experts", "top_k", "partition_iterations", "partition_batches"):
             if getattr(self, name) is not None:
-                _number(name, getattr(self, name), 1, integer=True)
+                _number(name, getattr(self, name), 1, integer=True, high=LIMITS.get(name))
         for name in ("reduction", "pruning_iterations"):
             if getattr(self, name) is not None:
-                _number(name, getattr(self, name), 0, integer=True)
+                _number(name, getattr(self, name), 0, integer=True, high=LIMITS[name])
+        for name, (low, high) in OPTION_RANGES.items():  # layer_options pass them to the layers as they are
+            if name in self.layer_options:
+                _number(f"layer_options {name}", self.layer_options[name], low, integer=True, high=high)
         for name in ("temperature_start", "temperature_end"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), 0, inclusive=False)
-        _number("temperature_anneal", self.temperature_anneal, 0)
         check_choice("temperature unit", self.temperature_unit, TIME_UNITS)
+        _number("temperature_anneal", self.temperature_anneal, 0, high=_time_limit(self.temperature_unit))
         if self.kappa is not None:
             _number("kappa", self.kappa, 0, inclusive=False, high=1)
         if self.granularity is not None:
@@ -266,9 +280,9 @@ class PadConfig:
         if self.partition_at is not None:
             check_choice("partition moment (partition_at)", self.partition_at, PARTITION_AT)
         if self.partition_after is not None:
-            _number("partition_after", self.partition_after, 0)
             if self.value("partition_at") not in TIME_UNITS:
                 raise ConfigError("partition_after needs partition_at 'steps' or 'epochs'")
+            _number("partition_after", self.partition_after, 0, high=_time_limit(self.value("partition_at")))
         elif self.partition_at in TIME_UNITS:
             raise ConfigError(f"partition_at {self.partition_at!r} needs partition_after (how many {self.partition_at})")
         if self.sparsity is not None and not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from padnet.errors import CheckpointError, ConfigError, first_line
+from padnet.layers.registry import OPTION_RANGES
 from padnet.models import create_model
 from padnet.saving.fileio import atomic_path, parse_json, write_json
 
@@ -41,7 +42,7 @@ HF_CONFIG_FILE = "config.json"
 FORMS = ("training", "deployed")
 
 # bounds on an architecture read from disk: it must not ask for a huge allocation
-_RECIPE_INTS = {"num_classes": (1, 1_000_000), "in_chans": (1, 64), "num_kernels": (1, 64), "reduction": (0, 4_096)}
+_RECIPE_INTS = {"num_classes": (1, 1_000_000), "in_chans": (1, 64), **OPTION_RANGES}
 _RECIPE_WIDTH = 16
 
 

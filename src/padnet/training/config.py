@@ -10,10 +10,17 @@ from typing import Any, ClassVar
 
 import yaml
 
-from padnet.adapter.config import PadConfig
+from padnet.adapter.config import LIMITS, MAX_EPOCHS, PadConfig
 from padnet.errors import ConfigError, check_choice, shown
 from padnet.layers.modes import GRANULARITIES, SCALE_MODES, SEMANTICS
-from padnet.layers.registry import accepted_options, canonical_conv, is_dynamic, is_partial, layer_options
+from padnet.layers.registry import (
+    OPTION_RANGES,
+    accepted_options,
+    canonical_conv,
+    is_dynamic,
+    is_partial,
+    layer_options,
+)
 from padnet.layers.sdconv import STRATEGIES
 from padnet.models.registry import MODELS, STEMS
 from padnet.partitioning import METHODS, SCOPES, check_kappa
@@ -122,19 +129,25 @@ class TrainConfig:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         # upper bounds: a configuration read from a run directory must not ask for a huge allocation
-        for name, high in (("width", 16), ("epochs", 100_000), ("batch_size", 65_536), ("partition_batches", 10_000),
-                           ("partition_iterations", 1_000), ("partition_align", 4_096)):
+        for name, high in (("width", 16), ("epochs", MAX_EPOCHS), ("batch_size", 65_536),
+                           ("partition_batches", LIMITS["partition_batches"]),
+                           ("partition_iterations", LIMITS["partition_iterations"]), ("partition_align", 4_096),
+                           ("pruning_iterations", LIMITS["pruning_iterations"])):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2: BatchNorm needs two samples per batch to train")
-        for name in ("weight_decay", "warmup_epochs", "temperature_epochs", "momentum"):
+        for name in ("weight_decay", "momentum"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be >= 0, got {value!r}")
+        for name in ("warmup_epochs", "temperature_epochs"):  # epochs of a schedule, as many as a run may have
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_EPOCHS:
+                raise ConfigError(f"{name} must be in [0, {MAX_EPOCHS}] epochs, got {value!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name, low, high in (("num_kernels", 1, 64), ("reduction", 0, 4_096)):
+        for name, (low, high) in OPTION_RANGES.items():
             value = getattr(self, name)
             if value is not None and not low <= value <= high:
                 raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
@@ -270,8 +283,9 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.top_k > self.num_experts:
             raise ConfigError(f"top_k {self.top_k} is larger than num_experts {self.num_experts}")
-        for name, high in (("num_experts", 256), ("epochs", 100_000), ("batch_size", 65_536), ("max_length", 8_192),
-                           ("partition_batches", 10_000), ("partition_iterations", 1_000)):
+        for name, high in (("num_experts", LIMITS["num_experts"]), ("epochs", MAX_EPOCHS), ("batch_size", 65_536),
+                           ("max_length", 8_192), ("partition_batches", LIMITS["partition_batches"]),
+                           ("partition_iterations", LIMITS["partition_iterations"])):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
