@@ -340,7 +340,8 @@ def cmd_data(args) -> int:
     from padnet.training.data import load_dataset
     from padnet.training.data.folder import ImageFolder
 
-    train, test = load_dataset(args.dataset, args.data_root, args.download)
+    train, test = load_dataset(args.dataset, args.data_root, args.download, args.image_size, args.channels,
+                               args.normalization)
     if isinstance(train, ImageFolder):  # decode every image now, as training will
         for split in (train, test):
             split.check_images(progress=True)
@@ -514,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--data-root")
     p.add_argument("--download", action="store_true")
+    p.add_argument("--image-size", type=int, help="imagefolder: crop side (default 224); arrays: side of flat "
+                                                  "(N, H*W) images")
+    p.add_argument("--channels", type=int, help="imagefolder: 3 (RGB, default) or 1 (grey levels)")
+    p.add_argument("--normalization", default="auto", help="imagefolder: auto, imagenet, data or none")
     p.set_defaults(func=cmd_data)
     return parser
 

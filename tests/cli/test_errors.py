@@ -31,14 +31,15 @@ def _idx(path: Path, data: bytes, dims: tuple[int, ...], magic: int = 0x0803) ->
     path.write_bytes(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + data)
 
 
-def _fashion(tmp: Path, *, truncate: bool = False, magic: int = 0x0803) -> Path:
-    """A Fashion-MNIST folder of 4 images per split, optionally with a broken training-image file."""
+def _fashion(tmp: Path, *, truncate: bool = False, magic: int = 0x0803, side: int = 28) -> Path:
+    """A Fashion-MNIST folder of 4 images per split (``side`` pixels a side), optionally with a broken
+    training-image file."""
     root = tmp / "fmnist"
     root.mkdir()
     for prefix in ("train", "t10k"):
-        pixels = bytes(i % 251 for i in range(4 * 28 * 28))
+        pixels = bytes(i % 251 for i in range(4 * side * side))
         _idx(root / f"{prefix}-images-idx3-ubyte", pixels[:100] if truncate and prefix == "train" else pixels,
-             (4, 28, 28), magic if prefix == "train" else 0x0803)
+             (4, side, side), magic if prefix == "train" else 0x0803)
         _idx(root / f"{prefix}-labels-idx1-ubyte", bytes(4), (4,), 0x0801)
     return root
 
@@ -137,6 +138,7 @@ ROWS = {
     "config-mapping-for-list": lambda t: ["train", "--config", _yaml(t, "tags: {a: 1}\n")],
     "idx-missing": lambda t: ["data", "fashion-mnist", "--data-root", str(t)],
     "idx-truncated": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, truncate=True))],
+    "idx-empty-images": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, side=0))],
     "idx-magic": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, magic=0x12340803))],
     "cifar-truncated": lambda t: ["data", "cifar10", "--data-root", str(_cifar_truncated(t))],
     "imagefolder-empty": lambda t: ["data", "imagefolder", "--data-root", str(t)],
@@ -163,6 +165,7 @@ ROWS = {
     "compress-no-experts": lambda t: ["moe-compress", str(_neox_folder(t / "neox")), "--calibration",
                                       str(_text(t)), "--out", str(t / "out")],
     "arrays-channels-last": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 8, 8, 3), np.uint8)))],
+    "arrays-flat": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 64), np.uint8)))],
     "arrays-keys": lambda t: ["data", "arrays", "--data-root", str(_npz(t, None))],
     "image-option-dataset": lambda t: ["train", "--image-size", "8"],
     "evaluate-other-data": lambda t: ["evaluate", str(_api_run(t))],

@@ -535,7 +535,7 @@ def test_image_folder_options_size_channels_normalisation_and_subset(tmp_path):
     assert len(train.subset(3, seed=0)) == 3 and len(train) == 8
     with pytest.raises(ConfigError, match="ImageNet normalisation needs 3 channels"):
         load_dataset("imagefolder", root=tmp_path, channels=1, normalization="imagenet")
-    with pytest.raises(ConfigError, match="dataset 'digits' takes no image_size option"):
+    with pytest.raises(ConfigError, match="image_size applies to datasets imagefolder, arrays, not 'digits'"):
         load_dataset("digits", image_size=12)
 
 

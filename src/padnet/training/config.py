@@ -25,7 +25,7 @@ from padnet.layers.sdconv import STRATEGIES
 from padnet.models.registry import MODELS, STEMS
 from padnet.partitioning import METHODS, SCOPES, check_kappa
 from padnet.training.data import DATASETS
-from padnet.training.data.registry import NORMALIZATIONS
+from padnet.training.data.registry import check_image_options
 from padnet.training.distributed import DEVICES
 
 
@@ -155,16 +155,7 @@ class TrainConfig:
             raise ConfigError(f"flip must be true, false or unset (the data's default), got {self.flip!r}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
-        if self.image_size is not None and not 1 <= self.image_size <= 4096:
-            raise ConfigError(f"image_size must be in [1, 4096], got {self.image_size}")
-        if self.channels is not None and self.channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
-        check_choice("normalization", self.normalization, NORMALIZATIONS)
-        takes = {"imagefolder": ("image_size", "channels", "normalization"), "arrays": ("image_size",)}
-        for name in ("image_size", "channels", "normalization"):
-            if getattr(self, name) not in (None, "auto") and name not in takes.get(self.dataset, ()):
-                raise ConfigError(f"{name} applies to datasets {', '.join(k for k, v in takes.items() if name in v)}, "
-                                  f"not {self.dataset!r}")
+        check_image_options(self.dataset, **self.data_options())
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise ConfigError(f"threads must be in [1, {MAX_THREADS}], got {self.threads}")
         if not 0 <= self.seed < 2**63:

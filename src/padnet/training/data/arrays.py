@@ -9,6 +9,7 @@ of ``.npy`` files is given as ``images.npy`` with ``labels.npy`` beside it. File
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -54,7 +55,9 @@ def image_tensor(images, image_size: tuple[int, int] | int | None = None) -> tor
         raise DataError(f"image_size applies to flat (N, H*W) images; these are {tuple(x.shape)}")
     if x.dim() == 2:
         if image_size is None:
-            raise DataError(f"flat images {tuple(x.shape)} need an image size (e.g. image_size=(28, 28))")
+            side = math.isqrt(x.shape[1]) if math.isqrt(x.shape[1]) ** 2 == x.shape[1] else "SIDE"
+            raise DataError(f"flat images {tuple(x.shape)} need an image size: --image-size {side} on the "
+                            f"command line, image_size={side} in Python")
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or not all(isinstance(n, int) and n >= 1 for n in size):
             raise DataError(f"image_size must be a positive integer or a pair of them, got {image_size!r}")
@@ -72,7 +75,7 @@ def image_tensor(images, image_size: tuple[int, int] | int | None = None) -> tor
             raise DataError(f"images {tuple(x.shape)} have {x.shape[1]} channels; expected 1-4 in (N, C, H, W)")
     else:
         raise DataError(f"images must be (N, H, W), (N, C, H, W) or (N, H*W), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0 or min(x.shape[2:]) == 0:
+    if x.numel() == 0:  # no images, no channels or no pixels
         raise DataError(f"images {tuple(x.shape)} are empty")
     if x.is_floating_point():
         if not bool(torch.isfinite(x).all()):

@@ -112,6 +112,8 @@ def _read_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if labels.dtype != torch.uint8 or labels.dim() != 1:
         raise DataError(f"{label_path}: expected uint8 labels (N,), got {labels.dtype} {tuple(labels.shape)}")
+    if images.numel() == 0:  # no images, or images of 0 pixels: nothing to train or test on
+        raise DataError(f"{image_path}: no pixels to read, images of shape {tuple(images.shape)}")
     if images.shape[0] != labels.shape[0]:
         raise DataError(
             f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels"

@@ -26,9 +26,9 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
         thread count.
 
     Raises:
-        DataError: if ``images`` is not a non-empty 4-D uint8 tensor.
+        DataError: if ``images`` is not a non-empty 4-D uint8 tensor (at least one image of at least one pixel).
     """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] == 0:
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.numel() == 0:
         raise DataError(
             f"channel statistics need a non-empty uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}"
         )

@@ -12,6 +12,28 @@ from padnet.training.data.images import ImageData
 
 DATASETS = ("fashion-mnist", "digits", "cifar10", "cifar100", "imagefolder", "arrays")
 NORMALIZATIONS = ("auto", "imagenet", "data", "none")
+IMAGE_OPTIONS = {"imagefolder": ("image_size", "channels", "normalization"), "arrays": ("image_size",)}
+IMAGE_SIZES = (1, 4096)  # the side of an image read from a folder, or of flat arrays
+CHANNELS = (1, 3)
+
+
+def check_image_options(dataset: str, image_size: int | None = None, channels: int | None = None,
+                        normalization: str = "auto") -> None:
+    """Check the image options of data set ``dataset`` (its canonical name).
+
+    Raises:
+        ConfigError: a value out of range, or an option the data set does not take (it would be ignored).
+    """
+    if image_size is not None and not (isinstance(image_size, int) and IMAGE_SIZES[0] <= image_size <= IMAGE_SIZES[1]):
+        raise ConfigError(f"image_size must be in [{IMAGE_SIZES[0]}, {IMAGE_SIZES[1]}], got {image_size!r}")
+    if channels is not None and channels not in CHANNELS:
+        raise ConfigError(f"channels must be {' or '.join(map(str, CHANNELS))}, got {channels!r}")
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    given = {"image_size": image_size, "channels": channels, "normalization": normalization}
+    for name, value in given.items():
+        if value not in (None, "auto") and name not in IMAGE_OPTIONS.get(dataset, ()):
+            raise ConfigError(f"{name} applies to datasets {', '.join(k for k, v in IMAGE_OPTIONS.items() if name in v)}"
+                              f", not {dataset!r}")
 
 
 def load_dataset(
@@ -40,15 +62,12 @@ def load_dataset(
 
     Raises:
         ConfigError: unknown ``name`` (the message lists :data:`DATASETS`), ``imagefolder`` or ``arrays``
-            without ``root``, image options for a data set that does not take them.
+            without ``root``, image options out of range or for a data set that does not take them
+            (:func:`check_image_options`).
         DataError: missing, corrupt or mismatching files.
     """
     key = name.strip().lower().replace("_", "-")
-    options = {"image_size": image_size, "channels": channels, "normalization": normalization}
-    takes = {"imagefolder": ("image_size", "channels", "normalization"), "arrays": ("image_size",)}.get(key, ())
-    given = [k for k, v in options.items() if v not in (None, "auto") and k not in takes]
-    if given:
-        raise ConfigError(f"dataset {name!r} takes no {given[0]} option")
+    check_image_options(key, image_size, channels, normalization)
     if key == "fashion-mnist":
         from padnet.training.data.fashion_mnist import load_fashion_mnist
 
@@ -81,7 +100,6 @@ def _load_folder(root: str | os.PathLike | None, size: int = 224, channels: int 
             "dataset 'imagefolder' needs a data root (--data-root) with train/ and val/ folders"
         )
     root = Path(root).expanduser()
-    check_choice("normalization", normalization, NORMALIZATIONS)
     if normalization == "auto":
         normalization = "imagenet" if channels == 3 else "data"
     resize_to = max(size, round(size * 256 / 224))

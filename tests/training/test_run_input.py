@@ -1,0 +1,30 @@
+"""Bad input to the data readers and to training runs found by a probe: one padnet error of one line each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from padnet.errors import DataError
+from padnet.training.data.arrays import from_arrays
+from padnet.training.data.images import channel_stats
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 0, 0), (0, 1, 8, 8), (4, 0, 8, 8)])
+def test_channel_statistics_of_images_without_pixels_are_refused(shape):
+    with pytest.raises(DataError, match=r"channel statistics need a non-empty uint8 \(N, C, H, W\) tensor"):
+        channel_stats(torch.zeros(shape, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("shape", [(4, 0, 8, 8), (4, 1, 0, 8), (4, 0, 0)])
+def test_arrays_without_channels_or_pixels_are_refused(shape):
+    with pytest.raises(DataError, match=r"images \(.*\) are empty"):
+        from_arrays(np.zeros(shape, np.uint8), np.arange(4) % 2)
+
+
+def test_flat_arrays_suggest_the_flag_and_the_argument():
+    with pytest.raises(DataError) as info:
+        from_arrays(np.zeros((4, 50), np.uint8), np.arange(4) % 2)
+    assert str(info.value) == ("flat images (4, 50) need an image size: --image-size SIDE on the command line, "
+                               "image_size=SIDE in Python")
