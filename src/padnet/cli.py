@@ -277,13 +277,15 @@ def cmd_deploy(args) -> int:
 
     from padnet.adapter.model import load_pretrained, save_pretrained
     from padnet.deployment.deploy import deploy
-    from padnet.deployment.export import export_onnx, export_torchscript
+    from padnet.deployment.export import check_exportable, export_onnx, export_torchscript
     from padnet.saving.folder import WEIGHTS_FILE
     from padnet.training.data import make_loader
 
     model, _, test = _load_run_model(args.checkpoint, args.data_root, args.dataset)
     model.eval()
     deployed = deploy(model)
+    if args.onnx or args.torchscript:  # refused before anything is written
+        check_exportable(deployed, onnx=args.onnx)
     out = Path(args.out)
     save_pretrained(deployed, out)  # whole, with the create_model arguments that rebuild it
     x, _ = next(iter(make_loader(test, 16, train=False)))  # normalised as in evaluation

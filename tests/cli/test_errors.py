@@ -65,11 +65,11 @@ def _finetune(*flags: str) -> list[str]:
     return ["finetune", "--model", "minilm", "--progress", "false", *flags]
 
 
-def _checkpoint(tmp: Path, **change) -> Path:
-    """A padnet checkpoint of a static ResNet-10 on the digits (its config edited by ``change``)."""
+def _checkpoint(tmp: Path, conv: str = "static", **change) -> Path:
+    """A padnet checkpoint of a ResNet-10 with ``conv`` layers on the digits (its config edited by ``change``)."""
     torch.manual_seed(0)
-    model = create_model("resnet10", conv="static", num_classes=10, in_chans=1, width=0.125, stem="small")
-    cfg = TrainConfig(dataset="digits", model="resnet10", width=0.125, conv="static")
+    model = create_model("resnet10", conv=conv, num_classes=10, in_chans=1, width=0.125, stem="small")
+    cfg = TrainConfig(dataset="digits", model="resnet10", width=0.125, conv=conv)
     path = tmp / "model.safetensors"
     save_checkpoint(path, model, {"config": {**cfg.to_dict(), **change}, "epoch": 1, "step": 1})
     return path
@@ -179,6 +179,7 @@ ROWS = {
     "checkpoint-bad-config": lambda t: ["evaluate", str(_checkpoint(t, width=100000))],
     "checkpoint-nan-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), float("nan")))],
     "checkpoint-int-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), None))],
+    "deploy-export-odconv": lambda t: ["deploy", str(_checkpoint(t, "odconv")), "--out", str(t / "out"), "--onnx"],
     "run-dir-taken": lambda t: [*TRAIN, "--out", str(_run_dir(t))],
     "resume-changed-config": lambda t: [*TRAIN[:-6], "--epochs", "2", *TRAIN[-6:], "--out", str(_run_dir(t)),
                                         "--resume"],
@@ -327,6 +328,13 @@ def test_documented_error(row, tmp_path, capsys, monkeypatch):
     assert code == 2
     assert len(err) == 1, err
     assert _pattern(_documented()[row][1]).match(err[0]), err[0]
+
+
+def test_a_refused_export_writes_nothing(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, "odconv")
+    assert main(["deploy", str(checkpoint), "--out", str(tmp_path / "out"), "--torchscript"]) == 2
+    assert "padnet: error: layer1.0.conv1 is ODConv2d" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_gzip_is_read_like_raw(tmp_path):  # the IDX rows above use raw files; .gz ones are read the same way

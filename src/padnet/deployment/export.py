@@ -9,6 +9,7 @@ whose graph has no batch-sized attribute. ODConv and DCD layers only have the gr
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import warnings
@@ -23,11 +24,20 @@ from padnet.layers.formulations import FormulationChoice, force_formulation
 from padnet.saving.fileio import atomic_path
 
 
-def _check_exportable(model: nn.Module) -> None:
+def check_exportable(model: nn.Module, onnx: bool = False) -> None:
+    """Refuse what an export would refuse, before anything is written: a layer an exported graph cannot hold with
+    a dynamic batch and, for ONNX (``onnx``), a missing exporter package.
+
+    Raises:
+        ConfigError: naming the layer (ODConv, DCD) or the package.
+    """
     for name, module in model.named_modules():
         if isinstance(module, DynamicConvBase) and not isinstance(module, FormulationChoice):
             raise ConfigError(f"{name} is {type(module).__name__}, whose per-sample kernels freeze the batch size "
                               "in an export; export supports static, DY-Conv, CondConv and PAD-Net layers")
+    missing = [p for p in ("onnx", "onnxscript") if onnx and importlib.util.find_spec(p) is None]
+    if missing:
+        raise ConfigError(f"ONNX export needs the onnx and onnxscript packages ({', '.join(missing)} not installed)")
 
 
 @contextlib.contextmanager
@@ -53,7 +63,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
     (the ``torch.export`` based exporter, which needs the ``onnxscript`` package). Input ``x``, output ``y``.
     Raises ConfigError for ODConv/DCD layers or a missing exporter dependency.
     """
-    _check_exportable(model)
+    check_exportable(model, onnx=True)
     was_training = model.training
     model.eval()
     batch = torch.export.Dim("batch", min=1)
@@ -77,7 +87,7 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
 
     Raises ConfigError for ODConv/DCD layers.
     """
-    _check_exportable(model)
+    check_exportable(model)
     was_training = model.training
     model.eval()
     try:
