@@ -180,6 +180,7 @@ ROWS = {
     "checkpoint-nan-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), float("nan")))],
     "checkpoint-int-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), None))],
     "deploy-export-odconv": lambda t: ["deploy", str(_checkpoint(t, "odconv")), "--out", str(t / "out"), "--onnx"],
+    "kappa-no-dynamic": lambda t: [*TRAIN, "--conv", "pad", "--kappa", "1e-300", "--out", str(t / "run")],
     "run-dir-taken": lambda t: [*TRAIN, "--out", str(_run_dir(t))],
     "resume-changed-config": lambda t: [*TRAIN[:-6], "--epochs", "2", *TRAIN[-6:], "--out", str(_run_dir(t)),
                                         "--resume"],

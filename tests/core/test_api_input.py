@@ -57,3 +57,16 @@ def test_a_record_asking_for_a_huge_layer_is_refused_before_building_it(tmp_path
         padnet.load_pretrained(tmp_path, copy.deepcopy(pristine))
     assert _one_line(info) == (f"{tmp_path / 'padnet_config.json'}: num_kernels must be an integer >= 1 and <= 64, "
                                "got 1000000000.0")
+
+
+def test_a_kappa_that_keeps_no_dynamic_element_is_refused_and_the_masks_stay():
+    model = padnet.create_model("resnet10", conv="pad", num_classes=4, in_chans=1, stem="small", width=0.125)
+    padnet.partition(model, 0.5, "random")
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("mask")}
+    total = sum(v.numel() for v in before.values())
+    with pytest.raises(ConfigError) as info:
+        padnet.partition(model, 1e-300, "random")
+    assert _one_line(info) == (f"kappa 1e-300 leaves no dynamic element of the {total:,} mask elements (global "
+                               f"scope); use kappa >= {1 / total:.3g}")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+    assert padnet.partition(model, 1 / total, "random").dynamic == 1

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from padnet.errors import DataError
+from padnet.errors import ConfigError, DataError
+from padnet.training.config import TrainConfig
 from padnet.training.data.arrays import from_arrays
 from padnet.training.data.images import channel_stats
+from padnet.training.engine.trainer import Trainer
 
 
 @pytest.mark.parametrize("shape", [(4, 1, 0, 0), (0, 1, 8, 8), (4, 0, 8, 8)])
@@ -28,3 +30,11 @@ def test_flat_arrays_suggest_the_flag_and_the_argument():
         from_arrays(np.zeros((4, 50), np.uint8), np.arange(4) % 2)
     assert str(info.value) == ("flat images (4, 50) need an image size: --image-size SIDE on the command line, "
                                "image_size=SIDE in Python")
+
+
+def test_a_kappa_that_keeps_no_dynamic_element_is_refused_before_the_run_directory_is_written(tmp_path):
+    cfg = TrainConfig(dataset="digits", conv="pad", kappa=1e-300, width=0.125, epochs=1, batch_size=32,
+                      train_subset=64, progress=False)
+    with pytest.raises(ConfigError, match=r"^kappa 1e-300 leaves no dynamic element of the [\d,]+ mask elements"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

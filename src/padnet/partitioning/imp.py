@@ -86,6 +86,26 @@ def _aligned(count: float, total: int, align: int) -> int:
     return min(kept, total)
 
 
+def check_dynamic_elements(tensors, kappa: float, scope: str = "global", align: int = 1) -> int:
+    """How many mask elements of ``tensors`` stay dynamic at ratio ``kappa`` (as :func:`apply_partition` keeps
+    them, exactly); at least one must.
+
+    Raises:
+        ConfigError: ``kappa`` rounds every dynamic element away, naming the smallest κ that keeps one.
+    """
+    sizes = [mode.mask.numel() for _, mode, _ in tensors]
+    if scope == "global":
+        kept, smallest = round(kappa * sum(sizes)), 1 / sum(sizes)
+    else:
+        kept = sum(_aligned(kappa * n, n, align if mode.granularity == "filter" else 1)
+                   for n, (_, mode, _) in zip(sizes, tensors))
+        smallest = 1 / max(sizes)
+    if kept == 0:
+        raise ConfigError(f"kappa {kappa:g} leaves no dynamic element of the {sum(sizes):,} mask elements "
+                          f"({scope} scope); use kappa >= {smallest:.3g}")
+    return kept
+
+
 def apply_partition(tensors, scores: list[torch.Tensor], fraction: float, scope: str, align: int = 1) -> None:
     """Set every mask so that ``fraction`` of its elements (global or per tensor) stay dynamic.
 
@@ -147,8 +167,9 @@ def partition(
             after converting a pretrained model, when every dynamic factor still equals the static parameters.
 
     Returns:
-        A :class:`PartitionReport`. Raises ConfigError for a bad κ, method, scope, a model without
-        PAD-Net layers, missing data, or scores without signal.
+        A :class:`PartitionReport`. Raises ConfigError for a bad κ (also one that leaves no dynamic element,
+        :func:`check_dynamic_elements`), method, scope, a model without PAD-Net layers, missing data, or scores
+        without signal.
     """
     kappa = check_kappa(kappa)
     custom = method if callable(method) else None
@@ -166,6 +187,7 @@ def partition(
         raise ConfigError(f"align must be >= 1, and > 1 only with scope='local', got {align} with {scope!r}")
     if iterations < 1 or num_batches < 1:
         raise ConfigError(f"iterations and num_batches must be >= 1, got {iterations} and {num_batches}")
+    check_dynamic_elements(tensors, kappa, scope, align)
 
     if method in ("imp", "mp") and check_scores:
         check_separation(tensors)

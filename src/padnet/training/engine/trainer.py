@@ -21,7 +21,7 @@ from padnet.layers.registry import canonical_conv, effective_option, layer_optio
 from padnet.metrics.counting import count_flops, count_parameters
 from padnet.models import create_model
 from padnet.parallel import Context
-from padnet.partitioning import partition
+from padnet.partitioning import check_dynamic_elements, masked_tensors, partition
 from padnet.saving.fileio import parse_json, write_json, write_text
 from padnet.training.config import TrainConfig, config_from_dict, dump_yaml
 from padnet.training.data import ImageData, load_dataset, make_loader
@@ -236,6 +236,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = global_batchnorm(build_model(cfg, train.num_classes, train.input_shape[0]), self.ctx)
         self.model.to(self.ctx.device)
+        masked = masked_tensors(self.model)
+        if masked:  # a kappa that keeps no dynamic element is refused before the run directory is written
+            check_dynamic_elements(masked, cfg.kappa, cfg.partition_scope, cfg.partition_align)
         self.train_model = self.model  # DistributedDataParallel once training starts (after the partition)
         self.steps_per_epoch = len(make_loader(train, cfg.batch_size, train=True, seed=cfg.seed, epoch=0))
         if self.steps_per_epoch == 0:
