@@ -407,13 +407,17 @@ def test_update_temperature_rejects_non_positive(t):
         DynamicConv2d(8, 8, 3).update_temperature(t)
 
 
-def test_temperature_schedule_is_linear():
+def test_temperature_schedule_is_linear_and_reaches_its_end():
     sched = TemperatureSchedule(30, 1, 10)
     assert sched(0) == 30.0
-    assert sched(10) == 1.0 and sched(11) == 1.0 and sched(1000) == 1.0
-    for step in range(11):
-        assert sched(step) == pytest.approx(30 - 29 * step / 10)
-    assert TemperatureSchedule(30, 1, 0)(0) == 1.0
+    assert sched(9) == 1.0 and sched(10) == 1.0 and sched(1000) == 1.0  # the last annealing step trains at T = 1
+    for step in range(10):
+        assert sched(step) == pytest.approx(30 - 29 * step / 9)
+    assert [sched.anneals(step) for step in range(11)] == [False] + [True] * 9 + [False]
+    assert TemperatureSchedule(30, 1, 0)(0) == 1.0 and TemperatureSchedule(30, 1, 1)(0) == 1.0
+    assert not TemperatureSchedule(1, 1, 10).anneals(3)
+    one_epoch = TemperatureSchedule(30, 1, 22)  # the issue-26 recipe: 22 steps, annealed over one epoch
+    assert one_epoch(21) == 1.0 and one_epoch(20) > 1.0
     with pytest.raises(ConfigError):
         TemperatureSchedule(0, 1, 10)
     with pytest.raises(ConfigError):

@@ -23,12 +23,14 @@ all go through it, so no training loop names a method.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from padnet.adapter.config import PadConfig
+from padnet.adapter.statistics import catch_up_steps
 from padnet.errors import ConfigError
 from padnet.layers.attention import TemperatureRouting, TemperatureSchedule
 from padnet.layers.moe import auxiliary_loss
@@ -89,6 +91,10 @@ class Method:
         """The step before which mode partition runs; None when training never runs it."""
         return None
 
+    def anneals(self, step: int) -> bool:
+        """Whether the method changes what the layers compute at ``step`` by a schedule (the temperature)."""
+        return False
+
     def log(self, step: int) -> dict:
         """Scalars worth logging after ``step`` steps (e.g. the temperature, the sparsity reached)."""
         return {}
@@ -112,6 +118,9 @@ class Dynamic(Method):
         temperature = self.temperature(step)
         for routing in self.routings:
             routing.update_temperature(temperature)
+
+    def anneals(self, step: int) -> bool:
+        return self.temperature.anneals(step)
 
     def log(self, step: int) -> dict:
         return {"temperature": self.temperature(step)}
@@ -216,6 +225,12 @@ class PadTraining:
         partition: called without arguments when mode partition is due; returns its report (a
             :class:`~padnet.partitioning.PartitionReport`) or None.
         step: the step to start from (a resumed run). partitioned: whether the partition already ran.
+        recalibrate: called without arguments to re-estimate the BatchNorm running statistics (see
+            :func:`~padnet.adapter.statistics.recalibrate_batchnorm`) after the last step of the temperature
+            anneal, and after a partition that falls outside the anneal: the running averages were gathered
+            while the layers changed. None: the statistics are marked stale instead, and
+            :meth:`warn_if_stale` (called by :meth:`padnet.PadModel.eval`) warns until training has run long
+            enough for them to catch up.
 
     Raises:
         ConfigError: a schedule in epochs without ``steps_per_epoch``; SD-Conv without ``total_steps`` or
@@ -224,8 +239,9 @@ class PadTraining:
 
     def __init__(self, model: nn.Module, config: PadConfig | None, steps_per_epoch: int | None = None,
                  total_steps: int | None = None, partition: Callable[[], object] | None = None, step: int = 0,
-                 partitioned: bool = False):
+                 partitioned: bool = False, recalibrate: Callable[[], int] | None = None):
         self.config = config
+        self.model = model
         self.method = method_for(config)
         self.method.attach(model, steps_per_epoch, total_steps)
         self.partition_at = self.method.partition_step()
@@ -233,9 +249,12 @@ class PadTraining:
             raise ConfigError("mode partition is due during training: pass partition data (or set "
                               "partition_at='manual' and call partition yourself)")
         self._partition = partition
+        self._recalibrate = recalibrate
         self.step = step
         self.partitioned = partitioned
         self.report = None
+        self._changed: int | None = None  # the last step whose temperature or masks changed
+        self._stale_since: int | None = None  # step after which the BatchNorm statistics lag the model
         self._folded = -1  # the step whose extra loss a forward already added to the model's output loss
 
     def maybe_partition(self) -> bool:
@@ -244,12 +263,15 @@ class PadTraining:
             return False
         self.report = self._partition()
         self.partitioned = True
+        self._changed = self.step
         return True
 
     def before_step(self) -> None:
         """Partition when due, then the method's per-step work (temperature annealing)."""
         self.maybe_partition()
         self.method.before_step(self.step)
+        if self.method.anneals(self.step):
+            self._changed = self.step
 
     def extra_loss(self) -> torch.Tensor | float:
         """The method's loss terms for this step (0.0 when none, or when the model's output loss already holds
@@ -266,9 +288,45 @@ class PadTraining:
         return extra
 
     def after_step(self) -> None:
-        """The method's work after the optimiser step (SD-Conv thresholds), then the next step."""
+        """The method's work after the optimiser step (SD-Conv thresholds), the BatchNorm statistics when the
+        step ended a change (the anneal's last step, or a partition after the anneal), then the next step."""
         self.method.after_step(self.step)
+        if self._changed == self.step and not self.method.anneals(self.step + 1):
+            self.refresh_statistics()
         self.step += 1
+
+    def refresh_statistics(self) -> int:
+        """Re-estimate the BatchNorm running statistics now (with ``recalibrate``; without it they are marked
+        stale). Returns the number of BatchNorm layers re-estimated."""
+        if self._recalibrate is None:
+            self._stale_since = self.step + 1
+            return 0
+        self._stale_since = None
+        return self._recalibrate()
+
+    def statistics_fresh(self) -> None:
+        """Mark the BatchNorm statistics as matching the model (they were re-estimated outside this object)."""
+        self._stale_since = None
+
+    def stale_statistics(self) -> bool:
+        """Whether the BatchNorm running statistics still lag a change of the layers: it was not followed by a
+        re-estimation, and fewer training steps than :func:`~padnet.adapter.statistics.catch_up_steps` ran
+        since."""
+        if self._stale_since is None:
+            return False
+        return self.step - self._stale_since < catch_up_steps(self.model)
+
+    def warn_if_stale(self) -> None:
+        """Warn (once per change) when evaluating now would use stale BatchNorm statistics."""
+        if self.stale_statistics():
+            warnings.warn(
+                f"padnet: the BatchNorm running statistics were gathered while the layers changed (temperature "
+                f"anneal or mode partition, {self.step - self._stale_since} training step(s) since) and evaluation "
+                "may predict "
+                "one class for every input; call pad.recalibrate_batchnorm(batches) with a few training batches "
+                "before evaluating, or pass partition_data to start_training so this happens by itself",
+                stacklevel=3)
+            self._stale_since = None
 
     def optimizer_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Trainable parameters of ``model`` for the main optimiser (the method's own ones left out)."""

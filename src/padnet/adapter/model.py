@@ -25,6 +25,7 @@ from torch.nn.parameter import is_lazy
 from padnet.adapter.config import PadConfig
 from padnet.adapter.methods import PadTraining, method_for
 from padnet.adapter.moe_convert import FFN_PATTERNS, compress_experts, replace_ffns, require_ffns
+from padnet.adapter.statistics import recalibrate_batchnorm
 from padnet.deployment.deploy import deploy
 from padnet.errors import CheckpointError, ConfigError, first_line
 from padnet.layers.conv_base import DynamicConvBase
@@ -115,6 +116,7 @@ class PadModel(nn.Module):
         self.converted = list(converted)
         self._fingerprints = fingerprints
         self.training_state: PadTraining | None = None
+        self._statistics_data: Iterable | None = None  # start_training's batches for the BatchNorm statistics
 
     def __getattr__(self, name: str):
         try:
@@ -174,7 +176,8 @@ class PadModel(nn.Module):
     def start_training(self, steps_per_epoch: int | None = None, epochs: float | None = None,
                        total_steps: int | None = None, partition_data: Iterable | None = None,
                        loss_fn: Callable | None = None, batch_loss: Callable | None = None,
-                       step: int = 0, partitioned: bool | None = None) -> PadTraining:
+                       step: int = 0, partitioned: bool | None = None,
+                       statistics_data: Iterable | None = None) -> PadTraining:
         """Prepare the method's training-time work for a run (see :mod:`padnet.adapter.methods`).
 
         Args:
@@ -184,6 +187,10 @@ class PadModel(nn.Module):
             step: the step to start from (a resumed run).
             partitioned: whether the partition already ran (default: whether any mask has a static element, as
                 after a resumed run or ``from_pretrained``), so a resumed run does not partition again.
+            statistics_data: training batches on which the BatchNorm running statistics are re-estimated after
+                the temperature anneal's last step and after a partition outside the anneal (default:
+                ``partition_data``; see :meth:`recalibrate_batchnorm`). Without either, ``eval()`` warns while
+                the statistics lag such a change.
 
         Returns the :class:`~padnet.adapter.methods.PadTraining`, also kept as ``training_state``.
 
@@ -205,9 +212,49 @@ class PadModel(nn.Module):
         def run():
             return self.partition(partition_data, loss_fn, batch_loss)
 
+        statistics = partition_data if statistics_data is None else statistics_data
+        self._statistics_data = statistics
+
         self.training_state = PadTraining(self.base_model, cfg, steps_per_epoch, total_steps,
-                                          run if cfg.partial else None, step, partitioned)
+                                          run if cfg.partial else None, step, partitioned,
+                                          self.recalibrate_batchnorm if statistics is not None else None)
         return self.training_state
+
+    def recalibrate_batchnorm(self, data: Iterable | None = None, num_batches: int | None = None) -> int:
+        """Re-estimate every BatchNorm running mean and variance on ``data`` as the model computes now.
+
+        Call it before evaluating after the temperature anneal or a mode partition when training did not do it
+        (:meth:`start_training` without ``partition_data`` or ``statistics_data``), or after :meth:`set_masks`.
+        Right after such a change the running averages describe the model before it, and a model evaluated
+        with them can predict one class for every input.
+
+        Args:
+            data: training batches (tensors, ``(inputs, targets)`` pairs or keyword dicts); a few suffice.
+                Default: the batches given to :meth:`start_training`.
+            num_batches: read at most this many batches of ``data`` (default: all of ``data`` given here, the
+                config's ``partition_batches`` of :meth:`start_training`'s).
+
+        Returns the number of BatchNorm layers re-estimated (0 for a model without BatchNorm).
+        Raises ConfigError without data.
+        """
+        if data is None:
+            data = self._statistics_data
+            num_batches = self.pad_config.partition_batches if num_batches is None else num_batches
+        if data is None:
+            raise ConfigError("recalibrate_batchnorm needs training batches: pass data=")
+        if num_batches is not None:
+            data = itertools.islice(iter(data), num_batches)
+        count = recalibrate_batchnorm(self.base_model, data)
+        if self.training_state is not None:
+            self.training_state.statistics_fresh()
+        return count
+
+    def train(self, mode: bool = True) -> PadModel:
+        """Set training mode (``nn.Module.train``); going to evaluation warns when the BatchNorm statistics still
+        lag the last temperature or mask change (see :meth:`recalibrate_batchnorm`)."""
+        if not mode and self.training and self.training_state is not None:
+            self.training_state.warn_if_stale()
+        return super().train(mode)
 
     def _state(self) -> PadTraining:
         if self.training_state is None:

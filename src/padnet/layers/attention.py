@@ -83,10 +83,12 @@ class TemperatureSchedule:
 
     Args:
         start: T at step 0 (dimensionless, > 0).
-        end: T from ``steps`` on (> 0).
+        end: T at the last annealing step ``steps - 1`` and after it (> 0).
         steps: number of iterations of the linear decay (0 = constant ``end``).
 
-    Calling the schedule with an iteration index returns T for that iteration.
+    Calling the schedule with an iteration index returns T for that iteration: ``start`` at step 0, ``end`` at
+    step ``steps - 1``, linear in between, so a run of ``steps`` iterations trains its last one at ``end``.
+    :meth:`anneals` says whether T at a step differs from T at the step before.
 
     Raises:
         ConfigError: a non-positive temperature or negative ``steps``.
@@ -98,9 +100,13 @@ class TemperatureSchedule:
         self.start, self.end, self.steps = float(start), float(end), int(steps)
 
     def __call__(self, step: int) -> float:
-        if self.steps == 0 or step >= self.steps:
+        if step >= self.steps - 1:
             return self.end
-        return self.start + (self.end - self.start) * step / self.steps
+        return self.start + (self.end - self.start) * step / (self.steps - 1)
+
+    def anneals(self, step: int) -> bool:
+        """Whether the temperature changes at ``step`` (from step 1 to the last annealing step)."""
+        return 0 < step < self.steps and self.start != self.end
 
 
 def set_temperature(model: nn.Module, temperature: float) -> int:

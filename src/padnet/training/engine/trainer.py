@@ -5,6 +5,7 @@ evaluation, a JSONL metrics log, safetensors checkpoints and resume."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from padnet.adapter.methods import PadTraining
+from padnet.adapter.statistics import recalibrate_batchnorm
 from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, DataError, NonFiniteLossError
 from padnet.layers.registry import canonical_conv, effective_option, layer_options, start_temperature
 from padnet.metrics.counting import count_flops, count_parameters
@@ -114,15 +116,23 @@ def load_run(checkpoint: str | Path, data=None, data_root: str | None = None, da
     return model, cfg, test
 
 
+PARTITION_SEED, STATISTICS_SEED = 7919, 104729  # seed offsets of the side batches (training batches unaffected)
+
+
+def side_batches(cfg: TrainConfig, train, ctx: Context, seed_offset: int):
+    """Training batches drawn with a seed of their own, as this process's chunks (partition, BatchNorm)."""
+    loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + seed_offset, epoch=0,
+                         augment=cfg.augment, flip=cfg.flip)
+    return ((ctx.shard(x), ctx.shard(y)) for x, y in loader)
+
+
 def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy,
                           ctx: Context | None = None):
     """Mode partition of ``model`` as ``cfg`` describes it (method, κ, N batches, E iterations, scope),
     on training batches drawn with a seed of their own so training batches are unaffected. In a data-parallel
     run each process scores its chunk of every batch and the scores are summed over processes."""
     ctx = ctx or Context()
-    loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + 7919, epoch=0, augment=cfg.augment,
-                         flip=cfg.flip)
-    shards = ((ctx.shard(x), ctx.shard(y)) for x, y in loader)
+    shards = side_batches(cfg, train, ctx, PARTITION_SEED)
 
     def chunk_loss(logits, y):  # the chunk's share of the global batch's mean loss (drop_last: B per batch)
         return loss_fn(logits, y) * (y.numel() * ctx.world_size / cfg.batch_size)
@@ -245,7 +255,8 @@ class Trainer:
             raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)")
         total = cfg.epochs * self.steps_per_epoch
         # the method's training-time work (temperature, partition, SD-Conv's thresholds and budget loss)
-        self.hooks = PadTraining(self.model, cfg.pad_config(), self.steps_per_epoch, total, self.run_partition)
+        self.hooks = PadTraining(self.model, cfg.pad_config(), self.steps_per_epoch, total, self.run_partition,
+                                 recalibrate=self.recalibrate_statistics)
         self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay,
                                                       exclude=self.hooks.method.own_parameters(self.model)),
                                          lr=cfg.lr, momentum=cfg.momentum)
@@ -287,6 +298,12 @@ class Trainer:
         self.hooks.step, self.hooks.partitioned = self.step, self.partition_report is not None
 
     # ---------------------------------------------------------------- steps
+    def recalibrate_statistics(self) -> int:
+        """Re-estimate the BatchNorm statistics on ``partition_batches`` training batches (after the anneal's
+        last step or a partition outside it; see :mod:`padnet.adapter.statistics`)."""
+        batches = side_batches(self.cfg, self.train_data, self.ctx, STATISTICS_SEED)
+        return recalibrate_batchnorm(self.model, itertools.islice(batches, self.cfg.partition_batches))
+
     def run_partition(self):
         report = partition_from_config(self.model, self.cfg, self.train_data, self.criterion, self.ctx)
         self.partition_report = report.to_dict()

@@ -1,0 +1,88 @@
+"""BatchNorm running statistics that match the model they normalise.
+
+A BatchNorm layer evaluates with running statistics gathered, with momentum, over the training steps before.
+Dynamic layers change what they compute faster than that average follows: the attention temperature falls from
+30 to 1 during the anneal (Chen et al. 2020) and mode partition (PAD-Net eq. 5–9) turns most dynamic elements
+static at once. Evaluated right after such a change, a model normalises with statistics of a model that no
+longer exists and can predict one class for every input. :func:`recalibrate_batchnorm` re-estimates them on a
+few training batches; :class:`~padnet.adapter.methods.PadTraining` calls it when the anneal ends or a partition
+changes the masks, and :func:`catch_up_steps` says how long the running average takes to forget a change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
+
+STALE_FRACTION = 0.05  # running statistics count as stale while the old model weighs more than this in them
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def catch_up_steps(model: nn.Module) -> float:
+    """Training steps after which every BatchNorm running average of ``model`` weighs a past change less than
+    ``STALE_FRACTION`` (momentum m: the smallest n with (1 − m)ⁿ < 0.05, 29 for PyTorch's default 0.1); 0 without
+    BatchNorm, ``inf`` when a layer averages cumulatively (``momentum=None``) and so never forgets."""
+    steps = 0.0
+    for layer in batchnorm_layers(model):
+        momentum = layer.momentum
+        if momentum is None or momentum <= 0:
+            return math.inf
+        steps = max(steps, 1.0 if momentum >= 1 else math.ceil(math.log(STALE_FRACTION) / math.log(1 - momentum)))
+    return steps
+
+
+class _Keywords(nn.Module):
+    """Calls ``model(**batch)`` for keyword batches (Hugging Face style) inside ``update_bn``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Mapping) -> object:
+        return self.model(**batch)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Iterable, device: torch.device | str | None = None) -> int:
+    """Re-estimate every BatchNorm running mean and variance of ``model`` on ``data``, as the model is now.
+
+    The statistics are reset and averaged over all of ``data`` with equal weight per batch (torch's
+    ``torch.optim.swa_utils.update_bn``, the same re-estimation SWA uses after averaging weights); the model's
+    train/eval mode and each layer's momentum are kept. Use it before evaluating a model whose layers changed
+    faster than the running averages follow: after the temperature anneal or a mode partition, or after
+    :meth:`padnet.PadModel.set_masks`.
+
+    Args:
+        model: any module (a :class:`padnet.PadModel` or a plain model).
+        data: batches: input tensors (N, ...), ``(inputs, targets)`` pairs, or keyword dicts for a Hugging Face
+            model. Training batches without augmentation are best; a few (e.g. the partition batches) suffice.
+        device: where to move tensor inputs (default: leave them where they are).
+
+    Returns the number of BatchNorm layers re-estimated (0: the model has none, and ``data`` is not read).
+    """
+    if not batchnorm_layers(model):
+        return 0
+    batches = iter(data)
+    first = next(batches, None)
+    if first is None:
+        return 0
+    chained = _chain(first, batches)
+    if isinstance(first, Mapping):
+        update_bn(chained, _Keywords(model), device)
+    else:
+        update_bn(chained, model, device)
+    return len(batchnorm_layers(model))
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
