@@ -166,12 +166,26 @@ def _odconv_by_hand(layer: ODConv2d, x, lam_s=1.0, lam_d=1.0):
     return torch.cat(out), (a_c, a_f, a_s, a_w)
 
 
-def _dcd_by_hand(layer: DCDConv2d, x, lam_s=1.0, lam_d=1.0):
-    """y = Λ ⊙ conv(x, W0) + P (Φ + I) Qᵀ x (+ b), with the 1×1 stride as subsampling; returns (y, Λ, Φ).
+def _dcd_lambda(z):
+    """Λ of DCD's code: relu6(z + 3) / 3."""
+    return torch.clamp(z + 3, 0, 6) / 3
 
-    Depthwise layers have no channel-fusion residual (Φ is None)."""
+
+def _batchnorm_by_hand(bn: nn.BatchNorm2d, t):
+    """BatchNorm of (B, C, H, W): batch statistics (biased variance) in training, running ones in eval."""
+    if bn.training:
+        mean, var = t.mean(dim=(0, 2, 3)), t.var(dim=(0, 2, 3), unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    shape = (1, -1, 1, 1)
+    return (t - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+
+
+def _dcd_by_hand(layer: DCDConv2d, x, lam_s=1.0, lam_d=1.0):
+    """y = Λ ⊙ conv(x, W0) + P (BN(Φ z) + z) (+ b), z = BN(Qᵀx), with the 1×1 stride as subsampling (DCD's
+    code); returns (y, Λ, Φ). Depthwise layers have no channel-fusion residual (Φ is None)."""
     h = torch.relu(x.mean(dim=(2, 3)) @ layer.fc.weight.t())
-    lam = _vector_by_hand(layer.scale, h, F.hardsigmoid, 1.0, lam_s, lam_d)
+    lam = _vector_by_hand(layer.scale, h, _dcd_lambda, 1.0, lam_s, lam_d)
     main = F.conv2d(x, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
     y = lam[:, :, None, None] * main
     phi = None
@@ -179,8 +193,9 @@ def _dcd_by_hand(layer: DCDConv2d, x, lam_s=1.0, lam_d=1.0):
         phi = _vector_by_hand(layer.fusion, h, _identity, 1.0, lam_s, lam_d)
         phi = phi.reshape(-1, layer.latent, layer.latent)
         xs = x[:, :, ::layer.stride[0], ::layer.stride[1]]
-        fused = phi + torch.eye(layer.latent)  # the identity path of DCD's code
-        y = y + torch.einsum("ol,blm,mc,bchw->bohw", layer.p[:, :, 0, 0], fused, layer.q[:, :, 0, 0], xs)
+        z = _batchnorm_by_hand(layer.q_norm, torch.einsum("lc,bchw->blhw", layer.q[:, :, 0, 0], xs))
+        fused = _batchnorm_by_hand(layer.fusion_norm, torch.einsum("blm,bmhw->blhw", phi, z)) + z
+        y = y + torch.einsum("ol,blhw->bohw", layer.p[:, :, 0, 0], fused)
     if layer.bias is not None:
         y = y + layer.bias[None, :, None, None]
     return y, lam, phi
@@ -347,11 +362,22 @@ def test_pad_dcd_with_zero_masks_is_a_static_conv(geometry):
     _randomise(layer, keep_vector_statics=True)
     _pad_phi(layer)
     _set_masks(layer, torch.zeros)
+    layer.eval()  # BatchNorm with running statistics: an affine map
     x = _input(cin)
     expected = F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-    if layer.fusion is not None:  # the static low-rank residual P (Φ̄ + I) Qᵀ = P Qᵀ: a fixed 1×1 convolution
-        expected = expected + F.conv2d(x, (layer.p[:, :, 0, 0] @ layer.q[:, :, 0, 0])[:, :, None, None], None,
-                                       layer.stride)
+    if layer.fusion is not None:  # the static low-rank residual P (BN(Φ̄ z) + z), z = BN(Qᵀx): with Φ̄ = 0, the
+        # fixed 1×1 convolution P diag(a) Qᵀ plus the bias P (a μ-shift + β) of both normalisations
+        with torch.no_grad():
+            for norm in (layer.q_norm, layer.fusion_norm):
+                norm.running_mean.uniform_(-1, 1)
+                norm.running_var.uniform_(0.5, 2)
+        q_norm, fusion_norm = layer.q_norm, layer.fusion_norm
+        a = q_norm.weight / torch.sqrt(q_norm.running_var + q_norm.eps)
+        shift = q_norm.bias - a * q_norm.running_mean
+        fused_bias = fusion_norm.bias - fusion_norm.weight * fusion_norm.running_mean / torch.sqrt(
+            fusion_norm.running_var + fusion_norm.eps)
+        kernel = (layer.p[:, :, 0, 0] @ (a[:, None] * layer.q[:, :, 0, 0]))[:, :, None, None]
+        expected = expected + F.conv2d(x, kernel, layer.p[:, :, 0, 0] @ (shift + fused_bias), layer.stride)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -460,7 +486,7 @@ def test_dcd_by_hand(geometry, pad):
 
 def _dcd_scale_by_hand(layer, x):
     h = torch.relu(x.mean(dim=(2, 3)) @ layer.fc.weight.t())
-    return _vector_by_hand(layer.scale, h, F.hardsigmoid)
+    return _vector_by_hand(layer.scale, h, _dcd_lambda)
 
 
 @pytest.mark.parametrize("cls", [DCDConv2d, PADDCDConv2d])
@@ -619,14 +645,14 @@ def test_condconv_with_huge_temperature_routes_one_half_to_every_kernel():
 # ------------------------------------------------------------------------------- DynamicVector / mix
 
 
-@pytest.mark.parametrize("activation", ["sigmoid", "hardsigmoid", "softmax", "identity"])
+@pytest.mark.parametrize("activation", ["sigmoid", "hardsigmoid", "hardsigmoid2", "softmax", "identity"])
 def test_fully_dynamic_vector_is_one_head(activation):
     torch.manual_seed(0)
     vec = DynamicVector(5, 3, activation)
     _randomise(vec)
     assert vec.mode_pair("v") == []
     h = torch.randn(4, 5)
-    act = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid, "softmax": _softmax,
+    act = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid, "hardsigmoid2": _dcd_lambda, "softmax": _softmax,
            "identity": _identity}[activation]
     torch.testing.assert_close(vec(h, 2.5), act((h @ vec.head.weight.t() + vec.head.bias) / 2.5))
     assert tuple(vec.factors().shape) == (6, 3)
@@ -752,13 +778,13 @@ def test_count_parameters_of_pad_dcd_by_hand():
     layer = PADDCDConv2d(4, 6, 3, padding=1)
     # L = 2, hidden = max(max(4, 4) // 16, 4) = 4: 5 factors per Λ / Φ element
     dynamic_params = {"W0": 6 * 4 * 9, "q": 2 * 4, "p": 6 * 2, "fc": 4 * 4, "scale head": 5 * 6,
-                      "fusion head": 5 * 4, "phi": 1}
-    assert padnet.count_parameters(layer) == sum(dynamic_params.values()) == 303
-    assert padnet.count_parameters(layer, compact=False) == 303 + 6 + 4
+                      "fusion head": 5 * 4, "phi": 1, "latent BatchNorms": 2 * 2 * 2}
+    assert padnet.count_parameters(layer) == sum(dynamic_params.values()) == 311
+    assert padnet.count_parameters(layer, compact=False) == 311 + 6 + 4
     with torch.no_grad():
         layer.scale.mode.mask.view(-1)[[0, 3, 5]] = 0.0
         layer.fusion.mode.mask.view(-1)[[1]] = 0.0
-    assert padnet.count_parameters(layer) == 303 - (5 - 1) * 4
+    assert padnet.count_parameters(layer) == 311 - (5 - 1) * 4
 
 
 @pytest.mark.parametrize("conv_type", ["pad-odconv", "pad-dcd"])

@@ -3,21 +3,26 @@
 DCD ("Revisiting Dynamic Convolution via Matrix Decomposition", Li et al. 2021) writes the dynamic kernel as
 a static kernel plus a low-rank dynamic residual: W(x) = Λ(x) W₀ + P (Φ(x) + I) Qᵀ, where
 
-* W₀ (Cout, Cin/groups, kh, kw) is static and Λ(x) (B, Cout) is a dynamic channel-wise scale (hard sigmoid);
+* W₀ (Cout, Cin/groups, kh, kw) is static and Λ(x) (B, Cout) is a dynamic channel-wise scale, the hard sigmoid
+  of the authors' code relu6(z + 3) / 3: in [0, 2] and 1 at z = 0, so a new layer starts near W₀;
 * Qᵀ compresses the Cin input channels to a latent space of L = ⌊√Cin⌋ channels (a 1×1 convolution with the
   layer's stride), Φ(x) (B, L, L) fuses them per sample ("dynamic channel fusion", no activation), the
-  identity path adds the latent input Qᵀx back (as the authors' implementation does: Φ Qᵀx + Qᵀx), and P
-  expands L → Cout (1×1).
+  identity path adds the latent input back, and P expands L → Cout (1×1). As in the authors' code, the latent
+  input and the fused latent are batch-normalised: z = BN(Qᵀx), residual P (BN(Φ z) + z). Without these
+  normalisations the residual starts at 3–4× the main path's standard deviation; with them at 0.5–0.8×.
 
-Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(Cin // reduction, min_hidden)``. Simplifications against the DCD code: no BatchNorm inside the residual or the branch, and no
-extra squeeze-excitation on h. A depthwise layer mixes no channels, so it gets no channel-fusion residual:
-there DCD is the dynamic channel-wise scale Λ(x) W₀ alone (with a residual there, MobileNetV2 ×1.0 would
-cost 432 MMACs instead of 366; the paper gives 318). Grouped (non-depthwise) layers keep the residual across groups.
+Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(Cin // reduction, min_hidden)``.
+Differences from the authors' code, kept for simplicity and documented in docs/zoo.md: their branch has no ReLU
+and a small squeeze-excitation on h (h ⊙ hsigmoid(W h)); their ResNet basic blocks pool to 2×2 and use a latent
+size of √(4·Cin) there (padnet: global pooling and ⌊√Cin⌋ everywhere); their branch width has no lower bound.
+A depthwise layer mixes no channels, so it gets no channel-fusion residual: there DCD is the dynamic
+channel-wise scale Λ(x) W₀ alone (with a residual there, MobileNetV2 ×1.0 would cost 432 MMACs instead of 366;
+the paper gives 318). Grouped (non-depthwise) layers keep the residual across groups.
 
 ``PADDCDConv2d`` (PAD-Net paper 001, appendix C, Table 6): Λ and Φ are the layer's dynamic parameters, so each
-is mixed element-wise with a static counterpart (Λ̄ starts at 1, Φ̄ at 0) through
-:class:`~padnet.layers.vectors.DynamicVector`; with every mask 0 and λs = 1 the layer is the static
-convolution W₀ plus the static low-rank residual P (Φ̄ + I) Qᵀ (P Qᵀ at the start, Φ̄ = 0).
+is mixed element-wise with a static counterpart (Λ̄ starts at 1, Φ̄ at 0, where the dynamic Λ also starts)
+through :class:`~padnet.layers.vectors.DynamicVector`; with every mask 0 and λs = 1 the layer (in eval mode,
+where BatchNorm is affine) is the static convolution W₀ plus a static low-rank residual.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from padnet.layers.vectors import DynamicVector
 
 
 class DCDConv2d(DynamicConvBase):
-    """DCD: y = Λ(x) ⊙ conv(x, W₀) + P (Φ(x) Qᵀx + Qᵀx) (Li et al. 2021, with the identity path of their code).
+    """DCD: y = Λ(x) ⊙ conv(x, W₀) + P (BN(Φ(x) z) + z), z = BN(Qᵀx) (Li et al. 2021 eq. 8, as their code
+    computes it: identity path and BatchNorm in the latent space, Λ = relu6(· + 3) / 3).
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``.
@@ -44,7 +50,8 @@ class DCDConv2d(DynamicConvBase):
         min_hidden: lower bound of the branch width.
 
     Parameters: ``weight`` W₀ (Cout, Cin/groups, kh, kw), ``bias`` (Cout) or None, ``fc`` (branch), ``scale``
-    (Λ head) and, except for depthwise layers, ``q`` (L, Cin, 1, 1), ``p`` (Cout, L, 1, 1), ``fusion`` (Φ head).
+    (Λ head) and, except for depthwise layers, ``q`` (L, Cin, 1, 1), ``p`` (Cout, L, 1, 1), ``fusion`` (Φ head),
+    ``q_norm`` and ``fusion_norm`` (BatchNorm2d(L) of Qᵀx and of Φ z).
     Input (B, Cin, H, W) → (B, Cout, H', W').
 
     Raises:
@@ -73,14 +80,15 @@ class DCDConv2d(DynamicConvBase):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.fc = nn.Linear(in_channels, hidden, bias=False)
         vector = {"partial": self.partial, "semantics": opts["semantics"]}
-        self.scale = DynamicVector(hidden, out_channels, "hardsigmoid", static_value=1.0, **vector)
-        self.q = self.p = self.fusion = None
+        self.scale = DynamicVector(hidden, out_channels, "hardsigmoid2", static_value=1.0, **vector)
+        self.q = self.p = self.fusion = self.q_norm = self.fusion_norm = None
         if latent:
             self.q = nn.Parameter(torch.empty(latent, in_channels, 1, 1))
             self.p = nn.Parameter(torch.empty(out_channels, latent, 1, 1))
             for w in (self.q, self.p):
                 nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
             self.fusion = DynamicVector(hidden, latent * latent, "identity", static_value=0.0, **vector)
+            self.q_norm, self.fusion_norm = nn.BatchNorm2d(latent), nn.BatchNorm2d(latent)
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """(suffix, mode, dynamic factors) of the masked Λ and Φ (PAD form only; ``MaskedLayer`` protocol)."""
@@ -95,9 +103,9 @@ class DCDConv2d(DynamicConvBase):
         out = out * scale[:, :, None, None]
         if self.fusion is not None:
             fusion = self.fusion(h, 1.0, lam_s, lam_d).reshape(batch, self.latent, self.latent)  # Φ (B, L, L)
-            z = F.conv2d(x, self.q, None, self.stride)  # Qᵀx: (B, L, H', W')
-            z = torch.baddbmm(z.flatten(2), fusion, z.flatten(2)).reshape(z.shape)  # Φ Qᵀx + Qᵀx (identity path)
-            out = out + F.conv2d(z, self.p)
+            z = self.q_norm(F.conv2d(x, self.q, None, self.stride))  # z = BN(Qᵀx): (B, L, H', W')
+            fused = torch.bmm(fusion, z.flatten(2)).reshape(z.shape)  # Φ z: (B, L, H'·W') → (B, L, H', W')
+            out = out + F.conv2d(self.fusion_norm(fused) + z, self.p)  # identity path: + z
         return out if self.bias is None else out + self.bias[:, None, None]
 
     @torch.no_grad()

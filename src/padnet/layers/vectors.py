@@ -20,6 +20,7 @@ from padnet.layers.modes import make_mode, with_masks
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "hardsigmoid": nn.functional.hardsigmoid,
+    "hardsigmoid2": lambda z: 2.0 * nn.functional.hardsigmoid(z),  # relu6(z + 3) / 3: DCD's Λ, 1 at z = 0
     "softmax": lambda z: torch.softmax(z, dim=-1),
     "identity": lambda z: z,
 }
