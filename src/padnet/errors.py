@@ -81,3 +81,13 @@ def check_choice(kind: str, value, choices) -> None:
     """Raise ConfigError ``unknown <kind> <value>; choose from ...`` unless ``value`` is in ``choices``."""
     if value not in choices:
         raise ConfigError(f"unknown {kind} {value!r}; choose from {', '.join(choices)}")
+
+
+def check_module(model, entry: str) -> None:
+    """Raise ConfigError unless ``model`` is a torch ``nn.Module``; ``entry`` names the function that needs it.
+    A name (``"resnet18"``) gets the call that builds that model."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        hint = f"; build one with padnet.create_model({model!r})" if isinstance(model, str) else ""
+        raise ConfigError(f"{entry} needs an nn.Module, got {type(model).__name__}{hint}")

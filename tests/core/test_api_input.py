@@ -8,6 +8,8 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import padnet
 from padnet.errors import CheckpointError, ConfigError
@@ -70,3 +72,85 @@ def test_a_kappa_that_keeps_no_dynamic_element_is_refused_and_the_masks_stay():
                                f"scope); use kappa >= {1 / total:.3g}")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
     assert padnet.partition(model, 1 / total, "random").dynamic == 1
+
+
+def _edit_tensor(directory, key, value):
+    """Set tensor ``key`` of ``directory/padnet_model.safetensors`` to ``value``, metadata kept."""
+    path = directory / "padnet_model.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    tensors[key] = torch.full_like(tensors[key], value)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_a_mask_read_from_disk_must_hold_only_0_and_1(tmp_path):
+    pristine = _static()
+    pad = padnet.get_pad_model(copy.deepcopy(pristine), method="pad", init_from_pretrained=False)
+    pad.partition(partition="random")
+    pad.save_pretrained(tmp_path)
+    padnet.load_pretrained(tmp_path, copy.deepcopy(pristine))
+    _edit_tensor(tmp_path, "layer1.0.conv1.weight_mode.mask", 0.5)
+    with pytest.raises(CheckpointError) as info:
+        padnet.load_pretrained(tmp_path, copy.deepcopy(pristine))
+    assert _one_line(info) == (f"{tmp_path / 'padnet_model.safetensors'}: mask layer1.0.conv1.weight_mode.mask "
+                               "holds values other than 0 and 1")
+
+
+def _mixtral():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        num_key_value_heads=1, max_position_embeddings=32, intermediate_size=24,
+                                        num_local_experts=4, num_experts_per_tok=2, head_dim=8)
+    return transformers.MixtralForCausalLM(config).eval()
+
+
+def test_a_pretrained_moe_keeps_its_own_expert_count_and_a_record_must_agree(tmp_path):
+    pristine = _mixtral()
+    with pytest.raises(ConfigError) as info:
+        padnet.get_pad_model(copy.deepcopy(pristine), method="pad-moe", num_experts=8)
+    assert _one_line(info) == ("num_experts 8 differs from the model's own (4): a pretrained MoE keeps its experts "
+                               "and routers; leave num_experts unset")
+    padnet.get_pad_model(copy.deepcopy(pristine), method="pad-moe", num_experts=4, top_k=2).save_pretrained(tmp_path)
+    padnet.load_pretrained(tmp_path, copy.deepcopy(pristine))
+    _edit_record(tmp_path, num_experts=2)
+    with pytest.raises(CheckpointError) as info:
+        padnet.load_pretrained(tmp_path, copy.deepcopy(pristine))
+    assert _one_line(info).startswith(f"{tmp_path / 'padnet_config.json'}: num_experts 2 differs from the model's "
+                                      "own (4)")
+    _edit_record(tmp_path, num_experts=None, top_k=1)
+    with pytest.raises(CheckpointError, match="top_k 1 differs from the model's own"):
+        padnet.load_pretrained(tmp_path, copy.deepcopy(pristine))
+
+
+@pytest.mark.parametrize("entry, call", [
+    ("get_pad_model", lambda m: padnet.get_pad_model(m, method="dy")),
+    ("convert", lambda m: padnet.convert(m, "dy")),
+    ("partition", lambda m: padnet.partition(m, 0.3, "random")),
+    ("deploy", padnet.deploy),
+    ("save_pretrained", lambda m: padnet.save_pretrained(m, "unused")),
+    ("load_pretrained's base_model", lambda m: padnet.load_pretrained("unused", m)),
+    ("export", lambda m: padnet.export_onnx(m, "unused.onnx", torch.zeros(1, 1, 8, 8))),
+    ("autotune", lambda m: padnet.autotune(m, torch.zeros(1, 1, 8, 8))),
+    ("count_parameters", padnet.count_parameters),
+    ("count_flops", lambda m: padnet.count_flops(m, (1, 8, 8))),
+])
+def test_entry_points_given_a_name_instead_of_a_model_say_how_to_build_one(entry, call, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        call("resnet18")
+    assert _one_line(info) == f"{entry} needs an nn.Module, got str; build one with padnet.create_model('resnet18')"
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_pretrained_onto_a_file_is_a_one_line_error(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    for save in (lambda d: padnet.save_pretrained(_static(), d),
+                 lambda d: padnet.get_pad_model(_static(), method="dy").save_pretrained(d)):
+        with pytest.raises(ConfigError) as info:
+            save(target)
+        assert _one_line(info) == f"{target} is a file, not a folder; save into a folder"
+    with pytest.raises(ConfigError, match=r"^cannot create folder .*taken/sub \(Not a directory\)$"):
+        padnet.save_pretrained(_static(), target / "sub")
+    assert target.read_text() == "x"

@@ -27,7 +27,7 @@ from padnet.adapter.methods import PadTraining, method_for
 from padnet.adapter.moe_convert import FFN_PATTERNS, compress_experts, replace_ffns, require_ffns
 from padnet.adapter.statistics import recalibrate_batchnorm
 from padnet.deployment.deploy import deploy
-from padnet.errors import CheckpointError, ConfigError, first_line
+from padnet.errors import CheckpointError, ConfigError, check_module, first_line
 from padnet.layers.conv_base import DynamicConvBase
 from padnet.layers.deployed import DeployedConv2d
 from padnet.layers.dynamic_conv import PADConv2d
@@ -80,6 +80,7 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
         if not banks:
             raise ConfigError(f"target_modules selects none of the expert banks of {type(model).__name__} "
                               f"({', '.join(find_expert_banks(model)[:3])}, ...)")
+        _check_own_experts(model, banks, config)
         options = config.layer_kwargs()
         extra = {"scale_mode": options["scale_mode"]} if "scale_mode" in options else {}
         return compress_experts(model, options["mode"], options.get("granularity", "element"), banks, **extra)
@@ -95,6 +96,19 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
             layer = model.get_submodule(sites[i].moe)
             nn.init.normal_(layer.experts, std=0.02)
     return [sites[i].moe for i in chosen]
+
+
+def _check_own_experts(model: nn.Module, banks: list[str], config: PadConfig) -> None:
+    """ConfigError when ``config`` sets ``num_experts`` or ``top_k`` other than a pretrained MoE's own (its banks'
+    expert count, its config's ``num_experts_per_tok``): the model keeps its experts and routers, so the value
+    would be ignored, and recorded wrongly."""
+    own = {"num_experts": {model.get_submodule(name).down_proj.shape[0] for name in banks},
+           "top_k": {getattr(getattr(model, "config", None), "num_experts_per_tok", None)} - {None}}
+    for option, values in own.items():
+        wanted = getattr(config, option)
+        if wanted is not None and values and values != {wanted}:
+            raise ConfigError(f"{option} {wanted} differs from the model's own ({', '.join(map(str, sorted(values)))}):"
+                              f" a pretrained MoE keeps its experts and routers; leave {option} unset")
 
 
 class PadModel(nn.Module):
@@ -487,6 +501,7 @@ def convert(model: nn.Module, method: str = "pad", **options) -> nn.Module:
     ``init_from_pretrained``, ``target_modules="all"`` for the stem too, ``min_channels``, ``layer_options``, ...).
     Raises ConfigError as :func:`get_pad_model`.
     """
+    check_module(model, "convert")
     return get_pad_model(model, method=method, **options).base_model
 
 
@@ -503,9 +518,10 @@ def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) 
     zero-initialised router); mode partition then needs a warm-up of training first (``partition_at``).
 
     Raises:
-        ConfigError: a bad config, a module that cannot be converted (named, with the ``exclude_modules``
-            remedy), or nothing to convert. The model is unchanged after any error.
+        ConfigError: ``model`` is not an ``nn.Module``, a bad config, a module that cannot be converted (named,
+            with the ``exclude_modules`` remedy), or nothing to convert. The model is unchanged after any error.
     """
+    check_module(model, "get_pad_model")
     if isinstance(model, PadModel):
         raise ConfigError("the model is already a PadModel")
     if config is None:
@@ -538,9 +554,11 @@ def save_pretrained(model: nn.Module, directory: str | Path, form: str = "traini
     output of ``padnet.deploy`` / ``merge_and_unload`` of such a model) is stored whole with its architecture,
     in the form it has (``form`` and ``full`` do not apply). Returns the directory.
 
-    Raises ConfigError for a plain model padnet cannot rebuild: no architecture recorded, MoE layers, or
-    layers converted after ``create_model`` (save the :class:`PadModel` of :func:`get_pad_model` instead).
+    Raises ConfigError for something that is not an ``nn.Module``, a plain model padnet cannot rebuild (no
+    architecture recorded, MoE layers, or layers converted after ``create_model``: save the :class:`PadModel` of
+    :func:`get_pad_model` instead), or a ``directory`` that is a file.
     """
+    check_module(model, "save_pretrained")
     if isinstance(model, PadModel):
         return model.save_pretrained(directory, form, full, tokenizer)
     recipe = folder.architecture(model)
@@ -581,6 +599,8 @@ def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
             ``base_model``; a base model that differs from the one converted (naming the first differing
             tensor); weights that do not fit, or that hold integers or NaN / infinity where floats belong.
     """
+    if base_model is not None:
+        check_module(base_model, "load_pretrained's base_model")
     directory = Path(directory)
     record = folder.read_record(directory)
     config = None
@@ -605,7 +625,10 @@ def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
         if record["converted"]:
             raise CheckpointError(f"{directory / folder.CONFIG_FILE} names converted modules but no PadConfig")
         return _load_into(base_model, tensors, form, record["deploy"], source, set(record["base"])).eval()
-    pad = get_pad_model(base_model, config)
+    try:
+        pad = get_pad_model(base_model, config)
+    except ConfigError as exc:  # the record does not fit the base model
+        raise CheckpointError(f"{directory / folder.CONFIG_FILE}: {exc}") from None
     if pad.converted != record["converted"]:
         raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
                               f"(first: {record['converted'][:1]} vs {pad.converted[:1]})")

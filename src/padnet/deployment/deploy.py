@@ -9,7 +9,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from padnet.errors import ConfigError, first_line
+from padnet.errors import ConfigError, check_module, first_line
 from padnet.layers.conv_base import DynamicConvBase
 from padnet.layers.deployed import DeployedConv2d
 from padnet.layers.dynamic_conv import DynamicConv2d
@@ -63,8 +63,10 @@ def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.
         inplace: modify ``model`` instead of a copy.
 
     Raises:
-        ConfigError: ``fold_bn`` on a model with BatchNorm2d that torch.fx cannot trace.
+        ConfigError: ``model`` is not an ``nn.Module``; ``fold_bn`` on a model with BatchNorm2d that torch.fx
+            cannot trace.
     """
+    check_module(model, "deploy")
     reset_aux_losses(model)  # the MoE losses of the last forward are autograd results: not copied
     out = model if inplace else copy.deepcopy(model)
     out.eval()

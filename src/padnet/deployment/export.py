@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from padnet.errors import ConfigError
+from padnet.errors import ConfigError, check_module
 from padnet.layers.conv_base import DynamicConvBase
 from padnet.layers.formulations import FormulationChoice, force_formulation
 from padnet.saving.fileio import atomic_path
@@ -29,8 +29,9 @@ def check_exportable(model: nn.Module, onnx: bool = False) -> None:
     a dynamic batch and, for ONNX (``onnx``), a missing exporter package.
 
     Raises:
-        ConfigError: naming the layer (ODConv, DCD) or the package.
+        ConfigError: ``model`` is not an ``nn.Module``; naming the layer (ODConv, DCD) or the package.
     """
+    check_module(model, "export")
     for name, module in model.named_modules():
         if isinstance(module, DynamicConvBase) and not isinstance(module, FormulationChoice):
             raise ConfigError(f"{name} is {type(module).__name__}, whose per-sample kernels freeze the batch size "

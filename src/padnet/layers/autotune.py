@@ -7,6 +7,7 @@ import time
 import torch
 from torch import nn
 
+from padnet.errors import check_module
 from padnet.layers.formulations import FORMULATIONS, FormulationChoice
 
 
@@ -52,8 +53,10 @@ def autotune(model: nn.Module, example: torch.Tensor, train: bool = True, repeat
     from a private generator).
 
     Returns:
-        ``{layer name: formulation}`` for every layer that ran.
+        ``{layer name: formulation}`` for every layer that ran. Raises ConfigError for a ``model`` that is not an
+        ``nn.Module``.
     """
+    check_module(model, "autotune")
     layers = _layers(model)
     shapes: dict[str, torch.Size] = {}
     def record(name):

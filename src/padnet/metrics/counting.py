@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from padnet.errors import ConfigError
+from padnet.errors import ConfigError, check_module
 from padnet.layers.formulations import force_formulation
 from padnet.layers.modes import MaskedLayer, mode_tensors
 
@@ -33,8 +33,9 @@ def count_parameters(model: nn.Module, compact: bool = True) -> int:
     """Number of parameters (see module docstring); ``compact=False`` counts every stored element.
 
     Each mode says what a compact model stores of its tensor (``Mode.compact_counts``), in place of its
-    dynamic factors and static parameters.
+    dynamic factors and static parameters. Raises ConfigError for a ``model`` that is not an ``nn.Module``.
     """
+    check_module(model, "count_parameters")
     total = sum(p.numel() for p in model.parameters())
     if not compact:
         return total
@@ -60,8 +61,9 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = 
     SD-Conv layers; otherwise each mode subtracts what the compact form skips (``Mode.skipped_macs``).
 
     Raises:
-        ConfigError: the input shape does not fit the model.
+        ConfigError: ``model`` is not an ``nn.Module``; the input shape does not fit the model.
     """
+    check_module(model, "count_flops")
     was_training = model.training
     model.eval()
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MaskedLayer)]

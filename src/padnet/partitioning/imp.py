@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from padnet.errors import ConfigError, check_choice
+from padnet.errors import ConfigError, check_choice, check_module
 from padnet.partitioning.scores import magnitude_scores, masked_tensors, random_scores, snip_scores
 
 METHODS = ("imp", "mp", "random", "magnitude")
@@ -167,10 +167,11 @@ def partition(
             after converting a pretrained model, when every dynamic factor still equals the static parameters.
 
     Returns:
-        A :class:`PartitionReport`. Raises ConfigError for a bad κ (also one that leaves no dynamic element,
-        :func:`check_dynamic_elements`), method, scope, a model without PAD-Net layers, missing data, or scores
-        without signal.
+        A :class:`PartitionReport`. Raises ConfigError for a ``model`` that is not an ``nn.Module``, a bad κ
+        (also one that leaves no dynamic element, :func:`check_dynamic_elements`), method, scope, a model without
+        PAD-Net layers, missing data, or scores without signal.
     """
+    check_module(model, "partition")
     kappa = check_kappa(kappa)
     custom = method if callable(method) else None
     if custom is not None:

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from padnet.errors import CheckpointError, ConfigError, first_line
+from padnet.layers.modes import PartialMode
 from padnet.layers.registry import OPTION_RANGES
 from padnet.models import create_model
 from padnet.saving.fileio import atomic_path, parse_json, write_json
@@ -136,9 +137,17 @@ def write_folder(directory: str | Path, tensors: dict[str, torch.Tensor], record
 
     ``record``: the fields of ``padnet_config.json`` but the format; ``model``: the saved model, whose Hugging
     Face config is written beside it when the record's architecture names a transformers class.
+
+    Raises:
+        ConfigError: ``directory`` is a file or cannot be created.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} is a file, not a folder; save into a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create folder {directory} ({exc.strerror or exc})") from None
     if (record.get("architecture") or {}).get("transformers"):
         with atomic_path(directory / HF_CONFIG_FILE) as tmp:
             Path(tmp).write_text(model.config.to_json_string())
@@ -193,8 +202,8 @@ def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load ``state`` into ``model`` strictly. A one-line CheckpointError names the first missing, unexpected or
-    mis-shaped tensor, a floating-point tensor stored as integers, one holding NaN or infinity, or a BatchNorm
-    running variance below zero."""
+    mis-shaped tensor, a floating-point tensor stored as integers, one holding NaN or infinity, a BatchNorm
+    running variance below zero, or a mode-partition mask holding a value other than 0 and 1."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -212,4 +221,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
             raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values")
         if key.endswith("running_var") and bool((saved < 0).any()):  # a variance: the outputs would be NaN
             raise CheckpointError(f"{source}: tensor {key} holds negative variances")
+    for key in _mask_keys(model):  # a mask is 0 (static) or 1 (dynamic); 0.5 would mix both unseen
+        if not bool(((state[key] == 0) | (state[key] == 1)).all()):
+            raise CheckpointError(f"{source}: mask {key} holds values other than 0 and 1")
     model.load_state_dict(state, strict=True)
+
+
+def _mask_keys(model: nn.Module) -> list[str]:
+    """The state-dict keys of ``model``'s mode-partition masks."""
+    return [f"{name}.mask" if name else "mask" for name, module in model.named_modules()
+            if isinstance(module, PartialMode)]
