@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import padnet
-from padnet.errors import CheckpointError, ConfigError
+from padnet.errors import CheckpointError, ConfigError, DataError
 
 
 def _static(seed=0):
@@ -154,3 +154,40 @@ def test_save_pretrained_onto_a_file_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match=r"^cannot create folder .*taken/sub \(Not a directory\)$"):
         padnet.save_pretrained(_static(), target / "sub")
     assert target.read_text() == "x"
+
+
+def _pad_net():
+    torch.manual_seed(0)
+    return padnet.create_model("resnet10", conv="pad", num_classes=4, in_chans=1, stem="small", width=0.125)
+
+
+def _masks(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if k.endswith("mask")}
+
+
+def test_partition_batches_that_do_not_fit_name_the_batch_and_leave_the_masks():
+    model = _pad_net()
+    padnet.partition(model, 0.5, "random")
+    before = _masks(model)
+    good = (torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    cases = [
+        ((torch.randn(4, 3, 8, 8), good[1]),
+         "partition batch 1: inputs of shape (4, 3, 8, 8) do not fit the model, which expects (N, 1, H, W) ("),
+        ((good[0], torch.tensor([0, 1, 9, 2])),
+         "partition batch 1: labels must be in [0, 3] for the model's 4 classes, got 0..9"),
+        ((good[0], torch.tensor([0, -1, 1, 2])),
+         "partition batch 1: labels must be in [0, 3] for the model's 4 classes, got -1..2"),
+        ((good[0], torch.randn(4, 7)), "partition batch 1: the loss failed ("),
+        (good[0], "partition batch 1 is not an (inputs, targets) pair of tensors; pass batch_loss= for other batches"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(DataError) as info:
+            padnet.partition(model, 0.3, "imp", [good, bad], check_scores=False, reset=False)
+        assert _one_line(info).startswith(message)
+        assert all(torch.equal(v, before[k]) for k, v in _masks(model).items())
+    pad = padnet.get_pad_model(_pad_net(), method="pad", init_from_pretrained=False)
+    with pytest.raises(DataError, match=r"^partition batch 0: the batch loss failed \(.*\)$"):
+        pad.partition([good], batch_loss=lambda model, batch: model(batch[0][:, :0]).sum())
+    assert all(bool(v.all()) for v in _masks(pad.base_model).values())
+    assert padnet.partition(model, 0.3, "imp", [good, (good[0], torch.tensor([0, -100, 1, 2]))],
+                            check_scores=False).dynamic_ratio == pytest.approx(0.3, abs=1e-4)  # ignore_index

@@ -192,10 +192,6 @@ def partition(
 
     if method in ("imp", "mp") and check_scores:
         check_separation(tensors)
-    if reset:
-        with torch.no_grad():
-            for _, mode, _ in tensors:
-                mode.mask.fill_(1.0)
     start = 1.0 if reset else make_report(model, method, kappa, scope, 0, []).dynamic_ratio
     if kappa > start + 1e-12:
         raise ConfigError(f"cannot continue a partition to kappa {kappa} above the current dynamic ratio "
@@ -207,16 +203,27 @@ def partition(
     if method in ("imp", "mp") and not batches:
         raise ConfigError("mode partition needs at least one batch of training data")
     generator = torch.Generator().manual_seed(seed)
-    for fraction in schedule:
-        if method in ("imp", "mp"):
-            scores = snip_scores(model, tensors, batches, loss_fn, num_batches, batch_loss)
-        elif method == "custom":
-            scores = custom_scores(custom, tensors)
-        elif method == "magnitude":
-            scores = magnitude_scores(tensors)
-        else:
-            scores = random_scores(tensors, generator)
-        apply_partition(tensors, scores, fraction, scope, align)
+    saved = [mode.mask.clone() for _, mode, _ in tensors]
+    try:
+        if reset:
+            with torch.no_grad():
+                for _, mode, _ in tensors:
+                    mode.mask.fill_(1.0)
+        for fraction in schedule:
+            if method in ("imp", "mp"):
+                scores = snip_scores(model, tensors, batches, loss_fn, num_batches, batch_loss)
+            elif method == "custom":
+                scores = custom_scores(custom, tensors)
+            elif method == "magnitude":
+                scores = magnitude_scores(tensors)
+            else:
+                scores = random_scores(tensors, generator)
+            apply_partition(tensors, scores, fraction, scope, align)
+    except BaseException:  # a batch that does not fit, a bad score function: the masks stay as they were
+        with torch.no_grad():
+            for (_, mode, _), mask in zip(tensors, saved):
+                mode.mask.copy_(mask)
+        raise
     return make_report(model, method, kappa, scope, steps, schedule)
 
 

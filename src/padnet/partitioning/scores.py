@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from padnet.errors import ConfigError
+from padnet.errors import ConfigError, DataError, first_line
 from padnet.layers.modes import mode_tensors
 from padnet.parallel import current
 
+IGNORED_LABEL = -100  # F.cross_entropy's default ignore_index: a target it skips
 MaskedTensor = tuple[str, nn.Module, torch.Tensor]  # (name, PartialMode, dynamic factors (k, *shape))
 
 
@@ -61,8 +62,13 @@ def snip_scores(
 
     The model runs in training mode (as in training); BatchNorm running statistics and parameter
     gradients are left exactly as they were. A filter-granular mask is relaxed to one value per element
-    for the gradient, whose magnitudes are then summed per filter. Raises ConfigError when ``batches``
-    yields nothing.
+    for the gradient, whose magnitudes are then summed per filter.
+
+    Raises:
+        ConfigError: ``batches`` yields nothing.
+        DataError: a batch the model or the loss cannot take, naming the batch (from 0) and what did not fit:
+            the input shape against the model's first layer, labels outside the model's classes, or the
+            first line of torch's error.
     """
     modes = [mode for _, mode, _ in tensors]
     saved = [mode.mask for mode in modes]
@@ -78,12 +84,9 @@ def snip_scores(
         for m in masks:
             m.requires_grad_(True)
         device = masks[0].device
-        for batch in itertools.islice(batches, num_batches):
-            if batch_loss is None:
-                x, y = batch
-                loss = loss_fn(model(x.to(device)), y.to(device))
-            else:
-                loss = batch_loss(model, batch)
+        for index, batch in enumerate(itertools.islice(batches, num_batches)):
+            loss = _loss(model, batch, index, loss_fn, device) if batch_loss is None else _checked(
+                f"partition batch {index}: the batch loss failed", batch_loss, model, batch)
             for acc, g in zip(grads, torch.autograd.grad(loss, masks)):
                 acc += g
             seen += 1
@@ -98,3 +101,41 @@ def snip_scores(
         raise ConfigError("mode partition needs at least one batch of training data")
     current().all_reduce_(grads)  # data-parallel runs: every process scores the batches of all, same masks
     return [mode.pool_scores(g.abs()) for mode, g in zip(modes, grads)]
+
+
+def _checked(what: str, compute: Callable, *args):
+    """``compute(*args)``, with torch's errors of a batch that does not fit turned into a DataError
+    ``what (reason)``."""
+    try:
+        return compute(*args)
+    except (RuntimeError, IndexError, ValueError) as exc:
+        raise DataError(f"{what} ({first_line(exc)})") from None
+
+
+def _expected_input(model: nn.Module) -> str:
+    """The input shape ``model``'s first convolution or linear layer takes, for a message ("" if it has none)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return f", which expects (N, {module.in_channels}, H, W)"
+        if isinstance(module, nn.Linear):
+            return f", which expects (N, {module.in_features})"
+    return ""
+
+
+def _loss(model: nn.Module, batch, index: int, loss_fn: Callable, device) -> torch.Tensor:
+    """``loss_fn(model(x), y)`` of an (inputs, targets) batch; DataError naming batch ``index`` and what does not
+    fit. Integer labels are checked against the model's classes before the loss (on a GPU an index out of range
+    is a device-side assert, not an error)."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)):
+        raise DataError(f"partition batch {index} is not an (inputs, targets) pair of tensors; pass batch_loss= for "
+                        "other batches")
+    x, y = batch
+    out = _checked(f"partition batch {index}: inputs of shape {tuple(x.shape)} do not fit the model"
+                   f"{_expected_input(model)}", model, x.to(device))
+    if isinstance(out, torch.Tensor) and out.dim() >= 2 and not (y.is_floating_point() or y.dtype == torch.bool):
+        labels = y[y != IGNORED_LABEL]
+        classes = out.shape[1]
+        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+            raise DataError(f"partition batch {index}: labels must be in [0, {classes - 1}] for the model's "
+                            f"{classes} classes, got {int(labels.min())}..{int(labels.max())}")
+    return _checked(f"partition batch {index}: the loss failed", loss_fn, out, y.to(device))
