@@ -81,6 +81,13 @@ def _run_dir(tmp: Path) -> Path:
     return out
 
 
+def _damaged_run(tmp: Path) -> Path:
+    """A run directory whose only checkpoint lost its last 100 bytes."""
+    out = _run_dir(tmp)
+    _truncate(out / "checkpoint-epoch0001.safetensors")
+    return out
+
+
 def _pickled_model_folder(tmp: Path) -> Path:
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -185,6 +192,7 @@ ROWS = {
     "resume-changed-config": lambda t: [*TRAIN[:-6], "--epochs", "2", *TRAIN[-6:], "--out", str(_run_dir(t)),
                                         "--resume"],
     "non-finite-loss": lambda t: [*TRAIN, "--lr", "1e30", "--out", str(t / "run")],
+    "resume-damaged": lambda t: [*TRAIN, "--out", str(_damaged_run(t)), "--resume"],
     "batch-larger-than-data": lambda t: [*TRAIN[:-4], "--batch-size", "128", "--progress", "false", "--out",
                                          str(t / "run")],
 }

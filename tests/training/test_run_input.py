@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from padnet.cli import main
 from padnet.errors import ConfigError, DataError
 from padnet.training.config import TrainConfig
 from padnet.training.data.arrays import from_arrays
@@ -38,3 +41,25 @@ def test_a_kappa_that_keeps_no_dynamic_element_is_refused_before_the_run_directo
     with pytest.raises(ConfigError, match=r"^kappa 1e-300 leaves no dynamic element of the [\d,]+ mask elements"):
         Trainer(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+TINY = ["train", "--dataset", "digits", "--model", "resnet10", "--width", "0.125", "--train-subset", "64",
+        "--batch-size", "32", "--progress", "false", "--augment", "false"]
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--epochs", "2", "--out", str(out)]) == 0
+    want = json.loads((out / "results.json").read_text())["top1"]
+    newest = out / "checkpoint-epoch0002.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])
+    capsys.readouterr()
+    assert main([*TINY, "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"padnet: warning: checkpoint-epoch0002.safetensors cannot be resumed ({newest} is not a readable padnet "
+        "checkpoint (")
+    assert err[0].endswith("; resuming from checkpoint-epoch0001.safetensors instead")
+    assert json.loads((out / "results.json").read_text())["top1"] == pytest.approx(want, abs=1e-9)  # epoch 2 again
+    assert main([*TINY, "--epochs", "2", "--out", str(out), "--resume"]) == 0  # the new epoch-2 checkpoint loads
+    assert "warning" not in capsys.readouterr().err
