@@ -153,3 +153,22 @@ def test_the_saved_static_part_is_the_experts_mean_where_it_takes_no_part(tmp_pa
         mask = before.moe.neuron_mode.mask[0].bool()
         torch.testing.assert_close(after.moe.neuron_mode.static[~mask], before.moe.neuron_mode.static[~mask])
         torch.testing.assert_close(after.moe.neuron_mode.static[mask], before.moe.experts.mean(0)[mask])
+
+
+def test_transformers_save_pretrained_of_a_model_with_padnet_experts_is_refused_before_writing(tmp_path):
+    """transformers would write the padnet banks under names it does not know and reload the model with its experts
+    missing (initialised at random, with a warning only): its save_pretrained raises instead, on the converted
+    model and on its merged copy, and padnet's own save_pretrained still works."""
+    pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", kappa=0.3)
+    pad.partition([{"input_ids": IDS, "labels": IDS}], partition="imp", partition_iterations=1)
+    bert = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32)
+    upcycled = padnet.get_pad_model(transformers.BertModel(bert), method="moe", num_experts=2).base_model
+    for model in (pad.base_model, pad.merge_and_unload(), upcycled):
+        with pytest.raises(ConfigError, match=r"^this model holds padnet MoE layers, which transformers' "
+                                              r"save_pretrained cannot store .* save the PadModel with "
+                                              r"PadModel.save_pretrained or padnet.save_pretrained"):
+            model.save_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    loaded = padnet.load_pretrained(pad.save_pretrained(tmp_path / "padnet", full=True))
+    torch.testing.assert_close(loaded.base_model.eval()(input_ids=IDS).logits, pad.eval()(input_ids=IDS).logits)

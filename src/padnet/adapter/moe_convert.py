@@ -114,6 +114,20 @@ def require_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
     return sites
 
 
+def _refuse_transformers_save(*args, **kwargs):
+    """Takes the place of transformers' ``save_pretrained`` on a model holding padnet MoE layers."""
+    raise ConfigError("this model holds padnet MoE layers, which transformers' save_pretrained cannot store (the "
+                      "folder would reload with its experts missing, initialised at random); save the PadModel with "
+                      "PadModel.save_pretrained or padnet.save_pretrained, and load it with padnet.load_pretrained")
+
+
+def guard_transformers_save(model: nn.Module) -> None:
+    """Make ``model.save_pretrained`` (a transformers model's, whose MoE layers padnet replaced) raise ConfigError
+    instead of writing a folder that transformers reloads without them; copies of the model keep the guard."""
+    if callable(getattr(model, "save_pretrained", None)):
+        model.save_pretrained = _refuse_transformers_save
+
+
 def _set(model: nn.Module, path: str, value: nn.Module) -> None:
     parent, _, leaf = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, value)
@@ -148,7 +162,7 @@ def replace_ffns(
         **options: more :class:`~padnet.layers.moe.MoEFeedForward` options (``scale_mode``, ``noisy``,
             ``aux_loss_weight``).
 
-    Returns ``model``.
+    Returns ``model``, whose transformers ``save_pretrained`` now raises (:func:`guard_transformers_save`).
 
     Raises:
         ConfigError: no recognisable FFN, a layer index out of range, bad MoE options.
@@ -171,6 +185,7 @@ def replace_ffns(
         _set(model, site.up, moe)
         _set(model, site.activation, nn.Identity())
         _set(model, site.down, nn.Identity())
+    guard_transformers_save(model)
     if not getattr(model, "_padnet_aux_reset", False):  # one hook per model, whatever the number of conversions
         model.register_forward_pre_hook(reset_aux_losses)
         model._padnet_aux_reset = True
@@ -191,7 +206,8 @@ def compress_experts(model: nn.Module, mode: str = "pad", granularity: str = "el
         names: the banks to replace (default all).
         **options: ``scale_mode`` of ``"pad"``.
 
-    Returns the names of the replaced banks. Raises ConfigError when there is none to replace.
+    Returns the names of the replaced banks; the model's transformers ``save_pretrained`` now raises
+    (:func:`guard_transformers_save`). Raises ConfigError when there is none to replace.
     """
     found = find_expert_banks(model)
     banks = found if names is None else list(names)
@@ -202,6 +218,7 @@ def compress_experts(model: nn.Module, mode: str = "pad", granularity: str = "el
         raise ConfigError(f"not an expert bank of {type(model).__name__}: {', '.join(unknown)}")
     for name in banks:
         model.set_submodule(name, ExpertBank.from_bank(model.get_submodule(name), mode, granularity, **options))
+    guard_transformers_save(model)
     return banks
 
 
