@@ -81,9 +81,24 @@ def _recipe_and_seeds(args, recipes=None, cls=None):
 
     cfg = _resolve_config(args, recipes.FULL if args.full else recipes.QUICK, cls=cls)
     seeds = tuple(args.seeds) if args.seeds else (recipes.FULL_SEEDS if args.full else recipes.QUICK_SEEDS)
-    if len(set(seeds)) != len(seeds):  # a repeated seed would be one run counted twice in the mean and spread
-        raise ConfigError(f"--seeds repeats a seed: {' '.join(map(str, seeds))}")
+    _check_distinct("--seeds", "seed", seeds)
     return cfg, seeds
+
+
+def _check_distinct(flag: str, noun: str, values) -> None:
+    """ConfigError when ``values`` of ``flag`` repeat one: a repeated seed (or κ) would be one run counted twice
+    in the mean and spread."""
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{flag} repeats a {noun}: {' '.join(map(str, values))}")
+
+
+def _say(message: str) -> None:
+    """Print a result line on stdout around the progress bars on stderr (tqdm clears and redraws an open bar),
+    flushed, so that the lines keep their order in a pipe or a log file too."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def _add_study_flags(parser: argparse.ArgumentParser, out: str, full: str) -> None:
@@ -307,24 +322,22 @@ def cmd_moe_compress(args) -> int:
     cfg = _resolve_config(args, cls=CompressConfig)
     r = compress_folder(args.model_dir, args.calibration, args.out, cfg)
     for key in ("original", "compressed"):
-        print(f"{key:<10} perplexity {r[key]['perplexity']:8.2f}  expert weights {r[key]['bytes'] / 2**20:8.2f} MiB")
+        _say(f"{key:<10} perplexity {r[key]['perplexity']:8.2f}  expert weights {r[key]['bytes'] / 2**20:8.2f} MiB")
     kappa = "every expert the mean of all" if cfg.method == "merge" else f"kappa {cfg.kappa:g}"
-    print(f"{cfg.method} ({kappa}): {r['bytes_ratio']:.3f} of the expert bytes "
-          f"(expected {r['expected_bytes_ratio']:.3f}), dynamic ratio {r['dynamic_ratio']:.3f}")
-    print(f"wrote {Path(args.out) / 'model'}, results.json, results.png")
+    _say(f"{cfg.method} ({kappa}): {r['bytes_ratio']:.3f} of the expert bytes "
+         f"(expected {r['expected_bytes_ratio']:.3f}), dynamic ratio {r['dynamic_ratio']:.3f}")
+    _say(f"wrote {Path(args.out) / 'model'}, results.json, results.png")
     return 0
 
 
 def cmd_compress_study(args) -> int:
     from padnet.experiments.studies.compression import Recipe, run
 
-    recipe = Recipe()
-    if args.steps is not None:
-        if args.steps < 1:
-            raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-        recipe = dataclasses.replace(recipe, steps=args.steps)
-    run(args.out, tuple(args.seeds), tuple(args.kappas), recipe, progress=args.progress == "true")
-    print(f"wrote {Path(args.out) / 'compression' / 'results.md'}, results.json, results.png")
+    _check_distinct("--seeds", "seed", args.seeds)
+    _check_distinct("--kappas", "kappa", args.kappas)
+    recipe = Recipe() if args.steps is None else dataclasses.replace(Recipe(), steps=args.steps)
+    run(args.out, tuple(args.seeds), tuple(args.kappas), recipe, log=_say, progress=args.progress == "true")
+    _say(f"wrote {Path(args.out) / 'compression' / 'results.md'}, results.json, results.png")
     return 0
 
 

@@ -83,6 +83,12 @@ def check_choice(kind: str, value, choices) -> None:
         raise ConfigError(f"unknown {kind} {value!r}; choose from {', '.join(choices)}")
 
 
+def check_seed(seed) -> None:
+    """Raise ConfigError unless ``seed`` is an integer in [0, 2**63) (what ``torch.manual_seed`` takes)."""
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise ConfigError(f"seed must be in [0, 2**63), got {seed!r}")
+
+
 def check_module(model, entry: str) -> None:
     """Raise ConfigError unless ``model`` is a torch ``nn.Module``; ``entry`` names the function that needs it.
     A name (``"resnet18"``) gets the call that builds that model."""

@@ -7,6 +7,7 @@ documented message is a pattern: ``…`` stands for any text (paths, lists), the
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import struct
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hf_folders import save_with_minilm_tokenizer
+from hf_folders import save_with_minilm_tokenizer, tiny_moe_folder
 from padnet.cli import main
 from padnet.models import create_model
 from padnet.training.config import TrainConfig
@@ -105,6 +106,68 @@ def _neox_folder(tmp: Path) -> Path:
     return save_with_minilm_tokenizer(transformers.GPTNeoXForSequenceClassification(config), tmp)
 
 
+COMPRESS = ["--block-size", "32", "--batch-size", "4", "--calibration-batches", "2", "--partition-iterations", "1",
+            "--progress", "false"]
+
+
+def _moe_compress(tmp: Path, edit=None, *flags: str) -> list[str]:
+    """``padnet moe-compress`` of a tiny MoE model folder (changed by ``edit(model folder)`` first) into
+    ``tmp/out``, quick settings and ``flags``."""
+    root = tiny_moe_folder(tmp / "moe")
+    if edit is not None:
+        edit(root / "model")
+    return ["moe-compress", str(root / "model"), "--calibration", str(root / "text.txt"), "--out", str(tmp / "out"),
+            *COMPRESS, *flags]
+
+
+def _edit_moe_tensor(folder: Path, value: float | None) -> None:
+    """One tensor of the model folder's weights set to ``value``; None: a layer norm's weight renamed."""
+    from safetensors.torch import load_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    if value is None:
+        tensors["model.layers.0.input_norm.weight"] = tensors.pop("model.layers.0.input_layernorm.weight")
+    else:
+        tensors["model.layers.0.block_sparse_moe.experts.1.w1.weight"][0, 0] = value
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _widen_config(folder: Path) -> None:
+    path = folder / "config.json"
+    path.write_text(path.read_text().replace('"intermediate_size": 24', '"intermediate_size": 2400'))
+
+
+def _drop_tokenizer(folder: Path) -> None:
+    for name in ("tokenizer.json", "vocab.txt"):
+        (folder / name).unlink()
+
+
+def _compressed_twice(tmp: Path) -> list[str]:
+    args = _moe_compress(tmp)
+    assert main(args) == 0
+    return args
+
+
+def _compress_output(tmp: Path) -> Path:
+    """A folder like the one ``padnet moe-compress`` writes."""
+    (tmp / "out" / "model").mkdir(parents=True)
+    (tmp / "out" / "results.json").write_text("{}")
+    return tmp / "out"
+
+
+def _study_of_5_steps(tmp: Path) -> Path:
+    """A compress-study folder whose summary records a recipe of 5 training steps."""
+    from dataclasses import asdict, replace
+
+    from padnet.experiments.studies.compression import Recipe
+
+    (tmp / "out" / "compression").mkdir(parents=True)
+    recipe = asdict(replace(Recipe(), steps=5))
+    (tmp / "out" / "compression" / "results.json").write_text(json.dumps({"recipe": recipe}))
+    return tmp / "out"
+
+
 def _text(tmp: Path) -> Path:
     path = tmp / "text.txt"
     path.write_text("a gripping film\n" * 200)
@@ -171,6 +234,19 @@ ROWS = {
                                    str(t / "out")],
     "compress-no-experts": lambda t: ["moe-compress", str(_neox_folder(t / "neox")), "--calibration",
                                       str(_text(t)), "--out", str(t / "out")],
+    "compress-truncated-weights": lambda t: _moe_compress(t, lambda m: _truncate(m / "model.safetensors")),
+    "compress-nan-weights": lambda t: _moe_compress(t, lambda m: _edit_moe_tensor(m, float("nan"))),
+    "compress-config-size": lambda t: _moe_compress(t, _widen_config),
+    "compress-missing-tensor": lambda t: _moe_compress(t, lambda m: _edit_moe_tensor(m, None)),
+    "compress-no-tokenizer": lambda t: _moe_compress(t, _drop_tokenizer),
+    "compress-non-finite-loss": lambda t: _moe_compress(t, None, "--finetune-steps", "3", "--lr", "1e30"),
+    "compress-out-taken": lambda t: _compressed_twice(t),
+    "study-out-taken": lambda t: ["compress-study", "--out", str(_compress_output(t))],
+    "study-other-recipe": lambda t: ["compress-study", "--steps", "6", "--out", str(_study_of_5_steps(t))],
+    "study-seeds-repeated": lambda t: ["compress-study", "--seeds", "0", "0", "--out", str(t / "out")],
+    "study-seed-range": lambda t: ["compress-study", "--seeds", "-1", "--out", str(t / "out")],
+    "study-kappas-repeated": lambda t: ["compress-study", "--kappas", "0.3", "0.3", "--out", str(t / "out")],
+    "study-steps": lambda t: ["compress-study", "--steps", "10000000000000", "--out", str(t / "out")],
     "arrays-channels-last": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 8, 8, 3), np.uint8)))],
     "arrays-flat": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 64), np.uint8)))],
     "arrays-keys": lambda t: ["data", "arrays", "--data-root", str(_npz(t, None))],

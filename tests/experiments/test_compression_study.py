@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 
 import pytest
+import torch
 
 from padnet.cli import main
-from padnet.errors import ConfigError
-from padnet.experiments.studies.compression import Recipe, review_texts, run
+from padnet.errors import ConfigError, NonFiniteLossError
+from padnet.experiments.studies.compression import Recipe, claim_study_dir, review_texts, run, train_lm
+from padnet.saving.fileio import write_json
 
 pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
 pytest.importorskip("transformers")
@@ -51,3 +54,28 @@ def test_bench_compress_meets_the_byte_target(tmp_path, capsys):
     expected = result["compress"]["bytes"]["expected_ratio"]
     assert all(abs(r / expected - 1) < 0.05 for r in ratios.values())
     assert "PAD compression of a Mixtral MoE block" in capsys.readouterr().out
+
+
+def test_the_output_folder_must_hold_nothing_but_a_study_of_the_same_recipe(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / ".calibration.txt.abcd1234.tmp").write_text("interrupted")
+    claim_study_dir(tmp_path, TINY)  # a study's folder: reused, the temporary file of an interrupted write deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    write_json(tmp_path / "compression" / "results.json", {"recipe": asdict(TINY)})
+    claim_study_dir(tmp_path, TINY)
+    with pytest.raises(ConfigError, match=r"holds a compress-study of another recipe \(it differs in lr, steps\)"):
+        claim_study_dir(tmp_path, replace(TINY, steps=6, lr=1e-3))
+    (tmp_path / "results.json").write_text("{}")  # e.g. padnet moe-compress wrote here
+    with pytest.raises(ConfigError, match=r"holds files that are not a compress-study \(results.json\); choose"):
+        run(tmp_path, seeds=(0,), kappas=(0.5,), recipe=TINY, progress=False)
+
+
+def test_training_that_diverges_stops_with_one_line():
+    import transformers
+
+    config = transformers.MixtralConfig(vocab_size=60, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_local_experts=4,
+                                        max_position_embeddings=32)
+    blocks = torch.randint(0, 60, (8, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss \(nan\) at step \d+; lower the learning rate$"):
+        train_lm(transformers.MixtralForCausalLM(config), blocks, replace(TINY, lr=1e30), seed=0, progress=False)

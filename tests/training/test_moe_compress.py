@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import re
+import shutil
+import sys
 
 import pytest
 import torch
 
 import padnet
-from hf_folders import save_with_minilm_tokenizer
+from hf_folders import save_with_minilm_tokenizer, tiny_moe_folder
 from padnet.cli import main
-from padnet.training.nlp.compress import CompressConfig, load_causal_lm, perplexity, text_blocks
+from padnet.training.nlp.compress import (
+    CompressConfig,
+    _check_outcome,
+    load_causal_lm,
+    perplexity,
+    text_blocks,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -24,17 +35,7 @@ FLAGS = ["--block-size", "32", "--batch-size", "4", "--calibration-batches", "2"
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A tiny Mixtral-architecture causal LM (2 layers, 4 experts, top-2) with the MiniLM tokenizer, and text."""
-    root = tmp_path_factory.mktemp("moe-lm")
-    torch.manual_seed(0)
-    config = transformers.MixtralConfig(vocab_size=30522, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                                        num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
-                                        pad_token_id=0, bos_token_id=101, eos_token_id=102)
-    save_with_minilm_tokenizer(transformers.MixtralForCausalLM(config), root / "model")
-    words = ["the", "film", "was", "a", "gripping", "and", "moving", "story", "with", "dull", "moments", "and", "a", "fine", "cast"]
-    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(60)]
-    (root / "text.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return tiny_moe_folder(tmp_path_factory.mktemp("moe-lm"))
 
 
 @pytest.mark.parametrize("method", ["pad", "prune", "merge"])
@@ -72,7 +73,12 @@ def test_the_static_part_can_follow_the_load_and_be_fine_tuned_with_progress_bar
     (["--kappa", "0"], "kappa must be in (0, 1]"),
     (["--method", "distil"], "unknown method"),
     (["--calibration", "missing.txt"], "cannot read calibration text"),
-    (["--block-size", "100000"], "fewer than two blocks"),
+    (["--block-size", "4000"], "fewer than two blocks"),
+    (["--block-size", "100000"], "block_size must be an integer in [2, 8192], got 100000"),
+    (["--partition-iterations", "1001"], "partition_iterations must be an integer in [1, 1000], got 1001"),
+    (["--finetune-steps", "1000000001"], "finetune_steps must be an integer in [0, 1000000000]"),
+    (["--seed", "-1"], "seed must be in [0, 2**63), got -1"),
+    (["--seed", "99999999999999999999"], "seed must be in [0, 2**63)"),
     (["--method", "prune", "--finetune-steps", "3"], "MoE-P (method prune) has no static part"),
 ])
 def test_bad_input_is_one_line(folder, tmp_path, capsys, change, fragment):
@@ -97,3 +103,78 @@ def test_a_model_without_experts_or_a_folder_without_a_model_is_refused(tmp_path
     assert "not a model folder" in capsys.readouterr().err
     with pytest.raises(padnet.errors.ConfigError, match="heldout"):
         CompressConfig(heldout=1.5).validate()
+
+
+def _edit_weight(folder, value: float) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    tensors["model.layers.1.block_sparse_moe.experts.2.w2.weight"][3, 1] = value
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_weight_that_is_not_finite_is_refused_before_anything_is_written(folder, tmp_path, capsys, value):
+    model = shutil.copytree(folder / "model", tmp_path / "model")
+    _edit_weight(model, value)
+    out = tmp_path / "out"
+    assert main(["moe-compress", str(model), "--calibration", str(folder / "text.txt"), "--out", str(out),
+                 *FLAGS]) == 2
+    assert capsys.readouterr().err == (f"padnet: error: {model / 'model.safetensors'}: tensor "
+                                       "model.layers.1.block_sparse_moe.experts.2.w2.weight holds NaN or infinite "
+                                       "values\n")
+    assert not out.exists()
+
+
+def test_a_diverging_fine_tune_writes_nothing_and_its_error_line_follows_the_closed_bars(folder, tmp_path, capsys):
+    flags = [f for f in FLAGS if f not in ("--progress", "false")]  # progress bars on
+    out = tmp_path / "out"
+    assert main(["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out", str(out),
+                 "--finetune-steps", "3", "--lr", "1e30", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "calibration fine-tune" in err  # the bar was drawn, then closed: the error starts a line of its own
+    assert err.endswith("\npadnet: error: non-finite loss (nan) at step 1; lower the learning rate\n"), err[-300:]
+    assert not out.exists()
+
+
+def test_a_finished_run_is_not_overwritten(folder, tmp_path, capsys):
+    args = ["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out",
+            str(tmp_path), *FLAGS]
+    assert main(args) == 0
+    written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert main([*args, "--kappa", "0.5"]) == 2
+    assert capsys.readouterr().err.endswith(f"run directory {tmp_path} already holds a run; choose another --out\n")
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == written
+
+
+def test_a_perplexity_that_overflows_is_infinite_and_never_reported(folder):
+    class Diverged(torch.nn.Module):
+        def forward(self, input_ids, labels):
+            return transformers.modeling_outputs.CausalLMOutput(loss=torch.tensor(1000.0))
+
+    assert perplexity(Diverged(), torch.zeros(2, 8, dtype=torch.long), 2) == math.inf  # exp(1000) overflows
+    model, _ = load_causal_lm(folder / "model")
+    pad = padnet.get_pad_model(model, method="pad-moe")
+    with pytest.raises(padnet.errors.ConfigError, match=r"^the compressed model's held-out perplexity is inf, not a "
+                                                        r"finite number; nothing was written$"):
+        _check_outcome(pad, 10.0, math.inf)
+    with torch.no_grad():
+        pad.base_model.lm_head.weight[0, 0] = math.nan
+    with pytest.raises(padnet.errors.ConfigError, match=r"NaN or infinite values in lm_head.weight; nothing"):
+        _check_outcome(pad, 10.0, 12.0)
+
+
+def test_result_lines_are_written_around_an_open_progress_bar(monkeypatch):
+    from tqdm import tqdm
+
+    from padnet.cli import _say
+
+    terminal = io.StringIO()  # stdout and stderr on one terminal
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with tqdm(total=3, file=sys.stderr, ncols=60, ascii=True) as bar:
+        bar.update(1)
+        _say("original   perplexity 12.00")
+    lines = re.split(r"[\r\n]", terminal.getvalue())
+    assert "original   perplexity 12.00" in lines  # a line of its own, not glued to the bar

@@ -11,6 +11,11 @@ router's load, with element or neuron masks, and Θ̄ and the scale factors fine
 MoE-P (the same fraction kept, the rest zero); expert merging (every expert the mean of all);
 and a dense model of the same architecture whose FFN width gives the PAD-compressed expert bytes, trained like the
 MoE. Each compression is one run of ``padnet moe-compress``'s pipeline on the saved model folder.
+
+The output folder caches every trained model and compression, so re-running continues a study and other seeds
+or κ add runs to it (the summary in ``compression/`` is rewritten for the seeds and κ asked for; the runs behind an
+earlier summary stay and rebuild it at once). A folder is refused before anything trains when it holds anything
+but a study's files (another command's run, say), or a study of another recipe.
 """
 
 from __future__ import annotations
@@ -24,11 +29,22 @@ from pathlib import Path
 
 import torch
 
-from padnet.errors import CheckpointError, ConfigError, DataError, first_line
+from padnet.adapter.config import MAX_STEPS
+from padnet.errors import (
+    MAX_LOSS,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    check_seed,
+    first_line,
+)
 from padnet.experiments.plotting import label_axes
 from padnet.experiments.studies.common import figure, mean_std, pm, table, write_study
-from padnet.saving.fileio import parse_json, write_json, write_text
+from padnet.partitioning import check_kappa
+from padnet.saving.fileio import parse_json, sweep_temporary_files, write_json, write_text
 from padnet.training.data.text import movie_reviews_csv
+from padnet.training.engine.checkpoint import changed_keys
 from padnet.training.nlp.compress import (
     CompressConfig,
     compress_folder,
@@ -42,6 +58,8 @@ EOT = "<|endoftext|>"
 # what a trained model depends on: a run recorded with other values of these is not reused
 TRAINING_FIELDS = ("hidden", "intermediate", "layers", "experts", "top_k", "heads", "vocab", "block", "batch",
                    "steps", "lr", "train_reviews")
+# what a study writes into its output folder
+STUDY_ENTRIES = ("calibration.txt", "compressed", "compression", "runs", "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -124,14 +142,17 @@ def train_lm(model, blocks: torch.Tensor, recipe: Recipe, seed: int, progress: b
         1 + math.cos(math.pi * min(1.0, s / recipe.steps))))
     model.train()
     started = time.perf_counter()
-    for _ in tqdm(range(recipe.steps), desc="training", disable=not progress, leave=False):
-        batch = blocks[torch.randint(len(blocks), (recipe.batch,), generator=generator)]
-        loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+    with tqdm(range(recipe.steps), desc="training", disable=not progress, leave=False) as bar:
+        for step in bar:
+            batch = blocks[torch.randint(len(blocks), (recipe.batch,), generator=generator)]
+            loss = model(input_ids=batch, labels=batch).loss
+            if not loss.item() <= MAX_LOSS:  # NaN, infinite or diverged: the model is not saved
+                raise NonFiniteLossError(loss.item(), step)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
     model.eval()
     return time.perf_counter() - started
 
@@ -186,11 +207,14 @@ class Study:
         model = _model(self.recipe, ffn, self.tokenizer)
         self.log(f"[{name} seed {seed}] training {sum(p.numel() for p in model.parameters()):,} parameters")
         seconds = train_lm(model, self.train_blocks, self.recipe, seed, self.progress)
-        model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
         record = {"recipe": asdict(self.recipe), "ffn": ffn, "seconds": seconds,
                   "perplexity": perplexity(model, self.heldout, self.recipe.batch),
                   "bytes": ffn_bytes(model) if ffn else None}
+        if not math.isfinite(record["perplexity"]):
+            raise ConfigError(f"the {name} model of seed {seed} has a held-out perplexity of {record['perplexity']}; "
+                              "it was not saved")
+        model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
         write_json(record_path, record)
         self.log(f"[{name} seed {seed}] held-out perplexity {record['perplexity']:.2f} ({seconds:.0f} s)")
         return folder, record
@@ -210,13 +234,45 @@ class Study:
         return results
 
 
+def claim_study_dir(out: Path, recipe: Recipe) -> None:
+    """Refuse (ConfigError) an output folder that holds anything but a study's files (:data:`STUDY_ENTRIES`), or
+    a study whose summary records another recipe; then delete the temporary files an interrupted write left."""
+    if not out.is_dir():
+        return
+    sweep_temporary_files(out)
+    others = sorted(p.name for p in out.iterdir() if p.name not in STUDY_ENTRIES)
+    if others:
+        listed = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        raise ConfigError(f"{out} holds files that are not a compress-study ({listed}); choose another --out")
+    summary = out / "compression" / "results.json"
+    recorded = _read_json(summary).get("recipe") if summary.is_file() else None
+    changed = changed_keys(recorded, asdict(recipe), ()) if isinstance(recorded, dict) else []
+    if changed:
+        raise ConfigError(f"{out} holds a compress-study of another recipe (it differs in {', '.join(changed)}); "
+                          "choose another --out")
+
+
+def check_settings(out: Path, seeds, kappas, recipe: Recipe) -> None:
+    """ConfigError for a seed, κ or number of steps out of range, or an output folder the study cannot use
+    (:func:`claim_study_dir`), before anything is trained."""
+    for seed in seeds:
+        check_seed(seed)
+    if not kappas:
+        raise ConfigError("kappas must name at least one kappa")
+    for kappa in kappas:
+        check_kappa(kappa)
+    if not (isinstance(recipe.steps, int) and 1 <= recipe.steps <= MAX_STEPS):
+        raise ConfigError(f"steps must be an integer in [1, {MAX_STEPS}], got {recipe.steps!r}")
+    claim_study_dir(out, recipe)
+
+
 def run(out: str | Path, seeds=(0, 1, 2), kappas=(0.1, 0.3, 0.5), recipe: Recipe | None = None, log=print,
         progress: bool = True) -> dict:
-    """Run the study (see the module docstring); writes ``out/compression/results.md``, ``.json``, ``.png``."""
+    """Run the study (see the module docstring); writes ``out/compression/results.md``, ``.json``, ``.png``.
+    Raises ConfigError for bad settings or output folder (:func:`check_settings`) before anything trains."""
     recipe = recipe or Recipe()
+    check_settings(Path(out), seeds, kappas, recipe)
     kappas = tuple(sorted(set(kappas)))
-    if not kappas or not all(0 < k <= 1 for k in kappas):
-        raise ConfigError(f"kappas must be in (0, 1], got {kappas}")
     started = time.perf_counter()
     study = Study(Path(out), recipe, log, progress)
     base = CompressConfig(block_size=recipe.block, batch_size=recipe.batch,

@@ -37,13 +37,14 @@ def changed_keys(saved: dict, current: dict, resumable) -> list[str]:
     return sorted(k for k, v in current.items() if k not in resumable and k in saved and saved[k] != v)
 
 
-def claim_run_dir(run_dir: str | Path, resume: bool) -> None:
-    """Refuse to start a new run in a directory that holds another run's checkpoints or results (ConfigError);
-    then delete the temporary files an interrupted write left there (:func:`padnet.saving.fileio.sweep_temporary_files`)."""
+def claim_run_dir(run_dir: str | Path, resume: bool, resumable: bool = True) -> None:
+    """Refuse to start a new run in a directory that holds another run's checkpoints or results (ConfigError; the
+    remedy names ``--resume`` for a ``resumable`` command); then delete the temporary files an interrupted write
+    left there (:func:`padnet.saving.fileio.sweep_temporary_files`)."""
     run_dir = Path(run_dir)
     if not resume and (epoch_checkpoints(run_dir) or (run_dir / "results.json").exists()):
-        raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
-                          f"or choose another --out")
+        remedy = "pass --resume to continue it or choose another --out" if resumable else "choose another --out"
+        raise ConfigError(f"run directory {run_dir} already holds a run; {remedy}")
     sweep_temporary_files(run_dir)
 
 

@@ -18,24 +18,40 @@ The pipeline (one run of :func:`compress_folder`):
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from padnet.adapter.config import LIMITS, MAX_STEPS
 from padnet.adapter.model import PadModel, get_pad_model
 from padnet.adapter.moe_convert import set_static_by_load
-from padnet.errors import CheckpointError, ConfigError, DataError, check_choice, first_line
+from padnet.errors import (
+    MAX_LOSS,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    check_choice,
+    check_seed,
+    first_line,
+    one_line,
+)
 from padnet.layers.experts import ExpertBank, find_expert_banks
 from padnet.partitioning import check_kappa
 from padnet.saving.fileio import atomic_path, write_json
 from padnet.saving.moe_codec import encode_moe
+from padnet.training.engine.checkpoint import claim_run_dir
 from padnet.training.nlp.finetune import quiet_transformers
 
 METHODS = {"pad": "pad-moe", "prune": "moe-p", "merge": "pad-moe"}
 STATIC_ESTIMATES = ("mean", "load")
+# a tokenizers file, or the vocabulary of a slow tokenizer (sentencepiece, BPE, WordPiece)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 @dataclass
@@ -65,11 +81,13 @@ class CompressConfig:
         check_choice("granularity", self.granularity, ("element", "neuron"))
         check_choice("static", self.static, STATIC_ESTIMATES)
         check_kappa(self.kappa)
-        for name, low in (("partition_iterations", 1), ("calibration_batches", 1), ("finetune_steps", 0),
-                          ("block_size", 2), ("batch_size", 1)):
+        for name, low, high in (("partition_iterations", 1, LIMITS["partition_iterations"]),
+                                ("calibration_batches", 1, LIMITS["partition_batches"]),
+                                ("finetune_steps", 0, MAX_STEPS), ("block_size", 2, 8_192), ("batch_size", 1, 65_536)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        check_seed(self.seed)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
         if not 0 < self.heldout < 1:
@@ -79,28 +97,92 @@ class CompressConfig:
         return self
 
 
+def check_weight_files(folder: Path) -> int:
+    """Read every safetensors file of ``folder``, one tensor at a time; returns the number of values they hold.
+
+    Raises CheckpointError naming the file for one that is not readable (truncated, a damaged header), and the
+    tensor for a floating-point tensor holding NaN or infinity (the compression would measure and write NaN).
+    """
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder} holds no safetensors weights (*.safetensors); padnet never unpickles "
+                              "*.bin files")
+    values = 0
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    tensor = fh.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values")
+                    values += tensor.numel()
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(exc)})") from None
+    return values
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer of a local model folder. Raises CheckpointError naming the files expected there when it has
+    none, or with transformers' whole reason when it does not load."""
+    import transformers
+
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{folder} has no tokenizer: expected tokenizer.json (or a slow tokenizer's "
+                              "tokenizer.model, vocab.json and merges.txt, or vocab.txt) in the model folder")
+    try:
+        with quiet_transformers():
+            return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for damaged tokenizer files
+        raise CheckpointError(f"cannot load the tokenizer in {folder}: {one_line(str(exc))}") from None
+
+
+def _transformers(folder: Path, load):
+    """``load()`` (a transformers call reading ``folder``) without its warnings; CheckpointError for any error."""
+    try:
+        with quiet_transformers():
+            return load()
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a malformed config or weights
+        raise CheckpointError(f"cannot load a causal LM from {folder}: {first_line(exc)}") from None
+
+
+def _load_model(folder: Path, stored: int):
+    """The causal LM of ``folder``, whose weight files hold ``stored`` values. Its architecture is first built
+    without memory (on the meta device): a model without banks of experts (ConfigError), or a config asking for
+    more parameters than the files hold (CheckpointError), is refused before anything is allocated; a tensor the
+    files lack is refused, not initialised at random."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = _transformers(folder, lambda: AutoConfig.from_pretrained(folder, local_files_only=True))
+    with torch.device("meta"):
+        skeleton = _transformers(folder, lambda: AutoModelForCausalLM.from_config(config))
+    if not find_expert_banks(skeleton):
+        raise ConfigError(f"{type(skeleton).__name__} in {folder} has no bank of experts to compress (Mixtral, "
+                          "Qwen2-MoE, Qwen3-MoE and OLMoE have them)")
+    needed = sum(p.numel() for p in skeleton.parameters())
+    if needed > stored:
+        raise CheckpointError(f"{folder / 'config.json'} describes a model of {needed:,} parameters; its weight "
+                              f"files hold {stored:,} values")
+    # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
+    model, info = _transformers(folder, lambda: AutoModelForCausalLM.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, output_loading_info=True))
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise CheckpointError(f"{folder} does not hold tensor {missing[0]} ({len(missing)} missing)")
+    return model
+
+
 def load_causal_lm(folder: str | Path):
     """(model, tokenizer) of a local transformers causal-LM folder, in eval mode; never downloads.
 
-    Raises CheckpointError for a folder that is not one, ConfigError for a model without banks of experts.
+    Raises CheckpointError for a folder that is not one (naming a damaged weight file, a tensor holding NaN or
+    infinity, a missing tokenizer), ConfigError for a model without banks of experts.
     """
-    import transformers
-
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} is not a model folder (no config.json)")
-    try:
-        with quiet_transformers():
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
-            model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
-                                                                      use_safetensors=True)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot load a causal LM from {folder}: {first_line(exc)}") from None
-    if not find_expert_banks(model):
-        raise ConfigError(f"{type(model).__name__} in {folder} has no bank of experts to compress (Mixtral, "
-                          "Qwen2-MoE, Qwen3-MoE and OLMoE have them)")
-    return model.eval(), tokenizer
+    stored = check_weight_files(folder)
+    tokenizer = load_tokenizer(folder)
+    return _load_model(folder, stored).eval(), tokenizer
 
 
 def token_blocks(tokenizer, texts: list[str], block_size: int) -> torch.Tensor:
@@ -138,12 +220,14 @@ def perplexity(model, blocks: torch.Tensor, batch_size: int, progress: bool = Fa
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in tqdm(lm_batches(blocks, batch_size), desc="perplexity", disable=not progress, leave=False):
-        tokens = batch["input_ids"][:, 1:].numel()
-        total += float(model(**batch).loss) * tokens
-        count += tokens
+    with tqdm(lm_batches(blocks, batch_size), desc="perplexity", disable=not progress, leave=False) as bar:
+        for batch in bar:
+            tokens = batch["input_ids"][:, 1:].numel()
+            total += float(model(**batch).loss) * tokens
+            count += tokens
     model.train(was_training)
-    return math.exp(total / count)
+    mean = total / count
+    return math.exp(mean) if mean < math.log(sys.float_info.max) else math.inf  # NaN stays NaN
 
 
 def bank_bytes(model) -> int:
@@ -187,17 +271,32 @@ def _finetune_static(pad: PadModel, batches: list[dict], steps: int, lr: float, 
     losses = []
     pad.base_model.train()
     try:
-        for step in tqdm(range(steps), desc="calibration fine-tune", disable=not progress):
-            loss = pad.base_model(**batches[step % len(batches)]).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        with tqdm(range(steps), desc="calibration fine-tune", disable=not progress) as bar:  # closed on errors too
+            for step in bar:
+                loss = pad.base_model(**batches[step % len(batches)]).loss
+                if not loss.item() <= MAX_LOSS:  # NaN, infinite or diverged: nothing is written
+                    raise NonFiniteLossError(loss.item(), step)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
     finally:
         for p in frozen:
             p.requires_grad_(True)
         pad.base_model.eval()
     return losses
+
+
+def _check_outcome(pad: PadModel, before: float, after: float) -> None:
+    """ConfigError when a perplexity is not finite or the compressed model holds NaN or infinity: such a result
+    is never reported or written as a success (nor a model that ``padnet.load_pretrained`` refuses)."""
+    for name, value in (("the original model", before), ("the compressed model", after)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}'s held-out perplexity is {value}, not a finite number; nothing was written")
+    for key, tensor in pad.base_model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConfigError(f"the compressed model holds NaN or infinite values in {key}; nothing was written "
+                              "(lower the learning rate)")
 
 
 def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel, dict]:
@@ -224,6 +323,7 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
     losses = _finetune_static(pad, batches, cfg.finetune_steps, cfg.lr, cfg.progress) if cfg.finetune_steps else []
     after = {"perplexity": perplexity(pad.base_model, heldout, cfg.batch_size, cfg.progress),
              "bytes": bank_bytes(pad.base_model)}
+    _check_outcome(pad, before["perplexity"], after["perplexity"])
     kappa = 0.0 if cfg.method == "merge" else cfg.kappa
     results = {"config": cfg.to_dict(), "num_experts": experts, "dynamic_ratio": reached,
                "original": before, "compressed": after, "bytes_ratio": after["bytes"] / before["bytes"],
@@ -239,19 +339,22 @@ def compress_folder(model_dir: str | Path, calibration: str | Path, out: str | P
     """:func:`compress` a model folder with a calibration text file; writes ``out/model`` (the compressed model with
     its tokenizer), ``out/results.json`` and ``out/results.png``. Returns the results.
 
-    Raises CheckpointError / ConfigError / DataError (one line each) for a bad folder, text or setting.
+    Raises CheckpointError / ConfigError / DataError (one line each) for a bad folder, text or setting, an ``out``
+    that holds a finished run (its ``results.json``), and NonFiniteLossError or ConfigError for a fine-tune or a
+    compression that ends in NaN or infinity; then nothing is written.
     """
     cfg = (cfg or CompressConfig()).validate()
+    out = Path(out)
+    claim_run_dir(out, resume=False, resumable=False)
     if not Path(calibration).is_file():
         raise DataError(f"cannot read calibration text {calibration}: no such file")
     model, tokenizer = load_causal_lm(model_dir)
     blocks = text_blocks(calibration, tokenizer, cfg.block_size)
     pad, results = compress(model, blocks, cfg)
-    out = Path(out)
     pad.save_pretrained(out / "model", full=True, tokenizer=tokenizer)
     results["model_dir"], results["calibration"] = str(model_dir), str(calibration)
-    write_json(out / "results.json", results)
     _plot(results, out / "results.png")
+    write_json(out / "results.json", results)  # last: a folder with results.json holds a finished run
     return results
 
 
