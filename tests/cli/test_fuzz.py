@@ -12,8 +12,11 @@ as many.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import gzip
 import io
+import json
 import os
 import signal
 import struct
@@ -302,3 +305,106 @@ def test_mutated_model_folders_are_loaded_or_refused_in_one_line(tmp_path_factor
     for file, content in files.items():
         (folder / file).write_bytes(data.draw(mutations(content)) if file == name else content)
     _loader(padnet.load_pretrained, folder)
+
+# ----------------------------------------------------------------------------------------- model records
+
+RECORD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=12),
+    st.sampled_from([1e9, 1e308, -1, 0, 2**63, 0.5, "pad", "dy", "odconv", "moe", "pad-moe", "custom", "sdconv",
+                     "epochs", "steps", "manual", "local", "filter", "neuron", "auto", "all", "*conv*"]),
+    st.lists(st.one_of(st.text(max_size=8), st.integers()), max_size=3),
+    st.dictionaries(st.sampled_from(["num_kernels", "reduction", "formulation", "routing", "x"]),
+                    st.one_of(st.integers(-5, 10**9), st.text(max_size=6), st.floats()), max_size=2),
+)
+RECORD_KEYS = st.sampled_from([f.name for f in dataclasses.fields(padnet.PadConfig)] + ["extra"])
+TOP_KEYS = st.sampled_from(["form", "converted", "base", "deploy", "architecture", "format", "extra"])
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Models saved as folders, by kind: a PAD-Net ResNet-10 with only what changed (``delta``, loaded with its
+    base model) and whole (``full``, loaded alone), and a tiny BERT with PAD-MoE feed-forward blocks, whole
+    (``moe``). Each as (record, tensors, weights metadata, pristine base model)."""
+    from safetensors import safe_open
+
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("records")
+    torch.manual_seed(0)
+    cnn = padnet.create_model("resnet10", conv="static", num_classes=4, in_chans=1, width=0.125, stem="small")
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=16))
+    pad = padnet.get_pad_model(copy.deepcopy(cnn), method="pad", init_from_pretrained=False)
+    pad.partition(partition="random")
+    moe = padnet.get_pad_model(copy.deepcopy(bert), method="pad-moe", num_experts=4)
+    moe.partition(partition="random")
+    saved = {}
+    for kind, model, base, full in (("delta", pad, cnn, False), ("full", pad, cnn, True), ("moe", moe, bert, True)):
+        folder = model.save_pretrained(root / kind, full=full)
+        with safe_open(str(folder / "padnet_model.safetensors"), framework="pt") as fh:
+            tensors, metadata = {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()  # noqa: SIM118
+        hf_config = (folder / "config.json").read_text() if (folder / "config.json").exists() else None
+        saved[kind] = (json.loads((folder / "padnet_config.json").read_text()), tensors, metadata, base, hf_config)
+    return saved
+
+
+@st.composite
+def edited_records(draw, record: dict) -> dict:
+    """``record`` with PadConfig fields (and now and then a top-level field) given other values, removed or added:
+    wrong types, huge numbers, other method names, unknown keys."""
+    record = json.loads(json.dumps(record))
+    config = record["config"]
+    for key in draw(st.lists(RECORD_KEYS, min_size=1, max_size=4)):
+        if draw(st.integers(0, 4)) == 0:
+            config.pop(key, None)
+        else:
+            config[key] = draw(RECORD_VALUES)
+    if draw(st.integers(0, 3)) == 0:
+        key = draw(TOP_KEYS)
+        record[key] = draw(st.one_of(RECORD_VALUES, st.just({})))
+    return record
+
+
+@st.composite
+def edited_tensors(draw, tensors: dict) -> dict:
+    """``tensors`` as saved, or with one changed: a mask of 0.5 (or other packed bits), NaN, integers, removed,
+    reshaped, or an unexpected extra tensor."""
+    tensors = dict(tensors)
+    kind = draw(st.sampled_from(["valid", "valid", "mask", "nan", "int", "drop", "shape", "extra"]))
+    masks = sorted(k for k in tensors if k.endswith(("mask", ".bits")))  # .bits: MoE masks, packed
+    floats = sorted(k for k, v in tensors.items() if v.is_floating_point())
+    key = draw(st.sampled_from(masks if kind == "mask" else floats if kind in ("nan", "int") else sorted(tensors)))
+    if kind == "mask":
+        values = [0.5, -1.0, 2.0] if tensors[key].is_floating_point() else [0, 3, 255]
+        tensors[key] = torch.full_like(tensors[key], draw(st.sampled_from(values)))
+    elif kind == "nan":
+        tensors[key] = torch.full_like(tensors[key], float("nan"))
+    elif kind == "int":
+        tensors[key] = tensors[key].to(torch.int64)
+    elif kind == "drop":
+        del tensors[key]
+    elif kind == "shape":
+        tensors[key] = tensors[key].reshape(-1)[:max(1, tensors[key].numel() // 2)].clone()
+    elif kind == "extra":
+        tensors["extra.weight"] = torch.zeros(3)
+    return tensors
+
+
+@FUZZ
+@given(st.sampled_from(["delta", "full", "moe"]), st.booleans(), st.data())
+@example(kind="delta", base_given=True, data=None)  # the records as saved load
+@example(kind="moe", base_given=False, data=None)
+def test_generated_model_records_load_or_are_refused_in_one_line(tmp_path_factory, records, kind, base_given, data):
+    from safetensors.torch import save_file
+
+    record, tensors, metadata, base, hf_config = records[kind]
+    if data is not None:
+        record, tensors = data.draw(edited_records(record)), data.draw(edited_tensors(tensors))
+    folder = tmp_path_factory.mktemp("record")
+    (folder / "padnet_config.json").write_text(json.dumps(record))
+    if hf_config is not None:
+        (folder / "config.json").write_text(hf_config)
+    save_file(tensors, str(folder / "padnet_model.safetensors"), metadata=metadata)
+    model = _loader(padnet.load_pretrained, folder, copy.deepcopy(base) if base_given else None)
+    if data is None:
+        assert isinstance(model, padnet.PadModel)

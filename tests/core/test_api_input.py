@@ -191,3 +191,17 @@ def test_partition_batches_that_do_not_fit_name_the_batch_and_leave_the_masks():
     assert all(bool(v.all()) for v in _masks(pad.base_model).values())
     assert padnet.partition(model, 0.3, "imp", [good, (good[0], torch.tensor([0, -100, 1, 2]))],
                             check_scores=False).dynamic_ratio == pytest.approx(0.3, abs=1e-4)  # ignore_index
+
+
+def test_an_upcycled_moe_record_must_agree_with_the_experts_stored(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    pristine = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=16))
+    padnet.get_pad_model(copy.deepcopy(pristine), method="pad-moe", num_experts=4).save_pretrained(tmp_path)
+    _edit_record(tmp_path, num_experts=2)
+    with pytest.raises(CheckpointError) as info:
+        padnet.load_pretrained(tmp_path, copy.deepcopy(pristine))
+    assert _one_line(info) == (f"{tmp_path / 'padnet_config.json'}: num_experts 2 does not match the 4 experts the "
+                               "weights store for bert.encoder.layer.0.intermediate.dense")

@@ -33,7 +33,7 @@ from padnet.layers.deployed import DeployedConv2d
 from padnet.layers.dynamic_conv import PADConv2d
 from padnet.layers.experts import find_expert_banks
 from padnet.layers.modes import PartialMode, ScaleFactors
-from padnet.layers.moe import DeployedMoE, MoEFeedForward, auxiliary_loss, reset_aux_losses
+from padnet.layers.moe import DeployedMoE, MoEFeedForward, auxiliary_loss, moe_layers, reset_aux_losses
 from padnet.layers.registry import resolve_conv
 from padnet.layers.surgery import find_convs, replace_convs
 from padnet.metrics.counting import count_flops, count_parameters
@@ -633,6 +633,7 @@ def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
         raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
                               f"(first: {record['converted'][:1]} vs {pad.converted[:1]})")
     if config.family == "moe":
+        _check_expert_counts(pad.base_model, tensors, directory / folder.CONFIG_FILE)
         state = pad.base_model.state_dict()
         try:
             decoded = decode_moe(pad.base_model, tensors)
@@ -645,6 +646,17 @@ def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
         return deploy(pad.base_model, inplace=True) if form == "deployed" else pad
     model = _load_into(pad.base_model, tensors, form, record["deploy"], source, set(record["base"]))
     return model.eval() if form == "deployed" else pad
+
+
+def _check_expert_counts(model: nn.Module, tensors: dict[str, torch.Tensor], record: Path) -> None:
+    """CheckpointError unless every MoE layer of ``model`` (built as the ``record`` says) has as many experts as the
+    tensors stored for it."""
+    for name, layer in moe_layers(model):
+        stored = tensors.get(f"{name}.experts.values", tensors.get(f"{name}.experts"))
+        if stored is not None and (stored.dim() == 0 or stored.shape[0] != layer.num_experts):
+            count = stored.shape[0] if stored.dim() else 0
+            raise CheckpointError(f"{record}: num_experts {layer.num_experts} does not match the {count} experts the "
+                                  f"weights store for {name}")
 
 
 def _check_complete(state: dict, tensors: dict, base: set[str], source: Path) -> None:
