@@ -186,6 +186,84 @@ def test_generated_yaml_configs_are_accepted_or_refused_in_one_line(tmp_path, do
     _cli(["train", "--config", str(path), "--out", str(tmp_path / "run")], tmp_path)
 
 
+# ------------------------------------------------------------------------------------------ MoE compression
+
+COMPRESS_FLAGS = ["--kappa", "--method", "--granularity", "--static", "--partition-iterations",
+                  "--calibration-batches", "--finetune-steps", "--lr", "--block-size", "--batch-size", "--heldout",
+                  "--seed", "--progress"]
+QUICK_COMPRESS = ["--block-size", "16", "--batch-size", "4", "--calibration-batches", "1", "--partition-iterations",
+                  "1", "--progress", "false"]
+
+
+def _accepting_compress_folder(model_dir, calibration, out, cfg):
+    """Stands in for padnet moe-compress's pipeline: the configuration got through every check."""
+    cfg.validate()
+    measured = {"perplexity": 2.0, "bytes": 4}
+    return {"original": measured, "compressed": measured, "bytes_ratio": 1.0, "expected_bytes_ratio": 1.0,
+            "dynamic_ratio": cfg.kappa}
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(COMPRESS_FLAGS), VALUES), max_size=5))
+def test_generated_moe_compress_arguments_are_accepted_or_refused_in_one_line(tmp_path, pairs):
+    args = ["moe-compress", str(tmp_path), "--calibration", str(tmp_path / "text.txt"), "--out", str(tmp_path / "out")]
+    for flag, value in pairs:
+        args += [flag, value]
+    with mock.patch("padnet.training.nlp.compress.compress_folder", _accepting_compress_folder):
+        _cli(args, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def moe_folder(tmp_path_factory):
+    """The files of a tiny MoE causal-LM folder (name -> bytes) and a calibration text file."""
+    from hf_folders import tiny_moe_folder
+
+    root = tiny_moe_folder(tmp_path_factory.mktemp("moe"))
+    return {p.name: p.read_bytes() for p in (root / "model").iterdir()}, root / "text.txt"
+
+
+@FUZZ
+@given(st.sampled_from(["model.safetensors", "config.json"]), st.data())
+def test_mutated_moe_model_folders_are_compressed_or_refused_in_one_line(tmp_path_factory, moe_folder, name, data):
+    files, text = moe_folder
+    root = tmp_path_factory.mktemp("moe-model")
+    (root / "model").mkdir()
+    for file, content in files.items():
+        (root / "model" / file).write_bytes(data.draw(mutations(content)) if file == name else content)
+    _cli(["moe-compress", str(root / "model"), "--calibration", str(text), "--out", str(root / "out"),
+          *QUICK_COMPRESS], root)
+
+
+class _AcceptingStudy:
+    """Stands in for compress-study's trained models and compressions: the settings got through every check."""
+
+    def __init__(self, out, recipe, log=print, progress=True):
+        self.tokenizer, self.train_blocks, self.heldout = [0], torch.zeros(1, 1), torch.zeros(1, 1)
+
+    def trained(self, name, seed, ffn):
+        return Path(name), {"perplexity": 2.0, "bytes": 4}
+
+    def compressed(self, folder, name, cfg):
+        cfg.validate()
+        return {"original": {"perplexity": 2.0, "bytes": 8}, "compressed": {"perplexity": 3.0, "bytes": 4}}
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["--seeds", "--kappas", "--steps", "--progress"]),
+                          st.lists(VALUES, min_size=1, max_size=3)), max_size=4),
+       st.sampled_from([None, "results.json", "runs", "compression/results.json"]))
+def test_generated_compress_study_arguments_are_accepted_or_refused_in_one_line(tmp_path, pairs, present):
+    out = tmp_path / "out"
+    if present is not None:  # the output folder holds a file already
+        (out / present).parent.mkdir(parents=True, exist_ok=True)
+        (out / present).write_text("{}")
+    args = ["compress-study", "--out", str(out)]
+    for flag, values in pairs:
+        args += [flag, *values]
+    with mock.patch("padnet.experiments.studies.compression.Study", _AcceptingStudy):
+        _cli(args, tmp_path)
+
+
 # ------------------------------------------------------------------------------------------ data files
 
 @FUZZ
