@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -205,3 +206,24 @@ def test_an_upcycled_moe_record_must_agree_with_the_experts_stored(tmp_path):
         padnet.load_pretrained(tmp_path, copy.deepcopy(pristine))
     assert _one_line(info) == (f"{tmp_path / 'padnet_config.json'}: num_experts 2 does not match the 4 experts the "
                                "weights store for bert.encoder.layer.0.intermediate.dense")
+
+
+def test_a_hugging_face_config_is_checked_against_the_weights_before_anything_is_allocated(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=16))
+    padnet.get_pad_model(bert, method="moe", num_experts=2).save_pretrained(tmp_path, full=True)
+    padnet.load_pretrained(tmp_path)
+    config = tmp_path / "config.json"
+    saved = json.loads(config.read_text())
+    config.write_text(json.dumps({**saved, "hidden_size": 10**6, "num_attention_heads": 1}))
+    with pytest.raises(CheckpointError) as info:
+        padnet.load_pretrained(tmp_path)
+    assert re.fullmatch(rf"{re.escape(str(config))} describes a model of [\d,]+ parameters; padnet_model.safetensors "
+                        r"holds [\d,]+ values", _one_line(info))
+    config.write_text(json.dumps({**saved, "num_attention_heads": 3}))
+    with pytest.raises(CheckpointError) as info:
+        padnet.load_pretrained(tmp_path)
+    assert _one_line(info).startswith(f"{config} does not build a BertForSequenceClassification (")

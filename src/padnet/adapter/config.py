@@ -16,6 +16,7 @@ from typing import Any
 
 from padnet.errors import ConfigError, check_choice
 from padnet.layers.modes import SCALE_MODES
+from padnet.layers.moe import MAX_EXPERTS
 from padnet.layers.registry import OPTION_RANGES, accepted_options, start_temperature
 from padnet.partitioning import METHODS as PARTITIONS
 
@@ -34,7 +35,7 @@ MOE_GRANULARITIES = ("element", "neuron")
 # an endless schedule; an amount of training time is at most MAX_EPOCHS epochs or MAX_STEPS steps
 MAX_EPOCHS = 100_000
 MAX_STEPS = 1_000_000_000
-LIMITS = {**{name: high for name, (_, high) in OPTION_RANGES.items()}, "num_experts": 256,
+LIMITS = {**{name: high for name, (_, high) in OPTION_RANGES.items()}, "num_experts": MAX_EXPERTS,
           "partition_iterations": 1_000, "partition_batches": 10_000, "pruning_iterations": 1_000}
 
 # options that only some methods take: name -> methods. A value other than None for another method is an error.

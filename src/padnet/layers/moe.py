@@ -33,6 +33,7 @@ from padnet.layers.modes import ScaleFactors, make_mode
 
 MOE_MODES = ("dynamic", "pad", "prune")
 MOE_GRANULARITIES = ("element", "neuron")
+MAX_EXPERTS = 256  # the most experts a layer read from a file or a configuration may ask for
 
 
 class Routing(NamedTuple):

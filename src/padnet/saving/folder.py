@@ -32,6 +32,7 @@ from torch import nn
 
 from padnet.errors import CheckpointError, ConfigError, first_line
 from padnet.layers.modes import PartialMode
+from padnet.layers.moe import MAX_EXPERTS
 from padnet.layers.registry import OPTION_RANGES
 from padnet.models import create_model
 from padnet.saving.fileio import atomic_path, parse_json, write_json
@@ -125,8 +126,39 @@ def build_architecture(recipe: dict, directory: Path) -> nn.Module:
         if not isinstance(config, cls.config_class):
             raise CheckpointError(f"{directory / HF_CONFIG_FILE} is a {type(config).__name__}, not the config of "
                                   f"{cls.__name__}")
-        return cls(config)
+        _check_size(cls, config, directory)
+        return _build(cls, config, directory)
     raise CheckpointError(f"{source}: malformed architecture record")
+
+
+def _build(cls: type, config, directory: Path) -> nn.Module:
+    """``cls(config)``; CheckpointError naming the config file when its values do not build the model."""
+    try:
+        return cls(config)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a config that does not fit
+        raise CheckpointError(f"{directory / HF_CONFIG_FILE} does not build a {cls.__name__} "
+                              f"({first_line(exc)})") from None
+
+
+def _check_size(cls: type, config, directory: Path) -> None:
+    """Refuse, before anything is allocated, a Hugging Face config asking for far more parameters than the weights
+    file holds: more than :data:`~padnet.layers.moe.MAX_EXPERTS` times its values (what a compressed bank of that many experts,
+    stored as one shared part, could need at most). The architecture is built on the meta device to count."""
+    with torch.device("meta"):
+        needed = sum(p.numel() for p in _build(cls, config, directory).parameters())
+    stored = stored_values(directory / WEIGHTS_FILE)
+    if needed > stored * MAX_EXPERTS:
+        raise CheckpointError(f"{directory / HF_CONFIG_FILE} describes a model of {needed:,} parameters; "
+                              f"{WEIGHTS_FILE} holds {stored:,} values")
+
+
+def stored_values(path: Path) -> int:
+    """How many values the safetensors file ``path`` holds (read from its header); CheckpointError if unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return sum(math.prod(fh.get_slice(key).get_shape()) for key in fh.keys())  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(exc)})") from None
 
 
 # ----------------------------------------------------------------------------------------------- files
