@@ -133,9 +133,9 @@ def _edit_moe_tensor(folder: Path, value: float | None) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-def _widen_config(folder: Path) -> None:
+def _edit_config(folder: Path, key: str, old: int, new: int) -> None:
     path = folder / "config.json"
-    path.write_text(path.read_text().replace('"intermediate_size": 24', '"intermediate_size": 2400'))
+    path.write_text(path.read_text().replace(f'"{key}": {old},', f'"{key}": {new},'))
 
 
 def _drop_tokenizer(folder: Path) -> None:
@@ -237,9 +237,10 @@ ROWS = {
                                       str(_text(t)), "--out", str(t / "out")],
     "compress-truncated-weights": lambda t: _moe_compress(t, lambda m: _truncate(m / "model.safetensors")),
     "compress-nan-weights": lambda t: _moe_compress(t, lambda m: _edit_moe_tensor(m, float("nan"))),
-    "compress-config-size": lambda t: _moe_compress(t, _widen_config),
+    "compress-config-size": lambda t: _moe_compress(t, lambda m: _edit_config(m, "intermediate_size", 24, 2400)),
     "compress-missing-tensor": lambda t: _moe_compress(t, lambda m: _edit_moe_tensor(m, None)),
     "compress-no-tokenizer": lambda t: _moe_compress(t, _drop_tokenizer),
+    "compress-model-fails": lambda t: _moe_compress(t, lambda m: _edit_config(m, "num_experts_per_tok", 2, 9)),
     "compress-non-finite-loss": lambda t: _moe_compress(t, None, "--finetune-steps", "3", "--lr", "1e30"),
     "compress-out-taken": lambda t: _compressed_twice(t),
     "study-out-taken": lambda t: ["compress-study", "--out", str(_compress_output(t))],

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from padnet.cli import main
-from padnet.errors import ConfigError, NonFiniteLossError
-from padnet.experiments.studies.compression import Recipe, claim_study_dir, review_texts, run, train_lm
+from padnet.errors import CheckpointError, ConfigError, NonFiniteLossError
+from padnet.experiments.studies.compression import Recipe, Study, claim_study_dir, review_texts, run, train_lm
 from padnet.saving.fileio import write_json
+from padnet.training.nlp.compress import CompressConfig
 
 pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
 pytest.importorskip("transformers")
@@ -79,3 +80,19 @@ def test_training_that_diverges_stops_with_one_line():
     blocks = torch.randint(0, 60, (8, 16), generator=torch.Generator().manual_seed(0))
     with pytest.raises(NonFiniteLossError, match=r"^non-finite loss \(nan\) at step \d+; lower the learning rate$"):
         train_lm(transformers.MixtralForCausalLM(config), blocks, replace(TINY, lr=1e30), seed=0, progress=False)
+
+
+def test_a_damaged_cached_result_is_refused_in_one_line(tmp_path):
+    study = Study.__new__(Study)  # the cache alone: no data, tokenizer or training
+    study.out, study.recipe = tmp_path, TINY
+    message = r"is not a readable results file \(a measurement is missing or not finite\); delete it to redo the run$"
+    write_json(tmp_path / "runs" / "moe-seed0" / "padnet_run.json", {"recipe": asdict(TINY), "ffn": None})
+    with pytest.raises(CheckpointError, match=message):
+        study.trained("moe", 0, None)
+    cfg = CompressConfig(method="merge")
+    measured = {"perplexity": 3.0, "bytes": 8}
+    for damaged in ({"config": [], "original": measured}, {"config": cfg.to_dict(), "original": measured,
+                                                          "compressed": {"perplexity": float("nan"), "bytes": 4}}):
+        write_json(tmp_path / "compressed" / "moe-seed0-merge" / "results.json", damaged)
+        with pytest.raises(CheckpointError, match=message):
+            study.compressed(tmp_path / "runs" / "moe-seed0", "merge", cfg)

@@ -174,6 +174,17 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _check_cached(path: Path, *entries) -> None:
+    """CheckpointError (one line) unless each of ``entries``, read from ``path``, holds a finite perplexity and a
+    byte count (or None): a damaged cache file is never reported as a result."""
+    for entry in entries:
+        perplexity, size = (entry.get("perplexity"), entry.get("bytes")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(perplexity, (int, float)) and math.isfinite(perplexity)
+                and isinstance(size, (int, type(None)))):
+            raise CheckpointError(f"{path} is not a readable results file (a measurement is missing or not finite); "
+                                  "delete it to redo the run")
+
+
 class Study:
     """The runs of one output folder: the data, the tokenizer and the trained models, reused when present."""
 
@@ -199,6 +210,7 @@ class Study:
         record_path = folder / "padnet_run.json"
         if record_path.is_file():
             record = _read_json(record_path)
+            _check_cached(record_path, record)
             recorded = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
             if all(recorded.get(k) == getattr(self.recipe, k) for k in TRAINING_FIELDS) and record.get("ffn") == ffn:
                 return folder, record
@@ -224,8 +236,10 @@ class Study:
         out = folder.parent.parent / "compressed" / f"{folder.name}-{name}"
         if (out / "results.json").is_file():
             results = _read_json(out / "results.json")
+            _check_cached(out / "results.json", results.get("original"), results.get("compressed"))
+            recorded = results.get("config") if isinstance(results.get("config"), dict) else {}
             wanted = {k: v for k, v in cfg.to_dict().items() if k != "progress"}
-            if {k: results.get("config", {}).get(k) for k in wanted} != wanted:
+            if {k: recorded.get(k) for k in wanted} != wanted:
                 raise ConfigError(f"{out} holds a compression with other settings; choose another --out")
             return results
         results = compress_folder(folder, self.calibration, out, cfg)

@@ -262,6 +262,16 @@ def _finetune_static(pad: PadModel, batches: list[dict], steps: int, lr: float, 
     return losses
 
 
+def _original_perplexity(model, heldout: torch.Tensor, cfg: CompressConfig) -> float:
+    """:func:`perplexity` of the model as loaded, before padnet changes it: an error there comes from the folder
+    (a config.json that does not fit its weights) or the settings, and is one line (CheckpointError)."""
+    try:
+        return perplexity(model, heldout, cfg.batch_size, cfg.progress)
+    except (RuntimeError, IndexError, ValueError) as exc:
+        raise CheckpointError(f"the original model fails on the calibration text ({first_line(exc)}); check its "
+                              "config.json and --block-size") from None
+
+
 def _check_outcome(pad: PadModel, before: float, after: float) -> None:
     """ConfigError when a perplexity is not finite or the compressed model holds NaN or infinity: such a result
     is never reported or written as a success (nor a model that ``padnet.load_pretrained`` refuses)."""
@@ -283,7 +293,7 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
     calibration, heldout = blocks[:split], blocks[split:]
     batches = lm_batches(calibration, cfg.batch_size)[: cfg.calibration_batches]
     started = time.perf_counter()
-    before = {"perplexity": perplexity(model, heldout, cfg.batch_size, cfg.progress), "bytes": bank_bytes(model)}
+    before = {"perplexity": _original_perplexity(model, heldout, cfg), "bytes": bank_bytes(model)}
     experts = model.get_submodule(find_expert_banks(model)[0]).gate_up_proj.shape[0]  # E of the first bank
     pad = get_pad_model(model, method=METHODS[cfg.method], kappa=cfg.kappa, granularity=cfg.granularity,
                         partition_at="manual", partition_iterations=cfg.partition_iterations,
