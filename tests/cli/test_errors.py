@@ -266,6 +266,8 @@ ROWS = {
     "checkpoint-int-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), None))],
     "deploy-export-odconv": lambda t: ["deploy", str(_checkpoint(t, "odconv")), "--out", str(t / "out"), "--onnx"],
     "kappa-no-dynamic": lambda t: [*TRAIN, "--conv", "pad", "--kappa", "1e-300", "--out", str(t / "run")],
+    "checkpoint-mask-values": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t, "pad"), 0.5,
+                                                                      "model/layer1.0.conv1.weight_mode.mask"))],
     "run-dir-taken": lambda t: [*TRAIN, "--out", str(_run_dir(t))],
     "resume-changed-config": lambda t: [*TRAIN[:-6], "--epochs", "2", *TRAIN[-6:], "--out", str(_run_dir(t)),
                                         "--resume"],
@@ -295,14 +297,13 @@ def _folder_with_truncated_image(tmp: Path) -> Path:
     return tmp / "imgs"
 
 
-def _edit_weight(path: Path, value) -> Path:
-    """The checkpoint with ``model/stem.0.weight`` set to ``value`` (None: stored as int64), metadata kept."""
+def _edit_weight(path: Path, value, key: str = "model/stem.0.weight") -> Path:
+    """The checkpoint with tensor ``key`` set to ``value`` (None: stored as int64), metadata kept."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
         meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    weight = tensors["model/stem.0.weight"]
-    tensors["model/stem.0.weight"] = weight.long() if value is None else weight.fill_(value)
+    tensors[key] = tensors[key].long() if value is None else tensors[key].fill_(value)
     save_file(tensors, str(path), metadata=meta)
     return path
 
