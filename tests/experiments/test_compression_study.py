@@ -10,7 +10,15 @@ import torch
 
 from padnet.cli import main
 from padnet.errors import CheckpointError, ConfigError, NonFiniteLossError
-from padnet.experiments.studies.compression import Recipe, Study, claim_study_dir, review_texts, run, train_lm
+from padnet.experiments.studies.compression import (
+    Recipe,
+    Study,
+    build_tokenizer,
+    claim_study_dir,
+    review_texts,
+    run,
+    train_lm,
+)
 from padnet.saving.fileio import write_json
 from padnet.training.nlp.compress import CompressConfig
 
@@ -96,3 +104,10 @@ def test_a_damaged_cached_result_is_refused_in_one_line(tmp_path):
         write_json(tmp_path / "compressed" / "moe-seed0-merge" / "results.json", damaged)
         with pytest.raises(CheckpointError, match=message):
             study.compressed(tmp_path / "runs" / "moe-seed0", "merge", cfg)
+
+
+def test_a_damaged_cached_tokenizer_is_refused_in_one_line(tmp_path):
+    (tmp_path / "tokenizer.json").write_text('{"model": ')
+    with pytest.raises(CheckpointError, match=r"holds a tokenizer that does not load \(.*\); delete it to build it "
+                                              r"again$"):
+        build_tokenizer(["a film"], tmp_path, 300)

@@ -97,7 +97,7 @@ def review_texts(path: Path | None = None) -> tuple[list[str], list[str]]:
 
 def build_tokenizer(texts: list[str], folder: Path, vocab: int):
     """A byte-level BPE tokenizer of ``vocab`` tokens trained on ``texts`` (with ``<|endoftext|>``), saved in
-    ``folder`` as a transformers tokenizer, or read back from there."""
+    ``folder`` as a transformers tokenizer, or read back from there (CheckpointError when it does not load)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -109,8 +109,12 @@ def build_tokenizer(texts: list[str], folder: Path, vocab: int):
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tokenizer.train_from_iterator(texts, trainer)
         PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOT, pad_token=EOT).save_pretrained(folder)
-    with quiet_transformers():
-        return PreTrainedTokenizerFast.from_pretrained(folder)
+    try:
+        with quiet_transformers():
+            return PreTrainedTokenizerFast.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a damaged tokenizer file
+        raise CheckpointError(f"{folder} holds a tokenizer that does not load ({first_line(exc)}); delete it to "
+                              "build it again") from None
 
 
 def _model(recipe: Recipe, ffn: int | None, tokenizer):
