@@ -45,6 +45,8 @@ def _edit_record(directory, **config):
     ({"method": "dy", "layer_options": {"num_kernels": 1e9}}, "layer_options num_kernels must be an integer"),
     ({"method": "moe", "num_experts": 10**6}, "num_experts must be an integer >= 1 and <= 256"),
     ({"method": "pad", "partition_iterations": 10**7}, "partition_iterations must be an integer >= 1 and <= 1000"),
+    ({"method": "dy", "temperature_start": 1e308}, "temperature_start must be a number > 0 and <= 10000.0"),
+    ({"method": "dy", "layer_options": {"temperature": 1e39}}, "layer_options temperature must be a number > 0"),
 ])
 def test_pad_config_bounds_every_size_and_amount_of_time(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("+", r"\+").replace(".", r"\.")) as info:

@@ -63,3 +63,16 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, capsys)
     assert json.loads((out / "results.json").read_text())["top1"] == pytest.approx(want, abs=1e-9)  # epoch 2 again
     assert main([*TINY, "--epochs", "2", "--out", str(out), "--resume"]) == 0  # the new epoch-2 checkpoint loads
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"warmup_epochs": 1e308}, "warmup_epochs must be in [0, 100000] epochs, got 1e+308"),
+    ({"temperature_epochs": float("inf")}, "temperature_epochs must be in [0, 100000] epochs, got inf"),
+    ({"temperature_start": 1e308}, "temperature_start must be at most 10000, got 1e+308"),
+    ({"temperature_end": 1e39}, "temperature_end must be at most 10000, got 1e+39"),
+    ({"pruning_iterations": 10**9}, "pruning_iterations must be at most 1000, got 1000000000"),
+])
+def test_schedule_lengths_and_temperatures_are_bounded(change, message):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(conv="dy", **change).validate()
+    assert str(info.value) == message

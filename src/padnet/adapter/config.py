@@ -17,7 +17,7 @@ from typing import Any
 from padnet.errors import ConfigError, check_choice
 from padnet.layers.modes import SCALE_MODES
 from padnet.layers.moe import MAX_EXPERTS
-from padnet.layers.registry import OPTION_RANGES, accepted_options, start_temperature
+from padnet.layers.registry import MAX_TEMPERATURE, OPTION_RANGES, accepted_options, start_temperature
 from padnet.partitioning import METHODS as PARTITIONS
 
 # method -> (family, what the family's converter calls it)
@@ -261,7 +261,10 @@ class PadConfig:
                 _number(f"layer_options {name}", self.layer_options[name], low, integer=True, high=high)
         for name in ("temperature_start", "temperature_end"):
             if getattr(self, name) is not None:
-                _number(name, getattr(self, name), 0, inclusive=False)
+                _number(name, getattr(self, name), 0, inclusive=False, high=MAX_TEMPERATURE)
+        if "temperature" in self.layer_options:
+            _number("layer_options temperature", self.layer_options["temperature"], 0, inclusive=False,
+                    high=MAX_TEMPERATURE)
         check_choice("temperature unit", self.temperature_unit, TIME_UNITS)
         _number("temperature_anneal", self.temperature_anneal, 0, high=_time_limit(self.temperature_unit))
         if self.kappa is not None:

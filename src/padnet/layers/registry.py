@@ -16,6 +16,7 @@ from padnet.layers.sdconv import SparseDynamicConv2d
 # CondConv (Yang et al. 2019): 8 kernels, one linear + a plain sigmoid (no temperature: T = 1)
 CONDCONV = {"num_kernels": 8, "routing": "sigmoid", "reduction": 0, "temperature": 1.0}
 ANNEAL_FROM = 30.0  # the start of the temperature annealing of the other dynamic layers (Chen et al. 2020)
+MAX_TEMPERATURE = 1e4  # an attention temperature is a float32 buffer; far above this the attention is uniform
 
 # name -> (class, default options). Static convolutions are plain ``nn.Conv2d``. Every PAD-Net form is
 # named "pad-<its fully dynamic layer>"; "pad" is PAD-Net over DY-Conv (the paper's main setting).

@@ -14,6 +14,7 @@ from padnet.adapter.config import LIMITS, MAX_EPOCHS, PadConfig
 from padnet.errors import ConfigError, check_choice, shown
 from padnet.layers.modes import GRANULARITIES, SCALE_MODES, SEMANTICS
 from padnet.layers.registry import (
+    MAX_TEMPERATURE,
     OPTION_RANGES,
     accepted_options,
     canonical_conv,
@@ -135,6 +136,9 @@ class TrainConfig:
                            ("pruning_iterations", LIMITS["pruning_iterations"])):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
+        for name in ("temperature_start", "temperature_end"):
+            if getattr(self, name) is not None and getattr(self, name) > MAX_TEMPERATURE:
+                raise ConfigError(f"{name} must be at most {MAX_TEMPERATURE:g}, got {getattr(self, name)!r}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2: BatchNorm needs two samples per batch to train")
         for name in ("weight_decay", "momentum"):
