@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from padnet.cli import main
-from padnet.errors import ConfigError, DataError
+from padnet.errors import CheckpointError, ConfigError, DataError
 from padnet.training.config import TrainConfig
 from padnet.training.data.arrays import from_arrays
 from padnet.training.data.images import channel_stats
@@ -76,3 +76,23 @@ def test_schedule_lengths_and_temperatures_are_bounded(change, message):
     with pytest.raises(ConfigError) as info:
         TrainConfig(conv="dy", **change).validate()
     assert str(info.value) == message
+
+
+def test_a_fine_tuning_run_resumes_from_the_newest_checkpoint_that_loads(tiny_model, tmp_path, capsys):
+    from padnet.training.config import FinetuneConfig
+    from padnet.training.nlp.finetune import finetune
+
+    cfg = FinetuneConfig(model=tiny_model, variant="dense", train_subset=32, epochs=2, batch_size=16, progress=False)
+    finetune(cfg, log=lambda *a: None, run_dir=tmp_path)
+    newest = tmp_path / "checkpoint-epoch0002.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])
+    capsys.readouterr()
+    finetune(cfg, log=lambda *a: None, run_dir=tmp_path, resume=True)
+    assert "padnet: warning: checkpoint-epoch0002.safetensors cannot be resumed" in capsys.readouterr().err
+    for path in tmp_path.glob("checkpoint-*"):
+        path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError) as info:
+        finetune(cfg, log=lambda *a: None, run_dir=tmp_path, resume=True)
+    assert str(info.value).endswith(f"; no other checkpoint in {tmp_path} loads: delete checkpoint-epoch0002"
+                                    ".safetensors, checkpoint-epoch0001.safetensors to train the run from the "
+                                    "start, or choose another --out")

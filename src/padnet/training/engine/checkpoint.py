@@ -11,7 +11,10 @@ counters, optimiser hyper-parameters and the scheduler state. Epoch checkpoints 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -29,6 +32,35 @@ CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
 def epoch_checkpoints(run_dir: str | Path) -> list[Path]:
     """A run directory's epoch checkpoints, oldest first."""
     return sorted(Path(run_dir).glob(CHECKPOINT_GLOB))
+
+
+T = TypeVar("T")
+
+
+def resume_newest(run_dir: str | Path, load: Callable[[Path], T], warn: bool = True) -> T:
+    """``load(path)`` of the newest epoch checkpoint of ``run_dir`` that loads. Damaged newer ones are skipped with
+    a ``padnet: warning:`` line naming them (when ``warn``; the run goes on from the older one and writes them
+    again).
+
+    Raises:
+        CheckpointError: no checkpoint loads; names the newest one's damage and the remedy.
+        ConfigError: from ``load`` (e.g. the configuration differs from the run's), at once.
+    """
+    damaged: list[tuple[Path, CheckpointError]] = []
+    for path in reversed(epoch_checkpoints(run_dir)):
+        try:
+            result = load(path)
+        except CheckpointError as exc:
+            damaged.append((path, exc))
+            continue
+        if damaged and warn:
+            names = ", ".join(p.name for p, _ in damaged)
+            print(f"padnet: warning: {names} cannot be resumed ({first_line(damaged[0][1])}); resuming from "
+                  f"{path.name} instead", file=sys.stderr)
+        return result
+    raise CheckpointError(f"{first_line(damaged[0][1])}; no other checkpoint in {run_dir} loads: delete "
+                          f"{', '.join(p.name for p, _ in damaged)} to train the run from the start, or choose "
+                          "another --out")
 
 
 def changed_keys(saved: dict, current: dict, resumable) -> list[str]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from padnet.adapter.methods import PadTraining
 from padnet.adapter.statistics import recalibrate_batchnorm
-from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, DataError, NonFiniteLossError, first_line
+from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, DataError, NonFiniteLossError
 from padnet.layers.registry import canonical_conv, effective_option, layer_options, start_temperature
 from padnet.metrics.counting import count_flops, count_parameters
 from padnet.models import create_model
@@ -36,6 +36,7 @@ from padnet.training.engine.checkpoint import (
     load_model_state,
     read_checkpoint,
     restore_training,
+    resume_newest,
     save_checkpoint,
     save_epoch_checkpoint,
 )
@@ -297,31 +298,6 @@ class Trainer:
         self.partition_report, self.elapsed = state.get("partition"), state.get("elapsed", 0.0)
         self.hooks.step, self.hooks.partitioned = self.step, self.partition_report is not None
 
-    def resume_newest(self) -> Path:
-        """Load the newest epoch checkpoint of the run directory that loads, and return it. Damaged newer ones are
-        skipped with a ``padnet: warning:`` line naming them (the run goes on from the older one and writes them
-        again).
-
-        Raises:
-            CheckpointError: no checkpoint loads; names the newest one's damage and the remedy.
-            ConfigError: the configuration differs from the run's.
-        """
-        damaged: list[tuple[Path, CheckpointError]] = []
-        for path in reversed(epoch_checkpoints(self.run_dir)):
-            try:
-                self.load(path)
-            except CheckpointError as exc:
-                damaged.append((path, exc))
-                continue
-            if damaged and self.ctx.main:
-                names = ", ".join(p.name for p, _ in damaged)
-                print(f"padnet: warning: {names} cannot be resumed ({first_line(damaged[0][1])}); resuming from "
-                      f"{path.name} instead", file=sys.stderr)
-            return path
-        raise CheckpointError(f"{first_line(damaged[0][1])}; no other checkpoint in {self.run_dir} loads: delete "
-                              f"{', '.join(p.name for p, _ in damaged)} to train the run from the start, or choose "
-                              "another --out")
-
     # ---------------------------------------------------------------- steps
     def recalibrate_statistics(self) -> int:
         """Re-estimate the BatchNorm statistics on ``partition_batches`` training batches (after the anneal's
@@ -378,7 +354,7 @@ class Trainer:
         cfg = self.cfg
         ctx = self.ctx
         if self.resume and epoch_checkpoints(self.run_dir):
-            self.resume_newest()  # refuses a changed configuration before writing
+            resume_newest(self.run_dir, self.load, self.ctx.main)  # refuses a changed configuration before writing
         ctx.barrier()  # every process has checked the run directory before process 0 writes to it
         log_path = self.run_dir / "metrics.jsonl"
         records = [r for r in _read_jsonl(log_path) if r["epoch"] <= self.epoch] if self.resume else []

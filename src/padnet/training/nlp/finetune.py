@@ -36,6 +36,7 @@ from padnet.training.engine.checkpoint import (
     load_model_state,
     read_checkpoint,
     restore_training,
+    resume_newest,
     save_epoch_checkpoint,
 )
 from padnet.training.nlp.glue_metrics import task_metrics
@@ -239,7 +240,8 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
 
     state = {"epoch": 0, "partition": None, "elapsed": 0.0}
     if resume and run_dir is not None and epoch_checkpoints(run_dir):
-        state = _resume(epoch_checkpoints(run_dir)[-1], cfg, raw_model, raw_optimizer, raw_scheduler, generator)
+        state = resume_newest(run_dir, lambda path: _resume(path, cfg, raw_model, raw_optimizer, raw_scheduler,
+                                                            generator), accelerator.is_main_process)
     bar = _progress(cfg, steps, accelerator.is_main_process)
     bar.update(state["epoch"] * len(train_loader))
     step = state["epoch"] * len(train_loader)
