@@ -384,6 +384,7 @@ def test_mutated_model_folders_are_loaded_or_refused_in_one_line(tmp_path_factor
         (folder / file).write_bytes(data.draw(mutations(content)) if file == name else content)
     _loader(padnet.load_pretrained, folder)
 
+
 # ----------------------------------------------------------------------------------------- model records
 
 RECORD_VALUES = st.one_of(

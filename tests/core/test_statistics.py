@@ -130,3 +130,32 @@ def test_recalibrate_without_data_is_refused():
     pad = padnet.get_pad_model(_cnn(), padnet.PadConfig(method="dy", init_from_pretrained=False))
     with pytest.raises(ConfigError, match="needs training batches"):
         pad.recalibrate_batchnorm()
+
+
+def test_masks_changed_by_hand_re_estimate_the_statistics_after_that_step():
+    batches, _, _ = _digits()
+    pad = padnet.get_pad_model(_cnn(), padnet.PadConfig(method="pad", kappa=0.3, init_from_pretrained=False,
+                                                        partition_at="manual", temperature_anneal=0,
+                                                        temperature_unit="steps"))
+    pad.start_training(total_steps=10, statistics_data=batches[:2])
+    optimizer = torch.optim.SGD(pad.optimizer_parameters(), lr=0.05)
+    norm = pad.base_model[1]
+
+    def step(x, y):
+        pad.before_step()
+        loss = F.cross_entropy(pad(x), y) + pad.extra_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pad.after_step()
+
+    for x, y in batches[2:5]:
+        step(x, y)
+    assert int(norm.num_batches_tracked) == 3  # no temperature anneal, no partition: nothing re-estimated
+    report = pad.partition(batches[5:7], partition_iterations=1)
+    assert pad.partition_report is report and report.dynamic == round(0.3 * report.total)
+    step(*batches[7])
+    assert int(norm.num_batches_tracked) == 2  # reset and re-estimated on the 2 statistics batches
+    pad.set_masks({name: torch.ones_like(mask) for name, mask in pad.masks().items()})
+    step(*batches[8])
+    assert int(norm.num_batches_tracked) == 2

@@ -263,8 +263,13 @@ class PadTraining:
             return False
         self.report = self._partition()
         self.partitioned = True
-        self._changed = self.step
+        self.masks_changed()
         return True
+
+    def masks_changed(self) -> None:
+        """Note that the masks changed at the current step (a partition, or masks set by hand), so the BatchNorm
+        statistics are re-estimated after this step unless the anneal goes on."""
+        self._changed = self.step
 
     def before_step(self) -> None:
         """Partition when due, then the method's per-step work (temperature annealing)."""

@@ -115,8 +115,10 @@ class PadModel(nn.Module):
     """A model made partially dynamic by :func:`get_pad_model`; forwards like the model it wraps.
 
     Attributes: ``base_model`` (the converted model), ``pad_config`` (:class:`PadConfig`), ``converted`` (names
-    of the replaced modules), ``training_state`` (:class:`~padnet.adapter.methods.PadTraining` once
-    :meth:`start_training` ran). Attributes the wrapper does not have are looked up on ``base_model``.
+    of the replaced modules), ``partition_report`` (the :class:`~padnet.partitioning.PartitionReport` of the last
+    mode partition, run by :meth:`partition` or during training; None before), ``training_state``
+    (:class:`~padnet.adapter.methods.PadTraining` once :meth:`start_training` ran). Attributes the wrapper does
+    not have are looked up on ``base_model``.
 
     In training mode, when the wrapped model returns an output with a ``loss`` (a Hugging Face
     ``ModelOutput``), the method's extra loss (e.g. MoE load balancing) is added to it, as Mixtral adds its
@@ -131,6 +133,7 @@ class PadModel(nn.Module):
         self._fingerprints = fingerprints
         self.training_state: PadTraining | None = None
         self._statistics_data: Iterable | None = None  # start_training's batches for the BatchNorm statistics
+        self.partition_report: PartitionReport | None = None
 
     def __getattr__(self, name: str):
         try:
@@ -182,9 +185,13 @@ class PadModel(nn.Module):
             data = list(itertools.islice(iter(data), cfg.partition_batches))  # only the N batches scored
             if batch_loss is None and loss_fn is None and data and isinstance(data[0], Mapping):
                 batch_loss = _keyword_loss
-        return partition(self.base_model, cfg.value("kappa"), cfg.partition, data, loss_fn or F.cross_entropy,
-                         cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope,
-                         batch_loss=batch_loss, check_scores=cfg.check_scores)
+        report = partition(self.base_model, cfg.value("kappa"), cfg.partition, data, loss_fn or F.cross_entropy,
+                           cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope,
+                           batch_loss=batch_loss, check_scores=cfg.check_scores)
+        self.partition_report = report
+        if self.training_state is not None:
+            self.training_state.masks_changed()
+        return report
 
     # ------------------------------------------------------------------ training hooks
     def start_training(self, steps_per_epoch: int | None = None, epochs: float | None = None,
@@ -314,6 +321,8 @@ class PadModel(nn.Module):
                 raise ConfigError(f"mask {name} has shape {tuple(mode.mask.shape)}, got {tuple(value.shape)}")
             with torch.no_grad():
                 mode.mask.copy_((value != 0).to(mode.mask.dtype))
+        if self.training_state is not None:
+            self.training_state.masks_changed()
 
     def scale_factors(self) -> dict[str, tuple[float, float]]:
         """(λs, λd) of every layer with scale factors, by module name (PAD-Net eq. 4)."""
