@@ -3,16 +3,19 @@ dilations, kernel counts, mask granularities, formulations and dynamic ratios κ
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from padnet.errors import ConfigError
 from padnet.layers import DynamicConv2d, PADConv2d
 from padnet.layers.deployed import DeployedConv2d
 from padnet.layers.moe import MoEFeedForward
 from padnet.partitioning import partition
+from padnet.partitioning.scores import masked_tensors
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GRANULARITIES = st.sampled_from(["shared", "kernel", "filter"])
@@ -86,6 +89,10 @@ def test_partition_reaches_kappa_and_the_deployed_form_computes_the_training_for
     geometry, size, batch, kernels = case
     pad = PADConv2d(**geometry, num_kernels=kernels, granularity=granularity)
     _randomise(pad, seed)
+    if sum(round(kappa * mode.mask.numel()) for _, mode, _ in masked_tensors(pad)) == 0:
+        with pytest.raises(ConfigError, match="leaves no dynamic element"):  # a PAD model with nothing dynamic
+            partition(nn.Sequential(pad), kappa, "random", seed=seed, scope="local")
+        return
     report = partition(nn.Sequential(pad), kappa, "random", seed=seed, scope="local")
     masks = [m.mask for m in (pad.weight_mode, pad.bias_mode) if getattr(m, "partial", False)]
     assert abs(report.dynamic_ratio - kappa) <= 1.0 / min(m.numel() for m in masks) + 1e-9
