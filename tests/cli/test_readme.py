@@ -20,17 +20,17 @@ def test_readme_opens_with_the_two_commands():
 
 
 @pytest.mark.slow
-def test_python_example_runs(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the example writes pad-resnet18/
-    code = re.search(r"```python\n(.*?)```", README, re.DOTALL).group(1)
+def test_quickstart_partitions_after_the_warm_up_and_merges_exactly(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the quickstart writes my-pad/
+    code = re.search(r"## Quickstart\n.*?```python\n(.*?)```", README, re.DOTALL).group(1)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
-    pad, deployed, x = namespace["pad"], namespace["deployed"], namespace["x"]
-    report = pad.training_state.report
-    assert report.dynamic == round(0.3 * report.total) and pad.training_state.step == 10
-    assert "compact parameters" in capsys.readouterr().out
+    pad, deployed, batches = namespace["pad"], namespace["deployed"], namespace["batches"]
+    report = pad.partition_report
+    assert report.dynamic == round(0.3 * report.total) and pad.training_state.step == 2 * len(batches)
+    assert pad.training_state.partitioned and "compact parameters" in capsys.readouterr().out
     pad.eval()
+    x = batches[0][0]
     with torch.no_grad():
         torch.testing.assert_close(deployed(x), pad(x), rtol=1e-4, atol=1e-4)
-    assert (tmp_path / "pad-resnet18" / "padnet_config.json").is_file()
-
+    assert (tmp_path / "my-pad" / "padnet_config.json").is_file()
