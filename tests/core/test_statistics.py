@@ -29,6 +29,17 @@ def _cnn():
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
+def _step(pad, optimizer, batch):
+    """One optimiser step of a plain loop with padnet's four calls."""
+    x, y = batch
+    pad.before_step()
+    loss = F.cross_entropy(pad(x), y) + pad.extra_loss()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    pad.after_step()
+
+
 def _train_one_epoch(method, batches, **start):
     """The issue's recipe: a 3-conv BatchNorm CNN, one epoch of digits (22 steps, batch 64), SGD 0.05
     momentum 0.9, the temperature annealed 30 → 1 over that epoch."""
@@ -38,13 +49,8 @@ def _train_one_epoch(method, batches, **start):
     pad.start_training(steps_per_epoch=len(batches), epochs=1, **start)
     optimizer = torch.optim.SGD(pad.optimizer_parameters(), lr=0.05, momentum=0.9)
     routings = [m for m in pad.modules() if isinstance(m, TemperatureRouting)]
-    for x, y in batches:
-        pad.before_step()
-        loss = F.cross_entropy(pad(x), y) + pad.extra_loss()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        pad.after_step()
+    for batch in batches:
+        _step(pad, optimizer, batch)
     assert all(float(r.temperature) == 1.0 for r in routings)  # the last step trained at the end temperature
     return pad
 
@@ -140,22 +146,13 @@ def test_masks_changed_by_hand_re_estimate_the_statistics_after_that_step():
     pad.start_training(total_steps=10, statistics_data=batches[:2])
     optimizer = torch.optim.SGD(pad.optimizer_parameters(), lr=0.05)
     norm = pad.base_model[1]
-
-    def step(x, y):
-        pad.before_step()
-        loss = F.cross_entropy(pad(x), y) + pad.extra_loss()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        pad.after_step()
-
-    for x, y in batches[2:5]:
-        step(x, y)
+    for batch in batches[2:5]:
+        _step(pad, optimizer, batch)
     assert int(norm.num_batches_tracked) == 3  # no temperature anneal, no partition: nothing re-estimated
     report = pad.partition(batches[5:7], partition_iterations=1)
     assert pad.partition_report is report and report.dynamic == round(0.3 * report.total)
-    step(*batches[7])
+    _step(pad, optimizer, batches[7])
     assert int(norm.num_batches_tracked) == 2  # reset and re-estimated on the 2 statistics batches
     pad.set_masks({name: torch.ones_like(mask) for name, mask in pad.masks().items()})
-    step(*batches[8])
+    _step(pad, optimizer, batches[8])
     assert int(norm.num_batches_tracked) == 2
