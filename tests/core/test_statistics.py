@@ -9,8 +9,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import padnet
+from padnet.adapter.methods import PadTraining
 from padnet.adapter.statistics import catch_up_steps, recalibrate_batchnorm
-from padnet.errors import ConfigError
+from padnet.errors import ConfigError, DataError
 from padnet.layers.attention import TemperatureRouting
 
 
@@ -156,3 +157,76 @@ def test_masks_changed_by_hand_re_estimate_the_statistics_after_that_step():
     pad.set_masks({name: torch.ones_like(mask) for name, mask in pad.masks().items()})
     _step(pad, optimizer, batches[8])
     assert int(norm.num_batches_tracked) == 2
+
+
+def _hooks(model, config, **kwargs):
+    """PadTraining with counting partition and re-estimation functions; returns (hooks, calls)."""
+    calls = []
+    hooks = PadTraining(model, config, partition=lambda: calls.append(("partition", hooks.step)),
+                        recalibrate=lambda: calls.append(("statistics", hooks.step)) or 1, **kwargs)
+    return hooks, calls
+
+
+def _run(hooks, steps):
+    for _ in range(steps):
+        hooks.before_step()
+        hooks.after_step()
+
+
+def test_statistics_are_re_estimated_once_when_the_partition_follows_the_anneal():
+    config = padnet.PadConfig(method="pad", kappa=0.3, temperature_anneal=4, temperature_unit="steps",
+                              partition_at="steps", partition_after=4)
+    hooks, calls = _hooks(padnet.convert(_cnn(), "pad"), config, total_steps=10)
+    _run(hooks, 10)
+    assert calls == [("partition", 4), ("statistics", 4)]  # not also after the anneal's last step, 3
+
+
+def test_a_run_that_ends_inside_the_anneal_re_estimates_at_its_last_step():
+    config = padnet.PadConfig(method="dy", temperature_anneal=10, temperature_unit="steps")
+    hooks, calls = _hooks(padnet.convert(_cnn(), "dy"), config, total_steps=4)
+    _run(hooks, 4)
+    assert calls == [("statistics", 3)]
+
+
+def test_dcd_has_no_temperature_to_anneal():
+    config = padnet.PadConfig(method="dcd", temperature_anneal=4, temperature_unit="steps")
+    hooks, calls = _hooks(padnet.convert(_cnn(), "dcd"), config, total_steps=8)
+    _run(hooks, 8)
+    assert calls == []
+
+
+def test_a_generator_of_partition_batches_serves_the_partition_and_the_statistics():
+    """The default pretrained timing: the anneal ends at step 2, the partition runs at step 3 (epoch 2)."""
+    batches, _, _ = _digits()
+    pad = padnet.get_pad_model(_cnn(), padnet.PadConfig(method="pad", kappa=0.3, partition_batches=2,
+                                                        partition_iterations=1))
+    pad.start_training(steps_per_epoch=3, epochs=2, partition_data=(batch for batch in batches[:2]))
+    optimizer = torch.optim.SGD(pad.optimizer_parameters(), lr=0.01)
+    for batch in batches[2:8]:
+        _step(pad, optimizer, batch)
+    assert pad.partition_report.dynamic == round(0.3 * pad.partition_report.total)
+    assert int(pad.base_model[1].num_batches_tracked) == 2 + 2  # re-estimated on 2 batches, then 2 steps
+
+
+def test_masks_changed_after_the_last_step_warn_on_eval():
+    batches, _, _ = _digits()
+    pad = padnet.get_pad_model(_cnn(), padnet.PadConfig(method="pad", kappa=0.3, init_from_pretrained=False,
+                                                        partition_at="manual", temperature_anneal=0,
+                                                        temperature_unit="steps"))
+    pad.start_training(total_steps=1)
+    _step(pad, torch.optim.SGD(pad.optimizer_parameters(), lr=0.01), batches[0])
+    pad.partition(batches[1:3], partition_iterations=1)
+    with pytest.warns(UserWarning, match="recalibrate_batchnorm"):
+        pad.eval()
+
+
+def test_a_batch_the_model_cannot_take_leaves_the_statistics_as_they_were():
+    model = _cnn().eval()
+    norm = model[1]
+    with torch.no_grad():
+        norm.running_mean.fill_(0.5)
+    with pytest.raises(DataError, match="does not fit the model"):
+        recalibrate_batchnorm(model, [torch.randn(4, 3, 8, 8)])  # 3 channels, the model takes 1
+    assert not model.training and norm.momentum == 0.1 and torch.all(norm.running_mean == 0.5)
+    with pytest.raises(DataError, match="no batches"):
+        recalibrate_batchnorm(model, [])

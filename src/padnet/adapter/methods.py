@@ -120,7 +120,7 @@ class Dynamic(Method):
             routing.update_temperature(temperature)
 
     def anneals(self, step: int) -> bool:
-        return self.temperature.anneals(step)
+        return bool(self.routings) and self.temperature.anneals(step)  # DCD has no temperature to anneal
 
     def log(self, step: int) -> dict:
         return {"temperature": self.temperature(step)}
@@ -296,9 +296,22 @@ class PadTraining:
         """The method's work after the optimiser step (SD-Conv thresholds), the BatchNorm statistics when the
         step ended a change (the anneal's last step, or a partition after the anneal), then the next step."""
         self.method.after_step(self.step)
-        if self._changed == self.step and not self.method.anneals(self.step + 1):
+        if self._changed == self.step and self._change_ends():
             self.refresh_statistics()
         self.step += 1
+
+    def _change_ends(self) -> bool:
+        """Whether the change at this step is the last for now: the anneal does not go on and no partition is
+        due at the next step, or the run ends here."""
+        last = self.method.total_steps is not None and self.step + 1 >= self.method.total_steps
+        partition_next = (not self.partitioned and self.partition_at is not None
+                          and self.partition_at <= self.step + 1)
+        return last or not (self.method.anneals(self.step + 1) or partition_next)
+
+    @property
+    def can_recalibrate(self) -> bool:
+        """Whether this run holds batches to re-estimate the BatchNorm statistics on."""
+        return self._recalibrate is not None
 
     def refresh_statistics(self) -> int:
         """Re-estimate the BatchNorm running statistics now (with ``recalibrate``; without it they are marked
@@ -312,11 +325,14 @@ class PadTraining:
     def statistics_fresh(self) -> None:
         """Mark the BatchNorm statistics as matching the model (they were re-estimated outside this object)."""
         self._stale_since = None
+        self._changed = None
 
     def stale_statistics(self) -> bool:
         """Whether the BatchNorm running statistics still lag a change of the layers: it was not followed by a
         re-estimation, and fewer training steps than :func:`~padnet.adapter.statistics.catch_up_steps` ran
         since."""
+        if self._changed is not None and self._changed >= self.step:  # changed since the last training step
+            return bool(catch_up_steps(self.model))
         if self._stale_since is None:
             return False
         return self.step - self._stale_since < catch_up_steps(self.model)
@@ -324,14 +340,14 @@ class PadTraining:
     def warn_if_stale(self) -> None:
         """Warn (once per change) when evaluating now would use stale BatchNorm statistics."""
         if self.stale_statistics():
+            since = self.step - (self._stale_since if self._stale_since is not None else self.step)
             warnings.warn(
                 f"padnet: the BatchNorm running statistics were gathered while the layers changed (temperature "
-                f"anneal or mode partition, {self.step - self._stale_since} training step(s) since) and evaluation "
-                "may predict "
-                "one class for every input; call pad.recalibrate_batchnorm(batches) with a few training batches "
-                "before evaluating, or pass partition_data to start_training so this happens by itself",
-                stacklevel=3)
-            self._stale_since = None
+                f"anneal or mode partition, {since} training step(s) since) and evaluation may predict one class "
+                "for every input; call pad.recalibrate_batchnorm(batches) with a few training batches before "
+                "evaluating, or pass partition_data to start_training so this happens by itself",
+                stacklevel=4)  # the user's eval() call: warn_if_stale ← PadModel.train ← nn.Module.eval
+            self._stale_since = self._changed = None
 
     def optimizer_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Trainable parameters of ``model`` for the main optimiser (the method's own ones left out)."""

@@ -132,7 +132,6 @@ class PadModel(nn.Module):
         self.converted = list(converted)
         self._fingerprints = fingerprints
         self.training_state: PadTraining | None = None
-        self._statistics_data: Iterable | None = None  # start_training's batches for the BatchNorm statistics
         self.partition_report: PartitionReport | None = None
 
     def __getattr__(self, name: str):
@@ -230,15 +229,19 @@ class PadModel(nn.Module):
             raise ConfigError(f"mode partition ({cfg.partition}) is due during training: pass partition_data (or "
                               "set partition_at='manual' and call partition yourself)")
 
+        count = cfg.partition_batches
+        partition_data = _reusable(partition_data, count)
+        statistics = partition_data if statistics_data is None else _reusable(statistics_data, count)
+
         def run():
             return self.partition(partition_data, loss_fn, batch_loss)
 
-        statistics = partition_data if statistics_data is None else statistics_data
-        self._statistics_data = statistics
+        def recalibrate():
+            return self.recalibrate_batchnorm(statistics, count)
 
         self.training_state = PadTraining(self.base_model, cfg, steps_per_epoch, total_steps,
                                           run if cfg.partial else None, step, partitioned,
-                                          self.recalibrate_batchnorm if statistics is not None else None)
+                                          recalibrate if statistics is not None else None)
         return self.training_state
 
     def recalibrate_batchnorm(self, data: Iterable | None = None, num_batches: int | None = None) -> int:
@@ -256,13 +259,14 @@ class PadModel(nn.Module):
                 config's ``partition_batches`` of :meth:`start_training`'s).
 
         Returns the number of BatchNorm layers re-estimated (0 for a model without BatchNorm).
-        Raises ConfigError without data.
+        Raises ConfigError without data; DataError for batches the model cannot take (see
+        :func:`padnet.adapter.statistics.recalibrate_batchnorm`).
         """
         if data is None:
-            data = self._statistics_data
-            num_batches = self.pad_config.partition_batches if num_batches is None else num_batches
-        if data is None:
-            raise ConfigError("recalibrate_batchnorm needs training batches: pass data=")
+            state = self.training_state
+            if state is None or not state.can_recalibrate:
+                raise ConfigError("recalibrate_batchnorm needs training batches: pass data=")
+            return state.refresh_statistics()
         if num_batches is not None:
             data = itertools.islice(iter(data), num_batches)
         count = recalibrate_batchnorm(self.base_model, data)
@@ -472,6 +476,14 @@ def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfi
     if config.reduction is not None:
         raise ConfigError("reduction cannot be applied to a model already built with padnet layers; build it with "
                           "the reduction you want")
+
+
+def _reusable(data: Iterable | None, count: int) -> Iterable | None:
+    """``data`` in a form that can be read more than once: a one-shot iterator (a generator) becomes the list of
+    its first ``count`` batches, which the partition and the BatchNorm re-estimation then share."""
+    if data is None or iter(data) is not data:
+        return data
+    return list(itertools.islice(data, count))
 
 
 def _copy(model: nn.Module) -> nn.Module:

@@ -11,12 +11,15 @@ changes the masks, and :func:`catch_up_steps` says how long the running average 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
+
+from padnet.errors import DataError, first_line
 
 STALE_FRACTION = 0.05  # running statistics count as stale while the old model weighs more than this in them
 
@@ -52,37 +55,46 @@ class _Keywords(nn.Module):
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, data: Iterable, device: torch.device | str | None = None) -> int:
+def recalibrate_batchnorm(model: nn.Module, data: Iterable) -> int:
     """Re-estimate every BatchNorm running mean and variance of ``model`` on ``data``, as the model is now.
 
     The statistics are reset and averaged over all of ``data`` with equal weight per batch (torch's
     ``torch.optim.swa_utils.update_bn``, the same re-estimation SWA uses after averaging weights); the model's
     train/eval mode and each layer's momentum are kept. Use it before evaluating a model whose layers changed
-    faster than the running averages follow: after the temperature anneal or a mode partition, or after
-    :meth:`padnet.PadModel.set_masks`.
+    faster than the running averages follow: after the temperature anneal or a mode partition. For a
+    :class:`padnet.PadModel` call its :meth:`~padnet.PadModel.recalibrate_batchnorm`, which also tells its
+    training hooks.
 
     Args:
-        model: any module (a :class:`padnet.PadModel` or a plain model).
+        model: any module.
         data: batches: input tensors (N, ...), ``(inputs, targets)`` pairs, or keyword dicts for a Hugging Face
-            model. Training batches without augmentation are best; a few (e.g. the partition batches) suffice.
-        device: where to move tensor inputs (default: leave them where they are).
+            model, on the model's device. Training batches without augmentation are best; a few (e.g. the
+            partition batches) suffice.
 
     Returns the number of BatchNorm layers re-estimated (0: the model has none, and ``data`` is not read).
+
+    Raises:
+        DataError: ``data`` holds no batch, or a batch the model cannot take (the statistics, momenta and mode
+            are then left as they were).
     """
-    if not batchnorm_layers(model):
+    layers = batchnorm_layers(model)
+    if not layers:
         return 0
     batches = iter(data)
     first = next(batches, None)
     if first is None:
-        return 0
-    chained = _chain(first, batches)
-    if isinstance(first, Mapping):
-        update_bn(chained, _Keywords(model), device)
-    else:
-        update_bn(chained, model, device)
-    return len(batchnorm_layers(model))
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
+        raise DataError("recalibrate_batchnorm got no batches to re-estimate the BatchNorm statistics on")
+    saved = [(layer.momentum, {k: v.clone() for k, v in layer.state_dict().items()}) for layer in layers]
+    was_training = model.training
+    try:
+        update_bn(itertools.chain([first], batches), _Keywords(model) if isinstance(first, Mapping) else model)
+    except BaseException as exc:  # an interrupted re-estimation leaves the statistics as they were too
+        for layer, (momentum, state) in zip(layers, saved):
+            layer.load_state_dict(state)
+            layer.momentum = momentum
+        if isinstance(exc, Exception):
+            raise DataError(f"a batch for recalibrate_batchnorm does not fit the model: {first_line(exc)}") from exc
+        raise
+    finally:
+        model.train(was_training)
+    return len(layers)
