@@ -390,7 +390,7 @@ def test_random_resized_crop_shape_and_seed():
     a = random_resized_crop(img, 16, generator=torch.Generator().manual_seed(0))
     b = random_resized_crop(img, 16, generator=torch.Generator().manual_seed(0))
     assert a.shape == (3, 16, 16) and a.dtype == torch.float32 and torch.equal(a, b)
-    assert 0 <= float(a.min()) and float(a.max()) <= 255
+    assert float(a.min()) >= 0 and float(a.max()) <= 255
     full = random_resized_crop(img, 40, scale=(1.0, 1.0), ratio=(1.5, 1.5), generator=torch.Generator())
     torch.testing.assert_close(
         full,
@@ -531,7 +531,7 @@ def test_image_folder_options_size_channels_normalisation_and_subset(tmp_path):
     grey = (0.299 * 100 + 0.587 * 0 + 0.114 * 10) / 255  # ITU-R 601-2 luma of the first image
     torch.testing.assert_close(x, torch.full_like(x, (grey - train.mean[0]) / train.std[0]), atol=1e-2, rtol=0)
     raw, _ = load_dataset("imagefolder", root=tmp_path, image_size=12, normalization="none")
-    assert raw.mean == (0.0, 0.0, 0.0) and 0 <= float(raw.with_augment(False)[0][0].min())
+    assert raw.mean == (0.0, 0.0, 0.0) and float(raw.with_augment(False)[0][0].min()) >= 0
     assert len(train.subset(3, seed=0)) == 3 and len(train) == 8
     with pytest.raises(ConfigError, match="ImageNet normalisation needs 3 channels"):
         load_dataset("imagefolder", root=tmp_path, channels=1, normalization="imagenet")

@@ -400,7 +400,10 @@ class MoEFeedForward(nn.Module):
         layer = cls(hidden, inter, activation=activation, gated=up is not None, **options).to(w1.device, w1.dtype)
         with torch.no_grad():
             like = {"dtype": w1.dtype, "device": w1.device}
-            bias = (lambda b, n: b if b is not None else torch.zeros(n, **like))
+
+            def bias(b, n):
+                return b if b is not None else torch.zeros(n, **like)
+
             rows = [w1.t(), bias(b1, inter).unsqueeze(0)]  # [W1ᵀ; b1]
             if up is not None:
                 rows += [up[0].t(), bias(up[1], inter).unsqueeze(0)]  # [Wuᵀ; bu]
@@ -517,7 +520,10 @@ class DeployedMoE(nn.Module):
         super().__init__()
         self.router, self.activation, self._kind, self.gated = router, activation, activation_kind(activation), gated
         self.hidden_size = expert_bias.shape[1]
-        frozen = (lambda t: None if t is None else nn.Parameter(t.detach().clone().contiguous(), requires_grad=False))
+
+        def frozen(t):
+            return None if t is None else nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
+
         self.experts, self.expert_bias, self.static = frozen(experts), frozen(expert_bias), frozen(static)
 
     @classmethod

@@ -135,7 +135,7 @@ def _loss(model: nn.Module, batch, index: int, loss_fn: Callable, device) -> tor
     if isinstance(out, torch.Tensor) and out.dim() >= 2 and not (y.is_floating_point() or y.dtype == torch.bool):
         labels = y[y != IGNORED_LABEL]
         classes = out.shape[1]
-        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        if labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < classes):
             raise DataError(f"partition batch {index}: labels must be in [0, {classes - 1}] for the model's "
                             f"{classes} classes, got {int(labels.min())}..{int(labels.max())}")
     return _checked(f"partition batch {index}: the loss failed", loss_fn, out, y.to(device))

@@ -241,7 +241,7 @@ def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progr
                     runs[variant].append(_worker({"variant": variant, "mode": mode, "device": device}, allocator,
                                                  threads))
             static = [run["seconds"] for run in runs["static"]]
-            for variant, found in runs.items():
+            for found in runs.values():
                 seconds = [run["seconds"] for run in found]
                 rows.append({**found[0], "allocator": name, "seconds": statistics.median(seconds),
                              "round_seconds": seconds, "ratio_static": ratio_spread(seconds, static),

@@ -46,7 +46,7 @@ def image_tensor(images, image_size: tuple[int, int] | int | None = None) -> tor
     x = _tensor(images, "images")
     if x.dtype == torch.bool or x.is_complex() or (not x.is_floating_point() and x.dtype != torch.uint8):
         if x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64) and x.numel() and \
-                0 <= int(x.min()) and int(x.max()) <= 255:
+                int(x.min()) >= 0 and int(x.max()) <= 255:
             x = x.to(torch.uint8)
         else:
             raise DataError(f"images must be uint8 (0-255) or float (0-1), got {x.dtype}; convert with "

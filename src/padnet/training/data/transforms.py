@@ -137,10 +137,7 @@ def resize(img: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
 def resize_shorter(img: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a (C, H, W) image so its shorter side is ``size``, keeping the aspect ratio; float32."""
     _, h, w = img.shape
-    if h <= w:
-        out_hw = (size, max(1, round(w * size / h)))
-    else:
-        out_hw = (max(1, round(h * size / w)), size)
+    out_hw = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
     return resize(img, out_hw)
 
 
