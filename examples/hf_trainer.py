@@ -48,7 +48,7 @@ def rotten_tomatoes(train_size: int, eval_size: int, seed: int = 0) -> tuple[lis
     with open(path, newline="", encoding="utf-8") as f:
         rows = [(r["text"], int(r["label"])) for r in csv.DictReader(f) if r["source"] == "rotten_tomatoes"]
     random.Random(seed).shuffle(rows)
-    return rows[eval_size:eval_size + train_size], rows[:eval_size]
+    return rows[eval_size : eval_size + train_size], rows[:eval_size]
 
 
 def main(argv=None) -> float:
@@ -69,32 +69,61 @@ def main(argv=None) -> float:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, use_safetensors=True)
     train, test = rotten_tomatoes(args.train_size, args.eval_size, args.seed)
-    train_data = [{**tokenizer(text, truncation=True, max_length=64), "labels": label} for text, label in train]
+    train_data = [
+        {**tokenizer(text, truncation=True, max_length=64), "labels": label} for text, label in train
+    ]
     collator = DataCollatorWithPadding(tokenizer)
 
-    pad = padnet.get_pad_model(model, padnet.PadConfig(method="pad-moe", num_experts=4, top_k=2, kappa=0.5,
-                                                       target_modules=["*.layer.4.*", "*.layer.5.*"],  # last two
-                                                       partition_batches=2, partition_iterations=2))
+    pad = padnet.get_pad_model(
+        model,
+        padnet.PadConfig(
+            method="pad-moe",
+            num_experts=4,
+            top_k=2,
+            kappa=0.5,
+            target_modules=["*.layer.4.*", "*.layer.5.*"],  # last two
+            partition_batches=2,
+            partition_iterations=2,
+        ),
+    )
     frozen = ("base_model.bert.embeddings.", *(f"base_model.bert.encoder.layer.{i}." for i in range(4)))
-    for name, parameter in pad.named_parameters():  # fine-tune the top two layers and the head only (CPU time)
+    for (
+        name,
+        parameter,
+    ) in pad.named_parameters():  # fine-tune the top two layers and the head only (CPU time)
         if name.startswith(frozen):
             parameter.requires_grad_(False)
-    partition_batches = [collator(train_data[i:i + 16]) for i in range(0, 32, 16)]  # for the IMP scores
+    partition_batches = [collator(train_data[i : i + 16]) for i in range(0, 32, 16)]  # for the IMP scores
     with tempfile.TemporaryDirectory() as out:
-        training = TrainingArguments(output_dir=out, num_train_epochs=args.epochs, per_device_train_batch_size=16,
-                                     learning_rate=args.learning_rate, warmup_steps=2, weight_decay=0.01,
-                                     save_strategy="no", report_to=[], logging_strategy="no", use_cpu=True,
-                                     disable_tqdm=True, seed=args.seed,
-                                     remove_unused_columns=False)  # PadModel.forward takes **kwargs
-        trainer = Trainer(model=pad, args=training, train_dataset=train_data, data_collator=collator,
-                          callbacks=[PadTrainerCallback(pad, partition_data=partition_batches)])
+        training = TrainingArguments(
+            output_dir=out,
+            num_train_epochs=args.epochs,
+            per_device_train_batch_size=16,
+            learning_rate=args.learning_rate,
+            warmup_steps=2,
+            weight_decay=0.01,
+            save_strategy="no",
+            report_to=[],
+            logging_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=args.seed,
+            remove_unused_columns=False,
+        )  # PadModel.forward takes **kwargs
+        trainer = Trainer(
+            model=pad,
+            args=training,
+            train_dataset=train_data,
+            data_collator=collator,
+            callbacks=[PadTrainerCallback(pad, partition_data=partition_batches)],
+        )
         trainer.train()
 
     pad.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(test), 64):
-            texts, labels = zip(*test[i:i + 64])
+            texts, labels = zip(*test[i : i + 64])
             batch = tokenizer(list(texts), truncation=True, max_length=64, padding=True, return_tensors="pt")
             correct += int((pad(**batch).logits.argmax(-1) == torch.tensor(labels)).sum())
     accuracy = correct / len(test)

@@ -39,7 +39,7 @@ def digits(train_size: int, seed: int = 0) -> tuple[TensorDataset, TensorDataset
     images = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16
     labels = torch.tensor(labels)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    test, train = order[:360], order[360:360 + train_size]
+    test, train = order[:360], order[360 : 360 + train_size]
     return TensorDataset(images[train], labels[train]), TensorDataset(images[test], labels[test])
 
 
@@ -47,8 +47,15 @@ def small_cnn() -> nn.Sequential:
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
-    return nn.Sequential(*block(1, 16), *block(16, 32), nn.MaxPool2d(2), *block(32, 64),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    return nn.Sequential(
+        *block(1, 16),
+        *block(16, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
 
 
 class Classifier(L.LightningModule):
@@ -77,12 +84,22 @@ def main(argv=None) -> float:
     warnings.filterwarnings("ignore", module="lightning")
     L.seed_everything(args.seed, verbose=False)
     train, test = digits(args.train_size, args.seed)
-    loader = DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(args.seed))
-    pad = padnet.get_pad_model(small_cnn(), padnet.PadConfig(method="sdconv", sparsity=0.5, pruning_iterations=2,
-                                                             init_from_pretrained=False))  # trained from scratch
-    trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[PadCallback(pad, partition_data=loader)])  # batches for the BatchNorm statistics
+    loader = DataLoader(
+        train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(args.seed)
+    )
+    pad = padnet.get_pad_model(
+        small_cnn(),
+        padnet.PadConfig(method="sdconv", sparsity=0.5, pruning_iterations=2, init_from_pretrained=False),
+    )  # trained from scratch
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PadCallback(pad, partition_data=loader)],
+    )  # batches for the BatchNorm statistics
     trainer.fit(Classifier(pad), loader)
 
     pad.eval()

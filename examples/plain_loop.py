@@ -33,7 +33,7 @@ def digits(train_size: int, seed: int = 0) -> tuple[TensorDataset, TensorDataset
     images = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16
     labels = torch.tensor(labels)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    test, train = order[:360], order[360:360 + train_size]
+    test, train = order[:360], order[360 : 360 + train_size]
     return TensorDataset(images[train], labels[train]), TensorDataset(images[test], labels[test])
 
 
@@ -41,8 +41,15 @@ def small_cnn() -> nn.Sequential:
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
-    return nn.Sequential(*block(1, 16), *block(16, 32), nn.MaxPool2d(2), *block(32, 64),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    return nn.Sequential(
+        *block(1, 16),
+        *block(16, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
 
 
 def main(argv=None) -> float:
@@ -55,21 +62,25 @@ def main(argv=None) -> float:
 
     torch.manual_seed(args.seed)
     train, test = digits(args.train_size, args.seed)
-    loader = DataLoader(train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(args.seed))
-    pad = padnet.get_pad_model(small_cnn(), padnet.PadConfig(method="pad", kappa=0.3, partition_batches=4,
-                                                             init_from_pretrained=False))  # trained from scratch
+    loader = DataLoader(
+        train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(args.seed)
+    )
+    pad = padnet.get_pad_model(
+        small_cnn(),
+        padnet.PadConfig(method="pad", kappa=0.3, partition_batches=4, init_from_pretrained=False),
+    )  # trained from scratch
     optimizer = torch.optim.SGD(pad.optimizer_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
-    pad.start_training(steps_per_epoch=len(loader), epochs=args.epochs, partition_data=loader)    # padnet 1
+    pad.start_training(steps_per_epoch=len(loader), epochs=args.epochs, partition_data=loader)  # padnet 1
     pad.train()
     for epoch in range(args.epochs):
         for x, y in loader:
-            pad.before_step()                                                                     # padnet 2
-            loss = F.cross_entropy(pad(x), y) + pad.extra_loss()                                  # padnet 3
+            pad.before_step()  # padnet 2
+            loss = F.cross_entropy(pad(x), y) + pad.extra_loss()  # padnet 3
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            pad.after_step()                                                                      # padnet 4
+            pad.after_step()  # padnet 4
         print(f"epoch {epoch + 1}: loss {loss.item():.3f}")
 
     pad.eval()

@@ -36,8 +36,11 @@ def defined_names(module) -> list[str]:
 def expected() -> set[str]:
     """Qualified names that must be rendered: each public definition, and each name of an ``__all__`` where it
     is defined."""
-    modules = [padnet] + [importlib.import_module(m.name) for m in pkgutil.walk_packages(padnet.__path__, "padnet.")
-                          if m.name != "padnet.__main__"]
+    modules = [padnet] + [
+        importlib.import_module(m.name)
+        for m in pkgutil.walk_packages(padnet.__path__, "padnet.")
+        if m.name != "padnet.__main__"
+    ]
     defined = {(module.__name__, name) for module in modules for name in defined_names(module)}
     names = {f"{module}.{name}" for module, name in defined}
     for module in modules:

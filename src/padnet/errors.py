@@ -23,7 +23,9 @@ class CheckpointError(PadnetError):
     """A checkpoint is unreadable, corrupt or belongs to another architecture."""
 
 
-MAX_LOSS = 1e4  # a training loss above this has diverged: cross-entropy at chance is ln(classes), 6.9 for 1000
+MAX_LOSS = (
+    1e4  # a training loss above this has diverged: cross-entropy at chance is ln(classes), 6.9 for 1000
+)
 
 
 class NonFiniteLossError(PadnetError):
@@ -31,8 +33,11 @@ class NonFiniteLossError(PadnetError):
     too large for the model."""
 
     def __init__(self, value: float, step: int):
-        what = f"non-finite loss ({value})" if not math.isfinite(value) else (
-            f"diverged loss ({value:.3g}, above {MAX_LOSS:g})")
+        what = (
+            f"non-finite loss ({value})"
+            if not math.isfinite(value)
+            else (f"diverged loss ({value:.3g}, above {MAX_LOSS:g})")
+        )
         super().__init__(f"{what} at step {step}; lower the learning rate")
 
 
@@ -40,9 +45,13 @@ class NonFiniteStateError(PadnetError):
     """Training left a NaN or infinite value in the model or optimiser state; no checkpoint was written."""
 
     def __init__(self, key: str, last_good):
-        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before"
-        super().__init__(f"non-finite values in {key}; this checkpoint was not written and {where} "
-                         "(resume from it with a lower learning rate)")
+        where = (
+            f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before"
+        )
+        super().__init__(
+            f"non-finite values in {key}; this checkpoint was not written and {where} "
+            "(resume from it with a lower learning rate)"
+        )
 
 
 def user_message(exc: BaseException) -> str:
@@ -74,7 +83,11 @@ def one_line(text: str) -> str:
 def shown(value) -> str:
     """``value`` for a one-line message: as it is when it is a printable string, else its repr (so a key with a
     line break or a control character, read from a file, cannot split the message)."""
-    return value if isinstance(value, str) and value.isprintable() and value.strip() == value and value else repr(value)
+    return (
+        value
+        if isinstance(value, str) and value.isprintable() and value.strip() == value and value
+        else repr(value)
+    )
 
 
 def check_choice(kind: str, value, choices) -> None:

@@ -61,44 +61,53 @@ TINY = ["--width", "0.125", "--epochs", "1", "--batch-size", "16", "--progress",
 PARTITION = ["--partition-batches", "1", "--partition-iterations", "1"]  # for PAD-Net forms only
 
 
-@pytest.mark.parametrize("argv, fragments", [
-    (["train", "--model", "resnet99"], ["unknown model", "resnet18"]),
-    (["train", "--dataset", "mnist-x"], ["unknown dataset", "fashion-mnist"]),
-    (["train", "--conv", "wavelet"], ["unknown conv type"]),
-    (["train", "--kappa", "0"], ["kappa", "(0, 1]"]),
-    (["train", "--kappa", "1.5"], ["kappa", "(0, 1]"]),
-    (["train", "--kappa", "abc"], ["kappa"]),
-    (["train", "--epochs", "-1"], ["epochs"]),
-    (["train", "--partition", "lottery"], ["partition method"]),
-    (["count", "--model", "vgg16"], ["unknown model"]),
-    (["count", "--width", "inf"], ["width"]),
-    (["count", "--input", "0", "8", "8"], ["--input"]),
-    (["train", "--threads", "-1"], ["threads"]),
-    (["train", "--train-subset", "2.5"], ["train_subset"]),
-    (["train", "--granularity", "row"], ["granularity"]),
-    (["train", "--scale-mode", "free"], ["scale-factor mode"]),
-    (["compare", "--convs", "static", "foo"], ["unknown conv type 'foo'"]),
-    (["compare", "--kappa", "2"], ["kappa"]),
-    (["train", "--conv", "sdconv", "--sparsity", "1.2"], ["sparsity must be in [0, 1)"]),
-    (["train", "--conv", "sdconv", "--mask-strategy", "mixed"], ["unknown mask strategy 'mixed'"]),
-    (["train", "--conv", "sdconv", "--threshold-lr", "0"], ["threshold_lr"]),
-    (["sdconv", "all", "--budget-weight", "-1"], ["budget_weight"]),
-])
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["train", "--model", "resnet99"], ["unknown model", "resnet18"]),
+        (["train", "--dataset", "mnist-x"], ["unknown dataset", "fashion-mnist"]),
+        (["train", "--conv", "wavelet"], ["unknown conv type"]),
+        (["train", "--kappa", "0"], ["kappa", "(0, 1]"]),
+        (["train", "--kappa", "1.5"], ["kappa", "(0, 1]"]),
+        (["train", "--kappa", "abc"], ["kappa"]),
+        (["train", "--epochs", "-1"], ["epochs"]),
+        (["train", "--partition", "lottery"], ["partition method"]),
+        (["count", "--model", "vgg16"], ["unknown model"]),
+        (["count", "--width", "inf"], ["width"]),
+        (["count", "--input", "0", "8", "8"], ["--input"]),
+        (["train", "--threads", "-1"], ["threads"]),
+        (["train", "--train-subset", "2.5"], ["train_subset"]),
+        (["train", "--granularity", "row"], ["granularity"]),
+        (["train", "--scale-mode", "free"], ["scale-factor mode"]),
+        (["compare", "--convs", "static", "foo"], ["unknown conv type 'foo'"]),
+        (["compare", "--kappa", "2"], ["kappa"]),
+        (["train", "--conv", "sdconv", "--sparsity", "1.2"], ["sparsity must be in [0, 1)"]),
+        (["train", "--conv", "sdconv", "--mask-strategy", "mixed"], ["unknown mask strategy 'mixed'"]),
+        (["train", "--conv", "sdconv", "--threshold-lr", "0"], ["threshold_lr"]),
+        (["sdconv", "all", "--budget-weight", "-1"], ["budget_weight"]),
+    ],
+)
 def test_bad_arguments_give_one_line_error(capsys, tmp_path, argv, fragments):
-    code, _, err = run_cli(capsys, *argv, "--out", str(tmp_path / "run")) if argv[0] != "count" \
+    code, _, err = (
+        run_cli(capsys, *argv, "--out", str(tmp_path / "run"))
+        if argv[0] != "count"
         else run_cli(capsys, *argv)
+    )
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("epochs: .inf\n", "epochs"),
-    ("model: 18\n", "model must be a name"),
-    ("conv: [pad]\n", "conv must be a name"),
-    ("data_root: 5\n", "data_root must be a path"),
-    ("seed: null\n", "seed needs a value"),
-    ("- a list\n", "mapping"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("epochs: .inf\n", "epochs"),
+        ("model: 18\n", "model must be a name"),
+        ("conv: [pad]\n", "conv must be a name"),
+        ("data_root: 5\n", "data_root must be a path"),
+        ("seed: null\n", "seed needs a value"),
+        ("- a list\n", "mapping"),
+    ],
+)
 def test_bad_config_values(capsys, tmp_path, text, fragment):
     config = tmp_path / "c.yaml"
     config.write_text(text)
@@ -124,18 +133,43 @@ def test_train_subset_and_image_options_for_image_folders(capsys, tmp_path):
             folder.mkdir(parents=True)
             for i in range(3):
                 Image.new("RGB", (12, 10), (40 * i, 200 if cls == "a" else 20, 90)).save(folder / f"{i}.png")
-    code, _out, err = run_cli(capsys, "train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "imgs"),
-                             "--train-subset", "4", "--image-size", "8", "--channels", "1", "--batch-size", "2",
-                             "--epochs", "1", "--width", "0.125", "--progress", "false", "--out", str(tmp_path / "run"))
+    code, _out, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(tmp_path / "imgs"),
+        "--train-subset",
+        "4",
+        "--image-size",
+        "8",
+        "--channels",
+        "1",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--width",
+        "0.125",
+        "--progress",
+        "false",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code == 0, err
     code, _, err = run_cli(capsys, "train", "--image-size", "8", "--out", str(tmp_path / "run2"))
-    assert_one_line_error(code, err, "image_size applies to datasets imagefolder, arrays, not 'fashion-mnist'")
+    assert_one_line_error(
+        code, err, "image_size applies to datasets imagefolder, arrays, not 'fashion-mnist'"
+    )
 
 
 def test_conv_names_are_canonical(capsys, tmp_path):
     root = fake_fashion_mnist(tmp_path / "fm")
     out = tmp_path / "run"
-    code, _, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "PAD-Net", "--out", str(out), *TINY, *PARTITION)
+    code, _, _ = run_cli(
+        capsys, "train", "--data-root", str(root), "--conv", "PAD-Net", "--out", str(out), *TINY, *PARTITION
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["conv"] == "pad" and results["partition"]["dynamic_ratio"] == pytest.approx(0.3, abs=1e-4)
@@ -149,7 +183,18 @@ def test_partition_command_is_reproducible(capsys, tmp_path):
     reports = []
     for i in range(2):
         path = tmp_path / f"r{i}.json"
-        code, _, _ = run_cli(capsys, "partition", "--data-root", str(root), "--seed", "3", "--out", str(path), *TINY, *PARTITION)
+        code, _, _ = run_cli(
+            capsys,
+            "partition",
+            "--data-root",
+            str(root),
+            "--seed",
+            "3",
+            "--out",
+            str(path),
+            *TINY,
+            *PARTITION,
+        )
         assert code == 0
         reports.append(json.loads(path.read_text())["layers"])
     assert reports[0] == reports[1]
@@ -166,7 +211,9 @@ def test_unknown_flag_is_one_line(capsys):
 
 
 def test_missing_data_root(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "train", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(
+        capsys, "train", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")
+    )
     assert_one_line_error(code, err)
     assert not (tmp_path / "r").exists()
 
@@ -194,20 +241,42 @@ def test_config_file_errors(capsys, tmp_path):
 def test_sd_conv_trains_reports_its_sparsity_and_deploys(capsys, tmp_path):
     root = fake_fashion_mnist(tmp_path / "fm")
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "sdconv", "--sparsity", "0.3",
-                              "--pruning-iterations", "0", "--out", str(out), *TINY)
+    code, stdout, _ = run_cli(
+        capsys,
+        "train",
+        "--data-root",
+        str(root),
+        "--conv",
+        "sdconv",
+        "--sparsity",
+        "0.3",
+        "--pruning-iterations",
+        "0",
+        "--out",
+        str(out),
+        *TINY,
+    )
     assert code == 0 and "sparsity" in stdout and "kernel" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["sparsity"]["sparsity"] > 0 and len(results["sparsity"]["layers"]) == 11
-    code, stdout, _ = run_cli(capsys, "deploy", str(out / "model.safetensors"), "--data-root", str(root),
-                              "--out", str(tmp_path / "deployed"))
+    code, stdout, _ = run_cli(
+        capsys,
+        "deploy",
+        str(out / "model.safetensors"),
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path / "deployed"),
+    )
     assert code == 0 and float(stdout.split("max |difference| ")[1].split()[0]) < 1e-4
 
 
 def test_train_writes_run_and_refuses_to_overwrite(capsys, tmp_path):
     root = fake_fashion_mnist(tmp_path / "fm")
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(capsys, "train", "--data-root", str(root), "--conv", "pad", "--out", str(out), *TINY, *PARTITION)
+    code, stdout, _ = run_cli(
+        capsys, "train", "--data-root", str(root), "--conv", "pad", "--out", str(out), *TINY, *PARTITION
+    )
     assert code == 0 and "top-1" in stdout
     names = {p.name for p in out.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "model.safetensors", "results.json"} <= names
@@ -220,8 +289,16 @@ def test_train_writes_run_and_refuses_to_overwrite(capsys, tmp_path):
     code, stdout, _ = run_cli(capsys, "evaluate", str(out / "model.safetensors"), "--data-root", str(root))
     assert code == 0 and "top-1" in stdout
     # deploy it: compact file, loadable, equal to the training form on test images
-    code, stdout, _ = run_cli(capsys, "deploy", str(out / "model.safetensors"), "--data-root", str(root),
-                              "--out", str(tmp_path / "deployed"), "--torchscript")
+    code, stdout, _ = run_cli(
+        capsys,
+        "deploy",
+        str(out / "model.safetensors"),
+        "--data-root",
+        str(root),
+        "--out",
+        str(tmp_path / "deployed"),
+        "--torchscript",
+    )
     assert code == 0, stdout
     difference = float(stdout.split("max |difference| ")[1].split()[0])
     assert difference < 1e-4
@@ -238,8 +315,13 @@ def test_train_writes_run_and_refuses_to_overwrite(capsys, tmp_path):
     assert_one_line_error(code, err, "never unpickles a file")
     wrong = tmp_path / "wrong.safetensors"
     meta = {"config": {**results_config(out), "width": 0.25}}
-    save_checkpoint(wrong, create_model("resnet10", conv="pad", num_classes=10, in_chans=1, width=0.125,
-                                        stem="small", num_kernels=2), meta)
+    save_checkpoint(
+        wrong,
+        create_model(
+            "resnet10", conv="pad", num_classes=10, in_chans=1, width=0.125, stem="small", num_kernels=2
+        ),
+        meta,
+    )
     code, _, err = run_cli(capsys, "evaluate", str(wrong), "--data-root", str(root))
     assert_one_line_error(code, err, "does not match")
 
@@ -252,11 +334,19 @@ def results_config(run_dir: Path) -> dict:
 
 def test_console_has_no_traceback():
     env = {**os.environ, "PYTHONPATH": str(SRC), "PADNET_ALLOCATOR": "0"}
-    proc = subprocess.run([sys.executable, "-m", "padnet", "train", "--kappa", "7"], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "padnet", "train", "--kappa", "7"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == ["padnet: error: dynamic ratio kappa must be in (0, 1], got 7.0"]
+    assert proc.stderr.strip().splitlines() == [
+        "padnet: error: dynamic ratio kappa must be in (0, 1], got 7.0"
+    ]
 
 
 def test_count_command(capsys):
@@ -268,8 +358,9 @@ def test_count_command(capsys):
 def test_partition_command(capsys, tmp_path):
     root = fake_fashion_mnist(tmp_path / "fm")
     report = tmp_path / "report.json"
-    code, out, _ = run_cli(capsys, "partition", "--data-root", str(root), "--kappa", "0.5", "--out", str(report),
-                           *TINY)
+    code, out, _ = run_cli(
+        capsys, "partition", "--data-root", str(root), "--kappa", "0.5", "--out", str(report), *TINY
+    )
     assert code == 0 and "dynamic ratio 0.5000" in out
     assert json.loads(report.read_text())["dynamic_ratio"] == pytest.approx(0.5, abs=1e-4)
 
@@ -278,7 +369,9 @@ def test_partition_command(capsys, tmp_path):
 def test_partition_command_partitions_the_chosen_pad_form(capsys, tmp_path, conv, masked):
     root = fake_fashion_mnist(tmp_path / "fm")
     report = tmp_path / "report.json"
-    code, _, _ = run_cli(capsys, "partition", "--data-root", str(root), "--conv", conv, "--out", str(report), *TINY, *PARTITION)
+    code, _, _ = run_cli(
+        capsys, "partition", "--data-root", str(root), "--conv", conv, "--out", str(report), *TINY, *PARTITION
+    )
     assert code == 0
     names = [layer["name"] for layer in json.loads(report.read_text())["layers"]]
     assert any(name.endswith(masked) for name in names)

@@ -24,8 +24,23 @@ from padnet.training.config import TrainConfig
 from padnet.training.engine import save_checkpoint
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
-TRAIN = ["train", "--dataset", "digits", "--model", "resnet10", "--width", "0.125", "--epochs", "1",
-         "--train-subset", "64", "--batch-size", "32", "--progress", "false"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "digits",
+    "--model",
+    "resnet10",
+    "--width",
+    "0.125",
+    "--epochs",
+    "1",
+    "--train-subset",
+    "64",
+    "--batch-size",
+    "32",
+    "--progress",
+    "false",
+]
 
 
 def _idx(path: Path, data: bytes, dims: tuple[int, ...], magic: int = 0x0803) -> None:
@@ -39,8 +54,12 @@ def _fashion(tmp: Path, *, truncate: bool = False, magic: int = 0x0803, side: in
     root.mkdir()
     for prefix in ("train", "t10k"):
         pixels = bytes(i % 251 for i in range(4 * side * side))
-        _idx(root / f"{prefix}-images-idx3-ubyte", pixels[:100] if truncate and prefix == "train" else pixels,
-             (4, side, side), magic if prefix == "train" else 0x0803)
+        _idx(
+            root / f"{prefix}-images-idx3-ubyte",
+            pixels[:100] if truncate and prefix == "train" else pixels,
+            (4, side, side),
+            magic if prefix == "train" else 0x0803,
+        )
         _idx(root / f"{prefix}-labels-idx1-ubyte", bytes(4), (4,), 0x0801)
     return root
 
@@ -54,7 +73,9 @@ def _cifar_truncated(tmp: Path) -> Path:
     return tmp / "cifar"
 
 
-def _rte(tmp: Path, header: str = "index\tsentence1\tsentence2\tlabel", rows: str = "0\ta\tb\tentailment") -> Path:
+def _rte(
+    tmp: Path, header: str = "index\tsentence1\tsentence2\tlabel", rows: str = "0\ta\tb\tentailment"
+) -> Path:
     folder = tmp / "glue" / "RTE"
     folder.mkdir(parents=True)
     for split in ("train", "dev"):
@@ -91,8 +112,14 @@ def _damaged_run(tmp: Path) -> Path:
 
 def _pickled_model_folder(tmp: Path) -> Path:
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=64)
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     config.save_pretrained(tmp)
     torch.save(transformers.BertForSequenceClassification(config).state_dict(), tmp / "pytorch_model.bin")
     return tmp
@@ -100,14 +127,30 @@ def _pickled_model_folder(tmp: Path) -> Path:
 
 def _neox_folder(tmp: Path) -> Path:
     transformers = pytest.importorskip("transformers")
-    config = transformers.GPTNeoXConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, pad_token_id=0)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        pad_token_id=0,
+    )
     # FFN linears named dense_h_to_4h / dense_4h_to_h: not a default pattern
     return save_with_minilm_tokenizer(transformers.GPTNeoXForSequenceClassification(config), tmp)
 
 
-COMPRESS = ["--block-size", "32", "--batch-size", "4", "--calibration-batches", "2", "--partition-iterations", "1",
-            "--progress", "false"]
+COMPRESS = [
+    "--block-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--calibration-batches",
+    "2",
+    "--partition-iterations",
+    "1",
+    "--progress",
+    "false",
+]
 
 
 def _moe_compress(tmp: Path, edit=None, *flags: str) -> list[str]:
@@ -116,8 +159,16 @@ def _moe_compress(tmp: Path, edit=None, *flags: str) -> list[str]:
     root = tiny_moe_folder(tmp / "moe")
     if edit is not None:
         edit(root / "model")
-    return ["moe-compress", str(root / "model"), "--calibration", str(root / "text.txt"), "--out", str(tmp / "out"),
-            *COMPRESS, *flags]
+    return [
+        "moe-compress",
+        str(root / "model"),
+        "--calibration",
+        str(root / "text.txt"),
+        "--out",
+        str(tmp / "out"),
+        *COMPRESS,
+        *flags,
+    ]
 
 
 def _edit_moe_tensor(folder: Path, value: float | None) -> None:
@@ -212,35 +263,76 @@ ROWS = {
     "idx-magic": lambda t: ["data", "fashion-mnist", "--data-root", str(_fashion(t, magic=0x12340803))],
     "cifar-truncated": lambda t: ["data", "cifar10", "--data-root", str(_cifar_truncated(t))],
     "imagefolder-empty": lambda t: ["data", "imagefolder", "--data-root", str(t)],
-    "imagefolder-truncated": lambda t: ["data", "imagefolder", "--data-root", str(_folder_with_truncated_image(t))],
-    "train-truncated-image": lambda t: ["train", "--dataset", "imagefolder", "--data-root",
-                                        str(_folder_with_truncated_image(t)), "--image-size", "8", "--batch-size", "2",
-                                        "--width", "0.125", "--epochs", "1", "--progress", "false", "--out",
-                                        str(t / "run")],
+    "imagefolder-truncated": lambda t: [
+        "data",
+        "imagefolder",
+        "--data-root",
+        str(_folder_with_truncated_image(t)),
+    ],
+    "train-truncated-image": lambda t: [
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(_folder_with_truncated_image(t)),
+        "--image-size",
+        "8",
+        "--batch-size",
+        "2",
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--progress",
+        "false",
+        "--out",
+        str(t / "run"),
+    ],
     "imagefolder-one-class": lambda t: ["data", "imagefolder", "--data-root", str(_one_class_folder(t))],
     "unknown-task": lambda t: _finetune("--task", "squad"),
     "glue-no-data-root": lambda t: _finetune("--task", "rte"),
-    "tsv-missing-column": lambda t: _finetune("--task", "rte", "--data-root",
-                                             str(_rte(t, "index\tsentence1\tlabel", "0\ta\tentailment"))),
-    "tsv-ragged-row": lambda t: _finetune("--task", "rte", "--data-root", str(_rte(t, rows="0\ta\tentailment"))),
+    "tsv-missing-column": lambda t: _finetune(
+        "--task", "rte", "--data-root", str(_rte(t, "index\tsentence1\tlabel", "0\ta\tentailment"))
+    ),
+    "tsv-ragged-row": lambda t: _finetune(
+        "--task", "rte", "--data-root", str(_rte(t, rows="0\ta\tentailment"))
+    ),
     "tsv-bad-label": lambda t: _finetune("--task", "rte", "--data-root", str(_rte(t, rows="0\ta\tb\tmaybe"))),
     "tsv-stsb-range": lambda t: _finetune("--task", "stsb", "--data-root", str(_stsb(t))),
     "parquet-corrupt": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, b"not parquet"))),
     "parquet-missing-column": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, None))),
     "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_neox_folder(t))),
     "model-pickle": lambda t: _finetune("--model", str(_pickled_model_folder(t))),
-    "model-truncated": lambda t: _finetune("--model", str(_truncate(_neox_folder(t) / "model.safetensors").parent)),
+    "model-truncated": lambda t: _finetune(
+        "--model", str(_truncate(_neox_folder(t) / "model.safetensors").parent)
+    ),
     "model-missing": lambda t: _finetune("--model", str(t / "nope")),
-    "compress-no-text": lambda t: ["moe-compress", str(t), "--calibration", str(t / "nope.txt"), "--out",
-                                   str(t / "out")],
-    "compress-no-experts": lambda t: ["moe-compress", str(_neox_folder(t / "neox")), "--calibration",
-                                      str(_text(t)), "--out", str(t / "out")],
+    "compress-no-text": lambda t: [
+        "moe-compress",
+        str(t),
+        "--calibration",
+        str(t / "nope.txt"),
+        "--out",
+        str(t / "out"),
+    ],
+    "compress-no-experts": lambda t: [
+        "moe-compress",
+        str(_neox_folder(t / "neox")),
+        "--calibration",
+        str(_text(t)),
+        "--out",
+        str(t / "out"),
+    ],
     "compress-truncated-weights": lambda t: _moe_compress(t, lambda m: _truncate(m / "model.safetensors")),
     "compress-nan-weights": lambda t: _moe_compress(t, lambda m: _edit_moe_tensor(m, float("nan"))),
-    "compress-config-size": lambda t: _moe_compress(t, lambda m: _edit_config(m, "intermediate_size", 24, 2400)),
+    "compress-config-size": lambda t: _moe_compress(
+        t, lambda m: _edit_config(m, "intermediate_size", 24, 2400)
+    ),
     "compress-missing-tensor": lambda t: _moe_compress(t, lambda m: _edit_moe_tensor(m, None)),
     "compress-no-tokenizer": lambda t: _moe_compress(t, _drop_tokenizer),
-    "compress-model-fails": lambda t: _moe_compress(t, lambda m: _edit_config(m, "num_experts_per_tok", 2, 9)),
+    "compress-model-fails": lambda t: _moe_compress(
+        t, lambda m: _edit_config(m, "num_experts_per_tok", 2, 9)
+    ),
     "compress-non-finite-loss": lambda t: _moe_compress(t, None, "--finetune-steps", "3", "--lr", "1e30"),
     "compress-out-taken": lambda t: _compressed_twice(t),
     "study-out-taken": lambda t: ["compress-study", "--out", str(_compress_output(t))],
@@ -249,7 +341,12 @@ ROWS = {
     "study-seed-range": lambda t: ["compress-study", "--seeds", "-1", "--out", str(t / "out")],
     "study-kappas-repeated": lambda t: ["compress-study", "--kappas", "0.3", "0.3", "--out", str(t / "out")],
     "study-steps": lambda t: ["compress-study", "--steps", "10000000000000", "--out", str(t / "out")],
-    "arrays-channels-last": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 8, 8, 3), np.uint8)))],
+    "arrays-channels-last": lambda t: [
+        "data",
+        "arrays",
+        "--data-root",
+        str(_npz(t, np.zeros((4, 8, 8, 3), np.uint8))),
+    ],
     "arrays-flat": lambda t: ["data", "arrays", "--data-root", str(_npz(t, np.zeros((4, 64), np.uint8)))],
     "arrays-keys": lambda t: ["data", "arrays", "--data-root", str(_npz(t, None))],
     "image-option-dataset": lambda t: ["train", "--image-size", "8"],
@@ -264,17 +361,39 @@ ROWS = {
     "checkpoint-bad-config": lambda t: ["evaluate", str(_checkpoint(t, width=100000))],
     "checkpoint-nan-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), float("nan")))],
     "checkpoint-int-weights": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t), None))],
-    "deploy-export-odconv": lambda t: ["deploy", str(_checkpoint(t, "odconv")), "--out", str(t / "out"), "--onnx"],
+    "deploy-export-odconv": lambda t: [
+        "deploy",
+        str(_checkpoint(t, "odconv")),
+        "--out",
+        str(t / "out"),
+        "--onnx",
+    ],
     "kappa-no-dynamic": lambda t: [*TRAIN, "--conv", "pad", "--kappa", "1e-300", "--out", str(t / "run")],
-    "checkpoint-mask-values": lambda t: ["evaluate", str(_edit_weight(_checkpoint(t, "pad"), 0.5,
-                                                                      "model/layer1.0.conv1.weight_mode.mask"))],
+    "checkpoint-mask-values": lambda t: [
+        "evaluate",
+        str(_edit_weight(_checkpoint(t, "pad"), 0.5, "model/layer1.0.conv1.weight_mode.mask")),
+    ],
     "run-dir-taken": lambda t: [*TRAIN, "--out", str(_run_dir(t))],
-    "resume-changed-config": lambda t: [*TRAIN[:-6], "--epochs", "2", *TRAIN[-6:], "--out", str(_run_dir(t)),
-                                        "--resume"],
+    "resume-changed-config": lambda t: [
+        *TRAIN[:-6],
+        "--epochs",
+        "2",
+        *TRAIN[-6:],
+        "--out",
+        str(_run_dir(t)),
+        "--resume",
+    ],
     "non-finite-loss": lambda t: [*TRAIN, "--lr", "1e30", "--out", str(t / "run")],
     "resume-damaged": lambda t: [*TRAIN, "--out", str(_damaged_run(t)), "--resume"],
-    "batch-larger-than-data": lambda t: [*TRAIN[:-4], "--batch-size", "128", "--progress", "false", "--out",
-                                         str(t / "run")],
+    "batch-larger-than-data": lambda t: [
+        *TRAIN[:-4],
+        "--batch-size",
+        "128",
+        "--progress",
+        "false",
+        "--out",
+        str(t / "run"),
+    ],
 }
 
 
@@ -394,7 +513,9 @@ def _documented() -> dict[str, tuple[str, str]]:
 
 
 def _pattern(message: str) -> re.Pattern:
-    return re.compile("".join(".*" if part == "…" else re.escape(part) for part in re.split("(…)", message)) + "$")
+    return re.compile(
+        "".join(".*" if part == "…" else re.escape(part) for part in re.split("(…)", message)) + "$"
+    )
 
 
 def test_every_documented_row_has_a_check_and_the_table_has_at_least_20_rows():

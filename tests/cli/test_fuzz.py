@@ -36,8 +36,12 @@ from padnet.errors import PadnetError
 from padnet.training.engine.checkpoint import save_checkpoint
 
 EXAMPLES = 20 * 15 if os.environ.get("PADNET_FUZZ") else 15
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("PADNET_FUZZ"),
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not os.environ.get("PADNET_FUZZ"),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 TIME_LIMIT = 60  # seconds per example: a hang fails the test
 
 
@@ -72,8 +76,12 @@ class _AcceptingTrainer:
 def _cli(args: list[str], folder: Path | None = None) -> int:
     """Run the command line in-process; assert success or exit 2 with one ``padnet: error:`` line."""
     out, err = io.StringIO(), io.StringIO()
-    with _time_limit(TIME_LIMIT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            mock.patch("padnet.training.engine.trainer.Trainer", _AcceptingTrainer):
+    with (
+        _time_limit(TIME_LIMIT),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        mock.patch("padnet.training.engine.trainer.Trainer", _AcceptingTrainer),
+    ):
         try:
             code = main(args)
         except SystemExit as exc:  # argparse
@@ -99,18 +107,19 @@ def _loader(fn, *args):
 
 # ------------------------------------------------------------------------------------------- mutations
 
+
 @st.composite
 def mutations(draw, data: bytes) -> bytes:
     """``data`` with a few bytes flipped, a piece cut out, bytes inserted, or truncated."""
     kind = draw(st.sampled_from(["flip", "cut", "insert", "truncate"]))
     size = len(data)
     if kind == "truncate":
-        return data[:draw(st.integers(0, max(0, size - 1)))]
+        return data[: draw(st.integers(0, max(0, size - 1)))]
     at = draw(st.integers(0, max(0, size - 1)))
     if kind == "insert":
         return data[:at] + draw(st.binary(min_size=1, max_size=16)) + data[at:]
     if kind == "cut":
-        return data[:at] + data[at + draw(st.integers(1, 64)):]
+        return data[:at] + data[at + draw(st.integers(1, 64)) :]
     out = bytearray(data)
     for pos in draw(st.lists(st.integers(0, max(0, size - 1)), min_size=1, max_size=8)):
         out[pos] ^= draw(st.integers(1, 255))
@@ -122,9 +131,11 @@ def _idx(array: np.ndarray) -> bytes:
     return gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0)
 
 
-FASHION = {f"{split}-{part}-idx{dims}-ubyte.gz": (shape, high)
-           for split, n in (("train", 32), ("t10k", 16))
-           for part, dims, shape, high in (("images", 3, (n, 28, 28), 256), ("labels", 1, (n,), 10))}
+FASHION = {
+    f"{split}-{part}-idx{dims}-ubyte.gz": (shape, high)
+    for split, n in (("train", 32), ("t10k", 16))
+    for part, dims, shape, high in (("images", 3, (n, 28, 28), 256), ("labels", 1, (n,), 10))
+}
 
 
 def _fashion(root: Path) -> Path:
@@ -137,17 +148,77 @@ def _fashion(root: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------ arguments
 
-FLAGS = ["--epochs", "--batch-size", "--lr", "--kappa", "--conv", "--model", "--width", "--seed", "--dataset",
-         "--granularity", "--num-kernels", "--reduction", "--image-size", "--flip", "--augment", "--train-subset",
-         "--temperature-start", "--sparsity", "--partition", "--partition-batches", "--stem", "--threads",
-         "--label-smoothing", "--scale-mode", "--mask-semantics", "--channels", "--normalization", "--epoch"]
+FLAGS = [
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--kappa",
+    "--conv",
+    "--model",
+    "--width",
+    "--seed",
+    "--dataset",
+    "--granularity",
+    "--num-kernels",
+    "--reduction",
+    "--image-size",
+    "--flip",
+    "--augment",
+    "--train-subset",
+    "--temperature-start",
+    "--sparsity",
+    "--partition",
+    "--partition-batches",
+    "--stem",
+    "--threads",
+    "--label-smoothing",
+    "--scale-mode",
+    "--mask-semantics",
+    "--channels",
+    "--normalization",
+    "--epoch",
+]
 VALUES = st.one_of(
-    st.sampled_from(["0", "-1", "1", "2", "3", "1e30", "-1e-30", "nan", "inf", "-inf", "true", "false", "yes",
-                     "pad", "dy", "sdconv", "resnet10", "vgg", "fashion-mnist", "digits", "arrays", "filter",
-                     "", " ", "0x10", "1_000", "9" * 30, "1.5", "0.3", "null", "[1, 2]", "{a: 1}"]),
-    st.integers(-2**70, 2**70).map(str),
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1",
+            "2",
+            "3",
+            "1e30",
+            "-1e-30",
+            "nan",
+            "inf",
+            "-inf",
+            "true",
+            "false",
+            "yes",
+            "pad",
+            "dy",
+            "sdconv",
+            "resnet10",
+            "vgg",
+            "fashion-mnist",
+            "digits",
+            "arrays",
+            "filter",
+            "",
+            " ",
+            "0x10",
+            "1_000",
+            "9" * 30,
+            "1.5",
+            "0.3",
+            "null",
+            "[1, 2]",
+            "{a: 1}",
+        ]
+    ),
+    st.integers(-(2**70), 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.text(max_size=12))
+    st.text(max_size=12),
+)
 
 
 @FUZZ
@@ -163,22 +234,61 @@ def test_generated_train_arguments_are_accepted_or_refused_in_one_line(tmp_path,
 # ------------------------------------------------------------------------------------------ YAML
 
 YAML_VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-              st.text(max_size=10), st.sampled_from(["pad", "resnet10", "digits", "0.3", "1e5"])),
-    lambda children: st.one_of(st.lists(children, max_size=3),
-                               st.dictionaries(st.text(max_size=8), children, max_size=3)),
-    max_leaves=12)
-KEYS = st.sampled_from(["epochs", "batch_size", "lr", "kappa", "conv", "model", "width", "seed", "dataset",
-                        "granularity", "num_kernels", "augment", "flip", "image_size", "train_subset", "seeds",
-                        "temperature_start", "unknown_key"])
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True),
+        st.text(max_size=10),
+        st.sampled_from(["pad", "resnet10", "digits", "0.3", "1e5"]),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    [
+        "epochs",
+        "batch_size",
+        "lr",
+        "kappa",
+        "conv",
+        "model",
+        "width",
+        "seed",
+        "dataset",
+        "granularity",
+        "num_kernels",
+        "augment",
+        "flip",
+        "image_size",
+        "train_subset",
+        "seeds",
+        "temperature_start",
+        "unknown_key",
+    ]
+)
 
 
 @FUZZ
-@given(st.one_of(st.dictionaries(KEYS, YAML_VALUES, max_size=5).map(lambda d: yaml.safe_dump(d).encode()),
-                 YAML_VALUES.map(lambda v: yaml.safe_dump(v).encode()),
-                 st.binary(max_size=200),
-                 st.sampled_from([b"a: &x [1]\nb: *x\n", b"epochs: 1\nepochs: 2\n", b"[" * 40, b"\xff\xfe\x00",
-                                  b"!!python/object:os.system {}\n", b"epochs: !!binary aGk=\n"])))
+@given(
+    st.one_of(
+        st.dictionaries(KEYS, YAML_VALUES, max_size=5).map(lambda d: yaml.safe_dump(d).encode()),
+        YAML_VALUES.map(lambda v: yaml.safe_dump(v).encode()),
+        st.binary(max_size=200),
+        st.sampled_from(
+            [
+                b"a: &x [1]\nb: *x\n",
+                b"epochs: 1\nepochs: 2\n",
+                b"[" * 40,
+                b"\xff\xfe\x00",
+                b"!!python/object:os.system {}\n",
+                b"epochs: !!binary aGk=\n",
+            ]
+        ),
+    )
+)
 @example(document=b'"\\r":\n(:')  # found by --fuzz: an unknown key with a carriage return split the line
 def test_generated_yaml_configs_are_accepted_or_refused_in_one_line(tmp_path, document):
     path = tmp_path / "config.yaml"
@@ -188,25 +298,59 @@ def test_generated_yaml_configs_are_accepted_or_refused_in_one_line(tmp_path, do
 
 # ------------------------------------------------------------------------------------------ MoE compression
 
-COMPRESS_FLAGS = ["--kappa", "--method", "--granularity", "--static", "--partition-iterations",
-                  "--calibration-batches", "--finetune-steps", "--lr", "--block-size", "--batch-size", "--heldout",
-                  "--seed", "--progress"]
-QUICK_COMPRESS = ["--block-size", "16", "--batch-size", "4", "--calibration-batches", "1", "--partition-iterations",
-                  "1", "--progress", "false"]
+COMPRESS_FLAGS = [
+    "--kappa",
+    "--method",
+    "--granularity",
+    "--static",
+    "--partition-iterations",
+    "--calibration-batches",
+    "--finetune-steps",
+    "--lr",
+    "--block-size",
+    "--batch-size",
+    "--heldout",
+    "--seed",
+    "--progress",
+]
+QUICK_COMPRESS = [
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--calibration-batches",
+    "1",
+    "--partition-iterations",
+    "1",
+    "--progress",
+    "false",
+]
 
 
 def _accepting_compress_folder(model_dir, calibration, out, cfg):
     """Stands in for padnet moe-compress's pipeline: the configuration got through every check."""
     cfg.validate()
     measured = {"perplexity": 2.0, "bytes": 4}
-    return {"original": measured, "compressed": measured, "bytes_ratio": 1.0, "expected_bytes_ratio": 1.0,
-            "dynamic_ratio": cfg.kappa}
+    return {
+        "original": measured,
+        "compressed": measured,
+        "bytes_ratio": 1.0,
+        "expected_bytes_ratio": 1.0,
+        "dynamic_ratio": cfg.kappa,
+    }
 
 
 @FUZZ
 @given(st.lists(st.tuples(st.sampled_from(COMPRESS_FLAGS), VALUES), max_size=5))
 def test_generated_moe_compress_arguments_are_accepted_or_refused_in_one_line(tmp_path, pairs):
-    args = ["moe-compress", str(tmp_path), "--calibration", str(tmp_path / "text.txt"), "--out", str(tmp_path / "out")]
+    args = [
+        "moe-compress",
+        str(tmp_path),
+        "--calibration",
+        str(tmp_path / "text.txt"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     for flag, value in pairs:
         args += [flag, value]
     with mock.patch("padnet.training.nlp.compress.compress_folder", _accepting_compress_folder):
@@ -224,14 +368,26 @@ def moe_folder(tmp_path_factory):
 
 @FUZZ
 @given(st.sampled_from(["model.safetensors", "config.json"]), st.data())
-def test_mutated_moe_model_folders_are_compressed_or_refused_in_one_line(tmp_path_factory, moe_folder, name, data):
+def test_mutated_moe_model_folders_are_compressed_or_refused_in_one_line(
+    tmp_path_factory, moe_folder, name, data
+):
     files, text = moe_folder
     root = tmp_path_factory.mktemp("moe-model")
     (root / "model").mkdir()
     for file, content in files.items():
         (root / "model" / file).write_bytes(data.draw(mutations(content)) if file == name else content)
-    _cli(["moe-compress", str(root / "model"), "--calibration", str(text), "--out", str(root / "out"),
-          *QUICK_COMPRESS], root)
+    _cli(
+        [
+            "moe-compress",
+            str(root / "model"),
+            "--calibration",
+            str(text),
+            "--out",
+            str(root / "out"),
+            *QUICK_COMPRESS,
+        ],
+        root,
+    )
 
 
 class _AcceptingStudy:
@@ -249,9 +405,16 @@ class _AcceptingStudy:
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(["--seeds", "--kappas", "--steps", "--progress"]),
-                          st.lists(VALUES, min_size=1, max_size=3)), max_size=4),
-       st.sampled_from([None, "results.json", "runs", "compression/results.json"]))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["--seeds", "--kappas", "--steps", "--progress"]),
+            st.lists(VALUES, min_size=1, max_size=3),
+        ),
+        max_size=4,
+    ),
+    st.sampled_from([None, "results.json", "runs", "compression/results.json"]),
+)
 def test_generated_compress_study_arguments_are_accepted_or_refused_in_one_line(tmp_path, pairs, present):
     out = tmp_path / "out"
     if present is not None:  # the output folder holds a file already
@@ -265,6 +428,7 @@ def test_generated_compress_study_arguments_are_accepted_or_refused_in_one_line(
 
 
 # ------------------------------------------------------------------------------------------ data files
+
 
 @FUZZ
 @given(st.sampled_from(sorted(FASHION)), st.data())
@@ -283,9 +447,11 @@ def _png() -> bytes:
 
 
 # found by --fuzz: PIL reports this damaged PNG with a SyntaxError, which escaped as a traceback
-BROKEN_PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x06\x00\x00\x00\x05\x08\x02\x00\x00\x00\xe9:\n\xb1"
-              b"\x00\x00\x00\x14IDATx\x9cc<!\x17\xc5\x80\n\x0e\x98\x180\x00\xd9B\x00v\xe8\x01J0\xfd\xbfU\x00\x00\x00\x00"
-              b"IEND\xaeB`\x82")
+BROKEN_PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x06\x00\x00\x00\x05\x08\x02\x00\x00\x00\xe9:\n\xb1"
+    b"\x00\x00\x00\x14IDATx\x9cc<!\x17\xc5\x80\n\x0e\x98\x180\x00\xd9B\x00v\xe8\x01J0\xfd\xbfU\x00\x00\x00\x00"
+    b"IEND\xaeB`\x82"
+)
 
 
 def test_a_png_that_pil_calls_a_syntax_error_is_a_one_line_data_error(tmp_path):
@@ -339,8 +505,10 @@ def test_mutated_parquet_files_are_read_or_refused_in_one_line(tmp_path_factory,
     from padnet.training.data.text import load_task
 
     buffer = io.BytesIO()
-    pq.write_table(pa.table({"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [0, 1], "idx": [0, 1]}),
-                   buffer)
+    pq.write_table(
+        pa.table({"sentence1": ["a b", "c d"], "sentence2": ["e", "f"], "label": [0, 1], "idx": [0, 1]}),
+        buffer,
+    )
     folder = tmp_path_factory.mktemp("glue") / "rte"
     folder.mkdir()
     for split in ("train", "validation"):
@@ -350,6 +518,7 @@ def test_mutated_parquet_files_are_read_or_refused_in_one_line(tmp_path_factory,
 
 # ------------------------------------------------------------------------------------------ safetensors
 
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A run checkpoint of a static ResNet-10 on the digits, and a deployed PAD-Net model folder."""
@@ -357,9 +526,13 @@ def saved(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("saved")
     torch.manual_seed(0)
-    model = padnet.create_model("resnet10", conv="static", num_classes=10, in_chans=1, width=0.125, stem="small")
+    model = padnet.create_model(
+        "resnet10", conv="static", num_classes=10, in_chans=1, width=0.125, stem="small"
+    )
     cfg = TrainConfig(dataset="digits", model="resnet10", width=0.125, conv="static")
-    checkpoint = save_checkpoint(root / "model.safetensors", model, {"config": cfg.to_dict(), "epoch": 1, "step": 1})
+    checkpoint = save_checkpoint(
+        root / "model.safetensors", model, {"config": cfg.to_dict(), "epoch": 1, "step": 1}
+    )
     pad = padnet.create_model("resnet10", conv="pad", num_classes=4, in_chans=1, width=0.125, stem="small")
     padnet.partition(pad, 0.3, "random")
     folder = padnet.save_pretrained(padnet.deploy(pad), root / "deployed")
@@ -388,12 +561,43 @@ def test_mutated_model_folders_are_loaded_or_refused_in_one_line(tmp_path_factor
 # ----------------------------------------------------------------------------------------- model records
 
 RECORD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=12),
-    st.sampled_from([1e9, 1e308, -1, 0, 2**63, 0.5, "pad", "dy", "odconv", "moe", "pad-moe", "custom", "sdconv",
-                     "epochs", "steps", "manual", "local", "filter", "neuron", "auto", "all", "*conv*"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            1e9,
+            1e308,
+            -1,
+            0,
+            2**63,
+            0.5,
+            "pad",
+            "dy",
+            "odconv",
+            "moe",
+            "pad-moe",
+            "custom",
+            "sdconv",
+            "epochs",
+            "steps",
+            "manual",
+            "local",
+            "filter",
+            "neuron",
+            "auto",
+            "all",
+            "*conv*",
+        ]
+    ),
     st.lists(st.one_of(st.text(max_size=8), st.integers()), max_size=3),
-    st.dictionaries(st.sampled_from(["num_kernels", "reduction", "formulation", "routing", "x"]),
-                    st.one_of(st.integers(-5, 10**9), st.text(max_size=6), st.floats()), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["num_kernels", "reduction", "formulation", "routing", "x"]),
+        st.one_of(st.integers(-5, 10**9), st.text(max_size=6), st.floats()),
+        max_size=2,
+    ),
 )
 RECORD_KEYS = st.sampled_from([f.name for f in dataclasses.fields(padnet.PadConfig)] + ["extra"])
 TOP_KEYS = st.sampled_from(["form", "converted", "base", "deploy", "architecture", "format", "extra"])
@@ -410,20 +614,37 @@ def records(tmp_path_factory):
     root = tmp_path_factory.mktemp("records")
     torch.manual_seed(0)
     cnn = padnet.create_model("resnet10", conv="static", num_classes=4, in_chans=1, width=0.125, stem="small")
-    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-        max_position_embeddings=16))
+    bert = transformers.BertForSequenceClassification(
+        transformers.BertConfig(
+            vocab_size=50,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            max_position_embeddings=16,
+        )
+    )
     pad = padnet.get_pad_model(copy.deepcopy(cnn), method="pad", init_from_pretrained=False)
     pad.partition(partition="random")
     moe = padnet.get_pad_model(copy.deepcopy(bert), method="pad-moe", num_experts=4)
     moe.partition(partition="random")
     saved = {}
-    for kind, model, base, full in (("delta", pad, cnn, False), ("full", pad, cnn, True), ("moe", moe, bert, True)):
+    for kind, model, base, full in (
+        ("delta", pad, cnn, False),
+        ("full", pad, cnn, True),
+        ("moe", moe, bert, True),
+    ):
         folder = model.save_pretrained(root / kind, full=full)
         with safe_open(str(folder / "padnet_model.safetensors"), framework="pt") as fh:
             tensors, metadata = {k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()  # noqa: SIM118
         hf_config = (folder / "config.json").read_text() if (folder / "config.json").exists() else None
-        saved[kind] = (json.loads((folder / "padnet_config.json").read_text()), tensors, metadata, base, hf_config)
+        saved[kind] = (
+            json.loads((folder / "padnet_config.json").read_text()),
+            tensors,
+            metadata,
+            base,
+            hf_config,
+        )
     return saved
 
 
@@ -452,7 +673,9 @@ def edited_tensors(draw, tensors: dict) -> dict:
     kind = draw(st.sampled_from(["valid", "valid", "mask", "nan", "int", "drop", "shape", "extra"]))
     masks = sorted(k for k in tensors if k.endswith(("mask", ".bits")))  # .bits: MoE masks, packed
     floats = sorted(k for k, v in tensors.items() if v.is_floating_point())
-    key = draw(st.sampled_from(masks if kind == "mask" else floats if kind in ("nan", "int") else sorted(tensors)))
+    key = draw(
+        st.sampled_from(masks if kind == "mask" else floats if kind in ("nan", "int") else sorted(tensors))
+    )
     if kind == "mask":
         values = [0.5, -1.0, 2.0] if tensors[key].is_floating_point() else [0, 3, 255]
         tensors[key] = torch.full_like(tensors[key], draw(st.sampled_from(values)))
@@ -463,7 +686,7 @@ def edited_tensors(draw, tensors: dict) -> dict:
     elif kind == "drop":
         del tensors[key]
     elif kind == "shape":
-        tensors[key] = tensors[key].reshape(-1)[:max(1, tensors[key].numel() // 2)].clone()
+        tensors[key] = tensors[key].reshape(-1)[: max(1, tensors[key].numel() // 2)].clone()
     elif kind == "extra":
         tensors["extra.weight"] = torch.zeros(3)
     return tensors
@@ -473,7 +696,9 @@ def edited_tensors(draw, tensors: dict) -> dict:
 @given(st.sampled_from(["delta", "full", "moe"]), st.booleans(), st.data())
 @example(kind="delta", base_given=True, data=None)  # the records as saved load
 @example(kind="moe", base_given=False, data=None)
-def test_generated_model_records_load_or_are_refused_in_one_line(tmp_path_factory, records, kind, base_given, data):
+def test_generated_model_records_load_or_are_refused_in_one_line(
+    tmp_path_factory, records, kind, base_given, data
+):
     from safetensors.torch import save_file
 
     record, tensors, metadata, base, hf_config = records[kind]

@@ -68,7 +68,9 @@ def test_count_refuses_an_input_too_large_to_allocate(capsys):
 
 def test_bench_checks_its_options_before_it_prints_anything(capsys, tmp_path):
     _one_error(capsys, ["bench", "--quick", "--repeats", "0", "--out", str(tmp_path)], "repeats must be")
-    _one_error(capsys, ["bench", "--threads", "100000", "--out", str(tmp_path)], "threads must be in [1, 256]")
+    _one_error(
+        capsys, ["bench", "--threads", "100000", "--out", str(tmp_path)], "threads must be in [1, 256]"
+    )
 
 
 def test_an_empty_out_is_refused(capsys):
@@ -78,10 +80,16 @@ def test_an_empty_out_is_refused(capsys):
 def test_json_nested_too_deep_is_a_one_line_checkpoint_error(capsys, run, tmp_path):
     path = tmp_path / "model.safetensors"
     shutil.copy(run / "model.safetensors", path)
-    _edit(path, lambda meta, t: json.dumps({**meta, "deep": []}).replace('"deep": []', '"deep": ' + "[" * 5000
-                                                                          + "]" * 5000))
+    _edit(
+        path,
+        lambda meta, t: json.dumps({**meta, "deep": []}).replace(
+            '"deep": []', '"deep": ' + "[" * 5000 + "]" * 5000
+        ),
+    )
     _one_error(capsys, ["evaluate", str(path)], "not a readable padnet checkpoint")
-    folder = padnet.save_pretrained(padnet.create_model("resnet10", num_classes=4, width=0.125), tmp_path / "f")
+    folder = padnet.save_pretrained(
+        padnet.create_model("resnet10", num_classes=4, width=0.125), tmp_path / "f"
+    )
     (folder / "padnet_config.json").write_text('{"a": ' + "[" * 100000 + "]" * 100000 + "}")
     with pytest.raises(CheckpointError, match="is not readable JSON"):
         padnet.load_pretrained(folder)
@@ -131,12 +139,19 @@ def test_resuming_a_finished_run_with_a_damaged_log_keeps_its_result(capsys, run
     assert results["top1"] == pytest.approx(want, abs=1e-9)
 
 
-@pytest.mark.parametrize("edit,fragment", [
-    (lambda m, t: t.__setitem__("rng/torch", torch.zeros(3, dtype=torch.uint8)), "cannot resume"),
-    (lambda m, t: t.__setitem__("optim/6/momentum_buffer", torch.zeros(1)), "optim/6/momentum_buffer has shape"),
-    (lambda m, t: t.pop("optim/6/momentum_buffer"), "optimiser state is incomplete"),
-    (lambda m, t: m["state"].update(epoch=99, step=-7), "epoch 99 and step -7 do not fit"),
-], ids=["rng", "buffer-shape", "buffer-missing", "epoch"])
+@pytest.mark.parametrize(
+    "edit,fragment",
+    [
+        (lambda m, t: t.__setitem__("rng/torch", torch.zeros(3, dtype=torch.uint8)), "cannot resume"),
+        (
+            lambda m, t: t.__setitem__("optim/6/momentum_buffer", torch.zeros(1)),
+            "optim/6/momentum_buffer has shape",
+        ),
+        (lambda m, t: t.pop("optim/6/momentum_buffer"), "optimiser state is incomplete"),
+        (lambda m, t: m["state"].update(epoch=99, step=-7), "epoch 99 and step -7 do not fit"),
+    ],
+    ids=["rng", "buffer-shape", "buffer-missing", "epoch"],
+)
 def test_a_damaged_training_state_is_refused_on_resume(capsys, run, tmp_path, edit, fragment):
     out = _copy(run, tmp_path, interrupted=True)
     _edit(out / "checkpoint-epoch0001.safetensors", edit)

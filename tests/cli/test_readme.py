@@ -13,8 +13,10 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 def test_readme_opens_with_the_two_commands():
     block = re.search(r"```bash\n(.*?)```", README, re.DOTALL).group(1).strip().splitlines()
-    assert block == ["bash scripts/setup.sh && .venv/bin/padnet compare --out runs/compare",
-                     ".venv/bin/python -m pytest"]
+    assert block == [
+        "bash scripts/setup.sh && .venv/bin/padnet compare --out runs/compare",
+        ".venv/bin/python -m pytest",
+    ]
     ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert block[1] in ci
 

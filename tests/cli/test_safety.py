@@ -31,7 +31,9 @@ def _calls(tree, name: str):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             func = node.func
-            if (isinstance(func, ast.Name) and func.id == name) or (isinstance(func, ast.Attribute) and func.attr == name):
+            if (isinstance(func, ast.Name) and func.id == name) or (
+                isinstance(func, ast.Attribute) and func.attr == name
+            ):
                 yield node
 
 
@@ -47,8 +49,13 @@ def test_no_module_imports_a_pickle_library():
     found = []
     for path, tree in _trees():
         for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             found += [f"{path}: {n}" for n in names if n.split(".")[0] in PICKLE_MODULES]
     assert found == []
 
@@ -60,7 +67,9 @@ def test_torch_load_only_with_weights_only_and_numpy_load_never_with_pickles():
             weights_only = _keyword(call, "weights_only")
             allow_pickle = _keyword(call, "allow_pickle")
             text = ast.unparse(call.func)
-            if text.endswith("torch.load") and not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
+            if text.endswith("torch.load") and not (
+                isinstance(weights_only, ast.Constant) and weights_only.value is True
+            ):
                 found.append(f"{path}:{call.lineno} {ast.unparse(call)}")
             if isinstance(allow_pickle, ast.Constant) and allow_pickle.value is True:
                 found.append(f"{path}:{call.lineno} {ast.unparse(call)}")
@@ -70,8 +79,12 @@ def test_torch_load_only_with_weights_only_and_numpy_load_never_with_pickles():
 
 
 def test_pretrained_models_are_read_from_safetensors_only():
-    calls = [(path, c) for path, tree in _trees() for c in _calls(tree, "from_pretrained")
-             if "Model" in ast.unparse(c.func)]
+    calls = [
+        (path, c)
+        for path, tree in _trees()
+        for c in _calls(tree, "from_pretrained")
+        if "Model" in ast.unparse(c.func)
+    ]
     assert calls, "the scan should find the model loading"
     for path, call in calls:
         flag = _keyword(call, "use_safetensors")
@@ -83,10 +96,15 @@ def test_only_the_download_module_opens_urls_and_every_download_passes_a_sha256(
     for path, tree in _trees():
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
-                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                modules = (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                )
                 assert not any(m.split(".")[0] in ("requests", "httpx", "aiohttp") for m in modules), path
-        used = {c.func.attr if isinstance(c.func, ast.Attribute) else c.func.id
-                for name in openers for c in _calls(tree, name)}
+        used = {
+            c.func.attr if isinstance(c.func, ast.Attribute) else c.func.id
+            for name in openers
+            for c in _calls(tree, name)
+        }
         assert not used or str(path) == "padnet/training/data/download.py", (path, used)
         for name in ("download", "_download"):
             for call in _calls(tree, name):
@@ -127,7 +145,8 @@ print("imported", len(modules))
 def test_nothing_touches_the_network_at_import_time():
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # transformers must not need it
     env["PYTHONPATH"] = str(SRC)
-    proc = subprocess.run([sys.executable, "-c", NO_NETWORK], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_NETWORK], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) > 40

@@ -27,7 +27,9 @@ def _static(seed=0, width=0.125):
 
 def _batches(n=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, 1, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)) for _ in range(n)]
+    return [
+        (torch.randn(8, 1, 8, 8, generator=gen), torch.randint(0, 4, (8,), generator=gen)) for _ in range(n)
+    ]
 
 
 def _warm_up(pad, batches, steps=3):
@@ -42,17 +44,21 @@ def _warm_up(pad, batches, steps=3):
 
 # ---------------------------------------------------------------------------------------------- PadConfig
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"method": "pad", "sparsity": 0.5}, "option sparsity does not apply to method 'pad'"),
-    ({"method": "dy", "kappa": 0.3}, "option kappa does not apply to method 'dy'"),
-    ({"method": "moe", "num_kernels": 4}, "option num_kernels does not apply to method 'moe'"),
-    ({"method": "nope"}, "unknown method 'nope'"),
-    ({"method": "pad", "partition_at": "steps"}, "partition_at 'steps' needs partition_after"),
-    ({"method": "pad", "kappa": 1.5}, "kappa must be a number > 0 and <= 1"),
-    ({"method": "pad-moe", "top_k": 9}, "top_k 9 is larger than num_experts 8"),
-    ({"method": "pad", "granularity": "neuron"}, "unknown mask granularity 'neuron'"),
-    ({"method": "pad", "target_modules": []}, "target_modules must be 'auto', 'all' or a non-empty list"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "pad", "sparsity": 0.5}, "option sparsity does not apply to method 'pad'"),
+        ({"method": "dy", "kappa": 0.3}, "option kappa does not apply to method 'dy'"),
+        ({"method": "moe", "num_kernels": 4}, "option num_kernels does not apply to method 'moe'"),
+        ({"method": "nope"}, "unknown method 'nope'"),
+        ({"method": "pad", "partition_at": "steps"}, "partition_at 'steps' needs partition_after"),
+        ({"method": "pad", "kappa": 1.5}, "kappa must be a number > 0 and <= 1"),
+        ({"method": "pad-moe", "top_k": 9}, "top_k 9 is larger than num_experts 8"),
+        ({"method": "pad", "granularity": "neuron"}, "unknown mask granularity 'neuron'"),
+        ({"method": "pad", "target_modules": []}, "target_modules must be 'auto', 'all' or a non-empty list"),
+    ],
+)
 def test_pad_config_refuses_bad_values_with_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=message) as info:
         padnet.PadConfig(**kwargs)
@@ -60,14 +66,22 @@ def test_pad_config_refuses_bad_values_with_one_line(kwargs, message):
 
 
 def test_pad_config_round_trips_through_json_and_fills_method_defaults():
-    cfg = padnet.PadConfig(method="PAD-Net", kappa=0.2, granularity="filter", partition_at="epochs", partition_after=2)
+    cfg = padnet.PadConfig(
+        method="PAD-Net", kappa=0.2, granularity="filter", partition_at="epochs", partition_after=2
+    )
     assert cfg.method == "pad"
     back = padnet.PadConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg
     moe = padnet.PadConfig(method="pad-moe")
-    assert (moe.value("kappa"), moe.value("granularity"), moe.value("partition_at"), moe.value("partition_after")) \
-        == (0.5, "element", "epochs", 1)
-    assert padnet.PadConfig(method="pad").value("partition_at") == "epochs"  # converted weights: a warm-up first
+    assert (
+        moe.value("kappa"),
+        moe.value("granularity"),
+        moe.value("partition_at"),
+        moe.value("partition_after"),
+    ) == (0.5, "element", "epochs", 1)
+    assert (
+        padnet.PadConfig(method="pad").value("partition_at") == "epochs"
+    )  # converted weights: a warm-up first
     assert padnet.PadConfig(method="pad").value("partition_after") == 1
     assert padnet.PadConfig(method="pad", init_from_pretrained=False).value("partition_at") == "start"
     custom = padnet.PadConfig(method="pad", partition=lambda name, factors, mask: mask)
@@ -86,6 +100,7 @@ def test_train_config_maps_to_the_same_vocabulary():
 
 # ---------------------------------------------------------------------------------------------- conversion
 
+
 def test_converted_pretrained_model_computes_what_it_did_and_keeps_its_predictions():
     base = _static()
     reference = copy.deepcopy(base).eval()
@@ -99,8 +114,11 @@ def test_converted_pretrained_model_computes_what_it_did_and_keeps_its_predictio
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
 def test_every_padding_mode_converts_and_computes_the_same(mode):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 6, 3, padding=1, padding_mode=mode),
-                          nn.Conv2d(6, 5, 3, padding=2, dilation=2, padding_mode=mode))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.Conv2d(4, 6, 3, padding=1, padding_mode=mode),
+        nn.Conv2d(6, 5, 3, padding=2, dilation=2, padding_mode=mode),
+    )
     reference = copy.deepcopy(model)
     padnet.convert(model, "dy")
     x = torch.randn(2, 1, 9, 9)
@@ -119,8 +137,11 @@ def test_conversion_is_all_or_nothing_and_names_the_layer():
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), Plain(4, 4, 3), Standardised(4, 4, 3))
     before = [type(m) for m in model]
-    with pytest.raises(ConfigError, match=r"cannot convert 2: Standardised overrides nn.Conv2d's forward; "
-                                          r"leave it static with exclude_modules=\['2'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot convert 2: Standardised overrides nn.Conv2d's forward; "
+        r"leave it static with exclude_modules=\['2'\]",
+    ):
         padnet.convert(model, "pad")
     assert [type(m) for m in model] == before  # nothing replaced
     padnet.convert(model, "pad", exclude_modules=["2"])
@@ -128,7 +149,9 @@ def test_conversion_is_all_or_nothing_and_names_the_layer():
 
 
 def test_get_pad_model_targets_and_excludes_by_name():
-    pad = padnet.get_pad_model(_static(), method="dy", target_modules=["layer1.*"], exclude_modules=["*.conv2"])
+    pad = padnet.get_pad_model(
+        _static(), method="dy", target_modules=["layer1.*"], exclude_modules=["*.conv2"]
+    )
     assert pad.converted == ["layer1.0.conv1"]
     with pytest.raises(ConfigError, match="has no nn.Conv2d that target_modules selects"):
         padnet.get_pad_model(_static(), method="dy", target_modules=["head.*"])
@@ -144,10 +167,14 @@ def test_a_model_built_with_padnet_layers_is_wrapped_as_it_is():
 
 # ---------------------------------------------------------------------------------------------- partition signal
 
+
 def test_partition_right_after_conversion_is_refused_and_works_after_a_warm_up():
     batches = _batches(8)
     pad = padnet.get_pad_model(_static(), method="pad")
-    with pytest.raises(ConfigError, match=r"scores would carry no signal: the dynamic factors equal the static parameters \(relative separation 0.0e\+00") as info:
+    with pytest.raises(
+        ConfigError,
+        match=r"scores would carry no signal: the dynamic factors equal the static parameters \(relative separation 0.0e\+00",
+    ) as info:
         pad.partition(batches[:2])
     assert "partition_at='steps'" in str(info.value)
     assert torch.all(next(iter(pad.masks().values())))  # the failed partition left the masks fully dynamic
@@ -178,6 +205,7 @@ def test_a_user_score_function_partitions_like_the_built_in_magnitude_scores():
 
 # ---------------------------------------------------------------------------------------------- PadModel
 
+
 def test_save_and_load_round_trip_in_training_and_deployed_form(tmp_path):
     batches = _batches(6)
     base = _static()
@@ -205,7 +233,9 @@ def test_save_and_load_round_trip_in_training_and_deployed_form(tmp_path):
     deployed = padnet.PadModel.from_pretrained(tmp_path / "deployed", copy.deepcopy(pristine))
     torch.testing.assert_close(deployed(x), pad(x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pad.merge_and_unload()(x), pad(x), atol=1e-5, rtol=1e-5)
-    assert json.loads((tmp_path / "train" / "padnet_config.json").read_text())["config"]["partition_after"] == 2
+    assert (
+        json.loads((tmp_path / "train" / "padnet_config.json").read_text())["config"]["partition_after"] == 2
+    )
 
 
 def test_from_pretrained_refuses_another_base_model_and_damaged_folders(tmp_path):
@@ -259,10 +289,15 @@ def test_temperature_anneals_per_step_through_the_hooks():
     seen = []
     for _ in range(6):
         pad.before_step()
-        seen.append(float(next(m for m in pad.modules() if isinstance(m, padnet.layers.TemperatureRouting))
-                           .temperature))
+        seen.append(
+            float(
+                next(m for m in pad.modules() if isinstance(m, padnet.layers.TemperatureRouting)).temperature
+            )
+        )
         pad.after_step()
-    assert seen == pytest.approx([30.0, 30 - 29 / 3, 30 - 2 * 29 / 3, 1.0, 1.0, 1.0])  # 4 steps: the last at T = 1
+    assert seen == pytest.approx(
+        [30.0, 30 - 29 / 3, 30 - 2 * 29 / 3, 1.0, 1.0, 1.0]
+    )  # 4 steps: the last at T = 1
     with pytest.raises(ConfigError, match="given in epochs: pass steps_per_epoch"):
         padnet.get_pad_model(_static(), method="dy").start_training(total_steps=10)
 
@@ -278,22 +313,41 @@ def _image_data(n=64, seed=0):
 @pytest.mark.parametrize("conv", ["pad", "sdconv"])
 def test_a_plain_loop_reaches_the_weights_of_padnet_train(tmp_path, conv):
     data = _image_data()
-    cfg = TrainConfig(model="resnet10", width=0.125, conv=conv, epochs=2, batch_size=16, augment=False,
-                      partition_batches=2, partition_iterations=2, progress=False, lr=0.05).validate()
+    cfg = TrainConfig(
+        model="resnet10",
+        width=0.125,
+        conv=conv,
+        epochs=2,
+        batch_size=16,
+        augment=False,
+        partition_batches=2,
+        partition_iterations=2,
+        progress=False,
+        lr=0.05,
+    ).validate()
     trainer = Trainer(cfg, tmp_path / "run", data=(data, data))
     trainer.fit()
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, 4, 1)
     pad = padnet.get_pad_model(model, cfg.pad_config())
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, exclude=[]) if conv == "pad" else
-                                param_groups(model, cfg.weight_decay, exclude=[
-                                    p for p in model.parameters() if p not in set(pad.optimizer_parameters())]),
-                                lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg.weight_decay, exclude=[])
+        if conv == "pad"
+        else param_groups(
+            model,
+            cfg.weight_decay,
+            exclude=[p for p in model.parameters() if p not in set(pad.optimizer_parameters())],
+        ),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+    )
     per_epoch = len(make_loader(data, 16, train=True, seed=0, epoch=0))
     scheduler = build_scheduler(optimizer, 2 * per_epoch, round(cfg.warmup_epochs * per_epoch))
-    side = {name: make_loader(data, 16, train=True, seed=cfg.seed + offset, epoch=0, augment=False)
-            for name, offset in (("partition_data", PARTITION_SEED), ("statistics_data", STATISTICS_SEED))}
+    side = {
+        name: make_loader(data, 16, train=True, seed=cfg.seed + offset, epoch=0, augment=False)
+        for name, offset in (("partition_data", PARTITION_SEED), ("statistics_data", STATISTICS_SEED))
+    }
     pad.start_training(steps_per_epoch=per_epoch, epochs=2, loss_fn=nn.CrossEntropyLoss(), **side)
     pad.train()
     for epoch in range(2):
@@ -311,11 +365,18 @@ def test_a_plain_loop_reaches_the_weights_of_padnet_train(tmp_path, conv):
 
 # ---------------------------------------------------------------------------------------------- Hugging Face
 
+
 def _tiny_bert(seed=0):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32)
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     return transformers.BertForSequenceClassification(config)
 
 
@@ -323,9 +384,16 @@ def test_pad_moe_on_an_encoder_trains_partitions_after_an_epoch_and_round_trips(
     base = _tiny_bert()
     pristine = copy.deepcopy(base).eval()
     gen = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(0, 100, (4, 12), generator=gen),
-                "labels": torch.randint(0, 2, (4,), generator=gen)} for _ in range(3)]
-    pad = padnet.get_pad_model(base, padnet.PadConfig(method="pad-moe", num_experts=4, partition_iterations=2))
+    batches = [
+        {
+            "input_ids": torch.randint(0, 100, (4, 12), generator=gen),
+            "labels": torch.randint(0, 2, (4,), generator=gen),
+        }
+        for _ in range(3)
+    ]
+    pad = padnet.get_pad_model(
+        base, padnet.PadConfig(method="pad-moe", num_experts=4, partition_iterations=2)
+    )
     pad.eval()
     assert torch.equal(pad(**batches[0]).logits, pristine(**batches[0]).logits)  # upcycling is exact
     optimizer = torch.optim.AdamW(pad.optimizer_parameters(), lr=1e-3)
@@ -348,10 +416,16 @@ def test_pad_moe_on_an_encoder_trains_partitions_after_an_epoch_and_round_trips(
     pad.save_pretrained(tmp_path / "t")
     pad.save_pretrained(tmp_path / "d", form="deployed")
     logits = pad(**batches[0]).logits
-    assert torch.equal(padnet.PadModel.from_pretrained(tmp_path / "t", copy.deepcopy(pristine)).eval()(
-        **batches[0]).logits, logits)
-    torch.testing.assert_close(padnet.PadModel.from_pretrained(tmp_path / "d", copy.deepcopy(pristine))(
-        **batches[0]).logits, logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(
+        padnet.PadModel.from_pretrained(tmp_path / "t", copy.deepcopy(pristine)).eval()(**batches[0]).logits,
+        logits,
+    )
+    torch.testing.assert_close(
+        padnet.PadModel.from_pretrained(tmp_path / "d", copy.deepcopy(pristine))(**batches[0]).logits,
+        logits,
+        atol=1e-5,
+        rtol=1e-5,
+    )
     assert "dynamic ratio, MoEFeedForward  0.5000" in pad.summary()
 
 
@@ -367,7 +441,9 @@ def test_deploy_merges_moe_layers_too_and_needs_no_tracing_without_batchnorm():
 
 def test_training_hooks_refuse_imp_without_data_and_never_partition_twice():
     pad = padnet.get_pad_model(_static(), method="pad", init_from_pretrained=False)
-    with pytest.raises(ConfigError, match=r"mode partition \(imp\) is due during training: pass partition_data"):
+    with pytest.raises(
+        ConfigError, match=r"mode partition \(imp\) is due during training: pass partition_data"
+    ):
         pad.start_training(steps_per_epoch=2, epochs=1)
     pad.start_training(steps_per_epoch=2, epochs=1, partition_data=_batches(2))
     pad.before_step()
@@ -385,7 +461,9 @@ def test_training_hooks_refuse_imp_without_data_and_never_partition_twice():
 def test_a_saved_custom_score_function_must_be_given_again(tmp_path):
     base = _static()
     pristine = copy.deepcopy(base)
-    pad = padnet.get_pad_model(base, method="pad", partition=lambda name, factors, mask: torch.rand(mask.shape))
+    pad = padnet.get_pad_model(
+        base, method="pad", partition=lambda name, factors, mask: torch.rand(mask.shape)
+    )
     pad.partition()
     pad.save_pretrained(tmp_path)
     back = padnet.PadModel.from_pretrained(tmp_path, copy.deepcopy(pristine))
@@ -396,8 +474,9 @@ def test_a_saved_custom_score_function_must_be_given_again(tmp_path):
 
 
 def test_a_model_built_with_other_layer_options_is_refused():
-    model = padnet.create_model("resnet10", conv="pad", num_classes=4, in_chans=1, stem="small", width=0.125,
-                                granularity="kernel")
+    model = padnet.create_model(
+        "resnet10", conv="pad", num_classes=4, in_chans=1, stem="small", width=0.125, granularity="kernel"
+    )
     with pytest.raises(ConfigError, match="already has granularity 'kernel', the config asks for 'filter'"):
         padnet.get_pad_model(model, method="pad", granularity="filter")
     assert padnet.get_pad_model(model, method="pad", granularity="kernel").converted
@@ -413,11 +492,15 @@ def test_from_pretrained_checks_the_weights_file_form(tmp_path):
     candidate = copy.deepcopy(pristine)
     with pytest.raises(CheckpointError, match="was not written with the training form"):
         padnet.PadModel.from_pretrained(tmp_path / "a", candidate)
-    assert not any(isinstance(m, padnet.layers.DynamicConvBase) for m in candidate.modules())  # left unconverted
+    assert not any(
+        isinstance(m, padnet.layers.DynamicConvBase) for m in candidate.modules()
+    )  # left unconverted
 
 
 def test_condconv_routes_with_a_plain_sigmoid_unless_a_temperature_is_given():
-    model = padnet.create_model("resnet10", conv="condconv", num_classes=4, in_chans=1, stem="small", width=0.125)
+    model = padnet.create_model(
+        "resnet10", conv="condconv", num_classes=4, in_chans=1, stem="small", width=0.125
+    )
     routings = [m for m in model.modules() if isinstance(m, padnet.layers.TemperatureRouting)]
     assert routings and all(float(r.temperature) == 1.0 for r in routings)  # Yang et al. 2019: no temperature
     pad = padnet.get_pad_model(model, method="condconv")
@@ -426,7 +509,10 @@ def test_condconv_routes_with_a_plain_sigmoid_unless_a_temperature_is_given():
     assert pad.training_state.log()["temperature"] == 1.0  # nothing to anneal
     assert TrainConfig(conv="condconv").validate().pad_config().value("temperature_start") == 1.0
     hot = padnet.get_pad_model(_static(), method="condconv", temperature_start=30.0)
-    assert float(next(m for m in hot.modules() if isinstance(m, padnet.layers.TemperatureRouting)).temperature) == 30
+    assert (
+        float(next(m for m in hot.modules() if isinstance(m, padnet.layers.TemperatureRouting)).temperature)
+        == 30
+    )
 
 
 @pytest.mark.parametrize("form", ["training", "deployed"])
@@ -471,8 +557,10 @@ def test_a_full_folder_with_non_finite_or_integer_weights_is_refused(tmp_path):
     tensors = load_file(str(weights))
     meta = {"padnet": json.dumps({"format": "padnet-adapter-1", "form": "training"})}
     key = next(k for k, v in tensors.items() if v.is_floating_point())
-    for bad, message in ((torch.full_like(tensors[key], float("nan")), "NaN or infinite"),
-                         (tensors[key].to(torch.int32), "not floating point")):
+    for bad, message in (
+        (torch.full_like(tensors[key], float("nan")), "NaN or infinite"),
+        (tensors[key].to(torch.int32), "not floating point"),
+    ):
         save_file({**tensors, key: bad}, str(weights), metadata=meta)
         with pytest.raises(CheckpointError, match=message):
             padnet.load_pretrained(tmp_path)

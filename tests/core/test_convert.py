@@ -22,12 +22,16 @@ class UserNet(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
         self.body = nn.Sequential(
-            nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=True), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8), nn.ReLU(),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=True),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8),
+            nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.Conv2d(8, 6, 1, bias=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(6, 4))
+        self.head = nn.Sequential(
+            nn.Conv2d(8, 6, 1, bias=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)
+        )
 
     def forward(self, x):
         return self.head(self.body(self.stem(x)))
@@ -102,12 +106,15 @@ def test_convert_all_targets_converts_the_stem():
     assert isinstance(net.stem, PADConv2d)
 
 
-@pytest.mark.parametrize("patterns,static", [
-    (("head.*",), ["stem", "head.0"]),
-    (("body.*",), ["stem", "body.2", "body.4"]),
-    (("body.4", "head.0"), ["stem", "body.4", "head.0"]),
-    (("*.2",), ["stem", "body.2"]),
-])
+@pytest.mark.parametrize(
+    "patterns,static",
+    [
+        (("head.*",), ["stem", "head.0"]),
+        (("body.*",), ["stem", "body.2", "body.4"]),
+        (("body.4", "head.0"), ["stem", "body.4", "head.0"]),
+        (("*.2",), ["stem", "body.2"]),
+    ],
+)
 def test_convert_respects_exclude(patterns, static):
     net = _user_net()
     convert(net, "pad", exclude_modules=list(patterns))
@@ -200,8 +207,16 @@ def test_create_model_dynamic_everywhere_but_stem(conv, cls):
 
 
 def test_create_model_case_insensitive_and_options():
-    model = create_model("ResNet10", conv="pad", width=0.125, num_kernels=2, granularity="kernel",
-                         scale_mode="none", in_chans=1, stem="small")
+    model = create_model(
+        "ResNet10",
+        conv="pad",
+        width=0.125,
+        num_kernels=2,
+        granularity="kernel",
+        scale_mode="none",
+        in_chans=1,
+        stem="small",
+    )
     layers = [m for m in model.modules() if isinstance(m, PADConv2d)]
     assert layers and all(m.num_kernels == 2 and m.weight_mode.granularity == "kernel" for m in layers)
     assert all(not list(m.scales.parameters()) for m in layers)

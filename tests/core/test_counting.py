@@ -83,7 +83,9 @@ def test_resnet18():
 
 def _tiny(conv="pad", seed=0, **options):
     torch.manual_seed(seed)
-    return create_model("resnet10", conv=conv, num_classes=5, in_chans=3, width=0.125, stem="small", **options)
+    return create_model(
+        "resnet10", conv=conv, num_classes=5, in_chans=3, width=0.125, stem="small", **options
+    )
 
 
 def _hand_compact(model):
@@ -120,9 +122,14 @@ def test_compact_parameters_match_hand_count(granularity, kappa):
 
 def test_compact_parameters_with_biases():
     torch.manual_seed(0)
-    model = nn.Sequential(PADConv2d(3, 6, 3, padding=1, bias=True), nn.ReLU(),
-                          PADConv2d(6, 6, 3, padding=1, bias=True, granularity="kernel"),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    model = nn.Sequential(
+        PADConv2d(3, 6, 3, padding=1, bias=True),
+        nn.ReLU(),
+        PADConv2d(6, 6, 3, padding=1, bias=True, granularity="kernel"),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
     partition(model, 0.4, "random", seed=1, scope="local")
     assert count_parameters(model) == _hand_compact(model)
 
@@ -140,7 +147,9 @@ def test_zero_semantics_counts_no_static():
     pad = _tiny("pad", mask_semantics="zero")
     partition(pad, 0.3, "random")
     dy = _tiny("dy")
-    dynamic = sum(int(m.weight_mode.mask.sum()) * m.num_kernels for m in pad.modules() if isinstance(m, PADConv2d))
+    dynamic = sum(
+        int(m.weight_mode.mask.sum()) * m.num_kernels for m in pad.modules() if isinstance(m, PADConv2d)
+    )
     kernels = sum(m.weight.numel() for m in dy.modules() if isinstance(m, DynamicConv2d))
     n_pad = sum(isinstance(m, PADConv2d) for m in pad.modules())
     assert count_parameters(pad) == count_parameters(dy) - kernels + dynamic + n_pad

@@ -23,8 +23,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 TOL = {"rtol": 1e-4, "atol": 1e-4}  # TF32 is off below; cuDNN and CPU kernels still sum in other orders
 CONVS = ["dy", "condconv", "pad", "pad-condconv", "odconv", "pad-odconv", "dcd", "pad-dcd", "sdconv"]
-GEOMETRIES = {"3x3": (8, 12, 3, 1, 1), "3x3-s2-g2": (8, 12, 3, 2, 2), "1x1": (8, 12, 1, 1, 1),
-              "depthwise": (8, 8, 3, 1, 8)}
+GEOMETRIES = {
+    "3x3": (8, 12, 3, 1, 1),
+    "3x3-s2-g2": (8, 12, 3, 2, 2),
+    "1x1": (8, 12, 1, 1, 1),
+    "depthwise": (8, 8, 3, 1, 8),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -90,8 +94,9 @@ def test_every_layer_formulation_and_granularity_matches_the_cpu(conv, geometry,
                 torch.testing.assert_close(got, want, **TOL, msg=f"{conv} {formulation} gradient")
 
 
-@pytest.mark.parametrize("conv,granularity", [("dy", "shared"), ("pad", "shared"), ("pad", "filter"),
-                                              ("sdconv", "shared")])
+@pytest.mark.parametrize(
+    "conv,granularity", [("dy", "shared"), ("pad", "shared"), ("pad", "filter"), ("sdconv", "shared")]
+)
 def test_deployed_form_and_exports_on_cuda_match_the_training_form(tmp_path, conv, granularity):
     torch.manual_seed(0)
     options = {"granularity": granularity} if conv == "pad" else {}
@@ -108,7 +113,9 @@ def test_deployed_form_and_exports_on_cuda_match_the_training_form(tmp_path, con
         for formulation in FORMULATIONS:
             with force_formulation(deployed, formulation):
                 torch.testing.assert_close(deployed(x), want, **TOL, msg=formulation)
-    traced = torch.jit.load(str(padnet.export_torchscript(deployed, tmp_path / "model.pt", x[:2])), map_location=CUDA)
+    traced = torch.jit.load(
+        str(padnet.export_torchscript(deployed, tmp_path / "model.pt", x[:2])), map_location=CUDA
+    )
     with torch.no_grad():
         torch.testing.assert_close(traced(x), want, **TOL)
     loaded = padnet.load_pretrained(padnet.save_pretrained(deployed.cpu(), tmp_path / "folder"))
@@ -116,13 +123,15 @@ def test_deployed_form_and_exports_on_cuda_match_the_training_form(tmp_path, con
         torch.testing.assert_close(loaded.to(CUDA)(x), want, **TOL)
 
 
-@pytest.mark.parametrize("mode,granularity", [("dynamic", "element"), ("pad", "element"), ("pad", "neuron"),
-                                              ("prune", "neuron")])
+@pytest.mark.parametrize(
+    "mode,granularity", [("dynamic", "element"), ("pad", "element"), ("pad", "neuron"), ("prune", "neuron")]
+)
 def test_moe_layers_match_the_cpu_in_training_and_deployed(mode, granularity):
     torch.manual_seed(0)
     up, down = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
-    layer = MoEFeedForward.from_linears(up, down, torch.nn.GELU(), num_experts=4, top_k=2, mode=mode,
-                                        granularity=granularity)
+    layer = MoEFeedForward.from_linears(
+        up, down, torch.nn.GELU(), num_experts=4, top_k=2, mode=mode, granularity=granularity
+    )
     _randomise(layer)
     if mode != "dynamic":
         _masks(layer)

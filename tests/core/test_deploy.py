@@ -72,8 +72,9 @@ def _zoo(arch="resnet", conv="pad", granularity="shared", kappa=0.3, seed=0):
     name, width = ARCHS[arch]
     torch.manual_seed(seed)
     options = {"granularity": granularity} if conv.startswith("pad") else {}
-    model = padnet.create_model(name, conv=conv, num_classes=10, stem="small", width=width, temperature=1.0,
-                                **options)
+    model = padnet.create_model(
+        name, conv=conv, num_classes=10, stem="small", width=width, temperature=1.0, **options
+    )
     if conv.startswith("pad"):
         padnet.partition(model, kappa, "random", scope="local")
     return _train_bn(model)
@@ -103,12 +104,23 @@ def _count_bn(model):
 def _sequential(bias=True):
     """Static convolutions with BatchNorm, a grouped and a depthwise one, one BatchNorm after a ReLU."""
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=bias), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, bias=bias), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=bias), nn.ReLU(), nn.BatchNorm2d(8),
+        nn.Conv2d(3, 8, 3, padding=1, bias=bias),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=bias),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8, bias=bias),
+        nn.ReLU(),
+        nn.BatchNorm2d(8),
         nn.Conv2d(8, 6, 1, bias=bias),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
 
 
 def _converted(granularity="shared", seed=0, partitioned=True, **options):
@@ -342,9 +354,12 @@ def test_save_load_round_trip_rebuilds_the_architecture(tmp_path, conv, granular
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temporary left behind
     loaded = load_pretrained(folder)
     assert not loaded.training
-    assert [(n, type(m)) for n, m in loaded.named_modules()] == [(n, type(m)) for n, m in deployed.named_modules()]
-    assert [(n, m.config) for n, m in _deployed_layers(loaded)] == [(n, m.config)
-                                                                    for n, m in _deployed_layers(deployed)]
+    assert [(n, type(m)) for n, m in loaded.named_modules()] == [
+        (n, type(m)) for n, m in deployed.named_modules()
+    ]
+    assert [(n, m.config) for n, m in _deployed_layers(loaded)] == [
+        (n, m.config) for n, m in _deployed_layers(deployed)
+    ]
     _assert_same_state(loaded, deployed)
     x = _input(3)
     with torch.no_grad():
@@ -460,7 +475,9 @@ def test_deployed_parameters_match_compact_counts_of_filter_masks():
 
 @pytest.fixture(scope="module")
 def deployed_folder(tmp_path_factory):
-    return save_pretrained(deploy(_zoo("resnet", "pad", "shared")), tmp_path_factory.mktemp("deployed") / "pad")
+    return save_pretrained(
+        deploy(_zoo("resnet", "pad", "shared")), tmp_path_factory.mktemp("deployed") / "pad"
+    )
 
 
 def _assert_one_line_checkpoint_error(folder, **kwargs):
@@ -476,7 +493,9 @@ def _folder(tmp_path, name, source, weights: bytes | None = None, record: str | 
     folder = tmp_path / name
     folder.mkdir()
     (folder / CONFIG_FILE).write_text(record if record is not None else (source / CONFIG_FILE).read_text())
-    (folder / WEIGHTS_FILE).write_bytes(weights if weights is not None else (source / WEIGHTS_FILE).read_bytes())
+    (folder / WEIGHTS_FILE).write_bytes(
+        weights if weights is not None else (source / WEIGHTS_FILE).read_bytes()
+    )
     return folder
 
 
@@ -505,26 +524,31 @@ def test_random_bytes_raise_checkpoint_error(tmp_path, deployed_folder):
 def test_training_checkpoint_is_not_a_deployed_model(tmp_path, deployed_folder):
     model = _zoo("resnet", "pad", "shared")
     path = save_checkpoint(tmp_path / "train.safetensors", model, {"epoch": 1})
-    message = _assert_one_line_checkpoint_error(_folder(tmp_path, "train", deployed_folder, path.read_bytes()))
+    message = _assert_one_line_checkpoint_error(
+        _folder(tmp_path, "train", deployed_folder, path.read_bytes())
+    )
     assert "deployed" in message
 
 
 def test_safetensors_without_padnet_metadata_raise_checkpoint_error(tmp_path, deployed_folder):
     model = deploy(_zoo("resnet", "dy"))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "plain.safetensors"))
-    _assert_one_line_checkpoint_error(_folder(tmp_path, "plain", deployed_folder,
-                                              (tmp_path / "plain.safetensors").read_bytes()))
+    _assert_one_line_checkpoint_error(
+        _folder(tmp_path, "plain", deployed_folder, (tmp_path / "plain.safetensors").read_bytes())
+    )
     save_file({"a": torch.zeros(3)}, str(tmp_path / "foreign.safetensors"), metadata={"padnet": "{not json"})
-    _assert_one_line_checkpoint_error(_folder(tmp_path, "foreign", deployed_folder,
-                                              (tmp_path / "foreign.safetensors").read_bytes()))
+    _assert_one_line_checkpoint_error(
+        _folder(tmp_path, "foreign", deployed_folder, (tmp_path / "foreign.safetensors").read_bytes())
+    )
 
 
-@pytest.mark.parametrize("header", ["[1, 2]", "\"padnet-adapter-1\"", "null", "3"])
+@pytest.mark.parametrize("header", ["[1, 2]", '"padnet-adapter-1"', "null", "3"])
 def test_non_object_padnet_metadata_raises_checkpoint_error(tmp_path, deployed_folder, header):
     """Valid JSON that is not an object is a foreign file, not an AttributeError/TypeError."""
     save_file({"a": torch.zeros(3)}, str(tmp_path / "odd.safetensors"), metadata={"padnet": header})
-    _assert_one_line_checkpoint_error(_folder(tmp_path, "odd", deployed_folder,
-                                              (tmp_path / "odd.safetensors").read_bytes()))
+    _assert_one_line_checkpoint_error(
+        _folder(tmp_path, "odd", deployed_folder, (tmp_path / "odd.safetensors").read_bytes())
+    )
     _assert_one_line_checkpoint_error(_folder(tmp_path, "record", deployed_folder, record=header))
 
 
@@ -537,8 +561,9 @@ def test_file_with_missing_tensors_raises_checkpoint_error(tmp_path, deployed_fo
     bits = next(k for k in tensors if k.endswith(".dynamic_index.bits"))
     del tensors[bits]
     save_file(tensors, str(tmp_path / "missing.safetensors"), metadata=meta)
-    _assert_one_line_checkpoint_error(_folder(tmp_path, "missing", deployed_folder,
-                                              (tmp_path / "missing.safetensors").read_bytes()))
+    _assert_one_line_checkpoint_error(
+        _folder(tmp_path, "missing", deployed_folder, (tmp_path / "missing.safetensors").read_bytes())
+    )
 
 
 WRONG_ARCHS = {
@@ -551,18 +576,32 @@ WRONG_ARCHS = {
 
 
 @pytest.mark.parametrize("wrong", list(WRONG_ARCHS))
-def test_deployed_folder_with_the_wrong_architecture_raises_checkpoint_error(tmp_path, deployed_folder, wrong):
+def test_deployed_folder_with_the_wrong_architecture_raises_checkpoint_error(
+    tmp_path, deployed_folder, wrong
+):
     record = json.loads((deployed_folder / CONFIG_FILE).read_text())
     record["architecture"]["padnet"].update(WRONG_ARCHS[wrong])
     _assert_one_line_checkpoint_error(_folder(tmp_path, wrong, deployed_folder, record=json.dumps(record)))
 
 
-@pytest.mark.parametrize("bad", [{"width": 1e5}, {"num_classes": 10**9}, {"num_kernels": 4096}, {"name": 5},
-                                 {"in_chans": True}, {"conv": ["pad"]}, {"name": "vgg"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"width": 1e5},
+        {"num_classes": 10**9},
+        {"num_kernels": 4096},
+        {"name": 5},
+        {"in_chans": True},
+        {"conv": ["pad"]},
+        {"name": "vgg"},
+    ],
+)
 def test_an_architecture_read_from_disk_is_validated_with_bounds(tmp_path, deployed_folder, bad):
     record = json.loads((deployed_folder / CONFIG_FILE).read_text())
     record["architecture"]["padnet"].update(bad)
-    message = _assert_one_line_checkpoint_error(_folder(tmp_path, "bad", deployed_folder, record=json.dumps(record)))
+    message = _assert_one_line_checkpoint_error(
+        _folder(tmp_path, "bad", deployed_folder, record=json.dumps(record))
+    )
     assert "architecture" in message
 
 
@@ -608,8 +647,9 @@ def test_filter_layer_parameter_count_uses_compact_counts():
 @pytest.mark.parametrize("method", ["random", "magnitude"])
 def test_local_partition_of_filter_masks_is_exact_per_layer(method, kappa):
     torch.manual_seed(0)
-    model = padnet.create_model("mobilenetv2", conv="pad", num_classes=10, stem="small", width=0.5,
-                                granularity="filter")
+    model = padnet.create_model(
+        "mobilenetv2", conv="pad", num_classes=10, stem="small", width=0.5, granularity="filter"
+    )
     report = padnet.partition(model, kappa, method, scope="local")
     tensors = masked_tensors(model)
     assert len(report.layers) == len(tensors) > 0
@@ -622,16 +662,20 @@ def test_local_partition_of_filter_masks_is_exact_per_layer(method, kappa):
 
 def test_magnitude_scores_of_filter_masks_sum_element_magnitudes_per_filter():
     torch.manual_seed(0)
-    model = nn.Sequential(PADConv2d(3, 6, 3, padding=1, granularity="filter"),
-                          PADConv2d(6, 6, 3, padding=1, groups=6, granularity="filter"))
+    model = nn.Sequential(
+        PADConv2d(3, 6, 3, padding=1, granularity="filter"),
+        PADConv2d(6, 6, 3, padding=1, groups=6, granularity="filter"),
+    )
     tensors = masked_tensors(model)
     scores = magnitude_scores(tensors)
     for (name, mode, factors), score in zip(tensors, scores):
         expected = torch.zeros(1, 6, 1, 1, 1)
         w = factors.detach()  # (k, Cout, Cin/g, kh, kw)
         for o in range(6):
-            per_element = [sum(abs(float(w[i, o].reshape(-1)[e])) for i in range(w.shape[0])) / w.shape[0]
-                           for e in range(w[0, o].numel())]
+            per_element = [
+                sum(abs(float(w[i, o].reshape(-1)[e])) for i in range(w.shape[0])) / w.shape[0]
+                for e in range(w[0, o].numel())
+            ]
             expected[0, o, 0, 0, 0] = sum(per_element)
         assert score.shape == mode.mask.shape, name
         torch.testing.assert_close(score, expected, rtol=1e-5, atol=1e-6)
@@ -646,12 +690,20 @@ def test_magnitude_scores_of_filter_masks_sum_element_magnitudes_per_filter():
 def _snip_pair(filter_mask):
     """Two models with identical weights: granularity "filter" with ``filter_mask`` (one per layer) and
     "shared" with that mask expanded to every element."""
+
     def build(granularity):
         torch.manual_seed(0)
         return nn.Sequential(
-            PADConv2d(3, 6, 3, padding=1, temperature=1.0, granularity=granularity), nn.BatchNorm2d(6), nn.ReLU(),
-            PADConv2d(6, 6, 3, padding=1, groups=6, temperature=1.0, granularity=granularity), nn.BatchNorm2d(6),
-            nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+            PADConv2d(3, 6, 3, padding=1, temperature=1.0, granularity=granularity),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            PADConv2d(6, 6, 3, padding=1, groups=6, temperature=1.0, granularity=granularity),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, 4),
+        )
 
     filt, shared = build("filter"), build("shared")
     for i in (0, 3, 8):  # the convolutions and the classifier; BatchNorm keeps γ = 1, β = 0 (no dead ReLU)
@@ -668,12 +720,15 @@ def _snip_pair(filter_mask):
     return filt, shared
 
 
-@pytest.mark.parametrize("mask", [torch.ones(6), torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])],
-                         ids=["full", "mixed"])
+@pytest.mark.parametrize(
+    "mask", [torch.ones(6), torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])], ids=["full", "mixed"]
+)
 def test_snip_scores_of_filter_masks_sum_element_scores_per_filter(mask):
     filt, shared = _snip_pair(mask)
     gen = torch.Generator().manual_seed(3)
-    batches = [(torch.randn(4, 3, 6, 6, generator=gen), torch.randint(0, 4, (4,), generator=gen)) for _ in range(2)]
+    batches = [
+        (torch.randn(4, 3, 6, 6, generator=gen), torch.randint(0, 4, (4,), generator=gen)) for _ in range(2)
+    ]
     x = batches[0][0]
     with torch.no_grad():
         torch.testing.assert_close(filt(x), shared(x), rtol=1e-5, atol=1e-6)  # the same function
@@ -703,8 +758,9 @@ def _forward_backward(layer, x):
 def _filter_layer(depthwise: bool):
     torch.manual_seed(0)
     cin, groups = (6, 6) if depthwise else (4, 1)
-    layer = PADConv2d(cin, 6, 3, padding=1, groups=groups, bias=True, num_kernels=3, temperature=1.0,
-                      granularity="filter")
+    layer = PADConv2d(
+        cin, 6, 3, padding=1, groups=groups, bias=True, num_kernels=3, temperature=1.0, granularity="filter"
+    )
     _randomise(layer)
     with torch.no_grad():
         layer.scales.phi.fill_(0.4)
@@ -732,8 +788,9 @@ def test_structured_path_follows_mask_changes(depthwise, formulation):
         layer.weight_mode.mask.copy_(MASK_A)
     out_a, _ = _forward_backward(layer, x)
     assert layer.structured_split() is not None
-    torch.testing.assert_close(out_a, _forward_backward(_element_reference(layer, MASK_A), x)[0],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out_a, _forward_backward(_element_reference(layer, MASK_A), x)[0], rtol=1e-5, atol=1e-5
+    )
     with torch.no_grad():
         layer.weight_mode.mask.copy_(MASK_B)  # after the split for A was cached
     static_idx, dynamic_idx, _ = layer.structured_split()
@@ -797,8 +854,12 @@ def test_autotune_chooses_a_formulation_for_every_dynamic_layer():
     assert sorted(choices) == sorted(names)
     assert set(choices.values()) <= set(FORMULATIONS)
     shapes = {}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(
-        lambda mod, args, n=n: shapes.__setitem__(n, tuple(args[0].shape))) for n in names]
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda mod, args, n=n: shapes.__setitem__(n, tuple(args[0].shape))
+        )
+        for n in names
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -857,8 +918,13 @@ def test_record_holds_format_architecture_and_layers(deployed_folder):
     record = json.loads((deployed_folder / CONFIG_FILE).read_text())
     with safe_open(str(deployed_folder / WEIGHTS_FILE), framework="pt") as fh:
         keys = set(fh.keys())
-    assert record["format"] == "padnet-adapter-1" and record["form"] == "deployed" and record["config"] is None
-    assert record["architecture"]["padnet"]["name"] == "resnet18" and record["architecture"]["padnet"]["width"] == 0.25
+    assert (
+        record["format"] == "padnet-adapter-1" and record["form"] == "deployed" and record["config"] is None
+    )
+    assert (
+        record["architecture"]["padnet"]["name"] == "resnet18"
+        and record["architecture"]["padnet"]["width"] == 0.25
+    )
     layers = record["deploy"]["layers"]
     assert layers and all(cfg["layout"] == "elements" for cfg in layers.values())
     for name in layers:

@@ -39,7 +39,7 @@ def test_parameter_variance_by_hand():
     # equals building every sample's kernel and taking the variance directly
     torch.manual_seed(0)
     coeffs, factors = torch.softmax(torch.randn(7, 3), 1), torch.randn(3, 2, 4)
-    kernels = (coeffs @ factors.reshape(3, -1))  # (7, 8)
+    kernels = coeffs @ factors.reshape(3, -1)  # (7, 8)
     assert parameter_variance(coeffs, factors) == pytest.approx(float(kernels.var(0, unbiased=False).mean()))
 
 
@@ -102,7 +102,9 @@ def test_mask_structure_of_whole_columns_is_one_and_beats_random():
     assert stats["random_column_agreement"] < 0.6
 
 
-@pytest.mark.parametrize("mask, message", [(torch.ones(2, 2, 2), "2-D mask"), (torch.full((2, 2), 0.5), "binary")])
+@pytest.mark.parametrize(
+    "mask, message", [(torch.ones(2, 2, 2), "2-D mask"), (torch.full((2, 2), 0.5), "binary")]
+)
 def test_mask_structure_refuses(mask, message):
     with pytest.raises(ConfigError, match=message):
         mask_structure(mask)

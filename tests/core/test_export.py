@@ -87,10 +87,17 @@ def test_deploy_onnx_prints_nothing_the_user_cannot_act_on(tmp_path):
     cfg = TrainConfig(dataset="digits", conv="pad", width=0.125).validate()
     model = build_model(cfg, 10, 1)
     partition(model, 0.3, "random")
-    path = save_checkpoint(tmp_path / "model.safetensors", model, {"config": cfg.to_dict(), "epoch": 1, "step": 1})
-    proc = subprocess.run([sys.executable, "-m", "padnet", "deploy", str(path), "--out", str(tmp_path / "out"),
-                           "--onnx"], capture_output=True, text=True, env={**os.environ, "PADNET_ALLOCATOR": "0"},
-                          timeout=300, check=False)
+    path = save_checkpoint(
+        tmp_path / "model.safetensors", model, {"config": cfg.to_dict(), "epoch": 1, "step": 1}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "padnet", "deploy", str(path), "--out", str(tmp_path / "out"), "--onnx"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PADNET_ALLOCATOR": "0"},
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no exporter registration notices, no PyTorch-internal deprecation warnings
     assert "model.onnx (dynamic batch)" in proc.stdout

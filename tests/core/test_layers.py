@@ -38,8 +38,16 @@ def _channels(groups):
 
 def _geometry_kwargs(stride, padding, dilation, groups, bias, kernel_size):
     cin, cout, g = _channels(groups)
-    return {"in_channels": cin, "out_channels": cout, "kernel_size": kernel_size, "stride": stride,
-            "padding": padding, "dilation": dilation, "groups": g, "bias": bias}
+    return {
+        "in_channels": cin,
+        "out_channels": cout,
+        "kernel_size": kernel_size,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": g,
+        "bias": bias,
+    }
 
 
 def _randomise(layer: nn.Module, seed: int = 0) -> None:
@@ -124,8 +132,11 @@ def _forward_backward(layer, x):
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("granularity", ["shared", "kernel", "filter"])
-@pytest.mark.parametrize("geometry", [(1, 1, 1, 1, True, 3), (2, 0, 2, 2, True, 3), (2, 1, 1, "dw", False, 3),
-                                      (1, 0, 1, 1, True, 1)], ids=["plain", "strided-grouped", "dw", "1x1"])
+@pytest.mark.parametrize(
+    "geometry",
+    [(1, 1, 1, 1, True, 3), (2, 0, 2, 2, True, 3), (2, 1, 1, "dw", False, 3), (1, 0, 1, 1, True, 1)],
+    ids=["plain", "strided-grouped", "dw", "1x1"],
+)
 def test_formulations_agree_in_outputs_and_gradients(geometry, granularity, batch):
     """grouped, per-sample and batched (and, for filter masks, the unstructured masked path) agree."""
     kw = _geometry_kwargs(*geometry)
@@ -149,8 +160,9 @@ def test_formulations_agree_in_outputs_and_gradients(geometry, granularity, batc
         assert grads.keys() == grads_ref.keys()
         for name in grads:
             assert grads[name] is not None, (formulation, name)
-            torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-5, atol=1e-5,
-                                       msg=f"{formulation}: {name}")
+            torch.testing.assert_close(
+                grads[name], grads_ref[name], rtol=1e-5, atol=1e-5, msg=f"{formulation}: {name}"
+            )
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -167,7 +179,9 @@ def test_dynamic_conv_formulations_agree(batch):
     for formulation, (out, grads) in results.items():
         torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
         for name in grads_ref:
-            torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-5, atol=1e-5, msg=f"{formulation}: {name}")
+            torch.testing.assert_close(
+                grads[name], grads_ref[name], rtol=1e-5, atol=1e-5, msg=f"{formulation}: {name}"
+            )
 
 
 # --------------------------------------------------------------------------------- gradient flow
@@ -239,9 +253,16 @@ def test_constrained_scales_start_at_one():
     assert float(lam_s) == 1.0 and float(lam_d) == 1.0
 
 
-@pytest.mark.parametrize("mode,params", [("none", set()), ("both", {"lambda_s", "lambda_d"}),
-                                         ("static", {"lambda_s"}), ("dynamic", {"lambda_d"}),
-                                         ("constrained", {"phi"})])
+@pytest.mark.parametrize(
+    "mode,params",
+    [
+        ("none", set()),
+        ("both", {"lambda_s", "lambda_d"}),
+        ("static", {"lambda_s"}),
+        ("dynamic", {"lambda_d"}),
+        ("constrained", {"phi"}),
+    ],
+)
 def test_scale_modes_have_the_right_parameters(mode, params):
     scales = ScaleFactors(mode)
     assert {n for n, _ in scales.named_parameters()} == params
@@ -278,8 +299,11 @@ def test_scale_factors_apply_to_the_layer():
     pi = layer.attention(x)
     out = []
     for b in range(x.shape[0]):
-        w = 1.9 * m * torch.einsum("k,k...->...", pi[b], layer.weight) + 0.7 * (1 - m) * layer.weight_mode.static
-        out.append(F.conv2d(x[b:b + 1], w, None, 1, 1))
+        w = (
+            1.9 * m * torch.einsum("k,k...->...", pi[b], layer.weight)
+            + 0.7 * (1 - m) * layer.weight_mode.static
+        )
+        out.append(F.conv2d(x[b : b + 1], w, None, 1, 1))
     torch.testing.assert_close(layer(x), torch.cat(out), rtol=1e-5, atol=1e-5)
 
 
@@ -313,8 +337,17 @@ def test_kernel_granularity_with_equal_masks_equals_shared(formulation):
     _set_masks(shared, _mixed_mask)
     with torch.no_grad():
         shared.scales.phi.fill_(-0.6)
-    per_kernel = PADConv2d(4, 6, 3, padding=1, bias=True, num_kernels=3, temperature=1.0,
-                           formulation=formulation, granularity="kernel")
+    per_kernel = PADConv2d(
+        4,
+        6,
+        3,
+        padding=1,
+        bias=True,
+        num_kernels=3,
+        temperature=1.0,
+        formulation=formulation,
+        granularity="kernel",
+    )
     assert per_kernel.weight_mode.mask.shape == (3, 6, 4, 3, 3)
     assert per_kernel.bias_mode.mask.shape == (3, 6)
     state = shared.state_dict()
@@ -339,7 +372,7 @@ def test_kernel_granularity_masks_are_independent_per_kernel():
     out = []
     for b in range(x.shape[0]):
         w = pi[b, 0] * layer.weight[0] + (2 / 3) * layer.weight_mode.static
-        out.append(F.conv2d(x[b:b + 1], w, None, 1, 1))
+        out.append(F.conv2d(x[b : b + 1], w, None, 1, 1))
     torch.testing.assert_close(layer(x), torch.cat(out), rtol=1e-5, atol=1e-5)
 
 
@@ -410,7 +443,9 @@ def test_update_temperature_rejects_non_positive(t):
 def test_temperature_schedule_is_linear_and_reaches_its_end():
     sched = TemperatureSchedule(30, 1, 10)
     assert sched(0) == 30.0
-    assert sched(9) == 1.0 and sched(10) == 1.0 and sched(1000) == 1.0  # the last annealing step trains at T = 1
+    assert (
+        sched(9) == 1.0 and sched(10) == 1.0 and sched(1000) == 1.0
+    )  # the last annealing step trains at T = 1
     for step in range(10):
         assert sched(step) == pytest.approx(30 - 29 * step / 9)
     assert [sched.anneals(step) for step in range(11)] == [False] + [True] * 9 + [False]
@@ -425,8 +460,12 @@ def test_temperature_schedule_is_linear_and_reaches_its_end():
 
 
 def test_set_temperature_sets_every_attention():
-    model = nn.Sequential(DynamicConv2d(4, 4, 3, temperature=30.0), nn.ReLU(),
-                          PADConv2d(4, 4, 3, temperature=30.0), nn.Conv2d(4, 4, 1))
+    model = nn.Sequential(
+        DynamicConv2d(4, 4, 3, temperature=30.0),
+        nn.ReLU(),
+        PADConv2d(4, 4, 3, temperature=30.0),
+        nn.Conv2d(4, 4, 1),
+    )
     assert set_temperature(model, 3.5) == 2
     temps = [float(m.temperature) for m in model.modules() if isinstance(m, KernelAttention)]
     assert temps == [3.5, 3.5]
@@ -440,8 +479,11 @@ def test_set_temperature_sets_every_attention():
 @pytest.mark.parametrize("formulation", ["grouped", "batched"])
 @pytest.mark.parametrize("temperature", [0.1, 1.0, 30.0])
 @pytest.mark.parametrize("cls", [DynamicConv2d, PADConv2d])
-@pytest.mark.parametrize("geometry", [(1, 1, 1, 1, True, 3), (2, 0, 2, 2, False, 3), (1, 1, 1, "dw", True, 3)],
-                         ids=["plain-bias", "strided-grouped", "dw-bias"])
+@pytest.mark.parametrize(
+    "geometry",
+    [(1, 1, 1, 1, True, 3), (2, 0, 2, 2, False, 3), (1, 1, 1, "dw", True, 3)],
+    ids=["plain-bias", "strided-grouped", "dw-bias"],
+)
 def test_from_conv_reproduces_the_conv(geometry, cls, temperature, formulation):
     kw = _geometry_kwargs(*geometry)
     torch.manual_seed(0)
@@ -475,10 +517,19 @@ def test_from_conv_rejects_non_zero_padding_mode():
 
 
 @pytest.mark.parametrize("cls", [DynamicConv2d, PADConv2d])
-@pytest.mark.parametrize("kernel_size,stride,padding,dilation", [
-    (3, 1, 0, 1), (3, 2, 1, 1), ((3, 1), (2, 1), (1, 0), 1), (3, 1, 2, 2), (5, 3, 2, 1), (1, 2, 0, 1),
-    (3, 1, "same", 2), (3, 2, "valid", 1),
-])
+@pytest.mark.parametrize(
+    "kernel_size,stride,padding,dilation",
+    [
+        (3, 1, 0, 1),
+        (3, 2, 1, 1),
+        ((3, 1), (2, 1), (1, 0), 1),
+        (3, 1, 2, 2),
+        (5, 3, 2, 1),
+        (1, 2, 0, 1),
+        (3, 1, "same", 2),
+        (3, 2, "valid", 1),
+    ],
+)
 @pytest.mark.parametrize("size", [(8, 8), (9, 7)])
 def test_output_shape_matches_nn_conv(cls, kernel_size, stride, padding, dilation, size):
     conv = nn.Conv2d(4, 6, kernel_size, stride, padding, dilation)
@@ -535,20 +586,34 @@ def test_auto_formulation_is_decided_once_per_shape_and_grad_mode():
         layer.set_path(x.shape, True, "fft")
 
 
-@pytest.mark.parametrize("batch, size, grad, expected", [
-    (1, 4, True, "per_sample"), (64, 32, True, "grouped"), (64, 16, False, "grouped"), (64, 8, True, "grouped"),
-    (64, 8, False, "per_sample"), (64, 4, True, "batched"), (64, 4, False, "batched"),
-])
+@pytest.mark.parametrize(
+    "batch, size, grad, expected",
+    [
+        (1, 4, True, "per_sample"),
+        (64, 32, True, "grouped"),
+        (64, 16, False, "grouped"),
+        (64, 8, True, "grouped"),
+        (64, 8, False, "per_sample"),
+        (64, 4, True, "batched"),
+        (64, 4, False, "batched"),
+    ],
+)
 def test_formulation_rule(batch, size, grad, expected):
     from padnet.layers.formulations import rule
 
     assert rule(batch, size * size, grad) == expected
 
 
-@pytest.mark.parametrize("batch, size, grad, expected", [
-    (1, 8, False, "per_sample"), (64, 32, False, "grouped"), (64, 8, False, "grouped"), (64, 8, True, "grouped"),
-    (64, 4, False, "batched"),
-])
+@pytest.mark.parametrize(
+    "batch, size, grad, expected",
+    [
+        (1, 8, False, "per_sample"),
+        (64, 32, False, "grouped"),
+        (64, 8, False, "grouped"),
+        (64, 8, True, "grouped"),
+        (64, 4, False, "batched"),
+    ],
+)
 def test_filter_structured_layers_use_the_filter_rule(batch, size, grad, expected):
     layer = PADConv2d(4, 8, 3, padding=1, granularity="filter")
     with torch.set_grad_enabled(grad):
@@ -556,10 +621,13 @@ def test_filter_structured_layers_use_the_filter_rule(batch, size, grad, expecte
     assert PADConv2d(4, 8, 3, padding=1).path_for((64, 4, 8, 8)) == "grouped"  # the general rule, with grad
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"groups": 0}, "groups must be >= 1"),
-    ({"padding": "same", "stride": 2}, "padding='same' needs stride 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"groups": 0}, "groups must be >= 1"),
+        ({"padding": "same", "stride": 2}, "padding='same' needs stride 1"),
+    ],
+)
 def test_bad_geometry_fails_at_construction(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         PADConv2d(4, 4, 3, **kwargs)
@@ -583,7 +651,12 @@ def test_every_mode_implements_the_mode_protocol():
     from padnet.layers.sdconv import ThresholdMask
 
     factors = torch.randn(3, 4, 2)
-    for mode in (FullyDynamic(), PartialMode((4, 2), 3), PartialMode((4, 2), 3, semantics="zero"), ThresholdMask(3)):
+    for mode in (
+        FullyDynamic(),
+        PartialMode((4, 2), 3),
+        PartialMode((4, 2), 3, semantics="zero"),
+        ThresholdMask(3),
+    ):
         assert isinstance(mode, Mode)
         assert mode.hard_mask(factors).shape == factors.shape and mode.hard_mask(factors).dtype == torch.bool
         assert sum(mode.compact_counts(factors).values()) >= 0
@@ -598,8 +671,11 @@ def test_structured_switch_is_public_and_refused_where_it_cannot_apply():
         assert layer.structured_split() is None and layer.path_for((64, 4, 8, 8)) == "per_sample"
         layer.structured = True
         assert layer.structured_split() is not None and layer.path_for((64, 4, 8, 8)) == "grouped"
-    for unstructurable in (PADConv2d(4, 6, 3, granularity="shared"), DynamicConv2d(4, 6, 3),
-                           PADConv2d(4, 6, 3, granularity="filter", mask_semantics="zero")):
+    for unstructurable in (
+        PADConv2d(4, 6, 3, granularity="shared"),
+        DynamicConv2d(4, 6, 3),
+        PADConv2d(4, 6, 3, granularity="filter", mask_semantics="zero"),
+    ):
         assert not unstructurable.structured
         with pytest.raises(ConfigError, match="cannot run structured"):
             unstructurable.structured = True

@@ -12,8 +12,10 @@ from padnet.models import MobileNetV2, create_model
 from padnet.models.mobilenetv2 import make_divisible
 
 
-@pytest.mark.parametrize("width,params,macs", [(0.5, 1_968_680, 97_131_840), (0.75, 2_636_424, 209_069_792),
-                                               (1.0, 3_504_872, 300_774_272)])
+@pytest.mark.parametrize(
+    "width,params,macs",
+    [(0.5, 1_968_680, 97_131_840), (0.75, 2_636_424, 209_069_792), (1.0, 3_504_872, 300_774_272)],
+)
 def test_static_counts_match_paper_table_1(width, params, macs):
     # paper: 2.0M / 97.0M, 2.64M / 209.1M, 3.5M / 300.8M (classifier included)
     model = create_model("mobilenetv2", width=width)

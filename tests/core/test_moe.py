@@ -45,7 +45,6 @@ def convert_moe(model, mode="dynamic", **options):
     return padnet.convert(model, METHODS.get(mode, mode), **options)
 
 
-
 def _ffn(hidden=H, inter=F, seed=0):
     torch.manual_seed(seed)
     up, down = nn.Linear(hidden, inter), nn.Linear(inter, hidden)
@@ -64,8 +63,14 @@ def _perturb(module, scale=0.1, seed=1):
 
 
 def _bert(**kw):
-    cfg = {"vocab_size": 60, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-           "intermediate_size": 24, **kw}
+    cfg = {
+        "vocab_size": 60,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 24,
+        **kw,
+    }
     torch.manual_seed(0)
     return transformers.BertForSequenceClassification(transformers.BertConfig(**cfg)).eval()
 
@@ -129,7 +134,9 @@ def test_noisy_load_is_the_expected_number_of_tokens_per_expert():
 def test_load_balancing_loss_matches_a_hand_computed_value():
     # importance (1, 2, 3, 4): mean 2.5, population variance 1.25 -> cv² 0.2; load (2, 2, 2, 6): mean 3,
     # variance 3 -> cv² 1/3; loss = 0.01 · (0.2 + 1/3)
-    routing = Routing(torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor([1.0, 2, 3, 4]), torch.tensor([2.0, 2, 2, 6]))
+    routing = Routing(
+        torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor([1.0, 2, 3, 4]), torch.tensor([2.0, 2, 2, 6])
+    )
     assert load_balancing_loss(routing).item() == pytest.approx(0.01 * (0.2 + 1 / 3))
     assert cv_squared(torch.tensor([5.0, 5.0])).item() == 0.0
     assert cv_squared(torch.tensor([7.0])).item() == 0.0
@@ -156,7 +163,7 @@ def test_dispatch_equals_a_per_token_loop():
         for j in range(k):
             w = experts[idx[t, j]]  # rows: W1ᵀ, b1, W2
             h = torch.tanh(x[t] @ w[:H] + w[H])
-            ref[t] += routing.gates[t, j] * (w[H + 1:] @ h + bias[idx[t, j]])
+            ref[t] += routing.gates[t, j] * (w[H + 1 :] @ h + bias[idx[t, j]])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -173,10 +180,17 @@ def test_dispatch_gradients_match_autograd_of_the_loop_in_double_precision(gated
     gates = torch.softmax(top, 1).requires_grad_(True)
 
     tanh_gelu = functools.partial(nn.functional.gelu, approximate="tanh")
-    for activation, kind in ((nn.functional.gelu, "gelu"), (tanh_gelu, "gelu_tanh"), (nn.functional.silu, "silu"),
-                             (torch.tanh, None)):
+    for activation, kind in (
+        (nn.functional.gelu, "gelu"),
+        (tanh_gelu, "gelu_tanh"),
+        (nn.functional.silu, "silu"),
+        (torch.tanh, None),
+    ):
+
         def routed(x, experts, bias, gates, activation=activation, kind=kind):
-            return dispatch(x, Routing(idx, gates, None, None), experts, bias, activation, kind=kind, gated=gated)
+            return dispatch(
+                x, Routing(idx, gates, None, None), experts, bias, activation, kind=kind, gated=gated
+            )
 
         assert torch.autograd.gradcheck(routed, (x, experts, bias, gates))
     dispatch(x, Routing(idx, gates, None, None), experts, bias, torch.tanh, gated=gated).sum().backward()
@@ -243,7 +257,7 @@ def test_pad_moe_with_zero_mask_and_unit_static_scale_is_a_dense_ffn_of_the_stat
     static, bias = pad.neuron_mode.static, pad.bias_mode.static.reshape(-1)
     up2, down2 = nn.Linear(H, F), nn.Linear(F, H)
     with torch.no_grad():
-        up2.weight.copy_(static[:H].t()), up2.bias.copy_(static[H]), down2.weight.copy_(static[H + 1:])
+        up2.weight.copy_(static[:H].t()), up2.bias.copy_(static[H]), down2.weight.copy_(static[H + 1 :])
         down2.bias.copy_(bias)
     x = torch.randn(25, H)
     torch.testing.assert_close(pad.eval()(x), _dense(x, up2, down2, act), atol=1e-5, rtol=1e-5)
@@ -289,8 +303,9 @@ def test_moe_p_zeroes_the_pruned_elements_of_every_expert():
 def test_partition_keeps_exactly_kappa_dynamic_with_one_mask_shared_by_the_experts():
     model = convert_moe(_bert(), mode="pad")
     batches = [{"input_ids": IDS, "labels": torch.tensor([0, 1, 1])}] * 2
-    report = partition(model, 0.3, "imp", batches, num_batches=2, iterations=2, batch_loss=task_loss,
-                       check_scores=False)  # right after upcycling: every expert equals the static part
+    report = partition(
+        model, 0.3, "imp", batches, num_batches=2, iterations=2, batch_loss=task_loss, check_scores=False
+    )  # right after upcycling: every expert equals the static part
     assert report.dynamic == round(0.3 * report.total)
     assert len(report.layers) == 4  # neuron rows and output biases of 2 layers
     for _, layer in moe_layers(model):
@@ -304,8 +319,10 @@ def test_compact_parameter_count_follows_the_mask():
     full = count_parameters(moe)
     assert count_parameters(model) == full + 2  # all dynamic: no static parameter stored, one φ per layer
     partition(model, 0.5, "random", num_batches=1)
-    static = sum((m.neuron_mode.mask == 0).sum().item() + (m.bias_mode.mask == 0).sum().item()
-                 for _, m in moe_layers(model))
+    static = sum(
+        (m.neuron_mode.mask == 0).sum().item() + (m.bias_mode.mask == 0).sum().item()
+        for _, m in moe_layers(model)
+    )
     assert count_parameters(model) == full + 2 + static - 8 * static  # 8 experts drop what turned static
     with torch.no_grad():
         for _, m in moe_layers(model):
@@ -325,12 +342,20 @@ def test_converted_encoders_equal_the_dense_model_at_initialisation(arch):
     if arch == "bert":
         model = _bert()
     elif arch == "albert":
-        model = transformers.AlbertForSequenceClassification(transformers.AlbertConfig(
-            vocab_size=60, embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=24)).eval()
+        model = transformers.AlbertForSequenceClassification(
+            transformers.AlbertConfig(
+                vocab_size=60,
+                embedding_size=8,
+                hidden_size=16,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=24,
+            )
+        ).eval()
     else:
-        model = transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
-            vocab_size=60, dim=16, n_layers=2, n_heads=2, hidden_dim=24)).eval()
+        model = transformers.DistilBertForSequenceClassification(
+            transformers.DistilBertConfig(vocab_size=60, dim=16, n_layers=2, n_heads=2, hidden_dim=24)
+        ).eval()
     ref = model(input_ids=IDS).logits
     n_ffn = len(find_ffns(model))
     assert n_ffn == (1 if arch == "albert" else 2)  # ALBERT shares one layer
@@ -342,22 +367,42 @@ def test_converted_encoders_equal_the_dense_model_at_initialisation(arch):
 
 def _gpt2():
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=60, n_embd=16, n_layer=2, n_head=2, n_positions=32,
-                                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=60,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return transformers.GPT2LMHeadModel(config).eval()
 
 
 def _gated_decoder(family: str):
     """A tiny randomly initialised Llama-style causal LM (SwiGLU MLP: gate_proj / up_proj / down_proj / act_fn)."""
     torch.manual_seed(0)
-    config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
-                             "mistral": ("MistralConfig", "MistralForCausalLM"),
-                             "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-                             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM")}[family]
-    config = getattr(transformers, config_cls)(vocab_size=60, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                               num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                                               max_position_embeddings=32, bos_token_id=1, eos_token_id=2,
-                                               pad_token_id=0, tie_word_embeddings=False)
+    config_cls, model_cls = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+        "mistral": ("MistralConfig", "MistralForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    }[family]
+    config = getattr(transformers, config_cls)(
+        vocab_size=60,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=32,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     return getattr(transformers, model_cls)(config).eval()
 
 
@@ -378,17 +423,31 @@ def test_decoders_upcycle_exactly_and_generate_what_the_dense_model_generates(fa
         else:
             assert pad.converted == ["model.layers.0.mlp", "model.layers.1.mlp"]
             layer = model.model.layers[0].mlp
-            assert isinstance(layer, MoEFeedForward) and layer.gated and layer.experts.shape == (4, 3 * 16 + 2, 24)
+            assert (
+                isinstance(layer, MoEFeedForward)
+                and layer.gated
+                and layer.experts.shape == (4, 3 * 16 + 2, 24)
+            )
         torch.testing.assert_close(model(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
         assert torch.equal(model.generate(IDS, max_new_tokens=6, do_sample=False), greedy), method
 
 
-@pytest.mark.parametrize("decoder, granularity", [("gpt2", "element"), ("llama", "element"), ("llama", "neuron")])
-def test_an_upcycled_decoder_trains_with_the_load_balancing_loss_partitions_and_round_trips(tmp_path, decoder,
-                                                                                          granularity):
+@pytest.mark.parametrize(
+    "decoder, granularity", [("gpt2", "element"), ("llama", "element"), ("llama", "neuron")]
+)
+def test_an_upcycled_decoder_trains_with_the_load_balancing_loss_partitions_and_round_trips(
+    tmp_path, decoder, granularity
+):
     dense = _gpt2() if decoder == "gpt2" else _gated_decoder(decoder)
-    pad = padnet.get_pad_model(dense, method="pad-moe", num_experts=4, top_k=2, kappa=0.5, granularity=granularity,
-                               partition_at="manual")
+    pad = padnet.get_pad_model(
+        dense,
+        method="pad-moe",
+        num_experts=4,
+        top_k=2,
+        kappa=0.5,
+        granularity=granularity,
+        partition_at="manual",
+    )
     batch = {"input_ids": IDS, "labels": IDS}
     pad.start_training(steps_per_epoch=4, epochs=1)
     optimizer = torch.optim.AdamW(pad.optimizer_parameters(), lr=1e-2)
@@ -478,11 +537,20 @@ def test_conversion_errors_are_one_line():
 # ------------------------------------------------------------------------------------------ save / load
 
 
-@pytest.mark.parametrize("mode,granularity", [("dynamic", "element"), ("pad", "element"), ("pad", "neuron"),
-                                              ("prune", "element"), ("prune", "neuron")])
+@pytest.mark.parametrize(
+    "mode,granularity",
+    [
+        ("dynamic", "element"),
+        ("pad", "element"),
+        ("pad", "neuron"),
+        ("prune", "element"),
+        ("prune", "neuron"),
+    ],
+)
 def test_save_then_load_gives_equal_outputs(tmp_path, mode, granularity):
-    pad = padnet.get_pad_model(_bert(), method=METHODS[mode],
-                               **({} if mode == "dynamic" else {"granularity": granularity}))
+    pad = padnet.get_pad_model(
+        _bert(), method=METHODS[mode], **({} if mode == "dynamic" else {"granularity": granularity})
+    )
     model = pad.base_model
     _perturb(model)
     if mode != "dynamic":
@@ -492,10 +560,14 @@ def test_save_then_load_gives_equal_outputs(tmp_path, mode, granularity):
     ref = model(input_ids=IDS).logits
     pad.save_pretrained(tmp_path / "training", full=True)
     pad.save_pretrained(tmp_path / "deployed", form="deployed", full=True)
-    assert (tmp_path / "training" / "config.json").is_file()  # the Hugging Face config that rebuilds the model
+    assert (
+        tmp_path / "training" / "config.json"
+    ).is_file()  # the Hugging Face config that rebuilds the model
     deployed = load_pretrained(tmp_path / "deployed")
     assert not deployed.training
-    assert all(isinstance(m, DeployedMoE) for n, m in deployed.named_modules() if n.endswith("intermediate.dense"))
+    assert all(
+        isinstance(m, DeployedMoE) for n, m in deployed.named_modules() if n.endswith("intermediate.dense")
+    )
     torch.testing.assert_close(deployed(input_ids=IDS).logits, ref, atol=1e-5, rtol=1e-5)
     trainable = load_pretrained(tmp_path / "training")
     assert isinstance(trainable, padnet.PadModel)
@@ -504,7 +576,9 @@ def test_save_then_load_gives_equal_outputs(tmp_path, mode, granularity):
         if mode != "dynamic":
             assert torch.equal(a.neuron_mode.mask, b.neuron_mode.mask)
             assert torch.equal(a.bias_mode.mask, b.bias_mode.mask)
-    with pytest.raises(ConfigError, match="get_pad_model"):  # merged experts cannot be saved without the PadConfig
+    with pytest.raises(
+        ConfigError, match="get_pad_model"
+    ):  # merged experts cannot be saved without the PadConfig
         save_pretrained(deployed, tmp_path / "again")
     assert not (tmp_path / "again").exists()
 
@@ -562,18 +636,27 @@ def test_evaluation_reuses_the_merged_parameters_until_a_weight_or_the_mask_chan
 
 def test_a_shared_ffn_counts_the_load_balancing_loss_of_every_pass():
     torch.manual_seed(0)
-    model = transformers.AlbertForSequenceClassification(transformers.AlbertConfig(
-        vocab_size=60, embedding_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=24))
+    model = transformers.AlbertForSequenceClassification(
+        transformers.AlbertConfig(
+            vocab_size=60,
+            embedding_size=8,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=24,
+        )
+    )
     convert_moe(model, num_experts=4)
-    (_, layer), = moe_layers(model)  # one FFN shared by the 3 blocks
+    ((_, layer),) = moe_layers(model)  # one FFN shared by the 3 blocks
     model.eval()  # noise off: the router is deterministic
     inputs = []
     handle = layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach()))
     model(input_ids=IDS)
     handle.remove()
     assert len(inputs) == 3
-    expected = sum(load_balancing_loss(layer.router(x.reshape(-1, 16)), layer.aux_loss_weight) for x in inputs)
+    expected = sum(
+        load_balancing_loss(layer.router(x.reshape(-1, 16)), layer.aux_loss_weight) for x in inputs
+    )
     torch.testing.assert_close(auxiliary_loss(model), expected)
     model(input_ids=IDS)  # the next forward starts from zero
     torch.testing.assert_close(auxiliary_loss(model), expected)

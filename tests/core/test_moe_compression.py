@@ -26,19 +26,36 @@ FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 def _moe_lm(family: str):
     """A tiny randomly initialised MoE causal LM: 2 layers, 4 experts, top-2."""
     torch.manual_seed(0)
-    common = {"vocab_size": 60, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "num_key_value_heads": 1, "max_position_embeddings": 32, "bos_token_id": 1, "eos_token_id": 2,
-              "pad_token_id": 0, "num_experts_per_tok": 2, "tie_word_embeddings": False}
+    common = {
+        "vocab_size": 60,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 32,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "num_experts_per_tok": 2,
+        "tie_word_embeddings": False,
+    }
     if family == "mixtral":
         config = transformers.MixtralConfig(**common, intermediate_size=24, num_local_experts=4, head_dim=8)
         return transformers.MixtralForCausalLM(config).eval()
     if family == "qwen2_moe":  # shared expert; top-k weights not renormalised
-        config = transformers.Qwen2MoeConfig(**common, intermediate_size=24, moe_intermediate_size=12,
-                                             shared_expert_intermediate_size=20, num_experts=4, norm_topk_prob=False)
+        config = transformers.Qwen2MoeConfig(
+            **common,
+            intermediate_size=24,
+            moe_intermediate_size=12,
+            shared_expert_intermediate_size=20,
+            num_experts=4,
+            norm_topk_prob=False,
+        )
         return transformers.Qwen2MoeForCausalLM(config).eval()
     if family == "qwen3_moe":
-        config = transformers.Qwen3MoeConfig(**common, intermediate_size=24, moe_intermediate_size=12, num_experts=4,
-                                             head_dim=8)
+        config = transformers.Qwen3MoeConfig(
+            **common, intermediate_size=24, moe_intermediate_size=12, num_experts=4, head_dim=8
+        )
         return transformers.Qwen3MoeForCausalLM(config).eval()
     config = transformers.OlmoeConfig(**common, intermediate_size=24, num_experts=4)
     return transformers.OlmoeForCausalLM(config).eval()
@@ -78,7 +95,9 @@ def test_kappa_zero_gives_every_expert_the_shared_static_part(family):
         lam_s, _ = moe.scale()
         for e in range(moe.num_experts):
             torch.testing.assert_close(experts[e], lam_s * moe.neuron_mode.static)
-        torch.testing.assert_close(moe.neuron_mode.static, moe.experts.mean(0))  # the default estimate: the mean
+        torch.testing.assert_close(
+            moe.neuron_mode.static, moe.experts.mean(0)
+        )  # the default estimate: the mean
         assert not bias.any()
 
 
@@ -92,8 +111,9 @@ def test_neuron_masks_run_static_neurons_once_weighted_by_the_summed_gates():
             bank.moe.scale.phi.fill_(0.3)
     model = pad.base_model.eval()
     structured = model(input_ids=IDS).logits
-    assert all(bank.moe.structured and bank.moe.computational_parameters()[2] is not None
-               for bank in _banks(model))
+    assert all(
+        bank.moe.structured and bank.moe.computational_parameters()[2] is not None for bank in _banks(model)
+    )
     for bank in _banks(model):
         bank.moe.structured = False
     torch.testing.assert_close(model(input_ids=IDS).logits, structured, atol=1e-5, rtol=1e-5)
@@ -111,8 +131,9 @@ def test_partition_on_calibration_text_then_deploy_save_and_load_give_the_same_l
     pad.save_pretrained(tmp_path / "deployed", form="deployed")
     loaded = padnet.load_pretrained(tmp_path / "deployed", base_model=_moe_lm("mixtral"))
     assert all(isinstance(bank.moe, DeployedMoE) for bank in _banks(loaded))
-    torch.testing.assert_close(loaded(input_ids=IDS).logits, pad.eval()(input_ids=IDS).logits, atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        loaded(input_ids=IDS).logits, pad.eval()(input_ids=IDS).logits, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_the_static_part_can_follow_the_routers_load():
@@ -161,14 +182,20 @@ def test_transformers_save_pretrained_of_a_model_with_padnet_experts_is_refused_
     model and on its merged copy, and padnet's own save_pretrained still works."""
     pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", kappa=0.3)
     pad.partition([{"input_ids": IDS, "labels": IDS}], partition="imp", partition_iterations=1)
-    bert = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=32)
+    bert = transformers.BertConfig(
+        vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
     upcycled = padnet.get_pad_model(transformers.BertModel(bert), method="moe", num_experts=2).base_model
     for model in (pad.base_model, pad.merge_and_unload(), upcycled):
-        with pytest.raises(ConfigError, match=r"^this model holds padnet MoE layers, which transformers' "
-                                              r"save_pretrained cannot store .* save the PadModel with "
-                                              r"PadModel.save_pretrained or padnet.save_pretrained"):
+        with pytest.raises(
+            ConfigError,
+            match=r"^this model holds padnet MoE layers, which transformers' "
+            r"save_pretrained cannot store .* save the PadModel with "
+            r"PadModel.save_pretrained or padnet.save_pretrained",
+        ):
             model.save_pretrained(tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
     loaded = padnet.load_pretrained(pad.save_pretrained(tmp_path / "padnet", full=True))
-    torch.testing.assert_close(loaded.base_model.eval()(input_ids=IDS).logits, pad.eval()(input_ids=IDS).logits)
+    torch.testing.assert_close(
+        loaded.base_model.eval()(input_ids=IDS).logits, pad.eval()(input_ids=IDS).logits
+    )

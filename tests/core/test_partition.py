@@ -19,14 +19,24 @@ METHODS = ("imp", "mp", "random", "magnitude")
 def _model(granularity="shared", seed=0, conv="pad"):
     torch.manual_seed(seed)
     options = {"granularity": granularity} if conv == "pad" else {}
-    return create_model("resnet10", conv=conv, num_classes=4, in_chans=3, width=0.125, stem="small",
-                        temperature=1.0, **options)
+    return create_model(
+        "resnet10",
+        conv=conv,
+        num_classes=4,
+        in_chans=3,
+        width=0.125,
+        stem="small",
+        temperature=1.0,
+        **options,
+    )
 
 
 def _batches(n=2, batch=6, size=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, 4, (batch,), generator=gen))
-            for _ in range(n)]
+    return [
+        (torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, 4, (batch,), generator=gen))
+        for _ in range(n)
+    ]
 
 
 def _masks(model):
@@ -110,9 +120,14 @@ def test_partition_resets_masks_by_default():
 
 def test_partition_with_bias_tensors():
     torch.manual_seed(0)
-    model = nn.Sequential(PADConv2d(3, 6, 3, padding=1, bias=True), nn.ReLU(),
-                          PADConv2d(6, 6, 3, padding=1, bias=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(6, 4))
+    model = nn.Sequential(
+        PADConv2d(3, 6, 3, padding=1, bias=True),
+        nn.ReLU(),
+        PADConv2d(6, 6, 3, padding=1, bias=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
     names = [n for n, _, _ in masked_tensors(model)]
     assert names == ["0.weight", "0.bias", "2.weight", "2.bias"]
     report = partition(model, 0.5, "mp", data=_batches(), num_batches=2, scope="local")

@@ -27,8 +27,11 @@ class TvBasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else None)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
 
     def forward(self, x):
         out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
@@ -44,8 +47,11 @@ class TvResNet18(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         widths, cin = (64, 128, 256, 512), 64
         for i, w in enumerate(widths):
-            setattr(self, f"layer{i + 1}", nn.Sequential(TvBasicBlock(cin, w, 1 if i == 0 else 2),
-                                                          TvBasicBlock(w, w, 1)))
+            setattr(
+                self,
+                f"layer{i + 1}",
+                nn.Sequential(TvBasicBlock(cin, w, 1 if i == 0 else 2), TvBasicBlock(w, w, 1)),
+            )
             cin = w
         self.fc = nn.Linear(512, num_classes)
 
@@ -57,12 +63,23 @@ class TvResNet18(nn.Module):
 
 
 # MobileNetV2 ×1.0: (expansion t, channels c, repeats n, stride s)
-SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def _cbr(cin, cout, k, s, groups=1):
-    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU6(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
+    )
 
 
 class TvInvertedResidual(nn.Module):
@@ -70,8 +87,11 @@ class TvInvertedResidual(nn.Module):
         super().__init__()
         hidden = cin * t
         layers = [] if t == 1 else [_cbr(cin, hidden, 1, 1)]
-        layers += [_cbr(hidden, hidden, 3, stride, hidden), nn.Conv2d(hidden, cout, 1, bias=False),
-                   nn.BatchNorm2d(cout)]
+        layers += [
+            _cbr(hidden, hidden, 3, stride, hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -157,8 +177,10 @@ def _randomised(module):
     return module.eval()
 
 
-@pytest.mark.parametrize("name, source", [("resnet18", TvResNet18), ("mobilenetv2", TvMobileNetV2),
-                                          ("mobilenetv2", TimmMobileNetV2)])
+@pytest.mark.parametrize(
+    "name, source",
+    [("resnet18", TvResNet18), ("mobilenetv2", TvMobileNetV2), ("mobilenetv2", TimmMobileNetV2)],
+)
 def test_pretrained_weights_in_other_layouts_give_the_same_network(name, source, tmp_path):
     reference = _randomised(source())
     path = tmp_path / "weights.safetensors"
@@ -184,13 +206,18 @@ def test_pretrained_then_converted_keeps_the_output_and_a_new_head_stays_fresh(t
 
 def test_pretrained_errors_name_the_first_key_that_does_not_fit(tmp_path):
     state = _randomised(TvResNet18()).state_dict()
-    with pytest.raises(ConfigError, match=r"pretrained key 'stem.0.weight' has shape \(64, 3, 7, 7\); .* needs "
-                                          r"\(16, 3, 3, 3\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pretrained key 'stem.0.weight' has shape \(64, 3, 7, 7\); .* needs "
+        r"\(16, 3, 3, 3\)",
+    ):
         padnet.create_model("resnet18", width=0.25, stem="small", pretrained=state)
     with pytest.raises(ConfigError, match="pretrained key 'extra.weight' has no place"):
         padnet.create_model("resnet18", pretrained={**state, "extra.weight": torch.zeros(1)})
     with pytest.raises(ConfigError, match="lack 'layer4.1.bn2.running_var'"):
-        padnet.create_model("resnet18", pretrained={k: v for k, v in state.items() if k != "layer4.1.bn2.running_var"})
+        padnet.create_model(
+            "resnet18", pretrained={k: v for k, v in state.items() if k != "layer4.1.bn2.running_var"}
+        )
     with pytest.raises(ConfigError, match="ResNet v1.5"):
         padnet.create_model("resnet50", pretrained={"conv1.weight": torch.zeros(64, 3, 7, 7)})
     with pytest.raises(ConfigError, match="unrecognised pretrained key layout"):

@@ -34,9 +34,21 @@ def geometries(draw):
     stride, padding, dilation = draw(st.integers(1, 3)), draw(st.integers(0, 2)), draw(st.integers(1, 2))
     reach = dilation * (kernel - 1) + 1 - 2 * padding  # the smallest input size with one output pixel
     size = draw(st.integers(max(1, reach), max(1, reach) + 6))
-    return {"in_channels": cin, "out_channels": cout, "kernel_size": kernel, "stride": stride, "padding": padding,
-            "dilation": dilation, "groups": groups, "bias": draw(st.booleans())}, size, draw(st.integers(1, 3)), \
-        draw(st.integers(1, 4))
+    return (
+        {
+            "in_channels": cin,
+            "out_channels": cout,
+            "kernel_size": kernel,
+            "stride": stride,
+            "padding": padding,
+            "dilation": dilation,
+            "groups": groups,
+            "bias": draw(st.booleans()),
+        },
+        size,
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 4)),
+    )
 
 
 def _randomise(module: nn.Module, seed: int) -> None:
@@ -47,7 +59,9 @@ def _randomise(module: nn.Module, seed: int) -> None:
 
 
 def _input(geometry, size, batch, seed=1):
-    return torch.randn(batch, geometry["in_channels"], size, size, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        batch, geometry["in_channels"], size, size, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @SETTINGS
@@ -84,13 +98,16 @@ def test_pad_with_every_element_static_and_unit_scale_is_a_static_conv(case, gra
 
 @SETTINGS
 @given(geometries(), GRANULARITIES, st.floats(0.05, 1.0), st.integers(0, 1000), st.booleans())
-def test_partition_reaches_kappa_and_the_deployed_form_computes_the_training_form(case, granularity, kappa, seed,
-                                                                                  with_bn):
+def test_partition_reaches_kappa_and_the_deployed_form_computes_the_training_form(
+    case, granularity, kappa, seed, with_bn
+):
     geometry, size, batch, kernels = case
     pad = PADConv2d(**geometry, num_kernels=kernels, granularity=granularity)
     _randomise(pad, seed)
     if sum(round(kappa * mode.mask.numel()) for _, mode, _ in masked_tensors(pad)) == 0:
-        with pytest.raises(ConfigError, match="leaves no dynamic element"):  # a PAD model with nothing dynamic
+        with pytest.raises(
+            ConfigError, match="leaves no dynamic element"
+        ):  # a PAD model with nothing dynamic
             partition(nn.Sequential(pad), kappa, "random", seed=seed, scope="local")
         return
     report = partition(nn.Sequential(pad), kappa, "random", seed=seed, scope="local")
@@ -111,8 +128,14 @@ def test_partition_reaches_kappa_and_the_deployed_form_computes_the_training_for
 
 
 @SETTINGS
-@given(st.integers(2, 12), st.integers(1, 24), st.integers(1, 6), st.data(), st.sampled_from(["element", "neuron"]),
-       st.integers(1, 40))
+@given(
+    st.integers(2, 12),
+    st.integers(1, 24),
+    st.integers(1, 6),
+    st.data(),
+    st.sampled_from(["element", "neuron"]),
+    st.integers(1, 40),
+)
 def test_pad_moe_with_every_element_dynamic_is_the_moe(hidden, inter, experts, data, granularity, tokens):
     top_k = data.draw(st.integers(1, experts))
     moe = MoEFeedForward(hidden, inter, num_experts=experts, top_k=top_k)

@@ -25,9 +25,13 @@ torch.set_num_threads(1)
 
 def _layer(strategy="different", threshold=0.1, seed=0, **kw):
     torch.manual_seed(seed)
-    layer = SparseDynamicConv2d(4, 6, 3, padding=1, num_kernels=3, temperature=1.0, mask_strategy=strategy, **kw)
+    layer = SparseDynamicConv2d(
+        4, 6, 3, padding=1, num_kernels=3, temperature=1.0, mask_strategy=strategy, **kw
+    )
     with torch.no_grad():
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.2)
+        layer.weight.copy_(
+            torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.2
+        )
         layer.weight_mode.threshold.fill_(threshold)
     return layer
 
@@ -137,10 +141,13 @@ def test_clamp_thresholds_keeps_them_non_negative():
 def test_sparsity_schedule_follows_algorithm_1():
     schedule = SparsitySchedule(0.5, iterations=2, total_steps=30)  # phases of 10 steps: 1, √0.5, 0.5
     assert [schedule(t) for t in (0, 9, 10, 19, 20, 29, 100)] == pytest.approx(
-        [1.0, 1.0, 0.5 ** 0.5, 0.5 ** 0.5, 0.5, 0.5, 0.5])
+        [1.0, 1.0, 0.5**0.5, 0.5**0.5, 0.5, 0.5, 0.5]
+    )
     assert SparsitySchedule(0.8, iterations=0, total_steps=5)(0) == pytest.approx(0.2)
-    for bad in ({"sparsity": 1.0, "iterations": 1, "total_steps": 5}, {"sparsity": 0.5, "iterations": -1,
-                                                                        "total_steps": 5}):
+    for bad in (
+        {"sparsity": 1.0, "iterations": 1, "total_steps": 5},
+        {"sparsity": 0.5, "iterations": -1, "total_steps": 5},
+    ):
         with pytest.raises(ConfigError):
             SparsitySchedule(**bad)
 
@@ -177,8 +184,12 @@ def test_deployed_sd_conv_equals_the_dense_masked_forward_and_round_trips(tmp_pa
     deployed = deploy(model)
     for name, layer in sparse_layers(model):
         sparse = deployed.get_submodule(name)
-        assert isinstance(sparse, DeployedConv2d) and sparse.layout == "dense"  # measured faster than skipping
-        assert torch.equal(sparse.dynamic_weight != 0, layer.weight_mode.hard_mask(layer.weight))  # pruned: zero
+        assert (
+            isinstance(sparse, DeployedConv2d) and sparse.layout == "dense"
+        )  # measured faster than skipping
+        assert torch.equal(
+            sparse.dynamic_weight != 0, layer.weight_mode.hard_mask(layer.weight)
+        )  # pruned: zero
     with torch.no_grad():
         for formulation in ("grouped", "per_sample", "batched"):
             for m in deployed.modules():
@@ -201,6 +212,8 @@ def test_deployed_sd_conv_file_stores_only_the_kept_weights(tmp_path):
         stored = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     for name, layer in sparse_layers(model):
         mask = layer.weight_mode.hard_mask(layer.weight)  # (k, Cout, Cin, kh, kw)
-        assert stored[f"{name}.dynamic_weight.values"].numel() == int(mask.sum())  # values of kept weights only
+        assert stored[f"{name}.dynamic_weight.values"].numel() == int(
+            mask.sum()
+        )  # values of kept weights only
         assert f"{name}.dynamic_weight" not in stored  # not the dense (k, ...) kernels
         assert stored[f"{name}.dynamic_weight.bits"].numel() == -(-mask.numel() // 8)  # one bit per weight

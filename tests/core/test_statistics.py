@@ -19,7 +19,7 @@ def _digits():
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # (1797, 1, 8, 8)
     y = torch.tensor(d.target)
-    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 1400, 64)]  # 22 batches, the last of 56
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 1400, 64)]  # 22 batches, the last of 56
     return batches, x[1400:], y[1400:]
 
 
@@ -141,9 +141,17 @@ def test_recalibrate_without_data_is_refused():
 
 def test_masks_changed_by_hand_re_estimate_the_statistics_after_that_step():
     batches, _, _ = _digits()
-    pad = padnet.get_pad_model(_cnn(), padnet.PadConfig(method="pad", kappa=0.3, init_from_pretrained=False,
-                                                        partition_at="manual", temperature_anneal=0,
-                                                        temperature_unit="steps"))
+    pad = padnet.get_pad_model(
+        _cnn(),
+        padnet.PadConfig(
+            method="pad",
+            kappa=0.3,
+            init_from_pretrained=False,
+            partition_at="manual",
+            temperature_anneal=0,
+            temperature_unit="steps",
+        ),
+    )
     pad.start_training(total_steps=10, statistics_data=batches[:2])
     optimizer = torch.optim.SGD(pad.optimizer_parameters(), lr=0.05)
     norm = pad.base_model[1]
@@ -162,8 +170,13 @@ def test_masks_changed_by_hand_re_estimate_the_statistics_after_that_step():
 def _hooks(model, config, **kwargs):
     """PadTraining with counting partition and re-estimation functions; returns (hooks, calls)."""
     calls = []
-    hooks = PadTraining(model, config, partition=lambda: calls.append(("partition", hooks.step)),
-                        recalibrate=lambda: calls.append(("statistics", hooks.step)) or 1, **kwargs)
+    hooks = PadTraining(
+        model,
+        config,
+        partition=lambda: calls.append(("partition", hooks.step)),
+        recalibrate=lambda: calls.append(("statistics", hooks.step)) or 1,
+        **kwargs,
+    )
     return hooks, calls
 
 
@@ -174,8 +187,14 @@ def _run(hooks, steps):
 
 
 def test_statistics_are_re_estimated_once_when_the_partition_follows_the_anneal():
-    config = padnet.PadConfig(method="pad", kappa=0.3, temperature_anneal=4, temperature_unit="steps",
-                              partition_at="steps", partition_after=4)
+    config = padnet.PadConfig(
+        method="pad",
+        kappa=0.3,
+        temperature_anneal=4,
+        temperature_unit="steps",
+        partition_at="steps",
+        partition_after=4,
+    )
     hooks, calls = _hooks(padnet.convert(_cnn(), "pad"), config, total_steps=10)
     _run(hooks, 10)
     assert calls == [("partition", 4), ("statistics", 4)]  # not also after the anneal's last step, 3
@@ -198,8 +217,9 @@ def test_dcd_has_no_temperature_to_anneal():
 def test_a_generator_of_partition_batches_serves_the_partition_and_the_statistics():
     """The default pretrained timing: the anneal ends at step 2, the partition runs at step 3 (epoch 2)."""
     batches, _, _ = _digits()
-    pad = padnet.get_pad_model(_cnn(), padnet.PadConfig(method="pad", kappa=0.3, partition_batches=2,
-                                                        partition_iterations=1))
+    pad = padnet.get_pad_model(
+        _cnn(), padnet.PadConfig(method="pad", kappa=0.3, partition_batches=2, partition_iterations=1)
+    )
     pad.start_training(steps_per_epoch=3, epochs=2, partition_data=(batch for batch in batches[:2]))
     optimizer = torch.optim.SGD(pad.optimizer_parameters(), lr=0.01)
     for batch in batches[2:8]:
@@ -210,9 +230,17 @@ def test_a_generator_of_partition_batches_serves_the_partition_and_the_statistic
 
 def test_masks_changed_after_the_last_step_warn_on_eval():
     batches, _, _ = _digits()
-    pad = padnet.get_pad_model(_cnn(), padnet.PadConfig(method="pad", kappa=0.3, init_from_pretrained=False,
-                                                        partition_at="manual", temperature_anneal=0,
-                                                        temperature_unit="steps"))
+    pad = padnet.get_pad_model(
+        _cnn(),
+        padnet.PadConfig(
+            method="pad",
+            kappa=0.3,
+            init_from_pretrained=False,
+            partition_at="manual",
+            temperature_anneal=0,
+            temperature_unit="steps",
+        ),
+    )
     pad.start_training(total_steps=1)
     _step(pad, torch.optim.SGD(pad.optimizer_parameters(), lr=0.01), batches[0])
     pad.partition(batches[1:3], partition_iterations=1)

@@ -41,8 +41,16 @@ from padnet.partitioning.scores import masked_tensors
 _DYNAMIC_TYPES = [name for name in CONV_TYPES if name != "static"]
 
 # (name, options) of every layer form checked below; ODConv also with one kernel (no kernel attention)
-_CASES = [("condconv", {}), ("pad-condconv", {}), ("odconv", {}), ("odconv", {"num_kernels": 1}),
-          ("pad-odconv", {}), ("pad-odconv", {"num_kernels": 1}), ("dcd", {}), ("pad-dcd", {})]
+_CASES = [
+    ("condconv", {}),
+    ("pad-condconv", {}),
+    ("odconv", {}),
+    ("odconv", {"num_kernels": 1}),
+    ("pad-odconv", {}),
+    ("pad-odconv", {"num_kernels": 1}),
+    ("dcd", {}),
+    ("pad-dcd", {}),
+]
 _CASE_IDS = [name + "".join(f"-k{v}" for v in opts.values()) for name, opts in _CASES]
 
 
@@ -62,8 +70,9 @@ def _build(name, cin, cout, k, stride=1, padding=None, groups=1, bias=False, dil
     """A layer of type ``name`` through the registry; padding keeps the map size (DCD needs it) by default."""
     if padding is None:
         padding = dilation * (k - 1) // 2
-    return conv_factory(name, **options)(cin, cout, k, stride, padding, dilation=dilation, groups=groups,
-                                         bias=bias)
+    return conv_factory(name, **options)(
+        cin, cout, k, stride, padding, dilation=dilation, groups=groups, bias=bias
+    )
 
 
 def _randomise(module: nn.Module, seed: int = 0, keep_vector_statics: bool = False) -> None:
@@ -86,6 +95,7 @@ def _set_masks(layer: nn.Module, value_fn) -> None:
         for _, mode, _ in layer.mode_pairs():
             mode.mask.copy_(value_fn(mode.mask.shape))
 
+
 def _randomise_with_modes(layer: nn.Module, pad: bool) -> tuple[float, float]:
     """Random parameters; for a PAD form also mixed masks and free scale factors. Returns (λs, λd)."""
     _randomise(layer)
@@ -96,7 +106,6 @@ def _randomise_with_modes(layer: nn.Module, pad: bool) -> tuple[float, float]:
         layer.scales.lambda_s.fill_(0.6)
         layer.scales.lambda_d.fill_(1.7)
     return 0.6, 1.7
-
 
 
 def _mixed_mask(shape, seed=3):
@@ -150,14 +159,23 @@ def _odconv_by_hand(layer: ODConv2d, x, lam_s=1.0, lam_d=1.0):
             w = layer.weight[0]
         elif layer.weight_mode.partial:
             m = layer.weight_mode.mask
-            w = (lam_d * torch.einsum("k,k...->...", a_w[b], m * layer.weight)
-                 + lam_s * (1 - m.mean(0)) * layer.weight_mode.static)
+            w = (
+                lam_d * torch.einsum("k,k...->...", a_w[b], m * layer.weight)
+                + lam_s * (1 - m.mean(0)) * layer.weight_mode.static
+            )
         else:
             w = torch.einsum("k,k...->...", a_w[b], layer.weight)
         if a_s is not None:
             w = w * a_s[b].reshape(layer.kernel_size)
-        y = F.conv2d(x[b:b + 1] * a_c[b][None, :, None, None], w, None, layer.stride, layer.padding,
-                     layer.dilation, layer.groups)
+        y = F.conv2d(
+            x[b : b + 1] * a_c[b][None, :, None, None],
+            w,
+            None,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+        )
         if a_f is not None:
             y = y * a_f[b][None, :, None, None]
         if layer.bias is not None:
@@ -178,7 +196,9 @@ def _batchnorm_by_hand(bn: nn.BatchNorm2d, t):
     else:
         mean, var = bn.running_mean, bn.running_var
     shape = (1, -1, 1, 1)
-    return (t - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+    return (t - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps) * bn.weight.view(
+        shape
+    ) + bn.bias.view(shape)
 
 
 def _dcd_by_hand(layer: DCDConv2d, x, lam_s=1.0, lam_d=1.0):
@@ -192,7 +212,7 @@ def _dcd_by_hand(layer: DCDConv2d, x, lam_s=1.0, lam_d=1.0):
     if layer.fusion is not None:
         phi = _vector_by_hand(layer.fusion, h, _identity, 1.0, lam_s, lam_d)
         phi = phi.reshape(-1, layer.latent, layer.latent)
-        xs = x[:, :, ::layer.stride[0], ::layer.stride[1]]
+        xs = x[:, :, :: layer.stride[0], :: layer.stride[1]]
         z = _batchnorm_by_hand(layer.q_norm, torch.einsum("lc,bchw->blhw", layer.q[:, :, 0, 0], xs))
         fused = _batchnorm_by_hand(layer.fusion_norm, torch.einsum("blm,bmhw->blhw", phi, z)) + z
         y = y + torch.einsum("ol,blhw->bohw", layer.p[:, :, 0, 0], fused)
@@ -217,7 +237,9 @@ _SHAPES = [
     (4, 6, 3, 2, 2, 2, 1, True),  # dilated
     (4, 6, 5, 2, 2, 1, 1, False),
 ]
-_SHAPE_IDS = [f"{i}-{o}-k{k}-s{s}-p{p}-d{d}-g{g}-{'bias' if b else 'nobias'}" for i, o, k, s, p, d, g, b in _SHAPES]
+_SHAPE_IDS = [
+    f"{i}-{o}-k{k}-s{s}-p{p}-d{d}-g{g}-{'bias' if b else 'nobias'}" for i, o, k, s, p, d, g, b in _SHAPES
+]
 
 
 @pytest.mark.parametrize("geometry", _SHAPES, ids=_SHAPE_IDS)
@@ -237,27 +259,38 @@ def test_output_shape_matches_nn_conv(name, geometry):
 
 
 @pytest.mark.parametrize("name", ["dcd", "pad-dcd"])
-@pytest.mark.parametrize("kernel,padding,dilation", [(3, 0, 1), (3, 2, 1), (1, 1, 1), (3, 1, 2), (5, 1, 1),
-                                                     (3, "valid", 1), ((3, 1), (1, 1), 1)])
+@pytest.mark.parametrize(
+    "kernel,padding,dilation",
+    [(3, 0, 1), (3, 2, 1), (1, 1, 1), (3, 1, 2), (5, 1, 1), (3, "valid", 1), ((3, 1), (1, 1), 1)],
+)
 def test_dcd_rejects_padding_that_misaligns_the_residual(name, kernel, padding, dilation):
     with pytest.raises(ConfigError, match="padding"):
         conv_factory(name)(4, 6, kernel, 1, padding, dilation=dilation)
 
 
 @pytest.mark.parametrize("name", ["dcd", "pad-dcd"])
-@pytest.mark.parametrize("kernel,padding,dilation", [(3, 1, 1), (3, 2, 2), (5, 2, 1), (1, 0, 1), (1, "valid", 1),
-                                                     (3, "same", 2), ((3, 1), (1, 0), 1)])
+@pytest.mark.parametrize(
+    "kernel,padding,dilation",
+    [(3, 1, 1), (3, 2, 2), (5, 2, 1), (1, 0, 1), (1, "valid", 1), (3, "same", 2), ((3, 1), (1, 0), 1)],
+)
 def test_dcd_accepts_aligned_padding(name, kernel, padding, dilation):
     layer = conv_factory(name)(4, 6, kernel, 1, padding, dilation=dilation)
     x = _input()
-    assert layer(x).shape == F.conv2d(x, torch.zeros(6, 4, *layer.kernel_size), None, 1, padding, dilation).shape
+    assert (
+        layer(x).shape == F.conv2d(x, torch.zeros(6, 4, *layer.kernel_size), None, 1, padding, dilation).shape
+    )
 
 
 # ------------------------------------------------------------------------ PAD form with M = 1 == dynamic
 
 # (in, out, kernel, stride, groups, bias)
-_EQ_GEOMETRY = [(4, 6, 3, 1, 1, True), (4, 6, 3, 2, 2, False), (4, 6, 1, 1, 1, True), (4, 4, 3, 2, 4, True),
-                (4, 4, 1, 1, 4, False)]
+_EQ_GEOMETRY = [
+    (4, 6, 3, 1, 1, True),
+    (4, 6, 3, 2, 2, False),
+    (4, 6, 1, 1, 1, True),
+    (4, 4, 3, 2, 4, True),
+    (4, 4, 1, 1, 4, False),
+]
 _EQ_IDS = ["3x3-bias", "3x3-s2-g2", "1x1-bias", "dw-s2-bias", "dw-1x1"]
 # (fully dynamic name, PAD name, options)
 _PAIRS = [
@@ -286,7 +319,9 @@ def test_pad_form_with_full_masks_equals_fully_dynamic_form(full_name, pad_name,
     missing, unexpected = pad.load_state_dict(full_state, strict=False)
     assert not unexpected
     assert set(full_state) <= set(pad.state_dict())  # every fully dynamic key was loaded
-    assert all(".mode." in key or key.startswith(("weight_mode.", "bias_mode.", "scales.")) for key in missing)
+    assert all(
+        ".mode." in key or key.startswith(("weight_mode.", "bias_mode.", "scales.")) for key in missing
+    )
     assert "scales.phi" in missing
     _pad_phi(pad)  # constrained scales: λs = λd = 1
     pairs = pad.mode_pairs()
@@ -299,20 +334,28 @@ def test_pad_form_with_full_masks_equals_fully_dynamic_form(full_name, pad_name,
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("num_kernels,geometry,suffixes", [
-    (4, (4, 6, 3, 1, 1), ["weight", "attention.channel", "attention.filter", "attention.spatial"]),
-    (1, (4, 6, 3, 1, 1), ["attention.channel", "attention.filter", "attention.spatial"]),
-    (4, (4, 6, 1, 1, 1), ["weight", "attention.channel", "attention.filter"]),
-    (4, (4, 4, 3, 1, 4), ["weight", "attention.channel", "attention.spatial"]),
-    (1, (4, 4, 1, 1, 4), ["attention.channel"]),
-], ids=["k4", "k1", "1x1", "dw", "dw-1x1-k1"])
+@pytest.mark.parametrize(
+    "num_kernels,geometry,suffixes",
+    [
+        (4, (4, 6, 3, 1, 1), ["weight", "attention.channel", "attention.filter", "attention.spatial"]),
+        (1, (4, 6, 3, 1, 1), ["attention.channel", "attention.filter", "attention.spatial"]),
+        (4, (4, 6, 1, 1, 1), ["weight", "attention.channel", "attention.filter"]),
+        (4, (4, 4, 3, 1, 4), ["weight", "attention.channel", "attention.spatial"]),
+        (1, (4, 4, 1, 1, 4), ["attention.channel"]),
+    ],
+    ids=["k4", "k1", "1x1", "dw", "dw-1x1-k1"],
+)
 def test_pad_odconv_masks_follow_the_heads(num_kernels, geometry, suffixes):
     cin, cout, k, stride, groups = geometry
     layer = _build("pad-odconv", cin, cout, k, stride, groups=groups, num_kernels=num_kernels)
     pairs = layer.mode_pairs()
     assert [s for s, _, _ in pairs] == suffixes
-    sizes = {"weight": (1, cout, cin // groups, k, k), "attention.channel": (1, cin),
-             "attention.filter": (1, cout), "attention.spatial": (1, k * k)}
+    sizes = {
+        "weight": (1, cout, cin // groups, k, k),
+        "attention.channel": (1, cin),
+        "attention.filter": (1, cout),
+        "attention.spatial": (1, k * k),
+    }
     for suffix, mode, factors in pairs:
         assert isinstance(mode, PartialMode)
         assert tuple(mode.mask.shape) == sizes[suffix]
@@ -321,13 +364,17 @@ def test_pad_odconv_masks_follow_the_heads(num_kernels, geometry, suffixes):
     # the kernel attention (softmax over k) is never masked
     assert layer.attention.kernel is None or not layer.attention.kernel.mode.partial
     assert sorted(n for n, _ in partial_modes(layer)) == sorted(
-        {"weight": "weight_mode"}.get(s, s + ".mode") for s in suffixes)
+        {"weight": "weight_mode"}.get(s, s + ".mode") for s in suffixes
+    )
 
 
 def test_pad_dcd_masks_are_scale_and_fusion():
     layer = _build("pad-dcd", 9, 6, 3)
     assert layer.latent == 3
-    assert [(s, tuple(m.mask.shape)) for s, m, _ in layer.mode_pairs()] == [("scale", (1, 6)), ("fusion", (1, 9))]
+    assert [(s, tuple(m.mask.shape)) for s, m, _ in layer.mode_pairs()] == [
+        ("scale", (1, 6)),
+        ("fusion", (1, 9)),
+    ]
     assert DCDConv2d(9, 6, 3, padding=1).mode_pairs() == []
 
 
@@ -364,7 +411,9 @@ def test_pad_dcd_with_zero_masks_is_a_static_conv(geometry):
     _set_masks(layer, torch.zeros)
     layer.eval()  # BatchNorm with running statistics: an affine map
     x = _input(cin)
-    expected = F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    expected = F.conv2d(
+        x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
+    )
     if layer.fusion is not None:  # the static low-rank residual P (BN(Φ̄ z) + z), z = BN(Qᵀx): with Φ̄ = 0, the
         # fixed 1×1 convolution P diag(a) Qᵀ plus the bias P (a μ-shift + β) of both normalisations
         with torch.no_grad():
@@ -375,7 +424,8 @@ def test_pad_dcd_with_zero_masks_is_a_static_conv(geometry):
         a = q_norm.weight / torch.sqrt(q_norm.running_var + q_norm.eps)
         shift = q_norm.bias - a * q_norm.running_mean
         fused_bias = fusion_norm.bias - fusion_norm.weight * fusion_norm.running_mean / torch.sqrt(
-            fusion_norm.running_var + fusion_norm.eps)
+            fusion_norm.running_var + fusion_norm.eps
+        )
         kernel = (layer.p[:, :, 0, 0] @ (a[:, None] * layer.q[:, :, 0, 0]))[:, :, None, None]
         expected = expected + F.conv2d(x, kernel, layer.p[:, :, 0, 0] @ (shift + fused_bias), layer.stride)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
@@ -396,8 +446,16 @@ def test_pad_condconv_with_zero_masks_is_a_static_conv(formulation):
 # ----------------------------------------------------------------------------------- ODConv by hand
 
 # (in, out, kernel, stride, groups, num_kernels)
-_OD_HAND = [(4, 6, 3, 1, 1, 4), (4, 6, 3, 2, 2, 4), (4, 6, 3, 1, 1, 1), (4, 6, 1, 1, 1, 4), (4, 6, 1, 2, 1, 1),
-            (4, 4, 3, 2, 4, 4), (4, 4, 3, 1, 4, 1), (4, 4, 1, 1, 4, 3)]
+_OD_HAND = [
+    (4, 6, 3, 1, 1, 4),
+    (4, 6, 3, 2, 2, 4),
+    (4, 6, 3, 1, 1, 1),
+    (4, 6, 1, 1, 1, 4),
+    (4, 6, 1, 2, 1, 1),
+    (4, 4, 3, 2, 4, 4),
+    (4, 4, 3, 1, 4, 1),
+    (4, 4, 1, 1, 4, 3),
+]
 _OD_HAND_IDS = ["3x3-k4", "3x3-s2-g2-k4", "3x3-k1", "1x1-k4", "1x1-s2-k1", "dw-s2-k4", "dw-k1", "dw-1x1-k3"]
 
 
@@ -408,8 +466,9 @@ def test_odconv_by_hand(geometry, pad):
     torch.manual_seed(0)
     cls = PADODConv2d if pad else ODConv2d
     options = {"scale_mode": "both"} if pad else {}
-    layer = cls(cin, cout, k, stride, k // 2, 1, groups, True, num_kernels=num_kernels, temperature=0.7,
-                **options)
+    layer = cls(
+        cin, cout, k, stride, k // 2, 1, groups, True, num_kernels=num_kernels, temperature=0.7, **options
+    )
     lam_s, lam_d = _randomise_with_modes(layer, pad)
     att = layer.attention
     assert isinstance(att, OmniAttention)
@@ -444,16 +503,24 @@ def test_condconv_by_hand(formulation):
     x = _input()
     pi = torch.sigmoid((x.mean(dim=(2, 3)) @ layer.attention.fc2.weight.t() + layer.attention.fc2.bias) / 2.0)
     assert not torch.allclose(pi.sum(1), torch.ones(3))  # sigmoid routing weights need not sum to one
-    out = [F.conv2d(x[b:b + 1], torch.einsum("k,k...->...", pi[b], layer.weight), pi[b] @ layer.bias, 2, 1)
-           for b in range(3)]
+    out = [
+        F.conv2d(x[b : b + 1], torch.einsum("k,k...->...", pi[b], layer.weight), pi[b] @ layer.bias, 2, 1)
+        for b in range(3)
+    ]
     torch.testing.assert_close(layer(x), torch.cat(out), rtol=1e-5, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------------- DCD by hand
 
 # (in, out, kernel, stride, dilation, groups)
-_DCD_HAND = [(4, 6, 3, 1, 1, 1), (4, 6, 3, 2, 1, 2), (9, 6, 3, 1, 2, 1), (9, 6, 1, 2, 1, 3), (4, 4, 3, 2, 1, 4),
-             (5, 3, 5, 1, 1, 1)]
+_DCD_HAND = [
+    (4, 6, 3, 1, 1, 1),
+    (4, 6, 3, 2, 1, 2),
+    (9, 6, 3, 1, 2, 1),
+    (9, 6, 1, 2, 1, 3),
+    (4, 4, 3, 2, 1, 4),
+    (5, 3, 5, 1, 1, 1),
+]
 _DCD_HAND_IDS = ["3x3", "3x3-s2-g2", "L3-dilated", "L3-1x1-s2-g3", "dw-s2", "L2-5x5"]
 
 
@@ -490,8 +557,11 @@ def _dcd_scale_by_hand(layer, x):
 
 
 @pytest.mark.parametrize("cls", [DCDConv2d, PADDCDConv2d])
-@pytest.mark.parametrize("geometry", [(4, 6, 3, 1, 1, True), (4, 6, 3, 2, 2, False), (4, 4, 3, 1, 4, True),
-                                      (4, 6, 1, 2, 1, True)], ids=["3x3-bias", "s2-g2", "dw-bias", "1x1-s2"])
+@pytest.mark.parametrize(
+    "geometry",
+    [(4, 6, 3, 1, 1, True), (4, 6, 3, 2, 2, False), (4, 4, 3, 1, 4, True), (4, 6, 1, 2, 1, True)],
+    ids=["3x3-bias", "s2-g2", "dw-bias", "1x1-s2"],
+)
 def test_dcd_from_conv_scales_the_static_conv(cls, geometry):
     cin, cout, k, stride, groups, bias = geometry
     torch.manual_seed(0)
@@ -517,8 +587,13 @@ def test_dcd_from_conv_scales_the_static_conv(cls, geometry):
 
 def _small_static_model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, 2, 1, bias=True), nn.ReLU(),
-                         nn.Conv2d(6, 6, 3, 1, 1, groups=6, bias=False))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, 2, 1, bias=True),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, 1, 1, groups=6, bias=False),
+    )
 
 
 def test_convert_to_dcd_computes_lambda_times_the_static_conv():
@@ -536,15 +611,19 @@ def test_convert_to_dcd_computes_lambda_times_the_static_conv():
     x = _input(3, batch=2)
     h = torch.relu(convs[0](x))
     lam = _dcd_scale_by_hand(model[2], h)
-    h = torch.relu(lam[:, :, None, None] * F.conv2d(h, convs[1].weight, None, 2, 1) + convs[1].bias[:, None, None])
+    h = torch.relu(
+        lam[:, :, None, None] * F.conv2d(h, convs[1].weight, None, 2, 1) + convs[1].bias[:, None, None]
+    )
     lam = _dcd_scale_by_hand(model[4], h)
     expected = lam[:, :, None, None] * F.conv2d(h, convs[2].weight, None, 1, 1, 1, 6)
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("conv_type,options", [("pad-odconv", {}), ("pad-odconv", {"num_kernels": 1}),
-                                               ("pad-condconv", {}), ("pad-dcd", {})],
-                         ids=["pad-odconv-k4", "pad-odconv-k1", "pad-condconv", "pad-dcd"])
+@pytest.mark.parametrize(
+    "conv_type,options",
+    [("pad-odconv", {}), ("pad-odconv", {"num_kernels": 1}), ("pad-condconv", {}), ("pad-dcd", {})],
+    ids=["pad-odconv-k4", "pad-odconv-k1", "pad-condconv", "pad-dcd"],
+)
 def test_convert_to_pad_forms_copies_the_static_kernels(conv_type, options):
     model = _small_static_model()
     convs = [model[0], model[2], model[4]]
@@ -580,17 +659,28 @@ def test_odconv_from_conv_applies_the_attentions_to_the_static_kernel(num_kernel
     _randomise(layer.attention, seed=2)
     x = _input()
     a_c, a_f, a_s, _ = layer.attention(x)
-    out = [F.conv2d(x[b:b + 1] * a_c[b][None, :, None, None], conv.weight * a_s[b].reshape(3, 3), None, 2, 1)
-           * a_f[b][None, :, None, None] for b in range(3)]
-    torch.testing.assert_close(layer(x), torch.cat(out) + conv.bias[None, :, None, None], rtol=1e-5, atol=1e-5)
+    out = [
+        F.conv2d(x[b : b + 1] * a_c[b][None, :, None, None], conv.weight * a_s[b].reshape(3, 3), None, 2, 1)
+        * a_f[b][None, :, None, None]
+        for b in range(3)
+    ]
+    torch.testing.assert_close(
+        layer(x), torch.cat(out) + conv.bias[None, :, None, None], rtol=1e-5, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------------- temperature
 
 
 def test_set_temperature_reaches_odconv_and_condconv():
-    model = nn.Sequential(_build("odconv", 4, 4, 3), _build("condconv", 4, 4, 3), _build("pad-odconv", 4, 4, 3),
-                          _build("pad-condconv", 4, 4, 3), _build("dcd", 4, 4, 3), _build("pad-dcd", 4, 4, 3))
+    model = nn.Sequential(
+        _build("odconv", 4, 4, 3),
+        _build("condconv", 4, 4, 3),
+        _build("pad-odconv", 4, 4, 3),
+        _build("pad-condconv", 4, 4, 3),
+        _build("dcd", 4, 4, 3),
+        _build("pad-dcd", 4, 4, 3),
+    )
     for layer in model[:4]:
         assert isinstance(layer.attention, TemperatureRouting)
     assert float(model[0].attention.temperature) == 1.0  # ODConv's default
@@ -611,8 +701,9 @@ def test_set_temperature_reaches_odconv_and_condconv():
         model[0].update_temperature(0.0)
 
 
-@pytest.mark.parametrize("geometry", [(4, 6, 3, 1, 4), (4, 4, 3, 4, 3), (4, 6, 1, 1, 4)],
-                         ids=["3x3-k4", "dw-k3", "1x1-k4"])
+@pytest.mark.parametrize(
+    "geometry", [(4, 6, 3, 1, 4), (4, 4, 3, 4, 3), (4, 6, 1, 1, 4)], ids=["3x3-k4", "dw-k3", "1x1-k4"]
+)
 def test_odconv_with_huge_temperature_has_flat_attentions(geometry):
     cin, cout, k, groups, num_kernels = geometry
     torch.manual_seed(0)
@@ -652,8 +743,13 @@ def test_fully_dynamic_vector_is_one_head(activation):
     _randomise(vec)
     assert vec.mode_pair("v") == []
     h = torch.randn(4, 5)
-    act = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid, "hardsigmoid2": _dcd_lambda, "softmax": _softmax,
-           "identity": _identity}[activation]
+    act = {
+        "sigmoid": torch.sigmoid,
+        "hardsigmoid": F.hardsigmoid,
+        "hardsigmoid2": _dcd_lambda,
+        "softmax": _softmax,
+        "identity": _identity,
+    }[activation]
     torch.testing.assert_close(vec(h, 2.5), act((h @ vec.head.weight.t() + vec.head.bias) / 2.5))
     assert tuple(vec.factors().shape) == (6, 3)
     torch.testing.assert_close(vec.factors(), torch.cat([vec.head.weight.t(), vec.head.bias[None]]))
@@ -698,14 +794,24 @@ def test_mix_with_zero_semantics_drops_static_elements():
 def _pad_model(conv_type, seed=0, **options):
     torch.manual_seed(seed)
     make = conv_factory(conv_type, **options)
-    return nn.Sequential(make(4, 6, 3, 1, 1, bias=False), nn.ReLU(), make(6, 6, 3, 2, 1, groups=6, bias=True),
-                         nn.ReLU(), make(6, 4, 1, 1, 0, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(
+        make(4, 6, 3, 1, 1, bias=False),
+        nn.ReLU(),
+        make(6, 6, 3, 2, 1, groups=6, bias=True),
+        nn.ReLU(),
+        make(6, 4, 1, 1, 0, bias=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 _PAD_MODELS = [("pad-condconv", {}), ("pad-odconv", {}), ("pad-odconv", {"num_kernels": 1}), ("pad-dcd", {})]
 _PAD_MODEL_IDS = ["pad-condconv", "pad-odconv-k4", "pad-odconv-k1", "pad-dcd"]
-_VECTOR_MASKS = {"pad-odconv": ("attention.channel.mode", "attention.filter.mode", "attention.spatial.mode"),
-                 "pad-dcd": ("scale.mode", "fusion.mode"), "pad-condconv": ()}
+_VECTOR_MASKS = {
+    "pad-odconv": ("attention.channel.mode", "attention.filter.mode", "attention.spatial.mode"),
+    "pad-dcd": ("scale.mode", "fusion.mode"),
+    "pad-condconv": (),
+}
 
 
 def test_masked_tensors_lists_each_odconv_mask_once():
@@ -738,8 +844,11 @@ def test_random_partition_reaches_the_exact_ratio(conv_type, options, kappa, sco
     assert len(report.layers) == len(masks)
     # the partitioned model still runs and its vector masks really were partitioned
     assert model(_input(batch=2)).shape == (2, 4)
-    vector_masks = [mode.mask for name, mode in modes if _VECTOR_MASKS[conv_type] and name.endswith(
-        _VECTOR_MASKS[conv_type])]
+    vector_masks = [
+        mode.mask
+        for name, mode in modes
+        if _VECTOR_MASKS[conv_type] and name.endswith(_VECTOR_MASKS[conv_type])
+    ]
     assert not vector_masks or any(torch.any(m == 0) for m in vector_masks)
 
 
@@ -747,7 +856,9 @@ def test_random_partition_reaches_the_exact_ratio(conv_type, options, kappa, sco
 def test_snip_partition_scores_every_mask(conv_type, options):
     model = _pad_model(conv_type, **options)
     gen = torch.Generator().manual_seed(0)
-    data = [(torch.randn(3, 4, 8, 8, generator=gen), torch.randint(0, 4, (3,), generator=gen)) for _ in range(2)]
+    data = [
+        (torch.randn(3, 4, 8, 8, generator=gen), torch.randint(0, 4, (3,), generator=gen)) for _ in range(2)
+    ]
     padnet.partition(model, 0.4, method="mp", data=data, num_batches=2)
     masks = [mode.mask for _, mode in partial_modes(model)]
     total = sum(m.numel() for m in masks)
@@ -758,8 +869,13 @@ def test_count_parameters_of_pad_odconv_by_hand():
     layer = PADODConv2d(4, 6, 3, padding=1, num_kernels=4)
     # hidden = max(4 // 16, 16) = 16; every head has (16 + 1) factors per element
     dynamic_params = {
-        "weight": 4 * 6 * 4 * 9, "attention.fc": 4 * 16, "channel head": 17 * 4, "filter head": 17 * 6,
-        "spatial head": 17 * 9, "kernel head": 17 * 4, "phi": 1,
+        "weight": 4 * 6 * 4 * 9,
+        "attention.fc": 4 * 16,
+        "channel head": 17 * 4,
+        "filter head": 17 * 6,
+        "spatial head": 17 * 9,
+        "kernel head": 17 * 4,
+        "phi": 1,
     }
     statics = 6 * 4 * 9 + 4 + 6 + 9  # Θ̄ and the static attention values
     assert padnet.count_parameters(layer, compact=False) == sum(dynamic_params.values()) + statics
@@ -777,8 +893,16 @@ def test_count_parameters_of_pad_odconv_by_hand():
 def test_count_parameters_of_pad_dcd_by_hand():
     layer = PADDCDConv2d(4, 6, 3, padding=1)
     # L = 2, hidden = max(max(4, 4) // 16, 4) = 4: 5 factors per Λ / Φ element
-    dynamic_params = {"W0": 6 * 4 * 9, "q": 2 * 4, "p": 6 * 2, "fc": 4 * 4, "scale head": 5 * 6,
-                      "fusion head": 5 * 4, "phi": 1, "latent BatchNorms": 2 * 2 * 2}
+    dynamic_params = {
+        "W0": 6 * 4 * 9,
+        "q": 2 * 4,
+        "p": 6 * 2,
+        "fc": 4 * 4,
+        "scale head": 5 * 6,
+        "fusion head": 5 * 4,
+        "phi": 1,
+        "latent BatchNorms": 2 * 2 * 2,
+    }
     assert padnet.count_parameters(layer) == sum(dynamic_params.values()) == 311
     assert padnet.count_parameters(layer, compact=False) == 311 + 6 + 4
     with torch.no_grad():
@@ -814,7 +938,9 @@ def test_unknown_option_names_the_option(name):
 
 
 @pytest.mark.parametrize("cls", [ODConv2d, DCDConv2d])
-@pytest.mark.parametrize("option,value", [("granularity", "kernel"), ("scale_mode", "none"), ("mask_semantics", "zero")])
+@pytest.mark.parametrize(
+    "option,value", [("granularity", "kernel"), ("scale_mode", "none"), ("mask_semantics", "zero")]
+)
 def test_fully_dynamic_forms_reject_pad_options(cls, option, value):
     with pytest.raises(ConfigError, match=option):
         cls(4, 4, 3, padding=1, **{option: value})
@@ -841,8 +967,11 @@ def test_zero_reduction_raises_for_odconv_and_dcd(name):
 
 
 def test_zero_reduction_is_condconvs_single_linear_routing():
-    assert CONV_TYPES["condconv"][1] == CONDCONV == {"num_kernels": 8, "routing": "sigmoid", "reduction": 0,
-                                                    "temperature": 1.0}  # a plain sigmoid
+    assert (
+        CONV_TYPES["condconv"][1]
+        == CONDCONV
+        == {"num_kernels": 8, "routing": "sigmoid", "reduction": 0, "temperature": 1.0}
+    )  # a plain sigmoid
     assert CONV_TYPES["pad-condconv"] == (PADConv2d, CONDCONV)
     att = KernelAttention(4, 8, reduction=0, routing="sigmoid")
     assert [n for n, _ in att.named_parameters()] == ["fc2.weight", "fc2.bias"]
@@ -869,26 +998,49 @@ def test_layer_options_keeps_what_the_type_takes():
     assert layer_options("dcd", reduction=8, num_kernels=None, temperature=3.0) == {"reduction": 8}
     assert layer_options("odconv", **values) == {"num_kernels": 2, "reduction": 8, "temperature": 3.0}
     assert layer_options("pad-odconv", **{**values, "granularity": "kernel"}) == {
-        "num_kernels": 2, "reduction": 8, "temperature": 3.0, "granularity": "kernel"}
-    assert layer_options("condconv", **values) == {"num_kernels": 2, "reduction": 8, "temperature": 3.0,
-                                                   "routing": "softmax"}
+        "num_kernels": 2,
+        "reduction": 8,
+        "temperature": 3.0,
+        "granularity": "kernel",
+    }
+    assert layer_options("condconv", **values) == {
+        "num_kernels": 2,
+        "reduction": 8,
+        "temperature": 3.0,
+        "routing": "softmax",
+    }
     assert layer_options("static", **values) == {}  # static convolutions ignore dynamic options
     assert layer_options("pad-dcd", scale_mode="none", reduction=None) == {"scale_mode": "none"}
 
 
-_OPTION_VALUES = {"num_kernels": 2, "reduction": 2, "temperature": 2.0, "routing": "softmax",
-                  "formulation": "grouped", "granularity": "shared", "scale_mode": "none", "mask_semantics": "static",
-                  "mask_strategy": "same", "mask_temperature": 0.01, "threshold": 0.05}
+_OPTION_VALUES = {
+    "num_kernels": 2,
+    "reduction": 2,
+    "temperature": 2.0,
+    "routing": "softmax",
+    "formulation": "grouped",
+    "granularity": "shared",
+    "scale_mode": "none",
+    "mask_semantics": "static",
+    "mask_strategy": "same",
+    "mask_temperature": 0.01,
+    "threshold": 0.05,
+}
 
 
 def test_accepted_options_per_type():
     dy = ("num_kernels", "reduction", "temperature", "routing", "formulation")
     pad = ("granularity", "scale_mode", "mask_semantics")
     expected = {
-        "static": (), "dy": dy, "pad": dy + pad, "condconv": dy, "pad-condconv": dy + pad,
+        "static": (),
+        "dy": dy,
+        "pad": dy + pad,
+        "condconv": dy,
+        "pad-condconv": dy + pad,
         "odconv": ("num_kernels", "reduction", "temperature"),
         "pad-odconv": ("num_kernels", "reduction", "temperature") + pad,
-        "dcd": ("reduction",), "pad-dcd": ("reduction", "scale_mode", "mask_semantics"),
+        "dcd": ("reduction",),
+        "pad-dcd": ("reduction", "scale_mode", "mask_semantics"),
     }
     for name, options in expected.items():
         assert accepted_options(name) == options, name
@@ -912,7 +1064,9 @@ def test_every_accepted_option_is_taken_by_the_constructor(name):
 def test_conv_factory_defaults_and_overrides():
     assert conv_factory("static") is nn.Conv2d
     cond = conv_factory("condconv")(4, 6, 3)
-    assert type(cond) is DynamicConv2d and cond.num_kernels == 8 and cond.bias is not None  # bias=True default
+    assert (
+        type(cond) is DynamicConv2d and cond.num_kernels == 8 and cond.bias is not None
+    )  # bias=True default
     assert conv_factory("condconv", num_kernels=3)(4, 6, 3).num_kernels == 3
     assert conv_factory("pad-odconv")(4, 6, 3).num_kernels == 4
     assert conv_factory("ODConv")(4, 6, 3, padding=1).attention.kernel.head.out_features == 4
@@ -952,7 +1106,10 @@ def test_gradients_reach_every_parameter(name, options, geometry):
     for vec in (m for m in layer.modules() if isinstance(m, DynamicVector) and m.mode.partial):
         off = vec.mode.mask[0] == 0
         assert torch.all(vec.head.weight.grad[off] == 0) and torch.all(vec.head.bias.grad[off] == 0)
-    if isinstance(getattr(layer, "weight_mode", None), PartialMode) and layer.weight_mode.granularity == "shared":
+    if (
+        isinstance(getattr(layer, "weight_mode", None), PartialMode)
+        and layer.weight_mode.granularity == "shared"
+    ):
         off = (layer.weight_mode.mask == 0).expand_as(layer.weight)
         assert torch.all(layer.weight.grad[off] == 0)
 
@@ -966,4 +1123,3 @@ def test_pad_odconv_gradients_with_kernel_granularity_and_zero_semantics():
         layer(_input()).square().sum().backward()
         for pname, p in layer.named_parameters():
             assert p.grad is not None and torch.any(p.grad != 0), (options, pname)
-

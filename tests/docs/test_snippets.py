@@ -27,7 +27,12 @@ def python_blocks(page: Path) -> list[str]:
 
 def test_the_pages_hold_python_blocks():
     counts = {page.name: len(python_blocks(page)) for page in PAGES}
-    assert counts["README.md"] == 1 and counts["api.md"] >= 7 and counts["moe.md"] >= 2 and counts["index.md"] == 1
+    assert (
+        counts["README.md"] == 1
+        and counts["api.md"] >= 7
+        and counts["moe.md"] >= 2
+        and counts["index.md"] == 1
+    )
 
 
 def test_the_readme_quickstart_is_at_most_20_lines_and_the_site_shows_it():

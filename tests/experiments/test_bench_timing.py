@@ -28,6 +28,7 @@ def test_interleaved_rounds_time_every_function_once_per_round():
     def count(name):
         def fn():
             calls[name] += 1
+
         return fn
 
     times = interleaved_rounds({"a": count("a"), "b": count("b")}, rounds=3, block=0.0)
@@ -39,8 +40,12 @@ def test_interleaved_rounds_time_every_function_once_per_round():
 def test_the_report_names_the_machine_the_rounds_and_what_quick_leaves_out():
     host = machine(2)
     assert host["threads"] == 2 and host["cpu"] and host["logical_cpus"] >= 1
-    result = {"machine": host, "repeats": 3, "quick": True,
-              "summary": {"dy_train_vs_static": {"median": 2.2, "min": 2.1, "max": 2.3}, "pad_file_vs_dy": 0.519}}
+    result = {
+        "machine": host,
+        "repeats": 3,
+        "quick": True,
+        "summary": {"dy_train_vs_static": {"median": 2.2, "min": 2.1, "max": 2.3}, "pad_file_vs_dy": 0.519},
+    }
     text = markdown(result)
     assert host["cpu"] in text and "2 threads" in text and "median over 3 rounds" in text
     assert all(item in text for item in QUICK_LEAVES_OUT)

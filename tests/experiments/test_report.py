@@ -81,10 +81,13 @@ def test_cli_writes_markdown_and_json(tmp_path, capsys):
     assert (tmp_path / "report.md").read_text() in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--archs", "resnet19"], "unknown architecture 'resnet19'; choose from resnet10"),
-    (["--tables", "2"], "unknown table '2'; choose from 1, 6, 7"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--archs", "resnet19"], "unknown architecture 'resnet19'; choose from resnet10"),
+        (["--tables", "2"], "unknown table '2'; choose from 1, 6, 7"),
+    ],
+)
 def test_cli_rejects_unknown_names(tmp_path, capsys, argv, message):
     assert main(["report", "--out", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err

@@ -29,8 +29,13 @@ def batchnorm(ctx) -> dict[str, torch.Tensor]:
     (out.square().sum() / 10).backward()  # this half's share of the full batch's mean-square loss
     grads = [p.grad for p in model.parameters()]
     ctx.all_reduce_(grads)
-    return {"out": out.detach(), "x_grad": mine.grad, "running_mean": model[1].running_mean,
-            "running_var": model[1].running_var, **{f"grad{i}": g for i, g in enumerate(grads)}}
+    return {
+        "out": out.detach(),
+        "x_grad": mine.grad,
+        "running_mean": model[1].running_mean,
+        "running_var": model[1].running_var,
+        **{f"grad{i}": g for i, g in enumerate(grads)},
+    }
 
 
 def masks(ctx) -> dict[str, torch.Tensor]:
@@ -38,7 +43,9 @@ def masks(ctx) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = create_model("resnet10", conv="pad", num_classes=3, width=0.125, stem="small")
     gen = torch.Generator().manual_seed(10 + ctx.rank)
-    batches = [(torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen)) for _ in range(2)]
+    batches = [
+        (torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen)) for _ in range(2)
+    ]
     partition(model, 0.3, "imp", batches, num_batches=2, iterations=2)
     return {n: b for n, b in model.named_buffers() if n.endswith("mask")}
 
@@ -47,4 +54,6 @@ if __name__ == "__main__":
     check, out = sys.argv[1], Path(sys.argv[2])
     context = init("cpu")
     tensors = {"batchnorm": batchnorm, "masks": masks}[check](context)
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(out / f"rank{context.rank}.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in tensors.items()}, str(out / f"rank{context.rank}.safetensors")
+    )

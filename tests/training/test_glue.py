@@ -22,8 +22,16 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 # ------------------------------------------------------------------------------------------ fixtures
 
-TASK_DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-             "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE"}
+TASK_DIRS = {
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "mrpc": "MRPC",
+    "stsb": "STS-B",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "rte": "RTE",
+}
 
 # Hugging Face label -> string written in the TSV files.
 NLI3 = ["entailment", "neutral", "contradiction"]
@@ -37,8 +45,12 @@ EXAMPLES: dict[str, list[tuple[tuple[str, ...], int | float]]] = {
     "cola": [(("The cat sat.",), 1), (("Cat the sat.",), 0), ((QUOTED,), 1)],
     "sst2": [(("a gripping , funny film ",), 1), ((LEADING_QUOTE,), 0)],
     "mrpc": [(("He left.", "He went away."), 1), ((QUOTED, "No."), 0), (("A b.", LEADING_QUOTE), 1)],
-    "stsb": [(("A man plays.", "A man is playing."), 3.8), (("X.", 'Y "z".'), 0.0), (("P.", "Q."), 5.0),
-             (("R.", "S."), 2.75)],
+    "stsb": [
+        (("A man plays.", "A man is playing."), 3.8),
+        (("X.", 'Y "z".'), 0.0),
+        (("P.", "Q."), 5.0),
+        (("R.", "S."), 2.75),
+    ],
     "qqp": [(("How do I learn?", "What is the way to learn?"), 1), ((QUOTED, "Why?"), 0)],
     "qnli": [(("Who wrote it?", "It was written by Ann."), 0), (("When?", QUOTED), 1)],
     "rte": [(("Ann is tall.", "Ann is not short."), 0), ((LEADING_QUOTE, "Bob ran."), 1)],
@@ -49,19 +61,50 @@ MNLI_EXAMPLES = {
     "validation_mismatched": [(("P6.", "H6."), 1), ((LEADING_QUOTE, "H7."), 2), (("P8.", "H8."), 0)],
 }
 
-STSB_HEADER = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
-               "sentence2", "score"]
-MNLI_TRAIN_HEADER = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse",
-                     "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1", "sentence2",
-                     "label1", "gold_label"]
+STSB_HEADER = [
+    "index",
+    "genre",
+    "filename",
+    "year",
+    "old_index",
+    "source1",
+    "source2",
+    "sentence1",
+    "sentence2",
+    "score",
+]
+MNLI_TRAIN_HEADER = [
+    "index",
+    "promptID",
+    "pairID",
+    "genre",
+    "sentence1_binary_parse",
+    "sentence2_binary_parse",
+    "sentence1_parse",
+    "sentence2_parse",
+    "sentence1",
+    "sentence2",
+    "label1",
+    "gold_label",
+]
 MNLI_DEV_HEADER = MNLI_TRAIN_HEADER[:-1] + ["label2", "label3", "label4", "label5", "gold_label"]
 
-TSV_FILES = {"train": "train.tsv", "validation": "dev.tsv", "validation_matched": "dev_matched.tsv",
-             "validation_mismatched": "dev_mismatched.tsv"}
-HF_COLUMNS = {"cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
-              "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
-              "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"),
-              "rte": ("sentence1", "sentence2")}
+TSV_FILES = {
+    "train": "train.tsv",
+    "validation": "dev.tsv",
+    "validation_matched": "dev_matched.tsv",
+    "validation_mismatched": "dev_mismatched.tsv",
+}
+HF_COLUMNS = {
+    "cola": ("sentence",),
+    "sst2": ("sentence",),
+    "mrpc": ("sentence1", "sentence2"),
+    "stsb": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+}
 
 
 def examples(task: str, split: str) -> list[tuple[tuple[str, ...], int | float]]:
@@ -85,14 +128,34 @@ def tsv_line(task: str, split: str, i: int, texts: tuple[str, ...], label: float
     if task == "mrpc":
         return [str(label), str(100 + i), str(200 + i), *texts]
     if task == "stsb":
-        return [str(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", *texts,
-                f"{label:.3f}"]
+        return [
+            str(i),
+            "main-captions",
+            "MSRvid",
+            "2012test",
+            f"{i:04d}",
+            "none",
+            "none",
+            *texts,
+            f"{label:.3f}",
+        ]
     if task == "qqp":
         return [str(i), str(2 * i), str(2 * i + 1), *texts, str(label)]
     if task == "mnli":
         extra = [NLI3[label]] * (1 if split == "train" else 5)
-        return [str(i), "31193", f"{i}n", "government", "( ( P ) . )", "( H . )", "(ROOT (S))", "(ROOT (S))",
-                *texts, *extra, NLI3[label]]
+        return [
+            str(i),
+            "31193",
+            f"{i}n",
+            "government",
+            "( ( P ) . )",
+            "( H . )",
+            "(ROOT (S))",
+            "(ROOT (S))",
+            *texts,
+            *extra,
+            NLI3[label],
+        ]
     return [str(i), *texts, NLI2[label]]  # qnli, rte
 
 
@@ -146,8 +209,9 @@ ALL_SPLITS = [(task, split) for task in GLUE_TASKS for split in glue_splits(task
 
 def test_task_table():
     assert list(GLUE_TASKS) == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
-    assert GLUE_TASKS["stsb"] == GlueTask("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr"),
-                                          ("validation",))
+    assert GLUE_TASKS["stsb"] == GlueTask(
+        "stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr"), ("validation",)
+    )
     assert GLUE_TASKS["mnli"].num_labels == 3
     assert GLUE_TASKS["mnli"].eval_splits == ("validation_matched", "validation_mismatched")
     assert GLUE_TASKS["cola"].metrics == ("matthews_correlation",)
@@ -253,14 +317,27 @@ def raises(error: type[Exception], match: str, task: str, split: str, root: Path
 
 
 def test_unknown_task_and_split(tmp_path):
-    raises(ConfigError, r"unknown GLUE task 'wnli'; choose from cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte",
-           "wnli", "train", tmp_path)
-    raises(ConfigError, r"unknown GLUE mnli split 'validation'; choose from train, validation_matched, "
-           r"validation_mismatched", "mnli", "validation", tmp_path)
-    raises(ConfigError, r"unknown GLUE rte split 'dev'; choose from train, validation", "rte", "dev",
-           tmp_path)
-    raises(ConfigError, r"'test' has no public labels; choose from train, validation", "cola", "test",
-           tmp_path)
+    raises(
+        ConfigError,
+        r"unknown GLUE task 'wnli'; choose from cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte",
+        "wnli",
+        "train",
+        tmp_path,
+    )
+    raises(
+        ConfigError,
+        r"unknown GLUE mnli split 'validation'; choose from train, validation_matched, "
+        r"validation_mismatched",
+        "mnli",
+        "validation",
+        tmp_path,
+    )
+    raises(
+        ConfigError, r"unknown GLUE rte split 'dev'; choose from train, validation", "rte", "dev", tmp_path
+    )
+    raises(
+        ConfigError, r"'test' has no public labels; choose from train, validation", "cola", "test", tmp_path
+    )
     raises(ConfigError, r"'test_matched' has no public labels", "mnli", "test_matched", tmp_path)
 
 
@@ -279,22 +356,35 @@ def test_missing_column(tmp_path):
     raises(DataError, r"column 'sentence' missing from .*SST-2/train\.tsv", "sst2", "train", tmp_path)
     path = write_tsv(tmp_path, "mnli", "validation_matched")
     path.write_text(path.read_text().replace("\tgold_label", "\tlabel", 1))
-    raises(DataError, r"column 'gold_label' missing from .*dev_matched\.tsv", "mnli", "validation_matched",
-           tmp_path)
+    raises(
+        DataError,
+        r"column 'gold_label' missing from .*dev_matched\.tsv",
+        "mnli",
+        "validation_matched",
+        tmp_path,
+    )
     table = hf_table("qnli", examples("qnli", "train")).drop_columns(["question"])
     (tmp_path / "qnli").mkdir()
     pq.write_table(table, tmp_path / "qnli" / "train-00000-of-00001.parquet")
-    raises(DataError, r"column 'question' missing from .*qnli/train-00000-of-00001\.parquet", "qnli", "train",
-           tmp_path)
+    raises(
+        DataError,
+        r"column 'question' missing from .*qnli/train-00000-of-00001\.parquet",
+        "qnli",
+        "train",
+        tmp_path,
+    )
 
 
-@pytest.mark.parametrize(("task", "old", "new", "match"), [
-    ("rte", "\tnot_entailment", "\tmaybe", r"unparseable label 'maybe' at .*RTE/train\.tsv line 3"),
-    ("cola", "gj04\t0", "gj04\tx", r"unparseable label 'x' at .*CoLA/train\.tsv line 2"),
-    ("stsb", "\t3.800", "\tabc", r"unparseable score 'abc' at .*STS-B/train\.tsv line 2"),
-    ("stsb", "\t3.800", "\tnan", r"unparseable score 'nan'"),
-    ("qqp", "\t0\n", "\t2\n", r"unparseable label '2' .*expected one of 0, 1"),
-])
+@pytest.mark.parametrize(
+    ("task", "old", "new", "match"),
+    [
+        ("rte", "\tnot_entailment", "\tmaybe", r"unparseable label 'maybe' at .*RTE/train\.tsv line 3"),
+        ("cola", "gj04\t0", "gj04\tx", r"unparseable label 'x' at .*CoLA/train\.tsv line 2"),
+        ("stsb", "\t3.800", "\tabc", r"unparseable score 'abc' at .*STS-B/train\.tsv line 2"),
+        ("stsb", "\t3.800", "\tnan", r"unparseable score 'nan'"),
+        ("qqp", "\t0\n", "\t2\n", r"unparseable label '2' .*expected one of 0, 1"),
+    ],
+)
 def test_unparseable_tsv_label(tmp_path, task, old, new, match):
     path = write_tsv(tmp_path, task, "train")
     assert old in path.read_text()
@@ -302,11 +392,14 @@ def test_unparseable_tsv_label(tmp_path, task, old, new, match):
     raises(DataError, match, task, "train", tmp_path)
 
 
-@pytest.mark.parametrize(("task", "label", "match"), [
-    ("mnli", 3, r"unparseable label 3 at .*row 1; expected an int in 0\.\.2"),
-    ("rte", -1, r"unparseable label -1 at"),
-    ("sst2", None, r"unparseable label None at"),
-])
+@pytest.mark.parametrize(
+    ("task", "label", "match"),
+    [
+        ("mnli", 3, r"unparseable label 3 at .*row 1; expected an int in 0\.\.2"),
+        ("rte", -1, r"unparseable label -1 at"),
+        ("sst2", None, r"unparseable label None at"),
+    ],
+)
 def test_bad_parquet_label(tmp_path, task, label, match):
     split = glue_splits(task)[-1]
     rows = examples(task, split)[:1] + [(examples(task, split)[0][0], label)]
@@ -316,8 +409,9 @@ def test_bad_parquet_label(tmp_path, task, label, match):
 
 def test_null_parquet_text(tmp_path):
     write_parquet(tmp_path, "cola", "train", [((None,), 1)])
-    raises(DataError, r"column 'sentence' of .* row 0 holds None, expected a string", "cola", "train",
-           tmp_path)
+    raises(
+        DataError, r"column 'sentence' of .* row 0 holds None, expected a string", "cola", "train", tmp_path
+    )
 
 
 @pytest.mark.parametrize(("task", "fields"), [("rte", 3), ("rte", 5), ("cola", 3), ("mnli", 11)])
@@ -328,12 +422,19 @@ def test_wrong_field_count(tmp_path, task, fields):
     lines[bad] = "\t".join((lines[bad].split("\t") + ["extra"])[:fields])
     path.write_text("\n".join(lines) + "\n")
     expected_fields = {"rte": 4, "cola": 4, "mnli": 12}[task]
-    raises(DataError, rf"line {bad + 1} has {fields} tab-separated fields, expected {expected_fields}", task,
-           "train", tmp_path)
+    raises(
+        DataError,
+        rf"line {bad + 1} has {fields} tab-separated fields, expected {expected_fields}",
+        task,
+        "train",
+        tmp_path,
+    )
 
 
-@pytest.mark.parametrize(("task", "content"), [("qnli", ""), ("qnli", "index\tquestion\tsentence\tlabel\n"),
-                                               ("cola", ""), ("cola", "\n\n")])
+@pytest.mark.parametrize(
+    ("task", "content"),
+    [("qnli", ""), ("qnli", "index\tquestion\tsentence\tlabel\n"), ("cola", ""), ("cola", "\n\n")],
+)
 def test_empty_tsv(tmp_path, task, content):
     path = write_tsv(tmp_path, task, "validation")
     path.write_text(content)
@@ -342,12 +443,18 @@ def test_empty_tsv(tmp_path, task, content):
 
 def test_empty_and_corrupt_parquet(tmp_path):
     write_parquet(tmp_path, "mrpc", "train", [])
-    raises(DataError, r"GLUE parquet files .*train-00000-of-00001\.parquet are empty", "mrpc", "train",
-           tmp_path)
+    raises(
+        DataError, r"GLUE parquet files .*train-00000-of-00001\.parquet are empty", "mrpc", "train", tmp_path
+    )
     path = write_parquet(tmp_path, "mrpc", "validation")
     path.write_bytes(b"not a parquet file at all")
-    raises(DataError, r"cannot read parquet file .*validation-00000-of-00001\.parquet", "mrpc", "validation",
-           tmp_path)
+    raises(
+        DataError,
+        r"cannot read parquet file .*validation-00000-of-00001\.parquet",
+        "mrpc",
+        "validation",
+        tmp_path,
+    )
 
 
 def test_undecodable_tsv(tmp_path):

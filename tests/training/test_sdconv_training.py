@@ -39,8 +39,17 @@ def _data(n=256, size=8, classes=4, seed=0):
 @pytest.mark.parametrize("target", [0.3, 0.7])
 def test_training_reaches_the_target_sparsity_within_one_point(tmp_path, target):
     data = _data()
-    cfg = TrainConfig(model="resnet10", width=0.125, conv="sdconv", epochs=30, batch_size=32, progress=False,
-                      sparsity=target, pruning_iterations=1, augment=False)
+    cfg = TrainConfig(
+        model="resnet10",
+        width=0.125,
+        conv="sdconv",
+        epochs=30,
+        batch_size=32,
+        progress=False,
+        sparsity=target,
+        pruning_iterations=1,
+        augment=False,
+    )
     results = Trainer(cfg, tmp_path, data=(data, data)).fit()
     assert abs(results["sparsity"]["sparsity"] - target) <= 0.01
     log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -50,20 +59,33 @@ def test_training_reaches_the_target_sparsity_within_one_point(tmp_path, target)
 
 def test_trainer_puts_thresholds_in_their_own_optimiser(tmp_path):
     data = _data(64)
-    trainer = Trainer(TrainConfig(model="resnet10", width=0.125, conv="sdconv", batch_size=32, progress=False), tmp_path,
-                      data=(data, data))
+    trainer = Trainer(
+        TrainConfig(model="resnet10", width=0.125, conv="sdconv", batch_size=32, progress=False),
+        tmp_path,
+        data=(data, data),
+    )
     thresholds = {id(layer.weight_mode.threshold) for _, layer in sparse_layers(trainer.model)}
     in_sgd = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    in_adam = {id(p) for group in trainer.hooks.method.optimizers()["thresholds"].param_groups for p in group["params"]}
+    in_adam = {
+        id(p)
+        for group in trainer.hooks.method.optimizers()["thresholds"].param_groups
+        for p in group["params"]
+    }
     assert thresholds == in_adam and not thresholds & in_sgd
     assert len(in_sgd) + len(in_adam) == len(list(trainer.model.parameters()))
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"sparsity": 1.0}, "sparsity must be in"), ({"sparsity": -0.1}, "sparsity must be in"),
-    ({"pruning_iterations": -1}, "pruning_iterations"), ({"budget_weight": -1.0}, "budget_weight"),
-    ({"threshold_lr": 0.0}, "threshold_lr"), ({"mask_strategy": "mixed"}, "mask strategy"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"sparsity": 1.0}, "sparsity must be in"),
+        ({"sparsity": -0.1}, "sparsity must be in"),
+        ({"pruning_iterations": -1}, "pruning_iterations"),
+        ({"budget_weight": -1.0}, "budget_weight"),
+        ({"threshold_lr": 0.0}, "threshold_lr"),
+        ({"mask_strategy": "mixed"}, "mask strategy"),
+    ],
+)
 def test_bad_sd_conv_configuration_is_refused(bad, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(conv="sdconv", **bad).validate()
@@ -79,8 +101,11 @@ def test_aggregated_kernel_stats_match_the_kernels_built_sample_by_sample():
     x = torch.randn(6, 1, 8, 8)
     stats = aggregated_kernel_stats(model, [(x[:4], None), (x[4:], None)])
     coeffs = {}
-    hooks = [layer.attention.register_forward_hook(lambda m, a, out, n=name: coeffs.__setitem__(n, out))
-             for name, layer in model.named_modules() if hasattr(layer, "attention")]
+    hooks = [
+        layer.attention.register_forward_hook(lambda m, a, out, n=name: coeffs.__setitem__(n, out))
+        for name, layer in model.named_modules()
+        if hasattr(layer, "attention")
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -88,7 +113,9 @@ def test_aggregated_kernel_stats_match_the_kernels_built_sample_by_sample():
     assert [s["name"] for s in stats] == list(coeffs)
     for entry in stats:
         layer = model.get_submodule(entry["name"])
-        kernels = torch.einsum("bk,k...->b...", coeffs[entry["name"]].double(), layer.weight.double())  # (B, ...)
+        kernels = torch.einsum(
+            "bk,k...->b...", coeffs[entry["name"]].double(), layer.weight.double()
+        )  # (B, ...)
         assert entry["samples"] == 6
         assert entry["mean"] == pytest.approx(float(kernels.detach().mean()), rel=1e-6, abs=1e-12)
         assert entry["variance"] == pytest.approx(float(kernels.detach().var(unbiased=False)), rel=1e-6)
@@ -107,7 +134,9 @@ def test_magnitude_prune_removes_the_smallest_weights_over_all_layers(sparsity):
     report = sparsity_report(pruned)
     assert report["sparsity"] == pytest.approx(sparsity, abs=1e-3)
     cut = max(float(layer.weight_mode.threshold) for _, layer in sparse_layers(pruned))
-    assert all(float(layer.weight_mode.threshold) == cut for _, layer in sparse_layers(pruned))  # one global cut
+    assert all(
+        float(layer.weight_mode.threshold) == cut for _, layer in sparse_layers(pruned)
+    )  # one global cut
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():  # the pruned model is the DY-Conv model with its small weights zeroed
         for name, layer in sparse_layers(pruned):
@@ -117,7 +146,9 @@ def test_magnitude_prune_removes_the_smallest_weights_over_all_layers(sparsity):
         for name, layer in sparse_layers(manual):
             layer.weight.mul_(model.get_submodule(name).weight.abs() > cut)
         torch.testing.assert_close(pruned(x), manual(x))
-    assert all(not hasattr(m, "weight_mode") or not hasattr(m.weight_mode, "threshold") for m in model.modules())
+    assert all(
+        not hasattr(m, "weight_mode") or not hasattr(m.weight_mode, "threshold") for m in model.modules()
+    )
 
 
 def test_magnitude_prune_refuses_what_it_cannot_prune():
@@ -167,15 +198,24 @@ def test_resized_keeps_labels_and_statistics():
 
 @pytest.mark.slow
 def test_every_study_writes_markdown_json_and_a_plot(tmp_path):
-    base = TrainConfig(dataset="digits", model="resnet10", width=0.125, epochs=1, batch_size=32, train_subset=96,
-                       progress=False, augment=False)
+    base = TrainConfig(
+        dataset="digits",
+        model="resnet10",
+        width=0.125,
+        epochs=1,
+        batch_size=32,
+        train_subset=96,
+        progress=False,
+        augment=False,
+    )
     summaries = run_studies(tmp_path, base, seeds=(0, 1), log=lambda m: None, transfer_epochs=1)
     for study in ("table", "sweep", "strategy", "noise", "transfer", "preliminary"):
         folder = tmp_path / study
         assert (folder / "results.md").read_text().startswith("# ")
         assert (folder / "results.png").read_bytes()[:4] == b"\x89PNG"
         assert json.loads((folder / "results.json").read_text())["records"] == json.loads(
-            json.dumps(summaries[study]["records"]))
+            json.dumps(summaries[study]["records"])
+        )
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())  # shared: each variant trained once per seed
     assert len(runs) == 2 * 8 and "sdconv-s50-seed1" in runs and "sdconv-same-s50-seed0" in runs
     table = json.loads((tmp_path / "table" / "results.json").read_text())["records"]
@@ -191,10 +231,21 @@ def test_sdconv_command_refuses_an_unknown_study(capsys):
 
 def test_convert_makes_any_model_sd_conv_and_training_prunes_it():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
-                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    )
     model = convert(net, "sdconv")
-    assert [type(m).__name__ for m in model][:3] == ["Conv2d", "ReLU", "SparseDynamicConv2d"]  # all but the first
+    assert [type(m).__name__ for m in model][:3] == [
+        "Conv2d",
+        "ReLU",
+        "SparseDynamicConv2d",
+    ]  # all but the first
 
     opt = torch.optim.Adam([layer.weight_mode.threshold for _, layer in sparse_layers(model)], lr=0.01)
     for _ in range(30):  # the budget alone raises τ until half the weights are pruned
@@ -207,7 +258,9 @@ def test_convert_makes_any_model_sd_conv_and_training_prunes_it():
 def test_bench_sparsify_sets_each_layer_to_the_sparsity():
     for strategy in ("different", "same"):
         torch.manual_seed(0)
-        model = create_model("resnet10", conv="sdconv", num_classes=4, width=0.125, stem="small", mask_strategy=strategy)
+        model = create_model(
+            "resnet10", conv="sdconv", num_classes=4, width=0.125, stem="small", mask_strategy=strategy
+        )
         _sparsify(model, 0.5)
         for layer in sparsity_report(model)["layers"]:
             assert layer["layer"] == pytest.approx(0.5, abs=0.02)

@@ -5,4 +5,12 @@ from padnet.adapter.config import PadConfig
 from padnet.adapter.methods import PadTraining
 from padnet.adapter.model import PadModel, convert, get_pad_model, load_pretrained, save_pretrained
 
-__all__ = ["PadConfig", "PadModel", "PadTraining", "convert", "get_pad_model", "load_pretrained", "save_pretrained"]
+__all__ = [
+    "PadConfig",
+    "PadModel",
+    "PadTraining",
+    "convert",
+    "get_pad_model",
+    "load_pretrained",
+    "save_pretrained",
+]

@@ -24,8 +24,17 @@ from padnet.partitioning import METHODS as PARTITIONS
 CONV_METHODS = ("dy", "condconv", "odconv", "dcd", "pad", "pad-condconv", "pad-odconv", "pad-dcd", "sdconv")
 MOE_METHODS = {"moe": "dynamic", "pad-moe": "pad", "moe-p": "prune"}
 METHODS = (*CONV_METHODS, *MOE_METHODS)
-METHOD_ALIASES = {"dyconv": "dy", "dynamic": "dy", "padnet": "pad", "pad-net": "pad", "pad-dy": "pad",
-                  "sd-conv": "sdconv", "padmoe": "pad-moe", "moep": "moe-p", "prune": "moe-p"}
+METHOD_ALIASES = {
+    "dyconv": "dy",
+    "dynamic": "dy",
+    "padnet": "pad",
+    "pad-net": "pad",
+    "pad-dy": "pad",
+    "sd-conv": "sdconv",
+    "padmoe": "pad-moe",
+    "moep": "moe-p",
+    "prune": "moe-p",
+}
 PARTIAL_METHODS = ("pad", "pad-condconv", "pad-odconv", "pad-dcd", "pad-moe", "moe-p")
 PARTITION_AT = ("start", "steps", "epochs", "manual")
 TIME_UNITS = ("steps", "epochs")
@@ -35,8 +44,13 @@ MOE_GRANULARITIES = ("element", "neuron")
 # an endless schedule; an amount of training time is at most MAX_EPOCHS epochs or MAX_STEPS steps
 MAX_EPOCHS = 100_000
 MAX_STEPS = 1_000_000_000
-LIMITS = {**{name: high for name, (_, high) in OPTION_RANGES.items()}, "num_experts": MAX_EXPERTS,
-          "partition_iterations": 1_000, "partition_batches": 10_000, "pruning_iterations": 1_000}
+LIMITS = {
+    **{name: high for name, (_, high) in OPTION_RANGES.items()},
+    "num_experts": MAX_EXPERTS,
+    "partition_iterations": 1_000,
+    "partition_batches": 10_000,
+    "pruning_iterations": 1_000,
+}
 
 # options that only some methods take: name -> methods. A value other than None for another method is an error.
 _APPLIES = {
@@ -44,19 +58,35 @@ _APPLIES = {
     "reduction": CONV_METHODS,
     "kappa": PARTIAL_METHODS,
     "granularity": PARTIAL_METHODS,
-    "partition_at": PARTIAL_METHODS, "partition_after": PARTIAL_METHODS,
+    "partition_at": PARTIAL_METHODS,
+    "partition_after": PARTIAL_METHODS,
     "scale_mode": ("pad", "pad-condconv", "pad-odconv", "pad-dcd", "pad-moe"),
     "mask_semantics": ("pad", "pad-condconv", "pad-odconv", "pad-dcd"),
-    "sparsity": ("sdconv",), "pruning_iterations": ("sdconv",), "budget_weight": ("sdconv",),
-    "threshold_lr": ("sdconv",), "mask_strategy": ("sdconv",),
-    "num_experts": tuple(MOE_METHODS), "top_k": tuple(MOE_METHODS), "noisy_gating": tuple(MOE_METHODS),
+    "sparsity": ("sdconv",),
+    "pruning_iterations": ("sdconv",),
+    "budget_weight": ("sdconv",),
+    "threshold_lr": ("sdconv",),
+    "mask_strategy": ("sdconv",),
+    "num_experts": tuple(MOE_METHODS),
+    "top_k": tuple(MOE_METHODS),
+    "noisy_gating": tuple(MOE_METHODS),
     "ffn_patterns": tuple(MOE_METHODS),
     "aux_loss_weight": tuple(MOE_METHODS),
 }
 # defaults filled in by ``resolved()`` for the methods an option applies to
-_DEFAULTS = {"scale_mode": "constrained", "mask_semantics": "static", "sparsity": 0.5, "pruning_iterations": 3,
-             "budget_weight": 0.01, "threshold_lr": 0.01, "mask_strategy": "different", "num_experts": 8,
-             "top_k": 2, "noisy_gating": True, "aux_loss_weight": 0.01}
+_DEFAULTS = {
+    "scale_mode": "constrained",
+    "mask_semantics": "static",
+    "sparsity": 0.5,
+    "pruning_iterations": 3,
+    "budget_weight": 0.01,
+    "threshold_lr": 0.01,
+    "mask_strategy": "different",
+    "num_experts": 8,
+    "top_k": 2,
+    "noisy_gating": True,
+    "aux_loss_weight": 0.01,
+}
 
 
 def canonical_method(name) -> str:
@@ -68,8 +98,9 @@ def canonical_method(name) -> str:
     return key
 
 
-def _number(name: str, value, low: float, *, integer: bool = False, inclusive: bool = True,
-            high: float | None = None) -> None:
+def _number(
+    name: str, value, low: float, *, integer: bool = False, inclusive: bool = True, high: float | None = None
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value >= low if inclusive else value > low) and (high is None or value <= high)
     if ok and integer:
@@ -77,8 +108,9 @@ def _number(name: str, value, low: float, *, integer: bool = False, inclusive: b
     if not ok:
         bound = f">= {low}" if inclusive else f"> {low}"
         kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{name} must be {kind} {bound}{f' and <= {high}' if high is not None else ''}, "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"{name} must be {kind} {bound}{f' and <= {high}' if high is not None else ''}, got {value!r}"
+        )
 
 
 def _time_limit(unit: str) -> int:
@@ -204,8 +236,9 @@ class PadConfig:
             return 0.5 if self.family == "moe" else 0.3
         if name == "granularity":
             return "element" if self.family == "moe" else "shared"
-        if name == "temperature_start":  # the layer's: 30 for softmax routing, 1 for CondConv (no temperature)
-
+        if (
+            name == "temperature_start"
+        ):  # the layer's: 30 for softmax routing, 1 for CondConv (no temperature)
             return start_temperature(self.method) if self.family == "conv" else None
         if name == "partition_at":  # after a warm-up when the kernels start as copies of one weight
             return "epochs" if self.family == "moe" or self.init_from_pretrained else "start"
@@ -219,32 +252,58 @@ class PadConfig:
         self.method = canonical_method(self.method)
         for name, methods in _APPLIES.items():
             if getattr(self, name) is not None and self.method not in methods:
-                raise ConfigError(f"option {name} does not apply to method {self.method!r} "
-                                  f"(it applies to {', '.join(methods)})")
+                raise ConfigError(
+                    f"option {name} does not apply to method {self.method!r} "
+                    f"(it applies to {', '.join(methods)})"
+                )
         targets = self.target_modules
-        if not (targets in ("auto", "all") or (isinstance(targets, (list, tuple)) and targets
-                                      and all(isinstance(t, str) for t in targets))):
-            raise ConfigError(f"target_modules must be 'auto', 'all' or a non-empty list of glob patterns, got "
-                              f"{targets!r}")
+        if not (
+            targets in ("auto", "all")
+            or (isinstance(targets, (list, tuple)) and targets and all(isinstance(t, str) for t in targets))
+        ):
+            raise ConfigError(
+                f"target_modules must be 'auto', 'all' or a non-empty list of glob patterns, got {targets!r}"
+            )
         if isinstance(targets, tuple):
             self.target_modules = list(targets)
-        if not (isinstance(self.exclude_modules, (list, tuple)) and all(isinstance(t, str) for t in self.exclude_modules)):
-            raise ConfigError(f"exclude_modules must be a list of glob patterns, got {self.exclude_modules!r}")
+        if not (
+            isinstance(self.exclude_modules, (list, tuple))
+            and all(isinstance(t, str) for t in self.exclude_modules)
+        ):
+            raise ConfigError(
+                f"exclude_modules must be a list of glob patterns, got {self.exclude_modules!r}"
+            )
         self.exclude_modules = list(self.exclude_modules)
         _number("min_channels", self.min_channels, 1, integer=True)
         if self.ffn_patterns is not None:
-            if not (isinstance(self.ffn_patterns, (list, tuple)) and self.ffn_patterns and all(
-                    isinstance(p, (list, tuple)) and len(p) in (3, 4) and all(isinstance(n, str) and n for n in p)
-                    for p in self.ffn_patterns)):
-                raise ConfigError("ffn_patterns must be a list of (first linear, activation, second linear) or, "
-                                  f"gated, (gate, up, down, activation) names, got {self.ffn_patterns!r}")
+            if not (
+                isinstance(self.ffn_patterns, (list, tuple))
+                and self.ffn_patterns
+                and all(
+                    isinstance(p, (list, tuple))
+                    and len(p) in (3, 4)
+                    and all(isinstance(n, str) and n for n in p)
+                    for p in self.ffn_patterns
+                )
+            ):
+                raise ConfigError(
+                    "ffn_patterns must be a list of (first linear, activation, second linear) or, "
+                    f"gated, (gate, up, down, activation) names, got {self.ffn_patterns!r}"
+                )
             self.ffn_patterns = [list(p) for p in self.ffn_patterns]
         if self.family == "moe" and self.min_channels != 1:
-            raise ConfigError("option min_channels applies to convolutions, not to method " + repr(self.method))
-        if not (isinstance(self.layer_options, dict) and all(isinstance(k, str) for k in self.layer_options)
-                and all(isinstance(v, (str, int, float, bool)) for v in self.layer_options.values())):
-            raise ConfigError(f"layer_options must map option names to numbers, names or true/false, got "
-                              f"{self.layer_options!r}")
+            raise ConfigError(
+                "option min_channels applies to convolutions, not to method " + repr(self.method)
+            )
+        if not (
+            isinstance(self.layer_options, dict)
+            and all(isinstance(k, str) for k in self.layer_options)
+            and all(isinstance(v, (str, int, float, bool)) for v in self.layer_options.values())
+        ):
+            raise ConfigError(
+                f"layer_options must map option names to numbers, names or true/false, got "
+                f"{self.layer_options!r}"
+            )
         for name in ("init_from_pretrained", "check_scores"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -263,22 +322,28 @@ class PadConfig:
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), 0, inclusive=False, high=MAX_TEMPERATURE)
         if "temperature" in self.layer_options:
-            _number("layer_options temperature", self.layer_options["temperature"], 0, inclusive=False,
-                    high=MAX_TEMPERATURE)
+            _number(
+                "layer_options temperature",
+                self.layer_options["temperature"],
+                0,
+                inclusive=False,
+                high=MAX_TEMPERATURE,
+            )
         check_choice("temperature unit", self.temperature_unit, TIME_UNITS)
         _number("temperature_anneal", self.temperature_anneal, 0, high=_time_limit(self.temperature_unit))
         if self.kappa is not None:
             _number("kappa", self.kappa, 0, inclusive=False, high=1)
         if self.granularity is not None:
-            check_choice("mask granularity", self.granularity,
-                         MOE_GRANULARITIES if self.family == "moe" else CONV_GRANULARITIES)
+            check_choice(
+                "mask granularity",
+                self.granularity,
+                MOE_GRANULARITIES if self.family == "moe" else CONV_GRANULARITIES,
+            )
         if self.scale_mode is not None:
-
             check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
         if self.mask_semantics is not None:
             check_choice("mask semantics", self.mask_semantics, ("static", "zero"))
         if not callable(self.partition):
-
             check_choice("partition method", self.partition, (*PARTITIONS, "custom"))
         check_choice("partition scope", self.partition_scope, ("global", "local"))
         if self.partition_at is not None:
@@ -288,8 +353,12 @@ class PadConfig:
                 raise ConfigError("partition_after needs partition_at 'steps' or 'epochs'")
             _number("partition_after", self.partition_after, 0, high=_time_limit(self.value("partition_at")))
         elif self.partition_at in TIME_UNITS:
-            raise ConfigError(f"partition_at {self.partition_at!r} needs partition_after (how many {self.partition_at})")
-        if self.sparsity is not None and not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
+            raise ConfigError(
+                f"partition_at {self.partition_at!r} needs partition_after (how many {self.partition_at})"
+            )
+        if self.sparsity is not None and not (
+            isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1
+        ):
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
         for name in ("budget_weight", "aux_loss_weight"):
             if getattr(self, name) is not None:
@@ -299,7 +368,9 @@ class PadConfig:
         if self.mask_strategy is not None:
             check_choice("mask strategy", self.mask_strategy, ("different", "same"))
         if self.family == "moe" and self.value("top_k") > self.value("num_experts"):
-            raise ConfigError(f"top_k {self.value('top_k')} is larger than num_experts {self.value('num_experts')}")
+            raise ConfigError(
+                f"top_k {self.value('top_k')} is larger than num_experts {self.value('num_experts')}"
+            )
         return self
 
     # ------------------------------------------------------------------ the layers' options
@@ -307,9 +378,13 @@ class PadConfig:
         """Keyword options of the method's layers: for convolutions those of ``padnet.convert`` (only the
         ones the layer takes), for MoE those of ``padnet.adapter.moe_convert.replace_ffns``."""
         if self.family == "moe":
-            options = {"mode": MOE_METHODS[self.method], "num_experts": self.value("num_experts"),
-                       "top_k": self.value("top_k"), "noisy": self.value("noisy_gating"),
-                       "aux_loss_weight": self.value("aux_loss_weight")}
+            options = {
+                "mode": MOE_METHODS[self.method],
+                "num_experts": self.value("num_experts"),
+                "top_k": self.value("top_k"),
+                "noisy": self.value("noisy_gating"),
+                "aux_loss_weight": self.value("aux_loss_weight"),
+            }
             if self.partial:
                 options["granularity"] = self.value("granularity")
             if self.method == "pad-moe":
@@ -317,9 +392,15 @@ class PadConfig:
             return {**options, **self.layer_options}
 
         accepted = accepted_options(self.method)
-        wanted = {"num_kernels": self.num_kernels, "reduction": self.reduction, "temperature": self.temperature_start,
-                  "granularity": self.granularity, "scale_mode": self.scale_mode,
-                  "mask_semantics": self.mask_semantics, "mask_strategy": self.mask_strategy}
+        wanted = {
+            "num_kernels": self.num_kernels,
+            "reduction": self.reduction,
+            "temperature": self.temperature_start,
+            "granularity": self.granularity,
+            "scale_mode": self.scale_mode,
+            "mask_semantics": self.mask_semantics,
+            "mask_strategy": self.mask_strategy,
+        }
         return {**{k: v for k, v in wanted.items() if v is not None and k in accepted}, **self.layer_options}
 
     # ------------------------------------------------------------------ serialisation

@@ -65,7 +65,9 @@ class Method:
         self.steps_per_epoch: int | None = None
         self.total_steps: int | None = None
 
-    def attach(self, model: nn.Module, steps_per_epoch: int | None = None, total_steps: int | None = None) -> None:
+    def attach(
+        self, model: nn.Module, steps_per_epoch: int | None = None, total_steps: int | None = None
+    ) -> None:
         """Bind to ``model`` (the unwrapped module) for a run of ``total_steps`` optimiser steps."""
         self.model, self.steps_per_epoch, self.total_steps = model, steps_per_epoch, total_steps
 
@@ -157,10 +159,17 @@ class SDConv(Dynamic):
         if not layers:
             raise ConfigError("method 'sdconv' found no SD-Conv layer in the model")
         if total_steps is None or total_steps < 1:
-            raise ConfigError("SD-Conv's sparsity schedule needs the run's total number of steps (total_steps)")
+            raise ConfigError(
+                "SD-Conv's sparsity schedule needs the run's total number of steps (total_steps)"
+            )
         lr = cfg.value("threshold_lr")
-        groups = [{"params": [layer.weight_mode.threshold],
-                   "lr": lr * float(layer.weight.detach().square().mean().sqrt())} for layer in layers]
+        groups = [
+            {
+                "params": [layer.weight_mode.threshold],
+                "lr": lr * float(layer.weight.detach().square().mean().sqrt()),
+            }
+            for layer in layers
+        ]
         self.optimizer = torch.optim.Adam(groups, lr=lr, betas=(0.0, 0.9))
         self.density = SparsitySchedule(cfg.value("sparsity"), cfg.value("pruning_iterations"), total_steps)
 
@@ -181,9 +190,12 @@ class SDConv(Dynamic):
 
     def log(self, step: int) -> dict:
         report = sparsity_report(self.model)
-        return {**super().log(step), "sparsity": round(report["sparsity"], 5),
-                "kernel_sparsity": round(report["kernel_sparsity"], 5),
-                "density_budget": round(self.density(max(0, step - 1)), 5)}
+        return {
+            **super().log(step),
+            "sparsity": round(report["sparsity"], 5),
+            "kernel_sparsity": round(report["kernel_sparsity"], 5),
+            "density_budget": round(self.density(max(0, step - 1)), 5),
+        }
 
     def results(self) -> dict:
         return {"sparsity": sparsity_report(self.model)}
@@ -237,17 +249,27 @@ class PadTraining:
             without SD-Conv layers; a partition due in training without a ``partition`` function.
     """
 
-    def __init__(self, model: nn.Module, config: PadConfig | None, steps_per_epoch: int | None = None,
-                 total_steps: int | None = None, partition: Callable[[], object] | None = None, step: int = 0,
-                 partitioned: bool = False, recalibrate: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: PadConfig | None,
+        steps_per_epoch: int | None = None,
+        total_steps: int | None = None,
+        partition: Callable[[], object] | None = None,
+        step: int = 0,
+        partitioned: bool = False,
+        recalibrate: Callable[[], int] | None = None,
+    ):
         self.config = config
         self.model = model
         self.method = method_for(config)
         self.method.attach(model, steps_per_epoch, total_steps)
         self.partition_at = self.method.partition_step()
         if self.partition_at is not None and partition is None and not partitioned:
-            raise ConfigError("mode partition is due during training: pass partition data (or set "
-                              "partition_at='manual' and call partition yourself)")
+            raise ConfigError(
+                "mode partition is due during training: pass partition data (or set "
+                "partition_at='manual' and call partition yourself)"
+            )
         self._partition = partition
         self._recalibrate = recalibrate
         self.step = step
@@ -304,8 +326,9 @@ class PadTraining:
         """Whether the change at this step is the last for now: the anneal does not go on and no partition is
         due at the next step, or the run ends here."""
         last = self.method.total_steps is not None and self.step + 1 >= self.method.total_steps
-        partition_next = (not self.partitioned and self.partition_at is not None
-                          and self.partition_at <= self.step + 1)
+        partition_next = (
+            not self.partitioned and self.partition_at is not None and self.partition_at <= self.step + 1
+        )
         return last or not (self.method.anneals(self.step + 1) or partition_next)
 
     @property
@@ -346,7 +369,8 @@ class PadTraining:
                 f"anneal or mode partition, {since} training step(s) since) and evaluation may predict one class "
                 "for every input; call pad.recalibrate_batchnorm(batches) with a few training batches before "
                 "evaluating, or pass partition_data to start_training so this happens by itself",
-                stacklevel=4)  # the user's eval() call: warn_if_stale ← PadModel.train ← nn.Module.eval
+                stacklevel=4,
+            )  # the user's eval() call: warn_if_stale ← PadModel.train ← nn.Module.eval
             self._stale_since = self._changed = None
 
     def optimizer_parameters(self, model: nn.Module) -> list[nn.Parameter]:

@@ -51,8 +51,9 @@ def _targets(config: PadConfig) -> list[str] | None:
 
 def _selected(name: str, targets: list[str] | None, exclude) -> bool:
     """Whether module ``name`` matches ``targets`` (None: every module) and no pattern of ``exclude``."""
-    return ((targets is None or any(fnmatch.fnmatch(name, p) for p in targets))
-            and not any(fnmatch.fnmatch(name, p) for p in exclude))
+    return (targets is None or any(fnmatch.fnmatch(name, p) for p in targets)) and not any(
+        fnmatch.fnmatch(name, p) for p in exclude
+    )
 
 
 def _convert(model: nn.Module, config: PadConfig) -> list[str]:
@@ -65,21 +66,35 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
                 _check_built(name, model.get_submodule(name), layer_type, config)
             return built
         stem = config.target_modules == "auto"  # leave the first convolution static
-        found = find_convs(model, skip_first=stem, targets=_targets(config), exclude=config.exclude_modules,
-                           min_channels=config.min_channels)
+        found = find_convs(
+            model,
+            skip_first=stem,
+            targets=_targets(config),
+            exclude=config.exclude_modules,
+            min_channels=config.min_channels,
+        )
         if not found:
             raise ConfigError(f"{type(model).__name__} has no nn.Conv2d that target_modules selects")
-        replace_convs(model, config.method, init_from_static=config.init_from_pretrained, skip_first=stem,
-                      exclude=tuple(config.exclude_modules), min_channels=config.min_channels,
-                      targets=_targets(config), **config.layer_kwargs())
+        replace_convs(
+            model,
+            config.method,
+            init_from_static=config.init_from_pretrained,
+            skip_first=stem,
+            exclude=tuple(config.exclude_modules),
+            min_channels=config.min_channels,
+            targets=_targets(config),
+            **config.layer_kwargs(),
+        )
         return [name for name, _ in found]
     targets = _targets(config)
     banks = find_expert_banks(model)
     if banks:  # a pretrained MoE: compress its own experts, keep its routers
         banks = [name for name in banks if _selected(name, targets, config.exclude_modules)]
         if not banks:
-            raise ConfigError(f"target_modules selects none of the expert banks of {type(model).__name__} "
-                              f"({', '.join(find_expert_banks(model)[:3])}, ...)")
+            raise ConfigError(
+                f"target_modules selects none of the expert banks of {type(model).__name__} "
+                f"({', '.join(find_expert_banks(model)[:3])}, ...)"
+            )
         _check_own_experts(model, banks, config)
         options = config.layer_kwargs()
         extra = {"scale_mode": options["scale_mode"]} if "scale_mode" in options else {}
@@ -88,8 +103,10 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
     sites = require_ffns(model, patterns)
     chosen = [i for i, site in enumerate(sites) if _selected(site.moe, targets, config.exclude_modules)]
     if not chosen:
-        raise ConfigError(f"{type(model).__name__} has no feed-forward block that target_modules selects "
-                          f"({len(sites)} found)")
+        raise ConfigError(
+            f"{type(model).__name__} has no feed-forward block that target_modules selects "
+            f"({len(sites)} found)"
+        )
     replace_ffns(model, layers=chosen, patterns=patterns, **config.layer_kwargs())
     if not config.init_from_pretrained:
         for i in chosen:
@@ -102,13 +119,17 @@ def _check_own_experts(model: nn.Module, banks: list[str], config: PadConfig) ->
     """ConfigError when ``config`` sets ``num_experts`` or ``top_k`` other than a pretrained MoE's own (its banks'
     expert count, its config's ``num_experts_per_tok``): the model keeps its experts and routers, so the value
     would be ignored, and recorded wrongly."""
-    own = {"num_experts": {model.get_submodule(name).down_proj.shape[0] for name in banks},
-           "top_k": {getattr(getattr(model, "config", None), "num_experts_per_tok", None)} - {None}}
+    own = {
+        "num_experts": {model.get_submodule(name).down_proj.shape[0] for name in banks},
+        "top_k": {getattr(getattr(model, "config", None), "num_experts_per_tok", None)} - {None},
+    }
     for option, values in own.items():
         wanted = getattr(config, option)
         if wanted is not None and values and values != {wanted}:
-            raise ConfigError(f"{option} {wanted} differs from the model's own ({', '.join(map(str, sorted(values)))}):"
-                              f" a pretrained MoE keeps its experts and routers; leave {option} unset")
+            raise ConfigError(
+                f"{option} {wanted} differs from the model's own ({', '.join(map(str, sorted(values)))}):"
+                f" a pretrained MoE keeps its experts and routers; leave {option} unset"
+            )
 
 
 class PadModel(nn.Module):
@@ -125,7 +146,9 @@ class PadModel(nn.Module):
     router loss; :meth:`extra_loss` then returns 0.0 for that step, so a loop may always add it.
     """
 
-    def __init__(self, model: nn.Module, config: PadConfig, converted: list[str], fingerprints: dict[str, str]):
+    def __init__(
+        self, model: nn.Module, config: PadConfig, converted: list[str], fingerprints: dict[str, str]
+    ):
         super().__init__()
         self.base_model = model
         self.pad_config = config
@@ -152,8 +175,13 @@ class PadModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ partition
-    def partition(self, data: Iterable | None = None, loss_fn: Callable | None = None,
-                  batch_loss: Callable | None = None, **overrides) -> PartitionReport:
+    def partition(
+        self,
+        data: Iterable | None = None,
+        loss_fn: Callable | None = None,
+        batch_loss: Callable | None = None,
+        **overrides,
+    ) -> PartitionReport:
         """Mode partition of every masked layer (PAD-Net eq. 5–9) as the config describes it.
 
         Args:
@@ -172,32 +200,57 @@ class PadModel(nn.Module):
             raise ConfigError(f"method {self.pad_config.method!r} has no masks to partition")
         scores = overrides.get("partition", self.pad_config.partition)
         if scores == "custom":
-            raise ConfigError("this configuration was saved with a custom score function: pass it as partition=")
-        allowed = {"kappa", "partition", "partition_scope", "partition_iterations", "partition_batches",
-                   "check_scores"}
+            raise ConfigError(
+                "this configuration was saved with a custom score function: pass it as partition="
+            )
+        allowed = {
+            "kappa",
+            "partition",
+            "partition_scope",
+            "partition_iterations",
+            "partition_batches",
+            "check_scores",
+        }
         unknown = sorted(set(overrides) - allowed)
         if unknown:
             raise ConfigError(f"partition got unexpected options: {', '.join(unknown)}")
-        cfg = PadConfig.from_dict({**self.pad_config.to_dict(), **overrides},
-                                  scores if callable(scores) else None)
+        cfg = PadConfig.from_dict(
+            {**self.pad_config.to_dict(), **overrides}, scores if callable(scores) else None
+        )
         if data is not None:
             data = list(itertools.islice(iter(data), cfg.partition_batches))  # only the N batches scored
             if batch_loss is None and loss_fn is None and data and isinstance(data[0], Mapping):
                 batch_loss = _keyword_loss
-        report = partition(self.base_model, cfg.value("kappa"), cfg.partition, data, loss_fn or F.cross_entropy,
-                           cfg.partition_batches, cfg.partition_iterations, cfg.partition_scope,
-                           batch_loss=batch_loss, check_scores=cfg.check_scores)
+        report = partition(
+            self.base_model,
+            cfg.value("kappa"),
+            cfg.partition,
+            data,
+            loss_fn or F.cross_entropy,
+            cfg.partition_batches,
+            cfg.partition_iterations,
+            cfg.partition_scope,
+            batch_loss=batch_loss,
+            check_scores=cfg.check_scores,
+        )
         self.partition_report = report
         if self.training_state is not None:
             self.training_state.masks_changed()
         return report
 
     # ------------------------------------------------------------------ training hooks
-    def start_training(self, steps_per_epoch: int | None = None, epochs: float | None = None,
-                       total_steps: int | None = None, partition_data: Iterable | None = None,
-                       loss_fn: Callable | None = None, batch_loss: Callable | None = None,
-                       step: int = 0, partitioned: bool | None = None,
-                       statistics_data: Iterable | None = None) -> PadTraining:
+    def start_training(
+        self,
+        steps_per_epoch: int | None = None,
+        epochs: float | None = None,
+        total_steps: int | None = None,
+        partition_data: Iterable | None = None,
+        loss_fn: Callable | None = None,
+        batch_loss: Callable | None = None,
+        step: int = 0,
+        partitioned: bool | None = None,
+        statistics_data: Iterable | None = None,
+    ) -> PadTraining:
         """Prepare the method's training-time work for a run (see :mod:`padnet.adapter.methods`).
 
         Args:
@@ -219,15 +272,21 @@ class PadModel(nn.Module):
         if total_steps is None and epochs is not None and steps_per_epoch is not None:
             total_steps = math.ceil(epochs * steps_per_epoch)
         cfg = self.pad_config
-        if partitioned is None:  # masks with static elements: partitioned before (a resumed run, from_pretrained)
+        if (
+            partitioned is None
+        ):  # masks with static elements: partitioned before (a resumed run, from_pretrained)
             partitioned = any(bool((mode.mask == 0).any()) for _, mode, _ in masked_tensors(self.base_model))
         due = cfg.partial and cfg.value("partition_at") != "manual" and not partitioned
         if due and cfg.partition == "custom":
-            raise ConfigError("this configuration was saved with a custom score function: build the PadModel with "
-                              "it (PadConfig(partition=fn)) before training")
+            raise ConfigError(
+                "this configuration was saved with a custom score function: build the PadModel with "
+                "it (PadConfig(partition=fn)) before training"
+            )
         if due and cfg.partition in ("imp", "mp") and partition_data is None and batch_loss is None:
-            raise ConfigError(f"mode partition ({cfg.partition}) is due during training: pass partition_data (or "
-                              "set partition_at='manual' and call partition yourself)")
+            raise ConfigError(
+                f"mode partition ({cfg.partition}) is due during training: pass partition_data (or "
+                "set partition_at='manual' and call partition yourself)"
+            )
 
         count = cfg.partition_batches
         partition_data = _reusable(partition_data, count)
@@ -239,9 +298,16 @@ class PadModel(nn.Module):
         def recalibrate():
             return self.recalibrate_batchnorm(statistics, count)
 
-        self.training_state = PadTraining(self.base_model, cfg, steps_per_epoch, total_steps,
-                                          run if cfg.partial else None, step, partitioned,
-                                          recalibrate if statistics is not None else None)
+        self.training_state = PadTraining(
+            self.base_model,
+            cfg,
+            steps_per_epoch,
+            total_steps,
+            run if cfg.partial else None,
+            step,
+            partitioned,
+            recalibrate if statistics is not None else None,
+        )
         return self.training_state
 
     def recalibrate_batchnorm(self, data: Iterable | None = None, num_batches: int | None = None) -> int:
@@ -330,8 +396,11 @@ class PadModel(nn.Module):
 
     def scale_factors(self) -> dict[str, tuple[float, float]]:
         """(λs, λd) of every layer with scale factors, by module name (PAD-Net eq. 4)."""
-        return {name: tuple(float(v.detach()) for v in module()) for name, module in self.base_model.named_modules()
-                if isinstance(module, ScaleFactors) and module.mode != "none"}
+        return {
+            name: tuple(float(v.detach()) for v in module())
+            for name, module in self.base_model.named_modules()
+            if isinstance(module, ScaleFactors) and module.mode != "none"
+        }
 
     @torch.no_grad()
     def set_scale_factors(self, lambda_s: float | None = None, lambda_d: float | None = None) -> int:
@@ -347,8 +416,11 @@ class PadModel(nn.Module):
                 continue
             if module.mode == "constrained":
                 lam_d = lambda_d if lambda_d is not None else (None if lambda_s is None else 2.0 - lambda_s)
-                if lam_d is None or not 0 < lam_d < 2 or (lambda_s is not None and lambda_d is not None
-                                                           and abs(lambda_s + lambda_d - 2) > 1e-9):
+                if (
+                    lam_d is None
+                    or not 0 < lam_d < 2
+                    or (lambda_s is not None and lambda_d is not None and abs(lambda_s + lambda_d - 2) > 1e-9)
+                ):
                     raise ConfigError("constrained scale factors need λs + λd = 2 with each in (0, 2)")
                 module.phi.fill_(math.log(lam_d / (2.0 - lam_d)))  # λd = 2·sigmoid(φ)
             else:
@@ -366,10 +438,13 @@ class PadModel(nn.Module):
         convolutional models), and the dynamic ratio per layer type."""
         model = self.base_model
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rows = [("method", self.pad_config.method), ("converted modules", str(len(self.converted))),
-                ("trainable parameters", f"{trainable:,}"),
-                ("stored parameters", f"{count_parameters(model, compact=False):,}"),
-                ("compact parameters", f"{count_parameters(model):,}")]
+        rows = [
+            ("method", self.pad_config.method),
+            ("converted modules", str(len(self.converted))),
+            ("trainable parameters", f"{trainable:,}"),
+            ("stored parameters", f"{count_parameters(model, compact=False):,}"),
+            ("compact parameters", f"{count_parameters(model):,}"),
+        ]
         if input_shape is not None:
             rows.append(("MACs per input", f"{count_flops(model, tuple(input_shape)):,}"))
         by_type: dict[str, list[int]] = {}
@@ -382,7 +457,9 @@ class PadModel(nn.Module):
                     c = mode.compact_counts()["dynamic"]
                     counts[0], counts[1] = counts[0] + c, counts[1] + mode.factor_numel
         for kind, (dynamic, total) in by_type.items():
-            rows.append((f"dynamic ratio, {kind}", f"{dynamic / total:.4f}" if total else "1 (fully dynamic)"))
+            rows.append(
+                (f"dynamic ratio, {kind}", f"{dynamic / total:.4f}" if total else "1 (fully dynamic)")
+            )
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -407,8 +484,10 @@ class PadModel(nn.Module):
             layer = module[-1] if isinstance(module, nn.Sequential) else module
             static = _static_conv(layer)
             if static is None:
-                raise ConfigError(f"{name} still has dynamic elements and cannot become a static layer exactly; "
-                                  "use merge_and_unload() for the compact deployed form")
+                raise ConfigError(
+                    f"{name} still has dynamic elements and cannot become a static layer exactly; "
+                    "use merge_and_unload() for the compact deployed form"
+                )
             if isinstance(module, nn.Sequential):
                 module[-1] = static
             else:
@@ -416,8 +495,9 @@ class PadModel(nn.Module):
         return model
 
     # ------------------------------------------------------------------ files
-    def save_pretrained(self, directory: str | Path, form: str = "training", full: bool = False,
-                        tokenizer=None) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, form: str = "training", full: bool = False, tokenizer=None
+    ) -> Path:
         """Write ``directory/padnet_config.json`` and ``directory/padnet_model.safetensors`` (:mod:`padnet.saving.folder`),
         each file atomically. Returns the directory.
 
@@ -437,8 +517,10 @@ class PadModel(nn.Module):
             raise ConfigError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
         recipe = folder.architecture(self.base_model)
         if full and recipe is None:
-            raise ConfigError("full=True needs a model padnet can rebuild (from padnet.create_model or a "
-                              "transformers model); save without full= and pass base_model= when loading")
+            raise ConfigError(
+                "full=True needs a model padnet can rebuild (from padnet.create_model or a "
+                "transformers model); save without full= and pass base_model= when loading"
+            )
         if self.pad_config.family == "moe":  # deployed: the experts are merged when loaded
             tensors, meta = encode_moe(self.base_model), {}
         elif form == "deployed":
@@ -446,16 +528,31 @@ class PadModel(nn.Module):
         else:
             tensors, meta = folder.state_tensors(self.base_model), {}
         changed = set(meta.get("folded_bn", ())) | set(meta.get("fused_convs", ()))
-        kept = tensors if full else {k: v for k, v in tensors.items() if under(k, self.converted)
-                                     or under(k, changed) or self._fingerprints.get(k) != fingerprint(v)}
-        record = {"form": form, "config": self.pad_config.to_dict(), "converted": self.converted,
-                  "base": {} if full else {k: h for k, h in self._fingerprints.items() if k not in kept}, "deploy": meta,
-                  "architecture": recipe if full else None}
+        kept = (
+            tensors
+            if full
+            else {
+                k: v
+                for k, v in tensors.items()
+                if under(k, self.converted)
+                or under(k, changed)
+                or self._fingerprints.get(k) != fingerprint(v)
+            }
+        )
+        record = {
+            "form": form,
+            "config": self.pad_config.to_dict(),
+            "converted": self.converted,
+            "base": {} if full else {k: h for k, h in self._fingerprints.items() if k not in kept},
+            "deploy": meta,
+            "architecture": recipe if full else None,
+        }
         return folder.write_folder(directory, kept, record, self.base_model, tokenizer)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, base_model: nn.Module | None = None,
-                        partition: Callable | None = None) -> PadModel | nn.Module:
+    def from_pretrained(
+        cls, directory: str | Path, base_model: nn.Module | None = None, partition: Callable | None = None
+    ) -> PadModel | nn.Module:
         """:func:`load_pretrained`: what :meth:`save_pretrained` (or :func:`save_pretrained`) wrote."""
         return load_pretrained(directory, base_model, partition)
 
@@ -465,17 +562,24 @@ def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfi
     if type(layer) is not layer_type:
         raise ConfigError(f"{name} is a {type(layer).__name__}, not a layer of method {config.method!r}")
     mode = getattr(layer, "weight_mode", None)
-    found = {"num_kernels": getattr(layer, "num_kernels", None), "granularity": getattr(mode, "granularity", None),
-             "mask_semantics": getattr(mode, "semantics", None), "scale_mode": getattr(layer.scales, "mode", None)
-             if hasattr(layer, "scales") else None}
+    found = {
+        "num_kernels": getattr(layer, "num_kernels", None),
+        "granularity": getattr(mode, "granularity", None),
+        "mask_semantics": getattr(mode, "semantics", None),
+        "scale_mode": getattr(layer.scales, "mode", None) if hasattr(layer, "scales") else None,
+    }
     for option, value in found.items():
         wanted = getattr(config, option)
         if wanted is not None and value is not None and wanted != value:
-            raise ConfigError(f"{name} already has {option} {value!r}, the config asks for {wanted!r}: a model built "
-                              "with padnet layers keeps its own; build it with the options you want")
+            raise ConfigError(
+                f"{name} already has {option} {value!r}, the config asks for {wanted!r}: a model built "
+                "with padnet layers keeps its own; build it with the options you want"
+            )
     if config.reduction is not None:
-        raise ConfigError("reduction cannot be applied to a model already built with padnet layers; build it with "
-                          "the reduction you want")
+        raise ConfigError(
+            "reduction cannot be applied to a model already built with padnet layers; build it with "
+            "the reduction you want"
+        )
 
 
 def _reusable(data: Iterable | None, count: int) -> Iterable | None:
@@ -505,8 +609,16 @@ def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
     if any(mode.semantics != "static" or bool(mode.mask.any()) for mode in modes):
         return None
     lam_s, _ = layer.scales()
-    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                     layer.dilation, layer.groups, bias=layer.bias is not None)
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.groups,
+        bias=layer.bias is not None,
+    )
     with torch.no_grad():
         conv.weight.copy_(layer.weight_mode.static * lam_s)
         if layer.bias is not None:
@@ -548,13 +660,18 @@ def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) 
     if config is None:
         config = PadConfig.from_dict(options)
     elif options:
-        config = PadConfig.from_dict({**config.to_dict(), **options},
-                                     config.partition if callable(config.partition) else None)
+        config = PadConfig.from_dict(
+            {**config.to_dict(), **options}, config.partition if callable(config.partition) else None
+        )
     if not isinstance(config, PadConfig):
         raise ConfigError(f"config must be a PadConfig, got {type(config).__name__}")
-    lazy = next((n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if is_lazy(t)), None)
+    lazy = next(
+        (n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if is_lazy(t)), None
+    )
     if lazy is not None:
-        raise ConfigError(f"{lazy} is not initialised yet (a lazy module): run one forward pass before converting")
+        raise ConfigError(
+            f"{lazy} is not initialised yet (a lazy module): run one forward pass before converting"
+        )
     converted = _convert(model, config)
     fingerprints = {k: fingerprint(v) for k, v in model.state_dict().items() if not under(k, converted)}
     return PadModel(model, config, converted, fingerprints)
@@ -566,8 +683,9 @@ def _deployed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     return encode_deployed(model), {"layers": layers, **model.padnet_deployed}
 
 
-def save_pretrained(model: nn.Module, directory: str | Path, form: str = "training", full: bool = False,
-                    tokenizer=None) -> Path:
+def save_pretrained(
+    model: nn.Module, directory: str | Path, form: str = "training", full: bool = False, tokenizer=None
+) -> Path:
     """Save any padnet model to a folder that :func:`load_pretrained` reads.
 
     A :class:`PadModel` is saved by :meth:`PadModel.save_pretrained` with these arguments. A plain model (static
@@ -585,25 +703,35 @@ def save_pretrained(model: nn.Module, directory: str | Path, form: str = "traini
     recipe = folder.architecture(model)
     remedy = "save the PadModel that padnet.get_pad_model returned"
     if recipe is None:
-        raise ConfigError("save_pretrained takes a PadModel, a model from padnet.create_model or a transformers "
-                          f"model; {type(model).__name__} records no architecture to rebuild")
+        raise ConfigError(
+            "save_pretrained takes a PadModel, a model from padnet.create_model or a transformers "
+            f"model; {type(model).__name__} records no architecture to rebuild"
+        )
     if any(isinstance(m, (MoEFeedForward, DeployedMoE)) for m in model.modules()):
         raise ConfigError(f"this model has MoE layers but no PadConfig: {remedy}")
     if recipe.get("padnet", {}).get("conv") == "static" and any(
-            isinstance(m, (DynamicConvBase, DeployedConv2d)) for m in model.modules()):
+        isinstance(m, (DynamicConvBase, DeployedConv2d)) for m in model.modules()
+    ):
         raise ConfigError(f"this model's convolutions were converted after create_model: {remedy}")
     deployed = getattr(model, "padnet_deployed", None) is not None
     if deployed:
         tensors, meta = _deployed_tensors(model)
     else:
         tensors, meta = folder.state_tensors(model), {}
-    record = {"form": "deployed" if deployed else "training", "config": None, "converted": [], "base": {},
-              "deploy": meta, "architecture": recipe}
+    record = {
+        "form": "deployed" if deployed else "training",
+        "config": None,
+        "converted": [],
+        "base": {},
+        "deploy": meta,
+        "architecture": recipe,
+    }
     return folder.write_folder(directory, tensors, record, model, tokenizer)
 
 
-def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
-                    partition: Callable | None = None) -> PadModel | nn.Module:
+def load_pretrained(
+    directory: str | Path, base_model: nn.Module | None = None, partition: Callable | None = None
+) -> PadModel | nn.Module:
     """Load a folder written by :func:`save_pretrained` / :meth:`PadModel.save_pretrained`.
 
     Args:
@@ -632,27 +760,34 @@ def load_pretrained(directory: str | Path, base_model: nn.Module | None = None,
             raise CheckpointError(f"{directory / folder.CONFIG_FILE}: {exc}") from None
     if base_model is None:
         if record["architecture"] is None:
-            raise CheckpointError(f"{directory} stores only what changed from its base model: pass base_model= (the "
-                                  "model it was converted from)")
+            raise CheckpointError(
+                f"{directory} stores only what changed from its base model: pass base_model= (the "
+                "model it was converted from)"
+            )
         base_model = folder.build_architecture(record["architecture"], directory)
     base_state = base_model.state_dict()
     for key, digest in record["base"].items():  # checked before anything is converted
         if key not in base_state or fingerprint(base_state[key]) != digest:
-            raise CheckpointError(f"{directory}: base_model differs from the model that was converted "
-                                  f"(tensor {key})")
+            raise CheckpointError(
+                f"{directory}: base_model differs from the model that was converted (tensor {key})"
+            )
     tensors = folder.read_weights(directory, record["form"])
     form, source = record["form"], directory / folder.WEIGHTS_FILE
     if config is None:
         if record["converted"]:
-            raise CheckpointError(f"{directory / folder.CONFIG_FILE} names converted modules but no PadConfig")
+            raise CheckpointError(
+                f"{directory / folder.CONFIG_FILE} names converted modules but no PadConfig"
+            )
         return _load_into(base_model, tensors, form, record["deploy"], source, set(record["base"])).eval()
     try:
         pad = get_pad_model(base_model, config)
     except ConfigError as exc:  # the record does not fit the base model
         raise CheckpointError(f"{directory / folder.CONFIG_FILE}: {exc}") from None
     if pad.converted != record["converted"]:
-        raise CheckpointError(f"{directory}: the base model's converted modules differ from the saved ones "
-                              f"(first: {record['converted'][:1]} vs {pad.converted[:1]})")
+        raise CheckpointError(
+            f"{directory}: the base model's converted modules differ from the saved ones "
+            f"(first: {record['converted'][:1]} vs {pad.converted[:1]})"
+        )
     if config.family == "moe":
         _check_expert_counts(pad.base_model, tensors, directory / folder.CONFIG_FILE)
         state = pad.base_model.state_dict()
@@ -676,8 +811,10 @@ def _check_expert_counts(model: nn.Module, tensors: dict[str, torch.Tensor], rec
         stored = tensors.get(f"{name}.experts.values", tensors.get(f"{name}.experts"))
         if stored is not None and (stored.dim() == 0 or stored.shape[0] != layer.num_experts):
             count = stored.shape[0] if stored.dim() else 0
-            raise CheckpointError(f"{record}: num_experts {layer.num_experts} does not match the {count} experts the "
-                                  f"weights store for {name}")
+            raise CheckpointError(
+                f"{record}: num_experts {layer.num_experts} does not match the {count} experts the "
+                f"weights store for {name}"
+            )
 
 
 def _check_complete(state: dict, tensors: dict, base: set[str], source: Path) -> None:
@@ -687,8 +824,9 @@ def _check_complete(state: dict, tensors: dict, base: set[str], source: Path) ->
         raise CheckpointError(f"{source} does not hold tensor {missing[0]} ({len(missing)} missing)")
 
 
-def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], form: str, layout: dict,
-               source: Path, base: set[str]) -> nn.Module:
+def _load_into(
+    model: nn.Module, tensors: dict[str, torch.Tensor], form: str, layout: dict, source: Path, base: set[str]
+) -> nn.Module:
     """Load ``tensors`` (all of the state, or the part that changed; the rest must be among the ``base`` tensors
     checked by hash) into ``model``, made deployed first for the deployed form; the model loaded (a deployed one
     is built in place of ``model``'s layers)."""

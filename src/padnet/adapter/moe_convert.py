@@ -70,8 +70,12 @@ def linear_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] 
     if isinstance(module, nn.Linear):
         return module.weight, module.bias
     weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2 \
-            and getattr(module, "nf", None) == weight.shape[1]:
+    if (
+        type(module).__name__ == "Conv1D"
+        and isinstance(weight, torch.Tensor)
+        and weight.dim() == 2
+        and getattr(module, "nf", None) == weight.shape[1]
+    ):
         return weight.t(), module.bias
     return None
 
@@ -92,14 +96,22 @@ def find_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
             else:
                 continue
             up, down = linear_parts(_get(module, up_path)), linear_parts(_get(module, down_path))
-            if (up is None or down is None or gate is None or _get(module, act_path) is None
-                    or up[0].shape[0] != down[0].shape[1] or down[0].shape[0] != up[0].shape[1]
-                    or (len(pattern) == 4 and gate[0].shape != up[0].shape)):
+            if (
+                up is None
+                or down is None
+                or gate is None
+                or _get(module, act_path) is None
+                or up[0].shape[0] != down[0].shape[1]
+                or down[0].shape[0] != up[0].shape[1]
+                or (len(pattern) == 4 and gate[0].shape != up[0].shape)
+            ):
                 continue
             if len(pattern) == 3:
                 sites.append(FFNSite(prefix + up_path, prefix + act_path, prefix + down_path))
             else:
-                sites.append(FFNSite(prefix + up_path, prefix + act_path, prefix + down_path, prefix + gate_path, name))
+                sites.append(
+                    FFNSite(prefix + up_path, prefix + act_path, prefix + down_path, prefix + gate_path, name)
+                )
             break
     return sites
 
@@ -108,17 +120,21 @@ def require_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
     """:func:`find_ffns`, or ConfigError naming the layouts looked for when ``model`` has none."""
     sites = find_ffns(model, patterns)
     if not sites:
-        raise ConfigError(f"{type(model).__name__} has no recognisable feed-forward block (two linear maps, "
-                          "nn.Linear or Conv1D, H -> F -> H, or a gated one, named like "
-                          f"{', '.join('/'.join(p) for p in patterns)})")
+        raise ConfigError(
+            f"{type(model).__name__} has no recognisable feed-forward block (two linear maps, "
+            "nn.Linear or Conv1D, H -> F -> H, or a gated one, named like "
+            f"{', '.join('/'.join(p) for p in patterns)})"
+        )
     return sites
 
 
 def _refuse_transformers_save(*args, **kwargs):
     """Takes the place of transformers' ``save_pretrained`` on a model holding padnet MoE layers."""
-    raise ConfigError("this model holds padnet MoE layers, which transformers' save_pretrained cannot store (the "
-                      "folder would reload with its experts missing, initialised at random); save the PadModel with "
-                      "PadModel.save_pretrained or padnet.save_pretrained, and load it with padnet.load_pretrained")
+    raise ConfigError(
+        "this model holds padnet MoE layers, which transformers' save_pretrained cannot store (the "
+        "folder would reload with its experts missing, initialised at random); save the PadModel with "
+        "PadModel.save_pretrained or padnet.save_pretrained, and load it with padnet.load_pretrained"
+    )
 
 
 def guard_transformers_save(model: nn.Module) -> None:
@@ -176,9 +192,18 @@ def replace_ffns(
         site = sites[i]
         up, (w2, b2) = linear_parts(_get(model, site.up)), linear_parts(_get(model, site.down))
         first, gated_up = (up, None) if site.gate is None else (linear_parts(_get(model, site.gate)), up)
-        moe = MoEFeedForward.from_weights(*first, w2, b2, _get(model, site.activation), up=gated_up,
-                                          num_experts=num_experts, top_k=top_k, mode=mode, granularity=granularity,
-                                          **options)
+        moe = MoEFeedForward.from_weights(
+            *first,
+            w2,
+            b2,
+            _get(model, site.activation),
+            up=gated_up,
+            num_experts=num_experts,
+            top_k=top_k,
+            mode=mode,
+            granularity=granularity,
+            **options,
+        )
         if site.block is not None:  # a gated block: the MoE layer is the whole block
             _set(model, site.block, moe)
             continue
@@ -186,14 +211,21 @@ def replace_ffns(
         _set(model, site.activation, nn.Identity())
         _set(model, site.down, nn.Identity())
     guard_transformers_save(model)
-    if not getattr(model, "_padnet_aux_reset", False):  # one hook per model, whatever the number of conversions
+    if not getattr(
+        model, "_padnet_aux_reset", False
+    ):  # one hook per model, whatever the number of conversions
         model.register_forward_pre_hook(reset_aux_losses)
         model._padnet_aux_reset = True
     return model
 
 
-def compress_experts(model: nn.Module, mode: str = "pad", granularity: str = "element",
-                     names: list[str] | None = None, **options) -> list[str]:
+def compress_experts(
+    model: nn.Module,
+    mode: str = "pad",
+    granularity: str = "element",
+    names: list[str] | None = None,
+    **options,
+) -> list[str]:
     """Replace the banks of experts of a pretrained MoE model (transformers' Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE:
     :func:`~padnet.layers.experts.find_expert_banks`) with :class:`~padnet.layers.experts.ExpertBank`, in place.
     The model's routers (and Qwen2-MoE's shared expert) are kept; Θ̄ starts as the experts' mean
@@ -212,12 +244,16 @@ def compress_experts(model: nn.Module, mode: str = "pad", granularity: str = "el
     found = find_expert_banks(model)
     banks = found if names is None else list(names)
     if not banks:
-        raise ConfigError(f"{type(model).__name__} has no bank of gated experts (gate_up_proj, down_proj) to compress")
+        raise ConfigError(
+            f"{type(model).__name__} has no bank of gated experts (gate_up_proj, down_proj) to compress"
+        )
     unknown = [name for name in banks if name not in found]
     if unknown:
         raise ConfigError(f"not an expert bank of {type(model).__name__}: {', '.join(unknown)}")
     for name in banks:
-        model.set_submodule(name, ExpertBank.from_bank(model.get_submodule(name), mode, granularity, **options))
+        model.set_submodule(
+            name, ExpertBank.from_bank(model.get_submodule(name), mode, granularity, **options)
+        )
     guard_transformers_save(model)
     return banks
 
@@ -231,8 +267,13 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
 
     Raises ConfigError without such banks or when the batches route no token to a bank.
     """
-    banks = {name: m for name, m in model.named_modules()
-             if isinstance(m, ExpertBank) and isinstance(m.moe, MoEFeedForward) and m.moe.neuron_mode.static is not None}
+    banks = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, ExpertBank)
+        and isinstance(m.moe, MoEFeedForward)
+        and m.moe.neuron_mode.static is not None
+    }
     if not banks:
         raise ConfigError("the model has no PAD-compressed expert bank (compress_experts with mode='pad')")
     loads = {name: torch.zeros(bank.moe.num_experts, dtype=torch.float64) for name, bank in banks.items()}
@@ -241,9 +282,12 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
         index = kwargs["top_k_index"] if "top_k_index" in kwargs else args[1]
         loads[name] += torch.bincount(index.reshape(-1).cpu(), minlength=len(loads[name])).double()
 
-    hooks = [bank.register_forward_pre_hook(lambda mod, args, kwargs, name=name: count(name, args, kwargs),
-                                            with_kwargs=True)
-             for name, bank in banks.items()]
+    hooks = [
+        bank.register_forward_pre_hook(
+            lambda mod, args, kwargs, name=name: count(name, args, kwargs), with_kwargs=True
+        )
+        for name, bank in banks.items()
+    ]
     was_training = model.training
     model.eval()
     try:

@@ -26,8 +26,9 @@ STALE_FRACTION = 0.05  # running statistics count as stale while the old model w
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers of ``model`` that keep running statistics."""
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
 
 
 def catch_up_steps(model: nn.Module) -> float:
@@ -39,7 +40,9 @@ def catch_up_steps(model: nn.Module) -> float:
         momentum = layer.momentum
         if momentum is None or momentum <= 0:
             return math.inf
-        steps = max(steps, 1.0 if momentum >= 1 else math.ceil(math.log(STALE_FRACTION) / math.log(1 - momentum)))
+        steps = max(
+            steps, 1.0 if momentum >= 1 else math.ceil(math.log(STALE_FRACTION) / math.log(1 - momentum))
+        )
     return steps
 
 
@@ -87,13 +90,17 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable) -> int:
     saved = [(layer.momentum, {k: v.clone() for k, v in layer.state_dict().items()}) for layer in layers]
     was_training = model.training
     try:
-        update_bn(itertools.chain([first], batches), _Keywords(model) if isinstance(first, Mapping) else model)
+        update_bn(
+            itertools.chain([first], batches), _Keywords(model) if isinstance(first, Mapping) else model
+        )
     except BaseException as exc:  # an interrupted re-estimation leaves the statistics as they were too
         for layer, (momentum, state) in zip(layers, saved):
             layer.load_state_dict(state)
             layer.momentum = momentum
         if isinstance(exc, Exception):
-            raise DataError(f"a batch for recalibrate_batchnorm does not fit the model: {first_line(exc)}") from exc
+            raise DataError(
+                f"a batch for recalibrate_batchnorm does not fit the model: {first_line(exc)}"
+            ) from exc
         raise
     finally:
         model.train(was_training)

@@ -32,15 +32,21 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         graph = _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - fx raises many types for untraceable control flow
         reason = first_line(exc)
-        raise ConfigError(f"cannot trace the model to fold BatchNorm ({reason}); pass fold_bn=False") from None
+        raise ConfigError(
+            f"cannot trace the model to fold BatchNorm ({reason}); pass fold_bn=False"
+        ) from None
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
             continue
         src = node.args[0]
-        if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and isinstance(modules.get(src.target), (nn.Conv2d, DynamicConv2d))):
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and len(src.users) == 1
+            and isinstance(modules.get(src.target), (nn.Conv2d, DynamicConv2d))
+        ):
             pairs.append((src.target, node.target))
     return pairs
 
@@ -77,7 +83,9 @@ def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.
     bns = dict(pairs)
     folded = []
     for name, module in list(out.named_modules()):
-        if not isinstance(module, (nn.Conv2d, DynamicConv2d)) or (isinstance(module, nn.Conv2d) and name not in bns):
+        if not isinstance(module, (nn.Conv2d, DynamicConv2d)) or (
+            isinstance(module, nn.Conv2d) and name not in bns
+        ):
             continue
         bn = out.get_submodule(bns[name]) if name in bns else None
         if isinstance(module, nn.Conv2d):
@@ -87,6 +95,8 @@ def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.
         if bn is not None:
             out.set_submodule(bns[name], nn.Identity())
             folded.append(bns[name])
-    out.padnet_deployed = {"folded_bn": folded, "fused_convs": [c for c, b in pairs
-                                                                  if isinstance(out.get_submodule(c), nn.Conv2d)]}
+    out.padnet_deployed = {
+        "folded_bn": folded,
+        "fused_convs": [c for c, b in pairs if isinstance(out.get_submodule(c), nn.Conv2d)],
+    }
     return out

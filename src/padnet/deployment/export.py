@@ -34,11 +34,15 @@ def check_exportable(model: nn.Module, onnx: bool = False) -> None:
     check_module(model, "export")
     for name, module in model.named_modules():
         if isinstance(module, DynamicConvBase) and not isinstance(module, FormulationChoice):
-            raise ConfigError(f"{name} is {type(module).__name__}, whose per-sample kernels freeze the batch size "
-                              "in an export; export supports static, DY-Conv, CondConv and PAD-Net layers")
+            raise ConfigError(
+                f"{name} is {type(module).__name__}, whose per-sample kernels freeze the batch size "
+                "in an export; export supports static, DY-Conv, CondConv and PAD-Net layers"
+            )
     missing = [p for p in ("onnx", "onnxscript") if onnx and importlib.util.find_spec(p) is None]
     if missing:
-        raise ConfigError(f"ONNX export needs the onnx and onnxscript packages ({', '.join(missing)} not installed)")
+        raise ConfigError(
+            f"ONNX export needs the onnx and onnxscript packages ({', '.join(missing)} not installed)"
+        )
 
 
 @contextlib.contextmanager
@@ -69,13 +73,25 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
     model.eval()
     batch = torch.export.Dim("batch", min=1)
     try:
-        with force_formulation(model, "batched"), atomic_path(path) as tmp, \
-                contextlib.redirect_stdout(io.StringIO()), _quiet_exporter():
+        with (
+            force_formulation(model, "batched"),
+            atomic_path(path) as tmp,
+            contextlib.redirect_stdout(io.StringIO()),
+            _quiet_exporter(),
+        ):
             with torch.no_grad():
                 model(example)  # eager pass: caches (e.g. filter splits) the trace then reads as constants
-            torch.onnx.export(model, (example,), str(tmp), input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                              external_data=False)  # one file: no side file left under the temporary name
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+            )  # one file: no side file left under the temporary name
     except ImportError as exc:
         raise ConfigError(f"ONNX export needs the onnx and onnxscript packages ({exc})") from None
     finally:

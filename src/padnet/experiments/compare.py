@@ -18,9 +18,21 @@ from padnet.training.engine.trainer import Trainer, config_differences
 # The quick default finishes within 15 minutes on 2 CPU cores (measured: 8 min). Augmentation is off in it:
 # in 3 epochs of 10k images random crop + flip cost 7 points of top-1 (static: 80.5 % vs 87.0 %, seed 0).
 # --full is the longer recipe, with augmentation.
-QUICK = {"train_subset": 10000, "epochs": 3, "temperature_epochs": 1.0, "warmup_epochs": 0.5, "augment": False}
-FULL = {"train_subset": None, "epochs": 30, "temperature_epochs": 10.0, "warmup_epochs": 2.0, "width": 0.5,
-        "augment": True}
+QUICK = {
+    "train_subset": 10000,
+    "epochs": 3,
+    "temperature_epochs": 1.0,
+    "warmup_epochs": 0.5,
+    "augment": False,
+}
+FULL = {
+    "train_subset": None,
+    "epochs": 30,
+    "temperature_epochs": 10.0,
+    "warmup_epochs": 2.0,
+    "width": 0.5,
+    "augment": True,
+}
 FULL_SEEDS = (0, 1, 2, 3, 4)
 QUICK_SEEDS = (0, 1, 2)
 
@@ -40,8 +52,10 @@ def check_reusable(run_dir: Path, cfg: TrainConfig) -> None:
     if saved.is_file():
         changed = config_differences(load_yaml(saved), cfg)
         if changed:
-            raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
-                              f"{', '.join(changed)}); choose another --out")
+            raise ConfigError(
+                f"{run_dir} holds a run with another configuration (differs in "
+                f"{', '.join(changed)}); choose another --out"
+            )
 
 
 def train_or_reuse(cfg: TrainConfig, run_dir: Path, data, log=print, label: str = "") -> dict:
@@ -52,10 +66,14 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, data, log=print, label: str 
         try:
             results = parse_json(done.read_text(encoding="utf-8", errors="replace"))
         except ValueError as exc:
-            raise DataError(f"{done} is not a readable results file ({exc}); delete it to train that run again") \
-                from None
-        if not (isinstance(results, dict) and isinstance(results.get("top1"), (int, float))
-                and isinstance(results.get("train_seconds"), (int, float))):
+            raise DataError(
+                f"{done} is not a readable results file ({exc}); delete it to train that run again"
+            ) from None
+        if not (
+            isinstance(results, dict)
+            and isinstance(results.get("top1"), (int, float))
+            and isinstance(results.get("train_seconds"), (int, float))
+        ):
             raise DataError(f"{done} is not a padnet results file; delete it to train that run again")
     else:
         log(f"[{label or run_dir.name}] training in {run_dir}")
@@ -64,8 +82,9 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, data, log=print, label: str 
     return results
 
 
-def run_compare(out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "pad"), seeds=QUICK_SEEDS,
-                log=print) -> list[dict]:
+def run_compare(
+    out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "pad"), seeds=QUICK_SEEDS, log=print
+) -> list[dict]:
     """Train every conv type with every seed under ``out_dir``; write results.md/.json and a plot.
 
     Each (conv, seed) run lives in ``out_dir/<conv>-seed<s>``; a finished run (``results.json``
@@ -76,9 +95,22 @@ def run_compare(out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "
     out_dir = Path(out_dir)
     base.validate()
     convs = tuple(canonical_conv(c) for c in convs)
-    plan = [(conv, seed, dataclasses.replace(base, conv=conv, seed=seed).validate(), out_dir / f"{conv}-seed{seed}")
-            for conv in convs for seed in seeds]  # every conv's options checked before anything trains
-    for _, _, cfg, run_dir in plan:  # refuse to mix in runs made with another recipe, before training anything
+    plan = [
+        (
+            conv,
+            seed,
+            dataclasses.replace(base, conv=conv, seed=seed).validate(),
+            out_dir / f"{conv}-seed{seed}",
+        )
+        for conv in convs
+        for seed in seeds
+    ]  # every conv's options checked before anything trains
+    for (
+        _,
+        _,
+        cfg,
+        run_dir,
+    ) in plan:  # refuse to mix in runs made with another recipe, before training anything
         check_reusable(run_dir, cfg)
     data = load_dataset(base.dataset, base.data_root, base.download, **base.data_options())
     start = time.perf_counter()
@@ -88,16 +120,29 @@ def run_compare(out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "
         for _, seed, cfg, run_dir in (p for p in plan if p[0] == conv):
             runs.append(train_or_reuse(cfg, run_dir, data, log, f"{conv} seed {seed}"))
         top1 = [r["top1"] for r in runs]
-        records.append({
-            "model": conv, "label": _label(conv, base), "arch": base.model, "width": base.width,
-            "params": runs[0]["params"], "flops": runs[0]["flops"],
-            "top1_mean": statistics.fmean(top1), "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
-            "seeds": list(seeds), "top1": top1,
-            "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
-            "dynamic_ratio": (runs[0]["partition"] or {}).get("dynamic_ratio"),
-        })
+        records.append(
+            {
+                "model": conv,
+                "label": _label(conv, base),
+                "arch": base.model,
+                "width": base.width,
+                "params": runs[0]["params"],
+                "flops": runs[0]["flops"],
+                "top1_mean": statistics.fmean(top1),
+                "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                "seeds": list(seeds),
+                "top1": top1,
+                "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
+                "dynamic_ratio": (runs[0]["partition"] or {}).get("dynamic_ratio"),
+            }
+        )
     wall = time.perf_counter() - start
-    summary = {"dataset": base.dataset, "config": base.to_dict(), "wall_seconds": round(wall, 1), "records": records}
+    summary = {
+        "dataset": base.dataset,
+        "config": base.to_dict(),
+        "wall_seconds": round(wall, 1),
+        "records": records,
+    }
     write_json(out_dir / "results.json", summary)
     write_text(out_dir / "results.md", results_markdown(records, base, wall))
     plot_results(records, out_dir / "results.png", base)
@@ -117,20 +162,26 @@ def results_markdown(records: list[dict], cfg: TrainConfig, wall: float) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
-        lines.append(f"| {r['label']} | {_fmt_count(r['params'])} | {_fmt_count(r['flops'])} | "
-                     f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {len(r['seeds'])} | "
-                     f"{r['train_seconds_mean']:.0f} |")
+        lines.append(
+            f"| {r['label']} | {_fmt_count(r['params'])} | {_fmt_count(r['flops'])} | "
+            f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {len(r['seeds'])} | "
+            f"{r['train_seconds_mean']:.0f} |"
+        )
     lines += [
         "",
-        (f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr:g} (warm-up + cosine), "
-        f"weight decay {cfg.weight_decay:g}, train subset {cfg.train_subset or 'all'}, "
-        f"augmentation {'on' if cfg.augment else 'off'}; "
-        f"kernels k = {cfg.num_kernels or DEFAULT_K}, temperature "
-        f"{DEFAULT_T if cfg.temperature_start is None else format(cfg.temperature_start, 'g')} → "
-        f"{cfg.temperature_end:g} over {cfg.temperature_epochs:g} epoch(s); PAD-Net partition {cfg.partition} ({cfg.partition_scope}, "
-        f"{cfg.partition_iterations} iterations × {cfg.partition_batches} batches)."),
-        ("Params: stored parameters with the classifier; PAD-Net counts its compact form. FLOPs: multiply-adds "
-         "of one image."),
+        (
+            f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr:g} (warm-up + cosine), "
+            f"weight decay {cfg.weight_decay:g}, train subset {cfg.train_subset or 'all'}, "
+            f"augmentation {'on' if cfg.augment else 'off'}; "
+            f"kernels k = {cfg.num_kernels or DEFAULT_K}, temperature "
+            f"{DEFAULT_T if cfg.temperature_start is None else format(cfg.temperature_start, 'g')} → "
+            f"{cfg.temperature_end:g} over {cfg.temperature_epochs:g} epoch(s); PAD-Net partition {cfg.partition} ({cfg.partition_scope}, "
+            f"{cfg.partition_iterations} iterations × {cfg.partition_batches} batches)."
+        ),
+        (
+            "Params: stored parameters with the classifier; PAD-Net counts its compact form. FLOPs: multiply-adds "
+            "of one image."
+        ),
         f"Wall time of the whole comparison: {wall:.0f} s.",
         "",
     ]
@@ -146,7 +197,9 @@ def plot_results(records: list[dict], path: Path, cfg: TrainConfig) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     for r in records:
-        ax.errorbar(r["params"] / 1e6, r["top1_mean"], yerr=r["top1_std"], fmt="o", capsize=4, label=r["label"])
+        ax.errorbar(
+            r["params"] / 1e6, r["top1_mean"], yerr=r["top1_std"], fmt="o", capsize=4, label=r["label"]
+        )
         for acc in r["top1"]:
             ax.scatter(r["params"] / 1e6, acc, s=8, color="grey", alpha=0.5, zorder=0)
     ax.set_title(f"{cfg.model} ×{cfg.width:g} on {cfg.dataset}")

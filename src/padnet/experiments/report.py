@@ -33,18 +33,30 @@ KAPPA = 0.3
 INPUT = (3, 224, 224)
 
 # id -> (label, model name, width)
-ARCHS = {"resnet10": ("ResNet-10", "resnet10", 1.0), "resnet18": ("ResNet-18", "resnet18", 1.0),
-         "resnet50": ("ResNet-50", "resnet50", 1.0), "mobilenetv2-0.5": ("MobileNetV2 ×0.5", "mobilenetv2", 0.5),
-         "mobilenetv2-0.75": ("MobileNetV2 ×0.75", "mobilenetv2", 0.75),
-         "mobilenetv2-1.0": ("MobileNetV2 ×1.0", "mobilenetv2", 1.0)}
+ARCHS = {
+    "resnet10": ("ResNet-10", "resnet10", 1.0),
+    "resnet18": ("ResNet-18", "resnet18", 1.0),
+    "resnet50": ("ResNet-50", "resnet50", 1.0),
+    "mobilenetv2-0.5": ("MobileNetV2 ×0.5", "mobilenetv2", 0.5),
+    "mobilenetv2-0.75": ("MobileNetV2 ×0.75", "mobilenetv2", 0.75),
+    "mobilenetv2-1.0": ("MobileNetV2 ×1.0", "mobilenetv2", 1.0),
+}
 
 # table id ("1": Table 1, "6": Table 6, "7": Table 7) -> [(column label, conv type, num_kernels or None for the type's default)]
 COLUMNS = {
-    "1": [("Static", "static", None), ("CondConv", "condconv", None), ("DY-Conv", "dy", None),
-                ("PAD-Net", "pad", None)],
+    "1": [
+        ("Static", "static", None),
+        ("CondConv", "condconv", None),
+        ("DY-Conv", "dy", None),
+        ("PAD-Net", "pad", None),
+    ],
     "6": [("DCD", "dcd", None), ("PAD-Net (DCD)", "pad-dcd", None)],
-    "7": [("ODConv(×1)", "odconv", 1), ("PAD-Net(×1)", "pad-odconv", 1), ("ODConv(×4)", "odconv", 4),
-                ("PAD-Net(×4)", "pad-odconv", 4)],
+    "7": [
+        ("ODConv(×1)", "odconv", 1),
+        ("PAD-Net(×1)", "pad-odconv", 1),
+        ("ODConv(×4)", "odconv", 4),
+        ("PAD-Net(×4)", "pad-odconv", 4),
+    ],
 }
 
 # PAD-Net paper 001: (Params in millions, FLOPs in GMACs for ResNets / MMACs for MobileNetV2), per column,
@@ -59,9 +71,12 @@ PAPER = {
         "mobilenetv2-1.0": [(3.5, 300.8), (27.5, 329.0), (11.1, 312.9), (6.1, 304.4)],
     },
     "6": {
-        "resnet10": [(6.4, 0.96), (5.6, 0.95)], "resnet18": [(14.7, 1.84), (12.2, 1.82)],
-        "resnet50": [(29.8, 3.94), (26.8, 3.91)], "mobilenetv2-0.5": [(3.1, 105.6), (2.3, 99.7)],
-        "mobilenetv2-0.75": [(4.1, 222.9), (3.1, 213.2)], "mobilenetv2-1.0": [(5.7, 318.4), (4.2, 306.1)],
+        "resnet10": [(6.4, 0.96), (5.6, 0.95)],
+        "resnet18": [(14.7, 1.84), (12.2, 1.82)],
+        "resnet50": [(29.8, 3.94), (26.8, 3.91)],
+        "mobilenetv2-0.5": [(3.1, 105.6), (2.3, 99.7)],
+        "mobilenetv2-0.75": [(4.1, 222.9), (3.1, 213.2)],
+        "mobilenetv2-1.0": [(5.7, 318.4), (4.2, 306.1)],
     },
     "7": {
         "resnet10": [(5.5, 0.90), (5.4, 0.89), (19.7, 0.93), (9.7, 0.92)],
@@ -101,11 +116,21 @@ class Row:
         return 100 * (self.flops - self.paper_flops) / self.paper_flops
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "params_diff_pct": round(self.params_diff, 2), "flops_diff_pct": round(self.flops_diff, 2)}
+        return {
+            **asdict(self),
+            "params_diff_pct": round(self.params_diff, 2),
+            "flops_diff_pct": round(self.flops_diff, 2),
+        }
 
 
-def build(arch: str, width: float, conv: str, num_kernels: int | None = None, exclude: tuple[str, ...] = (),
-          kappa: float = KAPPA) -> torch.nn.Module:
+def build(
+    arch: str,
+    width: float,
+    conv: str,
+    num_kernels: int | None = None,
+    exclude: tuple[str, ...] = (),
+    kappa: float = KAPPA,
+) -> torch.nn.Module:
     """The row's model: a static model converted to ``conv`` (stem and ``exclude`` left static), partitioned to
     κ per masked tensor when ``conv`` is a PAD-Net form."""
     torch.manual_seed(0)
@@ -138,12 +163,16 @@ def _explain_params(row: Row, arch: str, width: float, model: torch.nn.Module, c
     alternatives = [("without the classifier", counts["params_no_classifier"])]
     if arch.startswith("resnet") and row.conv != "static":
         shortcut = measure(build(arch, width, row.conv, row.num_kernels, SHORTCUTS))
-        alternatives += [("1×1 shortcuts static", shortcut["params"]),
-                         ("1×1 shortcuts static, without the classifier", shortcut["params_no_classifier"])]
+        alternatives += [
+            ("1×1 shortcuts static", shortcut["params"]),
+            ("1×1 shortcuts static, without the classifier", shortcut["params_no_classifier"]),
+        ]
     if row.conv == "condconv":  # the CondConv paper also makes the classifier a CondConv layer
         fc = model.get_classifier()
         k = row.num_kernels or CONDCONV["num_kernels"]
-        extra = (k - 1) * (fc.weight.numel() + fc.bias.numel()) + fc.in_features * k + k  # k kernels + routing
+        extra = (
+            (k - 1) * (fc.weight.numel() + fc.bias.numel()) + fc.in_features * k + k
+        )  # k kernels + routing
         alternatives.append((f"classifier a CondConv layer too (k = {k})", counts["params"] + extra))
     for name, value in alternatives:
         diff = 100 * (value / 1e6 - row.paper_params) / row.paper_params
@@ -152,8 +181,11 @@ def _explain_params(row: Row, arch: str, width: float, model: torch.nn.Module, c
     return "params not reproduced (" + "; ".join(f"{n}: {v / 1e6:.2f}M" for n, v in alternatives) + ")"
 
 
-def compute_rows(archs: Iterable[str] | None = None, tables: Iterable[str] | None = None,
-                 progress: Callable[[str], None] | None = None) -> list[Row]:
+def compute_rows(
+    archs: Iterable[str] | None = None,
+    tables: Iterable[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Row]:
     """Measure every (table, architecture, column) requested (default: all of them).
 
     Raises:
@@ -169,8 +201,18 @@ def compute_rows(archs: Iterable[str] | None = None, tables: Iterable[str] | Non
                     progress(f"Table {table} {arch_label} {column}")
                 model = build(arch, width, conv, k)
                 counts = measure(model)
-                row = Row(table, arch_label, column, conv, k, counts["params"] / 1e6, counts["flops"] / scale,
-                          p_params, p_flops, unit)
+                row = Row(
+                    table,
+                    arch_label,
+                    column,
+                    conv,
+                    k,
+                    counts["params"] / 1e6,
+                    counts["flops"] / scale,
+                    p_params,
+                    p_flops,
+                    unit,
+                )
                 _explain(row, arch, width, model, counts)
                 rows.append(row)
     return rows
@@ -180,21 +222,30 @@ def report_markdown(rows: list[Row], seconds: float) -> str:
     """The rows as one Markdown table per paper table."""
     lines = ["# Params and FLOPs against the PAD-Net paper (224×224)", ""]
     for table in dict.fromkeys(r.table for r in rows):
-        lines += [f"## Table {table}", "", "| Model | Column | padnet conv | Params | Paper | Δ | FLOPs | Paper | Δ | Note |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            f"## Table {table}",
+            "",
+            "| Model | Column | padnet conv | Params | Paper | Δ | FLOPs | Paper | Δ | Note |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in (r for r in rows if r.table == table):
             conv = f"`{r.conv}`" + ("" if r.num_kernels is None else f" k={r.num_kernels}")
             lines.append(
                 f"| {r.arch} | {r.column} | {conv} | {r.params:.2f}M | {r.paper_params:g}M | {r.params_diff:+.1f} % | "
                 f"{r.flops:.2f}{r.flops_unit} | {r.paper_flops:g}{r.flops_unit} | {r.flops_diff:+.1f} % | "
-                f"{'; '.join(r.notes)} |")
+                f"{'; '.join(r.notes)} |"
+            )
         lines.append("")
     lines += [
-        (f"Params: every stored parameter, classifier included; every convolution but the stem converted, 1×1 "
-         f"shortcuts included; PAD-Net forms in their compact form at κ = {KAPPA} of every masked tensor. FLOPs: "
-         f"multiply-adds of one 224×224 image, kernel aggregation included. A note re-counts a row more than "
-         f"{100 * TOLERANCE:g} % off under the source paper's convention. See docs/accounting.md."),
-        f"Measured in {seconds:.0f} s.", ""]
+        (
+            f"Params: every stored parameter, classifier included; every convolution but the stem converted, 1×1 "
+            f"shortcuts included; PAD-Net forms in their compact form at κ = {KAPPA} of every masked tensor. FLOPs: "
+            f"multiply-adds of one 224×224 image, kernel aggregation included. A note re-counts a row more than "
+            f"{100 * TOLERANCE:g} % off under the source paper's convention. See docs/accounting.md."
+        ),
+        f"Measured in {seconds:.0f} s.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -62,7 +62,9 @@ class KernelAttention(TemperatureRouting):
         super().__init__(temperature)
         check_choice("routing", routing, ROUTINGS)
         if reduction < 0 or num_kernels < 1:
-            raise ConfigError(f"reduction must be >= 0 and num_kernels >= 1, got {reduction} and {num_kernels}")
+            raise ConfigError(
+                f"reduction must be >= 0 and num_kernels >= 1, got {reduction} and {num_kernels}"
+            )
         self.routing = routing
         if reduction == 0:
             hidden, self.fc1, self.act = in_channels, nn.Identity(), nn.Identity()

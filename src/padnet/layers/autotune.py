@@ -36,8 +36,13 @@ def _seconds(layer: nn.Module, x: torch.Tensor, path: str, grad: bool, repeats: 
     return best
 
 
-def autotune(model: nn.Module, example: torch.Tensor, train: bool = True, repeats: int = 3,
-             candidates: tuple[str, ...] = FORMULATIONS) -> dict[str, str]:
+def autotune(
+    model: nn.Module,
+    example: torch.Tensor,
+    train: bool = True,
+    repeats: int = 3,
+    candidates: tuple[str, ...] = FORMULATIONS,
+) -> dict[str, str]:
     """Measure every candidate formulation of each dynamic convolution at the shape it sees for ``example``.
 
     Args:
@@ -59,9 +64,11 @@ def autotune(model: nn.Module, example: torch.Tensor, train: bool = True, repeat
     check_module(model, "autotune")
     layers = _layers(model)
     shapes: dict[str, torch.Size] = {}
+
     def record(name):
         def hook(module, args):
             shapes.setdefault(name, args[0].shape)  # returns None: the input is left as it is
+
         return hook
 
     hooks = [m.register_forward_pre_hook(record(n)) for n, m in layers]

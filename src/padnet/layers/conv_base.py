@@ -38,10 +38,14 @@ class DynamicConvBase(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1):
         super().__init__()
         if groups < 1 or in_channels < 1 or out_channels < 1:
-            raise ConfigError(f"channels and groups must be >= 1, got {in_channels}, {out_channels}, {groups}")
+            raise ConfigError(
+                f"channels and groups must be >= 1, got {in_channels}, {out_channels}, {groups}"
+            )
         if in_channels % groups or out_channels % groups:
-            raise ConfigError(f"in_channels {in_channels} and out_channels {out_channels} must be divisible "
-                              f"by groups {groups}")
+            raise ConfigError(
+                f"in_channels {in_channels} and out_channels {out_channels} must be divisible "
+                f"by groups {groups}"
+            )
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
@@ -63,8 +67,10 @@ class DynamicConvBase(nn.Module):
         if self.padding == "same":
             return tuple(size)
         padding = (0, 0) if self.padding == "valid" else self.padding
-        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
-                     for n, p, d, k, s in zip(size, padding, self.dilation, self.kernel_size, self.stride))
+        return tuple(
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, d, k, s in zip(size, padding, self.dilation, self.kernel_size, self.stride)
+        )
 
     def _pad_options(self, options: dict) -> dict:
         """Validate the PAD-Net options of a layer and build ``self.scales``.
@@ -85,7 +91,9 @@ class DynamicConvBase(nn.Module):
         """Stride, padding, dilation and groups, as the formulations take them."""
         return ConvGeometry(self.stride, self.padding, self.dilation, self.groups)
 
-    def per_sample_conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def per_sample_conv(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         """Convolve each sample with its own kernel (grouped formulation).
 
         ``x`` (B, Cin, H, W), ``weight`` (B, Cout, Cin/groups, kh, kw), ``bias`` (B, Cout) or None
@@ -130,11 +138,19 @@ class DynamicConvBase(nn.Module):
         Raises ConfigError for a padding mode other than zeros unless ``padding`` is given.
         """
         if conv.padding_mode != "zeros" and padding is None:
-            raise ConfigError(f"only zero padding is supported here, got padding_mode={conv.padding_mode!r} "
-                              "(padnet.convert supports every mode)")
+            raise ConfigError(
+                f"only zero padding is supported here, got padding_mode={conv.padding_mode!r} "
+                "(padnet.convert supports every mode)"
+            )
         layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-            conv.padding if padding is None else padding, conv.dilation, conv.groups, conv.bias is not None,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding if padding is None else padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
             **kwargs,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         if init_from_static:
@@ -142,8 +158,10 @@ class DynamicConvBase(nn.Module):
         return layer
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-             f"padding={self.padding}")
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}"
+        )
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.groups != 1:

@@ -60,18 +60,34 @@ class DCDConv2d(DynamicConvBase):
 
     OPTIONS = ("reduction",)
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=False, reduction: int = 16, min_hidden: int = 4, **options):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=False,
+        reduction: int = 16,
+        min_hidden: int = 4,
+        **options,
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if reduction < 1:
             raise ConfigError(f"reduction must be >= 1, got {reduction}")
         if self.padding != "same":
             padding = (0, 0) if self.padding == "valid" else self.padding
             if any(2 * p != d * (k - 1) for p, d, k in zip(padding, self.dilation, self.kernel_size)):
-                raise ConfigError(f"DCD needs padding that keeps the map size up to the stride "
-                                  f"(2·padding = dilation·(kernel − 1)), got padding={self.padding}")
+                raise ConfigError(
+                    f"DCD needs padding that keeps the map size up to the stride "
+                    f"(2·padding = dilation·(kernel − 1)), got padding={self.padding}"
+                )
         if options.get("granularity", "shared") != "shared":
-            raise ConfigError(f"{type(self).__name__} masks Λ and Φ with one mask each: granularity must be 'shared'")
+            raise ConfigError(
+                f"{type(self).__name__} masks Λ and Φ with one mask each: granularity must be 'shared'"
+            )
         opts = self._pad_options(options)
         self.latent = latent = 0 if self.depthwise else max(1, math.isqrt(in_channels))  # L (0: no residual)
         hidden = max(in_channels // reduction, min_hidden)  # DCD: max(Cin, L²) / 16, and L² ≤ Cin

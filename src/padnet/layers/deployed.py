@@ -32,7 +32,9 @@ from padnet.layers.modes import SplitCache, StructuredSplit, aggregate
 LAYOUTS = ("dense", "elements", "filters")
 
 
-def _bn_affine(bn: nn.BatchNorm2d | None, channels: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _bn_affine(
+    bn: nn.BatchNorm2d | None, channels: int, like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchNorm in eval mode as y = a·z + c: (a, c), each (Cout,); identity without BatchNorm."""
     if bn is None:
         return torch.ones(channels, dtype=like.dtype, device=like.device), like.new_zeros(channels)
@@ -63,9 +65,24 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
     Input (B, Cin, H, W) → (B, Cout, H', W') equal to the trained layer (and its BatchNorm) in eval mode.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, *,
-                 num_kernels: int, attention: nn.Module, layout: str = "dense", num_dynamic: int = 0,
-                 dynamic_bias: bool = False, static_bias: bool = False, formulation: str = "auto"):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        *,
+        num_kernels: int,
+        attention: nn.Module,
+        layout: str = "dense",
+        num_dynamic: int = 0,
+        dynamic_bias: bool = False,
+        static_bias: bool = False,
+        formulation: str = "auto",
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         check_choice("deployment layout", layout, LAYOUTS)
         if layout == "filters" and not (groups == 1 or self.depthwise):
@@ -95,8 +112,13 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
     def config(self) -> dict:
         """What, besides the attention module, rebuilds this layer's skeleton (JSON-serialisable)."""
         n = 0 if self.layout == "dense" else self.dynamic_weight.shape[1]
-        return {"layout": self.layout, "num_kernels": self.num_kernels, "num_dynamic": n,
-                "dynamic_bias": self.dynamic_bias is not None, "static_bias": self.static_bias is not None}
+        return {
+            "layout": self.layout,
+            "num_kernels": self.num_kernels,
+            "num_dynamic": n,
+            "dynamic_bias": self.dynamic_bias is not None,
+            "static_bias": self.static_bias is not None,
+        }
 
     @classmethod
     @torch.no_grad()
@@ -108,8 +130,10 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         measured slower here (docs/sdconv.md), and the saved file stores the kept weights only either way."""
 
         if not isinstance(layer, DynamicConv2d):
-            raise ConfigError(f"cannot deploy {type(layer).__name__}: only DY-Conv, CondConv and PAD-Net "
-                              "convolutions have a deployment form")
+            raise ConfigError(
+                f"cannot deploy {type(layer).__name__}: only DY-Conv, CondConv and PAD-Net "
+                "convolutions have a deployment form"
+            )
         lam_s, lam_d = (t.detach() for t in layer.scales())
         w_mode, b_mode = layer.weight_mode, layer.bias_mode
         scale, shift = _bn_affine(bn, layer.out_channels, layer.weight)
@@ -127,11 +151,22 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
             b_static = b_mode.static_part(lam_s) * scale
             static_bias = b_static if static_bias is None else static_bias + b_static
         num_dynamic = 0 if dynamic is None else int(dynamic.sum())
-        out = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                  layer.dilation, layer.groups, num_kernels=layer.num_kernels,
-                  attention=copy.deepcopy(layer.attention), layout=layout, num_dynamic=num_dynamic,
-                  dynamic_bias=layer.bias is not None, static_bias=static_bias is not None,
-                  formulation=layer.formulation).to(layer.weight)
+        out = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            num_kernels=layer.num_kernels,
+            attention=copy.deepcopy(layer.attention),
+            layout=layout,
+            num_dynamic=num_dynamic,
+            dynamic_bias=layer.bias is not None,
+            static_bias=static_bias is not None,
+            formulation=layer.formulation,
+        ).to(layer.weight)
         if layout == "dense":
             out.dynamic_weight.copy_(kernels)
         elif layout == "elements":
@@ -159,7 +194,9 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         return self._splits(self.dynamic_index, self._split_of_index)
 
     def _split_of_index(self, index: torch.Tensor) -> StructuredSplit:
-        dynamic = torch.zeros(self.out_channels, dtype=torch.bool, device=index.device).index_fill_(0, index, True)
+        dynamic = torch.zeros(self.out_channels, dtype=torch.bool, device=index.device).index_fill_(
+            0, index, True
+        )
         return StructuredSplit.of(dynamic)
 
     def dense_kernels(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,7 +207,9 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
             return self.dynamic_weight, None
         if self.layout == "elements":
             flat = self.dynamic_weight.new_zeros(k, self.static_weight.numel())
-            return flat.index_copy(1, self.dynamic_index, self.dynamic_weight).reshape(k, *shape), self.static_weight
+            return flat.index_copy(1, self.dynamic_index, self.dynamic_weight).reshape(
+                k, *shape
+            ), self.static_weight
         static_idx, dynamic_idx, _ = self.structured_split()
         kernels = self.dynamic_weight.new_zeros(k, *shape).index_copy(1, dynamic_idx, self.dynamic_weight)
         static = self.static_weight.new_zeros(shape).index_copy(0, static_idx, self.static_weight)
@@ -184,8 +223,9 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
             bias = self.static_bias.expand(x.shape[0], -1) if bias is None else bias + self.static_bias
         if self.layout == "filters":
             split = self.structured_split()
-            out = forms.filter_split(x, coeffs, self.static_weight, self.dynamic_weight, split, path,
-                                     self.geometry, self.depthwise)
+            out = forms.filter_split(
+                x, coeffs, self.static_weight, self.dynamic_weight, split, path, self.geometry, self.depthwise
+            )
         elif path == "batched":
             out = forms.batched(x, coeffs, *self.dense_kernels(), self.geometry)
         else:

@@ -82,12 +82,21 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
             static_w = torch.empty(shape)
             nn.init.kaiming_uniform_(static_w, a=math.sqrt(5))
         self.weight_mode = make_mode(self.partial, shape, self.num_kernels, static_init=static_w, **opts)
-        self.bias_mode = make_mode(self.partial and self.bias is not None, (self.out_channels,), self.num_kernels,
-                                   static_init=torch.zeros(self.out_channels), **opts)
+        self.bias_mode = make_mode(
+            self.partial and self.bias is not None,
+            (self.out_channels,),
+            self.num_kernels,
+            static_init=torch.zeros(self.out_channels),
+            **opts,
+        )
         # static filters can run as one plain convolution: filter masks with static semantics, groups 1 or
         # depthwise (decided once; ``structured`` switches it off)
-        self._structurable = (self.partial and opts["granularity"] == "filter" and opts["semantics"] == "static"
-                              and (self.groups == 1 or self.depthwise))
+        self._structurable = (
+            self.partial
+            and opts["granularity"] == "filter"
+            and opts["semantics"] == "static"
+            and (self.groups == 1 or self.depthwise)
+        )
         self.structured = self._structurable
 
     @property
@@ -100,8 +109,10 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
     @structured.setter
     def structured(self, value: bool) -> None:
         if value and not self._structurable:
-            raise ConfigError(f"{type(self).__name__} cannot run structured: that needs filter-granular masks "
-                              "with static semantics and groups 1 or depthwise")
+            raise ConfigError(
+                f"{type(self).__name__} cannot run structured: that needs filter-granular masks "
+                "with static semantics and groups 1 or depthwise"
+            )
         self._structured = bool(value)
         self._rule = forms.filter_rule if self._structured else forms.rule
         self.formulation = self.formulation  # the per-shape choices follow the rule
@@ -129,11 +140,24 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         split = self.structured_split()
         if split is not None:
             static, dynamic = split[0], split[1]
-            out = forms.filter_split(x, coeffs, self.weight_mode.static[static] * lam_s,
-                                     self.weight[:, dynamic] * lam_d, split, path, self.geometry, self.depthwise)
+            out = forms.filter_split(
+                x,
+                coeffs,
+                self.weight_mode.static[static] * lam_s,
+                self.weight[:, dynamic] * lam_d,
+                split,
+                path,
+                self.geometry,
+                self.depthwise,
+            )
         elif path == "batched":
-            out = forms.batched(x, coeffs, self.weight_mode.dynamic_part(self.weight, lam_d),
-                                self.weight_mode.static_part(lam_s), self.geometry)
+            out = forms.batched(
+                x,
+                coeffs,
+                self.weight_mode.dynamic_part(self.weight, lam_d),
+                self.weight_mode.static_part(lam_s),
+                self.geometry,
+            )
         else:
             weight = self.weight_mode.aggregate(coeffs, self.weight, lam_s, lam_d)
             return forms.PER_SAMPLE[path](x, weight, bias, self.geometry)

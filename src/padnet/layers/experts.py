@@ -27,9 +27,15 @@ def is_expert_bank(module: nn.Module) -> bool:
     """Whether ``module`` is a transformers bank of gated experts: 3-D ``gate_up_proj`` (E, 2F, H) and
     ``down_proj`` (E, H, F) parameters and an ``act_fn``."""
     gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
-    return (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor) and gate_up.dim() == down.dim() == 3
-            and callable(getattr(module, "act_fn", None)) and gate_up.shape[0] == down.shape[0]
-            and gate_up.shape[1] == 2 * down.shape[2] and gate_up.shape[2] == down.shape[1])
+    return (
+        isinstance(gate_up, torch.Tensor)
+        and isinstance(down, torch.Tensor)
+        and gate_up.dim() == down.dim() == 3
+        and callable(getattr(module, "act_fn", None))
+        and gate_up.shape[0] == down.shape[0]
+        and gate_up.shape[1] == 2 * down.shape[2]
+        and gate_up.shape[2] == down.shape[1]
+    )
 
 
 def find_expert_banks(model: nn.Module) -> list[str]:
@@ -46,8 +52,10 @@ def static_estimate(experts: torch.Tensor, weights: torch.Tensor | None = None) 
         return experts.mean(0)
     weights = weights.to(device=experts.device, dtype=torch.float64)
     if weights.shape != experts.shape[:1] or bool((weights < 0).any()) or not float(weights.sum()) > 0:
-        raise ConfigError(f"static weights must be {experts.shape[0]} non-negative values with a positive sum, "
-                          f"got {tuple(weights.shape)}")
+        raise ConfigError(
+            f"static weights must be {experts.shape[0]} non-negative values with a positive sum, "
+            f"got {tuple(weights.shape)}"
+        )
     # in double precision: token counts in the thousands keep their digits whatever the experts' dtype
     return torch.tensordot(weights / weights.sum(), experts.double(), dims=1).to(experts.dtype)
 
@@ -67,8 +75,14 @@ class ExpertBank(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_bank(cls, bank: nn.Module, mode: str = "pad", granularity: str = "element",
-                  static_weights: torch.Tensor | None = None, **options) -> ExpertBank:
+    def from_bank(
+        cls,
+        bank: nn.Module,
+        mode: str = "pad",
+        granularity: str = "element",
+        static_weights: torch.Tensor | None = None,
+        **options,
+    ) -> ExpertBank:
         """Copy ``bank``'s experts (``gate_up_proj`` (E, 2F, H), ``down_proj`` (E, H, F), ``act_fn``) into a
         gated :class:`~padnet.layers.moe.MoEFeedForward` with zero biases; with ``mode="pad"`` Θ̄ starts as
         :func:`static_estimate` of the experts with ``static_weights`` (E,) (None: the mean).
@@ -77,11 +91,22 @@ class ExpertBank(nn.Module):
         ``options``: ``scale_mode``. Raises ConfigError for a module that is not such a bank.
         """
         if not is_expert_bank(bank):
-            raise ConfigError(f"{type(bank).__name__} is not a bank of gated experts (gate_up_proj, down_proj)")
+            raise ConfigError(
+                f"{type(bank).__name__} is not a bank of gated experts (gate_up_proj, down_proj)"
+            )
         gate_up, down = bank.gate_up_proj.detach(), bank.down_proj.detach()
         num_experts, hidden, inter = down.shape
-        moe = MoEFeedForward(hidden, inter, num_experts, activation=bank.act_fn, mode=mode, granularity=granularity,
-                             gated=True, router=False, **options).to(down.device, down.dtype)
+        moe = MoEFeedForward(
+            hidden,
+            inter,
+            num_experts,
+            activation=bank.act_fn,
+            mode=mode,
+            granularity=granularity,
+            gated=True,
+            router=False,
+            **options,
+        ).to(down.device, down.dtype)
         gate, up = gate_up[:, :inter].transpose(1, 2), gate_up[:, inter:].transpose(1, 2)  # each (E, H, F)
         zeros = down.new_zeros(num_experts, 1, inter)
         neurons = torch.cat([gate, zeros, up, zeros, down], dim=1)  # (E, 3H + 2, F): [Wgᵀ; bg; Wuᵀ; bu; W2]
@@ -92,8 +117,9 @@ class ExpertBank(nn.Module):
             moe.bias_mode.static.zero_()
         return cls(moe)
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                top_k_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         weights = top_k_weights.to(hidden_states.dtype)
         routing = Routing(top_k_index, weights, None, None)
         return self.moe.route(hidden_states, routing, weights.sum(1, keepdim=True))

@@ -43,28 +43,44 @@ class ConvGeometry(NamedTuple):
     groups: int
 
 
-def grouped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
+def grouped(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry
+) -> torch.Tensor:
     """``x`` (B, Cin, H, W), per-sample ``weight`` (B, Cout, Cin/g, kh, kw), ``bias`` (B, Cout) or None
     → (B, Cout, H', W') as one grouped convolution."""
     batch, cout = x.shape[0], weight.shape[1]
     # (1, B·Cin, H, W) convolved with B·groups groups
-    out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight.reshape(-1, *weight.shape[2:]),
-                   None if bias is None else bias.reshape(-1), geo.stride, geo.padding, geo.dilation,
-                   batch * geo.groups)
+    out = F.conv2d(
+        x.reshape(1, -1, *x.shape[2:]),
+        weight.reshape(-1, *weight.shape[2:]),
+        None if bias is None else bias.reshape(-1),
+        geo.stride,
+        geo.padding,
+        geo.dilation,
+        batch * geo.groups,
+    )
     return out.reshape(batch, cout, *out.shape[2:])
 
 
-def per_sample(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry) -> torch.Tensor:
+def per_sample(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry
+) -> torch.Tensor:
     """As :func:`grouped`, one convolution per sample (one plain convolution for batch 1)."""
     if x.shape[0] == 1:
         return F.conv2d(x, weight[0], None if bias is None else bias[0], *geo)
     biases = [None] * x.shape[0] if bias is None else bias.unbind(0)
-    return torch.cat([F.conv2d(xb.unsqueeze(0), wb, bb, *geo)
-                      for xb, wb, bb in zip(x.unbind(0), weight.unbind(0), biases)])
+    return torch.cat(
+        [F.conv2d(xb.unsqueeze(0), wb, bb, *geo) for xb, wb, bb in zip(x.unbind(0), weight.unbind(0), biases)]
+    )
 
 
-def batched(x: torch.Tensor, coeffs: torch.Tensor, kernels: torch.Tensor, static: torch.Tensor | None,
-            geo: ConvGeometry) -> torch.Tensor:
+def batched(
+    x: torch.Tensor,
+    coeffs: torch.Tensor,
+    kernels: torch.Tensor,
+    static: torch.Tensor | None,
+    geo: ConvGeometry,
+) -> torch.Tensor:
     """Σᵢ π_bi conv(x_b, Θᵢ) + conv(x_b, S) without per-sample kernels.
 
     ``coeffs`` π (B, k), ``kernels`` (k, Cout, Cin/g, kh, kw), ``static`` S (Cout, Cin/g, kh, kw) or None
@@ -78,8 +94,15 @@ def batched(x: torch.Tensor, coeffs: torch.Tensor, kernels: torch.Tensor, static
     per_group = cout // g
     # output channels ordered (group, kernel, channel-in-group) so each group sees its own inputs
     stacked = kernels.reshape(n, g, per_group, *kernels.shape[2:]).transpose(0, 1)
-    out = F.conv2d(x, stacked.reshape(g * n * per_group, *kernels.shape[2:]), None,
-                   geo.stride, geo.padding, geo.dilation, g)
+    out = F.conv2d(
+        x,
+        stacked.reshape(g * n * per_group, *kernels.shape[2:]),
+        None,
+        geo.stride,
+        geo.padding,
+        geo.dilation,
+        g,
+    )
     out = out.reshape(batch, g, n, per_group, *out.shape[2:])  # (B, g, n, Cout/g, H', W')
     return torch.einsum("bn,bgnchw->bgchw", coeffs, out).reshape(batch, cout, *out.shape[4:])
 
@@ -107,9 +130,16 @@ def filter_rule(batch: int, pixels: int, grad: bool) -> str:
     return "grouped" if pixels >= 32 else "batched"
 
 
-def filter_split(x: torch.Tensor, coeffs: torch.Tensor, static: torch.Tensor, kernels: torch.Tensor,
-                 split: StructuredSplit, path: str, geo: ConvGeometry,
-                 depthwise: bool) -> torch.Tensor:
+def filter_split(
+    x: torch.Tensor,
+    coeffs: torch.Tensor,
+    static: torch.Tensor,
+    kernels: torch.Tensor,
+    split: StructuredSplit,
+    path: str,
+    geo: ConvGeometry,
+    depthwise: bool,
+) -> torch.Tensor:
     """Structured PAD-Net convolution: static filters as one plain convolution, dynamic filters through ``path``.
 
     ``static`` (n_static, Cin/g, kh, kw) and ``kernels`` (k, n_dynamic, Cin/g, kh, kw) hold the filters of

@@ -79,8 +79,14 @@ class NoisyTopKRouter(nn.Module):
     ``forward(x)``: ``x`` (N, H) → :class:`Routing`. Raises ConfigError for E < 1 or k outside [1, E].
     """
 
-    def __init__(self, hidden_size: int, num_experts: int = 8, top_k: int = 2, noisy: bool = True,
-                 noise_epsilon: float = 1e-2):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int = 8,
+        top_k: int = 2,
+        noisy: bool = True,
+        noise_epsilon: float = 1e-2,
+    ):
         super().__init__()
         if num_experts < 1 or not 1 <= top_k <= num_experts:
             raise ConfigError(f"need 1 <= top_k <= num_experts, got top_k {top_k} and {num_experts} experts")
@@ -103,7 +109,7 @@ class NoisyTopKRouter(nn.Module):
         importance = dense.sum(0)
         if noisy and k < e:
             # P(expert's noisy logit stays in the top k | other noise fixed) (eq. 9)
-            threshold_in, threshold_out = top[:, k:k + 1], top[:, k - 1:k]
+            threshold_in, threshold_out = top[:, k : k + 1], top[:, k - 1 : k]
             is_in = logits > threshold_in
             p_in = torch.special.ndtr((clean - threshold_in) / std)
             p_out = torch.special.ndtr((clean - threshold_out) / std)
@@ -162,8 +168,11 @@ def activation_kind(activation) -> str | None:
     probe = torch.linspace(-6.0, 6.0, 241)
     with torch.no_grad():
         out = activation(probe)
-        for kind, reference in (("gelu", F.gelu(probe)), ("gelu_tanh", F.gelu(probe, approximate="tanh")),
-                                ("silu", F.silu(probe))):
+        for kind, reference in (
+            ("gelu", F.gelu(probe)),
+            ("gelu_tanh", F.gelu(probe, approximate="tanh")),
+            ("silu", F.silu(probe)),
+        ):
             if torch.equal(out, reference):
                 return kind
     return None
@@ -248,8 +257,16 @@ class _GroupedExperts(torch.autograd.Function):
         return grad_x, grad_experts, grad_bias, None, None, None, None
 
 
-def dispatch(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: torch.Tensor, activation,
-             base: torch.Tensor | None = None, kind: str | None = None, gated: bool = False) -> torch.Tensor:
+def dispatch(
+    x: torch.Tensor,
+    routing: Routing,
+    experts: torch.Tensor,
+    bias: torch.Tensor,
+    activation,
+    base: torch.Tensor | None = None,
+    kind: str | None = None,
+    gated: bool = False,
+) -> torch.Tensor:
     """Dropless top-k dispatch: ``base`` + Σ over each token's k experts of gate · expert(token).
 
     ``x`` (N, H); ``experts`` (E, R, F) neuron columns (:func:`neuron_rows`; F may be 0); ``bias`` (E, H)
@@ -263,13 +280,24 @@ def dispatch(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: tor
     order = flat.argsort(stable=True)
     counts = torch.bincount(flat, minlength=experts.shape[0]).tolist()
     tokens = order // k  # token of each sorted assignment
-    ys = _GroupedExperts.apply(x.index_select(0, tokens), experts, bias, counts, activation, kind, gated)  # (N·k, H)
+    ys = _GroupedExperts.apply(
+        x.index_select(0, tokens), experts, bias, counts, activation, kind, gated
+    )  # (N·k, H)
     weighted = ys * routing.gates.reshape(-1).index_select(0, order).unsqueeze(1)
     return (x.new_zeros(n, x.shape[1]) if base is None else base).index_add_(0, tokens, weighted)
 
 
-def _route(x: torch.Tensor, routing: Routing, experts: torch.Tensor, bias: torch.Tensor, static: torch.Tensor | None,
-           activation, kind: str | None, gated: bool, gate_sums: torch.Tensor | None) -> torch.Tensor:
+def _route(
+    x: torch.Tensor,
+    routing: Routing,
+    experts: torch.Tensor,
+    bias: torch.Tensor,
+    static: torch.Tensor | None,
+    activation,
+    kind: str | None,
+    gated: bool,
+    gate_sums: torch.Tensor | None,
+) -> torch.Tensor:
     """Computational parameters applied to ``x`` (N, H) for ``routing``: the shared static neurons (weighted by
     ``gate_sums`` (N, 1) when given) plus the dispatched experts → (N, H)."""
     shared = None
@@ -316,16 +344,33 @@ class MoEFeedForward(nn.Module):
             grouped experts differentiate the activation, not its parameters).
     """
 
-    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 8, top_k: int = 2,
-                 activation=None, mode: str = "dynamic", granularity: str = "element",
-                 scale_mode: str = "constrained", noisy: bool = True, aux_loss_weight: float = 1e-2,
-                 gated: bool = False, router: bool = True):
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_experts: int = 8,
+        top_k: int = 2,
+        activation=None,
+        mode: str = "dynamic",
+        granularity: str = "element",
+        scale_mode: str = "constrained",
+        noisy: bool = True,
+        aux_loss_weight: float = 1e-2,
+        gated: bool = False,
+        router: bool = True,
+    ):
         super().__init__()
         check_choice("MoE mode", mode, MOE_MODES)
         check_choice("MoE mask granularity", granularity, MOE_GRANULARITIES)
         if hidden_size < 1 or intermediate_size < 1:
-            raise ConfigError(f"hidden and intermediate sizes must be >= 1, got {hidden_size}, {intermediate_size}")
-        self.hidden_size, self.intermediate_size, self.num_experts = hidden_size, intermediate_size, num_experts
+            raise ConfigError(
+                f"hidden and intermediate sizes must be >= 1, got {hidden_size}, {intermediate_size}"
+            )
+        self.hidden_size, self.intermediate_size, self.num_experts = (
+            hidden_size,
+            intermediate_size,
+            num_experts,
+        )
         self.mode, self.granularity, self.aux_loss_weight = mode, granularity, aux_loss_weight
         self.router = NoisyTopKRouter(hidden_size, num_experts, top_k, noisy) if router else None
         self.activation = activation if activation is not None else nn.GELU()
@@ -339,12 +384,14 @@ class MoEFeedForward(nn.Module):
         partial = mode != "dynamic"
         semantics = "static" if mode == "pad" else "zero"
         neuron = granularity == "neuron"
-        self.neuron_mode = make_mode(partial, (rows, intermediate_size), num_experts,
-                                     "column" if neuron else "shared", semantics)
+        self.neuron_mode = make_mode(
+            partial, (rows, intermediate_size), num_experts, "column" if neuron else "shared", semantics
+        )
         # the output bias: element-wise masks, or one mask element for the whole vector with neuron masks
         self._bias_shape = (1, hidden_size) if neuron else (hidden_size,)
-        self.bias_mode = make_mode(partial, self._bias_shape, num_experts, "filter" if neuron else "shared",
-                                   semantics)
+        self.bias_mode = make_mode(
+            partial, self._bias_shape, num_experts, "filter" if neuron else "shared", semantics
+        )
         self.scale = ScaleFactors(scale_mode if mode == "pad" else "none") if partial else None
         self.aux_loss: torch.Tensor | None = None
         self._no_grad_cache: tuple | None = None  # computational parameters of unchanged weights, no autograd
@@ -378,9 +425,16 @@ class MoEFeedForward(nn.Module):
         return cls.from_weights(up.weight, up.bias, down.weight, down.bias, activation, **options)
 
     @classmethod
-    def from_weights(cls, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
-                     activation, up: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-                     **options) -> MoEFeedForward:
+    def from_weights(
+        cls,
+        w1: torch.Tensor,
+        b1: torch.Tensor | None,
+        w2: torch.Tensor,
+        b2: torch.Tensor | None,
+        activation,
+        up: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        **options,
+    ) -> MoEFeedForward:
         """Sparse upcycling: every expert (and the static parameters) starts as a copy of the dense FFN
         ``activation(x W1ᵀ + b1) W2ᵀ + b2`` — or, with ``up``, of the gated FFN
         ``(activation(x W1ᵀ + b1) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2`` (W1 is then the gate) — so with the zero-initialised
@@ -397,7 +451,9 @@ class MoEFeedForward(nn.Module):
             if up is not None:
                 got += f", up {up[0].shape[1]} -> {up[0].shape[0]}"
             raise ConfigError(f"FFN linears do not chain: {got}")
-        layer = cls(hidden, inter, activation=activation, gated=up is not None, **options).to(w1.device, w1.dtype)
+        layer = cls(hidden, inter, activation=activation, gated=up is not None, **options).to(
+            w1.device, w1.dtype
+        )
         with torch.no_grad():
             like = {"dtype": w1.dtype, "device": w1.device}
 
@@ -462,8 +518,11 @@ class MoEFeedForward(nn.Module):
             return getattr(self, self._path)()
         tensors = (*self.parameters(), *self.buffers())
         cache = self._no_grad_cache
-        if cache is None or len(cache[0]) != len(tensors) or any(
-                t is not old or t._version != version for t, (old, version) in zip(tensors, cache[0])):
+        if (
+            cache is None
+            or len(cache[0]) != len(tensors)
+            or any(t is not old or t._version != version for t, (old, version) in zip(tensors, cache[0]))
+        ):
             self._no_grad_cache = cache = ([(t, t._version) for t in tensors], getattr(self, self._path)())
         return cache[1]
 
@@ -487,8 +546,9 @@ class MoEFeedForward(nn.Module):
         gates ``gate_sums`` (N, 1) when a router's gates do not sum to one (None: they do), since
         Σₖ gₖ · static(x) = (Σₖ gₖ) · static(x).
         """
-        return _route(x, routing, *self.computational_parameters(), self.activation, self._kind, self.gated,
-                      gate_sums)
+        return _route(
+            x, routing, *self.computational_parameters(), self.activation, self._kind, self.gated, gate_sums
+        )
 
     def reset_aux_loss(self) -> None:
         """Forget the load-balancing losses of earlier calls."""
@@ -502,8 +562,10 @@ class MoEFeedForward(nn.Module):
         return sum(m.compact_counts()["dynamic"] for m in modes) / sum(m.factor_numel for m in modes)
 
     def extra_repr(self) -> str:
-        return (f"hidden={self.hidden_size}, intermediate={self.intermediate_size}, experts={self.num_experts}, "
-                f"top_k={self.top_k}, mode={self.mode!r}, granularity={self.granularity!r}")
+        return (
+            f"hidden={self.hidden_size}, intermediate={self.intermediate_size}, experts={self.num_experts}, "
+            f"top_k={self.top_k}, mode={self.mode!r}, granularity={self.granularity!r}"
+        )
 
 
 class DeployedMoE(nn.Module):
@@ -515,10 +577,22 @@ class DeployedMoE(nn.Module):
     biases. Computes what the source layer computes in eval mode (within float rounding).
     """
 
-    def __init__(self, router: NoisyTopKRouter | None, experts: torch.Tensor, expert_bias: torch.Tensor,
-                 static: torch.Tensor | None, activation, gated: bool = False):
+    def __init__(
+        self,
+        router: NoisyTopKRouter | None,
+        experts: torch.Tensor,
+        expert_bias: torch.Tensor,
+        static: torch.Tensor | None,
+        activation,
+        gated: bool = False,
+    ):
         super().__init__()
-        self.router, self.activation, self._kind, self.gated = router, activation, activation_kind(activation), gated
+        self.router, self.activation, self._kind, self.gated = (
+            router,
+            activation,
+            activation_kind(activation),
+            gated,
+        )
         self.hidden_size = expert_bias.shape[1]
 
         def frozen(t):
@@ -539,8 +613,17 @@ class DeployedMoE(nn.Module):
 
     def route(self, x: torch.Tensor, routing: Routing, gate_sums: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`MoEFeedForward.route`, with the merged parameters."""
-        return _route(x, routing, self.experts, self.expert_bias, self.static, self.activation, self._kind,
-                      self.gated, gate_sums)
+        return _route(
+            x,
+            routing,
+            self.experts,
+            self.expert_bias,
+            self.static,
+            self.activation,
+            self._kind,
+            self.gated,
+            gate_sums,
+        )
 
 
 def reset_aux_losses(model: nn.Module, args=None) -> None:

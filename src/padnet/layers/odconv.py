@@ -45,9 +45,19 @@ class OmniAttention(TemperatureRouting):
     α_s (B, kh·kw) or None, α_w (B, k) or None).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], num_kernels: int,
-                 depthwise: bool, reduction: int = 16, temperature: float = 1.0, min_hidden: int = 16,
-                 partial: bool = False, semantics: str = "static"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        num_kernels: int,
+        depthwise: bool,
+        reduction: int = 16,
+        temperature: float = 1.0,
+        min_hidden: int = 16,
+        partial: bool = False,
+        semantics: str = "static",
+    ):
         super().__init__(temperature)
         if reduction < 1:
             raise ConfigError(f"reduction must be >= 1, got {reduction}")
@@ -63,14 +73,20 @@ class OmniAttention(TemperatureRouting):
     def forward(self, x: torch.Tensor, lam_s=1.0, lam_d=1.0):
         h = torch.relu(self.fc(x.mean(dim=(2, 3))))  # (B, hidden)
         t = self.temperature
-        return tuple(None if head is None else head(h, t, lam_s, lam_d)
-                     for head in (self.channel, self.filter, self.spatial, self.kernel))
+        return tuple(
+            None if head is None else head(h, t, lam_s, lam_d)
+            for head in (self.channel, self.filter, self.spatial, self.kernel)
+        )
 
     def vector_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """Masked attention vectors as (suffix, mode, factors), for the layer's ``mode_pairs`` (a name of its
         own, so they are not collected twice)."""
-        return [pair for name in ("channel", "filter", "spatial")
-                if getattr(self, name) is not None for pair in getattr(self, name).mode_pair(f"attention.{name}")]
+        return [
+            pair
+            for name in ("channel", "filter", "spatial")
+            if getattr(self, name) is not None
+            for pair in getattr(self, name).mode_pair(f"attention.{name}")
+        ]
 
 
 class ODConv2d(DynamicConvBase):
@@ -92,8 +108,21 @@ class ODConv2d(DynamicConvBase):
 
     OPTIONS = ("num_kernels", "reduction", "temperature")
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=False, num_kernels: int = 4, reduction: int = 16, temperature: float = 1.0, **options):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=False,
+        num_kernels: int = 4,
+        reduction: int = 16,
+        temperature: float = 1.0,
+        **options,
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if num_kernels < 1:
             raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
@@ -104,15 +133,25 @@ class ODConv2d(DynamicConvBase):
         for w in self.weight:
             nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.attention = OmniAttention(in_channels, out_channels, self.kernel_size, num_kernels, self.depthwise,
-                                       reduction, temperature, partial=self.partial, semantics=opts["semantics"])
+        self.attention = OmniAttention(
+            in_channels,
+            out_channels,
+            self.kernel_size,
+            num_kernels,
+            self.depthwise,
+            reduction,
+            temperature,
+            partial=self.partial,
+            semantics=opts["semantics"],
+        )
         static_w = None
         if self.partial and num_kernels > 1:
             static_w = torch.empty(shape)
             nn.init.kaiming_normal_(static_w, mode="fan_out", nonlinearity="relu")
         # one kernel is static already: only a bank of k > 1 kernels gets a mask
-        self.weight_mode = make_mode(self.partial and num_kernels > 1, shape, num_kernels, static_init=static_w,
-                                     **opts)
+        self.weight_mode = make_mode(
+            self.partial and num_kernels > 1, shape, num_kernels, static_init=static_w, **opts
+        )
         self.bias_mode = FullyDynamic()  # the bias is static and unmasked
         # chosen once: one shared kernel (k = 1 and a 1×1 kernel) or a kernel per sample
         self._per_sample = self.attention.kernel is not None or self.attention.spatial is not None
@@ -130,13 +169,16 @@ class ODConv2d(DynamicConvBase):
             if kernel is None:
                 weight = self.weight  # (1, Cout, Cin/g, kh, kw), broadcast over the batch below
             else:
-                weight = self.weight_mode.aggregate(kernel, self.weight, lam_s, lam_d)  # (B, Cout, Cin/g, kh, kw)
+                weight = self.weight_mode.aggregate(
+                    kernel, self.weight, lam_s, lam_d
+                )  # (B, Cout, Cin/g, kh, kw)
             if spatial is not None:
                 weight = weight * spatial.reshape(-1, 1, 1, *self.kernel_size)
             out = self.per_sample_conv(x, weight.expand(x.shape[0], *weight.shape[1:]), None)
         else:
-            out = nn.functional.conv2d(x, self.weight[0], None, self.stride, self.padding, self.dilation,
-                                       self.groups)
+            out = nn.functional.conv2d(
+                x, self.weight[0], None, self.stride, self.padding, self.dilation, self.groups
+            )
         if filt is not None:
             out = out * filt[:, :, None, None]
         return out if self.bias is None else out + self.bias[:, None, None]

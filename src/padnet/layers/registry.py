@@ -32,13 +32,30 @@ CONV_TYPES: dict[str, tuple[type[nn.Module], dict]] = {
     "pad-dcd": (PADDCDConv2d, {}),
     "sdconv": (SparseDynamicConv2d, {"num_kernels": 4}),
 }
-LAYER_LABELS = {"static": "Static", "dy": "DY-Conv", "pad": "PAD-Net", "condconv": "CondConv",
-                "pad-condconv": "PAD-CondConv", "odconv": "ODConv", "pad-odconv": "PAD-ODConv", "dcd": "DCD",
-                "pad-dcd": "PAD-DCD", "sdconv": "SD-Conv"}
+LAYER_LABELS = {
+    "static": "Static",
+    "dy": "DY-Conv",
+    "pad": "PAD-Net",
+    "condconv": "CondConv",
+    "pad-condconv": "PAD-CondConv",
+    "odconv": "ODConv",
+    "pad-odconv": "PAD-ODConv",
+    "dcd": "DCD",
+    "pad-dcd": "PAD-DCD",
+    "sdconv": "SD-Conv",
+}
 # the range of each size option of the layers; a value read from a file or a flag must not ask for a huge allocation
 OPTION_RANGES = {"num_kernels": (1, 64), "reduction": (0, 4_096)}
-ALIASES = {"dyconv": "dy", "dynamic": "dy", "padnet": "pad", "pad-net": "pad", "pad-dy": "pad", "conv": "static",
-           "sd-conv": "sdconv", "sd": "sdconv"}
+ALIASES = {
+    "dyconv": "dy",
+    "dynamic": "dy",
+    "padnet": "pad",
+    "pad-net": "pad",
+    "pad-dy": "pad",
+    "conv": "static",
+    "sd-conv": "sdconv",
+    "sd": "sdconv",
+}
 
 
 def register_conv(name: str, cls: type[nn.Module], **defaults) -> None:

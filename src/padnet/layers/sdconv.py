@@ -43,8 +43,13 @@ class ThresholdMask(nn.Module):
     partial = False  # not partitioned by IMP: the mask follows from W and τ
     static = None  # pruned weights are zero, not static
 
-    def __init__(self, num_factors: int, strategy: str = "different", temperature: float = 1 / 1024,
-                 threshold: float = 0.0):
+    def __init__(
+        self,
+        num_factors: int,
+        strategy: str = "different",
+        temperature: float = 1 / 1024,
+        threshold: float = 0.0,
+    ):
         super().__init__()
         check_choice("mask strategy", strategy, STRATEGIES)
         if not temperature > 0:
@@ -79,7 +84,9 @@ class ThresholdMask(nn.Module):
 
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """Not defined: SD-Conv masks kernel banks, not parameters generated per sample. Raises ConfigError."""
-        raise ConfigError("SD-Conv's threshold masks apply to kernels, not to parameters generated per sample")
+        raise ConfigError(
+            "SD-Conv's threshold masks apply to kernels, not to parameters generated per sample"
+        )
 
     def merged(self, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """The pruned kernels W̃ᵢ (no static term), (k, *shape)."""
@@ -121,13 +128,43 @@ class SparseDynamicConv2d(DynamicConv2d):
 
     OPTIONS = DynamicConv2d.OPTIONS + ("mask_strategy", "mask_temperature", "threshold")
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=False, num_kernels: int = 4, reduction: int = 16, temperature: float = 30.0,
-                 routing: str = "softmax", formulation: str = "auto", mask_strategy: str = "different",
-                 mask_temperature: float = 1 / 1024, threshold: float = 0.0, **options):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=False,
+        num_kernels: int = 4,
+        reduction: int = 16,
+        temperature: float = 30.0,
+        routing: str = "softmax",
+        formulation: str = "auto",
+        mask_strategy: str = "different",
+        mask_temperature: float = 1 / 1024,
+        threshold: float = 0.0,
+        **options,
+    ):
         self._sparse_options = (mask_strategy, mask_temperature, threshold)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         num_kernels, reduction, temperature, routing, formulation, **options)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            num_kernels,
+            reduction,
+            temperature,
+            routing,
+            formulation,
+            **options,
+        )
 
     def _build_modes(self, shape: tuple[int, ...], **options) -> None:
         self._pad_options(options)  # no PAD-Net options: ConfigError naming any; λs = λd = 1
@@ -187,8 +224,11 @@ def sparsity_report(model: nn.Module) -> dict:
         total += mask.numel()
         kernel_zeros += int((~mask.any(0)).sum())
         positions += mask[0].numel()
-    return {"sparsity": zeros / max(1, total), "kernel_sparsity": kernel_zeros / max(1, positions),
-            "layers": layers}
+    return {
+        "sparsity": zeros / max(1, total),
+        "kernel_sparsity": kernel_zeros / max(1, positions),
+        "layers": layers,
+    }
 
 
 class SparsitySchedule:
@@ -204,7 +244,9 @@ class SparsitySchedule:
         if not 0.0 <= sparsity < 1.0:
             raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
         if iterations < 0 or total_steps < 1:
-            raise ConfigError(f"iterations must be >= 0 and total_steps >= 1, got {iterations}, {total_steps}")
+            raise ConfigError(
+                f"iterations must be >= 0 and total_steps >= 1, got {iterations}, {total_steps}"
+            )
         self.density, self.iterations = 1.0 - sparsity, iterations
         self.phase = total_steps / (iterations + 1)
 

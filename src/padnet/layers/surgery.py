@@ -37,8 +37,11 @@ class PadInput(nn.Module):
 def _is_plain_conv(module: nn.Module) -> bool:
     """An ``nn.Conv2d`` or a subclass that computes what ``nn.Conv2d`` computes (forward not overridden)."""
     cls = type(module)
-    return (isinstance(module, nn.Conv2d) and cls.forward is nn.Conv2d.forward
-            and cls._conv_forward is nn.Conv2d._conv_forward)
+    return (
+        isinstance(module, nn.Conv2d)
+        and cls.forward is nn.Conv2d.forward
+        and cls._conv_forward is nn.Conv2d._conv_forward
+    )
 
 
 def find_convs(model: nn.Module, skip_first: bool = True, targets=None, exclude=(), min_channels: int = 1):
@@ -53,11 +56,17 @@ def find_convs(model: nn.Module, skip_first: bool = True, targets=None, exclude=
         found = found[1:]
     if targets is not None:
         found = [(n, m) for n, m in found if any(fnmatch.fnmatch(n, p) for p in targets)]
-    found = [(n, m) for n, m in found if m.in_channels >= min_channels and not any(fnmatch.fnmatch(n, p) for p in exclude)]
+    found = [
+        (n, m)
+        for n, m in found
+        if m.in_channels >= min_channels and not any(fnmatch.fnmatch(n, p) for p in exclude)
+    ]
     for name, module in found:
         if not _is_plain_conv(module):
-            raise ConfigError(f"cannot convert {name}: {type(module).__name__} overrides nn.Conv2d's forward; "
-                              f"leave it static with exclude_modules=[{name!r}]")
+            raise ConfigError(
+                f"cannot convert {name}: {type(module).__name__} overrides nn.Conv2d's forward; "
+                f"leave it static with exclude_modules=[{name!r}]"
+            )
     return found
 
 
@@ -70,7 +79,9 @@ def build_replacement(name: str, conv: nn.Conv2d, cls, init_from_static: bool, o
         layer = cls.from_conv(conv, init_from_static=init_from_static, padding=0, **options)
         return nn.Sequential(PadInput(conv._reversed_padding_repeated_twice, conv.padding_mode), layer)
     except PadnetError as exc:
-        raise ConfigError(f"cannot convert {name}: {exc}; leave it static with exclude_modules=[{name!r}]") from None
+        raise ConfigError(
+            f"cannot convert {name}: {exc}; leave it static with exclude_modules=[{name!r}]"
+        ) from None
 
 
 def replace_convs(
@@ -119,7 +130,9 @@ def replace_convs(
     found = find_convs(model, skip_first, targets, exclude, min_channels)
     if not found:
         raise ConfigError("convert found no nn.Conv2d to replace")
-    replacements = [(name, build_replacement(name, module, cls, init_from_static, merged)) for name, module in found]
+    replacements = [
+        (name, build_replacement(name, module, cls, init_from_static, merged)) for name, module in found
+    ]
     for name, layer in replacements:
         model.set_submodule(name, layer)
     return model

@@ -41,14 +41,22 @@ class DynamicVector(nn.Module):
     ``forward(h, temperature=1.0, lam_s=1.0, lam_d=1.0)``: h (B, hidden) → (B, n).
     """
 
-    def __init__(self, hidden: int, size: int, activation: str = "sigmoid", partial: bool = False,
-                 static_value: float = 1.0, semantics: str = "static"):
+    def __init__(
+        self,
+        hidden: int,
+        size: int,
+        activation: str = "sigmoid",
+        partial: bool = False,
+        static_value: float = 1.0,
+        semantics: str = "static",
+    ):
         super().__init__()
         self.head = nn.Linear(hidden, size)
         self.activation = activation
         self._act = ACTIVATIONS[activation]
-        self.mode = make_mode(partial, (size,), hidden + 1, "shared", semantics,
-                              torch.full((size,), float(static_value)))
+        self.mode = make_mode(
+            partial, (size,), hidden + 1, "shared", semantics, torch.full((size,), float(static_value))
+        )
         if partial:
             self.mode.macs_per_element = hidden  # a head row costs ``hidden`` MACs; its bias adds no product
 

@@ -68,8 +68,10 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = 
     model.eval()
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MaskedLayer)]
     pixels: dict[str, int] = {}  # output positions of each layer with dynamic factors
-    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: pixels.__setitem__(n, _output_pixels(out)))
-             for n, m in layers]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, n=n: pixels.__setitem__(n, _output_pixels(out)))
+        for n, m in layers
+    ]
     try:
         param = next(model.parameters())
         x = torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype)

@@ -85,11 +85,15 @@ def output_variances(model: nn.Module, loader, layers: list[str]) -> dict[str, f
         def hook(module, args, out):
             flat = out.detach().double().flatten(1)  # (B, elements)
             if name not in sums:
-                sums[name] = [torch.zeros(flat.shape[1], dtype=torch.float64),
-                              torch.zeros(flat.shape[1], dtype=torch.float64), 0]
+                sums[name] = [
+                    torch.zeros(flat.shape[1], dtype=torch.float64),
+                    torch.zeros(flat.shape[1], dtype=torch.float64),
+                    0,
+                ]
             sums[name][0] += flat.sum(0)
             sums[name][1] += flat.square().sum(0)
             sums[name][2] += flat.shape[0]
+
         return hook
 
     hooks = [modules[n].register_forward_hook(record(n)) for n in layers]
@@ -150,9 +154,19 @@ def mask_structure(mask: torch.Tensor) -> dict[str, float]:
         if p in (0.0, 1.0):
             return 1.0
         k = torch.arange(n + 1, dtype=torch.float64)
-        log_pmf = (torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1)
-                   - torch.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p))
+        log_pmf = (
+            torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64))
+            - torch.lgamma(k + 1)
+            - torch.lgamma(n - k + 1)
+            + k * math.log(p)
+            + (n - k) * math.log1p(-p)
+        )
         return float((log_pmf.exp() * torch.maximum(k, n - k)).sum() / n)
 
-    return {"dynamic_ratio": p, "column_agreement": agreement(0), "row_agreement": agreement(1),
-            "random_column_agreement": expected(m.shape[0]), "random_row_agreement": expected(m.shape[1])}
+    return {
+        "dynamic_ratio": p,
+        "column_agreement": agreement(0),
+        "row_agreement": agreement(1),
+        "random_column_agreement": expected(m.shape[0]),
+        "random_row_agreement": expected(m.shape[1]),
+    }

@@ -20,8 +20,15 @@ from padnet.models.init import init_weights
 ConvFn = Callable[..., nn.Module]
 
 # (expansion t, base channels c, blocks n, stride s of the first block)
-SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-            (6, 320, 1, 1))
+SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 LAST_CHANNELS = 1280
 
 
@@ -31,9 +38,13 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def _conv_bn(conv: ConvFn, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
-             act: bool = True) -> nn.Sequential:
-    layers = [conv(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(out_ch)]
+def _conv_bn(
+    conv: ConvFn, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    layers = [
+        conv(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+    ]
     return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
 
 
@@ -44,7 +55,10 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = in_ch * expansion
         layers = [_conv_bn(conv, in_ch, hidden, 1)] if expansion != 1 else []
-        layers += [_conv_bn(conv, hidden, hidden, 3, stride, groups=hidden), _conv_bn(conv, hidden, out_ch, 1, act=False)]
+        layers += [
+            _conv_bn(conv, hidden, hidden, 3, stride, groups=hidden),
+            _conv_bn(conv, hidden, out_ch, 1, act=False),
+        ]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and in_ch == out_ch
 
@@ -66,8 +80,15 @@ class MobileNetV2(nn.Module):
     Input (B, in_chans, H, W) → logits (B, num_classes).
     """
 
-    def __init__(self, conv: ConvFn, num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
-                 stem: str = "imagenet", dropout: float = 0.2):
+    def __init__(
+        self,
+        conv: ConvFn,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        width: float = 1.0,
+        stem: str = "imagenet",
+        dropout: float = 0.2,
+    ):
         super().__init__()
         stem_ch = make_divisible(32 * width)
         self.stem = _conv_bn(nn.Conv2d, in_chans, stem_ch, 3, 2 if stem == "imagenet" else 1)

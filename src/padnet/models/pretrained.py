@@ -51,8 +51,9 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path} is not a readable state dict ({reason})") from None
         if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
             state = dict(state["state_dict"])  # a training checkpoint that wraps the weights
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                 for k, v in state.items()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise CheckpointError("pretrained weights must be a mapping of names to tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
@@ -67,8 +68,10 @@ def detect_layout(keys) -> str:
     if "conv1.weight" in keys or "features.0.0.weight" in keys:
         return "torchvision"
     first = min(keys) if keys else "(none)"
-    raise ConfigError(f"unrecognised pretrained key layout (first key {first!r}); expected padnet, torchvision or "
-                      "timm names for ResNet or MobileNetV2")
+    raise ConfigError(
+        f"unrecognised pretrained key layout (first key {first!r}); expected padnet, torchvision or "
+        "timm names for ResNet or MobileNetV2"
+    )
 
 
 def _resnet_key(key: str) -> str:
@@ -104,8 +107,9 @@ _TIMM_DS = {"conv_dw": "0.0", "bn1": "0.1", "conv_pw": "1.0", "bn2": "1.1"}
 
 
 def _timm_mobilenet(keys) -> dict[str, str]:
-    order = sorted({(int(m.group(1)), int(m.group(2))) for k in keys
-                    if (m := re.match(r"blocks\.(\d+)\.(\d+)\.", k))})
+    order = sorted(
+        {(int(m.group(1)), int(m.group(2))) for k in keys if (m := re.match(r"blocks\.(\d+)\.(\d+)\.", k))}
+    )
     index = {pos: i for i, pos in enumerate(order)}
     names = {}
     for key in keys:
@@ -116,8 +120,13 @@ def _timm_mobilenet(keys) -> dict[str, str]:
             if part is not None:
                 names[key] = f"features.{index[pos]}.block.{part}.{m.group(4)}"
         elif m := re.match(r"(conv_stem|bn1|conv_head|bn2|classifier)\.(.+)", key):
-            target = {"conv_stem": "stem.0", "bn1": "stem.1", "conv_head": f"features.{len(order)}.0",
-                      "bn2": f"features.{len(order)}.1", "classifier": "classifier"}[m.group(1)]
+            target = {
+                "conv_stem": "stem.0",
+                "bn1": "stem.1",
+                "conv_head": f"features.{len(order)}.0",
+                "bn2": f"features.{len(order)}.1",
+                "classifier": "classifier",
+            }[m.group(1)]
             names[key] = f"{target}.{m.group(2)}"
     return names
 
@@ -133,15 +142,19 @@ def to_padnet_names(state: dict[str, torch.Tensor], model_name: str) -> dict[str
         return dict(state)
     mobilenet = model_name.lower() == "mobilenetv2"
     if not mobilenet and model_name.lower() == "resnet50":
-        raise ConfigError("torchvision and timm ResNet-50 weights are ResNet v1.5 (stride on the 3x3 convolution); "
-                          "padnet's resnet50 is v1 (stride on the first 1x1, the papers' 3.86 GMACs)")
+        raise ConfigError(
+            "torchvision and timm ResNet-50 weights are ResNet v1.5 (stride on the 3x3 convolution); "
+            "padnet's resnet50 is v1 (stride on the first 1x1, the papers' 3.86 GMACs)"
+        )
     if mobilenet:
         names = _timm_mobilenet(state) if layout == "timm" else _torchvision_mobilenet(state)
     else:
         names = {k: _resnet_key(k) for k in state}
     unmapped = [k for k in state if k not in names]
     if unmapped:
-        raise ConfigError(f"pretrained key {unmapped[0]!r} ({layout} layout) has no place in padnet's {model_name}")
+        raise ConfigError(
+            f"pretrained key {unmapped[0]!r} ({layout} layout) has no place in padnet's {model_name}"
+        )
     return {names[k]: v for k, v in state.items()}
 
 
@@ -167,8 +180,10 @@ def load_pretrained(model: nn.Module, source, model_name: str) -> list[str]:
             if key.startswith(HEADS):
                 kept_fresh.append(key)
                 continue
-            raise ConfigError(f"pretrained key {key!r} has shape {tuple(value.shape)}; padnet's {model_name} needs "
-                              f"{tuple(own[key].shape)} (check in_chans, width and stem)")
+            raise ConfigError(
+                f"pretrained key {key!r} has shape {tuple(value.shape)}; padnet's {model_name} needs "
+                f"{tuple(own[key].shape)} (check in_chans, width and stem)"
+            )
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
         raise ConfigError(f"pretrained weights lack {missing[0]!r} that padnet's {model_name} needs")

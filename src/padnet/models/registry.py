@@ -20,8 +20,9 @@ STEMS = ("imagenet", "small")
 
 def list_models(pattern: str = "*") -> list[str]:
     """Model names ``create_model`` builds, filtered by a glob ``pattern`` (e.g. ``"resnet*"``)."""
-    return sorted((m for m in MODELS if fnmatch.fnmatch(m, pattern)), key=lambda m: (m.rstrip("0123456789"),
-                                                                                     len(m), m))
+    return sorted(
+        (m for m in MODELS if fnmatch.fnmatch(m, pattern)), key=lambda m: (m.rstrip("0123456789"), len(m), m)
+    )
 
 
 def create_model(
@@ -64,8 +65,15 @@ def create_model(
         load_pretrained(model, pretrained, name)
         if resolve_conv(conv)[0] is not nn.Conv2d:
             replace_convs(model, conv, **conv_options)
-        model.padnet_config = {"name": name, "conv": conv, "num_classes": num_classes, "in_chans": in_chans,
-                               "width": width, "stem": stem, **conv_options}
+        model.padnet_config = {
+            "name": name,
+            "conv": conv,
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "width": width,
+            "stem": stem,
+            **conv_options,
+        }
         return model
     factory = conv_factory(conv, **conv_options)
     if name.lower() == "mobilenetv2":
@@ -73,6 +81,13 @@ def create_model(
     else:
         model = ResNet(int(name.lower().removeprefix("resnet")), factory, num_classes, in_chans, width, stem)
     # the arguments that rebuild this architecture (recorded by padnet.save_pretrained)
-    model.padnet_config = {"name": name, "conv": conv, "num_classes": num_classes, "in_chans": in_chans,
-                           "width": width, "stem": stem, **conv_options}
+    model.padnet_config = {
+        "name": name,
+        "conv": conv,
+        "num_classes": num_classes,
+        "in_chans": in_chans,
+        "width": width,
+        "stem": stem,
+        **conv_options,
+    }
     return model

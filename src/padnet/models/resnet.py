@@ -18,8 +18,12 @@ from padnet.models.init import init_weights
 ConvFn = Callable[..., nn.Module]
 
 # depth -> (block, blocks per stage)
-DEPTHS = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
-          50: ("bottleneck", (3, 4, 6, 3))}
+DEPTHS = {
+    10: ("basic", (1, 1, 1, 1)),
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+}
 
 
 class BasicBlock(nn.Module):
@@ -85,19 +89,33 @@ class ResNet(nn.Module):
     Input (B, in_chans, H, W) → logits (B, num_classes).
     """
 
-    def __init__(self, depth: int, conv: ConvFn, num_classes: int = 1000, in_chans: int = 3,
-                 width: float = 1.0, stem: str = "imagenet"):
+    def __init__(
+        self,
+        depth: int,
+        conv: ConvFn,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        width: float = 1.0,
+        stem: str = "imagenet",
+    ):
         super().__init__()
         kind, layers = DEPTHS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
-        widths = [max(1, round(64 * width * 2 ** i)) for i in range(4)]
+        widths = [max(1, round(64 * width * 2**i)) for i in range(4)]
         stem_ch = widths[0]
         if stem == "imagenet":
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_ch, 7, 2, 3, bias=False), nn.BatchNorm2d(stem_ch),
-                                      nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, stem_ch, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(stem_ch),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
         else:
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_ch, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_ch),
-                                      nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, stem_ch, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(stem_ch),
+                nn.ReLU(inplace=True),
+            )
         stages, in_ch = [], stem_ch
         for i, (w, n) in enumerate(zip(widths, layers)):
             blocks = []

@@ -13,6 +13,16 @@ from padnet.partitioning.imp import (
 from padnet.partitioning.scores import magnitude_scores, masked_tensors, random_scores, snip_scores
 
 __all__ = [
-    "METHODS", "SCOPES", "PartitionReport", "apply_partition", "check_dynamic_elements", "check_kappa",
-    "magnitude_scores", "make_report", "masked_tensors", "partition", "random_scores", "snip_scores",
+    "METHODS",
+    "SCOPES",
+    "PartitionReport",
+    "apply_partition",
+    "check_dynamic_elements",
+    "check_kappa",
+    "magnitude_scores",
+    "make_report",
+    "masked_tensors",
+    "partition",
+    "random_scores",
+    "snip_scores",
 ]

@@ -49,8 +49,10 @@ class PartitionReport:
         return {**asdict(self), "dynamic_ratio": self.dynamic_ratio}
 
     def summary(self) -> str:
-        return (f"{self.method} ({self.scope}, {self.iterations} iteration(s)): dynamic ratio "
-                f"{self.dynamic_ratio:.4f} ({self.dynamic}/{self.total}) over {len(self.layers)} tensors")
+        return (
+            f"{self.method} ({self.scope}, {self.iterations} iteration(s)): dynamic ratio "
+            f"{self.dynamic_ratio:.4f} ({self.dynamic}/{self.total}) over {len(self.layers)} tensors"
+        )
 
 
 def check_kappa(kappa: float) -> float:
@@ -66,8 +68,9 @@ def check_kappa(kappa: float) -> float:
 
 def _keep_top(scores: list[torch.Tensor], masks: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
     """Masks with exactly ``keep`` ones at the highest scores among currently dynamic elements."""
-    flat = torch.cat([torch.where(m.reshape(-1) > 0, s.reshape(-1).float(), float("-inf"))
-                      for s, m in zip(scores, masks)])
+    flat = torch.cat(
+        [torch.where(m.reshape(-1) > 0, s.reshape(-1).float(), float("-inf")) for s, m in zip(scores, masks)]
+    )
     order = torch.sort(flat, descending=True, stable=True).indices
     keep = min(keep, int(torch.isfinite(flat).sum()))  # never revive a static element
     new = torch.zeros_like(flat)
@@ -97,12 +100,16 @@ def check_dynamic_elements(tensors, kappa: float, scope: str = "global", align: 
     if scope == "global":
         kept, smallest = round(kappa * sum(sizes)), 1 / sum(sizes)
     else:
-        kept = sum(_aligned(kappa * n, n, align if mode.granularity == "filter" else 1)
-                   for n, (_, mode, _) in zip(sizes, tensors))
+        kept = sum(
+            _aligned(kappa * n, n, align if mode.granularity == "filter" else 1)
+            for n, (_, mode, _) in zip(sizes, tensors)
+        )
         smallest = 1 / max(sizes)
     if kept == 0:
-        raise ConfigError(f"kappa {kappa:g} leaves no dynamic element of the {sum(sizes):,} mask elements "
-                          f"({scope} scope); use kappa >= {smallest:.3g}")
+        raise ConfigError(
+            f"kappa {kappa:g} leaves no dynamic element of the {sum(sizes):,} mask elements "
+            f"({scope} scope); use kappa >= {smallest:.3g}"
+        )
     return kept
 
 
@@ -116,9 +123,14 @@ def apply_partition(tensors, scores: list[torch.Tensor], fraction: float, scope:
         total = sum(m.numel() for m in masks)
         new = _keep_top(scores, masks, round(fraction * total))
     else:
-        new = [_keep_top([s], [m], _aligned(fraction * m.numel(), m.numel(),
-                                            align if mode.granularity == "filter" else 1))[0]
-               for s, m, (_, mode, _) in zip(scores, masks, tensors)]
+        new = [
+            _keep_top(
+                [s],
+                [m],
+                _aligned(fraction * m.numel(), m.numel(), align if mode.granularity == "filter" else 1),
+            )[0]
+            for s, m, (_, mode, _) in zip(scores, masks, tensors)
+        ]
     with torch.no_grad():
         for m, n in zip(masks, new):
             m.copy_(n.view_as(m))
@@ -194,8 +206,10 @@ def partition(
         check_separation(tensors)
     start = 1.0 if reset else make_report(model, method, kappa, scope, 0, []).dynamic_ratio
     if kappa > start + 1e-12:
-        raise ConfigError(f"cannot continue a partition to kappa {kappa} above the current dynamic ratio "
-                          f"{start:.4f} (static elements stay static); pass reset=True")
+        raise ConfigError(
+            f"cannot continue a partition to kappa {kappa} above the current dynamic ratio "
+            f"{start:.4f} (static elements stay static); pass reset=True"
+        )
     steps = iterations if method == "imp" else 1
     # exponential schedule from the current ratio to κ: start · (κ / start)^((e+1)/E)
     schedule = [start * (kappa / start) ** ((e + 1) / steps) for e in range(steps)]
@@ -253,10 +267,12 @@ def check_separation(tensors, floor: float = SEPARATION_FLOOR) -> float:
         return float("inf")
     separation = distance / size
     if separation < floor:
-        raise ConfigError(f"mode partition scores would carry no signal: the dynamic factors equal the static "
-                          f"parameters (relative separation {separation:.1e}, floor {floor:g}), as right after "
-                          "converting a pretrained model; train first (PadConfig partition_at='steps' with "
-                          "partition_after=N) or pass check_scores=False")
+        raise ConfigError(
+            f"mode partition scores would carry no signal: the dynamic factors equal the static "
+            f"parameters (relative separation {separation:.1e}, floor {floor:g}), as right after "
+            "converting a pretrained model; train first (PadConfig partition_at='steps' with "
+            "partition_after=N) or pass check_scores=False"
+        )
     return separation
 
 
@@ -267,14 +283,17 @@ def custom_scores(fn: Callable, tensors) -> list[torch.Tensor]:
         score = fn(name, factors.detach(), mode.mask.detach())
         if not isinstance(score, torch.Tensor) or score.shape != mode.mask.shape:
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
-            raise ConfigError(f"the partition score function returned {got} for {name}; "
-                              f"expected a tensor of the mask's shape {tuple(mode.mask.shape)}")
+            raise ConfigError(
+                f"the partition score function returned {got} for {name}; "
+                f"expected a tensor of the mask's shape {tuple(mode.mask.shape)}"
+            )
         scores.append(score.detach().float().to(mode.mask.device))
     return scores
 
 
-def make_report(model: nn.Module, method: str, kappa: float, scope: str, iterations: int,
-                schedule: list[float]) -> PartitionReport:
+def make_report(
+    model: nn.Module, method: str, kappa: float, scope: str, iterations: int, schedule: list[float]
+) -> PartitionReport:
     """Report the dynamic ratio now held by the masks of ``model``."""
     layers, dynamic, total = [], 0, 0
     for name, mode, _ in masked_tensors(model):

@@ -85,8 +85,11 @@ def snip_scores(
             m.requires_grad_(True)
         device = masks[0].device
         for index, batch in enumerate(itertools.islice(batches, num_batches)):
-            loss = _loss(model, batch, index, loss_fn, device) if batch_loss is None else _checked(
-                f"partition batch {index}: the batch loss failed", batch_loss, model, batch)
+            loss = (
+                _loss(model, batch, index, loss_fn, device)
+                if batch_loss is None
+                else _checked(f"partition batch {index}: the batch loss failed", batch_loss, model, batch)
+            )
             for acc, g in zip(grads, torch.autograd.grad(loss, masks)):
                 acc += g
             seen += 1
@@ -126,16 +129,32 @@ def _loss(model: nn.Module, batch, index: int, loss_fn: Callable, device) -> tor
     """``loss_fn(model(x), y)`` of an (inputs, targets) batch; DataError naming batch ``index`` and what does not
     fit. Integer labels are checked against the model's classes before the loss (on a GPU an index out of range
     is a device-side assert, not an error)."""
-    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)):
-        raise DataError(f"partition batch {index} is not an (inputs, targets) pair of tensors; pass batch_loss= for "
-                        "other batches")
+    if not (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and all(isinstance(t, torch.Tensor) for t in batch)
+    ):
+        raise DataError(
+            f"partition batch {index} is not an (inputs, targets) pair of tensors; pass batch_loss= for "
+            "other batches"
+        )
     x, y = batch
-    out = _checked(f"partition batch {index}: inputs of shape {tuple(x.shape)} do not fit the model"
-                   f"{_expected_input(model)}", model, x.to(device))
-    if isinstance(out, torch.Tensor) and out.dim() >= 2 and not (y.is_floating_point() or y.dtype == torch.bool):
+    out = _checked(
+        f"partition batch {index}: inputs of shape {tuple(x.shape)} do not fit the model"
+        f"{_expected_input(model)}",
+        model,
+        x.to(device),
+    )
+    if (
+        isinstance(out, torch.Tensor)
+        and out.dim() >= 2
+        and not (y.is_floating_point() or y.dtype == torch.bool)
+    ):
         labels = y[y != IGNORED_LABEL]
         classes = out.shape[1]
         if labels.numel() and not (int(labels.min()) >= 0 and int(labels.max()) < classes):
-            raise DataError(f"partition batch {index}: labels must be in [0, {classes - 1}] for the model's "
-                            f"{classes} classes, got {int(labels.min())}..{int(labels.max())}")
+            raise DataError(
+                f"partition batch {index}: labels must be in [0, {classes - 1}] for the model's "
+                f"{classes} classes, got {int(labels.min())}..{int(labels.max())}"
+            )
     return _checked(f"partition batch {index}: the loss failed", loss_fn, out, y.to(device))

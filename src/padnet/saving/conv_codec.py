@@ -106,9 +106,20 @@ def deployed_skeleton(model: nn.Module, meta: dict) -> nn.Module:
         if not isinstance(layer, DynamicConv2d):
             raise CheckpointError(f"the file's layer {name} is {type(layer).__name__} in this architecture")
         _check_layer_config(name, cfg, layer)
-        model.set_submodule(name, DeployedConv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-            layer.dilation, layer.groups, attention=layer.attention, **cfg))
+        model.set_submodule(
+            name,
+            DeployedConv2d(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups,
+                attention=layer.attention,
+                **cfg,
+            ),
+        )
     model.padnet_deployed = {"folded_bn": meta["folded_bn"], "fused_convs": meta["fused_convs"]}
     return model.eval()
 
@@ -117,9 +128,16 @@ def _check_layer_config(name: str, cfg, layer: DynamicConv2d) -> None:
     """CheckpointError unless ``cfg`` (read from disk) has the keys and kinds of ``DeployedConv2d.config`` and a
     dynamic count the layer's kernel can hold."""
     kinds = {"layout": str, "num_kernels": int, "num_dynamic": int, "dynamic_bias": bool, "static_bias": bool}
-    if not (isinstance(cfg, dict) and set(cfg) == set(kinds)
-            and all(type(cfg[k]) is kind for k, kind in kinds.items())):  # exact kinds: True is not an int here
+    if not (
+        isinstance(cfg, dict)
+        and set(cfg) == set(kinds)
+        and all(type(cfg[k]) is kind for k, kind in kinds.items())
+    ):  # exact kinds: True is not an int here
         raise CheckpointError(f"the deployed layout of layer {name} is malformed")
-    if cfg["num_kernels"] != layer.num_kernels or not 0 <= cfg["num_dynamic"] <= math.prod(layer.kernel_shape):
-        raise CheckpointError(f"the deployed layout of layer {name} does not fit it ({cfg['num_kernels']} kernels, "
-                              f"{cfg['num_dynamic']} dynamic positions)")
+    if cfg["num_kernels"] != layer.num_kernels or not 0 <= cfg["num_dynamic"] <= math.prod(
+        layer.kernel_shape
+    ):
+        raise CheckpointError(
+            f"the deployed layout of layer {name} does not fit it ({cfg['num_kernels']} kernels, "
+            f"{cfg['num_dynamic']} dynamic positions)"
+        )

@@ -77,9 +77,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(exc, SafetensorError):  # e.g. a full disk while safetensors writes: an OSError for callers
-            raise OSError(f"cannot write {path} ({str(exc).splitlines()[0] if str(exc) else 'safetensors error'})") \
-                from None
+        if isinstance(
+            exc, SafetensorError
+        ):  # e.g. a full disk while safetensors writes: an OSError for callers
+            raise OSError(
+                f"cannot write {path} ({str(exc).splitlines()[0] if str(exc) else 'safetensors error'})"
+            ) from None
         raise
 
 

@@ -59,7 +59,10 @@ def fingerprint(tensor: torch.Tensor) -> str:
 def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s state dict as detached CPU copies, ready for safetensors (which refuses tensors sharing memory,
     as tied weights do: GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``)."""
-    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
+    return {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
 
 
 def under(key: str, prefixes: Iterable[str]) -> bool:
@@ -68,6 +71,7 @@ def under(key: str, prefixes: Iterable[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ architecture
+
 
 def architecture(model: nn.Module) -> dict | None:
     """The recipe that rebuilds ``model``'s architecture: ``{"padnet": create_model arguments}`` for a model from
@@ -90,12 +94,19 @@ def _check_recipe(recipe: dict, source: str) -> dict:
             raise CheckpointError(f"{source}: the architecture has no {key} (a string)")
     for key, (low, high) in _RECIPE_INTS.items():
         value = recipe.get(key)
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
-            raise CheckpointError(f"{source}: architecture option {key} must be an integer in [{low}, {high}], "
-                                  f"got {value!r}")
+        if value is not None and not (
+            isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        ):
+            raise CheckpointError(
+                f"{source}: architecture option {key} must be an integer in [{low}, {high}], got {value!r}"
+            )
     width = recipe.get("width", 1.0)
-    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and math.isfinite(width)
-            and 0 < width <= _RECIPE_WIDTH):
+    if not (
+        isinstance(width, (int, float))
+        and not isinstance(width, bool)
+        and math.isfinite(width)
+        and 0 < width <= _RECIPE_WIDTH
+    ):
         raise CheckpointError(f"{source}: architecture width must be in (0, {_RECIPE_WIDTH}], got {width!r}")
     return recipe
 
@@ -105,7 +116,6 @@ def build_architecture(recipe: dict, directory: Path) -> nn.Module:
     folder ``directory``). Raises CheckpointError for a malformed or unknown architecture."""
     source = str(directory / CONFIG_FILE)
     if isinstance(recipe.get("padnet"), dict) and len(recipe) == 1:
-
         try:
             return create_model(**_check_recipe(recipe["padnet"], source))
         except (ConfigError, TypeError) as exc:
@@ -114,18 +124,23 @@ def build_architecture(recipe: dict, directory: Path) -> nn.Module:
         try:
             import transformers
         except ImportError:
-            raise CheckpointError(f"{directory} holds a Hugging Face model: install padnet[nlp] to load it") from None
+            raise CheckpointError(
+                f"{directory} holds a Hugging Face model: install padnet[nlp] to load it"
+            ) from None
         cls = getattr(transformers, recipe["transformers"], None)
         if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
             raise CheckpointError(f"{source}: {recipe['transformers']!r} is not a transformers model class")
         try:
             config = transformers.AutoConfig.from_pretrained(str(directory))
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{directory / HF_CONFIG_FILE} is not a readable Hugging Face config "
-                                  f"({str(exc).splitlines()[0]})") from None
+            raise CheckpointError(
+                f"{directory / HF_CONFIG_FILE} is not a readable Hugging Face config "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
         if not isinstance(config, cls.config_class):
-            raise CheckpointError(f"{directory / HF_CONFIG_FILE} is a {type(config).__name__}, not the config of "
-                                  f"{cls.__name__}")
+            raise CheckpointError(
+                f"{directory / HF_CONFIG_FILE} is a {type(config).__name__}, not the config of {cls.__name__}"
+            )
         _check_size(cls, config, directory)
         return _build(cls, config, directory)
     raise CheckpointError(f"{source}: malformed architecture record")
@@ -136,8 +151,9 @@ def _build(cls: type, config, directory: Path) -> nn.Module:
     try:
         return cls(config)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a config that does not fit
-        raise CheckpointError(f"{directory / HF_CONFIG_FILE} does not build a {cls.__name__} "
-                              f"({first_line(exc)})") from None
+        raise CheckpointError(
+            f"{directory / HF_CONFIG_FILE} does not build a {cls.__name__} ({first_line(exc)})"
+        ) from None
 
 
 def _check_size(cls: type, config, directory: Path) -> None:
@@ -148,8 +164,10 @@ def _check_size(cls: type, config, directory: Path) -> None:
         needed = sum(p.numel() for p in _build(cls, config, directory).parameters())
     stored = stored_values(directory / WEIGHTS_FILE)
     if needed > stored * MAX_EXPERTS:
-        raise CheckpointError(f"{directory / HF_CONFIG_FILE} describes a model of {needed:,} parameters; "
-                              f"{WEIGHTS_FILE} holds {stored:,} values")
+        raise CheckpointError(
+            f"{directory / HF_CONFIG_FILE} describes a model of {needed:,} parameters; "
+            f"{WEIGHTS_FILE} holds {stored:,} values"
+        )
 
 
 def stored_values(path: Path) -> int:
@@ -163,8 +181,10 @@ def stored_values(path: Path) -> int:
 
 # ----------------------------------------------------------------------------------------------- files
 
-def write_folder(directory: str | Path, tensors: dict[str, torch.Tensor], record: dict, model: nn.Module,
-                 tokenizer=None) -> Path:
+
+def write_folder(
+    directory: str | Path, tensors: dict[str, torch.Tensor], record: dict, model: nn.Module, tokenizer=None
+) -> Path:
     """Write a model folder, each file atomically, the record last (a folder with a record is complete).
 
     ``record``: the fields of ``padnet_config.json`` but the format; ``model``: the saved model, whose Hugging
@@ -186,7 +206,9 @@ def write_folder(directory: str | Path, tensors: dict[str, torch.Tensor], record
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"padnet": json.dumps({"format": FORMAT, "form": record["form"]})})
+        save_file(
+            tensors, str(tmp), metadata={"padnet": json.dumps({"format": FORMAT, "form": record["form"]})}
+        )
     write_json(directory / CONFIG_FILE, {"format": FORMAT, **record})
     return directory
 
@@ -195,22 +217,35 @@ def read_record(directory: Path) -> dict:
     """``directory/padnet_config.json``, checked field by field. Raises CheckpointError."""
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise CheckpointError(
+            f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     try:
         record = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not readable JSON ({str(exc).splitlines()[0]})") from None
-    ok = (isinstance(record, dict) and record.get("format") == FORMAT and record.get("form") in FORMS
-          and isinstance(record.get("config"), (dict, type(None))) and isinstance(record.get("converted"), list)
-          and all(isinstance(n, str) for n in record["converted"]) and isinstance(record.get("base"), dict)
-          and all(isinstance(v, str) for v in record["base"].values()) and isinstance(record.get("deploy"), dict)
-          and isinstance(record.setdefault("architecture", None), (dict, type(None))))
+    ok = (
+        isinstance(record, dict)
+        and record.get("format") == FORMAT
+        and record.get("form") in FORMS
+        and isinstance(record.get("config"), (dict, type(None)))
+        and isinstance(record.get("converted"), list)
+        and all(isinstance(n, str) for n in record["converted"])
+        and isinstance(record.get("base"), dict)
+        and all(isinstance(v, str) for v in record["base"].values())
+        and isinstance(record.get("deploy"), dict)
+        and isinstance(record.setdefault("architecture", None), (dict, type(None)))
+    )
     if not ok:
         raise CheckpointError(f"{path} is not a padnet model record ({FORMAT})")
     deploy = record["deploy"]
-    if deploy and not (isinstance(deploy.get("layers"), dict) and all(
+    if deploy and not (
+        isinstance(deploy.get("layers"), dict)
+        and all(
             isinstance(deploy.get(k), list) and all(isinstance(n, str) for n in deploy[k])
-            for k in ("folded_bn", "fused_convs"))):
+            for k in ("folded_bn", "fused_convs")
+        )
+    ):
         raise CheckpointError(f"{path} has a malformed deployed layout")
     return record
 
@@ -219,7 +254,9 @@ def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
     """The tensors of ``directory/padnet_model.safetensors``, checked to be written in ``form``."""
     path = directory / WEIGHTS_FILE
     if not path.is_file():
-        raise CheckpointError(f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise CheckpointError(
+            f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = parse_json((fh.metadata() or {}).get("padnet", "null"))
@@ -244,7 +281,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
         first = (missing or unexpected or shapes)[0]
         raise CheckpointError(
             f"{source} does not match this architecture: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(shapes)} mis-shaped tensors (first: {first})")
+            f"{len(shapes)} mis-shaped tensors (first: {first})"
+        )
     for key, value in own.items():  # a float weight stored as integers, or holding NaN / inf, is not a model
         saved = state[key]
         if value.is_floating_point() and not saved.is_floating_point():
@@ -261,5 +299,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
 
 def _mask_keys(model: nn.Module) -> list[str]:
     """The state-dict keys of ``model``'s mode-partition masks."""
-    return [f"{name}.mask" if name else "mask" for name, module in model.named_modules()
-            if isinstance(module, PartialMode)]
+    return [
+        f"{name}.mask" if name else "mask"
+        for name, module in model.named_modules()
+        if isinstance(module, PartialMode)
+    ]

@@ -19,8 +19,10 @@ _MODES = {"experts": "neuron_mode", "expert_bias": "bias_mode"}  # masked tensor
 def moe_masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
     """Boolean masks broadcast to one expert's tensor shape, for ``experts`` and ``expert_bias``."""
     bias_shape = layer.expert_bias.shape[1:]
-    return {"experts": layer.neuron_mode.element_mask()[0].bool().cpu(),
-            "expert_bias": layer.bias_mode.element_mask()[0].reshape(bias_shape).bool().cpu()}
+    return {
+        "experts": layer.neuron_mode.element_mask()[0].bool().cpu(),
+        "expert_bias": layer.bias_mode.element_mask()[0].reshape(bias_shape).bool().cpu(),
+    }
 
 
 def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -64,8 +66,9 @@ def decode_moe(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, 
                 static[~mask] = tensors.pop(f"{name}.{mode_name}.static.values")
                 tensors[f"{name}.{mode_name}.static"] = static.reshape(mode.static.shape)
             # back to the mask buffer's shape: a filter or column mask keeps one element per block
-            reduced = mask.reshape(mode.shape)[tuple(slice(None) if n > 1 else slice(0, 1)
-                                                     for n in mode.mask.shape[1:])].reshape(mode.mask.shape)
+            reduced = mask.reshape(mode.shape)[
+                tuple(slice(None) if n > 1 else slice(0, 1) for n in mode.mask.shape[1:])
+            ].reshape(mode.mask.shape)
             if not torch.equal(reduced.expand(1, *mode.shape).reshape(mask.shape), mask):
                 raise ValueError(f"the mask bits of {name}.{key} do not fit its {mode.granularity} masks")
             tensors[f"{name}.{mode_name}.mask"] = reduced.float()

@@ -41,11 +41,26 @@ def _check_types(cfg, names: tuple[str, ...]) -> None:
 
 # run keys that only some conv types use (the rest apply to every run)
 _APPLIES_TO = {
-    **dict.fromkeys(("kappa", "granularity", "scale_mode", "mask_semantics", "partition", "partition_batches",
-                     "partition_iterations", "partition_scope", "partition_align"), "partial"),
-    **dict.fromkeys(("sparsity", "pruning_iterations", "budget_weight", "threshold_lr", "mask_strategy"), "sdconv"),
-    **dict.fromkeys(("num_kernels", "reduction", "temperature_start", "temperature_end", "temperature_epochs"),
-                    "dynamic"),
+    **dict.fromkeys(
+        (
+            "kappa",
+            "granularity",
+            "scale_mode",
+            "mask_semantics",
+            "partition",
+            "partition_batches",
+            "partition_iterations",
+            "partition_scope",
+            "partition_align",
+        ),
+        "partial",
+    ),
+    **dict.fromkeys(
+        ("sparsity", "pruning_iterations", "budget_weight", "threshold_lr", "mask_strategy"), "sdconv"
+    ),
+    **dict.fromkeys(
+        ("num_kernels", "reduction", "temperature_start", "temperature_end", "temperature_epochs"), "dynamic"
+    ),
 }
 _KIND_NAMES = {"partial": "PAD-Net forms", "sdconv": "sdconv", "dynamic": "dynamic convolutions"}
 
@@ -63,17 +78,25 @@ class TrainConfig:
     reduction: int | None = None  # None: the conv type's default (DY-Conv 4, ODConv/DCD 16)
     granularity: str = "shared"
     scale_mode: str = "constrained"
-    mask_semantics: str = "static"  # masked elements take the static parameters ("static") or are pruned ("zero")
+    mask_semantics: str = (
+        "static"  # masked elements take the static parameters ("static") or are pruned ("zero")
+    )
     # data
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     download: bool = False
     train_subset: int | None = None
     augment: bool = True
-    flip: bool | None = None  # left-right flip in the augmentation; None: the data's default (off for digits, arrays)
-    image_size: int | None = None  # imagefolder: crop side (default 224); arrays: side of flat (N, H*W) images
+    flip: bool | None = (
+        None  # left-right flip in the augmentation; None: the data's default (off for digits, arrays)
+    )
+    image_size: int | None = (
+        None  # imagefolder: crop side (default 224); arrays: side of flat (N, H*W) images
+    )
     channels: int | None = None  # imagefolder: 3 (RGB, default) or 1 (grey levels)
-    normalization: str = "auto"  # imagefolder: auto (ImageNet for 3 channels, the data's for 1), imagenet, data, none
+    normalization: str = (
+        "auto"  # imagefolder: auto (ImageNet for 3 channels, the data's for 1), imagenet, data, none
+    )
     # optimisation (PAD-Net appendix A: SGD 0.9, warm-up + cosine)
     epochs: int = 3
     batch_size: int = 128
@@ -83,7 +106,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
     # dynamic layers: attention temperature anneals linearly from start to end
-    temperature_start: float | None = None  # None: the conv type's (30 for softmax routing; CondConv 1: no temperature)
+    temperature_start: float | None = (
+        None  # None: the conv type's (30 for softmax routing; CondConv 1: no temperature)
+    )
     temperature_end: float = 1.0
     temperature_epochs: float = 1.0
     # mode partition (PAD-Net eq. 5–9), run before training for conv="pad"
@@ -110,8 +135,21 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check ranges and names that can be checked without building anything; returns self."""
 
-        _check_types(self, ("model", "conv", "stem", "dataset", "granularity", "scale_mode", "partition",
-                            "partition_scope", "mask_strategy", "mask_semantics"))
+        _check_types(
+            self,
+            (
+                "model",
+                "conv",
+                "stem",
+                "dataset",
+                "granularity",
+                "scale_mode",
+                "partition",
+                "partition_scope",
+                "mask_strategy",
+                "mask_semantics",
+            ),
+        )
         check_choice("model", self.model.lower(), MODELS)
         self.conv = canonical_conv(self.conv)
         check_choice("dataset", self.dataset, DATASETS)
@@ -121,19 +159,31 @@ class TrainConfig:
         check_choice("partition scope", self.partition_scope, SCOPES)
         if self.partition_align > 1 and self.partition_scope != "local":
             raise ConfigError("partition_align > 1 needs partition_scope 'local'")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "width": self.width,
-                    "partition_batches": self.partition_batches, "partition_iterations": self.partition_iterations,
-                    "partition_align": self.partition_align, "temperature_end": self.temperature_end}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "width": self.width,
+            "partition_batches": self.partition_batches,
+            "partition_iterations": self.partition_iterations,
+            "partition_align": self.partition_align,
+            "temperature_end": self.temperature_end,
+        }
         if self.temperature_start is not None:
             positive["temperature_start"] = self.temperature_start
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         # upper bounds: a configuration read from a run directory must not ask for a huge allocation
-        for name, high in (("width", 16), ("epochs", MAX_EPOCHS), ("batch_size", 65_536),
-                           ("partition_batches", LIMITS["partition_batches"]),
-                           ("partition_iterations", LIMITS["partition_iterations"]), ("partition_align", 4_096),
-                           ("pruning_iterations", LIMITS["pruning_iterations"])):
+        for name, high in (
+            ("width", 16),
+            ("epochs", MAX_EPOCHS),
+            ("batch_size", 65_536),
+            ("partition_batches", LIMITS["partition_batches"]),
+            ("partition_iterations", LIMITS["partition_iterations"]),
+            ("partition_align", 4_096),
+            ("pruning_iterations", LIMITS["pruning_iterations"]),
+        ):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
         for name in ("temperature_start", "temperature_end"):
@@ -145,7 +195,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be >= 0, got {value!r}")
-        for name in ("warmup_epochs", "temperature_epochs"):  # epochs of a schedule, as many as a run may have
+        for name in (
+            "warmup_epochs",
+            "temperature_epochs",
+        ):  # epochs of a schedule, as many as a run may have
             value = getattr(self, name)
             if not 0 <= value <= MAX_EPOCHS:
                 raise ConfigError(f"{name} must be in [0, {MAX_EPOCHS}] epochs, got {value!r}")
@@ -180,7 +233,11 @@ class TrainConfig:
         if not (math.isfinite(self.threshold_lr) and self.threshold_lr > 0):
             raise ConfigError(f"threshold_lr must be a positive number, got {self.threshold_lr!r}")
         check_choice("mask strategy", self.mask_strategy, STRATEGIES)
-        if self.granularity != "shared" and is_partial(self.conv) and "granularity" not in accepted_options(self.conv):
+        if (
+            self.granularity != "shared"
+            and is_partial(self.conv)
+            and "granularity" not in accepted_options(self.conv)
+        ):
             raise ConfigError(f"conv type {self.conv!r} has no mask granularity option (use 'shared')")
         return self
 
@@ -191,12 +248,17 @@ class TrainConfig:
         """ConfigError for a key in ``given`` (set by the user) that this run's conv type does not use, e.g.
         ``sparsity`` for PAD-Net or ``kappa`` for DY-Conv: such a value would be ignored without a word."""
 
-        uses = {"partial": is_partial(self.conv), "sdconv": self.conv == "sdconv", "dynamic": is_dynamic(self.conv)}
+        uses = {
+            "partial": is_partial(self.conv),
+            "sdconv": self.conv == "sdconv",
+            "dynamic": is_dynamic(self.conv),
+        }
         for key in sorted(given):
             kind = _APPLIES_TO.get(key)
             if kind is not None and not uses[kind]:
-                raise ConfigError(f"{key} does not apply to conv {self.conv!r} (it applies to "
-                                  f"{_KIND_NAMES[kind]})")
+                raise ConfigError(
+                    f"{key} does not apply to conv {self.conv!r} (it applies to {_KIND_NAMES[kind]})"
+                )
 
     def data_options(self) -> dict[str, Any]:
         """The image options ``padnet.training.data.load_dataset`` takes (image size, channels, normalisation)."""
@@ -209,17 +271,35 @@ class TrainConfig:
             return None
         partial, sparse = is_partial(self.conv), self.conv == "sdconv"
         return PadConfig(
-            method=self.conv, num_kernels=self.num_kernels, reduction=self.reduction,
-            temperature_start=self.temperature_start, temperature_end=self.temperature_end,
-            temperature_anneal=self.temperature_epochs, temperature_unit="epochs",
-            kappa=self.kappa if partial else None, granularity=self.granularity if partial else None,
-            scale_mode=self.scale_mode if partial else None, mask_semantics=self.mask_semantics if partial else None,
-            partition_at="start" if partial else None, init_from_pretrained=False,  # built from scratch
-            partition=self.partition, partition_scope=self.partition_scope,
-            partition_iterations=self.partition_iterations, partition_batches=self.partition_batches,
-            **({"sparsity": self.sparsity, "pruning_iterations": self.pruning_iterations,
-                "budget_weight": self.budget_weight, "threshold_lr": self.threshold_lr,
-                "mask_strategy": self.mask_strategy} if sparse else {}))
+            method=self.conv,
+            num_kernels=self.num_kernels,
+            reduction=self.reduction,
+            temperature_start=self.temperature_start,
+            temperature_end=self.temperature_end,
+            temperature_anneal=self.temperature_epochs,
+            temperature_unit="epochs",
+            kappa=self.kappa if partial else None,
+            granularity=self.granularity if partial else None,
+            scale_mode=self.scale_mode if partial else None,
+            mask_semantics=self.mask_semantics if partial else None,
+            partition_at="start" if partial else None,
+            init_from_pretrained=False,  # built from scratch
+            partition=self.partition,
+            partition_scope=self.partition_scope,
+            partition_iterations=self.partition_iterations,
+            partition_batches=self.partition_batches,
+            **(
+                {
+                    "sparsity": self.sparsity,
+                    "pruning_iterations": self.pruning_iterations,
+                    "budget_weight": self.budget_weight,
+                    "threshold_lr": self.threshold_lr,
+                    "mask_strategy": self.mask_strategy,
+                }
+                if sparse
+                else {}
+            ),
+        )
 
 
 @dataclass
@@ -261,8 +341,11 @@ class FinetuneConfig:
         check_choice("task", self.task, TASK_NAMES)
         if self.task != "text" and (self.text_columns != ["text"] or self.label_column != "label"):
             raise ConfigError("text_columns and label_column apply to task 'text' only")
-        if not (isinstance(self.text_columns, list) and 1 <= len(self.text_columns) <= 2
-                and all(isinstance(c, str) and c for c in self.text_columns)):
+        if not (
+            isinstance(self.text_columns, list)
+            and 1 <= len(self.text_columns) <= 2
+            and all(isinstance(c, str) and c for c in self.text_columns)
+        ):
             raise ConfigError(f"text_columns must name one or two columns, got {self.text_columns!r}")
         if not (isinstance(self.label_column, str) and self.label_column):
             raise ConfigError(f"label_column must name a column, got {self.label_column!r}")
@@ -271,16 +354,29 @@ class FinetuneConfig:
         check_choice("partition method", self.partition, METHODS)
         check_kappa(self.kappa)
         _check_types(self, ("model", "task", "variant", "granularity", "partition"))
-        for name in ("num_experts", "top_k", "partition_batches", "partition_iterations", "epochs",
-                     "batch_size", "max_length", "keep_checkpoints"):
+        for name in (
+            "num_experts",
+            "top_k",
+            "partition_batches",
+            "partition_iterations",
+            "epochs",
+            "batch_size",
+            "max_length",
+            "keep_checkpoints",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.top_k > self.num_experts:
             raise ConfigError(f"top_k {self.top_k} is larger than num_experts {self.num_experts}")
-        for name, high in (("num_experts", LIMITS["num_experts"]), ("epochs", MAX_EPOCHS), ("batch_size", 65_536),
-                           ("max_length", 8_192), ("partition_batches", LIMITS["partition_batches"]),
-                           ("partition_iterations", LIMITS["partition_iterations"])):
+        for name, high in (
+            ("num_experts", LIMITS["num_experts"]),
+            ("epochs", MAX_EPOCHS),
+            ("batch_size", 65_536),
+            ("max_length", 8_192),
+            ("partition_batches", LIMITS["partition_batches"]),
+            ("partition_iterations", LIMITS["partition_iterations"]),
+        ):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
@@ -295,8 +391,9 @@ class FinetuneConfig:
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
         if self.variant in ("pad", "prune") and self.epochs < 2:
-            raise ConfigError(f"variant {self.variant!r} partitions at the start of the second epoch: "
-                              "needs epochs >= 2")
+            raise ConfigError(
+                f"variant {self.variant!r} partitions at the start of the second epoch: needs epochs >= 2"
+            )
         return self
 
     def to_dict(self) -> dict:
@@ -322,11 +419,19 @@ class FinetuneConfig:
             return None
         partial = self.variant in ("pad", "prune")
         method = {"moe": "moe", "pad": "pad-moe", "prune": "moe-p"}[self.variant]
-        return PadConfig(method=method, num_experts=self.num_experts, top_k=self.top_k,
-                         aux_loss_weight=self.aux_loss_weight, kappa=self.kappa if partial else None,
-                         granularity=self.granularity if partial else None, partition=self.partition,
-                         partition_iterations=self.partition_iterations, partition_batches=self.partition_batches,
-                         partition_at="epochs" if partial else None, partition_after=1 if partial else None)
+        return PadConfig(
+            method=method,
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            aux_loss_weight=self.aux_loss_weight,
+            kappa=self.kappa if partial else None,
+            granularity=self.granularity if partial else None,
+            partition=self.partition,
+            partition_iterations=self.partition_iterations,
+            partition_batches=self.partition_batches,
+            partition_at="epochs" if partial else None,
+            partition_after=1 if partial else None,
+        )
 
 
 MAX_THREADS = 256  # more would exhaust the process's threads (OpenBLAS fails at about 10^5)
@@ -423,8 +528,10 @@ def parse_yaml(text: str, source: str):
         depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
-                raise ConfigError(f"{source} uses a YAML alias (*{event.anchor}) at line "
-                                  f"{event.start_mark.line + 1}; write the value out")
+                raise ConfigError(
+                    f"{source} uses a YAML alias (*{event.anchor}) at line "
+                    f"{event.start_mark.line + 1}; write the value out"
+                )
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_YAML_DEPTH:

@@ -102,8 +102,10 @@ def global_batchnorm(model: nn.Module, ctx: Context) -> nn.Module:
         for child_name, child in list(module.named_children()):
             if type(child) is nn.BatchNorm2d:
                 if not (child.affine and child.track_running_stats):
-                    raise ConfigError("data-parallel CPU runs need BatchNorm2d with affine parameters and running "
-                                      "statistics")
+                    raise ConfigError(
+                        "data-parallel CPU runs need BatchNorm2d with affine parameters and running "
+                        "statistics"
+                    )
                 replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum)
                 replacement.load_state_dict(child.state_dict())
                 setattr(module, child_name, replacement)

@@ -41,8 +41,10 @@ def aggregated_kernel_stats(model: nn.Module, loader) -> list[dict]:
     if not layers:
         raise ConfigError("the model has no dynamic convolutions to measure")
     coeffs: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
-    hooks = [layer.attention.register_forward_hook(lambda mod, args, out, n=name: coeffs[n].append(out.double()))
-             for name, layer in layers]
+    hooks = [
+        layer.attention.register_forward_hook(lambda mod, args, out, n=name: coeffs[n].append(out.double()))
+        for name, layer in layers
+    ]
     run_with_hooks(model, loader, hooks)
     out = []
     for name, layer in layers:
@@ -50,14 +52,20 @@ def aggregated_kernel_stats(model: nn.Module, loader) -> list[dict]:
         lam_s, lam_d = layer.scales()
         dyn = layer.weight_mode.dynamic_part(layer.weight, lam_d).double().flatten(1)  # (k, E)
         static = layer.weight_mode.static_part(lam_s)
-        const = torch.zeros(dyn.shape[1], dtype=torch.float64) if static is None else static.double().flatten()
+        const = (
+            torch.zeros(dyn.shape[1], dtype=torch.float64) if static is None else static.double().flatten()
+        )
         count = pi.shape[0] * dyn.shape[1]
         total = pi.shape[0] * const.sum() + (pi @ dyn.sum(1)).sum()
-        squares = (pi.shape[0] * const.square().sum() + 2 * (pi @ (dyn @ const)).sum()
-                   + ((pi @ (dyn @ dyn.T)) * pi).sum())
+        squares = (
+            pi.shape[0] * const.square().sum()
+            + 2 * (pi @ (dyn @ const)).sum()
+            + ((pi @ (dyn @ dyn.T)) * pi).sum()
+        )
         mean = float(total / count)
-        out.append({"name": name, "mean": mean, "variance": float(squares / count) - mean ** 2,
-                    "samples": pi.shape[0]})
+        out.append(
+            {"name": name, "mean": mean, "variance": float(squares / count) - mean**2, "samples": pi.shape[0]}
+        )
     return out
 
 
@@ -82,12 +90,25 @@ def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
     if any(layer.mode_pairs() for _, layer in layers):  # masks: PAD-Net or SD-Conv
         raise ConfigError("magnitude pruning takes a DY-Conv model (not PAD-Net or SD-Conv)")
     magnitudes = torch.cat([layer.weight.abs().flatten() for _, layer in layers])
-    cut = float(torch.kthvalue(magnitudes, max(1, round(sparsity * magnitudes.numel()))).values) if sparsity else 0.0
+    cut = (
+        float(torch.kthvalue(magnitudes, max(1, round(sparsity * magnitudes.numel()))).values)
+        if sparsity
+        else 0.0
+    )
     pruned = copy.deepcopy(model)
     for name, layer in layers:
-        sparse = SparseDynamicConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                     layer.padding, layer.dilation, layer.groups, layer.bias is not None,
-                                     num_kernels=layer.num_kernels, formulation=layer.formulation)
+        sparse = SparseDynamicConv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            layer.bias is not None,
+            num_kernels=layer.num_kernels,
+            formulation=layer.formulation,
+        )
         sparse.attention = copy.deepcopy(layer.attention)  # the trained router, whatever its reduction
         sparse.weight.copy_(layer.weight)
         if layer.bias is not None:

@@ -22,8 +22,15 @@ def resized(data: ImageData, size: tuple[int, int]) -> ImageData:
     if tuple(data.images.shape[-2:]) == tuple(size):
         return data
     images = F.interpolate(data.images.float(), size=size, mode="bilinear", align_corners=False)
-    return ImageData(images.round().clamp(0, 255).to(torch.uint8), data.labels, data.num_classes, data.mean,
-                     data.std, data.classes, data.flip)
+    return ImageData(
+        images.round().clamp(0, 255).to(torch.uint8),
+        data.labels,
+        data.num_classes,
+        data.mean,
+        data.std,
+        data.classes,
+        data.flip,
+    )
 
 
 def _replace_classifier(model: nn.Module, num_classes: int) -> nn.Linear:
@@ -34,9 +41,17 @@ def _replace_classifier(model: nn.Module, num_classes: int) -> nn.Linear:
     return new
 
 
-def fine_tune(model: nn.Module, train: ImageData, test: ImageData, mode: str = "linear", epochs: int = 10,
-              lr: float = 0.05, batch_size: int = 64, weight_decay: float = 5e-4,
-              seed: int = 0) -> tuple[nn.Module, float]:
+def fine_tune(
+    model: nn.Module,
+    train: ImageData,
+    test: ImageData,
+    mode: str = "linear",
+    epochs: int = 10,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+) -> tuple[nn.Module, float]:
     """Fine-tune a copy of ``model`` on (``train``, ``test``) and return it with its test top-1 (%).
 
     The classifier is replaced by a freshly initialised one with ``train.num_classes`` outputs.
@@ -54,7 +69,9 @@ def fine_tune(model: nn.Module, train: ImageData, test: ImageData, mode: str = "
     torch.manual_seed(seed)
     model = copy.deepcopy(model)
     head = _replace_classifier(model, train.num_classes)
-    params = list(head.parameters()) if mode == "linear" else [p for p in model.parameters() if p.requires_grad]
+    params = (
+        list(head.parameters()) if mode == "linear" else [p for p in model.parameters() if p.requires_grad]
+    )
     for p in model.parameters():
         p.requires_grad_(mode == "full" or any(p is q for q in head.parameters()))
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)

@@ -33,8 +33,9 @@ def _blocks() -> dict[str, torch.nn.Module]:
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
     torch.manual_seed(0)
-    config = transformers.MixtralConfig(hidden_size=HIDDEN, intermediate_size=INTER, num_local_experts=EXPERTS,
-                                        num_experts_per_tok=TOP_K)
+    config = transformers.MixtralConfig(
+        hidden_size=HIDDEN, intermediate_size=INTER, num_local_experts=EXPERTS, num_experts_per_tok=TOP_K
+    )
     original = MixtralSparseMoeBlock(config).eval()
     with torch.no_grad():
         original.gate.weight.normal_(std=0.1)
@@ -62,40 +63,65 @@ def bench_compress(tokens: int = 2048, repeats: int = 3, progress=None, device: 
         def run():
             with torch.no_grad():
                 return block(x)
+
         return run
 
     variants = ("original", "pad-element-deployed", "pad-neuron-deployed")
     times = interleaved_rounds({v: call(blocks[v]) for v in variants}, repeats, device=device)
-    rows = [{"variant": v, "tokens": tokens, "ms": statistics.median(t) * 1e3, "round_ms": [s * 1e3 for s in t],
-             "ratio": ratio_spread(t, times["original"])} for v, t in times.items()]
+    rows = [
+        {
+            "variant": v,
+            "tokens": tokens,
+            "ms": statistics.median(t) * 1e3,
+            "round_ms": [s * 1e3 for s in t],
+            "ratio": ratio_spread(t, times["original"]),
+        }
+        for v, t in times.items()
+    ]
     original = bank_bytes(blocks["original"])
     sizes = {g: bank_bytes(blocks[f"pad-{g}"]) for g in ("element", "neuron")}
     expected = ((1 - KAPPA) + KAPPA * EXPERTS) / EXPERTS
-    return {"rows": rows, "bytes": {"original": original, **sizes, "expected_ratio": expected,
-                                    "ratios": {g: b / original for g, b in sizes.items()}}}
+    return {
+        "rows": rows,
+        "bytes": {
+            "original": original,
+            **sizes,
+            "expected_ratio": expected,
+            "ratios": {g: b / original for g, b in sizes.items()},
+        },
+    }
 
 
 def compress_summary(result: dict) -> dict:
     """The issue's targets: forward ratios and byte ratios."""
     ms = {r["variant"]: r["round_ms"] for r in result["rows"]}
-    out = {f"deployed PAD compression κ={KAPPA:g}, {g} masks: forward × original (≤ 1.1)":
-           ratio_spread(ms[f"pad-{g}-deployed"], ms["original"]) for g in ("element", "neuron")}
+    out = {
+        f"deployed PAD compression κ={KAPPA:g}, {g} masks: forward × original (≤ 1.1)": ratio_spread(
+            ms[f"pad-{g}-deployed"], ms["original"]
+        )
+        for g in ("element", "neuron")
+    }
     b = result["bytes"]
     for g in ("element", "neuron"):
-        out[f"PAD compression κ={KAPPA:g}, {g} masks: expert bytes ÷ expected {b['expected_ratio']:.4f}"] = spread(
-            [b["ratios"][g] / b["expected_ratio"]])  # one value: bytes do not vary
+        out[f"PAD compression κ={KAPPA:g}, {g} masks: expert bytes ÷ expected {b['expected_ratio']:.4f}"] = (
+            spread([b["ratios"][g] / b["expected_ratio"]])
+        )  # one value: bytes do not vary
     return out
 
 
 def compress_markdown(result: dict) -> list[str]:
-    title = (f"### PAD compression of a Mixtral MoE block (H {HIDDEN}, F {INTER}, {EXPERTS} experts, top-{TOP_K}, "
-             f"κ = {KAPPA:g}, inference, {result['rows'][0]['tokens']} tokens)")
+    title = (
+        f"### PAD compression of a Mixtral MoE block (H {HIDDEN}, F {INTER}, {EXPERTS} experts, top-{TOP_K}, "
+        f"κ = {KAPPA:g}, inference, {result['rows'][0]['tokens']} tokens)"
+    )
     lines = ["", title, "", "| Variant | ms | × original |", "| --- | ---: | ---: |"]
     lines += [f"| {r['variant']} | {r['ms']:.1f} | {fmt(r['ratio'])} |" for r in result["rows"]]
     b = result["bytes"]
-    sizes = (f"Expert bytes: original {b['original'] / 2**20:.2f} MiB; element masks "
-             f"{b['element'] / 2**20:.2f} MiB ({b['ratios']['element']:.4f}); neuron masks "
-             f"{b['neuron'] / 2**20:.2f} MiB ({b['ratios']['neuron']:.4f}); ((1 − κ) + κ·E)/E = "
-             f"{b['expected_ratio']:.4f}.")
+    sizes = (
+        f"Expert bytes: original {b['original'] / 2**20:.2f} MiB; element masks "
+        f"{b['element'] / 2**20:.2f} MiB ({b['ratios']['element']:.4f}); neuron masks "
+        f"{b['neuron'] / 2**20:.2f} MiB ({b['ratios']['neuron']:.4f}); ((1 − κ) + κ·E)/E = "
+        f"{b['expected_ratio']:.4f}."
+    )
     lines += ["", sizes]
     return lines

@@ -39,8 +39,11 @@ def _layers(hidden: int, inter: int) -> dict[str, nn.Module]:
     up, down = nn.Linear(hidden, inter), nn.Linear(inter, hidden)
     dense = nn.Sequential(up, nn.GELU(), down)
     layers: dict[str, nn.Module] = {"dense": dense}
-    for name, mode, granularity in (("moe", "dynamic", "element"), ("pad", "pad", "element"),
-                                    ("pad-neuron", "pad", "neuron")):
+    for name, mode, granularity in (
+        ("moe", "dynamic", "element"),
+        ("pad", "pad", "element"),
+        ("pad-neuron", "pad", "neuron"),
+    ):
         layer = MoEFeedForward.from_linears(up, down, nn.GELU(), mode=mode, granularity=granularity)
         with torch.no_grad():  # a trained router spreads tokens over the experts
             layer.router.weight.normal_(std=0.1)
@@ -52,8 +55,9 @@ def _layers(hidden: int, inter: int) -> dict[str, nn.Module]:
     return layers
 
 
-def _matmuls(hidden: int, inter: int, tokens: int, experts: int = 8, top_k: int = 2,
-             device: str = "cpu") -> dict[str, Callable]:
+def _matmuls(
+    hidden: int, inter: int, tokens: int, experts: int = 8, top_k: int = 2, device: str = "cpu"
+) -> dict[str, Callable]:
     """The matmuls of the dense FFN and of structured PAD-MoE at κ = 0.5 on evenly loaded experts, each
     expert with its own weights and tokens, with no routing, activation or bias."""
     half = inter // 2
@@ -74,6 +78,7 @@ def _matmuls(hidden: int, inter: int, tokens: int, experts: int = 8, top_k: int 
         for e in range(experts):
             (rows[e] @ expert_up[e]) @ expert_down[e]
         return out
+
     return {"dense-matmuls": dense, "pad-neuron-matmuls": structured}
 
 
@@ -85,21 +90,26 @@ def _step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object
             layer.zero_grad(set_to_none=True)
             xg.grad = None
             layer(xg).sum().backward()
+
         return step
 
     def infer():
         with torch.no_grad():
             return layer(x)
+
     return infer
 
 
-def bench_moe(tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress=None,
-              device: str = "cpu") -> list[dict]:
+def bench_moe(
+    tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress=None, device: str = "cpu"
+) -> list[dict]:
     """One row per (size, mode, variant): ``ms`` (median over rounds), ``round_ms`` and ``ratio`` (spread of the
     per-round ratios to the dense FFN of the same size and mode)."""
     rows = []
-    plan = {"train": ("dense", "moe", "pad", "pad-neuron"),
-            "inference": ("dense", "moe", "pad-deployed", "pad-neuron", "pad-neuron-deployed")}
+    plan = {
+        "train": ("dense", "moe", "pad", "pad-neuron"),
+        "inference": ("dense", "moe", "pad-deployed", "pad-neuron", "pad-neuron-deployed"),
+    }
     for size in sizes:
         hidden, inter = SIZES[size]
         layers = {name: layer.to(device) for name, layer in _layers(hidden, inter).items()}
@@ -111,9 +121,20 @@ def bench_moe(tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress
             if mode == "inference":
                 fns.update(_matmuls(hidden, inter, tokens, device=device))
             times = interleaved_rounds(fns, repeats, device=device)
-            rows += [{"size": size, "hidden": hidden, "intermediate": inter, "tokens": tokens, "mode": mode,
-                      "variant": v, "ms": statistics.median(t) * 1e3, "round_ms": [s * 1e3 for s in t],
-                      "ratio": ratio_spread(t, times["dense"])} for v, t in times.items()]
+            rows += [
+                {
+                    "size": size,
+                    "hidden": hidden,
+                    "intermediate": inter,
+                    "tokens": tokens,
+                    "mode": mode,
+                    "variant": v,
+                    "ms": statistics.median(t) * 1e3,
+                    "round_ms": [s * 1e3 for s in t],
+                    "ratio": ratio_spread(t, times["dense"]),
+                }
+                for v, t in times.items()
+            ]
     return rows
 
 
@@ -123,20 +144,35 @@ def moe_summary(rows: list[dict]) -> dict[str, float]:
     for size in dict.fromkeys(r["size"] for r in rows):
         ms = {(r["mode"], r["variant"]): r["round_ms"] for r in rows if r["size"] == size}
         for key, (mode, a, b) in {
-                "MoE fwd+bwd × dense FFN (≤ 2.2)": ("train", "moe", "dense"),
-                "deployed PAD-MoE inference × MoE (≤ 1)": ("inference", "pad-deployed", "moe"),
-                "structured PAD-MoE κ=0.5 forward × dense FFN (≤ 1.6)": ("inference", "pad-neuron", "dense"),
-                "structured PAD-MoE κ=0.5 deployed forward × dense FFN": ("inference", "pad-neuron-deployed", "dense"),
-                "structured PAD-MoE κ=0.5 matmuls alone × dense FFN matmuls (floor)": (
-                    "inference", "pad-neuron-matmuls", "dense-matmuls")}.items():
+            "MoE fwd+bwd × dense FFN (≤ 2.2)": ("train", "moe", "dense"),
+            "deployed PAD-MoE inference × MoE (≤ 1)": ("inference", "pad-deployed", "moe"),
+            "structured PAD-MoE κ=0.5 forward × dense FFN (≤ 1.6)": ("inference", "pad-neuron", "dense"),
+            "structured PAD-MoE κ=0.5 deployed forward × dense FFN": (
+                "inference",
+                "pad-neuron-deployed",
+                "dense",
+            ),
+            "structured PAD-MoE κ=0.5 matmuls alone × dense FFN matmuls (floor)": (
+                "inference",
+                "pad-neuron-matmuls",
+                "dense-matmuls",
+            ),
+        }.items():
             out[f"{size} {key}"] = ratio_spread(ms[(mode, a)], ms[(mode, b)])
     return out
 
 
 def moe_markdown(rows: list[dict]) -> list[str]:
     """Markdown lines: one table of ms and × dense per size and mode."""
-    lines = [f"## MoE feed-forward layers, {rows[0]['tokens']} tokens, 8 experts top-2, κ = {KAPPA}", "",
-             "| Size | Mode | Variant | ms | × dense FFN |", "| --- | --- | --- | ---: | ---: |"]
-    lines += [f"| {r['size']} ({r['hidden']}→{r['intermediate']}) | {r['mode']} | {r['variant']} | {r['ms']:.1f} | "
-              f"{fmt(r['ratio'])} |" for r in rows]
+    lines = [
+        f"## MoE feed-forward layers, {rows[0]['tokens']} tokens, 8 experts top-2, κ = {KAPPA}",
+        "",
+        "| Size | Mode | Variant | ms | × dense FFN |",
+        "| --- | --- | --- | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r['size']} ({r['hidden']}→{r['intermediate']}) | {r['mode']} | {r['variant']} | {r['ms']:.1f} | "
+        f"{fmt(r['ratio'])} |"
+        for r in rows
+    ]
     return [*lines, ""]

@@ -67,9 +67,11 @@ MODEL_VARIANTS = {  # name: (conv, options, partition granularity or None, deplo
 SPARSITY = 0.5  # SD-Conv variants: each layer's threshold at the median of its scores
 TRAIN_VARIANTS = ("static", "dy-grouped", "dy", "dy-autotune", "pad", "pad-filter")
 MODEL_STEPS = 2  # timed steps per whole-model process (after a warm-up step); the shortest counts
-QUICK_LEAVES_OUT = ("layers: 2 of the 4 shapes (128 ch 16×16 and 256 ch 8×8 left out)",
-                    "models: the default allocator (the tuned one only)",
-                    "moe: the BERT-base size (MiniLM only)")
+QUICK_LEAVES_OUT = (
+    "layers: 2 of the 4 shapes (128 ch 16×16 and 256 ch 8×8 left out)",
+    "models: the default allocator (the tuned one only)",
+    "moe: the BERT-base size (MiniLM only)",
+)
 
 
 def _peak_rss_mb() -> float:
@@ -77,6 +79,7 @@ def _peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ layers
+
 
 def _layer_variants(channels: int) -> dict[str, nn.Module]:
     from padnet.deployment.deploy import deploy
@@ -96,8 +99,9 @@ def _layer_variants(channels: int) -> dict[str, nn.Module]:
     return layers
 
 
-def bench_layers(batches=(1, 64), shapes=LAYER_SHAPES, repeats: int = 3, progress=None,
-                 device: str = "cpu") -> list[dict]:
+def bench_layers(
+    batches=(1, 64), shapes=LAYER_SHAPES, repeats: int = 3, progress=None, device: str = "cpu"
+) -> list[dict]:
     """Rows {channels, size, batch, mode, variant, ms (median), ratio (spread over rounds, × the static conv of
     the same round)}; the variants of a row are timed in turn in each of ``repeats`` rounds."""
     rows = []
@@ -109,30 +113,46 @@ def bench_layers(batches=(1, 64), shapes=LAYER_SHAPES, repeats: int = 3, progres
                 if progress:
                     progress(f"layer {channels}ch {size}px b{batch} {mode}")
                 train = mode == "training"
-                fns = {name: _layer_step(layer.train(train), x, train) for name, layer in layers.items()
-                       if not (train and name.endswith("deployed"))}
+                fns = {
+                    name: _layer_step(layer.train(train), x, train)
+                    for name, layer in layers.items()
+                    if not (train and name.endswith("deployed"))
+                }
                 times = interleaved_rounds(fns, repeats, device=device)
-                rows += [{"channels": channels, "size": size, "batch": batch, "mode": mode, "variant": n,
-                          "ms": statistics.median(t) * 1e3, "ratio": ratio_spread(t, times["static"])}
-                         for n, t in times.items()]
+                rows += [
+                    {
+                        "channels": channels,
+                        "size": size,
+                        "batch": batch,
+                        "mode": mode,
+                        "variant": n,
+                        "ms": statistics.median(t) * 1e3,
+                        "ratio": ratio_spread(t, times["static"]),
+                    }
+                    for n, t in times.items()
+                ]
     return rows
 
 
 def _layer_step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object]:
     if not train:
+
         def infer():
             with torch.no_grad():
                 return layer(x)
+
         return infer
     xg = x.clone().requires_grad_(True)
     params = [p for p in layer.parameters() if p.requires_grad]
 
     def step():
         return torch.autograd.grad(layer(xg).sum(), [xg, *params], allow_unused=True)
+
     return step
 
 
 # ------------------------------------------------------------------------------------------ models
+
 
 def _element_ratio(model: nn.Module) -> float:
     """Dynamic fraction of all masked elements (a filter counts as its elements)."""
@@ -183,8 +203,9 @@ def _build_model(variant: str, batch: int, size: int, train: bool, device: str =
     return model
 
 
-def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, steps: int = MODEL_STEPS,
-                  device: str = "cpu") -> dict:
+def measure_model(
+    variant: str, mode: str, batch: int = 64, size: int = 32, steps: int = MODEL_STEPS, device: str = "cpu"
+) -> dict:
     """Seconds per step (the shortest of ``steps`` after a warm-up step) and peak-memory growth (MB: of the
     process's peak RSS, or of the GPU's allocated memory) of one ResNet-18 variant, in this process."""
     train = mode == "training"
@@ -207,8 +228,14 @@ def measure_model(variant: str, mode: str, batch: int = 64, size: int = 32, step
 
     seconds = best_of(step, steps, device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else _peak_rss_mb()
-    return {"variant": variant, "mode": mode, "seconds": seconds, "peak_mb": peak - before,
-            "params": sum(p.numel() for p in model.parameters()), "dynamic_ratio": model.dynamic_ratio}
+    return {
+        "variant": variant,
+        "mode": mode,
+        "seconds": seconds,
+        "peak_mb": peak - before,
+        "params": sum(p.numel() for p in model.parameters()),
+        "dynamic_ratio": model.dynamic_ratio,
+    }
 
 
 def _worker(spec: dict, allocator: bool, threads: int) -> dict:
@@ -216,15 +243,21 @@ def _worker(spec: dict, allocator: bool, threads: int) -> dict:
     if allocator:
         env.update(ALLOCATOR_ENV)
     env["PADNET_BENCH_THREADS"] = str(threads)
-    proc = subprocess.run([sys.executable, "-m", "padnet.experiments.bench.run", json.dumps(spec)], env=env,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "padnet.experiments.bench.run", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode:
         raise RuntimeError(f"benchmark worker failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progress=None,
-                 device: str = "cpu") -> list[dict]:
+def bench_models(
+    threads: int, repeats: int = 3, allocators=(False, True), progress=None, device: str = "cpu"
+) -> list[dict]:
     """One fresh process per (allocator setting, mode, variant) in each of ``repeats`` rounds. Rows: ``seconds``
     (median over rounds) and ``round_seconds``, ``ratio_static`` (spread of the per-round ratios to the static
     model), ``peak_mb`` (largest over rounds), ``params``, ``dynamic_ratio``."""
@@ -238,18 +271,27 @@ def bench_models(threads: int, repeats: int = 3, allocators=(False, True), progr
                 for variant in variants:
                     if progress:
                         progress(f"resnet18 {mode} {variant} ({name} allocator), round {r + 1}/{repeats}")
-                    runs[variant].append(_worker({"variant": variant, "mode": mode, "device": device}, allocator,
-                                                 threads))
+                    runs[variant].append(
+                        _worker({"variant": variant, "mode": mode, "device": device}, allocator, threads)
+                    )
             static = [run["seconds"] for run in runs["static"]]
             for found in runs.values():
                 seconds = [run["seconds"] for run in found]
-                rows.append({**found[0], "allocator": name, "seconds": statistics.median(seconds),
-                             "round_seconds": seconds, "ratio_static": ratio_spread(seconds, static),
-                             "peak_mb": max(run["peak_mb"] for run in found)})
+                rows.append(
+                    {
+                        **found[0],
+                        "allocator": name,
+                        "seconds": statistics.median(seconds),
+                        "round_seconds": seconds,
+                        "ratio_static": ratio_spread(seconds, static),
+                        "peak_mb": max(run["peak_mb"] for run in found),
+                    }
+                )
     return rows
 
 
 # ------------------------------------------------------------------------------------------- files
+
 
 def bench_files(progress=None) -> list[dict]:
     """Deployed ImageNet ResNet-50 file sizes (bytes): DY-Conv, PAD-Net κ = 0.3 (shared, filter masks) and
@@ -263,9 +305,13 @@ def bench_files(progress=None) -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, conv, options in (("dy", "dy", {}), ("pad", "pad", {}),
-                                    ("pad-filter", "pad", {"granularity": "filter"}), ("sdconv", "sdconv", {}),
-                                    ("sdconv-same", "sdconv", {"mask_strategy": "same"})):
+        for name, conv, options in (
+            ("dy", "dy", {}),
+            ("pad", "pad", {}),
+            ("pad-filter", "pad", {"granularity": "filter"}),
+            ("sdconv", "sdconv", {}),
+            ("sdconv-same", "sdconv", {"mask_strategy": "same"}),
+        ):
             if progress:
                 progress(f"resnet50 file {name}")
             torch.manual_seed(0)
@@ -277,13 +323,16 @@ def bench_files(progress=None) -> list[dict]:
                 _sparsify(model, SPARSITY)
             params = count_parameters(model)
             folder = save_pretrained(deploy(model, inplace=True), Path(tmp) / name)
-            rows.append({"variant": name, "bytes": (folder / WEIGHTS_FILE).stat().st_size, "compact_params": params})
+            rows.append(
+                {"variant": name, "bytes": (folder / WEIGHTS_FILE).stat().st_size, "compact_params": params}
+            )
             del model
     dy = rows[0]["bytes"]
     return [{**r, "ratio_dy": r["bytes"] / dy} for r in rows]
 
 
 # ------------------------------------------------------------------------------------------ report
+
 
 def summary(result: dict) -> dict:
     """The issue's target ratios from the measured rows (None where a part was not run)."""
@@ -292,15 +341,16 @@ def summary(result: dict) -> dict:
     get = {(r["mode"], r["variant"]): r["round_seconds"] for r in models}
     if models:
         for key, (mode, a, b) in {
-                "dy_train_vs_static": ("training", "dy", "static"),
-                "dy_usual_train_vs_static": ("training", "dy-grouped", "static"),
-                "dy_autotune_train_vs_static": ("training", "dy-autotune", "static"),
-                "pad_infer_vs_dy": ("inference", "pad-deployed", "dy"),
-                "pad_train_form_infer_vs_dy": ("inference", "pad", "dy"),
-                "pad_filter_infer_vs_static": ("inference", "pad-filter-deployed", "static"),
-                "sdconv_deployed_infer_vs_dy": ("inference", "sdconv-deployed", "dy"),
-                "sdconv_deployed_infer_vs_training_form": ("inference", "sdconv-deployed", "sdconv"),
-                "sdconv_same_deployed_infer_vs_dy": ("inference", "sdconv-same-deployed", "dy")}.items():
+            "dy_train_vs_static": ("training", "dy", "static"),
+            "dy_usual_train_vs_static": ("training", "dy-grouped", "static"),
+            "dy_autotune_train_vs_static": ("training", "dy-autotune", "static"),
+            "pad_infer_vs_dy": ("inference", "pad-deployed", "dy"),
+            "pad_train_form_infer_vs_dy": ("inference", "pad", "dy"),
+            "pad_filter_infer_vs_static": ("inference", "pad-filter-deployed", "static"),
+            "sdconv_deployed_infer_vs_dy": ("inference", "sdconv-deployed", "dy"),
+            "sdconv_deployed_infer_vs_training_form": ("inference", "sdconv-deployed", "sdconv"),
+            "sdconv_same_deployed_infer_vs_dy": ("inference", "sdconv-same-deployed", "dy"),
+        }.items():
             out[key] = ratio_spread(get[(mode, a)], get[(mode, b)])
     files = {r["variant"]: r["ratio_dy"] for r in result.get("files", [])}
     if files:
@@ -321,42 +371,63 @@ def summary(result: dict) -> dict:
 def markdown(result: dict) -> str:
     host = result["machine"]
     gpu = f", GPU {host['gpu']}" if host.get("gpu") else ""
-    title = (f"# padnet bench: {host['cpu']} ({host['logical_cpus']} logical CPUs), {host['threads']} threads"
-             f"{gpu}, torch {host['torch']}")
-    lines = [title, "",
-             f"Ratios: median over {result['repeats']} rounds (min–max over the rounds).", ""]
+    title = (
+        f"# padnet bench: {host['cpu']} ({host['logical_cpus']} logical CPUs), {host['threads']} threads"
+        f"{gpu}, torch {host['torch']}"
+    )
+    lines = [title, "", f"Ratios: median over {result['repeats']} rounds (min–max over the rounds).", ""]
     if result.get("quick"):
         lines += ["`--quick` leaves out: " + "; ".join(QUICK_LEAVES_OUT) + ".", ""]
     if result.get("summary"):
         lines += ["| Target ratio | Measured |", "| --- | ---: |"]
-        lines += [f"| {k} | {fmt(v) if isinstance(v, dict) else format(v, '.3f')} |"
-                  for k, v in result["summary"].items()] + [""]
+        lines += [
+            f"| {k} | {fmt(v) if isinstance(v, dict) else format(v, '.3f')} |"
+            for k, v in result["summary"].items()
+        ] + [""]
     if result.get("models"):
-        lines += ["## CIFAR ResNet-18, batch 64", "",
-                  "| Allocator | Mode | Variant | Dynamic ratio | ms | × static | Peak MB | Params |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['allocator']} | {r['mode']} | {r['variant']} | "
-                  f"{'–' if r['dynamic_ratio'] is None else format(r['dynamic_ratio'], '.3f')} | "
-                  f"{r['seconds'] * 1e3:.0f} | {fmt(r['ratio_static'])} | {r['peak_mb']:.0f} | {r['params'] / 1e6:.2f}M |"
-                  for r in result["models"]]
+        lines += [
+            "## CIFAR ResNet-18, batch 64",
+            "",
+            "| Allocator | Mode | Variant | Dynamic ratio | ms | × static | Peak MB | Params |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['allocator']} | {r['mode']} | {r['variant']} | "
+            f"{'–' if r['dynamic_ratio'] is None else format(r['dynamic_ratio'], '.3f')} | "
+            f"{r['seconds'] * 1e3:.0f} | {fmt(r['ratio_static'])} | {r['peak_mb']:.0f} | {r['params'] / 1e6:.2f}M |"
+            for r in result["models"]
+        ]
         lines.append("")
     if result.get("layers"):
         lines += ["## One 3×3 convolution (× static, same row)", ""]
         variants = list(dict.fromkeys(r["variant"] for r in result["layers"]))
-        lines += ["| Shape | Batch | Mode | static ms | " + " | ".join(variants[1:]) + " |",
-                  "| --- | ---: | --- | ---: |" + " ---: |" * (len(variants) - 1)]
+        lines += [
+            "| Shape | Batch | Mode | static ms | " + " | ".join(variants[1:]) + " |",
+            "| --- | ---: | --- | ---: |" + " ---: |" * (len(variants) - 1),
+        ]
         keys = dict.fromkeys((r["channels"], r["size"], r["batch"], r["mode"]) for r in result["layers"])
         for c, s, b, mode in keys:
-            row = {r["variant"]: r for r in result["layers"]
-                   if (r["channels"], r["size"], r["batch"], r["mode"]) == (c, s, b, mode)}
+            row = {
+                r["variant"]: r
+                for r in result["layers"]
+                if (r["channels"], r["size"], r["batch"], r["mode"]) == (c, s, b, mode)
+            }
             cells = [fmt(row[v]["ratio"]) if v in row else "–" for v in variants[1:]]
-            lines.append(f"| {c} ch {s}×{s} | {b} | {mode} | {row['static']['ms']:.1f} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {c} ch {s}×{s} | {b} | {mode} | {row['static']['ms']:.1f} | " + " | ".join(cells) + " |"
+            )
         lines.append("")
     if result.get("files"):
-        lines += ["## Deployed ImageNet ResNet-50 files", "", "| Variant | MB | × DY-Conv | Compact params |",
-                  "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {r['variant']} | {r['bytes'] / 2**20:.1f} | {r['ratio_dy']:.3f} | {r['compact_params'] / 1e6:.2f}M |"
-                  for r in result["files"]]
+        lines += [
+            "## Deployed ImageNet ResNet-50 files",
+            "",
+            "| Variant | MB | × DY-Conv | Compact params |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['variant']} | {r['bytes'] / 2**20:.1f} | {r['ratio_dy']:.3f} | {r['compact_params'] / 1e6:.2f}M |"
+            for r in result["files"]
+        ]
         lines.append("")
     if result.get("moe"):
         from padnet.experiments.bench.moe import moe_markdown
@@ -383,8 +454,15 @@ def check_bench_options(threads: int, repeats: int, device: str) -> None:
         raise ConfigError("--device cuda: torch sees no CUDA device here")
 
 
-def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick: bool = False, progress=None,
-              device: str = "cpu") -> dict:
+def run_bench(
+    out: Path,
+    parts=PARTS,
+    threads: int = 2,
+    repeats: int = 3,
+    quick: bool = False,
+    progress=None,
+    device: str = "cpu",
+) -> dict:
     """Run the chosen parts on ``device`` (``"cpu"`` or ``"cuda"``), write ``bench.json`` and ``bench.md`` into
     ``out`` and return the result. Raises ConfigError for unknown parts or device, or ``"cuda"`` without a GPU."""
     from padnet.saving.fileio import write_json, write_text
@@ -409,8 +487,12 @@ def run_bench(out: Path, parts=PARTS, threads: int = 2, repeats: int = 3, quick:
     if "moe" in parts:
         from padnet.experiments.bench.moe import bench_moe
 
-        result["moe"] = bench_moe(repeats=repeats, sizes=("MiniLM",) if quick else ("MiniLM", "BERT-base"),
-                                  progress=progress, device=device)
+        result["moe"] = bench_moe(
+            repeats=repeats,
+            sizes=("MiniLM",) if quick else ("MiniLM", "BERT-base"),
+            progress=progress,
+            device=device,
+        )
     if "compress" in parts:
         from padnet.experiments.bench.compress import bench_compress
 
@@ -426,7 +508,9 @@ def _main(spec: dict) -> None:
     torch.set_num_threads(int(os.environ.get("PADNET_BENCH_THREADS", "2")))
     if spec.get("part") == "layers":
         shapes = LAYER_SHAPES[::3] if spec["quick"] else LAYER_SHAPES
-        print(json.dumps({"rows": bench_layers(shapes=shapes, repeats=spec["repeats"], device=spec["device"])}))
+        print(
+            json.dumps({"rows": bench_layers(shapes=shapes, repeats=spec["repeats"], device=spec["device"])})
+        )
     else:
         print(json.dumps(measure_model(spec["variant"], spec["mode"], device=spec["device"])))
 

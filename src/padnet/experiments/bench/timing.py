@@ -33,8 +33,9 @@ def elapsed(fn: Callable[[], object], calls: int = 1, device: str = "cpu") -> fl
     return time.perf_counter() - begin
 
 
-def interleaved_rounds(fns: dict[str, Callable[[], object]], rounds: int, block: float = 0.3,
-                       device: str = "cpu") -> dict[str, list]:
+def interleaved_rounds(
+    fns: dict[str, Callable[[], object]], rounds: int, block: float = 0.3, device: str = "cpu"
+) -> dict[str, list]:
     """Seconds per call of each function in each of ``rounds`` rounds.
 
     Each function is called once first (warm-up, which also sizes its block); a round then times a block of about
@@ -75,8 +76,16 @@ def machine(threads: int, device: str = "cpu") -> dict:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+            model = next(
+                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model
+            )
     except OSError:
         pass
     gpu = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else None
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "threads": threads, "gpu": gpu, "torch": torch.__version__}
+    return {
+        "cpu": model,
+        "logical_cpus": os.cpu_count(),
+        "threads": threads,
+        "gpu": gpu,
+        "torch": torch.__version__,
+    }

@@ -49,19 +49,37 @@ class RunCache(ABC):
     """
 
     def __init__(self, out: str | Path, base, seeds, log=print):
-        self.out, self.base, self.seeds, self.log = Path(out), base.validate(), tuple(dict.fromkeys(seeds)), log
+        self.out, self.base, self.seeds, self.log = (
+            Path(out),
+            base.validate(),
+            tuple(dict.fromkeys(seeds)),
+            log,
+        )
 
     def plan(self, variants: dict[str, dict]) -> list[tuple[str, int, object, Path]]:
         """Every (name, seed, config, run folder); configurations and reuse are checked before training."""
-        plan = [(name, seed, dataclasses.replace(self.base, seed=seed, **changes).validate(),
-                 self.out / "runs" / f"{name}-seed{seed}")
-                for name, changes in variants.items() for seed in self.seeds]
+        plan = [
+            (
+                name,
+                seed,
+                dataclasses.replace(self.base, seed=seed, **changes).validate(),
+                self.out / "runs" / f"{name}-seed{seed}",
+            )
+            for name, changes in variants.items()
+            for seed in self.seeds
+        ]
         for _, _, cfg, run_dir in plan:
             self.check(run_dir, cfg)
         return plan
 
-    def records(self, variants: dict[str, dict], labels: dict[str, str], value: str, values_key: str,
-                extra: tuple[str, ...] = ()) -> list[dict]:
+    def records(
+        self,
+        variants: dict[str, dict],
+        labels: dict[str, str],
+        value: str,
+        values_key: str,
+        extra: tuple[str, ...] = (),
+    ) -> list[dict]:
         """Train (or reuse) every variant with every seed; one record per variant with its ``labels`` entry,
         parameters, the per-seed ``value`` of each run (``values_key``), their mean and standard deviation
         (``{value}_mean``, ``{value}_std``), the ``extra`` keys of the first run, the seeds and the mean training
@@ -70,10 +88,19 @@ class RunCache(ABC):
         for name, results in self.results(variants).items():
             values = [r[value] for r in results]
             mean, std = mean_std(values)
-            out.append({"model": name, "label": labels[name], "params": results[0]["params"],
-                        **{key: results[0][key] for key in extra}, values_key: values, f"{value}_mean": mean,
-                        f"{value}_std": std, "seeds": list(self.seeds),
-                        "train_seconds_mean": mean_std(r["train_seconds"] for r in results)[0]})
+            out.append(
+                {
+                    "model": name,
+                    "label": labels[name],
+                    "params": results[0]["params"],
+                    **{key: results[0][key] for key in extra},
+                    values_key: values,
+                    f"{value}_mean": mean,
+                    f"{value}_std": std,
+                    "seeds": list(self.seeds),
+                    "train_seconds_mean": mean_std(r["train_seconds"] for r in results)[0],
+                }
+            )
         return out
 
     @abstractmethod
@@ -104,8 +131,9 @@ class Runs(RunCache):
     def data(self):
         """(train, test) of the recipe's data set, read once."""
         if self._data is None:
-            self._data = load_dataset(self.base.dataset, self.base.data_root, self.base.download,
-                                      **self.base.data_options())
+            self._data = load_dataset(
+                self.base.dataset, self.base.data_root, self.base.download, **self.base.data_options()
+            )
         return self._data
 
     def check(self, run_dir: Path, cfg: TrainConfig) -> None:
@@ -122,8 +150,10 @@ class Runs(RunCache):
 
 def vision_recipe(cfg: TrainConfig) -> str:
     """The training recipe of an image-classification study as one clause (model, data, schedule)."""
-    return (f"{cfg.model} ×{cfg.width:g} on {cfg.dataset}: {cfg.epochs} epochs, batch {cfg.batch_size}, train subset "
-            f"{cfg.train_subset or 'all'}, SGD lr {cfg.lr:g} (warm-up + cosine), weight decay {cfg.weight_decay:g}")
+    return (
+        f"{cfg.model} ×{cfg.width:g} on {cfg.dataset}: {cfg.epochs} epochs, batch {cfg.batch_size}, train subset "
+        f"{cfg.train_subset or 'all'}, SGD lr {cfg.lr:g} (warm-up + cosine), weight decay {cfg.weight_decay:g}"
+    )
 
 
 def write_study(folder: Path, title: str, markdown: str, summary: dict, fig, started: float) -> None:
@@ -133,20 +163,33 @@ def write_study(folder: Path, title: str, markdown: str, summary: dict, fig, sta
     wall = time.perf_counter() - started
     summary = {**summary, "wall_seconds": round(wall, 1)}
     write_json(folder / "results.json", summary)
-    write_text(folder / "results.md", f"# {title}\n\n{markdown.rstrip()}\n\nWall time of this study: {wall:.0f} s "
-                                      f"(runs already trained by another study are reused, not timed).\n")
+    write_text(
+        folder / "results.md",
+        f"# {title}\n\n{markdown.rstrip()}\n\nWall time of this study: {wall:.0f} s "
+        f"(runs already trained by another study are reused, not timed).\n",
+    )
     fig.tight_layout()
     with atomic_path(folder / "results.png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
-def write_variant_study(runs: RunCache, study: str, title: str, records: list[dict], markdown: str,
-                        values_key: str, ylabel: str, started: float) -> dict:
+def write_variant_study(
+    runs: RunCache,
+    study: str,
+    title: str,
+    records: list[dict],
+    markdown: str,
+    values_key: str,
+    ylabel: str,
+    started: float,
+) -> dict:
     """Write a study that compares variants into ``runs.out / study``: ``markdown``, a bar chart of each record's
     per-seed ``values_key`` and the records with the recipe; returns ``{"records": records}``."""
     fig = bars([r["label"] for r in records], [r[values_key] for r in records], ylabel)
-    write_study(runs.out / study, title, markdown, {"records": records, "config": runs.base.to_dict()}, fig, started)
+    write_study(
+        runs.out / study, title, markdown, {"records": records, "config": runs.base.to_dict()}, fig, started
+    )
     return {"records": records}
 
 

@@ -56,8 +56,20 @@ from padnet.training.nlp.finetune import quiet_transformers
 
 EOT = "<|endoftext|>"
 # what a trained model depends on: a run recorded with other values of these is not reused
-TRAINING_FIELDS = ("hidden", "intermediate", "layers", "experts", "top_k", "heads", "vocab", "block", "batch",
-                   "steps", "lr", "train_reviews")
+TRAINING_FIELDS = (
+    "hidden",
+    "intermediate",
+    "layers",
+    "experts",
+    "top_k",
+    "heads",
+    "vocab",
+    "block",
+    "batch",
+    "steps",
+    "lr",
+    "train_reviews",
+)
 # what a study writes into its output folder
 STUDY_ENTRIES = ("calibration.txt", "compressed", "compression", "runs", "tokenizer")
 
@@ -105,16 +117,23 @@ def build_tokenizer(texts: list[str], folder: Path, vocab: int):
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[EOT], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=[EOT],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tokenizer.train_from_iterator(texts, trainer)
-        PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOT, pad_token=EOT).save_pretrained(folder)
+        PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOT, pad_token=EOT).save_pretrained(
+            folder
+        )
     try:
         with quiet_transformers():
             return PreTrainedTokenizerFast.from_pretrained(folder)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a damaged tokenizer file
-        raise CheckpointError(f"{folder} holds a tokenizer that does not load ({first_line(exc)}); delete it to "
-                              "build it again") from None
+        raise CheckpointError(
+            f"{folder} holds a tokenizer that does not load ({first_line(exc)}); delete it to build it again"
+        ) from None
 
 
 def _model(recipe: Recipe, ffn: int | None, tokenizer):
@@ -122,14 +141,26 @@ def _model(recipe: Recipe, ffn: int | None, tokenizer):
     same attention, embeddings and head."""
     import transformers
 
-    common = {"vocab_size": len(tokenizer), "hidden_size": recipe.hidden, "num_hidden_layers": recipe.layers,
-              "num_attention_heads": recipe.heads, "num_key_value_heads": recipe.heads // 2,
-              "head_dim": recipe.hidden // recipe.heads, "max_position_embeddings": recipe.block,
-              "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id,
-              "bos_token_id": tokenizer.eos_token_id, "tie_word_embeddings": False}
+    common = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": recipe.hidden,
+        "num_hidden_layers": recipe.layers,
+        "num_attention_heads": recipe.heads,
+        "num_key_value_heads": recipe.heads // 2,
+        "head_dim": recipe.hidden // recipe.heads,
+        "max_position_embeddings": recipe.block,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": False,
+    }
     if ffn is None:
-        config = transformers.MixtralConfig(**common, intermediate_size=recipe.intermediate,
-                                            num_local_experts=recipe.experts, num_experts_per_tok=recipe.top_k)
+        config = transformers.MixtralConfig(
+            **common,
+            intermediate_size=recipe.intermediate,
+            num_local_experts=recipe.experts,
+            num_experts_per_tok=recipe.top_k,
+        )
         return transformers.MixtralForCausalLM(config)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, intermediate_size=ffn))
 
@@ -142,8 +173,10 @@ def train_lm(model, blocks: torch.Tensor, recipe: Recipe, seed: int, progress: b
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.1, betas=(0.9, 0.95))
     warmup = max(1, recipe.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / recipe.steps))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / recipe.steps))),
+    )
     model.train()
     started = time.perf_counter()
     with tqdm(range(recipe.steps), desc="training", disable=not progress, leave=False) as bar:
@@ -171,8 +204,9 @@ def _read_json(path: Path) -> dict:
     try:
         data = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable results file ({first_line(exc)}); delete it to redo "
-                              "the run") from None
+        raise CheckpointError(
+            f"{path} is not a readable results file ({first_line(exc)}); delete it to redo the run"
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a readable results file; delete it to redo the run")
     return data
@@ -182,11 +216,18 @@ def _check_cached(path: Path, *entries) -> None:
     """CheckpointError (one line) unless each of ``entries``, read from ``path``, holds a finite perplexity and a
     byte count (or None): a damaged cache file is never reported as a result."""
     for entry in entries:
-        perplexity, size = (entry.get("perplexity"), entry.get("bytes")) if isinstance(entry, dict) else (None, None)
-        if not (isinstance(perplexity, (int, float)) and math.isfinite(perplexity)
-                and isinstance(size, (int, type(None)))):
-            raise CheckpointError(f"{path} is not a readable results file (a measurement is missing or not finite); "
-                                  "delete it to redo the run")
+        perplexity, size = (
+            (entry.get("perplexity"), entry.get("bytes")) if isinstance(entry, dict) else (None, None)
+        )
+        if not (
+            isinstance(perplexity, (int, float))
+            and math.isfinite(perplexity)
+            and isinstance(size, (int, type(None)))
+        ):
+            raise CheckpointError(
+                f"{path} is not a readable results file (a measurement is missing or not finite); "
+                "delete it to redo the run"
+            )
 
 
 class Study:
@@ -206,7 +247,7 @@ class Study:
             raise ConfigError(f"{self.calibration} holds other calibration text; choose another --out")
         blocks = text_blocks(self.calibration, self.tokenizer, recipe.block)
         # what padnet moe-compress measures perplexity on: the last ``heldout`` fraction of the blocks
-        self.heldout = blocks[round(len(blocks) * (1 - CompressConfig().heldout)):]
+        self.heldout = blocks[round(len(blocks) * (1 - CompressConfig().heldout)) :]
 
     def trained(self, name: str, seed: int, ffn: int | None) -> tuple[Path, dict]:
         """The folder of a trained model and its record (trained now unless it is there)."""
@@ -216,19 +257,28 @@ class Study:
             record = _read_json(record_path)
             _check_cached(record_path, record)
             recorded = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
-            if all(recorded.get(k) == getattr(self.recipe, k) for k in TRAINING_FIELDS) and record.get("ffn") == ffn:
+            if (
+                all(recorded.get(k) == getattr(self.recipe, k) for k in TRAINING_FIELDS)
+                and record.get("ffn") == ffn
+            ):
                 return folder, record
             raise ConfigError(f"{folder} holds a run of another recipe; choose another --out")
         torch.manual_seed(seed)
         model = _model(self.recipe, ffn, self.tokenizer)
         self.log(f"[{name} seed {seed}] training {sum(p.numel() for p in model.parameters()):,} parameters")
         seconds = train_lm(model, self.train_blocks, self.recipe, seed, self.progress)
-        record = {"recipe": asdict(self.recipe), "ffn": ffn, "seconds": seconds,
-                  "perplexity": perplexity(model, self.heldout, self.recipe.batch),
-                  "bytes": ffn_bytes(model) if ffn else None}
+        record = {
+            "recipe": asdict(self.recipe),
+            "ffn": ffn,
+            "seconds": seconds,
+            "perplexity": perplexity(model, self.heldout, self.recipe.batch),
+            "bytes": ffn_bytes(model) if ffn else None,
+        }
         if not math.isfinite(record["perplexity"]):
-            raise ConfigError(f"the {name} model of seed {seed} has a held-out perplexity of {record['perplexity']}; "
-                              "it was not saved")
+            raise ConfigError(
+                f"the {name} model of seed {seed} has a held-out perplexity of {record['perplexity']}; "
+                "it was not saved"
+            )
         model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         write_json(record_path, record)
@@ -247,8 +297,10 @@ class Study:
                 raise ConfigError(f"{out} holds a compression with other settings; choose another --out")
             return results
         results = compress_folder(folder, self.calibration, out, cfg)
-        self.log(f"[{folder.name} {name}] perplexity {results['compressed']['perplexity']:.2f}, "
-                 f"{results['bytes_ratio']:.3f} of the expert bytes")
+        self.log(
+            f"[{folder.name} {name}] perplexity {results['compressed']['perplexity']:.2f}, "
+            f"{results['bytes_ratio']:.3f} of the expert bytes"
+        )
         return results
 
 
@@ -266,8 +318,10 @@ def claim_study_dir(out: Path, recipe: Recipe) -> None:
     recorded = _read_json(summary).get("recipe") if summary.is_file() else None
     changed = changed_keys(recorded, asdict(recipe), ()) if isinstance(recorded, dict) else []
     if changed:
-        raise ConfigError(f"{out} holds a compress-study of another recipe (it differs in {', '.join(changed)}); "
-                          "choose another --out")
+        raise ConfigError(
+            f"{out} holds a compress-study of another recipe (it differs in {', '.join(changed)}); "
+            "choose another --out"
+        )
 
 
 def check_settings(out: Path, seeds, kappas, recipe: Recipe) -> None:
@@ -284,8 +338,14 @@ def check_settings(out: Path, seeds, kappas, recipe: Recipe) -> None:
     claim_study_dir(out, recipe)
 
 
-def run(out: str | Path, seeds=(0, 1, 2), kappas=(0.1, 0.3, 0.5), recipe: Recipe | None = None, log=print,
-        progress: bool = True) -> dict:
+def run(
+    out: str | Path,
+    seeds=(0, 1, 2),
+    kappas=(0.1, 0.3, 0.5),
+    recipe: Recipe | None = None,
+    log=print,
+    progress: bool = True,
+) -> dict:
     """Run the study (see the module docstring); writes ``out/compression/results.md``, ``.json``, ``.png``.
     Raises ConfigError for bad settings or output folder (:func:`check_settings`) before anything trains."""
     recipe = recipe or Recipe()
@@ -293,8 +353,12 @@ def run(out: str | Path, seeds=(0, 1, 2), kappas=(0.1, 0.3, 0.5), recipe: Recipe
     kappas = tuple(sorted(set(kappas)))
     started = time.perf_counter()
     study = Study(Path(out), recipe, log, progress)
-    base = CompressConfig(block_size=recipe.block, batch_size=recipe.batch,
-                          calibration_batches=recipe.calibration_batches, progress=progress)
+    base = CompressConfig(
+        block_size=recipe.block,
+        batch_size=recipe.batch,
+        calibration_batches=recipe.calibration_batches,
+        progress=progress,
+    )
     rows: dict[str, list[dict]] = {}
     middle = kappas[len(kappas) // 2]
     for seed in seeds:
@@ -304,69 +368,116 @@ def run(out: str | Path, seeds=(0, 1, 2), kappas=(0.1, 0.3, 0.5), recipe: Recipe
         rows.setdefault("Expert merging", []).append({**merged["compressed"], "kappa": None})
         for kappa in kappas:
             for method, label in (("pad", "PAD"), ("prune", "MoE-P")):
-                r = study.compressed(folder, f"{method}-k{round(100 * kappa)}",
-                                     replace(base, method=method, kappa=kappa, seed=seed))
+                r = study.compressed(
+                    folder,
+                    f"{method}-k{round(100 * kappa)}",
+                    replace(base, method=method, kappa=kappa, seed=seed),
+                )
                 rows.setdefault(f"{label} κ = {kappa:g}", []).append({**r["compressed"], "kappa": kappa})
             if kappa == middle:  # the choices: Θ̄ weighted by load; a calibration fine-tune of Θ̄ and λ
-                for name, label, changes in (("load", "Θ̄ by load", {"static": "load"}),
-                                             ("neuron-load", "neuron masks, Θ̄ by load",
-                                              {"static": "load", "granularity": "neuron"}),
-                                             ("tuned", f"+ {recipe.finetune_steps} fine-tune steps",
-                                              {"finetune_steps": recipe.finetune_steps})):
-                    r = study.compressed(folder, f"pad-{name}-k{round(100 * kappa)}",
-                                         replace(base, method="pad", kappa=kappa, seed=seed, **changes))
-                    rows.setdefault(f"PAD κ = {kappa:g}, {label}", []).append({**r["compressed"], "kappa": kappa})
+                for name, label, changes in (
+                    ("load", "Θ̄ by load", {"static": "load"}),
+                    ("neuron-load", "neuron masks, Θ̄ by load", {"static": "load", "granularity": "neuron"}),
+                    (
+                        "tuned",
+                        f"+ {recipe.finetune_steps} fine-tune steps",
+                        {"finetune_steps": recipe.finetune_steps},
+                    ),
+                ):
+                    r = study.compressed(
+                        folder,
+                        f"pad-{name}-k{round(100 * kappa)}",
+                        replace(base, method="pad", kappa=kappa, seed=seed, **changes),
+                    )
+                    rows.setdefault(f"PAD κ = {kappa:g}, {label}", []).append(
+                        {**r["compressed"], "kappa": kappa}
+                    )
         layer_ffn = recipe.hidden * 3 * 4 * recipe.layers  # bytes of one FFN neuron across the layers
         for kappa in kappas:
             pad_bytes = rows[f"PAD κ = {kappa:g}"][-1]["bytes"]
             width = max(1, round(pad_bytes / layer_ffn))
             _, dense = study.trained(f"dense-f{width}", seed, width)
             rows.setdefault(f"Dense, equal size to PAD κ = {kappa:g}", []).append(
-                {"perplexity": dense["perplexity"], "bytes": dense["bytes"], "kappa": kappa, "ffn": width})
-    records = [{"model": label, "perplexity": [r["perplexity"] for r in runs],
-                "perplexity_mean": mean_std([r["perplexity"] for r in runs])[0],
-                "perplexity_std": mean_std([r["perplexity"] for r in runs])[1],
-                "bytes": mean_std([r["bytes"] for r in runs])[0], "kappa": runs[0]["kappa"]}
-               for label, runs in rows.items()]
+                {"perplexity": dense["perplexity"], "bytes": dense["bytes"], "kappa": kappa, "ffn": width}
+            )
+    records = [
+        {
+            "model": label,
+            "perplexity": [r["perplexity"] for r in runs],
+            "perplexity_mean": mean_std([r["perplexity"] for r in runs])[0],
+            "perplexity_std": mean_std([r["perplexity"] for r in runs])[1],
+            "bytes": mean_std([r["bytes"] for r in runs])[0],
+            "kappa": runs[0]["kappa"],
+        }
+        for label, runs in rows.items()
+    ]
     markdown = _markdown(records, recipe, seeds, study)
     fig = _figure(records)
-    write_study(Path(out) / "compression", "PAD compression of MoE language models (beyond the papers)", markdown,
-                {"records": records, "recipe": asdict(recipe), "seeds": list(seeds)}, fig, started)
+    write_study(
+        Path(out) / "compression",
+        "PAD compression of MoE language models (beyond the papers)",
+        markdown,
+        {"records": records, "recipe": asdict(recipe), "seeds": list(seeds)},
+        fig,
+        started,
+    )
     return {"records": records}
 
 
 def _markdown(records: list[dict], recipe: Recipe, seeds, study: Study) -> str:
     original = next(r for r in records if r["model"] == "MoE (original)")["bytes"]
-    body = table({"Model": [r["model"] for r in records],
-                  "Expert / FFN weights (MiB)": [f"{r['bytes'] / 2**20:.2f}" for r in records],
-                  "× original": [f"{r['bytes'] / original:.3f}" for r in records],
-                  "Held-out perplexity": [pm(r["perplexity"]) for r in records]})
-    return (f"{body}\n\nRecipe: Mixtral-architecture causal LMs, {recipe.layers} layers, hidden {recipe.hidden}, "
-            f"{recipe.experts} experts of width {recipe.intermediate}, top-{recipe.top_k}, byte-level BPE "
-            f"vocabulary {len(study.tokenizer)}; {recipe.steps} AdamW steps (lr {recipe.lr:g}, batch {recipe.batch} × "
-            f"{recipe.block} tokens) on {len(study.train_blocks) * recipe.block:,} training tokens of IMDB + Rotten "
-            f"Tomatoes reviews (every tenth review held out). Compression: `padnet moe-compress`'s pipeline, IMP "
-            f"({CompressConfig().partition_iterations} iterations) on {recipe.calibration_batches} batches of the first 80 % of {recipe.calibration_reviews} "
-            f"held-out reviews, perplexity on the last 20 % ({len(study.heldout)} blocks); no fine-tuning after "
-            f"compression but in the \"fine-tune\" row ({recipe.finetune_steps} AdamW steps, lr "
-            f"{CompressConfig().lr:g}, on Θ̄ and λ "
-            f"only). Dense: a Llama-architecture model with the same attention and embeddings whose FFN takes "
-            f"the bytes PAD takes at that κ, trained like the MoE. Seeds {', '.join(map(str, seeds))}; mean ± std.\n")
+    body = table(
+        {
+            "Model": [r["model"] for r in records],
+            "Expert / FFN weights (MiB)": [f"{r['bytes'] / 2**20:.2f}" for r in records],
+            "× original": [f"{r['bytes'] / original:.3f}" for r in records],
+            "Held-out perplexity": [pm(r["perplexity"]) for r in records],
+        }
+    )
+    return (
+        f"{body}\n\nRecipe: Mixtral-architecture causal LMs, {recipe.layers} layers, hidden {recipe.hidden}, "
+        f"{recipe.experts} experts of width {recipe.intermediate}, top-{recipe.top_k}, byte-level BPE "
+        f"vocabulary {len(study.tokenizer)}; {recipe.steps} AdamW steps (lr {recipe.lr:g}, batch {recipe.batch} × "
+        f"{recipe.block} tokens) on {len(study.train_blocks) * recipe.block:,} training tokens of IMDB + Rotten "
+        f"Tomatoes reviews (every tenth review held out). Compression: `padnet moe-compress`'s pipeline, IMP "
+        f"({CompressConfig().partition_iterations} iterations) on {recipe.calibration_batches} batches of the first 80 % of {recipe.calibration_reviews} "
+        f"held-out reviews, perplexity on the last 20 % ({len(study.heldout)} blocks); no fine-tuning after "
+        f'compression but in the "fine-tune" row ({recipe.finetune_steps} AdamW steps, lr '
+        f"{CompressConfig().lr:g}, on Θ̄ and λ "
+        f"only). Dense: a Llama-architecture model with the same attention and embeddings whose FFN takes "
+        f"the bytes PAD takes at that κ, trained like the MoE. Seeds {', '.join(map(str, seeds))}; mean ± std.\n"
+    )
 
 
 def _figure(records: list[dict]):
     fig, (ax,) = figure(1, 6.0)
-    groups = {"PAD": ("o-", r"PAD κ = [\d.]+"), "MoE-P": ("s--", r"MoE-P κ = [\d.]+"),
-              "Dense of equal size": ("^:", r"Dense, equal size to PAD κ = [\d.]+")}
+    groups = {
+        "PAD": ("o-", r"PAD κ = [\d.]+"),
+        "MoE-P": ("s--", r"MoE-P κ = [\d.]+"),
+        "Dense of equal size": ("^:", r"Dense, equal size to PAD κ = [\d.]+"),
+    }
     for label, (style, pattern) in groups.items():
         chosen = sorted((r for r in records if re.fullmatch(pattern, r["model"])), key=lambda r: r["bytes"])
-        ax.errorbar([r["bytes"] / 2**20 for r in chosen], [r["perplexity_mean"] for r in chosen],
-                    yerr=[r["perplexity_std"] for r in chosen], fmt=style, capsize=3, label=label)
+        ax.errorbar(
+            [r["bytes"] / 2**20 for r in chosen],
+            [r["perplexity_mean"] for r in chosen],
+            yerr=[r["perplexity_std"] for r in chosen],
+            fmt=style,
+            capsize=3,
+            label=label,
+        )
     # the single points: the original, merging and PAD's variants at the middle κ
     singles = [r for r in records if not any(re.fullmatch(p, r["model"]) for _, p in groups.values())]
     for r, marker in zip(singles, "*xPDv<>"):
-        ax.errorbar([r["bytes"] / 2**20], [r["perplexity_mean"]], yerr=[r["perplexity_std"]], fmt=marker,
-                    markersize=8, capsize=3, label=r["model"])
+        ax.errorbar(
+            [r["bytes"] / 2**20],
+            [r["perplexity_mean"]],
+            yerr=[r["perplexity_std"]],
+            fmt=marker,
+            markersize=8,
+            capsize=3,
+            label=r["model"],
+        )
     ax.set_yscale("log")
     label_axes(ax, "expert / FFN weights (MiB)", "held-out perplexity (log scale)")
     return fig

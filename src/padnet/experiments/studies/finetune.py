@@ -35,7 +35,9 @@ def _read_results(path: Path) -> dict:
     try:
         results = parse_json(path.read_text())
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable results file ({exc}); delete it to train that run again") from None
+        raise DataError(
+            f"{path} is not a readable results file ({exc}); delete it to train that run again"
+        ) from None
     if not isinstance(results, dict) or "score" not in results:
         raise DataError(f"{path} is not a padnet results file; delete it to train that run again")
     return results
@@ -73,7 +75,6 @@ def save_masks(model, path: Path) -> None:
     ValueError for a mask that is not binary (a partition still relaxed)."""
     from safetensors.torch import save_file
 
-
     masks = {name: mode.mask.detach().cpu() for name, mode in partial_modes(model)}
     for name, mask in masks.items():
         if not bool(((mask == 0) | (mask == 1)).all()):
@@ -91,13 +92,16 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise DataError(f"{path} is missing (a run made before padnet saved masks); delete {path.parent} to train "
-                        "it again")
+        raise DataError(
+            f"{path} is missing (a run made before padnet saved masks); delete {path.parent} to train "
+            "it again"
+        )
     try:
         masks = load_file(str(path))
     except (OSError, SafetensorError) as exc:
-        raise DataError(f"{path} is not a readable masks file ({exc}); delete {path.parent} to train it "
-                        "again") from None
+        raise DataError(
+            f"{path} is not a readable masks file ({exc}); delete {path.parent} to train it again"
+        ) from None
     return {name: masks[name] for name in sorted(masks, key=_module_order)}
 
 
@@ -115,8 +119,10 @@ class TextRuns(RunCache):
         if saved.is_file():
             changed = _differences(_read_results(saved).get("config", {}), cfg)
             if changed:
-                raise ConfigError(f"{run_dir} holds a run with another configuration (differs in "
-                                  f"{', '.join(changed)}); choose another --out")
+                raise ConfigError(
+                    f"{run_dir} holds a run with another configuration (differs in "
+                    f"{', '.join(changed)}); choose another --out"
+                )
 
     def train(self, cfg: FinetuneConfig, run_dir: Path, label: str) -> dict:
         return run_variant(cfg, run_dir, self.log, label)
@@ -126,8 +132,9 @@ class TextRuns(RunCache):
         return load_masks(self.out / "runs" / f"{name}-seed{seed}" / MASKS_FILE)
 
 
-def run_moe_compare(out: str | Path, base: FinetuneConfig, variants=VARIANTS, seeds=QUICK_SEEDS,
-                    log=print) -> list[dict]:
+def run_moe_compare(
+    out: str | Path, base: FinetuneConfig, variants=VARIANTS, seeds=QUICK_SEEDS, log=print
+) -> list[dict]:
     """Fine-tune every variant with every seed; write ``results.md``, ``results.json``, ``results.png``.
 
     Returns one record per variant: ``model`` (label), ``variant``, ``params``, ``metric``, ``score_mean``,
@@ -146,53 +153,92 @@ def run_moe_compare(out: str | Path, base: FinetuneConfig, variants=VARIANTS, se
     for variant, results in runs.items():
         scores = [r["score"] for r in results]
         mean, std = mean_std(scores)
-        records.append({
-            "model": VARIANT_LABELS[variant] + (f" (κ={base.kappa:g})" if variant in ("pad", "prune") else ""),
-            "variant": variant, "params": results[0]["params"], "metric": results[0]["metric"],
-            "score_mean": mean, "score_std": std, "seeds": list(seeds), "scores": scores,
-            "train_seconds_mean": mean_std(r["train_seconds"] for r in results)[0],
-            "layer_dynamic_ratio": results[0]["dynamic_ratio"] if variant in ("pad", "prune") else None,
-        })
+        records.append(
+            {
+                "model": VARIANT_LABELS[variant]
+                + (f" (κ={base.kappa:g})" if variant in ("pad", "prune") else ""),
+                "variant": variant,
+                "params": results[0]["params"],
+                "metric": results[0]["metric"],
+                "score_mean": mean,
+                "score_std": std,
+                "seeds": list(seeds),
+                "scores": scores,
+                "train_seconds_mean": mean_std(r["train_seconds"] for r in results)[0],
+                "layer_dynamic_ratio": results[0]["dynamic_ratio"] if variant in ("pad", "prune") else None,
+            }
+        )
     summary = {"task": base.task, "model": base.model, "config": base.to_dict(), "records": records}
     fig, (ax_score, ax_layers) = figure(2)
     _plot(records, runs, ax_score, ax_layers)
-    write_study(out, f"{base.model} on {base.task}: dense vs MoE vs PAD-MoE vs MoE-P", _markdown(records, base),
-                summary, fig, started)
+    write_study(
+        out,
+        f"{base.model} on {base.task}: dense vs MoE vs PAD-MoE vs MoE-P",
+        _markdown(records, base),
+        summary,
+        fig,
+        started,
+    )
     return records
 
 
 def _markdown(records: list[dict], cfg: FinetuneConfig) -> str:
     metric = records[0]["metric"]
-    lines = [f"| Model | #Param. | {metric} (%) | Seeds | Train time / run (s) |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"| Model | #Param. | {metric} (%) | Seeds | Train time / run (s) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in records:
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {pm(r['scores'])} | {len(r['seeds'])} | "
-                     f"{r['train_seconds_mean']:.0f} |")
-    lines += ["", (f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr:g} β (0.9, 0.98), "
-                   f"weight decay {cfg.weight_decay:g}, warm-up {100 * cfg.warmup_ratio:g} % then linear decay, "
-                   f"max length {cfg.max_length}, train subset {cfg.train_subset or 'all'}; MoE {cfg.num_experts} "
-                   f"experts top-{cfg.top_k}, load-balancing weight {cfg.aux_loss_weight:g}; PAD-MoE / MoE-P "
-                   f"{cfg.granularity} masks, partition {cfg.partition} ({cfg.partition_iterations} iterations × "
-                   f"{cfg.partition_batches} batches) at the start of epoch 2."),
-              ("#Param.: every stored parameter (embeddings and classifier included), PAD-MoE and MoE-P in their "
-              "compact form.")]
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.2f}M | {pm(r['scores'])} | {len(r['seeds'])} | "
+            f"{r['train_seconds_mean']:.0f} |"
+        )
+    lines += [
+        "",
+        (
+            f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr:g} β (0.9, 0.98), "
+            f"weight decay {cfg.weight_decay:g}, warm-up {100 * cfg.warmup_ratio:g} % then linear decay, "
+            f"max length {cfg.max_length}, train subset {cfg.train_subset or 'all'}; MoE {cfg.num_experts} "
+            f"experts top-{cfg.top_k}, load-balancing weight {cfg.aux_loss_weight:g}; PAD-MoE / MoE-P "
+            f"{cfg.granularity} masks, partition {cfg.partition} ({cfg.partition_iterations} iterations × "
+            f"{cfg.partition_batches} batches) at the start of epoch 2."
+        ),
+        (
+            "#Param.: every stored parameter (embeddings and classifier included), PAD-MoE and MoE-P in their "
+            "compact form."
+        ),
+    ]
     for r in records:
         if r["layer_dynamic_ratio"]:
             ratios = ", ".join(f"{v:.3f}" for v in r["layer_dynamic_ratio"].values())
-            lines.append(f"\n{r['model']} dynamic ratio per MoE layer (bottom to top, seed {r['seeds'][0]}): {ratios}.")
+            lines.append(
+                f"\n{r['model']} dynamic ratio per MoE layer (bottom to top, seed {r['seeds'][0]}): {ratios}."
+            )
     return "\n".join(lines)
 
 
 def _plot(records, runs, ax_score, ax_layers) -> None:
     for i, r in enumerate(records):
-        ax_score.errorbar(r["params"] / 1e6, r["score_mean"], yerr=r["score_std"], fmt="o", capsize=4,
-                          label=r["model"], color=f"C{i}")
-        ax_score.scatter([r["params"] / 1e6] * len(r["scores"]), r["scores"], s=8, color="grey", alpha=0.5, zorder=0)
+        ax_score.errorbar(
+            r["params"] / 1e6,
+            r["score_mean"],
+            yerr=r["score_std"],
+            fmt="o",
+            capsize=4,
+            label=r["model"],
+            color=f"C{i}",
+        )
+        ax_score.scatter(
+            [r["params"] / 1e6] * len(r["scores"]), r["scores"], s=8, color="grey", alpha=0.5, zorder=0
+        )
     label_axes(ax_score, "parameters (M)", f"{records[0]['metric']} (%)", 8)
     for i, r in enumerate(records):
         if r["layer_dynamic_ratio"]:
             per_seed = [list(x["dynamic_ratio"].values()) for x in runs[r["variant"]]]
             layers = range(1, len(per_seed[0]) + 1)
             for j, ratios in enumerate(per_seed):
-                ax_layers.plot(layers, ratios, marker="o", alpha=0.6, color=f"C{i}", label=None if j else r["model"])
+                ax_layers.plot(
+                    layers, ratios, marker="o", alpha=0.6, color=f"C{i}", label=None if j else r["model"]
+                )
     ax_layers.set_title("layer-wise dynamic ratio (one line per seed)")
     label_axes(ax_layers, "MoE layer (bottom to top)", "dynamic ratio")

@@ -56,55 +56,96 @@ def _records(runs: TextRuns, variants: dict[str, dict], labels: dict[str, str]) 
 
 
 def _table(records: list[dict], extra: dict[str, list[str]] | None = None) -> str:
-    return table({"Model": [r["label"] for r in records], "#Param.": [f"{r['params'] / 1e6:.2f}M" for r in records],
-                  f"{records[0]['metric']} (%)": [pm(r["scores"]) for r in records], **(extra or {}),
-                  "Train time / run (s)": [f"{r['train_seconds_mean']:.0f}" for r in records]})
+    return table(
+        {
+            "Model": [r["label"] for r in records],
+            "#Param.": [f"{r['params'] / 1e6:.2f}M" for r in records],
+            f"{records[0]['metric']} (%)": [pm(r["scores"]) for r in records],
+            **(extra or {}),
+            "Train time / run (s)": [f"{r['train_seconds_mean']:.0f}" for r in records],
+        }
+    )
 
 
 def _recipe(runs: TextRuns) -> str:
     c = runs.base
-    return (f"{c.model} on {c.task}: {c.epochs} epochs, batch {c.batch_size}, AdamW lr {c.lr:g}, weight decay "
-            f"{c.weight_decay:g}, train subset {c.train_subset or 'all'}; MoE {c.num_experts} experts top-{c.top_k}, "
-            f"load-balancing weight {c.aux_loss_weight:g}; PAD-MoE / MoE-P {c.granularity} masks, "
-            f"{c.partition_iterations} IMP iterations on {c.partition_batches} batches at the start of epoch 2; "
-            f"seeds {', '.join(map(str, runs.seeds))}. #Param.: every stored parameter (embeddings and classifier "
-            "included), PAD-MoE and MoE-P in their compact form.")
+    return (
+        f"{c.model} on {c.task}: {c.epochs} epochs, batch {c.batch_size}, AdamW lr {c.lr:g}, weight decay "
+        f"{c.weight_decay:g}, train subset {c.train_subset or 'all'}; MoE {c.num_experts} experts top-{c.top_k}, "
+        f"load-balancing weight {c.aux_loss_weight:g}; PAD-MoE / MoE-P {c.granularity} masks, "
+        f"{c.partition_iterations} IMP iterations on {c.partition_batches} batches at the start of epoch 2; "
+        f"seeds {', '.join(map(str, runs.seeds))}. #Param.: every stored parameter (embeddings and classifier "
+        "included), PAD-MoE and MoE-P in their compact form."
+    )
 
 
-def _variant_study(runs: TextRuns, study: str, title: str, variants: dict[str, dict], labels: dict[str, str],
-                   note: str) -> dict:
+def _variant_study(
+    runs: TextRuns, study: str, title: str, variants: dict[str, dict], labels: dict[str, str], note: str
+) -> dict:
     started = time.perf_counter()
     records = _records(runs, variants, labels)
-    return write_variant_study(runs, study, title, records, f"{_table(records)}\n\n{note}\n\n{_recipe(runs)}\n",
-                               "scores", f"{records[0]['metric']} (%)", started)
+    return write_variant_study(
+        runs,
+        study,
+        title,
+        records,
+        f"{_table(records)}\n\n{note}\n\n{_recipe(runs)}\n",
+        "scores",
+        f"{records[0]['metric']} (%)",
+        started,
+    )
 
 
 def study_partition(runs: TextRuns) -> dict:
     """Random vs one-shot MP vs IMP for PAD-MoE at κ = 0.5, and the fully dynamic MoE (PAD-Net Fig. 6)."""
     variants = dict([MOE] + [variant(PAD, f"pad-{m}", partition=m) if m != "imp" else PAD for m in METHODS])
-    labels = {"moe": "Dynamic (MoE)", **{("pad" if m == "imp" else f"pad-{m}"): label for m, label in METHODS.items()}}
-    return _variant_study(runs, "partition", "Partition methods for PAD-MoE (PAD-Net appendix D, Fig. 6)", variants,
-                          labels, "PAD-MoE at κ = 0.5 with λs + λd = 2; one-shot MP scores once, IMP over its "
-                          "iterations; Dynamic: the MoE, every expert parameter dynamic.")
+    labels = {
+        "moe": "Dynamic (MoE)",
+        **{("pad" if m == "imp" else f"pad-{m}"): label for m, label in METHODS.items()},
+    }
+    return _variant_study(
+        runs,
+        "partition",
+        "Partition methods for PAD-MoE (PAD-Net appendix D, Fig. 6)",
+        variants,
+        labels,
+        "PAD-MoE at κ = 0.5 with λs + λd = 2; one-shot MP scores once, IMP over its "
+        "iterations; Dynamic: the MoE, every expert parameter dynamic.",
+    )
 
 
 def study_kappa(runs: TextRuns, kappas=KAPPAS) -> dict:
     """PAD-MoE over κ with normalised performance (PAD-Net Table 5). The table's MoE reference row is the
     ``partition`` study's MoE run (in the same folder); left out of this study to keep it within 20 minutes."""
     started = time.perf_counter()
-    pads = dict(PAD if k == DEFAULT_KAPPA else variant(PAD, f"pad-k{round(100 * k)}", kappa=k) for k in kappas)
+    pads = dict(
+        PAD if k == DEFAULT_KAPPA else variant(PAD, f"pad-k{round(100 * k)}", kappa=k) for k in kappas
+    )
     records = _records(runs, pads, {n: f"PAD-MoE κ = {k:g}" for n, k in zip(pads, kappas)})
     normalised = normalised_performance([r["score_mean"] for r in records])
     for r, value in zip(records, normalised):
         r["normalised"] = value
-    fig = sweep(list(kappas), [r["scores"] for r in records], normalised, f"{records[0]['metric']} (%)",
-                "dynamic ratio κ")
-    md = (_table(records, {"Normalised (%)": [f"{100 * v:+.2f}" for v in normalised]})
-          + "\n\nNormalised performance: (x − x̄) / x̄ with x the mean score of a κ and x̄ the mean over all κ "
-          "(paper 001 Fig. 3, footnote 1). The MoE that Table 5 compares with: `padnet pad-moe partition` "
-          "(or `pruning`) in this folder.\n\n" + _recipe(runs) + "\n")
-    write_study(runs.out / "kappa", "Dynamic ratio κ for PAD-MoE (PAD-Net Table 5)", md,
-                {"records": records, "kappas": list(kappas), "config": runs.base.to_dict()}, fig, started)
+    fig = sweep(
+        list(kappas),
+        [r["scores"] for r in records],
+        normalised,
+        f"{records[0]['metric']} (%)",
+        "dynamic ratio κ",
+    )
+    md = (
+        _table(records, {"Normalised (%)": [f"{100 * v:+.2f}" for v in normalised]})
+        + "\n\nNormalised performance: (x − x̄) / x̄ with x the mean score of a κ and x̄ the mean over all κ "
+        "(paper 001 Fig. 3, footnote 1). The MoE that Table 5 compares with: `padnet pad-moe partition` "
+        "(or `pruning`) in this folder.\n\n" + _recipe(runs) + "\n"
+    )
+    write_study(
+        runs.out / "kappa",
+        "Dynamic ratio κ for PAD-MoE (PAD-Net Table 5)",
+        md,
+        {"records": records, "kappas": list(kappas), "config": runs.base.to_dict()},
+        fig,
+        started,
+    )
     return {"records": records}
 
 
@@ -112,9 +153,15 @@ def study_pruning(runs: TextRuns) -> dict:
     """Dense vs MoE vs MoE-P vs PAD-MoE at κ = 0.5 (PAD-Net Table 4)."""
     variants = dict([DENSE, MOE, ("prune", {**PAD[1], "variant": "prune"}), PAD])
     labels = {"dense": "Dense (static)", "moe": "MoE", "prune": "MoE-P (κ = 0.5)", "pad": "PAD-MoE (κ = 0.5)"}
-    return _variant_study(runs, "pruning", "Pruning vs mode partition for MoE (PAD-Net Table 4)", variants, labels,
-                          "MoE-P keeps the same fraction of expert parameters, chosen by the same IMP criterion, but zeroes "
-                          "the others (SNIP-style pruning) where PAD-MoE makes them static.")
+    return _variant_study(
+        runs,
+        "pruning",
+        "Pruning vs mode partition for MoE (PAD-Net Table 4)",
+        variants,
+        labels,
+        "MoE-P keeps the same fraction of expert parameters, chosen by the same IMP criterion, but zeroes "
+        "the others (SNIP-style pruning) where PAD-MoE makes them static.",
+    )
 
 
 def _layer_masks(masks: dict) -> list[tuple[str, object]]:
@@ -123,8 +170,10 @@ def _layer_masks(masks: dict) -> list[tuple[str, object]]:
     for name, mask in masks.items():
         if name.endswith("neuron_mode"):
             mask = mask.reshape(mask.shape[-2:])  # (1, 2H + 1, F): one mask shared by the experts
-            hidden = (mask.shape[0] - 1) // 2  # rows: H up-projection inputs, the up bias, H down-projection outputs
-            out.append((name.rsplit(".", 1)[0], torch.cat([mask[:hidden], mask[hidden + 1:]])))
+            hidden = (
+                mask.shape[0] - 1
+            ) // 2  # rows: H up-projection inputs, the up bias, H down-projection outputs
+            out.append((name.rsplit(".", 1)[0], torch.cat([mask[:hidden], mask[hidden + 1 :]])))
     return out
 
 
@@ -137,44 +186,78 @@ def study_masks(runs: TextRuns) -> dict:
     per_seed = [_layer_masks(runs.masks("pad", seed)) for seed in runs.seeds]
     layers = [name for name, _ in per_seed[0]]
     stats = [[mask_structure(mask) for _, mask in seed_masks] for seed_masks in per_seed]
-    keys = ("dynamic_ratio", "column_agreement", "random_column_agreement", "row_agreement", "random_row_agreement")
-    records = [{"layer": name, **{k: [s[i][k] for s in stats] for k in keys}} for i, name in enumerate(layers)]
+    keys = (
+        "dynamic_ratio",
+        "column_agreement",
+        "random_column_agreement",
+        "row_agreement",
+        "random_row_agreement",
+    )
+    records = [
+        {"layer": name, **{k: [s[i][k] for s in stats] for k in keys}} for i, name in enumerate(layers)
+    ]
     fig, axes = figure(len(layers), 2.0)
     hidden = per_seed[0][0][1].shape[0] // 2
     for i, (ax, (_, mask)) in enumerate(zip(axes, per_seed[0])):
-        ax.imshow(mask[:hidden].float().numpy(), cmap="gray_r", vmin=0, vmax=1, aspect="auto",
-                  interpolation="nearest")
+        ax.imshow(
+            mask[:hidden].float().numpy(),
+            cmap="gray_r",
+            vmin=0,
+            vmax=1,
+            aspect="auto",
+            interpolation="nearest",
+        )
         ax.set_title(f"layer {i + 1}: κ = {stats[0][i]['dynamic_ratio']:.2f}", fontsize=8)
         ax.set_xlabel("FFN neuron", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0].set_ylabel("input dimension (up projection)", fontsize=7)
-    lines = ["| Layer | Dynamic ratio | Column agreement | random | Row agreement | random |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| Layer | Dynamic ratio | Column agreement | random | Row agreement | random |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for i, r in enumerate(records):
-        lines.append(f"| {i + 1} | {pm(r['dynamic_ratio'], 3)} | {pm(r['column_agreement'], 3)} | "
-                     f"{mean_std(r['random_column_agreement'])[0]:.3f} | {pm(r['row_agreement'], 3)} | "
-                     f"{mean_std(r['random_row_agreement'])[0]:.3f} |")
-    md = ("\n".join(lines) + "\n\nLayers bottom (1) to top. Image: the up-projection part (hidden × FFN width) of "
-          f"each layer's mask, seed {runs.seeds[0]}; black = dynamic, white = static. Column (row) agreement: the "
-          "mean over the FFN neurons (the hidden dimensions, up and down projections together) of the share of "
-          "their elements in their majority mode; 'random': its expectation for a random mask of the same "
-          "dynamic ratio. Mean ± std over seeds. The dynamic ratio here is that of the weight elements; the "
-          "layer ratios in the runs' results.json also count the up-projection and output biases.\n\n"
-          + _recipe(runs) + "\n")
-    write_study(runs.out / "masks", "PAD-MoE masks per layer (PAD-Net appendix E, Fig. 7)", md,
-                {"records": records, "config": runs.base.to_dict()}, fig, started)
+        lines.append(
+            f"| {i + 1} | {pm(r['dynamic_ratio'], 3)} | {pm(r['column_agreement'], 3)} | "
+            f"{mean_std(r['random_column_agreement'])[0]:.3f} | {pm(r['row_agreement'], 3)} | "
+            f"{mean_std(r['random_row_agreement'])[0]:.3f} |"
+        )
+    md = (
+        "\n".join(lines)
+        + "\n\nLayers bottom (1) to top. Image: the up-projection part (hidden × FFN width) of "
+        f"each layer's mask, seed {runs.seeds[0]}; black = dynamic, white = static. Column (row) agreement: the "
+        "mean over the FFN neurons (the hidden dimensions, up and down projections together) of the share of "
+        "their elements in their majority mode; 'random': its expectation for a random mask of the same "
+        "dynamic ratio. Mean ± std over seeds. The dynamic ratio here is that of the weight elements; the "
+        "layer ratios in the runs' results.json also count the up-projection and output biases.\n\n"
+        + _recipe(runs)
+        + "\n"
+    )
+    write_study(
+        runs.out / "masks",
+        "PAD-MoE masks per layer (PAD-Net appendix E, Fig. 7)",
+        md,
+        {"records": records, "config": runs.base.to_dict()},
+        fig,
+        started,
+    )
     return {"records": records}
 
 
-STUDY_FUNCTIONS = {"partition": study_partition, "kappa": study_kappa, "pruning": study_pruning,
-                   "masks": study_masks}
+STUDY_FUNCTIONS = {
+    "partition": study_partition,
+    "kappa": study_kappa,
+    "pruning": study_pruning,
+    "masks": study_masks,
+}
 
 
 def _check_granularity(base: FinetuneConfig) -> None:
     if base.granularity != "element":
-        raise ConfigError("the masks study needs element masks (granularity 'element'); neuron masks are whole "
-                          "columns by construction")
+        raise ConfigError(
+            "the masks study needs element masks (granularity 'element'); neuron masks are whole "
+            "columns by construction"
+        )
 
 
 def run_studies(out: str | Path, base: FinetuneConfig, studies=STUDIES, seeds=QUICK_SEEDS, log=print) -> dict:

@@ -31,8 +31,10 @@ def _tensor(values, what: str) -> torch.Tensor:
     except (TypeError, ValueError) as exc:
         raise DataError(f"{what} is not an array ({exc})") from None
     if array.dtype.kind not in "biuf":
-        raise DataError(f"{what} must be numbers, got numpy dtype {array.dtype}; convert with "
-                        "np.asarray(values, dtype=np.uint8) (or float32)")
+        raise DataError(
+            f"{what} must be numbers, got numpy dtype {array.dtype}; convert with "
+            "np.asarray(values, dtype=np.uint8) (or float32)"
+        )
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -45,34 +47,48 @@ def image_tensor(images, image_size: tuple[int, int] | int | None = None) -> tor
     """
     x = _tensor(images, "images")
     if x.dtype == torch.bool or x.is_complex() or (not x.is_floating_point() and x.dtype != torch.uint8):
-        if x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64) and x.numel() and \
-                int(x.min()) >= 0 and int(x.max()) <= 255:
+        if (
+            x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
+            and x.numel()
+            and int(x.min()) >= 0
+            and int(x.max()) <= 255
+        ):
             x = x.to(torch.uint8)
         else:
-            raise DataError(f"images must be uint8 (0-255) or float (0-1), got {x.dtype}; convert with "
-                            "x.astype('uint8') for 0-255 values")
+            raise DataError(
+                f"images must be uint8 (0-255) or float (0-1), got {x.dtype}; convert with "
+                "x.astype('uint8') for 0-255 values"
+            )
     if image_size is not None and x.dim() != 2:
         raise DataError(f"image_size applies to flat (N, H*W) images; these are {tuple(x.shape)}")
     if x.dim() == 2:
         if image_size is None:
             side = math.isqrt(x.shape[1]) if math.isqrt(x.shape[1]) ** 2 == x.shape[1] else "SIDE"
-            raise DataError(f"flat images {tuple(x.shape)} need an image size: --image-size {side} on the "
-                            f"command line, image_size={side} in Python")
+            raise DataError(
+                f"flat images {tuple(x.shape)} need an image size: --image-size {side} on the "
+                f"command line, image_size={side} in Python"
+            )
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or not all(isinstance(n, int) and n >= 1 for n in size):
             raise DataError(f"image_size must be a positive integer or a pair of them, got {image_size!r}")
         h, w = size
         if x.shape[1] % (h * w) or not 1 <= x.shape[1] // (h * w) <= 4:
-            raise DataError(f"flat images of {x.shape[1]} values do not fit image size {h}x{w} with 1-4 channels")
+            raise DataError(
+                f"flat images of {x.shape[1]} values do not fit image size {h}x{w} with 1-4 channels"
+            )
         x = x.reshape(x.shape[0], x.shape[1] // (h * w), h, w)
     elif x.dim() == 3:
         x = x.unsqueeze(1)
     elif x.dim() == 4:
         if x.shape[1] > 4 and x.shape[3] <= 4:
-            raise DataError(f"images {tuple(x.shape)} look channels-last (N, H, W, C); convert with "
-                            "x.transpose(0, 3, 1, 2) (numpy) or x.permute(0, 3, 1, 2) (torch)")
+            raise DataError(
+                f"images {tuple(x.shape)} look channels-last (N, H, W, C); convert with "
+                "x.transpose(0, 3, 1, 2) (numpy) or x.permute(0, 3, 1, 2) (torch)"
+            )
         if x.shape[1] > 4:
-            raise DataError(f"images {tuple(x.shape)} have {x.shape[1]} channels; expected 1-4 in (N, C, H, W)")
+            raise DataError(
+                f"images {tuple(x.shape)} have {x.shape[1]} channels; expected 1-4 in (N, C, H, W)"
+            )
     else:
         raise DataError(f"images must be (N, H, W), (N, C, H, W) or (N, H*W), got shape {tuple(x.shape)}")
     if x.numel() == 0:  # no images, no channels or no pixels
@@ -82,8 +98,10 @@ def image_tensor(images, image_size: tuple[int, int] | int | None = None) -> tor
             raise DataError("images hold NaN or infinite values")
         low, high = float(x.min()), float(x.max())
         if low < 0 or high > 1:
-            raise DataError(f"float images must lie in [0, 1], found {low:g}..{high:g}; divide 0-255 values by "
-                            "255 or pass them as uint8")
+            raise DataError(
+                f"float images must lie in [0, 1], found {low:g}..{high:g}; divide 0-255 values by "
+                "255 or pass them as uint8"
+            )
         x = (x * 255).round().to(torch.uint8)
     return x.contiguous()
 
@@ -106,9 +124,15 @@ def label_tensor(labels, count: int) -> torch.Tensor:
     return y
 
 
-def from_arrays(train_images, train_labels, test_images=None, test_labels=None,
-                image_size: tuple[int, int] | int | None = None, num_classes: int | None = None,
-                seed: int = 0) -> tuple[ImageData, ImageData]:
+def from_arrays(
+    train_images,
+    train_labels,
+    test_images=None,
+    test_labels=None,
+    image_size: tuple[int, int] | int | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> tuple[ImageData, ImageData]:
     """``(train, test)`` :class:`ImageData` from arrays; without a test split a seeded 1/6 of the data is held out.
 
     ``num_classes`` defaults to the largest label + 1 over both splits; mean and std come from the train split.
@@ -130,7 +154,9 @@ def from_arrays(train_images, train_labels, test_images=None, test_labels=None,
         xt = image_tensor(test_images, image_size)
         yt = label_tensor(test_labels, xt.shape[0])
         if xt.shape[1:] != x.shape[1:]:
-            raise DataError(f"test images {tuple(xt.shape[1:])} differ in shape from train images {tuple(x.shape[1:])}")
+            raise DataError(
+                f"test images {tuple(xt.shape[1:])} differ in shape from train images {tuple(x.shape[1:])}"
+            )
     largest = max(int(y.max()), int(yt.max()))
     classes = num_classes if num_classes is not None else largest + 1
     if classes <= largest:
@@ -143,8 +169,9 @@ def from_arrays(train_images, train_labels, test_images=None, test_labels=None,
     return ImageData(x, y, classes, mean, std, flip=False), ImageData(xt, yt, classes, mean, std, flip=False)
 
 
-def load_arrays(path: str | os.PathLike, image_size: tuple[int, int] | int | None = None,
-                seed: int = 0) -> tuple[ImageData, ImageData]:
+def load_arrays(
+    path: str | os.PathLike, image_size: tuple[int, int] | int | None = None, seed: int = 0
+) -> tuple[ImageData, ImageData]:
     """``(train, test)`` from an ``.npz`` file or an ``images.npy`` with ``labels.npy`` beside it.
 
     Raises DataError for a missing or unreadable file, a file holding pickled objects, missing keys, or
@@ -158,8 +185,12 @@ def load_arrays(path: str | os.PathLike, image_size: tuple[int, int] | int | Non
             labels = path.with_name("labels.npy")
             if not labels.is_file():
                 raise DataError(f"{path} needs labels.npy beside it (or use one .npz file)")
-            return from_arrays(np.load(path, allow_pickle=False), np.load(labels, allow_pickle=False),
-                               image_size=image_size, seed=seed)
+            return from_arrays(
+                np.load(path, allow_pickle=False),
+                np.load(labels, allow_pickle=False),
+                image_size=image_size,
+                seed=seed,
+            )
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
             if set(NPZ_SPLITS) <= keys:
@@ -169,6 +200,7 @@ def load_arrays(path: str | os.PathLike, image_size: tuple[int, int] | int | Non
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         reason = first_line(exc)
         raise DataError(f"{path} is not a readable numpy array file ({reason})") from None
-    raise DataError(f"{path} holds {', '.join(sorted(keys)) or 'no arrays'}; expected x_train, y_train, x_test, "
-                    "y_test (or images and labels)")
-
+    raise DataError(
+        f"{path} holds {', '.join(sorted(keys)) or 'no arrays'}; expected x_train, y_train, x_test, "
+        "y_test (or images and labels)"
+    )

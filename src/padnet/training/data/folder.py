@@ -87,7 +87,9 @@ class ImageFolder(Dataset):
         if not self.samples:
             raise DataError(f"{self.folder} contains no images ({', '.join(sorted(EXTENSIONS))})")
         if classes is None and len(found) < 2:
-            raise DataError(f"{self.folder} has one class folder ({found[0]}); classification needs at least 2")
+            raise DataError(
+                f"{self.folder} has one class folder ({found[0]}); classification needs at least 2"
+            )
         self.augment = augment
         self.flip = True  # image folders hold natural images (with_augment(flip=False) for others)
         self.size = size
@@ -107,8 +109,17 @@ class ImageFolder(Dataset):
     def _statistics(self, count: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std (in [0, 1] units) of up to ``count`` images, centre-cropped, evenly spaced."""
         step = max(1, len(self.samples) // count)
-        images = torch.stack([center_crop(resize_shorter(self._load(self.samples[i][0]), self.resize_to), self.size)
-                              for i in range(0, len(self.samples), step)[:count]]).round().clamp(0, 255).to(torch.uint8)
+        images = (
+            torch.stack(
+                [
+                    center_crop(resize_shorter(self._load(self.samples[i][0]), self.resize_to), self.size)
+                    for i in range(0, len(self.samples), step)[:count]
+                ]
+            )
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
         mean, std = channel_stats(images)
         return mean, tuple(s if s > 0 else 1.0 for s in std)
 
@@ -123,8 +134,13 @@ class ImageFolder(Dataset):
         """Decode every image once (what ``padnet data`` does for folders); DataError names the first that fails."""
         from tqdm.auto import tqdm
 
-        for path, _ in tqdm(self.samples, desc=f"checking {self.folder.name}", disable=None if progress else True,
-                            leave=False, unit="image"):
+        for path, _ in tqdm(
+            self.samples,
+            desc=f"checking {self.folder.name}",
+            disable=None if progress else True,
+            leave=False,
+            unit="image",
+        ):
             self._load(path)
 
     def subset(self, n: int, seed: int) -> ImageFolder:
@@ -182,7 +198,9 @@ def _load_rgb(path: Path) -> torch.Tensor:
             array = np.asarray(im.convert("RGB"))
     except MemoryError:
         raise
-    except Exception as exc:  # a damaged file can fail anywhere in PIL's decoders (SyntaxError, struct.error, ...)
+    except (
+        Exception
+    ) as exc:  # a damaged file can fail anywhere in PIL's decoders (SyntaxError, struct.error, ...)
         raise DataError(f"cannot read image {path}: {' '.join(str(exc).split())}") from exc
     if array.size == 0:
         raise DataError(f"cannot read image {path}: it has size {array.shape[1]}x{array.shape[0]}")

@@ -190,8 +190,10 @@ def _locate(spec: GlueTask, split: str, root: Path) -> tuple[str, list[Path]]:
             return "tsv", [tsv]
     parquet_wanted = root / spec.name / f"{split}-*.parquet"
     tsv_wanted = root / _TSV[spec.name].folder / _TSV_FILES[split]
-    raise DataError(f"no GLUE {spec.name} {split} data under {root}: looked for {parquet_wanted} "
-                    f"(Hugging Face parquet layout) and {tsv_wanted} (GLUE TSV layout)")
+    raise DataError(
+        f"no GLUE {spec.name} {split} data under {root}: looked for {parquet_wanted} "
+        f"(Hugging Face parquet layout) and {tsv_wanted} (GLUE TSV layout)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ TSV
@@ -325,4 +327,3 @@ def _read_parquet(spec: GlueTask, shards: list[Path]) -> TextPairs:
     if not texts:
         raise DataError(f"GLUE parquet files {', '.join(str(p) for p in shards)} are empty (no examples)")
     return TextPairs(texts, labels)
-

@@ -121,8 +121,17 @@ def make_loader(
         pad = data.input_shape[1] // 8 if crop_padding is None else int(crop_padding)
         if pad < 0:
             raise ConfigError(f"crop_padding must be >= 0, got {pad}")
-        loader = InMemoryLoader(data, batch_size, train, seed, epoch, augment, pad, drop,
-                                data.flip if flip is None else bool(flip))
+        loader = InMemoryLoader(
+            data,
+            batch_size,
+            train,
+            seed,
+            epoch,
+            augment,
+            pad,
+            drop,
+            data.flip if flip is None else bool(flip),
+        )
         if train and len(loader) == 0:
             raise ConfigError(f"batch_size {batch_size} exceeds the {len(data)} training samples (drop_last)")
         return loader

@@ -17,14 +17,17 @@ IMAGE_SIZES = (1, 4096)  # the side of an image read from a folder, or of flat a
 CHANNELS = (1, 3)
 
 
-def check_image_options(dataset: str, image_size: int | None = None, channels: int | None = None,
-                        normalization: str = "auto") -> None:
+def check_image_options(
+    dataset: str, image_size: int | None = None, channels: int | None = None, normalization: str = "auto"
+) -> None:
     """Check the image options of data set ``dataset`` (its canonical name).
 
     Raises:
         ConfigError: a value out of range, or an option the data set does not take (it would be ignored).
     """
-    if image_size is not None and not (isinstance(image_size, int) and IMAGE_SIZES[0] <= image_size <= IMAGE_SIZES[1]):
+    if image_size is not None and not (
+        isinstance(image_size, int) and IMAGE_SIZES[0] <= image_size <= IMAGE_SIZES[1]
+    ):
         raise ConfigError(f"image_size must be in [{IMAGE_SIZES[0]}, {IMAGE_SIZES[1]}], got {image_size!r}")
     if channels is not None and channels not in CHANNELS:
         raise ConfigError(f"channels must be {' or '.join(map(str, CHANNELS))}, got {channels!r}")
@@ -32,13 +35,19 @@ def check_image_options(dataset: str, image_size: int | None = None, channels: i
     given = {"image_size": image_size, "channels": channels, "normalization": normalization}
     for name, value in given.items():
         if value not in (None, "auto") and name not in IMAGE_OPTIONS.get(dataset, ()):
-            raise ConfigError(f"{name} applies to datasets {', '.join(k for k, v in IMAGE_OPTIONS.items() if name in v)}"
-                              f", not {dataset!r}")
+            raise ConfigError(
+                f"{name} applies to datasets {', '.join(k for k, v in IMAGE_OPTIONS.items() if name in v)}"
+                f", not {dataset!r}"
+            )
 
 
 def load_dataset(
-    name: str, root: str | os.PathLike | None = None, download: bool = False, image_size: int | None = None,
-    channels: int | None = None, normalization: str = "auto",
+    name: str,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    channels: int | None = None,
+    normalization: str = "auto",
 ) -> tuple[ImageData | Dataset, ImageData | Dataset]:
     """Load a data set as ``(train, test)``.
 
@@ -91,7 +100,9 @@ def load_dataset(
     raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
-def _load_folder(root: str | os.PathLike | None, size: int = 224, channels: int = 3, normalization: str = "auto"):
+def _load_folder(
+    root: str | os.PathLike | None, size: int = 224, channels: int = 3, normalization: str = "auto"
+):
     """Train and val :class:`ImageFolder` sets of ``root``; val uses train's class list and statistics."""
     from padnet.training.data.folder import ImageFolder
 
@@ -103,12 +114,25 @@ def _load_folder(root: str | os.PathLike | None, size: int = 224, channels: int 
     if normalization == "auto":
         normalization = "imagenet" if channels == 3 else "data"
     resize_to = max(size, round(size * 256 / 224))
-    train = ImageFolder(root / "train", augment=True, size=size, resize_to=resize_to, channels=channels,
-                        normalization=normalization)
+    train = ImageFolder(
+        root / "train",
+        augment=True,
+        size=size,
+        resize_to=resize_to,
+        channels=channels,
+        normalization=normalization,
+    )
     val_dir = root / "val"
     if not val_dir.is_dir() and (root / "test").is_dir():
         val_dir = root / "test"
     if not val_dir.is_dir():
         raise DataError(f"image folder not found: {root / 'val'}")
-    return train, ImageFolder(val_dir, augment=False, size=size, resize_to=resize_to, classes=train.classes,
-                              channels=channels, normalization=(train.mean, train.std))
+    return train, ImageFolder(
+        val_dir,
+        augment=False,
+        size=size,
+        resize_to=resize_to,
+        classes=train.classes,
+        channels=channels,
+        normalization=(train.mean, train.std),
+    )

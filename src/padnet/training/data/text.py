@@ -63,8 +63,9 @@ def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> TextPair
     return TextPairs(texts, labels)
 
 
-def task_spec(task: str, data_root: str | Path | None = None, text_columns=("text",),
-              label_column: str = "label") -> GlueTask:
+def task_spec(
+    task: str, data_root: str | Path | None = None, text_columns=("text",), label_column: str = "label"
+) -> GlueTask:
     """The description of ``task`` (labels, metrics, evaluation splits); for ``"text"`` read from the files."""
     if task == "text":
         return load_text_task(_text_root(data_root), "train", text_columns, label_column)[1]
@@ -75,13 +76,20 @@ def task_spec(task: str, data_root: str | Path | None = None, text_columns=("tex
 
 def _text_root(data_root):
     if data_root is None:
-        raise ConfigError("task 'text' needs --data-root: a CSV/TSV/JSONL/parquet file, or a folder with train and "
-                          "validation files")
+        raise ConfigError(
+            "task 'text' needs --data-root: a CSV/TSV/JSONL/parquet file, or a folder with train and "
+            "validation files"
+        )
     return data_root
 
 
-def load_task(task: str, split: str, data_root: str | Path | None = None, text_columns=("text",),
-              label_column: str = "label") -> TextPairs:
+def load_task(
+    task: str,
+    split: str,
+    data_root: str | Path | None = None,
+    text_columns=("text",),
+    label_column: str = "label",
+) -> TextPairs:
     """Examples of ``split`` of ``task``: ``rotten_tomatoes``, a GLUE task read from ``data_root``, or ``"text"``
     (your files in ``data_root`` with the named text and label columns, :mod:`padnet.training.data.text_files`)."""
     if task == "text":
@@ -91,8 +99,9 @@ def load_task(task: str, split: str, data_root: str | Path | None = None, text_c
     if task == "rotten_tomatoes":
         return load_rotten_tomatoes(split)
     if data_root is None:
-        raise ConfigError(f"GLUE task {task!r} needs --data-root (the GLUE TSV folders or the nyu-mll/glue "
-                          "parquet files)")
+        raise ConfigError(
+            f"GLUE task {task!r} needs --data-root (the GLUE TSV folders or the nyu-mll/glue parquet files)"
+        )
     return load_glue(task, split, data_root)
 
 
@@ -134,5 +143,6 @@ def loader(data: Encoded, tokenizer, batch_size: int, shuffle: bool, seed: int =
     if shuffle:
         generator = torch.Generator().manual_seed(seed)
         sampler = LengthGroupedSampler(batch_size, lengths=data.lengths, generator=generator)
-    return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler,
-                                       collate_fn=DataCollatorWithPadding(tokenizer))
+    return torch.utils.data.DataLoader(
+        data, batch_size=batch_size, sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer)
+    )

@@ -67,7 +67,9 @@ def _files(root: Path) -> tuple[Path, Path | None]:
         raise DataError(f"{root} has no train file ({', '.join('train' + f for f in FORMATS)})")
     evaluation = next((found[n] for n in EVAL_NAMES if n in found), None)
     if evaluation is None:
-        raise DataError(f"{root} has no evaluation file (validation, val, dev or test with {', '.join(FORMATS)})")
+        raise DataError(
+            f"{root} has no evaluation file (validation, val, dev or test with {', '.join(FORMATS)})"
+        )
     return found["train"], evaluation
 
 
@@ -101,13 +103,19 @@ def _label_ids(labels: list) -> dict:
             as_ints[v] = int(v) if not isinstance(v, float) or v.is_integer() else None
         except (TypeError, ValueError):
             as_ints[v] = None
-    if all(i is not None for i in as_ints.values()) and sorted(set(as_ints.values())) == list(range(len(set(as_ints.values())))):
+    if all(i is not None for i in as_ints.values()) and sorted(set(as_ints.values())) == list(
+        range(len(set(as_ints.values())))
+    ):
         return as_ints
     return {v: i for i, v in enumerate(sorted(values, key=str))}
 
 
-def load_text_task(root: str | os.PathLike, split: str, text_columns=("text",), label_column: str = "label",
-                   ) -> tuple[TextPairs, GlueTask]:
+def load_text_task(
+    root: str | os.PathLike,
+    split: str,
+    text_columns=("text",),
+    label_column: str = "label",
+) -> tuple[TextPairs, GlueTask]:
     """One split (``"train"`` or ``"validation"``) of a text-classification task, and its task description
     (accuracy as the metric, the number of labels from the training split).
 
@@ -133,7 +141,9 @@ def load_text_task(root: str | os.PathLike, split: str, text_columns=("text",), 
             texts, labels = _examples(read_rows(eval_path), eval_path, text_columns, label_column)
     ids = _label_ids(train_labels)
     if len(ids) < 2:
-        raise DataError(f"{train_path}: the labels in {label_column!r} hold a single class; classification needs 2")
+        raise DataError(
+            f"{train_path}: the labels in {label_column!r} hold a single class; classification needs 2"
+        )
     unknown = next((v for v in labels if v not in ids), None)
     if unknown is not None:
         raise DataError(f"label {unknown!r} of the {split} split does not occur in the training split")

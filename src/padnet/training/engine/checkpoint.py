@@ -55,12 +55,17 @@ def resume_newest(run_dir: str | Path, load: Callable[[Path], T], warn: bool = T
             continue
         if damaged and warn:
             names = ", ".join(p.name for p, _ in damaged)
-            print(f"padnet: warning: {names} cannot be resumed ({first_line(damaged[0][1])}); resuming from "
-                  f"{path.name} instead", file=sys.stderr)
+            print(
+                f"padnet: warning: {names} cannot be resumed ({first_line(damaged[0][1])}); resuming from "
+                f"{path.name} instead",
+                file=sys.stderr,
+            )
         return result
-    raise CheckpointError(f"{first_line(damaged[0][1])}; no other checkpoint in {run_dir} loads: delete "
-                          f"{', '.join(p.name for p, _ in damaged)} to train the run from the start, or choose "
-                          "another --out")
+    raise CheckpointError(
+        f"{first_line(damaged[0][1])}; no other checkpoint in {run_dir} loads: delete "
+        f"{', '.join(p.name for p, _ in damaged)} to train the run from the start, or choose "
+        "another --out"
+    )
 
 
 def changed_keys(saved: dict, current: dict, resumable) -> list[str]:
@@ -75,7 +80,9 @@ def claim_run_dir(run_dir: str | Path, resume: bool, resumable: bool = True) -> 
     left there (:func:`padnet.saving.fileio.sweep_temporary_files`)."""
     run_dir = Path(run_dir)
     if not resume and (epoch_checkpoints(run_dir) or (run_dir / "results.json").exists()):
-        remedy = "pass --resume to continue it or choose another --out" if resumable else "choose another --out"
+        remedy = (
+            "pass --resume to continue it or choose another --out" if resumable else "choose another --out"
+        )
         raise ConfigError(f"run directory {run_dir} already holds a run; {remedy}")
     sweep_temporary_files(run_dir)
 
@@ -84,7 +91,7 @@ def save_epoch_checkpoint(run_dir: str | Path, epoch: int, keep: int, *args, **k
     """``save_checkpoint`` to ``run_dir/checkpoint-epochNNNN.safetensors`` (further arguments as there), then
     delete all but the newest ``keep`` epoch checkpoints."""
     path = save_checkpoint(Path(run_dir) / f"checkpoint-epoch{epoch:04d}.safetensors", *args, **kwargs)
-    for old in epoch_checkpoints(run_dir)[:-max(1, keep)]:
+    for old in epoch_checkpoints(run_dir)[: -max(1, keep)]:
         old.unlink()
     return path
 
@@ -103,8 +110,15 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
             raise NonFiniteStateError(key.removeprefix("model/"), earlier[-1] if earlier else None)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, state: dict, optimizer=None, scheduler=None,
-                    extra_optimizers: dict | None = None, generators: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    state: dict,
+    optimizer=None,
+    scheduler=None,
+    extra_optimizers: dict | None = None,
+    generators: dict | None = None,
+) -> Path:
     """Write a checkpoint to ``path`` atomically (temporary file + rename); returns the path.
 
     ``state`` must be JSON-serialisable (configuration, epoch, step, temperature, ...). A model or optimiser
@@ -158,13 +172,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as fh:  # one read: header metadata and tensors
             metadata = fh.metadata() or {}
             if "padnet" not in metadata:
-                raise CheckpointError(f"{path} is a safetensors file but not a padnet checkpoint (no padnet metadata)")
+                raise CheckpointError(
+                    f"{path} is a safetensors file but not a padnet checkpoint (no padnet metadata)"
+                )
             meta = parse_json(metadata["padnet"])
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
         if looks_pickled(path):
-            raise CheckpointError(f"{path} is a pickle or a torch.save / TorchScript archive, not safetensors; "
-                                  "padnet never unpickles a file") from None
+            raise CheckpointError(
+                f"{path} is a pickle or a torch.save / TorchScript archive, not safetensors; "
+                "padnet never unpickles a file"
+            ) from None
         reason = first_line(exc)
         raise CheckpointError(f"{path} is not a readable padnet checkpoint ({reason})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("state"), dict):
@@ -172,14 +190,22 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> None:
+def load_model_state(
+    model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path = "checkpoint"
+) -> None:
     """Load the ``model/*`` tensors of a checkpoint strictly (:func:`padnet.saving.folder.load_state`)."""
-    load_state(model, {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, path)
+    load_state(model, {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}, path)
 
 
-def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,
-                     extra_optimizers: dict | None = None, generators: dict | None = None,
-                     path: str | Path = "checkpoint") -> None:
+def restore_training(
+    tensors: dict,
+    meta: dict,
+    optimizer=None,
+    scheduler=None,
+    extra_optimizers: dict | None = None,
+    generators: dict | None = None,
+    path: str | Path = "checkpoint",
+) -> None:
     """Restore optimiser(s), scheduler, the torch RNG and named generators saved by :func:`save_checkpoint`.
 
     What was read from disk is checked first: every optimiser tensor the checkpoint lists is there, each one
@@ -212,7 +238,15 @@ def restore_training(tensors: dict, meta: dict, optimizer=None, scheduler=None,
             if f"rng/{name}" not in tensors:
                 raise CheckpointError(f"the checkpoint holds no state of the generator {name!r}")
             gen.set_state(tensors[f"rng/{name}"])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError, CheckpointError) as exc:
+    except (
+        RuntimeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        CheckpointError,
+    ) as exc:
         reason = first_line(exc)
         raise CheckpointError(f"cannot resume {path}: {reason}") from None
 
@@ -230,5 +264,7 @@ def _check_optimizer_tensors(state: dict[int, dict], listed, params: list, prefi
             raise CheckpointError(f"the optimiser state names parameter {pid}, the model has {len(params)}")
         for field, value in fields.items():
             if value.dim() and value.shape != params[pid].shape:
-                raise CheckpointError(f"optimiser tensor {prefix}/{pid}/{field} has shape {tuple(value.shape)}, "
-                                      f"its parameter {tuple(params[pid].shape)}")
+                raise CheckpointError(
+                    f"optimiser tensor {prefix}/{pid}/{field} has shape {tuple(value.shape)}, "
+                    f"its parameter {tuple(params[pid].shape)}"
+                )

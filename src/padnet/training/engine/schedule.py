@@ -13,6 +13,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     Rises linearly from 1/(warmup+1) to 1 over ``warmup_steps``, then follows a cosine to 0 at
     ``total_steps``.
     """
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)

@@ -70,13 +70,25 @@ def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     """The model a configuration describes (dynamic-layer options only for dynamic convs)."""
-    options = layer_options(cfg.conv, num_kernels=cfg.num_kernels, reduction=cfg.reduction,
-                            temperature=cfg.temperature_start or start_temperature(cfg.conv),
-                            granularity=cfg.granularity,
-                            scale_mode=cfg.scale_mode, mask_strategy=cfg.mask_strategy,
-                            mask_semantics=cfg.mask_semantics)
-    return create_model(cfg.model, conv=cfg.conv, num_classes=num_classes, in_chans=in_chans, width=cfg.width,
-                        stem=cfg.stem, **options)
+    options = layer_options(
+        cfg.conv,
+        num_kernels=cfg.num_kernels,
+        reduction=cfg.reduction,
+        temperature=cfg.temperature_start or start_temperature(cfg.conv),
+        granularity=cfg.granularity,
+        scale_mode=cfg.scale_mode,
+        mask_strategy=cfg.mask_strategy,
+        mask_semantics=cfg.mask_semantics,
+    )
+    return create_model(
+        cfg.model,
+        conv=cfg.conv,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        width=cfg.width,
+        stem=cfg.stem,
+        **options,
+    )
 
 
 def load_run(checkpoint: str | Path, data=None, data_root: str | None = None, dataset: str | None = None):
@@ -95,7 +107,9 @@ def load_run(checkpoint: str | Path, data=None, data_root: str | None = None, da
     tensors, meta = read_checkpoint(checkpoint)
     saved = meta["state"].get("config")
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{checkpoint} holds no run configuration; this command needs a padnet run's model")
+        raise CheckpointError(
+            f"{checkpoint} holds no run configuration; this command needs a padnet run's model"
+        )
     try:  # read from disk: validated as command-line input is
         cfg = config_from_dict(saved, TrainConfig(), str(checkpoint)).validate()
     except ConfigError as exc:
@@ -104,31 +118,46 @@ def load_run(checkpoint: str | Path, data=None, data_root: str | None = None, da
         cfg = dataclasses.replace(cfg, data_root=data_root)
     if dataset is not None:
         cfg = dataclasses.replace(cfg, dataset=dataset).validate()
-    _, test = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, False, **cfg.data_options())
+    _, test = (
+        data if data is not None else load_dataset(cfg.dataset, cfg.data_root, False, **cfg.data_options())
+    )
     recorded = meta["state"].get("data")
     if data is None and dataset is None and recorded is not None:
         if not (isinstance(recorded, dict) and isinstance(recorded.get("test"), (str, type(None)))):
             raise CheckpointError(f"{checkpoint} has a malformed data record")
         if recorded["test"] is not None and recorded["test"] != data_fingerprint(test):
-            raise DataError(f"{checkpoint} was tested on other data than the {cfg.dataset} test split (data given "
-                            "through the Python API?); name the data to evaluate on with --dataset (and --data-root)")
+            raise DataError(
+                f"{checkpoint} was tested on other data than the {cfg.dataset} test split (data given "
+                "through the Python API?); name the data to evaluate on with --dataset (and --data-root)"
+            )
     model = build_model(cfg, test.num_classes, test.input_shape[0])
     load_model_state(model, tensors, checkpoint)
     return model, cfg, test
 
 
-PARTITION_SEED, STATISTICS_SEED = 7919, 104729  # seed offsets of the side batches (training batches unaffected)
+PARTITION_SEED, STATISTICS_SEED = (
+    7919,
+    104729,
+)  # seed offsets of the side batches (training batches unaffected)
 
 
 def side_batches(cfg: TrainConfig, train, ctx: Context, seed_offset: int):
     """Training batches drawn with a seed of their own, as this process's chunks (partition, BatchNorm)."""
-    loader = make_loader(train, cfg.batch_size, train=True, seed=cfg.seed + seed_offset, epoch=0,
-                         augment=cfg.augment, flip=cfg.flip)
+    loader = make_loader(
+        train,
+        cfg.batch_size,
+        train=True,
+        seed=cfg.seed + seed_offset,
+        epoch=0,
+        augment=cfg.augment,
+        flip=cfg.flip,
+    )
     return ((ctx.shard(x), ctx.shard(y)) for x, y in loader)
 
 
-def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy,
-                          ctx: Context | None = None):
+def partition_from_config(
+    model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy, ctx: Context | None = None
+):
     """Mode partition of ``model`` as ``cfg`` describes it (method, κ, N batches, E iterations, scope),
     on training batches drawn with a seed of their own so training batches are unaffected. In a data-parallel
     run each process scores its chunk of every batch and the scores are summed over processes."""
@@ -138,8 +167,18 @@ def partition_from_config(model: nn.Module, cfg: TrainConfig, train, loss_fn=F.c
     def chunk_loss(logits, y):  # the chunk's share of the global batch's mean loss (drop_last: B per batch)
         return loss_fn(logits, y) * (y.numel() * ctx.world_size / cfg.batch_size)
 
-    return partition(model, cfg.kappa, cfg.partition, shards, chunk_loss if ctx.world_size > 1 else loss_fn, cfg.partition_batches,
-                     cfg.partition_iterations, cfg.partition_scope, cfg.seed, align=cfg.partition_align)
+    return partition(
+        model,
+        cfg.kappa,
+        cfg.partition,
+        shards,
+        chunk_loss if ctx.world_size > 1 else loss_fn,
+        cfg.partition_batches,
+        cfg.partition_iterations,
+        cfg.partition_scope,
+        cfg.seed,
+        align=cfg.partition_align,
+    )
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude=()) -> list[dict]:
@@ -219,8 +258,13 @@ class Trainer:
         ConfigError: invalid configuration, or ``run_dir`` already holds another run and ``resume`` is off.
     """
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
-                 data: tuple[ImageData, ImageData] | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        resume: bool = False,
+        data: tuple[ImageData, ImageData] | None = None,
+    ):
         self.cfg = cfg.validate()
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -229,8 +273,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.ctx = init(cfg.device)
         if cfg.batch_size < 2 * self.ctx.world_size:
-            raise ConfigError(f"batch_size {cfg.batch_size} leaves fewer than 2 samples for each of the "
-                              f"{self.ctx.world_size} processes (BatchNorm needs 2)")
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} leaves fewer than 2 samples for each of the "
+                f"{self.ctx.world_size} processes (BatchNorm needs 2)"
+            )
         if data is None:  # process 0 reads (and downloads) first, so processes never write one file together
             if not self.ctx.main:
                 self.ctx.barrier()
@@ -253,15 +299,27 @@ class Trainer:
         self.train_model = self.model  # DistributedDataParallel once training starts (after the partition)
         self.steps_per_epoch = len(make_loader(train, cfg.batch_size, train=True, seed=cfg.seed, epoch=0))
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)")
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)"
+            )
         total = cfg.epochs * self.steps_per_epoch
         # the method's training-time work (temperature, partition, SD-Conv's thresholds and budget loss)
-        self.hooks = PadTraining(self.model, cfg.pad_config(), self.steps_per_epoch, total, self.run_partition,
-                                 recalibrate=self.recalibrate_statistics)
-        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay,
-                                                      exclude=self.hooks.method.own_parameters(self.model)),
-                                         lr=cfg.lr, momentum=cfg.momentum)
-        self.scheduler = build_scheduler(self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.hooks = PadTraining(
+            self.model,
+            cfg.pad_config(),
+            self.steps_per_epoch,
+            total,
+            self.run_partition,
+            recalibrate=self.recalibrate_statistics,
+        )
+        self.optimizer = torch.optim.SGD(
+            param_groups(self.model, cfg.weight_decay, exclude=self.hooks.method.own_parameters(self.model)),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch)
+        )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.epoch = self.step = 0
         self.partition_report: dict | None = None
@@ -269,15 +327,28 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict:
-        return {"config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step,
-                "partition": self.partition_report, "elapsed": self.elapsed,
-                "data": {"dataset": self.cfg.dataset, "test": self.test_fingerprint}}
+        return {
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "partition": self.partition_report,
+            "elapsed": self.elapsed,
+            "data": {"dataset": self.cfg.dataset, "test": self.test_fingerprint},
+        }
 
     def save(self) -> Path:
         if not self.ctx.main:
             return self.run_dir / f"checkpoint-epoch{self.epoch:04d}.safetensors"
-        return save_epoch_checkpoint(self.run_dir, self.epoch, self.cfg.keep_checkpoints, self.model, self._state(),
-                                     self.optimizer, self.scheduler, self._extra_optimizers())
+        return save_epoch_checkpoint(
+            self.run_dir,
+            self.epoch,
+            self.cfg.keep_checkpoints,
+            self.model,
+            self._state(),
+            self.optimizer,
+            self.scheduler,
+            self._extra_optimizers(),
+        )
 
     def _extra_optimizers(self) -> dict:
         return self.hooks.method.optimizers()
@@ -291,9 +362,13 @@ class Trainer:
         restore_training(tensors, meta, self.optimizer, self.scheduler, self._extra_optimizers(), path=path)
         state = meta["state"]
         epoch, step = state.get("epoch"), state.get("step")
-        if not (isinstance(epoch, int) and 0 <= epoch <= self.cfg.epochs and step == epoch * self.steps_per_epoch):
-            raise CheckpointError(f"cannot resume {path}: its epoch {epoch!r} and step {step!r} do not fit a run of "
-                                  f"{self.cfg.epochs} epochs of {self.steps_per_epoch} steps")
+        if not (
+            isinstance(epoch, int) and 0 <= epoch <= self.cfg.epochs and step == epoch * self.steps_per_epoch
+        ):
+            raise CheckpointError(
+                f"cannot resume {path}: its epoch {epoch!r} and step {step!r} do not fit a run of "
+                f"{self.cfg.epochs} epochs of {self.steps_per_epoch} steps"
+            )
         self.epoch, self.step = epoch, step
         self.partition_report, self.elapsed = state.get("partition"), state.get("elapsed", 0.0)
         self.hooks.step, self.hooks.partitioned = self.step, self.partition_report is not None
@@ -313,8 +388,15 @@ class Trainer:
     def train_epoch(self) -> dict:
         cfg = self.cfg
         self.model.train()
-        loader = make_loader(self.train_data, cfg.batch_size, train=True, seed=cfg.seed, epoch=self.epoch,
-                             augment=cfg.augment, flip=cfg.flip)
+        loader = make_loader(
+            self.train_data,
+            cfg.batch_size,
+            train=True,
+            seed=cfg.seed,
+            epoch=self.epoch,
+            augment=cfg.augment,
+            flip=cfg.flip,
+        )
         loss_sum = correct = seen = 0.0
         ctx = self.ctx
         bar = _progress(loader, cfg.progress and ctx.main, f"epoch {self.epoch + 1}/{cfg.epochs}")
@@ -332,7 +414,9 @@ class Trainer:
             if not total.item() <= MAX_LOSS:  # NaN, infinite or diverged
                 raise NonFiniteLossError(total.item(), self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            (loss + self.hooks.extra_loss()).backward()  # SD-Conv eq. 9: + λ_s L_s (weight decay is the optimiser's)
+            (
+                loss + self.hooks.extra_loss()
+            ).backward()  # SD-Conv eq. 9: + λ_s L_s (weight decay is the optimiser's)
             self.optimizer.step()
             self.scheduler.step()
             self.hooks.after_step()
@@ -354,13 +438,18 @@ class Trainer:
         cfg = self.cfg
         ctx = self.ctx
         if self.resume and epoch_checkpoints(self.run_dir):
-            resume_newest(self.run_dir, self.load, self.ctx.main)  # refuses a changed configuration before writing
+            resume_newest(
+                self.run_dir, self.load, self.ctx.main
+            )  # refuses a changed configuration before writing
         ctx.barrier()  # every process has checked the run directory before process 0 writes to it
         log_path = self.run_dir / "metrics.jsonl"
         records = [r for r in _read_jsonl(log_path) if r["epoch"] <= self.epoch] if self.resume else []
         if ctx.main and [r["epoch"] for r in records] != list(range(1, self.epoch + 1)):
-            print(f"padnet: warning: {log_path} holds damaged or missing records of epochs 1-{self.epoch}; "
-                  "the readable ones are kept and training goes on", file=sys.stderr)
+            print(
+                f"padnet: warning: {log_path} holds damaged or missing records of epochs 1-{self.epoch}; "
+                "the readable ones are kept and training goes on",
+                file=sys.stderr,
+            )
         if ctx.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
@@ -380,9 +469,15 @@ class Trainer:
                 record = self.train_epoch()
                 top1 = evaluate(self.model, test_loader, ctx)
                 self.elapsed += time.perf_counter() - start
-                record = {"epoch": self.epoch, "step": self.step, **record, "test_top1": top1,
-                          "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed, 2),
-                          **self.hooks.log()}
+                record = {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    **record,
+                    "test_top1": top1,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "elapsed_s": round(self.elapsed, 2),
+                    **self.hooks.log(),
+                }
                 if ctx.main:
                     with open(log_path, "a", encoding="utf-8") as fh:
                         fh.write(json.dumps(record) + "\n")
@@ -392,10 +487,15 @@ class Trainer:
             if board is not None:
                 board.close()
         results = {
-            "model": cfg.model, "conv": cfg.conv, "seed": cfg.seed, "epochs": cfg.epochs, "top1": top1,
+            "model": cfg.model,
+            "conv": cfg.conv,
+            "seed": cfg.seed,
+            "epochs": cfg.epochs,
+            "top1": top1,
             "params": count_parameters(self.model),
             "flops": count_flops(self.model, self.train_data.input_shape),
-            "train_seconds": round(self.elapsed, 2), "processes": self.ctx.world_size,
+            "train_seconds": round(self.elapsed, 2),
+            "processes": self.ctx.world_size,
             "partition": self.partition_report,
         }
         results.update(self.hooks.method.results())
@@ -419,5 +519,3 @@ def _read_jsonl(path: Path) -> list[dict]:
             break
         out.append(record)
     return out
-
-

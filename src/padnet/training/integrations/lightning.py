@@ -41,9 +41,19 @@ class PadCallback(L.Callback):
             :meth:`padnet.PadModel.partition`).
     """
 
-    def __init__(self, pad: PadModel, partition_data: Iterable | None = None, loss_fn: Callable | None = None,
-                 batch_loss: Callable | None = None):
-        self.pad, self.partition_data, self.loss_fn, self.batch_loss = pad, partition_data, loss_fn, batch_loss
+    def __init__(
+        self,
+        pad: PadModel,
+        partition_data: Iterable | None = None,
+        loss_fn: Callable | None = None,
+        batch_loss: Callable | None = None,
+    ):
+        self.pad, self.partition_data, self.loss_fn, self.batch_loss = (
+            pad,
+            partition_data,
+            loss_fn,
+            batch_loss,
+        )
 
     def on_train_start(self, trainer, pl_module):
         if trainer.accumulate_grad_batches != 1:
@@ -52,8 +62,14 @@ class PadCallback(L.Callback):
         total = int(total) if math.isfinite(total) else None
         per_epoch = trainer.num_training_batches
         per_epoch = int(per_epoch) if math.isfinite(per_epoch) else None
-        self.pad.start_training(steps_per_epoch=per_epoch, total_steps=total, partition_data=self.partition_data,
-                                loss_fn=self.loss_fn, batch_loss=self.batch_loss, step=trainer.global_step)
+        self.pad.start_training(
+            steps_per_epoch=per_epoch,
+            total_steps=total,
+            partition_data=self.partition_data,
+            loss_fn=self.loss_fn,
+            batch_loss=self.batch_loss,
+            step=trainer.global_step,
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.pad.before_step()

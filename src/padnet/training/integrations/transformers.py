@@ -39,9 +39,19 @@ class PadTrainerCallback(TrainerCallback):
         loss_fn, batch_loss: as :meth:`padnet.PadModel.partition`.
     """
 
-    def __init__(self, pad: PadModel, partition_data: Iterable | None = None, loss_fn: Callable | None = None,
-                 batch_loss: Callable | None = None):
-        self.pad, self.partition_data, self.loss_fn, self.batch_loss = pad, partition_data, loss_fn, batch_loss
+    def __init__(
+        self,
+        pad: PadModel,
+        partition_data: Iterable | None = None,
+        loss_fn: Callable | None = None,
+        batch_loss: Callable | None = None,
+    ):
+        self.pad, self.partition_data, self.loss_fn, self.batch_loss = (
+            pad,
+            partition_data,
+            loss_fn,
+            batch_loss,
+        )
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         accumulation = max(1, args.gradient_accumulation_steps)
@@ -49,9 +59,14 @@ class PadTrainerCallback(TrainerCallback):
             steps_per_epoch = math.ceil(len(train_dataloader) / accumulation)
         else:  # an iterable dataset: the Trainer runs max_steps
             steps_per_epoch = None
-        self.pad.start_training(steps_per_epoch=steps_per_epoch, total_steps=state.max_steps or None,
-                                partition_data=self.partition_data, loss_fn=self.loss_fn,
-                                batch_loss=self.batch_loss, step=state.global_step)
+        self.pad.start_training(
+            steps_per_epoch=steps_per_epoch,
+            total_steps=state.max_steps or None,
+            partition_data=self.partition_data,
+            loss_fn=self.loss_fn,
+            batch_loss=self.batch_loss,
+            step=state.global_step,
+        )
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.pad.before_step()

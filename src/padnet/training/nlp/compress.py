@@ -80,9 +80,13 @@ class CompressConfig:
         check_choice("granularity", self.granularity, ("element", "neuron"))
         check_choice("static", self.static, STATIC_ESTIMATES)
         check_kappa(self.kappa)
-        for name, low, high in (("partition_iterations", 1, LIMITS["partition_iterations"]),
-                                ("calibration_batches", 1, LIMITS["partition_batches"]),
-                                ("finetune_steps", 0, MAX_STEPS), ("block_size", 2, 8_192), ("batch_size", 1, 65_536)):
+        for name, low, high in (
+            ("partition_iterations", 1, LIMITS["partition_iterations"]),
+            ("calibration_batches", 1, LIMITS["partition_batches"]),
+            ("finetune_steps", 0, MAX_STEPS),
+            ("block_size", 2, 8_192),
+            ("batch_size", 1, 65_536),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
@@ -102,8 +106,10 @@ def load_tokenizer(folder: Path):
     import transformers
 
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise CheckpointError(f"{folder} has no tokenizer: expected tokenizer.json (or a slow tokenizer's "
-                              "tokenizer.model, vocab.json and merges.txt, or vocab.txt) in the model folder")
+        raise CheckpointError(
+            f"{folder} has no tokenizer: expected tokenizer.json (or a slow tokenizer's "
+            "tokenizer.model, vocab.json and merges.txt, or vocab.txt) in the model folder"
+        )
     try:
         with quiet_transformers():
             return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -131,15 +137,23 @@ def _load_model(folder: Path, stored: int):
     with torch.device("meta"):
         skeleton = _transformers(folder, lambda: AutoModelForCausalLM.from_config(config))
     if not find_expert_banks(skeleton):
-        raise ConfigError(f"{type(skeleton).__name__} in {folder} has no bank of experts to compress (Mixtral, "
-                          "Qwen2-MoE, Qwen3-MoE and OLMoE have them)")
+        raise ConfigError(
+            f"{type(skeleton).__name__} in {folder} has no bank of experts to compress (Mixtral, "
+            "Qwen2-MoE, Qwen3-MoE and OLMoE have them)"
+        )
     needed = sum(p.numel() for p in skeleton.parameters())
     if needed > stored:
-        raise CheckpointError(f"{folder / 'config.json'} describes a model of {needed:,} parameters; its weight "
-                              f"files hold {stored:,} values")
+        raise CheckpointError(
+            f"{folder / 'config.json'} describes a model of {needed:,} parameters; its weight "
+            f"files hold {stored:,} values"
+        )
     # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
-    model, info = _transformers(folder, lambda: AutoModelForCausalLM.from_pretrained(
-        folder, local_files_only=True, use_safetensors=True, output_loading_info=True))
+    model, info = _transformers(
+        folder,
+        lambda: AutoModelForCausalLM.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, output_loading_info=True
+        ),
+    )
     missing = sorted(info["missing_keys"])
     if missing:
         raise CheckpointError(f"{folder} does not hold tensor {missing[0]} ({len(missing)} missing)")
@@ -208,8 +222,11 @@ def perplexity(model, blocks: torch.Tensor, batch_size: int, progress: bool = Fa
 def bank_bytes(model) -> int:
     """Bytes the banks of experts take: each transformers bank's two tensors, or what the saved folder stores of
     each :class:`~padnet.layers.experts.ExpertBank` (Θ̄ once, the dynamic values, the mask bits)."""
-    total = sum(t.numel() * t.element_size() for name in find_expert_banks(model)
-                for t in (model.get_submodule(name).gate_up_proj, model.get_submodule(name).down_proj))
+    total = sum(
+        t.numel() * t.element_size()
+        for name in find_expert_banks(model)
+        for t in (model.get_submodule(name).gate_up_proj, model.get_submodule(name).down_proj)
+    )
     for bank in (m for m in model.modules() if isinstance(m, ExpertBank)):
         total += sum(t.numel() * t.element_size() for t in encode_moe(bank).values())
     return total
@@ -231,10 +248,15 @@ def _partition(pad: PadModel, batches: list[dict], cfg: CompressConfig) -> float
         bar.close()
 
 
-def _finetune_static(pad: PadModel, batches: list[dict], steps: int, lr: float, progress: bool) -> list[float]:
+def _finetune_static(
+    pad: PadModel, batches: list[dict], steps: int, lr: float, progress: bool
+) -> list[float]:
     """Train only the static parameters and scale factors of the expert banks; the losses of the steps."""
-    trainable = [p for name, p in pad.base_model.named_parameters()
-                 if ".moe." in name and name.endswith((".static", ".phi"))]
+    trainable = [
+        p
+        for name, p in pad.base_model.named_parameters()
+        if ".moe." in name and name.endswith((".static", ".phi"))
+    ]
     if not trainable:
         raise ConfigError("the model has no static part or scale factors to fine-tune")
     frozen = [p for p in pad.base_model.parameters() if p.requires_grad]
@@ -246,7 +268,9 @@ def _finetune_static(pad: PadModel, batches: list[dict], steps: int, lr: float, 
     losses = []
     pad.base_model.train()
     try:
-        with tqdm(range(steps), desc="calibration fine-tune", disable=not progress) as bar:  # closed on errors too
+        with tqdm(
+            range(steps), desc="calibration fine-tune", disable=not progress
+        ) as bar:  # closed on errors too
             for step in bar:
                 loss = pad.base_model(**batches[step % len(batches)]).loss
                 if not loss.item() <= MAX_LOSS:  # NaN, infinite or diverged: nothing is written
@@ -268,8 +292,10 @@ def _original_perplexity(model, heldout: torch.Tensor, cfg: CompressConfig) -> f
     try:
         return perplexity(model, heldout, cfg.batch_size, cfg.progress)
     except (RuntimeError, IndexError, ValueError) as exc:
-        raise CheckpointError(f"the original model fails on the calibration text ({first_line(exc)}); check its "
-                              "config.json and --block-size") from None
+        raise CheckpointError(
+            f"the original model fails on the calibration text ({first_line(exc)}); check its "
+            "config.json and --block-size"
+        ) from None
 
 
 def _check_outcome(pad: PadModel, before: float, after: float) -> None:
@@ -277,11 +303,15 @@ def _check_outcome(pad: PadModel, before: float, after: float) -> None:
     is never reported or written as a success (nor a model that ``padnet.load_pretrained`` refuses)."""
     for name, value in (("the original model", before), ("the compressed model", after)):
         if not math.isfinite(value):
-            raise ConfigError(f"{name}'s held-out perplexity is {value}, not a finite number; nothing was written")
+            raise ConfigError(
+                f"{name}'s held-out perplexity is {value}, not a finite number; nothing was written"
+            )
     for key, tensor in pad.base_model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ConfigError(f"the compressed model holds NaN or infinite values in {key}; nothing was written "
-                              "(lower the learning rate)")
+            raise ConfigError(
+                f"the compressed model holds NaN or infinite values in {key}; nothing was written "
+                "(lower the learning rate)"
+            )
 
 
 def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel, dict]:
@@ -295,9 +325,15 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
     started = time.perf_counter()
     before = {"perplexity": _original_perplexity(model, heldout, cfg), "bytes": bank_bytes(model)}
     experts = model.get_submodule(find_expert_banks(model)[0]).gate_up_proj.shape[0]  # E of the first bank
-    pad = get_pad_model(model, method=METHODS[cfg.method], kappa=cfg.kappa, granularity=cfg.granularity,
-                        partition_at="manual", partition_iterations=cfg.partition_iterations,
-                        partition_batches=len(batches))
+    pad = get_pad_model(
+        model,
+        method=METHODS[cfg.method],
+        kappa=cfg.kappa,
+        granularity=cfg.granularity,
+        partition_at="manual",
+        partition_iterations=cfg.partition_iterations,
+        partition_batches=len(batches),
+    )
     if cfg.static == "load":
         set_static_by_load(pad.base_model, batches)
     if cfg.method == "merge":  # every expert becomes the mean of all: every mask element static
@@ -305,22 +341,38 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
         reached = 0.0
     else:
         reached = _partition(pad, batches, cfg)
-    losses = _finetune_static(pad, batches, cfg.finetune_steps, cfg.lr, cfg.progress) if cfg.finetune_steps else []
-    after = {"perplexity": perplexity(pad.base_model, heldout, cfg.batch_size, cfg.progress),
-             "bytes": bank_bytes(pad.base_model)}
+    losses = (
+        _finetune_static(pad, batches, cfg.finetune_steps, cfg.lr, cfg.progress) if cfg.finetune_steps else []
+    )
+    after = {
+        "perplexity": perplexity(pad.base_model, heldout, cfg.batch_size, cfg.progress),
+        "bytes": bank_bytes(pad.base_model),
+    }
     _check_outcome(pad, before["perplexity"], after["perplexity"])
     kappa = 0.0 if cfg.method == "merge" else cfg.kappa
-    results = {"config": cfg.to_dict(), "num_experts": experts, "dynamic_ratio": reached,
-               "original": before, "compressed": after, "bytes_ratio": after["bytes"] / before["bytes"],
-               "expected_bytes_ratio": ((1 - kappa) + kappa * experts) / experts if cfg.method == "pad"
-               else kappa if cfg.method == "prune" else 1 / experts,
-               "calibration_blocks": len(calibration), "heldout_blocks": len(heldout), "finetune_losses": losses,
-               "seconds": time.perf_counter() - started}
+    results = {
+        "config": cfg.to_dict(),
+        "num_experts": experts,
+        "dynamic_ratio": reached,
+        "original": before,
+        "compressed": after,
+        "bytes_ratio": after["bytes"] / before["bytes"],
+        "expected_bytes_ratio": ((1 - kappa) + kappa * experts) / experts
+        if cfg.method == "pad"
+        else kappa
+        if cfg.method == "prune"
+        else 1 / experts,
+        "calibration_blocks": len(calibration),
+        "heldout_blocks": len(heldout),
+        "finetune_losses": losses,
+        "seconds": time.perf_counter() - started,
+    }
     return pad, results
 
 
-def compress_folder(model_dir: str | Path, calibration: str | Path, out: str | Path,
-                    cfg: CompressConfig | None = None) -> dict:
+def compress_folder(
+    model_dir: str | Path, calibration: str | Path, out: str | Path, cfg: CompressConfig | None = None
+) -> dict:
     """:func:`compress` a model folder with a calibration text file; writes ``out/model`` (the compressed model with
     its tokenizer), ``out/results.json`` and ``out/results.png``. Returns the results.
 
@@ -351,7 +403,10 @@ def _plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key, label, marker in (("original", "original MoE", "o"), ("compressed", results["config"]["method"], "s")):
+    for key, label, marker in (
+        ("original", "original MoE", "o"),
+        ("compressed", results["config"]["method"], "s"),
+    ):
         ax.scatter(results[key]["bytes"] / 2**20, results[key]["perplexity"], marker=marker, label=label)
     ax.set_xlabel("expert weights (MiB)")
     ax.set_ylabel("held-out perplexity")

@@ -66,8 +66,9 @@ def check_weight_files(folder: Path) -> int:
     """
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise CheckpointError(f"{folder} holds no safetensors weights (*.safetensors); padnet never unpickles "
-                              "*.bin files")
+        raise CheckpointError(
+            f"{folder} holds no safetensors weights (*.safetensors); padnet never unpickles *.bin files"
+        )
     values = 0
     for path in files:
         try:
@@ -107,11 +108,15 @@ def build_model(cfg: FinetuneConfig):
 
     path = resolve_model(cfg.model)
     local = Path(path).expanduser()
-    if not local.is_dir() and (local.is_absolute() or cfg.model.startswith((".", "~"))):  # a path, not a hub id
+    if not local.is_dir() and (
+        local.is_absolute() or cfg.model.startswith((".", "~"))
+    ):  # a path, not a hub id
         raise ConfigError(f"model folder not found: {local}")
     if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
-        raise ConfigError(f"{local} holds only pickled weights (*.bin), which padnet does not unpickle; "
-                          "save the model with safetensors (transformers' save_pretrained does by default)")
+        raise ConfigError(
+            f"{local} holds only pickled weights (*.bin), which padnet does not unpickle; "
+            "save the model with safetensors (transformers' save_pretrained does by default)"
+        )
     if local.is_dir():  # a damaged weight file, or NaN weights, would reach transformers
         check_weight_files(local)
     num_labels = cfg.task_spec().num_labels
@@ -119,8 +124,9 @@ def build_model(cfg: FinetuneConfig):
         with quiet_transformers():  # the fresh classification head is expected, not news
             tokenizer = AutoTokenizer.from_pretrained(path)
             # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
-                                                                       use_safetensors=True)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, use_safetensors=True
+            )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
     # sparse upcycling (MoE, PAD-MoE, MoE-P) with the run's PadConfig
@@ -175,10 +181,16 @@ def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, genera
     restore_training(tensors, meta, optimizer, scheduler, generators={"sampler": generator}, path=path)
     state = meta["state"]
     epoch, partition_report = state.get("epoch"), state.get("partition")
-    if not (isinstance(epoch, int) and 0 <= epoch <= cfg.epochs and isinstance(partition_report, (dict, type(None)))
-            and isinstance(state.get("elapsed", 0.0), (int, float))):
-        raise CheckpointError(f"cannot resume {path}: its epoch {epoch!r} does not fit a run of {cfg.epochs} epochs "
-                              "(or its state is malformed)")
+    if not (
+        isinstance(epoch, int)
+        and 0 <= epoch <= cfg.epochs
+        and isinstance(partition_report, (dict, type(None)))
+        and isinstance(state.get("elapsed", 0.0), (int, float))
+    ):
+        raise CheckpointError(
+            f"cannot resume {path}: its epoch {epoch!r} does not fit a run of {cfg.epochs} epochs "
+            "(or its state is malformed)"
+        )
     return state
 
 
@@ -215,19 +227,23 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     train = cfg.load_split("train")
     if cfg.train_subset is not None and cfg.train_subset < len(train.labels):
         order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(cfg.seed))
-        keep = sorted(order[:cfg.train_subset].tolist())
+        keep = sorted(order[: cfg.train_subset].tolist())
         train = type(train)([train.texts[i] for i in keep], [train.labels[i] for i in keep])
     train_data = encode(train, tokenizer, cfg.max_length)
     evals = {split: encode(cfg.load_split(split), tokenizer, cfg.max_length) for split in task.eval_splits}
 
     # several processes without GPUs (torchrun on CPUs): accelerate joins them with gloo only when told "cpu"
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu_processes, dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(
+        cpu=cpu_processes, dataloader_config=DataLoaderConfiguration(split_batches=True)
+    )
     accelerator.wait_for_everyone()  # every process has checked run_dir before process 0 writes to it
     processes = accelerator.num_processes
     if cfg.batch_size % processes:
-        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {processes} processes, which "
-                          "split every batch")
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} must be a multiple of the {processes} processes, which "
+            "split every batch"
+        )
     optimizer = _optimizer(model, cfg)
     train_loader = loader(train_data, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
     generator = train_loader.sampler.generator  # advances once per pass over the data; saved with checkpoints
@@ -236,27 +252,47 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     raw_model, raw_optimizer, raw_scheduler = model, optimizer, scheduler
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     eval_batch = processes * -(-64 // processes)  # about 64, split evenly between the processes
-    eval_loaders = {s: accelerator.prepare(loader(d, tokenizer, eval_batch, shuffle=False)) for s, d in evals.items()}
+    eval_loaders = {
+        s: accelerator.prepare(loader(d, tokenizer, eval_batch, shuffle=False)) for s, d in evals.items()
+    }
 
     state = {"epoch": 0, "partition": None, "elapsed": 0.0}
     if resume and run_dir is not None and epoch_checkpoints(run_dir):
-        state = resume_newest(run_dir, lambda path: _resume(path, cfg, raw_model, raw_optimizer, raw_scheduler,
-                                                            generator), accelerator.is_main_process)
+        state = resume_newest(
+            run_dir,
+            lambda path: _resume(path, cfg, raw_model, raw_optimizer, raw_scheduler, generator),
+            accelerator.is_main_process,
+        )
     bar = _progress(cfg, steps, accelerator.is_main_process)
     bar.update(state["epoch"] * len(train_loader))
     step = state["epoch"] * len(train_loader)
 
     def run_partition():
-        report = partition(raw_model, cfg.kappa, cfg.partition, iter(train_loader), num_batches=cfg.partition_batches,
-                           iterations=cfg.partition_iterations, seed=cfg.seed, batch_loss=task_loss)
+        report = partition(
+            raw_model,
+            cfg.kappa,
+            cfg.partition,
+            iter(train_loader),
+            num_batches=cfg.partition_batches,
+            iterations=cfg.partition_iterations,
+            seed=cfg.seed,
+            batch_loss=task_loss,
+        )
         state["partition"] = report.to_dict()
         if accelerator.is_main_process:
             (bar.write if cfg.progress else log)(f"  {report.summary()}")  # keeps the progress bar intact
         return report
 
     # the variant's training-time work: load-balancing loss, partition at the start of epoch 2
-    hooks = PadTraining(raw_model, cfg.pad_config(), len(train_loader), steps, run_partition, step,
-                        partitioned=state["partition"] is not None)
+    hooks = PadTraining(
+        raw_model,
+        cfg.pad_config(),
+        len(train_loader),
+        steps,
+        run_partition,
+        step,
+        partitioned=state["partition"] is not None,
+    )
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
         hooks.maybe_partition()  # before this epoch's batches are drawn
@@ -265,7 +301,9 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
             hooks.before_step()
             loss = model(**batch).loss + hooks.extra_loss()
             step += 1
-            total = accelerator.reduce(loss.detach(), "sum") if processes > 1 else loss  # every process must stop
+            total = (
+                accelerator.reduce(loss.detach(), "sum") if processes > 1 else loss
+            )  # every process must stop
             if not total.item() <= MAX_LOSS:  # NaN, infinite or diverged
                 raise NonFiniteLossError(total.item(), step)
             accelerator.backward(loss)
@@ -277,17 +315,32 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
             bar.set_postfix(loss=f"{loss.item():.3f}")
         state.update(epoch=epoch + 1, elapsed=state["elapsed"] + time.perf_counter() - start)
         if run_dir is not None and accelerator.is_main_process:
-            save_epoch_checkpoint(run_dir, epoch + 1, cfg.keep_checkpoints, raw_model,
-                                  {"config": cfg.to_dict(), **state}, raw_optimizer, raw_scheduler,
-                                  generators={"sampler": generator})
+            save_epoch_checkpoint(
+                run_dir,
+                epoch + 1,
+                cfg.keep_checkpoints,
+                raw_model,
+                {"config": cfg.to_dict(), **state},
+                raw_optimizer,
+                raw_scheduler,
+                generators={"sampler": generator},
+            )
     bar.close()
     model = accelerator.unwrap_model(model)
     metrics = {split: evaluate(model, data, task, accelerator) for split, data in eval_loaders.items()}
     first = metrics[task.eval_splits[0]]
     return {
-        "config": cfg.to_dict(), "main": accelerator.is_main_process, "model": model, "tokenizer": tokenizer, "pad": pad,
-        "params": count_parameters(model), "metrics": metrics, "score": 100 * first["score"],
-        "metric": "+".join(task.metrics), "train_seconds": round(state["elapsed"], 1), "processes": processes,
+        "config": cfg.to_dict(),
+        "main": accelerator.is_main_process,
+        "model": model,
+        "tokenizer": tokenizer,
+        "pad": pad,
+        "params": count_parameters(model),
+        "metrics": metrics,
+        "score": 100 * first["score"],
+        "metric": "+".join(task.metrics),
+        "train_seconds": round(state["elapsed"], 1),
+        "processes": processes,
         "partition": state["partition"],
         "dynamic_ratio": {name: m.dynamic_ratio() for name, m in moe_layers(model)},
     }
@@ -296,19 +349,28 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
 def _progress(cfg: FinetuneConfig, steps: int, main: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=steps, desc=f"{cfg.variant} seed {cfg.seed}", disable=not (cfg.progress and main), leave=False,
-                unit="step")
+    return tqdm(
+        total=steps,
+        desc=f"{cfg.variant} seed {cfg.seed}",
+        disable=not (cfg.progress and main),
+        leave=False,
+        unit="step",
+    )
 
 
 def save_model(results: dict, folder: str | Path) -> Path:
     """Write the fine-tuned model of ``results`` into ``folder`` whole, with its tokenizer and architecture, in the
     training form (``padnet.save_pretrained``); ``padnet.load_pretrained(folder)`` reads it back."""
 
-    return save_pretrained(results["pad"] or results["model"], folder, full=True, tokenizer=results["tokenizer"])
+    return save_pretrained(
+        results["pad"] or results["model"], folder, full=True, tokenizer=results["tokenizer"]
+    )
 
 
 def save_results(results: dict, folder: str | Path) -> None:
     """Write ``results.json`` (everything but the model, its wrapper and tokenizer) into ``folder``."""
 
-    write_json(Path(folder) / "results.json", {k: v for k, v in results.items()
-                                                if k not in ("model", "tokenizer", "pad", "main")})
+    write_json(
+        Path(folder) / "results.json",
+        {k: v for k, v in results.items() if k not in ("model", "tokenizer", "pad", "main")},
+    )

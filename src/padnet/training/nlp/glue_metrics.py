@@ -96,8 +96,7 @@ def task_metrics(metrics, predictions, references, what: str = "metrics") -> dic
     preds = _as_list(predictions, "predictions")
     refs = _as_list(references, "references")
     if len(preds) != len(refs):
-        raise ConfigError(f"{what}: {len(preds)} predictions but {len(refs)} references; "
-                          "lengths must match")
+        raise ConfigError(f"{what}: {len(preds)} predictions but {len(refs)} references; lengths must match")
     if not preds:
         raise ConfigError(f"{what}: no predictions to score (empty inputs)")
     try:
