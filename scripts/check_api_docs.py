@@ -1,4 +1,5 @@
-"""Check that the built site's API reference documents every public name of padnet.
+"""Check that the built site's API reference documents every public name of padnet and shows no raw Sphinx
+role (":class:`X`" as text: docstrings cross-reference in Markdown, "[`X`][padnet.module.X]").
 
 Public names: a package's ``__all__`` (checked where each name is defined), and every top-level class,
 function and constant of a module whose name does not start with an underscore. Run after
@@ -58,6 +59,18 @@ def rendered() -> set[str]:
     return ids
 
 
+RAW_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|obj|exc|ref|py:\w+):(?:`|<code>)")
+
+
+def raw_roles() -> list[str]:
+    """``page: excerpt`` for each raw Sphinx role in the built HTML."""
+    found = []
+    for page in sorted(SITE.rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        found += [f"{page.relative_to(SITE)}: {text[m.start() : m.start() + 60]}" for m in RAW_ROLE.finditer(text)]
+    return found
+
+
 def main() -> int:
     if not SITE.is_dir():
         print(f"check_api_docs: no site at {SITE}; run 'mkdocs build --strict' first", file=sys.stderr)
@@ -69,7 +82,13 @@ def main() -> int:
         for name in missing:
             print(f"  {name}", file=sys.stderr)
         return 1
-    print(f"check_api_docs: every public name of padnet is in the API reference ({len(names)} names)")
+    roles = raw_roles()
+    if roles:
+        print(f"check_api_docs: {len(roles)} raw Sphinx roles in the built site:", file=sys.stderr)
+        for role in roles:
+            print(f"  {role}", file=sys.stderr)
+        return 1
+    print(f"check_api_docs: every public name of padnet is in the API reference ({len(names)} names), no raw role")
     return 0
 
 

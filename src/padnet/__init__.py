@@ -1,11 +1,11 @@
 """padnet: partially dynamic networks for PyTorch.
 
-DY-Conv, CondConv, ODConv, DCD and their PAD-Net forms (``padnet.layers``), Iterative Mode Partition (``padnet.partition``, module ``padnet.partitioning``),
-model building and conversion (``create_model``, ``convert``), accounting (``count_parameters``,
-``count_flops``), a trainer (``padnet.training.engine``), the fastest formulation per layer (``autotune``), the compact
-deployment form (``deploy``), one file format for every model (``save_pretrained``, ``load_pretrained``) and export (``export_onnx``,
-``export_torchscript``); Mixture-of-Experts, PAD-MoE and MoE-P for Hugging Face encoders with GLUE fine-tuning
-(``padnet.training.nlp``, needs the ``nlp`` extra). Importing padnet touches no network and no data.
+DY-Conv, CondConv, ODConv, DCD and their PAD-Net forms (`padnet.layers`), Iterative Mode Partition (`padnet.partition`, module `padnet.partitioning`),
+model building and conversion (`create_model`, `convert`), accounting (`count_parameters`,
+`count_flops`), a trainer (`padnet.training.engine`), the fastest formulation per layer (`autotune`), the compact
+deployment form (`deploy`), one file format for every model (`save_pretrained`, `load_pretrained`) and export (`export_onnx`,
+`export_torchscript`); Mixture-of-Experts, PAD-MoE and MoE-P for Hugging Face encoders with GLUE fine-tuning
+(`padnet.training.nlp`, needs the `nlp` extra). Importing padnet touches no network and no data.
 """
 
 from padnet.adapter.config import PadConfig

@@ -1,4 +1,4 @@
-"""The ``padnet`` command: train, compare (the main job), count, report, partition, evaluate, data."""
+"""The `padnet` command: train, compare (the main job), count, report, partition, evaluate, data."""
 
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ def cmd_train(args) -> int:
 def _recipe_and_seeds(args, recipes=None, cls=None):
     """A study's recipe (quick, or --full) with the flags applied, and the seeds (--seeds or the recipe's).
 
-    ``recipes``: the module holding ``QUICK``, ``FULL``, ``QUICK_SEEDS``, ``FULL_SEEDS`` (default: the compare
-    recipe); ``cls``: its configuration class (default ``TrainConfig``).
+    `recipes`: the module holding `QUICK`, `FULL`, `QUICK_SEEDS`, `FULL_SEEDS` (default: the compare
+    recipe); `cls`: its configuration class (default `TrainConfig`).
     """
     if recipes is None:
         from padnet.experiments import compare as recipes
@@ -97,7 +97,7 @@ def _recipe_and_seeds(args, recipes=None, cls=None):
 
 
 def _check_distinct(flag: str, noun: str, values) -> None:
-    """ConfigError when ``values`` of ``flag`` repeat one: a repeated seed (or κ) would be one run counted twice
+    """ConfigError when `values` of `flag` repeat one: a repeated seed (or κ) would be one run counted twice
     in the mean and spread."""
     if len(set(values)) != len(values):
         raise ConfigError(f"{flag} repeats a {noun}: {' '.join(map(str, values))}")
@@ -131,7 +131,7 @@ def _add_study_command(
     func,
     cls=None,
 ) -> None:
-    """A subcommand that runs named studies (positional STUDY..., or all) with the config flags but ``skip``
+    """A subcommand that runs named studies (positional STUDY..., or all) with the config flags but `skip`
     (the keys its studies vary) and --out, --seeds, --full."""
     p = sub.add_parser(name, help=help, description=description)
     p.add_argument("studies", nargs="+", metavar="STUDY", help=f"{studies} or all")
@@ -154,7 +154,7 @@ def cmd_compare(args) -> int:
 
 
 def _run_studies(args, module) -> int:
-    """Run ``args.studies`` (or ``all``) of a study module (``STUDIES``, ``run_studies``) and print each table."""
+    """Run `args.studies` (or `all`) of a study module (`STUDIES`, `run_studies`) and print each table."""
     from padnet.errors import check_choice
 
     for name in args.studies:
@@ -329,7 +329,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _load_run_model(checkpoint: Path, data_root: str | None, dataset: str | None = None):
-    """The trained model of a run checkpoint, its configuration and its test split (of ``dataset`` when named)."""
+    """The trained model of a run checkpoint, its configuration and its test split (of `dataset` when named)."""
     from padnet.training.engine.trainer import load_run
 
     return load_run(checkpoint, data_root=data_root, dataset=dataset)
@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> None:
-    """Entry point of the ``padnet`` script: set the allocator variables once, then run :func:`main`."""
+    """Entry point of the `padnet` script: set the allocator variables once, then run [`main`][padnet.cli.main]."""
     wanted = os.environ.get("PADNET_ALLOCATOR", "1") != "0" and sys.platform.startswith("linux")
     if wanted and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
         env = {**os.environ, **ALLOCATOR_ENV}

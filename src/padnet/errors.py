@@ -1,7 +1,7 @@
 """User-facing error types.
 
 Every mistake a user can make (bad name, bad value, missing or corrupt file) raises a subclass of
-:class:`PadnetError`; the command line prints its message on one line and exits with status 2.
+[`PadnetError`][padnet.errors.PadnetError]; the command line prints its message on one line and exits with status 2.
 """
 
 import math
@@ -29,7 +29,7 @@ MAX_LOSS = (
 
 
 class NonFiniteLossError(PadnetError):
-    """Training produced a NaN, infinite or diverged (above :data:`MAX_LOSS`) loss, usually from a learning rate
+    """Training produced a NaN, infinite or diverged (above [`MAX_LOSS`][padnet.errors.MAX_LOSS]) loss, usually from a learning rate
     too large for the model."""
 
     def __init__(self, value: float, step: int):
@@ -73,15 +73,15 @@ def first_line(exc: BaseException) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` on one line: runs of white space (line breaks included) become one space, and any other
-    character that is not printable is written as its escape (``\\x85``), so input echoed in a message cannot
+    """`text` on one line: runs of white space (line breaks included) become one space, and any other
+    character that is not printable is written as its escape (`\\x85`), so input echoed in a message cannot
     split it."""
     text = " ".join(text.split()) if any(c.isspace() and c != " " for c in text) else text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def shown(value) -> str:
-    """``value`` for a one-line message: as it is when it is a printable string, else its repr (so a key with a
+    """`value` for a one-line message: as it is when it is a printable string, else its repr (so a key with a
     line break or a control character, read from a file, cannot split the message)."""
     return (
         value
@@ -91,20 +91,20 @@ def shown(value) -> str:
 
 
 def check_choice(kind: str, value, choices) -> None:
-    """Raise ConfigError ``unknown <kind> <value>; choose from ...`` unless ``value`` is in ``choices``."""
+    """Raise ConfigError `unknown <kind> <value>; choose from ...` unless `value` is in `choices`."""
     if value not in choices:
         raise ConfigError(f"unknown {kind} {value!r}; choose from {', '.join(choices)}")
 
 
 def check_seed(seed) -> None:
-    """Raise ConfigError unless ``seed`` is an integer in [0, 2**63) (what ``torch.manual_seed`` takes)."""
+    """Raise ConfigError unless `seed` is an integer in [0, 2**63) (what `torch.manual_seed` takes)."""
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
         raise ConfigError(f"seed must be in [0, 2**63), got {seed!r}")
 
 
 def check_module(model, entry: str) -> None:
-    """Raise ConfigError unless ``model`` is a torch ``nn.Module``; ``entry`` names the function that needs it.
-    A name (``"resnet18"``) gets the call that builds that model."""
+    """Raise ConfigError unless `model` is a torch `nn.Module`; `entry` names the function that needs it.
+    A name (`"resnet18"`) gets the call that builds that model."""
     from torch import nn
 
     if not isinstance(model, nn.Module):

@@ -1,7 +1,7 @@
 """This process's place in a data-parallel run, as core code (mode partition) needs it.
 
-:func:`current` reads an initialised ``torch.distributed`` process group and gives one process on the CPU
-without one; :mod:`padnet.distributed` joins the group for ``torchrun`` runs.
+[`current`][padnet.parallel.current] reads an initialised `torch.distributed` process group and gives one process on the CPU
+without one; [`padnet.training.distributed`][padnet.training.distributed] joins the group for `torchrun` runs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Context:
-    """This process's place in the run: ``rank`` ∈ [0, ``world_size``), and its ``device``."""
+    """This process's place in the run: `rank` ∈ [0, `world_size`), and its `device`."""
 
     rank: int = 0
     world_size: int = 1

@@ -1,5 +1,5 @@
-"""One entry point for every method: ``PadConfig`` → ``get_pad_model`` → ``PadModel`` (convert, train with
-``PadTraining`` callbacks, partition, merge, save and load), for padnet's models and yours."""
+"""One entry point for every method: `PadConfig` → `get_pad_model` → `PadModel` (convert, train with
+`PadTraining` callbacks, partition, merge, save and load), for padnet's models and yours."""
 
 from padnet.adapter.config import PadConfig
 from padnet.adapter.methods import PadTraining

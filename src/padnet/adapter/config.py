@@ -1,8 +1,8 @@
-"""``PadConfig``: one validated, JSON-serialisable description of a padnet method applied to a model.
+"""`PadConfig`: one validated, JSON-serialisable description of a padnet method applied to a model.
 
-Its keys are the vocabulary of the YAML run configurations and of the command line (``kappa``, ``granularity``,
-``scale_mode``, ``mask_semantics``, ``partition``, ``partition_scope``, ``mask_strategy``, ...), so one name
-means one thing everywhere. :func:`padnet.get_pad_model` takes it; :class:`padnet.adapter.methods.Method` reads the
+Its keys are the vocabulary of the YAML run configurations and of the command line (`kappa`, `granularity`,
+`scale_mode`, `mask_semantics`, `partition`, `partition_scope`, `mask_strategy`, ...), so one name
+means one thing everywhere. [`padnet.get_pad_model`][padnet.adapter.model.get_pad_model] takes it; [`padnet.adapter.methods.Method`][padnet.adapter.methods.Method] reads the
 training-time part of it (temperature schedule, moment of partition, SD-Conv budget, load-balancing weight).
 """
 
@@ -73,7 +73,7 @@ _APPLIES = {
     "ffn_patterns": tuple(MOE_METHODS),
     "aux_loss_weight": tuple(MOE_METHODS),
 }
-# defaults filled in by ``resolved()`` for the methods an option applies to
+# defaults filled in by `resolved()` for the methods an option applies to
 _DEFAULTS = {
     "scale_mode": "constrained",
     "mask_semantics": "static",
@@ -90,7 +90,7 @@ _DEFAULTS = {
 
 
 def canonical_method(name) -> str:
-    """The registered method name for ``name`` (aliases and case folded); ConfigError if unknown."""
+    """The registered method name for `name` (aliases and case folded); ConfigError if unknown."""
     if not isinstance(name, str):
         raise ConfigError(f"method must be a name, got {name!r}")
     key = METHOD_ALIASES.get(name.lower(), name.lower())
@@ -114,7 +114,7 @@ def _number(
 
 
 def _time_limit(unit: str) -> int:
-    """The most training time an option counted in ``unit`` (``"steps"`` or ``"epochs"``) may ask for."""
+    """The most training time an option counted in `unit` (`"steps"` or `"epochs"`) may ask for."""
     return MAX_EPOCHS if unit == "epochs" else MAX_STEPS
 
 
@@ -123,59 +123,59 @@ class PadConfig:
     """How to make a model partially dynamic, and how the method behaves while it trains.
 
     Model surgery:
-        method: ``"dy"``, ``"condconv"``, ``"odconv"``, ``"dcd"``, their PAD-Net forms ``"pad"`` (over DY-Conv),
-            ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"``, ``"sdconv"`` (SD-Conv), or for transformers
-            ``"moe"``, ``"pad-moe"`` (PAD-MoE) and ``"moe-p"`` (MoE-P, the pruning baseline): dense FFNs are
+        method: `"dy"`, `"condconv"`, `"odconv"`, `"dcd"`, their PAD-Net forms `"pad"` (over DY-Conv),
+            `"pad-condconv"`, `"pad-odconv"`, `"pad-dcd"`, `"sdconv"` (SD-Conv), or for transformers
+            `"moe"`, `"pad-moe"` (PAD-MoE) and `"moe-p"` (MoE-P, the pruning baseline): dense FFNs are
             upcycled; a pretrained MoE (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) keeps its routers and its banks of
-            experts are compressed (``padnet.adapter.moe_convert.compress_experts``; ``num_experts``, ``top_k``,
-            ``noisy_gating`` and ``aux_loss_weight`` are then the model's own).
-        target_modules: ``"auto"`` (every ``nn.Conv2d`` but the first, the stem; or every FFN block of a
-            transformer), ``"all"`` (the stem too) or glob patterns of module names (a conv's name; an FFN's first
-            linear, e.g. ``"*.layer.0.intermediate.dense"``, or a gated block, e.g. ``"model.layers.0.mlp"``).
+            experts are compressed (`padnet.adapter.moe_convert.compress_experts`; `num_experts`, `top_k`,
+            `noisy_gating` and `aux_loss_weight` are then the model's own).
+        target_modules: `"auto"` (every `nn.Conv2d` but the first, the stem; or every FFN block of a
+            transformer), `"all"` (the stem too) or glob patterns of module names (a conv's name; an FFN's first
+            linear, e.g. `"*.layer.0.intermediate.dense"`, or a gated block, e.g. `"model.layers.0.mlp"`).
         exclude_modules: glob patterns of module names to leave as they are.
         min_channels: convolutions with fewer input channels stay static.
         ffn_patterns: MoE methods: (first linear, activation, second linear) name triples of the FFN blocks,
             relative to the module holding them, or (gate, up, down, activation) quadruples of gated blocks
             (default: BERT, ALBERT, DistilBERT, GPT-2 and Llama / Mistral / Qwen names,
-            ``padnet.adapter.moe_convert.FFN_PATTERNS``).
+            `padnet.adapter.moe_convert.FFN_PATTERNS`).
         init_from_pretrained: start every kernel / expert and the static parameters from the existing weights.
         layer_options: further keyword options of the layers, passed as they are and checked by them (e.g.
-            ``{"formulation": "batched"}``, ``{"routing": "sigmoid"}``, SD-Conv's ``{"threshold": 0.01}``).
+            `{"formulation": "batched"}`, `{"routing": "sigmoid"}`, SD-Conv's `{"threshold": 0.01}`).
     Dynamic layers:
         num_kernels: k (default: DY-Conv/PAD-Net 4, CondConv 8, ODConv 4, SD-Conv 4; DCD has none).
         reduction: attention reduction ratio r (default: the layer's, DY-Conv 4, ODConv/DCD/SD-Conv 16).
         temperature_start, temperature_end: attention temperature T, annealed linearly (Chen et al. 2020:
-            30 → 1) over ``temperature_anneal`` ``temperature_unit`` (``"steps"`` or ``"epochs"``). The default
+            30 → 1) over `temperature_anneal` `temperature_unit` (`"steps"` or `"epochs"`). The default
             start is the layer's: 30 for softmax routing, 1 for CondConv (a plain sigmoid, no temperature).
     Mode partition (PAD-Net eq. 5–9):
         kappa: dynamic ratio κ ∈ (0, 1] (default 0.3 for convolutions, 0.5 for PAD-MoE / MoE-P).
-        granularity: mask granularity: ``"shared"``, ``"kernel"``, ``"filter"`` for convolutions (default
-            shared), ``"element"`` or ``"neuron"`` for MoE (default element).
-        scale_mode: scale factors of Table 3 (default ``"constrained"``: λs + λd = 2).
-        mask_semantics: ``"static"`` (PAD-Net) or ``"zero"`` (masked elements pruned) for convolutions.
-        partition: ``"imp"``, ``"mp"`` (one-shot), ``"random"``, ``"magnitude"``, or a function
-            ``scores(name, factors, mask) -> Tensor`` of the mask's shape (as ``importance_scores`` of
-            ``torch.nn.utils.prune``); higher scores stay dynamic. A function is written as ``"custom"`` in JSON,
-            and a config read back without it keeps ``"custom"``, which partitions only when given the function.
-        partition_scope: ``"global"`` threshold over every masked tensor or ``"local"`` per tensor.
+        granularity: mask granularity: `"shared"`, `"kernel"`, `"filter"` for convolutions (default
+            shared), `"element"` or `"neuron"` for MoE (default element).
+        scale_mode: scale factors of Table 3 (default `"constrained"`: λs + λd = 2).
+        mask_semantics: `"static"` (PAD-Net) or `"zero"` (masked elements pruned) for convolutions.
+        partition: `"imp"`, `"mp"` (one-shot), `"random"`, `"magnitude"`, or a function
+            `scores(name, factors, mask) -> Tensor` of the mask's shape (as `importance_scores` of
+            `torch.nn.utils.prune`); higher scores stay dynamic. A function is written as `"custom"` in JSON,
+            and a config read back without it keeps `"custom"`, which partitions only when given the function.
+        partition_scope: `"global"` threshold over every masked tensor or `"local"` per tensor.
         partition_iterations: E of IMP (default 5). partition_batches: N batches per score (default 10).
-        partition_at: when training runs the partition: ``"start"``, after ``partition_after``
-            ``"steps"`` or ``"epochs"``, or ``"manual"`` (call ``PadModel.partition`` yourself). Default: after 1
-            epoch when the layers start from the model's weights (``init_from_pretrained``; MoE always, PAD-Net
+        partition_at: when training runs the partition: `"start"`, after `partition_after`
+            `"steps"` or `"epochs"`, or `"manual"` (call `PadModel.partition` yourself). Default: after 1
+            epoch when the layers start from the model's weights (`init_from_pretrained`; MoE always, PAD-Net
             appendix A: once the experts differ), since every kernel then equals Θ̄ and the scores carry no signal;
-            ``"start"`` for kernels initialised on their own.
-        check_scores: refuse IMP / MP scores that carry no signal (see ``padnet.partitioning.imp``).
+            `"start"` for kernels initialised on their own.
+        check_scores: refuse IMP / MP scores that carry no signal (see `padnet.partitioning.imp`).
     SD-Conv (paper 002 eq. 8–9, Algorithm 1):
         sparsity (default 0.5), pruning_iterations (3), budget_weight λ_s (0.01), threshold_lr (0.01, relative
-        to each layer's weight RMS), mask_strategy (``"different"`` or ``"same"``).
+        to each layer's weight RMS), mask_strategy (`"different"` or `"same"`).
     MoE (PAD-Net appendix A):
         num_experts (8), top_k (2), noisy_gating (True), aux_loss_weight (0.01, the load-balancing loss).
 
-    Options that do not apply to ``method`` must stay None (their default); setting one is an error, so a
+    Options that do not apply to `method` must stay None (their default); setting one is an error, so a
     misplaced option is never ignored silently.
 
     Raises:
-        ConfigError: from :meth:`validate` (called at construction): an unknown name, a value out of range, an
+        ConfigError: from [`validate`][padnet.adapter.config.PadConfig.validate] (called at construction): an unknown name, a value out of range, an
             option the method does not take.
     """
 
@@ -219,7 +219,7 @@ class PadConfig:
     # ------------------------------------------------------------------ queries
     @property
     def family(self) -> str:
-        """``"conv"`` (dynamic convolutions) or ``"moe"`` (Mixture-of-Experts feed-forward layers)."""
+        """`"conv"` (dynamic convolutions) or `"moe"` (Mixture-of-Experts feed-forward layers)."""
         return "moe" if self.method in MOE_METHODS else "conv"
 
     @property
@@ -228,7 +228,7 @@ class PadConfig:
         return self.method in PARTIAL_METHODS
 
     def value(self, name: str):
-        """The option ``name`` as the method uses it: the set value, or the method's default."""
+        """The option `name` as the method uses it: the set value, or the method's default."""
         value = getattr(self, name)
         if value is not None:
             return value
@@ -375,8 +375,8 @@ class PadConfig:
 
     # ------------------------------------------------------------------ the layers' options
     def layer_kwargs(self) -> dict[str, Any]:
-        """Keyword options of the method's layers: for convolutions those of ``padnet.convert`` (only the
-        ones the layer takes), for MoE those of ``padnet.adapter.moe_convert.replace_ffns``."""
+        """Keyword options of the method's layers: for convolutions those of `padnet.convert` (only the
+        ones the layer takes), for MoE those of `padnet.adapter.moe_convert.replace_ffns`."""
         if self.family == "moe":
             options = {
                 "mode": MOE_METHODS[self.method],
@@ -405,7 +405,7 @@ class PadConfig:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-ready values (a partition function is written as ``"custom"``)."""
+        """The configuration as JSON-ready values (a partition function is written as `"custom"`)."""
         data = dataclasses.asdict(self)
         if callable(self.partition):
             data["partition"] = "custom"
@@ -413,8 +413,8 @@ class PadConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], partition: Callable | None = None) -> PadConfig:
-        """A config from :meth:`to_dict` output (e.g. ``padnet_config.json``); ``partition`` supplies the score
-        function of a ``"custom"`` partition. Raises ConfigError for unknown keys or bad values."""
+        """A config from [`to_dict`][padnet.adapter.config.PadConfig.to_dict] output (e.g. `padnet_config.json`); `partition` supplies the score
+        function of a `"custom"` partition. Raises ConfigError for unknown keys or bad values."""
         if not isinstance(data, dict):
             raise ConfigError(f"a PAD configuration must be a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}

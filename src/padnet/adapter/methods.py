@@ -1,7 +1,7 @@
 """What each method does while a model trains, behind one small interface.
 
-A :class:`Method` names the parameters it trains with an optimiser of its own, adds its loss terms, does its
-per-step work and says when mode partition runs. :class:`PadTraining` drives one method through any training
+A [`Method`][padnet.adapter.methods.Method] names the parameters it trains with an optimiser of its own, adds its loss terms, does its
+per-step work and says when mode partition runs. [`PadTraining`][padnet.adapter.methods.PadTraining] drives one method through any training
 loop with three calls per step::
 
     training.before_step()                    # temperature, and the partition when it is due
@@ -9,12 +9,12 @@ loop with three calls per step::
     ...backward, optimiser step...
     training.after_step()                     # SD-Conv's threshold step and clamp; the step counter
 
-padnet's trainers, :class:`padnet.PadModel` and the integrations for the transformers ``Trainer`` and Lightning
+padnet's trainers, [`padnet.PadModel`][padnet.adapter.model.PadModel] and the integrations for the transformers `Trainer` and Lightning
 all go through it, so no training loop names a method.
 
 * Dynamic convolutions (DY-Conv, CondConv, ODConv, DCD): the attention temperature T anneals linearly from
-  ``temperature_start`` to ``temperature_end`` (Chen et al. 2020, "Dynamic Convolution").
-* PAD-Net forms: the same, and mode partition at ``partition_at`` (PAD-Net eq. 5–9).
+  `temperature_start` to `temperature_end` (Chen et al. 2020, "Dynamic Convolution").
+* PAD-Net forms: the same, and mode partition at `partition_at` (PAD-Net eq. 5–9).
 * SD-Conv (paper 002, Algorithm 1): thresholds τ in an Adam optimiser of their own, the L0 budget loss
   λ_s · L_s (eq. 8–9) against the density schedule, τ clamped at 0 after each step.
 * MoE: the load-balancing loss of every MoE layer (Shazeer et al. 2017 eq. 6 and 11); PAD-MoE and MoE-P
@@ -44,7 +44,7 @@ from padnet.layers.sdconv import (
 
 
 def _steps(amount: float, unit: str, steps_per_epoch: int | None, what: str) -> int:
-    """``amount`` of ``unit`` (steps or epochs) in optimiser steps."""
+    """`amount` of `unit` (steps or epochs) in optimiser steps."""
     if unit == "steps":
         return round(amount)
     if steps_per_epoch is None:
@@ -55,8 +55,8 @@ def _steps(amount: float, unit: str, steps_per_epoch: int | None, what: str) -> 
 class Method:
     """A method's training-time behaviour; the base class does nothing (a static model).
 
-    Lifecycle: :meth:`attach` once per training run, then per step :meth:`before_step`, :meth:`extra_loss`,
-    :meth:`after_step`. Subclasses override what they need.
+    Lifecycle: [`attach`][padnet.adapter.methods.Method.attach] once per training run, then per step [`before_step`][padnet.adapter.methods.Method.before_step], [`extra_loss`][padnet.adapter.methods.Method.extra_loss],
+    [`after_step`][padnet.adapter.methods.Method.after_step]. Subclasses override what they need.
     """
 
     def __init__(self, config: PadConfig):
@@ -68,11 +68,11 @@ class Method:
     def attach(
         self, model: nn.Module, steps_per_epoch: int | None = None, total_steps: int | None = None
     ) -> None:
-        """Bind to ``model`` (the unwrapped module) for a run of ``total_steps`` optimiser steps."""
+        """Bind to `model` (the unwrapped module) for a run of `total_steps` optimiser steps."""
         self.model, self.steps_per_epoch, self.total_steps = model, steps_per_epoch, total_steps
 
     def own_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Parameters of ``model`` the method trains with its own optimiser (leave them out of the main one)."""
+        """Parameters of `model` the method trains with its own optimiser (leave them out of the main one)."""
         return []
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -80,25 +80,25 @@ class Method:
         return {}
 
     def before_step(self, step: int) -> None:
-        """Work before the forward pass of optimiser step ``step`` (0-based)."""
+        """Work before the forward pass of optimiser step `step` (0-based)."""
 
     def extra_loss(self, step: int) -> torch.Tensor | None:
-        """Loss terms to add to the task loss of step ``step`` (None: nothing)."""
+        """Loss terms to add to the task loss of step `step` (None: nothing)."""
         return None
 
     def after_step(self, step: int) -> None:
-        """Work after the main optimiser's step ``step``."""
+        """Work after the main optimiser's step `step`."""
 
     def partition_step(self) -> int | None:
         """The step before which mode partition runs; None when training never runs it."""
         return None
 
     def anneals(self, step: int) -> bool:
-        """Whether the method changes what the layers compute at ``step`` by a schedule (the temperature)."""
+        """Whether the method changes what the layers compute at `step` by a schedule (the temperature)."""
         return False
 
     def log(self, step: int) -> dict:
-        """Scalars worth logging after ``step`` steps (e.g. the temperature, the sparsity reached)."""
+        """Scalars worth logging after `step` steps (e.g. the temperature, the sparsity reached)."""
         return {}
 
     def results(self) -> dict:
@@ -138,7 +138,7 @@ def _partition_step(config: PadConfig, steps_per_epoch: int | None) -> int | Non
 
 
 class Partial(Dynamic):
-    """PAD-Net forms of dynamic convolutions: annealing, and mode partition at ``partition_at``."""
+    """PAD-Net forms of dynamic convolutions: annealing, and mode partition at `partition_at`."""
 
     def partition_step(self) -> int | None:
         return _partition_step(self.config, self.steps_per_epoch)
@@ -216,7 +216,7 @@ class PartialMoE(MoE):
 
 
 def method_for(config: PadConfig | None) -> Method:
-    """The :class:`Method` of ``config.method`` (None: a static model, nothing to do)."""
+    """The [`Method`][padnet.adapter.methods.Method] of `config.method` (None: a static model, nothing to do)."""
     if config is None:
         return Method(config)
     if config.family == "moe":
@@ -231,22 +231,22 @@ class PadTraining:
 
     Args:
         model: the unwrapped model being trained.
-        config: its :class:`PadConfig` (None for a static model: every hook does nothing).
+        config: its [`PadConfig`][padnet.adapter.config.PadConfig] (None for a static model: every hook does nothing).
         steps_per_epoch: optimiser steps per epoch (needed by any schedule given in epochs).
         total_steps: optimiser steps of the whole run (needed by SD-Conv's sparsity schedule).
         partition: called without arguments when mode partition is due; returns its report (a
-            :class:`~padnet.partitioning.PartitionReport`) or None.
+            [`PartitionReport`][padnet.partitioning.imp.PartitionReport]) or None.
         step: the step to start from (a resumed run). partitioned: whether the partition already ran.
         recalibrate: called without arguments to re-estimate the BatchNorm running statistics (see
-            :func:`~padnet.adapter.statistics.recalibrate_batchnorm`) after the last step of the temperature
+            [`recalibrate_batchnorm`][padnet.adapter.statistics.recalibrate_batchnorm]) after the last step of the temperature
             anneal, and after a partition that falls outside the anneal: the running averages were gathered
             while the layers changed. None: the statistics are marked stale instead, and
-            :meth:`warn_if_stale` (called by :meth:`padnet.PadModel.eval`) warns until training has run long
+            [`warn_if_stale`][padnet.adapter.methods.PadTraining.warn_if_stale] (called by `padnet.PadModel.eval`) warns until training has run long
             enough for them to catch up.
 
     Raises:
-        ConfigError: a schedule in epochs without ``steps_per_epoch``; SD-Conv without ``total_steps`` or
-            without SD-Conv layers; a partition due in training without a ``partition`` function.
+        ConfigError: a schedule in epochs without `steps_per_epoch`; SD-Conv without `total_steps` or
+            without SD-Conv layers; a partition due in training without a `partition` function.
     """
 
     def __init__(
@@ -302,7 +302,7 @@ class PadTraining:
 
     def extra_loss(self) -> torch.Tensor | float:
         """The method's loss terms for this step (0.0 when none, or when the model's output loss already holds
-        them: :class:`padnet.PadModel` adds them to a Hugging Face output's ``loss``)."""
+        them: [`padnet.PadModel`][padnet.adapter.model.PadModel] adds them to a Hugging Face output's `loss`)."""
         if self._folded == self.step:
             return 0.0
         extra = self.method.extra_loss(self.step)
@@ -337,7 +337,7 @@ class PadTraining:
         return self._recalibrate is not None
 
     def refresh_statistics(self) -> int:
-        """Re-estimate the BatchNorm running statistics now (with ``recalibrate``; without it they are marked
+        """Re-estimate the BatchNorm running statistics now (with `recalibrate`; without it they are marked
         stale). Returns the number of BatchNorm layers re-estimated."""
         if self._recalibrate is None:
             self._stale_since = self.step + 1
@@ -352,7 +352,7 @@ class PadTraining:
 
     def stale_statistics(self) -> bool:
         """Whether the BatchNorm running statistics still lag a change of the layers: it was not followed by a
-        re-estimation, and fewer training steps than :func:`~padnet.adapter.statistics.catch_up_steps` ran
+        re-estimation, and fewer training steps than [`catch_up_steps`][padnet.adapter.statistics.catch_up_steps] ran
         since."""
         if self._changed is not None and self._changed >= self.step:  # changed since the last training step
             return bool(catch_up_steps(self.model))
@@ -374,7 +374,7 @@ class PadTraining:
             self._stale_since = self._changed = None
 
     def optimizer_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Trainable parameters of ``model`` for the main optimiser (the method's own ones left out)."""
+        """Trainable parameters of `model` for the main optimiser (the method's own ones left out)."""
         own = {id(p) for p in self.method.own_parameters(model)}
         return [p for p in model.parameters() if p.requires_grad and id(p) not in own]
 

@@ -1,11 +1,11 @@
-"""One way in for any model: ``get_pad_model(model, PadConfig(...)) -> PadModel``, in the spirit of PEFT.
+"""One way in for any model: `get_pad_model(model, PadConfig(...)) -> PadModel`, in the spirit of PEFT.
 
-:class:`PadModel` wraps a model whose convolutions (any ``nn.Module`` with ``nn.Conv2d`` layers) or feed-forward
+[`PadModel`][padnet.adapter.model.PadModel] wraps a model whose convolutions (any `nn.Module` with `nn.Conv2d` layers) or feed-forward
 blocks (Hugging Face encoders of the BERT family) were made dynamic, and gives one vocabulary for what follows:
-``partition`` (mode partition, PAD-Net eq. 5–9), the training hooks of :mod:`padnet.adapter.methods`
-(``start_training``, ``before_step``, ``extra_loss``, ``after_step``), ``merge_and_unload`` (the compact deployed
-form), ``save_pretrained`` / ``from_pretrained`` (safetensors of what the method adds or changes, plus
-``padnet_config.json``), ``summary``, ``masks``, ``scale_factors`` / ``set_scale_factors`` and ``unload``.
+`partition` (mode partition, PAD-Net eq. 5–9), the training hooks of [`padnet.adapter.methods`][padnet.adapter.methods]
+(`start_training`, `before_step`, `extra_loss`, `after_step`), `merge_and_unload` (the compact deployed
+form), `save_pretrained` / `from_pretrained` (safetensors of what the method adds or changes, plus
+`padnet_config.json`), `summary`, `masks`, `scale_factors` / `set_scale_factors` and `unload`.
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ def _targets(config: PadConfig) -> list[str] | None:
 
 
 def _selected(name: str, targets: list[str] | None, exclude) -> bool:
-    """Whether module ``name`` matches ``targets`` (None: every module) and no pattern of ``exclude``."""
+    """Whether module `name` matches `targets` (None: every module) and no pattern of `exclude`."""
     return (targets is None or any(fnmatch.fnmatch(name, p) for p in targets)) and not any(
         fnmatch.fnmatch(name, p) for p in exclude
     )
 
 
 def _convert(model: nn.Module, config: PadConfig) -> list[str]:
-    """Apply ``config`` to ``model`` in place; the names of the modules it replaced."""
+    """Apply `config` to `model` in place; the names of the modules it replaced."""
     if config.family == "conv":
         layer_type = resolve_conv(config.method)[0]
         built = [n for n, m in model.named_modules() if isinstance(m, DynamicConvBase)]
@@ -116,8 +116,8 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
 
 
 def _check_own_experts(model: nn.Module, banks: list[str], config: PadConfig) -> None:
-    """ConfigError when ``config`` sets ``num_experts`` or ``top_k`` other than a pretrained MoE's own (its banks'
-    expert count, its config's ``num_experts_per_tok``): the model keeps its experts and routers, so the value
+    """ConfigError when `config` sets `num_experts` or `top_k` other than a pretrained MoE's own (its banks'
+    expert count, its config's `num_experts_per_tok`): the model keeps its experts and routers, so the value
     would be ignored, and recorded wrongly."""
     own = {
         "num_experts": {model.get_submodule(name).down_proj.shape[0] for name in banks},
@@ -133,17 +133,17 @@ def _check_own_experts(model: nn.Module, banks: list[str], config: PadConfig) ->
 
 
 class PadModel(nn.Module):
-    """A model made partially dynamic by :func:`get_pad_model`; forwards like the model it wraps.
+    """A model made partially dynamic by [`get_pad_model`][padnet.adapter.model.get_pad_model]; forwards like the model it wraps.
 
-    Attributes: ``base_model`` (the converted model), ``pad_config`` (:class:`PadConfig`), ``converted`` (names
-    of the replaced modules), ``partition_report`` (the :class:`~padnet.partitioning.PartitionReport` of the last
-    mode partition, run by :meth:`partition` or during training; None before), ``training_state``
-    (:class:`~padnet.adapter.methods.PadTraining` once :meth:`start_training` ran). Attributes the wrapper does
-    not have are looked up on ``base_model``.
+    Attributes: `base_model` (the converted model), `pad_config` ([`PadConfig`][padnet.adapter.config.PadConfig]), `converted` (names
+    of the replaced modules), `partition_report` (the [`PartitionReport`][padnet.partitioning.imp.PartitionReport] of the last
+    mode partition, run by [`partition`][padnet.adapter.model.PadModel.partition] or during training; None before), `training_state`
+    ([`PadTraining`][padnet.adapter.methods.PadTraining] once [`start_training`][padnet.adapter.model.PadModel.start_training] ran). Attributes the wrapper does
+    not have are looked up on `base_model`.
 
-    In training mode, when the wrapped model returns an output with a ``loss`` (a Hugging Face
-    ``ModelOutput``), the method's extra loss (e.g. MoE load balancing) is added to it, as Mixtral adds its
-    router loss; :meth:`extra_loss` then returns 0.0 for that step, so a loop may always add it.
+    In training mode, when the wrapped model returns an output with a `loss` (a Hugging Face
+    `ModelOutput`), the method's extra loss (e.g. MoE load balancing) is added to it, as Mixtral adds its
+    router loss; [`extra_loss`][padnet.adapter.model.PadModel.extra_loss] then returns 0.0 for that step, so a loop may always add it.
     """
 
     def __init__(
@@ -186,15 +186,15 @@ class PadModel(nn.Module):
 
         Args:
             data: batches: (inputs, targets) pairs, or keyword dicts for a Hugging Face model (their loss is
-                ``model(**batch).loss`` plus the load-balancing loss). Needed by ``"imp"`` and ``"mp"``.
+                `model(**batch).loss` plus the load-balancing loss). Needed by `"imp"` and `"mp"`.
             loss_fn: loss of (outputs, targets) (default cross-entropy).
-            batch_loss: ``batch_loss(model, batch) -> loss`` for other batches; replaces ``loss_fn``.
-            **overrides: ``kappa``, ``partition`` (method or score function), ``partition_scope``,
-                ``partition_iterations``, ``partition_batches``, ``check_scores`` for this call only.
+            batch_loss: `batch_loss(model, batch) -> loss` for other batches; replaces `loss_fn`.
+            **overrides: `kappa`, `partition` (method or score function), `partition_scope`,
+                `partition_iterations`, `partition_batches`, `check_scores` for this call only.
 
-        Returns the :class:`~padnet.partitioning.PartitionReport`. Raises ConfigError for a method without
-        masks, bad overrides, missing data, or scores without signal (``check_scores``; see
-        :func:`padnet.partition`).
+        Returns the [`PartitionReport`][padnet.partitioning.imp.PartitionReport]. Raises ConfigError for a method without
+        masks, bad overrides, missing data, or scores without signal (`check_scores`; see
+        [`padnet.partition`][padnet.partitioning.imp.partition]).
         """
         if not self.pad_config.partial:
             raise ConfigError(f"method {self.pad_config.method!r} has no masks to partition")
@@ -251,23 +251,23 @@ class PadModel(nn.Module):
         partitioned: bool | None = None,
         statistics_data: Iterable | None = None,
     ) -> PadTraining:
-        """Prepare the method's training-time work for a run (see :mod:`padnet.adapter.methods`).
+        """Prepare the method's training-time work for a run (see [`padnet.adapter.methods`][padnet.adapter.methods]).
 
         Args:
             steps_per_epoch: optimiser steps per epoch (for schedules given in epochs).
             epochs, total_steps: the run's length (SD-Conv's schedule needs one of them).
-            partition_data, loss_fn, batch_loss: what :meth:`partition` gets when the partition is due.
+            partition_data, loss_fn, batch_loss: what [`partition`][padnet.adapter.model.PadModel.partition] gets when the partition is due.
             step: the step to start from (a resumed run).
             partitioned: whether the partition already ran (default: whether any mask has a static element, as
-                after a resumed run or ``from_pretrained``), so a resumed run does not partition again.
+                after a resumed run or `from_pretrained`), so a resumed run does not partition again.
             statistics_data: training batches on which the BatchNorm running statistics are re-estimated after
                 the temperature anneal's last step and after a partition outside the anneal (default:
-                ``partition_data``; see :meth:`recalibrate_batchnorm`). Without either, ``eval()`` warns while
+                `partition_data`; see [`recalibrate_batchnorm`][padnet.adapter.model.PadModel.recalibrate_batchnorm]). Without either, `eval()` warns while
                 the statistics lag such a change.
 
-        Returns the :class:`~padnet.adapter.methods.PadTraining`, also kept as ``training_state``.
+        Returns the [`PadTraining`][padnet.adapter.methods.PadTraining], also kept as `training_state`.
 
-        Raises ConfigError when IMP / MP is due during training without ``partition_data`` or ``batch_loss``.
+        Raises ConfigError when IMP / MP is due during training without `partition_data` or `batch_loss`.
         """
         if total_steps is None and epochs is not None and steps_per_epoch is not None:
             total_steps = math.ceil(epochs * steps_per_epoch)
@@ -311,22 +311,22 @@ class PadModel(nn.Module):
         return self.training_state
 
     def recalibrate_batchnorm(self, data: Iterable | None = None, num_batches: int | None = None) -> int:
-        """Re-estimate every BatchNorm running mean and variance on ``data`` as the model computes now.
+        """Re-estimate every BatchNorm running mean and variance on `data` as the model computes now.
 
         Call it before evaluating after the temperature anneal or a mode partition when training did not do it
-        (:meth:`start_training` without ``partition_data`` or ``statistics_data``), or after :meth:`set_masks`.
+        ([`start_training`][padnet.adapter.model.PadModel.start_training] without `partition_data` or `statistics_data`), or after [`set_masks`][padnet.adapter.model.PadModel.set_masks].
         Right after such a change the running averages describe the model before it, and a model evaluated
         with them can predict one class for every input.
 
         Args:
-            data: training batches (tensors, ``(inputs, targets)`` pairs or keyword dicts); a few suffice.
-                Default: the batches given to :meth:`start_training`.
-            num_batches: read at most this many batches of ``data`` (default: all of ``data`` given here, the
-                config's ``partition_batches`` of :meth:`start_training`'s).
+            data: training batches (tensors, `(inputs, targets)` pairs or keyword dicts); a few suffice.
+                Default: the batches given to [`start_training`][padnet.adapter.model.PadModel.start_training].
+            num_batches: read at most this many batches of `data` (default: all of `data` given here, the
+                config's `partition_batches` of [`start_training`][padnet.adapter.model.PadModel.start_training]'s).
 
         Returns the number of BatchNorm layers re-estimated (0 for a model without BatchNorm).
         Raises ConfigError without data; DataError for batches the model cannot take (see
-        :func:`padnet.adapter.statistics.recalibrate_batchnorm`).
+        [`padnet.adapter.statistics.recalibrate_batchnorm`][padnet.adapter.statistics.recalibrate_batchnorm]).
         """
         if data is None:
             state = self.training_state
@@ -341,8 +341,8 @@ class PadModel(nn.Module):
         return count
 
     def train(self, mode: bool = True) -> PadModel:
-        """Set training mode (``nn.Module.train``); going to evaluation warns when the BatchNorm statistics still
-        lag the last temperature or mask change (see :meth:`recalibrate_batchnorm`)."""
+        """Set training mode (`nn.Module.train`); going to evaluation warns when the BatchNorm statistics still
+        lag the last temperature or mask change (see [`recalibrate_batchnorm`][padnet.adapter.model.PadModel.recalibrate_batchnorm])."""
         if not mode and self.training and self.training_state is not None:
             self.training_state.warn_if_stale()
         return super().train(mode)
@@ -366,7 +366,7 @@ class PadModel(nn.Module):
 
     def optimizer_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters for your optimiser: all but those the method trains itself (SD-Conv's
-        thresholds, which :meth:`after_step` updates)."""
+        thresholds, which [`after_step`][padnet.adapter.model.PadModel.after_step] updates)."""
         if self.training_state is not None:
             return self.training_state.optimizer_parameters(self.base_model)
         own = {id(p) for p in method_for(self.pad_config).own_parameters(self.base_model)}
@@ -406,8 +406,8 @@ class PadModel(nn.Module):
     def set_scale_factors(self, lambda_s: float | None = None, lambda_d: float | None = None) -> int:
         """Set the scale factors of every layer; returns how many were set.
 
-        With ``scale_mode="constrained"`` give one of them (the other is 2 minus it, each in (0, 2)); with
-        ``"both"`` either or both; ``"static"``/``"dynamic"`` the one they train. Raises ConfigError for a value
+        With `scale_mode="constrained"` give one of them (the other is 2 minus it, each in (0, 2)); with
+        `"both"` either or both; `"static"`/`"dynamic"` the one they train. Raises ConfigError for a value
         the mode cannot hold.
         """
         count = 0
@@ -434,7 +434,7 @@ class PadModel(nn.Module):
 
     # ------------------------------------------------------------------ accounting
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
-        """A table: parameters (trainable / stored / compact), FLOPs (MACs of one input of ``input_shape``,
+        """A table: parameters (trainable / stored / compact), FLOPs (MACs of one input of `input_shape`,
         convolutional models), and the dynamic ratio per layer type."""
         model = self.base_model
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -466,8 +466,8 @@ class PadModel(nn.Module):
     # ------------------------------------------------------------------ deployment and unloading
     def merge_and_unload(self) -> nn.Module:
         """The compact inference form as a plain module (a copy; this model is unchanged): BatchNorm and the scale
-        factors folded, dynamic factors only where M = 1 (``padnet.deploy``), or MoE experts merged once
-        (``DeployedMoE``). In eval mode."""
+        factors folded, dynamic factors only where M = 1 (`padnet.deploy`), or MoE experts merged once
+        (`DeployedMoE`). In eval mode."""
         try:
             return deploy(self.base_model)
         except ConfigError:  # a model torch.fx cannot trace keeps its BatchNorm layers
@@ -475,9 +475,9 @@ class PadModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """The wrapped model with every converted module turned back into a plain one, where that is exact: a
-        convolution whose masks are all static becomes ``nn.Conv2d`` with kernel λs · Θ̄ (PAD-Net eq. 4 with
+        convolution whose masks are all static becomes `nn.Conv2d` with kernel λs · Θ̄ (PAD-Net eq. 4 with
         M = 0). A copy; this model is unchanged. Raises ConfigError naming the first module that still has
-        dynamic elements (use :meth:`merge_and_unload`)."""
+        dynamic elements (use [`merge_and_unload`][padnet.adapter.model.PadModel.merge_and_unload])."""
         model = _copy(self.base_model)
         for name in self.converted:
             module = model.get_submodule(name)
@@ -498,20 +498,20 @@ class PadModel(nn.Module):
     def save_pretrained(
         self, directory: str | Path, form: str = "training", full: bool = False, tokenizer=None
     ) -> Path:
-        """Write ``directory/padnet_config.json`` and ``directory/padnet_model.safetensors`` (:mod:`padnet.saving.folder`),
+        """Write `directory/padnet_config.json` and `directory/padnet_model.safetensors` ([`padnet.saving.folder`][padnet.saving.folder]),
         each file atomically. Returns the directory.
 
         Args:
-            form: ``"training"`` (masks, static parameters, scale factors: train further) or ``"deployed"`` (the
-                compact form of :meth:`merge_and_unload`).
-            full: store every tensor and the architecture (``padnet.create_model``'s arguments, or the Hugging Face
-                class and ``config.json``), so that :meth:`from_pretrained` needs no base model. By default only
+            form: `"training"` (masks, static parameters, scale factors: train further) or `"deployed"` (the
+                compact form of [`merge_and_unload`][padnet.adapter.model.PadModel.merge_and_unload]).
+            full: store every tensor and the architecture (`padnet.create_model`'s arguments, or the Hugging Face
+                class and `config.json`), so that [`from_pretrained`][padnet.adapter.model.PadModel.from_pretrained] needs no base model. By default only
                 what the method adds or changes is stored: the converted modules, and every other tensor whose
-                value changed since :func:`get_pad_model` (e.g. a fine-tuned head); the tensors left out are
-                recorded by hash, so :meth:`from_pretrained` can check the base model it is given.
+                value changed since [`get_pad_model`][padnet.adapter.model.get_pad_model] (e.g. a fine-tuned head); the tensors left out are
+                recorded by hash, so [`from_pretrained`][padnet.adapter.model.PadModel.from_pretrained] can check the base model it is given.
             tokenizer: a Hugging Face tokenizer saved into the same folder.
 
-        Raises ConfigError for an unknown form, or ``full`` for a model whose architecture padnet cannot rebuild.
+        Raises ConfigError for an unknown form, or `full` for a model whose architecture padnet cannot rebuild.
         """
         if form not in FORMS:
             raise ConfigError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
@@ -553,7 +553,7 @@ class PadModel(nn.Module):
     def from_pretrained(
         cls, directory: str | Path, base_model: nn.Module | None = None, partition: Callable | None = None
     ) -> PadModel | nn.Module:
-        """:func:`load_pretrained`: what :meth:`save_pretrained` (or :func:`save_pretrained`) wrote."""
+        """[`load_pretrained`][padnet.adapter.model.load_pretrained]: what [`save_pretrained`][padnet.adapter.model.PadModel.save_pretrained] (or [`save_pretrained`][padnet.adapter.model.PadModel.save_pretrained]) wrote."""
         return load_pretrained(directory, base_model, partition)
 
 
@@ -583,15 +583,15 @@ def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfi
 
 
 def _reusable(data: Iterable | None, count: int) -> Iterable | None:
-    """``data`` in a form that can be read more than once: a one-shot iterator (a generator) becomes the list of
-    its first ``count`` batches, which the partition and the BatchNorm re-estimation then share."""
+    """`data` in a form that can be read more than once: a one-shot iterator (a generator) becomes the list of
+    its first `count` batches, which the partition and the BatchNorm re-estimation then share."""
     if data is None or iter(data) is not data:
         return data
     return list(itertools.islice(data, count))
 
 
 def _copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model``; the MoE layers' losses of the last forward (autograd results) are dropped first."""
+    """A deep copy of `model`; the MoE layers' losses of the last forward (autograd results) are dropped first."""
     reset_aux_losses(model)
     return copy.deepcopy(model)
 
@@ -602,7 +602,7 @@ def _keyword_loss(model: nn.Module, batch: dict) -> torch.Tensor:
 
 
 def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
-    """The exact ``nn.Conv2d`` of a dynamic convolution whose every mask is static (λs · Θ̄), else None."""
+    """The exact `nn.Conv2d` of a dynamic convolution whose every mask is static (λs · Θ̄), else None."""
     if not isinstance(layer, PADConv2d):
         return None
     modes = [mode for _, mode, _ in layer.mode_pairs() if mode.partial]
@@ -627,32 +627,32 @@ def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
 
 
 def convert(model: nn.Module, method: str = "pad", **options) -> nn.Module:
-    """``get_pad_model(model, PadConfig(method=method, **options)).base_model``: the model itself (changed in
-    place) rather than its :class:`PadModel` wrapper, for code that keeps working with the plain module.
+    """`get_pad_model(model, PadConfig(method=method, **options)).base_model`: the model itself (changed in
+    place) rather than its [`PadModel`][padnet.adapter.model.PadModel] wrapper, for code that keeps working with the plain module.
 
-    ``options`` are :class:`PadConfig` fields (``kappa``, ``num_kernels``, ``exclude_modules``,
-    ``init_from_pretrained``, ``target_modules="all"`` for the stem too, ``min_channels``, ``layer_options``, ...).
-    Raises ConfigError as :func:`get_pad_model`.
+    `options` are [`PadConfig`][padnet.adapter.config.PadConfig] fields (`kappa`, `num_kernels`, `exclude_modules`,
+    `init_from_pretrained`, `target_modules="all"` for the stem too, `min_channels`, `layer_options`, ...).
+    Raises ConfigError as [`get_pad_model`][padnet.adapter.model.get_pad_model].
     """
     check_module(model, "convert")
     return get_pad_model(model, method=method, **options).base_model
 
 
 def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) -> PadModel:
-    """Make ``model`` dynamic or partially dynamic as ``config`` describes (in place) and wrap it.
+    """Make `model` dynamic or partially dynamic as `config` describes (in place) and wrap it.
 
     Args:
-        model: any ``nn.Module`` with ``nn.Conv2d`` layers (convolution methods), or a transformer encoder
-            whose FFN blocks ``padnet.adapter.moe_convert.find_ffns`` recognises (BERT family, GPT-2; MoE methods).
-        config: a :class:`PadConfig`; or give its fields as keyword ``options`` (``method="pad", kappa=0.3``).
+        model: any `nn.Module` with `nn.Conv2d` layers (convolution methods), or a transformer encoder
+            whose FFN blocks `padnet.adapter.moe_convert.find_ffns` recognises (BERT family, GPT-2; MoE methods).
+        config: a [`PadConfig`][padnet.adapter.config.PadConfig]; or give its fields as keyword `options` (`method="pad", kappa=0.3`).
 
-    Returns a :class:`PadModel`. Converting a pretrained model starts every kernel / expert and the static
+    Returns a [`PadModel`][padnet.adapter.model.PadModel]. Converting a pretrained model starts every kernel / expert and the static
     parameters from its weights, so the converted model computes what it did (softmax routing; MoE with the
-    zero-initialised router); mode partition then needs a warm-up of training first (``partition_at``).
+    zero-initialised router); mode partition then needs a warm-up of training first (`partition_at`).
 
     Raises:
-        ConfigError: ``model`` is not an ``nn.Module``, a bad config, a module that cannot be converted (named,
-            with the ``exclude_modules`` remedy), or nothing to convert. The model is unchanged after any error.
+        ConfigError: `model` is not an `nn.Module`, a bad config, a module that cannot be converted (named,
+            with the `exclude_modules` remedy), or nothing to convert. The model is unchanged after any error.
     """
     check_module(model, "get_pad_model")
     if isinstance(model, PadModel):
@@ -686,16 +686,16 @@ def _deployed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
 def save_pretrained(
     model: nn.Module, directory: str | Path, form: str = "training", full: bool = False, tokenizer=None
 ) -> Path:
-    """Save any padnet model to a folder that :func:`load_pretrained` reads.
+    """Save any padnet model to a folder that [`load_pretrained`][padnet.adapter.model.load_pretrained] reads.
 
-    A :class:`PadModel` is saved by :meth:`PadModel.save_pretrained` with these arguments. A plain model (static
-    or built with padnet's layers by ``padnet.create_model``, a Hugging Face model without MoE layers, or the
-    output of ``padnet.deploy`` / ``merge_and_unload`` of such a model) is stored whole with its architecture,
-    in the form it has (``form`` and ``full`` do not apply). Returns the directory.
+    A [`PadModel`][padnet.adapter.model.PadModel] is saved by [`PadModel.save_pretrained`][padnet.adapter.model.PadModel.save_pretrained] with these arguments. A plain model (static
+    or built with padnet's layers by `padnet.create_model`, a Hugging Face model without MoE layers, or the
+    output of `padnet.deploy` / `merge_and_unload` of such a model) is stored whole with its architecture,
+    in the form it has (`form` and `full` do not apply). Returns the directory.
 
-    Raises ConfigError for something that is not an ``nn.Module``, a plain model padnet cannot rebuild (no
-    architecture recorded, MoE layers, or layers converted after ``create_model``: save the :class:`PadModel` of
-    :func:`get_pad_model` instead), or a ``directory`` that is a file.
+    Raises ConfigError for something that is not an `nn.Module`, a plain model padnet cannot rebuild (no
+    architecture recorded, MoE layers, or layers converted after `create_model`: save the [`PadModel`][padnet.adapter.model.PadModel] of
+    [`get_pad_model`][padnet.adapter.model.get_pad_model] instead), or a `directory` that is a file.
     """
     check_module(model, "save_pretrained")
     if isinstance(model, PadModel):
@@ -732,20 +732,20 @@ def save_pretrained(
 def load_pretrained(
     directory: str | Path, base_model: nn.Module | None = None, partition: Callable | None = None
 ) -> PadModel | nn.Module:
-    """Load a folder written by :func:`save_pretrained` / :meth:`PadModel.save_pretrained`.
+    """Load a folder written by [`save_pretrained`][padnet.adapter.model.save_pretrained] / [`PadModel.save_pretrained`][padnet.adapter.model.PadModel.save_pretrained].
 
     Args:
         directory: the folder.
         base_model: the model it was converted from (changed in place); by default rebuilt from the architecture
-            the folder records (saved with ``full=True``, or a plain model).
+            the folder records (saved with `full=True`, or a plain model).
         partition: the score function of a config saved with a custom one.
 
-    Returns a :class:`PadModel` (training form with a PadConfig), or a plain module in eval mode (deployed form:
+    Returns a [`PadModel`][padnet.adapter.model.PadModel] (training form with a PadConfig), or a plain module in eval mode (deployed form:
     compact convolutions or merged experts; or a model saved without a PadConfig).
 
     Raises:
         CheckpointError: a missing, corrupt or foreign folder; a folder that stores only what changed and no
-            ``base_model``; a base model that differs from the one converted (naming the first differing
+            `base_model`; a base model that differs from the one converted (naming the first differing
             tensor); weights that do not fit, or that hold integers or NaN / infinity where floats belong.
     """
     if base_model is not None:
@@ -805,7 +805,7 @@ def load_pretrained(
 
 
 def _check_expert_counts(model: nn.Module, tensors: dict[str, torch.Tensor], record: Path) -> None:
-    """CheckpointError unless every MoE layer of ``model`` (built as the ``record`` says) has as many experts as the
+    """CheckpointError unless every MoE layer of `model` (built as the `record` says) has as many experts as the
     tensors stored for it."""
     for name, layer in moe_layers(model):
         stored = tensors.get(f"{name}.experts.values", tensors.get(f"{name}.experts"))
@@ -818,7 +818,7 @@ def _check_expert_counts(model: nn.Module, tensors: dict[str, torch.Tensor], rec
 
 
 def _check_complete(state: dict, tensors: dict, base: set[str], source: Path) -> None:
-    """CheckpointError unless every tensor of ``state`` is stored or is a base-model tensor checked by hash."""
+    """CheckpointError unless every tensor of `state` is stored or is a base-model tensor checked by hash."""
     missing = [k for k in state if k not in tensors and k not in base]
     if missing:
         raise CheckpointError(f"{source} does not hold tensor {missing[0]} ({len(missing)} missing)")
@@ -827,9 +827,9 @@ def _check_complete(state: dict, tensors: dict, base: set[str], source: Path) ->
 def _load_into(
     model: nn.Module, tensors: dict[str, torch.Tensor], form: str, layout: dict, source: Path, base: set[str]
 ) -> nn.Module:
-    """Load ``tensors`` (all of the state, or the part that changed; the rest must be among the ``base`` tensors
-    checked by hash) into ``model``, made deployed first for the deployed form; the model loaded (a deployed one
-    is built in place of ``model``'s layers)."""
+    """Load `tensors` (all of the state, or the part that changed; the rest must be among the `base` tensors
+    checked by hash) into `model`, made deployed first for the deployed form; the model loaded (a deployed one
+    is built in place of `model`'s layers)."""
     try:
         if form == "deployed":
             model = deployed_skeleton(model, layout)

@@ -1,20 +1,20 @@
 """Model surgery for transformers: find the feed-forward blocks and replace them with MoE layers.
 
-Works on any ``nn.Module`` whose FFN is two linear maps (H → F → H) around an activation, or a gated FFN (a gate
+Works on any `nn.Module` whose FFN is two linear maps (H → F → H) around an activation, or a gated FFN (a gate
 and an up map H → F, a down map F → H), named as in the Hugging Face models:
 
 * two linear maps (a triple of names: first linear, activation, second linear): BERT, RoBERTa, ELECTRA, MiniLM
-  and other BERT-architecture models (``intermediate.dense`` / ``intermediate.intermediate_act_fn`` /
-  ``output.dense``), ALBERT (``ffn`` / ``activation`` / ``ffn_output``), DistilBERT (``lin1`` / ``activation`` /
-  ``lin2``) and the GPT-2 decoder (``mlp.c_fc`` / ``mlp.act`` / ``mlp.c_proj``, whose linear maps are
-  transformers' ``Conv1D``: ``x @ W + b`` with W stored (in, out)). The first linear becomes the MoE layer
-  (which outputs H), the activation and the second linear become ``nn.Identity``, so the residual, dropout and
+  and other BERT-architecture models (`intermediate.dense` / `intermediate.intermediate_act_fn` /
+  `output.dense`), ALBERT (`ffn` / `activation` / `ffn_output`), DistilBERT (`lin1` / `activation` /
+  `lin2`) and the GPT-2 decoder (`mlp.c_fc` / `mlp.act` / `mlp.c_proj`, whose linear maps are
+  transformers' `Conv1D`: `x @ W + b` with W stored (in, out)). The first linear becomes the MoE layer
+  (which outputs H), the activation and the second linear become `nn.Identity`, so the residual, dropout and
   LayerNorm around the FFN are untouched.
 * gated (four names, of the block's children: gate, up, down, activation): the SwiGLU MLPs of Llama, Mistral,
-  Qwen2 and Qwen3 (``gate_proj`` / ``up_proj`` / ``down_proj`` / ``act_fn``), which compute
-  ``down(act(gate(x)) ⊙ up(x))``. The whole block becomes the MoE layer.
+  Qwen2 and Qwen3 (`gate_proj` / `up_proj` / `down_proj` / `act_fn`), which compute
+  `down(act(gate(x)) ⊙ up(x))`. The whole block becomes the MoE layer.
 
-Other layouts can be named with ``patterns=``.
+Other layouts can be named with `patterns=`.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def _get(module: nn.Module, path: str):
 
 
 def linear_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """``(weight (out, in), bias or None)`` of an ``nn.Linear`` or of transformers' ``Conv1D`` (which stores its
-    weight (in, out) and computes ``x @ W + b``), as views; None for any other module."""
+    """`(weight (out, in), bias or None)` of an `nn.Linear` or of transformers' `Conv1D` (which stores its
+    weight (in, out) and computes `x @ W + b`), as views; None for any other module."""
     if isinstance(module, nn.Linear):
         return module.weight, module.bias
     weight = getattr(module, "weight", None)
@@ -81,7 +81,7 @@ def linear_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] 
 
 
 def find_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
-    """Every FFN of ``model`` that matches one of ``patterns``, in module order (a module shared by several
+    """Every FFN of `model` that matches one of `patterns`, in module order (a module shared by several
     layers, as in ALBERT, is listed once)."""
     sites = []
     for name, module in model.named_modules():
@@ -117,7 +117,7 @@ def find_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
 
 
 def require_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
-    """:func:`find_ffns`, or ConfigError naming the layouts looked for when ``model`` has none."""
+    """[`find_ffns`][padnet.adapter.moe_convert.find_ffns], or ConfigError naming the layouts looked for when `model` has none."""
     sites = find_ffns(model, patterns)
     if not sites:
         raise ConfigError(
@@ -129,7 +129,7 @@ def require_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
 
 
 def _refuse_transformers_save(*args, **kwargs):
-    """Takes the place of transformers' ``save_pretrained`` on a model holding padnet MoE layers."""
+    """Takes the place of transformers' `save_pretrained` on a model holding padnet MoE layers."""
     raise ConfigError(
         "this model holds padnet MoE layers, which transformers' save_pretrained cannot store (the "
         "folder would reload with its experts missing, initialised at random); save the PadModel with "
@@ -138,7 +138,7 @@ def _refuse_transformers_save(*args, **kwargs):
 
 
 def guard_transformers_save(model: nn.Module) -> None:
-    """Make ``model.save_pretrained`` (a transformers model's, whose MoE layers padnet replaced) raise ConfigError
+    """Make `model.save_pretrained` (a transformers model's, whose MoE layers padnet replaced) raise ConfigError
     instead of writing a folder that transformers reloads without them; copies of the model keep the guard."""
     if callable(getattr(model, "save_pretrained", None)):
         model.save_pretrained = _refuse_transformers_save
@@ -159,26 +159,26 @@ def replace_ffns(
     patterns=FFN_PATTERNS,
     **options,
 ) -> nn.Module:
-    """Replace the FFN of the chosen layers of ``model`` with upcycled MoE layers, in place: the surgery
-    :func:`padnet.get_pad_model` runs for MoE methods, in the layers' option names.
+    """Replace the FFN of the chosen layers of `model` with upcycled MoE layers, in place: the surgery
+    [`padnet.get_pad_model`][padnet.adapter.model.get_pad_model] runs for MoE methods, in the layers' option names.
 
     Every expert (and the static parameters of PAD-MoE) starts as a copy of the pretrained FFN, every linear
     with its bias, and the router starts at zero with gates renormalised over the top k, so the converted
     model computes what the dense one does (Komatsuzaki et al. 2023 "Sparse Upcycling"; PAD-Net appendix A).
 
     Args:
-        model: a Hugging Face encoder or decoder (or any model with FFNs matching ``patterns``).
-        mode: ``"dynamic"`` (MoE), ``"pad"`` (PAD-MoE, PAD-Net eq. 3–4; partition it afterwards with
-            :func:`padnet.partition`) or ``"prune"`` (MoE-P, PAD-Net Table 4).
+        model: a Hugging Face encoder or decoder (or any model with FFNs matching `patterns`).
+        mode: `"dynamic"` (MoE), `"pad"` (PAD-MoE, PAD-Net eq. 3–4; partition it afterwards with
+            [`padnet.partition`][padnet.partitioning.imp.partition]) or `"prune"` (MoE-P, PAD-Net Table 4).
         num_experts: E (default 8). top_k: experts per token (default 2).
         layers: indices into the list of FFNs found (default: all).
-        granularity: ``"element"`` or ``"neuron"`` masks (PAD-MoE / MoE-P).
+        granularity: `"element"` or `"neuron"` masks (PAD-MoE / MoE-P).
         patterns: (first linear, activation, second linear) name triples and (gate, up, down, activation)
-            quadruples of gated blocks to look for (:data:`FFN_PATTERNS`).
-        **options: more :class:`~padnet.layers.moe.MoEFeedForward` options (``scale_mode``, ``noisy``,
-            ``aux_loss_weight``).
+            quadruples of gated blocks to look for ([`FFN_PATTERNS`][padnet.adapter.moe_convert.FFN_PATTERNS]).
+        **options: more [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward] options (`scale_mode`, `noisy`,
+            `aux_loss_weight`).
 
-    Returns ``model``, whose transformers ``save_pretrained`` now raises (:func:`guard_transformers_save`).
+    Returns `model`, whose transformers `save_pretrained` now raises ([`guard_transformers_save`][padnet.adapter.moe_convert.guard_transformers_save]).
 
     Raises:
         ConfigError: no recognisable FFN, a layer index out of range, bad MoE options.
@@ -227,19 +227,19 @@ def compress_experts(
     **options,
 ) -> list[str]:
     """Replace the banks of experts of a pretrained MoE model (transformers' Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE:
-    :func:`~padnet.layers.experts.find_expert_banks`) with :class:`~padnet.layers.experts.ExpertBank`, in place.
+    [`find_expert_banks`][padnet.layers.experts.find_expert_banks]) with [`ExpertBank`][padnet.layers.experts.ExpertBank], in place.
     The model's routers (and Qwen2-MoE's shared expert) are kept; Θ̄ starts as the experts' mean
-    (:func:`set_static_by_load` re-estimates it from calibration text).
+    ([`set_static_by_load`][padnet.adapter.moe_convert.set_static_by_load] re-estimates it from calibration text).
 
     Args:
         model: the MoE model.
-        mode: ``"dynamic"``, ``"pad"`` (PAD compression; partition it afterwards) or ``"prune"`` (MoE-P).
-        granularity: ``"element"`` or ``"neuron"`` masks.
+        mode: `"dynamic"`, `"pad"` (PAD compression; partition it afterwards) or `"prune"` (MoE-P).
+        granularity: `"element"` or `"neuron"` masks.
         names: the banks to replace (default all).
-        **options: ``scale_mode`` of ``"pad"``.
+        **options: `scale_mode` of `"pad"`.
 
-    Returns the names of the replaced banks; the model's transformers ``save_pretrained`` now raises
-    (:func:`guard_transformers_save`). Raises ConfigError when there is none to replace.
+    Returns the names of the replaced banks; the model's transformers `save_pretrained` now raises
+    ([`guard_transformers_save`][padnet.adapter.moe_convert.guard_transformers_save]). Raises ConfigError when there is none to replace.
     """
     found = find_expert_banks(model)
     banks = found if names is None else list(names)
@@ -260,10 +260,10 @@ def compress_experts(
 
 @torch.no_grad()
 def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, torch.Tensor]:
-    """Re-estimate Θ̄ of every PAD-compressed :class:`~padnet.layers.experts.ExpertBank` of ``model`` as the
+    """Re-estimate Θ̄ of every PAD-compressed [`ExpertBank`][padnet.layers.experts.ExpertBank] of `model` as the
     experts' mean weighted by the router's load: the number of (token, expert) assignments each expert gets on
-    ``batches`` (:func:`~padnet.layers.experts.static_estimate`). ``forward(model, batch)`` runs a batch
-    (default ``model(**batch)`` for a dict, ``model(batch)`` otherwise). Returns the loads by bank name.
+    `batches` ([`static_estimate`][padnet.layers.experts.static_estimate]). `forward(model, batch)` runs a batch
+    (default `model(**batch)` for a dict, `model(batch)` otherwise). Returns the loads by bank name.
 
     Raises ConfigError without such banks or when the batches route no token to a bank.
     """

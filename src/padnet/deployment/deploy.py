@@ -1,5 +1,5 @@
 """Deploy a trained model: fold BatchNorm and turn every dynamic convolution into its compact inference form
-(and every MoE layer into its merged one). Saving it: ``padnet.save_pretrained`` (:mod:`padnet.saving.folder`)."""
+(and every MoE layer into its merged one). Saving it: `padnet.save_pretrained` ([`padnet.saving.folder`][padnet.saving.folder])."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class _LeafTracer(fx.Tracer):
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(convolution, BatchNorm2d) module names where the BatchNorm is the only consumer of the convolution.
 
-    Raises ConfigError when the model cannot be traced by ``torch.fx`` (use ``fold_bn=False``).
+    Raises ConfigError when the model cannot be traced by `torch.fx` (use `fold_bn=False`).
     """
     try:
         graph = _LeafTracer().trace(model)
@@ -53,23 +53,23 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.Module:
-    """The inference form of ``model``: BatchNorm folded, dynamic convolutions compact, MoE experts merged.
+    """The inference form of `model`: BatchNorm folded, dynamic convolutions compact, MoE experts merged.
 
-    Every :class:`~padnet.layers.DynamicConv2d` (DY-Conv, CondConv, PAD-Net in any granularity) becomes a
-    :class:`~padnet.layers.deployed.DeployedConv2d` with λs, λd and the following BatchNorm folded in;
-    static ``nn.Conv2d`` + BatchNorm pairs are fused; ODConv and DCD layers are kept as they are; every
-    :class:`~padnet.layers.moe.MoEFeedForward` (MoE, PAD-MoE, MoE-P) becomes a
-    :class:`~padnet.layers.moe.DeployedMoE` with its computational parameters merged once. The result is in
-    eval mode and computes what ``model.eval()`` computes (within float rounding).
+    Every [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] (DY-Conv, CondConv, PAD-Net in any granularity) becomes a
+    [`DeployedConv2d`][padnet.layers.deployed.DeployedConv2d] with λs, λd and the following BatchNorm folded in;
+    static `nn.Conv2d` + BatchNorm pairs are fused; ODConv and DCD layers are kept as they are; every
+    [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward] (MoE, PAD-MoE, MoE-P) becomes a
+    [`DeployedMoE`][padnet.layers.moe.DeployedMoE] with its computational parameters merged once. The result is in
+    eval mode and computes what `model.eval()` computes (within float rounding).
 
     Args:
         model: a trained model.
         fold_bn: fold each BatchNorm2d that directly and only follows a convolution (found with torch.fx; a
             model without BatchNorm2d is not traced).
-        inplace: modify ``model`` instead of a copy.
+        inplace: modify `model` instead of a copy.
 
     Raises:
-        ConfigError: ``model`` is not an ``nn.Module``; ``fold_bn`` on a model with BatchNorm2d that torch.fx
+        ConfigError: `model` is not an `nn.Module`; `fold_bn` on a model with BatchNorm2d that torch.fx
             cannot trace.
     """
     check_module(model, "deploy")

@@ -2,7 +2,7 @@
 
 The grouped formulation convolves with groups = batch × groups, which an exported graph freezes to the
 example's batch size. Export therefore runs every dynamic convolution in the batched formulation
-(one convolution with (k + 1)·Cout outputs and a π-weighted sum; see :mod:`padnet.layers.formulations`),
+(one convolution with (k + 1)·Cout outputs and a π-weighted sum; see [`padnet.layers.formulations`][padnet.layers.formulations]),
 whose graph has no batch-sized attribute. ODConv and DCD layers only have the grouped form and are refused.
 """
 
@@ -26,10 +26,10 @@ from padnet.saving.fileio import atomic_path
 
 def check_exportable(model: nn.Module, onnx: bool = False) -> None:
     """Refuse what an export would refuse, before anything is written: a layer an exported graph cannot hold with
-    a dynamic batch and, for ONNX (``onnx``), a missing exporter package.
+    a dynamic batch and, for ONNX (`onnx`), a missing exporter package.
 
     Raises:
-        ConfigError: ``model`` is not an ``nn.Module``; naming the layer (ODConv, DCD) or the package.
+        ConfigError: `model` is not an `nn.Module`; naming the layer (ODConv, DCD) or the package.
     """
     check_module(model, "export")
     for name, module in model.named_modules():
@@ -62,10 +62,10 @@ def _quiet_exporter():
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int | None = None) -> Path:
-    """Write ``model`` (training or deployed form) as one ONNX file with a dynamic batch dimension, atomically.
+    """Write `model` (training or deployed form) as one ONNX file with a dynamic batch dimension, atomically.
 
-    ``example``: one input batch (B, C, H, W) fixing every other dimension. Uses ``torch.onnx.export``
-    (the ``torch.export`` based exporter, which needs the ``onnxscript`` package). Input ``x``, output ``y``.
+    `example`: one input batch (B, C, H, W) fixing every other dimension. Uses `torch.onnx.export`
+    (the `torch.export` based exporter, which needs the `onnxscript` package). Input `x`, output `y`.
     Raises ConfigError for ODConv/DCD layers or a missing exporter dependency.
     """
     check_exportable(model, onnx=True)
@@ -100,7 +100,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
 
 
 def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
-    """Trace ``model`` to TorchScript (batched formulation, so any batch size runs) and save it atomically.
+    """Trace `model` to TorchScript (batched formulation, so any batch size runs) and save it atomically.
 
     Raises ConfigError for ODConv/DCD layers.
     """

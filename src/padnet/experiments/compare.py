@@ -47,7 +47,7 @@ def _label(conv: str, cfg: TrainConfig) -> str:
 
 
 def check_reusable(run_dir: Path, cfg: TrainConfig) -> None:
-    """ConfigError if ``run_dir`` holds a run made with another configuration (checked before training)."""
+    """ConfigError if `run_dir` holds a run made with another configuration (checked before training)."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
         changed = config_differences(load_yaml(saved), cfg)
@@ -59,8 +59,8 @@ def check_reusable(run_dir: Path, cfg: TrainConfig) -> None:
 
 
 def train_or_reuse(cfg: TrainConfig, run_dir: Path, data, log=print, label: str = "") -> dict:
-    """The results of the run ``cfg`` in ``run_dir``: read when finished, resumed when interrupted, else
-    trained. ``data`` is the (train, test) pair, loaded once by the caller."""
+    """The results of the run `cfg` in `run_dir`: read when finished, resumed when interrupted, else
+    trained. `data` is the (train, test) pair, loaded once by the caller."""
     done = run_dir / "results.json"
     if done.is_file():
         try:
@@ -85,12 +85,12 @@ def train_or_reuse(cfg: TrainConfig, run_dir: Path, data, log=print, label: str 
 def run_compare(
     out_dir: str | Path, base: TrainConfig, convs=("static", "dy", "pad"), seeds=QUICK_SEEDS, log=print
 ) -> list[dict]:
-    """Train every conv type with every seed under ``out_dir``; write results.md/.json and a plot.
+    """Train every conv type with every seed under `out_dir`; write results.md/.json and a plot.
 
-    Each (conv, seed) run lives in ``out_dir/<conv>-seed<s>``; a finished run (``results.json``
+    Each (conv, seed) run lives in `out_dir/<conv>-seed<s>`; a finished run (`results.json`
     present) is reused and an interrupted one resumes, so re-running the command loses nothing.
-    Returns one record per conv type with ``model``, ``params``, ``flops``, ``top1_mean``, ``top1_std``,
-    ``seeds`` (and the per-seed accuracies and wall times).
+    Returns one record per conv type with `model`, `params`, `flops`, `top1_mean`, `top1_std`,
+    `seeds` (and the per-seed accuracies and wall times).
     """
     out_dir = Path(out_dir)
     base.validate()

@@ -4,12 +4,12 @@ One convention per column (docs/accounting.md):
 
 * **Params** — every stored parameter, classifier and BatchNorm affine parameters included; every
   convolution but the stem is of the row's type, 1×1 shortcuts included; PAD-Net forms count their compact
-  form (:func:`padnet.metrics.counting.count_parameters`) after a partition that keeps κ = 0.3 of every masked
+  form ([`padnet.metrics.counting.count_parameters`][padnet.metrics.counting.count_parameters]) after a partition that keeps κ = 0.3 of every masked
   tensor dynamic (local scope, so the count does not depend on which elements are kept).
 * **FLOPs** — multiply-adds of one 224×224 image, kernel aggregation included
-  (:func:`padnet.metrics.counting.count_flops`).
+  ([`padnet.metrics.counting.count_flops`][padnet.metrics.counting.count_flops]).
 
-A row more than ``TOLERANCE`` away from the paper is explained by re-counting it under the conventions the
+A row more than `TOLERANCE` away from the paper is explained by re-counting it under the conventions the
 source papers used instead (classifier left out; 1×1 shortcuts left static): the note says which one
 reproduces the paper's number, or that none does.
 """
@@ -131,8 +131,8 @@ def build(
     exclude: tuple[str, ...] = (),
     kappa: float = KAPPA,
 ) -> torch.nn.Module:
-    """The row's model: a static model converted to ``conv`` (stem and ``exclude`` left static), partitioned to
-    κ per masked tensor when ``conv`` is a PAD-Net form."""
+    """The row's model: a static model converted to `conv` (stem and `exclude` left static), partitioned to
+    κ per masked tensor when `conv` is a PAD-Net form."""
     torch.manual_seed(0)
     model = create_model(arch, width=width)
     if conv != "static":
@@ -189,7 +189,7 @@ def compute_rows(
     """Measure every (table, architecture, column) requested (default: all of them).
 
     Raises:
-        KeyError: an architecture or table name not in ``ARCHS`` / ``COLUMNS`` (the CLI checks names first).
+        KeyError: an architecture or table name not in `ARCHS` / `COLUMNS` (the CLI checks names first).
     """
     rows = []
     for table in tables or COLUMNS:
@@ -250,7 +250,7 @@ def report_markdown(rows: list[Row], seconds: float) -> str:
 
 
 def run_report(archs=None, tables=None, progress=None) -> tuple[list[Row], float]:
-    """``compute_rows`` and its wall time in seconds."""
+    """`compute_rows` and its wall time in seconds."""
     start = time.perf_counter()
     rows = compute_rows(archs, tables, progress)
     return rows, time.perf_counter() - start

@@ -19,8 +19,8 @@ ROUTINGS = ("softmax", "sigmoid")
 class TemperatureRouting(nn.Module):
     """Base of every input-dependent routing branch whose logits are divided by a temperature T.
 
-    Holds the ``temperature`` buffer (a 0-d float, dimensionless, > 0) that
-    :func:`set_temperature` and the trainer's annealing schedule update.
+    Holds the `temperature` buffer (a 0-d float, dimensionless, > 0) that
+    [`set_temperature`][padnet.layers.attention.set_temperature] and the trainer's annealing schedule update.
     """
 
     def __init__(self, temperature: float = 30.0):
@@ -41,10 +41,10 @@ class KernelAttention(TemperatureRouting):
     Args:
         in_channels: C, channels of the layer input.
         num_kernels: k.
-        reduction: r; hidden width is ``max(C // r, min_hidden)``. ``0``: no hidden layer, one linear map
+        reduction: r; hidden width is `max(C // r, min_hidden)`. `0`: no hidden layer, one linear map
             C → k (CondConv's routing function).
         temperature: initial softmax temperature T (Chen et al. anneal 30 → 1).
-        routing: ``"softmax"`` (DY-Conv) or ``"sigmoid"`` (CondConv; the temperature divides the logits too).
+        routing: `"softmax"` (DY-Conv) or `"sigmoid"` (CondConv; the temperature divides the logits too).
         min_hidden: lower bound of the hidden width.
 
     Input (B, C, H, W) → coefficients π (B, k).
@@ -85,15 +85,15 @@ class TemperatureSchedule:
 
     Args:
         start: T at step 0 (dimensionless, > 0).
-        end: T at the last annealing step ``steps - 1`` and after it (> 0).
-        steps: number of iterations of the linear decay (0 = constant ``end``).
+        end: T at the last annealing step `steps - 1` and after it (> 0).
+        steps: number of iterations of the linear decay (0 = constant `end`).
 
-    Calling the schedule with an iteration index returns T for that iteration: ``start`` at step 0, ``end`` at
-    step ``steps - 1``, linear in between, so a run of ``steps`` iterations trains its last one at ``end``.
-    :meth:`anneals` says whether T at a step differs from T at the step before.
+    Calling the schedule with an iteration index returns T for that iteration: `start` at step 0, `end` at
+    step `steps - 1`, linear in between, so a run of `steps` iterations trains its last one at `end`.
+    [`anneals`][padnet.layers.attention.TemperatureSchedule.anneals] says whether T at a step differs from T at the step before.
 
     Raises:
-        ConfigError: a non-positive temperature or negative ``steps``.
+        ConfigError: a non-positive temperature or negative `steps`.
     """
 
     def __init__(self, start: float = 30.0, end: float = 1.0, steps: int = 0):
@@ -107,12 +107,12 @@ class TemperatureSchedule:
         return self.start + (self.end - self.start) * step / (self.steps - 1)
 
     def anneals(self, step: int) -> bool:
-        """Whether the temperature changes at ``step`` (from step 1 to the last annealing step)."""
+        """Whether the temperature changes at `step` (from step 1 to the last annealing step)."""
         return 0 < step < self.steps and self.start != self.end
 
 
 def set_temperature(model: nn.Module, temperature: float) -> int:
-    """Set the temperature of every routing branch (:class:`TemperatureRouting`) in ``model``.
+    """Set the temperature of every routing branch ([`TemperatureRouting`][padnet.layers.attention.TemperatureRouting]) in `model`.
 
     Returns how many were set.
     """

@@ -43,23 +43,23 @@ def autotune(
     repeats: int = 3,
     candidates: tuple[str, ...] = FORMULATIONS,
 ) -> dict[str, str]:
-    """Measure every candidate formulation of each dynamic convolution at the shape it sees for ``example``.
+    """Measure every candidate formulation of each dynamic convolution at the shape it sees for `example`.
 
     Args:
-        model: any model with :class:`~padnet.layers.DynamicConv2d` / PAD-Net / deployed layers.
+        model: any model with [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] / PAD-Net / deployed layers.
         example: an input batch (B, C, H, W) of the size the model will run at.
-        train: time forward + backward (training) or forward under ``no_grad`` (inference).
+        train: time forward + backward (training) or forward under `no_grad` (inference).
         repeats: timed runs per candidate (the minimum counts), after one warm-up run.
         candidates: formulations to try.
 
-    Layers with ``formulation="auto"`` then use the fastest one for that shape and grad mode; the choice
-    is cached in the layer (``layer.set_path``), so later forward passes pay nothing. Identical layers at
+    Layers with `formulation="auto"` then use the fastest one for that shape and grad mode; the choice
+    is cached in the layer (`layer.set_path`), so later forward passes pay nothing. Identical layers at
     the same shape are measured once. Parameter gradients and RNG state are untouched (inputs are drawn
     from a private generator).
 
     Returns:
-        ``{layer name: formulation}`` for every layer that ran. Raises ConfigError for a ``model`` that is not an
-        ``nn.Module``.
+        `{layer name: formulation}` for every layer that ran. Raises ConfigError for a `model` that is not an
+        `nn.Module`.
     """
     check_module(model, "autotune")
     layers = _layers(model)

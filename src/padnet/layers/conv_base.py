@@ -1,5 +1,5 @@
-"""What every input-dependent convolution shares: ``nn.Conv2d``'s geometry, its output size, and
-construction from an existing ``nn.Conv2d`` (used by :func:`padnet.convert`)."""
+"""What every input-dependent convolution shares: `nn.Conv2d`'s geometry, its output size, and
+construction from an existing `nn.Conv2d` (used by [`padnet.convert`][padnet.adapter.model.convert])."""
 
 from __future__ import annotations
 
@@ -16,19 +16,19 @@ PAD_OPTIONS = {"granularity": "shared", "scale_mode": "constrained", "mask_seman
 
 
 class DynamicConvBase(nn.Module):
-    """Geometry of a convolution, validated as ``nn.Conv2d`` does, for dynamic layers to build on.
+    """Geometry of a convolution, validated as `nn.Conv2d` does, for dynamic layers to build on.
 
-    Args: ``in_channels, out_channels, kernel_size, stride, padding, dilation, groups`` as ``nn.Conv2d``
-    (``padding`` also accepts ``"same"``/``"valid"``).
+    Args: `in_channels, out_channels, kernel_size, stride, padding, dilation, groups` as `nn.Conv2d`
+    (`padding` also accepts `"same"`/`"valid"`).
 
-    Layers with a bank of kernels ``weight`` (k, Cout, Cin/groups, kh, kw), optional ``bias`` (k, Cout)
-    and modes ``weight_mode``/``bias_mode`` inherit ``load_static`` and ``init_kernels_``; others override
-    them. Every subclass implements ``mode_pairs()`` (its masked tensors, for mode partition). The class
-    attribute ``partial`` says whether the layer is a PAD-Net form; ``OPTIONS`` names the keyword options
-    it takes beyond ``nn.Conv2d``'s arguments.
+    Layers with a bank of kernels `weight` (k, Cout, Cin/groups, kh, kw), optional `bias` (k, Cout)
+    and modes `weight_mode`/`bias_mode` inherit `load_static` and `init_kernels_`; others override
+    them. Every subclass implements `mode_pairs()` (its masked tensors, for mode partition). The class
+    attribute `partial` says whether the layer is a PAD-Net form; `OPTIONS` names the keyword options
+    it takes beyond `nn.Conv2d`'s arguments.
 
     Raises:
-        ConfigError: non-positive channels or groups, channels not divisible by ``groups``, ``"same"`` with
+        ConfigError: non-positive channels or groups, channels not divisible by `groups`, `"same"` with
             stride > 1.
     """
 
@@ -63,7 +63,7 @@ class DynamicConvBase(nn.Module):
         return self.groups == self.in_channels == self.out_channels
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """Output (H', W') for an input map of ``size`` (H, W), as ``nn.Conv2d`` computes it."""
+        """Output (H', W') for an input map of `size` (H, W), as `nn.Conv2d` computes it."""
         if self.padding == "same":
             return tuple(size)
         padding = (0, 0) if self.padding == "valid" else self.padding
@@ -73,10 +73,10 @@ class DynamicConvBase(nn.Module):
         )
 
     def _pad_options(self, options: dict) -> dict:
-        """Validate the PAD-Net options of a layer and build ``self.scales``.
+        """Validate the PAD-Net options of a layer and build `self.scales`.
 
-        Returns ``{"granularity", "semantics"}`` for :func:`~padnet.layers.modes.make_mode`. A fully dynamic
-        layer takes no such option and gets λs = λd = 1 (``ScaleFactors("none")``, no parameters).
+        Returns `{"granularity", "semantics"}` for [`make_mode`][padnet.layers.modes.make_mode]. A fully dynamic
+        layer takes no such option and gets λs = λd = 1 (`ScaleFactors("none")`, no parameters).
         """
         allowed = PAD_OPTIONS if self.partial else {}
         unknown = sorted(set(options) - set(allowed))
@@ -96,14 +96,14 @@ class DynamicConvBase(nn.Module):
     ) -> torch.Tensor:
         """Convolve each sample with its own kernel (grouped formulation).
 
-        ``x`` (B, Cin, H, W), ``weight`` (B, Cout, Cin/groups, kh, kw), ``bias`` (B, Cout) or None
+        `x` (B, Cin, H, W), `weight` (B, Cout, Cin/groups, kh, kw), `bias` (B, Cout) or None
         → (B, Cout, H', W').
         """
         return grouped(x, weight, bias, self.geometry)
 
     @torch.no_grad()
     def init_kernels_(self, init_fn) -> None:
-        """Apply ``init_fn`` (e.g. ``nn.init.kaiming_normal_``) to each kernel Θᵢ and to Θ̄ if present."""
+        """Apply `init_fn` (e.g. `nn.init.kaiming_normal_`) to each kernel Θᵢ and to Θ̄ if present."""
         for w in self.weight:
             init_fn(w)
         if self.weight_mode.static is not None:
@@ -131,11 +131,11 @@ class DynamicConvBase(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, init_from_static: bool = True, padding=None, **kwargs):
-        """Build a layer with the geometry of ``conv`` (on its device and dtype).
+        """Build a layer with the geometry of `conv` (on its device and dtype).
 
-        With ``init_from_static`` the layer's kernels start from ``conv.weight`` (see ``load_static``).
-        ``padding`` replaces ``conv.padding`` (``padnet.convert`` pads inputs itself for other padding modes).
-        Raises ConfigError for a padding mode other than zeros unless ``padding`` is given.
+        With `init_from_static` the layer's kernels start from `conv.weight` (see `load_static`).
+        `padding` replaces `conv.padding` (`padnet.convert` pads inputs itself for other padding modes).
+        Raises ConfigError for a padding mode other than zeros unless `padding` is given.
         """
         if conv.padding_mode != "zeros" and padding is None:
             raise ConfigError(

@@ -11,7 +11,7 @@ a static kernel plus a low-rank dynamic residual: W(x) = Λ(x) W₀ + P (Φ(x) +
   input and the fused latent are batch-normalised: z = BN(Qᵀx), residual P (BN(Φ z) + z). Without these
   normalisations the residual starts at 3–4× the main path's standard deviation; with them at 0.5–0.8×.
 
-Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width ``max(Cin // reduction, min_hidden)``.
+Λ and Φ come from one squeeze branch h = ReLU(FC(GAP(x))) of width `max(Cin // reduction, min_hidden)`.
 Differences from the authors' code, kept for simplicity and documented in docs/zoo.md: their branch has no ReLU
 and a small squeeze-excitation on h (h ⊙ hsigmoid(W h)); their ResNet basic blocks pool to 2×2 and use a latent
 size of √(4·Cin) there (padnet: global pooling and ⌊√Cin⌋ everywhere); their branch width has no lower bound.
@@ -19,9 +19,9 @@ A depthwise layer mixes no channels, so it gets no channel-fusion residual: ther
 channel-wise scale Λ(x) W₀ alone (with a residual there, MobileNetV2 ×1.0 would cost 432 MMACs instead of 366;
 the paper gives 318). Grouped (non-depthwise) layers keep the residual across groups.
 
-``PADDCDConv2d`` (PAD-Net paper 001, appendix C, Table 6): Λ and Φ are the layer's dynamic parameters, so each
+`PADDCDConv2d` (PAD-Net paper 001, appendix C, Table 6): Λ and Φ are the layer's dynamic parameters, so each
 is mixed element-wise with a static counterpart (Λ̄ starts at 1, Φ̄ at 0, where the dynamic Λ also starts)
-through :class:`~padnet.layers.vectors.DynamicVector`; with every mask 0 and λs = 1 the layer (in eval mode,
+through [`DynamicVector`][padnet.layers.vectors.DynamicVector]; with every mask 0 and λs = 1 the layer (in eval mode,
 where BatchNorm is affine) is the static convolution W₀ plus a static low-rank residual.
 """
 
@@ -43,15 +43,15 @@ class DCDConv2d(DynamicConvBase):
     computes it: identity path and BatchNorm in the latent space, Λ = relu6(· + 3) / 3).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as `nn.Conv2d`.
             The padding must keep the 1×1 residual aligned with the main convolution: 2·padding =
-            dilation·(kernel − 1) in each dimension, or ``"same"``.
+            dilation·(kernel − 1) in each dimension, or `"same"`.
         reduction: squeeze ratio of the branch (DCD: 16).
         min_hidden: lower bound of the branch width.
 
-    Parameters: ``weight`` W₀ (Cout, Cin/groups, kh, kw), ``bias`` (Cout) or None, ``fc`` (branch), ``scale``
-    (Λ head) and, except for depthwise layers, ``q`` (L, Cin, 1, 1), ``p`` (Cout, L, 1, 1), ``fusion`` (Φ head),
-    ``q_norm`` and ``fusion_norm`` (BatchNorm2d(L) of Qᵀx and of Φ z).
+    Parameters: `weight` W₀ (Cout, Cin/groups, kh, kw), `bias` (Cout) or None, `fc` (branch), `scale`
+    (Λ head) and, except for depthwise layers, `q` (L, Cin, 1, 1), `p` (Cout, L, 1, 1), `fusion` (Φ head),
+    `q_norm` and `fusion_norm` (BatchNorm2d(L) of Qᵀx and of Φ z).
     Input (B, Cin, H, W) → (B, Cout, H', W').
 
     Raises:
@@ -107,7 +107,7 @@ class DCDConv2d(DynamicConvBase):
             self.q_norm, self.fusion_norm = nn.BatchNorm2d(latent), nn.BatchNorm2d(latent)
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
-        """(suffix, mode, dynamic factors) of the masked Λ and Φ (PAD form only; ``MaskedLayer`` protocol)."""
+        """(suffix, mode, dynamic factors) of the masked Λ and Φ (PAD form only; `MaskedLayer` protocol)."""
         return self.scale.mode_pair("scale") + (self.fusion.mode_pair("fusion") if self.fusion else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ class DCDConv2d(DynamicConvBase):
 
     @torch.no_grad()
     def init_kernels_(self, init_fn) -> None:
-        """Apply ``init_fn`` to the static kernel W₀ (the residual keeps its own initialisation)."""
+        """Apply `init_fn` to the static kernel W₀ (the residual keeps its own initialisation)."""
         init_fn(self.weight)
 
     @torch.no_grad()
@@ -145,8 +145,8 @@ class DCDConv2d(DynamicConvBase):
 class PADDCDConv2d(DCDConv2d):
     """PAD-Net form of DCD: Λ and Φ partially dynamic (paper 001, appendix C, Table 6).
 
-    Extra args: ``scale_mode`` (λs + λd = 2 by default), ``mask_semantics``. Masks: ``scale.mode.mask`` (1, Cout)
-    and ``fusion.mode.mask`` (1, L²) (no Φ in depthwise layers).
+    Extra args: `scale_mode` (λs + λd = 2 by default), `mask_semantics`. Masks: `scale.mode.mask` (1, Cout)
+    and `fusion.mode.mask` (1, L²) (no Φ in depthwise layers).
     """
 
     partial = True

@@ -5,10 +5,10 @@ A trained layer computes (PAD-Net eq. 4, BatchNorm y = a·z + c after it)::
     y = a ⊙ conv(x, λd Σᵢ πᵢ (Mᵢ ⊙ Θᵢ) + λs (1 − M̄) ⊙ Θ̄) + a ⊙ bias(x) + c
 
 The deployed layer folds λs, λd and the BatchNorm scale a into the kernels once and keeps
-* a static kernel S = a ⊙ λs (1 − M̄) ⊙ Θ̄ (the static filters only, for the ``"filters"`` layout),
-* the dynamic factors D = a ⊙ λd Mᵢ ⊙ Θᵢ at dynamic positions only — all of them (``"dense"``, DY-Conv,
-  CondConv), a flat list of elements (``"elements"``, unstructured PAD-Net), or whole filters
-  (``"filters"``, filter-granular PAD-Net),
+* a static kernel S = a ⊙ λs (1 − M̄) ⊙ Θ̄ (the static filters only, for the `"filters"` layout),
+* the dynamic factors D = a ⊙ λd Mᵢ ⊙ Θᵢ at dynamic positions only — all of them (`"dense"`, DY-Conv,
+  CondConv), a flat list of elements (`"elements"`, unstructured PAD-Net), or whole filters
+  (`"filters"`, filter-granular PAD-Net),
 * the attention branch unchanged, a dynamic bias (k, Cout) if the layer had one, and a static bias
   a ⊙ λs (1 − M_b) ⊙ b̄ + c.
 
@@ -50,17 +50,17 @@ def _bn_affine(
 
 
 class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
-    """Inference form of a :class:`~padnet.layers.DynamicConv2d` / :class:`~padnet.layers.PADConv2d`.
+    """Inference form of a [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] / [`PADConv2d`][padnet.layers.dynamic_conv.PADConv2d].
 
-    Build it with :meth:`from_layer` (or :func:`padnet.deploy` for a whole model). Args of the
-    constructor: the ``nn.Conv2d`` geometry, ``num_kernels`` k, ``attention`` (the trained routing
-    module, used as is), ``layout`` (one of ``LAYOUTS``), ``num_dynamic`` (dynamic elements for
-    ``"elements"``, dynamic filters for ``"filters"``; ignored for ``"dense"``), ``dynamic_bias`` and
-    ``static_bias`` (whether each exists), ``formulation`` as :class:`~padnet.layers.DynamicConv2d`.
+    Build it with [`from_layer`][padnet.layers.deployed.DeployedConv2d.from_layer] (or [`padnet.deploy`][padnet.deployment.deploy.deploy] for a whole model). Args of the
+    constructor: the `nn.Conv2d` geometry, `num_kernels` k, `attention` (the trained routing
+    module, used as is), `layout` (one of `LAYOUTS`), `num_dynamic` (dynamic elements for
+    `"elements"`, dynamic filters for `"filters"`; ignored for `"dense"`), `dynamic_bias` and
+    `static_bias` (whether each exists), `formulation` as [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d].
 
-    Parameters: ``dynamic_weight`` — (k, Cout, Cin/g, kh, kw) dense, (k, n) elements, (k, n_f, Cin/g, kh, kw)
-    filters; ``static_weight`` — (Cout, Cin/g, kh, kw), or (Cout − n_f, Cin/g, kh, kw) for filters, absent
-    for dense; ``dynamic_bias`` (k, Cout); ``static_bias`` (Cout,). Buffers: ``dynamic_index`` — flat
+    Parameters: `dynamic_weight` — (k, Cout, Cin/g, kh, kw) dense, (k, n) elements, (k, n_f, Cin/g, kh, kw)
+    filters; `static_weight` — (Cout, Cin/g, kh, kw), or (Cout − n_f, Cin/g, kh, kw) for filters, absent
+    for dense; `dynamic_bias` (k, Cout); `static_bias` (Cout,). Buffers: `dynamic_index` — flat
     element indices (n,) or dynamic filter indices (n_f,).
     Input (B, Cin, H, W) → (B, Cout, H', W') equal to the trained layer (and its BatchNorm) in eval mode.
     """
@@ -124,9 +124,9 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
     @torch.no_grad()
     def from_layer(cls, layer: nn.Module, bn: nn.BatchNorm2d | None = None) -> DeployedConv2d:
         """Fold a trained DY-Conv / CondConv / PAD-Net layer (and the BatchNorm that follows it) into the
-        deployment form. The layer's masks choose the layout: none → ``"dense"``; a ``structured`` layer
-        (filter-granular masks, groups 1 or depthwise, static semantics) → ``"filters"``; otherwise ``"elements"``. SD-Conv takes
-        ``"dense"`` with its pruned weights zero: aggregating only the positions kept in some kernel was
+        deployment form. The layer's masks choose the layout: none → `"dense"`; a `structured` layer
+        (filter-granular masks, groups 1 or depthwise, static semantics) → `"filters"`; otherwise `"elements"`. SD-Conv takes
+        `"dense"` with its pruned weights zero: aggregating only the positions kept in some kernel was
         measured slower here (docs/sdconv.md), and the saved file stores the kept weights only either way."""
 
         if not isinstance(layer, DynamicConv2d):
@@ -187,8 +187,8 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         return out.train(layer.training)
 
     def structured_split(self) -> StructuredSplit | None:
-        """The static and dynamic filters of the ``"filters"`` layout (cached per ``dynamic_index`` pattern,
-        :class:`~padnet.layers.modes.SplitCache`); None for the other layouts."""
+        """The static and dynamic filters of the `"filters"` layout (cached per `dynamic_index` pattern,
+        [`SplitCache`][padnet.layers.modes.SplitCache]); None for the other layouts."""
         if self.layout != "filters":
             return None
         return self._splits(self.dynamic_index, self._split_of_index)
@@ -216,7 +216,7 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         return kernels, static
 
     def run(self, x: torch.Tensor, path: str) -> torch.Tensor:
-        """Forward pass in formulation ``path`` (every formulation gives the same result)."""
+        """Forward pass in formulation `path` (every formulation gives the same result)."""
         coeffs = self.attention(x)  # (B, k)
         bias = None if self.dynamic_bias is None else coeffs @ self.dynamic_bias  # (B, Cout)
         if self.static_bias is not None:

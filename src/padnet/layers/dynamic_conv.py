@@ -1,12 +1,12 @@
 """Dynamic convolution (DY-Conv) and its partially dynamic form (PAD-Net convolution).
 
-``DynamicConv2d`` follows "Dynamic Convolution: Attention over Convolution Kernels" (Chen et al. 2020,
-PAD-Net eq. 1): k kernels mixed per sample by :class:`KernelAttention`. ``PADConv2d`` adds the mask,
-static parameters and scale factors of PAD-Net eq. 3–4 through :class:`~padnet.layers.modes.PartialMode`.
+`DynamicConv2d` follows "Dynamic Convolution: Attention over Convolution Kernels" (Chen et al. 2020,
+PAD-Net eq. 1): k kernels mixed per sample by [`KernelAttention`][padnet.layers.attention.KernelAttention]. `PADConv2d` adds the mask,
+static parameters and scale factors of PAD-Net eq. 3–4 through [`PartialMode`][padnet.layers.modes.PartialMode].
 
-The layer runs one of the exact formulations of :mod:`padnet.layers.formulations`, chosen per input shape
-and grad mode by a rule measured here (``formulation="auto"``), fixed by the user, or measured on the model
-by :func:`autotune`; the choice is cached per shape. A PAD-Net layer with filter-granular masks computes
+The layer runs one of the exact formulations of [`padnet.layers.formulations`][padnet.layers.formulations], chosen per input shape
+and grad mode by a rule measured here (`formulation="auto"`), fixed by the user, or measured on the model
+by [`autotune`][padnet.layers.autotune.autotune]; the choice is cached per shape. A PAD-Net layer with filter-granular masks computes
 its static filters as one plain convolution and only its dynamic filters through the dynamic path.
 """
 
@@ -28,20 +28,20 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
     """DY-Conv: Θ̂(x) = Σᵢ πᵢ(x) Θᵢ, y = conv(x, Θ̂(x)) (PAD-Net eq. 1).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``
-            (``padding`` also accepts ``"same"``/``"valid"``).
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as `nn.Conv2d`
+            (`padding` also accepts `"same"`/`"valid"`).
         num_kernels: k (4 for DY-Conv, 8 for CondConv).
         reduction: attention reduction ratio r (hidden = C/r).
         temperature: initial attention temperature.
-        routing: ``"softmax"`` (DY-Conv) or ``"sigmoid"`` (CondConv).
-        formulation: ``"auto"`` (measured rule or :func:`autotune`'s choice), ``"grouped"``,
-            ``"per_sample"`` or ``"batched"`` (see :mod:`padnet.layers.formulations`).
+        routing: `"softmax"` (DY-Conv) or `"sigmoid"` (CondConv).
+        formulation: `"auto"` (measured rule or [`autotune`][padnet.layers.autotune.autotune]'s choice), `"grouped"`,
+            `"per_sample"` or `"batched"` (see [`padnet.layers.formulations`][padnet.layers.formulations]).
 
-    Parameters: ``weight`` (k, Cout, Cin/groups, kh, kw), ``bias`` (k, Cout) or None, ``attention``.
-    Input (B, Cin, H, W) → (B, Cout, H', W') with H', W' as ``nn.Conv2d``.
+    Parameters: `weight` (k, Cout, Cin/groups, kh, kw), `bias` (k, Cout) or None, `attention`.
+    Input (B, Cin, H, W) → (B, Cout, H', W') with H', W' as `nn.Conv2d`.
 
     Raises:
-        ConfigError: channels not divisible by ``groups``, or k < 1.
+        ConfigError: channels not divisible by `groups`, or k < 1.
     """
 
     OPTIONS = ("num_kernels", "reduction", "temperature", "routing", "formulation")
@@ -90,7 +90,7 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
             **opts,
         )
         # static filters can run as one plain convolution: filter masks with static semantics, groups 1 or
-        # depthwise (decided once; ``structured`` switches it off)
+        # depthwise (decided once; `structured` switches it off)
         self._structurable = (
             self.partial
             and opts["granularity"] == "filter"
@@ -102,8 +102,8 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
     @property
     def structured(self) -> bool:
         """Whether a filter-granular PAD-Net layer runs its static filters as one plain convolution and only its
-        dynamic filters through the dynamic path (default where possible). ``False`` forces the element-wise
-        form, which computes the same; setting ``True`` where the layer cannot split raises ConfigError."""
+        dynamic filters through the dynamic path (default where possible). `False` forces the element-wise
+        form, which computes the same; setting `True` where the layer cannot split raises ConfigError."""
         return self._structured
 
     @structured.setter
@@ -118,14 +118,14 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         self.formulation = self.formulation  # the per-shape choices follow the rule
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
-        """(suffix, mode, dynamic factors) of the masked kernels and biases (``MaskedLayer`` protocol)."""
+        """(suffix, mode, dynamic factors) of the masked kernels and biases (`MaskedLayer` protocol)."""
         pairs = [("weight", self.weight_mode, self.weight)]
         if self.bias is not None:
             pairs.append(("bias", self.bias_mode, self.bias))
         return with_masks(pairs)
 
     def reset_parameters(self) -> None:
-        """Initialise each kernel like ``nn.Conv2d`` (Kaiming-uniform, a = √5)."""
+        """Initialise each kernel like `nn.Conv2d` (Kaiming-uniform, a = √5)."""
         for w in self.weight:
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         if self.bias is not None:
@@ -133,7 +133,7 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
             nn.init.uniform_(self.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
     def run(self, x: torch.Tensor, path: str) -> torch.Tensor:
-        """Forward pass in formulation ``path`` (every formulation gives the same result)."""
+        """Forward pass in formulation `path` (every formulation gives the same result)."""
         coeffs = self.attention(x)  # (B, k)
         lam_s, lam_d = self.scales()
         bias = None if self.bias is None else self.bias_mode.aggregate(coeffs, self.bias, lam_s, lam_d)
@@ -164,8 +164,8 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         return out if bias is None else out + bias[..., None, None]
 
     def structured_split(self) -> StructuredSplit | None:
-        """The static and dynamic filters when the structured path applies (``structured`` and a fixed mask;
-        mode partition differentiates a relaxed one), else None. Cached per mask pattern (``SplitCache``)."""
+        """The static and dynamic filters when the structured path applies (`structured` and a fixed mask;
+        mode partition differentiates a relaxed one), else None. Cached per mask pattern (`SplitCache`)."""
         return self.weight_mode.structured_split() if self._structured else None
 
     def extra_repr(self) -> str:
@@ -176,14 +176,14 @@ class PADConv2d(DynamicConv2d):
     """PAD-Net convolution: DY-Conv with a mask M, static parameters Θ̄ and scale factors (eq. 3–4).
 
     Extra args:
-        granularity: ``"shared"`` (one mask for the k kernels) or ``"kernel"`` (one per kernel).
-        scale_mode: scale-factor setting of Table 3 (``"constrained"``: λs + λd = 2).
-        mask_semantics: ``"static"`` (PAD-Net) or ``"zero"`` (masked elements pruned).
+        granularity: `"shared"` (one mask for the k kernels) or `"kernel"` (one per kernel).
+        scale_mode: scale-factor setting of Table 3 (`"constrained"`: λs + λd = 2).
+        mask_semantics: `"static"` (PAD-Net) or `"zero"` (masked elements pruned).
 
-    Extra parameters: ``weight_mode.static`` (Cout, Cin/groups, kh, kw) — Θ̄, Kaiming-initialised
-    independently of the kernels (``load_static`` copies a static kernel into it); ``bias_mode.static``
-    (Cout,) when ``bias``; ``scales`` (φ).
-    Buffers: ``weight_mode.mask`` and ``bias_mode.mask`` (ones: fully dynamic until partitioned).
+    Extra parameters: `weight_mode.static` (Cout, Cin/groups, kh, kw) — Θ̄, Kaiming-initialised
+    independently of the kernels (`load_static` copies a static kernel into it); `bias_mode.static`
+    (Cout,) when `bias`; `scales` (φ).
+    Buffers: `weight_mode.mask` and `bias_mode.mask` (ones: fully dynamic until partitioned).
     """
 
     partial = True

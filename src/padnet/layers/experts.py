@@ -1,16 +1,16 @@
 """PAD compression of pretrained Mixture-of-Experts models: a drop-in for their banks of experts.
 
 transformers stores the experts of Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE as two 3-D tensors,
-``gate_up_proj`` (E, 2F, H) and ``down_proj`` (E, H, F), and calls the bank as
-``experts(hidden (N, H), top_k_index (N, k), top_k_weights (N, k))`` after its own router; expert e computes
-``W2ᵉ (act(Wgᵉ x) ⊙ Wuᵉ x)``. :class:`ExpertBank` takes the bank's place with the same call, so the model's
+`gate_up_proj` (E, 2F, H) and `down_proj` (E, H, F), and calls the bank as
+`experts(hidden (N, H), top_k_index (N, k), top_k_weights (N, k))` after its own router; expert e computes
+`W2ᵉ (act(Wgᵉ x) ⊙ Wuᵉ x)`. [`ExpertBank`][padnet.layers.experts.ExpertBank] takes the bank's place with the same call, so the model's
 router, shared experts and everything else stay as they are, and holds the experts as a routerless
-:class:`~padnet.layers.moe.MoEFeedForward` (gated, zero biases): fully dynamic (MoE), PAD-MoE or MoE-P.
+[`MoEFeedForward`][padnet.layers.moe.MoEFeedForward] (gated, zero biases): fully dynamic (MoE), PAD-MoE or MoE-P.
 
 PAD-Net's mode partition then compresses the bank (PAD-Net eq. 3–4 applied to the experts): every expert becomes
 one static part Θ̄ shared by all experts where the mask M = 0, plus its own values where M = 1, with
 λs + λd = 2. With every mask element dynamic (κ = 1) and λs = λd = 1 the bank computes what the original did;
-with none (κ = 0) every expert is λs · Θ̄. Θ̄ starts as a weighted mean of the experts (:func:`static_estimate`):
+with none (κ = 0) every expert is λs · Θ̄. Θ̄ starts as a weighted mean of the experts ([`static_estimate`][padnet.layers.experts.static_estimate]):
 uniform, or weighted by the router's load on calibration text.
 """
 
@@ -24,8 +24,8 @@ from padnet.layers.moe import DeployedMoE, MoEFeedForward, Routing
 
 
 def is_expert_bank(module: nn.Module) -> bool:
-    """Whether ``module`` is a transformers bank of gated experts: 3-D ``gate_up_proj`` (E, 2F, H) and
-    ``down_proj`` (E, H, F) parameters and an ``act_fn``."""
+    """Whether `module` is a transformers bank of gated experts: 3-D `gate_up_proj` (E, 2F, H) and
+    `down_proj` (E, H, F) parameters and an `act_fn`."""
     gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
     return (
         isinstance(gate_up, torch.Tensor)
@@ -39,12 +39,12 @@ def is_expert_bank(module: nn.Module) -> bool:
 
 
 def find_expert_banks(model: nn.Module) -> list[str]:
-    """Qualified names of every bank of gated experts in ``model`` (:func:`is_expert_bank`), in module order."""
+    """Qualified names of every bank of gated experts in `model` ([`is_expert_bank`][padnet.layers.experts.is_expert_bank]), in module order."""
     return [name for name, module in model.named_modules() if name and is_expert_bank(module)]
 
 
 def static_estimate(experts: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Θ̄ = Σₑ wₑ Θᵉ / Σₑ wₑ over the experts (E, *shape) → (*shape); uniform ``weights`` (the mean) when None.
+    """Θ̄ = Σₑ wₑ Θᵉ / Σₑ wₑ over the experts (E, *shape) → (*shape); uniform `weights` (the mean) when None.
 
     Raises ConfigError for weights that are not E non-negative values with a positive sum.
     """
@@ -63,10 +63,10 @@ def static_estimate(experts: torch.Tensor, weights: torch.Tensor | None = None) 
 class ExpertBank(nn.Module):
     """A transformers bank of gated experts as padnet experts, called as the bank was.
 
-    Build it with :meth:`from_bank`. ``moe`` is a routerless :class:`~padnet.layers.moe.MoEFeedForward` (or, once
-    deployed, a :class:`~padnet.layers.moe.DeployedMoE`). ``forward(hidden_states (N, H), top_k_index (N, k),
+    Build it with [`from_bank`][padnet.layers.experts.ExpertBank.from_bank]. `moe` is a routerless [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward] (or, once
+    deployed, a [`DeployedMoE`][padnet.layers.moe.DeployedMoE]). ``forward(hidden_states (N, H), top_k_index (N, k),
     top_k_weights (N, k))`` → (N, H): Σ over each token's k experts of weight · expert(token), in
-    ``hidden_states``' dtype. The weights need not sum to one (Qwen2-MoE and OLMoE do not renormalise them).
+    `hidden_states`' dtype. The weights need not sum to one (Qwen2-MoE and OLMoE do not renormalise them).
     """
 
     def __init__(self, moe: MoEFeedForward | DeployedMoE):
@@ -83,12 +83,12 @@ class ExpertBank(nn.Module):
         static_weights: torch.Tensor | None = None,
         **options,
     ) -> ExpertBank:
-        """Copy ``bank``'s experts (``gate_up_proj`` (E, 2F, H), ``down_proj`` (E, H, F), ``act_fn``) into a
-        gated :class:`~padnet.layers.moe.MoEFeedForward` with zero biases; with ``mode="pad"`` Θ̄ starts as
-        :func:`static_estimate` of the experts with ``static_weights`` (E,) (None: the mean).
+        """Copy `bank`'s experts (`gate_up_proj` (E, 2F, H), `down_proj` (E, H, F), `act_fn`) into a
+        gated [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward] with zero biases; with `mode="pad"` Θ̄ starts as
+        [`static_estimate`][padnet.layers.experts.static_estimate] of the experts with `static_weights` (E,) (None: the mean).
 
-        ``mode``: ``"dynamic"``, ``"pad"`` or ``"prune"``; ``granularity``: ``"element"`` or ``"neuron"``;
-        ``options``: ``scale_mode``. Raises ConfigError for a module that is not such a bank.
+        `mode`: `"dynamic"`, `"pad"` or `"prune"`; `granularity`: `"element"` or `"neuron"`;
+        `options`: `scale_mode`. Raises ConfigError for a module that is not such a bank.
         """
         if not is_expert_bank(bank):
             raise ConfigError(

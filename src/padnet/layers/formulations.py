@@ -1,20 +1,20 @@
 """Exact formulations of a convolution whose kernel is a per-sample mix of k kernels.
 
-Every formulation computes, for each sample b, ``conv(x_b, Σᵢ π_bi Θᵢ + S) + bias_b`` (PAD-Net eq. 1 and 4
+Every formulation computes, for each sample b, `conv(x_b, Σᵢ π_bi Θᵢ + S) + bias_b` (PAD-Net eq. 1 and 4
 with the static term S); they differ only in speed and memory:
 
-* ``grouped`` — aggregate one kernel per sample, then one convolution with groups = batch × groups.
+* `grouped` — aggregate one kernel per sample, then one convolution with groups = batch × groups.
   Fast on large maps (measured here, batch 64, 2 threads, forward + backward: 1.1× the static
   convolution at 32×32, 1.3× at 16×16), slow on small ones (8.6× at 512 channels 4×4).
-* ``per_sample`` — aggregate, then one convolution per sample over ``unbind`` views (never ``w[i]``
+* `per_sample` — aggregate, then one convolution per sample over `unbind` views (never `w[i]`
   indexing, whose backward builds a full zero gradient per slice). The batch-1 fast path: one plain
   convolution. Best for inference on mid-size maps (2.8× at 8×8 vs 4.1× grouped).
-* ``batched`` — one ordinary convolution with (k [+ 1])·Cout outputs (each kernel and the static kernel),
+* `batched` — one ordinary convolution with (k [+ 1])·Cout outputs (each kernel and the static kernel),
   then the π-weighted sum. Convolution is linear in the kernel, so this is exact; it costs k× the FLOPs
   but no per-sample kernels (B·|Θ| memory), so it wins on small maps (5.1× at 4×4) and exports to ONNX
-  with a dynamic batch dimension (no batch-sized ``groups``).
+  with a dynamic batch dimension (no batch-sized `groups`).
 
-``ConvGeometry`` carries ``nn.Conv2d``'s stride, padding, dilation and groups.
+`ConvGeometry` carries `nn.Conv2d`'s stride, padding, dilation and groups.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ FORMULATIONS = ("grouped", "per_sample", "batched")
 
 
 class ConvGeometry(NamedTuple):
-    """``F.conv2d``'s arguments after the bias, in its order (so ``F.conv2d(x, w, b, *geo)`` works)."""
+    """`F.conv2d`'s arguments after the bias, in its order (so `F.conv2d(x, w, b, *geo)` works)."""
 
     stride: tuple[int, int]
     padding: tuple[int, int] | str
@@ -46,7 +46,7 @@ class ConvGeometry(NamedTuple):
 def grouped(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry
 ) -> torch.Tensor:
-    """``x`` (B, Cin, H, W), per-sample ``weight`` (B, Cout, Cin/g, kh, kw), ``bias`` (B, Cout) or None
+    """`x` (B, Cin, H, W), per-sample `weight` (B, Cout, Cin/g, kh, kw), `bias` (B, Cout) or None
     → (B, Cout, H', W') as one grouped convolution."""
     batch, cout = x.shape[0], weight.shape[1]
     # (1, B·Cin, H, W) convolved with B·groups groups
@@ -65,7 +65,7 @@ def grouped(
 def per_sample(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry
 ) -> torch.Tensor:
-    """As :func:`grouped`, one convolution per sample (one plain convolution for batch 1)."""
+    """As [`grouped`][padnet.layers.formulations.grouped], one convolution per sample (one plain convolution for batch 1)."""
     if x.shape[0] == 1:
         return F.conv2d(x, weight[0], None if bias is None else bias[0], *geo)
     biases = [None] * x.shape[0] if bias is None else bias.unbind(0)
@@ -83,7 +83,7 @@ def batched(
 ) -> torch.Tensor:
     """Σᵢ π_bi conv(x_b, Θᵢ) + conv(x_b, S) without per-sample kernels.
 
-    ``coeffs`` π (B, k), ``kernels`` (k, Cout, Cin/g, kh, kw), ``static`` S (Cout, Cin/g, kh, kw) or None
+    `coeffs` π (B, k), `kernels` (k, Cout, Cin/g, kh, kw), `static` S (Cout, Cin/g, kh, kw) or None
     → (B, Cout, H', W'). No bias (callers add it).
     """
     batch, g = x.shape[0], geo.groups
@@ -108,11 +108,11 @@ def batched(
 
 
 def rule(batch: int, pixels: int, grad: bool) -> str:
-    """The formulation measured fastest here for a batch of ``batch`` maps of ``pixels`` output pixels.
+    """The formulation measured fastest here for a batch of `batch` maps of `pixels` output pixels.
 
-    Measured at ResNet-18 shapes (batch 64, 2 threads, ``padnet bench``): grouped from 100 pixels; on
+    Measured at ResNet-18 shapes (batch 64, 2 threads, `padnet bench`): grouped from 100 pixels; on
     8×8 maps grouped when training, per-sample for inference; batched below; one plain convolution for
-    batch 1. :func:`padnet.layers.autotune` measures instead of assuming.
+    batch 1. [`padnet.layers.autotune`][padnet.layers.autotune] measures instead of assuming.
     """
     if batch == 1:
         return "per_sample"
@@ -122,7 +122,7 @@ def rule(batch: int, pixels: int, grad: bool) -> str:
 
 
 def filter_rule(batch: int, pixels: int, grad: bool) -> str:
-    """:func:`rule` for the dynamic filters of a filter-structured layer: a fraction of Cout, where
+    """[`rule`][padnet.layers.formulations.rule] for the dynamic filters of a filter-structured layer: a fraction of Cout, where
     per-sample convolutions lose to grouped ones also on 8×8 maps (77 of 256 filters, batch 64: 43.7 ms
     per-sample vs 11.5 ms grouped)."""
     if batch == 1:
@@ -140,10 +140,10 @@ def filter_split(
     geo: ConvGeometry,
     depthwise: bool,
 ) -> torch.Tensor:
-    """Structured PAD-Net convolution: static filters as one plain convolution, dynamic filters through ``path``.
+    """Structured PAD-Net convolution: static filters as one plain convolution, dynamic filters through `path`.
 
-    ``static`` (n_static, Cin/g, kh, kw) and ``kernels`` (k, n_dynamic, Cin/g, kh, kw) hold the filters of
-    ``split`` = (static filter indices, dynamic filter indices, inverse order), which puts the outputs
+    `static` (n_static, Cin/g, kh, kw) and `kernels` (k, n_dynamic, Cin/g, kh, kw) hold the filters of
+    `split` = (static filter indices, dynamic filter indices, inverse order), which puts the outputs
     back in the original channel order. Needs groups = 1 or a depthwise convolution.
     """
     static_idx, dynamic_idx, inverse = split
@@ -170,8 +170,8 @@ PER_SAMPLE = {"grouped": grouped, "per_sample": per_sample}
 class FormulationChoice:
     """Mixin: the formulation of a dynamic convolution, decided once per (input shape, grad mode).
 
-    Hosts set ``self._formulation`` via the ``formulation`` property, provide ``output_size``, implement
-    ``run(x, path)`` and may set ``_rule`` (a function like :func:`rule`) at construction.
+    Hosts set `self._formulation` via the `formulation` property, provide `output_size`, implement
+    `run(x, path)` and may set `_rule` (a function like [`rule`][padnet.layers.formulations.rule]) at construction.
     """
 
     _rule = staticmethod(rule)
@@ -180,7 +180,7 @@ class FormulationChoice:
         return self.run(x, self.path_for(x.shape))
 
     def path_for(self, shape: torch.Size) -> str:
-        """The formulation for inputs of ``shape`` in the current grad mode (decided once, then cached)."""
+        """The formulation for inputs of `shape` in the current grad mode (decided once, then cached)."""
         if self._formulation != "auto":
             return self._formulation
         key = (tuple(shape), torch.is_grad_enabled())
@@ -192,17 +192,17 @@ class FormulationChoice:
 
     @property
     def chosen_paths(self) -> dict[tuple[tuple[int, ...], bool], str]:
-        """What ``"auto"`` has chosen so far: (input shape, grad mode) → formulation (a copy)."""
+        """What `"auto"` has chosen so far: (input shape, grad mode) → formulation (a copy)."""
         return dict(self._paths)
 
     def set_path(self, shape: tuple[int, ...], grad: bool, path: str) -> None:
-        """Fix the formulation ``"auto"`` uses for inputs of ``shape`` in grad mode ``grad``."""
+        """Fix the formulation `"auto"` uses for inputs of `shape` in grad mode `grad`."""
         check_choice("formulation", path, FORMULATIONS)
         self._paths[(tuple(shape), grad)] = path
 
     @property
     def formulation(self) -> str:
-        """``"auto"`` or a fixed formulation; setting it clears the per-shape choices."""
+        """`"auto"` or a fixed formulation; setting it clears the per-shape choices."""
         return self._formulation
 
     @formulation.setter
@@ -214,8 +214,8 @@ class FormulationChoice:
 
 @contextlib.contextmanager
 def force_formulation(model: nn.Module, formulation: str) -> Iterator[nn.Module]:
-    """Run every dynamic convolution of ``model`` that chooses a formulation (DY-Conv, CondConv, PAD-Net,
-    deployed) with ``formulation`` inside the block, e.g. for counting or export. The layers' own settings
+    """Run every dynamic convolution of `model` that chooses a formulation (DY-Conv, CondConv, PAD-Net,
+    deployed) with `formulation` inside the block, e.g. for counting or export. The layers' own settings
     and cached choices are restored afterwards."""
     layers = [m for m in model.modules() if isinstance(m, FormulationChoice)]
     saved = [(m._formulation, m._paths) for m in layers]

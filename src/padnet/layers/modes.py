@@ -1,26 +1,26 @@
 """The PAD-Net reparameterisation, written once for every dynamic layer.
 
-A dynamic layer owns ``k`` dynamic factors Θ₁…Θₖ of one shape and mixes them with input-dependent
+A dynamic layer owns `k` dynamic factors Θ₁…Θₖ of one shape and mixes them with input-dependent
 coefficients π(x). PAD-Net (eq. 3–4 of "PAD-Net: An Efficient Framework for Dynamic Networks")
 splits the computational parameters element-wise with a binary mask M::
 
     Θ̂ = λd · Σᵢ πᵢ(x) (Mᵢ ⊙ Θᵢ) + λs · (1 − M̄) ⊙ Θ̄
 
 where Θ̄ are the static parameters and M̄ is the mean of the k masks. With one mask shared by the
-k factors (``granularity="shared"``, the published code) this is exactly eq. 4:
-λd · M ⊙ Σᵢ πᵢΘᵢ + λs · (1 − M) ⊙ Θ̄. With one mask per factor (``granularity="kernel"``) each factor
+k factors (`granularity="shared"`, the published code) this is exactly eq. 4:
+λd · M ⊙ Σᵢ πᵢΘᵢ + λs · (1 − M) ⊙ Θ̄. With one mask per factor (`granularity="kernel"`) each factor
 element is either dynamic or hands its share to the static value, and the static term stays
-input-independent. With one mask element per output filter (``granularity="filter"``, beyond the paper:
+input-independent. With one mask element per output filter (`granularity="filter"`, beyond the paper:
 its future-work "hardware-friendly partition") a whole filter Θᵢ[o] is dynamic or static, so the static
 filters can run as one plain convolution. M = 1 gives the fully dynamic layer; M = 0 gives the static layer
 λs · Θ̄.
 
-``semantics="zero"`` drops the static term (masked elements become zero): the pruning baseline
+`semantics="zero"` drops the static term (masked elements become zero): the pruning baseline
 (MoE-P) and SD-Conv's W̃ᵢ = Mᵢ ⊙ Wᵢ.
 
-Scale factors (paper Table 3): ``"constrained"`` (λs + λd = 2 via one trainable φ per layer,
-λd = 2·sigmoid(φ)), ``"both"`` (free λs, λd), ``"static"`` (λs only), ``"dynamic"`` (λd only),
-``"none"`` (λs = λd = 1).
+Scale factors (paper Table 3): `"constrained"` (λs + λd = 2 via one trainable φ per layer,
+λd = 2·sigmoid(φ)), `"both"` (free λs, λd), `"static"` (λs only), `"dynamic"` (λd only),
+`"none"` (λs = λd = 1).
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ SEMANTICS = ("static", "zero")
 
 
 def aggregate(coeffs: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Σᵢ π_bi Θᵢ (PAD-Net eq. 1): ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape), one matmul."""
+    """Σᵢ π_bi Θᵢ (PAD-Net eq. 1): `coeffs` (B, k), `factors` (k, *shape) → (B, *shape), one matmul."""
     return (coeffs @ factors.reshape(factors.shape[0], -1)).reshape(coeffs.shape[0], *factors.shape[1:])
 
 
 class StructuredSplit(NamedTuple):
     """Static and dynamic slices of a structured mask (whole filters or neurons).
 
-    ``static`` (n_s,) and ``dynamic`` (n_d,) are slice indices in ascending order; ``inverse`` (n_s + n_d,)
-    puts outputs computed as ``[static slices, dynamic slices]`` back in the original order.
+    `static` (n_s,) and `dynamic` (n_d,) are slice indices in ascending order; `inverse` (n_s + n_d,)
+    puts outputs computed as `[static slices, dynamic slices]` back in the original order.
     """
 
     static: torch.Tensor
@@ -65,12 +65,12 @@ class StructuredSplit(NamedTuple):
 
 
 class SplitCache:
-    """The :class:`StructuredSplit` of a key tensor, rebuilt only when the key's values change.
+    """The [`StructuredSplit`][padnet.layers.modes.StructuredSplit] of a key tensor, rebuilt only when the key's values change.
 
     The one cache rule of every structured fast path (PAD-Net convolution, its deployed form, PAD-MoE): the key
     (a boolean vector of dynamic slices, or the deployed layer's dynamic indices) is compared with the last one at
-    each call, so a mask written in any way (``copy_``, replaced, loaded) is seen. While
-    ``torch.compile``/``torch.export`` traces, the split of the last eager call is a constant.
+    each call, so a mask written in any way (`copy_`, replaced, loaded) is seen. While
+    `torch.compile`/`torch.export` traces, the split of the last eager call is a constant.
     """
 
     def __init__(self):
@@ -78,7 +78,7 @@ class SplitCache:
         self._split: StructuredSplit | None = None
 
     def __call__(self, key: torch.Tensor, build=StructuredSplit.of) -> StructuredSplit:
-        """The split ``build(key)`` (default: ``key`` is the boolean vector of dynamic slices), cached."""
+        """The split `build(key)` (default: `key` is the boolean vector of dynamic slices), cached."""
         if self._split is not None and torch.compiler.is_compiling():
             return self._split
         if self._key is None or self._key.device != key.device or not torch.equal(key, self._key):
@@ -90,13 +90,13 @@ class SplitCache:
 class Mode(Protocol):
     """What a dynamic layer asks of the mode of one tensor of k dynamic factors Θ (k, *shape).
 
-    Implemented by :class:`PartialMode` (PAD-Net), :class:`FullyDynamic` (DY-Conv, CondConv, MoE) and
-    :class:`~padnet.layers.sdconv.ThresholdMask` (SD-Conv). Layers, mode partition, counting and deployment
+    Implemented by [`PartialMode`][padnet.layers.modes.PartialMode] (PAD-Net), [`FullyDynamic`][padnet.layers.modes.FullyDynamic] (DY-Conv, CondConv, MoE) and
+    [`ThresholdMask`][padnet.layers.sdconv.ThresholdMask] (SD-Conv). Layers, mode partition, counting and deployment
     use only these members, so a layer chooses its code path once and nobody probes for attributes.
 
-    ``partial``: whether mode partition sets this mode's mask (PAD-Net eq. 7–8); False when every element
-    is dynamic or the mask follows from the weights (SD-Conv). ``static``: the static parameters Θ̄ (shape
-    ``shape``), or None when the mode has none.
+    `partial`: whether mode partition sets this mode's mask (PAD-Net eq. 7–8); False when every element
+    is dynamic or the mask follows from the weights (SD-Conv). `static`: the static parameters Θ̄ (shape
+    `shape`), or None when the mode has none.
     """
 
     partial: bool
@@ -106,10 +106,10 @@ class Mode(Protocol):
         """The dynamic factors as the layer mixes them, (k, *shape) → (k, *shape)."""
 
     def static_part(self, lam_s=1.0) -> torch.Tensor | None:
-        """The static term, shape ``shape``, or None."""
+        """The static term, shape `shape`, or None."""
 
     def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
-        """Computational parameters per sample: ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
+        """Computational parameters per sample: `coeffs` (B, k), `factors` (k, *shape) → (B, *shape)."""
 
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """Input-generated parameters (B, *shape) mixed with the static term → (B, *shape)."""
@@ -124,21 +124,21 @@ class Mode(Protocol):
         """Where each factor is dynamic, booleans (k, *shape)."""
 
     def compact_counts(self, factors: torch.Tensor) -> dict[str, int]:
-        """Elements a compact model stores: ``dynamic`` (dynamic factor values) and ``static`` (Θ̄ values)."""
+        """Elements a compact model stores: `dynamic` (dynamic factor values) and `static` (Θ̄ values)."""
 
     def skipped_macs(self, factors: torch.Tensor, pixels: int) -> int:
         """Multiply-accumulates of one input that the compact form skips, against the dense count, for a
-        layer with ``pixels`` output positions (see :mod:`padnet.metrics.counting`)."""
+        layer with `pixels` output positions (see [`padnet.metrics.counting`][padnet.metrics.counting])."""
 
 
 class ScaleFactors(nn.Module):
     """Trainable scale factors (λs, λd) of one layer (PAD-Net eq. 4, ablation of Table 3).
 
     Args:
-        mode: one of ``SCALE_MODES``. ``"constrained"`` holds one scalar φ (init 0 → λs = λd = 1)
+        mode: one of `SCALE_MODES`. `"constrained"` holds one scalar φ (init 0 → λs = λd = 1)
             with λd = 2·sigmoid(φ) and λs = 2 − λd.
 
-    ``forward()`` returns ``(lambda_s, lambda_d)`` as 0-d tensors.
+    `forward()` returns `(lambda_s, lambda_d)` as 0-d tensors.
     """
 
     def __init__(self, mode: str = "constrained"):
@@ -180,7 +180,7 @@ class ScaleFactors(nn.Module):
 class FullyDynamic(nn.Module):
     """The identity mode: every element dynamic, no static parameters (DY-Conv, CondConv, MoE).
 
-    Has the same interface as :class:`PartialMode` so a layer chooses its code path once, at
+    Has the same interface as [`PartialMode`][padnet.layers.modes.PartialMode] so a layer chooses its code path once, at
     construction.
     """
 
@@ -195,7 +195,7 @@ class FullyDynamic(nn.Module):
         """No static term."""
 
     def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
-        """Σᵢ πᵢ Θᵢ per sample (PAD-Net eq. 1). ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
+        """Σᵢ πᵢ Θᵢ per sample (PAD-Net eq. 1). `coeffs` (B, k), `factors` (k, *shape) → (B, *shape)."""
         return aggregate(coeffs, factors)
 
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
@@ -228,14 +228,14 @@ class PartialMode(nn.Module):
     Args:
         shape: shape of one dynamic factor Θᵢ (e.g. (Cout, Cin/groups, kh, kw)).
         num_factors: k, the number of dynamic factors (kernels or experts).
-        granularity: ``"shared"`` — one mask of ``shape`` for all k factors; ``"kernel"`` — one mask per
-            factor, shape (k, *shape); ``"filter"`` — one mask element per slice along the first dimension
-            (an output filter), shape (1, shape[0], 1, …, 1), shared by the k factors; ``"column"`` — one
+        granularity: `"shared"` — one mask of `shape` for all k factors; `"kernel"` — one mask per
+            factor, shape (k, *shape); `"filter"` — one mask element per slice along the first dimension
+            (an output filter), shape (1, shape[0], 1, …, 1), shared by the k factors; `"column"` — one
             per slice along the last dimension, shape (1, 1, …, 1, shape[-1]), shared by the k factors.
-        semantics: ``"static"`` (PAD-Net) or ``"zero"`` (pruning: masked elements are zero).
+        semantics: `"static"` (PAD-Net) or `"zero"` (pruning: masked elements are zero).
         static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
 
-    Buffers: ``mask`` float32, shape (1, *shape) shared, (k, *shape) per kernel, (1, shape[0], 1, …)
+    Buffers: `mask` float32, shape (1, *shape) shared, (k, *shape) per kernel, (1, shape[0], 1, …)
     per filter or (1, …, 1, shape[-1]) per column, all ones at construction (fully dynamic); it broadcasts
     against (k, *shape). The mask is a float so mode partition can differentiate the loss with respect to it
     (PAD-Net eq. 7).
@@ -279,11 +279,11 @@ class PartialMode(nn.Module):
             self.static = nn.Parameter(init.reshape(self.shape))
 
     def dynamic_part(self, factors: torch.Tensor, lam_d=1.0) -> torch.Tensor:
-        """λd · Mᵢ ⊙ Θᵢ for all i. ``factors``: (k, *shape) → (k, *shape)."""
+        """λd · Mᵢ ⊙ Θᵢ for all i. `factors`: (k, *shape) → (k, *shape)."""
         return factors * (self.mask * lam_d)
 
     def static_part(self, lam_s=1.0) -> torch.Tensor | None:
-        """λs · (1 − M̄) ⊙ Θ̄, shape ``shape``; None for ``"zero"`` semantics."""
+        """λs · (1 − M̄) ⊙ Θ̄, shape `shape`; None for `"zero"` semantics."""
         if self.static is None:
             return None
         static_share = 1.0 - self.mask.mean(0)  # M̄ over the k masks: (*shape)
@@ -292,7 +292,7 @@ class PartialMode(nn.Module):
     def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """Computational parameters per sample, λd · Σᵢ πᵢ (Mᵢ ⊙ Θᵢ) + λs · (1 − M̄) ⊙ Θ̄ (PAD-Net eq. 4).
 
-        ``coeffs`` (B, k), ``factors`` (k, *shape), ``lam_s``/``lam_d`` scalars → (B, *shape).
+        `coeffs` (B, k), `factors` (k, *shape), `lam_s`/`lam_d` scalars → (B, *shape).
         """
         out = aggregate(coeffs, self.dynamic_part(factors, lam_d))
         static = self.static_part(lam_s)
@@ -306,8 +306,8 @@ class PartialMode(nn.Module):
         return dynamic if static is None else dynamic + static
 
     def structured_split(self) -> StructuredSplit | None:
-        """The static and dynamic filters (``"filter"``) or neurons (``"column"``) of the mask, cached per mask
-        pattern (:class:`SplitCache`); None for element masks and while mode partition differentiates a
+        """The static and dynamic filters (`"filter"`) or neurons (`"column"`) of the mask, cached per mask
+        pattern ([`SplitCache`][padnet.layers.modes.SplitCache]); None for element masks and while mode partition differentiates a
         relaxed mask (the merged form keeps ∂L/∂M)."""
         if not self._structured or self.mask.requires_grad:
             return None
@@ -320,7 +320,7 @@ class PartialMode(nn.Module):
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         """PAD-Net eq. 4 for parameters generated per sample rather than mixed from factors.
 
-        ``values`` (B, *shape) — e.g. ODConv's attention vectors or DCD's channel-fusion matrix — are the
+        `values` (B, *shape) — e.g. ODConv's attention vectors or DCD's channel-fusion matrix — are the
         dynamic parameters: λd · M ⊙ values + λs · (1 − M) ⊙ Θ̄ → (B, *shape). Needs a shared mask.
         """
         out = values * (self.mask[0] * lam_d)
@@ -338,12 +338,12 @@ class PartialMode(nn.Module):
         return self.mask.numel()
 
     def dynamic_ratio(self) -> float:
-        """Fraction of mask elements that are dynamic (M = 1); every mask element covers ``block`` elements."""
+        """Fraction of mask elements that are dynamic (M = 1); every mask element covers `block` elements."""
         return float(self.mask.mean())
 
     def pool_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """Element scores (mask lead, *shape) → scores of the mask elements: summed per filter for
-        ``"filter"`` and per column for ``"column"`` granularity, unchanged otherwise."""
+        `"filter"` and per column for `"column"` granularity, unchanged otherwise."""
         if self.granularity == "filter":
             return scores.sum(dim=tuple(range(2, scores.dim())), keepdim=True)
         if self.granularity == "column":
@@ -357,8 +357,8 @@ class PartialMode(nn.Module):
     def compact_counts(self, factors: torch.Tensor | None = None) -> dict[str, int]:
         """Elements a compact model must store for this tensor (the factors' values are not needed).
 
-        ``dynamic``: dynamic factors at dynamic positions (k·‖M‖₀ shared, ‖M‖₀ per kernel);
-        ``static``: static parameters at positions that are not fully dynamic.
+        `dynamic`: dynamic factors at dynamic positions (k·‖M‖₀ shared, ‖M‖₀ per kernel);
+        `static`: static parameters at positions that are not fully dynamic.
         """
         on = int(self.mask.bool().sum()) * self.block
         dynamic = on * (1 if self.granularity == "kernel" else self.num_factors)
@@ -369,7 +369,7 @@ class PartialMode(nn.Module):
 
     def skipped_macs(self, factors: torch.Tensor | None = None, pixels: int = 1) -> int:
         """Aggregation MACs of the static mask elements, which the compact form does not aggregate (each
-        costs ``macs_per_element``; the convolution itself is unchanged)."""
+        costs `macs_per_element`; the convolution itself is unchanged)."""
         return int((self.mask == 0).sum()) * self.macs_per_element
 
     def extra_repr(self) -> str:
@@ -387,16 +387,16 @@ def make_mode(
     semantics: str = "static",
     static_init: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Return :class:`PartialMode` when ``partial`` else :class:`FullyDynamic` (chosen once, at construction)."""
+    """Return [`PartialMode`][padnet.layers.modes.PartialMode] when `partial` else [`FullyDynamic`][padnet.layers.modes.FullyDynamic] (chosen once, at construction)."""
     if not partial:
         return FullyDynamic()
     return PartialMode(shape, num_factors, granularity, semantics, static_init)
 
 
 def mode_tensors(model: nn.Module) -> list[tuple[str, Mode, torch.Tensor]]:
-    """Every (qualified name, mode, dynamic factors) of ``model``'s layers, each mode once, in module order.
+    """Every (qualified name, mode, dynamic factors) of `model`'s layers, each mode once, in module order.
 
-    Layers list theirs through ``mode_pairs()`` (suffix, mode, factors); a mode shared by several layers
+    Layers list theirs through `mode_pairs()` (suffix, mode, factors); a mode shared by several layers
     (ALBERT) comes with its first.
     """
     out, seen = [], set()
@@ -411,18 +411,18 @@ def mode_tensors(model: nn.Module) -> list[tuple[str, Mode, torch.Tensor]]:
 
 
 def with_masks(pairs: list[tuple[str, Mode, torch.Tensor]]) -> list[tuple[str, Mode, torch.Tensor]]:
-    """The (suffix, mode, factors) of ``pairs`` whose mode has a mask (all but :class:`FullyDynamic`)."""
+    """The (suffix, mode, factors) of `pairs` whose mode has a mask (all but [`FullyDynamic`][padnet.layers.modes.FullyDynamic])."""
     return [p for p in pairs if not isinstance(p[1], FullyDynamic)]
 
 
 @runtime_checkable
 class MaskedLayer(Protocol):
-    """A layer with masked dynamic factors: ``mode_pairs()`` lists (suffix, :class:`Mode`, factors (k, *shape))
-    for each of its tensors whose mode has a mask (PAD-Net's or SD-Conv's; :func:`with_masks`)."""
+    """A layer with masked dynamic factors: `mode_pairs()` lists (suffix, [`Mode`][padnet.layers.modes.Mode], factors (k, *shape))
+    for each of its tensors whose mode has a mask (PAD-Net's or SD-Conv's; [`with_masks`][padnet.layers.modes.with_masks])."""
 
     def mode_pairs(self) -> list[tuple[str, Mode, torch.Tensor]]: ...
 
 
 def partial_modes(model: nn.Module) -> list[tuple[str, PartialMode]]:
-    """All :class:`PartialMode` submodules of ``model`` with their qualified names, in module order."""
+    """All [`PartialMode`][padnet.layers.modes.PartialMode] submodules of `model` with their qualified names, in module order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PartialMode)]

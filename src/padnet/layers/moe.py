@@ -1,18 +1,18 @@
 """Mixture-of-Experts feed-forward layers: noisy top-k routing, dropless dispatch, PAD-MoE and MoE-P.
 
 An MoE feed-forward layer (Shazeer et al. 2017, "Outrageously Large Neural Networks"; PAD-Net eq. 2) holds
-E experts, each a two-linear FFN ``W2ᵉ act(W1ᵉ x + b1ᵉ) + b2ᵉ`` or a gated one
-``W2ᵉ (act(Wgᵉ x + bgᵉ) ⊙ (Wuᵉ x + buᵉ)) + b2ᵉ`` (SwiGLU in Llama, Mistral and Qwen). A router sends every token
+E experts, each a two-linear FFN `W2ᵉ act(W1ᵉ x + b1ᵉ) + b2ᵉ` or a gated one
+`W2ᵉ (act(Wgᵉ x + bgᵉ) ⊙ (Wuᵉ x + buᵉ)) + b2ᵉ` (SwiGLU in Llama, Mistral and Qwen). A router sends every token
 to its top-k experts and sums their outputs weighted by the gates, renormalised over the k chosen experts.
 
-The experts are stored as one tensor, ``experts`` (E, R, F): rows ``[W1ᵉᵀ (H, F); b1ᵉ (1, F); W2ᵉ (H, F)]``
-(R = 2H + 1) or, gated, ``[Wgᵉᵀ; bgᵉ; Wuᵉᵀ; buᵉ; W2ᵉ]`` (R = 3H + 2), so column j holds everything FFN neuron j
-owns and each block is a contiguous matrix for the matmuls; ``expert_bias`` (E, H) holds b2ᵉ.
-PAD-MoE (PAD-Net eq. 3–4 applied to experts) masks both with :class:`~padnet.layers.modes.PartialMode`:
+The experts are stored as one tensor, `experts` (E, R, F): rows `[W1ᵉᵀ (H, F); b1ᵉ (1, F); W2ᵉ (H, F)]`
+(R = 2H + 1) or, gated, `[Wgᵉᵀ; bgᵉ; Wuᵉᵀ; buᵉ; W2ᵉ]` (R = 3H + 2), so column j holds everything FFN neuron j
+owns and each block is a contiguous matrix for the matmuls; `expert_bias` (E, H) holds b2ᵉ.
+PAD-MoE (PAD-Net eq. 3–4 applied to experts) masks both with [`PartialMode`][padnet.layers.modes.PartialMode]:
 one mask M shared by the E experts (PAD-Net §4.2: "M can be directly applied to parallel experts") and one
-static tensor per layer, so expert e computes with ``λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄``. With
-``granularity="neuron"`` a mask element covers a whole neuron column: static neurons then form one dense FFN
-shared by all tokens and dynamic neurons form E narrower experts. ``mode="prune"`` (MoE-P, PAD-Net Table 4)
+static tensor per layer, so expert e computes with `λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄`. With
+`granularity="neuron"` a mask element covers a whole neuron column: static neurons then form one dense FFN
+shared by all tokens and dynamic neurons form E narrower experts. `mode="prune"` (MoE-P, PAD-Net Table 4)
 zeroes the masked elements instead.
 
 Dispatch is dropless: the N·k (token, expert) pairs are sorted by expert and each expert runs one matmul
@@ -37,8 +37,8 @@ MAX_EXPERTS = 256  # the most experts a layer read from a file or a configuratio
 
 
 class Routing(NamedTuple):
-    """What a router decides for N tokens: ``indices`` (N, k) expert ids, ``gates`` (N, k) weights summing
-    to 1 per token, ``importance`` (E,) summed gates, ``load`` (E,) (smooth) token counts per expert."""
+    """What a router decides for N tokens: `indices` (N, k) expert ids, `gates` (N, k) weights summing
+    to 1 per token, `importance` (E,) summed gates, `load` (E,) (smooth) token counts per expert."""
 
     indices: torch.Tensor
     gates: torch.Tensor
@@ -48,14 +48,14 @@ class Routing(NamedTuple):
 
 def cv_squared(values: torch.Tensor) -> torch.Tensor:
     """Squared coefficient of variation Var(v) / (mean(v)² + 1e-10), population variance (Shazeer et al.
-    2017, eq. 6–7); 0 for a single value. ``values`` (E,) → 0-d."""
+    2017, eq. 6–7); 0 for a single value. `values` (E,) → 0-d."""
     if values.numel() < 2:
         return values.new_zeros(())
     return values.float().var(correction=0) / (values.float().mean() ** 2 + 1e-10)
 
 
 def load_balancing_loss(routing: Routing, weight: float = 1e-2) -> torch.Tensor:
-    """``weight · (cv²(importance) + cv²(load))`` (Shazeer et al. 2017 eq. 6 and 11). The default weight 1e-2 is
+    """`weight · (cv²(importance) + cv²(load))` (Shazeer et al. 2017 eq. 6 and 11). The default weight 1e-2 is
     padnet's choice: the PAD-Net papers do not state one."""
     return weight * (cv_squared(routing.importance) + cv_squared(routing.load))
 
@@ -63,9 +63,9 @@ def load_balancing_loss(routing: Routing, weight: float = 1e-2) -> torch.Tensor:
 class NoisyTopKRouter(nn.Module):
     """Noisy top-k gating (Shazeer et al. 2017, §2.1 and appendix A).
 
-    Logits ``x W_g``; while training, Gaussian noise with standard deviation ``softplus(x W_noise) + ε`` is
+    Logits `x W_g`; while training, Gaussian noise with standard deviation `softplus(x W_noise) + ε` is
     added. Each token keeps its k largest logits; the gates are their softmax (renormalised over the k).
-    Both weight matrices start at zero, so every expert is equally likely at initialisation. ``load`` is the
+    Both weight matrices start at zero, so every expert is equally likely at initialisation. `load` is the
     smooth estimate of the expected number of tokens per expert (eq. 8–10) while noisy, the token count
     otherwise.
 
@@ -76,7 +76,7 @@ class NoisyTopKRouter(nn.Module):
         noisy: add the trainable noise while training.
         noise_epsilon: ε, the smallest noise standard deviation.
 
-    ``forward(x)``: ``x`` (N, H) → :class:`Routing`. Raises ConfigError for E < 1 or k outside [1, E].
+    `forward(x)`: `x` (N, H) → [`Routing`][padnet.layers.moe.Routing]. Raises ConfigError for E < 1 or k outside [1, E].
     """
 
     def __init__(
@@ -125,8 +125,8 @@ class NoisyTopKRouter(nn.Module):
 class NeuronParts(NamedTuple):
     """An FFN's weights as views of its neuron columns (..., R, F), column j holding what neuron j owns.
 
-    ``w_in`` (..., H, F) and ``b_in`` (..., F): the first map (W1ᵀ, b1), or the gate (Wgᵀ, bg) of a gated FFN;
-    ``w_up``, ``b_up``: the up map of a gated FFN (Wuᵀ, bu), else None; ``w_out`` (..., H, F): the second map W2.
+    `w_in` (..., H, F) and `b_in` (..., F): the first map (W1ᵀ, b1), or the gate (Wgᵀ, bg) of a gated FFN;
+    `w_up`, `b_up`: the up map of a gated FFN (Wuᵀ, bu), else None; `w_out` (..., H, F): the second map W2.
     """
 
     w_in: torch.Tensor
@@ -142,7 +142,7 @@ def neuron_rows(hidden: int, gated: bool) -> int:
 
 
 def split_neurons(neurons: torch.Tensor, gated: bool = False) -> NeuronParts:
-    """Neuron columns (..., R, F) → :class:`NeuronParts` of contiguous-row views (R from :func:`neuron_rows`)."""
+    """Neuron columns (..., R, F) → [`NeuronParts`][padnet.layers.moe.NeuronParts] of contiguous-row views (R from [`neuron_rows`][padnet.layers.moe.neuron_rows])."""
     if gated:
         hidden = (neurons.shape[-2] - 2) // 3
         wg, bg, wu, bu, w2 = neurons.split([hidden, 1, hidden, 1, hidden], dim=-2)
@@ -153,7 +153,7 @@ def split_neurons(neurons: torch.Tensor, gated: bool = False) -> NeuronParts:
 
 
 def neuron_ffn(x: torch.Tensor, parts: NeuronParts, activation) -> torch.Tensor:
-    """One FFN without its output bias, ``x`` (n, H) → (n, H): act(x W1ᵀ + b1) W2ᵀ, or gated
+    """One FFN without its output bias, `x` (n, H) → (n, H): act(x W1ᵀ + b1) W2ᵀ, or gated
     (act(x Wgᵀ + bg) ⊙ (x Wuᵀ + bu)) W2ᵀ (SwiGLU with SiLU, as in Llama)."""
     h = activation(torch.addmm(parts.b_in, x, parts.w_in))
     if parts.w_up is not None:
@@ -162,7 +162,7 @@ def neuron_ffn(x: torch.Tensor, parts: NeuronParts, activation) -> torch.Tensor:
 
 
 def activation_kind(activation) -> str | None:
-    """``"gelu"``, ``"gelu_tanh"`` or ``"silu"`` when ``activation`` computes torch's exact GELU, tanh GELU or
+    """`"gelu"`, `"gelu_tanh"` or `"silu"` when `activation` computes torch's exact GELU, tanh GELU or
     SiLU (probed once on a grid, so Hugging Face's activation modules count), else None. Known kinds get
     torch's own derivative in the grouped experts' backward."""
     probe = torch.linspace(-6.0, 6.0, 241)
@@ -179,7 +179,7 @@ def activation_kind(activation) -> str | None:
 
 
 def _activation_grad(grad: torch.Tensor, pre: torch.Tensor, activation, kind: str | None) -> torch.Tensor:
-    """∂L/∂pre from ∂L/∂act(pre): torch's derivative for a known ``kind``, autograd otherwise."""
+    """∂L/∂pre from ∂L/∂act(pre): torch's derivative for a known `kind`, autograd otherwise."""
     if kind in ("gelu", "gelu_tanh"):
         return torch.ops.aten.gelu_backward(grad, pre, approximate="tanh" if kind == "gelu_tanh" else "none")
     if kind == "silu":
@@ -191,7 +191,7 @@ def _activation_grad(grad: torch.Tensor, pre: torch.Tensor, activation, kind: st
 
 
 class _GroupedExperts(torch.autograd.Function):
-    """E FFNs (plain or gated), expert e on its block of ``counts[e]`` consecutive rows of ``xs``.
+    """E FFNs (plain or gated), expert e on its block of `counts[e]` consecutive rows of `xs`.
 
     Forward writes every block into one output and keeps the pre-activations (and the up projections of gated
     experts); backward writes each expert's weight gradients straight into its slice of one (E, R, F) gradient,
@@ -267,13 +267,13 @@ def dispatch(
     kind: str | None = None,
     gated: bool = False,
 ) -> torch.Tensor:
-    """Dropless top-k dispatch: ``base`` + Σ over each token's k experts of gate · expert(token).
+    """Dropless top-k dispatch: `base` + Σ over each token's k experts of gate · expert(token).
 
-    ``x`` (N, H); ``experts`` (E, R, F) neuron columns (:func:`neuron_rows`; F may be 0); ``bias`` (E, H)
-    output biases; ``base`` (N, H), added to in place, or None (zeros) → (N, H). The N·k assignments are sorted
+    `x` (N, H); `experts` (E, R, F) neuron columns ([`neuron_rows`][padnet.layers.moe.neuron_rows]; F may be 0); `bias` (E, H)
+    output biases; `base` (N, H), added to in place, or None (zeros) → (N, H). The N·k assignments are sorted
     by expert (stable) so each expert runs one matmul per linear on a contiguous block of tokens
-    (``_GroupedExperts``). ``kind``: :func:`activation_kind` of ``activation`` (a faster backward when known);
-    ``gated``: the experts are gated FFNs.
+    (`_GroupedExperts`). `kind`: [`activation_kind`][padnet.layers.moe.activation_kind] of `activation` (a faster backward when known);
+    `gated`: the experts are gated FFNs.
     """
     n, k = routing.indices.shape
     flat = routing.indices.reshape(-1)  # (N·k,) token-major
@@ -298,8 +298,8 @@ def _route(
     gated: bool,
     gate_sums: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Computational parameters applied to ``x`` (N, H) for ``routing``: the shared static neurons (weighted by
-    ``gate_sums`` (N, 1) when given) plus the dispatched experts → (N, H)."""
+    """Computational parameters applied to `x` (N, H) for `routing`: the shared static neurons (weighted by
+    `gate_sums` (N, 1) when given) plus the dispatched experts → (N, H)."""
     shared = None
     if static is not None:
         shared = neuron_ffn(x, split_neurons(static, gated), activation)
@@ -320,23 +320,23 @@ class MoEFeedForward(nn.Module):
         gated: gated experts (act(x Wgᵀ + bg) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2, as the SwiGLU FFNs of Llama, Mistral and
             Qwen; else act(x W1ᵀ + b1) W2ᵀ + b2.
         router: build the noisy top-k router; without one the layer is a bank of experts that another router
-            drives through :meth:`route` (:class:`~padnet.layers.experts.ExpertBank`).
-        mode: ``"dynamic"`` (MoE), ``"pad"`` (PAD-MoE: masked elements use the static parameters) or
-            ``"prune"`` (MoE-P: masked elements are zero).
-        granularity: ``"element"`` (one mask element per parameter) or ``"neuron"`` (one per FFN neuron, a
-            column of ``experts``, and one for the output bias).
-        scale_mode: scale factors of ``"pad"`` (``ScaleFactors`` modes; default λs + λd = 2); MoE has none and
+            drives through [`route`][padnet.layers.moe.MoEFeedForward.route] ([`ExpertBank`][padnet.layers.experts.ExpertBank]).
+        mode: `"dynamic"` (MoE), `"pad"` (PAD-MoE: masked elements use the static parameters) or
+            `"prune"` (MoE-P: masked elements are zero).
+        granularity: `"element"` (one mask element per parameter) or `"neuron"` (one per FFN neuron, a
+            column of `experts`, and one for the output bias).
+        scale_mode: scale factors of `"pad"` (`ScaleFactors` modes; default λs + λd = 2); MoE has none and
             MoE-P uses λ = 1.
         noisy: noisy gating while training.
         aux_loss_weight: weight of the load-balancing loss (default 1e-2, padnet's choice; the PAD-Net papers
             give none).
 
-    Parameters: ``experts`` (E, R, F), neuron columns of R = 2H + 1 rows [W1ᵀ; b1; W2] or, gated, 3H + 2 rows
-    [Wgᵀ; bg; Wuᵀ; bu; W2]; ``expert_bias`` (E, H), the output biases b2; the router's.
+    Parameters: `experts` (E, R, F), neuron columns of R = 2H + 1 rows [W1ᵀ; b1; W2] or, gated, 3H + 2 rows
+    [Wgᵀ; bg; Wuᵀ; bu; W2]; `expert_bias` (E, H), the output biases b2; the router's.
 
-    ``forward(hidden)``: (..., H) → (..., H); ``route(x, routing)``: the experts for a given routing. ``aux_loss`` adds up the layer's load-balancing losses (0-d tensor)
-    over its calls since :meth:`reset_aux_loss`, for the training loop to add
-    (:func:`padnet.layers.moe.auxiliary_loss`): a layer shared by several blocks (ALBERT) counts every pass.
+    `forward(hidden)`: (..., H) → (..., H); `route(x, routing)`: the experts for a given routing. `aux_loss` adds up the layer's load-balancing losses (0-d tensor)
+    over its calls since [`reset_aux_loss`][padnet.layers.moe.MoEFeedForward.reset_aux_loss], for the training loop to add
+    ([`padnet.layers.moe.auxiliary_loss`][padnet.layers.moe.auxiliary_loss]): a layer shared by several blocks (ALBERT) counts every pass.
     Model surgery registers a hook that resets it before each forward of the converted model.
 
     Raises:
@@ -401,8 +401,8 @@ class MoEFeedForward(nn.Module):
     @property
     def structured(self) -> bool:
         """Whether neuron masks run the static neurons as one shared FFN and only the dynamic neurons as
-        experts (default where possible: PAD-MoE and MoE-P with ``granularity="neuron"``). ``False`` forces
-        the merged per-expert parameters, which compute the same; setting ``True`` where the layer cannot
+        experts (default where possible: PAD-MoE and MoE-P with `granularity="neuron"`). `False` forces
+        the merged per-expert parameters, which compute the same; setting `True` where the layer cannot
         split raises ConfigError."""
         return self._path == "_split"
 
@@ -421,7 +421,7 @@ class MoEFeedForward(nn.Module):
 
     @classmethod
     def from_linears(cls, up: nn.Linear, down: nn.Linear, activation, **options) -> MoEFeedForward:
-        """Sparse upcycling of ``down(activation(up(x)))`` (:meth:`from_weights` with the linears' weights)."""
+        """Sparse upcycling of `down(activation(up(x)))` ([`from_weights`][padnet.layers.moe.MoEFeedForward.from_weights] with the linears' weights)."""
         return cls.from_weights(up.weight, up.bias, down.weight, down.bias, activation, **options)
 
     @classmethod
@@ -436,12 +436,12 @@ class MoEFeedForward(nn.Module):
         **options,
     ) -> MoEFeedForward:
         """Sparse upcycling: every expert (and the static parameters) starts as a copy of the dense FFN
-        ``activation(x W1ᵀ + b1) W2ᵀ + b2`` — or, with ``up``, of the gated FFN
-        ``(activation(x W1ᵀ + b1) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2`` (W1 is then the gate) — so with the zero-initialised
+        `activation(x W1ᵀ + b1) W2ᵀ + b2` — or, with `up`, of the gated FFN
+        `(activation(x W1ᵀ + b1) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2` (W1 is then the gate) — so with the zero-initialised
         router the layer equals the FFN (Komatsuzaki et al. 2023, "Sparse Upcycling").
 
-        ``w1`` (F, H), ``b1`` (F,) or None, ``w2`` (H, F), ``b2`` (H,) or None, ``up`` = (Wu (F, H), bu (F,) or
-        None): the linear maps as ``nn.Linear`` stores them (a transformers ``Conv1D`` stores the transpose).
+        `w1` (F, H), `b1` (F,) or None, `w2` (H, F), `b2` (H,) or None, `up` = (Wu (F, H), bu (F,) or
+        None): the linear maps as `nn.Linear` stores them (a transformers `Conv1D` stores the transpose).
 
         Raises ConfigError when the shapes are not H → F → H.
         """
@@ -474,7 +474,7 @@ class MoEFeedForward(nn.Module):
 
     def mode_pairs(self):
         """(suffix, mode, dynamic factors) of the masked neuron columns (E, R, F) and output biases
-        (PAD-MoE and MoE-P; ``MaskedLayer`` protocol)."""
+        (PAD-MoE and MoE-P; `MaskedLayer` protocol)."""
         if self.mode == "dynamic":
             return []
         bias = self.expert_bias.reshape(self.num_experts, *self._bias_shape)
@@ -513,7 +513,7 @@ class MoEFeedForward(nn.Module):
         """(experts (E, R, F_d), output biases (E, H), shared static neurons (R, F_s) or None) as
         the forward pass uses them. In eval mode without autograd a partially dynamic layer keeps them until a
         parameter or the mask is replaced or changed in place (tracked by tensor identity and version), so
-        evaluating costs what the deployed form costs; ``train()`` drops them."""
+        evaluating costs what the deployed form costs; `train()` drops them."""
         if self.mode == "dynamic" or self.training or torch.is_grad_enabled():
             return getattr(self, self._path)()
         tensors = (*self.parameters(), *self.buffers())
@@ -540,10 +540,10 @@ class MoEFeedForward(nn.Module):
         return self.route(x, routing).reshape(hidden.shape)
 
     def route(self, x: torch.Tensor, routing: Routing, gate_sums: torch.Tensor | None = None) -> torch.Tensor:
-        """The experts for ``routing`` (its ``indices`` and ``gates`` (N, k)): ``x`` (N, H) → (N, H).
+        """The experts for `routing` (its `indices` and `gates` (N, k)): `x` (N, H) → (N, H).
 
         With neuron masks the static neurons run once per token as a shared FFN, weighted by the token's summed
-        gates ``gate_sums`` (N, 1) when a router's gates do not sum to one (None: they do), since
+        gates `gate_sums` (N, 1) when a router's gates do not sum to one (None: they do), since
         Σₖ gₖ · static(x) = (Σₖ gₖ) · static(x).
         """
         return _route(
@@ -569,11 +569,11 @@ class MoEFeedForward(nn.Module):
 
 
 class DeployedMoE(nn.Module):
-    """Inference form of a :class:`MoEFeedForward`: computational parameters merged once.
+    """Inference form of a [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward]: computational parameters merged once.
 
-    ``experts`` (E, R, F_d) hold λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ per expert (element masks) or, with
-    neuron masks, only the dynamic neurons (λd folded in); the static neurons form ``static`` (R, F_s),
-    one dense FFN run on every token (λs folded in), or None. ``expert_bias`` (E, H) are the merged output
+    `experts` (E, R, F_d) hold λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄ per expert (element masks) or, with
+    neuron masks, only the dynamic neurons (λd folded in); the static neurons form `static` (R, F_s),
+    one dense FFN run on every token (λs folded in), or None. `expert_bias` (E, H) are the merged output
     biases. Computes what the source layer computes in eval mode (within float rounding).
     """
 
@@ -612,7 +612,7 @@ class DeployedMoE(nn.Module):
         return self.route(x, self.router(x)).reshape(hidden.shape)
 
     def route(self, x: torch.Tensor, routing: Routing, gate_sums: torch.Tensor | None = None) -> torch.Tensor:
-        """As :meth:`MoEFeedForward.route`, with the merged parameters."""
+        """As [`MoEFeedForward.route`][padnet.layers.moe.MoEFeedForward.route], with the merged parameters."""
         return _route(
             x,
             routing,
@@ -627,7 +627,7 @@ class DeployedMoE(nn.Module):
 
 
 def reset_aux_losses(model: nn.Module, args=None) -> None:
-    """Reset the load-balancing losses of every MoE layer of ``model`` (a forward pre-hook of converted models:
+    """Reset the load-balancing losses of every MoE layer of `model` (a forward pre-hook of converted models:
     each forward starts from zero, and a layer called several times in it adds up every call)."""
     for module in model.modules():
         if isinstance(module, MoEFeedForward):
@@ -635,7 +635,7 @@ def reset_aux_losses(model: nn.Module, args=None) -> None:
 
 
 def moe_layers(model: nn.Module) -> list[tuple[str, MoEFeedForward]]:
-    """Every MoE layer of ``model`` with its qualified name."""
+    """Every MoE layer of `model` with its qualified name."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MoEFeedForward)]
 
 

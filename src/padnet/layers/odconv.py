@@ -12,10 +12,10 @@ space with one squeeze branch h = ReLU(FC(GAP(x))) and four heads, each divided 
 y = α_f ⊙ conv(α_c ⊙ x, α_s ⊙ Σᵢ α_wi Θᵢ). The squeeze branch has no BatchNorm here (ODConv has one), so
 the layer works with batch 1 in training mode.
 
-``PADODConv2d`` (PAD-Net paper 001, appendix C) makes both kinds of dynamic parameters partially
-dynamic with the shared PAD logic: the kernels through a :class:`~padnet.layers.modes.PartialMode`
+`PADODConv2d` (PAD-Net paper 001, appendix C) makes both kinds of dynamic parameters partially
+dynamic with the shared PAD logic: the kernels through a [`PartialMode`][padnet.layers.modes.PartialMode]
 (λd · Σᵢ α_wi Mᵢ ⊙ Θᵢ + λs · (1 − M̄) ⊙ Θ̄, only for k > 1: one kernel is static already) and each attention
-vector through :class:`~padnet.layers.vectors.DynamicVector` (static elements start at 1, "no attention").
+vector through [`DynamicVector`][padnet.layers.vectors.DynamicVector] (static elements start at 1, "no attention").
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ class OmniAttention(TemperatureRouting):
     Args:
         in_channels, out_channels, kernel_size (kh, kw), num_kernels: geometry of the convolution.
         depthwise: skip the filter attention.
-        reduction: hidden width ``max(Cin // reduction, min_hidden)`` (ODConv: 1/16, at least 16).
+        reduction: hidden width `max(Cin // reduction, min_hidden)` (ODConv: 1/16, at least 16).
         temperature: initial T.
         partial: PAD-Net form of the channel, filter and spatial attentions.
-        semantics: ``"static"`` or ``"zero"`` for the partial heads.
+        semantics: `"static"` or `"zero"` for the partial heads.
 
-    ``forward(x, lam_s, lam_d)``: x (B, Cin, H, W) → (α_c (B, Cin), α_f (B, Cout) or None,
+    `forward(x, lam_s, lam_d)`: x (B, Cin, H, W) → (α_c (B, Cin), α_f (B, Cout) or None,
     α_s (B, kh·kw) or None, α_w (B, k) or None).
     """
 
@@ -79,7 +79,7 @@ class OmniAttention(TemperatureRouting):
         )
 
     def vector_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
-        """Masked attention vectors as (suffix, mode, factors), for the layer's ``mode_pairs`` (a name of its
+        """Masked attention vectors as (suffix, mode, factors), for the layer's `mode_pairs` (a name of its
         own, so they are not collected twice)."""
         return [
             pair
@@ -93,13 +93,13 @@ class ODConv2d(DynamicConvBase):
     """ODConv: y = α_f ⊙ conv(α_c ⊙ x, α_s ⊙ Σᵢ α_wi Θᵢ) (Li et al. 2022).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as ``nn.Conv2d``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as `nn.Conv2d`.
             The bias is static, added after the filter attention.
         num_kernels: k (ODConv ×1 and ×4 in PAD-Net Table 7).
         reduction: squeeze ratio (hidden = max(Cin // reduction, 16)).
         temperature: initial attention temperature.
 
-    Parameters: ``weight`` (k, Cout, Cin/groups, kh, kw), ``bias`` (Cout) or None, ``attention``.
+    Parameters: `weight` (k, Cout, Cin/groups, kh, kw), `bias` (Cout) or None, `attention`.
     Input (B, Cin, H, W) → (B, Cout, H', W').
 
     Raises:
@@ -158,7 +158,7 @@ class ODConv2d(DynamicConvBase):
 
     def mode_pairs(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         """(suffix, mode, dynamic factors) of the masked kernels (k > 1) and attention vectors
-        (``MaskedLayer`` protocol)."""
+        (`MaskedLayer` protocol)."""
         return with_masks([("weight", self.weight_mode, self.weight)]) + self.attention.vector_pairs()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,9 +190,9 @@ class ODConv2d(DynamicConvBase):
 class PADODConv2d(ODConv2d):
     """PAD-Net form of ODConv (paper 001, appendix C, Table 7).
 
-    Extra args: ``granularity`` (kernel mask shared by the k kernels or one per kernel), ``scale_mode``
-    (λs + λd = 2 by default; one pair per layer, used by the kernels and the attentions), ``mask_semantics``.
-    Masks: ``weight_mode.mask`` (k > 1) and ``attention.{channel,filter,spatial}.mode.mask``.
+    Extra args: `granularity` (kernel mask shared by the k kernels or one per kernel), `scale_mode`
+    (λs + λd = 2 by default; one pair per layer, used by the kernels and the attentions), `mask_semantics`.
+    Masks: `weight_mode.mask` (k > 1) and `attention.{channel,filter,spatial}.mode.mask`.
     With every mask 1 the layer is ODConv; with every mask 0 and λs = 1 it is a static convolution with
     kernel Θ̄ (scaled by the static attentions, which start at 1).
     """

@@ -1,4 +1,4 @@
-"""Convolution types by name, so models and :func:`padnet.convert` pick a layer with one string."""
+"""Convolution types by name, so models and [`padnet.convert`][padnet.adapter.model.convert] pick a layer with one string."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ CONDCONV = {"num_kernels": 8, "routing": "sigmoid", "reduction": 0, "temperature
 ANNEAL_FROM = 30.0  # the start of the temperature annealing of the other dynamic layers (Chen et al. 2020)
 MAX_TEMPERATURE = 1e4  # an attention temperature is a float32 buffer; far above this the attention is uniform
 
-# name -> (class, default options). Static convolutions are plain ``nn.Conv2d``. Every PAD-Net form is
+# name -> (class, default options). Static convolutions are plain `nn.Conv2d`. Every PAD-Net form is
 # named "pad-<its fully dynamic layer>"; "pad" is PAD-Net over DY-Conv (the paper's main setting).
 CONV_TYPES: dict[str, tuple[type[nn.Module], dict]] = {
     "static": (nn.Conv2d, {}),
@@ -59,9 +59,9 @@ ALIASES = {
 
 
 def register_conv(name: str, cls: type[nn.Module], **defaults) -> None:
-    """Make ``cls`` available as ``conv=name`` in :func:`create_model` and :func:`convert`.
+    """Make `cls` available as `conv=name` in [`create_model`][padnet.models.registry.create_model] and [`convert`][padnet.adapter.model.convert].
 
-    ``cls`` takes ``nn.Conv2d``'s arguments plus its own keyword options; ``defaults`` fills them.
+    `cls` takes `nn.Conv2d`'s arguments plus its own keyword options; `defaults` fills them.
     """
     CONV_TYPES[name] = (cls, defaults)
 
@@ -79,28 +79,28 @@ def resolve_conv(name: str) -> tuple[type[nn.Module], dict]:
 
 
 def is_partial(name: str) -> bool:
-    """Whether convolutions of type ``name`` are partially dynamic (have masks to partition)."""
+    """Whether convolutions of type `name` are partially dynamic (have masks to partition)."""
     return bool(getattr(resolve_conv(name)[0], "partial", False))
 
 
 def is_dynamic(name: str) -> bool:
-    """Whether convolutions of type ``name`` are dynamic (take attention options and a temperature)."""
+    """Whether convolutions of type `name` are dynamic (take attention options and a temperature)."""
     return resolve_conv(name)[0] is not nn.Conv2d
 
 
 def accepted_options(name: str) -> tuple[str, ...]:
-    """Keyword options that convolutions of type ``name`` take (e.g. ``num_kernels``; none for static)."""
+    """Keyword options that convolutions of type `name` take (e.g. `num_kernels`; none for static)."""
     return tuple(getattr(resolve_conv(name)[0], "OPTIONS", ()))
 
 
 def start_temperature(name: str) -> float:
-    """The temperature a run of conv type ``name`` starts from when none is given: 1 for CondConv's sigmoid
-    routing (no temperature), :data:`ANNEAL_FROM` for the others."""
+    """The temperature a run of conv type `name` starts from when none is given: 1 for CondConv's sigmoid
+    routing (no temperature), [`ANNEAL_FROM`][padnet.layers.registry.ANNEAL_FROM] for the others."""
     return 1.0 if resolve_conv(name)[1].get("routing") == "sigmoid" else ANNEAL_FROM
 
 
 def effective_option(name: str, key: str, value):
-    """``value``, or the option ``key``'s default for type ``name`` when ``value`` is None (None if it has none)."""
+    """`value`, or the option `key`'s default for type `name` when `value` is None (None if it has none)."""
     if value is not None:
         return value
     cls, defaults = resolve_conv(name)
@@ -111,10 +111,10 @@ def effective_option(name: str, key: str, value):
 
 
 def layer_options(name: str, **values) -> dict:
-    """The options among ``values`` that type ``name`` takes, leaving out ``None`` (= the type's default).
+    """The options among `values` that type `name` takes, leaving out `None` (= the type's default).
 
     Raises:
-        ConfigError: a value other than None for ``num_kernels`` or ``reduction`` that the type does not take.
+        ConfigError: a value other than None for `num_kernels` or `reduction` that the type does not take.
     """
     accepted = accepted_options(name)
     for key in ("num_kernels", "reduction"):
@@ -124,9 +124,9 @@ def layer_options(name: str, **values) -> dict:
 
 
 def conv_factory(name: str, **options) -> Callable[..., nn.Module]:
-    """A function with ``nn.Conv2d``'s signature that builds convolutions of type ``name``.
+    """A function with `nn.Conv2d`'s signature that builds convolutions of type `name`.
 
-    ``options`` (e.g. ``num_kernels``, ``reduction``, ``granularity``) are passed to dynamic layers and
+    `options` (e.g. `num_kernels`, `reduction`, `granularity`) are passed to dynamic layers and
     ignored for static ones.
     """
     cls, defaults = resolve_conv(name)

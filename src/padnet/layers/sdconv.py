@@ -32,12 +32,12 @@ class ThresholdMask(nn.Module):
 
     Args:
         num_factors: k.
-        strategy: ``"different"`` (one mask per kernel, default) or ``"same"`` (one mask shared by the k).
+        strategy: `"different"` (one mask per kernel, default) or `"same"` (one mask shared by the k).
         temperature: T of eq. 4 (> 0; default 1/1024).
         threshold: initial τ (in weight-magnitude units; 0 keeps every non-zero weight).
 
-    Parameters: ``threshold`` τ, a 0-d tensor. Implements :class:`~padnet.layers.modes.Mode`, so
-    :class:`~padnet.layers.DynamicConv2d` runs it unchanged and counting asks it what a compact model stores.
+    Parameters: `threshold` τ, a 0-d tensor. Implements [`Mode`][padnet.layers.modes.Mode], so
+    [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] runs it unchanged and counting asks it what a compact model stores.
     """
 
     partial = False  # not partitioned by IMP: the mask follows from W and τ
@@ -58,7 +58,7 @@ class ThresholdMask(nn.Module):
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
 
     def soft_mask(self, factors: torch.Tensor) -> torch.Tensor:
-        """M̃ (eq. 3–4): ``factors`` (k, *shape) → (k, *shape), or (1, *shape) for the same mask."""
+        """M̃ (eq. 3–4): `factors` (k, *shape) → (k, *shape), or (1, *shape) for the same mask."""
         scores = factors.abs()  # S = |W| (eq. 2)
         if self.strategy == "same":
             scores = scores.mean(0, keepdim=True)
@@ -79,7 +79,7 @@ class ThresholdMask(nn.Module):
         """No static term (zero semantics)."""
 
     def aggregate(self, coeffs: torch.Tensor, factors: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
-        """Ŵ = Σᵢ πᵢ W̃ᵢ (eq. 6): ``coeffs`` (B, k), ``factors`` (k, *shape) → (B, *shape)."""
+        """Ŵ = Σᵢ πᵢ W̃ᵢ (eq. 6): `coeffs` (B, k), `factors` (k, *shape) → (B, *shape)."""
         return aggregate(coeffs, self.dynamic_part(factors))
 
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
@@ -97,7 +97,7 @@ class ThresholdMask(nn.Module):
 
     @torch.no_grad()
     def hard_mask(self, factors: torch.Tensor) -> torch.Tensor:
-        """The binary masks as booleans, (k, *shape) (the same mask repeated for ``"same"``)."""
+        """The binary masks as booleans, (k, *shape) (the same mask repeated for `"same"`)."""
         return (self.soft_mask(factors) > 0.5).expand_as(factors)
 
     def compact_counts(self, factors: torch.Tensor) -> dict[str, int]:
@@ -117,9 +117,9 @@ class ThresholdMask(nn.Module):
 class SparseDynamicConv2d(DynamicConv2d):
     """SD-Conv: DY-Conv whose k kernels are sparsified by learned masks (SD-Conv eq. 2–6).
 
-    Args: those of :class:`~padnet.layers.DynamicConv2d` (k = 4, attention reduction 16 as in the paper),
-    plus ``mask_strategy`` (``"different"``/``"same"``), ``mask_temperature`` (T = 1/1024) and ``threshold``
-    (initial τ, 0). Parameters: ``weight`` (k, Cout, Cin/g, kh, kw), ``weight_mode.threshold`` τ, attention.
+    Args: those of [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] (k = 4, attention reduction 16 as in the paper),
+    plus `mask_strategy` (`"different"`/`"same"`), `mask_temperature` (T = 1/1024) and `threshold`
+    (initial τ, 0). Parameters: `weight` (k, Cout, Cin/g, kh, kw), `weight_mode.threshold` τ, attention.
     Input (B, Cin, H, W) → (B, Cout, H', W').
 
     Raises:
@@ -181,14 +181,14 @@ class SparseDynamicConv2d(DynamicConv2d):
 
 
 def sparse_layers(model: nn.Module) -> list[tuple[str, SparseDynamicConv2d]]:
-    """Every SD-Conv layer of ``model`` with its qualified name."""
+    """Every SD-Conv layer of `model` with its qualified name."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SparseDynamicConv2d)]
 
 
 def budget_loss(model: nn.Module, density: float) -> torch.Tensor:
     """L0 budget penalty (SD-Conv eq. 8): ReLU(Σ_l N_l (‖M_l‖₀ − s̄)), in parameters.
 
-    ``density`` s̄ = 1 − target sparsity; ‖M_l‖₀ is the fraction of kept weights of layer l's k kernels and
+    `density` s̄ = 1 − target sparsity; ‖M_l‖₀ is the fraction of kept weights of layer l's k kernels and
     N_l their number, so the value is the number of kept weights above the budget. Zero when the network is
     as sparse as the budget or sparser. As the paper writes it, L_s(τ, s̄) is a function of the thresholds:
     its gradient reaches τ through the straight-through masks (eq. 7), not W (W enters detached; pushing
@@ -234,10 +234,10 @@ def sparsity_report(model: nn.Module) -> dict:
 class SparsitySchedule:
     """Density budget s̄_t of SD-Conv's iterative pruning (Algorithm 1).
 
-    The ``total_steps`` are cut into n + 1 equal phases; phase j (0…n) has the budget s̄^(j/n), so the first
+    The `total_steps` are cut into n + 1 equal phases; phase j (0…n) has the budget s̄^(j/n), so the first
     phase trains dense, each of the next n prunes further and the last one trains at s̄ = 1 − sparsity.
     (Algorithm 1 initialises s̄₀ = 0, which would prune everything in the first phase; s̄^0 = 1 is meant.)
-    ``n = 0`` holds s̄ from the start. Calling the schedule with a step returns s̄_t.
+    `n = 0` holds s̄ from the start. Calling the schedule with a step returns s̄_t.
     """
 
     def __init__(self, sparsity: float, iterations: int, total_steps: int):

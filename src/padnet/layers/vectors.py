@@ -3,10 +3,10 @@
 ODConv's channel/filter/spatial attentions and DCD's Λ(x) and Φ(x) are dynamic parameters produced per
 sample by one linear head on a shared hidden feature h: v(x) = act(W h + b). Their PAD-Net form
 (paper 001, appendix C) mixes them element-wise with static values through
-:meth:`~padnet.layers.modes.PartialMode.mix`: v̂ = λd · M ⊙ v(x) + λs · (1 − M) ⊙ v̄.
+[`mix`][padnet.layers.modes.PartialMode.mix]: v̂ = λd · M ⊙ v(x) + λs · (1 − M) ⊙ v̄.
 
 The dynamic factors of element j are row j of the head (its weight row and bias): a compact model
-drops the rows of static elements, so the mode is built with ``num_factors = hidden + 1`` and a
+drops the rows of static elements, so the mode is built with `num_factors = hidden + 1` and a
 shared mask, which makes parameter counting and magnitude scores work unchanged.
 """
 
@@ -27,18 +27,18 @@ ACTIVATIONS = {
 
 
 class DynamicVector(nn.Module):
-    """One head v(x) = act((W h + b) / T) of ``size`` elements, fully or partially dynamic.
+    """One head v(x) = act((W h + b) / T) of `size` elements, fully or partially dynamic.
 
     Args:
         hidden: width of the shared feature h.
         size: number of elements n of the vector.
-        activation: a key of ``ACTIVATIONS`` (applied after dividing the logits by the temperature).
-        partial: build a :class:`~padnet.layers.modes.PartialMode` (PAD-Net) instead of the identity mode.
+        activation: a key of `ACTIVATIONS` (applied after dividing the logits by the temperature).
+        partial: build a [`PartialMode`][padnet.layers.modes.PartialMode] (PAD-Net) instead of the identity mode.
         static_value: initial value of the static elements v̄ (1 for multiplicative attentions: a static
             element then leaves the convolution as it is; 0 for additive terms).
-        semantics: ``"static"`` (PAD-Net) or ``"zero"``.
+        semantics: `"static"` (PAD-Net) or `"zero"`.
 
-    ``forward(h, temperature=1.0, lam_s=1.0, lam_d=1.0)``: h (B, hidden) → (B, n).
+    `forward(h, temperature=1.0, lam_s=1.0, lam_d=1.0)`: h (B, hidden) → (B, n).
     """
 
     def __init__(
@@ -58,7 +58,7 @@ class DynamicVector(nn.Module):
             partial, (size,), hidden + 1, "shared", semantics, torch.full((size,), float(static_value))
         )
         if partial:
-            self.mode.macs_per_element = hidden  # a head row costs ``hidden`` MACs; its bias adds no product
+            self.mode.macs_per_element = hidden  # a head row costs `hidden` MACs; its bias adds no product
 
     def forward(self, h: torch.Tensor, temperature=1.0, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
         return self.mode.mix(self._act(self.head(h) / temperature), lam_s, lam_d)
@@ -68,7 +68,7 @@ class DynamicVector(nn.Module):
         return torch.cat([self.head.weight.t(), self.head.bias.unsqueeze(0)])
 
     def mode_pair(self, name: str) -> list[tuple[str, nn.Module, torch.Tensor]]:
-        """``[(name, mode, factors)]`` when partially dynamic, else ``[]`` (see ``mode_pairs`` of the layers)."""
+        """`[(name, mode, factors)]` when partially dynamic, else `[]` (see `mode_pairs` of the layers)."""
         return with_masks([(name, self.mode, self.factors())])
 
     def extra_repr(self) -> str:

@@ -1,10 +1,10 @@
 """Parameter and FLOPs accounting in the papers' conventions.
 
 * Parameters: every parameter of the model (classifier included), except that a partially dynamic layer
-  counts only what a compact model must store (``compact=True``): static parameters at positions that are
+  counts only what a compact model must store (`compact=True`): static parameters at positions that are
   not fully dynamic, dynamic factors at dynamic positions, the attention and the scale factors
   (PAD-Net §4.2, "post-processing"). BatchNorm affine parameters count; running statistics do not.
-* FLOPs: multiply-accumulates (MACs) of one image, counted by ``torch.utils.flop_counter.FlopCounterMode``
+* FLOPs: multiply-accumulates (MACs) of one image, counted by `torch.utils.flop_counter.FlopCounterMode`
   (which reports 2 FLOPs per MAC, halved here): convolutions, linear layers and the kernel aggregation
   Σᵢ πᵢ Θᵢ (k MACs per kernel element). Element-wise work (BatchNorm, ReLU, pooling, adding the static
   term) is not counted, as in the papers. For a partially dynamic layer only the dynamic elements are
@@ -30,10 +30,10 @@ from padnet.layers.modes import MaskedLayer, mode_tensors
 
 @torch.no_grad()
 def count_parameters(model: nn.Module, compact: bool = True) -> int:
-    """Number of parameters (see module docstring); ``compact=False`` counts every stored element.
+    """Number of parameters (see module docstring); `compact=False` counts every stored element.
 
-    Each mode says what a compact model stores of its tensor (``Mode.compact_counts``), in place of its
-    dynamic factors and static parameters. Raises ConfigError for a ``model`` that is not an ``nn.Module``.
+    Each mode says what a compact model stores of its tensor (`Mode.compact_counts`), in place of its
+    dynamic factors and static parameters. Raises ConfigError for a `model` that is not an `nn.Module`.
     """
     check_module(model, "count_parameters")
     total = sum(p.numel() for p in model.parameters())
@@ -53,15 +53,15 @@ def _output_pixels(out) -> int:
 
 @torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, ...], compact: bool = True) -> int:
-    """Multiply-accumulates for one input of ``input_shape`` (C, H, W) (see the module docstring).
+    """Multiply-accumulates for one input of `input_shape` (C, H, W) (see the module docstring).
 
     The model runs once in eval mode (its mode is restored) with every dynamic convolution in the grouped
     formulation, so the count does not depend on the formulation a layer would choose.
-    ``compact=False`` also counts aggregating the static positions of PAD-Net layers and the pruned weights of
-    SD-Conv layers; otherwise each mode subtracts what the compact form skips (``Mode.skipped_macs``).
+    `compact=False` also counts aggregating the static positions of PAD-Net layers and the pruned weights of
+    SD-Conv layers; otherwise each mode subtracts what the compact form skips (`Mode.skipped_macs`).
 
     Raises:
-        ConfigError: ``model`` is not an ``nn.Module``; the input shape does not fit the model.
+        ConfigError: `model` is not an `nn.Module`; the input shape does not fit the model.
     """
     check_module(model, "count_flops")
     was_training = model.training

@@ -1,10 +1,10 @@
 """Measures of how dynamic a network is, for the PAD-Net analyses (paper 001 §5.2–5.3).
 
-* :func:`normalised_performance` — Fig. 3: (x − x̄) / x̄ against the mean of all experiments.
-* :func:`parameter_variance` — Fig. 5a: how much a layer's computational kernel changes with the input.
-* :func:`output_variances` — Fig. 5b: how much each layer's output changes with the input.
-* :func:`layer_dynamic_ratios` — Fig. 4: the dynamic ratio of every layer after mode partition.
-* :func:`mask_structure` — appendix E: how far a mask is made of whole dynamic or static rows and columns.
+* [`normalised_performance`][padnet.metrics.dynamics.normalised_performance] — Fig. 3: (x − x̄) / x̄ against the mean of all experiments.
+* [`parameter_variance`][padnet.metrics.dynamics.parameter_variance] — Fig. 5a: how much a layer's computational kernel changes with the input.
+* [`output_variances`][padnet.metrics.dynamics.output_variances] — Fig. 5b: how much each layer's output changes with the input.
+* [`layer_dynamic_ratios`][padnet.metrics.dynamics.layer_dynamic_ratios] — Fig. 4: the dynamic ratio of every layer after mode partition.
+* [`mask_structure`][padnet.metrics.dynamics.mask_structure] — appendix E: how far a mask is made of whole dynamic or static rows and columns.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from padnet.layers.modes import MaskedLayer
 
 
 def normalised_performance(values) -> list[float]:
-    """(x − x̄) / x̄ for every x in ``values``, x̄ their mean (PAD-Net Fig. 3, footnote 1). Raises ConfigError for
+    """(x − x̄) / x̄ for every x in `values`, x̄ their mean (PAD-Net Fig. 3, footnote 1). Raises ConfigError for
     no values or a zero mean."""
     values = [float(v) for v in values]
     if not values:
@@ -54,8 +54,8 @@ def parameter_variance(coeffs: torch.Tensor, factors: torch.Tensor) -> float:
 
 
 def run_with_hooks(model: nn.Module, loader, hooks) -> None:
-    """Run ``model`` in eval mode over the (images, labels) batches of ``loader``, then remove the forward
-    ``hooks`` (the handles that collected what the caller measures) and restore the model's mode."""
+    """Run `model` in eval mode over the (images, labels) batches of `loader`, then remove the forward
+    `hooks` (the handles that collected what the caller measures) and restore the model's mode."""
     was_training = model.training
     model.eval()
     try:
@@ -71,7 +71,7 @@ def run_with_hooks(model: nn.Module, loader, hooks) -> None:
 def output_variances(model: nn.Module, loader, layers: list[str]) -> dict[str, float]:
     """Variance across inputs of each named layer's output, averaged over its elements (PAD-Net Fig. 5b).
 
-    ``loader`` yields (images, labels); the model runs in eval mode (its mode is restored). Returns layer name →
+    `loader` yields (images, labels); the model runs in eval mode (its mode is restored). Returns layer name →
     the mean over output elements (C·H'·W') of the population variance over all samples. Raises ConfigError
     for a name the model does not have.
     """
@@ -107,7 +107,7 @@ def output_variances(model: nn.Module, loader, layers: list[str]) -> dict[str, f
 
 
 def layer_dynamic_ratios(model: nn.Module) -> dict[str, float]:
-    """Dynamic ratio ‖M‖₀ / |M| of every partially dynamic layer of ``model`` (PAD-Net Fig. 4), module name →
+    """Dynamic ratio ‖M‖₀ / |M| of every partially dynamic layer of `model` (PAD-Net Fig. 4), module name →
     ratio; a layer's masked tensors (kernel, bias, attention vectors) are pooled by their element counts. Masks
     shared by several layers count once, with the first."""
     out, seen = {}, set()
@@ -129,15 +129,15 @@ def mask_structure(mask: torch.Tensor) -> dict[str, float]:
 
     Agreement of a column: the fraction of its elements in the column's majority mode (1.0 when the column is
     all dynamic or all static, about 0.5 for a balanced random column); the mean over columns, and likewise
-    over rows. ``random_*`` are the expected agreements of a random mask with the same dynamic ratio p:
+    over rows. `random_*` are the expected agreements of a random mask with the same dynamic ratio p:
     E[max(X, n − X)] / n for X ~ Binomial(n, p), n the column (row) length.
 
     Args:
         mask: (rows, columns) of 0/1 values.
 
     Returns:
-        ``dynamic_ratio``, ``column_agreement``, ``row_agreement``, ``random_column_agreement``,
-        ``random_row_agreement``. Raises ConfigError for a mask that is not 2-D or not binary.
+        `dynamic_ratio`, `column_agreement`, `row_agreement`, `random_column_agreement`,
+        `random_row_agreement`. Raises ConfigError for a mask that is not 2-D or not binary.
     """
     if mask.dim() != 2:
         raise ConfigError(f"mask structure needs a 2-D mask, got shape {tuple(mask.shape)}")

@@ -1,4 +1,4 @@
-"""Model zoo: ``create_model``, ``list_models``, the ResNet family and MobileNetV2, pretrained weights."""
+"""Model zoo: `create_model`, `list_models`, the ResNet family and MobileNetV2, pretrained weights."""
 
 from padnet.models.mobilenetv2 import MobileNetV2
 from padnet.models.pretrained import load_pretrained

@@ -11,8 +11,8 @@ def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
     """Kaiming-normal (fan-out, ReLU) convolutions, BatchNorm γ = 1 and β = 0.
 
     Dynamic convolutions initialise every kernel (and PAD-Net's static kernel Θ̄) the same way, through their
-    ``init_kernels_``, so a dynamic model starts from kernels distributed as its static counterpart's.
-    ``linear_std``: when given, linear layers outside dynamic convolutions get N(0, std²) weights and zero
+    `init_kernels_`, so a dynamic model starts from kernels distributed as its static counterpart's.
+    `linear_std`: when given, linear layers outside dynamic convolutions get N(0, std²) weights and zero
     bias (MobileNetV2's classifier); otherwise they keep PyTorch's default.
     """
     kaiming = functools.partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")

@@ -2,10 +2,10 @@
 selectable convolutions.
 
 Every convolution except the stem — expansion 1×1, depthwise 3×3, projection 1×1 and the final 1×1 to
-1280 channels — is built by the ``conv`` factory, as in the dynamic-convolution papers; the classifier is
-static. Channels are ``width × base`` rounded to a multiple of 8 (never down by more than 10 %); the last
-layer keeps 1280 channels for widths ≤ 1. ``stem="imagenet"``: 3×3/2 stem for 224×224 inputs;
-``stem="small"``: 3×3/1 stem and stride 1 in the second stage, for 28×28 / 32×32 images.
+1280 channels — is built by the `conv` factory, as in the dynamic-convolution papers; the classifier is
+static. Channels are `width × base` rounded to a multiple of 8 (never down by more than 10 %); the last
+layer keeps 1280 channels for widths ≤ 1. `stem="imagenet"`: 3×3/2 stem for 224×224 inputs;
+`stem="small"`: 3×3/1 stem and stride 1 in the second stage, for 28×28 / 32×32 images.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ LAST_CHANNELS = 1280
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor``, not below 90 % of it (MobileNet rule)."""
+    """Round `value` to the nearest multiple of `divisor`, not below 90 % of it (MobileNet rule)."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
 
@@ -67,14 +67,14 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 with a static stem and classifier and ``conv``-built convolutions everywhere else.
+    """MobileNetV2 with a static stem and classifier and `conv`-built convolutions everywhere else.
 
     Args:
-        conv: factory with ``nn.Conv2d``'s signature (see :func:`padnet.layers.registry.conv_factory`).
+        conv: factory with `nn.Conv2d`'s signature (see [`padnet.layers.registry.conv_factory`][padnet.layers.registry.conv_factory]).
         num_classes: classifier outputs.
         in_chans: input channels.
         width: width multiplier (paper Table 1: 0.5, 0.75, 1.0).
-        stem: ``"imagenet"`` or ``"small"``.
+        stem: `"imagenet"` or `"small"`.
         dropout: dropout before the classifier (0.2 in Sandler et al.).
 
     Input (B, in_chans, H, W) → logits (B, num_classes).

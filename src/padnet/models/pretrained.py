@@ -1,15 +1,15 @@
 """Pretrained weights for padnet's ResNet and MobileNetV2, from the key layouts people have.
 
-A state dict is read from a safetensors file, a ``torch.save`` file of tensors only (``torch.load`` with
-``weights_only=True``: nothing is unpickled) or given as a mapping. Its layout is recognised by name and each key
+A state dict is read from a safetensors file, a `torch.save` file of tensors only (`torch.load` with
+`weights_only=True`: nothing is unpickled) or given as a mapping. Its layout is recognised by name and each key
 is renamed, never matched by position:
 
-* ``padnet`` — this package's own names (``stem.0``, ``layer1.0.conv1``, ``layer1.0.shortcut.0``, ``fc``;
-  ``features.N.block.A.B``, ``classifier``).
-* ``torchvision`` — ``conv1``/``bn1``, ``layerN.M.downsample.{0,1}``, ``fc`` (ResNet; timm's ResNets use the same
-  names); ``features.0.{0,1}``, ``features.N.conv.…``, ``features.18``, ``classifier.1`` (MobileNetV2).
-* ``timm`` — ``conv_stem``/``bn1``, ``blocks.S.B.{conv_pw,conv_dw,conv_pwl,bn1,bn2,bn3}``, ``conv_head``/``bn2``,
-  ``classifier`` (MobileNetV2).
+* `padnet` — this package's own names (`stem.0`, `layer1.0.conv1`, `layer1.0.shortcut.0`, `fc`;
+  `features.N.block.A.B`, `classifier`).
+* `torchvision` — `conv1`/`bn1`, `layerN.M.downsample.{0,1}`, `fc` (ResNet; timm's ResNets use the same
+  names); `features.0.{0,1}`, `features.N.conv.…`, `features.18`, `classifier.1` (MobileNetV2).
+* `timm` — `conv_stem`/`bn1`, `blocks.S.B.{conv_pw,conv_dw,conv_pwl,bn1,bn2,bn3}`, `conv_head`/`bn2`,
+  `classifier` (MobileNetV2).
 
 A classifier whose shape differs (another number of classes) keeps its fresh initialisation, as timm does.
 """
@@ -31,7 +31,7 @@ HEADS = ("fc.", "classifier.")
 
 
 def read_state_dict(source) -> dict[str, torch.Tensor]:
-    """Tensors from a mapping, a ``.safetensors`` file or a tensors-only ``torch.save`` file.
+    """Tensors from a mapping, a `.safetensors` file or a tensors-only `torch.save` file.
 
     Raises CheckpointError for a missing or unreadable file, or one that holds more than tensors.
     """
@@ -59,7 +59,7 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
 
 
 def detect_layout(keys) -> str:
-    """``"padnet"``, ``"torchvision"`` or ``"timm"`` from the key names; ConfigError if none fits."""
+    """`"padnet"`, `"torchvision"` or `"timm"` from the key names; ConfigError if none fits."""
     keys = set(keys)
     if "stem.0.weight" in keys:
         return "padnet"
@@ -132,7 +132,7 @@ def _timm_mobilenet(keys) -> dict[str, str]:
 
 
 def to_padnet_names(state: dict[str, torch.Tensor], model_name: str) -> dict[str, torch.Tensor]:
-    """``state`` with its keys renamed to padnet's for model ``model_name``.
+    """`state` with its keys renamed to padnet's for model `model_name`.
 
     Raises ConfigError for an unknown layout, a key that has no padnet name (naming it) and for torchvision /
     timm weights of ResNet-50, which are ResNet v1.5 (stride on the 3×3 convolution) while padnet's is v1.
@@ -160,10 +160,10 @@ def to_padnet_names(state: dict[str, torch.Tensor], model_name: str) -> dict[str
 
 @torch.no_grad()
 def load_pretrained(model: nn.Module, source, model_name: str) -> list[str]:
-    """Copy pretrained weights into ``model`` (a static padnet ResNet / MobileNetV2), mapped by name.
+    """Copy pretrained weights into `model` (a static padnet ResNet / MobileNetV2), mapped by name.
 
     Returns the classifier keys left at their fresh initialisation (another number of classes). BatchNorm
-    ``num_batches_tracked`` counters absent from the source stay 0.
+    `num_batches_tracked` counters absent from the source stay 0.
 
     Raises:
         CheckpointError: unreadable weights.

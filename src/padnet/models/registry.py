@@ -1,4 +1,4 @@
-"""``create_model`` and ``list_models`` by name, in the spirit of timm."""
+"""`create_model` and `list_models` by name, in the spirit of timm."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ STEMS = ("imagenet", "small")
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Model names ``create_model`` builds, filtered by a glob ``pattern`` (e.g. ``"resnet*"``)."""
+    """Model names `create_model` builds, filtered by a glob `pattern` (e.g. `"resnet*"`)."""
     return sorted(
         (m for m in MODELS if fnmatch.fnmatch(m, pattern)), key=lambda m: (m.rstrip("0123456789"), len(m), m)
     )
@@ -35,21 +35,21 @@ def create_model(
     pretrained=None,
     **conv_options,
 ) -> nn.Module:
-    """Build a model whose convolutions (all but the stem) are of type ``conv``.
+    """Build a model whose convolutions (all but the stem) are of type `conv`.
 
     Args:
-        name: ``"resnet10"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"mobilenetv2"``.
-        conv: ``"static"``, ``"dy"`` (DY-Conv, k = 4), ``"pad"`` (PAD-Net, k = 4), ``"condconv"`` (k = 8),
-            ``"odconv"``, ``"dcd"``, ``"pad-condconv"``, ``"pad-odconv"``, ``"pad-dcd"`` or a registered type.
+        name: `"resnet10"`, `"resnet18"`, `"resnet34"`, `"resnet50"` or `"mobilenetv2"`.
+        conv: `"static"`, `"dy"` (DY-Conv, k = 4), `"pad"` (PAD-Net, k = 4), `"condconv"` (k = 8),
+            `"odconv"`, `"dcd"`, `"pad-condconv"`, `"pad-odconv"`, `"pad-dcd"` or a registered type.
         num_classes, in_chans: classifier outputs and input channels.
         width: width multiplier (> 0): ResNet stage widths, MobileNetV2 ×0.5 / ×0.75 / ×1.0.
-        stem: ``"imagenet"`` (224×224 inputs) or ``"small"`` (28×28 / 32×32).
-        pretrained: a state dict, or a ``.safetensors`` / tensors-only ``torch.save`` file, in padnet's,
-            torchvision's or timm's key layout (:mod:`padnet.models.pretrained`), mapped by name. The static model
-            is loaded, then its convolutions (all but the stem) become ``conv`` layers that start from the
-            pretrained kernels (``padnet.convert``); a classifier for another number of classes stays fresh.
-        **conv_options: options of the dynamic layers (``num_kernels``, ``reduction``, ``temperature``,
-            ``granularity``, ``scale_mode``).
+        stem: `"imagenet"` (224×224 inputs) or `"small"` (28×28 / 32×32).
+        pretrained: a state dict, or a `.safetensors` / tensors-only `torch.save` file, in padnet's,
+            torchvision's or timm's key layout ([`padnet.models.pretrained`][padnet.models.pretrained]), mapped by name. The static model
+            is loaded, then its convolutions (all but the stem) become `conv` layers that start from the
+            pretrained kernels (`padnet.convert`); a classifier for another number of classes stays fresh.
+        **conv_options: options of the dynamic layers (`num_kernels`, `reduction`, `temperature`,
+            `granularity`, `scale_mode`).
 
     Raises:
         ConfigError: unknown model, conv type or stem; non-positive width; pretrained weights whose first

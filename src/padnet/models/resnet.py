@@ -2,7 +2,7 @@
 
 Stride placement is ResNet "v1" (the stride of a downsampling bottleneck sits on its first 1×1), which
 gives the 3.86 GMACs of ResNet-50 that the PAD-Net paper reports (torchvision's "v1.5" puts it on the 3×3).
-``stem="imagenet"``: 7×7/2 convolution + 3×3/2 max-pool; ``stem="small"``: one 3×3/1 convolution, no
+`stem="imagenet"`: 7×7/2 convolution + 3×3/2 max-pool; `stem="small"`: one 3×3/1 convolution, no
 pooling, for 28×28 / 32×32 images. The stem and the classifier are always static.
 """
 
@@ -76,15 +76,15 @@ def _shortcut(conv: ConvFn, in_ch: int, out_ch: int, stride: int) -> nn.Module:
 
 
 class ResNet(nn.Module):
-    """ResNet with a static stem and classifier and ``conv``-built convolutions everywhere else.
+    """ResNet with a static stem and classifier and `conv`-built convolutions everywhere else.
 
     Args:
         depth: 10, 18, 34 or 50.
-        conv: factory with ``nn.Conv2d``'s signature (see :func:`padnet.layers.registry.conv_factory`).
+        conv: factory with `nn.Conv2d`'s signature (see [`padnet.layers.registry.conv_factory`][padnet.layers.registry.conv_factory]).
         num_classes: classifier outputs.
         in_chans: input channels (1 for Fashion-MNIST).
         width: width multiplier on the stage widths 64-128-256-512.
-        stem: ``"imagenet"`` or ``"small"``.
+        stem: `"imagenet"` or `"small"`.
 
     Input (B, in_chans, H, W) → logits (B, num_classes).
     """

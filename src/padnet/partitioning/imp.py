@@ -6,8 +6,8 @@ the static ratio grows exponentially and the last iteration lands on κ (continu
 model at ratio r, the fractions are r·(κ/r)^((e+1)/E)). An element made static stays
 static (as in iterative SNIP): only dynamic elements compete in later iterations.
 
-Selection is exact: with ``scope="global"`` exactly round(κ·m) of all m mask elements stay dynamic;
-with ``scope="local"`` exactly round(κ·m_l) in every tensor. Ties are broken by position (a stable
+Selection is exact: with `scope="global"` exactly round(κ·m) of all m mask elements stay dynamic;
+with `scope="local"` exactly round(κ·m_l) in every tensor. Ties are broken by position (a stable
 sort), so a partition is reproducible.
 """
 
@@ -67,7 +67,7 @@ def check_kappa(kappa: float) -> float:
 
 
 def _keep_top(scores: list[torch.Tensor], masks: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
-    """Masks with exactly ``keep`` ones at the highest scores among currently dynamic elements."""
+    """Masks with exactly `keep` ones at the highest scores among currently dynamic elements."""
     flat = torch.cat(
         [torch.where(m.reshape(-1) > 0, s.reshape(-1).float(), float("-inf")) for s, m in zip(scores, masks)]
     )
@@ -79,8 +79,8 @@ def _keep_top(scores: list[torch.Tensor], masks: list[torch.Tensor], keep: int) 
 
 
 def _aligned(count: float, total: int, align: int) -> int:
-    """``count`` rounded to the nearest multiple of ``align`` within [0, total], and not to 0 when
-    ``count`` > 0 (so a layer asked to keep some dynamic filters keeps at least ``align``)."""
+    """`count` rounded to the nearest multiple of `align` within [0, total], and not to 0 when
+    `count` > 0 (so a layer asked to keep some dynamic filters keeps at least `align`)."""
     if align == 1:
         return round(count)
     kept = align * round(count / align)
@@ -90,11 +90,11 @@ def _aligned(count: float, total: int, align: int) -> int:
 
 
 def check_dynamic_elements(tensors, kappa: float, scope: str = "global", align: int = 1) -> int:
-    """How many mask elements of ``tensors`` stay dynamic at ratio ``kappa`` (as :func:`apply_partition` keeps
+    """How many mask elements of `tensors` stay dynamic at ratio `kappa` (as [`apply_partition`][padnet.partitioning.imp.apply_partition] keeps
     them, exactly); at least one must.
 
     Raises:
-        ConfigError: ``kappa`` rounds every dynamic element away, naming the smallest κ that keeps one.
+        ConfigError: `kappa` rounds every dynamic element away, naming the smallest κ that keeps one.
     """
     sizes = [mode.mask.numel() for _, mode, _ in tensors]
     if scope == "global":
@@ -114,9 +114,9 @@ def check_dynamic_elements(tensors, kappa: float, scope: str = "global", align: 
 
 
 def apply_partition(tensors, scores: list[torch.Tensor], fraction: float, scope: str, align: int = 1) -> None:
-    """Set every mask so that ``fraction`` of its elements (global or per tensor) stay dynamic.
+    """Set every mask so that `fraction` of its elements (global or per tensor) stay dynamic.
 
-    ``align`` (local scope): filter-granular masks keep a multiple of ``align`` dynamic filters.
+    `align` (local scope): filter-granular masks keep a multiple of `align` dynamic filters.
     """
     masks = [mode.mask for _, mode, _ in tensors]
     if scope == "global":
@@ -151,36 +151,36 @@ def partition(
     batch_loss: Callable[[nn.Module, object], torch.Tensor] | None = None,
     check_scores: bool = True,
 ) -> PartitionReport:
-    """Partition every PAD-Net layer of ``model`` into dynamic and static elements (in place).
+    """Partition every PAD-Net layer of `model` into dynamic and static elements (in place).
 
     Args:
-        model: a model with partially dynamic layers (e.g. ``create_model(..., conv="pad")``).
+        model: a model with partially dynamic layers (e.g. `create_model(..., conv="pad")`).
         kappa: target dynamic ratio κ ∈ (0, 1].
-        method: ``"imp"`` (iterative, eq. 5–9), ``"mp"`` (one-shot), ``"random"``, ``"magnitude"``, or a
-            function ``scores(name, factors, mask) -> Tensor`` of the mask's shape, called once per masked tensor
-            (as ``importance_scores`` of ``torch.nn.utils.prune``; one-shot, like ``"mp"``): higher scores stay
+        method: `"imp"` (iterative, eq. 5–9), `"mp"` (one-shot), `"random"`, `"magnitude"`, or a
+            function `scores(name, factors, mask) -> Tensor` of the mask's shape, called once per masked tensor
+            (as `importance_scores` of `torch.nn.utils.prune`; one-shot, like `"mp"`): higher scores stay
             dynamic.
-        data: iterable of (inputs, targets) batches; required by ``imp`` and ``mp``. The first
-            ``num_batches`` batches are drawn once and reused by every IMP iteration (the paper's
+        data: iterable of (inputs, targets) batches; required by `imp` and `mp`. The first
+            `num_batches` batches are drawn once and reused by every IMP iteration (the paper's
             "10 batches of examples"); a shorter iterable is used whole.
         loss_fn: loss of (logits, targets).
         num_batches: N minibatches per score computation (paper: 10).
         iterations: E for IMP (ignored by the one-shot methods).
-        scope: ``"global"`` threshold over all layers or ``"local"`` per tensor.
+        scope: `"global"` threshold over all layers or `"local"` per tensor.
         seed: seed of the random partition.
-        reset: start from a fully dynamic mask (M = 1); ``False`` continues from the current masks,
+        reset: start from a fully dynamic mask (M = 1); `False` continues from the current masks,
             whose static elements then stay static.
-        align: with ``scope="local"``, keep a multiple of ``align`` dynamic filters in every filter-granular
-            mask (the nearest one, at least ``align``): oneDNN convolutions run much faster on channel counts
+        align: with `scope="local"`, keep a multiple of `align` dynamic filters in every filter-granular
+            mask (the nearest one, at least `align`): oneDNN convolutions run much faster on channel counts
             that are multiples of 16 (docs/speed.md). Other masks stay exact.
-        batch_loss: ``batch_loss(model, batch)`` → loss, for batches that are not (inputs, targets) pairs
-            (e.g. keyword dicts for a Hugging Face model); replaces ``loss_fn``.
-        check_scores: refuse IMP / MP when its scores would be rounding noise (:func:`check_separation`), as right
+        batch_loss: `batch_loss(model, batch)` → loss, for batches that are not (inputs, targets) pairs
+            (e.g. keyword dicts for a Hugging Face model); replaces `loss_fn`.
+        check_scores: refuse IMP / MP when its scores would be rounding noise ([`check_separation`][padnet.partitioning.imp.check_separation]), as right
             after converting a pretrained model, when every dynamic factor still equals the static parameters.
 
     Returns:
-        A :class:`PartitionReport`. Raises ConfigError for a ``model`` that is not an ``nn.Module``, a bad κ
-        (also one that leaves no dynamic element, :func:`check_dynamic_elements`), method, scope, a model without
+        A [`PartitionReport`][padnet.partitioning.imp.PartitionReport]. Raises ConfigError for a `model` that is not an `nn.Module`, a bad κ
+        (also one that leaves no dynamic element, [`check_dynamic_elements`][padnet.partitioning.imp.check_dynamic_elements]), method, scope, a model without
         PAD-Net layers, missing data, or scores without signal.
     """
     check_module(model, "partition")
@@ -254,7 +254,7 @@ def check_separation(tensors, floor: float = SEPARATION_FLOOR) -> float:
     about the learning rate after one training step. Tensors without static parameters (pruning semantics)
     or whose factors are not shaped like Θ̄ are not checked.
 
-    Raises ConfigError naming the remedy (train before partitioning) when the separation is below ``floor``.
+    Raises ConfigError naming the remedy (train before partitioning) when the separation is below `floor`.
     """
     distance = size = 0.0
     for _, mode, factors in tensors:
@@ -277,7 +277,7 @@ def check_separation(tensors, floor: float = SEPARATION_FLOOR) -> float:
 
 
 def custom_scores(fn: Callable, tensors) -> list[torch.Tensor]:
-    """Scores from a user function ``fn(name, factors, mask)``, checked to have each mask's shape."""
+    """Scores from a user function `fn(name, factors, mask)`, checked to have each mask's shape."""
     scores = []
     for name, mode, factors in tensors:
         score = fn(name, factors.detach(), mode.mask.detach())
@@ -294,7 +294,7 @@ def custom_scores(fn: Callable, tensors) -> list[torch.Tensor]:
 def make_report(
     model: nn.Module, method: str, kappa: float, scope: str, iterations: int, schedule: list[float]
 ) -> PartitionReport:
-    """Report the dynamic ratio now held by the masks of ``model``."""
+    """Report the dynamic ratio now held by the masks of `model`."""
     layers, dynamic, total = [], 0, 0
     for name, mode, _ in masked_tensors(model):
         on, n = int(mode.mask.sum()), mode.mask.numel()

@@ -1,14 +1,14 @@
 """Importance scores for mode partition: which elements deserve to stay dynamic.
 
-* ``snip`` — PAD-Net eq. 7–8: the magnitude of ∂L/∂M accumulated over N minibatches, with the mask
+* `snip` — PAD-Net eq. 7–8: the magnitude of ∂L/∂M accumulated over N minibatches, with the mask
   relaxed to a real number (M = current mask). The gradient of the loss over the N batches is
   summed before taking the magnitude (eq. 7 with D_b = those batches); normalising by Σ|g| (eq. 8)
   does not change a ranking, so scores are returned unnormalised.
-* ``magnitude`` — |Θᵢ| of the dynamic factors (mean over the k factors for a shared mask).
-* ``random`` — uniform noise (the "Random" partition of appendix D).
+* `magnitude` — |Θᵢ| of the dynamic factors (mean over the k factors for a shared mask).
+* `random` — uniform noise (the "Random" partition of appendix D).
 
 Each function returns one score tensor per masked tensor, with the mask's shape. For filter-granular masks
-the element scores are summed per filter (``PartialMode.pool_scores``).
+the element scores are summed per filter (`PartialMode.pool_scores`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MaskedTensor = tuple[str, nn.Module, torch.Tensor]  # (name, PartialMode, dynami
 
 
 def masked_tensors(model: nn.Module) -> list[MaskedTensor]:
-    """Every tensor of ``model`` whose mask mode partition sets (``Mode.partial``), each once."""
+    """Every tensor of `model` whose mask mode partition sets (`Mode.partial`), each once."""
     return [t for t in mode_tensors(model) if t[1].partial]
 
 
@@ -43,7 +43,7 @@ def magnitude_scores(tensors: list[MaskedTensor]) -> list[torch.Tensor]:
 
 
 def random_scores(tensors: list[MaskedTensor], generator: torch.Generator) -> list[torch.Tensor]:
-    """Uniform random scores, reproducible through ``generator``."""
+    """Uniform random scores, reproducible through `generator`."""
     return [torch.rand(mode.mask.shape, generator=generator).to(mode.mask.device) for _, mode, _ in tensors]
 
 
@@ -55,17 +55,17 @@ def snip_scores(
     num_batches: int = 10,
     batch_loss: Callable[[nn.Module, object], torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """|Σ_b ∂L_b/∂M| over ``num_batches`` batches of (x, y) (PAD-Net eq. 7).
+    """|Σ_b ∂L_b/∂M| over `num_batches` batches of (x, y) (PAD-Net eq. 7).
 
-    ``batch_loss(model, batch)``, when given, computes the loss of other batches (e.g. the keyword dicts of
-    a Hugging Face model) instead of ``loss_fn(model(x), y)``.
+    `batch_loss(model, batch)`, when given, computes the loss of other batches (e.g. the keyword dicts of
+    a Hugging Face model) instead of `loss_fn(model(x), y)`.
 
     The model runs in training mode (as in training); BatchNorm running statistics and parameter
     gradients are left exactly as they were. A filter-granular mask is relaxed to one value per element
     for the gradient, whose magnitudes are then summed per filter.
 
     Raises:
-        ConfigError: ``batches`` yields nothing.
+        ConfigError: `batches` yields nothing.
         DataError: a batch the model or the loss cannot take, naming the batch (from 0) and what did not fit:
             the input shape against the model's first layer, labels outside the model's classes, or the
             first line of torch's error.
@@ -107,8 +107,8 @@ def snip_scores(
 
 
 def _checked(what: str, compute: Callable, *args):
-    """``compute(*args)``, with torch's errors of a batch that does not fit turned into a DataError
-    ``what (reason)``."""
+    """`compute(*args)`, with torch's errors of a batch that does not fit turned into a DataError
+    `what (reason)`."""
     try:
         return compute(*args)
     except (RuntimeError, IndexError, ValueError) as exc:
@@ -116,7 +116,7 @@ def _checked(what: str, compute: Callable, *args):
 
 
 def _expected_input(model: nn.Module) -> str:
-    """The input shape ``model``'s first convolution or linear layer takes, for a message ("" if it has none)."""
+    """The input shape `model`'s first convolution or linear layer takes, for a message ("" if it has none)."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             return f", which expects (N, {module.in_channels}, H, W)"
@@ -126,7 +126,7 @@ def _expected_input(model: nn.Module) -> str:
 
 
 def _loss(model: nn.Module, batch, index: int, loss_fn: Callable, device) -> torch.Tensor:
-    """``loss_fn(model(x), y)`` of an (inputs, targets) batch; DataError naming batch ``index`` and what does not
+    """`loss_fn(model(x), y)` of an (inputs, targets) batch; DataError naming batch `index` and what does not
     fit. Integer labels are checked against the model's classes before the loss (on a GPU an index out of range
     is a device-side assert, not an error)."""
     if not (

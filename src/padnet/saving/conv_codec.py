@@ -1,10 +1,10 @@
-"""The compact file encoding of deployed convolutions (:class:`~padnet.layers.deployed.DeployedConv2d`).
+"""The compact file encoding of deployed convolutions ([`DeployedConv2d`][padnet.layers.deployed.DeployedConv2d]).
 
-An ``"elements"`` layer stores its static kernel only at static positions (``…static_weight.values``, empty
-when it is all zero) and its dynamic positions as a bit mask (``…dynamic_index.bits``, one bit per kernel
+An `"elements"` layer stores its static kernel only at static positions (`…static_weight.values`, empty
+when it is all zero) and its dynamic positions as a bit mask (`…dynamic_index.bits`, one bit per kernel
 element); dynamic factors that are mostly zero (SD-Conv's pruned weights) are stored as their non-zero values
-(``…dynamic_weight.values``) with one bit per factor (``…dynamic_weight.bits``). The file size thus follows the
-compact parameter count. Used by :mod:`padnet.saving.folder`.
+(`…dynamic_weight.values`) with one bit per factor (`…dynamic_weight.bits`). The file size thus follows the
+compact parameter count. Used by [`padnet.saving.folder`][padnet.saving.folder].
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _pack_zeros(tensors: dict[str, torch.Tensor], key: str) -> None:
-    """Store ``tensors[key]`` as its non-zero values + one bit per element when that is smaller (SD-Conv's
+    """Store `tensors[key]` as its non-zero values + one bit per element when that is smaller (SD-Conv's
     pruned weights)."""
     factors = tensors[key]
     kept = factors != 0
@@ -53,7 +53,7 @@ def _unpack_zeros(tensors: dict[str, torch.Tensor], key: str, shape: torch.Size)
 
 
 def encode_deployed(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of a deployed model (:func:`padnet.deploy`) in the compact encoding, on the CPU."""
+    """The tensors of a deployed model ([`padnet.deploy`][padnet.deployment.deploy.deploy]) in the compact encoding, on the CPU."""
     tensors = state_tensors(model)
     for name, layer in model.named_modules():
         if not isinstance(layer, DeployedConv2d):
@@ -74,7 +74,7 @@ def encode_deployed(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def decode_deployed(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Turn ``tensors`` (from :func:`encode_deployed`) back into ``model``'s state dict keys and shapes, in place."""
+    """Turn `tensors` (from [`encode_deployed`][padnet.saving.conv_codec.encode_deployed]) back into `model`'s state dict keys and shapes, in place."""
     for name, layer in model.named_modules():
         if not isinstance(layer, DeployedConv2d):
             continue
@@ -94,7 +94,7 @@ def decode_deployed(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
 
 
 def deployed_skeleton(model: nn.Module, meta: dict) -> nn.Module:
-    """Turn a training-form model of the right architecture into an empty deployed one shaped like ``meta``."""
+    """Turn a training-form model of the right architecture into an empty deployed one shaped like `meta`."""
     for name in meta["fused_convs"]:
         conv = model.get_submodule(name)
         if conv.bias is None:
@@ -125,7 +125,7 @@ def deployed_skeleton(model: nn.Module, meta: dict) -> nn.Module:
 
 
 def _check_layer_config(name: str, cfg, layer: DynamicConv2d) -> None:
-    """CheckpointError unless ``cfg`` (read from disk) has the keys and kinds of ``DeployedConv2d.config`` and a
+    """CheckpointError unless `cfg` (read from disk) has the keys and kinds of `DeployedConv2d.config` and a
     dynamic count the layer's kernel can hold."""
     kinds = {"layout": str, "num_kernels": int, "num_dynamic": int, "dynamic_bias": bool, "static_bias": bool}
     if not (

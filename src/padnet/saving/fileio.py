@@ -33,7 +33,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _commit(tmp: str | Path, path: Path) -> None:
-    """Give ``tmp`` the usual file mode, make it durable, rename it onto ``path`` and sync the directory."""
+    """Give `tmp` the usual file mode, make it durable, rename it onto `path` and sync the directory."""
     os.chmod(tmp, _umask_mode())
     fd = os.open(tmp, os.O_RDONLY)
     try:
@@ -46,9 +46,9 @@ def _commit(tmp: str | Path, path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success rename it over ``path``.
+    """Open a temporary file next to `path`; on success rename it over `path`.
 
-    If the body raises, the temporary file is removed and ``path`` is left untouched, so a reader
+    If the body raises, the temporary file is removed and `path` is left untouched, so a reader
     never sees a half-written file.
     """
     path = Path(path)
@@ -66,7 +66,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` for libraries that write by file name; rename on success."""
+    """Yield a temporary path next to `path` for libraries that write by file name; rename on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -91,7 +91,7 @@ TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def sweep_temporary_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files an interrupted atomic write left in ``directory`` (a process killed while it
+    """Delete the temporary files an interrupted atomic write left in `directory` (a process killed while it
     wrote a checkpoint leaves one as large as the checkpoint); returns what was deleted. Call it when a run
     starts or resumes, before anything is written there."""
     directory = Path(directory)
@@ -107,7 +107,7 @@ def sweep_temporary_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def parse_json(text: str):
-    """``json.loads`` for text read from disk: input nested too deep for the parser (a RecursionError) is a
+    """`json.loads` for text read from disk: input nested too deep for the parser (a RecursionError) is a
     ValueError like any other malformed JSON."""
     try:
         return json.loads(text)
@@ -116,13 +116,13 @@ def parse_json(text: str):
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write `obj` as indented JSON, atomically."""
     with atomic_write(path) as fh:
         json.dump(obj, fh, indent=2, sort_keys=False)
         fh.write("\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` atomically."""
+    """Write `text` atomically."""
     with atomic_write(path) as fh:
         fh.write(text)

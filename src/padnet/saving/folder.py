@@ -1,16 +1,16 @@
-"""The padnet model folder, written by ``PadModel.save_pretrained`` / ``padnet.save_pretrained`` and read by
-``PadModel.from_pretrained`` / ``padnet.load_pretrained`` (:mod:`padnet.adapter.model`).
+"""The padnet model folder, written by `PadModel.save_pretrained` / `padnet.save_pretrained` and read by
+`PadModel.from_pretrained` / `padnet.load_pretrained` ([`padnet.adapter.model`][padnet.adapter.model]).
 
 A folder holds:
 
-- ``padnet_config.json``: the format, the form (``"training"`` or ``"deployed"``), the
-  :class:`~padnet.adapter.config.PadConfig` (null for a model saved without one: static, or built and deployed with
+- `padnet_config.json`: the format, the form (`"training"` or `"deployed"`), the
+  [`PadConfig`][padnet.adapter.config.PadConfig] (null for a model saved without one: static, or built and deployed with
   padnet's layers), the converted module names, the fingerprints of the base model's tensors left out, the
   deployed layout (folded BatchNorm layers, each deployed convolution's layout), and, when every tensor is
-  stored, the architecture: ``{"padnet": create_model arguments}`` or ``{"transformers": model class}`` with the
-  Hugging Face ``config.json`` beside it;
-- ``padnet_model.safetensors``: the tensors; deployed convolutions in :mod:`padnet.saving.conv_codec`'s compact
-  encoding, PAD-MoE / MoE-P experts in :mod:`padnet.saving.moe_codec`'s;
+  stored, the architecture: `{"padnet": create_model arguments}` or `{"transformers": model class}` with the
+  Hugging Face `config.json` beside it;
+- `padnet_model.safetensors`: the tensors; deployed convolutions in [`padnet.saving.conv_codec`][padnet.saving.conv_codec]'s compact
+  encoding, PAD-MoE / MoE-P experts in [`padnet.saving.moe_codec`][padnet.saving.moe_codec]'s;
 - the tokenizer's files, when one was given.
 
 Everything read back is validated as command-line input is: the record's kinds, the architecture's sizes, the
@@ -57,8 +57,8 @@ def fingerprint(tensor: torch.Tensor) -> str:
 
 
 def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s state dict as detached CPU copies, ready for safetensors (which refuses tensors sharing memory,
-    as tied weights do: GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``)."""
+    """`model`'s state dict as detached CPU copies, ready for safetensors (which refuses tensors sharing memory,
+    as tied weights do: GPT-2's `lm_head.weight` is `transformer.wte.weight`)."""
     return {
         k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
         for k, v in model.state_dict().items()
@@ -66,7 +66,7 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def under(key: str, prefixes: Iterable[str]) -> bool:
-    """Whether state-dict ``key`` belongs to one of the modules named in ``prefixes``."""
+    """Whether state-dict `key` belongs to one of the modules named in `prefixes`."""
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
@@ -74,8 +74,8 @@ def under(key: str, prefixes: Iterable[str]) -> bool:
 
 
 def architecture(model: nn.Module) -> dict | None:
-    """The recipe that rebuilds ``model``'s architecture: ``{"padnet": create_model arguments}`` for a model from
-    ``padnet.create_model``, ``{"transformers": class name}`` for a Hugging Face model, else None."""
+    """The recipe that rebuilds `model`'s architecture: `{"padnet": create_model arguments}` for a model from
+    `padnet.create_model`, `{"transformers": class name}` for a Hugging Face model, else None."""
     recipe = getattr(model, "padnet_config", None)
     if isinstance(recipe, dict):
         return {"padnet": dict(recipe)}
@@ -85,7 +85,7 @@ def architecture(model: nn.Module) -> dict | None:
 
 
 def _check_recipe(recipe: dict, source: str) -> dict:
-    """``create_model`` arguments read from disk, checked for kinds and bounded sizes."""
+    """`create_model` arguments read from disk, checked for kinds and bounded sizes."""
     for key, value in recipe.items():
         if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float, bool))):
             raise CheckpointError(f"{source}: architecture option {key!r} has a value of the wrong kind")
@@ -112,8 +112,8 @@ def _check_recipe(recipe: dict, source: str) -> dict:
 
 
 def build_architecture(recipe: dict, directory: Path) -> nn.Module:
-    """A freshly initialised model of the architecture ``recipe`` (from :func:`architecture`, read from the
-    folder ``directory``). Raises CheckpointError for a malformed or unknown architecture."""
+    """A freshly initialised model of the architecture `recipe` (from [`architecture`][padnet.saving.folder.architecture], read from the
+    folder `directory`). Raises CheckpointError for a malformed or unknown architecture."""
     source = str(directory / CONFIG_FILE)
     if isinstance(recipe.get("padnet"), dict) and len(recipe) == 1:
         try:
@@ -147,7 +147,7 @@ def build_architecture(recipe: dict, directory: Path) -> nn.Module:
 
 
 def _build(cls: type, config, directory: Path) -> nn.Module:
-    """``cls(config)``; CheckpointError naming the config file when its values do not build the model."""
+    """`cls(config)`; CheckpointError naming the config file when its values do not build the model."""
     try:
         return cls(config)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a config that does not fit
@@ -158,7 +158,7 @@ def _build(cls: type, config, directory: Path) -> nn.Module:
 
 def _check_size(cls: type, config, directory: Path) -> None:
     """Refuse, before anything is allocated, a Hugging Face config asking for far more parameters than the weights
-    file holds: more than :data:`~padnet.layers.moe.MAX_EXPERTS` times its values (what a compressed bank of that many experts,
+    file holds: more than [`MAX_EXPERTS`][padnet.layers.moe.MAX_EXPERTS] times its values (what a compressed bank of that many experts,
     stored as one shared part, could need at most). The architecture is built on the meta device to count."""
     with torch.device("meta"):
         needed = sum(p.numel() for p in _build(cls, config, directory).parameters())
@@ -171,7 +171,7 @@ def _check_size(cls: type, config, directory: Path) -> None:
 
 
 def stored_values(path: Path) -> int:
-    """How many values the safetensors file ``path`` holds (read from its header); CheckpointError if unreadable."""
+    """How many values the safetensors file `path` holds (read from its header); CheckpointError if unreadable."""
     try:
         with safe_open(str(path), framework="pt") as fh:
             return sum(math.prod(fh.get_slice(key).get_shape()) for key in fh.keys())  # noqa: SIM118
@@ -187,11 +187,11 @@ def write_folder(
 ) -> Path:
     """Write a model folder, each file atomically, the record last (a folder with a record is complete).
 
-    ``record``: the fields of ``padnet_config.json`` but the format; ``model``: the saved model, whose Hugging
+    `record`: the fields of `padnet_config.json` but the format; `model`: the saved model, whose Hugging
     Face config is written beside it when the record's architecture names a transformers class.
 
     Raises:
-        ConfigError: ``directory`` is a file or cannot be created.
+        ConfigError: `directory` is a file or cannot be created.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -214,7 +214,7 @@ def write_folder(
 
 
 def read_record(directory: Path) -> dict:
-    """``directory/padnet_config.json``, checked field by field. Raises CheckpointError."""
+    """`directory/padnet_config.json`, checked field by field. Raises CheckpointError."""
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(
@@ -251,7 +251,7 @@ def read_record(directory: Path) -> dict:
 
 
 def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
-    """The tensors of ``directory/padnet_model.safetensors``, checked to be written in ``form``."""
+    """The tensors of `directory/padnet_model.safetensors`, checked to be written in `form`."""
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(
@@ -270,7 +270,7 @@ def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load ``state`` into ``model`` strictly. A one-line CheckpointError names the first missing, unexpected or
+    """Load `state` into `model` strictly. A one-line CheckpointError names the first missing, unexpected or
     mis-shaped tensor, a floating-point tensor stored as integers, one holding NaN or infinity, a BatchNorm
     running variance below zero, or a mode-partition mask holding a value other than 0 and 1."""
     own = model.state_dict()
@@ -298,7 +298,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
 
 
 def _mask_keys(model: nn.Module) -> list[str]:
-    """The state-dict keys of ``model``'s mode-partition masks."""
+    """The state-dict keys of `model`'s mode-partition masks."""
     return [
         f"{name}.mask" if name else "mask"
         for name, module in model.named_modules()

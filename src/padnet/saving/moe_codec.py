@@ -1,8 +1,8 @@
 """The compact file encoding of MoE layers: PAD-MoE and MoE-P experts stored as each expert's dynamic factors only
-at the mask's dynamic positions (``…experts.values`` (E, ‖M‖₀), the mask as bits ``…experts.bits``) and, for
-PAD-MoE, the static parameters Θ̄ only at the static positions (``…neuron_mode.static.values`` (|M| − ‖M‖₀,)): one
+at the mask's dynamic positions (`…experts.values` (E, ‖M‖₀), the mask as bits `…experts.bits`) and, for
+PAD-MoE, the static parameters Θ̄ only at the static positions (`…neuron_mode.static.values` (|M| − ‖M‖₀,)): one
 shared static part plus κ of every expert, ((1 − κ) + κ·E)/E of the experts' size and the mask bits. Used by
-:mod:`padnet.saving.folder`; Θ̄ reads back as zero at dynamic positions, where it takes no part (1 − M = 0)."""
+[`padnet.saving.folder`][padnet.saving.folder]; Θ̄ reads back as zero at dynamic positions, where it takes no part (1 − M = 0)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _MODES = {"experts": "neuron_mode", "expert_bias": "bias_mode"}  # masked tensor
 
 
 def moe_masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
-    """Boolean masks broadcast to one expert's tensor shape, for ``experts`` and ``expert_bias``."""
+    """Boolean masks broadcast to one expert's tensor shape, for `experts` and `expert_bias`."""
     bias_shape = layer.expert_bias.shape[1:]
     return {
         "experts": layer.neuron_mode.element_mask()[0].bool().cpu(),
@@ -26,7 +26,7 @@ def moe_masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
 
 
 def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s state (:func:`padnet.saving.folder.state_tensors`) with every PAD-MoE / MoE-P layer's experts and
+    """`model`'s state ([`padnet.saving.folder.state_tensors`][padnet.saving.folder.state_tensors]) with every PAD-MoE / MoE-P layer's experts and
     output biases stored as their dynamic values (E, ‖M‖₀) and the mask as bits; the mask buffers are left out
     (the bits hold them)."""
     tensors = state_tensors(model)
@@ -46,7 +46,7 @@ def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def decode_moe(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`encode_moe` for ``model``'s MoE layers (``tensors`` is changed and returned): full
+    """The inverse of [`encode_moe`][padnet.saving.moe_codec.encode_moe] for `model`'s MoE layers (`tensors` is changed and returned): full
     expert tensors (zero at static positions) and mask buffers. Raises KeyError for a missing tensor."""
     for name, layer in moe_layers(model):
         if layer.mode == "dynamic":

@@ -1,6 +1,6 @@
 """glibc allocator settings that keep large tensors out of fresh memory maps (DESIGN §6: dynamic layers 2–4×
-faster on the machine measured). The ``padnet`` command re-executes itself once with them unless
-``PADNET_ALLOCATOR=0``; ``padnet bench`` measures with and without them."""
+faster on the machine measured). The `padnet` command re-executes itself once with them unless
+`PADNET_ALLOCATOR=0`; `padnet bench` measures with and without them."""
 
 ALLOCATOR_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "2147483647",

@@ -31,7 +31,7 @@ from padnet.training.distributed import DEVICES
 
 
 def _check_types(cfg, names: tuple[str, ...]) -> None:
-    """ConfigError unless every field in ``names`` is a string and ``data_root`` is a path or None."""
+    """ConfigError unless every field in `names` is a string and `data_root` is a path or None."""
     for name in names:
         if not isinstance(getattr(cfg, name), str):
             raise ConfigError(f"{name} must be a name, got {getattr(cfg, name)!r}")
@@ -245,8 +245,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def check_applies(self, given) -> None:
-        """ConfigError for a key in ``given`` (set by the user) that this run's conv type does not use, e.g.
-        ``sparsity`` for PAD-Net or ``kappa`` for DY-Conv: such a value would be ignored without a word."""
+        """ConfigError for a key in `given` (set by the user) that this run's conv type does not use, e.g.
+        `sparsity` for PAD-Net or `kappa` for DY-Conv: such a value would be ignored without a word."""
 
         uses = {
             "partial": is_partial(self.conv),
@@ -261,11 +261,11 @@ class TrainConfig:
                 )
 
     def data_options(self) -> dict[str, Any]:
-        """The image options ``padnet.training.data.load_dataset`` takes (image size, channels, normalisation)."""
+        """The image options `padnet.training.data.load_dataset` takes (image size, channels, normalisation)."""
         return {"image_size": self.image_size, "channels": self.channels, "normalization": self.normalization}
 
     def pad_config(self):
-        """The :class:`~padnet.adapter.config.PadConfig` of this run's method (None for a static model)."""
+        """The [`PadConfig`][padnet.adapter.config.PadConfig] of this run's method (None for a static model)."""
 
         if self.conv == "static":
             return None
@@ -304,7 +304,7 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Everything that defines one fine-tuning run of ``padnet finetune`` / ``padnet moe`` (PAD-Net
+    """Everything that defines one fine-tuning run of `padnet finetune` / `padnet moe` (PAD-Net
     appendix A; defaults: one Rotten Tomatoes run with MiniLM)."""
 
     VARIANTS: ClassVar[tuple[str, ...]] = ("dense", "moe", "pad", "prune")
@@ -400,7 +400,7 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
     def task_spec(self):
-        """The task's description (labels, metrics, evaluation splits; read from the files for ``"text"``)."""
+        """The task's description (labels, metrics, evaluation splits; read from the files for `"text"`)."""
         from padnet.training.data.text import task_spec
 
         return task_spec(self.task, self.data_root, tuple(self.text_columns), self.label_column)
@@ -412,7 +412,7 @@ class FinetuneConfig:
         return load_task(self.task, split, self.data_root, tuple(self.text_columns), self.label_column)
 
     def pad_config(self):
-        """The :class:`~padnet.adapter.config.PadConfig` of this run's variant (None for the dense model). PAD-MoE
+        """The [`PadConfig`][padnet.adapter.config.PadConfig] of this run's variant (None for the dense model). PAD-MoE
         and MoE-P partition at the start of the second epoch (PAD-Net appendix A)."""
 
         if self.variant == "dense":
@@ -443,7 +443,7 @@ OPTIONAL_BOOLS = ("flip",)
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Convert a YAML/CLI value to the type of the field's default (None allowed for optional fields).
 
-    Values of another kind are refused, not converted: ``seed: true``, ``augment: 7``, a mapping where a list or a
+    Values of another kind are refused, not converted: `seed: true`, `augment: 7`, a mapping where a list or a
     name belongs. Command-line values arrive as text and are parsed."""
     if value is None:
         if default is None:
@@ -483,8 +483,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 
 
 def config_from_dict(data: dict[str, Any], base=None, source: str = "config"):
-    """A config from ``base`` (default: a default :class:`TrainConfig`; any config dataclass with
-    ``to_dict``) updated with ``data``, values coerced to the fields' types; unknown keys are errors."""
+    """A config from `base` (default: a default [`TrainConfig`][padnet.training.config.TrainConfig]; any config dataclass with
+    `to_dict`) updated with `data`, values coerced to the fields' types; unknown keys are errors."""
     base = base or TrainConfig()
     cls = type(base)
     known = {f.name for f in fields(cls)}
@@ -503,7 +503,7 @@ MAX_YAML_DEPTH = 16
 
 
 class _KeyError(Exception):
-    """A mapping key the strict loader refuses (reported with the file's name by :func:`parse_yaml`)."""
+    """A mapping key the strict loader refuses (reported with the file's name by [`parse_yaml`][padnet.training.config.parse_yaml])."""
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -522,8 +522,8 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def parse_yaml(text: str, source: str):
-    """The value of a YAML document, read strictly: no aliases (``*name``; a small file could expand to
-    gigabytes), at most 16 levels of nesting, no key twice. Raises ConfigError naming ``source`` and the line."""
+    """The value of a YAML document, read strictly: no aliases (`*name`; a small file could expand to
+    gigabytes), at most 16 levels of nesting, no key twice. Raises ConfigError naming `source` and the line."""
     try:
         depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
@@ -548,7 +548,7 @@ def parse_yaml(text: str, source: str):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping strictly (:func:`parse_yaml`); ConfigError if missing, over 1 MiB, not UTF-8 text,
+    """Read a YAML mapping strictly ([`parse_yaml`][padnet.training.config.parse_yaml]); ConfigError if missing, over 1 MiB, not UTF-8 text,
     malformed or not a mapping."""
     path = Path(path)
     if not path.is_file():
@@ -570,5 +570,5 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def dump_yaml(config) -> str:
-    """The configuration as YAML text (what a run saves as ``config.yaml``)."""
+    """The configuration as YAML text (what a run saves as `config.yaml`)."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

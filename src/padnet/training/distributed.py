@@ -1,9 +1,9 @@
-"""Data-parallel training over ``torch.distributed``, for runs launched by ``torchrun``.
+"""Data-parallel training over `torch.distributed`, for runs launched by `torchrun`.
 
 Every process builds the same model from the same seed and draws the same global batches; process r trains on
 chunk r of each batch and DDP averages the gradients, with BatchNorm statistics taken over all processes. So W
 processes reach, up to float rounding, the weights one process reaches with the same global batch. Only
-process 0 writes files. Without ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing here does anything.
+process 0 writes files. Without `torchrun` (`WORLD_SIZE` unset or 1) nothing here does anything.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def init(device: str = "auto") -> Context:
-    """Join the process group ``torchrun`` describes (gloo on CPU, NCCL on GPU) and pick this process's device:
-    ``"auto"`` takes GPU ``LOCAL_RANK`` when CUDA is available, else the CPU.
+    """Join the process group `torchrun` describes (gloo on CPU, NCCL on GPU) and pick this process's device:
+    `"auto"` takes GPU `LOCAL_RANK` when CUDA is available, else the CPU.
 
-    Raises ConfigError for an unknown device or ``"cuda"`` without a GPU.
+    Raises ConfigError for an unknown device or `"cuda"` without a GPU.
     """
     check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():
@@ -69,8 +69,8 @@ class _SumOverProcesses(torch.autograd.Function):
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are the mean and variance over every process's batch, on any
-    device (``nn.SyncBatchNorm`` runs on GPUs only). Gradients flow through the statistics of all processes
-    (a differentiable all-reduce). In eval mode it is ``nn.BatchNorm2d``."""
+    device (`nn.SyncBatchNorm` runs on GPUs only). Gradients flow through the statistics of all processes
+    (a differentiable all-reduce). In eval mode it is `nn.BatchNorm2d`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -92,8 +92,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
 
 def global_batchnorm(model: nn.Module, ctx: Context) -> nn.Module:
-    """``model`` with every BatchNorm2d computing statistics over all processes: ``nn.SyncBatchNorm`` on GPUs,
-    :class:`GlobalBatchNorm2d` on the CPU (state copied). Unchanged in a single process."""
+    """`model` with every BatchNorm2d computing statistics over all processes: `nn.SyncBatchNorm` on GPUs,
+    [`GlobalBatchNorm2d`][padnet.training.distributed.GlobalBatchNorm2d] on the CPU (state copied). Unchanged in a single process."""
     if ctx.world_size == 1:
         return model
     if ctx.device.type == "cuda":
@@ -113,7 +113,7 @@ def global_batchnorm(model: nn.Module, ctx: Context) -> nn.Module:
 
 
 def data_parallel(model: nn.Module, ctx: Context) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel for training steps (the model itself in one process)."""
+    """`model` wrapped in DistributedDataParallel for training steps (the model itself in one process)."""
     if ctx.world_size == 1:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None

@@ -32,7 +32,7 @@ def aggregated_kernel_stats(model: nn.Module, loader) -> list[dict]:
         loader: yields (images, labels) batches.
 
     Returns:
-        One dict per layer, in module order: ``name``, ``mean``, ``variance``, ``samples``.
+        One dict per layer, in module order: `name`, `mean`, `variance`, `samples`.
 
     Raises:
         ConfigError: the model has no dynamic convolution.
@@ -71,12 +71,12 @@ def aggregated_kernel_stats(model: nn.Module, loader) -> list[dict]:
 
 @torch.no_grad()
 def magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:
-    """Prune the ``sparsity`` fraction of DY-Conv kernel weights with the lowest magnitude, over all layers.
+    """Prune the `sparsity` fraction of DY-Conv kernel weights with the lowest magnitude, over all layers.
 
     A global magnitude cut is an SD-Conv mask with the same threshold τ in every layer, so the result is the
-    model rebuilt with :class:`SparseDynamicConv2d` layers (``mask_strategy="different"``) holding the trained
+    model rebuilt with [`SparseDynamicConv2d`][padnet.layers.sdconv.SparseDynamicConv2d] layers (`mask_strategy="different"`) holding the trained
     weights and τ = the cut: parameter and FLOPs counting, sparsity reports and deployment then apply as to a
-    trained SD-Conv model. ``model`` is left unchanged. (SD-Conv §3.1, Table 1 "w/ Pruned".)
+    trained SD-Conv model. `model` is left unchanged. (SD-Conv §3.1, Table 1 "w/ Pruned".)
 
     Raises:
         ConfigError: sparsity outside [0, 1), no DY-Conv layers, or layers that are not plain DY-Conv

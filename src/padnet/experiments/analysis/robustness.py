@@ -8,10 +8,10 @@ from torch import nn
 
 @torch.no_grad()
 def noise_accuracy(model: nn.Module, loader, sigmas, std, seed: int = 0) -> dict[float, float]:
-    """Top-1 accuracy (%) with noise z ~ N(0, σ²) added to every input image, for each σ in ``sigmas``.
+    """Top-1 accuracy (%) with noise z ~ N(0, σ²) added to every input image, for each σ in `sigmas`.
 
-    σ is in pixel units of [0, 1] images; ``loader`` yields normalised images, so the noise added to
-    channel c is z / std[c]. The noise is drawn from a generator seeded with ``seed`` (the same noise for
+    σ is in pixel units of [0, 1] images; `loader` yields normalised images, so the noise added to
+    channel c is z / std[c]. The noise is drawn from a generator seeded with `seed` (the same noise for
     every model compared). σ = 0 gives the clean accuracy. The model's train/eval mode is restored.
 
     Args:

@@ -17,7 +17,7 @@ MODES = ("linear", "full")
 
 
 def resized(data: ImageData, size: tuple[int, int]) -> ImageData:
-    """``data`` with its images resized bilinearly to ``size`` (H, W), kept uint8; statistics unchanged
+    """`data` with its images resized bilinearly to `size` (H, W), kept uint8; statistics unchanged
     (resizing keeps channel means and changes deviations little; the source model's input size matters more)."""
     if tuple(data.images.shape[-2:]) == tuple(size):
         return data
@@ -52,13 +52,13 @@ def fine_tune(
     weight_decay: float = 5e-4,
     seed: int = 0,
 ) -> tuple[nn.Module, float]:
-    """Fine-tune a copy of ``model`` on (``train``, ``test``) and return it with its test top-1 (%).
+    """Fine-tune a copy of `model` on (`train`, `test`) and return it with its test top-1 (%).
 
-    The classifier is replaced by a freshly initialised one with ``train.num_classes`` outputs.
-    ``mode="linear"`` trains only that classifier on the frozen representation (BatchNorm statistics frozen
-    too: the backbone runs in eval mode); ``"full"`` trains every parameter. SGD (momentum 0.9) with warm-up
-    and a cosine schedule over ``epochs``; images are resized to the model's training size beforehand by
-    the caller (:func:`resized`). ``model`` is not modified.
+    The classifier is replaced by a freshly initialised one with `train.num_classes` outputs.
+    `mode="linear"` trains only that classifier on the frozen representation (BatchNorm statistics frozen
+    too: the backbone runs in eval mode); `"full"` trains every parameter. SGD (momentum 0.9) with warm-up
+    and a cosine schedule over `epochs`; images are resized to the model's training size beforehand by
+    the caller ([`resized`][padnet.experiments.analysis.transfer.resized]). `model` is not modified.
 
     Raises:
         ConfigError: unknown mode, or epochs / lr not positive.

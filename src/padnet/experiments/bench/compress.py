@@ -1,7 +1,7 @@
-"""``padnet bench --parts compress``: a PAD-compressed pretrained MoE block against the original.
+"""`padnet bench --parts compress`: a PAD-compressed pretrained MoE block against the original.
 
-transformers' ``MixtralSparseMoeBlock`` (H 512, F 1024, 8 experts, top-2, router weights drawn so tokens spread)
-on ``tokens`` tokens, inference (``no_grad``), every ratio within one run against the original block:
+transformers' `MixtralSparseMoeBlock` (H 512, F 1024, 8 experts, top-2, router weights drawn so tokens spread)
+on `tokens` tokens, inference (`no_grad`), every ratio within one run against the original block:
 
 * deployed PAD compression at κ = 0.3 with element masks (every expert merged once: dense experts), and with
   neuron masks (the static neurons one shared FFN, weighted by the summed top-k weights; the dynamic neurons
@@ -52,7 +52,7 @@ def _blocks() -> dict[str, torch.nn.Module]:
 
 
 def bench_compress(tokens: int = 2048, repeats: int = 3, progress=None, device: str = "cpu") -> dict:
-    """``rows`` (variant, ``ms`` median, ``round_ms``, ``ratio`` to the original) and ``bytes`` (original,
+    """`rows` (variant, `ms` median, `round_ms`, `ratio` to the original) and `bytes` (original,
     compressed by granularity, the expected ratio)."""
     if progress:
         progress("compress: Mixtral block")

@@ -1,17 +1,17 @@
-"""``padnet bench --parts moe``: MoE feed-forward layers against the dense FFN they replace.
+"""`padnet bench --parts moe`: MoE feed-forward layers against the dense FFN they replace.
 
-At the MiniLM (H 384, F 1536) and BERT-base (H 768, F 3072) sizes, on ``tokens`` tokens (default 2,048,
+At the MiniLM (H 384, F 1536) and BERT-base (H 768, F 3072) sizes, on `tokens` tokens (default 2,048,
 e.g. 16 sequences of 128), 8 experts top-2; every ratio divides two numbers of the same run:
 
 * training step (forward + backward): dense FFN, MoE, PAD-MoE (element masks, κ = 0.5), structured
   PAD-MoE (neuron masks, κ = 0.5);
-* inference (``no_grad``): dense FFN, MoE, deployed PAD-MoE (experts merged once), structured PAD-MoE
+* inference (`no_grad`): dense FFN, MoE, deployed PAD-MoE (experts merged once), structured PAD-MoE
   (training form and deployed), and the matmuls alone: the dense FFN's two and structured PAD-MoE's (two
   on every token at width F/2, two per expert on 2N/E tokens at width F/2), which bounds the structured
   ratio from below on this machine's BLAS.
 
 A round times about 0.3 s of calls of every variant in turn; each ratio is reported as its median over
-``repeats`` rounds with the spread (:mod:`padnet.experiments.bench.timing`).
+`repeats` rounds with the spread ([`padnet.experiments.bench.timing`][padnet.experiments.bench.timing]).
 
 Masks come from a random partition at κ = 0.5 (speed does not depend on which elements are dynamic).
 Targets (issue 6): MoE training ≤ 2.2× dense; deployed PAD-MoE inference at least MoE's throughput
@@ -103,7 +103,7 @@ def _step(layer: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], object
 def bench_moe(
     tokens: int = 2048, repeats: int = 3, sizes=tuple(SIZES), progress=None, device: str = "cpu"
 ) -> list[dict]:
-    """One row per (size, mode, variant): ``ms`` (median over rounds), ``round_ms`` and ``ratio`` (spread of the
+    """One row per (size, mode, variant): `ms` (median over rounds), `round_ms` and `ratio` (spread of the
     per-round ratios to the dense FFN of the same size and mode)."""
     rows = []
     plan = {

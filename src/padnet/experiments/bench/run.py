@@ -1,27 +1,27 @@
-"""``padnet bench``: speed, memory and file-size ratios of dynamic convolution against the static one.
+"""`padnet bench`: speed, memory and file-size ratios of dynamic convolution against the static one.
 
 Every ratio divides two numbers measured in the same run. Four parts:
 
-* ``layers`` — one 3×3 convolution at the CIFAR ResNet-18 shapes (64 ch 32×32, 128 ch 16×16, 256 ch 8×8,
-  512 ch 4×4), batch 1 and 64, inference (``no_grad``) and training (forward + backward): the static
+* `layers` — one 3×3 convolution at the CIFAR ResNet-18 shapes (64 ch 32×32, 128 ch 16×16, 256 ch 8×8,
+  512 ch 4×4), batch 1 and 64, inference (`no_grad`) and training (forward + backward): the static
   convolution, DY-Conv in each formulation and with the automatic choice, PAD-Net κ = 0.3 (unstructured and
   filter-structured, training and deployed form).
-* ``models`` — CIFAR ResNet-18 (batch 64, 32×32): a training step (forward, backward, SGD step) and inference,
+* `models` — CIFAR ResNet-18 (batch 64, 32×32): a training step (forward, backward, SGD step) and inference,
   with peak memory (growth of the process's peak RSS while running), each variant in a fresh process, once
-  with glibc's default allocator settings and once with the settings of ``ALLOCATOR_ENV``.
-* ``files`` — deployed ImageNet ResNet-50 safetensors file sizes: DY-Conv vs PAD-Net κ = 0.3.
-* ``moe`` — MoE, PAD-MoE and structured PAD-MoE feed-forward layers against the dense FFN at the MiniLM
-  and BERT-base sizes (``padnet.experiments.bench.moe``; ``--quick``: MiniLM only).
+  with glibc's default allocator settings and once with the settings of `ALLOCATOR_ENV`.
+* `files` — deployed ImageNet ResNet-50 safetensors file sizes: DY-Conv vs PAD-Net κ = 0.3.
+* `moe` — MoE, PAD-MoE and structured PAD-MoE feed-forward layers against the dense FFN at the MiniLM
+  and BERT-base sizes (`padnet.experiments.bench.moe`; `--quick`: MiniLM only).
 
 PAD-Net masks come from a random local partition at κ = 0.3 (speed does not depend on which elements are
-dynamic); filter-structured layers keep a multiple of ``ALIGN`` dynamic filters (``partition(align=16)``).
+dynamic); filter-structured layers keep a multiple of `ALIGN` dynamic filters (`partition(align=16)`).
 
-Every ratio is measured once per round (``repeats`` rounds) from two timings of that round, and reported as
-the median over rounds with its spread (min–max) (:mod:`padnet.experiments.bench.timing`): layers and MoE layers time every
+Every ratio is measured once per round (`repeats` rounds) from two timings of that round, and reported as
+the median over rounds with its spread (min–max) ([`padnet.experiments.bench.timing`][padnet.experiments.bench.timing]): layers and MoE layers time every
 variant in turn within a round; whole models run each variant in a fresh process per round, timing the best of
-``MODEL_STEPS`` steps after a warm-up step. The report names the CPU model and the threads. ``device="cuda"``
+`MODEL_STEPS` steps after a warm-up step. The report names the CPU model and the threads. `device="cuda"`
 runs the layers, models and MoE parts on the GPU, timed with CUDA events, peak memory from
-``torch.cuda.max_memory_allocated``. Not part of the tests.
+`torch.cuda.max_memory_allocated`. Not part of the tests.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def bench_layers(
     batches=(1, 64), shapes=LAYER_SHAPES, repeats: int = 3, progress=None, device: str = "cpu"
 ) -> list[dict]:
     """Rows {channels, size, batch, mode, variant, ms (median), ratio (spread over rounds, × the static conv of
-    the same round)}; the variants of a row are timed in turn in each of ``repeats`` rounds."""
+    the same round)}; the variants of a row are timed in turn in each of `repeats` rounds."""
     rows = []
     for channels, size in shapes:
         layers = {name: layer.to(device) for name, layer in _layer_variants(channels).items()}
@@ -164,7 +164,7 @@ def _element_ratio(model: nn.Module) -> float:
 
 @torch.no_grad()
 def _sparsify(model: nn.Module, sparsity: float) -> None:
-    """Set every SD-Conv threshold to the ``sparsity`` quantile of its layer's scores (|W|, or their mean over
+    """Set every SD-Conv threshold to the `sparsity` quantile of its layer's scores (|W|, or their mean over
     the k kernels for the same mask), as a trained model at that sparsity would have."""
     from padnet.layers.sdconv import sparse_layers
 
@@ -206,7 +206,7 @@ def _build_model(variant: str, batch: int, size: int, train: bool, device: str =
 def measure_model(
     variant: str, mode: str, batch: int = 64, size: int = 32, steps: int = MODEL_STEPS, device: str = "cpu"
 ) -> dict:
-    """Seconds per step (the shortest of ``steps`` after a warm-up step) and peak-memory growth (MB: of the
+    """Seconds per step (the shortest of `steps` after a warm-up step) and peak-memory growth (MB: of the
     process's peak RSS, or of the GPU's allocated memory) of one ResNet-18 variant, in this process."""
     train = mode == "training"
     model = _build_model(variant, batch, size, train, device)
@@ -258,9 +258,9 @@ def _worker(spec: dict, allocator: bool, threads: int) -> dict:
 def bench_models(
     threads: int, repeats: int = 3, allocators=(False, True), progress=None, device: str = "cpu"
 ) -> list[dict]:
-    """One fresh process per (allocator setting, mode, variant) in each of ``repeats`` rounds. Rows: ``seconds``
-    (median over rounds) and ``round_seconds``, ``ratio_static`` (spread of the per-round ratios to the static
-    model), ``peak_mb`` (largest over rounds), ``params``, ``dynamic_ratio``."""
+    """One fresh process per (allocator setting, mode, variant) in each of `repeats` rounds. Rows: `seconds`
+    (median over rounds) and `round_seconds`, `ratio_static` (spread of the per-round ratios to the static
+    model), `peak_mb` (largest over rounds), `params`, `dynamic_ratio`."""
     rows = []
     for allocator in allocators:
         name = "tuned" if allocator else "default"
@@ -441,7 +441,7 @@ def markdown(result: dict) -> str:
 
 
 def check_bench_options(threads: int, repeats: int, device: str) -> None:
-    """ConfigError unless 1 <= threads <= 256, repeats >= 1 and ``device`` is usable here."""
+    """ConfigError unless 1 <= threads <= 256, repeats >= 1 and `device` is usable here."""
     from padnet.training.config import MAX_THREADS
 
     if not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
@@ -463,8 +463,8 @@ def run_bench(
     progress=None,
     device: str = "cpu",
 ) -> dict:
-    """Run the chosen parts on ``device`` (``"cpu"`` or ``"cuda"``), write ``bench.json`` and ``bench.md`` into
-    ``out`` and return the result. Raises ConfigError for unknown parts or device, or ``"cuda"`` without a GPU."""
+    """Run the chosen parts on `device` (`"cpu"` or `"cuda"`), write `bench.json` and `bench.md` into
+    `out` and return the result. Raises ConfigError for unknown parts or device, or `"cuda"` without a GPU."""
     from padnet.saving.fileio import write_json, write_text
 
     unknown = sorted(set(parts) - set(PARTS))

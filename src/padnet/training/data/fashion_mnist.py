@@ -18,7 +18,7 @@ CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 
-#: Where the Debian package ``dataset-fashion-mnist`` installs the files.
+#: Where the Debian package `dataset-fashion-mnist` installs the files.
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 #: SHA-256 of the official gzip files (identical to the Debian package's files).
@@ -37,20 +37,20 @@ _STEMS = {
 def load_fashion_mnist(
     root: str | os.PathLike | None = None, download: bool = False
 ) -> tuple[ImageData, ImageData]:
-    """Load Fashion-MNIST as ``(train, test)``.
+    """Load Fashion-MNIST as `(train, test)`.
 
-    Looks for the four IDX files (raw or ``.gz``) in, in order: ``root`` (or ``root/fashion-mnist``)
-    when given — and nowhere else; otherwise :data:`DEBIAN_DIR`, then ``<cache>/fashion-mnist``
-    (cache = ``$PADNET_DATA`` or ``~/.cache/padnet``). If none holds them and ``download`` is true,
-    the four ``.gz`` files are fetched from :data:`BASE_URL` into ``root`` (when given) or the cache
+    Looks for the four IDX files (raw or `.gz`) in, in order: `root` (or `root/fashion-mnist`)
+    when given — and nowhere else; otherwise [`DEBIAN_DIR`][padnet.training.data.fashion_mnist.DEBIAN_DIR], then `<cache>/fashion-mnist`
+    (cache = `$PADNET_DATA` or `~/.cache/padnet`). If none holds them and `download` is true,
+    the four `.gz` files are fetched from [`BASE_URL`][padnet.training.data.fashion_mnist.BASE_URL] into `root` (when given) or the cache
     and their SHA-256 checked.
 
     Returns:
-        Two :class:`ImageData`: images uint8 (N, 1, 28, 28), labels int64 (N,), 10 classes named
-        :data:`CLASSES`; mean/std measured on train (about 0.286 / 0.353) and shared by test.
+        Two [`ImageData`][padnet.training.data.images.ImageData]: images uint8 (N, 1, 28, 28), labels int64 (N,), 10 classes named
+        [`CLASSES`][padnet.training.data.fashion_mnist.CLASSES]; mean/std measured on train (about 0.286 / 0.353) and shared by test.
 
     Raises:
-        DataError: if the files are not found and ``download`` is false, a download fails, or a file
+        DataError: if the files are not found and `download` is false, a download fails, or a file
             is malformed or the image and label counts differ.
     """
     folder = _locate(root, download)
@@ -89,12 +89,12 @@ def _locate(root: str | os.PathLike | None, download: bool) -> Path:
 
 
 def _complete(folder: Path) -> bool:
-    """True if ``folder`` has every file, raw or gzip-compressed."""
+    """True if `folder` has every file, raw or gzip-compressed."""
     return all(_find(folder, stem) is not None for pair in _STEMS.values() for stem in pair)
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    """``folder/stem`` or ``folder/stem.gz``, whichever exists (raw first)."""
+    """`folder/stem` or `folder/stem.gz`, whichever exists (raw first)."""
     for name in (stem, stem + ".gz"):
         if (folder / name).is_file():
             return folder / name

@@ -1,4 +1,4 @@
-"""ImageNet-style class folders (``<split>/<class>/<image>``) read lazily with PIL."""
+"""ImageNet-style class folders (`<split>/<class>/<image>`) read lazily with PIL."""
 
 from __future__ import annotations
 
@@ -20,32 +20,32 @@ EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm",
 
 
 class ImageFolder(Dataset):
-    """Images in ``folder/<class name>/`` files, classes indexed in sorted-name order.
+    """Images in `folder/<class name>/` files, classes indexed in sorted-name order.
 
-    Item ``i`` is ``(x, y)``: x float32 (channels, size, size) normalised with :data:`IMAGENET_MEAN` /
-    :data:`IMAGENET_STD` (``normalization="imagenet"``, 3 channels), with per-channel statistics of up to 256
-    training images (``"data"``) or not at all (``"none"``, values in [0, 1]); y an int label. With ``augment`` the image goes through a random
-    resized crop (area 8-100 %, aspect 3/4-4/3) to ``size`` and a left-right flip with probability
-    0.5 (when ``flip``, the default), using torch's global generator (which a seeded ``DataLoader`` seeds per worker); without,
-    its shorter side is resized to ``resize_to`` and the centre ``size`` x ``size`` is kept.
+    Item `i` is `(x, y)`: x float32 (channels, size, size) normalised with [`IMAGENET_MEAN`][padnet.training.data.folder.IMAGENET_MEAN] /
+    [`IMAGENET_STD`][padnet.training.data.folder.IMAGENET_STD] (`normalization="imagenet"`, 3 channels), with per-channel statistics of up to 256
+    training images (`"data"`) or not at all (`"none"`, values in [0, 1]); y an int label. With `augment` the image goes through a random
+    resized crop (area 8-100 %, aspect 3/4-4/3) to `size` and a left-right flip with probability
+    0.5 (when `flip`, the default), using torch's global generator (which a seeded `DataLoader` seeds per worker); without,
+    its shorter side is resized to `resize_to` and the centre `size` x `size` is kept.
 
     Attributes:
-        classes: class names; ``num_classes``; ``mean``/``std``; ``input_shape`` (3, size, size); ``flip``;
-        samples: list of ``(path, label)``.
+        classes: class names; `num_classes`; `mean`/`std`; `input_shape` (3, size, size); `flip`;
+        samples: list of `(path, label)`.
 
     Args:
-        folder: the split folder, e.g. ``root/train``.
+        folder: the split folder, e.g. `root/train`.
         augment: training-time augmentation on/off.
         size: output side in pixels (224).
         resize_to: shorter side before the centre crop in evaluation (256).
         classes: class names to use (e.g. the train split's for the val split); default: the
             sorted sub-folder names.
         channels: 3 (RGB) or 1 (grey levels).
-        normalization: ``"imagenet"`` (3 channels only), ``"data"`` or ``"none"``; or explicit ``(mean, std)``.
+        normalization: `"imagenet"` (3 channels only), `"data"` or `"none"`; or explicit `(mean, std)`.
 
     Raises:
         DataError: if the folder is missing, has no class folders or no images, or has a class
-            folder not in ``classes``.
+            folder not in `classes`.
         ConfigError: a size < 1, channels other than 1 or 3, ImageNet statistics for 1 channel.
     """
 
@@ -107,7 +107,7 @@ class ImageFolder(Dataset):
             raise ConfigError(f"unknown normalization {normalization!r}; choose from imagenet, data, none")
 
     def _statistics(self, count: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and std (in [0, 1] units) of up to ``count`` images, centre-cropped, evenly spaced."""
+        """Per-channel mean and std (in [0, 1] units) of up to `count` images, centre-cropped, evenly spaced."""
         step = max(1, len(self.samples) // count)
         images = (
             torch.stack(
@@ -131,7 +131,7 @@ class ImageFolder(Dataset):
         return img
 
     def check_images(self, progress: bool = False) -> None:
-        """Decode every image once (what ``padnet data`` does for folders); DataError names the first that fails."""
+        """Decode every image once (what `padnet data` does for folders); DataError names the first that fails."""
         from tqdm.auto import tqdm
 
         for path, _ in tqdm(
@@ -144,7 +144,7 @@ class ImageFolder(Dataset):
             self._load(path)
 
     def subset(self, n: int, seed: int) -> ImageFolder:
-        """A deterministic random subset of ``n`` images (all when ``n`` >= the size), sharing the statistics."""
+        """A deterministic random subset of `n` images (all when `n` >= the size), sharing the statistics."""
         if n < 1:
             raise ConfigError(f"subset size must be >= 1, got {n}")
         clone = copy.copy(self)
@@ -164,7 +164,7 @@ class ImageFolder(Dataset):
         return (self.channels, self.size, self.size)
 
     def with_augment(self, augment: bool, flip: bool | None = None) -> ImageFolder:
-        """A shallow copy with augmentation switched on or off, and the left-right flip too when ``flip`` is
+        """A shallow copy with augmentation switched on or off, and the left-right flip too when `flip` is
         given (the sample list is shared)."""
         clone = copy.copy(self)
         clone.augment = augment
@@ -177,7 +177,7 @@ class ImageFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        """Image ``i`` transformed and normalised, float32 (channels, size, size), and its label."""
+        """Image `i` transformed and normalised, float32 (channels, size, size), and its label."""
         path, label = self.samples[i]
         img = self._load(path)
         if self.augment:

@@ -3,13 +3,13 @@
 GLUE is described in "GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language
 Understanding" (Wang et al., 2019). Two layouts are read:
 
-* the official TSV layout written by the GLUE download script: ``<root>/<TaskDir>/train.tsv``,
-  ``dev.tsv`` (MNLI: ``dev_matched.tsv``, ``dev_mismatched.tsv``), with TaskDir one of CoLA, SST-2,
+* the official TSV layout written by the GLUE download script: `<root>/<TaskDir>/train.tsv`,
+  `dev.tsv` (MNLI: `dev_matched.tsv`, `dev_mismatched.tsv`), with TaskDir one of CoLA, SST-2,
   MRPC, STS-B, QQP, MNLI, QNLI, RTE;
-* the Hugging Face ``nyu-mll/glue`` parquet layout: ``<root>/<task>/<split>-*.parquet`` with task one
+* the Hugging Face `nyu-mll/glue` parquet layout: `<root>/<task>/<split>-*.parquet` with task one
   of cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte (several shards are concatenated in name order).
 
-Both give the same :class:`TextPairs`; string labels of the TSV files are mapped to the Hugging Face
+Both give the same [`TextPairs`][padnet.training.data.glue.TextPairs]; string labels of the TSV files are mapped to the Hugging Face
 ids (MNLI entailment 0, neutral 1, contradiction 2; QNLI and RTE entailment 0, not_entailment 1).
 Only labelled splits are read: the GLUE test sets have no public labels.
 """
@@ -33,11 +33,11 @@ class GlueTask:
     """One GLUE task.
 
     Attributes:
-        name: Hugging Face config name (``cola``, ``sst2``, ...).
+        name: Hugging Face config name (`cola`, `sst2`, ...).
         text_keys: one or two text column names of the Hugging Face layout, in model input order.
         num_labels: number of classes; 1 for the STS-B regression.
-        metrics: metric names reported for the task (see :func:`padnet.training.nlp.glue_metrics.glue_metrics`).
-        eval_splits: labelled evaluation splits (``("validation",)``; MNLI matched and mismatched).
+        metrics: metric names reported for the task (see [`padnet.training.nlp.glue_metrics.glue_metrics`][padnet.training.nlp.glue_metrics.glue_metrics]).
+        eval_splits: labelled evaluation splits (`("validation",)`; MNLI matched and mismatched).
     """
 
     name: str
@@ -117,13 +117,13 @@ _TSV: dict[str, _TsvSpec] = {
 
 
 def glue_task(task: str) -> GlueTask:
-    """Return the :class:`GlueTask` named ``task``; ConfigError listing the eight names if unknown."""
+    """Return the [`GlueTask`][padnet.training.data.glue.GlueTask] named `task`; ConfigError listing the eight names if unknown."""
     check_choice("GLUE task", task, tuple(GLUE_TASKS))
     return GLUE_TASKS[task]
 
 
 def glue_splits(task: str) -> tuple[str, ...]:
-    """Labelled split names of ``task`` (Hugging Face names): ``train`` then its evaluation splits."""
+    """Labelled split names of `task` (Hugging Face names): `train` then its evaluation splits."""
     return ("train", *glue_task(task).eval_splits)
 
 
@@ -131,16 +131,16 @@ def load_glue(task: str, split: str, root: str | os.PathLike) -> TextPairs:
     """Read one labelled split of a GLUE task (Wang et al., 2019) from TSV or parquet files.
 
     Args:
-        task: ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``qqp``, ``mnli``, ``qnli`` or ``rte``.
-        split: Hugging Face split name: ``train``, ``validation`` (MNLI: ``validation_matched``,
-            ``validation_mismatched``). TSV files used: train.tsv, dev.tsv, dev_matched.tsv,
+        task: `cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `qnli` or `rte`.
+        split: Hugging Face split name: `train`, `validation` (MNLI: `validation_matched`,
+            `validation_mismatched`). TSV files used: train.tsv, dev.tsv, dev_matched.tsv,
             dev_mismatched.tsv.
-        root: folder holding ``<task>/`` (Hugging Face ``nyu-mll/glue`` parquet layout) or ``<TaskDir>/``
-            (GLUE TSV layout, e.g. ``SST-2``), or that task folder itself.
+        root: folder holding `<task>/` (Hugging Face `nyu-mll/glue` parquet layout) or `<TaskDir>/`
+            (GLUE TSV layout, e.g. `SST-2`), or that task folder itself.
 
     Returns:
-        :class:`TextPairs` with N examples: ``texts`` N tuples of 1 or 2 str (order of
-        ``GLUE_TASKS[task].text_keys``), ``labels`` N ints in ``[0, num_labels)`` or, for STS-B, N floats.
+        [`TextPairs`][padnet.training.data.glue.TextPairs] with N examples: `texts` N tuples of 1 or 2 str (order of
+        `GLUE_TASKS[task].text_keys`), `labels` N ints in `[0, num_labels)` or, for STS-B, N floats.
         Both layouts give the same ids.
 
     Raises:
@@ -169,7 +169,7 @@ def _check_split(spec: GlueTask, split: str) -> None:
 
 
 def _candidate_folders(spec: GlueTask, root: Path) -> list[Path]:
-    """``<root>/<task>``, ``<root>/<TaskDir>`` and, when its name is the task's, ``root`` itself."""
+    """`<root>/<task>`, `<root>/<TaskDir>` and, when its name is the task's, `root` itself."""
     tsv_folder = _TSV[spec.name].folder
     folders = [root / spec.name, root / tsv_folder]
     if root.name.lower() in (spec.name, tsv_folder.lower()):
@@ -178,7 +178,7 @@ def _candidate_folders(spec: GlueTask, root: Path) -> list[Path]:
 
 
 def _locate(spec: GlueTask, split: str, root: Path) -> tuple[str, list[Path]]:
-    """Find the files of one split: ``("parquet", shards)`` or ``("tsv", [file])``."""
+    """Find the files of one split: `("parquet", shards)` or `("tsv", [file])`."""
     if not root.is_dir():
         raise DataError(f"GLUE data folder {root} does not exist or is not a folder")
     for folder in _candidate_folders(spec, root):

@@ -1,6 +1,6 @@
 """Reader for the IDX format of (Fashion-)MNIST, raw or gzip-compressed.
 
-Layout: two zero bytes, a dtype code, the number of dimensions ``ndim``; then ``ndim`` big-endian
+Layout: two zero bytes, a dtype code, the number of dimensions `ndim`; then `ndim` big-endian
 uint32 sizes; then the values, big-endian, row-major.
 """
 
@@ -30,13 +30,13 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def read_idx(path: str | os.PathLike) -> torch.Tensor:
-    """Read an IDX file (raw, or gzip when the name ends in ``.gz`` or the bytes start gzip's magic).
+    """Read an IDX file (raw, or gzip when the name ends in `.gz` or the bytes start gzip's magic).
 
     Args:
         path: file path.
 
     Returns:
-        A tensor with the file's shape ``dims`` and dtype uint8 (code 0x08), int8 (0x09),
+        A tensor with the file's shape `dims` and dtype uint8 (code 0x08), int8 (0x09),
         int16 (0x0B), int32 (0x0C), float32 (0x0D) or float64 (0x0E), in native byte order.
 
     Raises:

@@ -1,4 +1,4 @@
-"""In-memory image classification data: :class:`ImageData` and per-channel statistics."""
+"""In-memory image classification data: [`ImageData`][padnet.training.data.images.ImageData] and per-channel statistics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from padnet.errors import ConfigError, DataError
 
-# Number of images summed at once by :func:`channel_stats`; bounds the temporary int64 memory.
+# Number of images summed at once by [`channel_stats`][padnet.training.data.images.channel_stats]; bounds the temporary int64 memory.
 _STATS_CHUNK = 4096
 
 
@@ -21,12 +21,12 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
         images: uint8 tensor of shape (N, C, H, W), N >= 1.
 
     Returns:
-        ``(mean, std)``, two tuples of C Python floats; ``std`` is the population standard deviation
+        `(mean, std)`, two tuples of C Python floats; `std` is the population standard deviation
         (divides by N*H*W). Sums are exact int64 sums, so the result does not depend on chunking or
         thread count.
 
     Raises:
-        DataError: if ``images`` is not a non-empty 4-D uint8 tensor (at least one image of at least one pixel).
+        DataError: if `images` is not a non-empty 4-D uint8 tensor (at least one image of at least one pixel).
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.numel() == 0:
         raise DataError(
@@ -55,19 +55,19 @@ class ImageData:
 
     Attributes:
         images: uint8 tensor (N, C, H, W), raw pixel values 0..255.
-        labels: int64 tensor (N,), class indices in ``[0, num_classes)``.
+        labels: int64 tensor (N,), class indices in `[0, num_classes)`.
         num_classes: number of classes.
         mean: per-channel mean in [0, 1] pixel units, measured on the TRAIN split (the test split
             carries the train values so both are normalised identically).
         std: per-channel standard deviation in [0, 1] pixel units, from the TRAIN split.
-        classes: optional class names, ``len(classes) == num_classes``.
+        classes: optional class names, `len(classes) == num_classes`.
         flip: whether a left-right mirror keeps an image's label, so the default training augmentation may
             flip (True for clothes and natural images; False for digits and characters: on the digits set
-            ``padnet train --dataset digits --flip true`` reached 78.27 % top-1 against 91.92 % without, seed 0).
+            `padnet train --dataset digits --flip true` reached 78.27 % top-1 against 91.92 % without, seed 0).
 
     Raises:
         DataError: on construction, if dtypes or shapes disagree, a label is out of range, or
-            ``mean``/``std``/``classes`` have the wrong length.
+            `mean`/`std`/`classes` have the wrong length.
     """
 
     images: torch.Tensor
@@ -114,18 +114,18 @@ class ImageData:
         return (int(c), int(h), int(w))
 
     def subset(self, n: int, seed: int) -> ImageData:
-        """A deterministic random subset of ``n`` samples (not stratified), kept in original order.
+        """A deterministic random subset of `n` samples (not stratified), kept in original order.
 
         Args:
-            n: number of samples wanted; values >= ``len(self)`` return all samples.
-            seed: seed of the ``torch.Generator`` drawing the permutation; same (n, seed) -> same subset.
+            n: number of samples wanted; values >= `len(self)` return all samples.
+            seed: seed of the `torch.Generator` drawing the permutation; same (n, seed) -> same subset.
 
         Returns:
-            A new :class:`ImageData` sharing ``num_classes``, ``mean``, ``std`` and ``classes``
+            A new [`ImageData`][padnet.training.data.images.ImageData] sharing `num_classes`, `mean`, `std` and `classes`
             (statistics are NOT recomputed on the subset).
 
         Raises:
-            ConfigError: if ``n < 1``.
+            ConfigError: if `n < 1`.
         """
         if n < 1:
             raise ConfigError(f"subset size must be >= 1, got {n}")
@@ -148,8 +148,8 @@ class ImageData:
 
 def data_fingerprint(data) -> str | None:
     """A SHA-256 (16 hex digits) of a test split's content, to tell whether a run is evaluated on the data it
-    was tested on: the images and labels of :class:`ImageData`, the file paths and labels of a folder data set
-    (``samples``); None for other data sets."""
+    was tested on: the images and labels of [`ImageData`][padnet.training.data.images.ImageData], the file paths and labels of a folder data set
+    (`samples`); None for other data sets."""
     digest = hashlib.sha256()
     if isinstance(data, ImageData):
         digest.update(str(tuple(data.images.shape)).encode())

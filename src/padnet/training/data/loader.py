@@ -24,7 +24,7 @@ def epoch_seed(seed: int, epoch: int, batch: int | None = None) -> int:
 
 
 class InMemoryLoader:
-    """Batches of an :class:`ImageData`; see :func:`make_loader`. Iterating twice repeats the batches."""
+    """Batches of an [`ImageData`][padnet.training.data.images.ImageData]; see [`make_loader`][padnet.training.data.loader.make_loader]. Iterating twice repeats the batches."""
 
     def __init__(
         self,
@@ -66,10 +66,10 @@ class InMemoryLoader:
         return self.batches(0)
 
     def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield batches ``start, start+1, ...``; batch k is identical to the k-th one of a full pass.
+        """Yield batches `start, start+1, ...`; batch k is identical to the k-th one of a full pass.
 
         Each batch's augmentation draws from its own generator seeded by (seed, epoch, k), so a
-        resumed epoch can start at batch ``start`` without replaying the earlier ones.
+        resumed epoch can start at batch `start` without replaying the earlier ones.
         """
         order = self.order()
         images, labels = self.data.images, self.data.labels
@@ -95,24 +95,24 @@ def make_loader(
     drop_last: bool | None = None,
     flip: bool | None = None,
 ):
-    """An iterable with ``len()`` over ``(x, y)`` batches: x float32 (B, C, H, W) normalised with the
+    """An iterable with `len()` over `(x, y)` batches: x float32 (B, C, H, W) normalised with the
     data's train mean/std, y int64 (B,).
 
-    For :class:`ImageData` (in memory), with ``train``: the order is ``torch.randperm`` from a
-    generator seeded by :func:`epoch_seed` (seed, epoch); with ``augment`` each batch is zero-padded
-    by ``crop_padding`` pixels (default H // 8: 4 for 32 px, 3 for 28 px, 1 for 8 px) and randomly
-    cropped back, then mirrored left-right with probability 0.5 when ``flip`` (default: the data's own
-    :attr:`~padnet.training.data.images.ImageData.flip`, off for digits and for arrays). The same (seed, epoch) gives
-    bit-identical batches; ``drop_last`` defaults to True. Without ``train``: order 0..N-1, no
-    augmentation, ``drop_last`` defaults to False. The result also offers ``batches(start)``.
+    For [`ImageData`][padnet.training.data.images.ImageData] (in memory), with `train`: the order is `torch.randperm` from a
+    generator seeded by [`epoch_seed`][padnet.training.data.loader.epoch_seed] (seed, epoch); with `augment` each batch is zero-padded
+    by `crop_padding` pixels (default H // 8: 4 for 32 px, 3 for 28 px, 1 for 8 px) and randomly
+    cropped back, then mirrored left-right with probability 0.5 when `flip` (default: the data's own
+    [`flip`][padnet.training.data.images.ImageData.flip], off for digits and for arrays). The same (seed, epoch) gives
+    bit-identical batches; `drop_last` defaults to True. Without `train`: order 0..N-1, no
+    augmentation, `drop_last` defaults to False. The result also offers `batches(start)`.
 
-    For an :class:`~padnet.training.data.folder.ImageFolder`: a ``torch.utils.data.DataLoader`` with
-    :data:`FOLDER_WORKERS` workers, shuffling (train) from a generator seeded by (seed, epoch) and
-    augmentation on when ``train and augment`` (``crop_padding`` is ignored).
+    For an [`ImageFolder`][padnet.training.data.folder.ImageFolder]: a `torch.utils.data.DataLoader` with
+    [`FOLDER_WORKERS`][padnet.training.data.loader.FOLDER_WORKERS] workers, shuffling (train) from a generator seeded by (seed, epoch) and
+    augmentation on when `train and augment` (`crop_padding` is ignored).
 
     Raises:
-        ConfigError: if ``batch_size < 1``, ``crop_padding < 0``, a train loader would yield no
-            batch, or ``data`` is of an unsupported type.
+        ConfigError: if `batch_size < 1`, `crop_padding < 0`, a train loader would yield no
+            batch, or `data` is of an unsupported type.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")

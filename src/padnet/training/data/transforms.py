@@ -1,8 +1,8 @@
 """Tensor image augmentation without PIL or torchvision.
 
 Batch functions take (B, C, H, W) tensors and draw all randomness from an explicit
-``torch.Generator``, so a seeded generator reproduces them exactly. Per-image functions take
-(C, H, W) tensors and are used by :mod:`padnet.training.data.folder`.
+`torch.Generator`, so a seeded generator reproduces them exactly. Per-image functions take
+(C, H, W) tensors and are used by [`padnet.training.data.folder`][padnet.training.data.folder].
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from padnet.errors import ConfigError
 
 
 def random_crop_pad(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Zero-pad each side by ``pad`` pixels, then crop every sample back to H x W at a random offset.
+    """Zero-pad each side by `pad` pixels, then crop every sample back to H x W at a random offset.
 
     Args:
         x: (B, C, H, W) tensor of any dtype (uint8 pixels in the loaders).
-        pad: padding in pixels, >= 0; 0 returns ``x`` unchanged (no random numbers drawn).
-        generator: source of the offsets: one ``torch.randint(0, 2*pad+1, (2, B))`` call, row 0
+        pad: padding in pixels, >= 0; 0 returns `x` unchanged (no random numbers drawn).
+        generator: source of the offsets: one `torch.randint(0, 2*pad+1, (2, B))` call, row 0
             the vertical and row 1 the horizontal offset.
 
     Returns:
-        Tensor of the same shape and dtype as ``x``.
+        Tensor of the same shape and dtype as `x`.
 
     Raises:
-        ConfigError: if ``pad`` is negative or ``x`` is not 4-D.
+        ConfigError: if `pad` is negative or `x` is not 4-D.
     """
     if pad < 0:
         raise ConfigError(f"crop padding must be >= 0, got {pad}")
@@ -48,22 +48,22 @@ def random_crop_pad(x: torch.Tensor, pad: int, generator: torch.Generator | None
 
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator | None, p: float = 0.5) -> torch.Tensor:
-    """Mirror each sample left-right with probability ``p``.
+    """Mirror each sample left-right with probability `p`.
 
     Args:
         x: (B, C, H, W) tensor of any dtype.
-        generator: source of one ``torch.rand(B)`` call; sample i flips when its draw is < ``p``.
+        generator: source of one `torch.rand(B)` call; sample i flips when its draw is < `p`.
         p: flip probability in [0, 1].
 
     Returns:
-        Tensor of the same shape and dtype as ``x``.
+        Tensor of the same shape and dtype as `x`.
     """
     flip = torch.rand(x.shape[0], generator=generator).to(x.device) < p
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Convert uint8 pixels to float32 ``(x / 255 - mean[c]) / std[c]``.
+    """Convert uint8 pixels to float32 `(x / 255 - mean[c]) / std[c]`.
 
     Args:
         x: uint8 (B, C, H, W) or (C, H, W) tensor, values 0..255 (float input in the same 0..255
@@ -86,11 +86,11 @@ def random_resized_crop(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Crop a random area and aspect ratio of one image and resize it to ``size`` x ``size``.
+    """Crop a random area and aspect ratio of one image and resize it to `size` x `size`.
 
-    The crop covers a fraction of the image area drawn uniformly from ``scale`` with a
-    width/height ratio drawn log-uniformly from ``ratio``; up to 10 draws are tried, after which
-    the largest centred crop with the ratio clamped into ``ratio`` is used.
+    The crop covers a fraction of the image area drawn uniformly from `scale` with a
+    width/height ratio drawn log-uniformly from `ratio`; up to 10 draws are tried, after which
+    the largest centred crop with the ratio clamped into `ratio` is used.
 
     Args:
         img: (C, H, W) tensor, any real dtype.
@@ -127,7 +127,7 @@ def random_resized_crop(
 
 
 def resize(img: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bilinear resize of a (C, H, W) image to ``out_hw``; returns float32 (C, h, w)."""
+    """Antialiased bilinear resize of a (C, H, W) image to `out_hw`; returns float32 (C, h, w)."""
     out = F.interpolate(
         img.to(torch.float32)[None], size=out_hw, mode="bilinear", align_corners=False, antialias=True
     )
@@ -135,14 +135,14 @@ def resize(img: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_shorter(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a (C, H, W) image so its shorter side is ``size``, keeping the aspect ratio; float32."""
+    """Resize a (C, H, W) image so its shorter side is `size`, keeping the aspect ratio; float32."""
     _, h, w = img.shape
     out_hw = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
     return resize(img, out_hw)
 
 
 def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """The central ``size`` x ``size`` window of a (C, H, W) image (H, W >= size)."""
+    """The central `size` x `size` window of a (C, H, W) image (H, W >= size)."""
     _, h, w = img.shape
     top, left = (h - size) // 2, (w - size) // 2
     return img[:, top : top + size, left : left + size]

@@ -1,11 +1,11 @@
 """Checkpoints in safetensors, written atomically, never unpickled.
 
-One file holds the model state (``model/<key>``), the optimiser's tensor state (``optim/<param
-index>/<name>``; a second optimiser, e.g. SD-Conv's thresholds', under ``optim-<name>/``), the torch RNG
-states (``rng/torch``, and ``rng/cuda`` once CUDA is in use), named generators (``rng/<name>``, e.g. a batch
-sampler's) and, in the header metadata under ``padnet``, a JSON document with the run configuration, progress
+One file holds the model state (`model/<key>`), the optimiser's tensor state (``optim/<param
+index>/<name>`; a second optimiser, e.g. SD-Conv's thresholds', under `optim-<name>/``), the torch RNG
+states (`rng/torch`, and `rng/cuda` once CUDA is in use), named generators (`rng/<name>`, e.g. a batch
+sampler's) and, in the header metadata under `padnet`, a JSON document with the run configuration, progress
 counters, optimiser hyper-parameters and the scheduler state. Epoch checkpoints of a run directory are
-``checkpoint-epochNNNN.safetensors``.
+`checkpoint-epochNNNN.safetensors`.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ T = TypeVar("T")
 
 
 def resume_newest(run_dir: str | Path, load: Callable[[Path], T], warn: bool = True) -> T:
-    """``load(path)`` of the newest epoch checkpoint of ``run_dir`` that loads. Damaged newer ones are skipped with
-    a ``padnet: warning:`` line naming them (when ``warn``; the run goes on from the older one and writes them
+    """`load(path)` of the newest epoch checkpoint of `run_dir` that loads. Damaged newer ones are skipped with
+    a `padnet: warning:` line naming them (when `warn`; the run goes on from the older one and writes them
     again).
 
     Raises:
         CheckpointError: no checkpoint loads; names the newest one's damage and the remedy.
-        ConfigError: from ``load`` (e.g. the configuration differs from the run's), at once.
+        ConfigError: from `load` (e.g. the configuration differs from the run's), at once.
     """
     damaged: list[tuple[Path, CheckpointError]] = []
     for path in reversed(epoch_checkpoints(run_dir)):
@@ -69,15 +69,15 @@ def resume_newest(run_dir: str | Path, load: Callable[[Path], T], warn: bool = T
 
 
 def changed_keys(saved: dict, current: dict, resumable) -> list[str]:
-    """Configuration keys whose saved value differs from the current one, except the ``resumable`` keys (which
+    """Configuration keys whose saved value differs from the current one, except the `resumable` keys (which
     do not change results) and keys the saved configuration lacks (added since it was written)."""
     return sorted(k for k, v in current.items() if k not in resumable and k in saved and saved[k] != v)
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool, resumable: bool = True) -> None:
     """Refuse to start a new run in a directory that holds another run's checkpoints or results (ConfigError; the
-    remedy names ``--resume`` for a ``resumable`` command); then delete the temporary files an interrupted write
-    left there (:func:`padnet.saving.fileio.sweep_temporary_files`)."""
+    remedy names `--resume` for a `resumable` command); then delete the temporary files an interrupted write
+    left there ([`padnet.saving.fileio.sweep_temporary_files`][padnet.saving.fileio.sweep_temporary_files])."""
     run_dir = Path(run_dir)
     if not resume and (epoch_checkpoints(run_dir) or (run_dir / "results.json").exists()):
         remedy = (
@@ -88,8 +88,8 @@ def claim_run_dir(run_dir: str | Path, resume: bool, resumable: bool = True) -> 
 
 
 def save_epoch_checkpoint(run_dir: str | Path, epoch: int, keep: int, *args, **kwargs) -> Path:
-    """``save_checkpoint`` to ``run_dir/checkpoint-epochNNNN.safetensors`` (further arguments as there), then
-    delete all but the newest ``keep`` epoch checkpoints."""
+    """`save_checkpoint` to `run_dir/checkpoint-epochNNNN.safetensors` (further arguments as there), then
+    delete all but the newest `keep` epoch checkpoints."""
     path = save_checkpoint(Path(run_dir) / f"checkpoint-epoch{epoch:04d}.safetensors", *args, **kwargs)
     for old in epoch_checkpoints(run_dir)[: -max(1, keep)]:
         old.unlink()
@@ -97,13 +97,13 @@ def save_epoch_checkpoint(run_dir: str | Path, epoch: int, keep: int, *args, **k
 
 
 def _keys(name: str) -> tuple[str, str]:
-    """Tensor-name prefix and metadata key of the optimiser called ``name`` ("" for the main one)."""
+    """Tensor-name prefix and metadata key of the optimiser called `name` ("" for the main one)."""
     return (f"optim-{name}", f"optimizer-{name}") if name else ("optim", "optimizer")
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     """NonFiniteStateError naming the first tensor with a NaN or infinity and the newest checkpoint beside
-    ``path`` (the resume point that stays)."""
+    `path` (the resume point that stays)."""
     for key, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             earlier = [p for p in epoch_checkpoints(Path(path).parent) if p != Path(path)]
@@ -119,13 +119,13 @@ def save_checkpoint(
     extra_optimizers: dict | None = None,
     generators: dict | None = None,
 ) -> Path:
-    """Write a checkpoint to ``path`` atomically (temporary file + rename); returns the path.
+    """Write a checkpoint to `path` atomically (temporary file + rename); returns the path.
 
-    ``state`` must be JSON-serialisable (configuration, epoch, step, temperature, ...). A model or optimiser
+    `state` must be JSON-serialisable (configuration, epoch, step, temperature, ...). A model or optimiser
     state holding NaN or infinity is never written (NonFiniteStateError names the tensor and the last good
     checkpoint, which stays the resume point).
-    ``extra_optimizers`` maps names to further optimisers (restored by the same names); ``generators`` maps
-    names to ``torch.Generator`` objects (e.g. a sampler's) whose states are saved as ``rng/<name>``.
+    `extra_optimizers` maps names to further optimisers (restored by the same names); `generators` maps
+    names to `torch.Generator` objects (e.g. a sampler's) whose states are saved as `rng/<name>`.
     """
     tensors = {f"model/{k}": v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors["rng/torch"] = torch.get_rng_state()
@@ -156,7 +156,7 @@ def save_checkpoint(
 
 
 def looks_pickled(path: str | Path) -> bool:
-    """True when ``path`` starts like a ``torch.save`` / TorchScript file (a zip archive) or a raw pickle
+    """True when `path` starts like a `torch.save` / TorchScript file (a zip archive) or a raw pickle
     (protocol 2+). Only asked of files safetensors could not read: a safetensors header length may start 0x80."""
     with open(path, "rb") as fh:
         head = fh.read(4)
@@ -193,7 +193,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 def load_model_state(
     model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path = "checkpoint"
 ) -> None:
-    """Load the ``model/*`` tensors of a checkpoint strictly (:func:`padnet.saving.folder.load_state`)."""
+    """Load the `model/*` tensors of a checkpoint strictly ([`padnet.saving.folder.load_state`][padnet.saving.folder.load_state])."""
     load_state(model, {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}, path)
 
 
@@ -206,10 +206,10 @@ def restore_training(
     generators: dict | None = None,
     path: str | Path = "checkpoint",
 ) -> None:
-    """Restore optimiser(s), scheduler, the torch RNG and named generators saved by :func:`save_checkpoint`.
+    """Restore optimiser(s), scheduler, the torch RNG and named generators saved by [`save_checkpoint`][padnet.training.engine.checkpoint.save_checkpoint].
 
     What was read from disk is checked first: every optimiser tensor the checkpoint lists is there, each one
-    belongs to a parameter and has its shape. CheckpointError (``cannot resume PATH: ...``) otherwise, or when
+    belongs to a parameter and has its shape. CheckpointError (`cannot resume PATH: ...`) otherwise, or when
     torch refuses a state (an RNG state of the wrong size, parameter groups that do not fit)."""
     try:
         for name, opt in {"": optimizer, **(extra_optimizers or {})}.items():

@@ -8,10 +8,10 @@ import torch
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
-    """Multiplier of the peak learning rate at each step (for ``torch.optim.lr_scheduler.LambdaLR``).
+    """Multiplier of the peak learning rate at each step (for `torch.optim.lr_scheduler.LambdaLR`).
 
-    Rises linearly from 1/(warmup+1) to 1 over ``warmup_steps``, then follows a cosine to 0 at
-    ``total_steps``.
+    Rises linearly from 1/(warmup+1) to 1 over `warmup_steps`, then follows a cosine to 0 at
+    `total_steps`.
     """
 
     def factor(step: int) -> float:
@@ -24,5 +24,5 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
-    """``LambdaLR`` stepping once per iteration with :func:`warmup_cosine`."""
+    """`LambdaLR` stepping once per iteration with [`warmup_cosine`][padnet.training.engine.schedule.warmup_cosine]."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))

@@ -1,5 +1,5 @@
 """Image-classification training: SGD + warm-up/cosine, the method's training-time work through
-:class:`padnet.adapter.methods.PadTraining` (temperature annealing, mode partition, SD-Conv's thresholds), top-1
+[`padnet.adapter.methods.PadTraining`][padnet.adapter.methods.PadTraining] (temperature annealing, mode partition, SD-Conv's thresholds), top-1
 evaluation, a JSONL metrics log, safetensors checkpoints and resume."""
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "do
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Keys (other than :data:`RESUMABLE_CHANGES`) whose saved value differs from ``cfg``.
+    """Keys (other than [`RESUMABLE_CHANGES`][padnet.training.engine.trainer.RESUMABLE_CHANGES]) whose saved value differs from `cfg`.
 
-    ``num_kernels`` and ``reduction`` compare by the value the layers get, so None (the conv type's default)
+    `num_kernels` and `reduction` compare by the value the layers get, so None (the conv type's default)
     equals that default written out (runs saved before these keys defaulted to None).
     """
     current = cfg.to_dict()
@@ -92,16 +92,16 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
 
 
 def load_run(checkpoint: str | Path, data=None, data_root: str | None = None, dataset: str | None = None):
-    """The trained model saved in a run checkpoint (``model.safetensors`` or ``checkpoint-*``), with the run's
-    configuration and test split: ``(model, cfg, test)``.
+    """The trained model saved in a run checkpoint (`model.safetensors` or `checkpoint-*`), with the run's
+    configuration and test split: `(model, cfg, test)`.
 
-    ``data`` (train, test) skips reading the data set again; ``data_root`` overrides the saved one. A run records
+    `data` (train, test) skips reading the data set again; `data_root` overrides the saved one. A run records
     a fingerprint of its test split: when the data set named in its configuration gives another test split (the
-    run was trained on data given through the Python API), evaluating it needs ``dataset`` named explicitly.
+    run was trained on data given through the Python API), evaluating it needs `dataset` named explicitly.
 
     Raises:
         CheckpointError: unreadable file, one without a run configuration, or another architecture.
-        DataError: the recorded test split differs from the configured data set's, and no ``dataset`` was named.
+        DataError: the recorded test split differs from the configured data set's, and no `dataset` was named.
     """
 
     tensors, meta = read_checkpoint(checkpoint)
@@ -158,7 +158,7 @@ def side_batches(cfg: TrainConfig, train, ctx: Context, seed_offset: int):
 def partition_from_config(
     model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy, ctx: Context | None = None
 ):
-    """Mode partition of ``model`` as ``cfg`` describes it (method, κ, N batches, E iterations, scope),
+    """Mode partition of `model` as `cfg` describes it (method, κ, N batches, E iterations, scope),
     on training batches drawn with a seed of their own so training batches are unaffected. In a data-parallel
     run each process scores its chunk of every batch and the scores are summed over processes."""
     ctx = ctx or Context()
@@ -183,7 +183,7 @@ def partition_from_config(
 
 def param_groups(model: nn.Module, weight_decay: float, exclude=()) -> list[dict]:
     """Weight decay on kernels and linear weights only; none on BatchNorm, biases and scale factors.
-    Parameters in ``exclude`` (SD-Conv thresholds, which have an optimiser of their own) are left out."""
+    Parameters in `exclude` (SD-Conv thresholds, which have an optimiser of their own) are left out."""
     skip = {id(p) for p in exclude}
     decay, no_decay = [], []
     for p in model.parameters():
@@ -194,7 +194,7 @@ def param_groups(model: nn.Module, weight_decay: float, exclude=()) -> list[dict
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, ctx: Context | None = None) -> float:
-    """Top-1 accuracy in percent over ``loader``; with a data-parallel ``ctx`` process r evaluates batches
+    """Top-1 accuracy in percent over `loader`; with a data-parallel `ctx` process r evaluates batches
     r, r + W, ... and the counts are summed over processes."""
     ctx = ctx or Context(device=next(model.parameters()).device)
     was_training = model.training
@@ -220,7 +220,7 @@ def _progress(iterable, enabled: bool, desc: str):
 
 
 class _TensorBoard:
-    """Scalars to TensorBoard when ``tensorboard`` is installed; otherwise nothing."""
+    """Scalars to TensorBoard when `tensorboard` is installed; otherwise nothing."""
 
     def __init__(self, run_dir: Path):
         try:
@@ -243,19 +243,19 @@ class _TensorBoard:
 
 
 class Trainer:
-    """Train one model as ``cfg`` describes, in ``run_dir``.
+    """Train one model as `cfg` describes, in `run_dir`.
 
-    The run directory holds ``config.yaml`` (the resolved configuration), ``metrics.jsonl`` (one record
-    per epoch), ``checkpoint-epochNNNN.safetensors`` (the last ``keep_checkpoints``), ``model.safetensors``
-    (final weights) and ``results.json``. ``resume=True`` continues from the newest checkpoint and ends
+    The run directory holds `config.yaml` (the resolved configuration), `metrics.jsonl` (one record
+    per epoch), `checkpoint-epochNNNN.safetensors` (the last `keep_checkpoints`), `model.safetensors`
+    (final weights) and `results.json`. `resume=True` continues from the newest checkpoint and ends
     with the same weights as an uninterrupted run (batches and augmentation depend only on seed and
     epoch; RNG, optimiser and scheduler states are restored).
 
-    Launched by ``torchrun`` with W processes it trains data-parallel (:mod:`padnet.training.distributed`): process r
-    takes chunk r of each global batch of ``batch_size`` and only process 0 writes the run directory.
+    Launched by `torchrun` with W processes it trains data-parallel ([`padnet.training.distributed`][padnet.training.distributed]): process r
+    takes chunk r of each global batch of `batch_size` and only process 0 writes the run directory.
 
     Raises:
-        ConfigError: invalid configuration, or ``run_dir`` already holds another run and ``resume`` is off.
+        ConfigError: invalid configuration, or `run_dir` already holds another run and `resume` is off.
     """
 
     def __init__(
@@ -375,8 +375,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def recalibrate_statistics(self) -> int:
-        """Re-estimate the BatchNorm statistics on ``partition_batches`` training batches (after the anneal's
-        last step or a partition outside it; see :mod:`padnet.adapter.statistics`)."""
+        """Re-estimate the BatchNorm statistics on `partition_batches` training batches (after the anneal's
+        last step or a partition outside it; see [`padnet.adapter.statistics`][padnet.adapter.statistics])."""
         batches = side_batches(self.cfg, self.train_data, self.ctx, STATISTICS_SEED)
         return recalibrate_batchnorm(self.model, itertools.islice(batches, self.cfg.partition_batches))
 

@@ -1,4 +1,4 @@
-"""``PadCallback``: a PadModel's method inside a Lightning ``Trainer`` (the ``lightning`` extra).
+"""`PadCallback`: a PadModel's method inside a Lightning `Trainer` (the `lightning` extra).
 
 Usage::
 
@@ -14,9 +14,9 @@ Usage::
 
     L.Trainer(max_epochs=3, callbacks=[PadCallback(pad, partition_data=loader)]).fit(Module(pad), loader)
 
-The callback calls ``start_training`` when fitting starts (steps per epoch and total steps from the Trainer, the
-step reached when resuming), ``before_step`` before every training batch and ``after_step`` after it (Lightning
-runs the optimiser step before ``on_train_batch_end`` with automatic optimisation). Gradient accumulation is
+The callback calls `start_training` when fitting starts (steps per epoch and total steps from the Trainer, the
+step reached when resuming), `before_step` before every training batch and `after_step` after it (Lightning
+runs the optimiser step before `on_train_batch_end` with automatic optimisation). Gradient accumulation is
 refused: the hooks count optimiser steps. The thresholds' own optimiser state (SD-Conv) is not part of
 Lightning's checkpoints.
 """
@@ -33,12 +33,12 @@ from padnet.errors import ConfigError
 
 
 class PadCallback(L.Callback):
-    """Runs ``pad``'s training hooks in a Lightning ``Trainer``.
+    """Runs `pad`'s training hooks in a Lightning `Trainer`.
 
     Args:
-        pad: the :class:`padnet.PadModel` the LightningModule trains.
+        pad: the [`padnet.PadModel`][padnet.adapter.model.PadModel] the LightningModule trains.
         partition_data, loss_fn, batch_loss: what mode partition gets when it is due (see
-            :meth:`padnet.PadModel.partition`).
+            [`padnet.PadModel.partition`][padnet.adapter.model.PadModel.partition]).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""``PadTrainerCallback``: a PadModel's method inside the transformers ``Trainer``.
+"""`PadTrainerCallback`: a PadModel's method inside the transformers `Trainer`.
 
 Usage::
 
@@ -8,14 +8,14 @@ Usage::
                       callbacks=[PadTrainerCallback(pad, partition_data=batches)])
     trainer.train()
 
-The callback calls ``start_training`` when training begins (optimiser steps per epoch from the train dataloader
+The callback calls `start_training` when training begins (optimiser steps per epoch from the train dataloader
 and the gradient accumulation, total steps from the Trainer's state, the step reached when resuming), then
-``before_step`` when an optimiser step begins and ``after_step`` right after ``optimizer.step()`` (before the
+`before_step` when an optimiser step begins and `after_step` right after `optimizer.step()` (before the
 Trainer zeroes the gradients, so SD-Conv's thresholds get theirs). The method's extra loss (MoE load balancing)
-reaches the Trainer's loss because :class:`padnet.PadModel` adds it to the model output's ``loss`` while
-training. Keep ``remove_unused_columns=False``: the Trainer reads the columns a model takes from its
-``forward`` signature, and PadModel's is ``(*args, **kwargs)``. For SD-Conv, build the Trainer's optimiser from
-``pad.optimizer_parameters()`` (``optimizers=(torch.optim.AdamW(pad.optimizer_parameters()), None)``); the
+reaches the Trainer's loss because [`padnet.PadModel`][padnet.adapter.model.PadModel] adds it to the model output's `loss` while
+training. Keep `remove_unused_columns=False`: the Trainer reads the columns a model takes from its
+`forward` signature, and PadModel's is `(*args, **kwargs)`. For SD-Conv, build the Trainer's optimiser from
+`pad.optimizer_parameters()` (`optimizers=(torch.optim.AdamW(pad.optimizer_parameters()), None)`); the
 thresholds' own optimiser state is not part of the Trainer's checkpoints.
 """
 
@@ -30,13 +30,13 @@ from padnet.adapter.model import PadModel
 
 
 class PadTrainerCallback(TrainerCallback):
-    """Runs ``pad``'s training hooks in a transformers ``Trainer``.
+    """Runs `pad`'s training hooks in a transformers `Trainer`.
 
     Args:
-        pad: the :class:`padnet.PadModel` the Trainer trains.
-        partition_data: batches for mode partition when it is due (keyword dicts with ``labels``; IMP and MP
+        pad: the [`padnet.PadModel`][padnet.adapter.model.PadModel] the Trainer trains.
+        partition_data: batches for mode partition when it is due (keyword dicts with `labels`; IMP and MP
             need them, and their absence is an error when training starts).
-        loss_fn, batch_loss: as :meth:`padnet.PadModel.partition`.
+        loss_fn, batch_loss: as [`padnet.PadModel.partition`][padnet.adapter.model.PadModel.partition].
     """
 
     def __init__(

@@ -1,18 +1,18 @@
-"""``padnet moe-compress``: PAD compression of a pretrained MoE causal LM folder, measured on calibration text.
+"""`padnet moe-compress`: PAD compression of a pretrained MoE causal LM folder, measured on calibration text.
 
-The pipeline (one run of :func:`compress_folder`):
+The pipeline (one run of [`compress_folder`][padnet.training.nlp.compress.compress_folder]):
 
 1. Load a transformers causal LM with banks of gated experts (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) and its
-   tokenizer from a local folder, and a calibration text file, cut into blocks of ``block_size`` tokens; the last
-   ``heldout`` fraction of the blocks measures perplexity, the others calibrate.
-2. Compress the experts (:func:`padnet.adapter.moe_convert.compress_experts`): ``"pad"`` keeps a fraction κ of
+   tokenizer from a local folder, and a calibration text file, cut into blocks of `block_size` tokens; the last
+   `heldout` fraction of the blocks measures perplexity, the others calibrate.
+2. Compress the experts ([`padnet.adapter.moe_convert.compress_experts`][padnet.adapter.moe_convert.compress_experts]): `"pad"` keeps a fraction κ of
    the expert parameters dynamic by IMP on the calibration blocks (PAD-Net eq. 5–9) and shares a static part Θ̄
-   (the experts' mean, or weighted by the router's load); ``"prune"`` keeps the same fraction and zeroes the rest
-   (MoE-P); ``"merge"`` replaces every expert by the mean of all (no mask search, κ = 0).
+   (the experts' mean, or weighted by the router's load); `"prune"` keeps the same fraction and zeroes the rest
+   (MoE-P); `"merge"` replaces every expert by the mean of all (no mask search, κ = 0).
 3. Optionally fine-tune only Θ̄ and the scale factors on the calibration blocks.
 4. Measure perplexity before and after and the bytes the experts take in the saved folder, and write the
-   compressed model (``model/``, loads with :func:`padnet.load_pretrained`), ``results.json`` and
-   ``results.png``.
+   compressed model (`model/`, loads with [`padnet.load_pretrained`][padnet.adapter.model.load_pretrained]), `results.json` and
+   `results.png`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 
 @dataclass
 class CompressConfig:
-    """One compression run (see the module docstring); every field is a ``padnet moe-compress`` flag."""
+    """One compression run (see the module docstring); every field is a `padnet moe-compress` flag."""
 
     kappa: float = 0.3
     method: str = "pad"
@@ -118,7 +118,7 @@ def load_tokenizer(folder: Path):
 
 
 def _transformers(folder: Path, load):
-    """``load()`` (a transformers call reading ``folder``) without its warnings; CheckpointError for any error."""
+    """`load()` (a transformers call reading `folder`) without its warnings; CheckpointError for any error."""
     try:
         with quiet_transformers():
             return load()
@@ -127,7 +127,7 @@ def _transformers(folder: Path, load):
 
 
 def _load_model(folder: Path, stored: int):
-    """The causal LM of ``folder``, whose weight files hold ``stored`` values. Its architecture is first built
+    """The causal LM of `folder`, whose weight files hold `stored` values. Its architecture is first built
     without memory (on the meta device): a model without banks of experts (ConfigError), or a config asking for
     more parameters than the files hold (CheckpointError), is refused before anything is allocated; a tensor the
     files lack is refused, not initialised at random."""
@@ -175,7 +175,7 @@ def load_causal_lm(folder: str | Path):
 
 
 def token_blocks(tokenizer, texts: list[str], block_size: int) -> torch.Tensor:
-    """``texts`` as one token stream, an end-of-text token after each, cut into blocks of ``block_size`` token ids,
+    """`texts` as one token stream, an end-of-text token after each, cut into blocks of `block_size` token ids,
     (n, block_size); the remainder is dropped."""
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     ids: list[int] = []
@@ -185,7 +185,7 @@ def token_blocks(tokenizer, texts: list[str], block_size: int) -> torch.Tensor:
 
 
 def text_blocks(path: str | Path, tokenizer, block_size: int) -> torch.Tensor:
-    """The text of ``path`` (UTF-8, one document per line) as :func:`token_blocks`. Raises DataError for an
+    """The text of `path` (UTF-8, one document per line) as [`token_blocks`][padnet.training.nlp.compress.token_blocks]. Raises DataError for an
     unreadable file or one too short for two blocks."""
     path = Path(path)
     try:
@@ -199,13 +199,13 @@ def text_blocks(path: str | Path, tokenizer, block_size: int) -> torch.Tensor:
 
 
 def lm_batches(blocks: torch.Tensor, batch_size: int) -> list[dict]:
-    """Keyword batches of a causal LM (``input_ids`` and ``labels``, each (b, block_size))."""
+    """Keyword batches of a causal LM (`input_ids` and `labels`, each (b, block_size))."""
     return [{"input_ids": chunk, "labels": chunk} for chunk in blocks.split(batch_size)]
 
 
 @torch.no_grad()
 def perplexity(model, blocks: torch.Tensor, batch_size: int, progress: bool = False) -> float:
-    """exp of the mean next-token negative log-likelihood over ``blocks`` (n, T), in eval mode."""
+    """exp of the mean next-token negative log-likelihood over `blocks` (n, T), in eval mode."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -221,7 +221,7 @@ def perplexity(model, blocks: torch.Tensor, batch_size: int, progress: bool = Fa
 
 def bank_bytes(model) -> int:
     """Bytes the banks of experts take: each transformers bank's two tensors, or what the saved folder stores of
-    each :class:`~padnet.layers.experts.ExpertBank` (Θ̄ once, the dynamic values, the mask bits)."""
+    each [`ExpertBank`][padnet.layers.experts.ExpertBank] (Θ̄ once, the dynamic values, the mask bits)."""
     total = sum(
         t.numel() * t.element_size()
         for name in find_expert_banks(model)
@@ -233,7 +233,7 @@ def bank_bytes(model) -> int:
 
 
 def _partition(pad: PadModel, batches: list[dict], cfg: CompressConfig) -> float:
-    """IMP on ``batches`` with a progress bar over its forward passes (iterations × batches); the dynamic
+    """IMP on `batches` with a progress bar over its forward passes (iterations × batches); the dynamic
     ratio reached."""
     bar = tqdm(total=cfg.partition_iterations * len(batches), desc="IMP scores", disable=not cfg.progress)
 
@@ -287,7 +287,7 @@ def _finetune_static(
 
 
 def _original_perplexity(model, heldout: torch.Tensor, cfg: CompressConfig) -> float:
-    """:func:`perplexity` of the model as loaded, before padnet changes it: an error there comes from the folder
+    """[`perplexity`][padnet.training.nlp.compress.perplexity] of the model as loaded, before padnet changes it: an error there comes from the folder
     (a config.json that does not fit its weights) or the settings, and is one line (CheckpointError)."""
     try:
         return perplexity(model, heldout, cfg.batch_size, cfg.progress)
@@ -300,7 +300,7 @@ def _original_perplexity(model, heldout: torch.Tensor, cfg: CompressConfig) -> f
 
 def _check_outcome(pad: PadModel, before: float, after: float) -> None:
     """ConfigError when a perplexity is not finite or the compressed model holds NaN or infinity: such a result
-    is never reported or written as a success (nor a model that ``padnet.load_pretrained`` refuses)."""
+    is never reported or written as a success (nor a model that `padnet.load_pretrained` refuses)."""
     for name, value in (("the original model", before), ("the compressed model", after)):
         if not math.isfinite(value):
             raise ConfigError(
@@ -315,8 +315,8 @@ def _check_outcome(pad: PadModel, before: float, after: float) -> None:
 
 
 def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel, dict]:
-    """Compress ``model`` (a transformers MoE causal LM) with calibration ``blocks`` (n, T) as ``cfg`` says;
-    returns the :class:`~padnet.adapter.model.PadModel` and the measurements (perplexities, bytes, seconds)."""
+    """Compress `model` (a transformers MoE causal LM) with calibration `blocks` (n, T) as `cfg` says;
+    returns the [`PadModel`][padnet.adapter.model.PadModel] and the measurements (perplexities, bytes, seconds)."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     split = max(1, min(len(blocks) - 1, round(len(blocks) * (1 - cfg.heldout))))
@@ -373,11 +373,11 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
 def compress_folder(
     model_dir: str | Path, calibration: str | Path, out: str | Path, cfg: CompressConfig | None = None
 ) -> dict:
-    """:func:`compress` a model folder with a calibration text file; writes ``out/model`` (the compressed model with
-    its tokenizer), ``out/results.json`` and ``out/results.png``. Returns the results.
+    """[`compress`][padnet.training.nlp.compress.compress] a model folder with a calibration text file; writes `out/model` (the compressed model with
+    its tokenizer), `out/results.json` and `out/results.png`. Returns the results.
 
-    Raises CheckpointError / ConfigError / DataError (one line each) for a bad folder, text or setting, an ``out``
-    that holds a finished run (its ``results.json``), and NonFiniteLossError or ConfigError for a fine-tune or a
+    Raises CheckpointError / ConfigError / DataError (one line each) for a bad folder, text or setting, an `out`
+    that holds a finished run (its `results.json`), and NonFiniteLossError or ConfigError for a fine-tune or a
     compression that ends in NaN or infinity; then nothing is written.
     """
     cfg = (cfg or CompressConfig()).validate()

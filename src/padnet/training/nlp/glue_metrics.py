@@ -3,7 +3,7 @@
 From "GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language Understanding"
 (Wang et al., 2019): Matthews correlation for CoLA; accuracy for SST-2, MNLI, QNLI and RTE; accuracy
 and F1 (positive class 1) for MRPC and QQP; Pearson and Spearman correlation for STS-B. A task's
-``score`` is the mean of its metrics, as on the GLUE leaderboard. Values are plain floats (not x100).
+`score` is the mean of its metrics, as on the GLUE leaderboard. Values are plain floats (not x100).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _METRIC_FUNCTIONS = {
 
 
 def _as_list(values, name: str) -> list:
-    """A plain list from a list, tuple, numpy array or 1-D tensor (``tolist`` where there is one)."""
+    """A plain list from a list, tuple, numpy array or 1-D tensor (`tolist` where there is one)."""
     if hasattr(values, "tolist"):
         values = values.tolist()
     try:
@@ -66,15 +66,15 @@ def glue_metrics(task: str, predictions, references) -> dict[str, float]:
     """Official GLUE metrics of one task (Wang et al., 2019).
 
     Args:
-        task: ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``qqp``, ``mnli``, ``qnli`` or ``rte``.
-        predictions: N predicted class ids (ints), or N floats for ``stsb``; list, tuple, numpy array or
+        task: `cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `qnli` or `rte`.
+        predictions: N predicted class ids (ints), or N floats for `stsb`; list, tuple, numpy array or
             1-D tensor.
         references: N gold labels, same kinds.
 
     Returns:
-        ``{metric: value}`` with the task's metrics (cola ``matthews_correlation``; sst2, mnli, qnli, rte
-        ``accuracy``; mrpc, qqp ``accuracy`` and ``f1`` of class 1; stsb ``pearson`` and ``spearmanr``)
-        plus ``score``, their mean. Plain floats in [-1, 1] (correlations) or [0, 1]; a correlation is
+        `{metric: value}` with the task's metrics (cola `matthews_correlation`; sst2, mnli, qnli, rte
+        `accuracy`; mrpc, qqp `accuracy` and `f1` of class 1; stsb `pearson` and `spearmanr`)
+        plus `score`, their mean. Plain floats in [-1, 1] (correlations) or [0, 1]; a correlation is
         nan when either side is constant.
 
     Raises:
@@ -88,10 +88,10 @@ def glue_metrics(task: str, predictions, references) -> dict[str, float]:
 
 
 def task_metrics(metrics, predictions, references, what: str = "metrics") -> dict[str, float]:
-    """The named ``metrics`` (keys of the GLUE metric table: ``accuracy``, ``f1``, ``matthews_correlation``,
-    ``pearson``, ``spearmanr``) plus ``score``, their mean, for any task scored like a GLUE task.
+    """The named `metrics` (keys of the GLUE metric table: `accuracy`, `f1`, `matthews_correlation`,
+    `pearson`, `spearmanr`) plus `score`, their mean, for any task scored like a GLUE task.
 
-    Raises ConfigError as :func:`glue_metrics` (``what`` names the task in the messages).
+    Raises ConfigError as [`glue_metrics`][padnet.training.nlp.glue_metrics.glue_metrics] (`what` names the task in the messages).
     """
     preds = _as_list(predictions, "predictions")
     refs = _as_list(references, "references")
