@@ -67,7 +67,9 @@ def raw_roles() -> list[str]:
     found = []
     for page in sorted(SITE.rglob("*.html")):
         text = page.read_text(encoding="utf-8")
-        found += [f"{page.relative_to(SITE)}: {text[m.start() : m.start() + 60]}" for m in RAW_ROLE.finditer(text)]
+        found += [
+            f"{page.relative_to(SITE)}: {text[m.start() : m.start() + 60]}" for m in RAW_ROLE.finditer(text)
+        ]
     return found
 
 
@@ -88,7 +90,9 @@ def main() -> int:
         for role in roles:
             print(f"  {role}", file=sys.stderr)
         return 1
-    print(f"check_api_docs: every public name of padnet is in the API reference ({len(names)} names), no raw role")
+    print(
+        f"check_api_docs: every public name of padnet is in the API reference ({len(names)} names), no raw role"
+    )
     return 0
 
 
