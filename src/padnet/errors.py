@@ -2,9 +2,12 @@
 
 Every mistake a user can make (bad name, bad value, missing or corrupt file) raises a subclass of
 [`PadnetError`][padnet.errors.PadnetError]; the command line prints its message on one line and exits with status 2.
+A renamed name keeps working for one release through a shim that warns with
+[`deprecated`][padnet.errors.deprecated].
 """
 
 import math
+import warnings
 
 
 class PadnetError(Exception):
@@ -110,3 +113,34 @@ def check_module(model, entry: str) -> None:
     if not isinstance(model, nn.Module):
         hint = f"; build one with padnet.create_model({model!r})" if isinstance(model, str) else ""
         raise ConfigError(f"{entry} needs an nn.Module, got {type(model).__name__}{hint}")
+
+
+def deprecated(old: str, new: str, since: str = "0.2.0", removed: str = "0.3.0", stacklevel: int = 1) -> None:
+    """Warn that `old` is deprecated in favour of `new`: the one helper behind every renamed name's shim.
+
+    Issues a `FutureWarning` (shown by default, unlike `DeprecationWarning`, so users of a script see it too)
+    with the message "`old` is deprecated since `since` and will be removed in `removed`; use `new` instead".
+    Call it first thing in the shim, then do what `new` does:
+
+    ```python
+    def load_pretrained(model, source, model_name):
+        deprecated("padnet.models.load_pretrained", "padnet.models.load_pretrained_weights")
+        return load_pretrained_weights(model, source, model_name)
+    ```
+
+    An old value of an option is handled the same way: warn, then carry on with the new value.
+
+    Args:
+        old: the deprecated name or value as the user wrote it (`"padnet.models.load_pretrained"`,
+            `"granularity='column'"`).
+        new: what to write instead, named so it can be searched for.
+        since: the release that deprecated `old`.
+        removed: the release that removes `old` (one release after `since`).
+        stacklevel: which frame the warning points at: 1 (default) is the code that called the shim, the
+            user's line; add one per padnet frame between the user and the shim.
+    """
+    warnings.warn(
+        f"{old} is deprecated since {since} and will be removed in {removed}; use {new} instead",
+        FutureWarning,
+        stacklevel=stacklevel + 2,  # past this function and the shim that called it
+    )
