@@ -31,13 +31,13 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from padnet.errors import check_choice
+from padnet.errors import check_choice, deprecated
 
 SCALE_MODES = ("constrained", "both", "static", "dynamic", "none")
 GRANULARITIES = ("shared", "kernel", "filter")  # what convolution layers offer
-# PartialMode also offers "column": one mask element per slice along the last dimension (an FFN neuron in the
+# PartialMode also offers "neuron": one mask element per slice along the last dimension (an FFN neuron in the
 # (R, F) layout of MoE experts)
-MODE_GRANULARITIES = (*GRANULARITIES, "column")
+MODE_GRANULARITIES = (*GRANULARITIES, "neuron")
 SEMANTICS = ("static", "zero")
 
 
@@ -230,13 +230,15 @@ class PartialMode(nn.Module):
         num_factors: k, the number of dynamic factors (kernels or experts).
         granularity: `"shared"` — one mask of `shape` for all k factors; `"kernel"` — one mask per
             factor, shape (k, *shape); `"filter"` — one mask element per slice along the first dimension
-            (an output filter), shape (1, shape[0], 1, …, 1), shared by the k factors; `"column"` — one
-            per slice along the last dimension, shape (1, 1, …, 1, shape[-1]), shared by the k factors.
+            (an output filter), shape (1, shape[0], 1, …, 1), shared by the k factors; `"neuron"` — one
+            per slice along the last dimension (an FFN neuron of MoE experts laid out (R, F)), shape
+            (1, 1, …, 1, shape[-1]), shared by the k factors. `"column"`, its former name, is accepted with a
+            `FutureWarning` until 0.3.0.
         semantics: `"static"` (PAD-Net) or `"zero"` (pruning: masked elements are zero).
         static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
 
     Buffers: `mask` float32, shape (1, *shape) shared, (k, *shape) per kernel, (1, shape[0], 1, …)
-    per filter or (1, …, 1, shape[-1]) per column, all ones at construction (fully dynamic); it broadcasts
+    per filter or (1, …, 1, shape[-1]) per neuron, all ones at construction (fully dynamic); it broadcasts
     against (k, *shape). The mask is a float so mode partition can differentiate the loss with respect to it
     (PAD-Net eq. 7).
     """
@@ -252,6 +254,9 @@ class PartialMode(nn.Module):
         static_init: torch.Tensor | None = None,
     ):
         super().__init__()
+        if granularity == "column":
+            deprecated("PartialMode granularity 'column'", "granularity 'neuron'")
+            granularity = "neuron"
         check_choice("mask granularity", granularity, MODE_GRANULARITIES)
         check_choice("mask semantics", semantics, SEMANTICS)
         self.shape = tuple(shape)
@@ -260,16 +265,16 @@ class PartialMode(nn.Module):
         self.semantics = semantics
         if granularity == "filter":
             mask_shape = (1, self.shape[0], *(1 for _ in self.shape[1:]))
-        elif granularity == "column":
+        elif granularity == "neuron":
             mask_shape = (1, *(1 for _ in self.shape[:-1]), self.shape[-1])
         else:
             mask_shape = (1 if granularity == "shared" else num_factors, *self.shape)
         self.register_buffer("mask", torch.ones(mask_shape))
         # whole filters (first dimension) or neurons (last dimension) can run as separate static and dynamic
         # parts; the split is kept per mask pattern
-        self._structured = granularity in ("filter", "column")
+        self._structured = granularity in ("filter", "neuron")
         self._splits = SplitCache()
-        # elements of one factor covered by one mask element (a whole filter or column for those granularities)
+        # elements of one factor covered by one mask element (a whole filter or neuron for those granularities)
         self.block = math.prod(self.shape) // math.prod(mask_shape[1:])
         # aggregation MACs of one mask element (callers whose factors include a bias row set it lower)
         self.macs_per_element = self.block * (1 if granularity == "kernel" else num_factors)
@@ -306,7 +311,7 @@ class PartialMode(nn.Module):
         return dynamic if static is None else dynamic + static
 
     def structured_split(self) -> StructuredSplit | None:
-        """The static and dynamic filters (`"filter"`) or neurons (`"column"`) of the mask, cached per mask
+        """The static and dynamic filters (`"filter"`) or neurons (`"neuron"`) of the mask, cached per mask
         pattern ([`SplitCache`][padnet.layers.modes.SplitCache]); None for element masks and while mode partition differentiates a
         relaxed mask (the merged form keeps ∂L/∂M)."""
         if not self._structured or self.mask.requires_grad:
@@ -343,10 +348,10 @@ class PartialMode(nn.Module):
 
     def pool_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """Element scores (mask lead, *shape) → scores of the mask elements: summed per filter for
-        `"filter"` and per column for `"column"` granularity, unchanged otherwise."""
+        `"filter"` and per neuron for `"neuron"` granularity, unchanged otherwise."""
         if self.granularity == "filter":
             return scores.sum(dim=tuple(range(2, scores.dim())), keepdim=True)
-        if self.granularity == "column":
+        if self.granularity == "neuron":
             return scores.sum(dim=tuple(range(1, scores.dim() - 1)), keepdim=True)
         return scores
 

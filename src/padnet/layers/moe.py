@@ -385,7 +385,7 @@ class MoEFeedForward(nn.Module):
         semantics = "static" if mode == "pad" else "zero"
         neuron = granularity == "neuron"
         self.neuron_mode = make_mode(
-            partial, (rows, intermediate_size), num_experts, "column" if neuron else "shared", semantics
+            partial, (rows, intermediate_size), num_experts, "neuron" if neuron else "shared", semantics
         )
         # the output bias: element-wise masks, or one mask element for the whole vector with neuron masks
         self._bias_shape = (1, hidden_size) if neuron else (hidden_size,)

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from padnet.errors import CheckpointError, ConfigError, first_line
+from padnet.errors import CheckpointError, ConfigError, deprecated, first_line
 
 LAYOUTS = ("padnet", "torchvision", "timm")
 HEADS = ("fc.", "classifier.")
@@ -159,7 +159,7 @@ def to_padnet_names(state: dict[str, torch.Tensor], model_name: str) -> dict[str
 
 
 @torch.no_grad()
-def load_pretrained(model: nn.Module, source, model_name: str) -> list[str]:
+def load_pretrained_weights(model: nn.Module, source, model_name: str) -> list[str]:
     """Copy pretrained weights into `model` (a static padnet ResNet / MobileNetV2), mapped by name.
 
     Returns the classifier keys left at their fresh initialisation (another number of classes). BatchNorm
@@ -191,3 +191,11 @@ def load_pretrained(model: nn.Module, source, model_name: str) -> list[str]:
         if key not in kept_fresh:
             own[key].copy_(value.to(own[key].dtype))
     return kept_fresh
+
+
+def load_pretrained(model: nn.Module, source, model_name: str) -> list[str]:
+    """Deprecated alias of [`load_pretrained_weights`][padnet.models.pretrained.load_pretrained_weights], removed
+    in 0.3.0 (the name clashed with [`padnet.load_pretrained`][padnet.adapter.model.load_pretrained], which reads
+    a padnet model folder). Warns with a `FutureWarning`, then does the same."""
+    deprecated("padnet.models.load_pretrained", "padnet.models.load_pretrained_weights")
+    return load_pretrained_weights(model, source, model_name)

@@ -11,7 +11,7 @@ from padnet.errors import ConfigError, check_choice
 from padnet.layers.registry import conv_factory, resolve_conv
 from padnet.layers.surgery import replace_convs
 from padnet.models.mobilenetv2 import MobileNetV2
-from padnet.models.pretrained import load_pretrained
+from padnet.models.pretrained import load_pretrained_weights
 from padnet.models.resnet import DEPTHS, ResNet
 
 MODELS = (*(f"resnet{d}" for d in DEPTHS), "mobilenetv2")
@@ -62,7 +62,7 @@ def create_model(
         raise ConfigError(f"width multiplier must be > 0, got {width}")
     if pretrained is not None:
         model = create_model(name, "static", num_classes, in_chans, width, stem)
-        load_pretrained(model, pretrained, name)
+        load_pretrained_weights(model, pretrained, name)
         if resolve_conv(conv)[0] is not nn.Conv2d:
             replace_convs(model, conv, **conv_options)
         model.padnet_config = {

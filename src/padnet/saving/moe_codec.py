@@ -65,7 +65,7 @@ def decode_moe(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, 
                 static = full.mean(0)
                 static[~mask] = tensors.pop(f"{name}.{mode_name}.static.values")
                 tensors[f"{name}.{mode_name}.static"] = static.reshape(mode.static.shape)
-            # back to the mask buffer's shape: a filter or column mask keeps one element per block
+            # back to the mask buffer's shape: a filter or neuron mask keeps one element per block
             reduced = mask.reshape(mode.shape)[
                 tuple(slice(None) if n > 1 else slice(0, 1) for n in mode.mask.shape[1:])
             ].reshape(mode.mask.shape)
