@@ -2,12 +2,15 @@
 
 A [`Method`][padnet.adapter.methods.Method] names the parameters it trains with an optimiser of its own, adds its loss terms, does its
 per-step work and says when mode partition runs. [`PadTraining`][padnet.adapter.methods.PadTraining] drives one method through any training
-loop with three calls per step::
+loop with three calls per step:
 
-    training.before_step()                    # temperature, and the partition when it is due
-    loss = task_loss + training.extra_loss()  # budget loss (SD-Conv), load-balancing loss (MoE)
-    ...backward, optimiser step...
-    training.after_step()                     # SD-Conv's threshold step and clamp; the step counter
+```python
+training.before_step()                    # temperature, and the partition when it is due
+loss = task_loss + training.extra_loss()  # budget loss (SD-Conv), load-balancing loss (MoE)
+loss.backward()
+optimizer.step()
+training.after_step()                     # SD-Conv's threshold step and clamp; the step counter
+```
 
 padnet's trainers, [`padnet.PadModel`][padnet.adapter.model.PadModel] and the integrations for the transformers `Trainer` and Lightning
 all go through it, so no training loop names a method.

@@ -2,9 +2,11 @@
 
 A dynamic layer owns `k` dynamic factors Θ₁…Θₖ of one shape and mixes them with input-dependent
 coefficients π(x). PAD-Net (eq. 3–4 of "PAD-Net: An Efficient Framework for Dynamic Networks")
-splits the computational parameters element-wise with a binary mask M::
+splits the computational parameters element-wise with a binary mask M:
 
-    Θ̂ = λd · Σᵢ πᵢ(x) (Mᵢ ⊙ Θᵢ) + λs · (1 − M̄) ⊙ Θ̄
+```text
+Θ̂ = λd · Σᵢ πᵢ(x) (Mᵢ ⊙ Θᵢ) + λs · (1 − M̄) ⊙ Θ̄
+```
 
 where Θ̄ are the static parameters and M̄ is the mean of the k masks. With one mask shared by the
 k factors (`granularity="shared"`, the published code) this is exactly eq. 4:
@@ -237,10 +239,12 @@ class PartialMode(nn.Module):
         semantics: `"static"` (PAD-Net) or `"zero"` (pruning: masked elements are zero).
         static_init: initial value of Θ̄ (copied), default zeros (callers initialise it).
 
-    Buffers: `mask` float32, shape (1, *shape) shared, (k, *shape) per kernel, (1, shape[0], 1, …)
-    per filter or (1, …, 1, shape[-1]) per neuron, all ones at construction (fully dynamic); it broadcasts
-    against (k, *shape). The mask is a float so mode partition can differentiate the loss with respect to it
-    (PAD-Net eq. 7).
+    Attributes:
+        mask: M, a float32 buffer of shape (1, *shape) shared, (k, *shape) per kernel, (1, shape[0], 1, …)
+            per filter or (1, …, 1, shape[-1]) per neuron, all ones at construction (fully dynamic); it
+            broadcasts against (k, *shape). A float so mode partition can differentiate the loss with respect
+            to it (PAD-Net eq. 7).
+        static: Θ̄, a parameter of `shape`, with `"static"` semantics; None with `"zero"`.
     """
 
     partial = True

@@ -1,18 +1,22 @@
 """`PadCallback`: a PadModel's method inside a Lightning `Trainer` (the `lightning` extra).
 
-Usage::
+Usage:
 
-    class Module(L.LightningModule):
-        def __init__(self, pad):
-            super().__init__()
-            self.pad = pad
-        def training_step(self, batch, i):
-            x, y = batch
-            return F.cross_entropy(self.pad(x), y) + self.pad.extra_loss()   # the method's loss terms
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.pad.optimizer_parameters(), lr=0.1)
+```python
+class Module(L.LightningModule):
+    def __init__(self, pad):
+        super().__init__()
+        self.pad = pad
 
-    L.Trainer(max_epochs=3, callbacks=[PadCallback(pad, partition_data=loader)]).fit(Module(pad), loader)
+    def training_step(self, batch, i):
+        x, y = batch
+        return F.cross_entropy(self.pad(x), y) + self.pad.extra_loss()   # the method's loss terms
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.pad.optimizer_parameters(), lr=0.1)
+
+L.Trainer(max_epochs=3, callbacks=[PadCallback(pad, partition_data=loader)]).fit(Module(pad), loader)
+```
 
 The callback calls `start_training` when fitting starts (steps per epoch and total steps from the Trainer, the
 step reached when resuming), `before_step` before every training batch and `after_step` after it (Lightning

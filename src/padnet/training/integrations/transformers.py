@@ -1,12 +1,14 @@
 """`PadTrainerCallback`: a PadModel's method inside the transformers `Trainer`.
 
-Usage::
+Usage:
 
-    pad = padnet.get_pad_model(model, padnet.PadConfig(method="pad-moe", kappa=0.5))
-    args = TrainingArguments(..., remove_unused_columns=False)   # PadModel.forward takes **kwargs
-    trainer = Trainer(model=pad, args=args, train_dataset=train, data_collator=collator,
-                      callbacks=[PadTrainerCallback(pad, partition_data=batches)])
-    trainer.train()
+```python
+pad = padnet.get_pad_model(model, padnet.PadConfig(method="pad-moe", kappa=0.5))
+args = TrainingArguments(..., remove_unused_columns=False)   # PadModel.forward takes **kwargs
+trainer = Trainer(model=pad, args=args, train_dataset=train, data_collator=collator,
+                  callbacks=[PadTrainerCallback(pad, partition_data=batches)])
+trainer.train()
+```
 
 The callback calls `start_training` when training begins (optimiser steps per epoch from the train dataloader
 and the gradient accumulation, total steps from the Trainer's state, the step reached when resuming), then
