@@ -22,7 +22,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
     Returns:
         `(mean, std)`, two tuples of C Python floats; `std` is the population standard deviation
-        (divides by N*H*W). Sums are exact int64 sums, so the result does not depend on chunking or
+        (divides by N·H·W). Sums are exact int64 sums, so the result does not depend on chunking or
         thread count.
 
     Raises:

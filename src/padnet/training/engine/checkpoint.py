@@ -1,7 +1,7 @@
 """Checkpoints in safetensors, written atomically, never unpickled.
 
-One file holds the model state (`model/<key>`), the optimiser's tensor state (``optim/<param
-index>/<name>`; a second optimiser, e.g. SD-Conv's thresholds', under `optim-<name>/``), the torch RNG
+One file holds the model state (`model/<key>`), the optimiser's tensor state (`optim/<param index>/<name>`;
+a second optimiser, e.g. SD-Conv's thresholds', under `optim-<name>/`), the torch RNG
 states (`rng/torch`, and `rng/cuda` once CUDA is in use), named generators (`rng/<name>`, e.g. a batch
 sampler's) and, in the header metadata under `padnet`, a JSON document with the run configuration, progress
 counters, optimiser hyper-parameters and the scheduler state. Epoch checkpoints of a run directory are
