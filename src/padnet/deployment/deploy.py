@@ -1,30 +1,37 @@
-"""Deploy a trained model: fold BatchNorm and turn every dynamic convolution into its compact inference form
-(and every MoE layer into its merged one). Saving it: `padnet.save_pretrained` ([`padnet.saving.folder`][padnet.saving.folder])."""
+"""Deploy a trained model: fold BatchNorm and put every layer that states a compact inference form
+([`Deployable`][padnet.layers.conv_base.Deployable]) into it. Saving it: `padnet.save_pretrained`
+([`padnet.saving.folder`][padnet.saving.folder])."""
 
 from __future__ import annotations
 
 import copy
+import warnings
+from collections import Counter
 
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from padnet.errors import ConfigError, check_module, first_line
-from padnet.layers.conv_base import DynamicConvBase
-from padnet.layers.deployed import DeployedConv2d
-from padnet.layers.dynamic_conv import DynamicConv2d
-from padnet.layers.moe import DeployedMoE, MoEFeedForward, reset_aux_losses
+from padnet.layers.conv_base import Deployable
+from padnet.layers.moe import reset_aux_losses
 
 
 class _LeafTracer(fx.Tracer):
-    """Traces a model with every dynamic convolution as one opaque call."""
+    """Traces a model with every deployable layer (dynamic convolutions, MoE layers) as one opaque call."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, DynamicConvBase) or super().is_leaf_module(m, qualname)
+        return isinstance(m, Deployable) or super().is_leaf_module(m, qualname)
+
+
+def _absorbs_batchnorm(module: nn.Module | None) -> bool:
+    """Whether `module` can take a BatchNorm that follows it: an `nn.Conv2d`, or a layer that folds it."""
+    return isinstance(module, nn.Conv2d) or (isinstance(module, Deployable) and module.folds_batchnorm)
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(convolution, BatchNorm2d) module names where the BatchNorm is the only consumer of the convolution.
+    """(convolution, BatchNorm2d) module names where the BatchNorm is the only consumer of the convolution: an
+    `nn.Conv2d` or a layer that folds BatchNorm itself (`folds_batchnorm`, [`Deployable`][padnet.layers.conv_base.Deployable]).
 
     Raises ConfigError when the model cannot be traced by `torch.fx` (use `fold_bn=False`).
     """
@@ -45,7 +52,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             isinstance(src, fx.Node)
             and src.op == "call_module"
             and len(src.users) == 1
-            and isinstance(modules.get(src.target), (nn.Conv2d, DynamicConv2d))
+            and _absorbs_batchnorm(modules.get(src.target))
         ):
             pairs.append((src.target, node.target))
     return pairs
@@ -53,19 +60,23 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.Module:
-    """The inference form of `model`: BatchNorm folded, dynamic convolutions compact, MoE experts merged.
+    """The inference form of `model`: BatchNorm folded and every layer in the compact form it states.
 
-    Every [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] (DY-Conv, CondConv, PAD-Net in any granularity) becomes a
+    Each [`Deployable`][padnet.layers.conv_base.Deployable] layer is asked for its form with `deployed(bn)`:
+    DY-Conv, CondConv, PAD-Net (any granularity) and SD-Conv become a
     [`DeployedConv2d`][padnet.layers.deployed.DeployedConv2d] with λs, λd and the following BatchNorm folded in;
-    static `nn.Conv2d` + BatchNorm pairs are fused; ODConv and DCD layers are kept as they are; every
-    [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward] (MoE, PAD-MoE, MoE-P) becomes a
-    [`DeployedMoE`][padnet.layers.moe.DeployedMoE] with its computational parameters merged once. The result is in
-    eval mode and computes what `model.eval()` computes (within float rounding).
+    every [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward] (MoE, PAD-MoE, MoE-P) becomes a
+    [`DeployedMoE`][padnet.layers.moe.DeployedMoE] and every [`ExpertBank`][padnet.layers.experts.ExpertBank]
+    holds one, computational parameters merged once. A layer with no compact form (ODConv, DCD and their PAD-Net
+    forms: `deployed` returns None) is kept in its training form, and one warning names the types and counts
+    ("deploy: 12 ODConv2d layers have no compact form and are kept in their training form"). Static
+    `nn.Conv2d` + BatchNorm pairs are fused. The result is in eval mode and computes what `model.eval()`
+    computes (within float rounding).
 
     Args:
         model: a trained model.
-        fold_bn: fold each BatchNorm2d that directly and only follows a convolution (found with torch.fx; a
-            model without BatchNorm2d is not traced).
+        fold_bn: fold each BatchNorm2d that directly and only follows a convolution that can absorb it (found
+            with torch.fx; a model without BatchNorm2d is not traced).
         inplace: modify `model` instead of a copy.
 
     Raises:
@@ -76,25 +87,33 @@ def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.
     reset_aux_losses(model)  # the MoE losses of the last forward are autograd results: not copied
     out = model if inplace else copy.deepcopy(model)
     out.eval()
-    for name, layer in [(n, m) for n, m in out.named_modules() if isinstance(m, MoEFeedForward)]:
-        out.set_submodule(name, DeployedMoE.from_layer(layer))
     has_bn = any(isinstance(m, nn.BatchNorm2d) for m in out.modules())
     pairs = conv_bn_pairs(out) if fold_bn and has_bn else []
     bns = dict(pairs)
-    folded = []
+    folded, replaced, kept = [], [], Counter()
     for name, module in list(out.named_modules()):
-        if not isinstance(module, (nn.Conv2d, DynamicConv2d)) or (
-            isinstance(module, nn.Conv2d) and name not in bns
-        ):
+        if any(name.startswith(f"{done}.") for done in replaced):  # inside a layer already deployed
             continue
         bn = out.get_submodule(bns[name]) if name in bns else None
-        if isinstance(module, nn.Conv2d):
-            out.set_submodule(name, fuse_conv_bn_eval(module, bn))
+        if isinstance(module, Deployable):
+            new = module.deployed(bn)
+            if new is None:
+                kept[type(module).__name__] += 1
+                continue
+            replaced.append(name)
+        elif bn is not None:  # an nn.Conv2d
+            new = fuse_conv_bn_eval(module, bn)
         else:
-            out.set_submodule(name, DeployedConv2d.from_layer(module, bn).eval())
+            continue
+        out.set_submodule(name, new.eval())
         if bn is not None:
             out.set_submodule(bns[name], nn.Identity())
             folded.append(bns[name])
+    if kept:
+        counts = ", ".join(f"{n} {kind}" for kind, n in kept.most_common())
+        warnings.warn(
+            f"deploy: {counts} layers have no compact form and are kept in their training form", stacklevel=2
+        )
     out.padnet_deployed = {
         "folded_bn": folded,
         "fused_convs": [c for c, b in pairs if isinstance(out.get_submodule(c), nn.Conv2d)],

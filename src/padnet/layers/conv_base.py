@@ -1,7 +1,13 @@
-"""What every input-dependent convolution shares: `nn.Conv2d`'s geometry, its output size, and
-construction from an existing `nn.Conv2d` (used by [`padnet.convert`][padnet.adapter.model.convert])."""
+"""What every input-dependent convolution shares: `nn.Conv2d`'s geometry, its output size,
+construction from an existing `nn.Conv2d` (used by [`padnet.convert`][padnet.adapter.model.convert]), and the
+two forms a layer is turned into: its compact inference form ([`deployed`][padnet.layers.conv_base.DynamicConvBase.deployed],
+what [`padnet.deploy`][padnet.deployment.deploy.deploy] asks for) and its base form
+([`base_layer`][padnet.layers.conv_base.DynamicConvBase.base_layer], what
+[`PadModel.unload`][padnet.adapter.model.PadModel.unload] asks for)."""
 
 from __future__ import annotations
+
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -14,6 +20,45 @@ from padnet.layers.modes import ScaleFactors
 
 PAD_OPTIONS = {"granularity": "shared", "scale_mode": "constrained", "mask_semantics": "static"}
 
+# where the weights of a layer's base form come from (BaseForm.source), as unload reports them
+BASE_SOURCES = {
+    "static": "their static weights λs·Θ̄ (PAD-Net eq. 4 with M = 0)",
+    "kernels": "the mean of their k kernels",
+    "W0": "DCD's static kernel W₀",
+}
+
+
+@runtime_checkable
+class Deployable(Protocol):
+    """What [`padnet.deploy`][padnet.deployment.deploy.deploy] asks of a layer: every dynamic convolution
+    ([`DynamicConvBase`][padnet.layers.conv_base.DynamicConvBase]), MoE layer
+    ([`MoEFeedForward`][padnet.layers.moe.MoEFeedForward]) and expert bank
+    ([`ExpertBank`][padnet.layers.experts.ExpertBank]) implements it.
+
+    `folds_batchnorm`: whether `deployed(bn)` absorbs a `BatchNorm2d` that directly and only follows the layer.
+    `deployed(bn=None)`: the compact inference form (in eval mode it computes what the layer and `bn` compute),
+    or None when the layer has none (deploy then keeps it as it is and says so).
+    """
+
+    folds_batchnorm: bool
+
+    def deployed(self, bn: nn.BatchNorm2d | None = None) -> nn.Module | None: ...
+
+
+class BaseForm(NamedTuple):
+    """A dynamic convolution's base form ([`base_layer`][padnet.layers.conv_base.DynamicConvBase.base_layer]).
+
+    `layer`: a plain `nn.Conv2d` with the layer's geometry, weight (Cout, Cin/groups, kh, kw), bias (Cout,) where
+    the layer has one. `source`: where its weights come from, a key of `BASE_SOURCES` — `"static"` (the static
+    parameters, PAD-Net eq. 4 with M = 0), `"kernels"` (the mean of the k kernels, each a copy of the
+    original weight at conversion) or `"W0"` (DCD's static kernel). `exact`: whether it computes what the
+    layer computes in eval mode (a PAD-Net layer whose every mask is static).
+    """
+
+    layer: nn.Conv2d
+    source: str
+    exact: bool
+
 
 class DynamicConvBase(nn.Module):
     """Geometry of a convolution, validated as `nn.Conv2d` does, for dynamic layers to build on.
@@ -23,9 +68,11 @@ class DynamicConvBase(nn.Module):
 
     Layers with a bank of kernels `weight` (k, Cout, Cin/groups, kh, kw), optional `bias` (k, Cout)
     and modes `weight_mode`/`bias_mode` inherit `load_static` and `init_kernels_`; others override
-    them. Every subclass implements `mode_pairs()` (its masked tensors, for mode partition). The class
-    attribute `partial` says whether the layer is a PAD-Net form; `OPTIONS` names the keyword options
-    it takes beyond `nn.Conv2d`'s arguments.
+    them. Every subclass implements `mode_pairs()` (its masked tensors, for mode partition) and
+    [`base_layer`][padnet.layers.conv_base.DynamicConvBase.base_layer] (its plain convolution), and overrides
+    [`deployed`][padnet.layers.conv_base.DynamicConvBase.deployed] where it has a compact inference form (the
+    [`Deployable`][padnet.layers.conv_base.Deployable] protocol). The class attribute `partial` says whether the
+    layer is a PAD-Net form; `OPTIONS` names the keyword options it takes beyond `nn.Conv2d`'s arguments.
 
     Raises:
         ConfigError: non-positive channels or groups, channels not divisible by `groups`, `"same"` with
@@ -34,6 +81,7 @@ class DynamicConvBase(nn.Module):
 
     partial = False
     OPTIONS: tuple[str, ...] = ()
+    folds_batchnorm = False
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1):
         super().__init__()
@@ -156,6 +204,43 @@ class DynamicConvBase(nn.Module):
         if init_from_static:
             layer.load_static(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
         return layer
+
+    def deployed(self, bn: nn.BatchNorm2d | None = None) -> nn.Module | None:
+        """The compact inference form of the layer, or None: it has none ([`padnet.deploy`][padnet.deployment.deploy.deploy]
+        keeps the layer in its training form and warns). ODConv and DCD (and their PAD-Net forms) have none; the
+        exact plain convolution of a PAD-Net layer whose every mask is static is its
+        [`base_layer`][padnet.layers.conv_base.DynamicConvBase.base_layer]. `bn` is only passed to layers that
+        fold BatchNorm (`folds_batchnorm`)."""
+        return None
+
+    def base_layer(self) -> BaseForm:
+        """The layer as a plain `nn.Conv2d` and where its weights come from ([`BaseForm`][padnet.layers.conv_base.BaseForm]):
+        what [`PadModel.unload`][padnet.adapter.model.PadModel.unload] puts back. Each layer type states its own."""
+        raise NotImplementedError(f"{type(self).__name__} does not state its base form")
+
+    def all_static(self) -> bool:
+        """Whether the layer is a PAD-Net form whose every mask is static (M = 0): it then computes
+        λs-scaled static parameters only, independent of the input (PAD-Net eq. 4)."""
+        return self.partial and not any(bool(mode.mask.any()) for _, mode, _ in self.mode_pairs())
+
+    @torch.no_grad()
+    def plain_conv(self, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
+        """An `nn.Conv2d` with this layer's geometry holding copies of `weight` (Cout, Cin/groups, kh, kw) and
+        `bias` (Cout,) or None, on their device and dtype."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=bias is not None,
+        ).to(weight)
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+        return conv
 
     def extra_repr(self) -> str:
         s = (

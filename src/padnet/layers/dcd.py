@@ -23,6 +23,9 @@ the paper gives 318). Grouped (non-depthwise) layers keep the residual across gr
 is mixed element-wise with a static counterpart (Λ̄ starts at 1, Φ̄ at 0, where the dynamic Λ also starts)
 through [`DynamicVector`][padnet.layers.vectors.DynamicVector]; with every mask 0 and λs = 1 the layer (in eval mode,
 where BatchNorm is affine) is the static convolution W₀ plus a static low-rank residual.
+
+Neither has a compact inference form ([`padnet.deploy`][padnet.deployment.deploy.deploy] keeps them and warns); their
+base form ([`DCDConv2d.base_layer`][padnet.layers.dcd.DCDConv2d.base_layer]) is one plain convolution.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from padnet.errors import ConfigError
-from padnet.layers.conv_base import DynamicConvBase
+from padnet.layers.conv_base import BaseForm, DynamicConvBase
+from padnet.layers.deployed import bn_affine
 from padnet.layers.vectors import DynamicVector
 
 
@@ -89,6 +93,7 @@ class DCDConv2d(DynamicConvBase):
                 f"{type(self).__name__} masks Λ and Φ with one mask each: granularity must be 'shared'"
             )
         opts = self._pad_options(options)
+        self.reduction = reduction
         self.latent = latent = 0 if self.depthwise else max(1, math.isqrt(in_channels))  # L (0: no residual)
         hidden = max(in_channels // reduction, min_hidden)  # DCD: max(Cin, L²) / 16, and L² ≤ Cin
         self.weight = nn.Parameter(torch.empty(self.kernel_shape))
@@ -137,6 +142,53 @@ class DCDConv2d(DynamicConvBase):
             self.p.zero_()
         if bias is not None:
             self.bias.copy_(bias)
+
+    @torch.no_grad()
+    def base_layer(self) -> BaseForm:
+        """The layer as a plain `nn.Conv2d` ([`BaseForm`][padnet.layers.conv_base.BaseForm]); DCD has no compact
+        inference form.
+
+        With static parameters (PAD form, `mask_semantics="static"`) and a residual that fits the kernel: the
+        layer with M = 0 in eval mode (PAD-Net eq. 4), y = λsΛ̄ ⊙ conv(x, W₀) + P (BN(λsΦ̄ z) + z), z = BN(Qᵀx),
+        all linear: kernel λsΛ̄ ⊙ W₀ plus the 1×1 map P (diag(a_f) λsΦ̄ + I) diag(a_q) Qᵀ (Cout, Cin) at the
+        kernel tap that reads the residual's pixel, bias b + P ((diag(a_f) λsΦ̄ + I) c_q + c_f) (so the plain
+        convolution has a bias wherever the layer has a residual), with each BatchNorm y = a ⊙ x + c — exact when every mask is static; dynamic elements are dropped otherwise. The
+        residual fits when the layer has none (depthwise) or has groups 1 and a tap at offset 0 (odd kernels).
+        Otherwise (DCD, zero semantics, a residual that does not fit): the static kernel W₀ (Cout, Cin/groups,
+        kh, kw) and bias, Λ and the residual left out — the original weight, which `load_static` copies into W₀.
+        """
+        tap = self._residual_tap()
+        if self.scale.mode.static is None or tap is None:
+            return BaseForm(self.plain_conv(self.weight, self.bias), "W0", False)
+        lam_s = self.scales()[0].detach()
+        kernel = self.weight * (self.scale.mode.static * lam_s).reshape(-1, 1, 1, 1)
+        bias = self.bias
+        if self.fusion is not None:
+            a_q, c_q = bn_affine(self.q_norm, self.latent, self.weight)
+            a_f, c_f = bn_affine(self.fusion_norm, self.latent, self.weight)
+            fusion = (self.fusion.mode.static * lam_s).reshape(self.latent, self.latent)  # λsΦ̄ (L, L)
+            mix = a_f[:, None] * fusion + torch.eye(self.latent).to(fusion)  # diag(a_f) λsΦ̄ + I
+            p = self.p[:, :, 0, 0]  # (Cout, L)
+            kernel[:, :, tap[0], tap[1]] += p @ mix @ (a_q[:, None] * self.q[:, :, 0, 0])
+            shift = p @ (mix @ c_q + c_f)
+            bias = shift if bias is None else bias + shift
+        return BaseForm(self.plain_conv(kernel, bias), "static", self.all_static())
+
+    def _residual_tap(self) -> tuple[int, int] | None:
+        """The kernel tap (row, column) that reads the pixel the 1×1 residual reads at every output position
+        ((0, 0) without a residual); None when the residual cannot join the kernel (groups > 1, or no tap at
+        offset 0, as with even kernels and explicit padding)."""
+        if self.fusion is None:
+            return (0, 0)
+        if self.groups != 1:
+            return None
+        if self.padding == "same":  # nn.Conv2d pads dilation·(k − 1) // 2 before
+            before = [d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size)]
+        else:
+            before = (0, 0) if self.padding == "valid" else self.padding
+        if any(b % d for b, d in zip(before, self.dilation)):
+            return None
+        return tuple(b // d for b, d in zip(before, self.dilation))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, latent={self.latent}, bias={self.bias is not None}"

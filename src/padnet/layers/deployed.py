@@ -25,14 +25,14 @@ from torch import nn
 
 from padnet.errors import ConfigError, check_choice
 from padnet.layers import formulations as forms
+from padnet.layers.attention import KernelAttention
 from padnet.layers.conv_base import DynamicConvBase
-from padnet.layers.dynamic_conv import DynamicConv2d
 from padnet.layers.modes import SplitCache, StructuredSplit, aggregate
 
 LAYOUTS = ("dense", "elements", "filters")
 
 
-def _bn_affine(
+def bn_affine(
     bn: nn.BatchNorm2d | None, channels: int, like: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchNorm in eval mode as y = a·z + c: (a, c), each (Cout,); identity without BatchNorm."""
@@ -129,14 +129,14 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         `"dense"` with its pruned weights zero: aggregating only the positions kept in some kernel was
         measured slower here (docs/sdconv.md), and the saved file stores the kept weights only either way."""
 
-        if not isinstance(layer, DynamicConv2d):
+        if not isinstance(getattr(layer, "attention", None), KernelAttention):
             raise ConfigError(
                 f"cannot deploy {type(layer).__name__}: only DY-Conv, CondConv and PAD-Net "
                 "convolutions have a deployment form"
             )
         lam_s, lam_d = (t.detach() for t in layer.scales())
         w_mode, b_mode = layer.weight_mode, layer.bias_mode
-        scale, shift = _bn_affine(bn, layer.out_channels, layer.weight)
+        scale, shift = bn_affine(bn, layer.out_channels, layer.weight)
         per_filter = scale.reshape(1, -1, 1, 1, 1)
         kernels = w_mode.dynamic_part(layer.weight, lam_d) * per_filter  # (k, Cout, Cin/g, kh, kw)
         static = w_mode.static_part(lam_s)
@@ -185,6 +185,10 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         if out.static_bias is not None:
             out.static_bias.copy_(static_bias)
         return out.train(layer.training)
+
+    def deployed(self, bn: nn.BatchNorm2d | None = None) -> DeployedConv2d:
+        """The layer itself: it is the compact form already (deploying a deployed model changes nothing)."""
+        return self
 
     def structured_split(self) -> StructuredSplit | None:
         """The static and dynamic filters of the `"filters"` layout (cached per `dynamic_index` pattern,

@@ -20,7 +20,8 @@ from torch import nn
 from padnet.errors import ConfigError
 from padnet.layers import formulations as forms
 from padnet.layers.attention import KernelAttention
-from padnet.layers.conv_base import PAD_OPTIONS, DynamicConvBase
+from padnet.layers.conv_base import PAD_OPTIONS, BaseForm, DynamicConvBase
+from padnet.layers.deployed import DeployedConv2d
 from padnet.layers.modes import StructuredSplit, make_mode, with_masks
 
 
@@ -45,6 +46,7 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
     """
 
     OPTIONS = ("num_kernels", "reduction", "temperature", "routing", "formulation")
+    folds_batchnorm = True
 
     def __init__(
         self,
@@ -162,6 +164,31 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
             weight = self.weight_mode.aggregate(coeffs, self.weight, lam_s, lam_d)
             return forms.PER_SAMPLE[path](x, weight, bias, self.geometry)
         return out if bias is None else out + bias[..., None, None]
+
+    def deployed(self, bn: nn.BatchNorm2d | None = None) -> DeployedConv2d:
+        """The compact inference form, λs, λd and `bn` folded in:
+        [`DeployedConv2d.from_layer`][padnet.layers.deployed.DeployedConv2d.from_layer], in eval mode."""
+        return DeployedConv2d.from_layer(self, bn).eval()
+
+    @torch.no_grad()
+    def base_layer(self) -> BaseForm:
+        """The layer as a plain `nn.Conv2d` ([`BaseForm`][padnet.layers.conv_base.BaseForm]).
+
+        With static parameters (PAD-Net, `mask_semantics="static"`): kernel λs·Θ̄ (Cout, Cin/groups, kh, kw) and
+        bias λs·b̄ — PAD-Net eq. 4 with M = 0, so exact when every mask is static; where M = 1 the dynamic
+        elements are dropped and Θ̄ keeps the value it had there (it gets no gradient where (1 − M̄) = 0: the
+        pretrained weight when converted with `init_from_pretrained`). Without them (DY-Conv, CondConv,
+        SD-Conv, zero semantics): the mean of the k kernels Θᵢ and biases, each a copy of the original weight
+        at conversion (`load_static`).
+        """
+        lam_s = self.scales()[0].detach()
+        if self.weight_mode.static is not None:
+            bias = None if self.bias is None else self.bias_mode.static * lam_s
+            return BaseForm(
+                self.plain_conv(self.weight_mode.static * lam_s, bias), "static", self.all_static()
+            )
+        bias = None if self.bias is None else self.bias.mean(0)
+        return BaseForm(self.plain_conv(self.weight.mean(0), bias), "kernels", False)
 
     def structured_split(self) -> StructuredSplit | None:
         """The static and dynamic filters when the structured path applies (`structured` and a fixed mask;

@@ -69,6 +69,8 @@ class ExpertBank(nn.Module):
     `hidden_states`' dtype. The weights need not sum to one (Qwen2-MoE and OLMoE do not renormalise them).
     """
 
+    folds_batchnorm = False  # the Deployable protocol
+
     def __init__(self, moe: MoEFeedForward | DeployedMoE):
         super().__init__()
         self.moe = moe
@@ -116,6 +118,11 @@ class ExpertBank(nn.Module):
             moe.neuron_mode.static.copy_(static_estimate(neurons, static_weights))
             moe.bias_mode.static.zero_()
         return cls(moe)
+
+    def deployed(self, bn: nn.BatchNorm2d | None = None) -> ExpertBank:
+        """The bank with its experts in their inference form ([`DeployedMoE`][padnet.layers.moe.DeployedMoE],
+        computational parameters merged once), called as before; `bn` is never given."""
+        return ExpertBank(self.moe.deployed())
 
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor

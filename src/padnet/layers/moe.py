@@ -344,6 +344,8 @@ class MoEFeedForward(nn.Module):
             grouped experts differentiate the activation, not its parameters).
     """
 
+    folds_batchnorm = False  # the Deployable protocol: a token layer absorbs no BatchNorm2d
+
     def __init__(
         self,
         hidden_size: int,
@@ -550,6 +552,11 @@ class MoEFeedForward(nn.Module):
             x, routing, *self.computational_parameters(), self.activation, self._kind, self.gated, gate_sums
         )
 
+    def deployed(self, bn: nn.BatchNorm2d | None = None) -> DeployedMoE:
+        """The inference form, computational parameters merged once (`bn` is never given: the layer does not
+        fold BatchNorm): [`DeployedMoE.from_layer`][padnet.layers.moe.DeployedMoE.from_layer]."""
+        return DeployedMoE.from_layer(self)
+
     def reset_aux_loss(self) -> None:
         """Forget the load-balancing losses of earlier calls."""
         self.aux_loss = None
@@ -577,6 +584,8 @@ class DeployedMoE(nn.Module):
     biases. Computes what the source layer computes in eval mode (within float rounding).
     """
 
+    folds_batchnorm = False  # the Deployable protocol
+
     def __init__(
         self,
         router: NoisyTopKRouter | None,
@@ -603,7 +612,13 @@ class DeployedMoE(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_layer(cls, layer: MoEFeedForward) -> DeployedMoE:
+        """Merge `layer`'s computational parameters once ([`computational_parameters`][padnet.layers.moe.MoEFeedForward.computational_parameters],
+        PAD-Net eq. 4 per expert); the router and activation are shared with `layer`."""
         return cls(layer.router, *layer.computational_parameters(), layer.activation, layer.gated)
+
+    def deployed(self, bn: nn.BatchNorm2d | None = None) -> DeployedMoE:
+        """The layer itself: it is the inference form already (deploying a deployed model changes nothing)."""
+        return self
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.router is None:

@@ -16,6 +16,9 @@ the layer works with batch 1 in training mode.
 dynamic with the shared PAD logic: the kernels through a [`PartialMode`][padnet.layers.modes.PartialMode]
 (λd · Σᵢ α_wi Mᵢ ⊙ Θᵢ + λs · (1 − M̄) ⊙ Θ̄, only for k > 1: one kernel is static already) and each attention
 vector through [`DynamicVector`][padnet.layers.vectors.DynamicVector] (static elements start at 1, "no attention").
+
+Neither has a compact inference form ([`padnet.deploy`][padnet.deployment.deploy.deploy] keeps them and warns); their
+base form ([`ODConv2d.base_layer`][padnet.layers.odconv.ODConv2d.base_layer]) is one plain convolution.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 
 from padnet.errors import ConfigError
 from padnet.layers.attention import TemperatureRouting
-from padnet.layers.conv_base import PAD_OPTIONS, DynamicConvBase
+from padnet.layers.conv_base import PAD_OPTIONS, BaseForm, DynamicConvBase
 from padnet.layers.modes import FullyDynamic, make_mode, with_masks
 from padnet.layers.vectors import DynamicVector
 
@@ -61,6 +64,7 @@ class OmniAttention(TemperatureRouting):
         super().__init__(temperature)
         if reduction < 1:
             raise ConfigError(f"reduction must be >= 1, got {reduction}")
+        self.reduction = reduction
         hidden = max(in_channels // reduction, min_hidden)
         self.fc = nn.Linear(in_channels, hidden, bias=False)
         vector = {"partial": partial, "semantics": semantics, "static_value": 1.0}
@@ -182,6 +186,33 @@ class ODConv2d(DynamicConvBase):
         if filt is not None:
             out = out * filt[:, :, None, None]
         return out if self.bias is None else out + self.bias[:, None, None]
+
+    @torch.no_grad()
+    def base_layer(self) -> BaseForm:
+        """The layer as a plain `nn.Conv2d` ([`BaseForm`][padnet.layers.conv_base.BaseForm]); ODConv has no compact
+        inference form.
+
+        With static parameters (PAD form, `mask_semantics="static"`): the layer with M = 0 (PAD-Net eq. 4), one
+        kernel (Cout, Cin/groups, kh, kw) = λs·Θ̄ (the only kernel for k = 1) scaled by the static attention
+        values λs·v̄ of the channel, filter and spatial heads — exact when every mask is static; dynamic elements
+        are dropped otherwise. Without them (ODConv, zero semantics): the mean of the k kernels with every
+        attention left out, i.e. the original weight while the kernels are the copies made at conversion. The
+        bias (Cout,) is static in both.
+        """
+        heads = self.attention.channel, self.attention.filter, self.attention.spatial
+        if heads[0].mode.static is None:
+            return BaseForm(self.plain_conv(self.weight.mean(0), self.bias), "kernels", False)
+        lam_s = self.scales()[0].detach()
+        channel, filt, spatial = (None if head is None else head.mode.static * lam_s for head in heads)
+        kernel = self.weight[0] if self.weight_mode.static is None else self.weight_mode.static * lam_s
+        cout, cin_g = self.kernel_shape[:2]  # α_c of the input channels each filter reads (its group's)
+        per_filter = channel.reshape(self.groups, 1, cin_g).expand(self.groups, cout // self.groups, cin_g)
+        kernel = kernel * per_filter.reshape(cout, cin_g, 1, 1)
+        if spatial is not None:
+            kernel = kernel * spatial.reshape(1, 1, *self.kernel_size)
+        if filt is not None:
+            kernel = kernel * filt.reshape(-1, 1, 1, 1)
+        return BaseForm(self.plain_conv(kernel, self.bias), "static", self.all_static())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.num_kernels}, bias={self.bias is not None}"
