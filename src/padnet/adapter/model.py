@@ -14,6 +14,8 @@ import copy
 import fnmatch
 import itertools
 import math
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -28,9 +30,8 @@ from padnet.adapter.moe_convert import FFN_PATTERNS, compress_experts, replace_f
 from padnet.adapter.statistics import recalibrate_batchnorm
 from padnet.deployment.deploy import deploy
 from padnet.errors import CheckpointError, ConfigError, check_module, first_line
-from padnet.layers.conv_base import DynamicConvBase
+from padnet.layers.conv_base import BASE_SOURCES, DynamicConvBase
 from padnet.layers.deployed import DeployedConv2d
-from padnet.layers.dynamic_conv import PADConv2d
 from padnet.layers.experts import find_expert_banks
 from padnet.layers.modes import PartialMode, ScaleFactors
 from padnet.layers.moe import DeployedMoE, MoEFeedForward, auxiliary_loss, moe_layers, reset_aux_losses
@@ -465,33 +466,66 @@ class PadModel(nn.Module):
 
     # ------------------------------------------------------------------ deployment and unloading
     def merge_and_unload(self) -> nn.Module:
-        """The compact inference form as a plain module (a copy; this model is unchanged): BatchNorm and the scale
-        factors folded, dynamic factors only where M = 1 (`padnet.deploy`), or MoE experts merged once
-        (`DeployedMoE`). In eval mode."""
+        """The compact inference form as a plain module (a copy; this model is unchanged), in eval mode:
+        [`padnet.deploy`][padnet.deployment.deploy.deploy] — BatchNorm and the scale factors folded, dynamic factors
+        only where M = 1, MoE experts merged once ([`DeployedMoE`][padnet.layers.moe.DeployedMoE]); layers with no
+        compact form (ODConv, DCD) are kept and named in one warning."""
         try:
             return deploy(self.base_model)
         except ConfigError:  # a model torch.fx cannot trace keeps its BatchNorm layers
             return deploy(self.base_model, fold_bn=False)
 
     def unload(self) -> nn.Module:
-        """The wrapped model with every converted module turned back into a plain one, where that is exact: a
-        convolution whose masks are all static becomes `nn.Conv2d` with kernel λs · Θ̄ (PAD-Net eq. 4 with
-        M = 0). A copy; this model is unchanged. Raises ConfigError naming the first module that still has
-        dynamic elements (use [`merge_and_unload`][padnet.adapter.model.PadModel.merge_and_unload])."""
+        """The base architecture back: a copy of the wrapped model (this one is unchanged) with every converted
+        convolution replaced by the plain `nn.Conv2d` its layer states
+        ([`base_layer`][padnet.layers.conv_base.DynamicConvBase.base_layer]): weight (Cout, Cin/groups, kh, kw),
+        bias (Cout,) where the layer has one, the original geometry. Never refuses; the weights are
+        ([`BaseForm`][padnet.layers.conv_base.BaseForm]):
+
+        - PAD-Net forms with static parameters (`"pad"`, `"pad-condconv"`, `"pad-odconv"`, `"pad-dcd"`): the
+          layer with M = 0, i.e. the static part λs · Θ̄ of PAD-Net eq. 4 (with ODConv's static attentions and
+          DCD's static scale and residual folded in) — exact when every mask is static, the dynamic elements
+          dropped otherwise;
+        - DY-Conv, CondConv, ODConv, SD-Conv (and zero mask semantics): the mean of the k kernels, which is the
+          original weight while the kernels are the copies made at conversion;
+        - DCD: its static kernel W₀ (the original weight).
+
+        A layer converted with a padding mode other than zeros stays `nn.Sequential(PadInput, conv)`. MoE layers
+        and expert banks have no base form here (the FFN's linears were replaced at conversion) and are kept.
+
+        Returns:
+            The model, with attribute `padnet_unloaded`: {converted module name: where its weights came from,
+            a key of `BASE_SOURCES` (`"static"`, `"kernels"`, `"W0"`), or `"kept"`}. Unless every layer's base
+            form is exact, one warning says which weights were used, e.g. "unload: 8 layers took their static
+            weights λs·Θ̄ (PAD-Net eq. 4 with M = 0), 1 the mean of their k kernels; 5 had dynamic elements,
+            dropped".
+        """
         model = _copy(self.base_model)
+        sources, taken, kept, dropped = {}, Counter(), Counter(), 0
         for name in self.converted:
             module = model.get_submodule(name)
             layer = module[-1] if isinstance(module, nn.Sequential) else module
-            static = _static_conv(layer)
-            if static is None:
-                raise ConfigError(
-                    f"{name} still has dynamic elements and cannot become a static layer exactly; "
-                    "use merge_and_unload() for the compact deployed form"
-                )
+            if not isinstance(layer, DynamicConvBase):
+                sources[name] = "kept"
+                kept[type(layer).__name__] += 1
+                continue
+            base = layer.base_layer()
+            sources[name] = base.source
+            taken[base.source] += 1
+            dropped += not base.exact
             if isinstance(module, nn.Sequential):
-                module[-1] = static
+                module[-1] = base.layer
             else:
-                model.set_submodule(name, static)
+                model.set_submodule(name, base.layer)
+        model.padnet_unloaded = sources
+        if dropped or kept:
+            clauses = [", ".join(f"{n} layers took {BASE_SOURCES[source]}" for source, n in taken.items())]
+            if dropped:
+                clauses.append(f"{dropped} had dynamic elements, dropped")
+            if kept:
+                types = ", ".join(f"{n} {kind}" for kind, n in kept.items())
+                clauses.append(f"{types} layers have no base form and are kept")
+            warnings.warn(f"unload: {'; '.join(c for c in clauses if c)}", stacklevel=2)
         return model
 
     # ------------------------------------------------------------------ files
@@ -599,31 +633,6 @@ def _copy(model: nn.Module) -> nn.Module:
 def _keyword_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Task loss of a Hugging Face model on a keyword batch plus the load-balancing loss of its MoE layers."""
     return model(**batch).loss + auxiliary_loss(model)
-
-
-def _static_conv(layer: nn.Module) -> nn.Conv2d | None:
-    """The exact `nn.Conv2d` of a dynamic convolution whose every mask is static (λs · Θ̄), else None."""
-    if not isinstance(layer, PADConv2d):
-        return None
-    modes = [mode for _, mode, _ in layer.mode_pairs() if mode.partial]
-    if any(mode.semantics != "static" or bool(mode.mask.any()) for mode in modes):
-        return None
-    lam_s, _ = layer.scales()
-    conv = nn.Conv2d(
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel_size,
-        layer.stride,
-        layer.padding,
-        layer.dilation,
-        layer.groups,
-        bias=layer.bias is not None,
-    )
-    with torch.no_grad():
-        conv.weight.copy_(layer.weight_mode.static * lam_s)
-        if layer.bias is not None:
-            conv.bias.copy_(layer.bias_mode.static * lam_s)
-    return conv.to(layer.weight.device)
 
 
 def convert(model: nn.Module, method: str = "pad", **options) -> nn.Module:
