@@ -112,7 +112,8 @@ def deploy(model: nn.Module, fold_bn: bool = True, inplace: bool = False) -> nn.
     if kept:
         counts = ", ".join(f"{n} {kind}" for kind, n in kept.most_common())
         warnings.warn(
-            f"deploy: {counts} layers have no compact form and are kept in their training form", stacklevel=2
+            f"deploy: {counts} layers have no compact form and are kept in their training form",
+            stacklevel=3,  # the caller of deploy, past the no_grad wrapper
         )
     out.padnet_deployed = {
         "folded_bn": folded,
