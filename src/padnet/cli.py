@@ -22,23 +22,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), cls=None) -> None:
-    from padnet.training.config import TrainConfig
+    """One flag per configuration key of `cls` (default `TrainConfig`) but `skip`, and --config; a renamed key's
+    old flag is accepted, hidden, and warns."""
+    from padnet.adapter.config import PadConfig
+    from padnet.training.config import RENAMED_KEYS, TrainConfig, config_keys
 
+    cls = cls or TrainConfig
     parser.add_argument("--config", help="YAML file of configuration keys (flags override it)")
     group = parser.add_argument_group("configuration keys (see configs/*.yaml)")
-    for f in dataclasses.fields(cls or TrainConfig):
-        if f.name in skip:
+    keys = config_keys(cls)
+    for name, (owner, default) in keys.items():
+        if name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in ("tags", "text_columns"):
-            group.add_argument(flag, dest=f.name, nargs="*", default=argparse.SUPPRESS)
+        flag = "--" + name.replace("_", "-")
+        if name in ("tags", "text_columns"):
+            group.add_argument(flag, dest=name, nargs="*", default=argparse.SUPPRESS)
+            continue
+        if owner is PadConfig and cls is not PadConfig:
+            shown = "the method's" if default is None else repr(default)
+            text = f"method option (padnet.PadConfig.{name}); default: {shown}"
         else:
+            text = f"default: {default!r}" if default is not dataclasses.MISSING else None
+        group.add_argument(flag, dest=name, metavar=name.upper(), default=argparse.SUPPRESS, help=text)
+    for old in RENAMED_KEYS if "pad_options" in {f.name for f in dataclasses.fields(cls)} else ():
+        if old not in skip and RENAMED_KEYS[old] not in skip:
             group.add_argument(
-                flag,
-                dest=f.name,
-                metavar=f.name.upper(),
-                default=argparse.SUPPRESS,
-                help=f"default: {f.default!r}" if f.default is not dataclasses.MISSING else None,
+                "--" + old.replace("_", "-"), dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS
             )
 
 
@@ -50,19 +59,26 @@ def _resolve_config(args, preset: dict | None = None, cls=None):
         cfg = config_from_dict(preset, cfg, "preset")
     if args.config:
         cfg = config_from_dict(load_yaml(args.config), cfg, args.config)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cfg) if hasattr(args, f.name)}
-    return config_from_dict(flags, cfg, "command-line flags").validate()
+    return config_from_dict(_flags(args, type(cfg)), cfg, "command-line flags").validate()
+
+
+def _flags(args, cls) -> dict:
+    """The configuration keys of `cls` given as flags (renamed keys under their old names)."""
+    from padnet.training.config import RENAMED_KEYS, config_keys
+
+    return {k: getattr(args, k) for k in (*config_keys(cls), *RENAMED_KEYS) if hasattr(args, k)}
 
 
 def cmd_train(args) -> int:
-    from padnet.training.config import TrainConfig, load_yaml
+    from padnet.training.config import RENAMED_KEYS, TrainConfig, config_keys, load_yaml
     from padnet.training.engine.trainer import Trainer
 
     cfg = _resolve_config(args)
-    defaults = TrainConfig().to_dict()  # a config file's keys count where they differ from the defaults
+    defaults = {k: d for k, (_, d) in config_keys(TrainConfig).items()}
+    # a config file's keys count where they differ from the defaults
     given = {k for k, v in (load_yaml(args.config) if args.config else {}).items() if defaults.get(k) != v}
-    given |= {f.name for f in dataclasses.fields(cfg) if hasattr(args, f.name)}
-    cfg.check_applies(given)
+    given |= set(_flags(args, TrainConfig))
+    cfg.check_applies({RENAMED_KEYS.get(k, k) for k in given})
     out = Path(args.out or f"runs/{cfg.model}-{cfg.conv}-seed{cfg.seed}")
     trainer = Trainer(cfg, out, resume=args.resume)
     results = trainer.fit()
@@ -226,10 +242,11 @@ def cmd_moe(args) -> int:
 
 
 def cmd_count(args) -> int:
-    from padnet.layers.registry import OPTION_RANGES, is_partial, layer_options
+    from padnet.adapter.config import PadConfig
+    from padnet.adapter.model import get_pad_model
+    from padnet.layers.registry import canonical_conv
     from padnet.metrics.counting import count_flops, count_parameters
     from padnet.models import create_model
-    from padnet.partitioning import partition
 
     channels, height, width = args.input
     if not (1 <= channels <= 64 and 1 <= height <= 4096 and 1 <= width <= 4096):
@@ -238,28 +255,30 @@ def cmd_count(args) -> int:
         raise ConfigError(f"--num-classes must be in [1, 1000000], got {args.num_classes}")
     if not args.width <= 16:
         raise ConfigError(f"width multiplier must be at most 16, got {args.width}")
-    for name, (low, high) in OPTION_RANGES.items():
-        value = getattr(args, name)
-        if value is not None and not low <= value <= high:
-            raise ConfigError(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
-    opts = layer_options(args.conv, num_kernels=args.num_kernels, reduction=args.reduction)
+    conv = canonical_conv(args.conv)
+    options = {"num_kernels": args.num_kernels, "reduction": args.reduction, "kappa": args.kappa}
+    given = {k: v for k, v in options.items() if v is not None}
+    if conv == "static" and given:
+        raise ConfigError(f"--{next(iter(given)).replace('_', '-')} does not apply to conv 'static'")
+    config = PadConfig(method=conv, init_from_pretrained=False, **given) if conv != "static" else None
     model = create_model(
         args.model,
-        conv=args.conv,
+        conv=conv,
         num_classes=args.num_classes,
         in_chans=args.input[0],
         width=args.width,
         stem=args.stem,
-        **opts,
+        **(config.layer_kwargs() if config else {}),
     )
-    partial = is_partial(args.conv)
-    if partial:
-        partition(model, args.kappa, "random", scope="local")
+    if (
+        config is not None and config.partial
+    ):  # a mask of exactly kappa: counts do not depend on which elements
+        get_pad_model(model, config).partition(partition="random", partition_scope="local")
     params, flops = count_parameters(model), count_flops(model, tuple(args.input))
     fc = sum(p.numel() for p in model.get_classifier().parameters())
     print(
-        f"{args.model} conv={args.conv} width={args.width:g} input={'x'.join(map(str, args.input))}"
-        + (f" kappa={args.kappa:g}" if partial else "")
+        f"{args.model} conv={conv} width={args.width:g} input={'x'.join(map(str, args.input))}"
+        + (f" kappa={config.value('kappa'):g}" if config is not None and config.partial else "")
     )
     print(
         f"params {params / 1e6:.2f}M ({(params - fc) / 1e6:.2f}M without the classifier)  "
@@ -301,16 +320,18 @@ def cmd_partition(args) -> int:
     import torch
 
     from padnet.layers.registry import is_partial
+    from padnet.parallel import Context
     from padnet.saving.fileio import write_json
     from padnet.training.data import load_dataset
-    from padnet.training.engine.trainer import build_model, partition_from_config
+    from padnet.training.engine.trainer import PARTITION_SEED, SideBatches, build_model, pad_model
 
     cfg = _resolve_config(args)
+    if not is_partial(cfg.conv):  # a PAD-Net form to partition (default: over DY-Conv)
+        cfg = cfg.replace(conv="pad")
     train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download, **cfg.data_options())
     torch.manual_seed(cfg.seed)
-    conv = cfg.conv if is_partial(cfg.conv) else "pad"  # a PAD-Net form to partition (default: over DY-Conv)
-    model = build_model(dataclasses.replace(cfg, conv=conv), train.num_classes, train.input_shape[0])
-    report = partition_from_config(model, cfg, train)
+    pad = pad_model(build_model(cfg, train.num_classes, train.input_shape[0]), cfg)
+    report = pad.partition(SideBatches(cfg, train, Context(), PARTITION_SEED), seed=cfg.seed)
     print(report.summary())
     for layer in report.layers:
         print(f"  {layer['name']:<32} {layer['dynamic_ratio']:.3f}  ({layer['dynamic']}/{layer['elements']})")
@@ -540,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--num-kernels", type=int, help="k (default: the conv type's)")
     p.add_argument("--reduction", type=int, help="attention reduction (default: the conv type's)")
-    p.add_argument("--kappa", type=float, default=0.3)
+    p.add_argument("--kappa", type=float, help="dynamic ratio κ of a PAD-Net form (default: PadConfig's)")
     p.add_argument("--input", type=int, nargs=3, default=[3, 224, 224], metavar=("C", "H", "W"))
     p.set_defaults(func=cmd_count)
 

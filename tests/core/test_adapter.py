@@ -53,7 +53,7 @@ def _warm_up(pad, batches, steps=3):
         ({"method": "moe", "num_kernels": 4}, "option num_kernels does not apply to method 'moe'"),
         ({"method": "nope"}, "unknown method 'nope'"),
         ({"method": "pad", "partition_at": "steps"}, "partition_at 'steps' needs partition_after"),
-        ({"method": "pad", "kappa": 1.5}, "kappa must be a number > 0 and <= 1"),
+        ({"method": "pad", "kappa": 1.5}, r"dynamic ratio kappa must be in \(0, 1\], got 1.5"),
         ({"method": "pad-moe", "top_k": 9}, "top_k 9 is larger than num_experts 8"),
         ({"method": "pad", "granularity": "neuron"}, "unknown mask granularity 'neuron'"),
         ({"method": "pad", "target_modules": []}, "target_modules must be 'auto', 'all' or a non-empty list"),
@@ -91,9 +91,9 @@ def test_pad_config_round_trips_through_json_and_fills_method_defaults():
 
 
 def test_train_config_maps_to_the_same_vocabulary():
-    cfg = TrainConfig(conv="sdconv", sparsity=0.7).validate().pad_config()
+    cfg = TrainConfig().replace(conv="sdconv", sparsity=0.7).pad_config()
     assert (cfg.method, cfg.sparsity, cfg.kappa) == ("sdconv", 0.7, None)
-    pad = TrainConfig(conv="pad", kappa=0.2, granularity="kernel").validate().pad_config()
+    pad = TrainConfig().replace(conv="pad", kappa=0.2, granularity="kernel").pad_config()
     assert (pad.kappa, pad.granularity, pad.sparsity) == (0.2, "kernel", None)
     assert TrainConfig(conv="static").pad_config() is None
 
@@ -318,11 +318,9 @@ def test_a_plain_loop_reaches_the_weights_of_padnet_train(tmp_path, conv):
         epochs=2,
         batch_size=16,
         augment=False,
-        partition_batches=2,
-        partition_iterations=2,
         progress=False,
         lr=0.05,
-    ).validate()
+    ).replace(partition_batches=2, partition_iterations=2)
     trainer = Trainer(cfg, tmp_path / "run", data=(data, data))
     trainer.fit()
 

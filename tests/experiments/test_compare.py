@@ -17,15 +17,8 @@ pytest.importorskip("matplotlib")
 def compare_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     cfg = TrainConfig(
-        dataset="digits",
-        width=0.125,
-        epochs=1,
-        batch_size=32,
-        train_subset=256,
-        partition_batches=2,
-        partition_iterations=2,
-        progress=False,
-    )
+        dataset="digits", width=0.125, epochs=1, batch_size=32, train_subset=256, progress=False
+    ).replace(partition_batches=2, partition_iterations=2)
     records = run_compare(out, cfg, seeds=(0, 1), log=lambda _: None)
     return out, cfg, records
 

@@ -115,7 +115,7 @@ def test_shipped_config_is_the_quick_recipe():
     from padnet.training.config import TrainConfig, config_from_dict, load_yaml
 
     shipped = load_yaml(Path(__file__).resolve().parents[2] / "configs" / "fashion-mnist-pad-studies.yaml")
-    assert config_from_dict(shipped, TrainConfig()) == config_from_dict(pad.QUICK, TrainConfig())
+    assert config_from_dict(shipped, TrainConfig()).effective() == config_from_dict(pad.QUICK).effective()
 
 
 def test_noise_and_transfer_compare_static_dy_and_pad(studies):

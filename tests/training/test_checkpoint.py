@@ -263,10 +263,10 @@ def _config(**kw):
         "partition_batches": 2,
         "partition_iterations": 2,
         "progress": False,
-        "temperature_epochs": 1.0,
+        "temperature_anneal": 1.0,
         "warmup_epochs": 0.5,
     }
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig().replace(**{**base, **kw})
 
 
 class _Crash(Exception):

@@ -39,15 +39,8 @@ def test_flat_arrays_suggest_the_flag_and_the_argument():
 
 def test_a_kappa_that_keeps_no_dynamic_element_is_refused_before_the_run_directory_is_written(tmp_path):
     cfg = TrainConfig(
-        dataset="digits",
-        conv="pad",
-        kappa=1e-300,
-        width=0.125,
-        epochs=1,
-        batch_size=32,
-        train_subset=64,
-        progress=False,
-    )
+        dataset="digits", conv="pad", width=0.125, epochs=1, batch_size=32, train_subset=64, progress=False
+    ).replace(kappa=1e-300)
     with pytest.raises(
         ConfigError, match=r"^kappa 1e-300 leaves no dynamic element of the [\d,]+ mask elements"
     ):
@@ -101,15 +94,21 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path, capsys)
     "change, message",
     [
         ({"warmup_epochs": 1e308}, "warmup_epochs must be in [0, 100000] epochs, got 1e+308"),
-        ({"temperature_epochs": float("inf")}, "temperature_epochs must be in [0, 100000] epochs, got inf"),
-        ({"temperature_start": 1e308}, "temperature_start must be at most 10000, got 1e+308"),
-        ({"temperature_end": 1e39}, "temperature_end must be at most 10000, got 1e+39"),
-        ({"pruning_iterations": 10**9}, "pruning_iterations must be at most 1000, got 1000000000"),
+        (
+            {"temperature_anneal": float("inf")},
+            "temperature_anneal must be a number >= 0 and <= 100000, got inf",
+        ),
+        ({"temperature_start": 1e308}, "temperature_start must be a number > 0 and <= 10000.0, got 1e+308"),
+        ({"temperature_end": 1e39}, "temperature_end must be a number > 0 and <= 10000.0, got 1e+39"),
+        (
+            {"pruning_iterations": 10**9},
+            "pruning_iterations must be an integer >= 0 and <= 1000, got 1000000000",
+        ),
     ],
 )
 def test_schedule_lengths_and_temperatures_are_bounded(change, message):
     with pytest.raises(ConfigError) as info:
-        TrainConfig(conv="dy", **change).validate()
+        TrainConfig(conv="dy").replace(**change).validate()
     assert str(info.value) == message
 
 

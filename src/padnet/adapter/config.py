@@ -17,24 +17,22 @@ from typing import Any
 from padnet.errors import ConfigError, check_choice
 from padnet.layers.modes import SCALE_MODES
 from padnet.layers.moe import MAX_EXPERTS
-from padnet.layers.registry import MAX_TEMPERATURE, OPTION_RANGES, accepted_options, start_temperature
+from padnet.layers.registry import (
+    ALIASES,
+    MAX_TEMPERATURE,
+    OPTION_RANGES,
+    accepted_options,
+    start_temperature,
+)
+from padnet.partitioning import DEFAULT_KAPPA, MAX_ALIGN, SCOPES, check_kappa
 from padnet.partitioning import METHODS as PARTITIONS
 
 # method -> (family, what the family's converter calls it)
 CONV_METHODS = ("dy", "condconv", "odconv", "dcd", "pad", "pad-condconv", "pad-odconv", "pad-dcd", "sdconv")
 MOE_METHODS = {"moe": "dynamic", "pad-moe": "pad", "moe-p": "prune"}
 METHODS = (*CONV_METHODS, *MOE_METHODS)
-METHOD_ALIASES = {
-    "dyconv": "dy",
-    "dynamic": "dy",
-    "padnet": "pad",
-    "pad-net": "pad",
-    "pad-dy": "pad",
-    "sd-conv": "sdconv",
-    "padmoe": "pad-moe",
-    "moep": "moe-p",
-    "prune": "moe-p",
-}
+# the convolution types' aliases (padnet.layers.registry.ALIASES) and the MoE methods'
+METHOD_ALIASES = {**ALIASES, "padmoe": "pad-moe", "moep": "moe-p", "prune": "moe-p"}
 PARTIAL_METHODS = ("pad", "pad-condconv", "pad-odconv", "pad-dcd", "pad-moe", "moe-p")
 PARTITION_AT = ("start", "steps", "epochs", "manual")
 TIME_UNITS = ("steps", "epochs")
@@ -49,24 +47,35 @@ LIMITS = {
     "num_experts": MAX_EXPERTS,
     "partition_iterations": 1_000,
     "partition_batches": 10_000,
+    "partition_align": MAX_ALIGN,
     "pruning_iterations": 1_000,
 }
 
+
+def _layers_taking(keyword: str) -> tuple[str, ...]:
+    """The convolution methods whose layers take the keyword option `keyword` (their `OPTIONS`)."""
+    return tuple(m for m in CONV_METHODS if keyword in accepted_options(m))
+
+
 # options that only some methods take: name -> methods. A value other than None for another method is an error.
+# The only table of which option applies to which method; the convolutions' layer options read it from the
+# layers themselves (their OPTIONS), so a layer that has no granularity (PAD-DCD) is never given one silently.
 _APPLIES = {
-    "num_kernels": tuple(m for m in CONV_METHODS if "dcd" not in m),
-    "reduction": CONV_METHODS,
+    "num_kernels": _layers_taking("num_kernels"),
+    "reduction": _layers_taking("reduction"),
+    "temperature_start": _layers_taking("temperature"),
     "kappa": PARTIAL_METHODS,
-    "granularity": PARTIAL_METHODS,
+    "granularity": (*_layers_taking("granularity"), "pad-moe", "moe-p"),
     "partition_at": PARTIAL_METHODS,
     "partition_after": PARTIAL_METHODS,
-    "scale_mode": ("pad", "pad-condconv", "pad-odconv", "pad-dcd", "pad-moe"),
-    "mask_semantics": ("pad", "pad-condconv", "pad-odconv", "pad-dcd"),
+    "partition_align": tuple(m for m in PARTIAL_METHODS if m in CONV_METHODS),
+    "scale_mode": (*_layers_taking("scale_mode"), "pad-moe"),
+    "mask_semantics": _layers_taking("mask_semantics"),
     "sparsity": ("sdconv",),
     "pruning_iterations": ("sdconv",),
     "budget_weight": ("sdconv",),
     "threshold_lr": ("sdconv",),
-    "mask_strategy": ("sdconv",),
+    "mask_strategy": _layers_taking("mask_strategy"),
     "num_experts": tuple(MOE_METHODS),
     "top_k": tuple(MOE_METHODS),
     "noisy_gating": tuple(MOE_METHODS),
@@ -87,6 +96,12 @@ _DEFAULTS = {
     "noisy_gating": True,
     "aux_loss_weight": 0.01,
 }
+
+
+def applies(option: str, method: str) -> bool:
+    """Whether the [`PadConfig`][padnet.adapter.config.PadConfig] field `option` applies to `method` (a
+    canonical method name); fields outside the applicability table apply to every method."""
+    return method in _APPLIES.get(option, (method,))
 
 
 def canonical_method(name) -> str:
@@ -202,6 +217,7 @@ class PadConfig:
     partition_batches: int = 10
     partition_at: str | None = None
     partition_after: float | None = None
+    partition_align: int | None = None
     check_scores: bool = True
     sparsity: float | None = None
     pruning_iterations: int | None = None
@@ -233,17 +249,19 @@ class PadConfig:
         if value is not None:
             return value
         if name == "kappa":
-            return 0.5 if self.family == "moe" else 0.3
+            return DEFAULT_KAPPA[self.family]
         if name == "granularity":
             return "element" if self.family == "moe" else "shared"
         if (
             name == "temperature_start"
         ):  # the layer's: 30 for softmax routing, 1 for CondConv (no temperature)
-            return start_temperature(self.method) if self.family == "conv" else None
+            return start_temperature(self.method) if applies(name, self.method) else None
         if name == "partition_at":  # after a warm-up when the kernels start as copies of one weight
             return "epochs" if self.family == "moe" or self.init_from_pretrained else "start"
         if name == "partition_after":
             return 1 if self.partition_at is None and self.value("partition_at") == "epochs" else 0
+        if name == "partition_align":
+            return 1
         return _DEFAULTS.get(name)
 
     # ------------------------------------------------------------------ validation
@@ -254,7 +272,7 @@ class PadConfig:
             if getattr(self, name) is not None and self.method not in methods:
                 raise ConfigError(
                     f"option {name} does not apply to method {self.method!r} "
-                    f"(it applies to {', '.join(methods)})"
+                    f"(it applies to {', '.join(methods) or 'no method'})"
                 )
         targets = self.target_modules
         if not (
@@ -309,7 +327,14 @@ class PadConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.noisy_gating is not None and not isinstance(self.noisy_gating, bool):
             raise ConfigError(f"noisy_gating must be true or false, got {self.noisy_gating!r}")
-        for name in ("num_kernels", "num_experts", "top_k", "partition_iterations", "partition_batches"):
+        for name in (
+            "num_kernels",
+            "num_experts",
+            "top_k",
+            "partition_iterations",
+            "partition_batches",
+            "partition_align",
+        ):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), 1, integer=True, high=LIMITS.get(name))
         for name in ("reduction", "pruning_iterations"):
@@ -332,7 +357,9 @@ class PadConfig:
         check_choice("temperature unit", self.temperature_unit, TIME_UNITS)
         _number("temperature_anneal", self.temperature_anneal, 0, high=_time_limit(self.temperature_unit))
         if self.kappa is not None:
-            _number("kappa", self.kappa, 0, inclusive=False, high=1)
+            if isinstance(self.kappa, bool):
+                raise ConfigError(f"dynamic ratio kappa must be a number in (0, 1], got {self.kappa!r}")
+            check_kappa(self.kappa)
         if self.granularity is not None:
             check_choice(
                 "mask granularity",
@@ -345,7 +372,9 @@ class PadConfig:
             check_choice("mask semantics", self.mask_semantics, ("static", "zero"))
         if not callable(self.partition):
             check_choice("partition method", self.partition, (*PARTITIONS, "custom"))
-        check_choice("partition scope", self.partition_scope, ("global", "local"))
+        check_choice("partition scope", self.partition_scope, SCOPES)
+        if self.value("partition_align") > 1 and self.partition_scope != "local":
+            raise ConfigError("partition_align > 1 needs partition_scope 'local'")
         if self.partition_at is not None:
             check_choice("partition moment (partition_at)", self.partition_at, PARTITION_AT)
         if self.partition_after is not None:
@@ -391,17 +420,16 @@ class PadConfig:
                 options["scale_mode"] = self.value("scale_mode")
             return {**options, **self.layer_options}
 
-        accepted = accepted_options(self.method)
         wanted = {
             "num_kernels": self.num_kernels,
             "reduction": self.reduction,
-            "temperature": self.temperature_start,
+            "temperature": self.value("temperature_start"),
             "granularity": self.granularity,
             "scale_mode": self.scale_mode,
             "mask_semantics": self.mask_semantics,
             "mask_strategy": self.mask_strategy,
         }
-        return {**{k: v for k, v in wanted.items() if v is not None and k in accepted}, **self.layer_options}
+        return {**{k: v for k, v in wanted.items() if v is not None}, **self.layer_options}
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -117,18 +117,20 @@ class Dynamic(Method):
         cfg = self.config
         self.routings = [m for m in model.modules() if isinstance(m, TemperatureRouting)]  # collected once
         steps = _steps(cfg.temperature_anneal, cfg.temperature_unit, steps_per_epoch, "temperature_anneal")
-        self.temperature = TemperatureSchedule(cfg.value("temperature_start"), cfg.temperature_end, steps)
+        start = cfg.value("temperature_start")  # None: the layers have no temperature (DCD)
+        self.temperature = None if start is None else TemperatureSchedule(start, cfg.temperature_end, steps)
 
     def before_step(self, step: int) -> None:
-        temperature = self.temperature(step)
-        for routing in self.routings:
-            routing.update_temperature(temperature)
+        if self.temperature is not None:
+            temperature = self.temperature(step)
+            for routing in self.routings:
+                routing.update_temperature(temperature)
 
     def anneals(self, step: int) -> bool:
-        return bool(self.routings) and self.temperature.anneals(step)  # DCD has no temperature to anneal
+        return self.temperature is not None and bool(self.routings) and self.temperature.anneals(step)
 
     def log(self, step: int) -> dict:
-        return {"temperature": self.temperature(step)}
+        return {} if self.temperature is None else {"temperature": self.temperature(step)}
 
 
 def _partition_step(config: PadConfig, steps_per_epoch: int | None) -> int | None:

@@ -181,6 +181,7 @@ class PadModel(nn.Module):
         data: Iterable | None = None,
         loss_fn: Callable | None = None,
         batch_loss: Callable | None = None,
+        seed: int = 0,
         **overrides,
     ) -> PartitionReport:
         """Mode partition of every masked layer (PAD-Net eq. 5–9) as the config describes it.
@@ -190,8 +191,10 @@ class PadModel(nn.Module):
                 `model(**batch).loss` plus the load-balancing loss). Needed by `"imp"` and `"mp"`.
             loss_fn: loss of (outputs, targets) (default cross-entropy).
             batch_loss: `batch_loss(model, batch) -> loss` for other batches; replaces `loss_fn`.
+            seed: seed of the `"random"` partition.
             **overrides: `kappa`, `partition` (method or score function), `partition_scope`,
-                `partition_iterations`, `partition_batches`, `check_scores` for this call only.
+                `partition_iterations`, `partition_batches`, `partition_align`, `check_scores` for this call
+                only.
 
         Returns the [`PartitionReport`][padnet.partitioning.imp.PartitionReport]. Raises ConfigError for a method without
         masks, bad overrides, missing data, or scores without signal (`check_scores`; see
@@ -210,6 +213,7 @@ class PadModel(nn.Module):
             "partition_scope",
             "partition_iterations",
             "partition_batches",
+            "partition_align",
             "check_scores",
         }
         unknown = sorted(set(overrides) - allowed)
@@ -231,6 +235,8 @@ class PadModel(nn.Module):
             cfg.partition_batches,
             cfg.partition_iterations,
             cfg.partition_scope,
+            seed,
+            align=cfg.value("partition_align"),
             batch_loss=batch_loss,
             check_scores=cfg.check_scores,
         )
@@ -251,6 +257,7 @@ class PadModel(nn.Module):
         step: int = 0,
         partitioned: bool | None = None,
         statistics_data: Iterable | None = None,
+        partition_seed: int = 0,
     ) -> PadTraining:
         """Prepare the method's training-time work for a run (see [`padnet.adapter.methods`][padnet.adapter.methods]).
 
@@ -265,6 +272,7 @@ class PadModel(nn.Module):
                 the temperature anneal's last step and after a partition outside the anneal (default:
                 `partition_data`; see [`recalibrate_batchnorm`][padnet.adapter.model.PadModel.recalibrate_batchnorm]). Without either, `eval()` warns while
                 the statistics lag such a change.
+            partition_seed: seed of a `"random"` partition.
 
         Returns the [`PadTraining`][padnet.adapter.methods.PadTraining], also kept as `training_state`.
 
@@ -294,7 +302,7 @@ class PadModel(nn.Module):
         statistics = partition_data if statistics_data is None else _reusable(statistics_data, count)
 
         def run():
-            return self.partition(partition_data, loss_fn, batch_loss)
+            return self.partition(partition_data, loss_fn, batch_loss, partition_seed)
 
         def recalibrate():
             return self.recalibrate_batchnorm(statistics, count)
@@ -598,6 +606,7 @@ def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfi
     mode = getattr(layer, "weight_mode", None)
     found = {
         "num_kernels": getattr(layer, "num_kernels", None),
+        "reduction": getattr(getattr(layer, "attention", layer), "reduction", None),
         "granularity": getattr(mode, "granularity", None),
         "mask_semantics": getattr(mode, "semantics", None),
         "scale_mode": getattr(layer.scales, "mode", None) if hasattr(layer, "scales") else None,
@@ -609,11 +618,6 @@ def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfi
                 f"{name} already has {option} {value!r}, the config asks for {wanted!r}: a model built "
                 "with padnet layers keeps its own; build it with the options you want"
             )
-    if config.reduction is not None:
-        raise ConfigError(
-            "reduction cannot be applied to a model already built with padnet layers; build it with "
-            "the reduction you want"
-        )
 
 
 def _reusable(data: Iterable | None, count: int) -> Iterable | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -21,14 +20,14 @@ from padnet.training.engine.trainer import Trainer, config_differences
 QUICK = {
     "train_subset": 10000,
     "epochs": 3,
-    "temperature_epochs": 1.0,
+    "temperature_anneal": 1.0,
     "warmup_epochs": 0.5,
     "augment": False,
 }
 FULL = {
     "train_subset": None,
     "epochs": 30,
-    "temperature_epochs": 10.0,
+    "temperature_anneal": 10.0,
     "warmup_epochs": 2.0,
     "width": 0.5,
     "augment": True,
@@ -37,13 +36,19 @@ FULL_SEEDS = (0, 1, 2, 3, 4)
 QUICK_SEEDS = (0, 1, 2)
 
 
-DEFAULT_K = "the type's default (DY-Conv/PAD-Net 4, CondConv 8, ODConv 4)"
-DEFAULT_T = "the type's (30; CondConv 1, no temperature)"
-
-
 def _label(conv: str, cfg: TrainConfig) -> str:
     label = LAYER_LABELS.get(conv, conv)
-    return f"{label} (κ={cfg.kappa:g})" if is_partial(conv) else label
+    return f"{label} (κ={cfg.value('kappa', conv):g})" if is_partial(conv) else label
+
+
+def _per_method(cfg: TrainConfig, convs, key: str, unit: str = "") -> str:
+    """The option `key` as each dynamic conv type of `convs` runs it: `4 (DY-Conv, PAD-Net)`, grouped by value."""
+    groups: dict = {}
+    for conv in convs:
+        value = cfg.value(key, conv)
+        if value is not None:
+            groups.setdefault(value, []).append(LAYER_LABELS.get(conv, conv))
+    return "; ".join(f"{v:g}{unit} ({', '.join(labels)})" for v, labels in groups.items()) or "–"
 
 
 def check_reusable(run_dir: Path, cfg: TrainConfig) -> None:
@@ -99,7 +104,7 @@ def run_compare(
         (
             conv,
             seed,
-            dataclasses.replace(base, conv=conv, seed=seed).validate(),
+            base.replace(conv=conv, seed=seed),
             out_dir / f"{conv}-seed{seed}",
         )
         for conv in convs
@@ -155,6 +160,7 @@ def _fmt_count(n: float) -> str:
 
 def results_markdown(records: list[dict], cfg: TrainConfig, wall: float) -> str:
     """The paper's Table 1 columns (Params, FLOPs, Top-1 mean ± std) as a Markdown table."""
+    convs = [r["model"] for r in records]
     lines = [
         f"# {cfg.model} (width ×{cfg.width:g}) on {cfg.dataset}",
         "",
@@ -173,10 +179,12 @@ def results_markdown(records: list[dict], cfg: TrainConfig, wall: float) -> str:
             f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr:g} (warm-up + cosine), "
             f"weight decay {cfg.weight_decay:g}, train subset {cfg.train_subset or 'all'}, "
             f"augmentation {'on' if cfg.augment else 'off'}; "
-            f"kernels k = {cfg.num_kernels or DEFAULT_K}, temperature "
-            f"{DEFAULT_T if cfg.temperature_start is None else format(cfg.temperature_start, 'g')} → "
-            f"{cfg.temperature_end:g} over {cfg.temperature_epochs:g} epoch(s); PAD-Net partition {cfg.partition} ({cfg.partition_scope}, "
-            f"{cfg.partition_iterations} iterations × {cfg.partition_batches} batches)."
+            f"kernels k = {_per_method(cfg, convs, 'num_kernels')}, temperature "
+            f"{_per_method(cfg, convs, 'temperature_start')} → {cfg.value('temperature_end', 'dy'):g} over "
+            f"{cfg.value('temperature_anneal', 'dy'):g} {cfg.value('temperature_unit', 'dy')}; PAD-Net partition "
+            f"{cfg.value('partition', 'pad')} ({cfg.value('partition_scope', 'pad')}, "
+            f"{cfg.value('partition_iterations', 'pad')} iterations × {cfg.value('partition_batches', 'pad')} "
+            "batches)."
         ),
         (
             "Params: stored parameters with the classifier; PAD-Net counts its compact form. FLOPs: multiply-adds "

@@ -65,7 +65,7 @@ class KernelAttention(TemperatureRouting):
             raise ConfigError(
                 f"reduction must be >= 0 and num_kernels >= 1, got {reduction} and {num_kernels}"
             )
-        self.routing = routing
+        self.routing, self.reduction = routing, reduction
         if reduction == 0:
             hidden, self.fc1, self.act = in_channels, nn.Identity(), nn.Identity()
         else:

@@ -1,6 +1,8 @@
 """Mode partition (PAD-Net eq. 5–9): scores and the iterative schedule."""
 
 from padnet.partitioning.imp import (
+    DEFAULT_KAPPA,
+    MAX_ALIGN,
     METHODS,
     SCOPES,
     PartitionReport,
@@ -13,6 +15,8 @@ from padnet.partitioning.imp import (
 from padnet.partitioning.scores import magnitude_scores, masked_tensors, random_scores, snip_scores
 
 __all__ = [
+    "DEFAULT_KAPPA",
+    "MAX_ALIGN",
     "METHODS",
     "SCOPES",
     "PartitionReport",

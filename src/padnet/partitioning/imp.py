@@ -26,6 +26,9 @@ from padnet.partitioning.scores import magnitude_scores, masked_tensors, random_
 
 METHODS = ("imp", "mp", "random", "magnitude")
 SCOPES = ("global", "local")
+# the dynamic ratio κ when none is given: PAD-Net's settings for convolutions (§5.1) and for MoE (appendix B)
+DEFAULT_KAPPA = {"conv": 0.3, "moe": 0.5}
+MAX_ALIGN = 4_096  # `align` of a local partition: at most this many filters per multiple
 
 
 @dataclass
@@ -138,7 +141,7 @@ def apply_partition(tensors, scores: list[torch.Tensor], fraction: float, scope:
 
 def partition(
     model: nn.Module,
-    kappa: float = 0.3,
+    kappa: float = DEFAULT_KAPPA["conv"],
     method: str = "imp",
     data: Iterable | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
@@ -196,8 +199,10 @@ def partition(
         raise ConfigError("the model has no partially dynamic layers to partition (build it with conv='pad')")
     if method in ("imp", "mp") and data is None:
         raise ConfigError(f"partition method {method!r} needs training data")
-    if align < 1 or (align > 1 and scope != "local"):
-        raise ConfigError(f"align must be >= 1, and > 1 only with scope='local', got {align} with {scope!r}")
+    if not 1 <= align <= MAX_ALIGN or (align > 1 and scope != "local"):
+        raise ConfigError(
+            f"align must be in [1, {MAX_ALIGN}], and > 1 only with scope='local', got {align} with {scope!r}"
+        )
     if iterations < 1 or num_batches < 1:
         raise ConfigError(f"iterations and num_batches must be >= 1, got {iterations} and {num_batches}")
     check_dynamic_elements(tensors, kappa, scope, align)

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
-from padnet.adapter.config import LIMITS, MAX_EPOCHS, PadConfig
-from padnet.errors import ConfigError, check_choice, shown
-from padnet.layers.modes import GRANULARITIES, SCALE_MODES, SEMANTICS
-from padnet.layers.registry import (
-    MAX_TEMPERATURE,
-    OPTION_RANGES,
-    accepted_options,
-    canonical_conv,
-    is_dynamic,
-    is_partial,
-    layer_options,
-)
-from padnet.layers.sdconv import STRATEGIES
+from padnet.adapter.config import CONV_METHODS, LIMITS, MAX_EPOCHS, PadConfig, applies
+from padnet.errors import ConfigError, check_choice, deprecated, shown
+from padnet.layers.registry import canonical_conv, effective_option
 from padnet.models.registry import MODELS, STEMS
-from padnet.partitioning import METHODS, SCOPES, check_kappa
+from padnet.partitioning import METHODS, check_kappa
 from padnet.training.data import DATASETS
 from padnet.training.data.registry import check_image_options
 from padnet.training.distributed import DEVICES
@@ -39,48 +32,55 @@ def _check_types(cfg, names: tuple[str, ...]) -> None:
         raise ConfigError(f"data_root must be a path, got {cfg.data_root!r}")
 
 
-# run keys that only some conv types use (the rest apply to every run)
-_APPLIES_TO = {
-    **dict.fromkeys(
-        (
-            "kappa",
-            "granularity",
-            "scale_mode",
-            "mask_semantics",
-            "partition",
-            "partition_batches",
-            "partition_iterations",
-            "partition_scope",
-            "partition_align",
-        ),
-        "partial",
-    ),
-    **dict.fromkeys(
-        ("sparsity", "pruning_iterations", "budget_weight", "threshold_lr", "mask_strategy"), "sdconv"
-    ),
-    **dict.fromkeys(
-        ("num_kernels", "reduction", "temperature_start", "temperature_end", "temperature_epochs"), "dynamic"
-    ),
-}
-_KIND_NAMES = {"partial": "PAD-Net forms", "sdconv": "sdconv", "dynamic": "dynamic convolutions"}
+# The method options a training run takes: fields of PadConfig, which alone defines their defaults, ranges and
+# the methods they apply to. A run's model is built from scratch by create_model, so the options that choose
+# modules to convert (target_modules, ...) or concern MoE are not among them.
+METHOD_KEYS = (
+    "num_kernels",
+    "reduction",
+    "temperature_start",
+    "temperature_end",
+    "temperature_anneal",
+    "temperature_unit",
+    "kappa",
+    "granularity",
+    "scale_mode",
+    "mask_semantics",
+    "partition",
+    "partition_scope",
+    "partition_iterations",
+    "partition_batches",
+    "partition_align",
+    "partition_at",
+    "partition_after",
+    "check_scores",
+    "sparsity",
+    "pruning_iterations",
+    "budget_weight",
+    "threshold_lr",
+    "mask_strategy",
+)
+RENAMED_KEYS = {"temperature_epochs": "temperature_anneal"}  # old run key -> its PadConfig name (0.2.0)
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (defaults: the quick Fashion-MNIST recipe)."""
+    """Everything that defines a training run (defaults: the quick Fashion-MNIST recipe).
+
+    The method is `conv` (a convolution type of `padnet.layers.registry`; `"static"` for plain convolutions)
+    and its options are `pad_options`: [`PadConfig`][padnet.adapter.config.PadConfig] fields by name (`kappa`,
+    `granularity`, `temperature_anneal`, `sparsity`, ... of [`METHOD_KEYS`][padnet.training.config.METHOD_KEYS]),
+    whose defaults, ranges and applicability are PadConfig's. A YAML file or the command line gives them as
+    top-level keys, as every other key ([`config_from_dict`][padnet.training.config.config_from_dict]). Options
+    that do not apply to `conv` are kept but not used (a study's recipe serves several methods);
+    [`check_applies`][padnet.training.config.TrainConfig.check_applies] refuses them where a user gave them.
+    """
 
     # model
     model: str = "resnet10"
     conv: str = "static"
     width: float = 0.25
     stem: str = "small"
-    num_kernels: int | None = None  # None: the conv type's default (DY-Conv/PAD 4, CondConv 8, ODConv 4)
-    reduction: int | None = None  # None: the conv type's default (DY-Conv 4, ODConv/DCD 16)
-    granularity: str = "shared"
-    scale_mode: str = "constrained"
-    mask_semantics: str = (
-        "static"  # masked elements take the static parameters ("static") or are pruned ("zero")
-    )
     # data
     dataset: str = "fashion-mnist"
     data_root: str | None = None
@@ -105,25 +105,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
-    # dynamic layers: attention temperature anneals linearly from start to end
-    temperature_start: float | None = (
-        None  # None: the conv type's (30 for softmax routing; CondConv 1: no temperature)
-    )
-    temperature_end: float = 1.0
-    temperature_epochs: float = 1.0
-    # mode partition (PAD-Net eq. 5–9), run before training for conv="pad"
-    kappa: float = 0.3
-    partition: str = "imp"
-    partition_batches: int = 10
-    partition_iterations: int = 5
-    partition_scope: str = "global"
-    partition_align: int = 1  # filter granularity, local scope: keep a multiple of this many dynamic filters
-    # SD-Conv (paper 002 eq. 8–9, Algorithm 1), for conv="sdconv"
-    sparsity: float = 0.5  # target s: fraction of the k kernels' weights pruned
-    pruning_iterations: int = 3  # n: the steps are cut into n + 1 phases with budgets s̄^(j/n)
-    budget_weight: float = 0.01  # λ_s of the L0 budget loss
-    threshold_lr: float = 0.01  # Adam step of each threshold τ, relative to its layer's initial weight RMS
-    mask_strategy: str = "different"  # "different" masks per kernel or the "same" mask for the k
+    # the method's options: PadConfig fields by name
+    pad_options: dict[str, Any] = field(default_factory=dict)
     # run
     seed: int = 0
     threads: int | None = None
@@ -135,79 +118,31 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check ranges and names that can be checked without building anything; returns self."""
 
-        _check_types(
-            self,
-            (
-                "model",
-                "conv",
-                "stem",
-                "dataset",
-                "granularity",
-                "scale_mode",
-                "partition",
-                "partition_scope",
-                "mask_strategy",
-                "mask_semantics",
-            ),
-        )
+        _check_types(self, ("model", "conv", "stem", "dataset"))
         check_choice("model", self.model.lower(), MODELS)
         self.conv = canonical_conv(self.conv)
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("stem", self.stem, STEMS)
-        check_kappa(self.kappa)
-        check_choice("partition method", self.partition, METHODS)
-        check_choice("partition scope", self.partition_scope, SCOPES)
-        if self.partition_align > 1 and self.partition_scope != "local":
-            raise ConfigError("partition_align > 1 needs partition_scope 'local'")
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "width": self.width,
-            "partition_batches": self.partition_batches,
-            "partition_iterations": self.partition_iterations,
-            "partition_align": self.partition_align,
-            "temperature_end": self.temperature_end,
-        }
-        if self.temperature_start is not None:
-            positive["temperature_start"] = self.temperature_start
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "width": self.width}
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         # upper bounds: a configuration read from a run directory must not ask for a huge allocation
-        for name, high in (
-            ("width", 16),
-            ("epochs", MAX_EPOCHS),
-            ("batch_size", 65_536),
-            ("partition_batches", LIMITS["partition_batches"]),
-            ("partition_iterations", LIMITS["partition_iterations"]),
-            ("partition_align", 4_096),
-            ("pruning_iterations", LIMITS["pruning_iterations"]),
-        ):
+        for name, high in (("width", 16), ("epochs", MAX_EPOCHS), ("batch_size", 65_536)):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
-        for name in ("temperature_start", "temperature_end"):
-            if getattr(self, name) is not None and getattr(self, name) > MAX_TEMPERATURE:
-                raise ConfigError(f"{name} must be at most {MAX_TEMPERATURE:g}, got {getattr(self, name)!r}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2: BatchNorm needs two samples per batch to train")
         for name in ("weight_decay", "momentum"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be >= 0, got {value!r}")
-        for name in (
-            "warmup_epochs",
-            "temperature_epochs",
-        ):  # epochs of a schedule, as many as a run may have
-            value = getattr(self, name)
-            if not 0 <= value <= MAX_EPOCHS:
-                raise ConfigError(f"{name} must be in [0, {MAX_EPOCHS}] epochs, got {value!r}")
+        if not 0 <= self.warmup_epochs <= MAX_EPOCHS:
+            raise ConfigError(
+                f"warmup_epochs must be in [0, {MAX_EPOCHS}] epochs, got {self.warmup_epochs!r}"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name, (low, high) in OPTION_RANGES.items():
-            value = getattr(self, name)
-            if value is not None and not low <= value <= high:
-                raise ConfigError(f"{name} must be in [{low}, {high}], got {value}")
         if self.flip is not None and not isinstance(self.flip, bool):
             raise ConfigError(f"flip must be true, false or unset (the data's default), got {self.flip!r}")
         if self.train_subset is not None and self.train_subset < 1:
@@ -219,87 +154,72 @@ class TrainConfig:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        check_choice("mask granularity", self.granularity, GRANULARITIES)
-        check_choice("scale-factor mode", self.scale_mode, SCALE_MODES)
-        check_choice("mask semantics", self.mask_semantics, SEMANTICS)
         check_choice("device", self.device, DEVICES)
-        layer_options(self.conv, num_kernels=self.num_kernels, reduction=self.reduction)
-        if not (isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1):
-            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
-        if self.pruning_iterations < 0:
-            raise ConfigError(f"pruning_iterations must be >= 0, got {self.pruning_iterations}")
-        if not (math.isfinite(self.budget_weight) and self.budget_weight >= 0):
-            raise ConfigError(f"budget_weight must be >= 0, got {self.budget_weight!r}")
-        if not (math.isfinite(self.threshold_lr) and self.threshold_lr > 0):
-            raise ConfigError(f"threshold_lr must be a positive number, got {self.threshold_lr!r}")
-        check_choice("mask strategy", self.mask_strategy, STRATEGIES)
-        if (
-            self.granularity != "shared"
-            and is_partial(self.conv)
-            and "granularity" not in accepted_options(self.conv)
-        ):
-            raise ConfigError(f"conv type {self.conv!r} has no mask granularity option (use 'shared')")
+        check_method_options(self.pad_options)
+        self.pad_config()  # the options that apply to conv, checked together (e.g. top-k, partition_after)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The configuration as flat keys (what `config.yaml` holds and [`config_from_dict`][padnet.training.config.config_from_dict] reads)."""
+        data = dataclasses.asdict(self)
+        return {**{k: v for k, v in data.items() if k != "pad_options"}, **data["pad_options"]}
+
+    def effective(self) -> dict[str, Any]:
+        """The configuration as flat keys with every method option at the value the run uses
+        ([`value`][padnet.training.config.TrainConfig.value]; None where it does not apply): two configurations
+        that train the same run have equal `effective()`, whether their options are written out or left to
+        their defaults."""
+        data = {k: v for k, v in self.to_dict().items() if k not in METHOD_KEYS}
+        return {**data, **{key: self.value(key) for key in METHOD_KEYS}}
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with `changes` given as flat keys (run fields and method options alike), validated."""
+        return config_from_dict(changes, self, "changes").validate()
 
     def check_applies(self, given) -> None:
-        """ConfigError for a key in `given` (set by the user) that this run's conv type does not use, e.g.
-        `sparsity` for PAD-Net or `kappa` for DY-Conv: such a value would be ignored without a word."""
-
-        uses = {
-            "partial": is_partial(self.conv),
-            "sdconv": self.conv == "sdconv",
-            "dynamic": is_dynamic(self.conv),
-        }
-        for key in sorted(given):
-            kind = _APPLIES_TO.get(key)
-            if kind is not None and not uses[kind]:
-                raise ConfigError(
-                    f"{key} does not apply to conv {self.conv!r} (it applies to {_KIND_NAMES[kind]})"
-                )
+        """ConfigError for a method option in `given` (keys a user set) that does not apply to this run's
+        `conv` (the applicability of [`PadConfig`][padnet.adapter.config.PadConfig]), e.g. `sparsity` for PAD-Net
+        or `kappa` for DY-Conv: such a value would be ignored without a word."""
+        for key in sorted(set(given) & set(self.pad_options)):
+            if self.conv == "static" or not applies(key, self.conv):
+                convs = ", ".join(m for m in CONV_METHODS if applies(key, m))
+                raise ConfigError(f"{key} does not apply to conv {self.conv!r} (it applies to {convs})")
 
     def data_options(self) -> dict[str, Any]:
         """The image options `padnet.training.data.load_dataset` takes (image size, channels, normalisation)."""
         return {"image_size": self.image_size, "channels": self.channels, "normalization": self.normalization}
 
-    def pad_config(self):
-        """The [`PadConfig`][padnet.adapter.config.PadConfig] of this run's method (None for a static model)."""
-
+    def pad_config(self) -> PadConfig | None:
+        """The [`PadConfig`][padnet.adapter.config.PadConfig] of this run's method: `conv` with the options
+        that apply to it, for layers trained from scratch (None for a static model)."""
         if self.conv == "static":
             return None
-        partial, sparse = is_partial(self.conv), self.conv == "sdconv"
-        return PadConfig(
-            method=self.conv,
-            num_kernels=self.num_kernels,
-            reduction=self.reduction,
-            temperature_start=self.temperature_start,
-            temperature_end=self.temperature_end,
-            temperature_anneal=self.temperature_epochs,
-            temperature_unit="epochs",
-            kappa=self.kappa if partial else None,
-            granularity=self.granularity if partial else None,
-            scale_mode=self.scale_mode if partial else None,
-            mask_semantics=self.mask_semantics if partial else None,
-            partition_at="start" if partial else None,
-            init_from_pretrained=False,  # built from scratch
-            partition=self.partition,
-            partition_scope=self.partition_scope,
-            partition_iterations=self.partition_iterations,
-            partition_batches=self.partition_batches,
-            **(
-                {
-                    "sparsity": self.sparsity,
-                    "pruning_iterations": self.pruning_iterations,
-                    "budget_weight": self.budget_weight,
-                    "threshold_lr": self.threshold_lr,
-                    "mask_strategy": self.mask_strategy,
-                }
-                if sparse
-                else {}
-            ),
-        )
+        options = {k: v for k, v in self.pad_options.items() if applies(k, self.conv)}
+        return PadConfig(method=self.conv, init_from_pretrained=False, **options)
+
+    def value(self, key: str, conv: str | None = None):
+        """The method option `key` as a run of `conv` (default: this run's) uses it: the option given, or
+        PadConfig's default; `num_kernels` and `reduction` as the layers get them (the type's default written
+        out). None for a static run or an option that does not apply to `conv`."""
+        conv = self.conv if conv is None else canonical_conv(conv)
+        if conv == "static" or not applies(key, conv):
+            return None
+        options = {k: v for k, v in self.pad_options.items() if applies(k, conv)}
+        value = PadConfig(method=conv, init_from_pretrained=False, **options).value(key)
+        return effective_option(conv, key, value) if key in ("num_kernels", "reduction") else value
+
+
+def check_method_options(options) -> None:
+    """ConfigError unless `options` maps [`METHOD_KEYS`][padnet.training.config.METHOD_KEYS] to values that
+    [`PadConfig`][padnet.adapter.config.PadConfig] accepts for some method they apply to."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"pad_options must map option names to values, got {options!r}")
+    unknown = sorted(map(shown, set(options) - set(METHOD_KEYS)))
+    if unknown:
+        raise ConfigError(f"unknown method option(s): {', '.join(unknown)}")
+    for key, value in options.items():
+        method = next(m for m in CONV_METHODS if applies(key, m))
+        PadConfig(method=method, init_from_pretrained=False, **{key: value})
 
 
 @dataclass
@@ -399,6 +319,10 @@ class FinetuneConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def replace(self, **changes) -> FinetuneConfig:
+        """A copy with `changes` (keys as in a YAML file), validated."""
+        return config_from_dict(changes, self, "changes").validate()
+
     def task_spec(self):
         """The task's description (labels, metrics, evaluation splits; read from the files for `"text"`)."""
         from padnet.training.data.text import task_spec
@@ -435,23 +359,32 @@ class FinetuneConfig:
 
 
 MAX_THREADS = 256  # more would exhaust the process's threads (OpenBLAS fails at about 10^5)
-OPTIONAL_INTS = ("train_subset", "threads", "num_kernels", "reduction", "image_size", "channels")
-OPTIONAL_FLOATS = ("temperature_start",)
-OPTIONAL_BOOLS = ("flip",)
+PATH_KEYS = ("data_root",)  # keys whose value is a folder
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Convert a YAML/CLI value to the type of the field's default (None allowed for optional fields).
+def _kind(cls, name: str) -> tuple[type, bool]:
+    """The value type of field `name` of the dataclass `cls` (bool, int, float, list, dict or str) and whether
+    it may be None, read from its annotation."""
+    hint = typing.get_type_hints(cls)[name]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = typing.get_args(hint) if union else (hint,)
+    for kind in (bool, int, float, list, dict, str):
+        if any(a is kind or typing.get_origin(a) is kind for a in args):
+            return kind, type(None) in args
+    return str, type(None) in args
+
+
+def _coerce(name: str, value: Any, kind: type, optional: bool) -> Any:
+    """Convert a YAML/CLI value to the field's type `kind` (None only where `optional`).
 
     Values of another kind are refused, not converted: `seed: true`, `augment: 7`, a mapping where a list or a
     name belongs. Command-line values arrive as text and are parsed."""
     if value is None:
-        if default is None:
+        if optional:
             return None
         raise ConfigError(f"{name} needs a value")
-    kind = type(default) if default is not None else None
     bad = ConfigError(f"{name} has an invalid value {value!r}")
-    if isinstance(default, bool) or name in OPTIONAL_BOOLS:
+    if kind is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, int) and value in (0, 1):
@@ -459,42 +392,66 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{name} must be a name, got {value!r}")
-    if isinstance(value, bool) or isinstance(value, (dict, list, tuple)) and kind is not list:
-        raise bad
-    try:
-        if kind is int or name in OPTIONAL_INTS:
-            number = float(value)
-            if not number.is_integer():
-                raise ValueError(value)
-            return int(value) if isinstance(value, int) else int(number)
-        if kind is float or name in OPTIONAL_FLOATS:
-            return float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise bad from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be {'a path' if name in PATH_KEYS else 'a name'}, got {value!r}")
+        return value
     if kind is list:
         if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
             return list(value)
         if isinstance(value, str):
             return [value]
         raise bad
-    return value
+    if isinstance(value, (bool, dict, list, tuple)):
+        raise bad
+    try:
+        if kind is int:
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError(value)
+            return int(value) if isinstance(value, int) else int(number)
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise bad from None
+
+
+def config_keys(cls) -> dict[str, tuple[type, Any]]:
+    """The flat keys of a configuration class (what YAML files and flags name): key -> (dataclass that defines
+    it, its default). A [`TrainConfig`][padnet.training.config.TrainConfig]'s method options are
+    [`PadConfig`][padnet.adapter.config.PadConfig]'s fields."""
+    keys = {f.name: (cls, f.default) for f in fields(cls) if f.name != "pad_options"}
+    if any(f.name == "pad_options" for f in fields(cls)):
+        pad = {f.name: f.default for f in fields(PadConfig)}
+        keys.update({key: (PadConfig, pad[key]) for key in METHOD_KEYS})
+    return keys
 
 
 def config_from_dict(data: dict[str, Any], base=None, source: str = "config"):
-    """A config from `base` (default: a default [`TrainConfig`][padnet.training.config.TrainConfig]; any config dataclass with
-    `to_dict`) updated with `data`, values coerced to the fields' types; unknown keys are errors."""
+    """A config from `base` (default: a default [`TrainConfig`][padnet.training.config.TrainConfig]; any config
+    dataclass) updated with the flat keys of `data`, values coerced to the fields' types; unknown keys are
+    errors. A renamed key ([`RENAMED_KEYS`][padnet.training.config.RENAMED_KEYS]) warns and is read under its
+    new name."""
     base = base or TrainConfig()
     cls = type(base)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(map(shown, set(data) - known))
+    keys = config_keys(cls)
+    renamed = RENAMED_KEYS if "pad_options" in {f.name for f in fields(cls)} else {}
+    unknown = sorted(map(shown, set(data) - set(keys) - set(renamed)))
     if unknown:
         raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
-    values = base.to_dict()
-    defaults = cls().to_dict()
+    values = {f.name: copy.deepcopy(getattr(base, f.name)) for f in fields(cls)}
     for key, value in data.items():
-        values[key] = _coerce(key, value, defaults[key])
+        if key in renamed:
+            deprecated(f"the key {key}", renamed[key])
+            key = renamed[key]
+        owner, _ = keys[key]
+        value = _coerce(key, value, *_kind(owner, key))
+        if owner is PadConfig and cls is not PadConfig:
+            if value is None:  # None: the method's default
+                values["pad_options"].pop(key, None)
+            else:
+                values["pad_options"][key] = value
+        else:
+            values[key] = value
     return cls(**values)
 
 

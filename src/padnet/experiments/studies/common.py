@@ -3,7 +3,6 @@ writing a study's Markdown, JSON and figure."""
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -62,7 +61,7 @@ class RunCache(ABC):
             (
                 name,
                 seed,
-                dataclasses.replace(self.base, seed=seed, **changes).validate(),
+                self.base.replace(seed=seed, **changes),
                 self.out / "runs" / f"{name}-seed{seed}",
             )
             for name, changes in variants.items()

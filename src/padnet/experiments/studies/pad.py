@@ -17,7 +17,6 @@ trained runs are shared through `<out>/runs` ([`Runs`][padnet.experiments.studie
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -46,9 +45,10 @@ from padnet.metrics.dynamics import (
     output_variances,
     parameter_variance,
 )
+from padnet.parallel import Context
 from padnet.training.config import TrainConfig
 from padnet.training.data import make_loader
-from padnet.training.engine.trainer import build_model, partition_from_config
+from padnet.training.engine.trainer import PARTITION_SEED, SideBatches, build_model, pad_model
 
 STUDIES = ("partition", "kappa", "scales", "pruning", "layers", "property", "noise", "transfer")
 # the compare recipe on 6,000 images with IMP on 4 batches: scales (5 variants × 3 seeds, the largest study) takes
@@ -99,8 +99,8 @@ def _recipe(runs: Runs) -> str:
     c = runs.base
     return (
         f"{vision_recipe(c)}; "
-        f"PAD-Net: k = 4, {c.partition_iterations} IMP iterations on {c.partition_batches} batches, "
-        f"{c.granularity} masks; seeds {', '.join(map(str, runs.seeds))}. Param: stored parameters with the "
+        f"PAD-Net: k = {c.value('num_kernels', 'pad')}, {c.value('partition_iterations', 'pad')} IMP "
+        f"iterations on {c.value('partition_batches', 'pad')} batches, {c.value('granularity', 'pad')} masks; seeds {', '.join(map(str, runs.seeds))}. Param: stored parameters with the "
         "classifier (PAD-Net: static parameters plus dynamic factors at dynamic positions). FLOPs: "
         "multiply-adds of one image."
     )
@@ -213,12 +213,12 @@ def study_layers(runs: Runs, archs=LAYERS_ARCHS, widths=None, kappas=LAYERS_KAPP
     records = []
     for model_name, width in settings:
         for kappa in kappas:
-            cfg = dataclasses.replace(
-                runs.base, model=model_name, width=width, conv="pad", kappa=kappa
-            ).validate()
+            cfg = runs.base.replace(model=model_name, width=width, conv="pad", kappa=kappa)
             torch.manual_seed(cfg.seed)
             model = build_model(cfg, train.num_classes, train.input_shape[0])
-            report = partition_from_config(model, cfg, train)
+            report = pad_model(model, cfg).partition(
+                SideBatches(cfg, train, Context(), PARTITION_SEED), seed=cfg.seed
+            )
             ratios = layer_dynamic_ratios(model)
             records.append(
                 {
@@ -254,8 +254,8 @@ def study_layers(runs: Runs, archs=LAYERS_ARCHS, widths=None, kappas=LAYERS_KAPP
             f"{low} | {min(values):.3f} | {max(values):.3f} |"
         )
     md = (
-        "\n".join(lines)
-        + f"\n\nIMP ({runs.base.partition_iterations} iterations on {runs.base.partition_batches} "
+        "\n".join(lines) + f"\n\nIMP ({runs.base.value('partition_iterations', 'pad')} iterations on "
+        f"{runs.base.value('partition_batches', 'pad')} "
         f"batches of {runs.base.dataset}, global scope) on freshly initialised models; per-layer ratios in "
         "results.json and the figure.\n"
     )

@@ -96,8 +96,10 @@ def _recipe(runs: Runs) -> str:
     c = runs.base
     return (
         f"{vision_recipe(c)}; "
-        f"SD-Conv: k = 4, attention reduction 16, budget weight λ_s = {c.budget_weight:g}, "
-        f"{c.pruning_iterations} pruning iterations, threshold steps {c.threshold_lr:g} × layer weight RMS; seeds "
+        f"SD-Conv: k = {c.value('num_kernels', 'sdconv')}, attention reduction "
+        f"{c.value('reduction', 'sdconv')}, budget weight λ_s = {c.value('budget_weight', 'sdconv'):g}, "
+        f"{c.value('pruning_iterations', 'sdconv')} pruning iterations, threshold steps "
+        f"{c.value('threshold_lr', 'sdconv'):g} × layer weight RMS; seeds "
         f"{', '.join(map(str, runs.seeds))}. Param: stored parameters with the classifier (SD-Conv: kept "
         "weights; mean over seeds). FLOPs: multiply-adds of one image (SD-Conv: on the sparse aggregated "
         "kernel). Sparsity: pruned fraction of the k kernels' weights; kernel sparsity: positions pruned "

@@ -5,7 +5,6 @@ evaluation, a JSONL metrics log, safetensors checkpoints and resume."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import sys
@@ -13,17 +12,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from padnet.adapter.methods import PadTraining
-from padnet.adapter.statistics import recalibrate_batchnorm
+from padnet.adapter.model import PadModel, get_pad_model
 from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, DataError, NonFiniteLossError
-from padnet.layers.registry import canonical_conv, effective_option, layer_options, start_temperature
 from padnet.metrics.counting import count_flops, count_parameters
 from padnet.models import create_model
 from padnet.parallel import Context
-from padnet.partitioning import check_dynamic_elements, masked_tensors, partition
+from padnet.partitioning import check_dynamic_elements, masked_tensors
 from padnet.saving.fileio import parse_json, write_json, write_text
 from padnet.training.config import TrainConfig, config_from_dict, dump_yaml
 from padnet.training.data import ImageData, load_dataset, make_loader
@@ -47,39 +44,20 @@ RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "do
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Keys (other than [`RESUMABLE_CHANGES`][padnet.training.engine.trainer.RESUMABLE_CHANGES]) whose saved value differs from `cfg`.
-
-    `num_kernels` and `reduction` compare by the value the layers get, so None (the conv type's default)
-    equals that default written out (runs saved before these keys defaulted to None).
-    """
-    current = cfg.to_dict()
-    saved = dict(saved)
+    """Keys (other than [`RESUMABLE_CHANGES`][padnet.training.engine.trainer.RESUMABLE_CHANGES]) whose saved
+    value differs from `cfg` in what the run does ([`TrainConfig.effective`][padnet.training.config.TrainConfig.effective]); an unreadable saved configuration
+    differs as a whole."""
     try:
-        saved_conv = canonical_conv(saved.get("conv", cfg.conv))
-    except ConfigError:  # an unknown saved conv differs anyway
-        saved_conv = None
-    for key in ("num_kernels", "reduction"):
-        if saved_conv is not None and key in saved:
-            saved[key] = effective_option(saved_conv, key, saved[key])
-            current[key] = effective_option(cfg.conv, key, current[key])
-    if saved_conv is not None and "temperature_start" in saved:  # None: the conv type's start
-        saved["temperature_start"] = saved["temperature_start"] or start_temperature(saved_conv)
-        current["temperature_start"] = current["temperature_start"] or start_temperature(cfg.conv)
-    return changed_keys(saved, current, RESUMABLE_CHANGES)
+        before = config_from_dict(saved, TrainConfig(), "the saved configuration").validate()
+    except ConfigError as exc:
+        return [f"everything (the saved configuration is invalid: {exc})"]
+    return changed_keys(before.effective(), cfg.effective(), RESUMABLE_CHANGES)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    """The model a configuration describes (dynamic-layer options only for dynamic convs)."""
-    options = layer_options(
-        cfg.conv,
-        num_kernels=cfg.num_kernels,
-        reduction=cfg.reduction,
-        temperature=cfg.temperature_start or start_temperature(cfg.conv),
-        granularity=cfg.granularity,
-        scale_mode=cfg.scale_mode,
-        mask_strategy=cfg.mask_strategy,
-        mask_semantics=cfg.mask_semantics,
-    )
+    """The model a configuration describes, built from scratch by `padnet.create_model` with the layer
+    options of its [`PadConfig`][padnet.adapter.config.PadConfig]."""
+    pad = cfg.pad_config()
     return create_model(
         cfg.model,
         conv=cfg.conv,
@@ -87,8 +65,15 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
         in_chans=in_chans,
         width=cfg.width,
         stem=cfg.stem,
-        **options,
+        **(pad.layer_kwargs() if pad is not None else {}),
     )
+
+
+def pad_model(model: nn.Module, cfg: TrainConfig) -> PadModel | None:
+    """`padnet.get_pad_model(model, cfg.pad_config())` for a model of [`build_model`][padnet.training.engine.trainer.build_model]
+    (None for a static run): the model a user's loop would train."""
+    config = cfg.pad_config()
+    return get_pad_model(model, config) if config is not None else None
 
 
 def load_run(checkpoint: str | Path, data=None, data_root: str | None = None, dataset: str | None = None):
@@ -141,44 +126,39 @@ PARTITION_SEED, STATISTICS_SEED = (
 )  # seed offsets of the side batches (training batches unaffected)
 
 
-def side_batches(cfg: TrainConfig, train, ctx: Context, seed_offset: int):
-    """Training batches drawn with a seed of their own, as this process's chunks (partition, BatchNorm)."""
-    loader = make_loader(
-        train,
-        cfg.batch_size,
-        train=True,
-        seed=cfg.seed + seed_offset,
-        epoch=0,
-        augment=cfg.augment,
-        flip=cfg.flip,
-    )
-    return ((ctx.shard(x), ctx.shard(y)) for x, y in loader)
+class SideBatches:
+    """Training batches drawn with a seed of their own (`cfg.seed + seed_offset`), as this process's chunks:
+    what mode partition scores and the BatchNorm statistics are re-estimated on. Each iteration draws the same
+    batches, and drawing them leaves the training batches unchanged."""
+
+    def __init__(self, cfg: TrainConfig, train, ctx: Context, seed_offset: int):
+        self.cfg, self.train, self.ctx, self.seed = cfg, train, ctx, cfg.seed + seed_offset
+
+    def __iter__(self):
+        cfg = self.cfg
+        loader = make_loader(
+            self.train,
+            cfg.batch_size,
+            train=True,
+            seed=self.seed,
+            epoch=0,
+            augment=cfg.augment,
+            flip=cfg.flip,
+        )
+        return ((self.ctx.shard(x), self.ctx.shard(y)) for x, y in loader)
 
 
-def partition_from_config(
-    model: nn.Module, cfg: TrainConfig, train, loss_fn=F.cross_entropy, ctx: Context | None = None
-):
-    """Mode partition of `model` as `cfg` describes it (method, κ, N batches, E iterations, scope),
-    on training batches drawn with a seed of their own so training batches are unaffected. In a data-parallel
-    run each process scores its chunk of every batch and the scores are summed over processes."""
-    ctx = ctx or Context()
-    shards = side_batches(cfg, train, ctx, PARTITION_SEED)
+def chunk_loss(loss_fn, cfg: TrainConfig, ctx: Context):
+    """`loss_fn` for a data-parallel run's chunks: each chunk's share of the global batch's mean loss (batches of
+    `cfg.batch_size`, drop_last), so the scores summed over processes are the global batch's; `loss_fn` itself
+    for one process."""
+    if ctx.world_size == 1:
+        return loss_fn
 
-    def chunk_loss(logits, y):  # the chunk's share of the global batch's mean loss (drop_last: B per batch)
+    def loss(logits, y):
         return loss_fn(logits, y) * (y.numel() * ctx.world_size / cfg.batch_size)
 
-    return partition(
-        model,
-        cfg.kappa,
-        cfg.partition,
-        shards,
-        chunk_loss if ctx.world_size > 1 else loss_fn,
-        cfg.partition_batches,
-        cfg.partition_iterations,
-        cfg.partition_scope,
-        cfg.seed,
-        align=cfg.partition_align,
-    )
+    return loss
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude=()) -> list[dict]:
@@ -293,9 +273,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = global_batchnorm(build_model(cfg, train.num_classes, train.input_shape[0]), self.ctx)
         self.model.to(self.ctx.device)
+        self.pad = pad_model(self.model, cfg)  # the PadModel a user's loop would train (None: static)
         masked = masked_tensors(self.model)
         if masked:  # a kappa that keeps no dynamic element is refused before the run directory is written
-            check_dynamic_elements(masked, cfg.kappa, cfg.partition_scope, cfg.partition_align)
+            check_dynamic_elements(
+                masked, cfg.value("kappa"), cfg.value("partition_scope"), cfg.value("partition_align")
+            )
         self.train_model = self.model  # DistributedDataParallel once training starts (after the partition)
         self.steps_per_epoch = len(make_loader(train, cfg.batch_size, train=True, seed=cfg.seed, epoch=0))
         if self.steps_per_epoch == 0:
@@ -303,15 +286,19 @@ class Trainer:
                 f"batch_size {cfg.batch_size} is larger than the training set ({len(train)} images)"
             )
         total = cfg.epochs * self.steps_per_epoch
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         # the method's training-time work (temperature, partition, SD-Conv's thresholds and budget loss)
-        self.hooks = PadTraining(
-            self.model,
-            cfg.pad_config(),
-            self.steps_per_epoch,
-            total,
-            self.run_partition,
-            recalibrate=self.recalibrate_statistics,
-        )
+        if self.pad is None:
+            self.hooks = PadTraining(self.model, None, self.steps_per_epoch, total)
+        else:
+            self.hooks = self.pad.start_training(
+                self.steps_per_epoch,
+                total_steps=total,
+                partition_data=SideBatches(cfg, train, self.ctx, PARTITION_SEED),
+                loss_fn=chunk_loss(self.criterion, cfg, self.ctx),
+                statistics_data=SideBatches(cfg, train, self.ctx, STATISTICS_SEED),
+                partition_seed=cfg.seed,
+            )
         self.optimizer = torch.optim.SGD(
             param_groups(self.model, cfg.weight_decay, exclude=self.hooks.method.own_parameters(self.model)),
             lr=cfg.lr,
@@ -320,7 +307,6 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, total, round(cfg.warmup_epochs * self.steps_per_epoch)
         )
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.epoch = self.step = 0
         self.partition_report: dict | None = None
         self.elapsed = 0.0
@@ -331,7 +317,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
             "step": self.step,
-            "partition": self.partition_report,
+            "partition": self._partition_record(),
             "elapsed": self.elapsed,
             "data": {"dataset": self.cfg.dataset, "test": self.test_fingerprint},
         }
@@ -374,16 +360,10 @@ class Trainer:
         self.hooks.step, self.hooks.partitioned = self.step, self.partition_report is not None
 
     # ---------------------------------------------------------------- steps
-    def recalibrate_statistics(self) -> int:
-        """Re-estimate the BatchNorm statistics on `partition_batches` training batches (after the anneal's
-        last step or a partition outside it; see [`padnet.adapter.statistics`][padnet.adapter.statistics])."""
-        batches = side_batches(self.cfg, self.train_data, self.ctx, STATISTICS_SEED)
-        return recalibrate_batchnorm(self.model, itertools.islice(batches, self.cfg.partition_batches))
-
-    def run_partition(self):
-        report = partition_from_config(self.model, self.cfg, self.train_data, self.criterion, self.ctx)
-        self.partition_report = report.to_dict()
-        return report
+    def _partition_record(self) -> dict | None:
+        """The report of the mode partition (this run's, or the resumed run's), as saved."""
+        report = self.pad.partition_report if self.pad is not None else None
+        return report.to_dict() if report is not None else self.partition_report
 
     def train_epoch(self) -> dict:
         cfg = self.cfg
@@ -496,7 +476,7 @@ class Trainer:
             "flops": count_flops(self.model, self.train_data.input_shape),
             "train_seconds": round(self.elapsed, 2),
             "processes": self.ctx.world_size,
-            "partition": self.partition_report,
+            "partition": self._partition_record(),
         }
         results.update(self.hooks.method.results())
         if ctx.main:
