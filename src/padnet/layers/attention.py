@@ -29,7 +29,11 @@ class TemperatureRouting(nn.Module):
         self.update_temperature(temperature)
 
     def update_temperature(self, temperature: float) -> None:
-        """Set T (> 0) for the following forward passes; ConfigError otherwise."""
+        """Set T (> 0) for the following forward passes.
+
+        Raises:
+            ConfigError: T not > 0.
+        """
         if not temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature.fill_(float(temperature))

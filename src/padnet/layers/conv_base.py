@@ -35,9 +35,10 @@ class Deployable(Protocol):
     ([`MoEFeedForward`][padnet.layers.moe.MoEFeedForward]) and expert bank
     ([`ExpertBank`][padnet.layers.experts.ExpertBank]) implements it.
 
-    `folds_batchnorm`: whether `deployed(bn)` absorbs a `BatchNorm2d` that directly and only follows the layer.
-    `deployed(bn=None)`: the compact inference form (in eval mode it computes what the layer and `bn` compute),
-    or None when the layer has none (deploy then keeps it as it is and says so).
+    - `folds_batchnorm`: whether `deployed(bn)` absorbs a `BatchNorm2d` that directly and only follows the
+      layer.
+    - `deployed(bn=None)`: the compact inference form (in eval mode it computes what the layer and `bn`
+      compute), or None when the layer has none (deploy then keeps it as it is and says so).
     """
 
     folds_batchnorm: bool
@@ -48,11 +49,14 @@ class Deployable(Protocol):
 class BaseForm(NamedTuple):
     """A dynamic convolution's base form ([`base_layer`][padnet.layers.conv_base.DynamicConvBase.base_layer]).
 
-    `layer`: a plain `nn.Conv2d` with the layer's geometry, weight (Cout, Cin/groups, kh, kw), bias (Cout,) where
-    the layer has one. `source`: where its weights come from, a key of `BASE_SOURCES` — `"static"` (the static
-    parameters, PAD-Net eq. 4 with M = 0), `"kernels"` (the mean of the k kernels, each a copy of the
-    original weight at conversion) or `"W0"` (DCD's static kernel). `exact`: whether it computes what the
-    layer computes in eval mode (a PAD-Net layer whose every mask is static).
+    Attributes:
+        layer: a plain `nn.Conv2d` with the layer's geometry, weight (Cout, Cin/groups, kh, kw), bias (Cout,)
+            where the layer has one.
+        source: where its weights come from, a key of `BASE_SOURCES` — `"static"` (the static parameters,
+            PAD-Net eq. 4 with M = 0), `"kernels"` (the mean of the k kernels, each a copy of the original
+            weight at conversion) or `"W0"` (DCD's static kernel).
+        exact: whether it computes what the layer computes in eval mode (a PAD-Net layer whose every mask is
+            static).
     """
 
     layer: nn.Conv2d
@@ -63,8 +67,14 @@ class BaseForm(NamedTuple):
 class DynamicConvBase(nn.Module):
     """Geometry of a convolution, validated as `nn.Conv2d` does, for dynamic layers to build on.
 
-    Args: `in_channels, out_channels, kernel_size, stride, padding, dilation, groups` as `nn.Conv2d`
-    (`padding` also accepts `"same"`/`"valid"`).
+    Args:
+        in_channels: as `nn.Conv2d`.
+        out_channels: as `nn.Conv2d`.
+        kernel_size: as `nn.Conv2d`.
+        stride: as `nn.Conv2d`.
+        padding: as `nn.Conv2d`; also accepts `"same"`/`"valid"`.
+        dilation: as `nn.Conv2d`.
+        groups: as `nn.Conv2d`.
 
     Layers with a bank of kernels `weight` (k, Cout, Cin/groups, kh, kw), optional `bias` (k, Cout)
     and modes `weight_mode`/`bias_mode` inherit `load_static` and `init_kernels_`; others override
@@ -183,7 +193,9 @@ class DynamicConvBase(nn.Module):
 
         With `init_from_static` the layer's kernels start from `conv.weight` (see `load_static`).
         `padding` replaces `conv.padding` (`padnet.convert` pads inputs itself for other padding modes).
-        Raises ConfigError for a padding mode other than zeros unless `padding` is given.
+
+        Raises:
+            ConfigError: a padding mode other than zeros unless `padding` is given.
         """
         if conv.padding_mode != "zeros" and padding is None:
             raise ConfigError(

@@ -46,17 +46,31 @@ class DCDConv2d(DynamicConvBase):
     """DCD: y = Λ(x) ⊙ conv(x, W₀) + P (BN(Φ(x) z) + z), z = BN(Qᵀx) (Li et al. 2021 eq. 8, as their code
     computes it: identity path and BatchNorm in the latent space, Λ = relu6(· + 3) / 3).
 
+    Input (B, Cin, H, W) → (B, Cout, H', W').
+
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as `nn.Conv2d`.
-            The padding must keep the 1×1 residual aligned with the main convolution: 2·padding =
-            dilation·(kernel − 1) in each dimension, or `"same"`.
+        in_channels: as `nn.Conv2d`.
+        out_channels: as `nn.Conv2d`.
+        kernel_size: as `nn.Conv2d`.
+        stride: as `nn.Conv2d`.
+        padding: as `nn.Conv2d`. It must keep the 1×1 residual aligned with the main convolution:
+            2·padding = dilation·(kernel − 1) in each dimension, or `"same"`.
+        dilation: as `nn.Conv2d`.
+        groups: as `nn.Conv2d`.
+        bias: as `nn.Conv2d`.
         reduction: squeeze ratio of the branch (DCD: 16).
         min_hidden: lower bound of the branch width.
 
-    Parameters: `weight` W₀ (Cout, Cin/groups, kh, kw), `bias` (Cout) or None, `fc` (branch), `scale`
-    (Λ head) and, except for depthwise layers, `q` (L, Cin, 1, 1), `p` (Cout, L, 1, 1), `fusion` (Φ head),
-    `q_norm` and `fusion_norm` (BatchNorm2d(L) of Qᵀx and of Φ z).
-    Input (B, Cin, H, W) → (B, Cout, H', W').
+    Attributes:
+        weight: W₀, (Cout, Cin/groups, kh, kw).
+        bias: (Cout), or None.
+        fc: the squeeze branch.
+        scale: the Λ head.
+        q: Qᵀ, (L, Cin, 1, 1); not in depthwise layers.
+        p: P, (Cout, L, 1, 1); not in depthwise layers.
+        fusion: the Φ head; not in depthwise layers.
+        q_norm: BatchNorm2d(L) of Qᵀx; not in depthwise layers.
+        fusion_norm: BatchNorm2d(L) of Φ z; not in depthwise layers.
 
     Raises:
         ConfigError: invalid geometry or padding, reduction < 1, unexpected options.
@@ -197,8 +211,15 @@ class DCDConv2d(DynamicConvBase):
 class PADDCDConv2d(DCDConv2d):
     """PAD-Net form of DCD: Λ and Φ partially dynamic (paper 001, appendix C, Table 6).
 
-    Extra args: `scale_mode` (λs + λd = 2 by default), `mask_semantics`. Masks: `scale.mode.mask` (1, Cout)
-    and `fusion.mode.mask` (1, L²) (no Φ in depthwise layers).
+    Takes the arguments and holds the attributes of [`DCDConv2d`][padnet.layers.dcd.DCDConv2d], plus those below.
+
+    Keyword Args:
+        scale_mode: scale-factor setting (λs + λd = 2 by default).
+        mask_semantics: `"static"` (PAD-Net, default) or `"zero"` (masked elements pruned).
+
+    Attributes:
+        scale.mode.mask: mask of Λ, (1, Cout).
+        fusion.mode.mask: mask of Φ, (1, L²) (no Φ in depthwise layers).
     """
 
     partial = True

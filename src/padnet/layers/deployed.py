@@ -1,10 +1,13 @@
 """Deployment form of DY-Conv, CondConv and PAD-Net convolution: what inference needs, nothing more.
 
-A trained layer computes (PAD-Net eq. 4, BatchNorm y = a·z + c after it)::
+A trained layer computes (PAD-Net eq. 4, BatchNorm y = a·z + c after it):
 
-    y = a ⊙ conv(x, λd Σᵢ πᵢ (Mᵢ ⊙ Θᵢ) + λs (1 − M̄) ⊙ Θ̄) + a ⊙ bias(x) + c
+```text
+y = a ⊙ conv(x, λd Σᵢ πᵢ (Mᵢ ⊙ Θᵢ) + λs (1 − M̄) ⊙ Θ̄) + a ⊙ bias(x) + c
+```
 
 The deployed layer folds λs, λd and the BatchNorm scale a into the kernels once and keeps
+
 * a static kernel S = a ⊙ λs (1 − M̄) ⊙ Θ̄ (the static filters only, for the `"filters"` layout),
 * the dynamic factors D = a ⊙ λd Mᵢ ⊙ Θᵢ at dynamic positions only — all of them (`"dense"`, DY-Conv,
   CondConv), a flat list of elements (`"elements"`, unstructured PAD-Net), or whole filters
@@ -52,17 +55,35 @@ def bn_affine(
 class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
     """Inference form of a [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] / [`PADConv2d`][padnet.layers.dynamic_conv.PADConv2d].
 
-    Build it with [`from_layer`][padnet.layers.deployed.DeployedConv2d.from_layer] (or [`padnet.deploy`][padnet.deployment.deploy.deploy] for a whole model). Args of the
-    constructor: the `nn.Conv2d` geometry, `num_kernels` k, `attention` (the trained routing
-    module, used as is), `layout` (one of `LAYOUTS`), `num_dynamic` (dynamic elements for
-    `"elements"`, dynamic filters for `"filters"`; ignored for `"dense"`), `dynamic_bias` and
-    `static_bias` (whether each exists), `formulation` as [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d].
+    Build it with [`from_layer`][padnet.layers.deployed.DeployedConv2d.from_layer] (or
+    [`padnet.deploy`][padnet.deployment.deploy.deploy] for a whole model). Input (B, Cin, H, W) →
+    (B, Cout, H', W') equal to the trained layer (and its BatchNorm) in eval mode.
 
-    Parameters: `dynamic_weight` — (k, Cout, Cin/g, kh, kw) dense, (k, n) elements, (k, n_f, Cin/g, kh, kw)
-    filters; `static_weight` — (Cout, Cin/g, kh, kw), or (Cout − n_f, Cin/g, kh, kw) for filters, absent
-    for dense; `dynamic_bias` (k, Cout); `static_bias` (Cout,). Buffers: `dynamic_index` — flat
-    element indices (n,) or dynamic filter indices (n_f,).
-    Input (B, Cin, H, W) → (B, Cout, H', W') equal to the trained layer (and its BatchNorm) in eval mode.
+    Args:
+        in_channels: as `nn.Conv2d`.
+        out_channels: as `nn.Conv2d`.
+        kernel_size: as `nn.Conv2d`.
+        stride: as `nn.Conv2d`.
+        padding: as `nn.Conv2d`.
+        dilation: as `nn.Conv2d`.
+        groups: as `nn.Conv2d`.
+        num_kernels: k.
+        attention: the trained routing module, used as is.
+        layout: one of `LAYOUTS`.
+        num_dynamic: dynamic elements for `"elements"`, dynamic filters for `"filters"`; ignored for
+            `"dense"`.
+        dynamic_bias: whether the dynamic bias exists.
+        static_bias: whether the static bias exists.
+        formulation: as [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d].
+
+    Attributes:
+        dynamic_weight: (k, Cout, Cin/g, kh, kw) dense, (k, n) elements, (k, n_f, Cin/g, kh, kw) filters
+            (a parameter).
+        static_weight: (Cout, Cin/g, kh, kw), or (Cout − n_f, Cin/g, kh, kw) for filters, absent for dense
+            (a parameter).
+        dynamic_bias: (k, Cout) (a parameter).
+        static_bias: (Cout,) (a parameter).
+        dynamic_index: flat element indices (n,) or dynamic filter indices (n_f,) (a buffer).
     """
 
     def __init__(

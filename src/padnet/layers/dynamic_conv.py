@@ -28,9 +28,17 @@ from padnet.layers.modes import StructuredSplit, make_mode, with_masks
 class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
     """DY-Conv: Θ̂(x) = Σᵢ πᵢ(x) Θᵢ, y = conv(x, Θ̂(x)) (PAD-Net eq. 1).
 
+    Input (B, Cin, H, W) → (B, Cout, H', W') with H', W' as `nn.Conv2d`.
+
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as `nn.Conv2d`
-            (`padding` also accepts `"same"`/`"valid"`).
+        in_channels: as `nn.Conv2d`.
+        out_channels: as `nn.Conv2d`.
+        kernel_size: as `nn.Conv2d`.
+        stride: as `nn.Conv2d`.
+        padding: as `nn.Conv2d`; also accepts `"same"`/`"valid"`.
+        dilation: as `nn.Conv2d`.
+        groups: as `nn.Conv2d`.
+        bias: as `nn.Conv2d`.
         num_kernels: k (4 for DY-Conv, 8 for CondConv).
         reduction: attention reduction ratio r (hidden = C/r).
         temperature: initial attention temperature.
@@ -38,8 +46,10 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         formulation: `"auto"` (measured rule or [`autotune`][padnet.layers.autotune.autotune]'s choice), `"grouped"`,
             `"per_sample"` or `"batched"` (see [`padnet.layers.formulations`][padnet.layers.formulations]).
 
-    Parameters: `weight` (k, Cout, Cin/groups, kh, kw), `bias` (k, Cout) or None, `attention`.
-    Input (B, Cin, H, W) → (B, Cout, H', W') with H', W' as `nn.Conv2d`.
+    Attributes:
+        weight: the k kernels, (k, Cout, Cin/groups, kh, kw).
+        bias: (k, Cout), or None.
+        attention: the routing branch ([`KernelAttention`][padnet.layers.attention.KernelAttention]).
 
     Raises:
         ConfigError: channels not divisible by `groups`, or k < 1.
@@ -202,15 +212,22 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
 class PADConv2d(DynamicConv2d):
     """PAD-Net convolution: DY-Conv with a mask M, static parameters Θ̄ and scale factors (eq. 3–4).
 
-    Extra args:
-        granularity: `"shared"` (one mask for the k kernels) or `"kernel"` (one per kernel).
-        scale_mode: scale-factor setting of Table 3 (`"constrained"`: λs + λd = 2).
-        mask_semantics: `"static"` (PAD-Net) or `"zero"` (masked elements pruned).
+    Takes the arguments and holds the attributes of [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d],
+    plus those below.
 
-    Extra parameters: `weight_mode.static` (Cout, Cin/groups, kh, kw) — Θ̄, Kaiming-initialised
-    independently of the kernels (`load_static` copies a static kernel into it); `bias_mode.static`
-    (Cout,) when `bias`; `scales` (φ).
-    Buffers: `weight_mode.mask` and `bias_mode.mask` (ones: fully dynamic until partitioned).
+    Keyword Args:
+        granularity: `"shared"` (one mask for the k kernels, default), `"kernel"` (one per kernel) or
+            `"filter"` (one mask element per output filter, see `structured`).
+        scale_mode: scale-factor setting of Table 3 (default `"constrained"`: λs + λd = 2).
+        mask_semantics: `"static"` (PAD-Net, default) or `"zero"` (masked elements pruned).
+
+    Attributes:
+        weight_mode.static: Θ̄, (Cout, Cin/groups, kh, kw), Kaiming-initialised independently of the kernels
+            (`load_static` copies a static kernel into it); a parameter.
+        bias_mode.static: (Cout,) when `bias`; a parameter.
+        scales: the scale factors λs, λd (φ); parameters.
+        weight_mode.mask: buffer, ones (fully dynamic until partitioned).
+        bias_mode.mask: buffer, ones (fully dynamic until partitioned).
     """
 
     partial = True

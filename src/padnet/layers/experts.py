@@ -44,9 +44,10 @@ def find_expert_banks(model: nn.Module) -> list[str]:
 
 
 def static_estimate(experts: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Θ̄ = Σₑ wₑ Θᵉ / Σₑ wₑ over the experts (E, *shape) → (*shape); uniform `weights` (the mean) when None.
+    """Θ̄ = Σₑ wₑ Θᵉ / Σₑ wₑ over the experts `(E, *shape)` → `(*shape)`; uniform `weights` (the mean) when None.
 
-    Raises ConfigError for weights that are not E non-negative values with a positive sum.
+    Raises:
+        ConfigError: weights that are not E non-negative values with a positive sum.
     """
     if weights is None:
         return experts.mean(0)
@@ -89,8 +90,15 @@ class ExpertBank(nn.Module):
         gated [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward] with zero biases; with `mode="pad"` Θ̄ starts as
         [`static_estimate`][padnet.layers.experts.static_estimate] of the experts with `static_weights` (E,) (None: the mean).
 
-        `mode`: `"dynamic"`, `"pad"` or `"prune"`; `granularity`: `"element"` or `"neuron"`;
-        `options`: `scale_mode`. Raises ConfigError for a module that is not such a bank.
+        Args:
+            bank: the transformers bank of gated experts.
+            mode: `"dynamic"`, `"pad"` or `"prune"`.
+            granularity: `"element"` or `"neuron"`.
+            static_weights: (E,) weights of the static estimate, or None (the mean).
+            **options: `scale_mode`.
+
+        Raises:
+            ConfigError: a module that is not such a bank.
         """
         if not is_expert_bank(bank):
             raise ConfigError(

@@ -37,8 +37,14 @@ MAX_EXPERTS = 256  # the most experts a layer read from a file or a configuratio
 
 
 class Routing(NamedTuple):
-    """What a router decides for N tokens: `indices` (N, k) expert ids, `gates` (N, k) weights summing
-    to 1 per token, `importance` (E,) summed gates, `load` (E,) (smooth) token counts per expert."""
+    """What a router decides for N tokens.
+
+    Attributes:
+        indices: expert ids, (N, k).
+        gates: weights summing to 1 per token, (N, k).
+        importance: summed gates, (E,).
+        load: (smooth) token counts per expert, (E,).
+    """
 
     indices: torch.Tensor
     gates: torch.Tensor
@@ -76,7 +82,10 @@ class NoisyTopKRouter(nn.Module):
         noisy: add the trainable noise while training.
         noise_epsilon: ε, the smallest noise standard deviation.
 
-    `forward(x)`: `x` (N, H) → [`Routing`][padnet.layers.moe.Routing]. Raises ConfigError for E < 1 or k outside [1, E].
+    `forward(x)`: `x` (N, H) → [`Routing`][padnet.layers.moe.Routing].
+
+    Raises:
+        ConfigError: E < 1 or k outside [1, E].
     """
 
     def __init__(
@@ -125,8 +134,12 @@ class NoisyTopKRouter(nn.Module):
 class NeuronParts(NamedTuple):
     """An FFN's weights as views of its neuron columns (..., R, F), column j holding what neuron j owns.
 
-    `w_in` (..., H, F) and `b_in` (..., F): the first map (W1ᵀ, b1), or the gate (Wgᵀ, bg) of a gated FFN;
-    `w_up`, `b_up`: the up map of a gated FFN (Wuᵀ, bu), else None; `w_out` (..., H, F): the second map W2.
+    Attributes:
+        w_in: (..., H, F), the first map W1ᵀ, or the gate Wgᵀ of a gated FFN.
+        b_in: (..., F), the first map's bias b1, or the gate's bg.
+        w_up: the up map of a gated FFN Wuᵀ, else None.
+        b_up: the up map's bias bu of a gated FFN, else None.
+        w_out: (..., H, F), the second map W2.
     """
 
     w_in: torch.Tensor
@@ -331,13 +344,19 @@ class MoEFeedForward(nn.Module):
         aux_loss_weight: weight of the load-balancing loss (default 1e-2, padnet's choice; the PAD-Net papers
             give none).
 
-    Parameters: `experts` (E, R, F), neuron columns of R = 2H + 1 rows [W1ᵀ; b1; W2] or, gated, 3H + 2 rows
-    [Wgᵀ; bg; Wuᵀ; bu; W2]; `expert_bias` (E, H), the output biases b2; the router's.
+    Attributes:
+        experts: (E, R, F), neuron columns of R = 2H + 1 rows [W1ᵀ; b1; W2] or, gated, 3H + 2 rows
+            [Wgᵀ; bg; Wuᵀ; bu; W2] (a parameter).
+        expert_bias: (E, H), the output biases b2 (a parameter).
+        router: the [`NoisyTopKRouter`][padnet.layers.moe.NoisyTopKRouter] (its parameters are the layer's), or
+            None without one.
+        aux_loss: the layer's load-balancing losses (0-d tensor; None before any call) added up over its
+            calls since [`reset_aux_loss`][padnet.layers.moe.MoEFeedForward.reset_aux_loss], for the training
+            loop to add ([`padnet.layers.moe.auxiliary_loss`][padnet.layers.moe.auxiliary_loss]): a layer shared
+            by several blocks (ALBERT) counts every pass. Model surgery registers a hook that resets it before
+            each forward of the converted model.
 
-    `forward(hidden)`: (..., H) → (..., H); `route(x, routing)`: the experts for a given routing. `aux_loss` adds up the layer's load-balancing losses (0-d tensor)
-    over its calls since [`reset_aux_loss`][padnet.layers.moe.MoEFeedForward.reset_aux_loss], for the training loop to add
-    ([`padnet.layers.moe.auxiliary_loss`][padnet.layers.moe.auxiliary_loss]): a layer shared by several blocks (ALBERT) counts every pass.
-    Model surgery registers a hook that resets it before each forward of the converted model.
+    `forward(hidden)`: (..., H) → (..., H); `route(x, routing)`: the experts for a given routing.
 
     Raises:
         ConfigError: unknown mode or granularity, sizes < 1, bad top_k, an activation with parameters (the
@@ -442,10 +461,19 @@ class MoEFeedForward(nn.Module):
         `(activation(x W1ᵀ + b1) ⊙ (x Wuᵀ + bu)) W2ᵀ + b2` (W1 is then the gate) — so with the zero-initialised
         router the layer equals the FFN (Komatsuzaki et al. 2023, "Sparse Upcycling").
 
-        `w1` (F, H), `b1` (F,) or None, `w2` (H, F), `b2` (H,) or None, `up` = (Wu (F, H), bu (F,) or
-        None): the linear maps as `nn.Linear` stores them (a transformers `Conv1D` stores the transpose).
+        The linear maps come as `nn.Linear` stores them (a transformers `Conv1D` stores the transpose).
 
-        Raises ConfigError when the shapes are not H → F → H.
+        Args:
+            w1: (F, H).
+            b1: (F,) or None.
+            w2: (H, F).
+            b2: (H,) or None.
+            activation: the FFN non-linearity.
+            up: (Wu (F, H), bu (F,) or None), or None.
+            **options: the other arguments of [`MoEFeedForward`][padnet.layers.moe.MoEFeedForward].
+
+        Raises:
+            ConfigError: the shapes are not H → F → H.
         """
         inter, hidden = w1.shape
         if tuple(w2.shape) != (hidden, inter) or (up is not None and tuple(up[0].shape) != (inter, hidden)):

@@ -37,7 +37,10 @@ class OmniAttention(TemperatureRouting):
     """The four attention heads of ODConv on one squeeze branch.
 
     Args:
-        in_channels, out_channels, kernel_size (kh, kw), num_kernels: geometry of the convolution.
+        in_channels: Cin, from the geometry of the convolution.
+        out_channels: Cout, from the geometry of the convolution.
+        kernel_size: (kh, kw), from the geometry of the convolution.
+        num_kernels: k, from the geometry of the convolution.
         depthwise: skip the filter attention.
         reduction: hidden width `max(Cin // reduction, min_hidden)` (ODConv: 1/16, at least 16).
         temperature: initial T.
@@ -96,15 +99,25 @@ class OmniAttention(TemperatureRouting):
 class ODConv2d(DynamicConvBase):
     """ODConv: y = α_f ⊙ conv(α_c ⊙ x, α_s ⊙ Σᵢ α_wi Θᵢ) (Li et al. 2022).
 
+    Input (B, Cin, H, W) → (B, Cout, H', W').
+
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as `nn.Conv2d`.
-            The bias is static, added after the filter attention.
+        in_channels: as `nn.Conv2d`.
+        out_channels: as `nn.Conv2d`.
+        kernel_size: as `nn.Conv2d`.
+        stride: as `nn.Conv2d`.
+        padding: as `nn.Conv2d`.
+        dilation: as `nn.Conv2d`.
+        groups: as `nn.Conv2d`.
+        bias: as `nn.Conv2d`. The bias is static, added after the filter attention.
         num_kernels: k (ODConv ×1 and ×4 in PAD-Net Table 7).
         reduction: squeeze ratio (hidden = max(Cin // reduction, 16)).
         temperature: initial attention temperature.
 
-    Parameters: `weight` (k, Cout, Cin/groups, kh, kw), `bias` (Cout) or None, `attention`.
-    Input (B, Cin, H, W) → (B, Cout, H', W').
+    Attributes:
+        weight: the k kernels, (k, Cout, Cin/groups, kh, kw).
+        bias: (Cout), or None.
+        attention: the four attention heads ([`OmniAttention`][padnet.layers.odconv.OmniAttention]).
 
     Raises:
         ConfigError: invalid geometry, k < 1, reduction < 1, unexpected options.
@@ -221,11 +234,20 @@ class ODConv2d(DynamicConvBase):
 class PADODConv2d(ODConv2d):
     """PAD-Net form of ODConv (paper 001, appendix C, Table 7).
 
-    Extra args: `granularity` (kernel mask shared by the k kernels or one per kernel), `scale_mode`
-    (λs + λd = 2 by default; one pair per layer, used by the kernels and the attentions), `mask_semantics`.
-    Masks: `weight_mode.mask` (k > 1) and `attention.{channel,filter,spatial}.mode.mask`.
-    With every mask 1 the layer is ODConv; with every mask 0 and λs = 1 it is a static convolution with
+    Takes the arguments and holds the attributes of [`ODConv2d`][padnet.layers.odconv.ODConv2d], plus those
+    below. With every mask 1 the layer is ODConv; with every mask 0 and λs = 1 it is a static convolution with
     kernel Θ̄ (scaled by the static attentions, which start at 1).
+
+    Keyword Args:
+        granularity: kernel mask shared by the k kernels (`"shared"`, default) or one per kernel (`"kernel"`).
+        scale_mode: λs + λd = 2 by default; one pair per layer, used by the kernels and the attentions.
+        mask_semantics: `"static"` (PAD-Net, default) or `"zero"` (masked elements pruned).
+
+    Attributes:
+        weight_mode.mask: mask of the kernels (k > 1).
+        attention.channel.mode.mask: mask of the channel attention.
+        attention.filter.mode.mask: mask of the filter attention (absent for depthwise layers).
+        attention.spatial.mode.mask: mask of the spatial attention (absent for 1×1 kernels).
     """
 
     partial = True

@@ -36,8 +36,11 @@ class ThresholdMask(nn.Module):
         temperature: T of eq. 4 (> 0; default 1/1024).
         threshold: initial τ (in weight-magnitude units; 0 keeps every non-zero weight).
 
-    Parameters: `threshold` τ, a 0-d tensor. Implements [`Mode`][padnet.layers.modes.Mode], so
-    [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] runs it unchanged and counting asks it what a compact model stores.
+    Implements [`Mode`][padnet.layers.modes.Mode], so [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d]
+    runs it unchanged and counting asks it what a compact model stores.
+
+    Attributes:
+        threshold: τ, a 0-d tensor (a parameter).
     """
 
     partial = False  # not partitioned by IMP: the mask follows from W and τ
@@ -83,7 +86,11 @@ class ThresholdMask(nn.Module):
         return aggregate(coeffs, self.dynamic_part(factors))
 
     def mix(self, values: torch.Tensor, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
-        """Not defined: SD-Conv masks kernel banks, not parameters generated per sample. Raises ConfigError."""
+        """Not defined: SD-Conv masks kernel banks, not parameters generated per sample.
+
+        Raises:
+            ConfigError: always.
+        """
         raise ConfigError(
             "SD-Conv's threshold masks apply to kernels, not to parameters generated per sample"
         )
@@ -117,10 +124,18 @@ class ThresholdMask(nn.Module):
 class SparseDynamicConv2d(DynamicConv2d):
     """SD-Conv: DY-Conv whose k kernels are sparsified by learned masks (SD-Conv eq. 2–6).
 
-    Args: those of [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] (k = 4, attention reduction 16 as in the paper),
-    plus `mask_strategy` (`"different"`/`"same"`), `mask_temperature` (T = 1/1024) and `threshold`
-    (initial τ, 0). Parameters: `weight` (k, Cout, Cin/g, kh, kw), `weight_mode.threshold` τ, attention.
-    Input (B, Cin, H, W) → (B, Cout, H', W').
+    Takes the arguments of [`DynamicConv2d`][padnet.layers.dynamic_conv.DynamicConv2d] (k = 4, attention
+    reduction 16 as in the paper), plus those below. Input (B, Cin, H, W) → (B, Cout, H', W').
+
+    Args:
+        mask_strategy: `"different"`/`"same"` (see [`ThresholdMask`][padnet.layers.sdconv.ThresholdMask]).
+        mask_temperature: T (default 1/1024).
+        threshold: initial τ (default 0).
+
+    Attributes:
+        weight: the k kernels, (k, Cout, Cin/g, kh, kw).
+        weight_mode.threshold: τ.
+        attention: the routing branch.
 
     Raises:
         ConfigError: as DynamicConv2d, an unknown strategy or a non-positive mask temperature.
@@ -193,7 +208,9 @@ def budget_loss(model: nn.Module, density: float) -> torch.Tensor:
     as sparse as the budget or sparser. As the paper writes it, L_s(τ, s̄) is a function of the thresholds:
     its gradient reaches τ through the straight-through masks (eq. 7), not W (W enters detached; pushing
     every weight near τ towards zero by λ_s·∂M/∂W would swamp the task gradient).
-    Raises ConfigError without SD-Conv layers.
+
+    Raises:
+        ConfigError: the model has no SD-Conv layers.
     """
     layers = sparse_layers(model)
     if not layers:
