@@ -25,7 +25,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
     """One flag per configuration key of `cls` (default `TrainConfig`) but `skip`, and --config; a renamed key's
     old flag is accepted, hidden, and warns."""
     from padnet.adapter.config import PadConfig
-    from padnet.training.config import RENAMED_KEYS, TrainConfig, config_keys
+    from padnet.training.config import TrainConfig, config_keys, renamed_keys
 
     cls = cls or TrainConfig
     parser.add_argument("--config", help="YAML file of configuration keys (flags override it)")
@@ -39,16 +39,25 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             group.add_argument(flag, dest=name, nargs="*", default=argparse.SUPPRESS)
             continue
         if owner is PadConfig and cls is not PadConfig:
-            shown = "the method's" if default is None else repr(default)
-            text = f"method option (padnet.PadConfig.{name}); default: {shown}"
+            text = f"method option (padnet.PadConfig.{name}); default: {_method_default(cls, name)}"
         else:
             text = f"default: {default!r}" if default is not dataclasses.MISSING else None
         group.add_argument(flag, dest=name, metavar=name.upper(), default=argparse.SUPPRESS, help=text)
-    for old in RENAMED_KEYS if "pad_options" in {f.name for f in dataclasses.fields(cls)} else ():
-        if old not in skip and RENAMED_KEYS[old] not in skip:
+    for old, (new, _) in renamed_keys(cls).items():
+        if old not in skip and new not in skip:
             group.add_argument(
                 "--" + old.replace("_", "-"), dest=old, default=argparse.SUPPRESS, help=argparse.SUPPRESS
             )
+
+
+def _method_default(cls, name: str) -> str:
+    """The default of the method option `name` as PadConfig gives it to the methods of `cls` (one value, or
+    the layer type's)."""
+    from padnet.adapter.config import applies
+
+    base = cls()
+    values = {repr(base.value(name, m)) for m in cls.METHODS if applies(name, m)}
+    return values.pop() if len(values) == 1 else "the method's"
 
 
 def _resolve_config(args, preset: dict | None = None, cls=None):
@@ -64,13 +73,13 @@ def _resolve_config(args, preset: dict | None = None, cls=None):
 
 def _flags(args, cls) -> dict:
     """The configuration keys of `cls` given as flags (renamed keys under their old names)."""
-    from padnet.training.config import RENAMED_KEYS, config_keys
+    from padnet.training.config import config_keys, renamed_keys
 
-    return {k: getattr(args, k) for k in (*config_keys(cls), *RENAMED_KEYS) if hasattr(args, k)}
+    return {k: getattr(args, k) for k in (*config_keys(cls), *renamed_keys(cls)) if hasattr(args, k)}
 
 
 def cmd_train(args) -> int:
-    from padnet.training.config import RENAMED_KEYS, TrainConfig, config_keys, load_yaml
+    from padnet.training.config import TrainConfig, config_keys, load_yaml, renamed_keys
     from padnet.training.engine.trainer import Trainer
 
     cfg = _resolve_config(args)
@@ -78,7 +87,8 @@ def cmd_train(args) -> int:
     # a config file's keys count where they differ from the defaults
     given = {k for k, v in (load_yaml(args.config) if args.config else {}).items() if defaults.get(k) != v}
     given |= set(_flags(args, TrainConfig))
-    cfg.check_applies({RENAMED_KEYS.get(k, k) for k in given})
+    renamed = renamed_keys(TrainConfig)
+    cfg.check_applies({renamed[k][0] if k in renamed else k for k in given})
     out = Path(args.out or f"runs/{cfg.model}-{cfg.conv}-seed{cfg.seed}")
     trainer = Trainer(cfg, out, resume=args.resume)
     results = trainer.fit()
@@ -210,7 +220,7 @@ def cmd_finetune(args) -> int:
     from padnet.training.nlp.finetune import finetune, save_model, save_results
 
     cfg = _resolve_config(args, cls=FinetuneConfig)
-    out = Path(args.out or f"runs/{cfg.task}-{cfg.variant}-seed{cfg.seed}")
+    out = Path(args.out or f"runs/{cfg.task}-{cfg.method}-seed{cfg.seed}")
     results = finetune(cfg, run_dir=out, resume=args.resume)
     if not results["main"]:  # data-parallel run: process 0 writes and reports
         return 0
@@ -221,7 +231,7 @@ def cmd_finetune(args) -> int:
         for split, m in results["metrics"].items()
     )
     print(
-        f"{cfg.task} {cfg.variant}: {scores}  params {results['params']:,}  ({results['train_seconds']:.0f} s) "
+        f"{cfg.task} {cfg.method}: {scores}  params {results['params']:,}  ({results['train_seconds']:.0f} s) "
         f"-> {out}"
     )
     return 0
@@ -232,7 +242,14 @@ def cmd_moe(args) -> int:
     from padnet.training.config import FinetuneConfig
 
     cfg, seeds = _recipe_and_seeds(args, study, FinetuneConfig)
-    records = study.run_moe_compare(args.out, cfg, tuple(args.variants), seeds)
+    methods = args.methods
+    if args.variants is not None:
+        from padnet.errors import deprecated
+
+        deprecated("--variants", "--methods")
+        _, old = FinetuneConfig.RENAMED["variant"]
+        methods = [old.get(v, v) for v in args.variants]
+    records = study.run_moe_compare(args.out, cfg, tuple(methods), seeds)
     for r in records:
         print(
             f"{r['model']:<18} {r['params'] / 1e6:7.2f}M  {r['metric']} {r['score_mean']:.2f} ± {r['score_std']:.2f}"
@@ -396,7 +413,7 @@ def cmd_moe_compress(args) -> int:
         _say(
             f"{key:<10} perplexity {r[key]['perplexity']:8.2f}  expert weights {r[key]['bytes'] / 2**20:8.2f} MiB"
         )
-    kappa = "every expert the mean of all" if cfg.method == "merge" else f"kappa {cfg.kappa:g}"
+    kappa = "every expert the mean of all" if cfg.method == "merge" else f"kappa {r['kappa']:g}"
     _say(
         f"{cfg.method} ({kappa}): {r['bytes_ratio']:.3f} of the expert bytes "
         f"(expected {r['expected_bytes_ratio']:.3f}), dynamic ratio {r['dynamic_ratio']:.3f}"
@@ -517,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         "writes OUT/<study>/results.md, .json and .png; fine-tuning runs live in OUT/runs and are "
         "shared between studies and re-runs.",
         "partition, kappa, pruning, masks",
-        ("variant", "kappa", "partition"),
+        ("method", "kappa", "partition"),
         "runs/pad-moe",
         "all training sentences, 5 epochs, 5 seeds",
         cmd_pad_moe,
@@ -534,23 +551,27 @@ def build_parser() -> argparse.ArgumentParser:
         "results.json to --out.",
     )
     _add_config_flags(p, cls=FinetuneConfig)
-    p.add_argument("--out", help="output folder (default runs/<task>-<variant>-seed<seed>)")
+    p.add_argument("--out", help="output folder (default runs/<task>-<method>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
         "moe",
         help="dense vs MoE vs PAD-MoE vs MoE-P fine-tuning (paper Tables 2 and 4)",
-        description="Fine-tune every --variants variant with every seed on one recipe (quick: "
+        description="Fine-tune every --methods method with every seed on one recipe (quick: "
         "896 Rotten Tomatoes sentences, 2 epochs, 3 seeds; --full: all sentences, "
         "5 epochs, 5 seeds) and write OUT/results.md, .json and .png. Re-running reuses "
         "finished runs.",
     )
-    _add_config_flags(p, skip=("variant", "seed"), cls=FinetuneConfig)
+    _add_config_flags(p, skip=("method", "seed"), cls=FinetuneConfig)
     _add_study_flags(p, "runs/moe", "all training sentences, 5 epochs, 5 seeds")
     p.add_argument(
-        "--variants", nargs="+", default=["dense", "moe", "pad", "prune"], help="variants to compare"
+        "--methods",
+        nargs="+",
+        default=["dense", "moe", "pad-moe", "moe-p"],
+        help="methods to compare: dense, moe, pad-moe, moe-p",
     )
+    p.add_argument("--variants", nargs="+", help=argparse.SUPPRESS)  # the old --methods, until 0.3.0
     p.set_defaults(func=cmd_moe)
 
     p = sub.add_parser("count", help="parameters and FLOPs of a model (paper conventions)")

@@ -301,7 +301,7 @@ ROWS = {
     "tsv-stsb-range": lambda t: _finetune("--task", "stsb", "--data-root", str(_stsb(t))),
     "parquet-corrupt": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, b"not parquet"))),
     "parquet-missing-column": lambda t: _finetune("--task", "rte", "--data-root", str(_parquet(t, None))),
-    "model-no-ffn": lambda t: _finetune("--variant", "moe", "--model", str(_neox_folder(t))),
+    "model-no-ffn": lambda t: _finetune("--method", "moe", "--model", str(_neox_folder(t))),
     "model-pickle": lambda t: _finetune("--model", str(_pickled_model_folder(t))),
     "model-truncated": lambda t: _finetune(
         "--model", str(_truncate(_neox_folder(t) / "model.safetensors").parent)

@@ -230,8 +230,14 @@ def test_save_and_load_round_trip_in_training_and_deployed_form(tmp_path):
     assert torch.equal(back(x), pad(x))
     for name, mask in pad.masks().items():
         assert torch.equal(back.masks()[name], mask)
-    deployed = padnet.PadModel.from_pretrained(tmp_path / "deployed", copy.deepcopy(pristine))
+    deployed = padnet.load_pretrained(tmp_path / "deployed", copy.deepcopy(pristine))
     torch.testing.assert_close(deployed(x), pad(x), atol=1e-5, rtol=1e-5)
+    with pytest.warns(
+        FutureWarning, match="PadModel.from_pretrained on a folder without .* use padnet.load_pretrained"
+    ):
+        assert not isinstance(
+            padnet.PadModel.from_pretrained(tmp_path / "deployed", copy.deepcopy(pristine)), padnet.PadModel
+        )
     torch.testing.assert_close(pad.merge_and_unload()(x), pad(x), atol=1e-5, rtol=1e-5)
     assert (
         json.loads((tmp_path / "train" / "padnet_config.json").read_text())["config"]["partition_after"] == 2
@@ -417,7 +423,7 @@ def test_pad_moe_on_an_encoder_trains_partitions_after_an_epoch_and_round_trips(
         logits,
     )
     torch.testing.assert_close(
-        padnet.PadModel.from_pretrained(tmp_path / "d", copy.deepcopy(pristine))(**batches[0]).logits,
+        padnet.load_pretrained(tmp_path / "d", copy.deepcopy(pristine))(**batches[0]).logits,
         logits,
         atol=1e-5,
         rtol=1e-5,

@@ -123,4 +123,7 @@ def test_shipped_config_is_the_quick_recipe():
     shipped = load_yaml(
         Path(__file__).resolve().parents[2] / "configs" / "rotten-tomatoes-pad-moe-studies.yaml"
     )
-    assert config_from_dict(shipped, FinetuneConfig()) == config_from_dict(padmoe.QUICK, FinetuneConfig())
+    assert (
+        config_from_dict(shipped, FinetuneConfig()).effective()
+        == config_from_dict(padmoe.QUICK, FinetuneConfig()).effective()
+    )

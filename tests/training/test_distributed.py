@@ -177,7 +177,7 @@ def test_two_processes_fine_tune_like_one_with_the_same_global_batch(tmp_path):
         "finetune",
         "--model",
         str(folder),
-        "--variant",
+        "--method",
         "dense",
         "--train-subset",
         "64",

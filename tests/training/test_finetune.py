@@ -34,7 +34,7 @@ def _quick(model, **kw):
         "partition_iterations": 2,
         "progress": False,
     }
-    return FinetuneConfig(**{**base, **kw})
+    return FinetuneConfig().replace(**{**base, **kw})
 
 
 def test_rotten_tomatoes_split_is_fixed_and_disjoint():
@@ -56,16 +56,16 @@ def test_rotten_tomatoes_reader_refuses_a_file_without_its_rows(tmp_path):
         load_rotten_tomatoes("train", bad)
 
 
-@pytest.mark.parametrize("variant", ["pad", "prune"])
-def test_partitioned_variants_reach_kappa_at_the_second_epoch(tiny_model, variant):
+@pytest.mark.parametrize("method", ["pad-moe", "moe-p"])
+def test_partitioned_methods_reach_kappa_at_the_second_epoch(tiny_model, method):
     from padnet.training.nlp.finetune import finetune
 
-    results = finetune(_quick(tiny_model, variant=variant, kappa=0.4))
+    results = finetune(_quick(tiny_model, method=method, kappa=0.4))
     report = results["partition"]
     assert report["dynamic"] == round(0.4 * report["total"])
     assert len(results["dynamic_ratio"]) == 2
     assert results["metric"] == "accuracy" and set(results["metrics"]["validation"]) == {"accuracy", "score"}
-    assert all(m.mode == ("pad" if variant == "pad" else "prune") for _, m in moe_layers(results["model"]))
+    assert all(m.mode == ("pad" if method == "pad-moe" else "prune") for _, m in moe_layers(results["model"]))
 
 
 def test_compact_parameter_counts_order_the_variants(tiny_model):
@@ -74,26 +74,34 @@ def test_compact_parameter_counts_order_the_variants(tiny_model):
     from padnet.training.nlp.finetune import build_model
 
     counts = {}
-    for variant in ("dense", "moe", "pad", "prune"):
-        model, _, _ = build_model(_quick(tiny_model, variant=variant))
-        if variant in ("pad", "prune"):
+    for method in ("dense", "moe", "pad-moe", "moe-p"):
+        model, _, _ = build_model(_quick(tiny_model, method=method))
+        if method in ("pad-moe", "moe-p"):
             partition(model, 0.5, "random")
-        counts[variant] = count_parameters(model)
+        counts[method] = count_parameters(model)
     # MoE-P keeps half of the experts' factors; PAD-MoE also stores the static half once per layer
-    assert counts["dense"] < counts["prune"] < counts["pad"] < counts["moe"]
+    assert counts["dense"] < counts["moe-p"] < counts["pad-moe"] < counts["moe"]
 
 
 def test_finetune_config_refuses_bad_values():
     with pytest.raises(ConfigError, match="kappa"):
-        FinetuneConfig(kappa=1.5).validate()
+        FinetuneConfig().replace(kappa=1.5)
     with pytest.raises(ConfigError, match="unknown task"):
         FinetuneConfig(task="imdb").validate()
-    with pytest.raises(ConfigError, match="second epoch"):
-        FinetuneConfig(variant="pad", epochs=1).validate()
+    with pytest.raises(ConfigError, match=r"partitions after 1 epoch\(s\): needs epochs > 1"):
+        FinetuneConfig(method="pad-moe", epochs=1).validate()
     with pytest.raises(ConfigError, match="top_k"):
-        FinetuneConfig(num_experts=2, top_k=3).validate()
-    with pytest.raises(ConfigError, match="variant"):
-        FinetuneConfig(variant="sparse").validate()
+        FinetuneConfig(method="moe").replace(num_experts=2, top_k=3)
+    with pytest.raises(ConfigError, match="method"):
+        FinetuneConfig(method="sparse").validate()
+
+
+def test_the_old_variant_key_warns_and_means_the_moe_method():
+    with pytest.warns(FutureWarning, match="the key variant is deprecated .* use method instead"):
+        cfg = FinetuneConfig().replace(variant="pad")
+    assert cfg.method == "pad-moe" and cfg.pad_config().method == "pad-moe"  # "pad" alone is PAD over DY-Conv
+    with pytest.warns(FutureWarning):
+        assert FinetuneConfig().replace(variant="prune").method == "moe-p"
 
 
 def _write_rte_tsv(root):
@@ -122,8 +130,8 @@ def test_cli_finetune_on_glue_files_saves_a_loadable_model(tiny_model, tmp_path,
             "rte",
             "--data-root",
             str(tmp_path / "glue"),
-            "--variant",
-            "pad",
+            "--method",
+            "pad-moe",
             "--epochs",
             "2",
             "--batch-size",
@@ -140,7 +148,7 @@ def test_cli_finetune_on_glue_files_saves_a_loadable_model(tiny_model, tmp_path,
     )
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "rte pad: validation accuracy" in printed
+    assert "rte pad-moe: validation accuracy" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["partition"]["dynamic_ratio"] == pytest.approx(0.5, abs=1e-3)
     model = load_pretrained(out)
@@ -173,20 +181,20 @@ def test_cli_moe_writes_the_comparison(tiny_model, tmp_path, capsys):
         "--seeds",
         "0",
         "1",
-        "--variants",
+        "--methods",
         "dense",
-        "pad",
+        "pad-moe",
         "--out",
         str(out),
     ]
     assert main(args) == 0, capsys.readouterr().err
     summary = json.loads((out / "results.json").read_text())
-    records = {r["variant"]: r for r in summary["records"]}
-    assert set(records) == {"dense", "pad"}
+    records = {r["method"]: r for r in summary["records"]}
+    assert set(records) == {"dense", "pad-moe"}
     for r in records.values():
         assert {"model", "params", "metric", "score_mean", "score_std", "seeds"} <= set(r)
         assert r["seeds"] == [0, 1] and len(r["scores"]) == 2
-    assert records["pad"]["layer_dynamic_ratio"]
+    assert records["pad-moe"]["layer_dynamic_ratio"]
     assert (out / "results.md").read_text().count("|") > 10 and (out / "results.png").stat().st_size > 1000
     # re-running reuses the finished runs; another recipe in the same folder is refused
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/results.json")}
@@ -198,7 +206,7 @@ def test_cli_moe_writes_the_comparison(tiny_model, tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["records"][0]["seeds"] == [0, 1]
     assert main([*args, "--lr", "0.001"]) == 2
     assert "another configuration" in capsys.readouterr().err
-    (out / "runs" / "pad-seed1" / "results.json").write_text("{not json")
+    (out / "runs" / "pad-moe-seed1" / "results.json").write_text("{not json")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "not a readable results file" in err and err.count("\n") == 1
@@ -217,7 +225,7 @@ def test_cli_refuses_a_model_without_a_recognisable_ffn_and_glue_files_missing_a
     # FFN linears named dense_h_to_4h / dense_4h_to_h: not a default pattern
     save_with_minilm_tokenizer(transformers.GPTNeoXForSequenceClassification(config), folder)
     capsys.readouterr()  # transformers' own progress output while saving
-    assert main(["finetune", "--model", str(folder), "--variant", "moe", "--progress", "false"]) == 2
+    assert main(["finetune", "--model", str(folder), "--method", "moe", "--progress", "false"]) == 2
     err = capsys.readouterr().err
     assert "no recognisable feed-forward block" in err and err.count("\n") == 1
     (tmp_path / "glue" / "RTE").mkdir(parents=True)
@@ -235,9 +243,9 @@ def test_cli_refuses_a_model_without_a_recognisable_ffn_and_glue_files_missing_a
     [
         (["moe", "--task", "imdb"], "unknown task"),
         (["moe", "--kappa", "1.5"], "kappa"),
-        (["finetune", "--variant", "dense", "--task", "sst2"], "needs --data-root"),
+        (["finetune", "--method", "dense", "--task", "sst2"], "needs --data-root"),
         (["finetune", "--model", "/nonexistent/model/folder"], "model folder not found"),
-        (["moe", "--variants", "dense", "sparse"], "unknown variant"),
+        (["moe", "--methods", "dense", "sparse"], "method"),
     ],
 )
 def test_cli_bad_input_is_one_line_with_exit_2(argv, message, capsys):
@@ -254,9 +262,10 @@ def test_shipped_configs_load_and_the_rotten_tomatoes_one_is_the_quick_recipe():
 
     root = Path(__file__).resolve().parents[2] / "configs"
     shipped = config_from_dict(load_yaml(root / "rotten-tomatoes-padmoe.yaml"), FinetuneConfig()).validate()
-    assert shipped.to_dict() == {**config_from_dict(QUICK, FinetuneConfig()).to_dict(), "variant": "pad"}
+    quick = config_from_dict(QUICK, FinetuneConfig()).replace(method="pad-moe")
+    assert shipped.effective() == quick.effective()
     glue = config_from_dict(load_yaml(root / "glue-bert-base-padmoe.yaml"), FinetuneConfig()).validate()
-    assert (glue.task, glue.variant, glue.kappa) == ("rte", "pad", 0.5)
+    assert (glue.task, glue.method, glue.value("kappa")) == ("rte", "pad-moe", 0.5)
 
 
 @pytest.mark.slow
@@ -284,8 +293,8 @@ def test_moe_fine_tune_killed_at_a_random_step_resumes_to_identical_weights(tiny
         "finetune",
         "--model",
         tiny_model,
-        "--variant",
-        "pad",
+        "--method",
+        "pad-moe",
         "--train-subset",
         "384",
         "--epochs",
@@ -328,7 +337,7 @@ def test_a_fine_tuning_checkpoint_with_an_epoch_that_does_not_fit_is_refused_on_
     from padnet.errors import CheckpointError
     from padnet.training.nlp.finetune import finetune
 
-    cfg = _quick(tiny_model, variant="dense", epochs=1)
+    cfg = _quick(tiny_model, method="dense", epochs=1)
     finetune(cfg, log=lambda *a: None, run_dir=tmp_path)
     path = tmp_path / "checkpoint-epoch0001.safetensors"
     with safe_open(str(path), framework="pt") as fh:

@@ -48,7 +48,7 @@ def folder(tmp_path_factory):
     return tiny_moe_folder(tmp_path_factory.mktemp("moe-lm"))
 
 
-@pytest.mark.parametrize("method", ["pad", "prune", "merge"])
+@pytest.mark.parametrize("method", ["pad-moe", "moe-p", "merge"])
 def test_the_command_writes_a_loadable_compressed_model_and_its_measurements(
     folder, tmp_path, capsys, method
 ):
@@ -75,7 +75,7 @@ def test_the_command_writes_a_loadable_compressed_model_and_its_measurements(
     assert "perplexity" in printed and "results.json" in printed
     results = json.loads((out / "results.json").read_text())
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
-    expected = {"pad": 0.3, "prune": 0.3, "merge": 0.0}[method]
+    expected = {"pad-moe": 0.3, "moe-p": 0.3, "merge": 0.0}[method]
     assert results["dynamic_ratio"] == pytest.approx(expected, abs=0.02)
     assert results["compressed"]["bytes"] < results["original"]["bytes"]
     # the saved model is the compressed one: its held-out perplexity is the one reported
@@ -130,7 +130,7 @@ def test_the_static_part_can_follow_the_load_and_be_fine_tuned_with_progress_bar
         (["--finetune-steps", "1000000001"], "finetune_steps must be an integer in [0, 1000000000]"),
         (["--seed", "-1"], "seed must be in [0, 2**63), got -1"),
         (["--seed", "99999999999999999999"], "seed must be in [0, 2**63)"),
-        (["--method", "prune", "--finetune-steps", "3"], "MoE-P (method prune) has no static part"),
+        (["--method", "moe-p", "--finetune-steps", "3"], "MoE-P (method moe-p) has no static part"),
     ],
 )
 def test_bad_input_is_one_line(folder, tmp_path, capsys, change, fragment):
@@ -295,3 +295,13 @@ def test_result_lines_are_written_around_an_open_progress_bar(monkeypatch):
         _say("original   perplexity 12.00")
     lines = re.split(r"[\r\n]", terminal.getvalue())
     assert "original   perplexity 12.00" in lines  # a line of its own, not glued to the bar
+
+
+def test_the_old_method_names_warn_and_the_default_kappa_is_pad_moes():
+    with pytest.warns(FutureWarning, match="--method pad is deprecated .* use --method pad-moe"):
+        cfg = CompressConfig(method="pad").validate()
+    assert cfg.method == "pad-moe" and cfg.pad_config().value("kappa") == padnet.PadConfig(
+        method="pad-moe"
+    ).value("kappa")
+    with pytest.warns(FutureWarning, match="use --method moe-p"):
+        assert CompressConfig(method="prune").validate().method == "moe-p"

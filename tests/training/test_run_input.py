@@ -117,7 +117,7 @@ def test_a_fine_tuning_run_resumes_from_the_newest_checkpoint_that_loads(tiny_mo
     from padnet.training.nlp.finetune import finetune
 
     cfg = FinetuneConfig(
-        model=tiny_model, variant="dense", train_subset=32, epochs=2, batch_size=16, progress=False
+        model=tiny_model, method="dense", train_subset=32, epochs=2, batch_size=16, progress=False
     )
     finetune(cfg, log=lambda *a: None, run_dir=tmp_path)
     newest = tmp_path / "checkpoint-epoch0002.safetensors"

@@ -137,97 +137,118 @@ def _time_limit(unit: str) -> int:
 class PadConfig:
     """How to make a model partially dynamic, and how the method behaves while it trains.
 
-    Model surgery:
-        method: `"dy"`, `"condconv"`, `"odconv"`, `"dcd"`, their PAD-Net forms `"pad"` (over DY-Conv),
-            `"pad-condconv"`, `"pad-odconv"`, `"pad-dcd"`, `"sdconv"` (SD-Conv), or for transformers
-            `"moe"`, `"pad-moe"` (PAD-MoE) and `"moe-p"` (MoE-P, the pruning baseline): dense FFNs are
-            upcycled; a pretrained MoE (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) keeps its routers and its banks of
-            experts are compressed (`padnet.adapter.moe_convert.compress_experts`; `num_experts`, `top_k`,
-            `noisy_gating` and `aux_loss_weight` are then the model's own).
-        target_modules: `"auto"` (every `nn.Conv2d` but the first, the stem; or every FFN block of a
-            transformer), `"all"` (the stem too) or glob patterns of module names (a conv's name; an FFN's first
-            linear, e.g. `"*.layer.0.intermediate.dense"`, or a gated block, e.g. `"model.layers.0.mlp"`).
-        exclude_modules: glob patterns of module names to leave as they are.
-        min_channels: convolutions with fewer input channels stay static.
-        ffn_patterns: MoE methods: (first linear, activation, second linear) name triples of the FFN blocks,
-            relative to the module holding them, or (gate, up, down, activation) quadruples of gated blocks
-            (default: BERT, ALBERT, DistilBERT, GPT-2 and Llama / Mistral / Qwen names,
-            `padnet.adapter.moe_convert.FFN_PATTERNS`).
-        init_from_pretrained: start every kernel / expert and the static parameters from the existing weights.
-        layer_options: further keyword options of the layers, passed as they are and checked by them (e.g.
-            `{"formulation": "batched"}`, `{"routing": "sigmoid"}`, SD-Conv's `{"threshold": 0.01}`).
-    Dynamic layers:
-        num_kernels: k (default: DY-Conv/PAD-Net 4, CondConv 8, ODConv 4, SD-Conv 4; DCD has none).
-        reduction: attention reduction ratio r (default: the layer's, DY-Conv 4, ODConv/DCD/SD-Conv 16).
-        temperature_start, temperature_end: attention temperature T, annealed linearly (Chen et al. 2020:
-            30 → 1) over `temperature_anneal` `temperature_unit` (`"steps"` or `"epochs"`). The default
-            start is the layer's: 30 for softmax routing, 1 for CondConv (a plain sigmoid, no temperature).
-    Mode partition (PAD-Net eq. 5–9):
-        kappa: dynamic ratio κ ∈ (0, 1] (default 0.3 for convolutions, 0.5 for PAD-MoE / MoE-P).
-        granularity: mask granularity: `"shared"`, `"kernel"`, `"filter"` for convolutions (default
-            shared), `"element"` or `"neuron"` for MoE (default element).
-        scale_mode: scale factors of Table 3 (default `"constrained"`: λs + λd = 2).
-        mask_semantics: `"static"` (PAD-Net) or `"zero"` (masked elements pruned) for convolutions.
-        partition: `"imp"`, `"mp"` (one-shot), `"random"`, `"magnitude"`, or a function
-            `scores(name, factors, mask) -> Tensor` of the mask's shape (as `importance_scores` of
-            `torch.nn.utils.prune`); higher scores stay dynamic. A function is written as `"custom"` in JSON,
-            and a config read back without it keeps `"custom"`, which partitions only when given the function.
-        partition_scope: `"global"` threshold over every masked tensor or `"local"` per tensor.
-        partition_iterations: E of IMP (default 5). partition_batches: N batches per score (default 10).
-        partition_at: when training runs the partition: `"start"`, after `partition_after`
-            `"steps"` or `"epochs"`, or `"manual"` (call `PadModel.partition` yourself). Default: after 1
-            epoch when the layers start from the model's weights (`init_from_pretrained`; MoE always, PAD-Net
-            appendix A: once the experts differ), since every kernel then equals Θ̄ and the scores carry no signal;
-            `"start"` for kernels initialised on their own.
-        check_scores: refuse IMP / MP scores that carry no signal (see `padnet.partitioning.imp`).
-    SD-Conv (paper 002 eq. 8–9, Algorithm 1):
-        sparsity (default 0.5), pruning_iterations (3), budget_weight λ_s (0.01), threshold_lr (0.01, relative
-        to each layer's weight RMS), mask_strategy (`"different"` or `"same"`).
-    MoE (PAD-Net appendix A):
-        num_experts (8), top_k (2), noisy_gating (True), aux_loss_weight (0.01, the load-balancing loss).
-
-    Options that do not apply to `method` must stay None (their default); setting one is an error, so a
-    misplaced option is never ignored silently.
+    Each field below is one option, with its type, default and range; the option names are the vocabulary of
+    the YAML run configurations and of the command line. An option left at None takes the method's default
+    ([`value`][padnet.adapter.config.PadConfig.value] gives it). Options that do not apply to `method` must
+    stay None or at their default: setting one is an error, so a misplaced option is never ignored silently.
+    Which option applies to which method is one table (`_APPLIES`, read by
+    [`applies`][padnet.adapter.config.applies]); the convolutions' layer options come from the layers' own
+    `OPTIONS`.
 
     Raises:
-        ConfigError: from [`validate`][padnet.adapter.config.PadConfig.validate] (called at construction): an unknown name, a value out of range, an
-            option the method does not take.
+        ConfigError: from [`validate`][padnet.adapter.config.PadConfig.validate] (called at construction): an
+            unknown name, a value out of range, an option the method does not take.
     """
 
+    # ---- model surgery
     method: str = "pad"
+    """The method: `"dy"` (DY-Conv), `"condconv"`, `"odconv"`, `"dcd"`, their PAD-Net forms `"pad"` (PAD-Net
+    over DY-Conv, the paper's main setting), `"pad-condconv"`, `"pad-odconv"`, `"pad-dcd"`, `"sdconv"` (SD-Conv);
+    for transformers `"moe"`, `"pad-moe"` (PAD-MoE) and `"moe-p"` (MoE-P, the pruning baseline). Aliases
+    (`METHOD_ALIASES`, e.g. `"dyconv"`, `"padmoe"`) are accepted. Dense FFNs are upcycled; a pretrained MoE
+    (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) keeps its routers and its banks of experts are compressed."""
     target_modules: str | list[str] = "auto"
+    """Modules to convert: `"auto"` (every `nn.Conv2d` but the first, the stem; or every FFN block of a
+    transformer), `"all"` (the stem too) or glob patterns of module names (a conv's name; an FFN's first linear,
+    e.g. `"*.layer.0.intermediate.dense"`; a gated block, e.g. `"model.layers.0.mlp"`)."""
     exclude_modules: list[str] = field(default_factory=list)
+    """Glob patterns of module names to leave as they are."""
     min_channels: int = 1
+    """Convolutions with fewer input channels stay static (convolution methods; >= 1)."""
     ffn_patterns: list[list[str]] | None = None
+    """MoE methods: (first linear, activation, second linear) name triples of the FFN blocks, relative to the
+    module holding them, or (gate, up, down, activation) quadruples of gated blocks. None: BERT, ALBERT,
+    DistilBERT, GPT-2 and Llama / Mistral / Qwen names (`padnet.adapter.moe_convert.FFN_PATTERNS`)."""
     init_from_pretrained: bool = True
+    """Start every kernel / expert and the static parameters Θ̄ from the existing weights, so the converted
+    model computes what it did; False initialises the layers on their own."""
     layer_options: dict = field(default_factory=dict)
+    """Further keyword options of the layers, passed as they are and checked by them (e.g.
+    `{"formulation": "batched"}`, `{"routing": "sigmoid"}`, SD-Conv's `{"threshold": 0.01}`)."""
+    # ---- dynamic layers
     num_kernels: int | None = None
+    """Number of kernels k of a dynamic convolution, in [1, 64]. None: the layer type's (DY-Conv and PAD-Net 4,
+    CondConv 8, ODConv 4, SD-Conv 4; `padnet.layers.registry.CONV_TYPES`). DCD has none."""
     reduction: int | None = None
+    """Attention reduction ratio r (hidden width C / r), in [0, 4096]. None: the layer's (DY-Conv 4, ODConv, DCD
+    and SD-Conv 16)."""
     temperature_start: float | None = None
+    """Attention temperature T at the start of the anneal (Chen et al. 2020), in (0, 10⁴]. None: the layer's, 30
+    for softmax routing and 1 for CondConv (a plain sigmoid, no temperature). Not for DCD (no temperature)."""
     temperature_end: float = 1.0
+    """Temperature T at the end of the linear anneal, in (0, 10⁴]."""
     temperature_anneal: float = 1.0
+    """Length of the anneal, in `temperature_unit`s (0: T = `temperature_end` from the start)."""
     temperature_unit: str = "epochs"
+    """Unit of `temperature_anneal`: `"steps"` or `"epochs"`."""
+    # ---- mode partition (PAD-Net eq. 5–9)
     kappa: float | None = None
+    """Dynamic ratio κ ∈ (0, 1]: the fraction of the computational parameters kept dynamic. None:
+    `padnet.partitioning.DEFAULT_KAPPA` (0.3 for convolutions, 0.5 for PAD-MoE / MoE-P, PAD-Net §5.1 and
+    appendix B). PAD-Net forms, PAD-MoE and MoE-P."""
     granularity: str | None = None
+    """Mask granularity: `"shared"` (one mask for the k factors), `"kernel"` or `"filter"` (whole output
+    filters) for convolutions, `"element"` or `"neuron"` for MoE. None: `"shared"` / `"element"`."""
     scale_mode: str | None = None
+    """Scale factors λs, λd of PAD-Net eq. 4 (Table 3): `"constrained"` (λs + λd = 2), `"both"`, `"static"`,
+    `"dynamic"` or `"none"`. None: `"constrained"`."""
     mask_semantics: str | None = None
+    """What a static (M = 0) element of a convolution holds: `"static"` (the static parameters Θ̄, PAD-Net) or
+    `"zero"` (pruned). None: `"static"`."""
     partition: str | Callable = "imp"
+    """Mode partition method: `"imp"` (Iterative Mode Partition), `"mp"` (one-shot), `"random"`, `"magnitude"`,
+    or a function `scores(name, factors, mask) -> Tensor` of the mask's shape (as `importance_scores` of
+    `torch.nn.utils.prune`); higher scores stay dynamic. A function is written as `"custom"` in JSON, and a
+    config read back without it keeps `"custom"`, which partitions only when given the function."""
     partition_scope: str = "global"
+    """`"global"`: one threshold over every masked tensor; `"local"`: κ of each tensor."""
     partition_iterations: int = 5
+    """E, the iterations of IMP (PAD-Net eq. 9), in [1, 1000]."""
     partition_batches: int = 10
+    """N, the training batches each importance score averages, in [1, 10⁴]."""
     partition_at: str | None = None
+    """When training runs the partition: `"start"`, after `partition_after` `"steps"` or `"epochs"`, or
+    `"manual"` (call `PadModel.partition` yourself). None: after 1 epoch when the layers start from the model's
+    weights (`init_from_pretrained`; MoE always, PAD-Net appendix A), since every kernel then equals Θ̄ and the
+    scores carry no signal; `"start"` for layers initialised on their own."""
     partition_after: float | None = None
+    """How many `partition_at` units of training come before the partition (with `"steps"` or `"epochs"`)."""
     partition_align: int | None = None
+    """With `partition_scope="local"` and filter masks: keep a multiple of this many dynamic filters per layer,
+    in [1, 4096] (oneDNN runs channel counts that are multiples of 16 faster, docs/speed.md). None: 1."""
     check_scores: bool = True
+    """Refuse IMP / MP scores that carry no signal (`padnet.partitioning.imp.check_separation`)."""
+    # ---- SD-Conv (paper 002 eq. 8–9, Algorithm 1)
     sparsity: float | None = None
+    """Target sparsity s ∈ [0, 1): the fraction of the k kernels' weights pruned. None: 0.5."""
     pruning_iterations: int | None = None
+    """n: the run is cut into n + 1 phases with budgets s^(j/n), in [0, 1000]. None: 3."""
     budget_weight: float | None = None
+    """λ_s, the weight of the L0 budget loss (SD-Conv eq. 9), >= 0. None: 0.01."""
     threshold_lr: float | None = None
+    """Adam step of each learnable threshold τ, relative to its layer's weight RMS, > 0. None: 0.01."""
     mask_strategy: str | None = None
+    """`"different"` masks for the k kernels or the `"same"` mask. None: `"different"`."""
+    # ---- MoE (PAD-Net appendix A)
     num_experts: int | None = None
+    """Experts per upcycled FFN, in [1, `padnet.layers.moe.MAX_EXPERTS`]. None: 8; a pretrained MoE keeps its
+    own."""
     top_k: int | None = None
+    """Experts each token is routed to (top-k), at most `num_experts`. None: 2; a pretrained MoE keeps its own."""
     noisy_gating: bool | None = None
+    """Noisy top-k gating of the router while training. None: True."""
     aux_loss_weight: float | None = None
+    """Weight of the load-balancing loss, >= 0. None: 0.01."""
 
     def __post_init__(self):
         self.validate()

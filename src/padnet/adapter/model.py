@@ -16,7 +16,7 @@ import itertools
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from padnet.adapter.methods import PadTraining, method_for
 from padnet.adapter.moe_convert import FFN_PATTERNS, compress_experts, replace_ffns, require_ffns
 from padnet.adapter.statistics import recalibrate_batchnorm
 from padnet.deployment.deploy import deploy
-from padnet.errors import CheckpointError, ConfigError, check_module, first_line
+from padnet.errors import CheckpointError, ConfigError, check_module, deprecated, first_line
 from padnet.layers.conv_base import BASE_SOURCES, DynamicConvBase
 from padnet.layers.deployed import DeployedConv2d
 from padnet.layers.experts import find_expert_banks
@@ -343,7 +343,7 @@ class PadModel(nn.Module):
                 raise ConfigError("recalibrate_batchnorm needs training batches: pass data=")
             return state.refresh_statistics()
         if num_batches is not None:
-            data = itertools.islice(iter(data), num_batches)
+            data = _first(data, num_batches)
         count = recalibrate_batchnorm(self.base_model, data)
         if self.training_state is not None:
             self.training_state.statistics_fresh()
@@ -594,9 +594,22 @@ class PadModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, base_model: nn.Module | None = None, partition: Callable | None = None
-    ) -> PadModel | nn.Module:
-        """[`load_pretrained`][padnet.adapter.model.load_pretrained]: what [`save_pretrained`][padnet.adapter.model.PadModel.save_pretrained] (or [`save_pretrained`][padnet.adapter.model.PadModel.save_pretrained]) wrote."""
-        return load_pretrained(directory, base_model, partition)
+    ) -> PadModel:
+        """The [`PadModel`][padnet.adapter.model.PadModel] that [`save_pretrained`][padnet.adapter.model.PadModel.save_pretrained]
+        wrote in its training form (see [`load_pretrained`][padnet.adapter.model.load_pretrained] for the
+        arguments and errors).
+
+        A folder that holds no PadModel (the deployed form, or a plain model) is read by
+        `padnet.load_pretrained`, which returns whatever a folder holds; reading one here still returns the plain
+        module, with a deprecation warning, until 0.3.0.
+        """
+        model = load_pretrained(directory, base_model, partition)
+        if not isinstance(model, PadModel):
+            deprecated(
+                "PadModel.from_pretrained on a folder without a training-form PadModel",
+                "padnet.load_pretrained",
+            )
+        return model
 
 
 def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfig) -> None:
@@ -622,10 +635,17 @@ def _check_built(name: str, layer: nn.Module, layer_type: type, config: PadConfi
 
 def _reusable(data: Iterable | None, count: int) -> Iterable | None:
     """`data` in a form that can be read more than once: a one-shot iterator (a generator) becomes the list of
-    its first `count` batches, which the partition and the BatchNorm re-estimation then share."""
-    if data is None or iter(data) is not data:
+    its first `count` batches, which the partition and the BatchNorm re-estimation then share. An iterable is
+    kept as it is, unread (a DataLoader's iterator would draw from its sampler's generator)."""
+    if not isinstance(data, Iterator):
         return data
     return list(itertools.islice(data, count))
+
+
+def _first(data: Iterable, count: int) -> Iterator:
+    """The first `count` items of `data`, read lazily: nothing is drawn from `data` (no DataLoader iterator is
+    made) until the first item is asked for."""
+    yield from itertools.islice(data, count)
 
 
 def _copy(model: nn.Module) -> nn.Module:

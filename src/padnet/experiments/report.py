@@ -26,10 +26,10 @@ from padnet.adapter.model import convert
 from padnet.layers.registry import CONDCONV, is_partial
 from padnet.metrics.counting import count_flops, count_parameters
 from padnet.models import create_model
-from padnet.partitioning import partition
+from padnet.partitioning import DEFAULT_KAPPA, partition
 
 TOLERANCE = 0.02
-KAPPA = 0.3
+KAPPA = DEFAULT_KAPPA["conv"]
 INPUT = (3, 224, 224)
 
 # id -> (label, model name, width)

@@ -13,11 +13,10 @@ from typing import Any, ClassVar
 
 import yaml
 
-from padnet.adapter.config import CONV_METHODS, LIMITS, MAX_EPOCHS, PadConfig, applies
+from padnet.adapter.config import CONV_METHODS, MAX_EPOCHS, MOE_METHODS, PadConfig, applies, canonical_method
 from padnet.errors import ConfigError, check_choice, deprecated, shown
 from padnet.layers.registry import canonical_conv, effective_option
 from padnet.models.registry import MODELS, STEMS
-from padnet.partitioning import METHODS, check_kappa
 from padnet.training.data import DATASETS
 from padnet.training.data.registry import check_image_options
 from padnet.training.distributed import DEVICES
@@ -32,9 +31,9 @@ def _check_types(cfg, names: tuple[str, ...]) -> None:
         raise ConfigError(f"data_root must be a path, got {cfg.data_root!r}")
 
 
-# The method options a training run takes: fields of PadConfig, which alone defines their defaults, ranges and
-# the methods they apply to. A run's model is built from scratch by create_model, so the options that choose
-# modules to convert (target_modules, ...) or concern MoE are not among them.
+# The method options a run takes: fields of PadConfig, which alone defines their defaults, ranges and the methods
+# they apply to. An image run builds its model from scratch (create_model), so the options that choose modules
+# to convert or concern MoE are not among its keys; a fine-tuning run upcycles a pretrained encoder's FFNs.
 METHOD_KEYS = (
     "num_kernels",
     "reduction",
@@ -60,21 +59,138 @@ METHOD_KEYS = (
     "threshold_lr",
     "mask_strategy",
 )
-RENAMED_KEYS = {"temperature_epochs": "temperature_anneal"}  # old run key -> its PadConfig name (0.2.0)
+MOE_KEYS = (
+    "num_experts",
+    "top_k",
+    "noisy_gating",
+    "aux_loss_weight",
+    "kappa",
+    "granularity",
+    "scale_mode",
+    "partition",
+    "partition_scope",
+    "partition_iterations",
+    "partition_batches",
+    "partition_at",
+    "partition_after",
+    "check_scores",
+)
+
+
+class MethodOptions:
+    """What a run configuration holding a method's options does with them (mixed into
+    [`TrainConfig`][padnet.training.config.TrainConfig] and [`FinetuneConfig`][padnet.training.config.FinetuneConfig]).
+
+    The method is the field `METHOD_FIELD` (`PLAIN` for a model without padnet layers) and its options are
+    `pad_options`: [`PadConfig`][padnet.adapter.config.PadConfig] fields by name (of `METHOD_KEYS`), whose
+    defaults, ranges and applicability are PadConfig's. Options that do not apply to the method are kept but not
+    used (a study's recipe serves several methods); [`check_applies`][padnet.training.config.MethodOptions.check_applies]
+    refuses them where a user gave them.
+    """
+
+    METHOD_FIELD: ClassVar[str]
+    PLAIN: ClassVar[str]
+    METHOD_KEYS: ClassVar[tuple[str, ...]]
+    METHODS: ClassVar[tuple[str, ...]]  # the PadConfig methods the run may use
+    FROM_PRETRAINED: ClassVar[bool]  # init_from_pretrained of the run's PadConfig
+    RENAMED: ClassVar[dict[str, tuple[str, dict]]] = {}  # old key -> (new key, old value -> new value)
+
+    @property
+    def method(self) -> str:
+        return getattr(self, self.METHOD_FIELD)
+
+    def _options_for(self, method: str) -> dict[str, Any]:
+        return {k: v for k, v in self.pad_options.items() if applies(k, method)}
+
+    def pad_config(self) -> PadConfig | None:
+        """The [`PadConfig`][padnet.adapter.config.PadConfig] of this run's method with the options that apply to
+        it (None for the plain model)."""
+        if self.method == self.PLAIN:
+            return None
+        return PadConfig(
+            method=self.method, init_from_pretrained=self.FROM_PRETRAINED, **self._options_for(self.method)
+        )
+
+    def value(self, key: str, method: str | None = None):
+        """The method option `key` as a run of `method` (default: this run's) uses it: the option given, or
+        PadConfig's default; a convolution's `num_kernels` and `reduction` as the layers get them (the type's
+        default written out). None for the plain model or an option that does not apply to `method`."""
+        method = self.method if method is None else method
+        if method == self.PLAIN:
+            return None
+        method = canonical_method(method)
+        if not applies(key, method):
+            return None
+        config = PadConfig(
+            method=method, init_from_pretrained=self.FROM_PRETRAINED, **self._options_for(method)
+        )
+        value = config.value(key)
+        if key in ("num_kernels", "reduction") and config.family == "conv":
+            return effective_option(method, key, value)
+        return value
+
+    def effective(self) -> dict[str, Any]:
+        """The configuration as flat keys with every method option at the value the run uses
+        ([`value`][padnet.training.config.MethodOptions.value]; None where it does not apply): two configurations
+        that train the same run have equal `effective()`, whether their options are written out or left to
+        their defaults."""
+        data = {k: v for k, v in self.to_dict().items() if k not in self.METHOD_KEYS}
+        return {**data, **{key: self.value(key) for key in self.METHOD_KEYS}}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as flat keys (what `config.yaml` holds and [`config_from_dict`][padnet.training.config.config_from_dict] reads)."""
+        data = dataclasses.asdict(self)
+        return {**{k: v for k, v in data.items() if k != "pad_options"}, **data["pad_options"]}
+
+    def replace(self, **changes):
+        """A copy with `changes` given as flat keys (run fields and method options alike), validated."""
+        return config_from_dict(changes, self, "changes").validate()
+
+    def check_applies(self, given) -> None:
+        """ConfigError for a method option in `given` (keys a user set) that does not apply to this run's method
+        (the applicability of [`PadConfig`][padnet.adapter.config.PadConfig]), e.g. `sparsity` for PAD-Net or
+        `kappa` for DY-Conv: such a value would be ignored without a word."""
+        for key in sorted(set(given) & set(self.pad_options)):
+            if self.method == self.PLAIN or not applies(key, self.method):
+                methods = ", ".join(m for m in self.METHODS if applies(key, m))
+                raise ConfigError(
+                    f"{key} does not apply to {self.METHOD_FIELD} {self.method!r} (it applies to {methods})"
+                )
+
+    def check_options(self) -> None:
+        """ConfigError unless `pad_options` maps `METHOD_KEYS` to values that
+        [`PadConfig`][padnet.adapter.config.PadConfig] accepts for a method they apply to; then the options that
+        apply to this run's method are checked together (e.g. `top_k` against `num_experts`)."""
+        options = self.pad_options
+        if not isinstance(options, dict):
+            raise ConfigError(f"pad_options must map option names to values, got {options!r}")
+        unknown = sorted(map(shown, set(options) - set(self.METHOD_KEYS)))
+        if unknown:
+            raise ConfigError(f"unknown method option(s): {', '.join(unknown)}")
+        for key, value in options.items():
+            method = next(m for m in self.METHODS if applies(key, m))
+            PadConfig(method=method, init_from_pretrained=self.FROM_PRETRAINED, **{key: value})
+        self.pad_config()
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(MethodOptions):
     """Everything that defines a training run (defaults: the quick Fashion-MNIST recipe).
 
     The method is `conv` (a convolution type of `padnet.layers.registry`; `"static"` for plain convolutions)
     and its options are `pad_options`: [`PadConfig`][padnet.adapter.config.PadConfig] fields by name (`kappa`,
     `granularity`, `temperature_anneal`, `sparsity`, ... of [`METHOD_KEYS`][padnet.training.config.METHOD_KEYS]),
-    whose defaults, ranges and applicability are PadConfig's. A YAML file or the command line gives them as
-    top-level keys, as every other key ([`config_from_dict`][padnet.training.config.config_from_dict]). Options
-    that do not apply to `conv` are kept but not used (a study's recipe serves several methods);
-    [`check_applies`][padnet.training.config.TrainConfig.check_applies] refuses them where a user gave them.
+    for layers trained from scratch. A YAML file or the command line gives them as top-level keys, as every
+    other key ([`config_from_dict`][padnet.training.config.config_from_dict]); see
+    [`MethodOptions`][padnet.training.config.MethodOptions].
     """
+
+    METHOD_FIELD: ClassVar[str] = "conv"
+    PLAIN: ClassVar[str] = "static"
+    METHOD_KEYS: ClassVar[tuple[str, ...]] = METHOD_KEYS
+    METHODS: ClassVar[tuple[str, ...]] = CONV_METHODS
+    FROM_PRETRAINED: ClassVar[bool] = False
+    RENAMED: ClassVar[dict[str, tuple[str, dict]]] = {"temperature_epochs": ("temperature_anneal", {})}
 
     # model
     model: str = "resnet10"
@@ -155,94 +271,44 @@ class TrainConfig:
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check_choice("device", self.device, DEVICES)
-        check_method_options(self.pad_options)
-        self.pad_config()  # the options that apply to conv, checked together (e.g. top-k, partition_after)
+        self.check_options()
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as flat keys (what `config.yaml` holds and [`config_from_dict`][padnet.training.config.config_from_dict] reads)."""
-        data = dataclasses.asdict(self)
-        return {**{k: v for k, v in data.items() if k != "pad_options"}, **data["pad_options"]}
-
-    def effective(self) -> dict[str, Any]:
-        """The configuration as flat keys with every method option at the value the run uses
-        ([`value`][padnet.training.config.TrainConfig.value]; None where it does not apply): two configurations
-        that train the same run have equal `effective()`, whether their options are written out or left to
-        their defaults."""
-        data = {k: v for k, v in self.to_dict().items() if k not in METHOD_KEYS}
-        return {**data, **{key: self.value(key) for key in METHOD_KEYS}}
-
-    def replace(self, **changes) -> TrainConfig:
-        """A copy with `changes` given as flat keys (run fields and method options alike), validated."""
-        return config_from_dict(changes, self, "changes").validate()
-
-    def check_applies(self, given) -> None:
-        """ConfigError for a method option in `given` (keys a user set) that does not apply to this run's
-        `conv` (the applicability of [`PadConfig`][padnet.adapter.config.PadConfig]), e.g. `sparsity` for PAD-Net
-        or `kappa` for DY-Conv: such a value would be ignored without a word."""
-        for key in sorted(set(given) & set(self.pad_options)):
-            if self.conv == "static" or not applies(key, self.conv):
-                convs = ", ".join(m for m in CONV_METHODS if applies(key, m))
-                raise ConfigError(f"{key} does not apply to conv {self.conv!r} (it applies to {convs})")
 
     def data_options(self) -> dict[str, Any]:
         """The image options `padnet.training.data.load_dataset` takes (image size, channels, normalisation)."""
         return {"image_size": self.image_size, "channels": self.channels, "normalization": self.normalization}
 
-    def pad_config(self) -> PadConfig | None:
-        """The [`PadConfig`][padnet.adapter.config.PadConfig] of this run's method: `conv` with the options
-        that apply to it, for layers trained from scratch (None for a static model)."""
-        if self.conv == "static":
-            return None
-        options = {k: v for k, v in self.pad_options.items() if applies(k, self.conv)}
-        return PadConfig(method=self.conv, init_from_pretrained=False, **options)
-
-    def value(self, key: str, conv: str | None = None):
-        """The method option `key` as a run of `conv` (default: this run's) uses it: the option given, or
-        PadConfig's default; `num_kernels` and `reduction` as the layers get them (the type's default written
-        out). None for a static run or an option that does not apply to `conv`."""
-        conv = self.conv if conv is None else canonical_conv(conv)
-        if conv == "static" or not applies(key, conv):
-            return None
-        options = {k: v for k, v in self.pad_options.items() if applies(k, conv)}
-        value = PadConfig(method=conv, init_from_pretrained=False, **options).value(key)
-        return effective_option(conv, key, value) if key in ("num_kernels", "reduction") else value
-
-
-def check_method_options(options) -> None:
-    """ConfigError unless `options` maps [`METHOD_KEYS`][padnet.training.config.METHOD_KEYS] to values that
-    [`PadConfig`][padnet.adapter.config.PadConfig] accepts for some method they apply to."""
-    if not isinstance(options, dict):
-        raise ConfigError(f"pad_options must map option names to values, got {options!r}")
-    unknown = sorted(map(shown, set(options) - set(METHOD_KEYS)))
-    if unknown:
-        raise ConfigError(f"unknown method option(s): {', '.join(unknown)}")
-    for key, value in options.items():
-        method = next(m for m in CONV_METHODS if applies(key, m))
-        PadConfig(method=method, init_from_pretrained=False, **{key: value})
-
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(MethodOptions):
     """Everything that defines one fine-tuning run of `padnet finetune` / `padnet moe` (PAD-Net
-    appendix A; defaults: one Rotten Tomatoes run with MiniLM)."""
+    appendix A; defaults: one Rotten Tomatoes run with MiniLM).
 
-    VARIANTS: ClassVar[tuple[str, ...]] = ("dense", "moe", "pad", "prune")
+    The method is `method`: `"dense"` (the encoder as it is) or an MoE method of
+    [`PadConfig`][padnet.adapter.config.PadConfig] (`"moe"`, `"pad-moe"`, `"moe-p"`) that upcycles its FFN
+    blocks; its options (`num_experts`, `top_k`, `kappa`, `granularity`, `partition`, ... of
+    [`MOE_KEYS`][padnet.training.config.MOE_KEYS]) are PadConfig fields held in `pad_options` (see
+    [`MethodOptions`][padnet.training.config.MethodOptions]). PAD-MoE and MoE-P partition at the start of the
+    second epoch (PadConfig's default for MoE, PAD-Net appendix A). The key `variant` of earlier releases
+    (`dense`, `moe`, `pad`, `prune`) is read as `method` with a warning.
+    """
+
+    METHOD_FIELD: ClassVar[str] = "method"
+    PLAIN: ClassVar[str] = "dense"
+    METHOD_KEYS: ClassVar[tuple[str, ...]] = MOE_KEYS
+    METHODS: ClassVar[tuple[str, ...]] = tuple(MOE_METHODS)
+    FROM_PRETRAINED: ClassVar[bool] = True
+    RENAMED: ClassVar[dict[str, tuple[str, dict]]] = {
+        "variant": ("method", {"pad": "pad-moe", "prune": "moe-p"})
+    }
 
     model: str = "minilm"
     task: str = "rotten_tomatoes"  # a GLUE task, rotten_tomatoes, or "text" (your files in data_root)
     data_root: str | None = None
     text_columns: list[str] = field(default_factory=lambda: ["text"])  # task "text": one or two text columns
     label_column: str = "label"  # task "text": the label column
-    variant: str = "dense"
-    num_experts: int = 8
-    top_k: int = 2
-    granularity: str = "element"  # PAD-MoE / MoE-P masks: "element" or "neuron"
-    kappa: float = 0.5  # dynamic ratio κ of PAD-MoE (kept fraction of MoE-P)
-    partition: str = "imp"
-    partition_batches: int = 10
-    partition_iterations: int = 5
-    aux_loss_weight: float = 0.01
+    method: str = "dense"
+    pad_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 2
     batch_size: int = 32
     lr: float = 5e-5
@@ -269,16 +335,12 @@ class FinetuneConfig:
             raise ConfigError(f"text_columns must name one or two columns, got {self.text_columns!r}")
         if not (isinstance(self.label_column, str) and self.label_column):
             raise ConfigError(f"label_column must name a column, got {self.label_column!r}")
-        check_choice("variant", self.variant, self.VARIANTS)
-        check_choice("MoE mask granularity", self.granularity, ("element", "neuron"))
-        check_choice("partition method", self.partition, METHODS)
-        check_kappa(self.kappa)
-        _check_types(self, ("model", "task", "variant", "granularity", "partition"))
+        _check_types(self, ("model", "task", "method"))
+        if self.method != self.PLAIN:
+            self.method = canonical_method(self.method)
+        check_choice("method", self.method, (self.PLAIN, *self.METHODS))
+        self.check_options()
         for name in (
-            "num_experts",
-            "top_k",
-            "partition_batches",
-            "partition_iterations",
             "epochs",
             "batch_size",
             "max_length",
@@ -287,41 +349,25 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.top_k > self.num_experts:
-            raise ConfigError(f"top_k {self.top_k} is larger than num_experts {self.num_experts}")
-        for name, high in (
-            ("num_experts", LIMITS["num_experts"]),
-            ("epochs", MAX_EPOCHS),
-            ("batch_size", 65_536),
-            ("max_length", 8_192),
-            ("partition_batches", LIMITS["partition_batches"]),
-            ("partition_iterations", LIMITS["partition_iterations"]),
-        ):
+        for name, high in (("epochs", MAX_EPOCHS), ("batch_size", 65_536), ("max_length", 8_192)):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        for name in ("weight_decay", "aux_loss_weight"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be >= 1, got {self.train_subset}")
-        if self.variant in ("pad", "prune") and self.epochs < 2:
+        after = self.value("partition_after")
+        if self.value("partition_at") == "epochs" and self.epochs <= after:
             raise ConfigError(
-                f"variant {self.variant!r} partitions at the start of the second epoch: needs epochs >= 2"
+                f"method {self.method!r} partitions after {after:g} epoch(s): needs epochs > {after:g}"
             )
         return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> FinetuneConfig:
-        """A copy with `changes` (keys as in a YAML file), validated."""
-        return config_from_dict(changes, self, "changes").validate()
 
     def task_spec(self):
         """The task's description (labels, metrics, evaluation splits; read from the files for `"text"`)."""
@@ -334,28 +380,6 @@ class FinetuneConfig:
         from padnet.training.data.text import load_task
 
         return load_task(self.task, split, self.data_root, tuple(self.text_columns), self.label_column)
-
-    def pad_config(self):
-        """The [`PadConfig`][padnet.adapter.config.PadConfig] of this run's variant (None for the dense model). PAD-MoE
-        and MoE-P partition at the start of the second epoch (PAD-Net appendix A)."""
-
-        if self.variant == "dense":
-            return None
-        partial = self.variant in ("pad", "prune")
-        method = {"moe": "moe", "pad": "pad-moe", "prune": "moe-p"}[self.variant]
-        return PadConfig(
-            method=method,
-            num_experts=self.num_experts,
-            top_k=self.top_k,
-            aux_loss_weight=self.aux_loss_weight,
-            kappa=self.kappa if partial else None,
-            granularity=self.granularity if partial else None,
-            partition=self.partition,
-            partition_iterations=self.partition_iterations,
-            partition_batches=self.partition_batches,
-            partition_at="epochs" if partial else None,
-            partition_after=1 if partial else None,
-        )
 
 
 MAX_THREADS = 256  # more would exhaust the process's threads (OpenBLAS fails at about 10^5)
@@ -417,32 +441,37 @@ def _coerce(name: str, value: Any, kind: type, optional: bool) -> Any:
 
 def config_keys(cls) -> dict[str, tuple[type, Any]]:
     """The flat keys of a configuration class (what YAML files and flags name): key -> (dataclass that defines
-    it, its default). A [`TrainConfig`][padnet.training.config.TrainConfig]'s method options are
+    it, its default). The method options of a [`MethodOptions`][padnet.training.config.MethodOptions] class are
     [`PadConfig`][padnet.adapter.config.PadConfig]'s fields."""
     keys = {f.name: (cls, f.default) for f in fields(cls) if f.name != "pad_options"}
-    if any(f.name == "pad_options" for f in fields(cls)):
+    if issubclass(cls, MethodOptions):
         pad = {f.name: f.default for f in fields(PadConfig)}
-        keys.update({key: (PadConfig, pad[key]) for key in METHOD_KEYS})
+        keys.update({key: (PadConfig, pad[key]) for key in cls.METHOD_KEYS})
     return keys
+
+
+def renamed_keys(cls) -> dict[str, tuple[str, dict]]:
+    """Old keys of a configuration class, read under their new names until 0.3.0: old -> (new, value map)."""
+    return cls.RENAMED if issubclass(cls, MethodOptions) else {}
 
 
 def config_from_dict(data: dict[str, Any], base=None, source: str = "config"):
     """A config from `base` (default: a default [`TrainConfig`][padnet.training.config.TrainConfig]; any config
     dataclass) updated with the flat keys of `data`, values coerced to the fields' types; unknown keys are
-    errors. A renamed key ([`RENAMED_KEYS`][padnet.training.config.RENAMED_KEYS]) warns and is read under its
-    new name."""
+    errors. A renamed key ([`renamed_keys`][padnet.training.config.renamed_keys]) warns and is read under its
+    new name (and an old value under its new one)."""
     base = base or TrainConfig()
     cls = type(base)
-    keys = config_keys(cls)
-    renamed = RENAMED_KEYS if "pad_options" in {f.name for f in fields(cls)} else {}
+    keys, renamed = config_keys(cls), renamed_keys(cls)
     unknown = sorted(map(shown, set(data) - set(keys) - set(renamed)))
     if unknown:
         raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
     values = {f.name: copy.deepcopy(getattr(base, f.name)) for f in fields(cls)}
     for key, value in data.items():
         if key in renamed:
-            deprecated(f"the key {key}", renamed[key])
-            key = renamed[key]
+            new, value_map = renamed[key]
+            deprecated(f"the key {key}", new)
+            key, value = new, value_map.get(value, value) if isinstance(value, str) else value
         owner, _ = keys[key]
         value = _coerce(key, value, *_kind(owner, key))
         if owner is PadConfig and cls is not PadConfig:

@@ -367,10 +367,10 @@ def run(
         rows.setdefault("MoE (original)", []).append({**merged["original"], "kappa": None})
         rows.setdefault("Expert merging", []).append({**merged["compressed"], "kappa": None})
         for kappa in kappas:
-            for method, label in (("pad", "PAD"), ("prune", "MoE-P")):
+            for method, name, label in (("pad-moe", "pad", "PAD"), ("moe-p", "prune", "MoE-P")):
                 r = study.compressed(
                     folder,
-                    f"{method}-k{round(100 * kappa)}",
+                    f"{name}-k{round(100 * kappa)}",
                     replace(base, method=method, kappa=kappa, seed=seed),
                 )
                 rows.setdefault(f"{label} κ = {kappa:g}", []).append({**r["compressed"], "kappa": kappa})
@@ -387,7 +387,7 @@ def run(
                     r = study.compressed(
                         folder,
                         f"pad-{name}-k{round(100 * kappa)}",
-                        replace(base, method="pad", kappa=kappa, seed=seed, **changes),
+                        replace(base, method="pad-moe", kappa=kappa, seed=seed, **changes),
                     )
                     rows.setdefault(f"PAD κ = {kappa:g}, {label}", []).append(
                         {**r["compressed"], "kappa": kappa}

@@ -1,7 +1,7 @@
 """The MoE comparison (PAD-Net Tables 2 and 4): dense vs MoE vs PAD-MoE vs MoE-P on one text task, with the
 same recipe and seeds; writes `results.md`, `results.json` and `results.png`.
 
-Each (variant, seed) run keeps its `results.json` in `out/runs/<variant>-seed<s>` (PAD-MoE and MoE-P runs
+Each (method, seed) run keeps its `results.json` in `out/runs/<method>-seed<s>` (PAD-MoE and MoE-P runs
 also their binary masks, `masks.safetensors`); a finished run with the same configuration is reused, one with
 another configuration is refused before anything trains. [`TextRuns`][padnet.experiments.studies.finetune.TextRuns] is this run cache, shared with the
 `padnet pad-moe` studies.
@@ -20,7 +20,7 @@ from padnet.experiments.studies.common import RunCache, figure, mean_std, pm, wr
 from padnet.layers.modes import partial_modes
 from padnet.saving.fileio import atomic_path, parse_json
 from padnet.training.config import FinetuneConfig
-from padnet.training.nlp.finetune import VARIANT_LABELS, VARIANTS, finetune, save_results
+from padnet.training.nlp.finetune import METHOD_LABELS, METHODS, config_differences, finetune, save_results
 
 # Quick default: 896 training sentences, 2 epochs, 3 seeds (README gives the time measured here).
 QUICK = {"train_subset": 896, "epochs": 2, "lr": 1e-4, "partition_iterations": 2, "partition_batches": 4}
@@ -43,18 +43,13 @@ def _read_results(path: Path) -> dict:
     return results
 
 
-def _differences(saved: dict, cfg: FinetuneConfig) -> list[str]:
-    current = cfg.to_dict()
-    return sorted(k for k in current if k != "progress" and saved.get(k, current[k]) != current[k])
-
-
 MASKS_FILE = "masks.safetensors"  # a PAD-MoE / MoE-P run's binary masks, one tensor per partial mode
 
 
 def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print, label: str = "") -> dict:
     """The results of one run: read from `run_dir/results.json` when it holds this configuration, else
     fine-tuned and written there, with the binary masks of PAD-MoE / MoE-P in `masks.safetensors`."""
-    label = label or f"{cfg.variant} seed {cfg.seed}"
+    label = label or f"{cfg.method} seed {cfg.seed}"
     done = run_dir / "results.json"
     if done.is_file():
         results = _read_results(done)
@@ -63,7 +58,7 @@ def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print, label: str = "") 
         results = finetune(cfg, log)
         model = results.pop("model")
         del results["tokenizer"], results["main"], results["pad"]
-        if cfg.variant in ("pad", "prune"):
+        if cfg.pad_config() is not None and cfg.pad_config().partial:
             save_masks(model, run_dir / MASKS_FILE)
         save_results(results, run_dir)
     log(f"[{label}] {results['metric']} {results['score']:.2f} ({results['train_seconds']:.0f} s)")
@@ -117,7 +112,7 @@ class TextRuns(RunCache):
     def check(self, run_dir: Path, cfg: FinetuneConfig) -> None:
         saved = run_dir / "results.json"
         if saved.is_file():
-            changed = _differences(_read_results(saved).get("config", {}), cfg)
+            changed = config_differences(_read_results(saved).get("config", {}), cfg)
             if changed:
                 raise ConfigError(
                     f"{run_dir} holds a run with another configuration (differs in "
@@ -133,31 +128,32 @@ class TextRuns(RunCache):
 
 
 def run_moe_compare(
-    out: str | Path, base: FinetuneConfig, variants=VARIANTS, seeds=QUICK_SEEDS, log=print
+    out: str | Path, base: FinetuneConfig, methods=METHODS, seeds=QUICK_SEEDS, log=print
 ) -> list[dict]:
-    """Fine-tune every variant with every seed; write `results.md`, `results.json`, `results.png`.
+    """Fine-tune every method (dense, moe, pad-moe, moe-p) with every seed; write `results.md`,
+    `results.json`, `results.png`.
 
-    Returns one record per variant: `model` (label), `variant`, `params`, `metric`, `score_mean`,
+    Returns one record per method: `model` (label), `method`, `params`, `metric`, `score_mean`,
     `score_std`, `seeds`, `scores`, `train_seconds_mean` and, for PAD-MoE / MoE-P, the per-layer
     dynamic ratios of the first seed.
     """
     out = Path(out)
-    variants = tuple(dict.fromkeys(variants))  # each run once
-    for v in variants:
-        if v not in VARIANTS:
-            raise ConfigError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    methods = tuple(dict.fromkeys(base.replace(method=m).method for m in methods))  # each run once
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     started = time.perf_counter()
     cache = TextRuns(out, base, seeds, log)
-    seeds, runs = cache.seeds, cache.results({v: {"variant": v} for v in variants})
+    seeds, runs = cache.seeds, cache.results({m: {"method": m} for m in methods})
     records = []
-    for variant, results in runs.items():
+    for method, results in runs.items():
         scores = [r["score"] for r in results]
         mean, std = mean_std(scores)
+        kappa = base.value("kappa", method)
         records.append(
             {
-                "model": VARIANT_LABELS[variant]
-                + (f" (κ={base.kappa:g})" if variant in ("pad", "prune") else ""),
-                "variant": variant,
+                "model": METHOD_LABELS[method] + (f" (κ={kappa:g})" if kappa is not None else ""),
+                "method": method,
                 "params": results[0]["params"],
                 "metric": results[0]["metric"],
                 "score_mean": mean,
@@ -165,7 +161,7 @@ def run_moe_compare(
                 "seeds": list(seeds),
                 "scores": scores,
                 "train_seconds_mean": mean_std(r["train_seconds"] for r in results)[0],
-                "layer_dynamic_ratio": results[0]["dynamic_ratio"] if variant in ("pad", "prune") else None,
+                "layer_dynamic_ratio": results[0]["dynamic_ratio"] if kappa is not None else None,
             }
         )
     summary = {"task": base.task, "model": base.model, "config": base.to_dict(), "records": records}
@@ -198,10 +194,11 @@ def _markdown(records: list[dict], cfg: FinetuneConfig) -> str:
         (
             f"Recipe: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr:g} β (0.9, 0.98), "
             f"weight decay {cfg.weight_decay:g}, warm-up {100 * cfg.warmup_ratio:g} % then linear decay, "
-            f"max length {cfg.max_length}, train subset {cfg.train_subset or 'all'}; MoE {cfg.num_experts} "
-            f"experts top-{cfg.top_k}, load-balancing weight {cfg.aux_loss_weight:g}; PAD-MoE / MoE-P "
-            f"{cfg.granularity} masks, partition {cfg.partition} ({cfg.partition_iterations} iterations × "
-            f"{cfg.partition_batches} batches) at the start of epoch 2."
+            f"max length {cfg.max_length}, train subset {cfg.train_subset or 'all'}; MoE "
+            f"{cfg.value('num_experts', 'moe')} experts top-{cfg.value('top_k', 'moe')}, load-balancing weight "
+            f"{cfg.value('aux_loss_weight', 'moe'):g}; PAD-MoE / MoE-P {cfg.value('granularity', 'pad-moe')} "
+            f"masks, partition {cfg.value('partition', 'pad-moe')} ({cfg.value('partition_iterations', 'pad-moe')} "
+            f"iterations × {cfg.value('partition_batches', 'pad-moe')} batches) at the start of epoch 2."
         ),
         (
             "#Param.: every stored parameter (embeddings and classifier included), PAD-MoE and MoE-P in their "
@@ -234,7 +231,7 @@ def _plot(records, runs, ax_score, ax_layers) -> None:
     label_axes(ax_score, "parameters (M)", f"{records[0]['metric']} (%)", 8)
     for i, r in enumerate(records):
         if r["layer_dynamic_ratio"]:
-            per_seed = [list(x["dynamic_ratio"].values()) for x in runs[r["variant"]]]
+            per_seed = [list(x["dynamic_ratio"].values()) for x in runs[r["method"]]]
             layers = range(1, len(per_seed[0]) + 1)
             for j, ratios in enumerate(per_seed):
                 ax_layers.plot(

@@ -46,6 +46,7 @@ from padnet.metrics.dynamics import (
     parameter_variance,
 )
 from padnet.parallel import Context
+from padnet.partitioning import DEFAULT_KAPPA as KAPPA_DEFAULTS
 from padnet.training.config import TrainConfig
 from padnet.training.data import make_loader
 from padnet.training.engine.trainer import PARTITION_SEED, SideBatches, build_model, pad_model
@@ -56,7 +57,7 @@ STUDIES = ("partition", "kappa", "scales", "pruning", "layers", "property", "noi
 QUICK = {**compare.QUICK, "train_subset": 6000, "partition_batches": 4}
 FULL, QUICK_SEEDS, FULL_SEEDS = compare.FULL, compare.QUICK_SEEDS, compare.FULL_SEEDS
 KAPPAS = (0.1, 0.3, 0.5, 0.7)
-DEFAULT_KAPPA = 0.3
+DEFAULT_KAPPA = KAPPA_DEFAULTS["conv"]
 SCALES = {"none": "–", "static": "λs", "dynamic": "λd", "both": "λs, λd", "constrained": "λs + λd = 2"}
 STATIC, DY = ("static", {"conv": "static"}), ("dy", {"conv": "dy"})
 # the compare run: IMP, κ = 0.3, λs + λd = 2, static masked elements (pinned, so a --config file cannot move them)

@@ -34,6 +34,7 @@ from padnet.experiments.studies.common import (
 )
 from padnet.experiments.studies.finetune import TextRuns
 from padnet.metrics.dynamics import mask_structure, normalised_performance
+from padnet.partitioning import DEFAULT_KAPPA as KAPPA_DEFAULTS
 from padnet.training.config import FinetuneConfig
 
 STUDIES = ("partition", "kappa", "pruning", "masks")
@@ -44,10 +45,10 @@ QUICK = {**moe_study.QUICK, "train_subset": 352, "lr": 2e-4}
 FULL, QUICK_SEEDS, FULL_SEEDS = moe_study.FULL, moe_study.QUICK_SEEDS, moe_study.FULL_SEEDS
 CONFIG = FinetuneConfig
 KAPPAS = (0.1, 0.3, 0.5, 0.7)
-DEFAULT_KAPPA = 0.5  # PAD-Net's default for MoE (appendix B)
+DEFAULT_KAPPA = KAPPA_DEFAULTS["moe"]  # PAD-Net's default for MoE (appendix B)
 PARTITION = {"kappa": DEFAULT_KAPPA, "partition": "imp"}  # pinned for every variant, so runs stay reusable
-DENSE, MOE = ("dense", {"variant": "dense", **PARTITION}), ("moe", {"variant": "moe", **PARTITION})
-PAD = ("pad", {"variant": "pad", **PARTITION})
+DENSE, MOE = ("dense", {"method": "dense", **PARTITION}), ("moe", {"method": "moe", **PARTITION})
+PAD = ("pad", {"method": "pad-moe", **PARTITION})
 
 
 def _records(runs: TextRuns, variants: dict[str, dict], labels: dict[str, str]) -> list[dict]:
@@ -71,9 +72,10 @@ def _recipe(runs: TextRuns) -> str:
     c = runs.base
     return (
         f"{c.model} on {c.task}: {c.epochs} epochs, batch {c.batch_size}, AdamW lr {c.lr:g}, weight decay "
-        f"{c.weight_decay:g}, train subset {c.train_subset or 'all'}; MoE {c.num_experts} experts top-{c.top_k}, "
-        f"load-balancing weight {c.aux_loss_weight:g}; PAD-MoE / MoE-P {c.granularity} masks, "
-        f"{c.partition_iterations} IMP iterations on {c.partition_batches} batches at the start of epoch 2; "
+        f"{c.weight_decay:g}, train subset {c.train_subset or 'all'}; MoE {c.value('num_experts', 'moe')} experts "
+        f"top-{c.value('top_k', 'moe')}, load-balancing weight {c.value('aux_loss_weight', 'moe'):g}; PAD-MoE / "
+        f"MoE-P {c.value('granularity', 'pad-moe')} masks, {c.value('partition_iterations', 'pad-moe')} IMP "
+        f"iterations on {c.value('partition_batches', 'pad-moe')} batches at the start of epoch 2; "
         f"seeds {', '.join(map(str, runs.seeds))}. #Param.: every stored parameter (embeddings and classifier "
         "included), PAD-MoE and MoE-P in their compact form."
     )
@@ -151,7 +153,7 @@ def study_kappa(runs: TextRuns, kappas=KAPPAS) -> dict:
 
 def study_pruning(runs: TextRuns) -> dict:
     """Dense vs MoE vs MoE-P vs PAD-MoE at κ = 0.5 (PAD-Net Table 4)."""
-    variants = dict([DENSE, MOE, ("prune", {**PAD[1], "variant": "prune"}), PAD])
+    variants = dict([DENSE, MOE, ("prune", {**PAD[1], "method": "moe-p"}), PAD])
     labels = {"dense": "Dense (static)", "moe": "MoE", "prune": "MoE-P (κ = 0.5)", "pad": "PAD-MoE (κ = 0.5)"}
     return _variant_study(
         runs,
@@ -253,7 +255,7 @@ STUDY_FUNCTIONS = {
 
 
 def _check_granularity(base: FinetuneConfig) -> None:
-    if base.granularity != "element":
+    if base.value("granularity", "pad-moe") != "element":
         raise ConfigError(
             "the masks study needs element masks (granularity 'element'); neuron masks are whole "
             "columns by construction"

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from padnet.adapter.config import LIMITS, MAX_STEPS
+from padnet.adapter.config import MAX_STEPS, PadConfig
 from padnet.adapter.model import PadModel, get_pad_model
 from padnet.adapter.moe_convert import set_static_by_load
 from padnet.errors import (
@@ -37,17 +37,22 @@ from padnet.errors import (
     NonFiniteLossError,
     check_choice,
     check_seed,
+    deprecated,
     first_line,
     one_line,
 )
 from padnet.layers.experts import ExpertBank, find_expert_banks
-from padnet.partitioning import check_kappa
 from padnet.saving.fileio import atomic_path, write_json
 from padnet.saving.moe_codec import encode_moe
 from padnet.training.engine.checkpoint import claim_run_dir
 from padnet.training.nlp.finetune import check_weight_files, quiet_transformers
 
-METHODS = {"pad": "pad-moe", "prune": "moe-p", "merge": "pad-moe"}
+# --method -> the PadConfig method that compresses: PAD-MoE, MoE-P, or PAD-MoE with every element static (merge)
+METHODS = {"pad-moe": "pad-moe", "moe-p": "moe-p", "merge": "pad-moe"}
+OLD_METHODS = {
+    "pad": "pad-moe",
+    "prune": "moe-p",
+}  # the --method values of 0.1, read with a warning until 0.3.0
 STATIC_ESTIMATES = ("mean", "load")
 # a tokenizers file, or the vocabulary of a slow tokenizer (sentencepiece, BPE, WordPiece)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
@@ -57,11 +62,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 class CompressConfig:
     """One compression run (see the module docstring); every field is a `padnet moe-compress` flag."""
 
-    kappa: float = 0.3
-    method: str = "pad"
-    granularity: str = "element"
+    method: str = "pad-moe"
+    kappa: float | None = None  # None: PadConfig's (padnet.partitioning.DEFAULT_KAPPA["moe"])
+    granularity: str | None = None  # None: PadConfig's ("element")
     static: str = "mean"
-    partition_iterations: int = 5
+    partition_iterations: int | None = None  # None: PadConfig's
     calibration_batches: int = 8
     finetune_steps: int = 0
     lr: float = 1e-3
@@ -74,15 +79,28 @@ class CompressConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def pad_config(self) -> PadConfig:
+        """The [`PadConfig`][padnet.adapter.config.PadConfig] that compresses the experts (partitioned by hand on
+        the calibration batches), which defines the defaults and ranges of `kappa`, `granularity` and
+        `partition_iterations`."""
+        return PadConfig(
+            method=METHODS[self.method],
+            kappa=self.kappa,
+            granularity=self.granularity,
+            partition_at="manual",
+            partition_iterations=self.partition_iterations,
+            partition_batches=self.calibration_batches,
+        )
+
     def validate(self) -> CompressConfig:
         """Raises ConfigError for a value out of range."""
+        if self.method in OLD_METHODS:
+            deprecated(f"--method {self.method}", f"--method {OLD_METHODS[self.method]}")
+            self.method = OLD_METHODS[self.method]
         check_choice("method", self.method, tuple(METHODS))
-        check_choice("granularity", self.granularity, ("element", "neuron"))
         check_choice("static", self.static, STATIC_ESTIMATES)
-        check_kappa(self.kappa)
+        self.pad_config()
         for name, low, high in (
-            ("partition_iterations", 1, LIMITS["partition_iterations"]),
-            ("calibration_batches", 1, LIMITS["partition_batches"]),
             ("finetune_steps", 0, MAX_STEPS),
             ("block_size", 2, 8_192),
             ("batch_size", 1, 65_536),
@@ -95,8 +113,8 @@ class CompressConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
         if not 0 < self.heldout < 1:
             raise ConfigError(f"heldout must be in (0, 1), got {self.heldout!r}")
-        if self.method == "prune" and (self.finetune_steps or self.static != "mean"):
-            raise ConfigError("MoE-P (method prune) has no static part to estimate by load or fine-tune")
+        if self.method == "moe-p" and (self.finetune_steps or self.static != "mean"):
+            raise ConfigError("MoE-P (method moe-p) has no static part to estimate by load or fine-tune")
         return self
 
 
@@ -235,7 +253,8 @@ def bank_bytes(model) -> int:
 def _partition(pad: PadModel, batches: list[dict], cfg: CompressConfig) -> float:
     """IMP on `batches` with a progress bar over its forward passes (iterations × batches); the dynamic
     ratio reached."""
-    bar = tqdm(total=cfg.partition_iterations * len(batches), desc="IMP scores", disable=not cfg.progress)
+    iterations = pad.pad_config.partition_iterations
+    bar = tqdm(total=iterations * len(batches), desc="IMP scores", disable=not cfg.progress)
 
     def tick(module, args) -> None:  # a pre-hook that returns something would replace the forward's arguments
         bar.update(1)
@@ -325,15 +344,7 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
     started = time.perf_counter()
     before = {"perplexity": _original_perplexity(model, heldout, cfg), "bytes": bank_bytes(model)}
     experts = model.get_submodule(find_expert_banks(model)[0]).gate_up_proj.shape[0]  # E of the first bank
-    pad = get_pad_model(
-        model,
-        method=METHODS[cfg.method],
-        kappa=cfg.kappa,
-        granularity=cfg.granularity,
-        partition_at="manual",
-        partition_iterations=cfg.partition_iterations,
-        partition_batches=len(batches),
-    )
+    pad = get_pad_model(model, cfg.pad_config(), partition_batches=len(batches))
     if cfg.static == "load":
         set_static_by_load(pad.base_model, batches)
     if cfg.method == "merge":  # every expert becomes the mean of all: every mask element static
@@ -349,18 +360,19 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
         "bytes": bank_bytes(pad.base_model),
     }
     _check_outcome(pad, before["perplexity"], after["perplexity"])
-    kappa = 0.0 if cfg.method == "merge" else cfg.kappa
+    kappa = 0.0 if cfg.method == "merge" else pad.pad_config.value("kappa")
     results = {
         "config": cfg.to_dict(),
         "num_experts": experts,
+        "kappa": kappa,
         "dynamic_ratio": reached,
         "original": before,
         "compressed": after,
         "bytes_ratio": after["bytes"] / before["bytes"],
         "expected_bytes_ratio": ((1 - kappa) + kappa * experts) / experts
-        if cfg.method == "pad"
+        if cfg.method == "pad-moe"
         else kappa
-        if cfg.method == "prune"
+        if cfg.method == "moe-p"
         else 1 / experts,
         "calibration_blocks": len(calibration),
         "heldout_blocks": len(heldout),

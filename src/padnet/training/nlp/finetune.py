@@ -22,12 +22,11 @@ from safetensors import SafetensorError, safe_open
 
 from padnet.adapter.methods import PadTraining
 from padnet.adapter.model import get_pad_model, save_pretrained
-from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, NonFiniteLossError, first_line
+from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, NonFiniteLossError, deprecated, first_line
 from padnet.layers.moe import auxiliary_loss, moe_layers
 from padnet.metrics.counting import count_parameters
-from padnet.partitioning import partition
 from padnet.saving.fileio import write_json
-from padnet.training.config import FinetuneConfig
+from padnet.training.config import FinetuneConfig, config_from_dict
 from padnet.training.data.text import TASKS, encode, loader
 from padnet.training.engine.checkpoint import (
     changed_keys,
@@ -41,8 +40,21 @@ from padnet.training.engine.checkpoint import (
 )
 from padnet.training.nlp.glue_metrics import task_metrics
 
-VARIANTS = FinetuneConfig.VARIANTS
-VARIANT_LABELS = {"dense": "Dense", "moe": "MoE", "pad": "PAD-MoE", "prune": "MoE-P"}
+METHODS = (FinetuneConfig.PLAIN, *FinetuneConfig.METHODS)  # dense, moe, pad-moe, moe-p
+METHOD_LABELS = {"dense": "Dense", "moe": "MoE", "pad-moe": "PAD-MoE", "moe-p": "MoE-P"}
+_RENAMED = {"VARIANTS": "METHODS", "VARIANT_LABELS": "METHOD_LABELS"}  # 0.1 names, until 0.3.0
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        deprecated(f"padnet.training.nlp.finetune.{name}", f"padnet.training.nlp.finetune.{_RENAMED[name]}")
+        old = {"pad-moe": "pad", "moe-p": "prune"}
+        if name == "VARIANTS":
+            return tuple(old.get(m, m) for m in METHODS)
+        return {old.get(m, m): label for m, label in METHOD_LABELS.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 RESUMABLE_CHANGES = {"progress", "data_root", "keep_checkpoints"}  # keys that may change when a run resumes
 
 
@@ -101,7 +113,7 @@ def quiet_transformers():
 
 def build_model(cfg: FinetuneConfig):
     """`(model, tokenizer, pad)`: the pretrained encoder with a fresh classification head, converted for
-    `cfg.variant`; its tokenizer; and the [`PadModel`][padnet.adapter.model.PadModel] wrapping it (None for `dense`), whose
+    `cfg.method`; its tokenizer; and the [`PadModel`][padnet.adapter.model.PadModel] wrapping it (None for `dense`), whose
     `save_pretrained` writes the result. Raises ConfigError when the model cannot be read or has no
     recognisable FFN."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -130,7 +142,8 @@ def build_model(cfg: FinetuneConfig):
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
     # sparse upcycling (MoE, PAD-MoE, MoE-P) with the run's PadConfig
-    pad = get_pad_model(model, cfg.pad_config()) if cfg.variant != "dense" else None
+    config = cfg.pad_config()
+    pad = get_pad_model(model, config) if config is not None else None
     return model, tokenizer, pad
 
 
@@ -169,12 +182,22 @@ def evaluate(model, data, task, accelerator=None) -> dict[str, float]:
     return task_metrics(spec.metrics, predictions, references, spec.name)
 
 
+def config_differences(saved: dict, cfg: FinetuneConfig) -> list[str]:
+    """Keys (other than `RESUMABLE_CHANGES`) whose saved value differs from `cfg` in what the run does
+    ([`effective`][padnet.training.config.MethodOptions.effective]); an unreadable saved configuration differs as
+    a whole."""
+    try:
+        before = config_from_dict(saved, FinetuneConfig(), "the saved configuration").validate()
+    except ConfigError as exc:
+        return [f"everything (the saved configuration is invalid: {exc})"]
+    return changed_keys(before.effective(), cfg.effective(), RESUMABLE_CHANGES)
+
+
 def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, generator) -> dict:
     """Load the checkpoint `path` into the run's objects; returns its saved state (epoch, partition, ...).
     Raises ConfigError when the checkpoint was written by a run of another configuration."""
     tensors, meta = read_checkpoint(path)
-    saved, current = meta["state"].get("config", {}), cfg.to_dict()
-    changed = changed_keys(saved, current, RESUMABLE_CHANGES)
+    changed = config_differences(meta["state"].get("config", {}), cfg)
     if changed:
         raise ConfigError(f"cannot resume {path}: the configuration differs in {', '.join(changed)}")
     load_model_state(model, tensors, path)
@@ -267,38 +290,35 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     bar.update(state["epoch"] * len(train_loader))
     step = state["epoch"] * len(train_loader)
 
-    def run_partition():
-        report = partition(
-            raw_model,
-            cfg.kappa,
-            cfg.partition,
-            iter(train_loader),
-            num_batches=cfg.partition_batches,
-            iterations=cfg.partition_iterations,
-            seed=cfg.seed,
+    # the method's training-time work through its PadModel: load-balancing loss, partition at the start of
+    # epoch 2 on training batches drawn then (PAD-Net appendix A)
+    if pad is None:
+        hooks = PadTraining(raw_model, None, len(train_loader), steps, step=step)
+    else:
+        hooks = pad.start_training(
+            len(train_loader),
+            total_steps=steps,
+            partition_data=train_loader,
             batch_loss=task_loss,
+            step=step,
+            partitioned=state["partition"] is not None,
+            partition_seed=cfg.seed,
         )
-        state["partition"] = report.to_dict()
-        if accelerator.is_main_process:
-            (bar.write if cfg.progress else log)(f"  {report.summary()}")  # keeps the progress bar intact
-        return report
 
-    # the variant's training-time work: load-balancing loss, partition at the start of epoch 2
-    hooks = PadTraining(
-        raw_model,
-        cfg.pad_config(),
-        len(train_loader),
-        steps,
-        run_partition,
-        step,
-        partitioned=state["partition"] is not None,
-    )
+    def record_partition() -> None:  # the report of a partition that just ran, saved with the run's state
+        if pad is not None and pad.partition_report is not None and state["partition"] is None:
+            state["partition"] = pad.partition_report.to_dict()
+            if accelerator.is_main_process:  # keeps the progress bar intact
+                (bar.write if cfg.progress else log)(f"  {pad.partition_report.summary()}")
+
     for epoch in range(state["epoch"], cfg.epochs):
         start = time.perf_counter()
         hooks.maybe_partition()  # before this epoch's batches are drawn
+        record_partition()
         model.train()
         for batch in train_loader:
             hooks.before_step()
+            record_partition()
             loss = model(**batch).loss + hooks.extra_loss()
             step += 1
             total = (
@@ -351,7 +371,7 @@ def _progress(cfg: FinetuneConfig, steps: int, main: bool = True):
 
     return tqdm(
         total=steps,
-        desc=f"{cfg.variant} seed {cfg.seed}",
+        desc=f"{cfg.method} seed {cfg.seed}",
         disable=not (cfg.progress and main),
         leave=False,
         unit="step",
