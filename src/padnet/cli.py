@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from padnet.errors import ConfigError, PadnetError, one_line, user_message
@@ -384,7 +385,9 @@ def cmd_deploy(args) -> int:
 
     model, _, test = _load_run_model(args.checkpoint, args.data_root, args.dataset)
     model.eval()
-    deployed = deploy(model)
+    with warnings.catch_warnings(record=True) as notes:  # said once the model is written, as one line each
+        warnings.simplefilter("always")
+        deployed = deploy(model)
     if args.onnx or args.torchscript:  # refused before anything is written
         check_exportable(deployed, onnx=args.onnx)
     out = Path(args.out)
@@ -393,6 +396,8 @@ def cmd_deploy(args) -> int:
     with torch.no_grad():
         diff = (load_pretrained(out)(x) - model(x)).abs().max().item()
     size = (out / WEIGHTS_FILE).stat().st_size
+    for note in notes:
+        print(f"padnet: warning: {one_line(str(note.message))}", file=sys.stderr)
     print(
         f"wrote {out} ({size / 2**20:.2f} MB of weights); deployed vs training form on {len(x)} test "
         f"images: max |difference| {diff:.2e}"

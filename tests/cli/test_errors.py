@@ -552,3 +552,14 @@ def test_gzip_is_read_like_raw(tmp_path):  # the IDX rows above use raw files; .
         path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
         path.unlink()
     assert main(["data", "fashion-mnist", "--data-root", str(root)]) == 0
+
+
+@pytest.mark.parametrize("conv", ["odconv", "pad-dcd"])
+def test_deploy_names_the_layers_it_keeps_in_one_line(tmp_path, capsys, conv):
+    assert main(["deploy", str(_checkpoint(tmp_path, conv)), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    kind = {"odconv": "ODConv2d", "pad-dcd": "PADDCDConv2d"}[conv]
+    assert len(err) == 1 and re.fullmatch(
+        rf"padnet: warning: deploy: \d+ {kind} layers have no compact form and are kept in their training form",
+        err[0],
+    ), err

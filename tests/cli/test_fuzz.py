@@ -336,7 +336,8 @@ def _accepting_compress_folder(model_dir, calibration, out, cfg):
         "compressed": measured,
         "bytes_ratio": 1.0,
         "expected_bytes_ratio": 1.0,
-        "dynamic_ratio": cfg.kappa,
+        "kappa": cfg.pad_config().value("kappa"),
+        "dynamic_ratio": cfg.pad_config().value("kappa"),
     }
 
 

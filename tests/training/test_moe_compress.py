@@ -125,7 +125,7 @@ def test_the_static_part_can_follow_the_load_and_be_fine_tuned_with_progress_bar
         (["--block-size", "100000"], "block_size must be an integer in [2, 8192], got 100000"),
         (
             ["--partition-iterations", "1001"],
-            "partition_iterations must be an integer in [1, 1000], got 1001",
+            "partition_iterations must be an integer >= 1 and <= 1000, got 1001",
         ),
         (["--finetune-steps", "1000000001"], "finetune_steps must be an integer in [0, 1000000000]"),
         (["--seed", "-1"], "seed must be in [0, 2**63), got -1"),

@@ -107,3 +107,9 @@ def test_padnet_train_trains_the_pad_model_a_user_loop_gets(tmp_path):
     results = trainer.fit()
     assert results["partition"] == trainer.pad.partition_report.to_dict()
     assert results["partition"]["dynamic_ratio"] == pytest.approx(0.4, abs=0.01)
+
+
+def test_none_stands_for_the_default_only_where_the_default_is_none():
+    with pytest.raises(ConfigError, match="partition_iterations needs a value"):
+        PadConfig(method="pad", partition_iterations=None)
+    assert PadConfig(method="pad", kappa=None).value("kappa") == DEFAULT_KAPPA["conv"]

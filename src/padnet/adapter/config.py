@@ -17,10 +17,10 @@ from typing import Any
 from padnet.errors import ConfigError, check_choice
 from padnet.layers.modes import SCALE_MODES
 from padnet.layers.moe import MAX_EXPERTS
+from padnet.layers.options import OPTION_RANGES
 from padnet.layers.registry import (
     ALIASES,
     MAX_TEMPERATURE,
-    OPTION_RANGES,
     accepted_options,
     start_temperature,
 )
@@ -289,6 +289,9 @@ class PadConfig:
     def validate(self) -> PadConfig:
         """Check every value (ConfigError with a one-line message); returns self."""
         self.method = canonical_method(self.method)
+        for f in dataclasses.fields(self):  # None means "the method's default" only where that is the default
+            if getattr(self, f.name) is None and f.default is not None:
+                raise ConfigError(f"{f.name} needs a value (None is not one of its values)")
         for name, methods in _APPLIES.items():
             if getattr(self, name) is not None and self.method not in methods:
                 raise ConfigError(

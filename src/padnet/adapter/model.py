@@ -134,13 +134,18 @@ def _check_own_experts(model: nn.Module, banks: list[str], config: PadConfig) ->
 
 
 class PadModel(nn.Module):
-    """A model made partially dynamic by [`get_pad_model`][padnet.adapter.model.get_pad_model]; forwards like the model it wraps.
+    """A model made partially dynamic by [`get_pad_model`][padnet.adapter.model.get_pad_model]; forwards like
+    the model it wraps. Attributes the wrapper does not have are looked up on `base_model`.
 
-    Attributes: `base_model` (the converted model), `pad_config` ([`PadConfig`][padnet.adapter.config.PadConfig]), `converted` (names
-    of the replaced modules), `partition_report` (the [`PartitionReport`][padnet.partitioning.imp.PartitionReport] of the last
-    mode partition, run by [`partition`][padnet.adapter.model.PadModel.partition] or during training; None before), `training_state`
-    ([`PadTraining`][padnet.adapter.methods.PadTraining] once [`start_training`][padnet.adapter.model.PadModel.start_training] ran). Attributes the wrapper does
-    not have are looked up on `base_model`.
+    Attributes:
+        base_model: the converted model (changed in place by `get_pad_model`).
+        pad_config: the [`PadConfig`][padnet.adapter.config.PadConfig] it was converted with.
+        converted: names of the replaced modules.
+        partition_report: the [`PartitionReport`][padnet.partitioning.imp.PartitionReport] of the last mode
+            partition, run by [`partition`][padnet.adapter.model.PadModel.partition] or during training; None
+            before.
+        training_state: the [`PadTraining`][padnet.adapter.methods.PadTraining] of the run, once
+            [`start_training`][padnet.adapter.model.PadModel.start_training] ran; None before.
 
     In training mode, when the wrapped model returns an output with a `loss` (a Hugging Face
     `ModelOutput`), the method's extra loss (e.g. MoE load balancing) is added to it, as Mixtral adds its

@@ -181,7 +181,7 @@ def results_markdown(records: list[dict], cfg: TrainConfig, wall: float) -> str:
             f"augmentation {'on' if cfg.augment else 'off'}; "
             f"kernels k = {_per_method(cfg, convs, 'num_kernels')}, temperature "
             f"{_per_method(cfg, convs, 'temperature_start')} → {cfg.value('temperature_end', 'dy'):g} over "
-            f"{cfg.value('temperature_anneal', 'dy'):g} {cfg.value('temperature_unit', 'dy')}; PAD-Net partition "
+            f"{cfg.value('temperature_anneal', 'dy'):g} {cfg.value('temperature_unit', 'dy')[:-1]}(s); PAD-Net partition "
             f"{cfg.value('partition', 'pad')} ({cfg.value('partition_scope', 'pad')}, "
             f"{cfg.value('partition_iterations', 'pad')} iterations × {cfg.value('partition_batches', 'pad')} "
             "batches)."

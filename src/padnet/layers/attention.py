@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from padnet.errors import ConfigError, check_choice
+from padnet.layers.options import check_size_option
 
 ROUTINGS = ("softmax", "sigmoid")
 
@@ -65,10 +66,8 @@ class KernelAttention(TemperatureRouting):
     ):
         super().__init__(temperature)
         check_choice("routing", routing, ROUTINGS)
-        if reduction < 0 or num_kernels < 1:
-            raise ConfigError(
-                f"reduction must be >= 0 and num_kernels >= 1, got {reduction} and {num_kernels}"
-            )
+        check_size_option("num_kernels", num_kernels)
+        check_size_option("reduction", reduction)
         self.routing, self.reduction = routing, reduction
         if reduction == 0:
             hidden, self.fc1, self.act = in_channels, nn.Identity(), nn.Identity()

@@ -39,6 +39,7 @@ from torch import nn
 from padnet.errors import ConfigError
 from padnet.layers.conv_base import BaseForm, DynamicConvBase
 from padnet.layers.deployed import bn_affine
+from padnet.layers.options import check_size_option
 from padnet.layers.vectors import DynamicVector
 
 
@@ -93,8 +94,7 @@ class DCDConv2d(DynamicConvBase):
         **options,
     ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
-        if reduction < 1:
-            raise ConfigError(f"reduction must be >= 1, got {reduction}")
+        check_size_option("reduction", reduction, low=1)
         if self.padding != "same":
             padding = (0, 0) if self.padding == "valid" else self.padding
             if any(2 * p != d * (k - 1) for p, d, k in zip(padding, self.dilation, self.kernel_size)):

@@ -23,6 +23,7 @@ from padnet.layers.attention import KernelAttention
 from padnet.layers.conv_base import PAD_OPTIONS, BaseForm, DynamicConvBase
 from padnet.layers.deployed import DeployedConv2d
 from padnet.layers.modes import StructuredSplit, make_mode, with_masks
+from padnet.layers.options import check_size_option
 
 
 class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
@@ -76,8 +77,7 @@ class DynamicConv2d(forms.FormulationChoice, DynamicConvBase):
         **mode_kwargs,
     ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
-        if num_kernels < 1:
-            raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
+        check_size_option("num_kernels", num_kernels)
         self.formulation = formulation
         self.num_kernels = num_kernels
         shape = self.kernel_shape

@@ -26,10 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from padnet.errors import ConfigError
 from padnet.layers.attention import TemperatureRouting
 from padnet.layers.conv_base import PAD_OPTIONS, BaseForm, DynamicConvBase
 from padnet.layers.modes import FullyDynamic, make_mode, with_masks
+from padnet.layers.options import check_size_option
 from padnet.layers.vectors import DynamicVector
 
 
@@ -65,8 +65,7 @@ class OmniAttention(TemperatureRouting):
         semantics: str = "static",
     ):
         super().__init__(temperature)
-        if reduction < 1:
-            raise ConfigError(f"reduction must be >= 1, got {reduction}")
+        check_size_option("reduction", reduction, low=1)
         self.reduction = reduction
         hidden = max(in_channels // reduction, min_hidden)
         self.fc = nn.Linear(in_channels, hidden, bias=False)
@@ -141,8 +140,7 @@ class ODConv2d(DynamicConvBase):
         **options,
     ):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
-        if num_kernels < 1:
-            raise ConfigError(f"num_kernels must be >= 1, got {num_kernels}")
+        check_size_option("num_kernels", num_kernels)
         opts = self._pad_options(options)
         self.num_kernels = num_kernels
         shape = self.kernel_shape

@@ -44,8 +44,6 @@ LAYER_LABELS = {
     "pad-dcd": "PAD-DCD",
     "sdconv": "SD-Conv",
 }
-# the range of each size option of the layers; a value read from a file or a flag must not ask for a huge allocation
-OPTION_RANGES = {"num_kernels": (1, 64), "reduction": (0, 4_096)}
 ALIASES = {
     "dyconv": "dy",
     "dynamic": "dy",

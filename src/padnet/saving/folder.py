@@ -33,7 +33,7 @@ from torch import nn
 from padnet.errors import CheckpointError, ConfigError, first_line
 from padnet.layers.modes import PartialMode
 from padnet.layers.moe import MAX_EXPERTS
-from padnet.layers.registry import OPTION_RANGES
+from padnet.layers.options import OPTION_RANGES
 from padnet.models import create_model
 from padnet.saving.fileio import atomic_path, parse_json, write_json
 

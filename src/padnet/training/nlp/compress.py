@@ -83,13 +83,17 @@ class CompressConfig:
         """The [`PadConfig`][padnet.adapter.config.PadConfig] that compresses the experts (partitioned by hand on
         the calibration batches), which defines the defaults and ranges of `kappa`, `granularity` and
         `partition_iterations`."""
+        options = {
+            "kappa": self.kappa,
+            "granularity": self.granularity,
+            "partition_iterations": self.partition_iterations,
+        }
+        given = {k: v for k, v in options.items() if v is not None}  # None: PadConfig's default
         return PadConfig(
             method=METHODS[self.method],
-            kappa=self.kappa,
-            granularity=self.granularity,
             partition_at="manual",
-            partition_iterations=self.partition_iterations,
             partition_batches=self.calibration_batches,
+            **given,
         )
 
     def validate(self) -> CompressConfig:
