@@ -112,8 +112,12 @@ def _check_recipe(recipe: dict, source: str) -> dict:
 
 
 def build_architecture(recipe: dict, directory: Path) -> nn.Module:
-    """A freshly initialised model of the architecture `recipe` (from [`architecture`][padnet.saving.folder.architecture], read from the
-    folder `directory`). Raises CheckpointError for a malformed or unknown architecture."""
+    """A freshly initialised model of the architecture `recipe` (from
+    [`architecture`][padnet.saving.folder.architecture], read from the folder `directory`).
+
+    Raises:
+        CheckpointError: the architecture is malformed or unknown.
+    """
     source = str(directory / CONFIG_FILE)
     if isinstance(recipe.get("padnet"), dict) and len(recipe) == 1:
         try:
@@ -187,8 +191,10 @@ def write_folder(
 ) -> Path:
     """Write a model folder, each file atomically, the record last (a folder with a record is complete).
 
-    `record`: the fields of `padnet_config.json` but the format; `model`: the saved model, whose Hugging
-    Face config is written beside it when the record's architecture names a transformers class.
+    Args:
+        record: The fields of `padnet_config.json` but the format.
+        model: The saved model, whose Hugging Face config is written beside it when the record's architecture
+            names a transformers class.
 
     Raises:
         ConfigError: `directory` is a file or cannot be created.
@@ -214,7 +220,11 @@ def write_folder(
 
 
 def read_record(directory: Path) -> dict:
-    """`directory/padnet_config.json`, checked field by field. Raises CheckpointError."""
+    """`directory/padnet_config.json`, checked field by field.
+
+    Raises:
+        CheckpointError: the record is missing, unreadable or has a bad field.
+    """
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(

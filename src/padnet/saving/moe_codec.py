@@ -46,8 +46,12 @@ def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def decode_moe(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of [`encode_moe`][padnet.saving.moe_codec.encode_moe] for `model`'s MoE layers (`tensors` is changed and returned): full
-    expert tensors (zero at static positions) and mask buffers. Raises KeyError for a missing tensor."""
+    """The inverse of [`encode_moe`][padnet.saving.moe_codec.encode_moe] for `model`'s MoE layers (`tensors` is
+    changed and returned): full expert tensors (zero at static positions) and mask buffers.
+
+    Raises:
+        KeyError: a tensor is missing.
+    """
     for name, layer in moe_layers(model):
         if layer.mode == "dynamic":
             continue
