@@ -25,7 +25,8 @@ def init(device: str = "auto") -> Context:
     """Join the process group `torchrun` describes (gloo on CPU, NCCL on GPU) and pick this process's device:
     `"auto"` takes GPU `LOCAL_RANK` when CUDA is available, else the CPU.
 
-    Raises ConfigError for an unknown device or `"cuda"` without a GPU.
+    Raises:
+        ConfigError: an unknown device, or `"cuda"` without a GPU.
     """
     check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():

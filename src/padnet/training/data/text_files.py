@@ -24,8 +24,9 @@ EVAL_NAMES = ("validation", "val", "dev", "test")
 def read_rows(path: Path) -> list[dict]:
     """The rows of a CSV / TSV (header line first), JSON Lines or parquet file as dicts.
 
-    Raises DataError for an unreadable or malformed file (naming the line of a bad JSON row), or pyarrow
-    missing for parquet.
+    Raises:
+        DataError: an unreadable or malformed file (naming the line of a bad JSON row), or pyarrow missing for
+            parquet.
     """
     suffix = path.suffix.lower()
     try:

@@ -68,7 +68,8 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     Args:
         x: uint8 (B, C, H, W) or (C, H, W) tensor, values 0..255 (float input in the same 0..255
             units is accepted too).
-        mean, std: C per-channel values in [0, 1] pixel units.
+        mean: C per-channel means in [0, 1] pixel units.
+        std: C per-channel standard deviations in [0, 1] pixel units.
 
     Returns:
         float32 tensor of the same shape.

@@ -41,7 +41,11 @@ class PadCallback(L.Callback):
 
     Args:
         pad: the [`padnet.PadModel`][padnet.adapter.model.PadModel] the LightningModule trains.
-        partition_data, loss_fn, batch_loss: what mode partition gets when it is due (see
+        partition_data: the batches mode partition gets when it is due (`data` of
+            [`padnet.PadModel.partition`][padnet.adapter.model.PadModel.partition]).
+        loss_fn: the `loss_fn` mode partition gets when it is due (see
+            [`padnet.PadModel.partition`][padnet.adapter.model.PadModel.partition]).
+        batch_loss: the `batch_loss` mode partition gets when it is due (see
             [`padnet.PadModel.partition`][padnet.adapter.model.PadModel.partition]).
     """
 

@@ -38,7 +38,8 @@ class PadTrainerCallback(TrainerCallback):
         pad: the [`padnet.PadModel`][padnet.adapter.model.PadModel] the Trainer trains.
         partition_data: batches for mode partition when it is due (keyword dicts with `labels`; IMP and MP
             need them, and their absence is an error when training starts).
-        loss_fn, batch_loss: as [`padnet.PadModel.partition`][padnet.adapter.model.PadModel.partition].
+        loss_fn: as [`padnet.PadModel.partition`][padnet.adapter.model.PadModel.partition].
+        batch_loss: as [`padnet.PadModel.partition`][padnet.adapter.model.PadModel.partition].
     """
 
     def __init__(

@@ -91,7 +91,9 @@ def task_metrics(metrics, predictions, references, what: str = "metrics") -> dic
     """The named `metrics` (keys of the GLUE metric table: `accuracy`, `f1`, `matthews_correlation`,
     `pearson`, `spearmanr`) plus `score`, their mean, for any task scored like a GLUE task.
 
-    Raises ConfigError as [`glue_metrics`][padnet.training.nlp.glue_metrics.glue_metrics] (`what` names the task in the messages).
+    Raises:
+        ConfigError: as [`glue_metrics`][padnet.training.nlp.glue_metrics.glue_metrics] (`what` names the
+            task in the messages).
     """
     preds = _as_list(predictions, "predictions")
     refs = _as_list(references, "references")
