@@ -33,7 +33,10 @@ def count_parameters(model: nn.Module, compact: bool = True) -> int:
     """Number of parameters (see module docstring); `compact=False` counts every stored element.
 
     Each mode says what a compact model stores of its tensor (`Mode.compact_counts`), in place of its
-    dynamic factors and static parameters. Raises ConfigError for a `model` that is not an `nn.Module`.
+    dynamic factors and static parameters.
+
+    Raises:
+        ConfigError: a `model` that is not an `nn.Module`.
     """
     check_module(model, "count_parameters")
     total = sum(p.numel() for p in model.parameters())

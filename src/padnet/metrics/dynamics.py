@@ -19,8 +19,11 @@ from padnet.layers.modes import MaskedLayer
 
 
 def normalised_performance(values) -> list[float]:
-    """(x − x̄) / x̄ for every x in `values`, x̄ their mean (PAD-Net Fig. 3, footnote 1). Raises ConfigError for
-    no values or a zero mean."""
+    """(x − x̄) / x̄ for every x in `values`, x̄ their mean (PAD-Net Fig. 3, footnote 1).
+
+    Raises:
+        ConfigError: no values, or a zero mean.
+    """
     values = [float(v) for v in values]
     if not values:
         raise ConfigError("normalised performance needs at least one value")
@@ -71,9 +74,18 @@ def run_with_hooks(model: nn.Module, loader, hooks) -> None:
 def output_variances(model: nn.Module, loader, layers: list[str]) -> dict[str, float]:
     """Variance across inputs of each named layer's output, averaged over its elements (PAD-Net Fig. 5b).
 
-    `loader` yields (images, labels); the model runs in eval mode (its mode is restored). Returns layer name →
-    the mean over output elements (C·H'·W') of the population variance over all samples. Raises ConfigError
-    for a name the model does not have.
+    The model runs in eval mode (its mode is restored).
+
+    Args:
+        model: the model to run.
+        loader: yields (images, labels).
+        layers: names of the modules whose outputs are measured.
+
+    Returns:
+        Layer name → the mean over output elements (C·H'·W') of the population variance over all samples.
+
+    Raises:
+        ConfigError: a name the model does not have.
     """
     modules = dict(model.named_modules())
     missing = [n for n in layers if n not in modules]

@@ -33,7 +33,8 @@ HEADS = ("fc.", "classifier.")
 def read_state_dict(source) -> dict[str, torch.Tensor]:
     """Tensors from a mapping, a `.safetensors` file or a tensors-only `torch.save` file.
 
-    Raises CheckpointError for a missing or unreadable file, or one that holds more than tensors.
+    Raises:
+        CheckpointError: a missing or unreadable file, or one that holds more than tensors.
     """
     if isinstance(source, Mapping):
         state = dict(source)
@@ -134,8 +135,9 @@ def _timm_mobilenet(keys) -> dict[str, str]:
 def to_padnet_names(state: dict[str, torch.Tensor], model_name: str) -> dict[str, torch.Tensor]:
     """`state` with its keys renamed to padnet's for model `model_name`.
 
-    Raises ConfigError for an unknown layout, a key that has no padnet name (naming it) and for torchvision /
-    timm weights of ResNet-50, which are ResNet v1.5 (stride on the 3×3 convolution) while padnet's is v1.
+    Raises:
+        ConfigError: an unknown layout, a key that has no padnet name (naming it), or torchvision / timm
+            weights of ResNet-50, which are ResNet v1.5 (stride on the 3×3 convolution) while padnet's is v1.
     """
     layout = detect_layout(state)
     if layout == "padnet":

@@ -41,13 +41,15 @@ def create_model(
         name: `"resnet10"`, `"resnet18"`, `"resnet34"`, `"resnet50"` or `"mobilenetv2"`.
         conv: `"static"`, `"dy"` (DY-Conv, k = 4), `"pad"` (PAD-Net, k = 4), `"condconv"` (k = 8),
             `"odconv"`, `"dcd"`, `"pad-condconv"`, `"pad-odconv"`, `"pad-dcd"` or a registered type.
-        num_classes, in_chans: classifier outputs and input channels.
+        num_classes: classifier outputs.
+        in_chans: input channels.
         width: width multiplier (> 0): ResNet stage widths, MobileNetV2 ×0.5 / ×0.75 / ×1.0.
         stem: `"imagenet"` (224×224 inputs) or `"small"` (28×28 / 32×32).
         pretrained: a state dict, or a `.safetensors` / tensors-only `torch.save` file, in padnet's,
-            torchvision's or timm's key layout ([`padnet.models.pretrained`][padnet.models.pretrained]), mapped by name. The static model
-            is loaded, then its convolutions (all but the stem) become `conv` layers that start from the
-            pretrained kernels (`padnet.convert`); a classifier for another number of classes stays fresh.
+            torchvision's or timm's key layout ([`padnet.models.pretrained`][padnet.models.pretrained]),
+            mapped by name. The static model is loaded, then its convolutions (all but the stem) become `conv`
+            layers that start from the pretrained kernels (`padnet.convert`); a classifier for another number
+            of classes stays fresh.
         **conv_options: options of the dynamic layers (`num_kernels`, `reduction`, `temperature`,
             `granularity`, `scale_mode`).
 

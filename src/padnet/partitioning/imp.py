@@ -259,7 +259,8 @@ def check_separation(tensors, floor: float = SEPARATION_FLOOR) -> float:
     about the learning rate after one training step. Tensors without static parameters (pruning semantics)
     or whose factors are not shaped like Θ̄ are not checked.
 
-    Raises ConfigError naming the remedy (train before partitioning) when the separation is below `floor`.
+    Raises:
+        ConfigError: naming the remedy (train before partitioning), when the separation is below `floor`.
     """
     distance = size = 0.0
     for _, mode, factors in tensors:
