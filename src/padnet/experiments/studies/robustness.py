@@ -32,12 +32,16 @@ def noise_study(
 
     Args:
         runs: the study folder's run cache; `variants` are trained there or reused.
-        variants, labels: name → configuration changes, and name → table label.
-        title, recipe: the page's title and the recipe paragraph under its table.
+        variants: name → configuration changes.
+        labels: name → table label.
+        title: the page's title.
+        recipe: the recipe paragraph under its table.
         sigmas: noise standard deviations (pixel units).
         study: the sub-folder written (`<out>/<study>/results.{md,json,png}`).
 
-    Returns `{"records": [...]}` with, per variant, `top1`: σ (text) → per-seed top-1 (%)."""
+    Returns:
+        `{"records": [...]}` with, per variant, `top1`: σ (text) → per-seed top-1 (%).
+    """
     started = time.perf_counter()
     runs.results(variants)
     test = runs.data[1]
@@ -103,12 +107,22 @@ def transfer_study(
     size; a new classifier).
 
     Args:
-        runs, variants, labels, title, recipe, study: as for [`noise_study`][padnet.experiments.studies.robustness.noise_study].
+        runs: as for [`noise_study`][padnet.experiments.studies.robustness.noise_study].
+        variants: as for [`noise_study`][padnet.experiments.studies.robustness.noise_study].
+        labels: as for [`noise_study`][padnet.experiments.studies.robustness.noise_study].
+        title: as for [`noise_study`][padnet.experiments.studies.robustness.noise_study].
+        recipe: as for [`noise_study`][padnet.experiments.studies.robustness.noise_study].
         target: the data set fine-tuned on (offline: `digits`).
-        epochs, lr: the fine-tuning recipe (SGD, warm-up + cosine, batch 64).
+        epochs: fine-tuning epochs (the recipe: SGD, warm-up + cosine, batch 64).
+        lr: the fine-tuning learning rate (same recipe).
+        study: as for [`noise_study`][padnet.experiments.studies.robustness.noise_study].
 
-    Returns `{"records": [...]}` with per-seed `linear` and `full` top-1 (%). Raises ConfigError, before
-    anything trains, when the target's channel count differs from the source's."""
+    Returns:
+        `{"records": [...]}` with per-seed `linear` and `full` top-1 (%).
+
+    Raises:
+        ConfigError: before anything trains, when the target's channel count differs from the source's.
+    """
     started = time.perf_counter()
     size = runs.data[0].input_shape[1:]
     train, test = (resized(d, size) for d in load_dataset(target, None, False))
