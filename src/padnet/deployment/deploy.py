@@ -31,9 +31,11 @@ def _absorbs_batchnorm(module: nn.Module | None) -> bool:
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(convolution, BatchNorm2d) module names where the BatchNorm is the only consumer of the convolution: an
-    `nn.Conv2d` or a layer that folds BatchNorm itself (`folds_batchnorm`, [`Deployable`][padnet.layers.conv_base.Deployable]).
+    `nn.Conv2d` or a layer that folds BatchNorm itself (`folds_batchnorm`,
+    [`Deployable`][padnet.layers.conv_base.Deployable]).
 
-    Raises ConfigError when the model cannot be traced by `torch.fx` (use `fold_bn=False`).
+    Raises:
+        ConfigError: the model cannot be traced by `torch.fx` (use `fold_bn=False`).
     """
     try:
         graph = _LeafTracer().trace(model)

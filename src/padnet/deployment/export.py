@@ -64,9 +64,17 @@ def _quiet_exporter():
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int | None = None) -> Path:
     """Write `model` (training or deployed form) as one ONNX file with a dynamic batch dimension, atomically.
 
-    `example`: one input batch (B, C, H, W) fixing every other dimension. Uses `torch.onnx.export`
-    (the `torch.export` based exporter, which needs the `onnxscript` package). Input `x`, output `y`.
-    Raises ConfigError for ODConv/DCD layers or a missing exporter dependency.
+    Uses `torch.onnx.export` (the `torch.export` based exporter, which needs the `onnxscript` package). Input
+    `x`, output `y`.
+
+    Args:
+        model: the model to export, training or deployed form.
+        path: the ONNX file written.
+        example: one input batch (B, C, H, W) fixing every other dimension.
+        opset: the ONNX opset version (default: the exporter's).
+
+    Raises:
+        ConfigError: ODConv/DCD layers, or a missing exporter dependency.
     """
     check_exportable(model, onnx=True)
     was_training = model.training
@@ -102,7 +110,8 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
 def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
     """Trace `model` to TorchScript (batched formulation, so any batch size runs) and save it atomically.
 
-    Raises ConfigError for ODConv/DCD layers.
+    Raises:
+        ConfigError: ODConv/DCD layers.
     """
     check_exportable(model)
     was_training = model.training
