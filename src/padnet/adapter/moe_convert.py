@@ -80,6 +80,17 @@ def linear_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] 
     return None
 
 
+@torch.no_grad()
+def set_linear_parts(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Write `weight` (out, in) and `bias` (out,) into an `nn.Linear` or a transformers `Conv1D`: the inverse of
+    [`linear_parts`][padnet.adapter.moe_convert.linear_parts]. A module without a bias keeps none (a bias the
+    layer learnt is then dropped)."""
+    target, _ = linear_parts(module)
+    target.copy_(weight)  # a view: Conv1D's (in, out) storage is written through its transpose
+    if module.bias is not None and bias is not None:
+        module.bias.copy_(bias)
+
+
 def find_ffns(model: nn.Module, patterns=FFN_PATTERNS) -> list[FFNSite]:
     """Every FFN of `model` that matches one of `patterns`, in module order (a module shared by several
     layers, as in ALBERT, is listed once)."""
@@ -227,8 +238,9 @@ def compress_experts(
     **options,
 ) -> list[str]:
     """Replace the banks of experts of a pretrained MoE model (transformers' Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE:
-    [`find_expert_banks`][padnet.layers.experts.find_expert_banks]) with [`ExpertBank`][padnet.layers.experts.ExpertBank], in place.
-    The model's routers (and Qwen2-MoE's shared expert) are kept; Θ̄ starts as the experts' mean
+    [`find_expert_banks`][padnet.layers.experts.find_expert_banks]) with
+    [`ExpertBank`][padnet.layers.experts.ExpertBank], in place. The model's routers (and Qwen2-MoE's shared
+    expert) are kept; Θ̄ starts as the experts' mean
     ([`set_static_by_load`][padnet.adapter.moe_convert.set_static_by_load] re-estimates it from calibration text).
 
     Args:
@@ -238,8 +250,12 @@ def compress_experts(
         names: the banks to replace (default all).
         **options: `scale_mode` of `"pad"`.
 
-    Returns the names of the replaced banks; the model's transformers `save_pretrained` now raises
-    ([`guard_transformers_save`][padnet.adapter.moe_convert.guard_transformers_save]). Raises ConfigError when there is none to replace.
+    Returns:
+        The names of the replaced banks; the model's transformers `save_pretrained` now raises
+            ([`guard_transformers_save`][padnet.adapter.moe_convert.guard_transformers_save]).
+
+    Raises:
+        ConfigError: there is no bank to replace, or a name in `names` is not an expert bank.
     """
     found = find_expert_banks(model)
     banks = found if names is None else list(names)
@@ -263,9 +279,13 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
     """Re-estimate Θ̄ of every PAD-compressed [`ExpertBank`][padnet.layers.experts.ExpertBank] of `model` as the
     experts' mean weighted by the router's load: the number of (token, expert) assignments each expert gets on
     `batches` ([`static_estimate`][padnet.layers.experts.static_estimate]). `forward(model, batch)` runs a batch
-    (default `model(**batch)` for a dict, `model(batch)` otherwise). Returns the loads by bank name.
+    (default `model(**batch)` for a dict, `model(batch)` otherwise).
 
-    Raises ConfigError without such banks or when the batches route no token to a bank.
+    Returns:
+        The loads by bank name.
+
+    Raises:
+        ConfigError: the model has no such banks, or the batches route no token to a bank.
     """
     banks = {
         name: m
