@@ -149,7 +149,10 @@ def mask_structure(mask: torch.Tensor) -> dict[str, float]:
 
     Returns:
         `dynamic_ratio`, `column_agreement`, `row_agreement`, `random_column_agreement`,
-        `random_row_agreement`. Raises ConfigError for a mask that is not 2-D or not binary.
+            `random_row_agreement`.
+
+    Raises:
+        ConfigError: a mask that is not 2-D or not binary.
     """
     if mask.dim() != 2:
         raise ConfigError(f"mask structure needs a 2-D mask, got shape {tuple(mask.shape)}")

@@ -182,9 +182,12 @@ def partition(
             after converting a pretrained model, when every dynamic factor still equals the static parameters.
 
     Returns:
-        A [`PartitionReport`][padnet.partitioning.imp.PartitionReport]. Raises ConfigError for a `model` that is not an `nn.Module`, a bad κ
-        (also one that leaves no dynamic element, [`check_dynamic_elements`][padnet.partitioning.imp.check_dynamic_elements]), method, scope, a model without
-        PAD-Net layers, missing data, or scores without signal.
+        A [`PartitionReport`][padnet.partitioning.imp.PartitionReport].
+
+    Raises:
+        ConfigError: a `model` that is not an `nn.Module`, a bad κ (also one that leaves no dynamic element,
+            [`check_dynamic_elements`][padnet.partitioning.imp.check_dynamic_elements]), method, scope, a model
+            without PAD-Net layers, missing data, or scores without signal.
     """
     check_module(model, "partition")
     kappa = check_kappa(kappa)

@@ -112,8 +112,8 @@ def load_cifar(
 
     Returns:
         Two [`ImageData`][padnet.training.data.images.ImageData]: images uint8 (N, 3, 32, 32) (50000 train / 10000 test for the
-        official files), labels int64 (N,), class names from `spec.names_file` when present;
-        per-channel mean/std measured on train and shared by test.
+            official files), labels int64 (N,), class names from `spec.names_file` when present;
+            per-channel mean/std measured on train and shared by test.
 
     Raises:
         DataError: if the files are not found and `download` is false, a download or extraction

@@ -23,7 +23,7 @@ def load_digits_data() -> tuple[ImageData, ImageData]:
 
     Returns:
         Two [`ImageData`][padnet.training.data.images.ImageData]: images uint8 (N, 1, 8, 8), labels int64 (N,), 10 classes named
-        "0".."9"; mean/std from train, shared by test.
+            "0".."9"; mean/std from train, shared by test.
 
     Raises:
         DataError: if scikit-learn is not installed.

@@ -47,7 +47,7 @@ def load_fashion_mnist(
 
     Returns:
         Two [`ImageData`][padnet.training.data.images.ImageData]: images uint8 (N, 1, 28, 28), labels int64 (N,), 10 classes named
-        [`CLASSES`][padnet.training.data.fashion_mnist.CLASSES]; mean/std measured on train (about 0.286 / 0.353) and shared by test.
+            [`CLASSES`][padnet.training.data.fashion_mnist.CLASSES]; mean/std measured on train (about 0.286 / 0.353) and shared by test.
 
     Raises:
         DataError: if the files are not found and `download` is false, a download fails, or a file

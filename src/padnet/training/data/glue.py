@@ -140,8 +140,8 @@ def load_glue(task: str, split: str, root: str | os.PathLike) -> TextPairs:
 
     Returns:
         [`TextPairs`][padnet.training.data.glue.TextPairs] with N examples: `texts` N tuples of 1 or 2 str (order of
-        `GLUE_TASKS[task].text_keys`), `labels` N ints in `[0, num_labels)` or, for STS-B, N floats.
-        Both layouts give the same ids.
+            `GLUE_TASKS[task].text_keys`), `labels` N ints in `[0, num_labels)` or, for STS-B, N floats.
+            Both layouts give the same ids.
 
     Raises:
         ConfigError: unknown task or split, or a test split (no public labels).

@@ -37,7 +37,7 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
 
     Returns:
         A tensor with the file's shape `dims` and dtype uint8 (code 0x08), int8 (0x09),
-        int16 (0x0B), int32 (0x0C), float32 (0x0D) or float64 (0x0E), in native byte order.
+            int16 (0x0B), int32 (0x0C), float32 (0x0D) or float64 (0x0E), in native byte order.
 
     Raises:
         DataError: naming the file, if it is missing or unreadable, not valid gzip, has a bad

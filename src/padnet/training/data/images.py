@@ -22,8 +22,8 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
     Returns:
         `(mean, std)`, two tuples of C Python floats; `std` is the population standard deviation
-        (divides by N·H·W). Sums are exact int64 sums, so the result does not depend on chunking or
-        thread count.
+            (divides by N·H·W). Sums are exact int64 sums, so the result does not depend on chunking or
+            thread count.
 
     Raises:
         DataError: if `images` is not a non-empty 4-D uint8 tensor (at least one image of at least one pixel).
@@ -122,7 +122,7 @@ class ImageData:
 
         Returns:
             A new [`ImageData`][padnet.training.data.images.ImageData] sharing `num_classes`, `mean`, `std` and `classes`
-            (statistics are NOT recomputed on the subset).
+                (statistics are NOT recomputed on the subset).
 
         Raises:
             ConfigError: if `n < 1`.

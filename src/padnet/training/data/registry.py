@@ -67,7 +67,7 @@ def load_dataset(
 
     Returns:
         `(train, test)`: [`ImageData`][padnet.training.data.images.ImageData] (uint8 images in memory) for all but `imagefolder`,
-        which gives two [`ImageFolder`][padnet.training.data.folder.ImageFolder] data sets (train augmented).
+            which gives two [`ImageFolder`][padnet.training.data.folder.ImageFolder] data sets (train augmented).
 
     Raises:
         ConfigError: unknown `name` (the message lists [`DATASETS`][padnet.training.data.registry.DATASETS]), `imagefolder` or `arrays`

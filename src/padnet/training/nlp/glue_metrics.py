@@ -73,9 +73,9 @@ def glue_metrics(task: str, predictions, references) -> dict[str, float]:
 
     Returns:
         `{metric: value}` with the task's metrics (cola `matthews_correlation`; sst2, mnli, qnli, rte
-        `accuracy`; mrpc, qqp `accuracy` and `f1` of class 1; stsb `pearson` and `spearmanr`)
-        plus `score`, their mean. Plain floats in [-1, 1] (correlations) or [0, 1]; a correlation is
-        nan when either side is constant.
+            `accuracy`; mrpc, qqp `accuracy` and `f1` of class 1; stsb `pearson` and `spearmanr`)
+            plus `score`, their mean. Plain floats in [-1, 1] (correlations) or [0, 1]; a correlation is
+            nan when either side is constant.
 
     Raises:
         ConfigError: unknown task, predictions and references of different lengths or empty, or
