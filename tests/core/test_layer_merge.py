@@ -3,6 +3,7 @@
 which `PadModel.unload` puts back: the static weights λs·Θ̄ of PAD-Net eq. 4, or the weights kept from the
 original convolution)."""
 
+import copy
 import warnings
 
 import pytest
@@ -150,7 +151,7 @@ class _Encoder(nn.Module):
         return self.output.dense(self.intermediate.intermediate_act_fn(self.intermediate.dense(x)))
 
 
-def test_moe_layers_deploy_through_their_own_form_and_unload_keeps_them_with_one_line():
+def test_moe_layers_deploy_through_their_own_form():
     torch.manual_seed(0)
     pad = padnet.get_pad_model(_Encoder(), method="pad-moe", num_experts=4, top_k=2)
     pad.partition(partition="random")
@@ -160,7 +161,76 @@ def test_moe_layers_deploy_through_their_own_form_and_unload_keeps_them_with_one
     assert isinstance(layer, MoEFeedForward) and isinstance(layer.deployed(), DeployedMoE)
     x = torch.randn(5, 8)
     torch.testing.assert_close(padnet.deploy(pad.base_model)(x), pad(x), atol=1e-5, rtol=1e-5)
-    with pytest.warns(UserWarning, match=r"^unload: 1 MoEFeedForward layers have no base form and are kept$"):
-        plain = pad.unload()
-    assert plain.padnet_unloaded == {name: "kept"}
-    torch.testing.assert_close(plain(x), pad(x))
+
+
+def _is_base_encoder(model: nn.Module) -> bool:
+    return (
+        type(model.intermediate.dense) is nn.Linear
+        and isinstance(model.intermediate.intermediate_act_fn, nn.GELU)
+        and type(model.output.dense) is nn.Linear
+    )
+
+
+@pytest.mark.parametrize("method", ["moe", "pad-moe", "moe-p"])
+def test_unload_of_an_upcycled_ffn_gives_the_dense_ffn_back(method):
+    torch.manual_seed(0)
+    original = _Encoder().eval()
+    pad = padnet.get_pad_model(copy.deepcopy(original), method=method, num_experts=4, top_k=2).eval()
+    x = torch.randn(5, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # right after upcycling every expert is the FFN: exact
+        plain = pad.unload().eval()
+    assert _is_base_encoder(plain) and plain.padnet_unloaded == {
+        "intermediate.dense": "static" if method == "pad-moe" else "experts"
+    }
+    torch.testing.assert_close(plain(x), original(x))
+    if method == "moe":
+        return
+    pad.partition(partition="random")
+    with torch.no_grad():  # training makes the experts differ
+        experts = pad.base_model.get_submodule("intermediate.dense").experts
+        experts.add_(0.1 * torch.randn_like(experts))
+    with pytest.warns(UserWarning, match=r"^unload: 1 layers took .*; 1 had dynamic elements, dropped$"):
+        assert _is_base_encoder(pad.unload())
+    pad.set_masks({n: torch.zeros_like(m) for n, m in pad.masks().items()})
+    pad.set_scale_factors(lambda_s=0.7) if method == "pad-moe" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every mask static: every expert is λs·Θ̄ (or zero, MoE-P)
+        plain = pad.unload().eval()
+    torch.testing.assert_close(plain(x), pad(x), atol=1e-6, rtol=1e-5)
+
+
+def _tiny_decoder(family: str):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = {"vocab_size": 60, "max_position_embeddings": 32, "bos_token_id": 1, "eos_token_id": 2}
+    if family == "gpt2":  # two Conv1D maps, weights stored (in, out)
+        config = transformers.GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=32, **common)
+        return transformers.GPT2LMHeadModel(config).eval()
+    shape = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+    if family == "llama":  # a gated block, replaced whole
+        config = transformers.LlamaConfig(intermediate_size=24, head_dim=8, **shape, **common)
+        return transformers.LlamaForCausalLM(config).eval()
+    config = transformers.MixtralConfig(  # a pretrained bank of experts
+        intermediate_size=24, num_local_experts=4, num_experts_per_tok=2, head_dim=8, **shape, **common
+    )
+    return transformers.MixtralForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mixtral"])
+def test_unload_of_a_transformer_gives_its_own_architecture_back(family):
+    original = _tiny_decoder(family)
+    pad = padnet.get_pad_model(copy.deepcopy(original), method="pad-moe").eval()
+    pad.partition(partition="random")
+    ids = torch.randint(3, 60, (2, 10), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # untrained: every expert is still its FFN (bank: exact anyway)
+        plain = pad.unload().eval()
+    kinds = {type(m).__name__ for m in original.modules()}
+    assert {type(m).__name__ for m in plain.modules()} == kinds  # no padnet module left, none missing
+    assert plain.state_dict().keys() == original.state_dict().keys()
+    source = "expert bank" if family == "mixtral" else "static"  # the bank's experts; one FFN's λs·Θ̄
+    assert set(plain.padnet_unloaded.values()) == {source}
+    torch.testing.assert_close(plain(ids).logits, pad(ids).logits, atol=1e-5, rtol=1e-4)
+    if family != "mixtral":  # upcycling changed nothing yet; compressing a bank shares Θ̄, the experts' mean
+        torch.testing.assert_close(plain(ids).logits, original(ids).logits, atol=1e-5, rtol=1e-4)

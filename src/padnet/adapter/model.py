@@ -18,6 +18,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +27,29 @@ from torch.nn.parameter import is_lazy
 
 from padnet.adapter.config import PadConfig
 from padnet.adapter.methods import PadTraining, method_for
-from padnet.adapter.moe_convert import FFN_PATTERNS, compress_experts, replace_ffns, require_ffns
+from padnet.adapter.moe_convert import (
+    FFN_PATTERNS,
+    FFNSite,
+    compress_experts,
+    replace_ffns,
+    require_ffns,
+    set_linear_parts,
+)
 from padnet.adapter.statistics import recalibrate_batchnorm
 from padnet.deployment.deploy import deploy
 from padnet.errors import CheckpointError, ConfigError, check_module, deprecated, first_line
 from padnet.layers.conv_base import BASE_SOURCES, DynamicConvBase
 from padnet.layers.deployed import DeployedConv2d
-from padnet.layers.experts import find_expert_banks
+from padnet.layers.experts import ExpertBank, find_expert_banks
 from padnet.layers.modes import PartialMode, ScaleFactors
-from padnet.layers.moe import DeployedMoE, MoEFeedForward, auxiliary_loss, moe_layers, reset_aux_losses
+from padnet.layers.moe import (
+    DeployedMoE,
+    MoEFeedForward,
+    auxiliary_loss,
+    moe_layers,
+    reset_aux_losses,
+    split_neurons,
+)
 from padnet.layers.registry import resolve_conv
 from padnet.layers.surgery import find_convs, replace_convs
 from padnet.metrics.counting import count_flops, count_parameters
@@ -57,15 +72,16 @@ def _selected(name: str, targets: list[str] | None, exclude) -> bool:
     )
 
 
-def _convert(model: nn.Module, config: PadConfig) -> list[str]:
-    """Apply `config` to `model` in place; the names of the modules it replaced."""
+def _convert(model: nn.Module, config: PadConfig) -> tuple[list[str], dict[str, BaseModules]]:
+    """Apply `config` to `model` in place; the names of the modules it replaced, and for an MoE method the
+    modules they replaced (as empty skeletons, [`BaseModules`][padnet.adapter.model.BaseModules])."""
     if config.family == "conv":
         layer_type = resolve_conv(config.method)[0]
         built = [n for n, m in model.named_modules() if isinstance(m, DynamicConvBase)]
         if built and config.target_modules == "auto":  # e.g. create_model(..., conv="pad"): already converted
             for name in built:
                 _check_built(name, model.get_submodule(name), layer_type, config)
-            return built
+            return built, {}
         stem = config.target_modules == "auto"  # leave the first convolution static
         found = find_convs(
             model,
@@ -86,7 +102,7 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
             targets=_targets(config),
             **config.layer_kwargs(),
         )
-        return [name for name, _ in found]
+        return [name for name, _ in found], {}
     targets = _targets(config)
     banks = find_expert_banks(model)
     if banks:  # a pretrained MoE: compress its own experts, keep its routers
@@ -99,7 +115,11 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
         _check_own_experts(model, banks, config)
         options = config.layer_kwargs()
         extra = {"scale_mode": options["scale_mode"]} if "scale_mode" in options else {}
-        return compress_experts(model, options["mode"], options.get("granularity", "element"), banks, **extra)
+        originals = {name: BaseModules({"bank": model.get_submodule(name)}) for name in banks}
+        converted = compress_experts(
+            model, options["mode"], options.get("granularity", "element"), banks, **extra
+        )
+        return converted, _skeletons(originals)
     patterns = [tuple(p) for p in config.ffn_patterns] if config.ffn_patterns else FFN_PATTERNS
     sites = require_ffns(model, patterns)
     chosen = [i for i, site in enumerate(sites) if _selected(site.moe, targets, config.exclude_modules)]
@@ -108,12 +128,81 @@ def _convert(model: nn.Module, config: PadConfig) -> list[str]:
             f"{type(model).__name__} has no feed-forward block that target_modules selects "
             f"({len(sites)} found)"
         )
+    originals = {sites[i].moe: BaseModules.of(model, sites[i]) for i in chosen}
     replace_ffns(model, layers=chosen, patterns=patterns, **config.layer_kwargs())
     if not config.init_from_pretrained:
         for i in chosen:
             layer = model.get_submodule(sites[i].moe)
             nn.init.normal_(layer.experts, std=0.02)
-    return [sites[i].moe for i in chosen]
+    return [sites[i].moe for i in chosen], _skeletons(originals)
+
+
+class BaseModules(NamedTuple):
+    """The modules an MoE method replaced at one place, kept as skeletons on the meta device (no memory) so that
+    [`PadModel.unload`][padnet.adapter.model.PadModel.unload] can put the base architecture back.
+
+    Attributes:
+        modules: by role: `"up"` and `"down"` (an FFN's two linears, replaced by the MoE layer and an
+            identity), `"block"` (a gated FFN block, replaced whole) or `"bank"` (a pretrained MoE's bank of
+            experts, replaced by an [`ExpertBank`][padnet.layers.experts.ExpertBank]).
+        site: the FFN's [`FFNSite`][padnet.adapter.moe_convert.FFNSite] (None for a bank).
+    """
+
+    modules: dict[str, nn.Module]
+    site: FFNSite | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module, site: FFNSite) -> BaseModules:
+        """The modules of `model` that upcycling the FFN at `site` replaces."""
+        if site.block is not None:
+            return cls({"block": model.get_submodule(site.block)}, site)
+        return cls({"up": model.get_submodule(site.up), "down": model.get_submodule(site.down)}, site)
+
+
+def _skeletons(originals: dict[str, BaseModules]) -> dict[str, BaseModules]:
+    """`originals` with every module moved to the meta device: the converted layers hold copies of the weights
+    (and share only parameter-free activations), so the replaced modules keep their structure, not their
+    memory."""
+    for base in originals.values():
+        for module in base.modules.values():
+            module.to("meta")
+    return originals
+
+
+@torch.no_grad()
+def _restore_moe(model: nn.Module, name: str, layer: nn.Module, base: BaseModules) -> tuple[str, bool]:
+    """Put the modules an MoE method replaced at `name` back into `model` (a copy), holding `layer`'s weights
+    in the base layout; returns (source, exact) as [`PadModel.unload`][padnet.adapter.model.PadModel.unload]
+    records them."""
+    skeletons = {role: copy.deepcopy(m) for role, m in base.modules.items()}
+    if isinstance(layer, ExpertBank):
+        gate_up, down, exact = layer.bank_weights()
+        bank = skeletons["bank"].to_empty(device=gate_up.device)
+        bank.gate_up_proj.copy_(gate_up)
+        bank.down_proj.copy_(down)
+        model.set_submodule(name, bank)
+        return "expert bank", exact
+    neurons, bias, source, exact = layer.dense_weights()
+    parts = split_neurons(neurons, layer.gated)
+    site = base.site
+    if site.block is not None:
+        block = skeletons["block"].to_empty(device=neurons.device)
+        inner = {
+            role: block.get_submodule(getattr(site, role)[len(site.block) + 1 :])
+            for role in ("gate", "up", "down")
+        }
+        set_linear_parts(inner["gate"], parts.w_in.t(), parts.b_in)
+        set_linear_parts(inner["up"], parts.w_up.t(), parts.b_up)
+        set_linear_parts(inner["down"], parts.w_out, bias)
+        model.set_submodule(site.block, block)
+        return source, exact
+    up, down = (skeletons[role].to_empty(device=neurons.device) for role in ("up", "down"))
+    set_linear_parts(up, parts.w_in.t(), parts.b_in)
+    set_linear_parts(down, parts.w_out, bias)
+    model.set_submodule(site.up, up)
+    model.set_submodule(site.activation, layer.activation)
+    model.set_submodule(site.down, down)
+    return source, exact
 
 
 def _check_own_experts(model: nn.Module, banks: list[str], config: PadConfig) -> None:
@@ -153,13 +242,19 @@ class PadModel(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, config: PadConfig, converted: list[str], fingerprints: dict[str, str]
+        self,
+        model: nn.Module,
+        config: PadConfig,
+        converted: list[str],
+        fingerprints: dict[str, str],
+        originals: dict[str, BaseModules] | None = None,
     ):
         super().__init__()
         self.base_model = model
         self.pad_config = config
         self.converted = list(converted)
         self._fingerprints = fingerprints
+        self._originals = dict(originals or {})  # a plain dict: the skeletons are not submodules
         self.training_state: PadTraining | None = None
         self.partition_report: PartitionReport | None = None
 
@@ -490,55 +585,54 @@ class PadModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """The base architecture back: a copy of the wrapped model (this one is unchanged) with every converted
-        convolution replaced by the plain `nn.Conv2d` its layer states
-        ([`base_layer`][padnet.layers.conv_base.DynamicConvBase.base_layer]): weight (Cout, Cin/groups, kh, kw),
-        bias (Cout,) where the layer has one, the original geometry. Never refuses; the weights are
-        ([`BaseForm`][padnet.layers.conv_base.BaseForm]):
+        module replaced by the plain module(s) its layer states. Never refuses; the weights are:
 
-        - PAD-Net forms with static parameters (`"pad"`, `"pad-condconv"`, `"pad-odconv"`, `"pad-dcd"`): the
-          layer with M = 0, i.e. the static part λs · Θ̄ of PAD-Net eq. 4 (with ODConv's static attentions and
-          DCD's static scale and residual folded in) — exact when every mask is static, the dynamic elements
-          dropped otherwise;
-        - DY-Conv, CondConv, ODConv, SD-Conv (and zero mask semantics): the mean of the k kernels, which is the
-          original weight while the kernels are the copies made at conversion;
-        - DCD: its static kernel W₀ (the original weight).
 
-        A layer converted with a padding mode other than zeros stays `nn.Sequential(PadInput, conv)`. MoE layers
-        and expert banks have no base form here (the FFN's linears were replaced at conversion) and are kept.
+        - convolutions ([`base_layer`][padnet.layers.conv_base.DynamicConvBase.base_layer], an `nn.Conv2d` with
+          weight (Cout, Cin/groups, kh, kw), bias (Cout,) where the layer has one, the original geometry):
+          PAD-Net forms with static parameters (`"pad"`, `"pad-condconv"`, `"pad-odconv"`, `"pad-dcd"`) take the
+          layer with M = 0, the static part λs · Θ̄ of PAD-Net eq. 4 (with ODConv's static attentions and DCD's
+          static scale and residual folded in), exact when every mask is static; DY-Conv, CondConv, ODConv,
+          SD-Conv (and zero mask semantics) the mean of the k kernels, the original weight while the kernels are
+          the copies made at conversion; DCD its static kernel W₀;
+        - upcycled FFNs (MoE, PAD-MoE, MoE-P): the FFN's own linears (`nn.Linear` or `Conv1D`, a gated block
+          whole) with PAD-MoE's λs · Θ̄, or the mean of the experts' computational parameters
+          ([`dense_weights`][padnet.layers.moe.MoEFeedForward.dense_weights]); exact when every expert computes
+          the same;
+        - a pretrained MoE's expert banks: the original bank (`gate_up_proj` (E, 2F, H), `down_proj` (E, H, F))
+          holding each expert's computational parameters (PAD-Net eq. 4 per expert), exact unless the
+          compressed experts learnt biases, which the bank has no place for.
+
+        A layer converted with a padding mode other than zeros stays `nn.Sequential(PadInput, conv)`.
 
         Returns:
-            The model, with attribute `padnet_unloaded`: {converted module name: where its weights came from,
-            a key of `BASE_SOURCES` (`"static"`, `"kernels"`, `"W0"`), or `"kept"`}. Unless every layer's base
-            form is exact, one warning says which weights were used, e.g. "unload: 8 layers took their static
-            weights λs·Θ̄ (PAD-Net eq. 4 with M = 0), 1 the mean of their k kernels; 5 had dynamic elements,
-            dropped".
+            The model, with attribute `padnet_unloaded`: {converted module name: where its weights came
+                from, a key of `BASE_SOURCES` (`"static"`, `"kernels"`, `"W0"`, `"experts"`, `"expert bank"`)}.
+                Unless every layer's base form is exact, one warning says which weights were used, e.g.
+                "unload: 8 layers took their static weights λs·Θ̄ (PAD-Net eq. 4 with M = 0); 5 had dynamic
+                elements, dropped".
         """
         model = _copy(self.base_model)
-        sources, taken, kept, dropped = {}, Counter(), Counter(), 0
+        sources, taken, dropped = {}, Counter(), 0
         for name in self.converted:
             module = model.get_submodule(name)
             layer = module[-1] if isinstance(module, nn.Sequential) else module
-            if not isinstance(layer, DynamicConvBase):
-                sources[name] = "kept"
-                kept[type(layer).__name__] += 1
-                continue
-            base = layer.base_layer()
-            sources[name] = base.source
-            taken[base.source] += 1
-            dropped += not base.exact
-            if isinstance(module, nn.Sequential):
-                module[-1] = base.layer
+            if isinstance(layer, DynamicConvBase):
+                base = layer.base_layer()
+                source, exact = base.source, base.exact
+                if isinstance(module, nn.Sequential):
+                    module[-1] = base.layer
+                else:
+                    model.set_submodule(name, base.layer)
             else:
-                model.set_submodule(name, base.layer)
+                source, exact = _restore_moe(model, name, layer, self._originals[name])
+            sources[name] = source
+            taken[source] += 1
+            dropped += not exact
         model.padnet_unloaded = sources
-        if dropped or kept:
-            clauses = [", ".join(f"{n} layers took {BASE_SOURCES[source]}" for source, n in taken.items())]
-            if dropped:
-                clauses.append(f"{dropped} had dynamic elements, dropped")
-            if kept:
-                types = ", ".join(f"{n} {kind}" for kind, n in kept.items())
-                clauses.append(f"{types} layers have no base form and are kept")
-            warnings.warn(f"unload: {'; '.join(c for c in clauses if c)}", stacklevel=2)
+        if dropped:
+            clauses = ", ".join(f"{n} layers took {BASE_SOURCES[source]}" for source, n in taken.items())
+            warnings.warn(f"unload: {clauses}; {dropped} had dynamic elements, dropped", stacklevel=2)
         return model
 
     # ------------------------------------------------------------------ files
@@ -710,9 +804,9 @@ def get_pad_model(model: nn.Module, config: PadConfig | None = None, **options) 
         raise ConfigError(
             f"{lazy} is not initialised yet (a lazy module): run one forward pass before converting"
         )
-    converted = _convert(model, config)
+    converted, originals = _convert(model, config)
     fingerprints = {k: fingerprint(v) for k, v in model.state_dict().items() if not under(k, converted)}
-    return PadModel(model, config, converted, fingerprints)
+    return PadModel(model, config, converted, fingerprints, originals)
 
 
 def _deployed_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:

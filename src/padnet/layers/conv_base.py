@@ -25,6 +25,8 @@ BASE_SOURCES = {
     "static": "their static weights λs·Θ̄ (PAD-Net eq. 4 with M = 0)",
     "kernels": "the mean of their k kernels",
     "W0": "DCD's static kernel W₀",
+    "experts": "the mean of their experts' computational parameters",
+    "expert bank": "their experts' computational parameters (PAD-Net eq. 4 per expert)",
 }
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from padnet.errors import ConfigError
-from padnet.layers.moe import DeployedMoE, MoEFeedForward, Routing
+from padnet.layers.moe import DeployedMoE, MoEFeedForward, Routing, split_neurons
 
 
 def is_expert_bank(module: nn.Module) -> bool:
@@ -126,6 +126,18 @@ class ExpertBank(nn.Module):
             moe.neuron_mode.static.copy_(static_estimate(neurons, static_weights))
             moe.bias_mode.static.zero_()
         return cls(moe)
+
+    @torch.no_grad()
+    def bank_weights(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The experts as transformers stores them, from each expert's computational parameters (PAD-Net eq. 4
+        per expert, [`MoEFeedForward.expert_weights`][padnet.layers.moe.MoEFeedForward.expert_weights]):
+        `(gate_up_proj (E, 2F, H), down_proj (E, H, F), exact)`; `exact` is False when the experts learnt
+        biases, which a bank has no place for."""
+        neurons, bias = self.moe.expert_weights()
+        parts = split_neurons(neurons, gated=True)  # w_in, w_up, w_out: (E, H, F)
+        gate_up = torch.cat([parts.w_in, parts.w_up], dim=2).transpose(1, 2)  # (E, H, 2F) -> (E, 2F, H)
+        exact = not bool(parts.b_in.any() or parts.b_up.any() or bias.any())
+        return gate_up.contiguous(), parts.w_out.contiguous(), exact
 
     def deployed(self, bn: nn.BatchNorm2d | None = None) -> ExpertBank:
         """The bank with its experts in their inference form ([`DeployedMoE`][padnet.layers.moe.DeployedMoE],

@@ -580,6 +580,28 @@ class MoEFeedForward(nn.Module):
             x, routing, *self.computational_parameters(), self.activation, self._kind, self.gated, gate_sums
         )
 
+    @torch.no_grad()
+    def expert_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every expert's computational parameters in full, as the forward pass uses them (PAD-Net eq. 4 per
+        expert: λd · M ⊙ Θᵉ + λs · (1 − M) ⊙ Θ̄; the experts themselves for MoE): neurons (E, R, F) in the
+        layout of [`split_neurons`][padnet.layers.moe.split_neurons] and output biases (E, H)."""
+        neurons, bias, _ = self._dynamic() if self.mode == "dynamic" else self._merged()
+        return neurons.detach(), bias.detach()
+
+    @torch.no_grad()
+    def dense_weights(self) -> tuple[torch.Tensor, torch.Tensor, str, bool]:
+        """The layer as the one dense FFN it was upcycled from: `(neurons (R, F), output bias (H,), source,
+        exact)`. With static parameters (PAD-MoE): λs · Θ̄ (PAD-Net eq. 4 with M = 0), source `"static"`;
+        otherwise (MoE, MoE-P) the mean of the experts' computational parameters, source `"experts"`. `exact`:
+        every expert computes the same (then the routed mixture, whose gates sum to one, is that FFN)."""
+        neurons, bias = self.expert_weights()
+        exact = bool((neurons == neurons[:1]).all() and (bias == bias[:1]).all())
+        if self.mode == "pad":
+            lam_s, _ = self.scale()
+            static = self.bias_mode.static.reshape(self.hidden_size)
+            return self.neuron_mode.static * lam_s, static * lam_s, "static", exact
+        return neurons.mean(0), bias.mean(0), "experts", exact
+
     def deployed(self, bn: nn.BatchNorm2d | None = None) -> DeployedMoE:
         """The inference form, computational parameters merged once (`bn` is never given: the layer does not
         fold BatchNorm): [`DeployedMoE.from_layer`][padnet.layers.moe.DeployedMoE.from_layer]."""
