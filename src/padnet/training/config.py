@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import yaml
 
 from padnet.adapter.config import CONV_METHODS, MAX_EPOCHS, MOE_METHODS, PadConfig, applies, canonical_method
-from padnet.errors import ConfigError, check_choice, deprecated, shown
+from padnet.errors import ConfigError, check_choice, check_seed, deprecated, shown
 from padnet.layers.registry import canonical_conv, effective_option
 from padnet.models.registry import MODELS, STEMS
 from padnet.training.data import DATASETS
@@ -244,7 +244,7 @@ class TrainConfig(MethodOptions):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         # upper bounds: a configuration read from a run directory must not ask for a huge allocation
-        for name, high in (("width", 16), ("epochs", MAX_EPOCHS), ("batch_size", 65_536)):
+        for name, high in (("width", 16), ("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH)):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
         if self.batch_size < 2:
@@ -266,8 +266,7 @@ class TrainConfig(MethodOptions):
         check_image_options(self.dataset, **self.data_options())
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise ConfigError(f"threads must be in [1, {MAX_THREADS}], got {self.threads}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        check_seed(self.seed)
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check_choice("device", self.device, DEVICES)
@@ -349,11 +348,10 @@ class FinetuneConfig(MethodOptions):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        for name, high in (("epochs", MAX_EPOCHS), ("batch_size", 65_536), ("max_length", 8_192)):
+        for name, high in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH), ("max_length", MAX_TOKENS)):
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}, got {getattr(self, name)!r}")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
-            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed!r}")
+        check_seed(self.seed)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -384,6 +382,8 @@ class FinetuneConfig(MethodOptions):
 
 MAX_THREADS = 256  # more would exhaust the process's threads (OpenBLAS fails at about 10^5)
 PATH_KEYS = ("data_root",)  # keys whose value is a folder
+MAX_BATCH = 65_536  # examples per batch
+MAX_TOKENS = 8_192  # tokens per sequence (max_length, block_size)
 
 
 def _kind(cls, name: str) -> tuple[type, bool]:

@@ -44,6 +44,7 @@ from padnet.errors import (
 from padnet.layers.experts import ExpertBank, find_expert_banks
 from padnet.saving.fileio import atomic_path, write_json
 from padnet.saving.moe_codec import encode_moe
+from padnet.training.config import MAX_BATCH, MAX_TOKENS
 from padnet.training.engine.checkpoint import claim_run_dir
 from padnet.training.nlp.finetune import check_weight_files, quiet_transformers
 
@@ -106,8 +107,8 @@ class CompressConfig:
         self.pad_config()
         for name, low, high in (
             ("finetune_steps", 0, MAX_STEPS),
-            ("block_size", 2, 8_192),
-            ("batch_size", 1, 65_536),
+            ("block_size", 2, MAX_TOKENS),
+            ("batch_size", 1, MAX_BATCH),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
