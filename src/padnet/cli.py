@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), cls=None) -> None:
     """One flag per configuration key of `cls` (default `TrainConfig`) but `skip`, and --config; a renamed key's
     old flag is accepted, hidden, and warns."""
-    from padnet.adapter.config import PadConfig
+    from padnet.adapter.config import PadConfig, applies
     from padnet.training.config import TrainConfig, config_keys, renamed_keys
 
     cls = cls or TrainConfig
@@ -40,7 +40,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             group.add_argument(flag, dest=name, nargs="*", default=argparse.SUPPRESS)
             continue
         if owner is PadConfig and cls is not PadConfig:
-            text = f"method option (padnet.PadConfig.{name}); default: {_method_default(cls, name)}"
+            where = ", ".join(m for m in cls.METHODS if applies(name, m))
+            text = (
+                f"method option (padnet.PadConfig.{name}) of {where}; default: {_method_default(cls, name)}"
+            )
         else:
             text = f"default: {default!r}" if default is not dataclasses.MISSING else None
         group.add_argument(flag, dest=name, metavar=name.upper(), default=argparse.SUPPRESS, help=text)
@@ -72,6 +75,17 @@ def _resolve_config(args, preset: dict | None = None, cls=None):
     return config_from_dict(_flags(args, type(cfg)), cfg, "command-line flags").validate()
 
 
+def _given(args, cls) -> set[str]:
+    """The configuration keys a user set (under their current names): every flag, and each key of the --config
+    file whose value differs from the default."""
+    from padnet.training.config import config_keys, load_yaml, renamed_keys
+
+    defaults = {k: d for k, (_, d) in config_keys(cls).items()}
+    given = {k for k, v in (load_yaml(args.config) if args.config else {}).items() if defaults.get(k) != v}
+    renamed = renamed_keys(cls)
+    return {renamed[k][0] if k in renamed else k for k in given | set(_flags(args, cls))}
+
+
 def _flags(args, cls) -> dict:
     """The configuration keys of `cls` given as flags (renamed keys under their old names)."""
     from padnet.training.config import config_keys, renamed_keys
@@ -80,16 +94,11 @@ def _flags(args, cls) -> dict:
 
 
 def cmd_train(args) -> int:
-    from padnet.training.config import TrainConfig, config_keys, load_yaml, renamed_keys
+    from padnet.training.config import TrainConfig
     from padnet.training.engine.trainer import Trainer
 
     cfg = _resolve_config(args)
-    defaults = {k: d for k, (_, d) in config_keys(TrainConfig).items()}
-    # a config file's keys count where they differ from the defaults
-    given = {k for k, v in (load_yaml(args.config) if args.config else {}).items() if defaults.get(k) != v}
-    given |= set(_flags(args, TrainConfig))
-    renamed = renamed_keys(TrainConfig)
-    cfg.check_applies({renamed[k][0] if k in renamed else k for k in given})
+    cfg.check_applies(_given(args, TrainConfig))
     out = Path(args.out or f"runs/{cfg.model}-{cfg.conv}-seed{cfg.seed}")
     trainer = Trainer(cfg, out, resume=args.resume)
     results = trainer.fit()
@@ -170,9 +179,11 @@ def _add_study_command(
 def cmd_compare(args) -> int:
     from padnet.experiments import compare
     from padnet.layers.registry import canonical_conv
+    from padnet.training.config import TrainConfig
 
     cfg, seeds = _recipe_and_seeds(args)
     convs = tuple(canonical_conv(c) for c in args.convs)
+    cfg.check_applies(_given(args, TrainConfig), convs)
     out = Path(args.out)
     compare.run_compare(out, cfg, convs, seeds, log=lambda m: print(m, flush=True))
     print((out / "results.md").read_text())
@@ -221,6 +232,7 @@ def cmd_finetune(args) -> int:
     from padnet.training.nlp.finetune import finetune, save_model, save_results
 
     cfg = _resolve_config(args, cls=FinetuneConfig)
+    cfg.check_applies(_given(args, FinetuneConfig))
     out = Path(args.out or f"runs/{cfg.task}-{cfg.method}-seed{cfg.seed}")
     results = finetune(cfg, run_dir=out, resume=args.resume)
     if not results["main"]:  # data-parallel run: process 0 writes and reports
@@ -243,13 +255,16 @@ def cmd_moe(args) -> int:
     from padnet.training.config import FinetuneConfig
 
     cfg, seeds = _recipe_and_seeds(args, study, FinetuneConfig)
-    methods = args.methods
+    methods = args.methods or study.METHODS
     if args.variants is not None:
         from padnet.errors import deprecated
 
+        if args.methods is not None:
+            raise ConfigError("--variants is the old name of --methods: give --methods only")
         deprecated("--variants", "--methods")
         _, old = FinetuneConfig.RENAMED["variant"]
         methods = [old.get(v, v) for v in args.variants]
+    cfg.check_applies(_given(args, FinetuneConfig), methods)
     records = study.run_moe_compare(args.out, cfg, tuple(methods), seeds)
     for r in records:
         print(
@@ -337,6 +352,7 @@ def cmd_report(args) -> int:
 def cmd_partition(args) -> int:
     import torch
 
+    from padnet.adapter.config import CONV_METHODS
     from padnet.layers.registry import is_partial
     from padnet.parallel import Context
     from padnet.saving.fileio import write_json
@@ -344,8 +360,11 @@ def cmd_partition(args) -> int:
     from padnet.training.engine.trainer import PARTITION_SEED, SideBatches, build_model, pad_model
 
     cfg = _resolve_config(args)
-    if not is_partial(cfg.conv):  # a PAD-Net form to partition (default: over DY-Conv)
+    if cfg.conv == "static":  # no --conv: PAD-Net over DY-Conv
         cfg = cfg.replace(conv="pad")
+    elif not is_partial(cfg.conv):
+        forms = ", ".join(c for c in CONV_METHODS if is_partial(c))
+        raise ConfigError(f"padnet partition needs a PAD-Net form ({forms}), got --conv {cfg.conv}")
     train, _ = load_dataset(cfg.dataset, cfg.data_root, cfg.download, **cfg.data_options())
     torch.manual_seed(cfg.seed)
     pad = pad_model(build_model(cfg, train.num_classes, train.input_shape[0]), cfg)
@@ -573,8 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         nargs="+",
-        default=["dense", "moe", "pad-moe", "moe-p"],
-        help="methods to compare: dense, moe, pad-moe, moe-p",
+        help="methods to compare: dense, moe, pad-moe, moe-p (default all)",
     )
     p.add_argument("--variants", nargs="+", help=argparse.SUPPRESS)  # the old --methods, until 0.3.0
     p.set_defaults(func=cmd_moe)

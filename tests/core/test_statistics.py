@@ -208,10 +208,12 @@ def test_a_run_that_ends_inside_the_anneal_re_estimates_at_its_last_step():
 
 
 def test_dcd_has_no_temperature_to_anneal():
-    config = padnet.PadConfig(method="dcd", temperature_anneal=4, temperature_unit="steps")
-    hooks, calls = _hooks(padnet.convert(_cnn(), "dcd"), config, total_steps=8)
+    with pytest.raises(ConfigError, match="option temperature_anneal does not apply to method 'dcd'"):
+        padnet.PadConfig(method="dcd", temperature_anneal=4, temperature_unit="steps")
+    config = padnet.PadConfig(method="dcd")  # the default anneal of one epoch: nothing to anneal
+    hooks, calls = _hooks(padnet.convert(_cnn(), "dcd"), config, total_steps=8, steps_per_epoch=4)
     _run(hooks, 8)
-    assert calls == []
+    assert calls == [] and hooks.log() == {}
 
 
 def test_a_generator_of_partition_batches_serves_the_partition_and_the_statistics():

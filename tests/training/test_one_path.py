@@ -47,13 +47,20 @@ def test_kappa_has_one_default_read_everywhere():
 def test_the_command_line_help_shows_pad_configs_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert f"--kappa KAPPA method option (padnet.PadConfig.kappa); default: {DEFAULT_KAPPA['conv']}" in out
+    out = " ".join(capsys.readouterr().out.split()).replace("pad- ", "pad-")  # argparse wraps at hyphens
+    assert (
+        "--kappa KAPPA method option (padnet.PadConfig.kappa) of pad, pad-condconv, pad-odconv, pad-dcd;"
+        in out
+    )
+    assert f"pad-dcd; default: {DEFAULT_KAPPA['conv']}" in out
     assert "--temperature-epochs" not in out  # the old key is accepted, not advertised
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert f"--kappa KAPPA method option (padnet.PadConfig.kappa); default: {DEFAULT_KAPPA['moe']}" in out
+    assert (
+        f"--kappa KAPPA method option (padnet.PadConfig.kappa) of pad-moe, moe-p; default: {DEFAULT_KAPPA['moe']}"
+        in out
+    )
 
 
 def test_the_old_temperature_key_warns_and_means_temperature_anneal():
@@ -113,3 +120,64 @@ def test_none_stands_for_the_default_only_where_the_default_is_none():
     with pytest.raises(ConfigError, match="partition_iterations needs a value"):
         PadConfig(method="pad", partition_iterations=None)
     assert PadConfig(method="pad", kappa=None).value("kappa") == DEFAULT_KAPPA["conv"]
+
+
+def test_options_that_depend_on_each_other_are_checked_together():
+    cfg = TrainConfig().replace(conv="pad", partition_at="steps", partition_after=10)
+    assert cfg.pad_config().value("partition_after") == 10
+    local = TrainConfig().replace(
+        conv="pad", partition_align=4, partition_scope="local", granularity="filter"
+    )
+    assert local.pad_config().partition_align == 4
+    assert FinetuneConfig().replace(method="pad-moe", num_experts=1, top_k=1).pad_config().top_k == 1
+    with pytest.raises(ConfigError, match="top_k 3 is larger than num_experts 2"):
+        FinetuneConfig().replace(method="moe", num_experts=2, top_k=3)
+
+
+def test_a_run_saves_only_the_options_its_method_uses(tmp_path, capsys):
+    base = TrainConfig().replace(kappa=0.5, temperature_anneal=2.0)  # a recipe for several methods
+    assert base.replace(conv="dy").applicable().to_dict().get("kappa") is None
+    assert base.replace(conv="dy").applicable().pad_options == {"temperature_anneal": 2.0}
+    assert base.replace(conv="static").applicable().pad_options == {}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--conv", "dy", "--partition-iterations", "3"],
+            "partition_iterations does not apply to conv 'dy'",
+        ),
+        (
+            ["train", "--conv", "dcd", "--temperature-anneal", "3"],
+            "temperature_anneal does not apply to conv 'dcd'",
+        ),
+        (["partition", "--conv", "dy"], "padnet partition needs a PAD-Net form"),
+        (
+            ["train", "--temperature-epochs", "2", "--temperature-anneal", "3", "--conv", "dy"],
+            "give temperature_anneal only",
+        ),
+        (
+            ["compare", "--kappa", "0.5", "--convs", "static", "dy"],
+            "kappa does not apply to any of static, dy",
+        ),
+        (["finetune", "--method", "moe", "--kappa", "0.5"], "kappa does not apply to method 'moe'"),
+        (["moe", "--methods", "dense", "--variants", "pad"], "--variants is the old name of --methods"),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused_in_one_line(tmp_path, capsys, argv, message):
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("padnet: error: ") and message in err[0], err
+
+
+def test_compression_options_are_named_as_the_command_names_them():
+    from padnet.training.nlp.compress import CompressConfig
+
+    with pytest.raises(ConfigError, match=r"calibration_batches must be an integer in \[1, 10000\], got 0"):
+        CompressConfig(calibration_batches=0).validate()
+    with pytest.raises(ConfigError, match="--kappa does not apply to --method merge"):
+        CompressConfig(method="merge", kappa=0.3).validate()
+    assert CompressConfig(method="PadMoE").validate().method == "pad-moe"
+    with pytest.raises(ConfigError, match="'foo' is not a PadConfig option"):
+        PadConfig(method="pad").value("foo")

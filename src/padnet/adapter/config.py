@@ -64,7 +64,14 @@ _APPLIES = {
     "num_kernels": _layers_taking("num_kernels"),
     "reduction": _layers_taking("reduction"),
     "temperature_start": _layers_taking("temperature"),
+    "temperature_end": _layers_taking("temperature"),
+    "temperature_anneal": _layers_taking("temperature"),
+    "temperature_unit": _layers_taking("temperature"),
     "kappa": PARTIAL_METHODS,
+    "partition": PARTIAL_METHODS,
+    "partition_scope": PARTIAL_METHODS,
+    "partition_iterations": PARTIAL_METHODS,
+    "check_scores": PARTIAL_METHODS,
     "granularity": (*_layers_taking("granularity"), "pad-moe", "moe-p"),
     "partition_at": PARTIAL_METHODS,
     "partition_after": PARTIAL_METHODS,
@@ -215,7 +222,8 @@ class PadConfig:
     partition_iterations: int = 5
     """E, the iterations of IMP (PAD-Net eq. 9), in [1, 1000]."""
     partition_batches: int = 10
-    """N, the training batches each importance score averages, in [1, 10⁴]."""
+    """N, the training batches each importance score averages, in [1, 10⁴]; also how many batches the BatchNorm
+    statistics are re-estimated on after the temperature anneal (every dynamic method)."""
     partition_at: str | None = None
     """When training runs the partition: `"start"`, after `partition_after` `"steps"` or `"epochs"`, or
     `"manual"` (call `PadModel.partition` yourself). None: after 1 epoch when the layers start from the model's
@@ -265,7 +273,10 @@ class PadConfig:
         return self.method in PARTIAL_METHODS
 
     def value(self, name: str):
-        """The option `name` as the method uses it: the set value, or the method's default."""
+        """The option `name` as the method uses it: the set value, or the method's default. ConfigError for a
+        name that is not an option."""
+        if name not in {f.name for f in dataclasses.fields(self)}:
+            raise ConfigError(f"{name!r} is not a PadConfig option")
         value = getattr(self, name)
         if value is not None:
             return value
@@ -292,8 +303,9 @@ class PadConfig:
         for f in dataclasses.fields(self):  # None means "the method's default" only where that is the default
             if getattr(self, f.name) is None and f.default is not None:
                 raise ConfigError(f"{f.name} needs a value (None is not one of its values)")
-        for name, methods in _APPLIES.items():
-            if getattr(self, name) is not None and self.method not in methods:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, methods in _APPLIES.items():  # an option that does not apply must keep its default
+            if getattr(self, name) != defaults[name] and self.method not in methods:
                 raise ConfigError(
                     f"option {name} does not apply to method {self.method!r} "
                     f"(it applies to {', '.join(methods) or 'no method'})"
@@ -410,7 +422,9 @@ class PadConfig:
                 f"partition_at {self.partition_at!r} needs partition_after (how many {self.partition_at})"
             )
         if self.sparsity is not None and not (
-            isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1
+            isinstance(self.sparsity, (int, float))
+            and not isinstance(self.sparsity, bool)
+            and 0 <= self.sparsity < 1
         ):
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
         for name in ("budget_weight", "aux_loss_weight"):

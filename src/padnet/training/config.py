@@ -146,16 +146,27 @@ class MethodOptions:
         """A copy with `changes` given as flat keys (run fields and method options alike), validated."""
         return config_from_dict(changes, self, "changes").validate()
 
-    def check_applies(self, given) -> None:
-        """ConfigError for a method option in `given` (keys a user set) that does not apply to this run's method
-        (the applicability of [`PadConfig`][padnet.adapter.config.PadConfig]), e.g. `sparsity` for PAD-Net or
-        `kappa` for DY-Conv: such a value would be ignored without a word."""
+    def applicable(self):
+        """A copy that holds only the method options that apply to its method (what one run saves)."""
+        copied = copy.deepcopy(self)
+        copied.pad_options = {} if self.method == self.PLAIN else self._options_for(self.method)
+        return copied
+
+    def check_applies(self, given, methods=None) -> None:
+        """ConfigError for a method option in `given` (keys a user set) that applies to none of `methods`
+        (default: this run's method; the applicability of [`PadConfig`][padnet.adapter.config.PadConfig]), e.g.
+        `sparsity` for PAD-Net or `kappa` for DY-Conv: such a value would be ignored without a word."""
+        methods = [self.method] if methods is None else list(methods)
+        runs = [canonical_method(m) for m in methods if m != self.PLAIN]
         for key in sorted(set(given) & set(self.pad_options)):
-            if self.method == self.PLAIN or not applies(key, self.method):
-                methods = ", ".join(m for m in self.METHODS if applies(key, m))
-                raise ConfigError(
-                    f"{key} does not apply to {self.METHOD_FIELD} {self.method!r} (it applies to {methods})"
+            if not any(applies(key, m) for m in runs):
+                where = ", ".join(m for m in self.METHODS if applies(key, m))
+                which = (
+                    f"{self.METHOD_FIELD} {methods[0]!r}"
+                    if len(methods) == 1
+                    else f"any of {', '.join(methods)}"
                 )
+                raise ConfigError(f"{key} does not apply to {which} (it applies to {where})")
 
     def check_options(self) -> None:
         """ConfigError unless `pad_options` maps `METHOD_KEYS` to values that
@@ -167,10 +178,8 @@ class MethodOptions:
         unknown = sorted(map(shown, set(options) - set(self.METHOD_KEYS)))
         if unknown:
             raise ConfigError(f"unknown method option(s): {', '.join(unknown)}")
-        for key, value in options.items():
-            method = next(m for m in self.METHODS if applies(key, m))
-            PadConfig(method=method, init_from_pretrained=self.FROM_PRETRAINED, **{key: value})
-        self.pad_config()
+        for method in self.METHODS:  # each method with every option it takes: ranges and combinations
+            PadConfig(method=method, init_from_pretrained=self.FROM_PRETRAINED, **self._options_for(method))
 
 
 @dataclass
@@ -466,6 +475,11 @@ def config_from_dict(data: dict[str, Any], base=None, source: str = "config"):
     unknown = sorted(map(shown, set(data) - set(keys) - set(renamed)))
     if unknown:
         raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
+    both = sorted(old for old, (new, _) in renamed.items() if old in data and new in data)
+    if both:
+        raise ConfigError(
+            f"{both[0]} is the old name of {renamed[both[0]][0]}: give {renamed[both[0]][0]} only"
+        )
     values = {f.name: copy.deepcopy(getattr(base, f.name)) for f in fields(cls)}
     for key, value in data.items():
         if key in renamed:

@@ -245,7 +245,7 @@ class Trainer:
         resume: bool = False,
         data: tuple[ImageData, ImageData] | None = None,
     ):
-        self.cfg = cfg.validate()
+        self.cfg = cfg = cfg.validate().applicable()  # what this run uses, and saves
         self.run_dir = Path(run_dir)
         self.resume = resume
         claim_run_dir(self.run_dir, resume)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from padnet.adapter.config import MAX_STEPS, PadConfig
+from padnet.adapter.config import LIMITS, MAX_STEPS, METHOD_ALIASES, PadConfig
 from padnet.adapter.model import PadModel, get_pad_model
 from padnet.adapter.moe_convert import set_static_by_load
 from padnet.errors import (
@@ -102,10 +102,16 @@ class CompressConfig:
         if self.method in OLD_METHODS:
             deprecated(f"--method {self.method}", f"--method {OLD_METHODS[self.method]}")
             self.method = OLD_METHODS[self.method]
+        if isinstance(self.method, str) and self.method.lower() != "merge":
+            self.method = METHOD_ALIASES.get(self.method.lower(), self.method.lower())
         check_choice("method", self.method, tuple(METHODS))
         check_choice("static", self.static, STATIC_ESTIMATES)
-        self.pad_config()
+        if self.method == "merge" and self.kappa is not None:
+            raise ConfigError(
+                "--kappa does not apply to --method merge (every expert becomes the mean of all)"
+            )
         for name, low, high in (
+            ("calibration_batches", 1, LIMITS["partition_batches"]),
             ("finetune_steps", 0, MAX_STEPS),
             ("block_size", 2, MAX_TOKENS),
             ("batch_size", 1, MAX_BATCH),
@@ -118,6 +124,7 @@ class CompressConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
         if not 0 < self.heldout < 1:
             raise ConfigError(f"heldout must be in (0, 1), got {self.heldout!r}")
+        self.pad_config()
         if self.method == "moe-p" and (self.finetune_steps or self.static != "mean"):
             raise ConfigError("MoE-P (method moe-p) has no static part to estimate by load or fine-tune")
         return self

@@ -241,7 +241,7 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    cfg.validate()
+    cfg = cfg.validate().applicable()  # what this run uses, and saves
     if run_dir is not None:
         claim_run_dir(run_dir, resume)
     set_seed(cfg.seed)
