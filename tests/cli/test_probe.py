@@ -157,3 +157,16 @@ def test_a_damaged_training_state_is_refused_on_resume(capsys, run, tmp_path, ed
     _edit(out / "checkpoint-epoch0001.safetensors", edit)
     _one_error(capsys, ["train", *TINY, "--epochs", "2", "--out", str(out), "--resume"], fragment)
     assert not (out / "results.json").exists()
+
+
+def test_a_damaged_safetensors_header_whose_length_starts_like_a_pickle_is_not_called_one(tmp_path):
+    from padnet.training.engine.checkpoint import looks_pickled
+
+    header = (
+        b'{"a": ' + b" " * (0x180 - 7) + b"}"
+    )  # 0x180 bytes: the length's first byte is 0x80, as a pickle's
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert path.read_bytes()[0] == 0x80 and not looks_pickled(path)
+    path.write_bytes(b"\x80\x04\x95" + b"\x00" * 20)  # protocol 4 pickle
+    assert looks_pickled(path)

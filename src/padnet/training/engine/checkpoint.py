@@ -157,9 +157,13 @@ def save_checkpoint(
 
 def looks_pickled(path: str | Path) -> bool:
     """True when `path` starts like a `torch.save` / TorchScript file (a zip archive) or a raw pickle
-    (protocol 2+). Only asked of files safetensors could not read: a safetensors header length may start 0x80."""
+    (protocol 2+). Only asked of files safetensors could not read. A safetensors file starts with its header's
+    length (8 bytes, little-endian, so the first may be 0x80 like a pickle's) and then the header's `{`: such a
+    file is damaged safetensors, not a pickle."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
+        head = fh.read(9)
+    if len(head) == 9 and head[8:] == b"{":
+        return False
     return head.startswith((b"PK\x03\x04", b"\x80"))
 
 
