@@ -229,8 +229,15 @@ class DynamicConvBase(nn.Module):
 
     def base_layer(self) -> BaseForm:
         """The layer as a plain `nn.Conv2d` and where its weights come from ([`BaseForm`][padnet.layers.conv_base.BaseForm]):
-        what [`PadModel.unload`][padnet.adapter.model.PadModel.unload] puts back. Each layer type states its own."""
-        raise NotImplementedError(f"{type(self).__name__} does not state its base form")
+        what [`PadModel.unload`][padnet.adapter.model.PadModel.unload] puts back. Every padnet layer states its
+        own; a layer registered with `register_conv` that does not is refused.
+
+        Raises:
+            ConfigError: the layer type defines no base form, in one line.
+        """
+        raise ConfigError(
+            f"{type(self).__name__} states no base form: define base_layer() to unload it to an nn.Conv2d"
+        )
 
     def all_static(self) -> bool:
         """Whether the layer is a PAD-Net form whose every mask is static (M = 0): it then computes
