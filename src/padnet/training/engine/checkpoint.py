@@ -24,6 +24,7 @@ from torch import nn
 from padnet.errors import CheckpointError, ConfigError, NonFiniteStateError, first_line
 from padnet.saving.fileio import atomic_path, parse_json, sweep_temporary_files
 from padnet.saving.folder import load_state
+from padnet.training.config import config_from_dict
 
 FORMAT = "padnet-checkpoint-1"
 CHECKPOINT_GLOB = "checkpoint-epoch*.safetensors"
@@ -72,6 +73,18 @@ def changed_keys(saved: dict, current: dict, resumable) -> list[str]:
     """Configuration keys whose saved value differs from the current one, except the `resumable` keys (which
     do not change results) and keys the saved configuration lacks (added since it was written)."""
     return sorted(k for k, v in current.items() if k not in resumable and k in saved and saved[k] != v)
+
+
+def saved_differences(saved: dict, cfg, resumable) -> list[str]:
+    """Keys (other than `resumable`) whose value in the `saved` configuration (flat keys, read from disk)
+    differs from `cfg` (a [`MethodOptions`][padnet.training.config.MethodOptions] configuration) in what the run
+    does ([`effective`][padnet.training.config.MethodOptions.effective]); an unreadable saved configuration
+    differs as a whole."""
+    try:
+        before = config_from_dict(saved, type(cfg)(), "the saved configuration").validate()
+    except ConfigError as exc:
+        return [f"everything (the saved configuration is invalid: {exc})"]
+    return changed_keys(before.effective(), cfg.effective(), resumable)
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool, resumable: bool = True) -> None:

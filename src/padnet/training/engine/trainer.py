@@ -27,7 +27,6 @@ from padnet.training.data import ImageData, load_dataset, make_loader
 from padnet.training.data.images import data_fingerprint
 from padnet.training.distributed import data_parallel, global_batchnorm, init
 from padnet.training.engine.checkpoint import (
-    changed_keys,
     claim_run_dir,
     epoch_checkpoints,
     load_model_state,
@@ -36,6 +35,7 @@ from padnet.training.engine.checkpoint import (
     resume_newest,
     save_checkpoint,
     save_epoch_checkpoint,
+    saved_differences,
 )
 from padnet.training.engine.schedule import build_scheduler
 
@@ -44,14 +44,8 @@ RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "do
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
-    """Keys (other than [`RESUMABLE_CHANGES`][padnet.training.engine.trainer.RESUMABLE_CHANGES]) whose saved
-    value differs from `cfg` in what the run does ([`TrainConfig.effective`][padnet.training.config.TrainConfig.effective]); an unreadable saved configuration
-    differs as a whole."""
-    try:
-        before = config_from_dict(saved, TrainConfig(), "the saved configuration").validate()
-    except ConfigError as exc:
-        return [f"everything (the saved configuration is invalid: {exc})"]
-    return changed_keys(before.effective(), cfg.effective(), RESUMABLE_CHANGES)
+    """`saved_differences` with this command's `RESUMABLE_CHANGES`: what differs between a saved run and `cfg`."""
+    return saved_differences(saved, cfg, RESUMABLE_CHANGES)
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:

@@ -26,10 +26,9 @@ from padnet.errors import MAX_LOSS, CheckpointError, ConfigError, NonFiniteLossE
 from padnet.layers.moe import auxiliary_loss, moe_layers
 from padnet.metrics.counting import count_parameters
 from padnet.saving.fileio import write_json
-from padnet.training.config import FinetuneConfig, config_from_dict
+from padnet.training.config import FinetuneConfig
 from padnet.training.data.text import TASKS, encode, loader
 from padnet.training.engine.checkpoint import (
-    changed_keys,
     claim_run_dir,
     epoch_checkpoints,
     load_model_state,
@@ -37,6 +36,7 @@ from padnet.training.engine.checkpoint import (
     restore_training,
     resume_newest,
     save_epoch_checkpoint,
+    saved_differences,
 )
 from padnet.training.nlp.glue_metrics import task_metrics
 
@@ -183,14 +183,8 @@ def evaluate(model, data, task, accelerator=None) -> dict[str, float]:
 
 
 def config_differences(saved: dict, cfg: FinetuneConfig) -> list[str]:
-    """Keys (other than `RESUMABLE_CHANGES`) whose saved value differs from `cfg` in what the run does
-    ([`effective`][padnet.training.config.MethodOptions.effective]); an unreadable saved configuration differs as
-    a whole."""
-    try:
-        before = config_from_dict(saved, FinetuneConfig(), "the saved configuration").validate()
-    except ConfigError as exc:
-        return [f"everything (the saved configuration is invalid: {exc})"]
-    return changed_keys(before.effective(), cfg.effective(), RESUMABLE_CHANGES)
+    """`saved_differences` with this command's `RESUMABLE_CHANGES`: what differs between a saved run and `cfg`."""
+    return saved_differences(saved, cfg, RESUMABLE_CHANGES)
 
 
 def _resume(path: Path, cfg: FinetuneConfig, model, optimizer, scheduler, generator) -> dict:
