@@ -14,14 +14,21 @@ from torch import nn
 from padnet.errors import ConfigError, check_choice
 from padnet.layers.options import check_size_option
 
-ROUTINGS = ("softmax", "sigmoid")
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, dim=-1)
+
+
+ROUTING_FUNCTIONS = {"softmax": _softmax, "sigmoid": torch.sigmoid}  # DY-Conv's and CondConv's normalisation
+ROUTINGS = tuple(ROUTING_FUNCTIONS)
 
 
 class TemperatureRouting(nn.Module):
     """Base of every input-dependent routing branch whose logits are divided by a temperature T.
 
     Holds the `temperature` buffer (a 0-d float, dimensionless, > 0) that
-    [`set_temperature`][padnet.layers.attention.set_temperature] and the trainer's annealing schedule update.
+    [`set_temperature`][padnet.layers.attention.set_temperature] and the trainer's annealing schedule update
+    (a buffer, so a compiled model does not recompile when it changes).
     """
 
     def __init__(self, temperature: float = 30.0):
@@ -39,6 +46,14 @@ class TemperatureRouting(nn.Module):
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature.fill_(float(temperature))
 
+    def normalise(self, logits: torch.Tensor, activation, like: torch.Tensor) -> torch.Tensor:
+        """`activation(logits / T)` computed in float32 (also inside `torch.autocast` and in a model cast to
+        half precision: at T = 30 the logits' differences are what bfloat16 rounds away), returned in the
+        dtype of `like` (the routing's input), as transformers' Mixtral keeps its router in float32."""
+        with torch.autocast(logits.device.type, enabled=False):
+            out = activation(logits.float() / self.temperature.float())
+        return out.to(like.dtype)
+
 
 class KernelAttention(TemperatureRouting):
     """Squeeze-and-excitation attention over k kernels.
@@ -52,7 +67,8 @@ class KernelAttention(TemperatureRouting):
         routing: `"softmax"` (DY-Conv) or `"sigmoid"` (CondConv; the temperature divides the logits too).
         min_hidden: lower bound of the hidden width.
 
-    Input (B, C, H, W) → coefficients π (B, k).
+    Input (B, C, H, W) → coefficients π (B, k) in the input's dtype, normalised in float32
+    ([`normalise`][padnet.layers.attention.TemperatureRouting.normalise]).
     """
 
     def __init__(
@@ -69,6 +85,7 @@ class KernelAttention(TemperatureRouting):
         check_size_option("num_kernels", num_kernels)
         check_size_option("reduction", reduction)
         self.routing, self.reduction = routing, reduction
+        self._normalise = ROUTING_FUNCTIONS[routing]
         if reduction == 0:
             hidden, self.fc1, self.act = in_channels, nn.Identity(), nn.Identity()
         else:
@@ -79,8 +96,7 @@ class KernelAttention(TemperatureRouting):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = x.mean(dim=(2, 3))  # (B, C)
         logits = self.fc2(self.act(self.fc1(pooled)))  # (B, k)
-        logits = logits / self.temperature
-        return torch.sigmoid(logits) if self.routing == "sigmoid" else torch.softmax(logits, dim=1)
+        return self.normalise(logits, self._normalise, x)
 
 
 class TemperatureSchedule:

@@ -183,6 +183,17 @@ class DynamicConvBase(nn.Module):
             if value is not None and mode.static is not None:
                 mode.static.copy_(value)
 
+    def _apply(self, fn, recurse=True):
+        """`nn.Module._apply` (what `.to()`, `.half()`, `.cuda()` and `to_empty` run) with each 5-d kernel bank
+        (k, Cout, Cin/g, kh, kw) — and its masks — converted as the k·Cout filters it holds: `model.to(
+        memory_format=torch.channels_last)` then lays every kernel out channels_last (torch refuses 5-d
+        tensors for that format) and keeps the 5-d shape."""
+
+        def per_filter(t: torch.Tensor) -> torch.Tensor:
+            return fn(t.flatten(0, 1)).unflatten(0, t.shape[:2]) if t.dim() == 5 else fn(t)
+
+        return super()._apply(per_filter, recurse)
+
     def update_temperature(self, temperature: float) -> None:
         """Set the temperature T of the layer's routing branches (none for DCD)."""
         for module in self.modules():

@@ -39,6 +39,7 @@ from torch import nn
 from padnet.errors import ConfigError
 from padnet.layers.conv_base import BaseForm, DynamicConvBase
 from padnet.layers.deployed import bn_affine
+from padnet.layers.formulations import keep_format
 from padnet.layers.options import check_size_option
 from padnet.layers.vectors import DynamicVector
 
@@ -141,7 +142,7 @@ class DCDConv2d(DynamicConvBase):
             z = self.q_norm(F.conv2d(x, self.q, None, self.stride))  # z = BN(Qᵀx): (B, L, H', W')
             fused = torch.bmm(fusion, z.flatten(2)).reshape(z.shape)  # Φ z: (B, L, H'·W') → (B, L, H', W')
             out = out + F.conv2d(self.fusion_norm(fused) + z, self.p)  # identity path: + z
-        return out if self.bias is None else out + self.bias[:, None, None]
+        return keep_format(out if self.bias is None else out + self.bias[:, None, None], x)
 
     @torch.no_grad()
     def init_kernels_(self, init_fn) -> None:

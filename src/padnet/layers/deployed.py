@@ -222,7 +222,7 @@ class DeployedConv2d(forms.FormulationChoice, DynamicConvBase):
         dynamic = torch.zeros(self.out_channels, dtype=torch.bool, device=index.device).index_fill_(
             0, index, True
         )
-        return StructuredSplit.of(dynamic)
+        return StructuredSplit.of(dynamic, self.static_weight.shape[0])
 
     def dense_kernels(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Dynamic factors scattered to full kernels (k, Cout, Cin/g, kh, kw) and the full static kernel or

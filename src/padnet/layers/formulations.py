@@ -107,6 +107,15 @@ def batched(
     return torch.einsum("bn,bgnchw->bgchw", coeffs, out).reshape(batch, cout, *out.shape[4:])
 
 
+def keep_format(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`out` (B, C', H', W') in the memory format of the layer input `x`: channels_last when `x` is
+    channels_last (and not also contiguous), so a dynamic layer keeps the format of the network around it as
+    `nn.Conv2d` does. The formulations' reshapes work in the contiguous format."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def rule(batch: int, pixels: int, grad: bool) -> str:
     """The formulation measured fastest here for a batch of `batch` maps of `pixels` output pixels.
 
@@ -177,12 +186,17 @@ class FormulationChoice:
     _rule = staticmethod(rule)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x, self.path_for(x.shape))
+        return keep_format(self.run(x, self.path_for(x.shape)), x)
 
     def path_for(self, shape: torch.Size) -> str:
-        """The formulation for inputs of `shape` in the current grad mode (decided once, then cached)."""
+        """The formulation for inputs of `shape` in the current grad mode (decided once, then cached). While
+        `torch.compile` traces, `"auto"` follows the layer's rule only: a graph that read the per-shape cache
+        (and [`autotune`][padnet.layers.autotune.autotune]'s eager measurements in it) would recompile whenever
+        an eager call added to it."""
         if self._formulation != "auto":
             return self._formulation
+        if torch.compiler.is_compiling():  # the rule alone: a graph guarded on the cache would recompile
+            return self._rule(shape[0], math.prod(self.output_size(shape[2:])), torch.is_grad_enabled())
         key = (tuple(shape), torch.is_grad_enabled())
         path = self._paths.get(key)
         if path is None:

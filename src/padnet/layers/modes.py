@@ -60,10 +60,18 @@ class StructuredSplit(NamedTuple):
     inverse: torch.Tensor
 
     @classmethod
-    def of(cls, dynamic: torch.Tensor) -> StructuredSplit:
-        """The split of a boolean vector (n,) that is True at dynamic slices."""
-        static_idx, dynamic_idx = (~dynamic).nonzero().flatten(), dynamic.nonzero().flatten()
-        return cls(static_idx, dynamic_idx, torch.argsort(torch.cat([static_idx, dynamic_idx])))
+    def of(cls, dynamic: torch.Tensor, num_static: int | None = None) -> StructuredSplit:
+        """The split of a boolean vector (n,) that is True at dynamic slices. With `num_static` (the count of
+        False values, known from a parameter's shape) no shape depends on the vector's values, so
+        `torch.compile` and `torch.export` trace it (sorting puts the static slices first, each part in ascending
+        order)."""
+        if num_static is None:
+            static_idx, dynamic_idx = (~dynamic).nonzero().flatten(), dynamic.nonzero().flatten()
+            return cls(static_idx, dynamic_idx, torch.argsort(torch.cat([static_idx, dynamic_idx])))
+        n = dynamic.shape[0]
+        # distinct keys (static slices first, each part by position): a plain sort, which ONNX also exports
+        order = torch.argsort(dynamic.long() * n + torch.arange(n, device=dynamic.device))
+        return cls(order[:num_static], order[num_static:], torch.argsort(order))
 
 
 class SplitCache:
@@ -71,8 +79,9 @@ class SplitCache:
 
     The one cache rule of every structured fast path (PAD-Net convolution, its deployed form, PAD-MoE): the key
     (a boolean vector of dynamic slices, or the deployed layer's dynamic indices) is compared with the last one at
-    each call, so a mask written in any way (`copy_`, replaced, loaded) is seen. While
-    `torch.compile`/`torch.export` traces, the split of the last eager call is a constant.
+    each eager call, so a mask written in any way (`copy_`, replaced, loaded) is seen. While `torch.compile` or
+    `torch.export` traces, the split is built in the graph from the key (never a constant of an earlier call,
+    which a later mask change would leave stale), so only a `build` whose shapes the key's shape fixes traces.
     """
 
     def __init__(self):
@@ -81,8 +90,8 @@ class SplitCache:
 
     def __call__(self, key: torch.Tensor, build=StructuredSplit.of) -> StructuredSplit:
         """The split `build(key)` (default: `key` is the boolean vector of dynamic slices), cached."""
-        if self._split is not None and torch.compiler.is_compiling():
-            return self._split
+        if torch.compiler.is_compiling():
+            return build(key)
         if self._key is None or self._key.device != key.device or not torch.equal(key, self._key):
             self._split, self._key = build(key), key.clone()
         return self._split
@@ -133,6 +142,39 @@ class Mode(Protocol):
         layer with `pixels` output positions (see [`padnet.metrics.counting`][padnet.metrics.counting])."""
 
 
+def scalar_parameter(value: float) -> nn.Parameter:
+    """A trainable scalar (φ, λs, λd, SD-Conv's τ) stored as a 1-D tensor of one element: FSDP2's
+    `fully_shard` shards every parameter along its first dimension and refuses 0-d ones. Register
+    [`accept_scalars`][padnet.layers.modes.accept_scalars] on the module so state dicts saved with 0-d values
+    (earlier padnet versions) still load."""
+    return nn.Parameter(torch.full((1,), float(value)))
+
+
+def widen_scalars(state: dict, reference: dict) -> dict:
+    """`state` with each 0-d tensor whose `reference` counterpart has shape (1,) reshaped to (1,): state dicts
+    saved before the scalars became [`scalar_parameter`][padnet.layers.modes.scalar_parameter]s load."""
+    return {
+        key: value.reshape(1)
+        if isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and key in reference
+        and reference[key].shape == (1,)
+        else value
+        for key, value in state.items()
+    }
+
+
+def _widen_own_scalars(module, state_dict, prefix, *args) -> None:
+    own = {prefix + name: param for name, param in module.named_parameters(recurse=False)}
+    state_dict.update(widen_scalars({k: state_dict[k] for k in own if k in state_dict}, own))
+
+
+def accept_scalars(module: nn.Module) -> None:
+    """Let `module.load_state_dict` take a 0-d tensor for each of its one-element parameters
+    ([`widen_scalars`][padnet.layers.modes.widen_scalars])."""
+    module.register_load_state_dict_pre_hook(_widen_own_scalars)
+
+
 class ScaleFactors(nn.Module):
     """Trainable scale factors (λs, λd) of one layer (PAD-Net eq. 4, ablation of Table 3).
 
@@ -140,7 +182,9 @@ class ScaleFactors(nn.Module):
         mode: one of `SCALE_MODES`. `"constrained"` holds one scalar φ (init 0 → λs = λd = 1)
             with λd = 2·sigmoid(φ) and λs = 2 − λd.
 
-    `forward()` returns `(lambda_s, lambda_d)` as 0-d tensors.
+    φ, λs and λd are parameters of shape (1,) ([`scalar_parameter`][padnet.layers.modes.scalar_parameter]).
+    `forward()` returns `(lambda_s, lambda_d)` as 0-d float32 tensors, computed in float32 also inside
+    `torch.autocast` and in a model cast to bfloat16 (the sigmoid of φ is where half precision would round).
     """
 
     def __init__(self, mode: str = "constrained"):
@@ -149,31 +193,34 @@ class ScaleFactors(nn.Module):
         self.mode = mode
         self.register_buffer("one", torch.ones(()), persistent=False)
         if mode == "constrained":
-            self.phi = nn.Parameter(torch.zeros(()))
+            self.phi = scalar_parameter(0.0)
         if mode in ("both", "static"):
-            self.lambda_s = nn.Parameter(torch.ones(()))
+            self.lambda_s = scalar_parameter(1.0)
         if mode in ("both", "dynamic"):
-            self.lambda_d = nn.Parameter(torch.ones(()))
+            self.lambda_d = scalar_parameter(1.0)
+        accept_scalars(self)
         self._pick = f"_{mode}"  # the method forward() calls, chosen once (a name, so copies stay correct)
 
     def _constrained(self) -> tuple[torch.Tensor, torch.Tensor]:
-        lam_d = 2.0 * torch.sigmoid(self.phi)
+        lam_d = 2.0 * torch.sigmoid(self.phi.float())
         return 2.0 - lam_d, lam_d
 
     def _both(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lambda_s, self.lambda_d
+        return self.lambda_s.float(), self.lambda_d.float()
 
     def _static(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lambda_s, self.one
+        return self.lambda_s.float(), self.one.float()
 
     def _dynamic(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.one, self.lambda_d
+        return self.one.float(), self.lambda_d.float()
 
     def _none(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.one, self.one
+        return self.one.float(), self.one.float()
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self, self._pick)()
+        with torch.autocast(self.one.device.type, enabled=False):
+            lam_s, lam_d = getattr(self, self._pick)()
+        return lam_s.reshape(()), lam_d.reshape(())
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
@@ -316,9 +363,10 @@ class PartialMode(nn.Module):
 
     def structured_split(self) -> StructuredSplit | None:
         """The static and dynamic filters (`"filter"`) or neurons (`"neuron"`) of the mask, cached per mask
-        pattern ([`SplitCache`][padnet.layers.modes.SplitCache]); None for element masks and while mode partition differentiates a
-        relaxed mask (the merged form keeps ∂L/∂M)."""
-        if not self._structured or self.mask.requires_grad:
+        pattern ([`SplitCache`][padnet.layers.modes.SplitCache]); None for element masks, while mode partition
+        differentiates a relaxed mask (the merged form keeps ∂L/∂M) and while `torch.compile` traces (the
+        split's sizes depend on the mask's values; the element-wise form computes the same)."""
+        if not self._structured or self.mask.requires_grad or torch.compiler.is_compiling():
             return None
         return self._splits(self.mask.reshape(-1) > 0)
 

@@ -16,7 +16,8 @@ shared by all tokens and dynamic neurons form E narrower experts. `mode="prune"`
 zeroes the masked elements instead.
 
 Dispatch is dropless: the N·k (token, expert) pairs are sorted by expert and each expert runs one matmul
-per linear on its contiguous block (docs/moe.md has the speed measured here).
+per linear on its contiguous block ([`padnet.layers.grouped_experts`][padnet.layers.grouped_experts], which also
+compiles it; docs/moe.md has the speed measured here). The router runs in float32 inside `torch.autocast`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from padnet.errors import ConfigError, check_choice
+from padnet.layers.grouped_experts import (
+    activation_kind,
+    dispatch,
+    neuron_ffn,
+    neuron_rows,
+    split_neurons,
+)
 from padnet.layers.modes import ScaleFactors, make_mode
 
 MOE_MODES = ("dynamic", "pad", "prune")
@@ -41,9 +48,9 @@ class Routing(NamedTuple):
 
     Attributes:
         indices: expert ids, (N, k).
-        gates: weights summing to 1 per token, (N, k).
-        importance: summed gates, (E,).
-        load: (smooth) token counts per expert, (E,).
+        gates: weights summing to 1 per token, (N, k); float32 from padnet's router.
+        importance: summed gates, (E,), float32.
+        load: (smooth) token counts per expert, (E,), float32.
     """
 
     indices: torch.Tensor
@@ -104,10 +111,16 @@ class NoisyTopKRouter(nn.Module):
         self.noise_weight = nn.Parameter(torch.zeros(hidden_size, num_experts)) if noisy else None
 
     def forward(self, x: torch.Tensor) -> Routing:
-        clean = x @ self.weight  # (N, E)
+        # in float32 also inside torch.autocast and in a half-precision model (as transformers' Mixtral routes):
+        # near-equal logits decide the top k, and the gates, importance and load feed the balancing loss
+        with torch.autocast(x.device.type, enabled=False):
+            return self._route(x.float())
+
+    def _route(self, x: torch.Tensor) -> Routing:
+        clean = x @ self.weight.float()  # (N, E)
         noisy = self.training and self.noise_weight is not None
         if noisy:
-            std = F.softplus(x @ self.noise_weight) + self.noise_epsilon
+            std = F.softplus(x @ self.noise_weight.float()) + self.noise_epsilon
             logits = clean + torch.randn_like(clean) * std
         else:
             logits = clean
@@ -124,180 +137,11 @@ class NoisyTopKRouter(nn.Module):
             p_out = torch.special.ndtr((clean - threshold_out) / std)
             load = torch.where(is_in, p_in, p_out).sum(0)
         else:
-            load = (dense > 0).sum(0).to(x.dtype)
+            load = (dense > 0).sum(0).float()
         return Routing(indices[:, :k], gates, importance, load)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, top_k={self.top_k}, noisy={self.noise_weight is not None}"
-
-
-class NeuronParts(NamedTuple):
-    """An FFN's weights as views of its neuron columns (..., R, F), column j holding what neuron j owns.
-
-    Attributes:
-        w_in: (..., H, F), the first map W1ᵀ, or the gate Wgᵀ of a gated FFN.
-        b_in: (..., F), the first map's bias b1, or the gate's bg.
-        w_up: the up map of a gated FFN Wuᵀ, else None.
-        b_up: the up map's bias bu of a gated FFN, else None.
-        w_out: (..., H, F), the second map W2.
-    """
-
-    w_in: torch.Tensor
-    b_in: torch.Tensor
-    w_up: torch.Tensor | None
-    b_up: torch.Tensor | None
-    w_out: torch.Tensor
-
-
-def neuron_rows(hidden: int, gated: bool) -> int:
-    """R, the rows of one neuron column: 2H + 1 ([W1ᵀ; b1; W2]) or, gated, 3H + 2 ([Wgᵀ; bg; Wuᵀ; bu; W2])."""
-    return 3 * hidden + 2 if gated else 2 * hidden + 1
-
-
-def split_neurons(neurons: torch.Tensor, gated: bool = False) -> NeuronParts:
-    """Neuron columns (..., R, F) → [`NeuronParts`][padnet.layers.moe.NeuronParts] of contiguous-row views (R from [`neuron_rows`][padnet.layers.moe.neuron_rows])."""
-    if gated:
-        hidden = (neurons.shape[-2] - 2) // 3
-        wg, bg, wu, bu, w2 = neurons.split([hidden, 1, hidden, 1, hidden], dim=-2)
-        return NeuronParts(wg, bg.squeeze(-2), wu, bu.squeeze(-2), w2)
-    hidden = (neurons.shape[-2] - 1) // 2
-    w1t, b1, w2 = neurons.split([hidden, 1, hidden], dim=-2)
-    return NeuronParts(w1t, b1.squeeze(-2), None, None, w2)
-
-
-def neuron_ffn(x: torch.Tensor, parts: NeuronParts, activation) -> torch.Tensor:
-    """One FFN without its output bias, `x` (n, H) → (n, H): act(x W1ᵀ + b1) W2ᵀ, or gated
-    (act(x Wgᵀ + bg) ⊙ (x Wuᵀ + bu)) W2ᵀ (SwiGLU with SiLU, as in Llama)."""
-    h = activation(torch.addmm(parts.b_in, x, parts.w_in))
-    if parts.w_up is not None:
-        h = h * torch.addmm(parts.b_up, x, parts.w_up)
-    return h @ parts.w_out.t()
-
-
-def activation_kind(activation) -> str | None:
-    """`"gelu"`, `"gelu_tanh"` or `"silu"` when `activation` computes torch's exact GELU, tanh GELU or
-    SiLU (probed once on a grid, so Hugging Face's activation modules count), else None. Known kinds get
-    torch's own derivative in the grouped experts' backward."""
-    probe = torch.linspace(-6.0, 6.0, 241)
-    with torch.no_grad():
-        out = activation(probe)
-        for kind, reference in (
-            ("gelu", F.gelu(probe)),
-            ("gelu_tanh", F.gelu(probe, approximate="tanh")),
-            ("silu", F.silu(probe)),
-        ):
-            if torch.equal(out, reference):
-                return kind
-    return None
-
-
-def _activation_grad(grad: torch.Tensor, pre: torch.Tensor, activation, kind: str | None) -> torch.Tensor:
-    """∂L/∂pre from ∂L/∂act(pre): torch's derivative for a known `kind`, autograd otherwise."""
-    if kind in ("gelu", "gelu_tanh"):
-        return torch.ops.aten.gelu_backward(grad, pre, approximate="tanh" if kind == "gelu_tanh" else "none")
-    if kind == "silu":
-        return torch.ops.aten.silu_backward(grad, pre)
-    with torch.enable_grad():
-        p = pre.detach().requires_grad_(True)
-        (out,) = torch.autograd.grad(activation(p), p, grad)
-    return out
-
-
-class _GroupedExperts(torch.autograd.Function):
-    """E FFNs (plain or gated), expert e on its block of `counts[e]` consecutive rows of `xs`.
-
-    Forward writes every block into one output and keeps the pre-activations (and the up projections of gated
-    experts); backward writes each expert's weight gradients straight into its slice of one (E, R, F) gradient,
-    so no per-expert gradient is stacked or concatenated afterwards (those copies cost about 6 % of a training
-    step here). The activation's derivative is torch's own for GELU and SiLU, autograd's otherwise.
-    """
-
-    @staticmethod
-    def forward(ctx, xs, experts, bias, counts, activation, kind, gated):
-        out = xs.new_empty(xs.shape[0], xs.shape[1])
-        pre = xs.new_empty(xs.shape[0], experts.shape[2])  # pre-activations (of the gate), kept for backward
-        up = xs.new_empty(xs.shape[0], experts.shape[2]) if gated else None  # up projections (gated)
-        parts = split_neurons(experts, gated)
-        # per expert, what multiplies W2: the activation (kept), or for gated experts act ⊙ up (recomputed in
-        # backward from the kept pre-activations and up projections)
-        hs, start = [], 0
-        for e, count in enumerate(counts):
-            rows = slice(start, start + count)
-            torch.addmm(parts.b_in[e], xs[rows], parts.w_in[e], out=pre[rows])
-            h = activation(pre[rows])
-            if gated:
-                h = h * torch.addmm(parts.b_up[e], xs[rows], parts.w_up[e], out=up[rows])
-            else:
-                hs.append(h)
-            torch.addmm(bias[e], h, parts.w_out[e].t(), out=out[rows])
-            start += count
-        ctx.save_for_backward(xs, experts, pre, up)
-        ctx.hs, ctx.counts, ctx.activation, ctx.kind, ctx.gated = hs, counts, activation, kind, gated
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        xs, experts, pre, up = ctx.saved_tensors
-        parts = split_neurons(experts, ctx.gated)
-        grad_x = torch.empty_like(xs)
-        grad_experts = torch.empty_like(experts)
-        grad_bias = experts.new_zeros(experts.shape[0], xs.shape[1])
-        start = 0
-        for e, count in enumerate(ctx.counts):
-            if count == 0:
-                grad_experts[e] = 0
-                continue
-            rows = slice(start, start + count)
-            g = grad_out[rows]  # (n_e, H)
-            grads = split_neurons(grad_experts[e], ctx.gated)  # views into this expert's gradient
-            grad_h = g @ parts.w_out[e]  # (n_e, F)
-            act = ctx.activation(pre[rows]) if ctx.gated else ctx.hs[e]
-            torch.mm(g.t(), act * up[rows] if ctx.gated else act, out=grads.w_out)  # dW2 (H, F)
-            grad_bias[e] = g.sum(0)
-            if ctx.gated:
-                grad_up = grad_h * act  # ∂L/∂(x Wuᵀ + bu)
-                grad_h = grad_h * up[rows]  # ∂L/∂act(x Wgᵀ + bg)
-                torch.mm(xs[rows].t(), grad_up, out=grads.w_up)
-                grads.b_up.copy_(grad_up.sum(0))
-            grad_pre = _activation_grad(grad_h, pre[rows], ctx.activation, ctx.kind)
-            torch.mm(xs[rows].t(), grad_pre, out=grads.w_in)  # dW1ᵀ (H, F)
-            grads.b_in.copy_(grad_pre.sum(0))
-            torch.mm(grad_pre, parts.w_in[e].t(), out=grad_x[rows])
-            if ctx.gated:
-                grad_x[rows].addmm_(grad_up, parts.w_up[e].t())
-            start += count
-        return grad_x, grad_experts, grad_bias, None, None, None, None
-
-
-def dispatch(
-    x: torch.Tensor,
-    routing: Routing,
-    experts: torch.Tensor,
-    bias: torch.Tensor,
-    activation,
-    base: torch.Tensor | None = None,
-    kind: str | None = None,
-    gated: bool = False,
-) -> torch.Tensor:
-    """Dropless top-k dispatch: `base` + Σ over each token's k experts of gate · expert(token).
-
-    `x` (N, H); `experts` (E, R, F) neuron columns ([`neuron_rows`][padnet.layers.moe.neuron_rows]; F may be 0); `bias` (E, H)
-    output biases; `base` (N, H), added to in place, or None (zeros) → (N, H). The N·k assignments are sorted
-    by expert (stable) so each expert runs one matmul per linear on a contiguous block of tokens
-    (`_GroupedExperts`). `kind`: [`activation_kind`][padnet.layers.moe.activation_kind] of `activation` (a faster backward when known);
-    `gated`: the experts are gated FFNs.
-    """
-    n, k = routing.indices.shape
-    flat = routing.indices.reshape(-1)  # (N·k,) token-major
-    order = flat.argsort(stable=True)
-    counts = torch.bincount(flat, minlength=experts.shape[0]).tolist()
-    tokens = order // k  # token of each sorted assignment
-    ys = _GroupedExperts.apply(
-        x.index_select(0, tokens), experts, bias, counts, activation, kind, gated
-    )  # (N·k, H)
-    weighted = ys * routing.gates.reshape(-1).index_select(0, order).unsqueeze(1)
-    return (x.new_zeros(n, x.shape[1]) if base is None else base).index_add_(0, tokens, weighted)
 
 
 def _route(

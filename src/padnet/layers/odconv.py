@@ -28,6 +28,7 @@ from torch import nn
 
 from padnet.layers.attention import TemperatureRouting
 from padnet.layers.conv_base import PAD_OPTIONS, BaseForm, DynamicConvBase
+from padnet.layers.formulations import keep_format
 from padnet.layers.modes import FullyDynamic, make_mode, with_masks
 from padnet.layers.options import check_size_option
 from padnet.layers.vectors import DynamicVector
@@ -196,7 +197,7 @@ class ODConv2d(DynamicConvBase):
             )
         if filt is not None:
             out = out * filt[:, :, None, None]
-        return out if self.bias is None else out + self.bias[:, None, None]
+        return keep_format(out if self.bias is None else out + self.bias[:, None, None], x)
 
     @torch.no_grad()
     def base_layer(self) -> BaseForm:

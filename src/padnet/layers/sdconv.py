@@ -22,7 +22,7 @@ from torch import nn
 
 from padnet.errors import ConfigError, check_choice
 from padnet.layers.dynamic_conv import DynamicConv2d
-from padnet.layers.modes import FullyDynamic, aggregate
+from padnet.layers.modes import FullyDynamic, accept_scalars, aggregate, scalar_parameter
 
 STRATEGIES = ("different", "same")
 
@@ -40,7 +40,7 @@ class ThresholdMask(nn.Module):
     runs it unchanged and counting asks it what a compact model stores.
 
     Attributes:
-        threshold: τ, a 0-d tensor (a parameter).
+        threshold: τ, a parameter of shape (1,) ([`scalar_parameter`][padnet.layers.modes.scalar_parameter]).
     """
 
     partial = False  # not partitioned by IMP: the mask follows from W and τ
@@ -58,21 +58,23 @@ class ThresholdMask(nn.Module):
         if not temperature > 0:
             raise ConfigError(f"mask temperature must be > 0, got {temperature}")
         self.num_factors, self.strategy, self.temperature = num_factors, strategy, float(temperature)
-        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        self.threshold = scalar_parameter(threshold)
+        accept_scalars(self)
 
     def soft_mask(self, factors: torch.Tensor) -> torch.Tensor:
-        """M̃ (eq. 3–4): `factors` (k, *shape) → (k, *shape), or (1, *shape) for the same mask."""
-        scores = factors.abs()  # S = |W| (eq. 2)
+        """M̃ (eq. 3–4): `factors` (k, *shape) → float32 (k, *shape), or (1, *shape) for the same mask. Computed
+        in float32 also in half precision: at T = 1/1024 a bfloat16 |W| − τ would move the mask's edge."""
+        scores = factors.float().abs()  # S = |W| (eq. 2)
         if self.strategy == "same":
             scores = scores.mean(0, keepdim=True)
         # two-way softmax of (ψ₁, ψ₀) / T with ψ₁ = σ(S − τ), ψ₀ = 1 − ψ₁: σ((ψ₁ − ψ₀) / T), where
         # ψ₁ − ψ₀ = 2σ(S − τ) − 1 = tanh((S − τ) / 2) exactly, without float32 rounding ψ₁ to 0.5 near τ
-        return torch.sigmoid(torch.tanh((scores - self.threshold) / 2) / self.temperature)
+        return torch.sigmoid(torch.tanh((scores - self.threshold.float()) / 2) / self.temperature)
 
     def mask(self, factors: torch.Tensor) -> torch.Tensor:
-        """M = round(M̃) forward, ∇M = ∇M̃ backward (eq. 5); gradients reach W and τ."""
+        """M = round(M̃) forward, ∇M = ∇M̃ backward (eq. 5), in the factors' dtype; gradients reach W and τ."""
         soft = self.soft_mask(factors)
-        return soft + (torch.round(soft) - soft).detach()
+        return (soft + (torch.round(soft) - soft).detach()).to(factors.dtype)
 
     def dynamic_part(self, factors: torch.Tensor, lam_d=1.0) -> torch.Tensor:
         """W̃ᵢ = Mᵢ ⊙ Wᵢ (eq. 6): (k, *shape) → (k, *shape)."""

@@ -38,7 +38,8 @@ class DynamicVector(nn.Module):
             element then leaves the convolution as it is; 0 for additive terms).
         semantics: `"static"` (PAD-Net) or `"zero"`.
 
-    `forward(h, temperature=1.0, lam_s=1.0, lam_d=1.0)`: h (B, hidden) → (B, n).
+    `forward(h, temperature=1.0, lam_s=1.0, lam_d=1.0)`: h (B, hidden) → (B, n) in h's dtype; the activation
+    of the logits divided by the temperature runs in float32 (also inside `torch.autocast`).
     """
 
     def __init__(
@@ -61,7 +62,10 @@ class DynamicVector(nn.Module):
             self.mode.macs_per_element = hidden  # a head row costs `hidden` MACs; its bias adds no product
 
     def forward(self, h: torch.Tensor, temperature=1.0, lam_s=1.0, lam_d=1.0) -> torch.Tensor:
-        return self.mode.mix(self._act(self.head(h) / temperature), lam_s, lam_d)
+        logits = self.head(h)  # (B, n)
+        with torch.autocast(logits.device.type, enabled=False):
+            values = self._act(logits.float() / temperature)
+        return self.mode.mix(values, lam_s, lam_d).to(h.dtype)
 
     def factors(self) -> torch.Tensor:
         """The head's parameters as dynamic factors of the n elements: (hidden + 1, n)."""

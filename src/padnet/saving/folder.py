@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from padnet.errors import CheckpointError, ConfigError, first_line
-from padnet.layers.modes import PartialMode
+from padnet.layers.modes import PartialMode, widen_scalars
 from padnet.layers.moe import MAX_EXPERTS
 from padnet.layers.options import OPTION_RANGES
 from padnet.models import create_model
@@ -284,6 +284,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
     mis-shaped tensor, a floating-point tensor stored as integers, one holding NaN or infinity, a BatchNorm
     running variance below zero, or a mode-partition mask holding a value other than 0 and 1."""
     own = model.state_dict()
+    state = widen_scalars(state, own)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]

@@ -241,6 +241,10 @@ def restore_training(
                     _, pid, field = key.split("/", 2)
                     state.setdefault(int(pid), {})[field] = value
             _check_optimizer_tensors(state, saved.get("tensors"), params, prefix)
+            for pid, fields in state.items():  # moments of scalars saved 0-d (layers.modes.scalar_parameter)
+                for field, value in fields.items():
+                    if value.dim() == 0 and field != "step" and params[pid].shape == (1,):
+                        fields[field] = value.reshape(1)
             for key, value in saved["scalars"].items():
                 pid, field = key.split("/", 1)
                 state.setdefault(int(pid), {})[field] = value
