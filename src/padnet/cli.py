@@ -46,7 +46,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
             )
         else:
             text = f"default: {default!r}" if default is not dataclasses.MISSING else None
-        group.add_argument(flag, dest=name, metavar=name.upper(), default=argparse.SUPPRESS, help=text)
+        switch = (
+            {"nargs": "?", "const": "true"} if isinstance(default, bool) else {}
+        )  # `--compile` alone: true
+        group.add_argument(
+            flag, dest=name, metavar=name.upper(), default=argparse.SUPPRESS, help=text, **switch
+        )
     for old, (new, _) in renamed_keys(cls).items():
         if old not in skip and new not in skip:
             group.add_argument(

@@ -873,7 +873,9 @@ def load_pretrained(
         partition: the score function of a config saved with a custom one.
 
     Returns a [`PadModel`][padnet.adapter.model.PadModel] (training form with a PadConfig), or a plain module in eval mode (deployed form:
-    compact convolutions or merged experts; or a model saved without a PadConfig).
+    compact convolutions or merged experts; or a model saved without a PadConfig). A model rebuilt from the
+    folder comes in the dtype it was saved in when all its floating-point tensors share one (a model cast to
+    bfloat16 loads in bfloat16).
 
     Raises:
         CheckpointError: a missing, corrupt or foreign folder; a folder that stores only what changed and no
@@ -890,7 +892,8 @@ def load_pretrained(
             config = PadConfig.from_dict(record["config"], partition)
         except ConfigError as exc:
             raise CheckpointError(f"{directory / folder.CONFIG_FILE}: {exc}") from None
-    if base_model is None:
+    rebuilt = base_model is None
+    if rebuilt:
         if record["architecture"] is None:
             raise CheckpointError(
                 f"{directory} stores only what changed from its base model: pass base_model= (the "
@@ -910,7 +913,8 @@ def load_pretrained(
             raise CheckpointError(
                 f"{directory / folder.CONFIG_FILE} names converted modules but no PadConfig"
             )
-        return _load_into(base_model, tensors, form, record["deploy"], source, set(record["base"])).eval()
+        model = _load_into(base_model, tensors, form, record["deploy"], source, set(record["base"]))
+        return _saved_dtype(model.eval(), tensors, rebuilt)
     try:
         pad = get_pad_model(base_model, config)
     except ConfigError as exc:  # the record does not fit the base model
@@ -931,9 +935,20 @@ def load_pretrained(
         _check_complete(state, decoded, set(record["base"]), source)
         state.update(decoded)
         folder.load_state(pad.base_model, state, source)
-        return deploy(pad.base_model, inplace=True) if form == "deployed" else pad
+        return _saved_dtype(
+            deploy(pad.base_model, inplace=True) if form == "deployed" else pad, tensors, rebuilt
+        )
     model = _load_into(pad.base_model, tensors, form, record["deploy"], source, set(record["base"]))
-    return model.eval() if form == "deployed" else pad
+    return _saved_dtype(model.eval() if form == "deployed" else pad, tensors, rebuilt)
+
+
+def _saved_dtype(model: nn.Module, tensors: dict[str, torch.Tensor], rebuilt: bool) -> nn.Module:
+    """`model` cast to the one floating-point dtype of the saved `tensors` when it was rebuilt from the folder
+    (its skeleton is float32; the values loaded into it are exact in float32, so the cast restores them)."""
+    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    if rebuilt and len(dtypes) == 1:
+        model.to(dtypes.pop())
+    return model
 
 
 def _check_expert_counts(model: nn.Module, tensors: dict[str, torch.Tensor], record: Path) -> None:

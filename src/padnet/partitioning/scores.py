@@ -36,7 +36,7 @@ def magnitude_scores(tensors: list[MaskedTensor]) -> list[torch.Tensor]:
     """|Θᵢ| per mask element (mean over the k factors when the mask is shared)."""
     scores = []
     for _, mode, factors in tensors:
-        mag = factors.detach().abs()
+        mag = factors.detach().float().abs()
         per_element = mag if mode.granularity == "kernel" else mag.mean(0, keepdim=True)
         scores.append(mode.pool_scores(per_element))
     return scores
@@ -76,7 +76,7 @@ def snip_scores(
         mode.mask = mode.element_mask().clone()
     masks = [mode.mask for mode in modes]
     buffers = {k: v.clone() for k, v in model.named_buffers() if not k.endswith("mask")}
-    grads = [torch.zeros_like(m) for m in masks]
+    grads = [torch.zeros_like(m, dtype=torch.float32) for m in masks]  # scores in float32 in any precision
     was_training = model.training
     model.train()
     seen = 0

@@ -20,6 +20,7 @@ from padnet.models.registry import MODELS, STEMS
 from padnet.training.data import DATASETS
 from padnet.training.data.registry import check_image_options
 from padnet.training.distributed import DEVICES
+from padnet.training.precision import PRECISIONS
 
 
 def _check_types(cfg, names: tuple[str, ...]) -> None:
@@ -236,6 +237,9 @@ class TrainConfig(MethodOptions):
     seed: int = 0
     threads: int | None = None
     device: str = "auto"  # "auto" (GPU LOCAL_RANK when CUDA is available), "cpu" or "cuda"
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + gradient scaler, GPU only)
+    compile: bool = False  # torch.compile the training forward and backward
+    channels_last: bool = False  # the model and its inputs in channels_last memory format
     keep_checkpoints: int = 2
     progress: bool = True
     tags: list[str] = field(default_factory=list)
@@ -279,6 +283,7 @@ class TrainConfig(MethodOptions):
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
         self.check_options()
         return self
 
@@ -325,6 +330,7 @@ class FinetuneConfig(MethodOptions):
     max_length: int = 128
     train_subset: int | None = None
     seed: int = 0
+    precision: str = "fp32"  # fp32, bf16 or fp16 (GPU only): accelerate's mixed precision
     keep_checkpoints: int = 2  # epoch checkpoints kept in a run directory
     progress: bool = True
 
@@ -333,6 +339,7 @@ class FinetuneConfig(MethodOptions):
         from padnet.training.data.text import TASK_NAMES
 
         check_choice("task", self.task, TASK_NAMES)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.task != "text" and (self.text_columns != ["text"] or self.label_column != "label"):
             raise ConfigError("text_columns and label_column apply to task 'text' only")
         if not (

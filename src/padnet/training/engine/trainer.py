@@ -38,9 +38,21 @@ from padnet.training.engine.checkpoint import (
     saved_differences,
 )
 from padnet.training.engine.schedule import build_scheduler
+from padnet.training.precision import Precision
+from padnet.training.speed import MEMORY_FORMATS, check_compiler
 
 # keys that may change when a run is resumed (they do not affect the result)
-RESUMABLE_CHANGES = {"progress", "threads", "keep_checkpoints", "data_root", "download", "device"}
+# keys that may change when a run resumes: how it runs, not what it computes
+RESUMABLE_CHANGES = {
+    "progress",
+    "threads",
+    "keep_checkpoints",
+    "data_root",
+    "download",
+    "device",
+    "compile",
+    "channels_last",
+}
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -264,9 +276,12 @@ class Trainer:
             train = train.subset(cfg.train_subset, seed=cfg.seed)
         self.train_data, self.test_data = train, test
         self.test_fingerprint = data_fingerprint(test)  # what `padnet evaluate` checks it is given again
+        self.precision = Precision(cfg.precision, self.ctx.device)
+        if cfg.compile:
+            check_compiler(self.ctx.device)
         torch.manual_seed(cfg.seed)
         self.model = global_batchnorm(build_model(cfg, train.num_classes, train.input_shape[0]), self.ctx)
-        self.model.to(self.ctx.device)
+        self.model.to(self.ctx.device, memory_format=MEMORY_FORMATS[cfg.channels_last])
         self.pad = pad_model(self.model, cfg)  # the PadModel a user's loop would train (None: static)
         masked = masked_tensors(self.model)
         if masked:  # a kappa that keeps no dynamic element is refused before the run directory is written
@@ -314,6 +329,7 @@ class Trainer:
             "partition": self._partition_record(),
             "elapsed": self.elapsed,
             "data": {"dataset": self.cfg.dataset, "test": self.test_fingerprint},
+            "grad_scaler": self.precision.state_dict(),
         }
 
     def save(self) -> Path:
@@ -351,6 +367,10 @@ class Trainer:
             )
         self.epoch, self.step = epoch, step
         self.partition_report, self.elapsed = state.get("partition"), state.get("elapsed", 0.0)
+        try:
+            self.precision.load_state_dict(state.get("grad_scaler") or {})
+        except ConfigError as exc:
+            raise CheckpointError(f"cannot resume {path}: {exc}") from None
         self.hooks.step, self.hooks.partitioned = self.step, self.partition_report is not None
 
     # ---------------------------------------------------------------- steps
@@ -376,10 +396,14 @@ class Trainer:
         bar = _progress(loader, cfg.progress and ctx.main, f"epoch {self.epoch + 1}/{cfg.epochs}")
         for x_all, y_all in bar:
             self.hooks.before_step()
-            x, y = ctx.shard(x_all), ctx.shard(y_all)
-            logits = self.train_model(x)
+            x, y = (
+                ctx.shard(x_all).contiguous(memory_format=MEMORY_FORMATS[cfg.channels_last]),
+                ctx.shard(y_all),
+            )
+            with self.precision.autocast():
+                logits = self.train_model(x)
             # DDP averages over processes: weighting by the chunk's share makes that the global batch's mean
-            loss = self.criterion(logits, y) * (y.numel() * ctx.world_size / y_all.numel())
+            loss = self.criterion(logits.float(), y) * (y.numel() * ctx.world_size / y_all.numel())
             if ctx.world_size > 1:  # every process must see a non-finite loss on any of them
                 total = loss.detach().clone()
                 ctx.all_reduce_([total])
@@ -388,10 +412,9 @@ class Trainer:
             if not total.item() <= MAX_LOSS:  # NaN, infinite or diverged
                 raise NonFiniteLossError(total.item(), self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            (
-                loss + self.hooks.extra_loss()
-            ).backward()  # SD-Conv eq. 9: + λ_s L_s (weight decay is the optimiser's)
-            self.optimizer.step()
+            # SD-Conv eq. 9: + λ_s L_s (weight decay is the optimiser's)
+            self.precision.backward(loss + self.hooks.extra_loss())
+            self.precision.step(self.optimizer)
             self.scheduler.step()
             self.hooks.after_step()
             self.step += 1
@@ -430,6 +453,8 @@ class Trainer:
             write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
         self.hooks.maybe_partition()  # before the model is wrapped for data-parallel training
         self.train_model = data_parallel(self.model, ctx)
+        if cfg.compile:  # the training forward and backward; evaluation stays eager
+            self.train_model = torch.compile(self.train_model)
         board = _TensorBoard(self.run_dir) if ctx.main else None
         test_loader = make_loader(self.test_data, 512, train=False)
         last = records[-1] if records else {}

@@ -39,6 +39,7 @@ from padnet.training.engine.checkpoint import (
     saved_differences,
 )
 from padnet.training.nlp.glue_metrics import task_metrics
+from padnet.training.precision import ACCELERATE_NAMES, check_precision
 
 METHODS = (FinetuneConfig.PLAIN, *FinetuneConfig.METHODS)  # dense, moe, pad-moe, moe-p
 METHOD_LABELS = {"dense": "Dense", "moe": "MoE", "pad-moe": "PAD-MoE", "moe-p": "MoE-P"}
@@ -251,8 +252,11 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
 
     # several processes without GPUs (torchrun on CPUs): accelerate joins them with gloo only when told "cpu"
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    check_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     accelerator = Accelerator(
-        cpu=cpu_processes, dataloader_config=DataLoaderConfiguration(split_batches=True)
+        cpu=cpu_processes,
+        mixed_precision=ACCELERATE_NAMES[cfg.precision],  # autocast, and a gradient scaler for fp16
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     accelerator.wait_for_everyone()  # every process has checked run_dir before process 0 writes to it
     processes = accelerator.num_processes

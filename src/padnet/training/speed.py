@@ -1,0 +1,31 @@
+"""How a run computes faster without changing what it computes: `--compile` and `--channels-last`.
+
+`torch.compile` traces padnet's layers without graph breaks (the temperature is a buffer, formulations follow
+a rule fixed per input shape, MoE dispatch is one custom operator); on the CPU its inductor backend builds C++
+kernels, so it needs a C++ compiler. channels_last lays out activations and every kernel as (N, H, W, C); the
+dynamic layers keep the format of their input.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+
+from padnet.errors import ConfigError
+
+MEMORY_FORMATS = {False: torch.contiguous_format, True: torch.channels_last}  # by the channels_last flag
+
+
+def check_compiler(device: torch.device) -> None:
+    """ConfigError (one line) when `torch.compile` cannot build kernels for `device`: on the CPU it needs a C++
+    compiler (`$CXX`, g++, clang++ or c++ on the PATH)."""
+    if device.type != "cpu":
+        return
+    candidates = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
+    if not any(c and shutil.which(c) for c in candidates):
+        raise ConfigError(
+            "compile on the CPU needs a C++ compiler (g++ or clang++ on the PATH, or $CXX): install one or "
+            "train without --compile"
+        )
