@@ -1,6 +1,6 @@
 """`padnet bench`: speed, memory and file-size ratios of dynamic convolution against the static one.
 
-Every ratio divides two numbers measured in the same run. Four parts:
+Every ratio divides two numbers measured in the same run. The parts:
 
 * `layers` — one 3×3 convolution at the CIFAR ResNet-18 shapes (64 ch 32×32, 128 ch 16×16, 256 ch 8×8,
   512 ch 4×4), batch 1 and 64, inference (`no_grad`) and training (forward + backward): the static
@@ -12,6 +12,9 @@ Every ratio divides two numbers measured in the same run. Four parts:
 * `files` — deployed ImageNet ResNet-50 safetensors file sizes: DY-Conv vs PAD-Net κ = 0.3.
 * `moe` — MoE, PAD-MoE and structured PAD-MoE feed-forward layers against the dense FFN at the MiniLM
   and BERT-base sizes (`padnet.experiments.bench.moe`; `--quick`: MiniLM only).
+* `compress` — MoE compression ([`padnet.experiments.bench.compress`][padnet.experiments.bench.compress]).
+* `compile` — ResNet-18 training steps compiled, in bfloat16 autocast and in channels_last against eager float32
+  ([`padnet.experiments.bench.scale`][padnet.experiments.bench.scale]; `--quick`: batch 32).
 
 PAD-Net masks come from a random local partition at κ = 0.3 (speed does not depend on which elements are
 dynamic); filter-structured layers keep a multiple of `ALIGN` dynamic filters (`partition(align=16)`).
@@ -46,7 +49,7 @@ from padnet.experiments.bench.timing import best_of, fmt, interleaved_rounds, ma
 from padnet.training.allocator import ALLOCATOR_ENV
 
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
-PARTS = ("layers", "models", "files", "moe", "compress")
+PARTS = ("layers", "models", "files", "moe", "compress", "compile")
 DEVICES = ("cpu", "cuda")
 KAPPA = 0.3
 ALIGN = 16  # dynamic filters per filter-structured layer: a multiple of 16 (partition(..., align=16))
@@ -71,6 +74,7 @@ QUICK_LEAVES_OUT = (
     "layers: 2 of the 4 shapes (128 ch 16×16 and 256 ch 8×8 left out)",
     "models: the default allocator (the tuned one only)",
     "moe: the BERT-base size (MiniLM only)",
+    "compile: batch 32 (64)",
 )
 
 
@@ -365,6 +369,10 @@ def summary(result: dict) -> dict:
         from padnet.experiments.bench.compress import compress_summary
 
         out.update(compress_summary(result["compress"]))
+    if result.get("compile"):
+        from padnet.experiments.bench.scale import compile_summary
+
+        out.update(compile_summary(result["compile"]))
     return out
 
 
@@ -437,6 +445,10 @@ def markdown(result: dict) -> str:
         from padnet.experiments.bench.compress import compress_markdown
 
         lines += compress_markdown(result["compress"])
+    if result.get("compile"):
+        from padnet.experiments.bench.scale import compile_markdown
+
+        lines += compile_markdown(result["compile"])
     return "\n".join(lines) + "\n"
 
 
@@ -502,6 +514,10 @@ def run_bench(
         from padnet.experiments.bench.compress import bench_compress
 
         result["compress"] = bench_compress(repeats=repeats, progress=progress, device=device)
+    if "compile" in parts:
+        from padnet.experiments.bench.scale import bench_compile
+
+        result["compile"] = bench_compile(threads, repeats, quick, progress, device)
     result["summary"] = summary(result)
     result["seconds"] = time.perf_counter() - start
     write_json(out / "bench.json", result)
@@ -516,6 +532,11 @@ def _main(spec: dict) -> None:
         print(
             json.dumps({"rows": bench_layers(shapes=shapes, repeats=spec["repeats"], device=spec["device"])})
         )
+    elif spec.get("part") == "compile":
+        from padnet.experiments.bench.scale import measure_forms
+
+        batch = 32 if spec["quick"] else 64
+        print(json.dumps(measure_forms(spec["variant"], spec["repeats"], batch, device=spec["device"])))
     else:
         print(json.dumps(measure_model(spec["variant"], spec["mode"], device=spec["device"])))
 
