@@ -165,3 +165,64 @@ def test_a_short_training_run_on_cuda_lowers_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# ---------------------------------------------------------------------------- at scale (issue 28)
+
+AMP_TOLERANCE = 0.05  # relative difference of a half-precision autocast loss from float32 over a few steps
+
+
+def _amp_losses(conv: str, dtype: torch.dtype | None, compiled: bool = False, channels_last: bool = False):
+    torch.manual_seed(0)
+    model = padnet.create_model("resnet10", conv=conv, num_classes=10, width=0.25).to(CUDA)
+    padnet.set_temperature(model, 30.0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    forward = torch.compile(model) if compiled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.005)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(3):
+        x = torch.randn(16, 3, 32, 32, generator=gen).to(CUDA).contiguous(memory_format=fmt)
+        y = torch.randint(0, 10, (16,), generator=gen).to(CUDA)
+        with torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None):
+            loss = F.cross_entropy(forward(x).float(), y)
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("conv", CONVS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_autocast_training_follows_fp32_on_cuda(conv, dtype):
+    """fp16 with torch.amp.GradScaler and bf16, every layer family at temperature 30: no NaN / inf."""
+    for a, b in zip(_amp_losses(conv, None), _amp_losses(conv, dtype)):
+        assert abs(a - b) <= AMP_TOLERANCE * abs(a)
+
+
+@pytest.mark.parametrize("conv", ["dy", "pad", "sdconv"])
+def test_compiled_and_channels_last_training_follow_eager_on_cuda(conv):
+    eager = _amp_losses(conv, None)
+    torch.testing.assert_close(_amp_losses(conv, None, compiled=True), eager, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(_amp_losses(conv, None, channels_last=True), eager, rtol=1e-3, atol=1e-3)
+    for a, b in zip(eager, _amp_losses(conv, torch.bfloat16, compiled=True, channels_last=True)):
+        assert abs(a - b) <= AMP_TOLERANCE * abs(a)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "pad", "prune"])
+def test_moe_layers_under_fp16_autocast_and_compile_on_cuda(mode):
+    torch.manual_seed(0)
+    layer = MoEFeedForward(16, 32, 4, 2, mode=mode).to(CUDA).eval()
+    x = torch.randn(64, 16, device=CUDA)
+    ref = layer(x)
+    with torch.autocast("cuda", dtype=torch.float16):
+        half = layer(x)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), ref, atol=1e-2, rtol=1e-2)
+    compiled = torch.compile(DeployedMoE.from_layer(layer), fullgraph=True)
+    torch.testing.assert_close(compiled(x), ref, **TOL)

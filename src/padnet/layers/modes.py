@@ -142,6 +142,13 @@ class Mode(Protocol):
         layer with `pixels` output positions (see [`padnet.metrics.counting`][padnet.metrics.counting])."""
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` itself, or gathered whole when it is a parameter sharded by FSDP2 (a DTensor outside its unit's
+    forward; gathering is a collective every process must reach). What code that reads parameters outside a
+    forward pass (scores, scale factors, checks) reads them through."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def scalar_parameter(value: float) -> nn.Parameter:
     """A trainable scalar (φ, λs, λd, SD-Conv's τ) stored as a 1-D tensor of one element: FSDP2's
     `fully_shard` shards every parameter along its first dimension and refuses 0-d ones. Register
@@ -202,17 +209,17 @@ class ScaleFactors(nn.Module):
         self._pick = f"_{mode}"  # the method forward() calls, chosen once (a name, so copies stay correct)
 
     def _constrained(self) -> tuple[torch.Tensor, torch.Tensor]:
-        lam_d = 2.0 * torch.sigmoid(self.phi.float())
+        lam_d = 2.0 * torch.sigmoid(whole(self.phi).float())
         return 2.0 - lam_d, lam_d
 
     def _both(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lambda_s.float(), self.lambda_d.float()
+        return whole(self.lambda_s).float(), whole(self.lambda_d).float()
 
     def _static(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lambda_s.float(), self.one.float()
+        return whole(self.lambda_s).float(), self.one.float()
 
     def _dynamic(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.one.float(), self.lambda_d.float()
+        return self.one.float(), whole(self.lambda_d).float()
 
     def _none(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.one.float(), self.one.float()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from padnet.errors import ConfigError, check_choice, check_module
+from padnet.layers.modes import whole
 from padnet.partitioning.scores import magnitude_scores, masked_tensors, random_scores, snip_scores
 
 METHODS = ("imp", "mp", "random", "magnitude")
@@ -270,8 +271,9 @@ def check_separation(tensors, floor: float = SEPARATION_FLOOR) -> float:
         static = mode.static
         if static is None or factors.shape[1:] != static.shape:
             continue
-        distance += float((factors.detach() - static.detach()).abs().sum())
-        size += float(static.detach().abs().sum()) * factors.shape[0]
+        factors, static = whole(factors.detach()), whole(static.detach())  # the same value on every process
+        distance += float((factors - static).abs().sum())
+        size += float(static.abs().sum()) * factors.shape[0]
     if size == 0:
         return float("inf")
     separation = distance / size
@@ -289,7 +291,7 @@ def custom_scores(fn: Callable, tensors) -> list[torch.Tensor]:
     """Scores from a user function `fn(name, factors, mask)`, checked to have each mask's shape."""
     scores = []
     for name, mode, factors in tensors:
-        score = fn(name, factors.detach(), mode.mask.detach())
+        score = fn(name, whole(factors.detach()), mode.mask.detach())
         if not isinstance(score, torch.Tensor) or score.shape != mode.mask.shape:
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
             raise ConfigError(

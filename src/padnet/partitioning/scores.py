@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from padnet.errors import ConfigError, DataError, first_line
-from padnet.layers.modes import mode_tensors
+from padnet.layers.modes import mode_tensors, whole
 from padnet.parallel import current
 
 IGNORED_LABEL = -100  # F.cross_entropy's default ignore_index: a target it skips
@@ -36,7 +36,7 @@ def magnitude_scores(tensors: list[MaskedTensor]) -> list[torch.Tensor]:
     """|Θᵢ| per mask element (mean over the k factors when the mask is shared)."""
     scores = []
     for _, mode, factors in tensors:
-        mag = factors.detach().float().abs()
+        mag = whole(factors.detach()).float().abs()
         per_element = mag if mode.granularity == "kernel" else mag.mean(0, keepdim=True)
         scores.append(mode.pool_scores(per_element))
     return scores

@@ -517,7 +517,9 @@ def run_bench(
     if "compile" in parts:
         from padnet.experiments.bench.scale import bench_compile
 
-        result["compile"] = bench_compile(threads, repeats, quick, progress, device)
+        result["compile"] = bench_compile(
+            lambda spec: _worker(spec, True, threads), repeats, quick, progress, device
+        )
     result["summary"] = summary(result)
     result["seconds"] = time.perf_counter() - start
     write_json(out / "bench.json", result)
@@ -536,7 +538,8 @@ def _main(spec: dict) -> None:
         from padnet.experiments.bench.scale import measure_forms
 
         batch = 32 if spec["quick"] else 64
-        print(json.dumps(measure_forms(spec["variant"], spec["repeats"], batch, device=spec["device"])))
+        model = _build_model(spec["variant"], batch, 32, True, spec["device"])
+        print(json.dumps(measure_forms(model, spec["variant"], spec["repeats"], batch)))
     else:
         print(json.dumps(measure_model(spec["variant"], spec["mode"], device=spec["device"])))
 

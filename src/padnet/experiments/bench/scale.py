@@ -54,14 +54,10 @@ def _step(
     return step
 
 
-def measure_forms(
-    variant: str, repeats: int = 3, batch: int = 64, size: int = 32, device: str = "cpu"
-) -> dict:
-    """Seconds per training step of one ResNet-18 variant in every form, per round, in this process:
-    `{"variant", "batch", "round_seconds": {form: [s, ...]}}`."""
-    from padnet.experiments.bench.run import _build_model
-
-    model = _build_model(variant, batch, size, True, device)
+def measure_forms(model: nn.Module, variant: str, repeats: int = 3, batch: int = 64, size: int = 32) -> dict:
+    """Seconds per training step of one ResNet-18 variant (`model`, in training mode on its device) in every
+    form, per round, in this process: `{"variant", "batch", "round_seconds": {form: [s, ...]}}`."""
+    device = next(model.parameters()).device.type
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -85,19 +81,18 @@ def measure_forms(
 
 
 def bench_compile(
-    threads: int, repeats: int = 3, quick: bool = False, progress=None, device: str = "cpu"
+    worker: Callable[[dict], dict], repeats: int = 3, quick: bool = False, progress=None, device: str = "cpu"
 ) -> list[dict]:
-    """One fresh process per variant (`padnet.experiments.bench.run._worker`, tuned allocator). Rows: `variant`,
-    `form`, `ms` (median), `ratio` (spread of the form's per-round ratio named by `RATIOS`, None for eager) and
-    `vs_static` (spread of the per-round ratio to the static model in the same form)."""
-    from padnet.experiments.bench.run import _worker
-
+    """One fresh process per variant: `worker(spec)` runs [`measure_forms`][padnet.experiments.bench.scale.measure_forms]
+    there (`padnet.experiments.bench.run`'s worker, tuned allocator). Rows: `variant`, `form`, `ms` (median),
+    `ratio` (spread of the form's per-round ratio named by `RATIOS`, None for eager) and `vs_static` (spread of
+    the per-round ratio to the static model in the same form)."""
     measured = {}
     for variant in VARIANTS:
         if progress:
             progress(f"resnet18 training {variant}: eager, compiled, bf16, channels_last")
         spec = {"part": "compile", "variant": variant, "repeats": repeats, "quick": quick, "device": device}
-        measured[variant] = _worker(spec, True, threads)
+        measured[variant] = worker(spec)
     rows = []
     for variant, found in measured.items():
         times, static = found["round_seconds"], measured["static"]["round_seconds"]
