@@ -201,3 +201,13 @@ def test_two_processes_fine_tune_like_one_with_the_same_global_batch(tmp_path):
     results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two")]
     assert (results[0]["processes"], results[1]["processes"]) == (1, 2)
     assert results[0]["metrics"] == results[1]["metrics"]  # every validation sentence, gathered once
+
+
+def test_two_processes_train_in_bf16_and_channels_last(tmp_path):
+    """DDP with the speed options (bf16 autocast through GlobalBatchNorm2d, channels_last) runs, partitions and
+    learns."""
+    flags = [*TRAIN, "--precision", "bf16", "--channels-last", "--out", str(tmp_path / "two")]
+    _run([*TORCHRUN, "-m", "padnet", "train", *flags])
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["processes"] == 2 and results["top1"] > 20
+    assert any(k.endswith("mask") for k in load_file(tmp_path / "two" / "model.safetensors"))

@@ -11,6 +11,7 @@ autocast worth the name). `padnet train` uses [`Precision`][padnet.training.prec
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -71,12 +72,17 @@ class Precision:
         """Restore [`state_dict`][padnet.training.precision.Precision.state_dict] (read from disk: validated).
 
         Raises:
-            ConfigError: a scaler state that is not a mapping of finite numbers.
+            ConfigError: a scaler state that is not a mapping of the scaler's keys to finite numbers.
         """
         if self.scaler is None or not state:
             return
-        if not isinstance(state, dict) or not all(
-            isinstance(v, (int, float)) and v == v and abs(v) != float("inf") for v in state.values()
+        expected = set(self.scaler.state_dict())
+        if not (
+            isinstance(state, dict)
+            and set(state) == expected
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in state.values())
         ):
-            raise ConfigError("the saved gradient scaler state is not a mapping of finite numbers")
+            raise ConfigError(
+                f"the saved gradient scaler state is not a mapping of {', '.join(sorted(expected))} to finite numbers"
+            )
         self.scaler.load_state_dict(state)

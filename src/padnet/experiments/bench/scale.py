@@ -5,7 +5,8 @@ CIFAR ResNet-18 (batch 64, 32×32 on the CPU; `--quick`: batch 32) in four varia
 (forward, backward, SGD step) in five forms on the same model:
 
 * `eager` — float32, contiguous, eager;
-* `compiled` — `torch.compile` (inductor) of the model, float32;
+* `compiled` — `torch.compile` (inductor) of the model, float32, as `padnet train --compile` compiles it
+  ([`compile_model`][padnet.training.speed.compile_model]);
 * `bf16` — eager inside `torch.autocast` bfloat16 (on a GPU also `compiled-bf16`);
 * `channels-last` — the model and its input in channels_last, float32, eager.
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from padnet.experiments.bench.timing import fmt, interleaved_rounds, ratio_spread
+from padnet.training.speed import compile_model
 
 VARIANTS = ("static", "dy", "pad", "pad-filter")  # names of padnet.experiments.bench.run.MODEL_VARIANTS
 RATIOS = {  # name: (numerator form, denominator form)
@@ -61,7 +63,7 @@ def measure_forms(model: nn.Module, variant: str, repeats: int = 3, batch: int =
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    compiled = torch.compile(model)
+    compiled = compile_model(model)  # as padnet train --compile does
     steps = {
         "eager": _step(model, x, y, None),
         "compiled": _step(compiled, x, y, None),

@@ -39,9 +39,8 @@ from padnet.training.engine.checkpoint import (
 )
 from padnet.training.engine.schedule import build_scheduler
 from padnet.training.precision import Precision
-from padnet.training.speed import MEMORY_FORMATS, check_compiler
+from padnet.training.speed import MEMORY_FORMATS, check_compiler, compile_model
 
-# keys that may change when a run is resumed (they do not affect the result)
 # keys that may change when a run resumes: how it runs, not what it computes
 RESUMABLE_CHANGES = {
     "progress",
@@ -454,7 +453,7 @@ class Trainer:
         self.hooks.maybe_partition()  # before the model is wrapped for data-parallel training
         self.train_model = data_parallel(self.model, ctx)
         if cfg.compile:  # the training forward and backward; evaluation stays eager
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = compile_model(self.train_model)
         board = _TensorBoard(self.run_dir) if ctx.main else None
         test_loader = make_loader(self.test_data, 512, train=False)
         last = records[-1] if records else {}

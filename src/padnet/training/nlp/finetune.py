@@ -237,6 +237,7 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
     from transformers import get_linear_schedule_with_warmup
 
     cfg = cfg.validate().applicable()  # what this run uses, and saves
+    check_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     if run_dir is not None:
         claim_run_dir(run_dir, resume)
     set_seed(cfg.seed)
@@ -252,7 +253,6 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
 
     # several processes without GPUs (torchrun on CPUs): accelerate joins them with gloo only when told "cpu"
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    check_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     accelerator = Accelerator(
         cpu=cpu_processes,
         mixed_precision=ACCELERATE_NAMES[cfg.precision],  # autocast, and a gradient scaler for fp16
