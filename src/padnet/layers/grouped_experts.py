@@ -160,7 +160,7 @@ def _grouped_op(
     xs: torch.Tensor, experts: torch.Tensor, bias: torch.Tensor, counts: torch.Tensor, kind: str, gated: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out, pre, up = _experts_forward(xs, experts, bias, counts.tolist(), KNOWN_ACTIVATIONS[kind], gated)
-    return out, pre, xs.new_empty(0) if up is None else up
+    return out, pre, xs.new_empty(0, experts.shape[2]) if up is None else up  # (M, F), or (0, F) ungated
 
 
 @_grouped_op.register_fake
