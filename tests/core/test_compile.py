@@ -16,6 +16,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import padnet
 from padnet.layers.registry import conv_factory
 from padnet.models import create_model
+from padnet.training.speed import compile_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -173,20 +174,22 @@ def test_deployed_moe_encoder_compiles_with_fullgraph():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_inductor_compiles_a_pad_layer_training_step_like_eager():
-    """The real backend (C++ kernels on the CPU), forward and backward, on one small layer."""
+def test_inductor_compiles_a_pad_layer_training_step_like_eager_at_two_batch_sizes():
+    """The real backend (C++ kernels on the CPU), forward and backward, as `padnet train --compile` compiles: a
+    second batch size (a short last batch) recompiles with static shapes, where dynamic ones fail in inductor."""
     torch.manual_seed(0)
     layer = conv_factory("pad")(8, 16, 3, padding=1)
-    x = torch.randn(4, 8, 8, 8)
-    compiled = torch.compile(layer)
-    for module in (layer, compiled):
-        module.zero_grad()
-        out = module(x)
-        out.square().sum().backward()
-        if module is layer:
-            ref, ref_grad = out.detach(), layer.weight.grad.clone()
-    torch.testing.assert_close(out.detach(), ref, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(layer.weight.grad, ref_grad, atol=1e-3, rtol=1e-3)
+    compiled = compile_model(layer)
+    for batch in (4, 3):
+        x = torch.randn(batch, 8, 8, 8)
+        results = []
+        for module in (layer, compiled):
+            layer.zero_grad()
+            out = module(x)
+            out.square().sum().backward()
+            results.append((out.detach(), layer.weight.grad.clone()))
+        torch.testing.assert_close(results[1][0], results[0][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(results[1][1], results[0][1], atol=1e-3, rtol=1e-3)
 
 
 CONVS = ["dy", "pad", "condconv", "odconv", "pad-odconv", "dcd", "pad-dcd", "sdconv"]

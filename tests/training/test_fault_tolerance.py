@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -13,21 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cpu_processes import ENV
 from safetensors.torch import load_file
 
 from padnet.training.engine import read_checkpoint
 
 pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
-
-SRC = Path(__file__).resolve().parents[2] / "src"
-ENV = {
-    **os.environ,
-    "PYTHONPATH": str(SRC),
-    "OMP_NUM_THREADS": "1",
-    "PADNET_ALLOCATOR": "0",
-    "HF_HUB_OFFLINE": "1",
-    "CUDA_VISIBLE_DEVICES": "",
-}  # bit-identical resumes are promised on the CPU
 
 
 def padnet(*args: str) -> None:

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cpu_processes import ENV, TORCHRUN
 from safetensors.torch import load_file
 from torch import nn
 
@@ -22,17 +22,6 @@ from padnet.training import distributed
 pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
 
 HERE = Path(__file__).resolve().parent
-SRC = HERE.parents[1] / "src"
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-# CPU processes on gloo even where GPUs exist (CI has none): what these tests check is the CPU path
-ENV = {
-    **os.environ,
-    "PYTHONPATH": str(SRC),
-    "OMP_NUM_THREADS": "1",
-    "PADNET_ALLOCATOR": "0",
-    "HF_HUB_OFFLINE": "1",
-    "CUDA_VISIBLE_DEVICES": "",
-}
 MODELS = ("resnet", "bert")
 
 

@@ -227,7 +227,10 @@ class ScaleFactors(nn.Module):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.one.device.type, enabled=False):
             lam_s, lam_d = getattr(self, self._pick)()
-        return lam_s.reshape(()), lam_d.reshape(())
+        return (
+            lam_s.sum(),
+            lam_d.sum(),
+        )  # 0-d, and not views of the parameters (hooks on outputs need a grad_fn)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

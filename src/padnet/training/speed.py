@@ -39,10 +39,14 @@ def check_compiler(device: torch.device) -> None:
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """`torch.compile(model)`, with inductor's layout optimisation off (a process-wide setting) when the model
-    holds dynamic convolutions (see the module docstring)."""
+    """`torch.compile(model, dynamic=False)`, with inductor's layout optimisation off (a process-wide setting) when
+    the model holds dynamic convolutions (see the module docstring).
+
+    Static shapes: a new input shape (a short last batch) compiles once more. With dynamic shapes inductor fails
+    on the grouped per-sample convolution, which folds the batch into the channels (torch 2.13: "cannot determine
+    truth value of Relational" while ordering its symbolic strides)."""
     if any(isinstance(m, DynamicConvBase) for m in model.modules()):
         import torch._inductor.config as inductor
 
         inductor.layout_optimization = False
-    return torch.compile(model)
+    return torch.compile(model, dynamic=False)

@@ -253,11 +253,17 @@ def finetune(cfg: FinetuneConfig, log=print, run_dir: str | Path | None = None, 
 
     # several processes without GPUs (torchrun on CPUs): accelerate joins them with gloo only when told "cpu"
     cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(
-        cpu=cpu_processes,
-        mixed_precision=ACCELERATE_NAMES[cfg.precision],  # autocast, and a gradient scaler for fp16
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-    )
+    try:
+        accelerator = Accelerator(
+            cpu=cpu_processes,
+            mixed_precision=ACCELERATE_NAMES[cfg.precision],  # autocast, and a gradient scaler for fp16
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+        )
+    except ValueError as exc:  # accelerate keeps one mixed precision per process
+        raise ConfigError(
+            f"precision {cfg.precision}: accelerate was set up with another precision earlier in this process "
+            f"({first_line(exc)}); run each precision in its own process"
+        ) from None
     accelerator.wait_for_everyone()  # every process has checked run_dir before process 0 writes to it
     processes = accelerator.num_processes
     if cfg.batch_size % processes:
