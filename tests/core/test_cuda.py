@@ -17,6 +17,7 @@ from padnet.layers.modes import GRANULARITIES, PartialMode
 from padnet.layers.moe import DeployedMoE, MoEFeedForward
 from padnet.layers.registry import conv_factory
 from padnet.partitioning import partition
+from padnet.training.speed import compile_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -178,7 +179,7 @@ def _amp_losses(conv: str, dtype: torch.dtype | None, compiled: bool = False, ch
     padnet.set_temperature(model, 30.0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    forward = torch.compile(model) if compiled else model
+    forward = compile_model(model) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     gen = torch.Generator().manual_seed(0)

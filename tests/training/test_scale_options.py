@@ -122,7 +122,7 @@ def test_compile_trains_through_torch_compile_with_the_hooks(monkeypatch, tmp_pa
         compiled.append(model)
         return real_compile(model, backend="aot_eager")
 
-    cfg = TrainConfig(dataset="digits", epochs=1, batch_size=64, train_subset=256, progress=False, conv="pad")
+    cfg = TrainConfig(dataset="digits", epochs=1, batch_size=32, train_subset=96, progress=False, conv="pad")
     cfg = cfg.replace(partition_at="steps", partition_after=1, temperature_anneal=2, temperature_unit="steps")
     eager = Trainer(cfg, tmp_path / "eager").fit()
     monkeypatch.setattr(trainer_module.torch, "compile", fake_compile)
