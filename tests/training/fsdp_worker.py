@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import padnet
-from padnet.training import distributed
+from padnet.training import distributed, sharding
 from padnet.training.distributed import init
 
 STEPS = 4
@@ -108,11 +108,11 @@ def local_state(pad, optimizer) -> dict[str, torch.Tensor]:
 
 
 def train(ctx, kind: str, out: Path, resume: bool) -> None:
-    pad = distributed.shard(build(kind), ctx)
+    pad = sharding.shard(build(kind), ctx)
     optimizer = optimizer_for(kind, pad)
     data = [chunk(ctx, b) for b in batches(kind)]
     checkpoint = out / f"{kind}-checkpoint"
-    start = distributed.load_sharded(pad, optimizer, checkpoint)["step"] if resume else 0
+    start = sharding.load_sharded(pad, optimizer, checkpoint)["step"] if resume else 0
     pad.start_training(steps_per_epoch=STEPS, total_steps=STEPS, partition_data=data[:2], step=start)
     losses = []
     for step in range(start, STEPS):
@@ -124,7 +124,7 @@ def train(ctx, kind: str, out: Path, resume: bool) -> None:
         pad.after_step()
         losses.append(loss.detach())
         if not resume and step + 1 == SAVE_AT[kind]:
-            distributed.save_sharded(pad, optimizer, checkpoint)
+            sharding.save_sharded(pad, optimizer, checkpoint)
     state = {**local_state(pad, optimizer), "losses": torch.stack(losses)}
     save_file(state, str(out / f"{kind}-{'resume' if resume else 'run'}-rank{ctx.rank}.safetensors"))
     if resume:
@@ -135,7 +135,7 @@ def train(ctx, kind: str, out: Path, resume: bool) -> None:
         logits = pad(batch[0]) if kind == "resnet" else pad(input_ids=batch["input_ids"]).logits
     if ctx.main:
         save_file({"logits": logits.contiguous()}, str(out / f"{kind}-outputs.safetensors"))
-    distributed.save_pretrained(pad, out / f"{kind}-folder", full=True)
+    sharding.save_pretrained(pad, out / f"{kind}-folder", full=True)
 
 
 def ddp_autocast(ctx, out: Path) -> None:

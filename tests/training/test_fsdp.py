@@ -1,4 +1,4 @@
-"""Sharded training (padnet.training.distributed: shard, save_sharded / load_sharded, unsharded) with FSDP2 on
+"""Sharded training (padnet.training.sharding: shard, save_sharded / load_sharded, unsharded) with FSDP2 on
 2 CPU processes (gloo) launched by torchrun, and the one-process paths and errors in this process."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 import padnet
 from padnet.errors import CheckpointError, ConfigError
 from padnet.parallel import Context
-from padnet.training import distributed
+from padnet.training import sharding
 
 pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
 
@@ -74,7 +74,7 @@ def test_mode_partition_under_fsdp_gives_every_process_the_same_masks(run, kind)
 
 
 def test_a_resumed_sharded_run_is_bit_identical_to_the_uninterrupted_one(run):
-    marker = json.loads((run / "bert-checkpoint" / distributed.MARKER_FILE).read_text())
+    marker = json.loads((run / "bert-checkpoint" / sharding.MARKER_FILE).read_text())
     assert (marker["step"], marker["world_size"]) == (2, 2)
     assert not list(run.glob("*.incomplete")) and not list(run.glob("*.old"))
     _worker("resume", run)
@@ -124,26 +124,26 @@ def test_ddp_trains_a_pad_model_under_bfloat16_autocast(tmp_path):
 def test_one_process_shard_returns_the_model_unchanged():
     pad = _tiny("resnet")
     before = {k: v.clone() for k, v in pad.state_dict().items()}
-    assert distributed.shard(pad) is pad
+    assert sharding.shard(pad) is pad
     assert type(pad) is padnet.PadModel and type(pad.base_model).__name__ == "ResNet"
     assert type(pad.base_model.stem[1]) is nn.BatchNorm2d
     assert all(type(p) is nn.Parameter for p in pad.parameters())
     assert all(torch.equal(before[k], v) for k, v in pad.state_dict().items())
-    assert distributed.unsharded(pad) is pad
-    assert distributed.full_state_dict(pad).keys() == before.keys()
+    assert sharding.unsharded(pad) is pad
+    assert sharding.full_state_dict(pad).keys() == before.keys()
 
 
 def test_units_are_the_blocks_holding_dynamic_layers():
     pad = _tiny("resnet")
-    assert distributed.shard_units(pad) == [f"layer{i}.0" for i in range(1, 5)]
-    assert distributed.shard_units(pad, blocks=(nn.Sequential,)) == [
+    assert sharding.shard_units(pad) == [f"layer{i}.0" for i in range(1, 5)]
+    assert sharding.shard_units(pad, blocks=(nn.Sequential,)) == [
         "stem",
         *[f"layer{i}" for i in range(1, 5)],
     ]
-    assert distributed.shard_units(pad, blocks=lambda name, m: name == "fc") == ["fc"]
+    assert sharding.shard_units(pad, blocks=lambda name, m: name == "fc") == ["fc"]
     transformers = pytest.importorskip("transformers")
     bert = _tiny("bert")
-    assert distributed.shard_units(bert) == [
+    assert sharding.shard_units(bert) == [
         "bert.embeddings",
         "bert.encoder.layer.0",
         "bert.encoder.layer.1",
@@ -152,19 +152,19 @@ def test_units_are_the_blocks_holding_dynamic_layers():
         vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
     )
     masked_lm = transformers.BertForMaskedLM(config)  # word embeddings tied to the decoder: left in the root
-    assert distributed.shard_units(masked_lm) == ["bert.encoder.layer.0"]
+    assert sharding.shard_units(masked_lm) == ["bert.encoder.layer.0"]
 
 
 def test_shard_refuses_what_it_cannot_shard(monkeypatch):
     pad = _tiny("resnet")
     with pytest.raises(ConfigError, match="^shard: 2 processes but no process group is initialised") as info:
-        distributed.shard(pad, Context(0, 2))
+        sharding.shard(pad, Context(0, 2))
     assert "\n" not in str(info.value)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="call padnet.training.distributed.init"):
-        distributed.shard(pad)
+        sharding.shard(pad)
     with pytest.raises(ConfigError, match="shard needs a torch nn.Module|shard"):
-        distributed.shard("resnet10")
+        sharding.shard("resnet10")
 
 
 def test_one_process_sharded_checkpoint_round_trip(tmp_path):
@@ -177,14 +177,14 @@ def test_one_process_sharded_checkpoint_round_trip(tmp_path):
     pad.set_masks({name: torch.rand(mask.shape) > 0.5 for name, mask in pad.masks().items()})
     gen = torch.Generator().manual_seed(5)
     where = tmp_path / "ckpt"
-    distributed.save_sharded(pad, optimizer, where, step=1, generators={"data": gen})
-    distributed.save_sharded(pad, optimizer, where, step=7, generators={"data": gen}, extra={"epoch": 3})
+    sharding.save_sharded(pad, optimizer, where, step=1, generators={"data": gen})
+    sharding.save_sharded(pad, optimizer, where, step=7, generators={"data": gen}, extra={"epoch": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # replaced in place, nothing left over
     expected_draw, expected_data = torch.rand(3), torch.rand(3, generator=gen)
     fresh = _tiny("resnet")
     fresh_optimizer = torch.optim.SGD(fresh.optimizer_parameters(), lr=0.05, momentum=0.9)
     other = torch.Generator().manual_seed(99)
-    loaded = distributed.load_sharded(fresh, fresh_optimizer, where, generators={"data": other})
+    loaded = sharding.load_sharded(fresh, fresh_optimizer, where, generators={"data": other})
     assert loaded == {"step": 7, "world_size": 1, "extra": {"epoch": 3}}
     for key, value in pad.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
@@ -200,25 +200,25 @@ def test_one_process_sharded_checkpoint_round_trip(tmp_path):
 def test_bad_checkpoint_folders_get_one_line_errors(tmp_path):
     pad = _tiny("resnet")
     with pytest.raises(CheckpointError, match="no sharded checkpoint there"):
-        distributed.load_sharded(pad, None, tmp_path / "missing")
+        sharding.load_sharded(pad, None, tmp_path / "missing")
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "notes.txt").write_text("mine")
     with pytest.raises(CheckpointError, match="is not a complete sharded checkpoint"):
-        distributed.load_sharded(pad, None, tmp_path / "plain")
+        sharding.load_sharded(pad, None, tmp_path / "plain")
     with pytest.raises(ConfigError, match="holds something other than a sharded checkpoint"):
-        distributed.save_sharded(pad, None, tmp_path / "plain")
+        sharding.save_sharded(pad, None, tmp_path / "plain")
     assert (tmp_path / "plain" / "notes.txt").read_text() == "mine"
     with pytest.raises(ConfigError, match="optimizer must be"):
-        distributed.save_sharded(pad, "sgd", tmp_path / "ckpt")
-    distributed.save_sharded(pad, None, tmp_path / "ckpt")
-    (tmp_path / "ckpt" / distributed.MARKER_FILE).write_text("{")
+        sharding.save_sharded(pad, "sgd", tmp_path / "ckpt")
+    sharding.save_sharded(pad, None, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / sharding.MARKER_FILE).write_text("{")
     with pytest.raises(CheckpointError, match="is unreadable") as info:
-        distributed.load_sharded(pad, None, tmp_path / "ckpt")
+        sharding.load_sharded(pad, None, tmp_path / "ckpt")
     assert "\n" not in str(info.value)
-    distributed.save_sharded(pad, None, tmp_path / "ckpt")
+    sharding.save_sharded(pad, None, tmp_path / "ckpt")
     other = padnet.get_pad_model(
         padnet.models.create_model("resnet10", conv="pad", width=0.5, num_classes=10), method="pad"
     )
     with pytest.raises(CheckpointError, match="does not fit this model or optimiser") as info:
-        distributed.load_sharded(other, None, tmp_path / "ckpt")
+        sharding.load_sharded(other, None, tmp_path / "ckpt")
     assert "\n" not in str(info.value)
