@@ -672,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Qwen3-MoE, OLMoE) with PAD-Net's mode partition on calibration text: keep a "
         "fraction kappa of the expert parameters dynamic and share one static part "
         "(--method pad), or prune them (prune), or average all experts into one (merge). "
-        "Writes OUT/model (padnet.load_pretrained), OUT/results.json and "
+        "Writes OUT/model (padnet.load_pretrained; with --export transformers a Qwen2-MoE folder "
+        "that plain transformers loads, Mixtral with neuron masks), OUT/results.json and "
         "OUT/results.png with perplexity on held-out calibration text and expert bytes.",
     )
     p.add_argument("model_dir", help="a local transformers model folder (config.json, weights, tokenizer)")

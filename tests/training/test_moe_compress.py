@@ -304,3 +304,51 @@ def test_the_old_method_names_warn_and_the_default_kappa_is_pad_moes():
     ).value("kappa")
     with pytest.warns(FutureWarning, match="use --method moe-p"):
         assert CompressConfig(method="prune").validate().method == "moe-p"
+
+
+def test_the_command_exports_a_standard_transformers_model(folder, tmp_path, capsys):
+    """--export transformers: OUT/model is the Qwen2-MoE form of the compressed Mixtral, and its held-out
+    perplexity is the one reported."""
+    out = tmp_path / "exported"
+    flags = ["--kappa", "0.5", "--granularity", "neuron", "--export", "transformers", *FLAGS]
+    argv = [
+        "moe-compress",
+        str(folder / "model"),
+        "--calibration",
+        str(folder / "text.txt"),
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, *flags]) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    model = transformers.AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    assert type(model).__name__ == "Qwen2MoeForCausalLM" and results["config"]["export"] == "transformers"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "model")
+    blocks = text_blocks(folder / "text.txt", tokenizer, 32)
+    heldout = blocks[round(len(blocks) * 0.8) :]
+    assert perplexity(model, heldout, 4) == pytest.approx(results["compressed"]["perplexity"], rel=1e-4)
+
+
+def test_export_of_a_family_without_an_exact_standard_form_is_refused_before_any_work(tmp_path, capsys):
+    config = transformers.Qwen2MoeConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        intermediate_size=24,
+        moe_intermediate_size=8,
+        shared_expert_intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
+    save_with_minilm_tokenizer(transformers.Qwen2MoeForCausalLM(config), tmp_path / "qwen")
+    (tmp_path / "text.txt").write_text("a film\n" * 100)
+    capsys.readouterr()
+    argv = ["moe-compress", str(tmp_path / "qwen"), "--calibration", str(tmp_path / "text.txt")]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--export", "transformers", *FLAGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "handles Mixtral causal LMs compressed by padnet, got Qwen2MoeForCausalLM" in err[0]
+    )
+    assert not (tmp_path / "o" / "model").exists()

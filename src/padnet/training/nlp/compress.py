@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from padnet.adapter.config import LIMITS, MAX_STEPS, METHOD_ALIASES, PadConfig
 from padnet.adapter.model import PadModel, get_pad_model
 from padnet.adapter.moe_convert import set_static_by_load
+from padnet.deployment.transformers_export import check_exportable, export_transformers
 from padnet.errors import (
     MAX_LOSS,
     CheckpointError,
@@ -55,6 +56,7 @@ OLD_METHODS = {
     "prune": "moe-p",
 }  # the --method values of 0.1, read with a warning until 0.3.0
 STATIC_ESTIMATES = ("mean", "load")
+EXPORTS = ("padnet", "transformers")  # OUT/model: padnet's folder, or a standard transformers architecture
 # a tokenizers file, or the vocabulary of a slow tokenizer (sentencepiece, BPE, WordPiece)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
@@ -75,6 +77,7 @@ class CompressConfig:
     batch_size: int = 8
     heldout: float = 0.2
     seed: int = 0
+    export: str = "padnet"  # or "transformers": a Qwen2-MoE folder that loads without padnet (Mixtral only)
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -106,6 +109,7 @@ class CompressConfig:
             self.method = METHOD_ALIASES.get(self.method.lower(), self.method.lower())
         check_choice("method", self.method, tuple(METHODS))
         check_choice("static", self.static, STATIC_ESTIMATES)
+        check_choice("export", self.export, EXPORTS)
         if self.method == "merge" and self.kappa is not None:
             raise ConfigError(
                 "--kappa does not apply to --method merge (every expert becomes the mean of all)"
@@ -398,7 +402,9 @@ def compress_folder(
     model_dir: str | Path, calibration: str | Path, out: str | Path, cfg: CompressConfig | None = None
 ) -> dict:
     """[`compress`][padnet.training.nlp.compress.compress] a model folder with a calibration text file; writes `out/model` (the compressed model with
-    its tokenizer), `out/results.json` and `out/results.png`. Returns the results.
+    its tokenizer: padnet's folder, or with `cfg.export="transformers"` the standard Qwen2-MoE form of a Mixtral,
+    [`export_transformers`][padnet.deployment.transformers_export.export_transformers]), `out/results.json` and
+    `out/results.png`. Returns the results.
 
     Raises CheckpointError / ConfigError / DataError (one line each) for a bad folder, text or setting, an `out`
     that holds a finished run (its `results.json`), and NonFiniteLossError or ConfigError for a fine-tune or a
@@ -410,9 +416,14 @@ def compress_folder(
     if not Path(calibration).is_file():
         raise DataError(f"cannot read calibration text {calibration}: no such file")
     model, tokenizer = load_causal_lm(model_dir)
+    if cfg.export == "transformers":
+        check_exportable(model)  # before any work
     blocks = text_blocks(calibration, tokenizer, cfg.block_size)
     pad, results = compress(model, blocks, cfg)
-    pad.save_pretrained(out / "model", full=True, tokenizer=tokenizer)
+    if cfg.export == "transformers":
+        export_transformers(pad, out / "model", tokenizer)
+    else:
+        pad.save_pretrained(out / "model", full=True, tokenizer=tokenizer)
     results["model_dir"], results["calibration"] = str(model_dir), str(calibration)
     _plot(results, out / "results.png")
     write_json(out / "results.json", results)  # last: a folder with results.json holds a finished run
