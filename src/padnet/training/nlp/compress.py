@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 from padnet.adapter.config import LIMITS, MAX_STEPS, METHOD_ALIASES, PadConfig
 from padnet.adapter.model import PadModel, get_pad_model
 from padnet.adapter.moe_convert import set_static_by_load
-from padnet.deployment.transformers_export import check_exportable, export_transformers
 from padnet.errors import (
     MAX_LOSS,
     CheckpointError,
@@ -48,6 +47,7 @@ from padnet.saving.moe_codec import encode_moe
 from padnet.training.config import MAX_BATCH, MAX_TOKENS
 from padnet.training.engine.checkpoint import claim_run_dir
 from padnet.training.nlp.finetune import check_weight_files, quiet_transformers
+from padnet.training.nlp.transformers_export import check_exportable, export_transformers
 
 # --method -> the PadConfig method that compresses: PAD-MoE, MoE-P, or PAD-MoE with every element static (merge)
 METHODS = {"pad-moe": "pad-moe", "moe-p": "moe-p", "merge": "pad-moe"}
@@ -403,7 +403,7 @@ def compress_folder(
 ) -> dict:
     """[`compress`][padnet.training.nlp.compress.compress] a model folder with a calibration text file; writes `out/model` (the compressed model with
     its tokenizer: padnet's folder, or with `cfg.export="transformers"` the standard Qwen2-MoE form of a Mixtral,
-    [`export_transformers`][padnet.deployment.transformers_export.export_transformers]), `out/results.json` and
+    [`export_transformers`][padnet.training.nlp.transformers_export.export_transformers]), `out/results.json` and
     `out/results.png`. Returns the results.
 
     Raises CheckpointError / ConfigError / DataError (one line each) for a bad folder, text or setting, an `out`

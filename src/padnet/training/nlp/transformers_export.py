@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from padnet.adapter.model import PadModel
 from padnet.errors import ConfigError
 from padnet.layers.experts import ExpertBank
 from padnet.layers.grouped_experts import split_neurons
@@ -33,8 +34,8 @@ ROUTED_MULTIPLE = 8  # routed experts' width is padded to a multiple of this man
 
 def check_exportable(model: nn.Module) -> None:
     """ConfigError (one line) unless `model` (or the model a PadModel wraps) is a Mixtral causal LM without a
-    sliding window: what [`to_qwen2_moe`][padnet.deployment.transformers_export.to_qwen2_moe] expresses exactly."""
-    model = model.base_model if type(model).__name__ == "PadModel" else model
+    sliding window: what [`to_qwen2_moe`][padnet.training.nlp.transformers_export.to_qwen2_moe] expresses exactly."""
+    model = model.base_model if isinstance(model, PadModel) else model
     if type(model).__name__ != "MixtralForCausalLM":
         raise ConfigError(
             f"export to transformers handles Mixtral causal LMs compressed by padnet, got {type(model).__name__}"
@@ -82,7 +83,7 @@ def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
 
 def qwen2_moe_config(source, routed: int, shared: int):
     """The Qwen2-MoE configuration of a Mixtral `source` config (without a sliding window:
-    [`check_exportable`][padnet.deployment.transformers_export.check_exportable]) whose experts keep `routed`
+    [`check_exportable`][padnet.training.nlp.transformers_export.check_exportable]) whose experts keep `routed`
     dynamic neurons and share `shared` static ones."""
     from transformers import Qwen2MoeConfig
 
@@ -136,8 +137,6 @@ def to_qwen2_moe(model: nn.Module) -> nn.Module:
     """
     from transformers import Qwen2MoeForCausalLM
 
-    from padnet.adapter.model import PadModel
-
     if isinstance(model, PadModel):
         model = model.merge_and_unload()
     banks = _banks(model)
@@ -175,7 +174,7 @@ def to_qwen2_moe(model: nn.Module) -> nn.Module:
 def export_transformers(
     model: nn.Module, directory: str | Path, tokenizer=None, probe: torch.Tensor | None = None
 ) -> Path:
-    """Write the Qwen2-MoE form ([`to_qwen2_moe`][padnet.deployment.transformers_export.to_qwen2_moe]) of a
+    """Write the Qwen2-MoE form ([`to_qwen2_moe`][padnet.training.nlp.transformers_export.to_qwen2_moe]) of a
     PAD-compressed Mixtral to `directory` with transformers' `save_pretrained` (and `tokenizer`'s): a folder that
     `AutoModelForCausalLM.from_pretrained` loads without padnet.
 
@@ -189,8 +188,6 @@ def export_transformers(
     Raises:
         ConfigError: see `to_qwen2_moe`, or logits that disagree (nothing is written).
     """
-    from padnet.adapter.model import PadModel
-
     source = model.merge_and_unload() if isinstance(model, PadModel) else model
     exported = to_qwen2_moe(source)
     if probe is None:

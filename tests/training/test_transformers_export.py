@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 import padnet
 from hf_folders import tiny_moe_folder
-from padnet.deployment.transformers_export import EXPORT_TOLERANCE, export_transformers, to_qwen2_moe
 from padnet.errors import ConfigError
+from padnet.training.nlp.transformers_export import EXPORT_TOLERANCE, export_transformers, to_qwen2_moe
 
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
