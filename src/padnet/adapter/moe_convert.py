@@ -144,7 +144,9 @@ def _refuse_transformers_save(*args, **kwargs):
     raise ConfigError(
         "this model holds padnet MoE layers, which transformers' save_pretrained cannot store (the "
         "folder would reload with its experts missing, initialised at random); save the PadModel with "
-        "PadModel.save_pretrained or padnet.save_pretrained, and load it with padnet.load_pretrained"
+        "PadModel.save_pretrained or padnet.save_pretrained, and load it with padnet.load_pretrained (a "
+        "compressed Mixtral exports to a standard transformers folder: "
+        "padnet.training.nlp.transformers_export.export_transformers)"
     )
 
 
