@@ -352,3 +352,32 @@ def test_export_of_a_family_without_an_exact_standard_form_is_refused_before_any
         len(err) == 1 and "handles Mixtral causal LMs compressed by padnet, got Qwen2MoeForCausalLM" in err[0]
     )
     assert not (tmp_path / "o" / "model").exists()
+
+
+def _copy_without(source, target, drop) -> None:
+    target.mkdir()
+    for path in source.iterdir():
+        if path.is_file() and not drop(path.name):
+            shutil.copy(path, target / path.name)
+
+
+@pytest.mark.parametrize(
+    "drop, fragment",
+    [
+        (
+            lambda name: name.startswith(("tokenizer", "vocab", "special_tokens")),
+            "has no tokenizer: expected tokenizer.json (or a slow tokenizer's tokenizer.model, vocab.json and "
+            "merges.txt, or vocab.txt) in the model folder",
+        ),
+        (lambda name: name.endswith(".safetensors"), "holds no safetensors weights (*.safetensors)"),
+    ],
+)
+def test_a_folder_missing_its_tokenizer_or_weights_is_refused_in_one_whole_line(
+    folder, tmp_path, capsys, drop, fragment
+):
+    _copy_without(folder / "model", tmp_path / "model", drop)
+    argv = ["moe-compress", str(tmp_path / "model"), "--calibration", str(folder / "text.txt")]
+    assert main([*argv, "--out", str(tmp_path / "out"), *FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / "model").exists()
