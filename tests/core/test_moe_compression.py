@@ -11,7 +11,7 @@ import torch
 from moe_checks import assert_round_trip
 
 import padnet
-from padnet.adapter.moe_convert import compress_experts, set_static_by_load
+from padnet.adapter.moe_convert import compress_experts, set_static_by_fisher, set_static_by_load
 from padnet.errors import ConfigError
 from padnet.layers.experts import ExpertBank, find_expert_banks, static_estimate
 from padnet.layers.moe import DeployedMoE, MoEFeedForward
@@ -144,6 +144,32 @@ def test_the_static_part_can_follow_the_routers_load():
         moe = pad.base_model.get_submodule(name).moe
         expected = sum(load[e] * moe.experts[e].double() for e in range(4)) / load.sum()
         torch.testing.assert_close(moe.neuron_mode.static.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_static_part_can_be_the_fisher_weighted_mean_of_the_experts():
+    """Θ̄ = Σₑ Fₑ ⊙ Θᵉ / Σₑ Fₑ element by element, Fₑ the squared loss gradients summed over the batches; the
+    model's output is untouched while every element is dynamic (κ = 1), and parameter gradients stay unset."""
+    pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", granularity="neuron")
+    batches = [{"input_ids": IDS, "labels": IDS}] * 2
+    before = pad.eval()(input_ids=IDS).logits
+    fisher = set_static_by_fisher(pad.base_model, batches)
+    assert all(p.grad is None for p in pad.parameters())
+    torch.testing.assert_close(pad(input_ids=IDS).logits, before)
+    for name, information in fisher.items():
+        moe = pad.base_model.get_submodule(name).moe
+        experts = moe.experts.detach().double()
+        expected = (information * experts).sum(0) / information.sum(0)
+        expected = torch.where(information.sum(0) > 0, expected, experts.mean(0))
+        torch.testing.assert_close(moe.neuron_mode.static.double(), expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(expected, experts.mean(0))  # not the plain mean
+
+
+def test_element_weights_fall_back_to_the_mean_where_they_are_all_zero():
+    experts = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    weights = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    torch.testing.assert_close(static_estimate(experts, weights), torch.tensor([2.5, 4.0]))
+    with pytest.raises(ConfigError, match="of shape"):
+        static_estimate(experts, torch.ones(3))
 
 
 def test_bad_compression_inputs_are_one_line_errors():

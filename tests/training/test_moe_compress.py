@@ -381,3 +381,19 @@ def test_a_folder_missing_its_tokenizer_or_weights_is_refused_in_one_whole_line(
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1, err
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_the_static_part_can_be_fisher_weighted(folder, tmp_path, capsys):
+    out = tmp_path / "fisher"
+    argv = [
+        "moe-compress",
+        str(folder / "model"),
+        "--calibration",
+        str(folder / "text.txt"),
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--kappa", "0.3", "--static", "fisher", *FLAGS]) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["static"] == "fisher"
+    assert math.isfinite(results["compressed"]["perplexity"])

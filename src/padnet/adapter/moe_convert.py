@@ -276,6 +276,39 @@ def compress_experts(
     return banks
 
 
+def _pad_banks(model: nn.Module) -> dict[str, ExpertBank]:
+    """The PAD-compressed expert banks of `model` by name (ConfigError when there is none)."""
+    banks = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, ExpertBank)
+        and isinstance(m.moe, MoEFeedForward)
+        and m.moe.neuron_mode.static is not None
+    }
+    if not banks:
+        raise ConfigError("the model has no PAD-compressed expert bank (compress_experts with mode='pad')")
+    return banks
+
+
+def _run(model: nn.Module, batch, forward):
+    """`forward(model, batch)`, or by default `model(**batch)` for a dict and `model(batch)` otherwise."""
+    if forward is not None:
+        return forward(model, batch)
+    return model(**batch) if isinstance(batch, dict) else model(batch)
+
+
+def _set_static(bank: ExpertBank, weights: torch.Tensor, bias_weights: torch.Tensor) -> None:
+    """Θ̄ of the neuron columns and output biases as [`static_estimate`][padnet.layers.experts.static_estimate]s:
+    weights per expert (E,), or per element in the layout of `experts` (E, R, F) and `expert_bias` (E, H)."""
+    moe = bank.moe
+    bias = moe.expert_bias.detach().reshape(moe.num_experts, *moe.bias_mode.static.shape)
+    if bias_weights.dim() > 1:  # per element: in the layout of the static bias
+        bias_weights = bias_weights.reshape(bias.shape)
+    with torch.no_grad():
+        moe.neuron_mode.static.copy_(static_estimate(moe.experts.detach(), weights))
+        moe.bias_mode.static.copy_(static_estimate(bias, bias_weights))
+
+
 @torch.no_grad()
 def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, torch.Tensor]:
     """Re-estimate Θ̄ of every PAD-compressed [`ExpertBank`][padnet.layers.experts.ExpertBank] of `model` as the
@@ -289,15 +322,7 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
     Raises:
         ConfigError: the model has no such banks, or the batches route no token to a bank.
     """
-    banks = {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, ExpertBank)
-        and isinstance(m.moe, MoEFeedForward)
-        and m.moe.neuron_mode.static is not None
-    }
-    if not banks:
-        raise ConfigError("the model has no PAD-compressed expert bank (compress_experts with mode='pad')")
+    banks = _pad_banks(model)
     loads = {name: torch.zeros(bank.moe.num_experts, dtype=torch.float64) for name, bank in banks.items()}
 
     def count(name: str, args, kwargs) -> None:  # called as (hidden_states, top_k_index, top_k_weights)
@@ -314,12 +339,7 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
     model.eval()
     try:
         for batch in batches:
-            if forward is not None:
-                forward(model, batch)
-            elif isinstance(batch, dict):
-                model(**batch)
-            else:
-                model(batch)
+            _run(model, batch, forward)
     finally:
         for hook in hooks:
             hook.remove()
@@ -327,8 +347,47 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
     for name, bank in banks.items():
         if not float(loads[name].sum()) > 0:
             raise ConfigError(f"the calibration batches routed no token to {name}")
-        moe = bank.moe
-        moe.neuron_mode.static.copy_(static_estimate(moe.experts.detach(), loads[name]))
-        bias = moe.expert_bias.detach().reshape(moe.num_experts, *moe.bias_mode.static.shape)
-        moe.bias_mode.static.copy_(static_estimate(bias, loads[name]))
+        _set_static(bank, loads[name], loads[name])
     return loads
+
+
+def set_static_by_fisher(model: nn.Module, batches, loss=None) -> dict[str, torch.Tensor]:
+    """Re-estimate Θ̄ of every PAD-compressed [`ExpertBank`][padnet.layers.experts.ExpertBank] of `model` as the
+    experts' Fisher-weighted mean, element by element: Θ̄ = Σₑ Fₑ ⊙ Θᵉ / Σₑ Fₑ with Fₑ the squared gradients of
+    the loss with respect to expert e's parameters summed over `batches` (the empirical Fisher information; Matena
+    & Raffel 2022; D²-MoE's best shared base). An element no batch reaches takes the mean. Run it before the
+    partition (every expert element dynamic). Parameter gradients are left as they were.
+
+    Args:
+        model: a model with PAD-compressed expert banks.
+        batches: calibration batches.
+        loss: `loss(model, batch) -> 0-d tensor` (default `model(**batch).loss`, a causal LM's with labels).
+
+    Returns:
+        The Fisher information of the experts (E, R, F) by bank name.
+
+    Raises:
+        ConfigError: the model has no such banks, or the batches give no gradient to a bank.
+    """
+    banks = _pad_banks(model)
+    experts = {name: bank.moe.experts for name, bank in banks.items()}
+    biases = {name: bank.moe.expert_bias for name, bank in banks.items()}
+    fisher = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in experts.items()}
+    fisher_bias = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in biases.items()}
+    tensors = [*experts.values(), *biases.values()]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            value = loss(model, batch) if loss is not None else _run(model, batch, None).loss
+            grads = torch.autograd.grad(value, tensors, allow_unused=True)
+            for acc, g in zip([*fisher.values(), *fisher_bias.values()], grads):
+                if g is not None:
+                    acc += g.double().square()
+    finally:
+        model.train(was_training)
+    for name, bank in banks.items():
+        if not float(fisher[name].sum()) > 0:
+            raise ConfigError(f"the calibration batches give no gradient to {name}")
+        _set_static(bank, fisher[name], fisher_bias[name])
+    return fisher

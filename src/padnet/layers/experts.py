@@ -46,19 +46,29 @@ def find_expert_banks(model: nn.Module) -> list[str]:
 def static_estimate(experts: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Θ̄ = Σₑ wₑ Θᵉ / Σₑ wₑ over the experts `(E, *shape)` → `(*shape)`; uniform `weights` (the mean) when None.
 
+    `weights` is one value per expert (E,) — e.g. the router's load — or one per element (E, *shape) — e.g. each
+    expert's Fisher information (Matena & Raffel 2022, "Merging Models with Fisher-Weighted Averaging"); an
+    element whose weights are all zero takes the mean.
+
     Raises:
-        ConfigError: weights that are not E non-negative values with a positive sum.
+        ConfigError: weights that are not non-negative values of either shape with a positive sum.
     """
     if weights is None:
         return experts.mean(0)
     weights = weights.to(device=experts.device, dtype=torch.float64)
-    if weights.shape != experts.shape[:1] or bool((weights < 0).any()) or not float(weights.sum()) > 0:
+    if weights.shape not in (experts.shape[:1], experts.shape) or bool((weights < 0).any()):
         raise ConfigError(
-            f"static weights must be {experts.shape[0]} non-negative values with a positive sum, "
-            f"got {tuple(weights.shape)}"
+            f"static weights must be non-negative, of shape {tuple(experts.shape[:1])} or "
+            f"{tuple(experts.shape)}, got {tuple(weights.shape)}"
         )
-    # in double precision: token counts in the thousands keep their digits whatever the experts' dtype
-    return torch.tensordot(weights / weights.sum(), experts.double(), dims=1).to(experts.dtype)
+    if weights.dim() == 1:
+        if not float(weights.sum()) > 0:
+            raise ConfigError(f"static weights must have a positive sum, got {weights.tolist()}")
+        # in double precision: token counts in the thousands keep their digits whatever the experts' dtype
+        return torch.tensordot(weights / weights.sum(), experts.double(), dims=1).to(experts.dtype)
+    total = weights.sum(0)
+    weighted = (weights * experts.double()).sum(0) / total.clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.where(total > 0, weighted, experts.double().mean(0)).to(experts.dtype)
 
 
 class ExpertBank(nn.Module):

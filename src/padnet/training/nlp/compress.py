@@ -7,7 +7,7 @@ The pipeline (one run of [`compress_folder`][padnet.training.nlp.compress.compre
    `heldout` fraction of the blocks measures perplexity, the others calibrate.
 2. Compress the experts ([`padnet.adapter.moe_convert.compress_experts`][padnet.adapter.moe_convert.compress_experts]): `"pad"` keeps a fraction κ of
    the expert parameters dynamic by IMP on the calibration blocks (PAD-Net eq. 5–9) and shares a static part Θ̄
-   (the experts' mean, or weighted by the router's load); `"prune"` keeps the same fraction and zeroes the rest
+   (the experts' mean, weighted by the router's load, or Fisher-weighted element by element); `"prune"` keeps the same fraction and zeroes the rest
    (MoE-P); `"merge"` replaces every expert by the mean of all (no mask search, κ = 0).
 3. Optionally fine-tune only Θ̄ and the scale factors on the calibration blocks.
 4. Measure perplexity before and after and the bytes the experts take in the saved folder, and write the
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from padnet.adapter.config import LIMITS, MAX_STEPS, METHOD_ALIASES, PadConfig
 from padnet.adapter.model import PadModel, get_pad_model
-from padnet.adapter.moe_convert import set_static_by_load
+from padnet.adapter.moe_convert import set_static_by_fisher, set_static_by_load
 from padnet.errors import (
     MAX_LOSS,
     CheckpointError,
@@ -55,7 +55,8 @@ OLD_METHODS = {
     "pad": "pad-moe",
     "prune": "moe-p",
 }  # the --method values of 0.1, read with a warning until 0.3.0
-STATIC_ESTIMATES = ("mean", "load")
+# Θ̄ of PAD-MoE: the experts' mean, weighted by the router's load, or by the experts' Fisher information
+STATIC_ESTIMATES = ("mean", "load", "fisher")
 EXPORTS = ("padnet", "transformers")  # OUT/model: padnet's folder, or a standard transformers architecture
 # a tokenizers file, or the vocabulary of a slow tokenizer (sentencepiece, BPE, WordPiece)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
@@ -130,7 +131,7 @@ class CompressConfig:
             raise ConfigError(f"heldout must be in (0, 1), got {self.heldout!r}")
         self.pad_config()
         if self.method == "moe-p" and (self.finetune_steps or self.static != "mean"):
-            raise ConfigError("MoE-P (method moe-p) has no static part to estimate by load or fine-tune")
+            raise ConfigError("MoE-P (method moe-p) has no static part to estimate (--static) or fine-tune")
         return self
 
 
@@ -363,6 +364,8 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
     pad = get_pad_model(model, cfg.pad_config(), partition_batches=len(batches))
     if cfg.static == "load":
         set_static_by_load(pad.base_model, batches)
+    elif cfg.static == "fisher":
+        set_static_by_fisher(pad.base_model, batches)
     if cfg.method == "merge":  # every expert becomes the mean of all: every mask element static
         pad.set_masks({name: torch.zeros_like(mask) for name, mask in pad.masks().items()})
         reached = 0.0
