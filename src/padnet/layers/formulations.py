@@ -195,14 +195,13 @@ class FormulationChoice:
         an eager call added to it."""
         if self._formulation != "auto":
             return self._formulation
+        grad = torch.is_grad_enabled()
         if torch.compiler.is_compiling():  # the rule alone: a graph guarded on the cache would recompile
-            return self._rule(shape[0], math.prod(self.output_size(shape[2:])), torch.is_grad_enabled())
-        key = (tuple(shape), torch.is_grad_enabled())
-        path = self._paths.get(key)
-        if path is None:
-            pixels = math.prod(self.output_size(shape[2:]))
-            path = self._paths[key] = self._rule(shape[0], pixels, key[1])
-        return path
+            return self._rule(shape[0], math.prod(self.output_size(shape[2:])), grad)
+        key = (tuple(shape), grad)
+        if key not in self._paths:
+            self._paths[key] = self._rule(shape[0], math.prod(self.output_size(shape[2:])), grad)
+        return self._paths[key]
 
     @property
     def chosen_paths(self) -> dict[tuple[tuple[int, ...], bool], str]:

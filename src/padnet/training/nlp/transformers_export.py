@@ -29,6 +29,27 @@ from padnet.layers.grouped_experts import split_neurons
 from padnet.layers.moe import DeployedMoE
 
 EXPORT_TOLERANCE = 1e-4  # largest relative difference of the exported model's logits from padnet's (float32)
+# configuration keys Mixtral and Qwen2-MoE share, with the same meaning
+SAME_SETTINGS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "initializer_range",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "rope_parameters",
+    "attention_dropout",
+    "num_experts_per_tok",
+    "router_aux_loss_coef",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
 ROUTED_MULTIPLE = 8  # routed experts' width is padded to a multiple of this many neurons
 
 
@@ -88,32 +109,16 @@ def qwen2_moe_config(source, routed: int, shared: int):
     from transformers import Qwen2MoeConfig
 
     head_dim = getattr(source, "head_dim", None) or source.hidden_size // source.num_attention_heads
+    same = {name: getattr(source, name) for name in SAME_SETTINGS}  # what both architectures name alike
     config = Qwen2MoeConfig(
-        vocab_size=source.vocab_size,
-        hidden_size=source.hidden_size,
-        intermediate_size=source.intermediate_size,
-        num_hidden_layers=source.num_hidden_layers,
-        num_attention_heads=source.num_attention_heads,
-        num_key_value_heads=source.num_key_value_heads,
-        hidden_act=source.hidden_act,
-        max_position_embeddings=source.max_position_embeddings,
-        initializer_range=source.initializer_range,
-        rms_norm_eps=source.rms_norm_eps,
-        tie_word_embeddings=source.tie_word_embeddings,
-        rope_parameters=source.rope_parameters,
+        **same,
         use_sliding_window=False,
-        attention_dropout=source.attention_dropout,
         decoder_sparse_step=1,
         moe_intermediate_size=routed,
         shared_expert_intermediate_size=shared,
-        num_experts_per_tok=source.num_experts_per_tok,
         num_experts=source.num_local_experts,
         norm_topk_prob=True,
-        router_aux_loss_coef=source.router_aux_loss_coef,
         qkv_bias=False,
-        pad_token_id=source.pad_token_id,
-        bos_token_id=source.bos_token_id,
-        eos_token_id=source.eos_token_id,
     )
     config.head_dim = head_dim
     return config
