@@ -297,7 +297,7 @@ def _run(model: nn.Module, batch, forward):
     return model(**batch) if isinstance(batch, dict) else model(batch)
 
 
-def _set_static(bank: ExpertBank, weights: torch.Tensor, bias_weights: torch.Tensor) -> None:
+def set_static(bank: ExpertBank, weights: torch.Tensor, bias_weights: torch.Tensor) -> None:
     """Θ̄ of the neuron columns and output biases as [`static_estimate`][padnet.layers.experts.static_estimate]s:
     weights per expert (E,), or per element in the layout of `experts` (E, R, F) and `expert_bias` (E, H)."""
     moe = bank.moe
@@ -347,7 +347,7 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
     for name, bank in banks.items():
         if not float(loads[name].sum()) > 0:
             raise ConfigError(f"the calibration batches routed no token to {name}")
-        _set_static(bank, loads[name], loads[name])
+        set_static(bank, loads[name], loads[name])
     return loads
 
 
@@ -389,5 +389,5 @@ def set_static_by_fisher(model: nn.Module, batches, loss=None) -> dict[str, torc
     for name, bank in banks.items():
         if not float(fisher[name].sum()) > 0:
             raise ConfigError(f"the calibration batches give no gradient to {name}")
-        _set_static(bank, fisher[name], fisher_bias[name])
+        set_static(bank, fisher[name], fisher_bias[name])
     return fisher

@@ -117,6 +117,12 @@ def check_dynamic_elements(tensors, kappa: float, scope: str = "global", align: 
     return kept
 
 
+def imp_schedule(start: float, kappa: float, iterations: int) -> list[float]:
+    """The dynamic ratios IMP keeps after each of its `iterations` rounds (PAD-Net eq. 9): the exponential
+    schedule from the current ratio `start` to κ, start · (κ / start)^((e + 1) / E), e = 0…E − 1."""
+    return [start * (kappa / start) ** ((e + 1) / iterations) for e in range(iterations)]
+
+
 def apply_partition(tensors, scores: list[torch.Tensor], fraction: float, scope: str, align: int = 1) -> None:
     """Set every mask so that `fraction` of its elements (global or per tensor) stay dynamic.
 
@@ -220,8 +226,7 @@ def partition(
             f"{start:.4f} (static elements stay static); pass reset=True"
         )
     steps = iterations if method == "imp" else 1
-    # exponential schedule from the current ratio to κ: start · (κ / start)^((e+1)/E)
-    schedule = [start * (kappa / start) ** ((e + 1) / steps) for e in range(steps)]
+    schedule = imp_schedule(start, kappa, steps)
     batches = list(itertools.islice(data, num_batches)) if method in ("imp", "mp") else []
     if method in ("imp", "mp") and not batches:
         raise ConfigError("mode partition needs at least one batch of training data")

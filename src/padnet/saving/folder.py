@@ -10,7 +10,9 @@ A folder holds:
   stored, the architecture: `{"padnet": create_model arguments}` or `{"transformers": model class}` with the
   Hugging Face `config.json` beside it;
 - `padnet_model.safetensors`: the tensors; deployed convolutions in [`padnet.saving.conv_codec`][padnet.saving.conv_codec]'s compact
-  encoding, PAD-MoE / MoE-P experts in [`padnet.saving.moe_codec`][padnet.saving.moe_codec]'s;
+  encoding, PAD-MoE / MoE-P experts in [`padnet.saving.moe_codec`][padnet.saving.moe_codec]'s; or, from a
+  compression written layer by layer, shards of them (`padnet_model-00001.safetensors`, …) listed in
+  `padnet_model.safetensors.index.json` (`{"weight_map": {tensor name: shard file}}`, as transformers' index);
 - the tokenizer's files, when one was given.
 
 Everything read back is validated as command-line input is: the record's kinds, the architecture's sizes, the
@@ -40,6 +42,7 @@ from padnet.saving.fileio import atomic_path, parse_json, write_json
 FORMAT = "padnet-adapter-1"
 CONFIG_FILE = "padnet_config.json"
 WEIGHTS_FILE = "padnet_model.safetensors"
+WEIGHTS_INDEX = "padnet_model.safetensors.index.json"
 HF_CONFIG_FILE = "config.json"
 FORMS = ("training", "deployed")
 
@@ -166,7 +169,7 @@ def _check_size(cls: type, config, directory: Path) -> None:
     stored as one shared part, could need at most). The architecture is built on the meta device to count."""
     with torch.device("meta"):
         needed = sum(p.numel() for p in _build(cls, config, directory).parameters())
-    stored = stored_values(directory / WEIGHTS_FILE)
+    stored = sum(stored_values(path) for path in weight_files(directory))
     if needed > stored * MAX_EXPERTS:
         raise CheckpointError(
             f"{directory / HF_CONFIG_FILE} describes a model of {needed:,} parameters; "
@@ -206,17 +209,27 @@ def write_folder(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create folder {directory} ({exc.strerror or exc})") from None
+    write_weights(directory / WEIGHTS_FILE, tensors, record["form"])
+    write_record(directory, record, model, tokenizer)
+    return directory
+
+
+def write_weights(path: Path, tensors: dict[str, torch.Tensor], form: str) -> None:
+    """One weights file (or shard) of a folder in `form`, written atomically."""
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"padnet": json.dumps({"format": FORMAT, "form": form})})
+
+
+def write_record(directory: Path, record: dict, model: nn.Module, tokenizer=None) -> None:
+    """The files of a folder beside its weights, the record last (a folder with a record is complete):
+    the Hugging Face `config.json` when the record's architecture names a transformers class, the tokenizer's
+    files, `padnet_config.json`."""
     if (record.get("architecture") or {}).get("transformers"):
         with atomic_path(directory / HF_CONFIG_FILE) as tmp:
             Path(tmp).write_text(model.config.to_json_string())
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(
-            tensors, str(tmp), metadata={"padnet": json.dumps({"format": FORMAT, "form": record["form"]})}
-        )
     write_json(directory / CONFIG_FILE, {"format": FORMAT, **record})
-    return directory
 
 
 def read_record(directory: Path) -> dict:
@@ -260,22 +273,54 @@ def read_record(directory: Path) -> dict:
     return record
 
 
-def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
-    """The tensors of `directory/padnet_model.safetensors`, checked to be written in `form`."""
-    path = directory / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(
-            f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-        )
+def weight_files(directory: Path) -> list[Path]:
+    """The weights file of a folder, or its shards in the order its index lists them.
+
+    Raises:
+        CheckpointError: neither exists, or an index that is malformed, names a file outside the folder, or
+            lists a shard that is missing.
+    """
+    single, index = directory / WEIGHTS_FILE, directory / WEIGHTS_INDEX
+    if single.is_file() or not index.is_file():
+        if not single.is_file():
+            raise CheckpointError(
+                f"{directory} is not a padnet model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
+        return [single]
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = parse_json((fh.metadata() or {}).get("padnet", "null"))
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError) as exc:
-        reason = first_line(exc)
-        raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("form") != form:
-        raise CheckpointError(f"{path} was not written with the {form} form of {CONFIG_FILE}")
+        weight_map = parse_json(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{index} is not a readable shard index ({first_line(exc)})") from None
+    if not (
+        isinstance(weight_map, dict)
+        and weight_map
+        and all(
+            isinstance(f, str) and f == Path(f).name and f.endswith(".safetensors")
+            for f in weight_map.values()
+        )
+    ):
+        raise CheckpointError(f"{index} is not a shard index (a weight_map of tensor names to shard files)")
+    files = [directory / name for name in dict.fromkeys(weight_map.values())]
+    for path in files:
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: shard {path.name}, listed in {WEIGHTS_INDEX}, is missing")
+    return files
+
+
+def read_weights(directory: Path, form: str) -> dict[str, torch.Tensor]:
+    """The tensors of the folder's weights file or shards ([`weight_files`][padnet.saving.folder.weight_files]),
+    each checked to be written in `form`."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = parse_json((fh.metadata() or {}).get("padnet", "null"))
+                tensors.update({key: fh.get_tensor(key) for key in fh.keys()})  # noqa: SIM118 - no __iter__
+        except (SafetensorError, OSError, ValueError) as exc:
+            reason = first_line(exc)
+            raise CheckpointError(f"{path} is not a readable safetensors file ({reason})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("form") != form:
+            raise CheckpointError(f"{path} was not written with the {form} form of {CONFIG_FILE}")
     return tensors
 
 

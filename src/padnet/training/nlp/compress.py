@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from padnet.adapter.config import LIMITS, MAX_STEPS, METHOD_ALIASES, PadConfig
 from padnet.adapter.model import PadModel, get_pad_model
 from padnet.adapter.moe_convert import set_static_by_fisher, set_static_by_load
+from padnet.adapter.moe_local import record_banks, set_static_by_least_squares
 from padnet.errors import (
     MAX_LOSS,
     CheckpointError,
@@ -47,7 +48,12 @@ from padnet.saving.moe_codec import encode_moe
 from padnet.training.config import MAX_BATCH, MAX_TOKENS
 from padnet.training.engine.checkpoint import claim_run_dir
 from padnet.training.nlp.finetune import check_weight_files, quiet_transformers
-from padnet.training.nlp.transformers_export import check_exportable, export_transformers
+from padnet.training.nlp.layerwise import CheckpointShards, PadnetShards, Qwen2MoeShards, compress_layers
+from padnet.training.nlp.transformers_export import (
+    check_exportable,
+    export_transformers,
+    qwen2_moe_config,
+)
 
 # --method -> the PadConfig method that compresses: PAD-MoE, MoE-P, or PAD-MoE with every element static (merge)
 METHODS = {"pad-moe": "pad-moe", "moe-p": "moe-p", "merge": "pad-moe"}
@@ -55,8 +61,11 @@ OLD_METHODS = {
     "pad": "pad-moe",
     "prune": "moe-p",
 }  # the --method values of 0.1, read with a warning until 0.3.0
-# Θ̄ of PAD-MoE: the experts' mean, weighted by the router's load, or by the experts' Fisher information
-STATIC_ESTIMATES = ("mean", "load", "fisher")
+# Θ̄ of PAD-MoE: the experts' mean, weighted by the router's load or by the experts' Fisher information of the
+# objective (the LM loss whole-model, the layer's output layer by layer), or least squares on the layer's output
+STATIC_ESTIMATES = ("mean", "load", "fisher", "lsq")
+# one decoder layer at a time from disk (layer-local IMP), or the whole model in memory (global IMP on the LM loss)
+PIPELINES = ("layers", "model")
 EXPORTS = ("padnet", "transformers")  # OUT/model: padnet's folder, or a standard transformers architecture
 # a tokenizers file, or the vocabulary of a slow tokenizer (sentencepiece, BPE, WordPiece)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
@@ -79,6 +88,7 @@ class CompressConfig:
     heldout: float = 0.2
     seed: int = 0
     export: str = "padnet"  # or "transformers": a Qwen2-MoE folder that loads without padnet (Mixtral only)
+    pipeline: str = "layers"
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -111,6 +121,7 @@ class CompressConfig:
         check_choice("method", self.method, tuple(METHODS))
         check_choice("static", self.static, STATIC_ESTIMATES)
         check_choice("export", self.export, EXPORTS)
+        check_choice("pipeline", self.pipeline, PIPELINES)
         if self.method == "merge" and self.kappa is not None:
             raise ConfigError(
                 "--kappa does not apply to --method merge (every expert becomes the mean of all)"
@@ -132,6 +143,10 @@ class CompressConfig:
         self.pad_config()
         if self.method == "moe-p" and (self.finetune_steps or self.static != "mean"):
             raise ConfigError("MoE-P (method moe-p) has no static part to estimate (--static) or fine-tune")
+        if self.pipeline == "layers" and self.finetune_steps:
+            raise ConfigError(
+                "--finetune-steps trains on the language-model loss of the whole model: use --pipeline model"
+            )
         return self
 
 
@@ -161,11 +176,9 @@ def _transformers(folder: Path, load):
         raise CheckpointError(f"cannot load a causal LM from {folder}: {first_line(exc)}") from None
 
 
-def _load_model(folder: Path, stored: int):
-    """The causal LM of `folder`, whose weight files hold `stored` values. Its architecture is first built
-    without memory (on the meta device): a model without banks of experts (ConfigError), or a config asking for
-    more parameters than the files hold (CheckpointError), is refused before anything is allocated; a tensor the
-    files lack is refused, not initialised at random."""
+def meta_skeleton(folder: Path):
+    """The causal LM of `folder`'s config built on the meta device (no memory). ConfigError for a model without
+    banks of experts; CheckpointError for a config transformers cannot build."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = _transformers(folder, lambda: AutoConfig.from_pretrained(folder, local_files_only=True))
@@ -176,6 +189,17 @@ def _load_model(folder: Path, stored: int):
             f"{type(skeleton).__name__} in {folder} has no bank of experts to compress (Mixtral, "
             "Qwen2-MoE, Qwen3-MoE and OLMoE have them)"
         )
+    return skeleton
+
+
+def _load_model(folder: Path, stored: int):
+    """The causal LM of `folder`, whose weight files hold `stored` values. Its architecture is first built
+    without memory ([`meta_skeleton`][padnet.training.nlp.compress.meta_skeleton]): a model without banks of
+    experts (ConfigError), or a config asking for more parameters than the files hold (CheckpointError), is refused
+    before anything is allocated; a tensor the files lack is refused, not initialised at random."""
+    from transformers import AutoModelForCausalLM
+
+    skeleton = meta_skeleton(folder)
     needed = sum(p.numel() for p in skeleton.parameters())
     if needed > stored:
         raise CheckpointError(
@@ -350,17 +374,48 @@ def _check_outcome(pad: PadModel, before: float, after: float) -> None:
             )
 
 
+def split_blocks(blocks: torch.Tensor, cfg: CompressConfig) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(the calibration batches of token ids, each (b, T): at most `calibration_batches` of the first
+    1 − `heldout` of the blocks; the held-out blocks (n, T), the rest)."""
+    split = max(1, min(len(blocks) - 1, round(len(blocks) * (1 - cfg.heldout))))
+    return list(blocks[:split].split(cfg.batch_size))[: cfg.calibration_batches], blocks[split:]
+
+
+def _results(cfg: CompressConfig, experts: int, kappa: float, before: dict, after: dict, **measured) -> dict:
+    """The measurements of a compression, with the byte ratio it reached and the one PAD's encoding predicts."""
+    if cfg.method == "pad-moe":
+        expected = ((1 - kappa) + kappa * experts) / experts
+    else:
+        expected = kappa if cfg.method == "moe-p" else 1 / experts
+    return {
+        "config": cfg.to_dict(),
+        "num_experts": experts,
+        "kappa": kappa,
+        "original": before,
+        "compressed": after,
+        "bytes_ratio": after["bytes"] / before["bytes"],
+        "expected_bytes_ratio": expected,
+        **measured,
+    }
+
+
 def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel, dict]:
-    """Compress `model` (a transformers MoE causal LM) with calibration `blocks` (n, T) as `cfg` says;
-    returns the [`PadModel`][padnet.adapter.model.PadModel] and the measurements (perplexities, bytes, seconds)."""
+    """Compress `model` (a transformers MoE causal LM) in memory with calibration `blocks` (n, T) as `cfg` says,
+    with global IMP on the language-model loss (`pipeline="model"`); returns the
+    [`PadModel`][padnet.adapter.model.PadModel] and the measurements (perplexities, bytes, seconds)."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    split = max(1, min(len(blocks) - 1, round(len(blocks) * (1 - cfg.heldout))))
-    calibration, heldout = blocks[:split], blocks[split:]
-    batches = lm_batches(calibration, cfg.batch_size)[: cfg.calibration_batches]
+    calibration, heldout = split_blocks(blocks, cfg)
+    batches = [{"input_ids": ids, "labels": ids} for ids in calibration]
     started = time.perf_counter()
     before = {"perplexity": _original_perplexity(model, heldout, cfg), "bytes": bank_bytes(model)}
-    experts = model.get_submodule(find_expert_banks(model)[0]).gate_up_proj.shape[0]  # E of the first bank
+    names = find_expert_banks(model)
+    experts = model.get_submodule(names[0]).gate_up_proj.shape[0]  # E of the first bank
+    recorded = {}
+    if cfg.static == "lsq":  # the original banks' inputs and outputs, the least-squares targets
+        with record_banks(model, names) as recorded, torch.no_grad():
+            for batch in batches:
+                model(**batch)
     pad = get_pad_model(model, cfg.pad_config(), partition_batches=len(batches))
     if cfg.static == "load":
         set_static_by_load(pad.base_model, batches)
@@ -371,6 +426,8 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
         reached = 0.0
     else:
         reached = _partition(pad, batches, cfg)
+    for name, data in recorded.items():
+        set_static_by_least_squares(pad.base_model.get_submodule(name), data)
     losses = (
         _finetune_static(pad, batches, cfg.finetune_steps, cfg.lr, cfg.progress) if cfg.finetune_steps else []
     )
@@ -380,32 +437,130 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
     }
     _check_outcome(pad, before["perplexity"], after["perplexity"])
     kappa = 0.0 if cfg.method == "merge" else pad.pad_config.value("kappa")
-    results = {
-        "config": cfg.to_dict(),
-        "num_experts": experts,
-        "kappa": kappa,
-        "dynamic_ratio": reached,
-        "original": before,
-        "compressed": after,
-        "bytes_ratio": after["bytes"] / before["bytes"],
-        "expected_bytes_ratio": ((1 - kappa) + kappa * experts) / experts
-        if cfg.method == "pad-moe"
-        else kappa
-        if cfg.method == "moe-p"
-        else 1 / experts,
-        "calibration_blocks": len(calibration),
-        "heldout_blocks": len(heldout),
-        "finetune_losses": losses,
-        "seconds": time.perf_counter() - started,
-    }
-    return pad, results
+    return pad, _results(
+        cfg,
+        experts,
+        kappa,
+        before,
+        after,
+        dynamic_ratio=reached,
+        calibration_blocks=sum(len(b) for b in calibration),
+        heldout_blocks=len(heldout),
+        finetune_losses=losses,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _export_widths(cfg: CompressConfig, inter: int) -> tuple[int, int]:
+    """(routed, shared) neurons of the Qwen2-MoE form of every layer compressed layer by layer: with neuron
+    masks each bank keeps round(κ·(F + 1)) of its F neuron and 1 bias mask elements dynamic, so at most that
+    many neurons are routed and at least one fewer static (layers with fewer are padded with zero neurons)."""
+    from padnet.training.nlp.transformers_export import ROUTED_MULTIPLE
+
+    pad_config = cfg.pad_config()
+    if pad_config.value("granularity") != "neuron":  # element masks: full-width experts, nothing shared
+        kept, shared = inter, 0
+    elif cfg.method == "merge":
+        kept, shared = 0, inter
+    else:
+        kept = round(pad_config.value("kappa") * (inter + 1))
+        shared = 0 if cfg.method == "moe-p" else inter - max(0, kept - 1)
+    return max(1, -(-kept // ROUTED_MULTIPLE)) * ROUTED_MULTIPLE, shared
+
+
+def _tied_keys(model) -> set[str]:
+    """State keys of `model` whose tensor is another key's (a head tied to the embeddings): stored once."""
+    seen, tied = set(), set()
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied.add(key)
+        seen.add(id(tensor))
+    return tied
+
+
+def compress_folder_layers(
+    model_dir: str | Path, calibration: str | Path, out: str | Path, cfg: CompressConfig
+) -> dict:
+    """The layer-by-layer pipeline of [`compress_folder`][padnet.training.nlp.compress.compress_folder]
+    (`pipeline="layers"`, [`padnet.training.nlp.layerwise`][padnet.training.nlp.layerwise]): `out/model` is
+    written shard by shard and renamed into place when whole. Returns the results (not yet written)."""
+    folder, out = Path(model_dir), Path(out)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} is not a model folder (no config.json)")
+    shards = CheckpointShards(folder)
+    tokenizer = load_tokenizer(folder)
+    skeleton = meta_skeleton(folder)
+    shards.check(skeleton, _tied_keys(skeleton))
+    if cfg.export == "transformers":
+        check_exportable(skeleton)
+    calibration_ids, heldout = split_blocks(text_blocks(calibration, tokenizer, cfg.block_size), cfg)
+    banks = find_expert_banks(skeleton)
+    experts, _, inter = skeleton.get_submodule(banks[0]).down_proj.shape  # (E, H, F)
+    dtype = shards.dtype(banks[0])
+    before_bytes = sum(
+        math.prod(shards.source(f"{name}.{part}")[1]) * dtype.itemsize
+        for name in banks
+        for part in ("gate_up_proj", "down_proj")
+    )
+    if cfg.export == "transformers":
+        writer = Qwen2MoeShards(
+            out / "model", dtype, qwen2_moe_config(skeleton.config, *_export_widths(cfg, inter))
+        )
+    else:
+        writer = PadnetShards(out / "model", dtype)
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    try:
+        measured = compress_layers(
+            shards, skeleton, calibration_ids, list(heldout.split(cfg.batch_size)), cfg, writer.write
+        )
+        for name in ("original", "compressed"):
+            if not math.isfinite(measured[name]):
+                raise ConfigError(
+                    f"the {name} model's held-out perplexity is {measured[name]}, not a finite number; "
+                    "nothing was written"
+                )
+        if cfg.export == "transformers":
+            writer.close(tokenizer)
+        else:
+            record = {
+                "form": "training",
+                "config": cfg.pad_config().to_dict(),
+                "converted": banks,
+                "base": {},
+                "deploy": {},
+                "architecture": {"transformers": type(skeleton).__name__},
+            }
+            writer.close(record, skeleton, tokenizer)
+    except BaseException:
+        writer.abort()
+        raise
+    ratios = measured["dynamic_ratio"]
+    kappa = 0.0 if cfg.method == "merge" else cfg.pad_config().value("kappa")
+    return _results(
+        cfg,
+        experts,
+        kappa,
+        {"perplexity": measured["original"], "bytes": before_bytes},
+        {"perplexity": measured["compressed"], "bytes": measured["bytes"]},
+        dynamic_ratio=sum(ratios.values()) / len(ratios),
+        dynamic_ratios=ratios,
+        calibration_blocks=sum(len(b) for b in calibration_ids),
+        heldout_blocks=len(heldout),
+        finetune_losses=[],
+        seconds=time.perf_counter() - started,
+        seconds_per_layer=measured["seconds_per_layer"],
+    )
 
 
 def compress_folder(
     model_dir: str | Path, calibration: str | Path, out: str | Path, cfg: CompressConfig | None = None
 ) -> dict:
-    """[`compress`][padnet.training.nlp.compress.compress] a model folder with a calibration text file; writes `out/model` (the compressed model with
-    its tokenizer: padnet's folder, or with `cfg.export="transformers"` the standard Qwen2-MoE form of a Mixtral,
+    """Compress a model folder with a calibration text file — one decoder layer at a time from disk
+    (`cfg.pipeline="layers"`, the default: [`compress_folder_layers`][padnet.training.nlp.compress.compress_folder_layers])
+    or the whole model in memory (`"model"`: [`compress`][padnet.training.nlp.compress.compress]) —; writes
+    `out/model` (the compressed model with its tokenizer: padnet's folder, or with `cfg.export="transformers"` the
+    standard Qwen2-MoE form of a Mixtral,
     [`export_transformers`][padnet.training.nlp.transformers_export.export_transformers]), `out/results.json` and
     `out/results.png`. Returns the results.
 
@@ -418,15 +573,18 @@ def compress_folder(
     claim_run_dir(out, resume=False, resumable=False)
     if not Path(calibration).is_file():
         raise DataError(f"cannot read calibration text {calibration}: no such file")
-    model, tokenizer = load_causal_lm(model_dir)
-    if cfg.export == "transformers":
-        check_exportable(model)  # before any work
-    blocks = text_blocks(calibration, tokenizer, cfg.block_size)
-    pad, results = compress(model, blocks, cfg)
-    if cfg.export == "transformers":
-        export_transformers(pad, out / "model", tokenizer)
+    if cfg.pipeline == "layers":
+        results = compress_folder_layers(model_dir, calibration, out, cfg)
     else:
-        pad.save_pretrained(out / "model", full=True, tokenizer=tokenizer)
+        model, tokenizer = load_causal_lm(model_dir)
+        if cfg.export == "transformers":
+            check_exportable(model)  # before any work
+        blocks = text_blocks(calibration, tokenizer, cfg.block_size)
+        pad, results = compress(model, blocks, cfg)
+        if cfg.export == "transformers":
+            export_transformers(pad, out / "model", tokenizer)
+        else:
+            pad.save_pretrained(out / "model", full=True, tokenizer=tokenizer)
     results["model_dir"], results["calibration"] = str(model_dir), str(calibration)
     _plot(results, out / "results.png")
     write_json(out / "results.json", results)  # last: a folder with results.json holds a finished run

@@ -86,7 +86,8 @@ def _banks(model: nn.Module) -> list[DeployedMoE]:
     return banks
 
 
-def _check_biases(moe: DeployedMoE, index: int) -> None:
+def check_biases(moe: DeployedMoE, index: int) -> None:
+    """ConfigError when decoder layer `index`'s deployed bank has biases, which Qwen2-MoE cannot hold."""
     parts = [split_neurons(moe.experts, True)] + (
         [split_neurons(moe.static, True)] if moe.static is not None else []
     )
@@ -124,6 +125,36 @@ def qwen2_moe_config(source, routed: int, shared: int):
     return config
 
 
+def export_widths(banks: list[DeployedMoE]) -> tuple[int, int]:
+    """(routed, shared): the routed experts' width, the widest layer's dynamic neurons rounded up to a positive
+    multiple of `ROUTED_MULTIPLE` (transformers' grouped expert matmul needs 16-byte strides: a multiple of 8
+    neurons holds for fp32 and bf16), and the shared expert's, the most static neurons of a layer."""
+    widest = max(moe.experts.shape[-1] for moe in banks)
+    routed = max(1, -(-widest // ROUTED_MULTIPLE)) * ROUTED_MULTIPLE
+    return routed, max(0 if moe.static is None else moe.static.shape[-1] for moe in banks)
+
+
+def shared_expert_tensors(
+    prefix: str, gate: torch.Tensor, moe: DeployedMoE, routed: int, shared: int
+) -> dict[str, torch.Tensor]:
+    """The tensors of one Qwen2-MoE sparse block (names under `prefix`, e.g. `model.layers.0.mlp.`) holding a
+    deployed PAD-MoE bank: the router `gate` (E, H), routed experts padded to `routed` neurons, the shared expert
+    of its static neurons padded to `shared`, its down projection doubled (a zero `shared_expert_gate` weight
+    gives sigmoid(0) = 1/2). The bank must have no biases ([`check_biases`][padnet.training.nlp.transformers_export.check_biases])."""
+    experts = split_neurons(_pad(moe.experts, routed), True)  # w_in, w_up, w_out: (E, H, F_d)
+    static = moe.static if moe.static is not None else moe.experts.new_zeros(moe.experts.shape[1], 0)
+    kept = split_neurons(_pad(static, shared), True)  # (H, F_s)
+    return {
+        prefix + "gate.weight": gate.detach(),
+        prefix + "experts.gate_up_proj": torch.cat([experts.w_in, experts.w_up], dim=2).transpose(1, 2),
+        prefix + "experts.down_proj": experts.w_out,
+        prefix + "shared_expert.gate_proj.weight": kept.w_in.t(),
+        prefix + "shared_expert.up_proj.weight": kept.w_up.t(),
+        prefix + "shared_expert.down_proj.weight": 2.0 * kept.w_out,  # sigmoid(0) = 1/2 undone
+        prefix + "shared_expert_gate.weight": moe.experts.new_zeros(1, experts.w_in.shape[-2]),
+    }
+
+
 def to_qwen2_moe(model: nn.Module) -> nn.Module:
     """A transformers `Qwen2MoeForCausalLM` computing what the deployed PAD-compressed Mixtral `model` computes.
 
@@ -146,26 +177,13 @@ def to_qwen2_moe(model: nn.Module) -> nn.Module:
         model = model.merge_and_unload()
     banks = _banks(model)
     for index, moe in enumerate(banks):
-        _check_biases(moe, index)
-    # transformers' grouped expert matmul needs 16-byte strides: a multiple of 8 neurons holds for fp32 and bf16
-    routed = -(-max(moe.experts.shape[-1] for moe in banks) // ROUTED_MULTIPLE) * ROUTED_MULTIPLE
-    shared = max(0 if moe.static is None else moe.static.shape[-1] for moe in banks)
+        check_biases(moe, index)
+    routed, shared = export_widths(banks)
     target = Qwen2MoeForCausalLM(qwen2_moe_config(model.config, routed, shared)).to(model.dtype)
     state = {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
     for index, moe in enumerate(banks):
-        prefix = f"model.layers.{index}.mlp."
-        state[prefix + "gate.weight"] = model.model.layers[index].mlp.gate.weight
-        experts = split_neurons(_pad(moe.experts, routed), True)  # w_in, w_up, w_out: (E, H, F_d)
-        state[prefix + "experts.gate_up_proj"] = torch.cat([experts.w_in, experts.w_up], dim=2).transpose(
-            1, 2
-        )
-        state[prefix + "experts.down_proj"] = experts.w_out
-        static = moe.static if moe.static is not None else moe.experts.new_zeros(moe.experts.shape[1], 0)
-        kept = split_neurons(_pad(static, shared), True)  # (H, F_s)
-        state[prefix + "shared_expert.gate_proj.weight"] = kept.w_in.t()
-        state[prefix + "shared_expert.up_proj.weight"] = kept.w_up.t()
-        state[prefix + "shared_expert.down_proj.weight"] = 2.0 * kept.w_out  # sigmoid(0) = 1/2 undone
-        state[prefix + "shared_expert_gate.weight"] = moe.experts.new_zeros(1, model.config.hidden_size)
+        gate = model.model.layers[index].mlp.gate.weight
+        state.update(shared_expert_tensors(f"model.layers.{index}.mlp.", gate, moe, routed, shared))
     missing, unexpected = target.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(
