@@ -56,13 +56,18 @@ class _Site:
         return self.bank.down_proj.shape[0]
 
 
-def _sites(model: nn.Module) -> list[_Site]:
-    """Every bank of experts of `model` with its router, the sibling `gate` (ConfigError when there is none)."""
+def _bank_names(model: nn.Module) -> list[str]:
+    """The names of `model`'s banks of experts (ConfigError when there is none)."""
     names = find_expert_banks(model)
     if not names:
         raise ConfigError(f"{type(model).__name__} has no bank of experts (gate_up_proj, down_proj)")
+    return names
+
+
+def _sites(model: nn.Module) -> list[_Site]:
+    """Every bank of experts of `model` with its router, the sibling `gate` (ConfigError when there is none)."""
     sites = []
-    for name in names:
+    for name in _bank_names(model):
         router = getattr(model.get_submodule(name.rpartition(".")[0]), "gate", None)
         if not isinstance(getattr(router, "weight", None), torch.Tensor):
             raise ConfigError(f"{name} has no router: no sibling 'gate' with a weight")
@@ -89,22 +94,29 @@ def _calibrate(model: nn.Module, batches: Iterable[dict], hooks: list) -> None:
         raise ConfigError("the calibration batches hold no batch")
 
 
-def _routing_hook(stats: RouterStatistics, name: str, num_experts: int):
-    """A router forward hook adding its top-k assignments and weights to `stats` under `name`."""
+def _routing_hooks(sites: list[_Site], stats: RouterStatistics) -> list:
+    """Forward hooks on every router adding its top-k assignments and weights to `stats`; their handles."""
 
-    def hook(module, args, output) -> None:
-        _, weights, index = output
-        index = index.reshape(-1).cpu()
-        stats.frequency[name] += torch.bincount(index, minlength=num_experts).double()
-        weights = weights.detach().reshape(-1).cpu().double()
-        stats.weight[name] += torch.bincount(index, weights=weights, minlength=num_experts)
+    def hook(name: str, num_experts: int):
+        def add(module, args, output) -> None:
+            _, weights, index = output
+            index = index.reshape(-1).cpu()
+            stats.frequency[name] += torch.bincount(index, minlength=num_experts).double()
+            weights = weights.detach().reshape(-1).cpu().double()
+            stats.weight[name] += torch.bincount(index, weights=weights, minlength=num_experts)
 
-    return hook
+        return add
+
+    return [site.router.register_forward_hook(hook(site.name, site.num_experts)) for site in sites]
 
 
 def _empty_statistics(sites: list[_Site]) -> RouterStatistics:
-    zeros = {site.name: torch.zeros(site.num_experts, dtype=torch.float64) for site in sites}
-    return RouterStatistics({k: v.clone() for k, v in zeros.items()}, zeros)
+    """Zero statistics for every bank."""
+
+    def zeros() -> dict[str, torch.Tensor]:
+        return {site.name: torch.zeros(site.num_experts, dtype=torch.float64) for site in sites}
+
+    return RouterStatistics(zeros(), zeros())
 
 
 def router_statistics(model: nn.Module, batches: Iterable[dict]) -> RouterStatistics:
@@ -127,10 +139,7 @@ def router_statistics(model: nn.Module, batches: Iterable[dict]) -> RouterStatis
     """
     sites = _sites(model)
     stats = _empty_statistics(sites)
-    hooks = [
-        site.router.register_forward_hook(_routing_hook(stats, site.name, site.num_experts)) for site in sites
-    ]
-    _calibrate(model, batches, hooks)
+    _calibrate(model, batches, _routing_hooks(sites, stats))
     return stats
 
 
@@ -198,11 +207,8 @@ def unique_expert_bytes(model: nn.Module) -> int:
     Raises:
         ConfigError: the model has no bank of experts.
     """
-    names = find_expert_banks(model)
-    if not names:
-        raise ConfigError(f"{type(model).__name__} has no bank of experts (gate_up_proj, down_proj)")
     total = 0
-    for name in names:
+    for name in _bank_names(model):
         bank = model.get_submodule(name)
         seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         for gate_up, down in zip(bank.gate_up_proj.detach(), bank.down_proj.detach()):
@@ -223,7 +229,8 @@ def _output_sums(bank: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _output_hook(sums: dict[str, torch.Tensor], counts: dict[str, int], name: str):
-    """A bank forward pre-hook adding every expert's outputs on the bank's input tokens to `sums[name]`."""
+    """A bank forward pre-hook adding every expert's outputs on the bank's input tokens, summed over the tokens,
+    to `sums[name]` and the number of tokens to `counts[name]`."""
 
     def hook(bank, args, kwargs) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -238,10 +245,7 @@ def _mean_outputs(model: nn.Module, sites: list[_Site], batches) -> tuple[Router
     stats = _empty_statistics(sites)
     sums = {site.name: torch.zeros(site.num_experts, site.bank.down_proj.shape[1]).double() for site in sites}
     counts = dict.fromkeys(sums, 0)
-    hooks = [
-        site.router.register_forward_hook(_routing_hook(stats, site.name, site.num_experts)) for site in sites
-    ]
-    hooks += [
+    hooks = _routing_hooks(sites, stats) + [
         site.bank.register_forward_pre_hook(_output_hook(sums, counts, site.name), with_kwargs=True)
         for site in sites
     ]
@@ -368,6 +372,9 @@ def svd_deltas(
     `labels = input_ids` added to a batch that has none; an element with zero total Fisher takes the plain mean),
     or the plain mean (`base="mean"`; `batches` is not read). Parameter `.grad`s are left as they were.
 
+    D²-MoE's delta part only: the SVD is plain (the paper whitens it with activation statistics) and the base
+    is not pruned.
+
     Returns:
         Per bank name, the relative reconstruction error ‖W′ − W‖_F / ‖W‖_F over the bank's three matrices.
 
@@ -393,10 +400,9 @@ def svd_delta_bytes(
     Raises:
         ConfigError: a count below 1 or `rank` outside [0, min(hidden, inter)].
     """
-    for what, value in (("num_experts", num_experts), ("hidden", hidden), ("inter", inter)):
+    counts = {"num_experts": num_experts, "hidden": hidden, "inter": inter, "element_size": element_size}
+    for what, value in {**counts, "layers": layers}.items():
         _check_count(what, value, 1)
-    _check_count("element_size", element_size, 1)
-    _check_count("layers", layers, 1)
     _check_count("rank", rank, 0, min(hidden, inter))
     return layers * element_size * 3 * (hidden * inter + num_experts * rank * (hidden + inter))
 
