@@ -69,8 +69,8 @@ def test_given_the_same_masks_the_layer_pipeline_equals_the_whole_model_pipeline
     measured = compress_layers(
         CheckpointShards(folder / "model"), skeleton, calibration, list(heldout.split(4)), cfg, masks=masks
     )
-    assert measured["compressed"] == pytest.approx(whole["compressed"]["perplexity"], rel=1e-5)
-    assert measured["original"] == pytest.approx(whole["original"]["perplexity"], rel=1e-6)
+    assert measured["compressed"]["perplexity"] == pytest.approx(whole["compressed"]["perplexity"], rel=1e-5)
+    assert measured["original"]["perplexity"] == pytest.approx(whole["original"]["perplexity"], rel=1e-6)
 
 
 def test_a_sharded_checkpoint_is_read_layer_by_layer_and_written_in_shards_that_load(folder, tmp_path):

@@ -268,7 +268,8 @@ def test_a_finished_run_is_not_overwritten(folder, tmp_path, capsys):
 def test_a_perplexity_that_overflows_is_infinite_and_never_reported(folder):
     class Diverged(torch.nn.Module):
         def forward(self, input_ids, labels):
-            return transformers.modeling_outputs.CausalLMOutput(loss=torch.tensor(1000.0))
+            logits = torch.zeros(*input_ids.shape, 5)
+            return transformers.modeling_outputs.CausalLMOutput(loss=torch.tensor(1000.0), logits=logits)
 
     assert perplexity(Diverged(), torch.zeros(2, 8, dtype=torch.long), 2) == math.inf  # exp(1000) overflows
     model, _ = load_causal_lm(folder / "model")

@@ -365,6 +365,7 @@ def run(
         block_size=recipe.block,
         batch_size=recipe.batch,
         calibration_batches=recipe.calibration_batches,
+        pipeline="model",  # global IMP on the LM loss, as docs/results.md reports this study
         progress=progress,
     )
     rows: dict[str, list[dict]] = {}

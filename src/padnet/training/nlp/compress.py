@@ -18,7 +18,6 @@ The pipeline (one run of [`compress_folder`][padnet.training.nlp.compress.compre
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from padnet.training.config import MAX_BATCH, MAX_TOKENS
 from padnet.training.engine.checkpoint import claim_run_dir
 from padnet.training.nlp.finetune import check_weight_files, quiet_transformers
 from padnet.training.nlp.layerwise import CheckpointShards, PadnetShards, Qwen2MoeShards, compress_layers
+from padnet.training.nlp.lm_metrics import NextTokenScores
 from padnet.training.nlp.transformers_export import (
     check_exportable,
     export_transformers,
@@ -263,19 +263,23 @@ def lm_batches(blocks: torch.Tensor, batch_size: int) -> list[dict]:
 
 
 @torch.no_grad()
-def perplexity(model, blocks: torch.Tensor, batch_size: int, progress: bool = False) -> float:
-    """exp of the mean next-token negative log-likelihood over `blocks` (n, T), in eval mode."""
+def heldout_scores(model, blocks: torch.Tensor, batch_size: int, progress: bool = False) -> NextTokenScores:
+    """Perplexity and next-token accuracy of `model` over `blocks` (n, T), in eval mode
+    ([`NextTokenScores`][padnet.training.nlp.lm_metrics.NextTokenScores])."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    scores = NextTokenScores()
     with tqdm(lm_batches(blocks, batch_size), desc="perplexity", disable=not progress, leave=False) as bar:
         for batch in bar:
-            tokens = batch["input_ids"][:, 1:].numel()
-            total += float(model(**batch).loss) * tokens
-            count += tokens
+            output = model(**batch)
+            scores.add(output.loss, output.logits, batch["input_ids"])
     model.train(was_training)
-    mean = total / count
-    return math.exp(mean) if mean < math.log(sys.float_info.max) else math.inf  # NaN stays NaN
+    return scores
+
+
+def perplexity(model, blocks: torch.Tensor, batch_size: int, progress: bool = False) -> float:
+    """exp of the mean next-token negative log-likelihood over `blocks` (n, T), in eval mode."""
+    return heldout_scores(model, blocks, batch_size, progress).perplexity
 
 
 def bank_bytes(model) -> int:
@@ -346,11 +350,11 @@ def _finetune_static(
     return losses
 
 
-def _original_perplexity(model, heldout: torch.Tensor, cfg: CompressConfig) -> float:
+def _original_scores(model, heldout: torch.Tensor, cfg: CompressConfig) -> dict:
     """[`perplexity`][padnet.training.nlp.compress.perplexity] of the model as loaded, before padnet changes it: an error there comes from the folder
     (a config.json that does not fit its weights) or the settings, and is one line (CheckpointError)."""
     try:
-        return perplexity(model, heldout, cfg.batch_size, cfg.progress)
+        return heldout_scores(model, heldout, cfg.batch_size, cfg.progress).to_dict()
     except (RuntimeError, IndexError, ValueError) as exc:
         raise CheckpointError(
             f"the original model fails on the calibration text ({first_line(exc)}); check its "
@@ -408,7 +412,7 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
     calibration, heldout = split_blocks(blocks, cfg)
     batches = [{"input_ids": ids, "labels": ids} for ids in calibration]
     started = time.perf_counter()
-    before = {"perplexity": _original_perplexity(model, heldout, cfg), "bytes": bank_bytes(model)}
+    before = {**_original_scores(model, heldout, cfg), "bytes": bank_bytes(model)}
     names = find_expert_banks(model)
     experts = model.get_submodule(names[0]).gate_up_proj.shape[0]  # E of the first bank
     recorded = {}
@@ -432,7 +436,7 @@ def compress(model, blocks: torch.Tensor, cfg: CompressConfig) -> tuple[PadModel
         _finetune_static(pad, batches, cfg.finetune_steps, cfg.lr, cfg.progress) if cfg.finetune_steps else []
     )
     after = {
-        "perplexity": perplexity(pad.base_model, heldout, cfg.batch_size, cfg.progress),
+        **heldout_scores(pad.base_model, heldout, cfg.batch_size, cfg.progress).to_dict(),
         "bytes": bank_bytes(pad.base_model),
     }
     _check_outcome(pad, before["perplexity"], after["perplexity"])
@@ -515,10 +519,10 @@ def compress_folder_layers(
             shards, skeleton, calibration_ids, list(heldout.split(cfg.batch_size)), cfg, writer.write
         )
         for name in ("original", "compressed"):
-            if not math.isfinite(measured[name]):
+            if not math.isfinite(measured[name]["perplexity"]):
                 raise ConfigError(
-                    f"the {name} model's held-out perplexity is {measured[name]}, not a finite number; "
-                    "nothing was written"
+                    f"the {name} model's held-out perplexity is {measured[name]['perplexity']}, not a finite "
+                    "number; nothing was written"
                 )
         if cfg.export == "transformers":
             writer.close(tokenizer)
@@ -541,8 +545,8 @@ def compress_folder_layers(
         cfg,
         experts,
         kappa,
-        {"perplexity": measured["original"], "bytes": before_bytes},
-        {"perplexity": measured["compressed"], "bytes": measured["bytes"]},
+        {**measured["original"], "bytes": before_bytes},
+        {**measured["compressed"], "bytes": measured["bytes"]},
         dynamic_ratio=sum(ratios.values()) / len(ratios),
         dynamic_ratios=ratios,
         calibration_blocks=sum(len(b) for b in calibration_ids),

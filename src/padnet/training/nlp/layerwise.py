@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -50,6 +49,7 @@ from padnet.layers.experts import ExpertBank, find_expert_banks
 from padnet.saving import folder as padnet_folder
 from padnet.saving.fileio import atomic_path
 from padnet.saving.moe_codec import encode_moe
+from padnet.training.nlp.lm_metrics import NextTokenScores
 
 HF_INDEX = "model.safetensors.index.json"
 # checkpoints that store each expert as its own linear maps (Mixtral's and Qwen-MoE's published layout, which
@@ -274,25 +274,21 @@ class LayerStreams:
         return entry.seen
 
     @torch.no_grad()
-    def loss(self, blocks: list[torch.Tensor], hidden: list[torch.Tensor]) -> float:
-        """The mean next-token loss of `blocks` whose last decoder layer returned `hidden`, weighted by tokens
-        (as [`perplexity`][padnet.training.nlp.compress.perplexity] weighs them)."""
+    def scores(self, blocks: list[torch.Tensor], hidden: list[torch.Tensor]) -> dict:
+        """Perplexity and next-token accuracy of `blocks` whose last decoder layer returned `hidden`
+        ([`NextTokenScores`][padnet.training.nlp.lm_metrics.NextTokenScores], as
+        [`heldout_scores`][padnet.training.nlp.compress.heldout_scores] measures a whole model)."""
         exit_ = _Exit()
         setattr(self._parent, self._leaf, nn.ModuleList([exit_]))
-        total = count = 0
+        scores = NextTokenScores()
         try:
             for ids, h in zip(blocks, hidden):
                 exit_.hidden = h
-                tokens = ids[:, 1:].numel()
-                total += float(self.model(input_ids=ids, labels=ids, use_cache=False).loss) * tokens
-                count += tokens
+                output = self.model(input_ids=ids, labels=ids, use_cache=False)
+                scores.add(output.loss, output.logits, ids)
         finally:
             setattr(self._parent, self._leaf, nn.ModuleList())
-        return total / count
-
-
-def _perplexity(mean_loss: float) -> float:
-    return math.exp(mean_loss) if mean_loss < 700 else math.inf
+        return scores.to_dict()
 
 
 def compress_bank(bank: ExpertBank, data, cfg, pad_config, mask: dict | None = None) -> float:
@@ -355,7 +351,8 @@ def compress_layers(
         masks: per bank name, the masks to use instead of a partition (`{"experts": …, "expert_bias": …}`).
 
     Returns:
-        The measurements: perplexities of the original and compressed model (`original`, `compressed`), the
+        The measurements: held-out perplexity and next-token accuracy of the original and compressed model
+        (`original`, `compressed`), the
         dynamic ratio reached per bank, the compressed banks' bytes in the checkpoint's dtype, the seconds per
         layer.
     """
@@ -399,11 +396,9 @@ def compress_layers(
             write(f"{index + 2:05d}-of-{count:05d}", prefix, layer)
         streams.layers[index] = layer.to("meta")
         seconds.append(time.perf_counter() - started)
-    before = _perplexity(streams.loss(heldout, original))
-    after = _perplexity(streams.loss(heldout, compressed))
     return {
-        "original": before,
-        "compressed": after,
+        "original": streams.scores(heldout, original),
+        "compressed": streams.scores(heldout, compressed),
         "dynamic_ratio": ratios,
         "bytes": size,
         "seconds_per_layer": seconds,
