@@ -462,6 +462,26 @@ def cmd_compress_study(args) -> int:
     return 0
 
 
+def cmd_moe_methods_study(args) -> int:
+    from padnet.experiments.studies.compression import Recipe
+    from padnet.experiments.studies.moe_methods import run
+
+    _check_distinct("--seeds", "seed", args.seeds)
+    _check_distinct("--budgets", "budget", args.budgets)
+    recipe = Recipe() if args.steps is None else dataclasses.replace(Recipe(), steps=args.steps)
+    run(
+        args.out,
+        tuple(args.seeds),
+        tuple(args.budgets),
+        tuple(args.sources),
+        recipe,
+        log=_say,
+        progress=args.progress == "true",
+    )
+    _say(f"wrote {Path(args.out) / 'methods' / 'results.md'}, results.json, results.png")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from padnet.experiments.bench.run import PARTS, markdown, run_bench
 
@@ -700,6 +720,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=("true", "false"), default="true", help="progress bars")
     p.add_argument("--out", default="runs/compress-study", help="output directory")
     p.set_defaults(func=cmd_compress_study)
+
+    from padnet.experiments.studies.moe_methods import BUDGETS, SOURCES
+
+    p = sub.add_parser(
+        "moe-methods-study",
+        help="PAD compression of small MoE language models against expert pruning, merging and "
+        "SVD deltas at equal expert bytes",
+        description="Compress MoE language models trained here from scratch and upcycled from a dense "
+        "model with PAD (element and neuron masks, every static estimate, layer-local and global IMP), "
+        "MoE-P, expert pruning (NAEE-style), clustering and merging (HC-SMoE-style) and a shared base "
+        "with SVD deltas (D2-MoE-style) at each budget of expert bytes; compare held-out perplexity and "
+        "next-token accuracy. Shares OUT with compress-study (its trained models are reused); writes "
+        "OUT/methods/results.md, .json, .png.",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
+    p.add_argument("--steps", type=int, help="training steps of each language model (default 1000)")
+    p.add_argument("--progress", choices=("true", "false"), default="true", help="progress bars")
+    p.add_argument("--out", default="runs/compress-study", help="output directory")
+    p.set_defaults(func=cmd_moe_methods_study)
 
     p = sub.add_parser(
         "bench",

@@ -71,7 +71,7 @@ TRAINING_FIELDS = (
     "train_reviews",
 )
 # what a study writes into its output folder
-STUDY_ENTRIES = ("calibration.txt", "compressed", "compression", "runs", "tokenizer")
+STUDY_ENTRIES = ("calibration.txt", "compressed", "compression", "methods", "runs", "tokenizer")
 
 
 @dataclass(frozen=True)
