@@ -752,7 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/bench", help="output directory")
     p.add_argument(
-        "--parts", nargs="+", metavar="PART", help="layers, models, files, moe, compress (default all)"
+        "--parts",
+        nargs="+",
+        metavar="PART",
+        help="layers, models, files, moe, compress, compile (default all of these), and moe-scale "
+        "(only when named: layer-by-layer compression of multi-GB checkpoints, about 20 minutes)",
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(

@@ -100,6 +100,39 @@ def _activation_and_slope(activation, pre: torch.Tensor) -> tuple[torch.Tensor, 
     return out.detach(), slope
 
 
+def _scales(moe) -> tuple[float, float]:
+    """(λs, λd) of a partially dynamic layer, (1, 1) of a fully dynamic one."""
+    return tuple(float(t) for t in moe.scale()) if moe.scale is not None else (1.0, 1.0)
+
+
+def _expert_curvatures(bank: ExpertBank, data: BankCalibration):
+    """Yields, expert by expert (so that no (E, R, F) tensor is built), `(e, curvature of its neuron columns
+    (R, F), of its output bias (H,))`: see [`reconstruction_curvature`][padnet.adapter.moe_local.reconstruction_curvature].
+    Experts no token reached are skipped (zero curvature)."""
+    moe = bank.moe
+    lam_s, lam_d = _scales(moe)
+    for e in range(moe.num_experts):
+        x, g = data.routed(e)
+        if not len(x):
+            continue
+        neurons = moe.neuron_mode.merged(moe.experts[e : e + 1].detach(), lam_s, lam_d)[0].float()  # (R, F)
+        parts = split_neurons(neurons, moe.gated)
+        x, g2 = x.to(neurons.device), g.to(neurons.device).square()  # (n, H), (n, 1)
+        act, slope = _activation_and_slope(moe.activation, torch.addmm(parts.b_in, x, parts.w_in))
+        reach = parts.w_out.square().sum(0)  # c_f: (F,)
+        x2 = x.square()
+        if parts.w_up is not None:
+            up = torch.addmm(parts.b_up, x, parts.w_up)
+            gate_terms, up_terms, h = g2 * (slope * up).square(), g2 * act.square(), act * up
+        else:
+            gate_terms, up_terms, h = g2 * slope.square(), None, act
+        rows = [x2.t() @ gate_terms * reach, gate_terms.sum(0, keepdim=True) * reach]
+        if up_terms is not None:
+            rows += [x2.t() @ up_terms * reach, up_terms.sum(0, keepdim=True) * reach]
+        rows.append((g2 * h.square()).sum(0).expand(moe.hidden_size, -1))
+        yield e, torch.cat(rows), g2.sum().expand(moe.hidden_size)
+
+
 @torch.no_grad()
 def reconstruction_curvature(bank: ExpertBank, data: BankCalibration) -> tuple[torch.Tensor, torch.Tensor]:
     """The diagonal Gauss-Newton curvature of the bank's reconstruction error ½ Σₜ ‖yₜ − targetₜ‖² with respect to
@@ -113,35 +146,15 @@ def reconstruction_curvature(bank: ExpertBank, data: BankCalibration) -> tuple[t
         output bias Σ g² (an ungated FFN has no up rows and h = act(a)).
     """
     moe = bank.moe
-    neurons, _ = moe.expert_weights()
-    parts = split_neurons(neurons.float(), moe.gated)
-    curvature = torch.zeros(neurons.shape, dtype=torch.float32, device=neurons.device)
-    bias = torch.zeros(moe.num_experts, moe.hidden_size, dtype=torch.float32, device=neurons.device)
-    for e in range(moe.num_experts):
-        x, g = data.routed(e)
-        if not len(x):
-            continue
-        x, g2 = x.to(neurons.device), g.to(neurons.device).square()  # (n, H), (n, 1)
-        act, slope = _activation_and_slope(moe.activation, torch.addmm(parts.b_in[e], x, parts.w_in[e]))
-        reach = parts.w_out[e].square().sum(0)  # c_f: (F,)
-        x2 = x.square()
-        rows = []
-        if parts.w_up is not None:
-            up = torch.addmm(parts.b_up[e], x, parts.w_up[e])
-            gate_terms, up_terms, h = g2 * (slope * up).square(), g2 * act.square(), act * up
-        else:
-            gate_terms, up_terms, h = g2 * slope.square(), None, act
-        rows += [x2.t() @ gate_terms * reach, gate_terms.sum(0, keepdim=True) * reach]
-        if up_terms is not None:
-            rows += [x2.t() @ up_terms * reach, up_terms.sum(0, keepdim=True) * reach]
-        rows.append((g2 * h.square()).sum(0).expand(moe.hidden_size, -1))
-        curvature[e] = torch.cat(rows)
-        bias[e] = g2.sum()
+    curvature = torch.zeros(moe.experts.shape, dtype=torch.float32, device=moe.experts.device)
+    bias = torch.zeros(moe.num_experts, moe.hidden_size, dtype=torch.float32, device=moe.experts.device)
+    for e, neurons, output_bias in _expert_curvatures(bank, data):
+        curvature[e], bias[e] = neurons, output_bias
     return curvature, bias
 
 
-def _mode_change(mode, factors: torch.Tensor, lam_s, lam_d) -> torch.Tensor:
-    """∂W/∂M of every expert element, (E, *shape): λd Θᵉ − λs Θ̄ (PAD-Net eq. 4), or Θᵉ without Θ̄ (MoE-P)."""
+def _mode_change(mode, factors: torch.Tensor, lam_s: float, lam_d: float) -> torch.Tensor:
+    """∂W/∂M of expert elements `factors` (k, *shape): λd Θᵉ − λs Θ̄ (PAD-Net eq. 4), or Θᵉ without Θ̄ (MoE-P)."""
     change = factors.detach().float() * lam_d
     return change if mode.static is None else change - mode.static.detach().float() * lam_s
 
@@ -150,18 +163,17 @@ def _mode_change(mode, factors: torch.Tensor, lam_s, lam_d) -> torch.Tensor:
 def reconstruction_scores(bank: ExpertBank, data: BankCalibration) -> list[torch.Tensor]:
     """The layer-local IMP scores of the bank's masks (in the order of
     [`masked_tensors`][padnet.partitioning.scores.masked_tensors]): the reconstruction error each mask element
-    would add by turning static, curvature × (∂W/∂M)² summed over the experts (see the module docstring)."""
+    would add by turning static, curvature × (∂W/∂M)² summed over the experts (see the module docstring),
+    accumulated expert by expert."""
     moe = bank.moe
-    curvature, bias = reconstruction_curvature(bank, data)
-    lam_s, lam_d = (float(t) for t in moe.scale()) if moe.scale is not None else (1.0, 1.0)
-    per_tensor = {"experts": curvature, "expert_bias": bias}
-    scores = []
-    for suffix, mode, factors in moe.mode_pairs():
-        element = (
-            per_tensor[suffix].reshape(factors.shape) * _mode_change(mode, factors, lam_s, lam_d).square()
-        )
-        scores.append(mode.pool_scores(element.sum(0, keepdim=True)))
-    return scores
+    lam_s, lam_d = _scales(moe)
+    (_, neuron_mode, experts), (_, bias_mode, biases) = moe.mode_pairs()
+    neurons = torch.zeros(experts.shape[1:], dtype=torch.float32, device=experts.device)  # (R, F)
+    bias = torch.zeros(biases.shape[1:], dtype=torch.float32, device=experts.device)
+    for e, curvature, output_bias in _expert_curvatures(bank, data):
+        neurons += curvature * _mode_change(neuron_mode, experts[e], lam_s, lam_d).square()
+        bias += output_bias.reshape(bias.shape) * _mode_change(bias_mode, biases[e], lam_s, lam_d).square()
+    return [neuron_mode.pool_scores(neurons[None]), bias_mode.pool_scores(bias[None])]
 
 
 def partition_bank(bank: ExpertBank, data: BankCalibration, kappa: float, iterations: int) -> float:

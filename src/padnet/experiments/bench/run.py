@@ -49,7 +49,8 @@ from padnet.experiments.bench.timing import best_of, fmt, interleaved_rounds, ma
 from padnet.training.allocator import ALLOCATOR_ENV
 
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
-PARTS = ("layers", "models", "files", "moe", "compress", "compile")
+PARTS = ("layers", "models", "files", "moe", "compress", "compile")  # the default run
+AT_SIZE_PARTS = ("moe-scale",)  # run only when named: multi-GB checkpoints, about 20 minutes
 DEVICES = ("cpu", "cuda")
 KAPPA = 0.3
 ALIGN = 16  # dynamic filters per filter-structured layer: a multiple of 16 (partition(..., align=16))
@@ -373,6 +374,10 @@ def summary(result: dict) -> dict:
         from padnet.experiments.bench.scale import compile_summary
 
         out.update(compile_summary(result["compile"]))
+    if result.get("moe-scale"):
+        from padnet.experiments.bench.moe_scale import moe_scale_summary
+
+        out.update(moe_scale_summary(result["moe-scale"]))
     return out
 
 
@@ -449,6 +454,10 @@ def markdown(result: dict) -> str:
         from padnet.experiments.bench.scale import compile_markdown
 
         lines += compile_markdown(result["compile"])
+    if result.get("moe-scale"):
+        from padnet.experiments.bench.moe_scale import moe_scale_markdown
+
+        lines += moe_scale_markdown(result["moe-scale"])
     return "\n".join(lines) + "\n"
 
 
@@ -484,9 +493,11 @@ def run_bench(
     """
     from padnet.saving.fileio import write_json, write_text
 
-    unknown = sorted(set(parts) - set(PARTS))
+    unknown = sorted(set(parts) - set(PARTS + AT_SIZE_PARTS))
     if unknown:
-        raise ConfigError(f"unknown benchmark part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+        raise ConfigError(
+            f"unknown benchmark part(s) {', '.join(unknown)}; choose from {', '.join(PARTS + AT_SIZE_PARTS)}"
+        )
     check_bench_options(threads, repeats, device)
     if quick and progress:
         progress("--quick leaves out: " + "; ".join(QUICK_LEAVES_OUT))
@@ -520,6 +531,10 @@ def run_bench(
         result["compile"] = bench_compile(
             lambda spec: _worker(spec, True, threads), repeats, quick, progress, device
         )
+    if "moe-scale" in parts:
+        from padnet.experiments.bench.moe_scale import bench_moe_scale
+
+        result["moe-scale"] = bench_moe_scale(out / "moe-scale-work", repeats, progress)
     result["summary"] = summary(result)
     result["seconds"] = time.perf_counter() - start
     write_json(out / "bench.json", result)
