@@ -61,3 +61,45 @@ def tiny_moe_folder(root: Path) -> Path:
     lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(60)]
     (Path(root) / "text.txt").write_text("\n".join(lines) + "\n")
     return Path(root)
+
+
+def tiny_moe_lm(family: str, vocab_size: int = 60):
+    """A tiny randomly initialised MoE causal LM of `family` (mixtral, qwen2_moe, qwen3_moe, olmoe): 2 layers, 4
+    experts, top-2, in eval mode."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 32,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "num_experts_per_tok": 2,
+        "tie_word_embeddings": False,
+    }
+    if family == "mixtral":
+        config = transformers.MixtralConfig(**common, intermediate_size=24, num_local_experts=4, head_dim=8)
+        return transformers.MixtralForCausalLM(config).eval()
+    if family == "qwen2_moe":  # shared expert; top-k weights not renormalised
+        config = transformers.Qwen2MoeConfig(
+            **common,
+            intermediate_size=24,
+            moe_intermediate_size=12,
+            shared_expert_intermediate_size=20,
+            num_experts=4,
+            norm_topk_prob=False,
+        )
+        return transformers.Qwen2MoeForCausalLM(config).eval()
+    if family == "qwen3_moe":
+        config = transformers.Qwen3MoeConfig(
+            **common, intermediate_size=24, moe_intermediate_size=12, num_experts=4, head_dim=8
+        )
+        return transformers.Qwen3MoeForCausalLM(config).eval()
+    config = transformers.OlmoeConfig(**common, intermediate_size=24, num_experts=4)
+    return transformers.OlmoeForCausalLM(config).eval()

@@ -11,6 +11,7 @@ import torch
 from moe_checks import assert_round_trip
 
 import padnet
+from hf_folders import tiny_moe_lm
 from padnet.adapter.moe_convert import compress_experts, set_static_by_fisher, set_static_by_load
 from padnet.errors import ConfigError
 from padnet.layers.experts import ExpertBank, find_expert_banks, static_estimate
@@ -23,44 +24,6 @@ IDS = torch.randint(3, 60, (3, 9), generator=torch.Generator().manual_seed(0))
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 
-def _moe_lm(family: str):
-    """A tiny randomly initialised MoE causal LM: 2 layers, 4 experts, top-2."""
-    torch.manual_seed(0)
-    common = {
-        "vocab_size": 60,
-        "hidden_size": 16,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "max_position_embeddings": 32,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-        "num_experts_per_tok": 2,
-        "tie_word_embeddings": False,
-    }
-    if family == "mixtral":
-        config = transformers.MixtralConfig(**common, intermediate_size=24, num_local_experts=4, head_dim=8)
-        return transformers.MixtralForCausalLM(config).eval()
-    if family == "qwen2_moe":  # shared expert; top-k weights not renormalised
-        config = transformers.Qwen2MoeConfig(
-            **common,
-            intermediate_size=24,
-            moe_intermediate_size=12,
-            shared_expert_intermediate_size=20,
-            num_experts=4,
-            norm_topk_prob=False,
-        )
-        return transformers.Qwen2MoeForCausalLM(config).eval()
-    if family == "qwen3_moe":
-        config = transformers.Qwen3MoeConfig(
-            **common, intermediate_size=24, moe_intermediate_size=12, num_experts=4, head_dim=8
-        )
-        return transformers.Qwen3MoeForCausalLM(config).eval()
-    config = transformers.OlmoeConfig(**common, intermediate_size=24, num_experts=4)
-    return transformers.OlmoeForCausalLM(config).eval()
-
-
 def _banks(model) -> list[ExpertBank]:
     return [m for m in model.modules() if isinstance(m, ExpertBank)]
 
@@ -69,7 +32,7 @@ def _banks(model) -> list[ExpertBank]:
 def test_compressing_every_expert_bank_keeps_the_model_at_kappa_one(family):
     """Before partition every mask element is dynamic and λs = λd = 1: the model computes what it did, for MoE,
     PAD-MoE and MoE-P, and generates the same tokens."""
-    dense = _moe_lm(family)
+    dense = tiny_moe_lm(family)
     ref = dense(input_ids=IDS).logits
     greedy = dense.generate(IDS, max_new_tokens=5, do_sample=False)
     assert find_expert_banks(dense) == ["model.layers.0.mlp.experts", "model.layers.1.mlp.experts"]
@@ -84,7 +47,7 @@ def test_compressing_every_expert_bank_keeps_the_model_at_kappa_one(family):
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
 def test_kappa_zero_gives_every_expert_the_shared_static_part(family):
-    pad = padnet.get_pad_model(_moe_lm(family), method="pad-moe")
+    pad = padnet.get_pad_model(tiny_moe_lm(family), method="pad-moe")
     for bank in _banks(pad.base_model):
         moe = bank.moe
         with torch.no_grad():
@@ -104,7 +67,7 @@ def test_kappa_zero_gives_every_expert_the_shared_static_part(family):
 def test_neuron_masks_run_static_neurons_once_weighted_by_the_summed_gates():
     """Qwen2-MoE does not renormalise its top-k weights: the shared static FFN is scaled by their sum, so the
     structured form equals the merged one."""
-    pad = padnet.get_pad_model(_moe_lm("qwen2_moe"), method="pad-moe", granularity="neuron")
+    pad = padnet.get_pad_model(tiny_moe_lm("qwen2_moe"), method="pad-moe", granularity="neuron")
     for i, bank in enumerate(_banks(pad.base_model)):
         with torch.no_grad():
             bank.moe.neuron_mode.mask.copy_((torch.arange(12) % 3 == i).float().reshape(1, 1, 12))
@@ -121,7 +84,7 @@ def test_neuron_masks_run_static_neurons_once_weighted_by_the_summed_gates():
 
 @pytest.mark.parametrize("granularity", ["element", "neuron"])
 def test_partition_on_calibration_text_then_deploy_save_and_load_give_the_same_logits(tmp_path, granularity):
-    pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", kappa=0.3, granularity=granularity)
+    pad = padnet.get_pad_model(tiny_moe_lm("mixtral"), method="pad-moe", kappa=0.3, granularity=granularity)
     batches = [{"input_ids": IDS, "labels": IDS}] * 2
     report = pad.partition(batches, partition="imp", partition_iterations=2)
     assert report.dynamic_ratio == pytest.approx(0.3, abs=0.02)
@@ -129,7 +92,7 @@ def test_partition_on_calibration_text_then_deploy_save_and_load_give_the_same_l
     assert all(isinstance(bank.moe, DeployedMoE) for bank in _banks(padnet.deploy(pad.base_model)))
     # the deployed form: the shared static part once and each expert's dynamic values; loads merged
     pad.save_pretrained(tmp_path / "deployed", form="deployed")
-    loaded = padnet.load_pretrained(tmp_path / "deployed", base_model=_moe_lm("mixtral"))
+    loaded = padnet.load_pretrained(tmp_path / "deployed", base_model=tiny_moe_lm("mixtral"))
     assert all(isinstance(bank.moe, DeployedMoE) for bank in _banks(loaded))
     torch.testing.assert_close(
         loaded(input_ids=IDS).logits, pad.eval()(input_ids=IDS).logits, atol=1e-5, rtol=1e-5
@@ -137,7 +100,7 @@ def test_partition_on_calibration_text_then_deploy_save_and_load_give_the_same_l
 
 
 def test_the_static_part_can_follow_the_routers_load():
-    pad = padnet.get_pad_model(_moe_lm("olmoe"), method="pad-moe")
+    pad = padnet.get_pad_model(tiny_moe_lm("olmoe"), method="pad-moe")
     loads = set_static_by_load(pad.base_model, [{"input_ids": IDS}])
     assert sum(float(v.sum()) for v in loads.values()) == 2 * IDS.numel() * 2  # 2 layers, top-2
     for name, load in loads.items():
@@ -149,7 +112,7 @@ def test_the_static_part_can_follow_the_routers_load():
 def test_the_static_part_can_be_the_fisher_weighted_mean_of_the_experts():
     """Θ̄ = Σₑ Fₑ ⊙ Θᵉ / Σₑ Fₑ element by element, Fₑ the squared loss gradients summed over the batches; the
     model's output is untouched while every element is dynamic (κ = 1), and parameter gradients stay unset."""
-    pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", granularity="neuron")
+    pad = padnet.get_pad_model(tiny_moe_lm("mixtral"), method="pad-moe", granularity="neuron")
     batches = [{"input_ids": IDS, "labels": IDS}] * 2
     before = pad.eval()(input_ids=IDS).logits
     fisher = set_static_by_fisher(pad.base_model, batches)
@@ -185,14 +148,14 @@ def test_bad_compression_inputs_are_one_line_errors():
     with pytest.raises(ConfigError, match="no PAD-compressed expert bank"):
         set_static_by_load(torch.nn.Linear(2, 2), [])
     with pytest.raises(ConfigError, match="not an expert bank"):
-        compress_experts(_moe_lm("mixtral"), names=["model.layers.0.mlp"])
+        compress_experts(tiny_moe_lm("mixtral"), names=["model.layers.0.mlp"])
     with pytest.raises(ConfigError, match="selects none of the expert banks"):
-        padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", target_modules=["*.attn"])
+        padnet.get_pad_model(tiny_moe_lm("mixtral"), method="pad-moe", target_modules=["*.attn"])
 
 
 def test_the_saved_static_part_is_the_experts_mean_where_it_takes_no_part(tmp_path):
     """The folder stores Θ̄ only at static positions; at dynamic ones it reads back as the experts' mean."""
-    pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", kappa=0.5)
+    pad = padnet.get_pad_model(tiny_moe_lm("mixtral"), method="pad-moe", kappa=0.5)
     pad.partition([{"input_ids": IDS, "labels": IDS}], partition="mp")
     pad.save_pretrained(tmp_path, full=True)
     loaded = padnet.load_pretrained(tmp_path)
@@ -206,7 +169,7 @@ def test_transformers_save_pretrained_of_a_model_with_padnet_experts_is_refused_
     """transformers would write the padnet banks under names it does not know and reload the model with its experts
     missing (initialised at random, with a warning only): its save_pretrained raises instead, on the converted
     model and on its merged copy, and padnet's own save_pretrained still works."""
-    pad = padnet.get_pad_model(_moe_lm("mixtral"), method="pad-moe", kappa=0.3)
+    pad = padnet.get_pad_model(tiny_moe_lm("mixtral"), method="pad-moe", kappa=0.3)
     pad.partition([{"input_ids": IDS, "labels": IDS}], partition="imp", partition_iterations=1)
     bert = transformers.BertConfig(
         vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32

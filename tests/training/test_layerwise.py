@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import padnet
-from hf_folders import tiny_moe_folder
+from hf_folders import save_with_minilm_tokenizer, tiny_moe_folder, tiny_moe_lm
 from padnet.cli import main
 from padnet.training.nlp.compress import (
     CompressConfig,
     compress_folder,
     meta_skeleton,
+    perplexity,
     split_blocks,
     text_blocks,
 )
@@ -90,8 +91,6 @@ def test_a_sharded_checkpoint_is_read_layer_by_layer_and_written_in_shards_that_
     loaded = padnet.load_pretrained(out / "model").base_model.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(out / "model")
     _, heldout = split_blocks(text_blocks(folder / "text.txt", tokenizer, 32), CompressConfig(**SMALL))
-    from padnet.training.nlp.compress import perplexity
-
     assert perplexity(loaded, heldout, 4) == pytest.approx(results["compressed"]["perplexity"], rel=1e-5)
     assert results["bytes_ratio"] < 0.6 and len(results["seconds_per_layer"]) == 2
 
@@ -144,3 +143,17 @@ def test_a_layer_tensor_of_the_wrong_shape_is_one_line_and_nothing_is_written(fo
     )
     assert "[16, 23]" in err and "model.layers.1.mlp.experts.down_proj [4, 16, 24]" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "qwen3_moe", "olmoe"])
+def test_every_family_compresses_layer_by_layer_to_a_folder_that_loads(folder, tmp_path, family):
+    source = save_with_minilm_tokenizer(tiny_moe_lm(family, vocab_size=30522), tmp_path / family)
+    full = compress_folder(source, folder / "text.txt", tmp_path / "k1", CompressConfig(kappa=1.0, **SMALL))
+    assert full["compressed"]["perplexity"] == pytest.approx(full["original"]["perplexity"], rel=1e-6)
+    results = compress_folder(
+        source, folder / "text.txt", tmp_path / "out", CompressConfig(kappa=0.3, **SMALL)
+    )
+    loaded = padnet.load_pretrained(tmp_path / "out" / "model").base_model.eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out" / "model")
+    _, heldout = split_blocks(text_blocks(folder / "text.txt", tokenizer, 32), CompressConfig(**SMALL))
+    assert perplexity(loaded, heldout, 4) == pytest.approx(results["compressed"]["perplexity"], rel=1e-5)
