@@ -184,6 +184,26 @@ def _edit_moe_tensor(folder: Path, value: float | None) -> None:
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
+def _shard_and_lose_the_last(folder: Path) -> None:
+    """The model folder's weights saved again in shards of at most 100 KB, the last shard then deleted."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(folder, max_shard_size="100KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    (folder / sorted(set(index["weight_map"].values()))[-1]).unlink()
+
+
+def _shorten_a_layer_norm(folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "model.safetensors")
+    key = "model.layers.1.input_layernorm.weight"
+    tensors[key] = torch.cat([tensors[key], tensors[key][:1]])  # 17 values: more, so the count check passes
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _edit_config(folder: Path, key: str, old: int, new: int) -> None:
     path = folder / "config.json"
     path.write_text(path.read_text().replace(f'"{key}": {old},', f'"{key}": {new},'))
@@ -333,7 +353,12 @@ ROWS = {
     "compress-model-fails": lambda t: _moe_compress(
         t, lambda m: _edit_config(m, "num_experts_per_tok", 2, 9)
     ),
-    "compress-non-finite-loss": lambda t: _moe_compress(t, None, "--finetune-steps", "3", "--lr", "1e30"),
+    "compress-non-finite-loss": lambda t: _moe_compress(
+        t, None, "--pipeline", "model", "--finetune-steps", "3", "--lr", "1e30"
+    ),
+    "compress-finetune-layers": lambda t: _moe_compress(t, None, "--finetune-steps", "3"),
+    "compress-missing-shard": lambda t: _moe_compress(t, _shard_and_lose_the_last),
+    "compress-wrong-shape": lambda t: _moe_compress(t, _shorten_a_layer_norm),
     "compress-out-taken": lambda t: _compressed_twice(t),
     "study-out-taken": lambda t: ["compress-study", "--out", str(_compress_output(t))],
     "study-other-recipe": lambda t: ["compress-study", "--steps", "6", "--out", str(_study_of_5_steps(t))],

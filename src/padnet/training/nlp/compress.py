@@ -47,7 +47,14 @@ from padnet.saving.moe_codec import encode_moe
 from padnet.training.config import MAX_BATCH, MAX_TOKENS
 from padnet.training.engine.checkpoint import claim_run_dir
 from padnet.training.nlp.finetune import check_weight_files, quiet_transformers
-from padnet.training.nlp.layerwise import CheckpointShards, PadnetShards, Qwen2MoeShards, compress_layers
+from padnet.training.nlp.layerwise import (
+    CheckpointShards,
+    PadnetShards,
+    Qwen2MoeShards,
+    check_parameter_count,
+    compress_layers,
+    model_fails,
+)
 from padnet.training.nlp.lm_metrics import NextTokenScores
 from padnet.training.nlp.transformers_export import (
     check_exportable,
@@ -200,12 +207,7 @@ def _load_model(folder: Path, stored: int):
     from transformers import AutoModelForCausalLM
 
     skeleton = meta_skeleton(folder)
-    needed = sum(p.numel() for p in skeleton.parameters())
-    if needed > stored:
-        raise CheckpointError(
-            f"{folder / 'config.json'} describes a model of {needed:,} parameters; its weight "
-            f"files hold {stored:,} values"
-        )
+    check_parameter_count(folder, sum(p.numel() for p in skeleton.parameters()), stored)
     # safetensors only: a pickled pytorch_model.bin is refused, never unpickled
     model, info = _transformers(
         folder,
@@ -356,10 +358,7 @@ def _original_scores(model, heldout: torch.Tensor, cfg: CompressConfig) -> dict:
     try:
         return heldout_scores(model, heldout, cfg.batch_size, cfg.progress).to_dict()
     except (RuntimeError, IndexError, ValueError) as exc:
-        raise CheckpointError(
-            f"the original model fails on the calibration text ({first_line(exc)}); check its "
-            "config.json and --block-size"
-        ) from None
+        raise model_fails(exc) from None
 
 
 def _check_outcome(pad: PadModel, before: float, after: float) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -56,6 +57,25 @@ HF_INDEX = "model.safetensors.index.json"
 # transformers stacks into a bank when it loads them): the names of the gate, up and down maps of expert e
 PER_EXPERT_NAMES = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))
 RENAMED = ((".mlp.", ".block_sparse_moe."),)  # (module name in transformers, the name older checkpoints use)
+
+
+def check_parameter_count(folder: Path, needed: int, stored: int) -> None:
+    """CheckpointError when `folder`'s config.json asks for more parameters (`needed`) than its weight files hold
+    (`stored` values): the rest would be initialised at random, or fill the memory."""
+    if needed > stored:
+        raise CheckpointError(
+            f"{folder / 'config.json'} describes a model of {needed:,} parameters; its weight files hold "
+            f"{stored:,} values"
+        )
+
+
+def model_fails(exc: BaseException) -> CheckpointError:
+    """The one-line error of an original model that fails on the calibration text: its config.json does not fit
+    its weights, or the blocks are longer than its positions."""
+    return CheckpointError(
+        f"the original model fails on the calibration text ({first_line(exc)}); check its config.json and "
+        "--block-size"
+    )
 
 
 class CheckpointShards:
@@ -136,14 +156,19 @@ class CheckpointShards:
 
     def check(self, model: nn.Module, tied: set[str]) -> None:
         """CheckpointError unless every tensor of `model`'s state (built on the meta device) is stored with its
-        shape; the `tied` names (a head tied to the embeddings) may be absent."""
+        shape, checked before anything is read: a config asking for more parameters than the files hold
+        ([`check_parameter_count`][padnet.training.nlp.layerwise.check_parameter_count]), a missing tensor (the
+        `tied` names, a head tied to the embeddings, may be absent), a tensor of another shape."""
+        stored = sum(math.prod(shape) for shape in self.shapes.values())
+        check_parameter_count(self.folder, sum(p.numel() for p in model.parameters()), stored)
+        found = {key: self.source(key) for key in model.state_dict()}
+        missing = [key for key, where in found.items() if where is None and key not in tied]
+        if missing:
+            raise CheckpointError(f"{self.folder} does not hold tensor {missing[0]} ({len(missing)} missing)")
         for key, tensor in model.state_dict().items():
-            found = self.source(key)
-            if found is None:
-                if key in tied:
-                    continue
-                raise CheckpointError(f"{self.folder} does not hold tensor {key}")
-            names, shape = found
+            if found[key] is None:
+                continue
+            names, shape = found[key]
             if len(names) == 1 and shape != tuple(tensor.shape):
                 raise CheckpointError(
                     f"{self.location[names[0][0]]}: tensor {names[0][0]} has shape {list(shape)}; the model's "
@@ -363,7 +388,10 @@ def compress_layers(
     count = len(streams.layers) + 1
     if write is not None:
         write(f"{1:05d}-of-{count:05d}", "", skeleton)
-    entered = streams.entries(calibration + heldout)
+    try:
+        entered = streams.entries(calibration + heldout)
+    except (RuntimeError, IndexError, ValueError) as exc:
+        raise model_fails(exc) from None
     kwargs = [kw for _, kw in entered]
     calib_kw, held_kw = kwargs[: len(calibration)], kwargs[len(calibration) :]
     calib = [h for h, _ in entered[: len(calibration)]]
@@ -376,10 +404,13 @@ def compress_layers(
         shards.load(layer, prefix)
         layer.eval()
         local = [name[len(prefix) :] for name in banks if name.startswith(prefix)]
-        with torch.no_grad():
-            original = _move(original, layer, held_kw)
-            with record_banks(layer, local) as recorded:
-                _move(calib, layer, calib_kw)
+        try:
+            with torch.no_grad():
+                original = _move(original, layer, held_kw)
+                with record_banks(layer, local) as recorded:
+                    _move(calib, layer, calib_kw)
+        except (RuntimeError, IndexError, ValueError) as exc:
+            raise model_fails(exc) from None
         if local:
             compress_experts(layer, mode, pad_config.value("granularity"), names=local)
             for name in local:
