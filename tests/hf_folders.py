@@ -103,3 +103,42 @@ def tiny_moe_lm(family: str, vocab_size: int = 60):
         return transformers.Qwen3MoeForCausalLM(config).eval()
     config = transformers.OlmoeConfig(**common, intermediate_size=24, num_experts=4)
     return transformers.OlmoeForCausalLM(config).eval()
+
+
+WITHOUT_PADNET = """
+import json, sys
+sys.modules["padnet"] = None  # importing padnet fails from here on
+import torch, transformers
+from safetensors.torch import save_file
+
+folder, ids, out = sys.argv[1], torch.tensor(json.loads(sys.argv[2])), sys.argv[3]
+model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+assert type(model).__name__ == "Qwen2MoeForCausalLM", type(model).__name__
+with torch.no_grad():
+    logits = model(input_ids=ids).logits
+generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+save_file({"logits": logits.contiguous(), "generated": generated.contiguous()}, out)
+"""
+
+
+def run_without_padnet(folder: Path, ids, out: Path) -> dict:
+    """Load the exported ``folder`` with plain transformers in a Python where importing padnet fails; returns its
+    ``logits`` on token ids ``ids`` (b, T) and the tokens ``generate()`` adds (4, greedy), as tensors."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PADNET, str(folder), json.dumps(ids.tolist()), str(out)],
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return load_file(out)

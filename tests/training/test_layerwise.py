@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
 import padnet
-from hf_folders import save_with_minilm_tokenizer, tiny_moe_folder, tiny_moe_lm
+from hf_folders import run_without_padnet, save_with_minilm_tokenizer, tiny_moe_folder, tiny_moe_lm
 from padnet.cli import main
 from padnet.training.nlp.compress import (
     CompressConfig,
@@ -21,6 +22,7 @@ from padnet.training.nlp.compress import (
     text_blocks,
 )
 from padnet.training.nlp.layerwise import CheckpointShards, compress_layers
+from padnet.training.nlp.transformers_export import EXPORT_TOLERANCE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -131,7 +133,7 @@ def test_a_layer_tensor_of_the_wrong_shape_is_one_line_and_nothing_is_written(fo
     shutil.copytree(folder / "model", model)
     tensors = load_file(model / "model.safetensors")
     key = "model.layers.1.block_sparse_moe.experts.2.w2.weight"
-    tensors[key] = torch.zeros(16, 23)  # (H, F) is (16, 24)
+    tensors[key] = torch.zeros(16, 25)  # (H, F) is (16, 24)
     save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
     out = tmp_path / "out"
     argv = ["moe-compress", str(model), "--calibration", str(folder / "text.txt"), "--out", str(out)]
@@ -141,7 +143,7 @@ def test_a_layer_tensor_of_the_wrong_shape_is_one_line_and_nothing_is_written(fo
         err.count("\n") == 1
         and "experts stored as model.layers.1.block_sparse_moe.experts.0.w2.weight" in err
     )
-    assert "[16, 23]" in err and "model.layers.1.mlp.experts.down_proj [4, 16, 24]" in err
+    assert "[16, 25]" in err and "model.layers.1.mlp.experts.down_proj [4, 16, 24]" in err
     assert not out.exists()
 
 
@@ -157,3 +159,23 @@ def test_every_family_compresses_layer_by_layer_to_a_folder_that_loads(folder, t
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out" / "model")
     _, heldout = split_blocks(text_blocks(folder / "text.txt", tokenizer, 32), CompressConfig(**SMALL))
     assert perplexity(loaded, heldout, 4) == pytest.approx(results["compressed"]["perplexity"], rel=1e-5)
+
+
+def test_the_layer_by_layer_export_loads_without_padnet_with_padnet_logits_and_tokens(folder, tmp_path):
+    cfg = CompressConfig(kappa=0.5, granularity="neuron", **SMALL)
+    compress_folder(folder / "model", folder / "text.txt", tmp_path / "padnet", cfg)
+    exported = compress_folder(
+        folder / "model", folder / "text.txt", tmp_path / "exported", replace(cfg, export="transformers")
+    )
+    deployed = padnet.load_pretrained(tmp_path / "padnet" / "model").merge_and_unload()
+    ids = torch.randint(0, 30522, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = deployed(input_ids=ids).logits
+    got = run_without_padnet(tmp_path / "exported" / "model", ids, tmp_path / "out.safetensors")
+    assert float((got["logits"] - reference).abs().max() / reference.abs().max()) <= EXPORT_TOLERANCE
+    assert torch.equal(got["generated"], deployed.generate(ids, max_new_tokens=4, do_sample=False))
+    config = json.loads((tmp_path / "exported" / "model" / "config.json").read_text())
+    # round(0.5 · 25) = 12 of the 25 mask elements (24 neurons + the output bias) dynamic: at most 12 routed
+    # neurons, padded to 16, and at most 13 shared
+    assert (config["moe_intermediate_size"], config["shared_expert_intermediate_size"]) == (16, 13)
+    assert exported["config"]["export"] == "transformers"

@@ -3,40 +3,18 @@ deployed form computes."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import padnet
-from hf_folders import tiny_moe_folder
+from hf_folders import run_without_padnet, tiny_moe_folder
 from padnet.errors import ConfigError
 from padnet.training.nlp.transformers_export import EXPORT_TOLERANCE, export_transformers, to_qwen2_moe
 
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-WITHOUT_PADNET = textwrap.dedent(
-    """
-    import json, sys
-    sys.modules["padnet"] = None  # importing padnet fails from here on
-    import torch, transformers
-    from safetensors.torch import save_file
-
-    folder, ids, out = sys.argv[1], torch.tensor(json.loads(sys.argv[2])), sys.argv[3]
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    assert type(model).__name__ == "Qwen2MoeForCausalLM", type(model).__name__
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    generated = model.generate(ids, max_new_tokens=4, do_sample=False)
-    save_file({"logits": logits.contiguous(), "generated": generated.contiguous()}, out)
-    """
-)
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +45,7 @@ def test_an_exported_folder_loads_without_padnet_with_padnet_logits_and_tokens(m
     with torch.no_grad():
         reference = deployed(input_ids=ids).logits
     expected = deployed.generate(ids, max_new_tokens=4, do_sample=False)
-    out = tmp_path / "out.safetensors"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PADNET, str(folder), json.dumps(ids.tolist()), str(out)],
-        env={**env, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = load_file(out)
+    got = run_without_padnet(folder, ids, tmp_path / "out.safetensors")
     assert _relative(got["logits"], reference) <= EXPORT_TOLERANCE
     assert torch.equal(got["generated"], expected)
     assert (folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists()
