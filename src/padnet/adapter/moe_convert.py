@@ -351,6 +351,36 @@ def set_static_by_load(model: nn.Module, batches, forward=None) -> dict[str, tor
     return loads
 
 
+def fisher_information(
+    model: nn.Module, tensors: list[torch.Tensor], batches, loss=None
+) -> list[torch.Tensor]:
+    """The empirical Fisher information of each of `tensors` (parameters of `model`): the squared gradients of the
+    loss summed over `batches`, float64, of each tensor's shape. `loss(model, batch) -> 0-d tensor` (default
+    `model(**batch).loss` of a dict batch, a causal LM's with labels). Runs in eval mode; parameter `.grad`s are
+    left as they were.
+
+    Raises:
+        ConfigError: `batches` holds no batch.
+    """
+    fisher = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
+    seen = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for batch in batches:
+                seen += 1
+                value = loss(model, batch) if loss is not None else _run(model, batch, None).loss
+                for acc, g in zip(fisher, torch.autograd.grad(value, tensors, allow_unused=True)):
+                    if g is not None:
+                        acc += g.double().square()
+    finally:
+        model.train(was_training)
+    if not seen:
+        raise ConfigError("the calibration batches hold no batch")
+    return fisher
+
+
 def set_static_by_fisher(model: nn.Module, batches, loss=None) -> dict[str, torch.Tensor]:
     """Re-estimate Θ̄ of every PAD-compressed [`ExpertBank`][padnet.layers.experts.ExpertBank] of `model` as the
     experts' Fisher-weighted mean, element by element: Θ̄ = Σₑ Fₑ ⊙ Θᵉ / Σₑ Fₑ with Fₑ the squared gradients of
@@ -370,22 +400,11 @@ def set_static_by_fisher(model: nn.Module, batches, loss=None) -> dict[str, torc
         ConfigError: the model has no such banks, or the batches give no gradient to a bank.
     """
     banks = _pad_banks(model)
-    experts = {name: bank.moe.experts for name, bank in banks.items()}
-    biases = {name: bank.moe.expert_bias for name, bank in banks.items()}
-    fisher = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in experts.items()}
-    fisher_bias = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in biases.items()}
-    tensors = [*experts.values(), *biases.values()]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            value = loss(model, batch) if loss is not None else _run(model, batch, None).loss
-            grads = torch.autograd.grad(value, tensors, allow_unused=True)
-            for acc, g in zip([*fisher.values(), *fisher_bias.values()], grads):
-                if g is not None:
-                    acc += g.double().square()
-    finally:
-        model.train(was_training)
+    names = list(banks)
+    tensors = [banks[n].moe.experts for n in names] + [banks[n].moe.expert_bias for n in names]
+    information = fisher_information(model, tensors, batches, loss)
+    fisher = dict(zip(names, information[: len(names)]))
+    fisher_bias = dict(zip(names, information[len(names) :]))
     for name, bank in banks.items():
         if not float(fisher[name].sum()) > 0:
             raise ConfigError(f"the calibration batches give no gradient to {name}")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from padnet.adapter.moe_convert import fisher_information
 from padnet.errors import ConfigError, check_choice
 from padnet.layers.experts import find_expert_banks, static_estimate
 
@@ -311,25 +312,12 @@ def merge_clusters(model: nn.Module, clusters: int, batches: Iterable[dict]) -> 
 
 def _fisher(model: nn.Module, sites: list[_Site], batches: Iterable[dict]) -> dict[str, list[torch.Tensor]]:
     """Squared gradients of `model(**batch).loss` (labels = `input_ids` unless the batch has labels) with
-    respect to every bank's `gate_up_proj` and `down_proj`, summed over `batches` in float64, by bank name.
-    Parameter `.grad`s are left as they were."""
+    respect to every bank's `gate_up_proj` and `down_proj`, summed over `batches` in float64, by bank name
+    ([`fisher_information`][padnet.adapter.moe_convert.fisher_information])."""
     params = [p for site in sites for p in (site.bank.gate_up_proj, site.bank.down_proj)]
-    fisher = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    seen = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            for batch in batches:
-                seen += 1
-                loss = model(**{"labels": batch["input_ids"], **batch}).loss
-                for acc, grad in zip(fisher, torch.autograd.grad(loss, params, allow_unused=True)):
-                    if grad is not None:
-                        acc += grad.double().square()
-    finally:
-        model.train(was_training)
-    if not seen:
-        raise ConfigError("the calibration batches hold no batch")
+    fisher = fisher_information(
+        model, params, batches, lambda m, batch: m(**{"labels": batch["input_ids"], **batch}).loss
+    )
     if not any(float(f.sum()) > 0 for f in fisher):
         raise ConfigError("the calibration batches give no gradient to the experts")
     return {site.name: fisher[2 * i : 2 * i + 2] for i, site in enumerate(sites)}

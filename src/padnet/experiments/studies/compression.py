@@ -308,6 +308,18 @@ class Study:
         return results
 
 
+def compress_config(recipe: Recipe, progress: bool, **changes) -> CompressConfig:
+    """The `padnet moe-compress` settings of a study's compressions: the recipe's blocks, batches and
+    calibration batches, with `changes`."""
+    return CompressConfig(
+        block_size=recipe.block,
+        batch_size=recipe.batch,
+        calibration_batches=recipe.calibration_batches,
+        progress=progress,
+        **changes,
+    )
+
+
 def claim_study_dir(out: Path, recipe: Recipe) -> None:
     """Refuse (ConfigError) an output folder that holds anything but a study's files ([`STUDY_ENTRIES`][padnet.experiments.studies.compression.STUDY_ENTRIES]), or
     a study whose summary records another recipe; then delete the temporary files an interrupted write left."""
@@ -361,13 +373,8 @@ def run(
     kappas = tuple(sorted(set(kappas)))
     started = time.perf_counter()
     study = Study(Path(out), recipe, log, progress)
-    base = CompressConfig(
-        block_size=recipe.block,
-        batch_size=recipe.batch,
-        calibration_batches=recipe.calibration_batches,
-        pipeline="model",  # global IMP on the LM loss, as docs/results.md reports this study
-        progress=progress,
-    )
+    # global IMP on the LM loss, as docs/results.md reports this study
+    base = compress_config(recipe, progress, pipeline="model")
     rows: dict[str, list[dict]] = {}
     middle = kappas[len(kappas) // 2]
     for seed in seeds:

@@ -51,6 +51,7 @@ from padnet.experiments.studies.compression import (
     _model,
     _read_json,
     claim_study_dir,
+    compress_config,
     train_lm,
 )
 from padnet.saving.fileio import write_json
@@ -191,12 +192,7 @@ def run(
     claim_study_dir(Path(out), recipe)
     started = time.perf_counter()
     study = Study(Path(out), recipe, log, progress)
-    base = CompressConfig(
-        block_size=recipe.block,
-        batch_size=recipe.batch,
-        calibration_batches=recipe.calibration_batches,
-        progress=progress,
-    )
+    base = compress_config(recipe, progress)
     records = []
     for source in sources:
         for seed in seeds:
