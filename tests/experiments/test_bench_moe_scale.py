@@ -29,8 +29,8 @@ def test_the_checkpoint_is_written_layer_by_layer_and_loads_in_transformers(tmp_
     assert str(next(model.parameters()).dtype) == "torch.float16"
 
 
-def test_the_report_states_memory_against_the_checkpoint_and_the_export_speed():
-    from padnet.experiments.bench.moe_scale import moe_scale_markdown, moe_scale_summary
+def test_the_report_states_memory_against_the_checkpoint_and_the_export_speed(tmp_path):
+    from padnet.experiments.bench.moe_scale import moe_scale_figure, moe_scale_markdown, moe_scale_summary
 
     gib = 2**30
     run = {
@@ -51,6 +51,8 @@ def test_the_report_states_memory_against_the_checkpoint_and_the_export_speed():
     text = "\n".join(moe_scale_markdown(result))
     assert "| 32 | 6.00 | 2.00 | 0.333 | 1.00 | 1.00 | 4.0 |" in text
     assert "70 ms against the original MixtralForCausalLM's 100 ms, 0.70" in text
+    moe_scale_figure(result, tmp_path / "moe-scale.png")
+    assert (tmp_path / "moe-scale.png").read_bytes()[:4] == b"\x89PNG"
     summary = moe_scale_summary(result)
     assert (
         summary["layer-by-layer compression, 32 layers: peak memory ÷ checkpoint (< 0.33)"]["median"] == 1 / 3

@@ -238,3 +238,30 @@ def moe_scale_markdown(result: dict) -> list[str]:
         f"ms, {fmt(f['ratio'])}× (expert bytes {f['export']['bytes_ratio']:.3f} of the original).",
     ]
     return lines
+
+
+def moe_scale_figure(result: dict, path: Path) -> None:
+    """Bars of the checkpoint's size, the compressing process's peak memory and what importing padnet and
+    transformers costs, per depth, in GiB."""
+    from padnet.experiments.studies.common import figure
+    from padnet.saving.fileio import atomic_path
+
+    fig, (ax,) = figure(1, 5.0)
+    runs = result["runs"]
+    x = range(len(runs))
+    for offset, key, label in (
+        (-0.27, "checkpoint_bytes", "checkpoint (float16)"),
+        (0.0, "peak_bytes", "peak resident memory"),
+        (0.27, "baseline_peak_bytes", "import + meta skeleton"),
+    ):
+        ax.bar([i + offset for i in x], [r[key] / 2**30 for r in runs], width=0.27, label=label)
+    ax.set_xticks(list(x), [f"{r['layers']} layers" for r in runs])
+    ax.set_ylabel("GiB")
+    ax.set_title("padnet moe-compress, one decoder layer at a time")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -532,9 +532,10 @@ def run_bench(
             lambda spec: _worker(spec, True, threads), repeats, quick, progress, device
         )
     if "moe-scale" in parts:
-        from padnet.experiments.bench.moe_scale import bench_moe_scale
+        from padnet.experiments.bench.moe_scale import bench_moe_scale, moe_scale_figure
 
         result["moe-scale"] = bench_moe_scale(out / "moe-scale-work", repeats, progress)
+        moe_scale_figure(result["moe-scale"], out / "moe-scale.png")
     result["summary"] = summary(result)
     result["seconds"] = time.perf_counter() - start
     write_json(out / "bench.json", result)
