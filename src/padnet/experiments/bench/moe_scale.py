@@ -137,7 +137,9 @@ def _forward_ratio(original: Path, exported: Path, repeats: int) -> dict:
     import transformers
 
     models = {
-        name: transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        name: transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, use_safetensors=True
+        ).eval()
         for name, folder in (("original", original), ("exported", exported))
     }
     ids = torch.randint(

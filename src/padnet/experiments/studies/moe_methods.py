@@ -113,7 +113,7 @@ def upcycled(study: Study, seed: int) -> Path:
     import transformers
 
     with quiet_transformers():
-        dense = transformers.AutoModelForCausalLM.from_pretrained(dense_folder)
+        dense = transformers.AutoModelForCausalLM.from_pretrained(dense_folder, use_safetensors=True)
     torch.manual_seed(seed)
     model = _upcycle(dense, study.recipe, study.tokenizer)
     study.log(f"[upcycled seed {seed}] training the upcycled MoE for {UPCYCLED_STEPS} steps")
@@ -140,7 +140,7 @@ def _baseline(study: Study, folder: Path, name: str, budget: float, cfg: Compres
     import transformers
 
     with quiet_transformers():
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
     calibration, heldout = split_blocks(text_blocks(study.calibration, study.tokenizer, cfg.block_size), cfg)
     batches = [{"input_ids": ids, "labels": ids} for ids in calibration]
     recipe = study.recipe
