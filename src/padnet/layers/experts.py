@@ -127,13 +127,16 @@ class ExpertBank(nn.Module):
             router=False,
             **options,
         ).to(down.device, down.dtype)
-        gate, up = gate_up[:, :inter].transpose(1, 2), gate_up[:, inter:].transpose(1, 2)  # each (E, H, F)
-        zeros = down.new_zeros(num_experts, 1, inter)
-        neurons = torch.cat([gate, zeros, up, zeros, down], dim=1)  # (E, 3H + 2, F): [Wgᵀ; bg; Wuᵀ; bu; W2]
-        moe.experts.copy_(neurons)
+        # (E, 3H + 2, F): [Wgᵀ; bg; Wuᵀ; bu; W2], written in place (no second copy of the experts)
+        parts = split_neurons(moe.experts, gated=True)
+        parts.w_in.copy_(gate_up[:, :inter].transpose(1, 2))
+        parts.w_up.copy_(gate_up[:, inter:].transpose(1, 2))
+        parts.w_out.copy_(down)
+        parts.b_in.zero_()
+        parts.b_up.zero_()
         moe.expert_bias.zero_()
         if moe.neuron_mode.static is not None:
-            moe.neuron_mode.static.copy_(static_estimate(neurons, static_weights))
+            moe.neuron_mode.static.copy_(static_estimate(moe.experts, static_weights))
             moe.bias_mode.static.zero_()
         return cls(moe)
 
