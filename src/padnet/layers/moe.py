@@ -404,6 +404,12 @@ class MoEFeedForward(nn.Module):
         self._no_grad_cache = None
         return super().train(mode)
 
+    def _apply(self, fn, recurse: bool = True):
+        # `.to()`, `.float()`, `.to_empty()`: the cached parameters are of the old tensors, which the cache would
+        # otherwise keep alive (a layer moved to the meta device would hold its CPU copies)
+        self._no_grad_cache = None
+        return super()._apply(fn, recurse)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.router is None:
             raise ConfigError("this MoE layer has no router of its own: call route(x, routing)")
