@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from padnet.errors import ConfigError, PadnetError, one_line, user_message
-from padnet.training.allocator import ALLOCATOR_ENV
+from padnet.training.allocator import ALLOCATOR_ENV, MEMORY_BOUND_COMMANDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -808,8 +808,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> None:
-    """Entry point of the `padnet` script: set the allocator variables once, then run [`main`][padnet.cli.main]."""
-    wanted = os.environ.get("PADNET_ALLOCATOR", "1") != "0" and sys.platform.startswith("linux")
+    """Entry point of the `padnet` script: set the allocator variables once (not for the memory-bound commands),
+    then run [`main`][padnet.cli.main]."""
+    wanted = (
+        os.environ.get("PADNET_ALLOCATOR", "1") != "0"
+        and sys.platform.startswith("linux")
+        and not set(sys.argv[1:2]) & set(MEMORY_BOUND_COMMANDS)
+    )
     if wanted and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
         env = {**os.environ, **ALLOCATOR_ENV}
         os.execve(sys.executable, [sys.executable, "-m", "padnet", *sys.argv[1:]], env)

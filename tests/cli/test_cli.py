@@ -375,3 +375,22 @@ def test_partition_command_partitions_the_chosen_pad_form(capsys, tmp_path, conv
     assert code == 0
     names = [layer["name"] for layer in json.loads(report.read_text())["layers"]]
     assert any(name.endswith(masked) for name in names)
+
+
+@pytest.mark.parametrize("command, re_executed", [("train", True), ("moe-compress", False)])
+def test_the_allocator_settings_are_set_except_for_memory_bound_commands(monkeypatch, command, re_executed):
+    import padnet.cli as cli
+    from padnet.training.allocator import ALLOCATOR_ENV
+
+    for key in (*ALLOCATOR_ENV, "PADNET_ALLOCATOR"):
+        monkeypatch.delenv(key, raising=False)
+    calls = []
+    monkeypatch.setattr(cli.os, "execve", lambda path, argv, env: calls.append(env))
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    monkeypatch.setattr(cli.sys, "argv", ["padnet", command, "--help"])
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    with pytest.raises(SystemExit):
+        cli.console()
+    assert bool(calls) == re_executed
+    if re_executed:
+        assert all(calls[0][k] == v for k, v in ALLOCATOR_ENV.items())

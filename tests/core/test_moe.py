@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import os
+import weakref
 
 import pytest
 import torch
@@ -660,3 +662,15 @@ def test_a_shared_ffn_counts_the_load_balancing_loss_of_every_pass():
     torch.testing.assert_close(auxiliary_loss(model), expected)
     model(input_ids=IDS)  # the next forward starts from zero
     torch.testing.assert_close(auxiliary_loss(model), expected)
+
+
+def test_moving_a_layer_releases_the_parameters_it_cached_for_inference():
+    """A layer compressed layer by layer is moved to the meta device when done: its cache of merged computational
+    parameters must not keep the CPU tensors alive (memory would grow with depth)."""
+    layer = MoEFeedForward(8, 16, 4, mode="pad").eval()
+    with torch.no_grad():
+        layer(torch.randn(3, 8))
+    merged = weakref.ref(layer._no_grad_cache[1][0])
+    layer.to("meta")
+    gc.collect()
+    assert merged() is None

@@ -15,6 +15,7 @@ transformers (float32, 512 tokens, inference) timed against the original Mixtral
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from padnet.experiments.bench.timing import fmt, interleaved_rounds, ratio_spread
+from padnet.training.allocator import ALLOCATOR_ENV
 
 HIDDEN, INTER, EXPERTS, TOP_K, HEADS = 1024, 3584, 8, 2, 8
 DEPTHS = (8, 32)  # decoder layers of the two checkpoints
@@ -94,7 +96,9 @@ def _child(code: str) -> dict:
         "\nimport json as _j, resource as _r\n"
         "print(_j.dumps({**RESULT, 'peak_bytes': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss * 1024}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    # glibc's default allocator, as `padnet moe-compress` runs (padnet.training.allocator.MEMORY_BOUND_COMMANDS)
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
     if done.returncode:
         raise RuntimeError(f"the benchmark's child process failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
