@@ -4,7 +4,7 @@ the memory it may use, and the exported standard model's speed.
 Mixtral-architecture checkpoints of random weights (H 1024, F 3584, 8 experts, top-2, float16 shards of one
 decoder layer each, the experts stored as transformers stacks them) are written to disk at two depths. Each is
 compressed (PAD, κ = 0.3, neuron masks, 2 IMP iterations, 4 calibration batches of 4 × 128 tokens) in a process of
-its own, whose peak resident memory (`ru_maxrss`) is compared with the checkpoint's size and with a process that
+its own, whose peak resident memory (`VmHWM`) is compared with the checkpoint's size and with a process that
 only imports padnet and transformers and builds the model on the meta device. The goal (issue 29): peak memory
 below one third of the checkpoint and growing with one layer, not with depth.
 
@@ -91,10 +91,12 @@ def write_checkpoint(folder: Path, layers: int, tokenizer) -> int:
 
 def _child(code: str) -> dict:
     """Run `code` in a fresh Python; the JSON object its last line of output prints, with the child's own peak
-    resident memory in bytes (`ru_maxrss`, KiB on Linux) as `peak_bytes`."""
+    resident memory in bytes as `peak_bytes`: `VmHWM` of /proc/self/status, which belongs to the process's memory
+    map since its exec (`ru_maxrss` would count the parent's resident memory at the fork)."""
     code += (
-        "\nimport json as _j, resource as _r\n"
-        "print(_j.dumps({**RESULT, 'peak_bytes': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss * 1024}))\n"
+        "\nimport json as _j, re as _re\n"
+        "_peak = int(_re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024\n"
+        "print(_j.dumps({**RESULT, 'peak_bytes': _peak}))\n"
     )
     # glibc's default allocator, as `padnet moe-compress` runs (padnet.training.allocator.MEMORY_BOUND_COMMANDS)
     env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
