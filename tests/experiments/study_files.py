@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from padnet.experiments.studies.compression import Recipe
+
 
 def read_studies(out: Path, studies) -> dict[str, dict]:
     """Each study's results.json by name, after checking that its folder also holds a Markdown page with a title
@@ -23,3 +25,21 @@ def assert_normalised(records: list[dict], labels: list[str], value: str) -> Non
     mean = sum(r[f"{value}_mean"] for r in records) / len(records)
     for r in records:
         assert abs(r["normalised"] - (r[f"{value}_mean"] - mean) / mean) < 1e-12
+
+
+# A recipe small enough for an end-to-end run of the compression studies in seconds.
+TINY = Recipe(
+    hidden=16,
+    intermediate=16,
+    layers=1,
+    experts=4,
+    heads=2,
+    vocab=300,
+    steps=5,
+    block=32,
+    batch=4,
+    calibration_reviews=40,
+    calibration_batches=2,
+    finetune_steps=3,
+    train_reviews=200,
+)

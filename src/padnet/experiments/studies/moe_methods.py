@@ -330,7 +330,11 @@ def _markdown(summary: list[dict], recipe: Recipe, seeds) -> str:
 
 
 def _figure(summary: list[dict]):
+    import matplotlib
+
     sources = list(dict.fromkeys(s["source"] for s in summary))
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    palette = matplotlib.colormaps["tab20"]  # 20 distinct colours: one per method, the same in every panel
     fig, axes = figure(len(sources), 6.5)
     for ax, source in zip(axes, sources):
         rows = [s for s in summary if s["source"] == source]
@@ -343,6 +347,7 @@ def _figure(summary: list[dict]):
                 [m for m, _ in stats],
                 yerr=[d for _, d in stats],
                 fmt=style,
+                color=palette(methods.index(method) % palette.N),
                 capsize=3,
                 markersize=4,
                 label=method,
