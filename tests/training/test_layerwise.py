@@ -97,6 +97,33 @@ def test_a_sharded_checkpoint_is_read_layer_by_layer_and_written_in_shards_that_
     assert results["bytes_ratio"] < 0.6 and len(results["seconds_per_layer"]) == 2
 
 
+@pytest.mark.parametrize("slice_elements", [5, 1 << 24])
+def test_a_layer_read_in_slices_of_rows_equals_the_layer_transformers_loads(
+    folder, monkeypatch, slice_elements
+):
+    from padnet.training.nlp import layerwise
+
+    monkeypatch.setattr(layerwise, "READ_SLICE_ELEMENTS", slice_elements)  # 5: slices of 1 row, uneven ends
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder / "model").model.layers[1]
+    layer = meta_skeleton(folder / "model").model.layers[1]
+    CheckpointShards(folder / "model").load(layer, "model.layers.1.")
+    expected = reference.state_dict()
+    assert layer.state_dict().keys() == expected.keys()
+    for key, value in layer.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, expected[key].float()), key
+
+
+def test_memory_freed_by_each_layer_is_returned_to_the_system(folder, tmp_path, monkeypatch):
+    from padnet.training.nlp import layerwise
+
+    returned = []
+    monkeypatch.setattr(layerwise, "return_freed_memory", lambda: returned.append(1))
+    compress_folder(
+        folder / "model", folder / "text.txt", tmp_path / "out", CompressConfig(kappa=0.3, **SMALL)
+    )
+    assert len(returned) == 2  # once per decoder layer, after it is freed
+
+
 def _sharded_copy(folder, target):
     model = transformers.AutoModelForCausalLM.from_pretrained(folder / "model")
     model.save_pretrained(target, max_shard_size="100KB")

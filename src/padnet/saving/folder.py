@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import torch
@@ -59,12 +59,14 @@ def fingerprint(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def state_tensors(model: nn.Module, leave_out: Collection[str] = ()) -> dict[str, torch.Tensor]:
     """`model`'s state dict as detached CPU copies, ready for safetensors (which refuses tensors sharing memory,
-    as tied weights do: GPT-2's `lm_head.weight` is `transformer.wte.weight`)."""
+    as tied weights do: GPT-2's `lm_head.weight` is `transformer.wte.weight`), without the keys in `leave_out`
+    (never copied)."""
     return {
         k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
         for k, v in model.state_dict().items()
+        if k not in leave_out
     }
 
 

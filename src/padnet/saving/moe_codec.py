@@ -28,21 +28,26 @@ def moe_masks(layer: MoEFeedForward) -> dict[str, torch.Tensor]:
 def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
     """`model`'s state ([`padnet.saving.folder.state_tensors`][padnet.saving.folder.state_tensors]) with every PAD-MoE / MoE-P layer's experts and
     output biases stored as their dynamic values (E, ‖M‖₀) and the mask as bits; the mask buffers are left out
-    (the bits hold them)."""
-    tensors = state_tensors(model)
+    (the bits hold them). The full expert tensors are never copied: their values are gathered from the layer's
+    own, so encoding costs about the encoded size in memory."""
+    encoded: dict[str, torch.Tensor] = {}
+    replaced: set[str] = set()
     for name, layer in moe_layers(model):
         if layer.mode == "dynamic":
             continue
         for key, mask in moe_masks(layer).items():
-            full = tensors.pop(f"{name}.{key}")  # (E, *shape)
-            del tensors[f"{name}.{_MODES[key]}.mask"]  # the bits below hold it
-            tensors[f"{name}.{key}.values"] = full[:, mask].contiguous()  # (E, ‖M‖₀)
-            tensors[f"{name}.{key}.bits"] = pack_bits(mask.reshape(-1))
-            static_key = f"{name}.{_MODES[key]}.static"
-            if static_key in tensors:  # PAD-MoE: Θ̄ at the static positions only
-                static = tensors.pop(static_key).reshape(mask.shape)
-                tensors[f"{static_key}.values"] = static[~mask].contiguous()
-    return tensors
+            mode = getattr(layer, _MODES[key])
+            full = getattr(layer, key).detach()  # (E, *shape)
+            replaced |= {f"{name}.{key}", f"{name}.{_MODES[key]}.mask"}  # the bits below hold the mask
+            encoded[f"{name}.{key}.values"] = full[:, mask.to(full.device)].cpu().contiguous()  # (E, ‖M‖₀)
+            encoded[f"{name}.{key}.bits"] = pack_bits(mask.reshape(-1))
+            if mode.static is not None:  # PAD-MoE: Θ̄ at the static positions only
+                replaced.add(f"{name}.{_MODES[key]}.static")
+                static = mode.static.detach().reshape(mask.shape)
+                encoded[f"{name}.{_MODES[key]}.static.values"] = (
+                    static[~mask.to(static.device)].cpu().contiguous()
+                )
+    return {**state_tensors(model, leave_out=replaced), **encoded}
 
 
 def decode_moe(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

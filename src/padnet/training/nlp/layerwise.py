@@ -50,6 +50,7 @@ from padnet.layers.experts import ExpertBank, find_expert_banks
 from padnet.saving import folder as padnet_folder
 from padnet.saving.fileio import atomic_path
 from padnet.saving.moe_codec import encode_moe
+from padnet.training.allocator import return_freed_memory
 from padnet.training.nlp.finetune import quiet_transformers
 from padnet.training.nlp.lm_metrics import NextTokenScores
 
@@ -57,7 +58,10 @@ HF_INDEX = "model.safetensors.index.json"
 # checkpoints that store each expert as its own linear maps (Mixtral's and Qwen-MoE's published layout, which
 # transformers stacks into a bank when it loads them): the names of the gate, up and down maps of expert e
 PER_EXPERT_NAMES = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))
-RENAMED = ((".mlp.", ".block_sparse_moe."),)  # (module name in transformers, the name older checkpoints use)
+RENAMED = ((".mlp.", ".block_sparse_moe."),)
+READ_SLICE_ELEMENTS = (
+    1 << 24
+)  # a stored tensor is read in slices of rows of at most this many elements  # (module name in transformers, the name older checkpoints use)
 
 
 def check_parameter_count(folder: Path, needed: int, stored: int) -> None:
@@ -197,30 +201,45 @@ class CheckpointShards:
     @torch.no_grad()
     def load(self, module: nn.Module, prefix: str = "", skip: str | None = None) -> None:
         """Materialise `module` (on the meta device) on the CPU in float32 and fill its state with the tensors
-        stored under `prefix` (those under `skip` left out; experts stored one by one are stacked). CheckpointError
-        for a tensor holding NaN or infinity."""
+        stored under `prefix` (those under `skip` left out; experts stored one by one are stacked). Each stored
+        tensor is read alone and copied into its place, so loading costs the module in float32 plus one stored
+        tensor. CheckpointError for a tensor holding NaN or infinity."""
+        module.float()  # on the meta device: no memory, so the CPU copy is allocated once, in float32
         module.to_empty(device="cpu")
-        module.float()
-        handles: dict[Path, object] = {}
-        with contextlib.ExitStack() as stack:
-            for name, target in module.state_dict(keep_vars=True).items():
-                key = prefix + name
-                found = None if skip is not None and key.startswith(skip) else self.source(key)
-                if found is None:
-                    continue
-                groups = []
-                for group in found[0]:
-                    pieces = []
-                    for stored in group:
-                        path = self.location[stored]
-                        if path not in handles:
-                            handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
-                        tensor = handles[path].get_tensor(stored)
-                        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                            raise CheckpointError(f"{path}: tensor {stored} holds NaN or infinite values")
-                        pieces.append(tensor)
-                    groups.append(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
-                target.copy_(torch.stack(groups) if len(found[0]) > 1 else groups[0])
+        for name, target in module.state_dict(keep_vars=True).items():
+            key = prefix + name
+            found = None if skip is not None and key.startswith(skip) else self.source(key)
+            if found is None:
+                continue
+            groups = found[0]
+            for index, group in enumerate(groups):
+                place = target[index] if len(groups) > 1 else target  # this expert's slice of a stacked bank
+                row = 0
+                for stored in group:  # concatenated along dim 0 (an expert's gate and up projections)
+                    row = self._read_into(stored, place, row)
+
+    def _read_into(self, stored: str, place: torch.Tensor, row: int) -> int:
+        """Copy the stored tensor `stored` into `place` from row `row` on (the whole of `place` for a scalar) and
+        return the row after it. A large tensor is read in slices of rows, each with its shard opened for it
+        alone (a shard's mapped pages count as resident memory while it is open), so reading costs one slice.
+        CheckpointError for values that are NaN or infinite."""
+        path, shape = self.location[stored], self.shapes[stored]
+        if not shape:
+            place.copy_(self._slice(path, stored, None))
+            return row
+        step = max(1, READ_SLICE_ELEMENTS // max(1, math.prod(shape[1:])))
+        for start in range(0, shape[0], step):
+            stop = min(start + step, shape[0])
+            place[row + start : row + stop].copy_(self._slice(path, stored, slice(start, stop)))
+        return row + shape[0]
+
+    @staticmethod
+    def _slice(path: Path, stored: str, rows: slice | None) -> torch.Tensor:
+        with safe_open(str(path), framework="pt") as handle:
+            tensor = handle.get_tensor(stored) if rows is None else handle.get_slice(stored)[rows]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {stored} holds NaN or infinite values")
+        return tensor
 
 
 class _Reached(Exception):
@@ -427,6 +446,8 @@ def compress_layers(
         if write is not None:
             write(f"{index + 2:05d}-of-{count:05d}", prefix, layer)
         streams.layers[index] = layer.to("meta")
+        del layer, recorded
+        return_freed_memory()  # what the layer's compression freed, so that memory does not grow with depth
         seconds.append(time.perf_counter() - started)
     return {
         "original": streams.scores(heldout, original),
