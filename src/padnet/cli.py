@@ -756,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PART",
         help="layers, models, files, moe, compress, compile (default all of these), and moe-scale "
-        "(only when named: layer-by-layer compression of multi-GB checkpoints, about 20 minutes)",
+        "(only when named: layer-by-layer compression of multi-GB checkpoints, about 8 minutes on 2 cores and 7 GB of disk)",
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(

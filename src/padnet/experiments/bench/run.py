@@ -50,7 +50,7 @@ from padnet.training.allocator import ALLOCATOR_ENV
 
 LAYER_SHAPES = ((64, 32), (128, 16), (256, 8), (512, 4))
 PARTS = ("layers", "models", "files", "moe", "compress", "compile")  # the default run
-AT_SIZE_PARTS = ("moe-scale",)  # run only when named: multi-GB checkpoints, about 20 minutes
+AT_SIZE_PARTS = ("moe-scale",)  # run only when named: multi-GB checkpoints, about 8 minutes here
 DEVICES = ("cpu", "cuda")
 KAPPA = 0.3
 ALIGN = 16  # dynamic filters per filter-structured layer: a multiple of 16 (partition(..., align=16))
