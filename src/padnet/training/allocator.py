@@ -30,5 +30,5 @@ def return_freed_memory() -> None:
 def _malloc_trim():
     try:
         return getattr(ctypes.CDLL(None), "malloc_trim", None)
-    except OSError:  # no C library to load symbols from
+    except (OSError, TypeError):  # no C library to load symbols from (Windows has no CDLL(None))
         return None
