@@ -39,14 +39,13 @@ def encode_moe(model: nn.Module) -> dict[str, torch.Tensor]:
             mode = getattr(layer, _MODES[key])
             full = getattr(layer, key).detach()  # (E, *shape)
             replaced |= {f"{name}.{key}", f"{name}.{_MODES[key]}.mask"}  # the bits below hold the mask
-            encoded[f"{name}.{key}.values"] = full[:, mask.to(full.device)].cpu().contiguous()  # (E, ‖M‖₀)
             encoded[f"{name}.{key}.bits"] = pack_bits(mask.reshape(-1))
+            mask = mask.to(full.device)
+            encoded[f"{name}.{key}.values"] = full[:, mask].cpu().contiguous()  # (E, ‖M‖₀)
             if mode.static is not None:  # PAD-MoE: Θ̄ at the static positions only
                 replaced.add(f"{name}.{_MODES[key]}.static")
                 static = mode.static.detach().reshape(mask.shape)
-                encoded[f"{name}.{_MODES[key]}.static.values"] = (
-                    static[~mask.to(static.device)].cpu().contiguous()
-                )
+                encoded[f"{name}.{_MODES[key]}.static.values"] = static[~mask].cpu().contiguous()
     return {**state_tensors(model, leave_out=replaced), **encoded}
 
 

@@ -58,10 +58,9 @@ HF_INDEX = "model.safetensors.index.json"
 # checkpoints that store each expert as its own linear maps (Mixtral's and Qwen-MoE's published layout, which
 # transformers stacks into a bank when it loads them): the names of the gate, up and down maps of expert e
 PER_EXPERT_NAMES = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))
-RENAMED = ((".mlp.", ".block_sparse_moe."),)
-READ_SLICE_ELEMENTS = (
-    1 << 24
-)  # a stored tensor is read in slices of rows of at most this many elements  # (module name in transformers, the name older checkpoints use)
+RENAMED = ((".mlp.", ".block_sparse_moe."),)  # (module name in transformers, the name older checkpoints use)
+# a stored tensor is read in slices of rows of at most this many elements
+READ_SLICE_ELEMENTS = 1 << 24
 
 
 def check_parameter_count(folder: Path, needed: int, stored: int) -> None:
