@@ -314,7 +314,7 @@ def test_the_old_method_names_warn_and_the_default_kappa_is_pad_moes():
 @pytest.mark.parametrize("method", ["pad-moe", "moe-p", "merge"])
 def test_the_command_exports_a_standard_transformers_model(folder, tmp_path, capsys, method):
     """--export transformers: OUT/model is the Qwen2-MoE form of the compressed Mixtral, and its held-out
-    perplexity is the one reported, for every method (MoE-P: no shared expert; merge: no routed neurons)."""
+    perplexity is the one reported, for every method."""
     out = tmp_path / "exported"
     flags = ["--method", method, "--granularity", "neuron", "--export", "transformers", *FLAGS]
     flags += [] if method == "merge" else ["--kappa", "0.5"]
